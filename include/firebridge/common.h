@@ -1,0 +1,69 @@
+/*
+ * common.h - vocabulary shared by every firebridge module: length-counted byte slices, the one
+ * set of return codes, and the small allocation helpers that abort on exhaustion.  Nothing here
+ * knows about HTTP, JSON or the event loop; every other header builds on it.
+ */
+#ifndef FIREBRIDGE_COMMON_H
+#define FIREBRIDGE_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* A borrowed, length-counted run of bytes; never assumed NUL-terminated. */
+struct fbr_slice {
+    const char *ptr;
+    size_t len;
+};
+
+#define FBR_SLICE(s) ((struct fbr_slice){(s), sizeof(s) - 1})
+
+static inline struct fbr_slice fbr_slice_from(const char *s)
+{
+    return (struct fbr_slice){s, s ? strlen(s) : 0};
+}
+
+static inline int fbr_slice_eq(struct fbr_slice a, struct fbr_slice b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, a.len) == 0);
+}
+
+/*
+ * Return codes.  Functions return FBR_OK (0) or one of the negative codes below, never errno
+ * values; the table yields the names used in logs and metrics.
+ */
+#define FBR_ERRNO_MAP(X)                                                                           \
+    X(ERROR, -1, "error")                                                                          \
+    X(AGAIN, -2, "again")                                                                          \
+    X(DECLINED, -3, "declined")                                                                    \
+    X(NOMEM, -4, "out of memory")                                                                  \
+    X(INVALID, -5, "invalid input")                                                                \
+    X(NOTFOUND, -6, "not found")                                                                   \
+    X(LIMIT, -7, "limit exceeded")                                                                 \
+    X(SKIP, -8, "skipped")
+
+enum {
+    FBR_OK = 0,
+#define FBR_X(name, value, text) FBR_##name = (value),
+    FBR_ERRNO_MAP(FBR_X)
+#undef FBR_X
+};
+
+/* Returns a static string naming a return code, for logs. */
+const char *fbr_strerror(int code);
+
+/* Allocation helpers: abort the process with a message when memory is exhausted.  Use plain
+ * malloc and check the result only where a client controls the size. */
+void *fbr_xmalloc(size_t n);
+void *fbr_xcalloc(size_t n, size_t size);
+void *fbr_xrealloc(void *p, size_t n);
+char *fbr_xstrdup(const char *s);
+char *fbr_xstrndup(const char *s, size_t n);
+
+#define FBR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Monotonic and wall clocks in milliseconds. */
+uint64_t fbr_now_ms(void);
+uint64_t fbr_wall_ms(void);
+
+#endif

@@ -1,0 +1,49 @@
+/*
+ * log.h - one line per event worth knowing, as text or JSON lines, filtered by level.  Every line
+ * may carry the action in progress ("while delivering 42 to api.hipchat.com") and a request or
+ * delivery id.  Callers pass secrets only through fbr_log_mask_url(), never raw.
+ */
+#ifndef FIREBRIDGE_LOG_H
+#define FIREBRIDGE_LOG_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+enum fbr_log_level { FBR_LOG_ERROR, FBR_LOG_WARN, FBR_LOG_INFO, FBR_LOG_DEBUG };
+enum fbr_log_format { FBR_LOG_TEXT, FBR_LOG_JSON };
+
+/* Sets the threshold and format; lines go to stderr. */
+void fbr_log_setup(enum fbr_log_level level, enum fbr_log_format format);
+int fbr_log_enabled(enum fbr_log_level level);
+
+/* Parses "error|warn|info|debug" / "text|json"; returns 0 or -1. */
+int fbr_log_level_parse(const char *s, enum fbr_log_level *out);
+int fbr_log_format_parse(const char *s, enum fbr_log_format *out);
+const char *fbr_log_level_name(enum fbr_log_level level);
+
+/*
+ * Writes one line.  `id` (may be NULL) is a request or delivery id; `action` (may be NULL) says
+ * what was being done and is appended as "while <action>".
+ */
+void fbr_log(enum fbr_log_level level, const char *id, const char *action, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void fbr_logv(enum fbr_log_level level, const char *id, const char *action, const char *fmt,
+              va_list ap);
+
+#define fbr_log_error(...) fbr_log(FBR_LOG_ERROR, NULL, NULL, __VA_ARGS__)
+#define fbr_log_warn(...) fbr_log(FBR_LOG_WARN, NULL, NULL, __VA_ARGS__)
+#define fbr_log_info(...) fbr_log(FBR_LOG_INFO, NULL, NULL, __VA_ARGS__)
+#define fbr_log_debug(...)                                                                         \
+    do {                                                                                           \
+        if (fbr_log_enabled(FBR_LOG_DEBUG))                                                        \
+            fbr_log(FBR_LOG_DEBUG, NULL, NULL, __VA_ARGS__);                                       \
+    } while (0)
+
+/*
+ * Copies `url` (len bytes) into `out` (at most outlen-1 bytes, always terminated) with every
+ * secret masked: userinfo passwords and the values of auth_token, token, access_token,
+ * signed_request and api_key query parameters become "***".  Returns out.
+ */
+char *fbr_log_mask_url(const char *url, size_t len, char *out, size_t outlen);
+
+#endif

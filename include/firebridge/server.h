@@ -1,0 +1,79 @@
+/*
+ * server.h - the inbound HTTP(S) server on libevhtp: listeners, limits (body, URI, headers,
+ * connections, timeouts), a small route table, JSON replies and the built-in /healthz, /readyz
+ * and /metrics endpoints.  It is the first step of the data path: intake handlers are routes.
+ */
+#ifndef FIREBRIDGE_SERVER_H
+#define FIREBRIDGE_SERVER_H
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <stddef.h>
+
+#include "firebridge/common.h"
+
+struct fbr_server;
+struct fbr_metrics;
+
+enum fbr_http_method_bit {
+    FBR_M_GET = 1 << 0,
+    FBR_M_POST = 1 << 1,
+    FBR_M_PUT = 1 << 2,
+    FBR_M_DELETE = 1 << 3,
+    FBR_M_PATCH = 1 << 4,
+    FBR_M_HEAD = 1 << 5,
+};
+
+/* One request as a route handler sees it; everything is borrowed for the call's duration. */
+struct fbr_http_req {
+    void *opaque;             /* the libevhtp request (evhtp_request_t *) */
+    const char *id;           /* request id for logs, NUL-terminated */
+    unsigned method;          /* one FBR_M_* bit */
+    struct fbr_slice path;    /* decoded path, without the query */
+    struct fbr_slice query;   /* raw query string, without '?' */
+    struct fbr_slice body;    /* whole body (already bounded by max_body) */
+    json_t *json;             /* parsed body for routes with json_body (borrowed), else NULL */
+};
+
+/*
+ * Called once the whole request is in.  The handler must answer exactly once, before returning,
+ * with fbr_http_reply_json() or fbr_http_reply_error().
+ */
+typedef void (*fbr_route_fn)(struct fbr_http_req *req, void *arg);
+
+struct fbr_route {
+    const char *path;   /* exact path, or prefix when prefix != 0 */
+    int prefix;
+    unsigned methods;   /* FBR_M_* mask; others get 405 with Allow */
+    int json_body;      /* 1: body must be JSON (415 otherwise; 400 when unparsable) */
+    const char *metric; /* endpoint label for /metrics */
+    fbr_route_fn fn;
+    void *arg;
+};
+
+/* Returns a header value of the request (borrowed) or NULL. */
+const char *fbr_http_header(struct fbr_http_req *req, const char *name);
+
+/* Replies with status and a JSON body (steals a reference to body; NULL sends no body). */
+void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body);
+/* Replies {"result":"failure","message":"..."} with status. */
+void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Adds a response header before replying (copied). */
+void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char *value);
+
+
+
+/* Server lifecycle.  fbr_server_new() never fails (aborts on exhaustion). */
+struct fbr_server_opts {
+    size_t max_body; /* bytes; larger bodies get 413 */
+};
+struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_server_opts *opts);
+/* Binds "ADDR:PORT" or "[IPv6]:PORT".  Returns FBR_OK or FBR_ERROR (logged). Port 0 picks one;
+ * fbr_server_port() then tells which (of the first listener). */
+int fbr_server_listen(struct fbr_server *srv, const char *addr);
+int fbr_server_port(const struct fbr_server *srv);
+/* Adds a route (copied).  Routes are matched in the order they were added. */
+void fbr_server_add_route(struct fbr_server *srv, const struct fbr_route *route);
+void fbr_server_free(struct fbr_server **srv);
+#endif

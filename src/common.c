@@ -1,0 +1,80 @@
+/*
+ * common.c - return-code names, abort-on-exhaustion allocators and clocks: the few helpers every
+ * other module in the data path uses.
+ */
+#include "firebridge/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+const char *fbr_strerror(int code)
+{
+    switch (code) {
+    case FBR_OK:
+        return "ok";
+#define FBR_X(name, value, text)                                                                   \
+    case FBR_##name:                                                                               \
+        return text;
+        FBR_ERRNO_MAP(FBR_X)
+#undef FBR_X
+    }
+    return "unknown error";
+}
+
+static void oom(size_t n)
+{
+    fprintf(stderr, "firebridge: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *fbr_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        oom(n);
+    return p;
+}
+
+void *fbr_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        oom(n * size);
+    return p;
+}
+
+void *fbr_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        oom(n);
+    return q;
+}
+
+char *fbr_xstrndup(const char *s, size_t n)
+{
+    char *p = fbr_xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *fbr_xstrdup(const char *s)
+{
+    return fbr_xstrndup(s, strlen(s));
+}
+
+uint64_t fbr_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t fbr_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -1,0 +1,200 @@
+/*
+ * log.c - the line writer behind log.h: level filter, text or JSON lines on stderr, and the URL
+ * masker that keeps tokens out of every line.  Used by every module; writes synchronously, which
+ * is fine for one line per event at the rates firebridge logs at.
+ */
+#include "firebridge/log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static enum fbr_log_level g_level = FBR_LOG_INFO;
+static enum fbr_log_format g_format = FBR_LOG_TEXT;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+void fbr_log_setup(enum fbr_log_level level, enum fbr_log_format format)
+{
+    g_level = level;
+    g_format = format;
+}
+
+int fbr_log_enabled(enum fbr_log_level level)
+{
+    return level <= g_level;
+}
+
+const char *fbr_log_level_name(enum fbr_log_level level)
+{
+    return level_names[level];
+}
+
+int fbr_log_level_parse(const char *s, enum fbr_log_level *out)
+{
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, level_names[i]) == 0) {
+            *out = (enum fbr_log_level)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int fbr_log_format_parse(const char *s, enum fbr_log_format *out)
+{
+    if (strcasecmp(s, "text") == 0)
+        *out = FBR_LOG_TEXT;
+    else if (strcasecmp(s, "json") == 0)
+        *out = FBR_LOG_JSON;
+    else
+        return -1;
+    return 0;
+}
+
+/* Appends s to buf as the inside of a JSON string. */
+static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s)
+{
+    for (; *s && pos + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            buf[pos++] = '\\';
+            buf[pos++] = (char)c;
+        } else if (c < 0x20) {
+            pos += (size_t)snprintf(buf + pos, cap - pos, "\\u%04x", c);
+        } else {
+            buf[pos++] = (char)c;
+        }
+    }
+    return pos;
+}
+
+void fbr_logv(enum fbr_log_level level, const char *id, const char *action, const char *fmt,
+              va_list ap)
+{
+    if (!fbr_log_enabled(level))
+        return;
+    char msg[2048];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+
+    char ts[40];
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000L);
+
+    char line[4096];
+    size_t pos;
+    if (g_format == FBR_LOG_JSON) {
+        pos = (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\"", ts,
+                               level_names[level]);
+        if (id) {
+            pos += (size_t)snprintf(line + pos, sizeof(line) - pos, ",\"id\":\"");
+            pos = json_escape(line, pos, sizeof(line), id);
+            line[pos++] = '"';
+        }
+        pos += (size_t)snprintf(line + pos, sizeof(line) - pos, ",\"msg\":\"");
+        pos = json_escape(line, pos, sizeof(line), msg);
+        line[pos++] = '"';
+        if (action) {
+            pos += (size_t)snprintf(line + pos, sizeof(line) - pos, ",\"action\":\"");
+            pos = json_escape(line, pos, sizeof(line), action);
+            line[pos++] = '"';
+        }
+        pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "}\n");
+    } else {
+        pos = (size_t)snprintf(line, sizeof(line), "%s %-5s %s%s%s%s%s%s\n", ts,
+                               level_names[level], id ? "[" : "", id ? id : "", id ? "] " : "",
+                               msg, action ? " while " : "", action ? action : "");
+    }
+    if (pos >= sizeof(line)) {
+        pos = sizeof(line) - 1;
+        line[pos - 1] = '\n';
+    }
+    fwrite(line, 1, pos, stderr);
+}
+
+void fbr_log(enum fbr_log_level level, const char *id, const char *action, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fbr_logv(level, id, action, fmt, ap);
+    va_end(ap);
+}
+
+static int secret_param(const char *name, size_t len)
+{
+    static const char *const names[] = {"auth_token", "token", "access_token", "signed_request",
+                                        "api_key", "key", "password", "secret"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strlen(names[i]) == len && strncasecmp(name, names[i], len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+char *fbr_log_mask_url(const char *url, size_t len, char *out, size_t outlen)
+{
+    size_t o = 0, i = 0;
+    if (outlen == 0)
+        return out;
+#define PUT(c)                                                                                     \
+    do {                                                                                           \
+        if (o + 1 < outlen)                                                                        \
+            out[o++] = (c);                                                                        \
+    } while (0)
+    /* userinfo: scheme://user:pass@host -> scheme://user:***@host */
+    const char *scheme_end = memmem(url, len, "://", 3);
+    if (scheme_end) {
+        size_t auth_start = (size_t)(scheme_end - url) + 3;
+        size_t auth_end = auth_start;
+        while (auth_end < len && url[auth_end] != '/' && url[auth_end] != '?' &&
+               url[auth_end] != '#')
+            auth_end++;
+        const char *at = memchr(url + auth_start, '@', auth_end - auth_start);
+        for (; i < auth_start; i++)
+            PUT(url[i]);
+        if (at) {
+            const char *colon = memchr(url + auth_start, ':', (size_t)(at - (url + auth_start)));
+            if (colon) {
+                for (; url + i <= colon; i++)
+                    PUT(url[i]);
+                PUT('*');
+                PUT('*');
+                PUT('*');
+                i = (size_t)(at - url);
+            }
+        }
+    }
+    int in_query = 0;
+    while (i < len) {
+        char c = url[i];
+        PUT(c);
+        i++;
+        if (c == '?' || (in_query && c == '&')) {
+            in_query = 1;
+            size_t name = i;
+            while (i < len && url[i] != '=' && url[i] != '&')
+                i++;
+            for (size_t k = name; k < i; k++)
+                PUT(url[k]);
+            if (i < len && url[i] == '=') {
+                PUT('=');
+                i++;
+                if (secret_param(url + name, i - 1 - name)) {
+                    while (i < len && url[i] != '&' && url[i] != '#')
+                        i++;
+                    PUT('*');
+                    PUT('*');
+                    PUT('*');
+                }
+            }
+        }
+    }
+#undef PUT
+    out[o] = '\0';
+    return out;
+}

@@ -1,0 +1,48 @@
+/* test_log.c - unit tests for log.c: level parsing and the URL masker that keeps secrets out. */
+#include <check.h>
+#include <string.h>
+
+#include "firebridge/log.h"
+
+static const struct {
+    const char *in, *out;
+} mask_cases[] = {
+    {"https://h/v2/room/1/notification?auth_token=SECRET",
+     "https://h/v2/room/1/notification?auth_token=***"},
+    {"https://h/x?a=1&auth_token=S&b=2", "https://h/x?a=1&auth_token=***&b=2"},
+    {"https://user:pw@h/x", "https://user:***@h/x"},
+    {"http://h/x?signed_request=abc.def", "http://h/x?signed_request=***"},
+    {"http://h/plain", "http://h/plain"},
+};
+
+START_TEST(mask_url)
+{
+    char out[256];
+    const char *in = mask_cases[_i].in;
+    fbr_log_mask_url(in, strlen(in), out, sizeof(out));
+    ck_assert_str_eq(out, mask_cases[_i].out);
+}
+END_TEST
+
+START_TEST(level_parse)
+{
+    enum fbr_log_level l;
+    ck_assert_int_eq(fbr_log_level_parse("debug", &l), 0);
+    ck_assert_int_eq(l, FBR_LOG_DEBUG);
+    ck_assert_int_eq(fbr_log_level_parse("verbose", &l), -1);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("log");
+    TCase *tc = tcase_create("core");
+    tcase_add_loop_test(tc, mask_url, 0, sizeof(mask_cases) / sizeof(mask_cases[0]));
+    tcase_add_test(tc, level_parse);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
