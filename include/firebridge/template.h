@@ -85,6 +85,10 @@ void fbr_render_free(struct fbr_render *r);
 int fbr_tpl_render(const struct fbr_tpl *tpl, const struct fbr_tpl_scope *scope,
                    struct fbr_render *r);
 
+/* Replaces r's content with one slice holding a private copy of len bytes of src (used when a
+ * request comes back from a dead-letter file rather than from a template). */
+void fbr_render_set_copy(struct fbr_render *r, const char *src, size_t len);
+
 /* Copies the rendered bytes into dst (r->total bytes, not terminated). */
 void fbr_render_copy(const struct fbr_render *r, char *dst);
 /* Returns a new NUL-terminated heap copy of the rendered bytes (caller frees). */

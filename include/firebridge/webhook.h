@@ -1,0 +1,78 @@
+/*
+ * webhook.h - outgoing webhooks: the compiled form of one `webhooks[]` entry of the configuration
+ * (event, method, content type, URL / header / payload templates) and the rendered request it
+ * yields for one event.  It sits between the events module, which decides which webhooks an event
+ * fires, and the delivery module, which queues and sends the rendered requests.
+ */
+#ifndef FIREBRIDGE_WEBHOOK_H
+#define FIREBRIDGE_WEBHOOK_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "firebridge/common.h"
+#include "firebridge/template.h"
+
+struct fbr_webhook_header {
+    char *name;            /* owned, validated token */
+    struct fbr_tpl *value; /* FBR_TPL_HEADER template, owned reference */
+};
+
+/* Optional per-webhook override of a rate limit: n deliveries per secs seconds (0 = global). */
+struct fbr_rate {
+    uint32_t n;
+    uint32_t secs;
+};
+
+/* Immutable after compile; reference counted so a delivery in flight survives a reload. */
+struct fbr_webhook {
+    unsigned refs;
+    char *name;
+    uint32_t events;            /* bit (1u << enum fbr_event) per subscribed event */
+    unsigned method;            /* one FBR_M_* bit (server.h) */
+    char *content_type;
+    struct fbr_tpl *url;        /* FBR_TPL_URL */
+    struct fbr_tpl *payload;    /* context from content_type; NULL = no body */
+    struct fbr_tpl *rate_key;   /* FBR_TPL_TEXT or NULL: overrides the destination key */
+    struct fbr_webhook_header *headers;
+    size_t nheaders;
+    struct fbr_rate room_rate;  /* overrides --room-rate when n != 0 */
+    struct fbr_rate token_rate; /* overrides --token-rate when n != 0 */
+    int enabled;
+};
+
+struct fbr_webhook *fbr_webhook_ref(struct fbr_webhook *wh);
+void fbr_webhook_unref(struct fbr_webhook **wh);
+
+/*
+ * A rendered request, ready for the delivery engine.  Its slices borrow from the webhook's
+ * templates and the event's JSON, both of which it holds a reference to until released.
+ * Initialise with fbr_outreq_init(); the render buffers are reused across renders.
+ */
+struct fbr_outreq {
+    struct fbr_webhook *webhook; /* reference held, NULL for a replayed dead letter */
+    json_t *event;               /* reference held, NULL for a replayed dead letter */
+    unsigned method;
+    struct fbr_render url;
+    struct fbr_render body;
+    struct fbr_render rate_key;  /* empty when the webhook has none */
+    char *content_type;          /* borrowed from the webhook, or owned when webhook is NULL */
+    size_t nheaders;
+    const char **header_names;   /* borrowed from the webhook (or owned when webhook is NULL) */
+    struct fbr_render *headers;  /* one value per header name */
+};
+
+void fbr_outreq_init(struct fbr_outreq *o);
+/*
+ * Renders wh for event into o (taking references to both).  Returns FBR_OK; FBR_SKIP when the
+ * URL misses a variable (the webhook does not fire for this event); FBR_INVALID when a header
+ * value would inject CR/LF/NUL or the URL is not an absolute http(s) URL (o->url.error or the
+ * failing header's .error says why).  On failure o holds no references.
+ */
+int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *event);
+/* Drops the references and empties the buffers (capacity kept). */
+void fbr_outreq_release(struct fbr_outreq *o);
+/* Frees everything. */
+void fbr_outreq_free(struct fbr_outreq *o);
+
+#endif
