@@ -255,6 +255,7 @@ struct hcs_stats {
     uint64_t notifications;
     uint64_t accepted;
     uint64_t faults_injected;
+    uint64_t abandoned; /* stalled requests whose client had gone away */
     uint64_t by_status[600];
     uint64_t conn_open, conn_max, conn_total;
     uint64_t messages_dropped;
@@ -276,6 +277,7 @@ struct hcs {
     struct message *oldest, *newest;
     uint64_t next_seq;
     struct fault *faults;
+    struct conn *conns;
     struct hcs_stats stats;
 };
 
@@ -606,6 +608,7 @@ enum pending_kind { PENDING_NONE, PENDING_PROCESS, PENDING_REPLY, PENDING_RESET 
 struct conn {
     struct hcs *srv;
     evhtp_connection_t *ec;
+    struct conn *prev, *next; /* every open connection, so that shutdown can free them */
     uint64_t body_bytes;
     int too_large;
     struct event *timer;
@@ -633,6 +636,12 @@ static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
 {
     struct conn *c = arg;
     c->srv->stats.conn_open--;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     conn_cancel(c);
     free(c);
     return EVHTP_RES_OK;
@@ -667,6 +676,10 @@ static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
     struct conn *c = fbr_xcalloc(1, sizeof(*c));
     c->srv = s;
     c->ec = ec;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
     s->stats.conn_open++;
     s->stats.conn_total++;
     if (s->stats.conn_open > s->stats.conn_max)
@@ -735,6 +748,14 @@ static void set_error_body(evhtp_request_t *req, int status, const char *msg)
 {
     set_json_body(req, json_pack("{s:{s:i,s:s,s:s}}", "error", "code", status, "message", msg,
                                  "type", reason_phrase(status)));
+}
+
+/* Closes the connection after this reply.  evhtp_request_set_keepalive(req, 0) alone did not
+ * close it in 1.2.18 (measured); clearing the request flag does, and adds "Connection: close". */
+static void no_keepalive(evhtp_request_t *req)
+{
+    evhtp_request_set_keepalive(req, 0);
+    evhtp_request_disable_flag(req, EVHTP_REQ_FLAG_KEEPALIVE);
 }
 
 static void send_now(struct hcs *s, evhtp_request_t *req, int status)
@@ -1097,7 +1118,7 @@ static void notification_finish(struct hcs *s, struct conn *c, evhtp_request_t *
     }
     int status = notification_reply(s, req, key, f);
     if (f && f->close)
-        evhtp_request_set_keepalive(req, 0);
+        no_keepalive(req);
     if (f && f->delay_ms) {
         if (!deferred)
             evhtp_request_pause(req);
@@ -1162,6 +1183,19 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     c->pending = PENDING_NONE;
     switch (kind) {
     case PENDING_PROCESS: {
+        /* A client that gave up during the stall (closed, reset, or sent more while waiting for
+         * this answer) gets nothing: the request is dropped unprocessed, as by a hung server. */
+        struct bufferevent *bev = evhtp_connection_get_bev(c->ec);
+        evutil_socket_t sock = bufferevent_getfd(bev);
+        char probe;
+        errno = 0;
+        ssize_t n = sock >= 0 ? recv(sock, &probe, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
+        if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) ||
+            evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
+            c->srv->stats.abandoned++;
+            evhtp_connection_free(c->ec); /* runs on_conn_fini, which frees c */
+            break;
+        }
         char key[HCS_MAX_ROOM_KEY];
         if (notification_room(req_path(req), key, sizeof(key)) < 0)
             key[0] = '\0';
@@ -1217,11 +1251,12 @@ static json_t *stats_json(const struct hcs *s)
         if (i >= 300)
             rejected += s->stats.by_status[i];
     }
-    return json_pack("{s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:{s:I,s:I,s:I},s:I,s:I}", "requests",
+    return json_pack("{s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:{s:I,s:I,s:I},s:I,s:I}", "requests",
                      (json_int_t)s->stats.requests, "notifications",
                      (json_int_t)s->stats.notifications, "accepted",
                      (json_int_t)s->stats.accepted, "rejected", (json_int_t)rejected,
-                     "by_status", by, "resets", (json_int_t)s->stats.by_status[0],
+                     "by_status", by, "resets", (json_int_t)s->stats.by_status[0], "abandoned",
+                     (json_int_t)s->stats.abandoned,
                      "faults_injected", (json_int_t)s->stats.faults_injected, "connections",
                      "open", (json_int_t)s->stats.conn_open, "max_open",
                      (json_int_t)s->stats.conn_max, "total", (json_int_t)s->stats.conn_total,
@@ -1350,7 +1385,7 @@ static void on_request(evhtp_request_t *req, void *arg)
     if (c && c->too_large) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", s->max_body);
-        evhtp_request_set_keepalive(req, 0);
+        no_keepalive(req);
         reply_error(s, req, 413, msg);
         return;
     }
@@ -1358,12 +1393,16 @@ static void on_request(evhtp_request_t *req, void *arg)
     htp_method m = evhtp_request_get_method(req);
     char key[HCS_MAX_ROOM_KEY];
     if (strncmp(path, "/v2/room/", 9) == 0) {
-        if (notification_room(path, key, sizeof(key)) < 0)
-            reply_error(s, req, 404, "Not found");
-        else if (m != htp_method_POST)
-            reply_error(s, req, 405, "use POST");
-        else
+        int bad = notification_room(path, key, sizeof(key)) < 0;
+        if (!bad && m == htp_method_POST) {
             handle_notification(s, req, key);
+            return;
+        }
+        /* Every API response carries the rate headers; nothing is counted for these. */
+        uint64_t now = now_s();
+        add_rate_headers(req, window_peek(NULL, s->token_rate, now),
+                         window_peek(NULL, s->room_rate, now));
+        reply_error(s, req, bad ? 404 : 405, bad ? "Not found" : "use POST");
         return;
     }
     handle_control(s, req, path, m);
@@ -1684,6 +1723,8 @@ int main(int argc, char **argv)
     event_base_dispatch(s.base);
     event_free(sigint);
     event_free(sigterm);
+    while (s.conns)
+        evhtp_connection_free(s.conns->ec); /* its fini hook unlinks it */
     rc = 0;
 out:
     if (s.htp) {
