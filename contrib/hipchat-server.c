@@ -218,6 +218,7 @@ struct message {
     struct message *global_next; /* FIFO over all rooms, oldest first: what the cap drops */
     struct room *room;
     uint64_t seq;
+    size_t size;  /* bytes of the record as JSON: what --max-stored-bytes counts */
     json_t *json; /* owned: the stored record */
 };
 
@@ -264,7 +265,7 @@ struct hcs_stats {
 struct hcs {
     struct event_base *base;
     evhtp_t *htp;
-    struct hmap rooms;  /* id and name -> struct room (borrowed; owned by room_list) */
+    struct hmap rooms; /* id and name -> struct room (borrowed; owned by room_list) */
     struct room **room_list;
     size_t nrooms;
     struct hmap tokens; /* token -> struct token_state (owned) */
@@ -272,8 +273,11 @@ struct hcs {
     size_t nglobal_tokens;
     int any_token, any_room, strict_keys;
     struct rate room_rate, token_rate;
-    size_t max_messages, nmessages, max_tokens;
+    size_t max_messages, nmessages, max_tokens, max_rooms;
+    size_t max_stored_bytes, stored_bytes;
     size_t max_body;
+    int quiet;
+    struct token_state overflow_token; /* shared by tokens seen past max_tokens */
     struct message *oldest, *newest;
     uint64_t next_seq;
     struct fault *faults;
@@ -355,14 +359,17 @@ static void drop_oldest(struct hcs *s)
         r->tail = NULL;
     r->nmessages--;
     s->nmessages--;
+    s->stored_bytes -= m->size;
     s->stats.messages_dropped++;
     message_free(m);
 }
 
-static void store_message(struct hcs *s, struct room *r, json_t *record)
+static void store_message(struct hcs *s, struct room *r, json_t *record, size_t size)
 {
     struct message *m = fbr_xcalloc(1, sizeof(*m));
     m->room = r;
+    m->size = size;
+    s->stored_bytes += size;
     m->seq = ++s->next_seq;
     m->json = record;
     if (r->tail)
@@ -377,7 +384,7 @@ static void store_message(struct hcs *s, struct room *r, json_t *record)
         s->oldest = m;
     s->newest = m;
     s->nmessages++;
-    while (s->nmessages > s->max_messages)
+    while (s->nmessages > s->max_messages || s->stored_bytes > s->max_stored_bytes)
         drop_oldest(s);
 }
 
@@ -426,8 +433,8 @@ static int json_get_ms(json_t *o, const char *key, long *out, char *err, size_t 
 /* Parses one fault object; returns a new fault or NULL with err filled. */
 static struct fault *fault_parse(json_t *o, char *err, size_t errlen)
 {
-    static const char *const known[] = {"room",     "count",    "status",      "reset",
-                                        "close",    "stall_ms", "delay_ms",    "reset_in",
+    static const char *const known[] = {"room",        "count",        "status",   "reset",
+                                        "close",       "stall_ms",     "delay_ms", "reset_in",
                                         "retry_after", "reset_headers"};
     if (!json_is_object(o)) {
         snprintf(err, errlen, "a fault must be a JSON object");
@@ -435,7 +442,8 @@ static struct fault *fault_parse(json_t *o, char *err, size_t errlen)
     }
     const char *key;
     json_t *v;
-    json_object_foreach(o, key, v) {
+    json_object_foreach(o, key, v)
+    {
         size_t i = 0;
         while (i < FBR_ARRAY_LEN(known) && strcmp(known[i], key) != 0)
             i++;
@@ -702,23 +710,40 @@ static struct conn *conn_of(evhtp_request_t *req)
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Payload Too Large";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return status >= 500 ? "Server Error" : status >= 400 ? "Client Error" : "OK";
+    case 200:
+        return "OK";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status >= 500 ? "Server Error" : status >= 400 ? "Client Error" : "OK";
     }
 }
 
@@ -906,8 +931,7 @@ static const char *validate_string(json_t *body, const char *key, size_t min, si
         return err;
     }
     if (n < min || n > max) {
-        snprintf(err, errlen, "'%s' must be %zu to %zu characters long, got %zu", key, min, max,
-                 n);
+        snprintf(err, errlen, "'%s' must be %zu to %zu characters long, got %zu", key, min, max, n);
         return err;
     }
     return NULL;
@@ -916,8 +940,8 @@ static const char *validate_string(json_t *body, const char *key, size_t min, si
 static const char *validate_body(const struct hcs *s, json_t *body, char *err, size_t errlen)
 {
     static const char *const formats[] = {"html", "text", NULL};
-    static const char *const colors[] = {"yellow", "green", "red", "purple", "gray", "random",
-                                         NULL};
+    static const char *const colors[] = {"yellow", "green",  "red", "purple",
+                                         "gray",   "random", NULL};
     static const char *const known[] = {"message", "message_format", "color", "notify",
                                         "from",    "attach_to",      "card",  NULL};
     if (!json_is_object(body)) {
@@ -947,7 +971,8 @@ static const char *validate_body(const struct hcs *s, json_t *body, char *err, s
     }
     if (s->strict_keys) {
         const char *key;
-        json_object_foreach(body, key, v) {
+        json_object_foreach(body, key, v)
+        {
             size_t i = 0;
             while (known[i] && strcmp(known[i], key) != 0)
                 i++;
@@ -1010,7 +1035,7 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
         status = 401, msg = "Authenticated requests only.";
     } else if (!ts && !s->any_token && !(room && room_has_token(room, token))) {
         status = 401, msg = "Invalid OAuth session";
-    } else if (!room && !s->any_room) {
+    } else if (!room && (!s->any_room || s->nrooms >= s->max_rooms)) {
         status = 404, msg = "Room not found";
     }
     if (!status && !room) {
@@ -1030,9 +1055,11 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
         return status;
     }
     if (!ts) {
+        /* Only --any-token gets here with unbounded token strings: past max_tokens live ones,
+         * the newcomers share one window so that memory stays bounded. */
         if (s->tokens.count >= s->max_tokens)
             hmap_filter(&s->tokens, drop_expired_token, &now);
-        ts = token_get(s, token, 1);
+        ts = s->tokens.count >= s->max_tokens ? &s->overflow_token : token_get(s, token, 1);
     }
     if (window_hit(&ts->window, s->token_rate, now) < 0) {
         tv = window_peek(&ts->window, s->token_rate, now);
@@ -1047,9 +1074,9 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
     if (query_param(req_query(req), "auth_test", flag, sizeof(flag)) == 1 &&
         strcmp(flag, "true") == 0) {
         add_rate_headers(req, tv, rv);
-        set_json_body(req, json_pack("{s:{s:i,s:s,s:s}}", "success", "code", 202, "type",
-                                     "Accepted", "message",
-                                     "This auth_token has access to use this method."));
+        set_json_body(req,
+                      json_pack("{s:{s:i,s:s,s:s}}", "success", "code", 202, "type", "Accepted",
+                                "message", "This auth_token has access to use this method."));
         return 202;
     }
 
@@ -1095,11 +1122,14 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
         json_object_set(rec, "card", json_object_get(body, "card"));
     json_decref(body);
     char *line = json_dumps(rec, JSON_COMPACT);
-    fputs(line, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    size_t size = strlen(line);
+    if (!s->quiet) {
+        fputs(line, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
     free(line);
-    store_message(s, room, rec);
+    store_message(s, room, rec, size);
     s->stats.accepted++;
     add_rate_headers(req, tv, rv);
     return 204;
@@ -1251,17 +1281,15 @@ static json_t *stats_json(const struct hcs *s)
         if (i >= 300)
             rejected += s->stats.by_status[i];
     }
-    return json_pack("{s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:{s:I,s:I,s:I},s:I,s:I}", "requests",
-                     (json_int_t)s->stats.requests, "notifications",
-                     (json_int_t)s->stats.notifications, "accepted",
-                     (json_int_t)s->stats.accepted, "rejected", (json_int_t)rejected,
-                     "by_status", by, "resets", (json_int_t)s->stats.by_status[0], "abandoned",
-                     (json_int_t)s->stats.abandoned,
-                     "faults_injected", (json_int_t)s->stats.faults_injected, "connections",
-                     "open", (json_int_t)s->stats.conn_open, "max_open",
-                     (json_int_t)s->stats.conn_max, "total", (json_int_t)s->stats.conn_total,
-                     "messages_stored", (json_int_t)s->nmessages, "messages_dropped",
-                     (json_int_t)s->stats.messages_dropped);
+    return json_pack(
+        "{s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:{s:I,s:I,s:I},s:I,s:I}", "requests",
+        (json_int_t)s->stats.requests, "notifications", (json_int_t)s->stats.notifications,
+        "accepted", (json_int_t)s->stats.accepted, "rejected", (json_int_t)rejected, "by_status",
+        by, "resets", (json_int_t)s->stats.by_status[0], "abandoned",
+        (json_int_t)s->stats.abandoned, "faults_injected", (json_int_t)s->stats.faults_injected,
+        "connections", "open", (json_int_t)s->stats.conn_open, "max_open",
+        (json_int_t)s->stats.conn_max, "total", (json_int_t)s->stats.conn_total, "messages_stored",
+        (json_int_t)s->nmessages, "messages_dropped", (json_int_t)s->stats.messages_dropped);
 }
 
 static void reply_json(struct hcs *s, evhtp_request_t *req, int status, json_t *body)
@@ -1358,8 +1386,7 @@ static void handle_control(struct hcs *s, evhtp_request_t *req, const char *path
             s->room_list[i]->window = (struct window){0, 0};
         reply_json(s, req, 200, json_pack("{s:s}", "status", "ok"));
     } else if (plen > 16 && strncmp(path, "/rooms/", 7) == 0 &&
-               strcmp(path + plen - 9, "/messages") == 0 &&
-               !memchr(path + 7, '/', plen - 16) &&
+               strcmp(path + plen - 9, "/messages") == 0 && !memchr(path + 7, '/', plen - 16) &&
                pct_decode(path + 7, plen - 16, key, sizeof(key), 0) == 0) {
         struct room *r = hmap_get(&s->rooms, key);
         if (!r) {
@@ -1431,9 +1458,34 @@ static void add_global_token(struct hcs *s, const char *token)
     token_get(s, token, 1)->configured = 1;
 }
 
+/* Rejects keys of object o that are not in the NULL-terminated list, naming the JSON path. */
+static int check_keys(json_t *o, const char *const *known, const char *file, const char *where)
+{
+    const char *key;
+    json_t *v;
+    if (!json_is_object(o)) {
+        fprintf(stderr, "hipchat-server: %s: %s must be an object\n", file, where);
+        return -1;
+    }
+    json_object_foreach(o, key, v)
+    {
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key) != 0)
+            i++;
+        if (!known[i]) {
+            fprintf(stderr, "hipchat-server: %s: unknown key %s.%s\n", file, where, key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Loads the JSON config file; see README-hipchat-server.md for its shape. */
 static int load_config(struct hcs *s, const char *file)
 {
+    static const char *const top_keys[] = {"rooms",     "tokens",     "any_token", "any_room",
+                                           "room_rate", "token_rate", "faults",    NULL};
+    static const char *const room_keys[] = {"id", "name", "tokens", NULL};
     json_error_t jerr;
     char err[256];
     json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
@@ -1444,7 +1496,14 @@ static int load_config(struct hcs *s, const char *file)
     int rc = -1;
     json_t *rooms = json_object_get(j, "rooms"), *v;
     size_t i;
-    json_array_foreach(rooms, i, v) {
+    if (check_keys(j, top_keys, file, "$") < 0)
+        goto out;
+    json_array_foreach(rooms, i, v)
+    {
+        char where[48];
+        snprintf(where, sizeof(where), "$.rooms[%zu]", i);
+        if (check_keys(v, room_keys, file, where) < 0)
+            goto out;
         json_t *id = json_object_get(v, "id");
         char idbuf[32];
         const char *ids = json_string_value(id);
@@ -1453,19 +1512,21 @@ static int load_config(struct hcs *s, const char *file)
             ids = idbuf;
         }
         if (!ids || !*ids || strlen(ids) >= HCS_MAX_ROOM_KEY) {
-            fprintf(stderr, "hipchat-server: %s: rooms[%zu].id must be a string or integer\n",
-                    file, i);
+            fprintf(stderr, "hipchat-server: %s: rooms[%zu].id must be a string or integer\n", file,
+                    i);
             goto out;
         }
         struct room *r = room_add(s, ids, json_string_value(json_object_get(v, "name")));
         size_t k;
         json_t *t;
-        json_array_foreach(json_object_get(v, "tokens"), k, t) {
+        json_array_foreach(json_object_get(v, "tokens"), k, t)
+        {
             if (json_is_string(t) && json_string_length(t) > 0)
                 room_add_token(s, r, json_string_value(t));
         }
     }
-    json_array_foreach(json_object_get(j, "tokens"), i, v) {
+    json_array_foreach(json_object_get(j, "tokens"), i, v)
+    {
         if (json_is_string(v) && json_string_length(v) > 0)
             add_global_token(s, json_string_value(v));
     }
@@ -1501,6 +1562,10 @@ static void usage(FILE *out)
           "  --no-limits            same as --room-rate off --token-rate off\n"
           "  --strict-keys          reject unknown body fields with 400\n"
           "  --max-messages N       messages kept over all rooms (default 100000)\n"
+          "  --max-stored-bytes N   bytes of messages kept, as JSON (default 134217728)\n"
+          "  --max-rooms N          rooms --any-room may create (default 100000)\n"
+          "  --max-tokens N         tokens --any-token tracks one by one (default 10000)\n"
+          "  --quiet                do not print accepted messages on stdout\n"
           "  --max-body BYTES       largest request body (default 1048576)\n"
           "  --idle-timeout SEC     close idle connections (default 60)\n"
           "  --fault JSON           a fault rule, as for POST /faults (repeatable)\n"
@@ -1569,9 +1634,27 @@ static void hcs_free(struct hcs *s)
 int main(int argc, char **argv)
 {
     enum {
-        OPT_LISTEN = 256, OPT_CONFIG, OPT_ROOM, OPT_TOKEN, OPT_ANY_TOKEN, OPT_ANY_ROOM,
-        OPT_ROOM_RATE, OPT_TOKEN_RATE, OPT_NO_LIMITS, OPT_STRICT, OPT_MAX_MESSAGES, OPT_MAX_BODY,
-        OPT_IDLE, OPT_FAULT, OPT_CERT, OPT_KEY, OPT_HELP
+        OPT_LISTEN = 256,
+        OPT_CONFIG,
+        OPT_ROOM,
+        OPT_TOKEN,
+        OPT_ANY_TOKEN,
+        OPT_ANY_ROOM,
+        OPT_ROOM_RATE,
+        OPT_TOKEN_RATE,
+        OPT_NO_LIMITS,
+        OPT_STRICT,
+        OPT_MAX_MESSAGES,
+        OPT_MAX_BODY,
+        OPT_IDLE,
+        OPT_FAULT,
+        OPT_CERT,
+        OPT_KEY,
+        OPT_HELP,
+        OPT_MAX_STORED,
+        OPT_MAX_ROOMS,
+        OPT_MAX_TOKENS,
+        OPT_QUIET
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
@@ -1591,6 +1674,10 @@ int main(int argc, char **argv)
         {"tls-cert", required_argument, NULL, OPT_CERT},
         {"tls-key", required_argument, NULL, OPT_KEY},
         {"help", no_argument, NULL, OPT_HELP},
+        {"max-stored-bytes", required_argument, NULL, OPT_MAX_STORED},
+        {"max-rooms", required_argument, NULL, OPT_MAX_ROOMS},
+        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        {"quiet", no_argument, NULL, OPT_QUIET},
         {NULL, 0, NULL, 0},
     };
     struct hcs s = {0};
@@ -1600,6 +1687,8 @@ int main(int argc, char **argv)
     s.token_rate = (struct rate){500, 300};
     s.max_messages = 100000;
     s.max_tokens = 10000;
+    s.max_rooms = 100000;
+    s.max_stored_bytes = (size_t)128 << 20;
     s.max_body = 1u << 20;
     const char *listen = "127.0.0.1:0", *cert = NULL, *key = NULL;
     long idle = 60;
@@ -1612,7 +1701,9 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end = NULL;
         switch (opt) {
-        case OPT_LISTEN: listen = optarg; break;
+        case OPT_LISTEN:
+            listen = optarg;
+            break;
         case OPT_CONFIG:
             if (load_config(&s, optarg) < 0)
                 goto out;
@@ -1623,9 +1714,15 @@ int main(int argc, char **argv)
                 goto out;
             }
             break;
-        case OPT_TOKEN: add_global_token(&s, optarg); break;
-        case OPT_ANY_TOKEN: s.any_token = 1; break;
-        case OPT_ANY_ROOM: s.any_room = 1; break;
+        case OPT_TOKEN:
+            add_global_token(&s, optarg);
+            break;
+        case OPT_ANY_TOKEN:
+            s.any_token = 1;
+            break;
+        case OPT_ANY_ROOM:
+            s.any_room = 1;
+            break;
         case OPT_ROOM_RATE:
         case OPT_TOKEN_RATE:
             if (parse_rate(optarg, opt == OPT_ROOM_RATE ? &rr_flag : &tr_flag) < 0) {
@@ -1636,9 +1733,17 @@ int main(int argc, char **argv)
         case OPT_NO_LIMITS:
             rr_flag = tr_flag = (struct rate){HCS_LIFTED_LIMIT, 1};
             break;
-        case OPT_STRICT: s.strict_keys = 1; break;
+        case OPT_STRICT:
+            s.strict_keys = 1;
+            break;
+        case OPT_QUIET:
+            s.quiet = 1;
+            break;
         case OPT_MAX_MESSAGES:
         case OPT_MAX_BODY:
+        case OPT_MAX_STORED:
+        case OPT_MAX_ROOMS:
+        case OPT_MAX_TOKENS:
         case OPT_IDLE: {
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 10);
@@ -1650,6 +1755,12 @@ int main(int argc, char **argv)
                 s.max_messages = (size_t)v;
             else if (opt == OPT_MAX_BODY)
                 s.max_body = (size_t)v;
+            else if (opt == OPT_MAX_STORED)
+                s.max_stored_bytes = (size_t)v;
+            else if (opt == OPT_MAX_ROOMS)
+                s.max_rooms = (size_t)v;
+            else if (opt == OPT_MAX_TOKENS)
+                s.max_tokens = (size_t)v;
             else
                 idle = (long)v;
             break;
@@ -1665,8 +1776,12 @@ int main(int argc, char **argv)
                 goto out;
             break;
         }
-        case OPT_CERT: cert = optarg; break;
-        case OPT_KEY: key = optarg; break;
+        case OPT_CERT:
+            cert = optarg;
+            break;
+        case OPT_KEY:
+            key = optarg;
+            break;
         case OPT_HELP:
             usage(stdout);
             rc = 0;
@@ -1701,8 +1816,7 @@ int main(int argc, char **argv)
         cfg.pemfile = (char *)cert;
         cfg.privfile = (char *)key;
         cfg.ssl_opts = SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1;
-        if (access(cert, R_OK) != 0 || access(key, R_OK) != 0 ||
-            evhtp_ssl_init(s.htp, &cfg) != 0) {
+        if (access(cert, R_OK) != 0 || access(key, R_OK) != 0 || evhtp_ssl_init(s.htp, &cfg) != 0) {
             fprintf(stderr, "hipchat-server: cannot load the TLS certificate or key\n");
             goto out;
         }

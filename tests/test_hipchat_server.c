@@ -237,16 +237,16 @@ static long long resp_header_num(const struct resp *r, const char *name)
 
 /* Sends one request on c and reads the response.  Returns 0, or -1 when the connection failed
  * (reset, EOF before a complete response). */
-static int tconn_request(struct tconn *c, const char *method, const char *path,
-                         const char *headers, const char *body, struct resp *r)
+static int tconn_request(struct tconn *c, const char *method, const char *path, const char *headers,
+                         const char *body, struct resp *r)
 {
     memset(r, 0, sizeof(*r));
     size_t blen = body ? strlen(body) : 0;
     size_t cap = 512 + strlen(path) + (headers ? strlen(headers) : 0) + blen;
     char *req = malloc(cap);
-    int n = snprintf(req, cap, "%s %s HTTP/1.1\r\nHost: localhost\r\n%s%sContent-Length: %zu\r\n\r\n",
-                     method, path, headers ? headers : "",
-                     body ? "Content-Type: application/json\r\n" : "", blen);
+    int n = snprintf(
+        req, cap, "%s %s HTTP/1.1\r\nHost: localhost\r\n%s%sContent-Length: %zu\r\n\r\n", method,
+        path, headers ? headers : "", body ? "Content-Type: application/json\r\n" : "", blen);
     if (body)
         memcpy(req + n, body, blen);
     int w = tconn_write(c, req, (size_t)n + blen);
@@ -337,8 +337,8 @@ static void assert_error_shape(const struct resp *r, int status, const char *typ
 
 static void assert_rate_headers(const struct resp *r)
 {
-    static const char *const names[] = {"X-Ratelimit-Limit",    "X-Ratelimit-Remaining",
-                                        "X-Ratelimit-Reset",    "X-FloodControl-Limit",
+    static const char *const names[] = {"X-Ratelimit-Limit",        "X-Ratelimit-Remaining",
+                                        "X-Ratelimit-Reset",        "X-FloodControl-Limit",
                                         "X-FloodControl-Remaining", "X-FloodControl-Reset"};
     long long now = (long long)time(NULL);
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -510,8 +510,7 @@ START_TEST(auth)
 {
     struct resp r;
     int st = http("POST", auth_cases[_i].path, auth_cases[_i].headers, "{\"message\":\"a\"}", &r);
-    ck_assert_msg(st == auth_cases[_i].status, "case %d (%s): got %d", _i, auth_cases[_i].path,
-                  st);
+    ck_assert_msg(st == auth_cases[_i].status, "case %d (%s): got %d", _i, auth_cases[_i].path, st);
     assert_rate_headers(&r);
     if (st == 401)
         assert_error_shape(&r, 401, "Unauthorized");
@@ -593,8 +592,7 @@ START_TEST(message_cap)
     for (int i = 0; i < 5; i++) {
         char body[64];
         snprintf(body, sizeof(body), "{\"message\":\"m%d\"}", i);
-        ck_assert_int_eq(post_note(i % 2 ? "/v2/room/2/notification" : NOTE_PATH, AUTH, body),
-                         204);
+        ck_assert_int_eq(post_note(i % 2 ? "/v2/room/2/notification" : NOTE_PATH, AUTH, body), 204);
     }
     json_t *s = get_json("/stats");
     ck_assert_int_eq(json_integer_value(json_object_get(s, "messages_stored")), 3);
@@ -603,6 +601,50 @@ START_TEST(message_cap)
     json_t *a = get_json("/rooms/1/messages"); /* m0, m2, m4 -> m0 dropped */
     ck_assert_uint_eq(json_array_size(a), 2);
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(a, 0), "message")), "m2");
+    json_decref(a);
+}
+END_TEST
+
+START_TEST(stored_bytes_cap)
+{
+    stop_server();
+    start_server("--room", "1:tok1", "--no-limits", "--max-stored-bytes", "1000", "--quiet");
+    char *fill = repeat("z", 300), body[400];
+    snprintf(body, sizeof(body), "{\"message\":\"%s\"}", fill);
+    free(fill);
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(post_note(NOTE_PATH, AUTH, body), 204);
+    json_t *s = get_json("/stats");
+    long long kept = json_integer_value(json_object_get(s, "messages_stored"));
+    ck_assert_msg(kept >= 1 && kept <= 3, "kept %lld", kept);
+    ck_assert_int_eq(json_integer_value(json_object_get(s, "messages_dropped")), 5 - kept);
+    json_decref(s);
+    /* --quiet: only the port line on stdout. */
+    FILE *f = fopen(out_path, "r");
+    char line[4096];
+    int lines = 0;
+    while (fgets(line, sizeof(line), f))
+        lines++;
+    fclose(f);
+    ck_assert_int_eq(lines, 1);
+}
+END_TEST
+
+START_TEST(any_token_any_room)
+{
+    stop_server();
+    start_server("--any-token", "--any-room", "--max-rooms", "2");
+    ck_assert_int_eq(post_note("/v2/room/a/notification?auth_token=x", NULL, "{\"message\":\"m\"}"),
+                     204);
+    ck_assert_int_eq(
+        post_note("/v2/room/b/notification", "Authorization: Bearer y\r\n", "{\"message\":\"m\"}"),
+        204);
+    ck_assert_int_eq(post_note("/v2/room/c/notification?auth_token=x", NULL, "{\"message\":\"m\"}"),
+                     404);
+    ck_assert_int_eq(post_note("/v2/room/a/notification?auth_token=", NULL, "{\"message\":\"m\"}"),
+                     401);
+    json_t *a = get_json("/rooms/a/messages");
+    ck_assert_uint_eq(json_array_size(a), 1);
     json_decref(a);
 }
 END_TEST
@@ -630,8 +672,7 @@ START_TEST(room_limit)
     struct resp r;
     long long now = (long long)time(NULL);
     /* Responses that count nothing still carry the headers. */
-    ck_assert_int_eq(http("POST", "/v2/room/7/notification", AUTH, "{\"message\":\"m\"}", &r),
-                     404);
+    ck_assert_int_eq(http("POST", "/v2/room/7/notification", AUTH, "{\"message\":\"m\"}", &r), 404);
     ck_assert_int_eq(resp_header_num(&r, "X-FloodControl-Remaining"), 5);
     resp_free(&r);
     for (int i = 0; i < 5; i++) {
@@ -652,8 +693,7 @@ START_TEST(room_limit)
     ck_assert(ra >= 58 && ra <= 61);
     resp_free(&r);
     /* Flood control is per room. */
-    ck_assert_int_eq(http("POST", "/v2/room/2/notification", AUTH, "{\"message\":\"m\"}", &r),
-                     204);
+    ck_assert_int_eq(http("POST", "/v2/room/2/notification", AUTH, "{\"message\":\"m\"}", &r), 204);
     ck_assert_int_eq(resp_header_num(&r, "X-FloodControl-Remaining"), 4);
     resp_free(&r);
     json_t *a = get_json("/rooms/1/messages");
@@ -674,8 +714,7 @@ START_TEST(token_limit)
         ck_assert_int_eq(resp_header_num(&r, "X-Ratelimit-Remaining"), 2 - i);
         resp_free(&r);
     }
-    ck_assert_int_eq(http("POST", "/v2/room/2/notification", AUTH, "{\"message\":\"m\"}", &r),
-                     429);
+    ck_assert_int_eq(http("POST", "/v2/room/2/notification", AUTH, "{\"message\":\"m\"}", &r), 429);
     assert_error_shape(&r, 429, "Too Many Requests");
     ck_assert_int_eq(resp_header_num(&r, "X-Ratelimit-Remaining"), 0);
     ck_assert(resp_header_num(&r, "Retry-After") >= 298);
@@ -751,8 +790,8 @@ START_TEST(fault_status)
     resp_free(&r);
     json_t *s = get_json("/stats");
     ck_assert_int_eq(json_integer_value(json_object_get(s, "faults_injected")), 6);
-    ck_assert_int_eq(json_integer_value(json_object_get(
-                         json_object_get(s, "by_status"), "500")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(s, "by_status"), "500")),
+                     2);
     json_decref(s);
 }
 END_TEST
@@ -857,8 +896,7 @@ START_TEST(fault_close)
     struct resp r;
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(tconn_open(&c, server_port, NULL), 0);
-        ck_assert_int_eq(tconn_request(&c, "POST", NOTE_PATH, AUTH, "{\"message\":\"m\"}", &r),
-                         0);
+        ck_assert_int_eq(tconn_request(&c, "POST", NOTE_PATH, AUTH, "{\"message\":\"m\"}", &r), 0);
         ck_assert_int_eq(r.status, 204);
         char v[32];
         ck_assert(resp_header(&r, "Connection", v, sizeof(v)));
@@ -871,8 +909,7 @@ START_TEST(fault_close)
     /* Without the fault, the connection is kept alive for a second request. */
     ck_assert_int_eq(tconn_open(&c, server_port, NULL), 0);
     for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(tconn_request(&c, "POST", NOTE_PATH, AUTH, "{\"message\":\"m\"}", &r),
-                         0);
+        ck_assert_int_eq(tconn_request(&c, "POST", NOTE_PATH, AUTH, "{\"message\":\"m\"}", &r), 0);
         ck_assert_int_eq(r.status, 204);
         resp_free(&r);
     }
@@ -991,6 +1028,19 @@ START_TEST(bad_flags)
         int st = system(cmd);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "accepted: %s", bad[i]);
     }
+    /* Config files: unknown keys are rejected, wherever they are. */
+    static const char *const bad_cfg[] = {"{\"rooms\":[{\"id\":1,\"tokenz\":[\"t\"]}]}",
+                                          "{\"room_rate\":\"5\"}", "{\"extra\":1}", "[]"};
+    char cfg[300];
+    snprintf(cfg, sizeof(cfg), "%s/bad.json", tmpdir);
+    for (size_t i = 0; i < sizeof(bad_cfg) / sizeof(bad_cfg[0]); i++) {
+        FILE *f = fopen(cfg, "w");
+        fputs(bad_cfg[i], f);
+        fclose(f);
+        snprintf(cmd, sizeof(cmd), "'%s' --config '%s' >/dev/null 2>&1", exe, cfg);
+        int st = system(cmd);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "accepted config: %s", bad_cfg[i]);
+    }
 }
 END_TEST
 
@@ -1016,6 +1066,8 @@ int main(void)
     tcase_add_test(tc, stored_messages);
     tcase_add_test(tc, message_cap);
     tcase_add_test(tc, body_too_large);
+    tcase_add_test(tc, stored_bytes_cap);
+    tcase_add_test(tc, any_token_any_room);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");
