@@ -219,7 +219,7 @@ struct message {
     struct room *room;
     uint64_t seq;
     size_t size;  /* bytes of the record as JSON: what --max-stored-bytes counts */
-    json_t *json; /* owned: the stored record */
+    char *json; /* owned: the stored record as compact JSON (a jansson tree costs 6x more) */
 };
 
 struct room {
@@ -340,7 +340,7 @@ static int drop_expired_token(void *value, void *arg)
 
 static void message_free(struct message *m)
 {
-    json_decref(m->json);
+    free(m->json);
     free(m);
 }
 
@@ -364,7 +364,8 @@ static void drop_oldest(struct hcs *s)
     message_free(m);
 }
 
-static void store_message(struct hcs *s, struct room *r, json_t *record, size_t size)
+/* Stores a record (compact JSON, `size` bytes; ownership passes to the store). */
+static void store_message(struct hcs *s, struct room *r, char *record, size_t size)
 {
     struct message *m = fbr_xcalloc(1, sizeof(*m));
     m->room = r;
@@ -1128,8 +1129,8 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
         fputc('\n', stdout);
         fflush(stdout);
     }
-    free(line);
-    store_message(s, room, rec, size);
+    json_decref(rec);
+    store_message(s, room, line, size);
     s->stats.accepted++;
     add_rate_headers(req, tv, rv);
     return 204;
@@ -1392,10 +1393,16 @@ static void handle_control(struct hcs *s, evhtp_request_t *req, const char *path
         if (!r) {
             reply_error(s, req, 404, "Room not found");
         } else if (m == htp_method_GET) {
-            json_t *a = json_array();
-            for (struct message *msg = r->head; msg; msg = msg->room_next)
-                json_array_append(a, msg->json);
-            reply_json(s, req, 200, a);
+            /* Spliced from the stored JSON texts: no tree is rebuilt for 100,000 messages. */
+            evbuffer_add(req->buffer_out, "[", 1);
+            for (struct message *msg = r->head; msg; msg = msg->room_next) {
+                evbuffer_add(req->buffer_out, msg->json, msg->size);
+                if (msg->room_next)
+                    evbuffer_add(req->buffer_out, ",", 1);
+            }
+            evbuffer_add(req->buffer_out, "]", 1);
+            add_header(req, "Content-Type", "application/json");
+            send_now(s, req, 200);
         } else {
             reply_error(s, req, 405, "use GET");
         }
