@@ -1358,7 +1358,9 @@ static void handle_control(struct hcs *s, evhtp_request_t *req, const char *path
 {
     char key[HCS_MAX_ROOM_KEY];
     size_t plen = strlen(path);
-    if (strcmp(path, "/healthz") == 0 && (m == htp_method_GET || m == htp_method_HEAD)) {
+    if (strcmp(path, "/healthz") == 0 && m == htp_method_HEAD) {
+        send_now(s, req, 200);
+    } else if (strcmp(path, "/healthz") == 0 && m == htp_method_GET) {
         reply_json(s, req, 200, json_pack("{s:s}", "status", "ok"));
     } else if (strcmp(path, "/stats") == 0 && m == htp_method_GET) {
         reply_json(s, req, 200, stats_json(s));
