@@ -218,8 +218,8 @@ struct message {
     struct message *global_next; /* FIFO over all rooms, oldest first: what the cap drops */
     struct room *room;
     uint64_t seq;
-    size_t size;  /* bytes of the record as JSON: what --max-stored-bytes counts */
-    char *json; /* owned: the stored record as compact JSON (a jansson tree costs 6x more) */
+    size_t size; /* bytes of the record as JSON: what --max-stored-bytes counts */
+    char *json;  /* owned: the stored record as compact JSON (a jansson tree costs 6x more) */
 };
 
 struct room {
@@ -1396,11 +1396,18 @@ static void handle_control(struct hcs *s, evhtp_request_t *req, const char *path
             reply_error(s, req, 404, "Room not found");
         } else if (m == htp_method_GET) {
             /* Spliced from the stored JSON texts: no tree is rebuilt for 100,000 messages. */
+            char since_s[24];
+            uint64_t since = 0;
+            if (query_param(req_query(req), "since", since_s, sizeof(since_s)) == 1)
+                since = strtoull(since_s, NULL, 10);
+            const char *sep = "";
             evbuffer_add(req->buffer_out, "[", 1);
             for (struct message *msg = r->head; msg; msg = msg->room_next) {
+                if (msg->seq <= since)
+                    continue;
+                evbuffer_add(req->buffer_out, sep, strlen(sep));
                 evbuffer_add(req->buffer_out, msg->json, msg->size);
-                if (msg->room_next)
-                    evbuffer_add(req->buffer_out, ",", 1);
+                sep = ",";
             }
             evbuffer_add(req->buffer_out, "]", 1);
             add_header(req, "Content-Type", "application/json");
@@ -1834,15 +1841,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "hipchat-server: cannot listen on %s\n", listen);
         goto out;
     }
-    printf("listening on %d\n", bound_port(s.htp));
-    fflush(stdout);
-    fprintf(stderr, "hipchat-server: listening on %s (port %d)%s\n", listen, bound_port(s.htp),
-            cert ? " with TLS" : "");
-
+    /* Signal handlers before the port is announced: whoever reads it may stop us at once. */
     struct event *sigint = evsignal_new(s.base, SIGINT, on_signal, s.base);
     struct event *sigterm = evsignal_new(s.base, SIGTERM, on_signal, s.base);
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
+    printf("listening on %d\n", bound_port(s.htp));
+    fflush(stdout);
+    fprintf(stderr, "hipchat-server: listening on %s (port %d)%s\n", listen, bound_port(s.htp),
+            cert ? " with TLS" : "");
     event_base_dispatch(s.base);
     event_free(sigint);
     event_free(sigterm);

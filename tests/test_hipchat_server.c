@@ -557,6 +557,13 @@ START_TEST(stored_messages)
     a = get_json("/rooms/2/messages");
     ck_assert_uint_eq(json_array_size(a), 1);
     json_decref(a);
+    a = get_json("/rooms/1/messages?since=1");
+    ck_assert_uint_eq(json_array_size(a), 0);
+    json_decref(a);
+    a = get_json("/rooms/2/messages?since=1");
+    ck_assert_uint_eq(json_array_size(a), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(a, 0), "seq")), 2);
+    json_decref(a);
 
     /* One line per message on stdout, after the port line. */
     FILE *f = fopen(out_path, "r");
