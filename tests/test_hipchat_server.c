@@ -887,11 +887,21 @@ START_TEST(fault_stall_and_delay)
     json_t *s = get_json("/stats");
     ck_assert_int_eq(json_integer_value(json_object_get(s, "abandoned")), 1);
     json_decref(s);
+    /* A client that leaves during a delayed reply: processed, the late reply goes nowhere. */
+    post_faults("{\"room\":\"1\",\"delay_ms\":300}");
+    ck_assert_int_eq(tconn_open(&slow, server_port, NULL), 0);
+    ck_assert_int_eq(tconn_write(&slow, req, sizeof(req) - 1), 0);
+    usleep(100000);
+    tconn_close(&slow);
+    usleep(400000);
+    a = get_json("/rooms/1/messages");
+    ck_assert_uint_eq(json_array_size(a), 4);
+    json_decref(a);
     /* A client that waits through a stall gets the request processed. */
     post_faults("{\"room\":\"1\",\"stall_ms\":200}");
     ck_assert_int_eq(post_note(NOTE_PATH, AUTH, "{\"message\":\"waited\"}"), 204);
     a = get_json("/rooms/1/messages");
-    ck_assert_uint_eq(json_array_size(a), 4);
+    ck_assert_uint_eq(json_array_size(a), 5);
     json_decref(a);
 }
 END_TEST
