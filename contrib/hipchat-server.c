@@ -178,7 +178,7 @@ static struct window_view window_peek(const struct window *w, struct rate r, uin
     return v;
 }
 
-/* Counts one request; returns 0, or -1 (nothing counted) when the window is already full. */
+/* Counts one request; returns FBR_OK, or FBR_LIMIT (nothing counted) when the window is full. */
 static int window_hit(struct window *w, struct rate r, uint64_t now)
 {
     if (w->end_s <= now) {
@@ -186,9 +186,9 @@ static int window_hit(struct window *w, struct rate r, uint64_t now)
         w->used = 0;
     }
     if (w->used >= r.limit)
-        return -1;
+        return FBR_LIMIT;
     w->used++;
-    return 0;
+    return FBR_OK;
 }
 
 static int parse_rate(const char *s, struct rate *out)
@@ -196,18 +196,18 @@ static int parse_rate(const char *s, struct rate *out)
     char *end;
     if (strcmp(s, "off") == 0) {
         *out = (struct rate){HCS_LIFTED_LIMIT, 1};
-        return 0;
+        return FBR_OK;
     }
     errno = 0;
     unsigned long n = strtoul(s, &end, 10);
     if (errno || end == s || *end != '/' || n == 0 || n > HCS_LIFTED_LIMIT)
-        return -1;
+        return FBR_ERROR;
     const char *p = end + 1;
     unsigned long t = strtoul(p, &end, 10);
     if (errno || end == p || *end != '\0' || t == 0 || t > 86400)
-        return -1;
+        return FBR_ERROR;
     *out = (struct rate){(uint32_t)n, (uint32_t)t};
-    return 0;
+    return FBR_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -422,13 +422,13 @@ static int json_get_ms(json_t *o, const char *key, long *out, char *err, size_t 
 {
     json_t *v = json_object_get(o, key);
     if (!v)
-        return 0;
+        return FBR_OK;
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600000) {
         snprintf(err, errlen, "'%s' must be an integer from 0 to 3600000", key);
-        return -1;
+        return FBR_ERROR;
     }
     *out = (long)json_integer_value(v);
-    return 0;
+    return FBR_OK;
 }
 
 /* Parses one fault object; returns a new fault or NULL with err filled. */
@@ -528,7 +528,8 @@ fail:
     return NULL;
 }
 
-/* Parses a fault object or an array of them and appends them; returns 0 or -1 with err. */
+/* Parses a fault object or an array of them and appends them all, or none; returns FBR_OK or
+ * FBR_ERROR with err filled. */
 static int faults_add_json(struct hcs *s, json_t *j, char *err, size_t errlen)
 {
     struct fault *list = NULL, **tail = &list;
@@ -542,7 +543,7 @@ static int faults_add_json(struct hcs *s, json_t *j, char *err, size_t errlen)
                 fault_free(list);
                 list = next;
             }
-            return -1;
+            return FBR_ERROR;
         }
         *tail = f;
         tail = &f->next;
@@ -551,7 +552,7 @@ static int faults_add_json(struct hcs *s, json_t *j, char *err, size_t errlen)
     while (*end)
         end = &(*end)->next;
     *end = list;
-    return 0;
+    return FBR_OK;
 }
 
 /* Finds the first fault for this room, consumes one use of it and returns a copy of its
@@ -816,7 +817,7 @@ static int hexval(char ch)
 }
 
 /* Percent-decodes src[0..len) into out (NUL-terminated); plus_space turns '+' into ' ' (query
- * strings only).  Returns -1 on bad escapes, NUL bytes or overflow. */
+ * strings only).  Returns FBR_OK, or FBR_ERROR on bad escapes, NUL bytes or overflow. */
 static int pct_decode(const char *src, size_t len, char *out, size_t outlen, int plus_space)
 {
     size_t o = 0;
@@ -826,18 +827,18 @@ static int pct_decode(const char *src, size_t len, char *out, size_t outlen, int
             int hi = i + 2 < len ? hexval(src[i + 1]) : -1;
             int lo = i + 2 < len ? hexval(src[i + 2]) : -1;
             if (hi < 0 || lo < 0)
-                return -1;
+                return FBR_ERROR;
             ch = (char)(hi * 16 + lo);
             i += 2;
         } else if (ch == '+' && plus_space) {
             ch = ' ';
         }
         if (ch == '\0' || o + 1 >= outlen)
-            return -1;
+            return FBR_ERROR;
         out[o++] = ch;
     }
     out[o] = '\0';
-    return 0;
+    return FBR_OK;
 }
 
 /* Finds query parameter `name` in the raw query and decodes its value into out. Returns 1 when
@@ -1166,7 +1167,7 @@ static void notification_finish(struct hcs *s, struct conn *c, evhtp_request_t *
         evhtp_request_resume(req);
 }
 
-/* Extracts the decoded room key of /v2/room/{id_or_name}/notification; returns 0 or -1. */
+/* Extracts the decoded room key of /v2/room/{id_or_name}/notification; FBR_OK or FBR_ERROR. */
 static int notification_room(const char *path, char *key, size_t keylen)
 {
     static const char prefix[] = "/v2/room/", suffix[] = "/notification";
@@ -1174,11 +1175,11 @@ static int notification_room(const char *path, char *key, size_t keylen)
     if (plen <= sizeof(prefix) - 1 + sizeof(suffix) - 1 ||
         strncmp(path, prefix, sizeof(prefix) - 1) != 0 ||
         strcmp(path + plen - (sizeof(suffix) - 1), suffix) != 0)
-        return -1;
+        return FBR_ERROR;
     const char *seg = path + sizeof(prefix) - 1;
     size_t seglen = plen - (sizeof(prefix) - 1) - (sizeof(suffix) - 1);
     if (memchr(seg, '/', seglen))
-        return -1;
+        return FBR_ERROR;
     return pct_decode(seg, seglen, key, keylen, 0);
 }
 
@@ -1458,12 +1459,12 @@ static int add_room_token_arg(struct hcs *s, const char *arg)
 {
     const char *colon = strrchr(arg, ':');
     if (!colon || colon == arg || !colon[1] || (size_t)(colon - arg) >= HCS_MAX_ROOM_KEY)
-        return -1;
+        return FBR_ERROR;
     char id[HCS_MAX_ROOM_KEY];
     memcpy(id, arg, (size_t)(colon - arg));
     id[colon - arg] = '\0';
     room_add_token(s, room_add(s, id, NULL), colon + 1);
-    return 0;
+    return FBR_OK;
 }
 
 static void add_global_token(struct hcs *s, const char *token)
@@ -1481,7 +1482,7 @@ static int check_keys(json_t *o, const char *const *known, const char *file, con
     json_t *v;
     if (!json_is_object(o)) {
         fprintf(stderr, "hipchat-server: %s: %s must be an object\n", file, where);
-        return -1;
+        return FBR_ERROR;
     }
     json_object_foreach(o, key, v)
     {
@@ -1490,10 +1491,10 @@ static int check_keys(json_t *o, const char *const *known, const char *file, con
             i++;
         if (!known[i]) {
             fprintf(stderr, "hipchat-server: %s: unknown key %s.%s\n", file, where, key);
-            return -1;
+            return FBR_ERROR;
         }
     }
-    return 0;
+    return FBR_OK;
 }
 
 /* Loads the JSON config file; see README-hipchat-server.md for its shape. */
@@ -1507,7 +1508,7 @@ static int load_config(struct hcs *s, const char *file)
     json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
     if (!j) {
         fprintf(stderr, "hipchat-server: %s:%d: %s\n", file, jerr.line, jerr.text);
-        return -1;
+        return FBR_ERROR;
     }
     int rc = -1;
     json_t *rooms = json_object_get(j, "rooms"), *v;
@@ -1598,17 +1599,17 @@ static int parse_listen(const char *addr, char *host, size_t hostlen, int *port)
 {
     const char *colon = strrchr(addr, ':');
     if (!colon || (size_t)(colon - addr) + 8 >= hostlen)
-        return -1;
+        return FBR_ERROR;
     char *end;
     long p = strtol(colon + 1, &end, 10);
     if (*end || end == colon + 1 || p < 0 || p > 65535)
-        return -1;
+        return FBR_ERROR;
     if (addr[0] == '[' && colon > addr + 1 && colon[-1] == ']')
         snprintf(host, hostlen, "ipv6:%.*s", (int)(colon - addr - 2), addr + 1);
     else
         snprintf(host, hostlen, "%.*s", (int)(colon - addr), addr);
     *port = (int)p;
-    return 0;
+    return FBR_OK;
 }
 
 static int bound_port(evhtp_t *htp)
