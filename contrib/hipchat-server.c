@@ -1515,6 +1515,11 @@ static int load_config(struct hcs *s, const char *file)
     size_t i;
     if (check_keys(j, top_keys, file, "$") < 0)
         goto out;
+    if ((rooms && !json_is_array(rooms)) ||
+        (json_object_get(j, "tokens") && !json_is_array(json_object_get(j, "tokens")))) {
+        fprintf(stderr, "hipchat-server: %s: $.rooms and $.tokens must be arrays\n", file);
+        goto out;
+    }
     json_array_foreach(rooms, i, v)
     {
         char where[48];

@@ -1047,7 +1047,8 @@ START_TEST(bad_flags)
     }
     /* Config files: unknown keys are rejected, wherever they are. */
     static const char *const bad_cfg[] = {"{\"rooms\":[{\"id\":1,\"tokenz\":[\"t\"]}]}",
-                                          "{\"room_rate\":\"5\"}", "{\"extra\":1}", "[]"};
+                                          "{\"room_rate\":\"5\"}", "{\"extra\":1}", "[]",
+                                          "{\"rooms\":{}}"};
     char cfg[300];
     snprintf(cfg, sizeof(cfg), "%s/bad.json", tmpdir);
     for (size_t i = 0; i < sizeof(bad_cfg) / sizeof(bad_cfg[0]); i++) {
