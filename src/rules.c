@@ -375,6 +375,7 @@ static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_patter
     static const char *const keys[] = {"name", "enabled", "when", "set", "annotations", "stop",
                                        NULL};
     char path[64], p[256];
+    size_t nerr_before = errs->n;
     snprintf(path, sizeof(path), "rules[%zu]", idx);
     if (!json_is_object(j)) {
         fbr_cfgerr_add(errs, path, "must be an object");
@@ -438,7 +439,7 @@ static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_patter
             bad |= compile_annotation(json_array_get(ann, i), r, p, errs) != 0;
         }
     }
-    return bad ? -1 : 0;
+    return bad || errs->n != nerr_before ? -1 : 0;
 }
 
 int fbr_rules_compile(json_t *rules, const struct fbr_rules_opts *opts, struct fbr_rules **out,

@@ -16,7 +16,7 @@
 #include "firebridge/common.h"
 
 #define FBR_RULES_MAX_PATTERN 128        /* characters, default regex pattern limit */
-#define FBR_RULES_RETRY_LIMIT 1000000ul  /* Oniguruma backtracking retries per match, default */
+#define FBR_RULES_RETRY_LIMIT 200000ul   /* Oniguruma retries per match (about 2-4 ms), default */
 #define FBR_RULES_ANNOTATION_MAX 1124    /* characters of an annotation value */
 
 struct fbr_rules_opts {
