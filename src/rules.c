@@ -620,8 +620,14 @@ size_t fbr_rules_apply(struct fbr_rules *rs, json_t *alert, struct fbr_rules_sta
             size_t slen = rs->render.total;
             if (op->max_chars)
                 slen = utf8_truncate(s, slen, op->max_chars);
-            rs->pending[done] = json_stringn_nocheck(s, slen);
+            /* Inputs are valid UTF-8 and cuts land on character boundaries, so this only
+             * fails on a template engine bug; the rule is then skipped like any render error. */
+            rs->pending[done] = json_stringn(s, slen);
             free(s);
+            if (!rs->pending[done]) {
+                failed = 1;
+                break;
+            }
         }
         if (failed) {
             for (size_t k = 0; k < done; k++)
