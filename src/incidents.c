@@ -437,9 +437,9 @@ void fbr_incidents_close(struct fbr_incidents **tp)
 
 static void forget(struct fbr_incidents *t, struct incident *in)
 {
-    json_t *j = json_pack("{s:s}", "del", in->key);
+    if (t->fd >= 0)
+        journal_append(t, json_pack("{s:s}", "del", in->key));
     table_remove(t, in);
-    journal_append(t, j);
 }
 
 static void expire(struct fbr_incidents *t, uint64_t now_ms)
@@ -512,17 +512,37 @@ static const char *service_of(json_t *alert)
     return s ? s : alert_str(alert, "entity_display_name");
 }
 
+/* The namespaces are built per alert on the hot path: plain setters, no format parsing, no UTF-8
+ * re-validation (every string came out of a validated JSON string or a literal). */
+static void put_s(json_t *o, const char *k, const char *v)
+{
+    json_object_set_new_nocheck(o, k, json_string_nocheck(v ? v : ""));
+}
+
+static void put_i(json_t *o, const char *k, uint64_t v)
+{
+    json_object_set_new_nocheck(o, k, json_integer((json_int_t)v));
+}
+
 static json_t *state_json(const struct incident *in)
 {
     char name[24];
     snprintf(name, sizeof(name), "%" PRIu64, in->number);
-    return json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:I,s:s,s:s,s:s,s:I,s:I,s:s}", "INCIDENT_NAME",
-                     name, "CURRENT_ALERT_PHASE", phase_names[in->phase], "CURRENT_STATE",
-                     mt_names[in->state], "ALERT_COUNT", (json_int_t)in->alert_count, "ACK_USER",
-                     in->ack_user, "ACK_MSG", in->ack_msg, "ACK_TIMESTAMP", (json_int_t)in->ack_ms,
-                     "ENTITY_ID", in->entity_id, "HOST", in->host, "SERVICE", in->service,
-                     "STATE_START_TIME", (json_int_t)in->state_start_ms, "INCIDENT_TIMESTAMP",
-                     (json_int_t)in->opened_ms, "LAST_UUID", in->last_uuid);
+    json_t *o = json_object();
+    put_s(o, "INCIDENT_NAME", name);
+    put_s(o, "CURRENT_ALERT_PHASE", phase_names[in->phase]);
+    put_s(o, "CURRENT_STATE", mt_names[in->state]);
+    put_i(o, "ALERT_COUNT", in->alert_count);
+    put_s(o, "ACK_USER", in->ack_user);
+    put_s(o, "ACK_MSG", in->ack_msg);
+    put_i(o, "ACK_TIMESTAMP", in->ack_ms);
+    put_s(o, "ENTITY_ID", in->entity_id);
+    put_s(o, "HOST", in->host);
+    put_s(o, "SERVICE", in->service);
+    put_i(o, "STATE_START_TIME", in->state_start_ms);
+    put_i(o, "INCIDENT_TIMESTAMP", in->opened_ms);
+    put_s(o, "LAST_UUID", in->last_uuid);
+    return o;
 }
 
 static json_t *incident_json(const struct incident *in)
@@ -530,31 +550,45 @@ static json_t *incident_json(const struct incident *in)
     char id[24], name[26];
     snprintf(id, sizeof(id), "%" PRIu64, in->number);
     snprintf(name, sizeof(name), "#%" PRIu64, in->number);
-    json_t *acked_by = in->phase == FBR_PHASE_UNACKED && in->ack_ms == 0
-                           ? json_null()
-                           : json_string(in->ack_user);
-    return json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:o,s:s,s:I,s:I,s:I,s:I,s:s}",
-                     "INCIDENT_ID", id, "INCIDENT_NAME", name, "CURRENT_PHASE",
-                     phase_names[in->phase], "ENTITY_STATE", mt_names[in->state], "ALERT_COUNT",
-                     (json_int_t)in->alert_count, "ENTITY_ID", in->entity_id, "ROUTING_KEY",
-                     in->routing_key, "HOST", in->host, "SERVICE", in->service, "ACKED_BY",
-                     acked_by, "ACK_MSG", in->ack_msg, "ACK_TIMESTAMP", (json_int_t)in->ack_ms,
-                     "INCIDENT_TIMESTAMP", (json_int_t)in->opened_ms, "LAST_ALERT_TIME",
-                     (json_int_t)in->updated_ms, "RESOLVED_TIMESTAMP",
-                     (json_int_t)in->resolved_ms, "LAST_UUID", in->last_uuid);
+    json_t *o = json_object();
+    put_s(o, "INCIDENT_ID", id);
+    put_s(o, "INCIDENT_NAME", name);
+    put_s(o, "CURRENT_PHASE", phase_names[in->phase]);
+    put_s(o, "ENTITY_STATE", mt_names[in->state]);
+    put_i(o, "ALERT_COUNT", in->alert_count);
+    put_s(o, "ENTITY_ID", in->entity_id);
+    put_s(o, "ROUTING_KEY", in->routing_key);
+    put_s(o, "HOST", in->host);
+    put_s(o, "SERVICE", in->service);
+    json_object_set_new_nocheck(o, "ACKED_BY", in->ack_ms == 0 ? json_null()
+                                                               : json_string_nocheck(in->ack_user));
+    put_s(o, "ACK_MSG", in->ack_msg);
+    put_i(o, "ACK_TIMESTAMP", in->ack_ms);
+    put_i(o, "INCIDENT_TIMESTAMP", in->opened_ms);
+    put_i(o, "LAST_ALERT_TIME", in->updated_ms);
+    put_i(o, "RESOLVED_TIMESTAMP", in->resolved_ms);
+    put_s(o, "LAST_UUID", in->last_uuid);
+    return o;
 }
 
 /* STATE for an alert that touches no incident. */
 static json_t *state_no_incident(json_t *alert, enum fbr_msg_type mt, uint64_t start_ms)
 {
-    const char *eid = alert_str(alert, "entity_id");
-    const char *host = host_of(alert), *svc = service_of(alert), *uuid = alert_str(alert, "VO_UUID");
-    return json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:I,s:s,s:s,s:s,s:I,s:I,s:s}", "INCIDENT_NAME", "",
-                     "CURRENT_ALERT_PHASE", "", "CURRENT_STATE", mt_names[mt], "ALERT_COUNT",
-                     (json_int_t)0, "ACK_USER", "SYSTEM", "ACK_MSG", "", "ACK_TIMESTAMP",
-                     (json_int_t)0, "ENTITY_ID", eid ? eid : "", "HOST", host ? host : "",
-                     "SERVICE", svc ? svc : "", "STATE_START_TIME", (json_int_t)start_ms,
-                     "INCIDENT_TIMESTAMP", (json_int_t)0, "LAST_UUID", uuid ? uuid : "");
+    json_t *o = json_object();
+    put_s(o, "INCIDENT_NAME", "");
+    put_s(o, "CURRENT_ALERT_PHASE", "");
+    put_s(o, "CURRENT_STATE", mt_names[mt]);
+    put_i(o, "ALERT_COUNT", 0);
+    put_s(o, "ACK_USER", "SYSTEM");
+    put_s(o, "ACK_MSG", "");
+    put_i(o, "ACK_TIMESTAMP", 0);
+    put_s(o, "ENTITY_ID", alert_str(alert, "entity_id"));
+    put_s(o, "HOST", host_of(alert));
+    put_s(o, "SERVICE", service_of(alert));
+    put_i(o, "STATE_START_TIME", start_ms);
+    put_i(o, "INCIDENT_TIMESTAMP", 0);
+    put_s(o, "LAST_UUID", alert_str(alert, "VO_UUID"));
+    return o;
 }
 
 static void reset_for_trigger(struct fbr_incidents *t, struct incident *in, json_t *alert,
@@ -659,7 +693,8 @@ int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
         const char *uuid = alert_str(alert, "VO_UUID");
         set_str(&in->last_uuid, uuid);
         in->updated_ms = now_ms;
-        rc = journal_append(t, record_json(in));
+        if (t->fd >= 0)
+            rc = journal_append(t, record_json(in));
         if (t->fd >= 0 && t->journal_lines > 4 * t->count + 1024)
             compact(t);
     }

@@ -100,15 +100,35 @@ static void reply_failure(struct fbr_intake *in, struct fbr_intake_reply *out, i
     out->body = json_pack("{s:s,s:s}", "result", "failure", "message", msg);
 }
 
+/* UUIDs need unpredictability, not secrecy: kernel randomness fetched 4 KiB at a time keeps the
+ * syscall off the per-alert path. */
+static void random_bytes(unsigned char *out, size_t n)
+{
+    static unsigned char pool[4096];
+    static size_t left;
+    while (n) {
+        if (left == 0) {
+            size_t got = 0;
+            while (got < sizeof(pool)) {
+                ssize_t r = getrandom(pool + got, sizeof(pool) - got, 0);
+                if (r > 0)
+                    got += (size_t)r;
+            }
+            left = sizeof(pool);
+        }
+        size_t take = n < left ? n : left;
+        memcpy(out, pool + sizeof(pool) - left, take);
+        memset(pool + sizeof(pool) - left, 0, take);
+        left -= take;
+        out += take;
+        n -= take;
+    }
+}
+
 static void random_uuid(char out[37])
 {
     unsigned char b[16];
-    size_t got = 0;
-    while (got < sizeof(b)) {
-        ssize_t n = getrandom(b + got, sizeof(b) - got, 0);
-        if (n > 0)
-            got += (size_t)n;
-    }
+    random_bytes(b, sizeof(b));
     b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
     snprintf(out, 37,
