@@ -423,6 +423,44 @@ START_TEST(incident_events)
 }
 END_TEST
 
+/* An unsafe rendering (header injection) and a refusing sink: nothing delivered, nothing leaked. */
+static int refuse(void *arg, struct fbr_outreq *o)
+{
+    (void)o;
+    ++*(int *)arg;
+    return FBR_AGAIN;
+}
+
+START_TEST(unsafe_render_and_refusing_sink)
+{
+    struct fixture f;
+    json_t *cfg = parse("{\"webhooks\":[{\"event\":\"Any-Alert\",\"url\":\"http://127.0.0.1/h\","
+                        "\"headers\":{\"X-Host\":\"${{ALERT.host_name}}\"}}]}");
+    fixture_init(&f, cfg);
+    size_t n;
+    ck_assert_int_eq(post(&f, ALERT_PATH("ops"),
+                          "{\"message_type\":\"INFO\",\"host_name\":\"a\\r\\nX-Evil: 1\"}",
+                          NULL, &n),
+                     200);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->invalid, 1);
+    fbr_intake_free(&f.intake);
+    int refused = 0;
+    const char *keys[] = {KEY};
+    struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f.webhooks,
+                                .incidents = f.incidents, .sink = {refuse, &refused}};
+    f.intake = fbr_intake_new(&o);
+    ck_assert_int_eq(post(&f, ALERT_PATH("ops"), "{\"message_type\":\"INFO\",\"host_name\":\"a\"}",
+                          NULL, &n),
+                     200);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(refused, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->sink_errors, 1);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
 /* ---- /v1/events ------------------------------------------------------------------------------ */
 
 static const char events_cfg[] =
@@ -694,6 +732,7 @@ int main(void)
     tcase_add_test(tc, stamped_fields);
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
+    tcase_add_test(tc, unsafe_render_and_refusing_sink);
     tcase_add_loop_test(tc, timeline_event, 0, FBR_ARRAY_LEN(event_cases));
     tcase_add_test(tc, event_names);
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
