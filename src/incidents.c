@@ -80,6 +80,13 @@ struct incident {
     uint64_t ack_ms, state_start_ms, opened_ms, updated_ms, resolved_ms;
 };
 
+/* A reusable line buffer: journal records are written by hand (one allocation-free pass) because
+ * building a jansson object and dumping it cost more than the rest of the incident update. */
+struct line {
+    char *p;
+    size_t len, cap;
+};
+
 struct fbr_incidents {
     struct fbr_incidents_opts opts;
     char *dir;
@@ -90,6 +97,7 @@ struct fbr_incidents {
     int fd;               /* journal, O_APPEND; -1 in memory */
     uint64_t journal_lines;
     int dirty;            /* written since the last fsync */
+    struct line line;     /* journal line being written */
     uint64_t evicted, journal_errors;
 };
 
@@ -176,16 +184,75 @@ static void set_str(char **dst, const char *src)
 
 /* ---- journal ------------------------------------------------------------------------------ */
 
-static json_t *record_json(const struct incident *in)
+static void line_put(struct line *l, const char *s, size_t n)
 {
-    return json_pack("{s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I}",
-                     "k", in->key, "n", (json_int_t)in->number, "rk", in->routing_key, "eid",
-                     in->entity_id, "host", in->host, "service", in->service, "ack_user",
-                     in->ack_user, "ack_msg", in->ack_msg, "uuid", in->last_uuid, "phase",
-                     phase_names[in->phase], "state", mt_names[in->state], "count",
-                     (json_int_t)in->alert_count, "ack_ts", (json_int_t)in->ack_ms, "start",
-                     (json_int_t)in->state_start_ms, "ts", (json_int_t)in->opened_ms, "upd",
-                     (json_int_t)in->updated_ms, "res", (json_int_t)in->resolved_ms);
+    if (l->len + n > l->cap) {
+        l->cap = (l->len + n) * 2 + 256;
+        l->p = fbr_xrealloc(l->p, l->cap);
+    }
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+}
+
+/* Appends ,"key":"escaped value" (or without the comma for the first member). */
+static void line_str(struct line *l, const char *key, const char *v)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (l->len > 1)
+        line_put(l, ",", 1);
+    line_put(l, "\"", 1);
+    line_put(l, key, strlen(key));
+    line_put(l, "\":\"", 3);
+    const char *run = v;
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        line_put(l, run, (size_t)(v - run));
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t n = 2;
+        if (c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        line_put(l, esc, n);
+        run = v + 1;
+    }
+    line_put(l, run, (size_t)(v - run));
+    line_put(l, "\"", 1);
+}
+
+static void line_num(struct line *l, const char *key, uint64_t v)
+{
+    char buf[64];
+    int n = snprintf(buf, sizeof(buf), "%s\"%s\":%" PRIu64, l->len > 1 ? "," : "", key, v);
+    line_put(l, buf, (size_t)n);
+}
+
+static void record_line(struct line *l, const struct incident *in)
+{
+    l->len = 0;
+    line_put(l, "{", 1);
+    line_str(l, "k", in->key);
+    line_num(l, "n", in->number);
+    line_str(l, "rk", in->routing_key);
+    line_str(l, "eid", in->entity_id);
+    line_str(l, "host", in->host);
+    line_str(l, "service", in->service);
+    line_str(l, "ack_user", in->ack_user);
+    line_str(l, "ack_msg", in->ack_msg);
+    line_str(l, "uuid", in->last_uuid);
+    line_str(l, "phase", phase_names[in->phase]);
+    line_str(l, "state", mt_names[in->state]);
+    line_num(l, "count", in->alert_count);
+    line_num(l, "ack_ts", in->ack_ms);
+    line_num(l, "start", in->state_start_ms);
+    line_num(l, "ts", in->opened_ms);
+    line_num(l, "upd", in->updated_ms);
+    line_num(l, "res", in->resolved_ms);
+    line_put(l, "}\n", 2);
 }
 
 static int write_all(int fd, const char *s, size_t len)
@@ -202,20 +269,12 @@ static int write_all(int fd, const char *s, size_t len)
     return 0;
 }
 
-/* Appends one JSON line (steals j). */
-static int journal_append(struct fbr_incidents *t, json_t *j)
+/* Appends the line in t->line (one write, so a crash tears at most the last line). */
+static int journal_append(struct fbr_incidents *t)
 {
-    if (t->fd < 0) {
-        json_decref(j);
+    if (t->fd < 0)
         return FBR_OK;
-    }
-    char *s = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    size_t len = strlen(s);
-    s[len] = '\n'; /* json_dumps leaves room for its own NUL: reuse it for the newline */
-    int rc = write_all(t->fd, s, len + 1);
-    free(s);
-    if (rc != 0) {
+    if (write_all(t->fd, t->line.p, t->line.len) != 0) {
         t->journal_errors++;
         fbr_log_error("incidents: cannot append to %s/" JOURNAL ": %s", t->dir, strerror(errno));
         return FBR_ERROR;
@@ -317,13 +376,8 @@ static int compact(struct fbr_incidents *t)
     uint64_t lines = 1;
     for (size_t i = 0; i < t->nbuckets && rc == 0; i++) {
         for (struct incident *in = t->buckets[i]; in && rc == 0; in = in->next) {
-            json_t *j = record_json(in);
-            char *s = json_dumps(j, JSON_COMPACT);
-            json_decref(j);
-            size_t len = strlen(s);
-            s[len] = '\n';
-            rc |= write_all(fd, s, len + 1);
-            free(s);
+            record_line(&t->line, in);
+            rc |= write_all(fd, t->line.p, t->line.len);
             lines++;
         }
     }
@@ -429,6 +483,7 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     }
     free(t->buckets);
     free(t->dir);
+    free(t->line.p);
     free(t);
     *tp = NULL;
 }
@@ -437,8 +492,13 @@ void fbr_incidents_close(struct fbr_incidents **tp)
 
 static void forget(struct fbr_incidents *t, struct incident *in)
 {
-    if (t->fd >= 0)
-        journal_append(t, json_pack("{s:s}", "del", in->key));
+    if (t->fd >= 0) {
+        t->line.len = 0;
+        line_put(&t->line, "{", 1);
+        line_str(&t->line, "del", in->key);
+        line_put(&t->line, "}\n", 2);
+        journal_append(t);
+    }
     table_remove(t, in);
 }
 
@@ -693,8 +753,10 @@ int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
         const char *uuid = alert_str(alert, "VO_UUID");
         set_str(&in->last_uuid, uuid);
         in->updated_ms = now_ms;
-        if (t->fd >= 0)
-            rc = journal_append(t, record_json(in));
+        if (t->fd >= 0) {
+            record_line(&t->line, in);
+            rc = journal_append(t);
+        }
         if (t->fd >= 0 && t->journal_lines > 4 * t->count + 1024)
             compact(t);
     }

@@ -209,6 +209,25 @@ START_TEST(torn_journal)
 }
 END_TEST
 
+/* Journal lines are written by hand: awkward strings must come back identical after a restart. */
+START_TEST(journal_escaping)
+{
+    make_dir();
+    static const char eid[] = "we\"ird\\id\n\t\x01 \xc3\xa9\xe2\x82\xac/\u2028";
+    struct fbr_incidents *t = open_table(0);
+    ck_assert_int_eq(feed(t, "rk", eid, "CRITICAL", 1, NULL), FBR_TR_TRIGGERED);
+    fbr_incidents_close(&t);
+    t = open_table(0);
+    json_t *st;
+    ck_assert_int_eq(feed(t, "rk", eid, "CRITICAL", 2, &st), FBR_TR_ROLLED);
+    ck_assert_str_eq(sget(st, "ENTITY_ID"), eid);
+    ck_assert_int_eq(iget(st, "ALERT_COUNT"), 2);
+    json_decref(st);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(bounded_and_expiring)
 {
     make_dir();
@@ -283,6 +302,7 @@ int main(void)
     tcase_add_test(tc, lifecycle_with_restarts);
     tcase_add_test(tc, ack_and_recovery_without_incident);
     tcase_add_test(tc, torn_journal);
+    tcase_add_test(tc, journal_escaping);
     tcase_add_test(tc, bounded_and_expiring);
     tcase_add_test(tc, fsync_modes);
     tcase_add_test(tc, unusable_data_dir);
