@@ -29,6 +29,7 @@ struct fbr_intake {
     struct fbr_sink sink;
     uint64_t (*clock_ms)(void);
     struct fbr_intake_stats stats;
+    struct fbr_outreq out; /* reused for every rendering */
 };
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
@@ -47,6 +48,7 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->incidents = opts->incidents;
     in->sink = opts->sink;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
+    fbr_outreq_init(&in->out);
     return in;
 }
 
@@ -60,6 +62,7 @@ void fbr_intake_free(struct fbr_intake **inp)
     free(in->keys);
     free(in->key_lens);
     free(in->org);
+    fbr_outreq_free(&in->out);
     free(in);
     *inp = NULL;
 }
@@ -166,8 +169,7 @@ static size_t dispatch(struct fbr_intake *in, const struct fbr_event_set *set)
         struct fbr_webhook *wh = in->webhooks->v[i];
         if (!wh->enabled || !(wh->events & set->mask))
             continue;
-        struct fbr_outreq *o = fbr_xmalloc(sizeof(*o));
-        fbr_outreq_init(o);
+        struct fbr_outreq *o = &in->out;
         int rc = fbr_outreq_render(o, wh, set->event);
         if (rc == FBR_SKIP) {
             in->stats.skipped++;
@@ -180,12 +182,10 @@ static size_t dispatch(struct fbr_intake *in, const struct fbr_event_set *set)
         } else if (in->sink.submit && in->sink.submit(in->sink.arg, o) == FBR_OK) {
             in->stats.deliveries++;
             n++;
-            continue;
         } else {
             in->stats.sink_errors++;
         }
-        fbr_outreq_free(o);
-        free(o);
+        fbr_outreq_release(o);
     }
     return n;
 }

@@ -301,6 +301,13 @@ void fbr_outreq_init(struct fbr_outreq *o)
     fbr_render_init(&o->rate_key);
 }
 
+/* Header slots allocated: code that fills the arrays by hand (a replayed dead letter) may set
+ * nheaders and leave headers_cap 0. */
+static size_t header_slots(const struct fbr_outreq *o)
+{
+    return o->headers_cap > o->nheaders ? o->headers_cap : o->nheaders;
+}
+
 static void reserve_headers(struct fbr_outreq *o, size_t n)
 {
     if (n <= o->headers_cap)
@@ -339,8 +346,15 @@ int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *even
     return FBR_OK;
 }
 
+void fbr_outreq_move(struct fbr_outreq *dst, struct fbr_outreq *src)
+{
+    *dst = *src;
+    fbr_outreq_init(src);
+}
+
 void fbr_outreq_release(struct fbr_outreq *o)
 {
+    o->headers_cap = header_slots(o);
     if (!o->webhook) {
         /* A replayed dead letter owns its strings. */
         free(o->content_type);
@@ -362,7 +376,7 @@ void fbr_outreq_release(struct fbr_outreq *o)
 
 void fbr_outreq_free(struct fbr_outreq *o)
 {
-    fbr_outreq_release(o);
+    fbr_outreq_release(o); /* also folds nheaders into headers_cap */
     fbr_render_free(&o->url);
     fbr_render_free(&o->body);
     fbr_render_free(&o->rate_key);

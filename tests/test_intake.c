@@ -37,7 +37,8 @@ static int queue_submit(void *arg, struct fbr_outreq *o)
     struct queue *q = arg;
     if (q->n == FBR_ARRAY_LEN(q->v))
         return FBR_LIMIT;
-    q->v[q->n++] = o;
+    q->v[q->n] = fbr_xmalloc(sizeof(struct fbr_outreq));
+    fbr_outreq_move(q->v[q->n++], o);
     return FBR_OK;
 }
 

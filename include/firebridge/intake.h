@@ -29,9 +29,10 @@
 #define FBR_INTAKE_ENTITY_ID_MAX 512
 
 /*
- * Where rendered deliveries go.  submit() receives a heap-allocated request (malloc'd struct,
- * initialised with fbr_outreq_init and rendered).  On FBR_OK the sink owns it and must eventually
- * call fbr_outreq_free(o) and free(o); on any other return the intake frees it.
+ * Where rendered deliveries go; same contract as fbr_delivery_submit() so the delivery engine
+ * plugs in with a one-line adapter.  On FBR_OK the sink has taken over o's contents and
+ * references (o is left initialised and empty, e.g. by fbr_outreq_move); on any other return o is
+ * untouched and the intake releases it.  o itself stays the intake's (it is reused).
  */
 struct fbr_sink {
     int (*submit)(void *arg, struct fbr_outreq *o);

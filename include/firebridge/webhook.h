@@ -84,7 +84,8 @@ struct fbr_outreq {
     const char **header_names;   /* array owned; names borrowed from the webhook (or owned when
                                     webhook is NULL) */
     struct fbr_render *headers;  /* one value per header name */
-    size_t headers_cap;          /* allocated entries of header_names / headers */
+    size_t headers_cap;          /* allocated entries of header_names / headers; code that fills
+                                    the arrays by hand may leave it 0 (nheaders is used then) */
 };
 
 void fbr_outreq_init(struct fbr_outreq *o);
@@ -95,6 +96,9 @@ void fbr_outreq_init(struct fbr_outreq *o);
  * failing header's .error says why).  On failure o holds no references.
  */
 int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *event);
+/* Moves src's contents and references into dst (uninitialised or freed) and leaves src
+ * initialised and empty: how a sink takes a request over. */
+void fbr_outreq_move(struct fbr_outreq *dst, struct fbr_outreq *src);
 /* Drops the references and empties the buffers (capacity kept). */
 void fbr_outreq_release(struct fbr_outreq *o);
 /* Frees everything. */
