@@ -626,6 +626,53 @@ START_TEST(webhook_compile_ok)
 }
 END_TEST
 
+/* A request built by hand, as the delivery engine does for a replayed dead letter: no webhook,
+ * owned strings, header arrays sized by nheaders with headers_cap left 0.  Freed without leaks
+ * (valgrind / ASan setups), and reusable for a rendering afterwards. */
+START_TEST(outreq_by_hand)
+{
+    struct fbr_outreq o;
+    fbr_outreq_init(&o);
+    o.method = FBR_M_POST;
+    fbr_render_set_copy(&o.url, "http://127.0.0.1/x", 18);
+    fbr_render_set_copy(&o.body, "{}", 2);
+    o.content_type = fbr_xstrdup("application/json");
+    o.nheaders = 2;
+    o.header_names = fbr_xcalloc(2, sizeof(*o.header_names));
+    o.headers = fbr_xcalloc(2, sizeof(*o.headers));
+    for (size_t i = 0; i < 2; i++) {
+        o.header_names[i] = fbr_xstrdup(i ? "X-B" : "X-A");
+        fbr_render_init(&o.headers[i]);
+        fbr_render_set_copy(&o.headers[i], "v", 1);
+    }
+    fbr_outreq_release(&o);
+    ck_assert_uint_eq(o.nheaders, 0);
+    ck_assert_uint_eq(o.headers_cap, 2);
+
+    struct fbr_cfgerr errs = {0};
+    struct fbr_webhooks w;
+    json_t *j = parse("[{\"event\":\"Any-Alert\",\"url\":\"http://127.0.0.1/${{ALERT.a}}\","
+                      "\"headers\":{\"X-1\":\"1\",\"X-2\":\"2\",\"X-3\":\"${{ALERT.a}}\"}}]");
+    ck_assert_int_eq(fbr_webhooks_compile(j, &w, &errs), FBR_OK);
+    json_t *ev = parse("{\"ALERT\":{\"a\":\"b\"}}");
+    ck_assert_int_eq(fbr_outreq_render(&o, w.v[0], ev), FBR_OK);
+    char *url = fbr_render_strdup(&o.url), *h = fbr_render_strdup(&o.headers[2]);
+    ck_assert_str_eq(url, "http://127.0.0.1/b");
+    ck_assert_str_eq(h, "b");
+    free(url);
+    free(h);
+    struct fbr_outreq moved;
+    fbr_outreq_move(&moved, &o);
+    ck_assert_ptr_null(o.webhook);
+    ck_assert_uint_eq(moved.nheaders, 3);
+    fbr_outreq_free(&moved);
+    fbr_outreq_free(&o);
+    fbr_webhooks_clear(&w);
+    json_decref(ev);
+    json_decref(j);
+}
+END_TEST
+
 /* ---- HTTP glue on a real loopback server -------------------------------------------------------- */
 
 struct client {
@@ -738,6 +785,7 @@ int main(void)
     tcase_add_test(tc, event_names);
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
     tcase_add_test(tc, webhook_compile_ok);
+    tcase_add_test(tc, outreq_by_hand);
     tcase_add_test(tc, http_glue);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
