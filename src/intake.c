@@ -30,6 +30,8 @@ struct fbr_intake {
     uint64_t (*clock_ms)(void);
     struct fbr_intake_stats stats;
     struct fbr_outreq out; /* reused for every rendering */
+    int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
+    char week_time[40], time_utc[40];
 };
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
@@ -49,6 +51,7 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->sink = opts->sink;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
     fbr_outreq_init(&in->out);
+    in->stamp_secs = -1;
     return in;
 }
 
@@ -221,13 +224,17 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     snprintf(buf, sizeof(buf), "%" PRIu64, now_ms);
     json_object_set_new(alert, "VO_ALERT_RCV_TIME", json_string(buf));
     json_object_set_new(alert, "VO_ORGANIZATION_ID", json_string(in->org));
+    /* Formatted once per second: alerts arrive in bursts. */
     time_t secs = (time_t)(now_ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    strftime(buf, sizeof(buf), "%G-W%V-%uT%H:%M:%SZ", &tm);
-    json_object_set_new(alert, "alert_received_week_time_utc", json_string(buf));
-    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_object_set_new(alert, "Alert_received_time_utc", json_string(buf));
+    if ((int64_t)secs != in->stamp_secs) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        strftime(in->week_time, sizeof(in->week_time), "%G-W%V-%uT%H:%M:%SZ", &tm);
+        strftime(in->time_utc, sizeof(in->time_utc), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        in->stamp_secs = (int64_t)secs;
+    }
+    json_object_set_new(alert, "alert_received_week_time_utc", json_string(in->week_time));
+    json_object_set_new(alert, "Alert_received_time_utc", json_string(in->time_utc));
 }
 
 void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
