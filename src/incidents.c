@@ -705,6 +705,8 @@ int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
             if (in->state != mt)
                 in->state_start_ms = start_ms;
             in->state = mt;
+        } else if (mt == FBR_MT_WARNING && t->opts.warning_no_open) {
+            break; /* timeline only */
         } else {
             tr = FBR_TR_TRIGGERED;
             if (!in) {

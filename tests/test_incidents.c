@@ -185,6 +185,18 @@ START_TEST(ack_and_recovery_without_incident)
 }
 END_TEST
 
+START_TEST(warning_no_open)
+{
+    struct fbr_incidents_opts o = {.warning_no_open = 1};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    ck_assert_int_eq(feed(t, "rk", "e", "WARNING", 1, NULL), FBR_TR_NONE);
+    ck_assert_int_eq(feed(t, "rk", "e", "CRITICAL", 2, NULL), FBR_TR_TRIGGERED);
+    ck_assert_int_eq(feed(t, "rk", "e", "WARNING", 3, NULL), FBR_TR_ROLLED);
+    fbr_incidents_close(&t);
+}
+END_TEST
+
 START_TEST(torn_journal)
 {
     make_dir();
@@ -301,6 +313,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, lifecycle_with_restarts);
     tcase_add_test(tc, ack_and_recovery_without_incident);
+    tcase_add_test(tc, warning_no_open);
     tcase_add_test(tc, torn_journal);
     tcase_add_test(tc, journal_escaping);
     tcase_add_test(tc, bounded_and_expiring);

@@ -54,6 +54,8 @@ struct fbr_incidents_opts {
     size_t max_incidents;     /* 0: 10000 */
     uint64_t resolved_ttl_ms; /* resolved incidents are forgotten after this; 0: 24 h */
     enum fbr_fsync_mode fsync;
+    int warning_no_open;      /* 1: WARNING only rolls into an open incident, never opens one (the
+                                 platform's per-organisation setting); 0: it opens like CRITICAL */
 };
 
 struct fbr_incidents;
