@@ -1250,6 +1250,7 @@ int fbr_tpl_render(const struct fbr_tpl *t, const struct fbr_tpl_scope *scope,
     if (!scope)
         scope = &empty_scope;
     nc.have = 0;
+    p->tail_iov = 0; /* slices of an earlier render into r are never extended */
 
     if (t->nvars > STACK_VALS) {
         if (p->vals_cap < t->nvars) {
