@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* ---------------------------------------------------------------------------------------------
  * Compiled form
@@ -83,7 +86,14 @@ struct fbr_tpl {
     size_t nvars;
     struct tpl_path *path;
     size_t npath;
+    int url_static_ok; /* URL whose validity the literals alone guarantee */
 };
+
+static uint8_t pct_keep[256]; /* PCT_* bits of the encodings that keep a byte as it is */
+static uint8_t url_bad[256];  /* bytes that never stand unencoded in a URL */
+static int tables_ready;
+static void tables_init(void);
+static int url_valid_statically(const struct fbr_tpl *t);
 
 /* ---------------------------------------------------------------------------------------------
  * Content types
@@ -358,6 +368,8 @@ int fbr_tpl_compile(const char *src, size_t len, enum fbr_tpl_context ctx, struc
     *out = NULL;
     if (err && errlen)
         err[0] = '\0';
+    if (!tables_ready)
+        tables_init();
     struct fbr_tpl *t = fbr_xcalloc(1, sizeof(*t));
     t->refs = 1;
     t->ctx = ctx;
@@ -409,6 +421,8 @@ int fbr_tpl_compile(const char *src, size_t len, enum fbr_tpl_context ctx, struc
     add_literal(&c, s + lit, len - lit);
     if (ctx == FBR_TPL_URL && t->nsegs == 1 && t->segs[0].var >= 0)
         t->segs[0].esc = ESC_URL_WHOLE;
+    if (ctx == FBR_TPL_URL)
+        t->url_static_ok = url_valid_statically(t);
     *out = t;
     return FBR_OK;
 
@@ -645,25 +659,59 @@ static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad)
     return need + 1;
 }
 
-/* Returns 1 when s can go into a JSON string literal as it is. */
-static int json_clean(const char *src, size_t n)
+/*
+ * Length of the leading run of s[0..n) made of ASCII bytes that JSON leaves alone, eight bytes at
+ * a time: a word is plain when no byte is below 0x20, equal to '"' or '\\', or has its top bit.
+ */
+static size_t json_plain_run(const unsigned char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    size_t i = 0;
+#ifdef __SSE2__
+    /* as signed bytes, controls and every byte >= 0x80 are below 0x20: one compare covers both */
+    const __m128i lim = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"');
+    const __m128i bslash = _mm_set1_epi8('\\');
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
+                                 _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)));
+        int bits = _mm_movemask_epi8(m);
+        if (bits)
+            return i + (size_t)__builtin_ctz((unsigned)bits);
+    }
+#endif
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        /* (x - ones * n) & ~x & high is non-zero iff some byte of x is below n (n <= 0x80) */
+        uint64_t special = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w;
+        if (special & high)
+            break;
+    }
+    while (i < n && json_class[s[i]] == 0)
+        i++;
+    return i;
+}
+
+/* Returns n when s can go into a JSON string literal as it is, else the offset of the first
+ * byte that needs escaping or replacing. */
+static size_t json_clean_prefix(const char *src, size_t n)
 {
     const unsigned char *s = (const unsigned char *)src;
     size_t i = 0;
     while (i < n) {
-        uint8_t k = json_class[s[i]];
-        if (k == 0) {
-            i++;
-        } else if (k == 1) {
-            return 0;
-        } else {
-            size_t bad, l = utf8_seq(s + i, n - i, &bad);
-            if (l == 0)
-                return 0;
-            i += l;
-        }
+        i += json_plain_run(s + i, n - i);
+        if (i == n)
+            break;
+        if (json_class[s[i]] == 1)
+            return i;
+        size_t bad, l = utf8_seq(s + i, n - i, &bad);
+        if (l == 0)
+            return i;
+        i += l;
     }
-    return 1;
+    return n;
 }
 
 static const char hexdig[] = "0123456789abcdef";
@@ -676,12 +724,15 @@ static size_t json_escape(char *d, const char *src, size_t n)
     char *d0 = d;
     size_t i = 0;
     while (i < n) {
+        size_t run = json_plain_run(s + i, n - i);
+        memcpy(d, s + i, run);
+        d += run;
+        i += run;
+        if (i == n)
+            break;
         unsigned char c = s[i];
         uint8_t k = json_class[c];
-        if (k == 0) {
-            *d++ = (char)c;
-            i++;
-        } else if (k == 1) {
+        if (k == 1) {
             *d++ = '\\';
             switch (c) {
             case '"':
@@ -731,10 +782,8 @@ static size_t json_escape(char *d, const char *src, size_t n)
 
 /* Percent-encoding: which bytes stay as they are. */
 enum { PCT_PATH = 1, PCT_QUERY = 2, PCT_FORM = 4 };
-static uint8_t pct_keep[256];
-static int pct_ready;
 
-static void pct_init(void)
+static void tables_init(void)
 {
     for (int c = 0; c < 256; c++) {
         uint8_t m = 0;
@@ -746,8 +795,9 @@ static void pct_init(void)
         if (alnum || c == '*' || c == '-' || c == '.' || c == '_')
             m |= PCT_FORM;
         pct_keep[c] = m;
+        url_bad[c] = c <= 0x20 || c >= 0x7f || strchr("\"<>\\^`{|}", c) != NULL;
     }
-    pct_ready = 1;
+    tables_ready = 1;
 }
 
 static int pct_clean(const char *src, size_t n, uint8_t mask)
@@ -900,17 +950,20 @@ static size_t serialize(struct fbr_render *r, struct render_priv *p, const json_
 static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, const char *s,
                      size_t n, int in_scratch)
 {
-    size_t worst;
+    size_t clean = 0; /* JSON: leading bytes that need no escaping */
     uint8_t mask = 0;
+    int quoted = 0;
     switch (esc) {
     case ESC_JSON_STR:
-        if (json_clean(s, n))
+        clean = json_clean_prefix(s, n);
+        if (clean == n)
             goto as_is;
-        worst = 6 * n;
         break;
     case ESC_JSON_VAL:
     case ESC_JSON_KEY:
-        if (json_clean(s, n)) {
+        quoted = 1;
+        clean = json_clean_prefix(s, n);
+        if (clean == n) {
             if (in_scratch) {
                 /* quote around the formatted text: shift it right by one */
                 char *d = scratch_reserve(r, p, n + 2);
@@ -925,7 +978,6 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
             }
             return FBR_OK;
         }
-        worst = 6 * n + 2;
         break;
     case ESC_URL_PATH:
         mask = PCT_PATH;
@@ -938,7 +990,6 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
     pct:
         if (pct_clean(s, n, mask))
             goto as_is;
-        worst = 3 * n;
         break;
     case ESC_HEADER:
         for (size_t i = 0; i < n; i++)
@@ -953,22 +1004,35 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
         goto as_is;
     }
 
-    /* escaping changes the bytes: write the escaped form after the source */
+    /*
+     * Escaping changes the bytes.  A clean JSON prefix of an event string is still referenced
+     * in place; the rest is escaped into scratch (after the source when that is scratch too).
+     */
     {
-        size_t src_off = in_scratch ? p->len : 0;
-        size_t gap = in_scratch ? n : 0;
+        size_t gap = 0;
+        const char *src;
+        if (in_scratch) {
+            gap = n;
+            clean = 0;
+        } else if (clean) {
+            if (quoted)
+                push_iov(r, lit_quote, 1);
+            push_iov(r, s, clean);
+        }
+        size_t m = n - clean;
+        size_t worst = mask ? 3 * m : 6 * m + 2;
         char *d = scratch_reserve(r, p, gap + worst);
-        const char *src = in_scratch ? p->buf + src_off : s;
+        src = in_scratch ? p->buf + p->len : s + clean;
         char *out = d + gap;
         size_t k = 0;
-        if (esc == ESC_JSON_STR) {
-            k = json_escape(out, src, n);
-        } else if (esc == ESC_JSON_VAL || esc == ESC_JSON_KEY) {
-            out[k++] = '"';
-            k += json_escape(out + k, src, n);
-            out[k++] = '"';
+        if (mask) {
+            k = pct_escape(out, src, m, mask);
         } else {
-            k = pct_escape(out, src, n, mask);
+            if (quoted && !clean)
+                out[k++] = '"';
+            k += json_escape(out + k, src, m);
+            if (quoted)
+                out[k++] = '"';
         }
         if (gap)
             memmove(d, out, k);
@@ -1037,16 +1101,27 @@ static int emit_value(struct fbr_render *r, struct render_priv *p, uint8_t esc, 
     }
 }
 
+/* Namespace objects of the event, looked up at most once per render. */
+struct ns_cache {
+    const json_t *obj[6];
+    unsigned have;
+};
+
 static const json_t *resolve(const struct fbr_tpl *t, const struct tpl_var *v,
-                             const struct fbr_tpl_scope *scope)
+                             const struct fbr_tpl_scope *scope, struct ns_cache *nc)
 {
     const json_t *cur;
-    if (v->ns == NS_RULE_FIELD)
+    if (v->ns == NS_RULE_FIELD) {
         cur = scope->alert;
-    else if (scope->event)
-        cur = json_object_getn(scope->event, ns_names[v->ns].name, ns_names[v->ns].len);
-    else
-        cur = NULL;
+    } else if (nc->have & (1u << v->ns)) {
+        cur = nc->obj[v->ns];
+    } else {
+        cur = scope->event ? json_object_getn(scope->event, ns_names[v->ns].name,
+                                              ns_names[v->ns].len)
+                           : NULL;
+        nc->obj[v->ns] = cur;
+        nc->have |= 1u << v->ns;
+    }
     for (uint32_t i = 0; cur && i < v->npath; i++) {
         const struct tpl_path *seg = &t->path[v->first + i];
         if (json_is_object(cur))
@@ -1059,41 +1134,35 @@ static const json_t *resolve(const struct fbr_tpl *t, const struct tpl_var *v,
     return cur;
 }
 
-/* Checks that the URL rendered into iov[first..] is an absolute http(s) URL. */
-static int check_url(struct fbr_render *r, size_t first)
+static int host_char(unsigned char c)
 {
-    char head[1024];
-    size_t hn = 0;
-    for (size_t i = first; i < r->niov; i++) {
-        const unsigned char *s = r->iov[i].iov_base;
-        size_t n = r->iov[i].iov_len;
-        for (size_t k = 0; k < n; k++) {
-            unsigned char c = s[k];
-            if (c <= 0x20 || c >= 0x7f || c == '"' || c == '<' || c == '>' || c == '\\' ||
-                c == '^' || c == '`' || c == '{' || c == '|' || c == '}') {
-                r->error = "URL contains a space, control, non-ASCII or unsafe character";
-                return FBR_INVALID;
-            }
-            if (hn < sizeof(head))
-                head[hn++] = (char)c;
-        }
-    }
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~' || c == '%';
+}
+
+/*
+ * Checks that head[0..hn) starts with http:// or https:// and a well-formed authority
+ * ([userinfo@]host[:port]).  Returns FBR_OK; FBR_AGAIN when the authority does not end within
+ * head and `complete` is 0 (more bytes follow); FBR_INVALID with *why set.
+ */
+static int url_authority(const char *head, size_t hn, int complete, const char **why)
+{
     size_t off;
-    if (hn >= 7 && strncasecmp(head, "http://", 7) == 0)
+    if (hn >= 7 && strncasecmp(head, "http://", 7) == 0) {
         off = 7;
-    else if (hn >= 8 && strncasecmp(head, "https://", 8) == 0)
+    } else if (hn >= 8 && strncasecmp(head, "https://", 8) == 0) {
         off = 8;
-    else {
-        r->error = "URL is not an absolute http:// or https:// URL";
+    } else {
+        if (!complete && hn < 8)
+            return FBR_AGAIN;
+        *why = "URL is not an absolute http:// or https:// URL";
         return FBR_INVALID;
     }
     size_t end = off;
     while (end < hn && head[end] != '/' && head[end] != '?' && head[end] != '#')
         end++;
-    if (end == hn && hn == sizeof(head)) {
-        r->error = "URL authority too long";
-        return FBR_INVALID;
-    }
+    if (end == hn && !complete)
+        return FBR_AGAIN;
     size_t host = off;
     for (size_t k = off; k < end; k++)
         if (head[k] == '@')
@@ -1102,50 +1171,96 @@ static int check_url(struct fbr_render *r, size_t first)
     if (host < end && head[host] == '[') {
         const char *rb = memchr(head + host, ']', end - host);
         if (!rb) {
-            r->error = "URL has an unterminated IPv6 address";
+            *why = "URL has an unterminated IPv6 address";
             return FBR_INVALID;
         }
         host_end = (size_t)(rb - head) + 1;
         if (host_end < end && head[host_end] != ':') {
-            r->error = "URL has a malformed host";
+            *why = "URL has a malformed host";
             return FBR_INVALID;
         }
     } else {
-        for (size_t k = host; k < end; k++)
-            if (head[k] == ':') {
-                host_end = k;
-                break;
-            }
-        for (size_t k = host; k < host_end; k++) {
-            char c = head[k];
-            int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                     c == '-' || c == '.' || c == '_' || c == '~' || c == '%';
-            if (!ok) {
-                r->error = "URL host contains an invalid character";
+        const char *colon = memchr(head + host, ':', end - host);
+        if (colon)
+            host_end = (size_t)(colon - head);
+        for (size_t k = host; k < host_end; k++)
+            if (!host_char((unsigned char)head[k])) {
+                *why = "URL host contains an invalid character";
                 return FBR_INVALID;
             }
-        }
     }
     if (host_end == host) {
-        r->error = "URL has an empty host";
+        *why = "URL has an empty host";
         return FBR_INVALID;
     }
     if (host_end < end) { /* ":port" */
-        size_t k = host_end + 1;
         unsigned long port = 0;
-        if (k == end) {
-            r->error = "URL has an empty port";
+        if (host_end + 1 == end) {
+            *why = "URL has an empty port";
             return FBR_INVALID;
         }
-        for (; k < end; k++) {
-            if (head[k] < '0' || head[k] > '9' || (port = port * 10 + (unsigned)(head[k] - '0'))
-                > 65535) {
-                r->error = "URL has an invalid port";
+        for (size_t k = host_end + 1; k < end; k++) {
+            if (head[k] < '0' || head[k] > '9' ||
+                (port = port * 10 + (unsigned long)(head[k] - '0')) > 65535) {
+                *why = "URL has an invalid port";
                 return FBR_INVALID;
             }
         }
     }
     return FBR_OK;
+}
+
+static int url_bytes_ok(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (url_bad[s[i]])
+            return 0;
+    return 1;
+}
+
+/*
+ * A URL template whose literal text already holds the scheme and the whole authority, and whose
+ * literals are clean, cannot render into an invalid URL: values are percent-encoded.  Such
+ * templates skip the check at render time.
+ */
+static int url_valid_statically(const struct fbr_tpl *t)
+{
+    const char *why;
+    if (t->nsegs == 0 || t->segs[0].var >= 0)
+        return 0;
+    for (size_t i = 0; i < t->nsegs; i++) {
+        if (t->segs[i].var >= 0 && t->segs[i].esc == ESC_URL_WHOLE)
+            return 0;
+        if (t->segs[i].var < 0 &&
+            !url_bytes_ok((const unsigned char *)t->segs[i].ptr, t->segs[i].len))
+            return 0;
+    }
+    return url_authority(t->segs[0].ptr, t->segs[0].len, t->nsegs == 1, &why) == FBR_OK;
+}
+
+/* Checks that the URL rendered into iov[first..] is an absolute http(s) URL. */
+static int check_url(struct fbr_render *r, size_t first)
+{
+    char head[1024];
+    size_t hn = 0, total = 0;
+    for (size_t i = first; i < r->niov; i++) {
+        const unsigned char *s = r->iov[i].iov_base;
+        size_t n = r->iov[i].iov_len;
+        if (!url_bytes_ok(s, n)) {
+            r->error = "URL contains a space, control, non-ASCII or unsafe character";
+            return FBR_INVALID;
+        }
+        size_t k = n < sizeof(head) - hn ? n : sizeof(head) - hn;
+        memcpy(head + hn, s, k);
+        hn += k;
+        total += n;
+    }
+    int rc = url_authority(head, hn, total == hn, &r->error);
+    if (rc == FBR_AGAIN) {
+        r->error = "URL authority too long";
+        rc = FBR_INVALID;
+    }
+    return rc;
 }
 
 #define STACK_VALS 32
@@ -1156,11 +1271,12 @@ int fbr_tpl_render(const struct fbr_tpl *t, const struct fbr_tpl_scope *scope,
     struct render_priv *p = priv_of(r);
     const json_t *stack_vals[STACK_VALS];
     const json_t **vals = stack_vals;
+    struct ns_cache nc;
     static const struct fbr_tpl_scope empty_scope;
     if (!scope)
         scope = &empty_scope;
-    if (!pct_ready)
-        pct_init();
+    nc.have = 0;
+    p->tail_iov = 0; /* slices of an earlier render into r are never extended */
 
     if (t->nvars > STACK_VALS) {
         if (p->vals_cap < t->nvars) {
@@ -1172,7 +1288,7 @@ int fbr_tpl_render(const struct fbr_tpl *t, const struct fbr_tpl_scope *scope,
     }
     for (size_t i = 0; i < t->nvars; i++) {
         const struct tpl_var *v = &t->vars[i];
-        vals[i] = v->ns == NS_RULE_CAPTURE ? NULL : resolve(t, v, scope);
+        vals[i] = v->ns == NS_RULE_CAPTURE ? NULL : resolve(t, v, scope, &nc);
         if (!vals[i] && t->ctx == FBR_TPL_URL) {
             r->missing = v->name;
             r->missing_len = v->name_len;
@@ -1205,7 +1321,7 @@ int fbr_tpl_render(const struct fbr_tpl *t, const struct fbr_tpl_scope *scope,
         if (emit_value(r, p, s->esc, val) != FBR_OK)
             return FBR_INVALID;
     }
-    if (t->ctx == FBR_TPL_URL)
+    if (t->ctx == FBR_TPL_URL && !t->url_static_ok)
         return check_url(r, first);
     return FBR_OK;
 }
