@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "firebridge/cfgerr.h"
 #include "firebridge/common.h"
 #include "firebridge/template.h"
 
@@ -44,6 +45,28 @@ struct fbr_webhook {
 struct fbr_webhook *fbr_webhook_ref(struct fbr_webhook *wh);
 void fbr_webhook_unref(struct fbr_webhook **wh);
 
+/* The compiled `webhooks` array, in configuration order; each entry one reference. */
+struct fbr_webhooks {
+    struct fbr_webhook **v;
+    size_t n;
+};
+
+/*
+ * Compiles `webhooks` (borrowed JSON array or NULL) into *out (which must be empty).  Entry:
+ * {"name": str, "event": one of the 12 platform events or "Any-Alert", "method": "GET" | "POST" |
+ *  "PUT" | "DELETE" | "PATCH" (default POST), "content_type": str = "application/json",
+ *  "url": template, "headers": {"Name": template}, "payload": template string or a JSON
+ *  object/array (serialised, then compiled), "enabled": bool = true, "rate_key": template,
+ *  "room_rate": "N/SECONDS", "token_rate": "N/SECONDS", "description": str}.
+ * Every mistake goes to errs with its path ("webhooks[0].method: must be one of ...").  Returns
+ * FBR_OK, or FBR_INVALID with *out left empty.
+ */
+int fbr_webhooks_compile(json_t *webhooks, struct fbr_webhooks *out, struct fbr_cfgerr *errs);
+/* Drops every reference and empties the list. */
+void fbr_webhooks_clear(struct fbr_webhooks *w);
+/* Parses "N/SECONDS" (both > 0).  FBR_OK or FBR_INVALID. */
+int fbr_rate_parse(const char *s, struct fbr_rate *out);
+
 /*
  * A rendered request, ready for the delivery engine.  Its slices borrow from the webhook's
  * templates and the event's JSON, both of which it holds a reference to until released.
@@ -58,8 +81,11 @@ struct fbr_outreq {
     struct fbr_render rate_key;  /* empty when the webhook has none */
     char *content_type;          /* borrowed from the webhook, or owned when webhook is NULL */
     size_t nheaders;
-    const char **header_names;   /* borrowed from the webhook (or owned when webhook is NULL) */
+    const char **header_names;   /* array owned; names borrowed from the webhook (or owned when
+                                    webhook is NULL) */
     struct fbr_render *headers;  /* one value per header name */
+    size_t headers_cap;          /* allocated entries of header_names / headers; code that fills
+                                    the arrays by hand may leave it 0 (nheaders is used then) */
 };
 
 void fbr_outreq_init(struct fbr_outreq *o);
@@ -70,6 +96,9 @@ void fbr_outreq_init(struct fbr_outreq *o);
  * failing header's .error says why).  On failure o holds no references.
  */
 int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *event);
+/* Moves src's contents and references into dst (uninitialised or freed) and leaves src
+ * initialised and empty: how a sink takes a request over. */
+void fbr_outreq_move(struct fbr_outreq *dst, struct fbr_outreq *src);
 /* Drops the references and empties the buffers (capacity kept). */
 void fbr_outreq_release(struct fbr_outreq *o);
 /* Frees everything. */

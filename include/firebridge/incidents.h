@@ -1,0 +1,101 @@
+/*
+ * incidents.h - the incident lifecycle: alerts (after the Rules Engine) open, roll into, ack and
+ * resolve incidents keyed by routing_key + entity_id, and every alert gets the STATE.* and
+ * INCIDENT.* namespaces its webhooks render.  The table is bounded (resolved incidents expire,
+ * a maximum count evicts the oldest) and persisted in the data directory as an append-only
+ * journal of full records, compacted by an atomic rename, so a restart keeps the open incidents
+ * and the incident number counter.  Single-threaded: call from the event loop only.
+ */
+#ifndef FIREBRIDGE_INCIDENTS_H
+#define FIREBRIDGE_INCIDENTS_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "firebridge/common.h"
+
+/* The REST endpoint's message types; anything unknown acts as INFO. */
+enum fbr_msg_type {
+    FBR_MT_CRITICAL,
+    FBR_MT_WARNING,
+    FBR_MT_ACKNOWLEDGEMENT,
+    FBR_MT_INFO,
+    FBR_MT_RECOVERY,
+    FBR_MT_OK,
+};
+/* Parses a message_type case-insensitively; returns FBR_OK or FBR_NOTFOUND (*out = INFO). */
+int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out);
+const char *fbr_msg_type_name(enum fbr_msg_type t); /* upper-case spelling */
+
+enum fbr_incident_phase { FBR_PHASE_UNACKED, FBR_PHASE_ACKED, FBR_PHASE_RESOLVED };
+const char *fbr_incident_phase_name(enum fbr_incident_phase p); /* "UNACKED"... */
+
+/* What an alert did to the incident table. */
+enum fbr_transition {
+    FBR_TR_NONE,      /* timeline only: INFO, or an ack/recovery with nothing open to act on */
+    FBR_TR_TRIGGERED, /* a new incident opened */
+    FBR_TR_ROLLED,    /* rolled into the open incident (ALERT_COUNT + 1), no new trigger */
+    FBR_TR_ACKED,
+    FBR_TR_RESOLVED,
+};
+const char *fbr_transition_name(enum fbr_transition t);
+
+enum fbr_fsync_mode {
+    FBR_FSYNC_ALWAYS, /* fsync after every journal record */
+    FBR_FSYNC_BATCH,  /* fsync in fbr_incidents_flush() (the owner calls it on a timer) */
+    FBR_FSYNC_OFF,    /* leave it to the kernel */
+};
+/* Parses "always|batch|off"; FBR_OK or FBR_INVALID. */
+int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out);
+
+struct fbr_incidents_opts {
+    const char *data_dir;     /* NULL: in memory only (tests, benchmarks) */
+    size_t max_incidents;     /* 0: 10000 */
+    uint64_t resolved_ttl_ms; /* resolved incidents are forgotten after this; 0: 24 h */
+    enum fbr_fsync_mode fsync;
+    int warning_no_open;      /* 1: WARNING only rolls into an open incident, never opens one (the
+                                 platform's per-organisation setting); 0: it opens like CRITICAL */
+};
+
+struct fbr_incidents;
+
+/*
+ * Opens the table, replaying <data_dir>/incidents.journal when present (a torn last line is
+ * ignored).  Returns FBR_OK with *out set, or FBR_ERROR (logged) when the directory or journal
+ * cannot be used.
+ */
+int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_incidents **out);
+/* Flushes, closes the journal, frees everything, sets *t to NULL. */
+void fbr_incidents_close(struct fbr_incidents **t);
+
+struct fbr_incident_result {
+    enum fbr_transition transition;
+    enum fbr_msg_type msg_type;
+    json_t *state;    /* new reference: the STATE namespace (always set) */
+    json_t *incident; /* new reference: the INCIDENT namespace, NULL when no incident applies */
+};
+
+/*
+ * Applies one processed alert (borrowed; reads message_type, routing_key, entity_id, VO_UUID,
+ * host_name/hostname, service/entity_display_name, state_start_time, ack_author, ack_msg) at wall
+ * time now_ms.  Fills *res (release with fbr_incident_result_clear).  Returns FBR_OK, or
+ * FBR_ERROR when the journal could not be written (the in-memory change is kept and logged).
+ */
+int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                        struct fbr_incident_result *res);
+void fbr_incident_result_clear(struct fbr_incident_result *res);
+
+/* fsyncs the journal (FBR_FSYNC_BATCH) and drops resolved incidents past their TTL. */
+int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms);
+
+struct fbr_incidents_stats {
+    size_t count;        /* incidents in the table (any phase) */
+    size_t open;         /* UNACKED or ACKED */
+    uint64_t next_number;
+    uint64_t evicted;    /* dropped because the table was full */
+    uint64_t journal_errors;
+};
+void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents_stats *out);
+
+#endif

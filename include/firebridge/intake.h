@@ -1,0 +1,99 @@
+/*
+ * intake.h - the two inbound endpoints, as plain functions so they are testable without a
+ * server: the platform-compatible REST alert endpoint
+ * `POST /integrations/generic/20131114/alert/{api_key}/{routing_key}` and the timeline event
+ * endpoint `POST /v1/events` (Authorization: Bearer <api_key>).  An alert is validated, stamped
+ * (routing_key, VO_UUID, VO_ALERT_RCV_TIME, ...), run through the Rules Engine, the incident
+ * table and event derivation; every enabled webhook subscribed to a fired event is rendered and
+ * handed to a sink (the delivery engine, or a queue in tests).  This is the head of the data
+ * path: intake -> rules -> incidents/events -> templates -> delivery.
+ */
+#ifndef FIREBRIDGE_INTAKE_H
+#define FIREBRIDGE_INTAKE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "firebridge/common.h"
+#include "firebridge/incidents.h"
+#include "firebridge/rules.h"
+#include "firebridge/server.h"
+#include "firebridge/webhook.h"
+
+#define FBR_INTAKE_ALERT_PREFIX "/integrations/generic/20131114/alert/"
+#define FBR_INTAKE_EVENTS_PATH "/v1/events"
+
+#define FBR_INTAKE_FIELD_MAX 1024         /* characters, most fields */
+#define FBR_INTAKE_STATE_MESSAGE_MAX 20480
+#define FBR_INTAKE_ENTITY_ID_MAX 512
+
+/*
+ * Where rendered deliveries go; same contract as fbr_delivery_submit() so the delivery engine
+ * plugs in with a one-line adapter.  On FBR_OK the sink has taken over o's contents and
+ * references (o is left initialised and empty, e.g. by fbr_outreq_move); on any other return o is
+ * untouched and the intake releases it.  o itself stays the intake's (it is reused).
+ */
+struct fbr_sink {
+    int (*submit)(void *arg, struct fbr_outreq *o);
+    void *arg;
+};
+
+struct fbr_intake_opts {
+    const char *const *api_keys; /* copied; a request must carry one of them */
+    size_t napi_keys;
+    const char *organization_id; /* copied; VO_ORGANIZATION_ID ("" when NULL) */
+    struct fbr_rules *rules;       /* borrowed, may be NULL; see fbr_intake_set_config */
+    struct fbr_webhooks *webhooks; /* borrowed, may be NULL */
+    struct fbr_incidents *incidents; /* borrowed, may be NULL (no STATE/INCIDENT, no lifecycle) */
+    struct fbr_sink sink;
+    uint64_t (*clock_ms)(void);    /* wall clock in ms; NULL: fbr_wall_ms */
+};
+
+struct fbr_intake_stats {
+    uint64_t alerts, events, rejected;      /* accepted alerts / timeline events, 4xx replies */
+    uint64_t deliveries, skipped, invalid;  /* submitted, URL variable missing, unsafe render */
+    uint64_t sink_errors;
+    struct fbr_rules_stats rules;
+};
+
+struct fbr_intake;
+
+/* Never fails (aborts on exhaustion).  Returns a new intake. */
+struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts);
+void fbr_intake_free(struct fbr_intake **in);
+/* Swaps the borrowed rules and webhooks (configuration reload); NULL disables them. */
+void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
+                           struct fbr_webhooks *webhooks);
+const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in);
+
+/* What a request produced: the HTTP status, the JSON reply (new reference, never NULL) and the
+ * number of deliveries handed to the sink. */
+struct fbr_intake_reply {
+    int status;
+    json_t *body;
+    size_t deliveries;
+};
+
+/*
+ * Handles POST <path> on the alert endpoint.  `path` is the decoded path; `body` is the parsed
+ * request body (borrowed, modified in place: the stamped and rule-rewritten alert that webhooks
+ * see; NULL when the body was not JSON).  A wrong key or malformed path gives 404, a bad body
+ * 400 {"result":"failure","message":...}, success 200 {"result":"success","entity_id":...}.
+ * Release out->body with json_decref.
+ */
+void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
+                      struct fbr_intake_reply *out);
+
+/*
+ * Handles POST /v1/events.  `authorization` is the Authorization header value (or NULL): it must
+ * be "Bearer <api_key>" (401 otherwise).  `body` as above (borrowed, not modified).
+ */
+void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *body,
+                      struct fbr_intake_reply *out);
+
+/* Registers both endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
+ * with an unparsable body).  `in` must outlive the server's use of the routes. */
+void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv);
+
+#endif

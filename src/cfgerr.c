@@ -1,0 +1,37 @@
+/*
+ * cfgerr.c - accumulates configuration errors with their JSON path, for the compile steps of the
+ * Rules Engine and of the outgoing webhooks (load time only, never on the data path).
+ */
+#include "firebridge/cfgerr.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "firebridge/common.h"
+
+void fbr_cfgerr_add(struct fbr_cfgerr *e, const char *path, const char *fmt, ...)
+{
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    size_t len = strlen(path) + strlen(reason) + 3;
+    char *msg = fbr_xmalloc(len);
+    snprintf(msg, len, "%s: %s", path, reason);
+    if (e->n == e->cap) {
+        e->cap = e->cap ? e->cap * 2 : 8;
+        e->msgs = fbr_xrealloc(e->msgs, e->cap * sizeof(*e->msgs));
+    }
+    e->msgs[e->n++] = msg;
+}
+
+void fbr_cfgerr_clear(struct fbr_cfgerr *e)
+{
+    for (size_t i = 0; i < e->n; i++)
+        free(e->msgs[i]);
+    free(e->msgs);
+    e->msgs = NULL;
+    e->n = e->cap = 0;
+}

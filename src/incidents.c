@@ -1,0 +1,802 @@
+/*
+ * incidents.c - the incident table behind STATE.* and INCIDENT.*: a hash of incidents keyed by
+ * lower-cased routing_key + entity_id, driven by each alert after the Rules Engine and before
+ * event derivation.  Every change appends one full record (a JSON line) to
+ * <data_dir>/incidents.journal; at open the journal is replayed (later lines win, a torn last line
+ * is ignored) and rewritten compactly through a temporary file and rename(2), which also happens
+ * whenever the journal grows well past the live table.
+ */
+#include "firebridge/incidents.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "firebridge/log.h"
+
+#define DEFAULT_MAX 10000
+#define DEFAULT_TTL_MS (24u * 3600u * 1000u)
+#define JOURNAL "incidents.journal"
+#define JOURNAL_TMP "incidents.journal.tmp"
+
+static const char *const mt_names[] = {"CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
+                                       "INFO",     "RECOVERY", "OK"};
+static const char *const phase_names[] = {"UNACKED", "ACKED", "RESOLVED"};
+static const char *const tr_names[] = {"none", "triggered", "rolled", "acked", "resolved"};
+
+int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out)
+{
+    for (size_t i = 0; i < FBR_ARRAY_LEN(mt_names); i++) {
+        if (s && strlen(mt_names[i]) == len && strncasecmp(mt_names[i], s, len) == 0) {
+            *out = (enum fbr_msg_type)i;
+            return FBR_OK;
+        }
+    }
+    *out = FBR_MT_INFO;
+    return FBR_NOTFOUND;
+}
+
+const char *fbr_msg_type_name(enum fbr_msg_type t)
+{
+    return (unsigned)t < FBR_ARRAY_LEN(mt_names) ? mt_names[t] : "INFO";
+}
+
+const char *fbr_incident_phase_name(enum fbr_incident_phase p)
+{
+    return (unsigned)p < FBR_ARRAY_LEN(phase_names) ? phase_names[p] : "?";
+}
+
+const char *fbr_transition_name(enum fbr_transition t)
+{
+    return (unsigned)t < FBR_ARRAY_LEN(tr_names) ? tr_names[t] : "?";
+}
+
+int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out)
+{
+    static const char *const names[] = {"always", "batch", "off"};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(names); i++) {
+        if (s && strcmp(s, names[i]) == 0) {
+            *out = (enum fbr_fsync_mode)i;
+            return FBR_OK;
+        }
+    }
+    return FBR_INVALID;
+}
+
+struct incident {
+    struct incident *next; /* hash chain */
+    char *key;
+    uint64_t number;
+    char *routing_key, *entity_id, *host, *service, *ack_user, *ack_msg, *last_uuid;
+    enum fbr_incident_phase phase;
+    enum fbr_msg_type state; /* CRITICAL, WARNING or OK */
+    uint64_t alert_count;
+    uint64_t ack_ms, state_start_ms, opened_ms, updated_ms, resolved_ms;
+};
+
+/* A reusable line buffer: journal records are written by hand (one allocation-free pass) because
+ * building a jansson object and dumping it cost more than the rest of the incident update. */
+struct line {
+    char *p;
+    size_t len, cap;
+};
+
+struct fbr_incidents {
+    struct fbr_incidents_opts opts;
+    char *dir;
+    struct incident **buckets;
+    size_t nbuckets; /* power of two */
+    size_t count, open;
+    uint64_t next_number;
+    int fd;               /* journal, O_APPEND; -1 in memory */
+    uint64_t journal_lines;
+    int dirty;            /* written since the last fsync */
+    struct line line;     /* journal line being written */
+    uint64_t evicted, journal_errors;
+};
+
+/* ---- hash table --------------------------------------------------------------------------- */
+
+static uint64_t hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static struct incident **slot(struct fbr_incidents *t, const char *key)
+{
+    struct incident **pp = &t->buckets[hash(key) & (t->nbuckets - 1)];
+    while (*pp && strcmp((*pp)->key, key) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static void grow(struct fbr_incidents *t)
+{
+    size_t n = t->nbuckets * 2;
+    struct incident **b = fbr_xcalloc(n, sizeof(*b));
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
+            nx = in->next;
+            size_t h = hash(in->key) & (n - 1);
+            in->next = b[h];
+            b[h] = in;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+}
+
+static void incident_free(struct incident *in)
+{
+    free(in->key);
+    free(in->routing_key);
+    free(in->entity_id);
+    free(in->host);
+    free(in->service);
+    free(in->ack_user);
+    free(in->ack_msg);
+    free(in->last_uuid);
+    free(in);
+}
+
+static int is_open(const struct incident *in)
+{
+    return in->phase != FBR_PHASE_RESOLVED;
+}
+
+static void table_insert(struct fbr_incidents *t, struct incident *in)
+{
+    if (t->count + 1 > t->nbuckets - t->nbuckets / 4)
+        grow(t);
+    struct incident **pp = slot(t, in->key);
+    in->next = NULL;
+    *pp = in;
+    t->count++;
+    t->open += is_open(in);
+}
+
+static void table_remove(struct fbr_incidents *t, struct incident *in)
+{
+    struct incident **pp = slot(t, in->key);
+    if (*pp != in)
+        return;
+    *pp = in->next;
+    t->count--;
+    t->open -= is_open(in);
+    incident_free(in);
+}
+
+static void set_str(char **dst, const char *src)
+{
+    free(*dst);
+    *dst = fbr_xstrdup(src ? src : "");
+}
+
+/* ---- journal ------------------------------------------------------------------------------ */
+
+static void line_put(struct line *l, const char *s, size_t n)
+{
+    if (l->len + n > l->cap) {
+        l->cap = (l->len + n) * 2 + 256;
+        l->p = fbr_xrealloc(l->p, l->cap);
+    }
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+}
+
+/* Appends ,"key":"escaped value" (or without the comma for the first member). */
+static void line_str(struct line *l, const char *key, const char *v)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (l->len > 1)
+        line_put(l, ",", 1);
+    line_put(l, "\"", 1);
+    line_put(l, key, strlen(key));
+    line_put(l, "\":\"", 3);
+    const char *run = v;
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        line_put(l, run, (size_t)(v - run));
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t n = 2;
+        if (c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        line_put(l, esc, n);
+        run = v + 1;
+    }
+    line_put(l, run, (size_t)(v - run));
+    line_put(l, "\"", 1);
+}
+
+static void line_num(struct line *l, const char *key, uint64_t v)
+{
+    char buf[64];
+    int n = snprintf(buf, sizeof(buf), "%s\"%s\":%" PRIu64, l->len > 1 ? "," : "", key, v);
+    line_put(l, buf, (size_t)n);
+}
+
+static void record_line(struct line *l, const struct incident *in)
+{
+    l->len = 0;
+    line_put(l, "{", 1);
+    line_str(l, "k", in->key);
+    line_num(l, "n", in->number);
+    line_str(l, "rk", in->routing_key);
+    line_str(l, "eid", in->entity_id);
+    line_str(l, "host", in->host);
+    line_str(l, "service", in->service);
+    line_str(l, "ack_user", in->ack_user);
+    line_str(l, "ack_msg", in->ack_msg);
+    line_str(l, "uuid", in->last_uuid);
+    line_str(l, "phase", phase_names[in->phase]);
+    line_str(l, "state", mt_names[in->state]);
+    line_num(l, "count", in->alert_count);
+    line_num(l, "ack_ts", in->ack_ms);
+    line_num(l, "start", in->state_start_ms);
+    line_num(l, "ts", in->opened_ms);
+    line_num(l, "upd", in->updated_ms);
+    line_num(l, "res", in->resolved_ms);
+    line_put(l, "}\n", 2);
+}
+
+static int write_all(int fd, const char *s, size_t len)
+{
+    while (len) {
+        ssize_t w = write(fd, s, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        s += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Appends the line in t->line (one write, so a crash tears at most the last line). */
+static int journal_append(struct fbr_incidents *t)
+{
+    if (t->fd < 0)
+        return FBR_OK;
+    if (write_all(t->fd, t->line.p, t->line.len) != 0) {
+        t->journal_errors++;
+        fbr_log_error("incidents: cannot append to %s/" JOURNAL ": %s", t->dir, strerror(errno));
+        return FBR_ERROR;
+    }
+    t->journal_lines++;
+    if (t->opts.fsync == FBR_FSYNC_ALWAYS)
+        fdatasync(t->fd);
+    else
+        t->dirty = 1;
+    return FBR_OK;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static uint64_t jnum(json_t *o, const char *k)
+{
+    json_int_t v = json_integer_value(json_object_get(o, k));
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+static void replay_line(struct fbr_incidents *t, json_t *j)
+{
+    json_t *next = json_object_get(j, "next");
+    if (json_is_integer(next)) {
+        if ((uint64_t)json_integer_value(next) > t->next_number)
+            t->next_number = (uint64_t)json_integer_value(next);
+        return;
+    }
+    const char *del = json_string_value(json_object_get(j, "del"));
+    if (del) {
+        struct incident *in = *slot(t, del);
+        if (in)
+            table_remove(t, in);
+        return;
+    }
+    const char *key = json_string_value(json_object_get(j, "k"));
+    if (!key)
+        return;
+    struct incident *old = *slot(t, key);
+    if (old)
+        table_remove(t, old);
+    struct incident *in = fbr_xcalloc(1, sizeof(*in));
+    in->key = fbr_xstrdup(key);
+    in->number = jnum(j, "n");
+    in->routing_key = fbr_xstrdup(jstr(j, "rk"));
+    in->entity_id = fbr_xstrdup(jstr(j, "eid"));
+    in->host = fbr_xstrdup(jstr(j, "host"));
+    in->service = fbr_xstrdup(jstr(j, "service"));
+    in->ack_user = fbr_xstrdup(jstr(j, "ack_user"));
+    in->ack_msg = fbr_xstrdup(jstr(j, "ack_msg"));
+    in->last_uuid = fbr_xstrdup(jstr(j, "uuid"));
+    const char *ph = jstr(j, "phase");
+    in->phase = FBR_PHASE_UNACKED;
+    for (size_t i = 0; i < FBR_ARRAY_LEN(phase_names); i++) {
+        if (strcmp(ph, phase_names[i]) == 0)
+            in->phase = (enum fbr_incident_phase)i;
+    }
+    const char *st = jstr(j, "state");
+    fbr_msg_type_parse(st, strlen(st), &in->state);
+    in->alert_count = jnum(j, "count");
+    in->ack_ms = jnum(j, "ack_ts");
+    in->state_start_ms = jnum(j, "start");
+    in->opened_ms = jnum(j, "ts");
+    in->updated_ms = jnum(j, "upd");
+    in->resolved_ms = jnum(j, "res");
+    if (in->number >= t->next_number)
+        t->next_number = in->number + 1;
+    table_insert(t, in);
+}
+
+static void fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* Rewrites the journal as one line per live incident, atomically, and reopens it for append. */
+static int compact(struct fbr_incidents *t)
+{
+    char tmp[4096], path[4096];
+    snprintf(tmp, sizeof(tmp), "%s/" JOURNAL_TMP, t->dir);
+    snprintf(path, sizeof(path), "%s/" JOURNAL, t->dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fbr_log_error("incidents: cannot create %s: %s", tmp, strerror(errno));
+        return FBR_ERROR;
+    }
+    int rc = 0;
+    char head[64];
+    int hl = snprintf(head, sizeof(head), "{\"next\":%" PRIu64 "}\n", t->next_number);
+    rc |= write_all(fd, head, (size_t)hl);
+    uint64_t lines = 1;
+    for (size_t i = 0; i < t->nbuckets && rc == 0; i++) {
+        for (struct incident *in = t->buckets[i]; in && rc == 0; in = in->next) {
+            record_line(&t->line, in);
+            rc |= write_all(fd, t->line.p, t->line.len);
+            lines++;
+        }
+    }
+    if (rc == 0 && t->opts.fsync != FBR_FSYNC_OFF)
+        rc |= fsync(fd);
+    close(fd);
+    if (rc != 0 || rename(tmp, path) != 0) {
+        fbr_log_error("incidents: cannot rewrite %s: %s", path, strerror(errno));
+        unlink(tmp);
+        t->journal_errors++;
+        return FBR_ERROR;
+    }
+    if (t->opts.fsync != FBR_FSYNC_OFF)
+        fsync_dir(t->dir);
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (t->fd < 0) {
+        fbr_log_error("incidents: cannot reopen %s: %s", path, strerror(errno));
+        return FBR_ERROR;
+    }
+    t->journal_lines = lines;
+    t->dirty = 0;
+    return FBR_OK;
+}
+
+static int replay(struct fbr_incidents *t)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/" JOURNAL, t->dir);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return errno == ENOENT ? FBR_OK : FBR_ERROR;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    size_t bad = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+        if (!j) {
+            bad++;
+            continue;
+        }
+        replay_line(t, j);
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    if (bad)
+        fbr_log_warn("incidents: ignored %zu unreadable journal line(s) in %s", bad, path);
+    return FBR_OK;
+}
+
+int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_incidents **out)
+{
+    struct fbr_incidents *t = fbr_xcalloc(1, sizeof(*t));
+    t->opts = *opts;
+    if (!t->opts.max_incidents)
+        t->opts.max_incidents = DEFAULT_MAX;
+    if (!t->opts.resolved_ttl_ms)
+        t->opts.resolved_ttl_ms = DEFAULT_TTL_MS;
+    t->nbuckets = 64;
+    t->buckets = fbr_xcalloc(t->nbuckets, sizeof(*t->buckets));
+    t->next_number = 1;
+    t->fd = -1;
+    t->opts.data_dir = NULL;
+    *out = NULL;
+    if (opts->data_dir) {
+        t->dir = fbr_xstrdup(opts->data_dir);
+        if (mkdir(t->dir, 0700) != 0 && errno != EEXIST) {
+            fbr_log_error("incidents: cannot create data directory %s: %s", t->dir,
+                          strerror(errno));
+            fbr_incidents_close(&t);
+            return FBR_ERROR;
+        }
+        if (replay(t) != FBR_OK || compact(t) != FBR_OK) {
+            fbr_log_error("incidents: cannot use the journal in %s", t->dir);
+            fbr_incidents_close(&t);
+            return FBR_ERROR;
+        }
+        fbr_log_info("incidents: %zu incident(s) restored, %zu open, next number %" PRIu64,
+                     t->count, t->open, t->next_number);
+    }
+    *out = t;
+    return FBR_OK;
+}
+
+void fbr_incidents_close(struct fbr_incidents **tp)
+{
+    struct fbr_incidents *t = *tp;
+    if (!t)
+        return;
+    if (t->fd >= 0) {
+        if (t->dirty && t->opts.fsync != FBR_FSYNC_OFF)
+            fdatasync(t->fd);
+        close(t->fd);
+    }
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
+            nx = in->next;
+            incident_free(in);
+        }
+    }
+    free(t->buckets);
+    free(t->dir);
+    free(t->line.p);
+    free(t);
+    *tp = NULL;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+static void forget(struct fbr_incidents *t, struct incident *in)
+{
+    if (t->fd >= 0) {
+        t->line.len = 0;
+        line_put(&t->line, "{", 1);
+        line_str(&t->line, "del", in->key);
+        line_put(&t->line, "}\n", 2);
+        journal_append(t);
+    }
+    table_remove(t, in);
+}
+
+static void expire(struct fbr_incidents *t, uint64_t now_ms)
+{
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
+            nx = in->next;
+            if (!is_open(in) && in->resolved_ms + t->opts.resolved_ttl_ms <= now_ms)
+                forget(t, in);
+        }
+    }
+}
+
+/* Makes room for one more incident: expired first, then the oldest resolved, then (logged) the
+ * least recently updated open one. */
+static void make_room(struct fbr_incidents *t, uint64_t now_ms)
+{
+    if (t->count < t->opts.max_incidents)
+        return;
+    expire(t, now_ms);
+    if (t->count < t->opts.max_incidents)
+        return;
+    struct incident *victim = NULL;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct incident *in = t->buckets[i]; in; in = in->next) {
+            if (!victim || (is_open(victim) && !is_open(in)) ||
+                (is_open(victim) == is_open(in) && in->updated_ms < victim->updated_ms))
+                victim = in;
+        }
+    }
+    if (!victim)
+        return;
+    if (is_open(victim))
+        fbr_log_warn("incidents: table full (%zu), dropping open incident %" PRIu64,
+                     t->opts.max_incidents, victim->number);
+    t->evicted++;
+    forget(t, victim);
+}
+
+static const char *alert_str(json_t *alert, const char *k)
+{
+    return json_string_value(json_object_get(alert, k));
+}
+
+/* Epoch seconds (number or numeric string) in field k, as ms; 0 when absent or unusable. */
+static uint64_t alert_secs_ms(json_t *alert, const char *k)
+{
+    json_t *v = json_object_get(alert, k);
+    double secs = 0;
+    if (json_is_number(v)) {
+        secs = json_number_value(v);
+    } else if (json_is_string(v)) {
+        char *end;
+        secs = strtod(json_string_value(v), &end);
+        if (*end)
+            secs = 0;
+    }
+    return secs > 0 && secs < 1e12 ? (uint64_t)(secs * 1000.0) : 0;
+}
+
+static const char *host_of(json_t *alert)
+{
+    const char *h = alert_str(alert, "host_name");
+    return h ? h : alert_str(alert, "hostname");
+}
+
+static const char *service_of(json_t *alert)
+{
+    const char *s = alert_str(alert, "service");
+    return s ? s : alert_str(alert, "entity_display_name");
+}
+
+/* The namespaces are built per alert on the hot path: plain setters, no format parsing, no UTF-8
+ * re-validation (every string came out of a validated JSON string or a literal). */
+static void put_s(json_t *o, const char *k, const char *v)
+{
+    json_object_set_new_nocheck(o, k, json_string_nocheck(v ? v : ""));
+}
+
+static void put_i(json_t *o, const char *k, uint64_t v)
+{
+    json_object_set_new_nocheck(o, k, json_integer((json_int_t)v));
+}
+
+static json_t *state_json(const struct incident *in)
+{
+    char name[24];
+    snprintf(name, sizeof(name), "%" PRIu64, in->number);
+    json_t *o = json_object();
+    put_s(o, "INCIDENT_NAME", name);
+    put_s(o, "CURRENT_ALERT_PHASE", phase_names[in->phase]);
+    put_s(o, "CURRENT_STATE", mt_names[in->state]);
+    put_i(o, "ALERT_COUNT", in->alert_count);
+    put_s(o, "ACK_USER", in->ack_user);
+    put_s(o, "ACK_MSG", in->ack_msg);
+    put_i(o, "ACK_TIMESTAMP", in->ack_ms);
+    put_s(o, "ENTITY_ID", in->entity_id);
+    put_s(o, "HOST", in->host);
+    put_s(o, "SERVICE", in->service);
+    put_i(o, "STATE_START_TIME", in->state_start_ms);
+    put_i(o, "INCIDENT_TIMESTAMP", in->opened_ms);
+    put_s(o, "LAST_UUID", in->last_uuid);
+    return o;
+}
+
+static json_t *incident_json(const struct incident *in)
+{
+    char id[24], name[26];
+    snprintf(id, sizeof(id), "%" PRIu64, in->number);
+    snprintf(name, sizeof(name), "#%" PRIu64, in->number);
+    json_t *o = json_object();
+    put_s(o, "INCIDENT_ID", id);
+    put_s(o, "INCIDENT_NAME", name);
+    put_s(o, "CURRENT_PHASE", phase_names[in->phase]);
+    put_s(o, "ENTITY_STATE", mt_names[in->state]);
+    put_i(o, "ALERT_COUNT", in->alert_count);
+    put_s(o, "ENTITY_ID", in->entity_id);
+    put_s(o, "ROUTING_KEY", in->routing_key);
+    put_s(o, "HOST", in->host);
+    put_s(o, "SERVICE", in->service);
+    json_object_set_new_nocheck(o, "ACKED_BY", in->ack_ms == 0 ? json_null()
+                                                               : json_string_nocheck(in->ack_user));
+    put_s(o, "ACK_MSG", in->ack_msg);
+    put_i(o, "ACK_TIMESTAMP", in->ack_ms);
+    put_i(o, "INCIDENT_TIMESTAMP", in->opened_ms);
+    put_i(o, "LAST_ALERT_TIME", in->updated_ms);
+    put_i(o, "RESOLVED_TIMESTAMP", in->resolved_ms);
+    put_s(o, "LAST_UUID", in->last_uuid);
+    return o;
+}
+
+/* STATE for an alert that touches no incident. */
+static json_t *state_no_incident(json_t *alert, enum fbr_msg_type mt, uint64_t start_ms)
+{
+    json_t *o = json_object();
+    put_s(o, "INCIDENT_NAME", "");
+    put_s(o, "CURRENT_ALERT_PHASE", "");
+    put_s(o, "CURRENT_STATE", mt_names[mt]);
+    put_i(o, "ALERT_COUNT", 0);
+    put_s(o, "ACK_USER", "SYSTEM");
+    put_s(o, "ACK_MSG", "");
+    put_i(o, "ACK_TIMESTAMP", 0);
+    put_s(o, "ENTITY_ID", alert_str(alert, "entity_id"));
+    put_s(o, "HOST", host_of(alert));
+    put_s(o, "SERVICE", service_of(alert));
+    put_i(o, "STATE_START_TIME", start_ms);
+    put_i(o, "INCIDENT_TIMESTAMP", 0);
+    put_s(o, "LAST_UUID", alert_str(alert, "VO_UUID"));
+    return o;
+}
+
+static void reset_for_trigger(struct fbr_incidents *t, struct incident *in, json_t *alert,
+                              enum fbr_msg_type mt, uint64_t now_ms, uint64_t start_ms)
+{
+    in->number = t->next_number++;
+    in->phase = FBR_PHASE_UNACKED;
+    in->state = mt;
+    in->alert_count = 1;
+    set_str(&in->ack_user, "SYSTEM");
+    set_str(&in->ack_msg, "");
+    in->ack_ms = 0;
+    in->state_start_ms = start_ms;
+    in->opened_ms = now_ms;
+    in->resolved_ms = 0;
+    set_str(&in->host, host_of(alert));
+    set_str(&in->service, service_of(alert));
+}
+
+int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                        struct fbr_incident_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    json_t *mtv = json_object_get(alert, "message_type");
+    enum fbr_msg_type mt = FBR_MT_INFO;
+    if (json_is_string(mtv))
+        fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
+    res->msg_type = mt;
+    uint64_t start_ms = alert_secs_ms(alert, "state_start_time");
+    if (!start_ms)
+        start_ms = alert_secs_ms(alert, "timestamp");
+    if (!start_ms)
+        start_ms = now_ms;
+
+    const char *rk = alert_str(alert, "routing_key");
+    const char *eid = alert_str(alert, "entity_id");
+    rk = rk ? rk : "";
+    eid = eid ? eid : "";
+    size_t rkl = strlen(rk), eidl = strlen(eid);
+    char *key = fbr_xmalloc(rkl + eidl + 2);
+    for (size_t i = 0; i < rkl; i++)
+        key[i] = (char)((rk[i] >= 'A' && rk[i] <= 'Z') ? rk[i] + 32 : rk[i]);
+    key[rkl] = '\x1f';
+    memcpy(key + rkl + 1, eid, eidl + 1);
+
+    struct incident *in = *slot(t, key);
+    enum fbr_transition tr = FBR_TR_NONE;
+    switch (mt) {
+    case FBR_MT_CRITICAL:
+    case FBR_MT_WARNING:
+        if (in && is_open(in)) {
+            tr = FBR_TR_ROLLED;
+            in->alert_count++;
+            if (in->state != mt)
+                in->state_start_ms = start_ms;
+            in->state = mt;
+        } else if (mt == FBR_MT_WARNING && t->opts.warning_no_open) {
+            break; /* timeline only */
+        } else {
+            tr = FBR_TR_TRIGGERED;
+            if (!in) {
+                make_room(t, now_ms);
+                in = fbr_xcalloc(1, sizeof(*in));
+                in->key = key;
+                key = NULL;
+                in->routing_key = fbr_xstrdup(rk);
+                in->entity_id = fbr_xstrdup(eid);
+                reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
+                table_insert(t, in);
+            } else {
+                reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
+                t->open++;
+            }
+        }
+        break;
+    case FBR_MT_ACKNOWLEDGEMENT:
+        if (in && in->phase == FBR_PHASE_UNACKED) {
+            tr = FBR_TR_ACKED;
+            in->phase = FBR_PHASE_ACKED;
+            const char *who = alert_str(alert, "ack_author");
+            const char *msg = alert_str(alert, "ack_msg");
+            set_str(&in->ack_user, who && *who ? who : "SYSTEM");
+            set_str(&in->ack_msg, msg);
+            in->ack_ms = now_ms;
+        }
+        break;
+    case FBR_MT_RECOVERY:
+    case FBR_MT_OK:
+        if (in && is_open(in)) {
+            tr = FBR_TR_RESOLVED;
+            in->phase = FBR_PHASE_RESOLVED;
+            in->state = FBR_MT_OK;
+            in->state_start_ms = start_ms;
+            in->resolved_ms = now_ms;
+            t->open--;
+        }
+        break;
+    case FBR_MT_INFO:
+        break;
+    }
+    free(key);
+    int rc = FBR_OK;
+    if (tr != FBR_TR_NONE) {
+        const char *uuid = alert_str(alert, "VO_UUID");
+        set_str(&in->last_uuid, uuid);
+        in->updated_ms = now_ms;
+        if (t->fd >= 0) {
+            record_line(&t->line, in);
+            rc = journal_append(t);
+        }
+        if (t->fd >= 0 && t->journal_lines > 4 * t->count + 1024)
+            compact(t);
+    }
+    res->transition = tr;
+    if (in) {
+        res->state = state_json(in);
+        res->incident = incident_json(in);
+    } else {
+        res->state = state_no_incident(alert, mt, start_ms);
+    }
+    return rc;
+}
+
+void fbr_incident_result_clear(struct fbr_incident_result *res)
+{
+    json_decref(res->state);
+    json_decref(res->incident);
+    res->state = res->incident = NULL;
+}
+
+int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms)
+{
+    expire(t, now_ms);
+    if (t->fd >= 0 && t->dirty && t->opts.fsync == FBR_FSYNC_BATCH) {
+        if (fdatasync(t->fd) != 0) {
+            t->journal_errors++;
+            return FBR_ERROR;
+        }
+        t->dirty = 0;
+    }
+    return FBR_OK;
+}
+
+void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents_stats *out)
+{
+    out->count = t->count;
+    out->open = t->open;
+    out->next_number = t->next_number;
+    out->evicted = t->evicted;
+    out->journal_errors = t->journal_errors;
+}

@@ -1,0 +1,391 @@
+/*
+ * intake.c - the head of the data path.  Validates and stamps an alert posted to the
+ * platform-compatible REST endpoint, runs the Rules Engine on it, applies it to the incident
+ * table, derives the events and renders every subscribed webhook into a request for the sink;
+ * timeline events from POST /v1/events skip the first three steps.  The HTTP glue at the end only
+ * adapts fbr_http_req to these functions.
+ */
+#include "firebridge/intake.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "firebridge/events.h"
+#include "firebridge/log.h"
+
+struct fbr_intake {
+    char **keys;
+    size_t *key_lens;
+    size_t nkeys;
+    char *org;
+    struct fbr_rules *rules;
+    struct fbr_webhooks *webhooks;
+    struct fbr_incidents *incidents;
+    struct fbr_sink sink;
+    uint64_t (*clock_ms)(void);
+    struct fbr_intake_stats stats;
+    struct fbr_outreq out; /* reused for every rendering */
+    int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
+    char week_time[40], time_utc[40];
+};
+
+struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
+{
+    struct fbr_intake *in = fbr_xcalloc(1, sizeof(*in));
+    in->nkeys = opts->napi_keys;
+    in->keys = fbr_xcalloc(in->nkeys + 1, sizeof(*in->keys));
+    in->key_lens = fbr_xcalloc(in->nkeys + 1, sizeof(*in->key_lens));
+    for (size_t i = 0; i < in->nkeys; i++) {
+        in->keys[i] = fbr_xstrdup(opts->api_keys[i]);
+        in->key_lens[i] = strlen(in->keys[i]);
+    }
+    in->org = fbr_xstrdup(opts->organization_id ? opts->organization_id : "");
+    in->rules = opts->rules;
+    in->webhooks = opts->webhooks;
+    in->incidents = opts->incidents;
+    in->sink = opts->sink;
+    in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
+    fbr_outreq_init(&in->out);
+    in->stamp_secs = -1;
+    return in;
+}
+
+void fbr_intake_free(struct fbr_intake **inp)
+{
+    struct fbr_intake *in = *inp;
+    if (!in)
+        return;
+    for (size_t i = 0; i < in->nkeys; i++)
+        free(in->keys[i]);
+    free(in->keys);
+    free(in->key_lens);
+    free(in->org);
+    fbr_outreq_free(&in->out);
+    free(in);
+    *inp = NULL;
+}
+
+void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
+                           struct fbr_webhooks *webhooks)
+{
+    in->rules = rules;
+    in->webhooks = webhooks;
+}
+
+const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in)
+{
+    return &in->stats;
+}
+
+/* Compares against every configured key without an early exit, so the time taken depends on
+ * neither where a key differs nor which key matched. */
+static int key_ok(const struct fbr_intake *in, const char *key, size_t len)
+{
+    unsigned ok = 0;
+    for (size_t k = 0; k < in->nkeys; k++) {
+        const char *want = in->keys[k];
+        size_t wlen = in->key_lens[k];
+        unsigned char diff = (unsigned char)(wlen != len);
+        for (size_t i = 0; i < wlen; i++)
+            diff |= (unsigned char)want[i] ^ (unsigned char)(i < len ? key[i] : 0);
+        ok |= diff == 0;
+    }
+    return ok != 0 && in->nkeys > 0;
+}
+
+static void reply_failure(struct fbr_intake *in, struct fbr_intake_reply *out, int status,
+                          const char *msg)
+{
+    in->stats.rejected++;
+    out->status = status;
+    out->body = json_pack("{s:s,s:s}", "result", "failure", "message", msg);
+}
+
+/* UUIDs need unpredictability, not secrecy: kernel randomness fetched 4 KiB at a time keeps the
+ * syscall off the per-alert path. */
+static void random_bytes(unsigned char *out, size_t n)
+{
+    static unsigned char pool[4096];
+    static size_t left;
+    while (n) {
+        if (left == 0) {
+            size_t got = 0;
+            while (got < sizeof(pool)) {
+                ssize_t r = getrandom(pool + got, sizeof(pool) - got, 0);
+                if (r > 0)
+                    got += (size_t)r;
+            }
+            left = sizeof(pool);
+        }
+        size_t take = n < left ? n : left;
+        memcpy(out, pool + sizeof(pool) - left, take);
+        memset(pool + sizeof(pool) - left, 0, take);
+        left -= take;
+        out += take;
+        n -= take;
+    }
+}
+
+static void random_uuid(char out[37])
+{
+    unsigned char b[16];
+    random_bytes(b, sizeof(b));
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    snprintf(out, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+}
+
+static size_t utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+static int routing_key_ok(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Renders every enabled webhook subscribed to set and hands each request to the sink. */
+static size_t dispatch(struct fbr_intake *in, const struct fbr_event_set *set)
+{
+    size_t n = 0;
+    if (!in->webhooks)
+        return 0;
+    for (size_t i = 0; i < in->webhooks->n; i++) {
+        struct fbr_webhook *wh = in->webhooks->v[i];
+        if (!wh->enabled || !(wh->events & set->mask))
+            continue;
+        struct fbr_outreq *o = &in->out;
+        int rc = fbr_outreq_render(o, wh, set->event);
+        if (rc == FBR_SKIP) {
+            in->stats.skipped++;
+            fbr_log_debug("webhook \"%s\" skipped: URL variable %.*s is missing", wh->name,
+                          (int)o->url.missing_len, o->url.missing ? o->url.missing : "");
+        } else if (rc != FBR_OK) {
+            in->stats.invalid++;
+            fbr_log_warn("webhook \"%s\" not delivered: unsafe rendering (%s)", wh->name,
+                         o->url.error ? o->url.error : "header value");
+        } else if (in->sink.submit && in->sink.submit(in->sink.arg, o) == FBR_OK) {
+            in->stats.deliveries++;
+            n++;
+        } else {
+            in->stats.sink_errors++;
+        }
+        fbr_outreq_release(o);
+    }
+    return n;
+}
+
+/* Checks the length limits of every top-level string field; returns the offending key or NULL. */
+static const char *too_long(json_t *body, size_t *limit)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach (body, key, v) {
+        if (!json_is_string(v))
+            continue;
+        size_t max = FBR_INTAKE_FIELD_MAX;
+        if (strcmp(key, "state_message") == 0)
+            max = FBR_INTAKE_STATE_MESSAGE_MAX;
+        else if (strcmp(key, "entity_id") == 0)
+            max = FBR_INTAKE_ENTITY_ID_MAX;
+        size_t len = json_string_length(v);
+        if (len > max && utf8_chars(json_string_value(v), len) > max) {
+            *limit = max;
+            return key;
+        }
+    }
+    return NULL;
+}
+
+static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
+{
+    char buf[64];
+    char uuid[37];
+    random_uuid(uuid);
+    json_object_set_new(alert, "VO_UUID", json_string(uuid));
+    snprintf(buf, sizeof(buf), "%" PRIu64, now_ms);
+    json_object_set_new(alert, "VO_ALERT_RCV_TIME", json_string(buf));
+    json_object_set_new(alert, "VO_ORGANIZATION_ID", json_string(in->org));
+    /* Formatted once per second: alerts arrive in bursts. */
+    time_t secs = (time_t)(now_ms / 1000);
+    if ((int64_t)secs != in->stamp_secs) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        strftime(in->week_time, sizeof(in->week_time), "%G-W%V-%uT%H:%M:%SZ", &tm);
+        strftime(in->time_utc, sizeof(in->time_utc), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        in->stamp_secs = (int64_t)secs;
+    }
+    json_object_set_new(alert, "alert_received_week_time_utc", json_string(in->week_time));
+    json_object_set_new(alert, "Alert_received_time_utc", json_string(in->time_utc));
+}
+
+void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
+                      struct fbr_intake_reply *out)
+{
+    static const size_t plen = sizeof(FBR_INTAKE_ALERT_PREFIX) - 1;
+    memset(out, 0, sizeof(*out));
+    if (path.len <= plen || memcmp(path.ptr, FBR_INTAKE_ALERT_PREFIX, plen) != 0) {
+        reply_failure(in, out, 404, "Not found");
+        return;
+    }
+    const char *key = path.ptr + plen;
+    const char *end = path.ptr + path.len;
+    const char *slash = memchr(key, '/', (size_t)(end - key));
+    size_t key_len = slash ? (size_t)(slash - key) : (size_t)(end - key);
+    const char *rk = slash ? slash + 1 : end;
+    size_t rk_len = (size_t)(end - rk);
+    if (key_len == 0 || !key_ok(in, key, key_len) || memchr(rk, '/', rk_len) ||
+        !routing_key_ok(rk, rk_len)) {
+        reply_failure(in, out, 404, "Not found");
+        return;
+    }
+    if (!body) {
+        reply_failure(in, out, 400, "Invalid JSON body");
+        return;
+    }
+    if (!json_is_object(body)) {
+        reply_failure(in, out, 400, "Invalid body: expected a JSON object");
+        return;
+    }
+    json_t *mt = json_object_get(body, "message_type");
+    if (!mt) {
+        reply_failure(in, out, 400, "Missing fields: message_type");
+        return;
+    }
+    if (!json_is_string(mt)) {
+        reply_failure(in, out, 400, "Invalid field: message_type must be a string");
+        return;
+    }
+    json_t *eid = json_object_get(body, "entity_id");
+    if (eid && !json_is_string(eid) && !json_is_null(eid)) {
+        reply_failure(in, out, 400, "Invalid field: entity_id must be a string");
+        return;
+    }
+    size_t limit = 0;
+    const char *bad = too_long(body, &limit);
+    if (bad) {
+        char msg[1200];
+        snprintf(msg, sizeof(msg), "Field too long: %.1000s exceeds %zu characters", bad, limit);
+        reply_failure(in, out, 400, msg);
+        return;
+    }
+
+    uint64_t now_ms = in->clock_ms();
+    enum fbr_msg_type t;
+    if (fbr_msg_type_parse(json_string_value(mt), json_string_length(mt), &t) == FBR_OK)
+        json_object_set_new(body, "message_type", json_string(fbr_msg_type_name(t)));
+    if (!json_is_string(eid) || json_string_length(eid) == 0) {
+        char uuid[37];
+        random_uuid(uuid);
+        json_object_set_new(body, "entity_id", json_string(uuid));
+    }
+    json_t *reply = json_pack("{s:s,s:O}", "result", "success", "entity_id",
+                              json_object_get(body, "entity_id"));
+    if (rk_len)
+        json_object_set_new(body, "routing_key", json_stringn(rk, rk_len));
+    stamp(in, body, now_ms);
+
+    fbr_rules_apply(in->rules, body, &in->stats.rules);
+
+    struct fbr_incident_result res = {.transition = FBR_TR_NONE};
+    if (in->incidents) {
+        fbr_incidents_apply(in->incidents, body, now_ms, &res);
+    } else {
+        json_t *m = json_object_get(body, "message_type");
+        fbr_msg_type_parse(json_string_value(m), json_string_length(m), &res.msg_type);
+    }
+    struct fbr_event_set set;
+    fbr_events_derive(body, &res, &set);
+    fbr_incident_result_clear(&res);
+    out->deliveries = dispatch(in, &set);
+    fbr_event_set_clear(&set);
+    in->stats.alerts++;
+    out->status = 200;
+    out->body = reply;
+}
+
+void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *body,
+                      struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    static const char bearer[] = "Bearer ";
+    size_t blen = sizeof(bearer) - 1;
+    if (!authorization || strncasecmp(authorization, bearer, blen) != 0 ||
+        !key_ok(in, authorization + blen, strlen(authorization + blen))) {
+        reply_failure(in, out, 401, "Unauthorized");
+        return;
+    }
+    if (!body) {
+        reply_failure(in, out, 400, "Invalid JSON body");
+        return;
+    }
+    struct fbr_event_set set;
+    const char *err = NULL;
+    if (fbr_events_from_body(body, &set, &err) != FBR_OK) {
+        reply_failure(in, out, 400, err);
+        return;
+    }
+    out->deliveries = dispatch(in, &set);
+    fbr_event_set_clear(&set);
+    in->stats.events++;
+    out->status = 200;
+    out->body = json_pack("{s:s,s:I}", "result", "success", "deliveries",
+                          (json_int_t)out->deliveries);
+}
+
+/* ---- HTTP glue ---------------------------------------------------------------------------- */
+
+static json_t *parse_body(struct fbr_http_req *req)
+{
+    if (!req->body.ptr)
+        return NULL;
+    return json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, NULL);
+}
+
+static void on_alert(struct fbr_http_req *req, void *arg)
+{
+    struct fbr_intake_reply r;
+    json_t *body = parse_body(req);
+    fbr_intake_alert(arg, req->path, body, &r);
+    json_decref(body);
+    fbr_http_reply_json(req, r.status, r.body);
+}
+
+static void on_event(struct fbr_http_req *req, void *arg)
+{
+    struct fbr_intake_reply r;
+    json_t *body = parse_body(req);
+    fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
+    json_decref(body);
+    fbr_http_reply_json(req, r.status, r.body);
+}
+
+void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)
+{
+    struct fbr_route alert = {.path = FBR_INTAKE_ALERT_PREFIX, .prefix = 1,
+                              .methods = FBR_M_POST, .json_body = 0, .metric = "alert",
+                              .fn = on_alert, .arg = in};
+    struct fbr_route events = {.path = FBR_INTAKE_EVENTS_PATH, .prefix = 0,
+                               .methods = FBR_M_POST, .json_body = 0, .metric = "events",
+                               .fn = on_event, .arg = in};
+    fbr_server_add_route(srv, &alert);
+    fbr_server_add_route(srv, &events);
+}

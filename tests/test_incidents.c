@@ -1,0 +1,328 @@
+/*
+ * test_incidents.c - unit tests for incidents.c, the incident table between the Rules Engine and
+ * event derivation: the lifecycle (trigger, roll-up, ack, resolve, re-trigger) with restarts from
+ * the data directory in between, every STATE.* variable, keys per routing key, a torn journal,
+ * the bounded table and expiry.
+ */
+#include <check.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "firebridge/incidents.h"
+
+static char dir[256];
+
+static void make_dir(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/fbr-incidents-XXXXXX", tmp ? tmp : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void remove_dir(void)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/incidents.journal", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/incidents.journal.tmp", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+static struct fbr_incidents *open_table(size_t max)
+{
+    struct fbr_incidents_opts o = {.data_dir = dir, .max_incidents = max,
+                                   .fsync = FBR_FSYNC_ALWAYS};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    ck_assert_ptr_nonnull(t);
+    return t;
+}
+
+/* Applies one alert and returns the transition; *state gets STATE (caller decrefs) if asked. */
+static enum fbr_transition feed(struct fbr_incidents *t, const char *rk, const char *eid,
+                                const char *mt, uint64_t now, json_t **state)
+{
+    json_t *a = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "routing_key", rk, "entity_id", eid,
+                          "message_type", mt, "host_name", "db1", "entity_display_name",
+                          "Disk full", "VO_UUID", "uuid-1");
+    if (strcmp(mt, "ACKNOWLEDGEMENT") == 0) {
+        json_object_set_new(a, "ack_author", json_string("alice"));
+        json_object_set_new(a, "ack_msg", json_string("on it"));
+    }
+    struct fbr_incident_result r;
+    ck_assert_int_eq(fbr_incidents_apply(t, a, now, &r), FBR_OK);
+    ck_assert_ptr_nonnull(r.state);
+    enum fbr_transition tr = r.transition;
+    if (state)
+        *state = json_incref(r.state);
+    fbr_incident_result_clear(&r);
+    json_decref(a);
+    return tr;
+}
+
+static const char *sget(json_t *st, const char *k)
+{
+    return json_string_value(json_object_get(st, k));
+}
+
+static json_int_t iget(json_t *st, const char *k)
+{
+    ck_assert_msg(json_is_integer(json_object_get(st, k)), "%s is not a number", k);
+    return json_integer_value(json_object_get(st, k));
+}
+
+START_TEST(lifecycle_with_restarts)
+{
+    make_dir();
+    struct fbr_incidents *t = open_table(0);
+    json_t *st;
+
+    ck_assert_int_eq(feed(t, "devops", "disk", "CRITICAL", 1000, &st), FBR_TR_TRIGGERED);
+    static const char *const all[] = {"INCIDENT_NAME", "CURRENT_ALERT_PHASE", "CURRENT_STATE",
+                                      "ALERT_COUNT", "ACK_USER", "ACK_MSG", "ACK_TIMESTAMP",
+                                      "ENTITY_ID", "HOST", "SERVICE", "STATE_START_TIME",
+                                      "INCIDENT_TIMESTAMP", "LAST_UUID"};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        ck_assert_msg(json_object_get(st, all[i]), "STATE.%s missing", all[i]);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "1");
+    ck_assert_str_eq(sget(st, "CURRENT_ALERT_PHASE"), "UNACKED");
+    ck_assert_str_eq(sget(st, "CURRENT_STATE"), "CRITICAL");
+    ck_assert_int_eq(iget(st, "ALERT_COUNT"), 1);
+    ck_assert_str_eq(sget(st, "ACK_USER"), "SYSTEM");
+    ck_assert_int_eq(iget(st, "ACK_TIMESTAMP"), 0);
+    ck_assert_str_eq(sget(st, "ENTITY_ID"), "disk");
+    ck_assert_str_eq(sget(st, "HOST"), "db1");
+    ck_assert_str_eq(sget(st, "SERVICE"), "Disk full");
+    ck_assert_int_eq(iget(st, "INCIDENT_TIMESTAMP"), 1000);
+    ck_assert_int_eq(iget(st, "STATE_START_TIME"), 1000);
+    ck_assert_str_eq(sget(st, "LAST_UUID"), "uuid-1");
+    json_decref(st);
+
+    ck_assert_int_eq(feed(t, "devops", "disk", "CRITICAL", 2000, NULL), FBR_TR_ROLLED);
+    ck_assert_int_eq(feed(t, "DevOps", "disk", "WARNING", 3000, &st), FBR_TR_ROLLED);
+    ck_assert_int_eq(iget(st, "ALERT_COUNT"), 3);
+    ck_assert_str_eq(sget(st, "CURRENT_STATE"), "WARNING");
+    json_decref(st);
+
+    /* Restart: the open incident and its count survive. */
+    fbr_incidents_close(&t);
+    ck_assert_ptr_null(t);
+    t = open_table(0);
+    ck_assert_int_eq(feed(t, "devops", "disk", "CRITICAL", 4000, &st), FBR_TR_ROLLED);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "1");
+    ck_assert_int_eq(iget(st, "ALERT_COUNT"), 4);
+    json_decref(st);
+
+    ck_assert_int_eq(feed(t, "devops", "disk", "ACKNOWLEDGEMENT", 5000, &st), FBR_TR_ACKED);
+    ck_assert_str_eq(sget(st, "CURRENT_ALERT_PHASE"), "ACKED");
+    ck_assert_str_eq(sget(st, "ACK_USER"), "alice");
+    ck_assert_str_eq(sget(st, "ACK_MSG"), "on it");
+    ck_assert_int_eq(iget(st, "ACK_TIMESTAMP"), 5000);
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "devops", "disk", "ACKNOWLEDGEMENT", 5500, NULL), FBR_TR_NONE);
+    ck_assert_int_eq(feed(t, "devops", "disk", "INFO", 5600, &st), FBR_TR_NONE);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "1");
+    json_decref(st);
+
+    fbr_incidents_close(&t);
+    t = open_table(0);
+    ck_assert_int_eq(feed(t, "devops", "disk", "RECOVERY", 6000, &st), FBR_TR_RESOLVED);
+    ck_assert_str_eq(sget(st, "CURRENT_ALERT_PHASE"), "RESOLVED");
+    ck_assert_str_eq(sget(st, "CURRENT_STATE"), "OK");
+    ck_assert_str_eq(sget(st, "ACK_USER"), "alice");
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "devops", "disk", "OK", 6500, NULL), FBR_TR_NONE);
+
+    /* Re-trigger after resolve: a new number, counters reset. */
+    ck_assert_int_eq(feed(t, "devops", "disk", "critical", 7000, &st), FBR_TR_TRIGGERED);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "2");
+    ck_assert_int_eq(iget(st, "ALERT_COUNT"), 1);
+    ck_assert_str_eq(sget(st, "ACK_USER"), "SYSTEM");
+    ck_assert_str_eq(sget(st, "CURRENT_ALERT_PHASE"), "UNACKED");
+    json_decref(st);
+
+    /* Same entity on another routing key is another incident; the counter survives restarts. */
+    fbr_incidents_close(&t);
+    t = open_table(0);
+    ck_assert_int_eq(feed(t, "ops", "disk", "CRITICAL", 8000, &st), FBR_TR_TRIGGERED);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "3");
+    json_decref(st);
+    struct fbr_incidents_stats s;
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 2);
+    ck_assert_uint_eq(s.open, 2);
+    ck_assert_uint_eq(s.next_number, 4);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+START_TEST(ack_and_recovery_without_incident)
+{
+    struct fbr_incidents_opts o = {0};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    json_t *st;
+    ck_assert_int_eq(feed(t, "rk", "e", "ACKNOWLEDGEMENT", 1, NULL), FBR_TR_NONE);
+    ck_assert_int_eq(feed(t, "rk", "e", "RECOVERY", 1, NULL), FBR_TR_NONE);
+    ck_assert_int_eq(feed(t, "rk", "e", "INFO", 1, &st), FBR_TR_NONE);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "");
+    ck_assert_str_eq(sget(st, "CURRENT_STATE"), "INFO");
+    ck_assert_str_eq(sget(st, "ENTITY_ID"), "e");
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "rk", "e", "BOGUS", 1, NULL), FBR_TR_NONE);
+    /* An ack straight after a trigger, then a new CRITICAL rolls into the acked incident. */
+    ck_assert_int_eq(feed(t, "rk", "e", "CRITICAL", 2, NULL), FBR_TR_TRIGGERED);
+    ck_assert_int_eq(feed(t, "rk", "e", "ACKNOWLEDGEMENT", 3, NULL), FBR_TR_ACKED);
+    ck_assert_int_eq(feed(t, "rk", "e", "CRITICAL", 4, &st), FBR_TR_ROLLED);
+    ck_assert_str_eq(sget(st, "CURRENT_ALERT_PHASE"), "ACKED");
+    json_decref(st);
+    fbr_incidents_close(&t);
+}
+END_TEST
+
+START_TEST(warning_no_open)
+{
+    struct fbr_incidents_opts o = {.warning_no_open = 1};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    ck_assert_int_eq(feed(t, "rk", "e", "WARNING", 1, NULL), FBR_TR_NONE);
+    ck_assert_int_eq(feed(t, "rk", "e", "CRITICAL", 2, NULL), FBR_TR_TRIGGERED);
+    ck_assert_int_eq(feed(t, "rk", "e", "WARNING", 3, NULL), FBR_TR_ROLLED);
+    fbr_incidents_close(&t);
+}
+END_TEST
+
+START_TEST(torn_journal)
+{
+    make_dir();
+    struct fbr_incidents *t = open_table(0);
+    feed(t, "rk", "a", "CRITICAL", 1, NULL);
+    fbr_incidents_close(&t);
+    char p[512];
+    snprintf(p, sizeof(p), "%s/incidents.journal", dir);
+    int fd = open(p, O_WRONLY | O_APPEND);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "{\"k\":\"rk\\u001fb\",\"n\":7", 22), 22); /* crash mid-line */
+    close(fd);
+    t = open_table(0);
+    json_t *st;
+    ck_assert_int_eq(feed(t, "rk", "a", "CRITICAL", 2, &st), FBR_TR_ROLLED);
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "rk", "b", "CRITICAL", 3, &st), FBR_TR_TRIGGERED);
+    ck_assert_str_eq(sget(st, "INCIDENT_NAME"), "2");
+    json_decref(st);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+/* Journal lines are written by hand: awkward strings must come back identical after a restart. */
+START_TEST(journal_escaping)
+{
+    make_dir();
+    static const char eid[] = "we\"ird\\id\n\t\x01 \xc3\xa9\xe2\x82\xac/\u2028";
+    struct fbr_incidents *t = open_table(0);
+    ck_assert_int_eq(feed(t, "rk", eid, "CRITICAL", 1, NULL), FBR_TR_TRIGGERED);
+    fbr_incidents_close(&t);
+    t = open_table(0);
+    json_t *st;
+    ck_assert_int_eq(feed(t, "rk", eid, "CRITICAL", 2, &st), FBR_TR_ROLLED);
+    ck_assert_str_eq(sget(st, "ENTITY_ID"), eid);
+    ck_assert_int_eq(iget(st, "ALERT_COUNT"), 2);
+    json_decref(st);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+START_TEST(bounded_and_expiring)
+{
+    make_dir();
+    struct fbr_incidents *t = open_table(3);
+    char eid[16];
+    for (int i = 0; i < 3; i++) {
+        snprintf(eid, sizeof(eid), "e%d", i);
+        feed(t, "rk", eid, "CRITICAL", 10 + (uint64_t)i, NULL);
+    }
+    feed(t, "rk", "e1", "RECOVERY", 20, NULL);
+    /* Full: the resolved one makes room, the open ones stay. */
+    ck_assert_int_eq(feed(t, "rk", "e3", "CRITICAL", 30, NULL), FBR_TR_TRIGGERED);
+    struct fbr_incidents_stats s;
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 3);
+    ck_assert_uint_eq(s.open, 3);
+    ck_assert_uint_eq(s.evicted, 1);
+    ck_assert_int_eq(feed(t, "rk", "e0", "CRITICAL", 40, NULL), FBR_TR_ROLLED);
+    /* Full of open incidents: the least recently updated one (e2) is dropped, logged. */
+    ck_assert_int_eq(feed(t, "rk", "e4", "CRITICAL", 50, NULL), FBR_TR_TRIGGERED);
+    ck_assert_int_eq(feed(t, "rk", "e0", "CRITICAL", 60, NULL), FBR_TR_ROLLED);
+    ck_assert_int_eq(feed(t, "rk", "e3", "CRITICAL", 60, NULL), FBR_TR_ROLLED);
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 3);
+
+    /* Resolved incidents expire after the TTL (default 24 h), and stay gone after a restart. */
+    feed(t, "rk", "e0", "RECOVERY", 100, NULL);
+    fbr_incidents_flush(t, 100 + 24u * 3600u * 1000u);
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 2);
+    fbr_incidents_close(&t);
+    t = open_table(3);
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 2);
+    ck_assert_uint_eq(s.next_number, 6);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+START_TEST(fsync_modes)
+{
+    enum fbr_fsync_mode m;
+    ck_assert_int_eq(fbr_fsync_mode_parse("always", &m), FBR_OK);
+    ck_assert_int_eq(m, FBR_FSYNC_ALWAYS);
+    ck_assert_int_eq(fbr_fsync_mode_parse("batch", &m), FBR_OK);
+    ck_assert_int_eq(m, FBR_FSYNC_BATCH);
+    ck_assert_int_eq(fbr_fsync_mode_parse("off", &m), FBR_OK);
+    ck_assert_int_eq(m, FBR_FSYNC_OFF);
+    ck_assert_int_eq(fbr_fsync_mode_parse("sometimes", &m), FBR_INVALID);
+    enum fbr_msg_type t;
+    ck_assert_int_eq(fbr_msg_type_parse("Acknowledgement", 15, &t), FBR_OK);
+    ck_assert_int_eq(t, FBR_MT_ACKNOWLEDGEMENT);
+    ck_assert_int_eq(fbr_msg_type_parse("DOWN", 4, &t), FBR_NOTFOUND);
+    ck_assert_int_eq(t, FBR_MT_INFO);
+}
+END_TEST
+
+START_TEST(unusable_data_dir)
+{
+    struct fbr_incidents_opts o = {.data_dir = "/proc/self/fbr-cannot-exist"};
+    struct fbr_incidents *t = (struct fbr_incidents *)&o;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_ERROR);
+    ck_assert_ptr_null(t);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("incidents");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, lifecycle_with_restarts);
+    tcase_add_test(tc, ack_and_recovery_without_incident);
+    tcase_add_test(tc, warning_no_open);
+    tcase_add_test(tc, torn_journal);
+    tcase_add_test(tc, journal_escaping);
+    tcase_add_test(tc, bounded_and_expiring);
+    tcase_add_test(tc, fsync_modes);
+    tcase_add_test(tc, unusable_data_dir);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
