@@ -640,15 +640,17 @@ int fbr_cli_parse(struct fbr_cli *cli, int argc, char **argv, char *err, size_t 
 
 /* ---- building ---- */
 
-static void cross_checks(const struct fbr_config *cfg, struct errs *e)
+/* Checks that span several keys; pfx names the file (or "") the values came from. */
+static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct errs *e)
 {
+    const char *sep = *pfx ? ": " : "";
     if (!cfg->tls_cert != !cfg->tls_key)
-        errs_add(e, "tls_cert, tls_key: give both or neither");
+        errs_add(e, "%s%stls_cert, tls_key: give both or neither", pfx, sep);
     if (cfg->retry_initial_ms > cfg->retry_max_interval_ms)
-        errs_add(e, "retry_initial: must not exceed retry_max_interval (%" PRIu32 ")",
-                 cfg->retry_max_interval_ms);
+        errs_add(e, "%s%sretry_initial: must not exceed retry_max_interval (%" PRIu32 ")", pfx,
+                 sep, cfg->retry_max_interval_ms);
     if (cfg->listen.n == 0)
-        errs_add(e, "listen: expected at least one address");
+        errs_add(e, "%s%slisten: expected at least one address", pfx, sep);
 }
 
 int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *err, size_t errlen)
@@ -694,7 +696,7 @@ int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *er
             errs_add(&e, "--%s: invalid value '%.64s'", o->flag, cli->opts[i].value);
         started[cli->opts[i].entry] = 1;
     }
-    cross_checks(cfg, &e);
+    cross_checks(cfg, cli->config_file ? cli->config_file : "", &e);
     if (e.count)
         goto fail;
     return FBR_OK;

@@ -178,8 +178,10 @@ static void send_reply(struct fbr_http_req *req, int status)
     struct conn *fc = req_conn(req);
     struct fbr_server *srv = fc ? fc->srv : NULL;
     evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
-    if (srv && (srv->draining || (fc && fc->too_large)))
+    if (srv && (srv->draining || (fc && fc->too_large))) {
         evhtp_request_set_keepalive(r, 0);
+        evhtp_headers_add_header(r->headers_out, evhtp_header_new("Connection", "close", 0, 0));
+    }
     if (srv) {
         char sl[8];
         size_t hbytes = 64;
