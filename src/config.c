@@ -309,7 +309,7 @@ static const char *accepts(const struct opt *o, char *buf, size_t len)
  */
 static int set_from_text(struct fbr_config *cfg, const struct opt *o, const char *s, int append)
 {
-    char *field = (char *)cfg + o->offset;
+    void *field = (char *)cfg + o->offset;
     uint64_t v;
     switch (o->type) {
     case T_STR:
@@ -318,17 +318,17 @@ static int set_from_text(struct fbr_config *cfg, const struct opt *o, const char
         free(*(char **)field);
         *(char **)field = fbr_xstrdup(s);
         return 0;
-    case T_LISTEN: {
-        char host[64];
-        int fam;
-        uint16_t port;
-        if (fbr_listen_parse(s, host, sizeof(host), &fam, &port) != FBR_OK)
-            return -1;
-    }
-        /* fall through */
+    case T_LISTEN:
     case T_STRLIST:
         if (!*s)
             return -1;
+        if (o->type == T_LISTEN) {
+            char host[64];
+            int fam;
+            uint16_t port;
+            if (fbr_listen_parse(s, host, sizeof(host), &fam, &port) != FBR_OK)
+                return -1;
+        }
         if (!append)
             strlist_clear((struct fbr_strlist *)field);
         strlist_add((struct fbr_strlist *)field, s);
@@ -386,7 +386,7 @@ void fbr_config_free(struct fbr_config *cfg)
 {
     for (size_t i = 0; i < NOPTS; i++) {
         const struct opt *o = &opts[i];
-        char *field = (char *)cfg + o->offset;
+        void *field = (char *)cfg + o->offset;
         switch (o->type) {
         case T_STR:
             free(*(char **)field);
@@ -434,7 +434,7 @@ static const char *json_type_name(const json_t *j)
 static void apply_one(struct fbr_config *cfg, const struct opt *o, json_t *val, struct errs *e)
 {
     char acc[160];
-    char *field = (char *)cfg + o->offset;
+    void *field = (char *)cfg + o->offset;
     switch (o->type) {
     case T_LISTEN:
     case T_STRLIST: {

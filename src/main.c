@@ -233,8 +233,11 @@ out:
         event_free(d.drain_deadline);
     fbr_server_free(&d.srv);
     fbr_metrics_free(&d.metrics);
-    if (d.base)
+    if (d.base) {
+        /* bufferevents freed inside their own callbacks are released by the loop: let it run */
+        event_base_loop(d.base, EVLOOP_NONBLOCK);
         event_base_free(d.base);
+    }
     fbr_config_free(&d.cfg);
     fbr_cli_free(&d.cli);
     return rc;

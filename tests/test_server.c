@@ -406,7 +406,7 @@ START_TEST(oversized_and_odd_requests)
         "POST /healthz HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
         "POST /healthz HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         "POST /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        "GET /healthz?" "a=1&a=2&&&==&%%%% HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /healthz?a=1&a=2&&&==&%%%% HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         " / HTTP/1.1\r\n\r\n",
         "GET http://[::1 HTTP/1.1\r\n\r\n",
     };
