@@ -390,13 +390,17 @@ static int header_line_done(struct conn *fc)
 }
 
 /*
- * Screens new input bytes [from, len) of buf.  Returns 0 to pass them on to libevhtp, or -1
- * after the connection was rejected.
+ * Screens new input bytes [from, len) of buf.  Returns 0 to pass the input on to libevhtp, 1 to
+ * hold it back because it is only the beginning of a header section, or -1 after the connection
+ * was rejected.  Holding matters: libevhtp 1.2.18's parser reads uninitialised memory when a
+ * request line arrives in two reads (valgrind shows it), so it gets every header section whole.
  */
 static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len)
 {
     const struct fbr_server_opts *o = &fc->srv->opts;
     size_t i = from;
+    /* where the header section still open at the end began: 0 = at the front of the input */
+    size_t head_at = fc->in_request == 1 ? 0 : SIZE_MAX;
     while (i < len) {
         if (fc->phase == SCAN_UNBOUNDED)
             return 0;
@@ -406,8 +410,10 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                 take = (size_t)fc->content_length;
             fc->content_length -= take;
             i += take;
-            if (fc->content_length == 0)
+            if (fc->content_length == 0) {
                 fc->phase = SCAN_HEAD;
+                fc->in_request = 0;
+            }
             continue;
         }
         unsigned char ch = buf[i++];
@@ -415,6 +421,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             if (ch == '\r' || ch == '\n')
                 continue; /* stray CRLF between requests */
             request_begins(fc);
+            head_at = i - 1;
             fc->line_len = fc->head_bytes = 0;
             fc->nlines = 0;
             fc->content_length = 0;
@@ -434,9 +441,8 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                     fc->phase = SCAN_UNBOUNDED;
                 else if (fc->content_length)
                     fc->phase = SCAN_BODY;
+                /* 2: head done, body pending; 0: the request is all in */
                 fc->in_request = fc->phase != SCAN_HEAD ? 2 : 0;
-                if (fc->phase == SCAN_HEAD)
-                    fc->in_request = 0;
             }
             continue;
         }
@@ -456,7 +462,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             return -1;
         }
     }
-    return 0;
+    return fc->phase == SCAN_HEAD && fc->in_request == 1 && head_at == 0 ? 1 : 0;
 }
 
 /* libevhtp's callbacks take the connection; ours take fc and forward, guarding fc's lifetime. */
@@ -472,8 +478,13 @@ static void wrapped_readcb(struct bufferevent *bev, void *arg)
     if (len > fc->screened) {
         *fc->srv->m_bytes_in += len - fc->screened;
         const unsigned char *buf = evbuffer_pullup(in, -1);
-        if (screen(fc, buf, fc->screened, len) != 0)
+        int verdict = screen(fc, buf, fc->screened, len);
+        if (verdict < 0)
             return;
+        if (verdict > 0) {
+            fc->screened = len;
+            return;
+        }
     }
     fc->busy++;
     fc->ev_read(bev, fc->c);
@@ -625,10 +636,11 @@ static void on_request(evhtp_request_t *r, void *arg)
         evhtp_send_reply(r, EVHTP_RES_SERVERR);
         return;
     }
-    fc->in_request = 0;
-    if (fc->phase == SCAN_UNBOUNDED)
+    if (fc->phase == SCAN_UNBOUNDED) {
         fc->phase = SCAN_HEAD;
-    if (fc->deadline)
+        fc->in_request = 0;
+    }
+    if (fc->in_request != 1 && fc->deadline) /* 1: a pipelined request has begun: keep it */
         event_del(fc->deadline);
 
     struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};

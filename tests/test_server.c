@@ -418,6 +418,21 @@ START_TEST(oversized_and_odd_requests)
         read_response(fd, buf, sizeof(buf));
         close(fd);
     }
+    /* a request line split over many small writes, and a pipelined request split mid-header:
+     * both are held back until their header section is whole, then served */
+    int fd = connect_port(d.port);
+    const char *split = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHo";
+    for (const char *p = split; *p; p += 7) {
+        send_all(fd, p, strlen(p) < 7 ? strlen(p) : 7);
+        msleep(5);
+    }
+    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    msleep(100);
+    send_all(fd, "st: t\r\n\r\n", 9);
+    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    ck_assert_ptr_nonnull(strstr(buf, "ready"));
+    close(fd);
+
     int status;
     ck_assert_int_eq(waitpid(d.pid, &status, WNOHANG), 0); /* still running */
     ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# bench/healthz.sh - requests/s of firebridge's GET /healthz next to a bare libevhtp hello-world
+# (bench/hello_evhtp.c), measured in the same invocation with the same wrk settings, plus the
+# daemon's idle RSS and open file descriptors.  Loopback, keep-alive.
+#
+# usage: bench/healthz.sh [FIREBRIDGE [HELLO_EVHTP]]   (defaults: build/src/firebridge,
+#        build/bench/hello_evhtp).  Env: WRK_THREADS (1), WRK_CONNS (50), WRK_SECONDS (5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fb=${1:-build/src/firebridge}
+hello=${2:-build/bench/hello_evhtp}
+threads=${WRK_THREADS:-1}
+conns=${WRK_CONNS:-50}
+secs=${WRK_SECONDS:-5}
+command -v wrk >/dev/null || { echo "healthz.sh: wrk is not installed (contrib/deps.sh)" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+cleanup() {
+  [ -n "${fb_pid:-}" ] && kill "$fb_pid" 2>/dev/null || true
+  [ -n "${hello_pid:-}" ] && kill "$hello_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+wait_port() { # file -> port
+  for _ in $(seq 100); do
+    p=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$1" 2>/dev/null | head -1 | sed 's/.*://')
+    [ -n "$p" ] && { echo "$p"; return; }
+    sleep 0.05
+  done
+  echo "healthz.sh: server did not start; log:" >&2; cat "$1" >&2; exit 1
+}
+
+"$fb" --listen 127.0.0.1:0 --data-dir "$tmp/data" --log-level warn --max-connections 4096 \
+  2>"$tmp/fb.log" >&2 &
+fb_pid=$!
+# --log-level warn hides the "listening on" line; ask the kernel instead.
+for _ in $(seq 100); do
+  fb_port=$(ss -Hltnp 2>/dev/null | grep "pid=$fb_pid," | grep -o '127.0.0.1:[0-9]*' | head -1 |
+            sed 's/.*://') || true
+  [ -n "$fb_port" ] && break
+  sleep 0.05
+done
+[ -n "$fb_port" ] || { echo "healthz.sh: firebridge did not start" >&2; cat "$tmp/fb.log" >&2; exit 1; }
+"$hello" 127.0.0.1 0 >"$tmp/hello.log" 2>&1 &
+hello_pid=$!
+hello_port=$(wait_port "$tmp/hello.log")
+
+sleep 0.3
+idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$fb_pid/status")
+idle_fds=$(ls "/proc/$fb_pid/fd" | wc -l)
+
+run() { # port -> req/s
+  wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$1/healthz" |
+    awk '/Requests\/sec/ {print $2}'
+}
+curl -fs "http://127.0.0.1:$fb_port/healthz" >/dev/null
+fb_rps=$(run "$fb_port")
+hello_rps=$(run "$hello_port")
+busy_rss=$(awk '/VmRSS/ {print $2}' "/proc/$fb_pid/status")
+after_fds=$(ls "/proc/$fb_pid/fd" | wc -l)
+
+echo "wrk -t$threads -c$conns -d${secs}s, keep-alive, GET /healthz on loopback"
+printf '  firebridge /healthz : %10.0f req/s\n' "$fb_rps"
+printf '  bare libevhtp hello : %10.0f req/s\n' "$hello_rps"
+awk -v a="$fb_rps" -v b="$hello_rps" 'BEGIN { printf "  ratio firebridge/bare: %.2f\n", a / b }'
+echo "firebridge idle RSS: ${idle_rss} kB, after the run: ${busy_rss} kB"
+echo "firebridge open fds: idle ${idle_fds}, after the run ${after_fds}"
