@@ -97,6 +97,11 @@ struct fbr_server {
     int64_t *m_open;
     uint64_t *m_accepted, *m_bytes_in, *m_bytes_out;
     struct fbr_histogram *m_duration;
+    struct {
+        const char *endpoint; /* route's metric label (pointer identity) */
+        int status;
+        uint64_t *counter;
+    } m_req_cache[16];        /* saves the label formatting on the hot path */
 };
 
 static void conn_free(struct conn *fc);
@@ -187,10 +192,17 @@ static void send_reply(struct fbr_http_req *req, int status)
         size_t hbytes = 64;
         evhtp_headers_for_each(r->headers_out, header_size, &hbytes);
         *srv->m_bytes_out += hbytes + evbuffer_get_length(r->buffer_out);
-        (*fbr_metrics_counter2(srv->metrics, "fbr_http_requests_total",
-                               "Requests answered, by endpoint and status", "endpoint",
-                               fc->endpoint ? fc->endpoint : "none", "status",
-                               status_label(status, sl, sizeof(sl))))++;
+        const char *ep = fc->endpoint ? fc->endpoint : "none";
+        size_t slot = ((uintptr_t)ep / 8 + (unsigned)status) % FBR_ARRAY_LEN(srv->m_req_cache);
+        if (srv->m_req_cache[slot].endpoint != ep || srv->m_req_cache[slot].status != status) {
+            srv->m_req_cache[slot].endpoint = ep;
+            srv->m_req_cache[slot].status = status;
+            srv->m_req_cache[slot].counter = fbr_metrics_counter2(
+                srv->metrics, "fbr_http_requests_total",
+                "Requests answered, by endpoint and status", "endpoint", ep, "status",
+                status_label(status, sl, sizeof(sl)));
+        }
+        (*srv->m_req_cache[slot].counter)++;
         fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
         if (fbr_log_enabled(FBR_LOG_DEBUG))
             fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
@@ -706,7 +718,8 @@ static void on_request(evhtp_request_t *r, void *arg)
 
 static void ep_healthz(struct fbr_http_req *req, void *arg)
 {
-    fbr_http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+    static const char ok[] = "{\"status\":\"ok\"}\n";
+    fbr_http_reply_raw(req, 200, "application/json", ok, sizeof(ok) - 1);
 }
 
 static int data_dir_writable(const char *dir)
