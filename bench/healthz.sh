@@ -35,17 +35,9 @@ wait_port() { # file -> port
   echo "healthz.sh: server did not start; log:" >&2; cat "$1" >&2; exit 1
 }
 
-"$fb" --listen 127.0.0.1:0 --data-dir "$tmp/data" --log-level warn --max-connections 4096 \
-  2>"$tmp/fb.log" >&2 &
+"$fb" --listen 127.0.0.1:0 --data-dir "$tmp/data" --max-connections 4096 2>"$tmp/fb.log" &
 fb_pid=$!
-# --log-level warn hides the "listening on" line; ask the kernel instead.
-for _ in $(seq 100); do
-  fb_port=$(ss -Hltnp 2>/dev/null | grep "pid=$fb_pid," | grep -o '127.0.0.1:[0-9]*' | head -1 |
-            sed 's/.*://') || true
-  [ -n "$fb_port" ] && break
-  sleep 0.05
-done
-[ -n "$fb_port" ] || { echo "healthz.sh: firebridge did not start" >&2; cat "$tmp/fb.log" >&2; exit 1; }
+fb_port=$(wait_port "$tmp/fb.log")
 "$hello" 127.0.0.1 0 >"$tmp/hello.log" 2>&1 &
 hello_pid=$!
 hello_port=$(wait_port "$tmp/hello.log")
