@@ -422,8 +422,8 @@ START_TEST(oversized_and_odd_requests)
      * both are held back until their header section is whole, then served */
     int fd = connect_port(d.port);
     const char *split = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHo";
-    for (const char *p = split; *p; p += 7) {
-        send_all(fd, p, strlen(p) < 7 ? strlen(p) : 7);
+    for (size_t off = 0, len = strlen(split); off < len; off += 7) {
+        send_all(fd, split + off, len - off < 7 ? len - off : 7);
         msleep(5);
     }
     ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
@@ -710,6 +710,40 @@ static void quit_route(struct fbr_http_req *req, void *arg)
     event_base_loopexit(arg, &later);
 }
 
+START_TEST(idle_timeout_and_connection_cap)
+{
+    struct daemon d;
+    const char *const extra[] = {"--idle-timeout", under_valgrind() ? "2000" : "600",
+                                 "--max-connections", "3", NULL};
+    daemon_start(&d, extra);
+    char buf[2048];
+    const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    /* an idle connection is closed after the idle timeout */
+    int idle = connect_port(d.port);
+    ck_assert_msg(closed_within(idle, 3000 * slow(), NULL, 0), "idle connection kept open");
+    close(idle);
+    msleep(100);
+    /* at the cap, a further connection waits in the backlog until one closes */
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = connect_port(d.port);
+        ck_assert_int_eq(send_all(fds[i], req, strlen(req)), 0);
+        ck_assert_int_eq(read_response(fds[i], buf, sizeof(buf)), 200);
+    }
+    int extra_fd = connect_port(d.port);
+    ck_assert_int_ge(extra_fd, 0);
+    ck_assert_int_eq(send_all(extra_fd, req, strlen(req)), 0);
+    struct pollfd p = {extra_fd, POLLIN, 0};
+    ck_assert_int_eq(poll(&p, 1, 300), 0); /* not served while at the cap */
+    close(fds[0]);
+    ck_assert_int_eq(read_response(extra_fd, buf, sizeof(buf)), 200);
+    close(extra_fd);
+    close(fds[1]);
+    close(fds[2]);
+    daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(json_routes_415_400)
 {
     int pfd[2];
@@ -790,6 +824,7 @@ int main(void)
     tcase_add_test(tc, sighup_reload);
     tcase_add_test(tc, bad_flags_exit_2_and_check_config);
     tcase_add_test(tc, tls_inbound);
+    tcase_add_test(tc, idle_timeout_and_connection_cap);
     tcase_add_test(tc, json_routes_415_400);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
