@@ -744,6 +744,30 @@ START_TEST(idle_timeout_and_connection_cap)
 }
 END_TEST
 
+START_TEST(several_listeners_ipv4_and_ipv6)
+{
+    struct daemon d;
+    const char *const extra[] = {"--listen", "[::1]:0", NULL};
+    daemon_start(&d, extra);
+    char buf[2048];
+    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    char *log = slurp(d.log);
+    char *p = strstr(log, "listening on [::1]:");
+    ck_assert_msg(p != NULL, "no IPv6 listener: %s", log);
+    int port6 = atoi(p + strlen("listening on [::1]:"));
+    free(log);
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port6)};
+    sa.sin6_addr = in6addr_loopback;
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
+    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    close(fd);
+    daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(json_routes_415_400)
 {
     int pfd[2];
@@ -825,6 +849,7 @@ int main(void)
     tcase_add_test(tc, bad_flags_exit_2_and_check_config);
     tcase_add_test(tc, tls_inbound);
     tcase_add_test(tc, idle_timeout_and_connection_cap);
+    tcase_add_test(tc, several_listeners_ipv4_and_ipv6);
     tcase_add_test(tc, json_routes_415_400);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
