@@ -105,7 +105,8 @@ END_TEST
 
 START_TEST(flags_values)
 {
-    const char *argv[] = {"firebridge", "-l", "127.0.0.1:1", "--listen", "[::1]:2", "--max-body", "2M",
+    const char *argv[] = {"firebridge", "-l", "127.0.0.1:1", "--listen", "[::1]:2",
+                          "--max-body", "2M",
                     "--room-rate", "7/9", "--fsync", "off", "--log-level", "debug",
                     "--api-key", "k1", "--api-key", "k2", "--read-timeout", "250", NULL};
     struct fbr_cli cli;
@@ -250,7 +251,8 @@ START_TEST(file_values_and_precedence)
                            " \"max_body\": 4096, \"webhooks\": [{\"name\": \"w\"}],"
                            " \"hipchat\": {\"x\": 1}, \"api_keys\": [\"f1\"],"
                            " \"read_timeout\": 1234}");
-    const char *argv[] = {"firebridge", "--max-body", "8192", "-c", path, "-l", "127.0.0.1:1", NULL};
+    const char *argv[] = {"firebridge", "--max-body", "8192", "-c", path,
+                          "-l", "127.0.0.1:1", NULL};
     struct fbr_cli cli;
     struct fbr_config cfg;
     char err[1024];

@@ -306,8 +306,10 @@ START_TEST(builtin_endpoints_and_errors)
                           sizeof(buf)), 405);
     ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "text/plain; version=0.0.4"));
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_http_requests_total{endpoint=\"healthz\",status=\"200\"} 1"));
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_http_requests_total{endpoint=\"none\",status=\"404\"} 1"));
+    ck_assert_ptr_nonnull(
+        strstr(buf, "fbr_http_requests_total{endpoint=\"healthz\",status=\"200\"} 1"));
+    ck_assert_ptr_nonnull(
+        strstr(buf, "fbr_http_requests_total{endpoint=\"none\",status=\"404\"} 1"));
     ck_assert_ptr_nonnull(strstr(buf, "fbr_http_open_connections "));
     ck_assert_ptr_nonnull(strstr(buf, "process_start_time_seconds "));
     ck_assert_ptr_nonnull(strstr(buf, "fbr_http_received_bytes_total "));
