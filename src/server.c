@@ -208,6 +208,13 @@ static void send_reply(struct fbr_http_req *req, int status)
             fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
                     req->path.ptr);
     }
+    if (req->method == FBR_M_HEAD) {
+        /* the headers of a GET, without its body */
+        char cl[24];
+        snprintf(cl, sizeof(cl), "%zu", evbuffer_get_length(r->buffer_out));
+        evhtp_headers_add_header(r->headers_out, evhtp_header_new("Content-Length", cl, 0, 1));
+        evbuffer_drain(r->buffer_out, evbuffer_get_length(r->buffer_out));
+    }
     evhtp_send_reply(r, (evhtp_res)status);
 }
 

@@ -304,10 +304,26 @@ START_TEST(builtin_endpoints_and_errors)
     ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
     ck_assert_int_eq(http(d.port, "DELETE /metrics HTTP/1.1\r\nHost: t\r\n\r\n", buf,
                           sizeof(buf)), 405);
+    /* HEAD: the headers of a GET, no body, and the connection stays usable */
+    int fd = connect_port(d.port);
+    const char *head = "HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    ck_assert_int_eq(send_all(fd, head, strlen(head)), 0);
+    msleep(100);
+    ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+    ck_assert_int_gt(n, 0);
+    buf[n] = '\0';
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0 && strstr(buf, "Content-Length: 16"),
+                  "HEAD: %s", buf);
+    ck_assert_msg(strstr(buf, "\r\n\r\n")[4] == '\0', "HEAD reply has a body: %s", buf);
+    const char *again = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    ck_assert_int_eq(send_all(fd, again, strlen(again)), 0);
+    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    close(fd);
+
     ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "text/plain; version=0.0.4"));
     ck_assert_ptr_nonnull(
-        strstr(buf, "fbr_http_requests_total{endpoint=\"healthz\",status=\"200\"} 1"));
+        strstr(buf, "fbr_http_requests_total{endpoint=\"healthz\",status=\"200\"} 3"));
     ck_assert_ptr_nonnull(
         strstr(buf, "fbr_http_requests_total{endpoint=\"none\",status=\"404\"} 1"));
     ck_assert_ptr_nonnull(strstr(buf, "fbr_http_open_connections "));
