@@ -889,7 +889,6 @@ int fbr_server_listen(struct fbr_server *srv, const char *addr)
     evhtp_set_gencb(htp, on_request, srv);
     evhtp_set_pre_accept_cb(htp, pre_accept, srv);
     evhtp_set_post_accept_cb(htp, post_accept, srv);
-    htp->flags &= (uint16_t)~EVHTP_FLAG_ENABLE_100_CONT;
     struct timeval idle = {srv->opts.idle_timeout_ms / 1000,
                            (srv->opts.idle_timeout_ms % 1000) * 1000};
     evhtp_set_timeouts(htp, &idle, &idle);
