@@ -776,3 +776,73 @@ void fbr_config_print_reference(FILE *out)
                 o->help);
     }
 }
+
+/* ---- checks for the sections other modules compile ---- */
+
+static const char *field_type_name(enum fbr_field_type t)
+{
+    static const char *const names[] = {"a string", "an integer", "a boolean", "an object",
+                                        "an array", "any value"};
+    return names[t];
+}
+
+static int field_type_ok(enum fbr_field_type t, const json_t *v)
+{
+    switch (t) {
+    case FBR_F_STRING:
+        return json_is_string(v);
+    case FBR_F_INT:
+        return json_is_integer(v);
+    case FBR_F_BOOL:
+        return json_is_boolean(v);
+    case FBR_F_OBJECT:
+        return json_is_object(v);
+    case FBR_F_ARRAY:
+        return json_is_array(v);
+    case FBR_F_ANY:
+        return 1;
+    }
+    return 0;
+}
+
+int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_field *fields,
+                            size_t nfields, char *err, size_t errlen)
+{
+    size_t len = err && errlen ? strnlen(err, errlen) : 0;
+    struct errs e = {err, len < errlen ? len : 0, errlen, 0};
+    const char *dot = path && *path ? "." : "";
+    if (!path)
+        path = "";
+    if (!json_is_object(obj)) {
+        errs_add(&e, "%s: expected an object, got %s", *path ? path : "(top level)",
+                 obj ? json_type_name(obj) : "nothing");
+        return e.count;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val)
+    {
+        const struct fbr_field *f = NULL;
+        for (size_t i = 0; i < nfields; i++) {
+            if (strcmp(fields[i].key, key) == 0) {
+                f = &fields[i];
+                break;
+            }
+        }
+        if (!f) {
+            errs_add(&e, "%s%s%.100s: unknown key", path, dot, key);
+        } else if (!field_type_ok(f->type, val)) {
+            errs_add(&e, "%s%s%s: expected %s, got %s", path, dot, key, field_type_name(f->type),
+                     json_type_name(val));
+        } else if (f->type == FBR_F_INT && (f->min || f->max) &&
+                   (json_integer_value(val) < f->min || json_integer_value(val) > f->max)) {
+            errs_add(&e, "%s%s%s: expected an integer between %" PRId64 " and %" PRId64, path,
+                     dot, key, f->min, f->max);
+        }
+    }
+    for (size_t i = 0; i < nfields; i++) {
+        if (fields[i].required && !json_object_get(obj, fields[i].key))
+            errs_add(&e, "%s%s%s: required key missing", path, dot, fields[i].key);
+    }
+    return e.count;
+}

@@ -287,6 +287,54 @@ START_TEST(missing_file)
 }
 END_TEST
 
+/* ---- the helper later modules use for their sections ---- */
+
+static const struct fbr_field webhook_fields[] = {
+    {"name", FBR_F_STRING, 1, 0, 0},
+    {"method", FBR_F_STRING, 1, 0, 0},
+    {"retries", FBR_F_INT, 0, 0, 10},
+    {"enabled", FBR_F_BOOL, 0, 0, 0},
+    {"headers", FBR_F_OBJECT, 0, 0, 0},
+};
+
+static const struct {
+    const char *json;
+    int errors;
+    const char *err;
+} object_cases[] = {
+    {"{\"name\":\"a\",\"method\":\"POST\"}", 0, ""},
+    {"{\"name\":\"a\",\"metod\":\"POST\"}", 2, "webhooks[2].metod: unknown key\n"
+                                                 "webhooks[2].method: required key missing"},
+    {"{\"name\":1,\"method\":\"GET\"}", 1, "webhooks[2].name: expected a string, got an integer"},
+    {"{\"name\":\"a\",\"method\":\"GET\",\"retries\":11}", 1,
+     "webhooks[2].retries: expected an integer between 0 and 10"},
+    {"{\"name\":\"a\",\"method\":\"GET\",\"enabled\":\"yes\"}", 1,
+     "webhooks[2].enabled: expected a boolean, got a string"},
+    {"{\"name\":\"a\",\"method\":\"GET\",\"headers\":[]}", 1,
+     "webhooks[2].headers: expected an object, got an array"},
+    {"[]", 1, "webhooks[2]: expected an object, got an array"},
+};
+
+START_TEST(check_object_table)
+{
+    json_t *obj = json_loads(object_cases[_i].json, 0, NULL);
+    ck_assert_ptr_nonnull(obj);
+    char err[512] = "";
+    int n = fbr_config_check_object(obj, "webhooks[2]", webhook_fields,
+                                    FBR_ARRAY_LEN(webhook_fields), err, sizeof(err));
+    ck_assert_int_eq(n, object_cases[_i].errors);
+    ck_assert_str_eq(err, object_cases[_i].err);
+    /* errors append to what is already there */
+    if (n) {
+        strcpy(err, "first");
+        fbr_config_check_object(obj, "webhooks[2]", webhook_fields,
+                                FBR_ARRAY_LEN(webhook_fields), err, sizeof(err));
+        ck_assert(strncmp(err, "first\n", 6) == 0);
+    }
+    json_decref(obj);
+}
+END_TEST
+
 /* ---- help and README ---- */
 
 static char *capture(void (*fn)(FILE *))
@@ -356,6 +404,7 @@ int main(void)
     tcase_add_loop_test(tc, file_table, 0, FBR_ARRAY_LEN(file_cases));
     tcase_add_test(tc, file_values_and_precedence);
     tcase_add_test(tc, missing_file);
+    tcase_add_loop_test(tc, check_object_table, 0, FBR_ARRAY_LEN(object_cases));
     tcase_add_test(tc, help_lists_every_flag);
     tcase_add_test(tc, readme_documents_every_flag_and_key);
     suite_add_tcase(s, tc);

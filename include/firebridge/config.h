@@ -113,6 +113,27 @@ void fbr_config_print_reference(FILE *out);
  */
 int fbr_listen_parse(const char *s, char *host, size_t hostlen, int *family, uint16_t *port);
 
+/*
+ * For the modules that compile the `rules`, `webhooks` and `hipchat` sections: one table per
+ * JSON object, checked with the same error shape as the top level ("webhooks[2].metod: unknown
+ * key").  Each row names a key, its JSON type, whether it is required and, for integers, the
+ * bounds (min == max == 0: unbounded).
+ */
+enum fbr_field_type { FBR_F_STRING, FBR_F_INT, FBR_F_BOOL, FBR_F_OBJECT, FBR_F_ARRAY, FBR_F_ANY };
+struct fbr_field {
+    const char *key;
+    enum fbr_field_type type;
+    int required;
+    int64_t min, max;
+};
+/*
+ * Checks obj (borrowed) against fields.  path is the object's own path ("webhooks[2]", or "" at
+ * the top).  Appends one line per problem to err (existing content kept, lines separated by
+ * '\n', truncated at errlen) and returns how many problems there were (0: valid).
+ */
+int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_field *fields,
+                            size_t nfields, char *err, size_t errlen);
+
 /* Formats a rate as "N/SECONDS" into buf. */
 const char *fbr_rate_format(struct fbr_rate r, char *buf, size_t len);
 
