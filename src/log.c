@@ -87,33 +87,44 @@ void fbr_logv(enum fbr_log_level level, const char *id, const char *action, cons
     snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000L);
 
     char line[4096];
-    size_t pos;
+    size_t pos = 0;
+    /* Every append is clamped (onto the NUL a truncated snprintf leaves): a long message
+     * truncates the line, never overruns it. */
+#define CLAMP() (pos = pos < sizeof(line) - 4 ? pos : sizeof(line) - 4)
     if (g_format == FBR_LOG_JSON) {
-        pos = (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\"", ts,
+        pos = (size_t)snprintf(line, sizeof(line) - 3, "{\"ts\":\"%s\",\"level\":\"%s\"", ts,
                                level_names[level]);
+        CLAMP();
         if (id) {
-            pos += (size_t)snprintf(line + pos, sizeof(line) - pos, ",\"id\":\"");
-            pos = json_escape(line, pos, sizeof(line), id);
+            pos += (size_t)snprintf(line + pos, sizeof(line) - 3 - pos, ",\"id\":\"");
+            CLAMP();
+            pos = json_escape(line, pos, sizeof(line) - 3, id);
             line[pos++] = '"';
+            CLAMP();
         }
-        pos += (size_t)snprintf(line + pos, sizeof(line) - pos, ",\"msg\":\"");
-        pos = json_escape(line, pos, sizeof(line), msg);
+        pos += (size_t)snprintf(line + pos, sizeof(line) - 3 - pos, ",\"msg\":\"");
+        CLAMP();
+        pos = json_escape(line, pos, sizeof(line) - 3, msg);
         line[pos++] = '"';
+        CLAMP();
         if (action) {
-            pos += (size_t)snprintf(line + pos, sizeof(line) - pos, ",\"action\":\"");
-            pos = json_escape(line, pos, sizeof(line), action);
+            pos += (size_t)snprintf(line + pos, sizeof(line) - 3 - pos, ",\"action\":\"");
+            CLAMP();
+            pos = json_escape(line, pos, sizeof(line) - 3, action);
             line[pos++] = '"';
+            CLAMP();
         }
-        pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "}\n");
+        line[pos++] = '}';
+        line[pos++] = '\n';
     } else {
-        pos = (size_t)snprintf(line, sizeof(line), "%s %-5s %s%s%s%s%s%s\n", ts,
+        pos = (size_t)snprintf(line, sizeof(line) - 1, "%s %-5s %s%s%s%s%s%s", ts,
                                level_names[level], id ? "[" : "", id ? id : "", id ? "] " : "",
                                msg, action ? " while " : "", action ? action : "");
+        if (pos > sizeof(line) - 2)
+            pos = sizeof(line) - 2;
+        line[pos++] = '\n';
     }
-    if (pos >= sizeof(line)) {
-        pos = sizeof(line) - 1;
-        line[pos - 1] = '\n';
-    }
+#undef CLAMP
     fwrite(line, 1, pos, stderr);
 }
 

@@ -1,28 +1,112 @@
 /*
  * server.c - the inbound HTTP(S) server: libevhtp listeners in the one event loop, the route
- * table, limits, and JSON replies.  Every inbound request enters firebridge here and is handed to
- * a route handler (intake, built-in endpoints) with its body already read and bounded.
+ * table, limits, JSON replies and the built-in /healthz, /readyz and /metrics endpoints.  Every
+ * inbound request enters firebridge here and is handed to a route handler (intake, built-ins)
+ * with its body already read and bounded.
+ *
+ * libevhtp 1.2.18 needs guarding (see the shared notes): its parser misbehaves on tokens over
+ * 8 KiB and it has no header count/size limits, so each connection's bufferevent read callback
+ * is wrapped by a small screener that looks at the header bytes before libevhtp's parser does
+ * and rejects oversized request lines and header sections itself.  The same wrapper arms the
+ * per-request read deadline (bufferevent timeouts only catch silence, not trickling).  Bodies
+ * over max_body are discarded by a per-request on_read hook and answered 413 from the final
+ * callback with keep-alive off: the pattern that neither resets nor leaks the connection.
  */
 #include "firebridge/server.h"
 
+#include <errno.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
 #include <evhtp.h>
+#include <fcntl.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
+#include "firebridge/config.h"
 #include "firebridge/log.h"
+#include "firebridge/metrics.h"
+
+#define DEF_MAX_CONNECTIONS 1024
+#define DEF_READ_TIMEOUT_MS 10000
+#define DEF_IDLE_TIMEOUT_MS 60000
+#define DEF_MAX_URI 8000
+#define DEF_MAX_HEADER_LINE 8000
+#define DEF_MAX_HEADER_BYTES (32 * 1024)
+#define DEF_MAX_HEADERS 100
+
+/* Where the header screener is in the byte stream of one connection. */
+enum scan_phase {
+    SCAN_HEAD,      /* request line and headers: screened */
+    SCAN_BODY,      /* Content-Length body: counted down, not screened */
+    SCAN_UNBOUNDED, /* chunked body: libevhtp delimits it; screening resumes after the request */
+};
+
+struct listener {
+    evhtp_t *htp;
+    int port;
+    char addr[80];
+};
+
+struct conn {
+    struct fbr_server *srv;
+    evhtp_connection_t *c;
+    struct conn *prev, *next;
+    bufferevent_data_cb ev_read; /* libevhtp's callbacks, which the screener wraps */
+    bufferevent_data_cb ev_write;
+    bufferevent_event_cb ev_event;
+    struct event *deadline;      /* read_timeout for the request in progress */
+    size_t screened;             /* bytes at the head of the input already screened */
+    int busy, dead;              /* inside libevhtp's read callback / freed meanwhile */
+    int closing;                 /* a raw error reply is being flushed */
+    /* screener state */
+    enum scan_phase phase;
+    int in_request;
+    size_t line_len, head_bytes;
+    unsigned nlines;
+    char line[32];               /* the start of the current header line */
+    uint64_t content_length;
+    int chunked;
+    /* the request in progress */
+    int too_large;
+    uint64_t body_seen;
+    uint64_t start_ms;
+    char id[24];
+    const char *endpoint;        /* metric label of the matched route */
+};
 
 struct fbr_server {
     struct event_base *base;
-    evhtp_t *htp;
     struct fbr_server_opts opts;
+    char *tls_cert, *tls_key, *data_dir;
+    struct listener *ls;
+    size_t nls;
+    int listeners_paused;
     struct fbr_route *routes;
     size_t nroutes;
     uint64_t next_id;
-    int port;
+    struct conn *conns;
+    size_t nconns;
+    int draining;
+    struct fbr_metrics *metrics;
+    int own_metrics;
+    int64_t *m_open;
+    uint64_t *m_accepted, *m_bytes_in, *m_bytes_out;
+    struct fbr_histogram *m_duration;
+    struct {
+        const char *endpoint; /* route's metric label (pointer identity) */
+        int status;
+        uint64_t *counter;
+    } m_req_cache[16];        /* saves the label formatting on the hot path */
 };
+
+static void conn_free(struct conn *fc);
+
+/* ---- small helpers ---- */
 
 static unsigned method_bit(htp_method m)
 {
@@ -44,6 +128,37 @@ static unsigned method_bit(htp_method m)
     }
 }
 
+static void allow_list(unsigned methods, char *buf, size_t len)
+{
+    static const char *const names[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"};
+    size_t pos = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < FBR_ARRAY_LEN(names); i++) {
+        if (methods & (1u << i))
+            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", pos ? ", " : "", names[i]);
+    }
+}
+
+static const char *status_label(int status, char *buf, size_t len)
+{
+    snprintf(buf, len, "%d", status);
+    return buf;
+}
+
+static void count_reject(struct fbr_server *srv, const char *reason)
+{
+    (*fbr_metrics_counter(srv->metrics, "fbr_http_rejected_total",
+                          "Requests and connections refused by a limit, by reason", "reason",
+                          reason))++;
+}
+
+static struct conn *req_conn(struct fbr_http_req *req)
+{
+    return req->conn;
+}
+
+/* ---- replies ---- */
+
 const char *fbr_http_header(struct fbr_http_req *req, const char *name)
 {
     evhtp_request_t *r = req->opaque;
@@ -56,6 +171,65 @@ void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char 
     evhtp_headers_add_header(r->headers_out, evhtp_header_new(name, value, 1, 1));
 }
 
+static int header_size(evhtp_kv_t *kv, void *arg)
+{
+    *(size_t *)arg += kv->klen + kv->vlen + 4;
+    return 0;
+}
+
+static void send_reply(struct fbr_http_req *req, int status)
+{
+    evhtp_request_t *r = req->opaque;
+    struct conn *fc = req_conn(req);
+    struct fbr_server *srv = fc ? fc->srv : NULL;
+    evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
+    if (srv && (srv->draining || (fc && fc->too_large))) {
+        evhtp_request_set_keepalive(r, 0);
+        evhtp_headers_add_header(r->headers_out, evhtp_header_new("Connection", "close", 0, 0));
+    }
+    if (srv) {
+        char sl[8];
+        size_t hbytes = 64;
+        evhtp_headers_for_each(r->headers_out, header_size, &hbytes);
+        *srv->m_bytes_out += hbytes + evbuffer_get_length(r->buffer_out);
+        const char *ep = fc->endpoint ? fc->endpoint : "none";
+        size_t slot = ((uintptr_t)ep / 8 + (unsigned)status) % FBR_ARRAY_LEN(srv->m_req_cache);
+        if (srv->m_req_cache[slot].endpoint != ep || srv->m_req_cache[slot].status != status) {
+            srv->m_req_cache[slot].endpoint = ep;
+            srv->m_req_cache[slot].status = status;
+            srv->m_req_cache[slot].counter = fbr_metrics_counter2(
+                srv->metrics, "fbr_http_requests_total",
+                "Requests answered, by endpoint and status", "endpoint", ep, "status",
+                status_label(status, sl, sizeof(sl)));
+        }
+        (*srv->m_req_cache[slot].counter)++;
+        fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
+        if (fbr_log_enabled(FBR_LOG_DEBUG))
+            fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
+                    req->path.ptr);
+    }
+    if (req->method == FBR_M_HEAD) {
+        /* the headers of a GET, without its body */
+        char cl[24];
+        snprintf(cl, sizeof(cl), "%zu", evbuffer_get_length(r->buffer_out));
+        evhtp_headers_add_header(r->headers_out, evhtp_header_new("Content-Length", cl, 0, 1));
+        evbuffer_drain(r->buffer_out, evbuffer_get_length(r->buffer_out));
+    }
+    evhtp_send_reply(r, (evhtp_res)status);
+}
+
+void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *content_type,
+                        const char *body, size_t len)
+{
+    evhtp_request_t *r = req->opaque;
+    if (content_type)
+        evhtp_headers_add_header(r->headers_out,
+                                 evhtp_header_new("Content-Type", content_type, 0, 1));
+    if (len)
+        evbuffer_add(r->buffer_out, body, len);
+    send_reply(req, status);
+}
+
 void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body)
 {
     evhtp_request_t *r = req->opaque;
@@ -64,11 +238,13 @@ void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body)
         json_decref(body);
         evhtp_headers_add_header(r->headers_out,
                                  evhtp_header_new("Content-Type", "application/json", 0, 0));
-        evbuffer_add(r->buffer_out, s, strlen(s));
-        evbuffer_add(r->buffer_out, "\n", 1);
+        if (s) {
+            evbuffer_add(r->buffer_out, s, strlen(s));
+            evbuffer_add(r->buffer_out, "\n", 1);
+        }
         free(s);
     }
-    evhtp_send_reply(r, (evhtp_res)status);
+    send_reply(req, status);
 }
 
 void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt, ...)
@@ -78,8 +254,376 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (status >= 500)
+        fbr_log(FBR_LOG_WARN, req->id, NULL, "%d: %s", status, msg);
     fbr_http_reply_json(req, status, json_pack("{s:s,s:s}", "result", "failure", "message", msg));
 }
+
+/* ---- connection bookkeeping and the screener ---- */
+
+static void listeners_pause(struct fbr_server *srv, int pause)
+{
+    if (srv->listeners_paused == pause)
+        return;
+    srv->listeners_paused = pause;
+    for (size_t i = 0; i < srv->nls; i++) {
+        if (!srv->ls[i].htp->server)
+            continue;
+        if (pause)
+            evconnlistener_disable(srv->ls[i].htp->server);
+        else
+            evconnlistener_enable(srv->ls[i].htp->server);
+    }
+}
+
+static void conn_unlink(struct conn *fc)
+{
+    struct fbr_server *srv = fc->srv;
+    if (fc->prev)
+        fc->prev->next = fc->next;
+    else
+        srv->conns = fc->next;
+    if (fc->next)
+        fc->next->prev = fc->prev;
+    fc->prev = fc->next = NULL;
+    srv->nconns--;
+    *srv->m_open = (int64_t)srv->nconns;
+    if (!srv->draining && srv->nconns < srv->opts.max_connections)
+        listeners_pause(srv, 0);
+}
+
+static void conn_free(struct conn *fc)
+{
+    if (fc->deadline)
+        event_free(fc->deadline);
+    free(fc);
+}
+
+static evhtp_res on_conn_fini(evhtp_connection_t *c, void *arg)
+{
+    struct conn *fc = arg;
+    conn_unlink(fc);
+    fc->c = NULL;
+    if (fc->busy)
+        fc->dead = 1; /* freed by the read wrapper once libevhtp returns to it */
+    else
+        conn_free(fc);
+    return EVHTP_RES_OK;
+}
+
+static void closing_writecb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 && fc->c)
+        evhtp_connection_free(fc->c);
+}
+
+static void closing_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *fc = arg;
+    if (fc->c)
+        evhtp_connection_free(fc->c);
+}
+
+/*
+ * Answers status with a JSON error and closes once it is flushed, taking the connection away
+ * from libevhtp's parser.  Used for what must not reach the parser.
+ */
+static void conn_reject(struct conn *fc, int status, const char *reason, const char *msg)
+{
+    struct bufferevent *bev = fc->c->bev;
+    static const char *const texts[] = {"Request Timeout", "URI Too Long",
+                                        "Request Header Fields Too Large", "Bad Request"};
+    const char *text = status == 408   ? texts[0]
+                       : status == 414 ? texts[1]
+                       : status == 431 ? texts[2]
+                                       : texts[3];
+    char body[256];
+    int blen = snprintf(body, sizeof(body), "{\"result\":\"failure\",\"message\":\"%s\"}\n", msg);
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                        status, text, blen, body);
+    *fc->srv->m_bytes_out += evbuffer_get_length(out);
+    char sl[8];
+    (*fbr_metrics_counter2(fc->srv->metrics, "fbr_http_requests_total",
+                           "Requests answered, by endpoint and status", "endpoint", "none",
+                           "status", status_label(status, sl, sizeof(sl))))++;
+    count_reject(fc->srv, reason);
+    fbr_log(FBR_LOG_INFO, fc->id[0] ? fc->id : NULL, NULL, "%d: %s; closing the connection",
+            status, msg);
+    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    fc->closing = 1;
+    if (fc->deadline)
+        event_del(fc->deadline);
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_setcb(bev, NULL, closing_writecb, closing_eventcb, fc);
+    bufferevent_enable(bev, EV_WRITE);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *fc = arg;
+    if (!fc->c || fc->closing)
+        return;
+    conn_reject(fc, 408, "read_timeout", "request not received within the read timeout");
+}
+
+static void request_begins(struct conn *fc)
+{
+    struct fbr_server *srv = fc->srv;
+    fc->in_request = 1;
+    if (!fc->deadline)
+        fc->deadline = evtimer_new(srv->base, on_deadline, fc);
+    struct timeval tv = {srv->opts.read_timeout_ms / 1000,
+                         (srv->opts.read_timeout_ms % 1000) * 1000};
+    evtimer_add(fc->deadline, &tv);
+}
+
+static int header_is(const struct conn *fc, const char *name)
+{
+    size_t n = strlen(name);
+    return fc->line_len > n && strncasecmp(fc->line, name, n) == 0;
+}
+
+/* Ends one header line: notes framing headers.  Returns 0 or -1 (bad framing value). */
+static int header_line_done(struct conn *fc)
+{
+    size_t n = fc->line_len < sizeof(fc->line) ? fc->line_len : sizeof(fc->line);
+    if (header_is(fc, "content-length:")) {
+        uint64_t v = 0;
+        size_t i = strlen("content-length:");
+        while (i < n && (fc->line[i] == ' ' || fc->line[i] == '\t'))
+            i++;
+        for (; i < n && fc->line[i] >= '0' && fc->line[i] <= '9'; i++) {
+            if (v > UINT64_MAX / 10 - 10)
+                return -1;
+            v = v * 10 + (uint64_t)(fc->line[i] - '0');
+        }
+        fc->content_length = v;
+    } else if (header_is(fc, "transfer-encoding:")) {
+        fc->chunked = 1;
+    }
+    return 0;
+}
+
+/*
+ * Screens new input bytes [from, len) of buf.  Returns 0 to pass the input on to libevhtp, 1 to
+ * hold it back because it is only the beginning of a header section, or -1 after the connection
+ * was rejected.  Holding matters: libevhtp 1.2.18's parser reads uninitialised memory when a
+ * request line arrives in two reads (valgrind shows it), so it gets every header section whole.
+ */
+static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len)
+{
+    const struct fbr_server_opts *o = &fc->srv->opts;
+    size_t i = from;
+    /* where the header section still open at the end began: 0 = at the front of the input */
+    size_t head_at = fc->in_request == 1 ? 0 : SIZE_MAX;
+    while (i < len) {
+        if (fc->phase == SCAN_UNBOUNDED)
+            return 0;
+        if (fc->phase == SCAN_BODY) {
+            size_t take = len - i;
+            if (take > fc->content_length)
+                take = (size_t)fc->content_length;
+            fc->content_length -= take;
+            i += take;
+            if (fc->content_length == 0) {
+                fc->phase = SCAN_HEAD;
+                fc->in_request = 0;
+            }
+            continue;
+        }
+        unsigned char ch = buf[i++];
+        if (!fc->in_request) {
+            if (ch == '\r' || ch == '\n')
+                continue; /* stray CRLF between requests */
+            request_begins(fc);
+            head_at = i - 1;
+            fc->line_len = fc->head_bytes = 0;
+            fc->nlines = 0;
+            fc->content_length = 0;
+            fc->chunked = 0;
+        }
+        fc->head_bytes++;
+        if (ch == '\n') {
+            int empty = fc->line_len == 0 || (fc->line_len == 1 && fc->line[0] == '\r');
+            if (fc->nlines > 0 && !empty && header_line_done(fc) != 0) {
+                conn_reject(fc, 400, "bad_framing", "bad Content-Length");
+                return -1;
+            }
+            fc->nlines++;
+            fc->line_len = 0;
+            if (empty && fc->nlines > 1) {
+                if (fc->chunked)
+                    fc->phase = SCAN_UNBOUNDED;
+                else if (fc->content_length)
+                    fc->phase = SCAN_BODY;
+                /* 2: head done, body pending; 0: the request is all in */
+                fc->in_request = fc->phase != SCAN_HEAD ? 2 : 0;
+            }
+            continue;
+        }
+        if (fc->line_len < sizeof(fc->line))
+            fc->line[fc->line_len] = (char)ch;
+        fc->line_len++;
+        if (fc->nlines == 0 && fc->line_len > o->max_uri + 24) {
+            conn_reject(fc, 414, "uri_too_long", "request line too long");
+            return -1;
+        }
+        if (fc->nlines > 0 && fc->line_len > o->max_header_line) {
+            conn_reject(fc, 431, "header_too_large", "header line too long");
+            return -1;
+        }
+        if (fc->nlines > o->max_headers || fc->head_bytes > o->max_header_bytes + o->max_uri) {
+            conn_reject(fc, 431, "headers_too_large", "too many or too large headers");
+            return -1;
+        }
+    }
+    return fc->phase == SCAN_HEAD && fc->in_request == 1 && head_at == 0 ? 1 : 0;
+}
+
+/* libevhtp's callbacks take the connection; ours take fc and forward, guarding fc's lifetime. */
+static void wrapped_readcb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    if (fc->closing)
+        return;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    if (len < fc->screened)
+        fc->screened = 0; /* libevhtp drained more than we saw: start afresh */
+    if (len > fc->screened) {
+        *fc->srv->m_bytes_in += len - fc->screened;
+        const unsigned char *buf = evbuffer_pullup(in, -1);
+        int verdict = screen(fc, buf, fc->screened, len);
+        if (verdict < 0)
+            return;
+        if (verdict > 0) {
+            fc->screened = len;
+            return;
+        }
+    }
+    fc->busy++;
+    fc->ev_read(bev, fc->c);
+    fc->busy--;
+    if (fc->dead) {
+        if (!fc->busy)
+            conn_free(fc);
+        return;
+    }
+    fc->screened = evbuffer_get_length(bufferevent_get_input(bev));
+}
+
+static void wrapped_writecb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    fc->busy++;
+    fc->ev_write(bev, fc->c);
+    fc->busy--;
+    if (fc->dead) {
+        if (!fc->busy)
+            conn_free(fc);
+        return;
+    }
+    /* A keep-alive reply is out: whatever follows in the input was screened already. */
+    fc->screened = evbuffer_get_length(bufferevent_get_input(bev));
+}
+
+static void wrapped_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *fc = arg;
+    fc->busy++;
+    fc->ev_event(bev, what, fc->c);
+    fc->busy--;
+    if (fc->dead && !fc->busy)
+        conn_free(fc);
+}
+
+/* ---- request hooks ---- */
+
+static evhtp_res on_read_body(evhtp_request_t *r, struct evbuffer *buf, void *arg)
+{
+    struct conn *fc = arg;
+    size_t n = evbuffer_get_length(buf);
+    fc->body_seen += n;
+    if (!fc->too_large && fc->body_seen > fc->srv->opts.max_body) {
+        fc->too_large = 1;
+        evbuffer_drain(r->buffer_in, evbuffer_get_length(r->buffer_in));
+    }
+    if (fc->too_large)
+        evbuffer_drain(buf, n); /* discard: the 413 goes out from the final callback */
+    return EVHTP_RES_OK;
+}
+
+static void on_req_error(evhtp_request_t *r, evhtp_error_flags what, void *arg)
+{
+    struct conn *fc = arg;
+    count_reject(fc->srv, "aborted");
+    fbr_log(FBR_LOG_DEBUG, fc->id, NULL, "connection error 0x%x while reading the request",
+            (unsigned)what);
+}
+
+static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
+{
+    struct conn *fc = arg;
+    struct fbr_server *srv = fc->srv;
+    fc->too_large = 0;
+    fc->body_seen = 0;
+    fc->endpoint = NULL;
+    fc->start_ms = fbr_now_ms();
+    snprintf(fc->id, sizeof(fc->id), "r%llu", (unsigned long long)++srv->next_id);
+    evhtp_request_set_hook(r, evhtp_hook_on_error, (evhtp_hook)(void (*)(void))on_req_error, fc);
+    evhtp_request_set_hook(r, evhtp_hook_on_read, (evhtp_hook)on_read_body, fc);
+    return EVHTP_RES_OK;
+}
+
+static evhtp_res on_headers(evhtp_request_t *r, evhtp_headers_t *hdrs, void *arg)
+{
+    struct conn *fc = arg;
+    const char *cl = evhtp_kv_find(hdrs, "Content-Length");
+    if (cl && strtoull(cl, NULL, 10) > fc->srv->opts.max_body)
+        fc->too_large = 1;
+    return EVHTP_RES_OK;
+}
+
+static evhtp_res pre_accept(evhtp_connection_t *c, void *arg)
+{
+    struct fbr_server *srv = arg;
+    if (srv->draining || srv->nconns >= srv->opts.max_connections) {
+        count_reject(srv, "connection_cap");
+        return EVHTP_RES_ERROR;
+    }
+    return EVHTP_RES_OK;
+}
+
+static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
+{
+    struct fbr_server *srv = arg;
+    struct conn *fc = fbr_xcalloc(1, sizeof(*fc));
+    fc->srv = srv;
+    fc->c = c;
+    fc->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = fc;
+    srv->conns = fc;
+    srv->nconns++;
+    *srv->m_open = (int64_t)srv->nconns;
+    (*srv->m_accepted)++;
+    if (srv->nconns >= srv->opts.max_connections)
+        listeners_pause(srv, 1);
+
+    void *cbarg;
+    bufferevent_getcb(c->bev, &fc->ev_read, &fc->ev_write, &fc->ev_event, &cbarg);
+    bufferevent_setcb(c->bev, wrapped_readcb, wrapped_writecb, wrapped_eventcb, fc);
+    evhtp_connection_set_hook(c, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, fc);
+    evhtp_connection_set_hook(c, evhtp_hook_on_headers_start, (evhtp_hook)on_headers_start, fc);
+    evhtp_connection_set_hook(c, evhtp_hook_on_headers, (evhtp_hook)on_headers, fc);
+    return EVHTP_RES_OK;
+}
+
+/* ---- routing ---- */
 
 static int route_matches(const struct fbr_route *rt, struct fbr_slice path)
 {
@@ -89,43 +633,84 @@ static int route_matches(const struct fbr_route *rt, struct fbr_slice path)
     return path.len == n && memcmp(path.ptr, rt->path, n) == 0;
 }
 
+static int is_json_type(const char *ct)
+{
+    if (!ct)
+        return 0;
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
+        return 1;
+    return n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
 static void on_request(evhtp_request_t *r, void *arg)
 {
     struct fbr_server *srv = arg;
-    char id[24];
-    snprintf(id, sizeof(id), "r%llu", (unsigned long long)++srv->next_id);
+    struct conn *fc = NULL;
+    if (r->conn && r->conn->hooks)
+        fc = r->conn->hooks->on_connection_fini_arg;
+    if (!fc) { /* not accepted through post_accept: cannot happen, but never crash */
+        evhtp_send_reply(r, EVHTP_RES_SERVERR);
+        return;
+    }
+    if (fc->phase == SCAN_UNBOUNDED) {
+        fc->phase = SCAN_HEAD;
+        fc->in_request = 0;
+    }
+    if (fc->in_request != 1 && fc->deadline) /* 1: a pipelined request has begun: keep it */
+        event_del(fc->deadline);
 
-    struct fbr_http_req req = {.opaque = r, .id = id};
+    struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};
     req.method = method_bit(evhtp_request_get_method(r));
     const char *path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
     req.path = fbr_slice_from(path);
+    if (r->uri && r->uri->query_raw)
+        req.query = fbr_slice_from((const char *)r->uri->query_raw);
 
-    const struct fbr_route *rt = NULL;
-    for (size_t i = 0; i < srv->nroutes; i++) {
-        if (route_matches(&srv->routes[i], req.path)) {
-            rt = &srv->routes[i];
-            break;
-        }
-    }
-    if (!rt) {
-        fbr_http_reply_error(&req, 404, "no such endpoint");
-        return;
-    }
-    if (!(rt->methods & req.method)) {
-        fbr_http_reply_error(&req, 405, "method not allowed");
-        return;
-    }
-    size_t blen = evbuffer_get_length(r->buffer_in);
-    if (blen > srv->opts.max_body) {
+    if (fc->too_large) {
+        fc->endpoint = "none";
+        count_reject(srv, "body_too_large");
         fbr_http_reply_error(&req, 413, "body larger than %zu bytes", srv->opts.max_body);
         return;
     }
-    req.body.ptr = (const char *)evbuffer_pullup(r->buffer_in, -1);
+    const struct fbr_route *rt = NULL;
+    unsigned allowed = 0;
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        if (route_matches(&srv->routes[i], req.path)) {
+            allowed |= srv->routes[i].methods;
+            if (srv->routes[i].methods & req.method) {
+                rt = &srv->routes[i];
+                break;
+            }
+        }
+    }
+    if (!rt && !allowed) {
+        fc->endpoint = "none";
+        fbr_http_reply_error(&req, 404, "no such endpoint");
+        return;
+    }
+    if (!rt) {
+        char allow[64];
+        allow_list(allowed, allow, sizeof(allow));
+        fc->endpoint = "none";
+        fbr_http_add_header(&req, "Allow", allow);
+        fbr_http_reply_error(&req, 405, "method not allowed (allowed: %s)", allow);
+        return;
+    }
+    fc->endpoint = rt->metric ? rt->metric : rt->path;
+    size_t blen = evbuffer_get_length(r->buffer_in);
+    req.body.ptr = blen ? (const char *)evbuffer_pullup(r->buffer_in, -1) : "";
     req.body.len = blen;
     json_t *json = NULL;
     if (rt->json_body) {
+        if (!is_json_type(evhtp_kv_find(r->headers_in, "Content-Type"))) {
+            fbr_http_reply_error(&req, 415, "Content-Type must be application/json");
+            return;
+        }
         json_error_t jerr;
-        json = json_loadb(req.body.ptr ? req.body.ptr : "", blen, JSON_REJECT_DUPLICATES, &jerr);
+        json = json_loadb(req.body.ptr, blen, JSON_REJECT_DUPLICATES, &jerr);
         if (!json) {
             fbr_http_reply_error(&req, 400, "invalid JSON: %s", jerr.text);
             return;
@@ -136,52 +721,217 @@ static void on_request(evhtp_request_t *r, void *arg)
     json_decref(json);
 }
 
+/* ---- built-in endpoints ---- */
+
+static void ep_healthz(struct fbr_http_req *req, void *arg)
+{
+    static const char ok[] = "{\"status\":\"ok\"}\n";
+    fbr_http_reply_raw(req, 200, "application/json", ok, sizeof(ok) - 1);
+}
+
+static int data_dir_writable(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/.readyz-%ld", dir, (long)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return 0;
+    int ok = write(fd, "1", 1) == 1;
+    close(fd);
+    unlink(path);
+    return ok;
+}
+
+static void ep_readyz(struct fbr_http_req *req, void *arg)
+{
+    struct fbr_server *srv = arg;
+    if (srv->draining) {
+        fbr_http_reply_error(req, 503, "draining");
+        return;
+    }
+    if (srv->data_dir && !data_dir_writable(srv->data_dir)) {
+        fbr_http_reply_error(req, 503, "data directory %s is not writable", srv->data_dir);
+        return;
+    }
+    fbr_http_reply_json(req, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+static void ep_metrics(struct fbr_http_req *req, void *arg)
+{
+    struct fbr_server *srv = arg;
+    size_t len;
+    char *text = fbr_metrics_render(srv->metrics, &len);
+    fbr_http_reply_raw(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+/* ---- lifecycle ---- */
+
+static void apply_opts(struct fbr_server *srv, const struct fbr_server_opts *in)
+{
+    struct fbr_server_opts o = *in;
+    if (!o.max_body)
+        o.max_body = 1 << 20;
+    if (!o.max_connections)
+        o.max_connections = DEF_MAX_CONNECTIONS;
+    if (!o.read_timeout_ms)
+        o.read_timeout_ms = DEF_READ_TIMEOUT_MS;
+    if (!o.idle_timeout_ms)
+        o.idle_timeout_ms = DEF_IDLE_TIMEOUT_MS;
+    if (!o.max_uri || o.max_uri > DEF_MAX_URI)
+        o.max_uri = DEF_MAX_URI;
+    if (!o.max_header_line || o.max_header_line > DEF_MAX_HEADER_LINE)
+        o.max_header_line = DEF_MAX_HEADER_LINE;
+    if (!o.max_header_bytes)
+        o.max_header_bytes = DEF_MAX_HEADER_BYTES;
+    if (!o.max_headers)
+        o.max_headers = DEF_MAX_HEADERS;
+    o.tls_cert = o.tls_key = o.data_dir = NULL; /* kept as owned copies */
+    o.metrics = NULL;
+    srv->opts = o;
+    struct timeval idle = {o.idle_timeout_ms / 1000, (o.idle_timeout_ms % 1000) * 1000};
+    for (size_t i = 0; i < srv->nls; i++)
+        evhtp_set_timeouts(srv->ls[i].htp, &idle, &idle);
+}
+
 struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_server_opts *opts)
 {
     struct fbr_server *srv = fbr_xcalloc(1, sizeof(*srv));
     srv->base = base;
-    srv->opts = *opts;
-    srv->htp = evhtp_new(base, NULL);
-    evhtp_set_gencb(srv->htp, on_request, srv);
+    if (opts->tls_cert && opts->tls_key) {
+        srv->tls_cert = fbr_xstrdup(opts->tls_cert);
+        srv->tls_key = fbr_xstrdup(opts->tls_key);
+    }
+    if (opts->data_dir)
+        srv->data_dir = fbr_xstrdup(opts->data_dir);
+    srv->metrics = opts->metrics;
+    if (!srv->metrics) {
+        srv->metrics = fbr_metrics_new();
+        srv->own_metrics = 1;
+    }
+    apply_opts(srv, opts);
+    srv->m_open = fbr_metrics_gauge(srv->metrics, "fbr_http_open_connections",
+                                    "Inbound connections open now", NULL, NULL);
+    srv->m_accepted = fbr_metrics_counter(srv->metrics, "fbr_http_connections_total",
+                                          "Inbound connections accepted", NULL, NULL);
+    srv->m_bytes_in = fbr_metrics_counter(srv->metrics, "fbr_http_received_bytes_total",
+                                          "Bytes received on inbound connections", NULL, NULL);
+    srv->m_bytes_out = fbr_metrics_counter(srv->metrics, "fbr_http_sent_bytes_total",
+                                           "Bytes sent on inbound connections (headers approx.)",
+                                           NULL, NULL);
+    static const double bounds[] = {0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
+    srv->m_duration = fbr_metrics_histogram(
+        srv->metrics, "fbr_http_request_duration_seconds",
+        "Time from the first header byte to the reply", NULL, NULL, bounds, FBR_ARRAY_LEN(bounds));
+    *fbr_metrics_gauge(srv->metrics, "process_start_time_seconds",
+                       "Start time of the process since the Unix epoch in seconds", NULL, NULL) =
+        (int64_t)(fbr_wall_ms() / 1000);
+
+    fbr_server_add_route(srv, &(struct fbr_route){.path = "/healthz",
+                                                   .methods = FBR_M_GET | FBR_M_HEAD,
+                                                   .metric = "healthz",
+                                                   .fn = ep_healthz,
+                                                   .arg = srv});
+    fbr_server_add_route(srv, &(struct fbr_route){.path = "/readyz",
+                                                   .methods = FBR_M_GET | FBR_M_HEAD,
+                                                   .metric = "readyz",
+                                                   .fn = ep_readyz,
+                                                   .arg = srv});
+    fbr_server_add_route(srv, &(struct fbr_route){.path = "/metrics",
+                                                   .methods = FBR_M_GET,
+                                                   .metric = "metrics",
+                                                   .fn = ep_metrics,
+                                                   .arg = srv});
     return srv;
+}
+
+void fbr_server_update(struct fbr_server *srv, const struct fbr_server_opts *opts)
+{
+    apply_opts(srv, opts);
+}
+
+static int setup_tls(struct fbr_server *srv, evhtp_t *htp)
+{
+    evhtp_ssl_cfg_t *cfg = fbr_xcalloc(1, sizeof(*cfg));
+    cfg->pemfile = srv->tls_cert;
+    cfg->privfile = srv->tls_key;
+    cfg->ssl_opts = SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1;
+    cfg->scache_type = evhtp_ssl_scache_type_internal;
+    cfg->scache_timeout = 300;
+    FILE *f = fopen(srv->tls_cert, "r"), *g = fopen(srv->tls_key, "r");
+    int readable = f && g;
+    if (f)
+        fclose(f);
+    if (g)
+        fclose(g);
+    if (!readable || evhtp_ssl_init(htp, cfg) != 0 || !htp->ssl_ctx ||
+        SSL_CTX_check_private_key(htp->ssl_ctx) != 1) {
+        fbr_log_error("cannot load TLS certificate %s and key %s", srv->tls_cert, srv->tls_key);
+        htp->ssl_cfg = NULL;
+        free(cfg);
+        return FBR_ERROR;
+    }
+    htp->ssl_cfg = cfg; /* freed with the listener */
+    return FBR_OK;
 }
 
 int fbr_server_listen(struct fbr_server *srv, const char *addr)
 {
-    char host[128];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || (size_t)(colon - addr) >= sizeof(host) - 8) {
+    char host[64], bindhost[80];
+    int family;
+    uint16_t port;
+    if (fbr_listen_parse(addr, host, sizeof(host), &family, &port) != FBR_OK) {
         fbr_log_error("bad listen address '%s'", addr);
         return FBR_ERROR;
     }
-    int port = atoi(colon + 1);
-    if (addr[0] == '[') {
-        snprintf(host, sizeof(host), "ipv6:%.*s", (int)(colon - addr - 2), addr + 1);
-    } else {
-        snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
-    }
-    if (evhtp_bind_socket(srv->htp, host, (uint16_t)port, 1024) != 0) {
-        fbr_log_error("cannot listen on %s", addr);
+    snprintf(bindhost, sizeof(bindhost), "%s%s", family == AF_INET6 ? "ipv6:" : "", host);
+    evhtp_t *htp = evhtp_new(srv->base, NULL);
+    evhtp_set_gencb(htp, on_request, srv);
+    evhtp_set_pre_accept_cb(htp, pre_accept, srv);
+    evhtp_set_post_accept_cb(htp, post_accept, srv);
+    struct timeval idle = {srv->opts.idle_timeout_ms / 1000,
+                           (srv->opts.idle_timeout_ms % 1000) * 1000};
+    evhtp_set_timeouts(htp, &idle, &idle);
+    if (srv->tls_cert && setup_tls(srv, htp) != FBR_OK) {
+        evhtp_free(htp);
         return FBR_ERROR;
     }
-    if (!srv->port) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        evutil_socket_t fd = evconnlistener_get_fd(srv->htp->server);
-        if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
-            if (ss.ss_family == AF_INET)
-                srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-            else
-                srv->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
+    if (evhtp_bind_socket(htp, bindhost, port, 1024) != 0) {
+        fbr_log_error("cannot listen on %s: %s", addr, strerror(errno));
+        free(htp->ssl_cfg);
+        htp->ssl_cfg = NULL;
+        evhtp_free(htp);
+        return FBR_ERROR;
     }
-    fbr_log_info("listening on %s", addr);
+    struct listener l = {.htp = htp};
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    evutil_socket_t fd = evconnlistener_get_fd(htp->server);
+    evutil_make_socket_closeonexec(fd);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            l.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else
+            l.port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(l.addr, sizeof(l.addr), "%s%s%s:%d", family == AF_INET6 ? "[" : "", host,
+             family == AF_INET6 ? "]" : "", l.port);
+    srv->ls = fbr_xrealloc(srv->ls, (srv->nls + 1) * sizeof(*srv->ls));
+    srv->ls[srv->nls++] = l;
+    if (srv->listeners_paused)
+        evconnlistener_disable(htp->server);
+    fbr_log_info("listening on %s (%s)", l.addr, srv->tls_cert ? "https" : "http");
     return FBR_OK;
 }
 
 int fbr_server_port(const struct fbr_server *srv)
 {
-    return srv->port;
+    return srv->nls ? srv->ls[0].port : 0;
+}
+
+int fbr_server_listener_port(const struct fbr_server *srv, size_t i)
+{
+    return i < srv->nls ? srv->ls[i].port : -1;
 }
 
 void fbr_server_add_route(struct fbr_server *srv, const struct fbr_route *route)
@@ -190,14 +940,67 @@ void fbr_server_add_route(struct fbr_server *srv, const struct fbr_route *route)
     srv->routes[srv->nroutes++] = *route;
 }
 
+struct fbr_metrics *fbr_server_metrics(struct fbr_server *srv)
+{
+    return srv->metrics;
+}
+
+size_t fbr_server_connections(const struct fbr_server *srv)
+{
+    return srv->nconns;
+}
+
+int fbr_server_draining(const struct fbr_server *srv)
+{
+    return srv->draining;
+}
+
+void fbr_server_drain(struct fbr_server *srv)
+{
+    if (srv->draining)
+        return;
+    srv->draining = 1;
+    for (size_t i = 0; i < srv->nls; i++) {
+        if (srv->ls[i].htp->server) {
+            evconnlistener_free(srv->ls[i].htp->server);
+            srv->ls[i].htp->server = NULL;
+        }
+    }
+    /* Idle keep-alive connections go now; the others close after their reply. */
+    struct conn *next;
+    for (struct conn *fc = srv->conns; fc; fc = next) {
+        next = fc->next;
+        if (!fc->in_request && !fc->closing && fc->c && !fc->c->request)
+            evhtp_connection_free(fc->c);
+    }
+    fbr_log_info("draining: %zu connection(s) still open", srv->nconns);
+}
+
 void fbr_server_free(struct fbr_server **psrv)
 {
     struct fbr_server *srv = *psrv;
     if (!srv)
         return;
-    evhtp_unbind_socket(srv->htp);
-    evhtp_free(srv->htp);
+    srv->draining = 1;
+    while (srv->conns)
+        evhtp_connection_free(srv->conns->c);
+    for (size_t i = 0; i < srv->nls; i++) {
+        evhtp_t *htp = srv->ls[i].htp;
+        if (htp->server) {
+            evconnlistener_free(htp->server);
+            htp->server = NULL;
+        }
+        evhtp_ssl_cfg_t *cfg = htp->ssl_cfg;
+        evhtp_free(htp);
+        free(cfg);
+    }
+    free(srv->ls);
     free(srv->routes);
+    free(srv->tls_cert);
+    free(srv->tls_key);
+    free(srv->data_dir);
+    if (srv->own_metrics)
+        fbr_metrics_free(&srv->metrics);
     free(srv);
     *psrv = NULL;
 }

@@ -1,6 +1,9 @@
 /* test_log.c - unit tests for log.c: level parsing and the URL masker that keeps secrets out. */
 #include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "firebridge/log.h"
 
@@ -33,12 +36,49 @@ START_TEST(level_parse)
 }
 END_TEST
 
+/* A message longer than a line is truncated, never written past the line buffer (ASan checks). */
+START_TEST(long_lines_are_clamped)
+{
+    static char big[6000];
+    memset(big, '"', sizeof(big) - 1);
+    char path[] = "/tmp/fbr-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    int saved = dup(2);
+    dup2(fd, 2);
+    for (int fmt = 0; fmt < 2; fmt++) {
+        fbr_log_setup(FBR_LOG_DEBUG, fmt ? FBR_LOG_JSON : FBR_LOG_TEXT);
+        fbr_log(FBR_LOG_INFO, big, big, "%s", big);
+        fbr_log(FBR_LOG_INFO, "r1", "testing", "%s", "short");
+    }
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
+    FILE *f = fdopen(fd, "r");
+    rewind(f);
+    char line[8192];
+    int lines = 0;
+    while (fgets(line, sizeof(line), f)) {
+        size_t n = strlen(line);
+        ck_assert_uint_le(n, 4096);
+        ck_assert_msg(line[n - 1] == '\n', "line %d (%zu bytes) ends with '%s'", lines, n,
+                      line + (n > 20 ? n - 20 : 0));
+        lines++;
+    }
+    ck_assert_int_eq(lines, 4);
+    fclose(f);
+    unlink(path);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("core");
     tcase_add_loop_test(tc, mask_url, 0, sizeof(mask_cases) / sizeof(mask_cases[0]));
     tcase_add_test(tc, level_parse);
+    tcase_add_test(tc, long_lines_are_clamped);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -33,6 +33,7 @@ struct fbr_http_req {
     struct fbr_slice query;   /* raw query string, without '?' */
     struct fbr_slice body;    /* whole body (already bounded by max_body) */
     json_t *json;             /* parsed body for routes with json_body (borrowed), else NULL */
+    void *conn;               /* server-internal connection state; do not touch */
 };
 
 /*
@@ -61,14 +62,43 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     __attribute__((format(printf, 3, 4)));
 /* Adds a response header before replying (copied). */
 void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char *value);
+/* Replies with status and a body of len bytes (copied) of the given Content-Type. */
+void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *content_type,
+                        const char *body, size_t len);
 
-
-
-/* Server lifecycle.  fbr_server_new() never fails (aborts on exhaustion). */
+/*
+ * Server lifecycle.  fbr_server_new() never fails (aborts on exhaustion).  Zero in a limit
+ * selects its default.  Strings are copied; metrics is borrowed (NULL: the server keeps a
+ * registry of its own, see fbr_server_metrics()).
+ */
 struct fbr_server_opts {
-    size_t max_body; /* bytes; larger bodies get 413 */
+    size_t max_body;          /* bytes; larger bodies get 413 */
+    uint32_t max_connections; /* open connections at most (default 1024) */
+    uint32_t read_timeout_ms; /* a whole request must arrive within this (default 10 s) */
+    uint32_t idle_timeout_ms; /* nothing read or written for this long closes (default 60 s) */
+    size_t max_uri;           /* request-target bytes (default 8000; libevhtp breaks at 8 KiB) */
+    size_t max_header_line;   /* one header line (default 8000) */
+    size_t max_header_bytes;  /* the whole header section (default 32 KiB) */
+    uint32_t max_headers;     /* header lines (default 100) */
+    const char *tls_cert;     /* both set: every listener serves HTTPS */
+    const char *tls_key;
+    const char *data_dir;     /* /readyz answers 503 when it is not writable; NULL: unchecked */
+    struct fbr_metrics *metrics;
 };
 struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_server_opts *opts);
+/* Applies new limits (reload).  Timeouts apply to connections accepted afterwards; listeners
+ * and TLS settings are not changed. */
+void fbr_server_update(struct fbr_server *srv, const struct fbr_server_opts *opts);
+/* Starts a graceful drain: listeners close, idle keep-alive connections close, requests in
+ * progress finish with "Connection: close", /readyz answers 503. */
+void fbr_server_drain(struct fbr_server *srv);
+int fbr_server_draining(const struct fbr_server *srv);
+/* Open inbound connections right now. */
+size_t fbr_server_connections(const struct fbr_server *srv);
+/* The registry /metrics renders (borrowed): other modules register their metrics in it. */
+struct fbr_metrics *fbr_server_metrics(struct fbr_server *srv);
+/* Port of the i-th listener (in fbr_server_listen() order), or -1. */
+int fbr_server_listener_port(const struct fbr_server *srv, size_t i);
 /* Binds "ADDR:PORT" or "[IPv6]:PORT".  Returns FBR_OK or FBR_ERROR (logged). Port 0 picks one;
  * fbr_server_port() then tells which (of the first listener). */
 int fbr_server_listen(struct fbr_server *srv, const char *addr);

@@ -1,0 +1,51 @@
+/*
+ * metrics.h - a small registry of counters, gauges and histograms with bounded label sets,
+ * rendered in the Prometheus text exposition format for GET /metrics.  Every module of the data
+ * path (server, intake, rules, events, delivery) registers its series once and then bumps plain
+ * integers on the hot path: no locking (one thread), no lookups after registration.
+ */
+#ifndef FIREBRIDGE_METRICS_H
+#define FIREBRIDGE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct fbr_metrics;
+struct fbr_histogram;
+
+/* At most this many label combinations per metric name; further ones share one series whose
+ * label values are "_other_", so a client cannot grow the registry without bound. */
+#define FBR_METRICS_MAX_SERIES 64
+
+struct fbr_metrics *fbr_metrics_new(void);
+void fbr_metrics_free(struct fbr_metrics **m);
+
+/*
+ * Returns the counter for name{label_k="label_v"} (label_k NULL: no label), creating it at 0.
+ * The pointer stays valid until fbr_metrics_free(); increment it directly.  Calling again with
+ * the same name and labels returns the same pointer.  help is copied on first registration.
+ * Names must be valid Prometheus names (the caller's constant); label values are escaped.
+ */
+uint64_t *fbr_metrics_counter(struct fbr_metrics *m, const char *name, const char *help,
+                              const char *label_k, const char *label_v);
+/* Two labels: name{k1="v1",k2="v2"}. */
+uint64_t *fbr_metrics_counter2(struct fbr_metrics *m, const char *name, const char *help,
+                               const char *k1, const char *v1, const char *k2, const char *v2);
+/* A gauge: set or add to it directly. */
+int64_t *fbr_metrics_gauge(struct fbr_metrics *m, const char *name, const char *help,
+                           const char *label_k, const char *label_v);
+
+/*
+ * A histogram with the given upper bounds (ascending, copied; +Inf is implicit).  Same lifetime
+ * and identity rules as counters.  Observe with fbr_histogram_observe().
+ */
+struct fbr_histogram *fbr_metrics_histogram(struct fbr_metrics *m, const char *name,
+                                            const char *help, const char *label_k,
+                                            const char *label_v, const double *bounds,
+                                            size_t nbounds);
+void fbr_histogram_observe(struct fbr_histogram *h, double value);
+
+/* Renders every metric; returns a new heap string (caller frees) and its length in *len. */
+char *fbr_metrics_render(const struct fbr_metrics *m, size_t *len);
+
+#endif

@@ -1,0 +1,99 @@
+/*
+ * test_metrics.c - unit tests for metrics.c, the registry every module of the data path bumps
+ * and GET /metrics renders: identity of series, label escaping, the bound on label sets, and the
+ * Prometheus text format of counters, gauges and histograms.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "firebridge/common.h"
+#include "firebridge/metrics.h"
+
+START_TEST(counters_and_gauges)
+{
+    struct fbr_metrics *m = fbr_metrics_new();
+    uint64_t *a = fbr_metrics_counter(m, "x_total", "Xs", "k", "a");
+    uint64_t *b = fbr_metrics_counter(m, "x_total", NULL, "k", "b");
+    ck_assert_ptr_ne(a, b);
+    ck_assert_ptr_eq(a, fbr_metrics_counter(m, "x_total", NULL, "k", "a"));
+    *a += 3;
+    (*b)++;
+    int64_t *g = fbr_metrics_gauge(m, "g", "a gauge", NULL, NULL);
+    *g = -2;
+    (*fbr_metrics_counter2(m, "y_total", "Ys", "e", "q\"\\\n", "s", "200"))++;
+    size_t len;
+    char *text = fbr_metrics_render(m, &len);
+    ck_assert_uint_eq(len, strlen(text));
+    ck_assert_ptr_nonnull(strstr(text, "# HELP x_total Xs\n# TYPE x_total counter\n"));
+    ck_assert_ptr_nonnull(strstr(text, "x_total{k=\"a\"} 3\n"));
+    ck_assert_ptr_nonnull(strstr(text, "x_total{k=\"b\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(text, "# TYPE g gauge\ng -2\n"));
+    ck_assert_ptr_nonnull(strstr(text, "y_total{e=\"q\\\"\\\\\\n\",s=\"200\"} 1\n"));
+    free(text);
+    fbr_metrics_free(&m);
+    ck_assert_ptr_null(m);
+}
+END_TEST
+
+START_TEST(label_sets_are_bounded)
+{
+    struct fbr_metrics *m = fbr_metrics_new();
+    char v[16];
+    uint64_t *last = NULL;
+    for (int i = 0; i < FBR_METRICS_MAX_SERIES + 50; i++) {
+        snprintf(v, sizeof(v), "v%d", i);
+        uint64_t *p = fbr_metrics_counter(m, "c_total", "c", "k", v);
+        (*p)++;
+        if (i >= FBR_METRICS_MAX_SERIES) {
+            if (last)
+                ck_assert_ptr_eq(p, last);
+            last = p;
+        }
+    }
+    ck_assert_uint_eq(*last, 50);
+    size_t len;
+    char *text = fbr_metrics_render(m, &len);
+    ck_assert_ptr_nonnull(strstr(text, "c_total{k=\"_other_\"} 50\n"));
+    ck_assert_ptr_null(strstr(text, "v100"));
+    free(text);
+    fbr_metrics_free(&m);
+}
+END_TEST
+
+START_TEST(histogram)
+{
+    struct fbr_metrics *m = fbr_metrics_new();
+    static const double bounds[] = {0.1, 1};
+    struct fbr_histogram *h = fbr_metrics_histogram(m, "d_seconds", "d", "ep", "x", bounds, 2);
+    fbr_histogram_observe(h, 0.05);
+    fbr_histogram_observe(h, 0.5);
+    fbr_histogram_observe(h, 7);
+    size_t len;
+    char *text = fbr_metrics_render(m, &len);
+    ck_assert_ptr_nonnull(strstr(text, "# TYPE d_seconds histogram\n"));
+    ck_assert_ptr_nonnull(strstr(text, "d_seconds_bucket{ep=\"x\",le=\"0.1\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(text, "d_seconds_bucket{ep=\"x\",le=\"1\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(text, "d_seconds_bucket{ep=\"x\",le=\"+Inf\"} 3\n"));
+    ck_assert_ptr_nonnull(strstr(text, "d_seconds_count{ep=\"x\"} 3\n"));
+    ck_assert_ptr_nonnull(strstr(text, "d_seconds_sum{ep=\"x\"} 7.5"));
+    free(text);
+    fbr_metrics_free(&m);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("metrics");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, counters_and_gauges);
+    tcase_add_test(tc, label_sets_are_bounded);
+    tcase_add_test(tc, histogram);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
