@@ -425,8 +425,8 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
         snprintf(reason, sizeof(reason), "http %d", r->status);
         retry_later(dl, r->status == 408 ? FBR_RETRY_HTTP_408 : FBR_RETRY_HTTP_5XX, reason);
     } else {
-        snprintf(reason, sizeof(reason), "http %d: %.*s", r->status, (int)(r->body_len < 200 ? r->body_len : 200),
-                 r->body);
+        snprintf(reason, sizeof(reason), "http %d%s%.*s", r->status, r->body_len ? ": " : "",
+                 (int)(r->body_len < 200 ? r->body_len : 200), r->body);
         e->m.dead_permanent++;
         transition(dl, FBR_DS_DEAD, 0, reason);
     }
