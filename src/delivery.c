@@ -56,7 +56,7 @@ struct delivery {
     unsigned attempts, failures;
     uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
     uint64_t wake_ms;
-    char reason[256];
+    char *reason; /* last reason, owned, NULL until the first transition that gives one */
 };
 
 struct dest {
@@ -171,7 +171,7 @@ static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_d
     if (!e->hook)
         return;
     struct fbr_delivery_info info = {dl->id, dl->dest->key, dl->attempts, dl->created_wall,
-                                     dl->reason};
+                                     dl->reason ? dl->reason : ""};
     e->hook(&info, from, to, e->hook_arg);
 }
 
@@ -191,8 +191,10 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
                 fbr_delivery_state_name(from), fbr_delivery_state_name(to));
         abort();
     }
-    if (reason)
-        snprintf(dl->reason, sizeof(dl->reason), "%s", reason);
+    if (reason) {
+        free(dl->reason);
+        dl->reason = fbr_xstrdup(reason);
+    }
     dl->state = to;
     e->m.in_state[from]--;
     if (is_active(to) || to == FBR_DS_QUEUED)
@@ -202,7 +204,7 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
     notify(dl, from, to);
     if (fbr_log_enabled(FBR_LOG_DEBUG))
         fbr_log(FBR_LOG_DEBUG, dl->id, NULL, "%s -> %s (%s)", fbr_delivery_state_name(from),
-                fbr_delivery_state_name(to), dl->reason);
+                fbr_delivery_state_name(to), dl->reason ? dl->reason : "");
 
     switch (to) {
     case FBR_DS_WAITING_RATE:
@@ -228,7 +230,7 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
         fbr_log_mask_url(dl->url, dl->url_len, masked, sizeof(masked));
         fbr_log(FBR_LOG_WARN, dl->id, NULL,
                 "delivery to %s is dead after %u attempt(s): %s; appended to %s", masked,
-                dl->attempts, dl->reason, e->dl_path);
+                dl->attempts, dl->reason ? dl->reason : "", e->dl_path);
         write_dead_letter(e, dl);
         goto finished;
     }
@@ -673,9 +675,18 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
         dl->token = get_token(e, up.authority, token, &wh->token_rate);
     free(auth);
 
-    /* take over the request: its body slices are written from here without copying */
+    /* take over the request: its body slices are written from here without copying; the URL,
+     * headers and rate key were copied above, so their buffers go now */
     dl->req = *o;
     fbr_outreq_init(o);
+    fbr_render_free(&dl->req.url);
+    fbr_render_init(&dl->req.url);
+    fbr_render_free(&dl->req.rate_key);
+    fbr_render_init(&dl->req.rate_key);
+    for (size_t i = 0; i < dl->req.nheaders; i++) {
+        fbr_render_free(&dl->req.headers[i]);
+        fbr_render_init(&dl->req.headers[i]);
+    }
 
     dl->dest = d;
     dl->state = FBR_DS_QUEUED;
@@ -702,6 +713,7 @@ static void delivery_free(struct delivery *dl)
     fbr_outreq_free(&dl->req);
     free(dl->url);
     free(dl->head);
+    free(dl->reason);
     free(dl);
 }
 
@@ -755,7 +767,7 @@ static void write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl
         free(b64);
     }
     free(body);
-    json_object_set_new(o, "reason", json_string(dl->reason));
+    json_object_set_new(o, "reason", json_string(dl->reason ? dl->reason : ""));
     json_object_set_new(o, "attempts", json_integer(dl->attempts));
     json_object_set_new(o, "destination", json_string(dl->dest->key));
     json_object_set_new(o, "created_ms", json_integer((json_int_t)dl->created_wall));
