@@ -127,9 +127,20 @@ static void read_cb(struct bufferevent *bev, void *arg)
         r->conn_no = c->no;
         free(head);
         struct tsrv_reply rep = pick(s, r->path);
-        if (rep.status == 0)
-            return; /* stall: keep the connection, never answer */
         struct evbuffer *out = bufferevent_get_output(bev);
+        if (rep.status == 0 && !rep.raw)
+            return; /* stall: keep the connection, never answer */
+        if (rep.raw) {
+            evbuffer_add(out, rep.raw, strlen(rep.raw));
+            if (rep.close_after) {
+                c->closing = 1;
+                bufferevent_disable(bev, EV_READ);
+                if (evbuffer_get_length(out) == 0)
+                    sconn_free(c); /* nothing to flush: close now */
+                return;
+            }
+            continue;
+        }
         evbuffer_add_printf(out, "HTTP/1.1 %d Scripted\r\nContent-Length: 0\r\n", rep.status);
         if (rep.headers)
             evbuffer_add(out, rep.headers, strlen(rep.headers));
@@ -138,10 +149,15 @@ static void read_cb(struct bufferevent *bev, void *arg)
             evbuffer_add_printf(out, "X-FloodControl-Remaining: 0\r\nX-FloodControl-Reset: %llu\r\n",
                                 (unsigned long long)reset);
         }
-        if (s->close_mode == TSRV_CLOSE_SAYING)
+        if (rep.token_reset_in_s > 0) {
+            uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.token_reset_in_s * 1000 + 999) / 1000;
+            evbuffer_add_printf(out, "X-Ratelimit-Remaining: 0\r\nX-Ratelimit-Reset: %llu\r\n",
+                                (unsigned long long)reset);
+        }
+        if (s->close_mode == TSRV_CLOSE_SAYING || rep.close_after)
             evbuffer_add_printf(out, "Connection: close\r\n");
         evbuffer_add(out, "\r\n", 2);
-        if (s->close_mode != TSRV_KEEP) {
+        if (s->close_mode != TSRV_KEEP || rep.close_after) {
             c->closing = 1;
             bufferevent_disable(bev, EV_READ);
             return;

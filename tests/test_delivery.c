@@ -498,6 +498,217 @@ START_TEST(max_pending_limit)
 }
 END_TEST
 
+
+/* ---- the client's response parser against raw replies ---- */
+
+static const struct {
+    const char *raw;
+    int close_after;
+    int err, status;
+    const char *body;
+    int64_t retry_after_delta_s, rl_remaining, rl_reset, flood_remaining;
+    int reusable;
+} raw_cases[] = {
+    {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n"
+     "0\r\nTrailer: t\r\n\r\n",
+     0, FBR_CLIENT_ERR_NONE, 200, "hello world", -1, -1, -1, -1, 1},
+    {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 0, FBR_CLIENT_ERR_NONE, 204,
+     "", -1, -1, -1, -1, 1},
+    {"HTTP/1.0 200 OK\r\n\r\nuntil eof", 1, FBR_CLIENT_ERR_NONE, 200, "until eof", -1, -1, -1, -1,
+     0},
+    {"HTTP/1.1 429 Slow down\r\ncontent-length: 2\r\nretry-after: 3\r\nx-ratelimit-remaining: 0"
+     "\r\nX-RATELIMIT-RESET: 1700000000\r\nx-FloodControl-Remaining:  7 \r\n\r\n{}",
+     0, FBR_CLIENT_ERR_NONE, 429, "{}", 3, 0, 1700000000, 7, 1},
+    {"HTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 5\r\n\r\nnope!", 0,
+     FBR_CLIENT_ERR_NONE, 400, "nope!", -1, -1, -1, -1, 0},
+    {"NOPE\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1, -1, 0},
+    {"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1,
+     -1, 0},
+    {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1,
+     -1, 0},
+    {"", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1, -1, 0},
+};
+
+static struct fbr_client_resp raw_resp;
+static char raw_body[600], raw_reason[400];
+static int raw_calls;
+static void raw_cb(const struct fbr_client_resp *r, void *arg)
+{
+    (void)arg;
+    raw_calls++;
+    raw_resp = *r;
+    snprintf(raw_body, sizeof(raw_body), "%.*s", (int)r->body_len, r->body);
+    snprintf(raw_reason, sizeof(raw_reason), "%s", r->reason);
+}
+static int raw_done(void)
+{
+    return raw_calls > 0;
+}
+
+START_TEST(client_parses_responses)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply rep = {0, NULL, 0, 0, raw_cases[_i].raw, raw_cases[_i].close_after};
+    tsrv_script(srv, "/raw", &rep, 1);
+    char err[256];
+    struct fbr_client_opts co = {1, 2000, 2000, NULL, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/raw", tsrv_port(srv));
+    static char ab[] = "ab", cd[] = "cd";
+    struct iovec body[2] = {{ab, 2}, {cd, 2}};
+    struct fbr_client_req req = {"POST", url, strlen(url), "X-T: 1\r\n", 8, body, 2, NULL};
+    uint64_t now_wall = fbr_wall_ms();
+    ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+    ck_assert(run_until(raw_done, 5000));
+    ck_assert_str_eq(tsrv_req(srv, 0)->body, "abcd");
+    ck_assert_msg((int)raw_resp.err == raw_cases[_i].err, "err %d: %s", raw_resp.err, raw_reason);
+    ck_assert_int_eq(raw_resp.status, raw_cases[_i].status);
+    if (raw_cases[_i].err == FBR_CLIENT_ERR_NONE) {
+        ck_assert_str_eq(raw_body, raw_cases[_i].body);
+        ck_assert_int_eq(raw_resp.ratelimit_remaining, raw_cases[_i].rl_remaining);
+        ck_assert_int_eq(raw_resp.ratelimit_reset, raw_cases[_i].rl_reset);
+        ck_assert_int_eq(raw_resp.flood_remaining, raw_cases[_i].flood_remaining);
+        if (raw_cases[_i].retry_after_delta_s < 0) {
+            ck_assert_int_eq(raw_resp.retry_after_wall_ms, -1);
+        } else {
+            int64_t d = raw_resp.retry_after_wall_ms - (int64_t)now_wall;
+            ck_assert_int_ge(d, raw_cases[_i].retry_after_delta_s * 1000);
+            ck_assert_int_lt(d, raw_cases[_i].retry_after_delta_s * 1000 + 1000);
+        }
+        /* a second request reuses the connection exactly when the response allowed it */
+        raw_calls = 0;
+        ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+        ck_assert(run_until(raw_done, 5000));
+        ck_assert_int_eq(raw_resp.status, 204);
+        ck_assert_int_eq(raw_resp.reused, raw_cases[_i].reusable);
+        ck_assert_uint_eq(tsrv_accepted(srv), raw_cases[_i].reusable ? 1 : 2);
+    } else {
+        ck_assert_ptr_nonnull(strstr(raw_reason, "127.0.0.1") ? raw_reason : strstr(raw_reason, "malformed"));
+    }
+    fbr_client_free(&c);
+}
+END_TEST
+
+START_TEST(order_kept_across_retries)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{500, NULL, 0}, {502, NULL, 0}};
+    tsrv_script(srv, "/v2/room/ord/", script, 2);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    for (int i = 0; i < 4; i++) {
+        char body[16];
+        snprintf(body, sizeof(body), "%d", i);
+        submit(url_for("http", "127.0.0.1", "ord"), body, NULL);
+    }
+    want = 4;
+    ck_assert(run_until(delivered_n, 10000));
+    static const char *const seen[] = {"0", "0", "0", "1", "2", "3"};
+    ck_assert_uint_eq(tsrv_nreqs(srv), 6);
+    for (size_t i = 0; i < 6; i++)
+        ck_assert_str_eq(tsrv_req(srv, i)->body, seen[i]);
+}
+END_TEST
+
+START_TEST(expires_into_dead_letter)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){503, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.retry_max_age_s = 1;
+    o.retry_initial_ms = 100;
+    o.retry_max_interval_ms = 300;
+    start(&o);
+    submit(url_for("http", "127.0.0.1", "x"), "{}", NULL);
+    want = 1;
+    ck_assert(run_until(dead_n, 5000));
+    ck_assert_uint_eq(M()->dead_expired, 1);
+    ck_assert_uint_ge(M()->attempts, 2);
+    json_error_t jerr;
+    json_t *j = json_load_file(fbr_delivery_dead_letter_path(eng), JSON_DISABLE_EOF_CHECK, &jerr);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "reason")), "expired"));
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "attempts")), (json_int_t)M()->attempts);
+    json_decref(j);
+}
+END_TEST
+
+START_TEST(request_timeout_retried)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/t/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 300;
+    start(&o);
+    uint64_t t0 = fbr_now_ms();
+    submit(url_for("http", "127.0.0.1", "t"), "{}", NULL);
+    want = 1;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_ge(fbr_now_ms() - t0, 300);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 1);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+}
+END_TEST
+
+/* X-Ratelimit-Remaining: 0 on a success holds every room of that token until the reset, and no
+ * other token. */
+static const char *url_plain(const char *room)
+{
+    static char buf[128];
+    snprintf(buf, sizeof(buf), "http://127.0.0.1:%d/v2/room/%s/notification", tsrv_port(srv), room);
+    return buf;
+}
+
+START_TEST(token_hold_from_headers)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{204, NULL, 0, 2, NULL, 0}};
+    tsrv_script(srv, "/v2/room/a/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.token_rate = (struct fbr_rate){500, 300};
+    start(&o);
+    submit(url_plain("a"), "a", "Bearer T1");
+    want = 1;
+    ck_assert(run_until(delivered_n, 3000));
+    uint64_t t0 = tsrv_req(srv, 0)->at_wall_ms;
+    submit(url_plain("b"), "b", "Bearer T1");
+    submit(url_plain("c"), "c", "Bearer T2");
+    want = 3;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_str_eq(tsrv_req(srv, 1)->body, "c");
+    ck_assert_uint_lt(tsrv_req(srv, 1)->at_wall_ms - t0, 500);
+    ck_assert_str_eq(tsrv_req(srv, 2)->body, "b");
+    ck_assert_uint_ge(tsrv_req(srv, 2)->at_wall_ms - t0, 2000);
+}
+END_TEST
+
+START_TEST(several_in_flight_per_destination)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply stall[] = {{0, NULL, 0}, {0, NULL, 0}, {0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/p/", stall, 3);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.per_destination_inflight = 3;
+    o.pool_size = 8;
+    start(&o);
+    for (int i = 0; i < 5; i++)
+        submit(url_for("http", "127.0.0.1", "p"), "{}", NULL);
+    event_base_loopexit(base, &(struct timeval){0, 300000});
+    event_base_dispatch(base);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 3);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 2);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 3);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -512,6 +723,12 @@ int main(void)
     tcase_add_test(tc, pool_bounded);
     tcase_add_loop_test(tc, server_closes_every_response, 0, 2);
     tcase_add_test(tc, max_pending_limit);
+    tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
+    tcase_add_test(tc, order_kept_across_retries);
+    tcase_add_test(tc, expires_into_dead_letter);
+    tcase_add_test(tc, request_timeout_retried);
+    tcase_add_test(tc, token_hold_from_headers);
+    tcase_add_test(tc, several_in_flight_per_destination);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tls");
     tcase_add_checked_fixture(tt, tls_setup, teardown);
