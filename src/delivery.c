@@ -287,10 +287,15 @@ static void try_send(struct delivery *dl, uint64_t now)
             dl->wake_ms = t;
         return;
     }
-    fbr_ratelimit_record(&d->rl, now);
-    if (dl->token)
-        fbr_ratelimit_record(&dl->token->rl, now);
+    /* Record the send after the transition, at a fresh time: the recorded time is then never
+     * earlier than the moment the attempt really started, so the window guarantee holds for
+     * real send times and not only for the time this pump began. */
+    struct token_limit *tok = dl->token;
     transition(dl, FBR_DS_IN_FLIGHT, 0, NULL);
+    uint64_t sent = fbr_now_ms();
+    fbr_ratelimit_record(&d->rl, sent);
+    if (tok)
+        fbr_ratelimit_record(&tok->rl, sent);
 }
 
 static void dest_pump(struct dest *d)

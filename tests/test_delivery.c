@@ -361,6 +361,7 @@ static int got_one(void)
 
 START_TEST(tls_wrong_host)
 {
+    got_calls = 0;
     SSL_CTX *ctx = server_ctx("wrong");
     srv = tsrv_new(base, ctx);
     char ca[128], err[256];
@@ -547,6 +548,7 @@ static int raw_done(void)
 
 START_TEST(client_parses_responses)
 {
+    raw_calls = 0;
     srv = tsrv_new(base, NULL);
     struct tsrv_reply rep = {0, NULL, 0, 0, raw_cases[_i].raw, raw_cases[_i].close_after};
     tsrv_script(srv, "/raw", &rep, 1);
