@@ -57,6 +57,7 @@ struct pool {
     TAILQ_HEAD(, conn) idle;
     TAILQ_HEAD(, call) waiting;
     unsigned nconns;  /* open or opening */
+    int kicking;      /* pool_kick() is running: nested calls leave the work to it */
 };
 
 struct conn {
@@ -88,6 +89,7 @@ struct call {
     int head_method;
     struct event *timer;
     int deferred; /* completion scheduled on the timer */
+    int requeued; /* already sent again after a kept-alive connection closed under it */
     int waiting;  /* in pool->waiting */
     TAILQ_ENTRY(call) link;     /* pool->waiting */
     TAILQ_ENTRY(call) all_link; /* client->calls */
@@ -131,6 +133,9 @@ static void call_deliver(struct call *call)
     event_free(call->timer);
     call->resp.reason = call->reason;
     call->resp.body = call->body;
+    if (call->resp.err != FBR_CLIENT_ERR_NONE && fbr_log_enabled(FBR_LOG_DEBUG))
+        fbr_log(FBR_LOG_DEBUG, call->req.log_id, NULL, "attempt failed (%s): %s",
+                fbr_client_err_name(call->resp.err), call->reason);
     call->cb(&call->resp, call->arg);
     free(call);
 }
@@ -607,6 +612,24 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
                 return;
             }
         }
+        if (conn->call && conn->call->resp.reused && !conn->got_bytes && !conn->call->requeued) {
+            /* The server closed a kept-alive connection as we reused it (the usual idle-close
+             * race): send once more on a fresh connection.  The receiver can drop a duplicate by
+             * its delivery id should the first copy have been processed after all. */
+            struct call *call = conn->call;
+            conn->call = NULL;
+            call->conn = NULL;
+            call->requeued = 1;
+            call->resp.reused = 0;
+            evtimer_del(call->timer);
+            conn_destroy(conn);
+            call->waiting = 1;
+            TAILQ_INSERT_HEAD(&pool->waiting, call, link);
+            arm_timer(call, pool->client->opts.connect_timeout_ms);
+            pool->client->stats.requeued++;
+            pool_kick(pool);
+            return;
+        }
         if (what & BEV_EVENT_EOF)
             conn_fail(conn, FBR_CLIENT_ERR_EOF, "%s:%s closed the connection %s", pool->host,
                       pool->port, conn->got_bytes ? "in the middle of the response"
@@ -749,13 +772,17 @@ static void conn_start_call(struct conn *conn, struct call *call)
 
 static void pool_kick(struct pool *pool)
 {
+    /* iterative, never nested: a connect that fails at once must not recurse per waiting call */
+    if (pool->kicking)
+        return;
+    pool->kicking = 1;
     while (!TAILQ_EMPTY(&pool->waiting)) {
         struct call *call = TAILQ_FIRST(&pool->waiting);
         struct conn *conn = TAILQ_FIRST(&pool->idle);
         if (conn) {
             TAILQ_REMOVE(&pool->idle, conn, link);
         } else if (pool->nconns >= pool->client->opts.pool_size) {
-            return;
+            break;
         }
         TAILQ_REMOVE(&pool->waiting, call, link);
         call->waiting = 0;
@@ -765,6 +792,7 @@ static void pool_kick(struct pool *pool)
         else
             conn_open(pool, call);
     }
+    pool->kicking = 0;
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)

@@ -4,7 +4,9 @@
  * literals skip it), TLS verifies the certificate chain and the host name by default (TLS 1.2
  * minimum, SNI, system trust store or a CA file), connections are kept alive and pooled per origin
  * (scheme, host, port) with at most pool_size of them, every attempt has its own deadline timer,
- * and request bodies are written from the caller's iovec slices without copying.
+ * and request bodies are written from the caller's iovec slices without copying.  When a server
+ * closes a kept-alive connection just as it is reused (no response byte seen), the request is
+ * sent once more on a fresh connection; any other failure is reported, never retried here.
  *
  * Callback contract: if fbr_client_request() returns an error the callback is never called;
  * otherwise it is called exactly once, never from inside fbr_client_request() itself, unless the
@@ -102,6 +104,8 @@ struct fbr_client_stats {
     uint64_t connections_opened; /* TCP connections attempted */
     uint64_t connections_reused; /* requests sent on a kept-alive connection */
     uint64_t open_now;           /* connections currently open or opening */
+    uint64_t requeued;           /* requests sent again because a kept-alive connection closed
+                                    before any response byte (at most once per request) */
 };
 void fbr_client_get_stats(const struct fbr_client *c, struct fbr_client_stats *out);
 
