@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* ---------------------------------------------------------------------------------------------
  * Compiled form
@@ -664,6 +667,19 @@ static size_t json_plain_run(const unsigned char *s, size_t n)
 {
     const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
     size_t i = 0;
+#ifdef __SSE2__
+    /* as signed bytes, controls and every byte >= 0x80 are below 0x20: one compare covers both */
+    const __m128i lim = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"');
+    const __m128i bslash = _mm_set1_epi8('\\');
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
+                                 _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)));
+        int bits = _mm_movemask_epi8(m);
+        if (bits)
+            return i + (size_t)__builtin_ctz((unsigned)bits);
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, s + i, 8);
@@ -678,8 +694,9 @@ static size_t json_plain_run(const unsigned char *s, size_t n)
     return i;
 }
 
-/* Returns 1 when s can go into a JSON string literal as it is. */
-static int json_clean(const char *src, size_t n)
+/* Returns n when s can go into a JSON string literal as it is, else the offset of the first
+ * byte that needs escaping or replacing. */
+static size_t json_clean_prefix(const char *src, size_t n)
 {
     const unsigned char *s = (const unsigned char *)src;
     size_t i = 0;
@@ -687,19 +704,14 @@ static int json_clean(const char *src, size_t n)
         i += json_plain_run(s + i, n - i);
         if (i == n)
             break;
-        uint8_t k = json_class[s[i]];
-        if (k == 0) {
-            i++;
-        } else if (k == 1) {
-            return 0;
-        } else {
-            size_t bad, l = utf8_seq(s + i, n - i, &bad);
-            if (l == 0)
-                return 0;
-            i += l;
-        }
+        if (json_class[s[i]] == 1)
+            return i;
+        size_t bad, l = utf8_seq(s + i, n - i, &bad);
+        if (l == 0)
+            return i;
+        i += l;
     }
-    return 1;
+    return n;
 }
 
 static const char hexdig[] = "0123456789abcdef";
@@ -938,17 +950,20 @@ static size_t serialize(struct fbr_render *r, struct render_priv *p, const json_
 static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, const char *s,
                      size_t n, int in_scratch)
 {
-    size_t worst;
+    size_t clean = 0; /* JSON: leading bytes that need no escaping */
     uint8_t mask = 0;
+    int quoted = 0;
     switch (esc) {
     case ESC_JSON_STR:
-        if (json_clean(s, n))
+        clean = json_clean_prefix(s, n);
+        if (clean == n)
             goto as_is;
-        worst = 6 * n;
         break;
     case ESC_JSON_VAL:
     case ESC_JSON_KEY:
-        if (json_clean(s, n)) {
+        quoted = 1;
+        clean = json_clean_prefix(s, n);
+        if (clean == n) {
             if (in_scratch) {
                 /* quote around the formatted text: shift it right by one */
                 char *d = scratch_reserve(r, p, n + 2);
@@ -963,7 +978,6 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
             }
             return FBR_OK;
         }
-        worst = 6 * n + 2;
         break;
     case ESC_URL_PATH:
         mask = PCT_PATH;
@@ -976,7 +990,6 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
     pct:
         if (pct_clean(s, n, mask))
             goto as_is;
-        worst = 3 * n;
         break;
     case ESC_HEADER:
         for (size_t i = 0; i < n; i++)
@@ -991,22 +1004,35 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
         goto as_is;
     }
 
-    /* escaping changes the bytes: write the escaped form after the source */
+    /*
+     * Escaping changes the bytes.  A clean JSON prefix of an event string is still referenced
+     * in place; the rest is escaped into scratch (after the source when that is scratch too).
+     */
     {
-        size_t src_off = in_scratch ? p->len : 0;
-        size_t gap = in_scratch ? n : 0;
+        size_t gap = 0;
+        const char *src;
+        if (in_scratch) {
+            gap = n;
+            clean = 0;
+        } else if (clean) {
+            if (quoted)
+                push_iov(r, lit_quote, 1);
+            push_iov(r, s, clean);
+        }
+        size_t m = n - clean;
+        size_t worst = mask ? 3 * m : 6 * m + 2;
         char *d = scratch_reserve(r, p, gap + worst);
-        const char *src = in_scratch ? p->buf + src_off : s;
+        src = in_scratch ? p->buf + p->len : s + clean;
         char *out = d + gap;
         size_t k = 0;
-        if (esc == ESC_JSON_STR) {
-            k = json_escape(out, src, n);
-        } else if (esc == ESC_JSON_VAL || esc == ESC_JSON_KEY) {
-            out[k++] = '"';
-            k += json_escape(out + k, src, n);
-            out[k++] = '"';
+        if (mask) {
+            k = pct_escape(out, src, m, mask);
         } else {
-            k = pct_escape(out, src, n, mask);
+            if (quoted && !clean)
+                out[k++] = '"';
+            k += json_escape(out + k, src, m);
+            if (quoted)
+                out[k++] = '"';
         }
         if (gap)
             memmove(d, out, k);
@@ -1250,6 +1276,7 @@ int fbr_tpl_render(const struct fbr_tpl *t, const struct fbr_tpl_scope *scope,
     if (!scope)
         scope = &empty_scope;
     nc.have = 0;
+    p->tail_iov = 0; /* slices of an earlier render into r are never extended */
 
     if (t->nvars > STACK_VALS) {
         if (p->vals_cap < t->nvars) {
