@@ -44,30 +44,38 @@
 struct call;
 
 enum conn_state { CS_RESOLVING, CS_CONNECTING, CS_IDLE, CS_BUSY };
-enum parse_state { PS_STATUS, PS_HEADERS, PS_LEN, PS_CHUNK_SIZE, PS_CHUNK_DATA, PS_CHUNK_CRLF,
-                   PS_TRAILERS, PS_UNTIL_EOF };
+enum parse_state {
+    PS_STATUS,
+    PS_HEADERS,
+    PS_LEN,
+    PS_CHUNK_SIZE,
+    PS_CHUNK_DATA,
+    PS_CHUNK_CRLF,
+    PS_TRAILERS,
+    PS_UNTIL_EOF
+};
 
 struct pool {
     struct fbr_client *client;
     int tls;
     int host_is_ip;
-    char *host;       /* without IPv6 brackets */
-    char *host_hdr;   /* Host header value */
+    char *host;     /* without IPv6 brackets */
+    char *host_hdr; /* Host header value */
     char port[8];
     TAILQ_HEAD(, conn) idle;
     TAILQ_HEAD(, call) waiting;
-    unsigned nconns;  /* open or opening */
-    int kicking;      /* pool_kick() is running: nested calls leave the work to it */
+    unsigned nconns; /* open or opening */
+    int kicking;     /* pool_kick() is running: nested calls leave the work to it */
 };
 
 struct conn {
     struct pool *pool;
     struct bufferevent *bev;
     enum conn_state state;
-    int dead;                      /* abandoned while its DNS lookup runs; freed by the lookup */
+    int dead; /* abandoned while its DNS lookup runs; freed by the lookup */
     struct evutil_addrinfo *ai, *ai_next;
     struct call *call;
-    TAILQ_ENTRY(conn) link;        /* in pool->idle while idle */
+    TAILQ_ENTRY(conn) link; /* in pool->idle while idle */
     unsigned nrequests;
     /* response parser */
     enum parse_state ps;
@@ -88,10 +96,10 @@ struct call {
     size_t path_len;
     int head_method;
     struct event *timer;
-    int deferred; /* completion scheduled on the timer */
-    int requeued; /* already sent again after a kept-alive connection closed under it */
-    int waiting;  /* in pool->waiting */
-    TAILQ_ENTRY(call) link;     /* pool->waiting */
+    int deferred;           /* completion scheduled on the timer */
+    int requeued;           /* already sent again after a kept-alive connection closed under it */
+    int waiting;            /* in pool->waiting */
+    TAILQ_ENTRY(call) link; /* pool->waiting */
     TAILQ_ENTRY(call) all_link; /* client->calls */
     struct fbr_client_resp resp;
     char reason[320];
@@ -593,8 +601,9 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         if (pool->tls)
-            conn_fail(conn, FBR_CLIENT_ERR_TLS, "connection to %s:%s closed during the TLS handshake",
-                      pool->host, pool->port);
+            conn_fail(conn, FBR_CLIENT_ERR_TLS,
+                      "connection to %s:%s closed during the TLS handshake", pool->host,
+                      pool->port);
         else
             conn_fail(conn, FBR_CLIENT_ERR_CONNECT, "connecting to %s:%s failed", pool->host,
                       pool->port);
@@ -632,8 +641,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         }
         if (what & BEV_EVENT_EOF)
             conn_fail(conn, FBR_CLIENT_ERR_EOF, "%s:%s closed the connection %s", pool->host,
-                      pool->port, conn->got_bytes ? "in the middle of the response"
-                                                  : "before responding");
+                      pool->port,
+                      conn->got_bytes ? "in the middle of the response" : "before responding");
         else
             conn_fail(conn, FBR_CLIENT_ERR_IO, "I/O error with %s:%s: %s", pool->host, pool->port,
                       evutil_socket_error_to_string(sock_err));
@@ -921,8 +930,8 @@ static int parse_url(const char *u, size_t n, struct url *out)
 static struct pool *get_pool(struct fbr_client *c, const struct url *u)
 {
     char key[300];
-    int n = snprintf(key, sizeof(key), "%s://%.*s:%u", u->tls ? "https" : "http",
-                     (int)u->host_len, u->host, u->port);
+    int n = snprintf(key, sizeof(key), "%s://%.*s:%u", u->tls ? "https" : "http", (int)u->host_len,
+                     u->host, u->port);
     struct pool *pool = fbr_strmap_get(&c->pools, key, (size_t)n);
     if (pool)
         return pool;

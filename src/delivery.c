@@ -48,7 +48,7 @@ struct delivery {
     enum fbr_delivery_state state;
     char id[ID_LEN + 1];
     const char *method;
-    char *url;  /* flattened, owned */
+    char *url; /* flattened, owned */
     size_t url_len;
     char *head; /* "Name: value\r\n" lines incl. Content-Type and X-Firebridge-Delivery, owned */
     size_t head_len;
@@ -315,7 +315,8 @@ static void dest_pump(struct dest *d)
             try_send(dl, now);
         }
     }
-    TAILQ_FOREACH(dl, &d->queue, link) {
+    TAILQ_FOREACH(dl, &d->queue, link)
+    {
         if (!is_active(dl->state))
             break;
         if (dl->state == FBR_DS_WAITING_RATE)
@@ -395,9 +396,9 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
 
     if (r->err != FBR_CLIENT_ERR_NONE) {
         static const enum fbr_retry_reason map[FBR_CLIENT_ERR_COUNT] = {
-            [FBR_CLIENT_ERR_NONE] = FBR_RETRY_IO,       [FBR_CLIENT_ERR_DNS] = FBR_RETRY_DNS,
-            [FBR_CLIENT_ERR_CONNECT] = FBR_RETRY_CONNECT, [FBR_CLIENT_ERR_TLS] = FBR_RETRY_TLS,
-            [FBR_CLIENT_ERR_TIMEOUT] = FBR_RETRY_TIMEOUT, [FBR_CLIENT_ERR_EOF] = FBR_RETRY_EOF,
+            [FBR_CLIENT_ERR_NONE] = FBR_RETRY_IO,           [FBR_CLIENT_ERR_DNS] = FBR_RETRY_DNS,
+            [FBR_CLIENT_ERR_CONNECT] = FBR_RETRY_CONNECT,   [FBR_CLIENT_ERR_TLS] = FBR_RETRY_TLS,
+            [FBR_CLIENT_ERR_TIMEOUT] = FBR_RETRY_TIMEOUT,   [FBR_CLIENT_ERR_EOF] = FBR_RETRY_EOF,
             [FBR_CLIENT_ERR_PROTOCOL] = FBR_RETRY_PROTOCOL, [FBR_CLIENT_ERR_IO] = FBR_RETRY_IO,
         };
         fbr_log(FBR_LOG_DEBUG, dl->id, NULL, "attempt %u failed: %s", dl->attempts, r->reason);
@@ -597,7 +598,7 @@ static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_s
         fbr_strmap_put(&e->tokens, key, klen, t);
     }
     if (override && override->n)
-        fbr_ratelimit_set(&t->rl, override->n, (uint64_t)override->secs * 1000u);
+        fbr_ratelimit_set(&t->rl, override->n, (uint64_t) override->secs * 1000u);
     free(key);
     return t;
 }
@@ -823,12 +824,13 @@ static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, ui
     json_t *ct = json_object_get(j, "content_type");
     *id = json_string_value(json_object_get(j, "id"));
     *created = (uint64_t)json_integer_value(json_object_get(j, "created_ms"));
-    if (!method || !method_bit(method) || !json_is_string(url) || !json_is_array(headers) ||
-        !*id || strlen(*id) > ID_LEN)
+    if (!method || !method_bit(method) || !json_is_string(url) || !json_is_array(headers) || !*id ||
+        strlen(*id) > ID_LEN)
         return -1;
     size_t i;
     json_t *pair;
-    json_array_foreach(headers, i, pair) {
+    json_array_foreach(headers, i, pair)
+    {
         if (!json_is_string(json_array_get(pair, 0)) || !json_is_string(json_array_get(pair, 1)))
             return -1;
     }
@@ -860,7 +862,8 @@ static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, ui
     if (o->nheaders) {
         o->header_names = fbr_xcalloc(o->nheaders, sizeof(*o->header_names));
         o->headers = fbr_xcalloc(o->nheaders, sizeof(*o->headers));
-        json_array_foreach(headers, i, pair) {
+        json_array_foreach(headers, i, pair)
+        {
             json_t *v = json_array_get(pair, 1);
             o->header_names[i] = fbr_xstrdup(json_string_value(json_array_get(pair, 0)));
             fbr_render_init(&o->headers[i]);
@@ -941,13 +944,14 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
     for (unsigned i = 0; i < FBR_RETRY_COUNT; i++)
         evbuffer_add_printf(out, "firebridge_delivery_retries_total{reason=\"%s\"} %" PRIu64 "\n",
                             retry_names[i], m->retries[i]);
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_deliveries_pending Accepted, not yet delivered or dead.\n"
-                        "# TYPE firebridge_deliveries_pending gauge\n"
-                        "firebridge_deliveries_pending %" PRIu64 "\n"
-                        "# HELP firebridge_deliveries_in_state Live deliveries per state.\n"
-                        "# TYPE firebridge_deliveries_in_state gauge\n",
-                        m->pending);
+    evbuffer_add_printf(
+        out,
+        "# HELP firebridge_deliveries_pending Accepted, not yet delivered or dead.\n"
+        "# TYPE firebridge_deliveries_pending gauge\n"
+        "firebridge_deliveries_pending %" PRIu64 "\n"
+        "# HELP firebridge_deliveries_in_state Live deliveries per state.\n"
+        "# TYPE firebridge_deliveries_in_state gauge\n",
+        m->pending);
     for (unsigned s = FBR_DS_QUEUED; s <= FBR_DS_BACKING_OFF; s++)
         evbuffer_add_printf(out, "firebridge_deliveries_in_state{state=\"%s\"} %" PRIu64 "\n",
                             state_names[s], m->in_state[s]);
@@ -963,15 +967,12 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
     for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS; b++) {
         cum += m->latency_buckets[b];
         if (b < FBR_DELIVERY_LATENCY_BUCKETS - 1)
-            evbuffer_add_printf(out,
-                                "firebridge_delivery_latency_seconds_bucket{le=\"%g\"} %" PRIu64
-                                "\n",
-                                (double)fbr_delivery_latency_bounds_ms[b] / 1000.0, cum);
+            evbuffer_add_printf(
+                out, "firebridge_delivery_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+                (double)fbr_delivery_latency_bounds_ms[b] / 1000.0, cum);
         else
-            evbuffer_add_printf(out,
-                                "firebridge_delivery_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64
-                                "\n",
-                                cum);
+            evbuffer_add_printf(
+                out, "firebridge_delivery_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
     }
     evbuffer_add_printf(out,
                         "firebridge_delivery_latency_seconds_sum %.3f\n"

@@ -109,8 +109,8 @@ void *fbr_strmap_del(struct fbr_strmap *m, const char *key, size_t klen)
     return v;
 }
 
-void fbr_strmap_each(const struct fbr_strmap *m, void (*fn)(const char *key, void *value, void *arg),
-                     void *arg)
+void fbr_strmap_each(const struct fbr_strmap *m,
+                     void (*fn)(const char *key, void *value, void *arg), void *arg)
 {
     for (size_t i = 0; i < m->nbuckets; i++)
         for (struct fbr_strmap_entry *e = m->buckets[i]; e; e = e->next)

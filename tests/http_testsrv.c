@@ -146,7 +146,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
             evbuffer_add(out, rep.headers, strlen(rep.headers));
         if (rep.flood_reset_in_s > 0) {
             uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.flood_reset_in_s * 1000 + 999) / 1000;
-            evbuffer_add_printf(out, "X-FloodControl-Remaining: 0\r\nX-FloodControl-Reset: %llu\r\n",
+            evbuffer_add_printf(out,
+                                "X-FloodControl-Remaining: 0\r\nX-FloodControl-Reset: %llu\r\n",
                                 (unsigned long long)reset);
         }
         if (rep.token_reset_in_s > 0) {

@@ -13,8 +13,8 @@
 #include <stdint.h>
 
 struct tsrv_reply {
-    int status;          /* 0 = stall: never answer */
-    const char *headers; /* extra header lines "Name: v\r\n", may be NULL */
+    int status;           /* 0 = stall: never answer */
+    const char *headers;  /* extra header lines "Name: v\r\n", may be NULL */
     int flood_reset_in_s; /* > 0: add X-FloodControl-Remaining: 0 and a Reset this far ahead */
     int token_reset_in_s; /* > 0: add X-Ratelimit-Remaining: 0 and a Reset this far ahead */
     const char *raw;      /* non-NULL: write exactly these bytes instead (status ignored) */

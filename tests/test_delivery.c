@@ -499,7 +499,6 @@ START_TEST(max_pending_limit)
 }
 END_TEST
 
-
 /* ---- the client's response parser against raw replies ---- */
 
 static const struct {
@@ -587,7 +586,8 @@ START_TEST(client_parses_responses)
         ck_assert_int_eq(raw_resp.reused, raw_cases[_i].reusable);
         ck_assert_uint_eq(tsrv_accepted(srv), raw_cases[_i].reusable ? 1 : 2);
     } else {
-        ck_assert_ptr_nonnull(strstr(raw_reason, "127.0.0.1") ? raw_reason : strstr(raw_reason, "malformed"));
+        ck_assert_ptr_nonnull(strstr(raw_reason, "127.0.0.1") ? raw_reason
+                                                              : strstr(raw_reason, "malformed"));
     }
     fbr_client_free(&c);
 }

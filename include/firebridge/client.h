@@ -39,7 +39,7 @@ enum fbr_client_err {
 #define FBR_X(name, text) FBR_CLIENT_ERR_##name,
     FBR_CLIENT_ERR_MAP(FBR_X)
 #undef FBR_X
-    FBR_CLIENT_ERR_COUNT
+        FBR_CLIENT_ERR_COUNT
 };
 
 const char *fbr_client_err_name(enum fbr_client_err e);
@@ -54,24 +54,24 @@ struct fbr_client_opts {
 
 /* One request.  Everything is borrowed until the callback has been called. */
 struct fbr_client_req {
-    const char *method;       /* "POST", ... */
-    const char *url;          /* absolute http:// or https:// URL */
+    const char *method; /* "POST", ... */
+    const char *url;    /* absolute http:// or https:// URL */
     size_t url_len;
-    const char *head;         /* extra header lines, each "Name: value\r\n" (may be NULL) */
+    const char *head; /* extra header lines, each "Name: value\r\n" (may be NULL) */
     size_t head_len;
     const struct iovec *body; /* body slices, written by reference */
     size_t nbody;
-    const char *log_id;       /* delivery id for log lines (may be NULL) */
+    const char *log_id; /* delivery id for log lines (may be NULL) */
 };
 
 /* What came back.  Borrowed for the duration of the callback. */
 struct fbr_client_resp {
-    int status;               /* HTTP status, 0 when err != NONE */
+    int status; /* HTTP status, 0 when err != NONE */
     enum fbr_client_err err;
-    const char *reason;       /* human text for err ("TLS certificate verification failed ...") */
-    const char *body;         /* the first bytes of the response body (bounded), NUL-terminated */
+    const char *reason; /* human text for err ("TLS certificate verification failed ...") */
+    const char *body;   /* the first bytes of the response body (bounded), NUL-terminated */
     size_t body_len;
-    int reused;               /* the attempt ran on a kept-alive connection */
+    int reused; /* the attempt ran on a kept-alive connection */
     /* rate-limit hints, -1 when absent; resets and retry_after_wall_ms are wall-clock */
     int64_t retry_after_wall_ms;
     int64_t ratelimit_limit, ratelimit_remaining, ratelimit_reset;

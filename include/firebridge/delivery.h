@@ -46,19 +46,19 @@ enum fbr_delivery_state {
 const char *fbr_delivery_state_name(enum fbr_delivery_state s);
 
 struct fbr_delivery_opts {
-    unsigned pool_size;              /* connections per origin, default 4 */
-    unsigned connect_timeout_ms;     /* default 10000 */
-    unsigned request_timeout_ms;     /* default 30000 */
-    struct fbr_rate room_rate;       /* default 30/60; n == 0 after init means unlimited */
-    struct fbr_rate token_rate;      /* default 500/300 */
-    unsigned retry_initial_ms;       /* default 500 */
-    unsigned retry_max_interval_ms;  /* default 60000 */
-    unsigned retry_max_age_s;        /* default 86400 */
-    const char *ca_file;             /* NULL: system trust store (borrowed during _new) */
-    size_t max_pending;              /* undelivered deliveries before FBR_LIMIT, default 10000 */
-    const char *data_dir;            /* dead-letters.jsonl goes here (borrowed during _new) */
+    unsigned pool_size;                /* connections per origin, default 4 */
+    unsigned connect_timeout_ms;       /* default 10000 */
+    unsigned request_timeout_ms;       /* default 30000 */
+    struct fbr_rate room_rate;         /* default 30/60; n == 0 after init means unlimited */
+    struct fbr_rate token_rate;        /* default 500/300 */
+    unsigned retry_initial_ms;         /* default 500 */
+    unsigned retry_max_interval_ms;    /* default 60000 */
+    unsigned retry_max_age_s;          /* default 86400 */
+    const char *ca_file;               /* NULL: system trust store (borrowed during _new) */
+    size_t max_pending;                /* undelivered deliveries before FBR_LIMIT, default 10000 */
+    const char *data_dir;              /* dead-letters.jsonl goes here (borrowed during _new) */
     unsigned per_destination_inflight; /* default 1 */
-    int tls_insecure;                /* tests only */
+    int tls_insecure;                  /* tests only */
 };
 
 /* Fills opts with the defaults above (data_dir ".", ca_file NULL). */
@@ -81,7 +81,7 @@ enum fbr_retry_reason {
 #define FBR_X(name, text) FBR_RETRY_##name,
     FBR_RETRY_REASON_MAP(FBR_X)
 #undef FBR_X
-    FBR_RETRY_COUNT
+        FBR_RETRY_COUNT
 };
 
 #define FBR_DELIVERY_LATENCY_BUCKETS 12
@@ -89,15 +89,15 @@ enum fbr_retry_reason {
 extern const uint64_t fbr_delivery_latency_bounds_ms[FBR_DELIVERY_LATENCY_BUCKETS - 1];
 
 struct fbr_delivery_metrics {
-    uint64_t submitted;         /* accepted by fbr_delivery_submit / replay */
-    uint64_t rejected;          /* refused with FBR_LIMIT */
-    uint64_t delivered;         /* outcome: 2xx */
-    uint64_t dead_permanent;    /* outcome: 4xx other than 408/429, or an unsendable request */
-    uint64_t dead_expired;      /* outcome: retry_max_age passed */
-    uint64_t attempts;          /* HTTP attempts started */
+    uint64_t submitted;      /* accepted by fbr_delivery_submit / replay */
+    uint64_t rejected;       /* refused with FBR_LIMIT */
+    uint64_t delivered;      /* outcome: 2xx */
+    uint64_t dead_permanent; /* outcome: 4xx other than 408/429, or an unsendable request */
+    uint64_t dead_expired;   /* outcome: retry_max_age passed */
+    uint64_t attempts;       /* HTTP attempts started */
     uint64_t retries[FBR_RETRY_COUNT];
-    uint64_t pending;           /* gauge: accepted, not yet delivered or dead */
-    uint64_t in_state[FBR_DS_COUNT]; /* gauge per live state (delivered/dead stay 0) */
+    uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
+    uint64_t in_state[FBR_DS_COUNT];    /* gauge per live state (delivered/dead stay 0) */
     uint64_t destinations_rate_limited; /* gauge: destinations whose head waits on a limit */
     uint64_t latency_buckets[FBR_DELIVERY_LATENCY_BUCKETS]; /* non-cumulative counts */
     uint64_t latency_sum_ms;
@@ -152,13 +152,13 @@ struct fbr_delivery_info {
     const char *dest_key;
     unsigned attempts;
     uint64_t created_wall_ms;
-    const char *reason;  /* why the transition happened ("http 503", "429", ...), may be "" */
+    const char *reason; /* why the transition happened ("http 503", "429", ...), may be "" */
 };
 
 /* Called after every state change (from -> to), before any side effect of the new state. */
 typedef void (*fbr_delivery_transition_fn)(const struct fbr_delivery_info *d,
-                                           enum fbr_delivery_state from,
-                                           enum fbr_delivery_state to, void *arg);
+                                           enum fbr_delivery_state from, enum fbr_delivery_state to,
+                                           void *arg);
 void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn,
                                       void *arg);
 

@@ -17,11 +17,11 @@
 #include <stdint.h>
 
 struct fbr_ratelimit {
-    uint32_t n;             /* 0 = unlimited */
+    uint32_t n; /* 0 = unlimited */
     uint64_t window_ms;
-    uint64_t *ring;         /* send times (monotonic ms), grown on demand up to n entries */
+    uint64_t *ring;          /* send times (monotonic ms), grown on demand up to n entries */
     uint32_t cap, len, head; /* head = index of the oldest send */
-    uint64_t hold_until_ms; /* no send before this time (server said remaining 0 / 429) */
+    uint64_t hold_until_ms;  /* no send before this time (server said remaining 0 / 429) */
 };
 
 /* n sends per window_ms; n == 0 or window_ms == 0 means no limit (only holds apply). */

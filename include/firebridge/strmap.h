@@ -32,7 +32,7 @@ void fbr_strmap_put(struct fbr_strmap *m, const char *key, size_t klen, void *va
 /* Removes key; returns its value or NULL. */
 void *fbr_strmap_del(struct fbr_strmap *m, const char *key, size_t klen);
 /* Calls fn for every entry; fn must not modify the map. */
-void fbr_strmap_each(const struct fbr_strmap *m, void (*fn)(const char *key, void *value, void *arg),
-                     void *arg);
+void fbr_strmap_each(const struct fbr_strmap *m,
+                     void (*fn)(const char *key, void *value, void *arg), void *arg);
 
 #endif
