@@ -2,7 +2,12 @@
  * delivery.c (bench) - how fast the delivery engine and client push rendered requests to a local
  * plain-HTTP server (a forked child running the test server), with 1,000 rooms and every rate
  * limit lifted; and how much memory 100,000 queued deliveries cost while the server is down.
- * Prints one line per figure.  Usage: bench_delivery [deliveries] [pool_size]
+ * Prints one line per figure.
+ *
+ * Usage: bench_delivery [deliveries [pool_size [port]]]
+ * With a port, deliveries go to a server already listening on 127.0.0.1:port (for instance the
+ * HipChat-compatible contrib/hipchat-server with --any-token --any-room --no-limits) instead of
+ * the forked test server.
  */
 #include <event2/event.h>
 #include <signal.h>
@@ -65,25 +70,25 @@ int main(int argc, char **argv)
 {
     long total = argc > 1 ? atol(argv[1]) : 100000;
     unsigned pool = argc > 2 ? (unsigned)atoi(argv[2]) : 8;
+    int port = argc > 3 ? atoi(argv[3]) : 0;
     enum { ROOMS = 1000, QUEUED = 100000 };
     char err[256];
 
-    /* the server: a child process with its own loop */
+    /* the server: a child process with its own loop, unless one was given */
     int pfd[2];
     if (pipe(pfd) != 0)
         return 1;
-    pid_t child = fork();
+    pid_t child = port ? -1 : fork();
     if (child == 0) {
         struct event_base *b = event_base_new();
         struct tsrv *s = tsrv_new(b, NULL);
-        int port = tsrv_port(s);
-        if (write(pfd[1], &port, sizeof(port)) != sizeof(port))
+        int p = tsrv_port(s);
+        if (write(pfd[1], &p, sizeof(p)) != sizeof(p))
             _exit(1);
         event_base_dispatch(b);
         _exit(0);
     }
-    int port;
-    if (read(pfd[0], &port, sizeof(port)) != sizeof(port))
+    if (!port && read(pfd[0], &port, sizeof(port)) != sizeof(port))
         return 1;
 
     struct event_base *base = event_base_new();
@@ -97,7 +102,7 @@ int main(int argc, char **argv)
     uint64_t t0 = fbr_now_ms();
     long submitted = 0;
     const struct fbr_delivery_metrics *m = fbr_delivery_get_metrics(e);
-    while ((long)m->delivered < total) {
+    while ((long)(m->delivered + m->dead_permanent) < total) {
         /* keep about 20,000 pending: a steady intake rather than one giant burst */
         while (submitted < total && fbr_delivery_pending(e) < 20000) {
             struct fbr_outreq r;
@@ -113,12 +118,19 @@ int main(int argc, char **argv)
     struct fbr_client_stats cs;
     fbr_client_get_stats(fbr_delivery_client(e), &cs);
     printf("throughput: %ld deliveries to %d rooms over %u pooled connections in %llu ms = "
-           "%.0f deliveries/s (attempts %llu, connections opened %llu)\n",
+           "%.0f deliveries/s (delivered %llu, dead %llu, attempts %llu, connections opened "
+           "%llu)\n",
            total, ROOMS, pool, (unsigned long long)ms, (double)total * 1000.0 / (double)ms,
+           (unsigned long long)m->delivered, (unsigned long long)m->dead_permanent,
            (unsigned long long)m->attempts, (unsigned long long)cs.connections_opened);
     fbr_delivery_engine_free(&e);
-    kill(child, SIGKILL);
-    waitpid(child, NULL, 0);
+    if (child > 0) {
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+    } else {
+        /* an external server is still up: aim the memory run at a port nobody listens on */
+        port = 9;
+    }
 
     /* memory: the server is gone, so everything stays queued (or backs off) */
     opts_lifted(&o, pool);
