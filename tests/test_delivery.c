@@ -711,6 +711,48 @@ START_TEST(several_in_flight_per_destination)
 }
 END_TEST
 
+/* Bodies that are not UTF-8 survive the dead-letter file byte for byte (base64), for every
+ * padding length. */
+START_TEST(binary_dead_letter_replay)
+{
+    static const char *const bodies[] = {"\xff", "\xff\xfe", "\xff\xfe\xfd", "a\xc3(b"};
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{400, NULL, 0}, {400, NULL, 0}, {400, NULL, 0}, {400, NULL, 0}};
+    tsrv_script(srv, "/v2/room/bin/", script, 4);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    for (size_t i = 0; i < 4; i++)
+        submit(url_for("http", "127.0.0.1", "bin"), bodies[i], NULL);
+    want = 4;
+    ck_assert(run_until(dead_n, 5000));
+    size_t count = 0;
+    char err[256];
+    ck_assert_int_eq(
+        fbr_delivery_replay_file(eng, fbr_delivery_dead_letter_path(eng), &count, err, sizeof(err)),
+        FBR_OK);
+    ck_assert_uint_eq(count, 4);
+    want = 4;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 8);
+    for (size_t i = 0; i < 4; i++) {
+        const struct tsrv_req *r = tsrv_req(srv, 4 + i);
+        ck_assert_uint_eq(r->body_len, strlen(bodies[i]));
+        ck_assert_mem_eq(r->body, bodies[i], r->body_len);
+        ck_assert_str_eq(r->delivery_id, tsrv_req(srv, i)->delivery_id);
+    }
+    /* a file with a bad line: entries before it are queued, the error names the line */
+    FILE *f = fopen(fbr_delivery_dead_letter_path(eng), "a");
+    fputs("{not json\n", f);
+    fclose(f);
+    ck_assert_int_eq(
+        fbr_delivery_replay_file(eng, fbr_delivery_dead_letter_path(eng), &count, err, sizeof(err)),
+        FBR_INVALID);
+    ck_assert_uint_eq(count, 4);
+    ck_assert_ptr_nonnull(strstr(err, "line 5"));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -727,6 +769,7 @@ int main(void)
     tcase_add_test(tc, max_pending_limit);
     tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
     tcase_add_test(tc, order_kept_across_retries);
+    tcase_add_test(tc, binary_dead_letter_replay);
     tcase_add_test(tc, expires_into_dead_letter);
     tcase_add_test(tc, request_timeout_retried);
     tcase_add_test(tc, token_hold_from_headers);
