@@ -22,6 +22,7 @@
 #include <event2/util.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -699,8 +700,15 @@ static int connect_next(struct conn *conn)
             return -1;
         }
         conn->pool->client->stats.connections_opened++;
-        if (bufferevent_socket_connect(conn->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0)
+        if (bufferevent_socket_connect(conn->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) {
+            /* A request goes out as several writes (TLS: one record per buffer chain); with
+             * Nagle on, the later ones wait for the peer's delayed ACK, about 40 ms each. */
+            int one = 1;
+            evutil_socket_t fd = bufferevent_getfd(conn->bev);
+            if (fd >= 0)
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
             return 0;
+        }
         conn->last_errno = EVUTIL_SOCKET_ERROR();
     }
     return -1;
