@@ -1074,6 +1074,11 @@ size_t fbr_delivery_pending(const struct fbr_delivery_engine *e)
     return (size_t)e->m.pending;
 }
 
+size_t fbr_delivery_room(const struct fbr_delivery_engine *e)
+{
+    return e->m.pending >= e->opts.max_pending ? 0 : (size_t)(e->opts.max_pending - e->m.pending);
+}
+
 const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e)
 {
     return &e->m;

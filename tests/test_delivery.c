@@ -474,6 +474,7 @@ START_TEST(max_pending_limit)
     ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_INVALID);
     ck_assert_uint_eq(r.url.total, strlen("file:///etc/passwd"));
     fbr_outreq_free(&r);
+    ck_assert_uint_eq(fbr_delivery_room(eng), 10);
     for (int i = 0; i < 10; i++) /* nobody listens on port 9: deliveries stay pending */
         submit("http://127.0.0.1:9/v2/room/1/notification", "{}", NULL);
     make_req(&r, "http://127.0.0.1:9/v2/room/1/notification", "{}", NULL);
@@ -481,6 +482,7 @@ START_TEST(max_pending_limit)
     ck_assert_uint_eq(r.url.total, strlen("http://127.0.0.1:9/v2/room/1/notification"));
     fbr_outreq_free(&r);
     ck_assert_uint_eq(fbr_delivery_pending(eng), 10);
+    ck_assert_uint_eq(fbr_delivery_room(eng), 0);
     ck_assert_uint_eq(M()->rejected, 1);
     event_base_loopexit(base, &(struct timeval){0, 300000});
     event_base_dispatch(base);

@@ -137,6 +137,9 @@ const char *fbr_delivery_dead_letter_path(const struct fbr_delivery_engine *e);
 
 /* Number of undelivered deliveries. */
 size_t fbr_delivery_pending(const struct fbr_delivery_engine *e);
+/* How many more submissions would be accepted now (max_pending minus pending, or 0); the
+ * intake's sink uses it to refuse an alert whose deliveries would not all fit. */
+size_t fbr_delivery_room(const struct fbr_delivery_engine *e);
 
 /* Counters (borrowed, live). */
 const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e);
