@@ -11,9 +11,10 @@
  * messages in the order they were submitted, and a slow or failing room never holds up another.
  *
  * Each delivery moves through an explicit state machine, changed only by one transition function
- * (which reports every change to an optional hook, the future journal):
+ * (which reports every change to an optional hook, the future journal; a new delivery is
+ * reported once as queued -> queued):
  *
- *   queued -> waiting_rate | in_flight
+ *   queued -> waiting_rate | in_flight | dead (expired: its limit opens after retry_max_age)
  *   waiting_rate -> in_flight | dead (expired)
  *   in_flight -> delivered | backing_off | waiting_rate (429) | dead
  *   backing_off -> waiting_rate | in_flight | dead (expired)
