@@ -755,6 +755,33 @@ START_TEST(binary_dead_letter_replay)
 }
 END_TEST
 
+/* A name that cannot resolve fails the attempt within the connect deadline (by evdns' answer or by
+ * the client's own timer, whichever comes first), and freeing the client with a lookup still
+ * pending is clean. */
+START_TEST(dns_failure_reported)
+{
+    char err[256];
+    struct fbr_client_opts co = {2, 700, 700, NULL, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    static const char url[] = "http://no-such-host.invalid:8080/v2/room/1/notification";
+    struct fbr_client_req req = {"POST", url, sizeof(url) - 1, NULL, 0, NULL, 0, NULL};
+    got_calls = 0;
+    uint64_t t0 = fbr_now_ms();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_uint_lt(fbr_now_ms() - t0, 1500);
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_DNS || got_err == FBR_CLIENT_ERR_TIMEOUT, "%d: %s",
+                  got_err, got_reason);
+    ck_assert_ptr_nonnull(strstr(got_reason, "no-such-host.invalid"));
+    /* a second lookup, abandoned by freeing the client while it may still run */
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    fbr_client_free(&c);
+    event_base_loop(base, EVLOOP_NONBLOCK); /* libevent finishes the failed lookups */
+    ck_assert_int_eq(got_calls, 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -772,6 +799,7 @@ int main(void)
     tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
     tcase_add_test(tc, order_kept_across_retries);
     tcase_add_test(tc, binary_dead_letter_replay);
+    tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, expires_into_dead_letter);
     tcase_add_test(tc, request_timeout_retried);
     tcase_add_test(tc, token_hold_from_headers);

@@ -86,7 +86,9 @@ typedef void (*fbr_client_cb)(const struct fbr_client_resp *resp, void *arg);
  */
 int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
                    struct fbr_client **out, char *err, size_t errlen);
-/* Closes every connection; pending callbacks are dropped, not called.  Sets *c to NULL. */
+/* Closes every connection; pending callbacks are dropped, not called.  Sets *c to NULL.
+ * Name lookups still running are failed by libevent from the loop: run it once more
+ * (EVLOOP_NONBLOCK) before event_base_free() so they can release their memory. */
 void fbr_client_free(struct fbr_client **c);
 
 /*

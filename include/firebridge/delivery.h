@@ -113,7 +113,8 @@ struct fbr_delivery_metrics {
 int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_opts *opts,
                             struct fbr_delivery_engine **out, char *err, size_t errlen);
 /* Drops every queued delivery (not dead-lettered: the journal will keep them) and frees the
- * engine.  Sets *e to NULL. */
+ * engine.  Sets *e to NULL.  As with fbr_client_free(), run the loop once more before freeing
+ * the base when name lookups may still be running. */
 void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 
 /*
