@@ -1,0 +1,114 @@
+/*
+ * client.h - the outbound HTTP/1.1 client at the end of the data path (delivery -> client):
+ * non-blocking over plain TCP and TLS on the one event loop.  Names resolve through evdns (IP
+ * literals skip it), TLS verifies the certificate chain and the host name by default (TLS 1.2
+ * minimum, SNI, system trust store or a CA file), connections are kept alive and pooled per origin
+ * (scheme, host, port) with at most pool_size of them, every attempt has its own deadline timer,
+ * and request bodies are written from the caller's iovec slices without copying.  When a server
+ * closes a kept-alive connection just as it is reused (no response byte seen), the request is
+ * sent once more on a fresh connection; any other failure is reported, never retried here.
+ *
+ * Callback contract: if fbr_client_request() returns an error the callback is never called;
+ * otherwise it is called exactly once, never from inside fbr_client_request() itself, unless the
+ * client is freed first (fbr_client_free() drops pending calls without calling them).
+ */
+#ifndef FIREBRIDGE_CLIENT_H
+#define FIREBRIDGE_CLIENT_H
+
+#include <event2/event.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "firebridge/common.h"
+
+struct fbr_client;
+
+/* Why an attempt produced no response; the names go to logs and the retries metric. */
+#define FBR_CLIENT_ERR_MAP(X)                                                                      \
+    X(NONE, "none")                                                                                \
+    X(DNS, "dns")                                                                                  \
+    X(CONNECT, "connect")                                                                          \
+    X(TLS, "tls")                                                                                  \
+    X(TIMEOUT, "timeout")                                                                          \
+    X(EOF, "eof")                                                                                  \
+    X(PROTOCOL, "protocol")                                                                        \
+    X(IO, "io")
+
+enum fbr_client_err {
+#define FBR_X(name, text) FBR_CLIENT_ERR_##name,
+    FBR_CLIENT_ERR_MAP(FBR_X)
+#undef FBR_X
+        FBR_CLIENT_ERR_COUNT
+};
+
+const char *fbr_client_err_name(enum fbr_client_err e);
+
+struct fbr_client_opts {
+    unsigned pool_size;          /* connections per origin (>= 1) */
+    unsigned connect_timeout_ms; /* DNS + TCP + TLS handshake, and waiting for a pooled slot */
+    unsigned request_timeout_ms; /* from writing the request to the end of the response */
+    const char *ca_file;         /* NULL: system trust store */
+    int insecure;                /* tests only: no certificate verification */
+};
+
+/* One request.  Everything is borrowed until the callback has been called. */
+struct fbr_client_req {
+    const char *method; /* "POST", ... */
+    const char *url;    /* absolute http:// or https:// URL */
+    size_t url_len;
+    const char *head; /* extra header lines, each "Name: value\r\n" (may be NULL) */
+    size_t head_len;
+    const struct iovec *body; /* body slices, written by reference */
+    size_t nbody;
+    const char *log_id; /* delivery id for log lines (may be NULL) */
+};
+
+/* What came back.  Borrowed for the duration of the callback. */
+struct fbr_client_resp {
+    int status; /* HTTP status, 0 when err != NONE */
+    enum fbr_client_err err;
+    const char *reason; /* human text for err ("TLS certificate verification failed ...") */
+    const char *body;   /* the first bytes of the response body (bounded), NUL-terminated */
+    size_t body_len;
+    int reused; /* the attempt ran on a kept-alive connection */
+    /* rate-limit hints, -1 when absent; resets and retry_after_wall_ms are wall-clock */
+    int64_t retry_after_wall_ms;
+    int64_t ratelimit_limit, ratelimit_remaining, ratelimit_reset;
+    int64_t flood_limit, flood_remaining, flood_reset;
+};
+
+typedef void (*fbr_client_cb)(const struct fbr_client_resp *resp, void *arg);
+
+/*
+ * Creates a client on base (borrowed, must outlive the client).  Returns FBR_OK and *out, or
+ * FBR_ERROR with a reason in err (e.g. an unreadable CA file).  Ignores SIGPIPE process-wide.
+ */
+int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
+                   struct fbr_client **out, char *err, size_t errlen);
+/* Closes every connection; pending callbacks are dropped, not called.  Sets *c to NULL.
+ * Name lookups still running are failed by libevent from the loop: run it once more
+ * (EVLOOP_NONBLOCK) before event_base_free() so they can release their memory. */
+void fbr_client_free(struct fbr_client **c);
+
+/*
+ * Starts one attempt.  Returns FBR_OK (cb will be called exactly once) or FBR_INVALID for a URL
+ * that is not an absolute http(s) URL (cb never called).
+ */
+int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
+                       void *arg);
+
+/* Parses an HTTP date (RFC 7231 IMF-fixdate) or delta-seconds relative to now_wall_ms into wall
+ * ms; returns -1 when unparsable. */
+int64_t fbr_client_parse_retry_after(const char *v, uint64_t now_wall_ms);
+
+struct fbr_client_stats {
+    uint64_t connections_opened; /* TCP connections attempted */
+    uint64_t connections_reused; /* requests sent on a kept-alive connection */
+    uint64_t open_now;           /* connections currently open or opening */
+    uint64_t requeued;           /* requests sent again because a kept-alive connection closed
+                                    before any response byte (at most once per request) */
+};
+void fbr_client_get_stats(const struct fbr_client *c, struct fbr_client_stats *out);
+
+#endif

@@ -1,0 +1,175 @@
+/*
+ * delivery.h - the delivery engine: the step of the data path between the webhooks (which render
+ * one fbr_outreq per fired webhook) and the client (which sends HTTP requests).  It queues every
+ * rendered request per destination, keeps their order, applies the room and token rate limits,
+ * retries with backoff, writes permanent failures to a dead-letter file and counts everything for
+ * /metrics.
+ *
+ * Destination key: o->rate_key when non-empty; host + room for HipChat-shaped URLs
+ * (/v2/room/{room}/notification); otherwise scheme + host + path.  Each destination is a FIFO with
+ * at most per_destination_inflight deliveries active, so with the default of 1 a room sees its
+ * messages in the order they were submitted, and a slow or failing room never holds up another.
+ *
+ * Each delivery moves through an explicit state machine, changed only by one transition function
+ * (which reports every change to an optional hook, the future journal; a new delivery is
+ * reported once as queued -> queued):
+ *
+ *   queued -> waiting_rate | in_flight | dead (expired: its limit opens after retry_max_age)
+ *   waiting_rate -> in_flight | dead (expired)
+ *   in_flight -> delivered | backing_off | waiting_rate (429) | dead
+ *   backing_off -> waiting_rate | in_flight | dead (expired)
+ */
+#ifndef FIREBRIDGE_DELIVERY_H
+#define FIREBRIDGE_DELIVERY_H
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdint.h>
+
+#include "firebridge/client.h"
+#include "firebridge/common.h"
+#include "firebridge/webhook.h"
+
+struct fbr_delivery_engine;
+struct fbr_delivery;
+
+enum fbr_delivery_state {
+    FBR_DS_QUEUED,
+    FBR_DS_WAITING_RATE,
+    FBR_DS_IN_FLIGHT,
+    FBR_DS_BACKING_OFF,
+    FBR_DS_DELIVERED,
+    FBR_DS_DEAD,
+    FBR_DS_COUNT
+};
+
+/* Returns a static name ("queued", "waiting_rate", ...). */
+const char *fbr_delivery_state_name(enum fbr_delivery_state s);
+
+struct fbr_delivery_opts {
+    unsigned pool_size;                /* connections per origin, default 4 */
+    unsigned connect_timeout_ms;       /* default 10000 */
+    unsigned request_timeout_ms;       /* default 30000 */
+    struct fbr_rate room_rate;         /* default 30/60; n == 0 after init means unlimited */
+    struct fbr_rate token_rate;        /* default 500/300 */
+    unsigned retry_initial_ms;         /* default 500 */
+    unsigned retry_max_interval_ms;    /* default 60000 */
+    unsigned retry_max_age_s;          /* default 86400 */
+    const char *ca_file;               /* NULL: system trust store (borrowed during _new) */
+    size_t max_pending;                /* undelivered deliveries before FBR_LIMIT, default 10000 */
+    const char *data_dir;              /* dead-letters.jsonl goes here (borrowed during _new) */
+    unsigned per_destination_inflight; /* default 1 */
+    int tls_insecure;                  /* tests only */
+};
+
+/* Fills opts with the defaults above (data_dir ".", ca_file NULL). */
+void fbr_delivery_opts_init(struct fbr_delivery_opts *opts);
+
+/* Why deliveries were retried (bounded label set for /metrics). */
+#define FBR_RETRY_REASON_MAP(X)                                                                    \
+    X(HTTP_5XX, "http_5xx")                                                                        \
+    X(HTTP_408, "http_408")                                                                        \
+    X(HTTP_429, "http_429")                                                                        \
+    X(DNS, "dns")                                                                                  \
+    X(CONNECT, "connect")                                                                          \
+    X(TLS, "tls")                                                                                  \
+    X(TIMEOUT, "timeout")                                                                          \
+    X(EOF, "eof")                                                                                  \
+    X(PROTOCOL, "protocol")                                                                        \
+    X(IO, "io")
+
+enum fbr_retry_reason {
+#define FBR_X(name, text) FBR_RETRY_##name,
+    FBR_RETRY_REASON_MAP(FBR_X)
+#undef FBR_X
+        FBR_RETRY_COUNT
+};
+
+#define FBR_DELIVERY_LATENCY_BUCKETS 12
+/* Upper bounds (ms) of the latency buckets; the last bucket is +Inf. */
+extern const uint64_t fbr_delivery_latency_bounds_ms[FBR_DELIVERY_LATENCY_BUCKETS - 1];
+
+struct fbr_delivery_metrics {
+    uint64_t submitted;      /* accepted by fbr_delivery_submit / replay */
+    uint64_t rejected;       /* refused with FBR_LIMIT */
+    uint64_t delivered;      /* outcome: 2xx */
+    uint64_t dead_permanent; /* outcome: 4xx other than 408/429, or an unsendable request */
+    uint64_t dead_expired;   /* outcome: retry_max_age passed */
+    uint64_t attempts;       /* HTTP attempts started */
+    uint64_t retries[FBR_RETRY_COUNT];
+    uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
+    uint64_t in_state[FBR_DS_COUNT];    /* gauge per live state (delivered/dead stay 0) */
+    uint64_t destinations_rate_limited; /* gauge: destinations whose head waits on a limit */
+    uint64_t latency_buckets[FBR_DELIVERY_LATENCY_BUCKETS]; /* non-cumulative counts */
+    uint64_t latency_sum_ms;
+    uint64_t latency_count;
+    uint64_t dead_letter_write_errors;
+};
+
+/*
+ * Creates an engine on base (borrowed, must outlive it).  Returns FBR_OK and *out, or FBR_ERROR
+ * with a reason in err (CA file unreadable, data_dir missing).
+ */
+int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_opts *opts,
+                            struct fbr_delivery_engine **out, char *err, size_t errlen);
+/* Drops every queued delivery (not dead-lettered: the journal will keep them) and frees the
+ * engine.  Sets *e to NULL.  As with fbr_client_free(), run the loop once more before freeing
+ * the base when name lookups may still be running. */
+void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
+
+/*
+ * Queues one rendered request.  On FBR_OK the engine has taken over o's contents and references
+ * (o is left initialised, empty, reusable).  On FBR_LIMIT (max_pending undelivered) or
+ * FBR_INVALID (URL not absolute http(s)) o is untouched and still the caller's.
+ * If id is non-NULL it receives the delivery id (at least 33 bytes).
+ */
+int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id);
+
+/*
+ * Reads a dead-letter file (one JSON object per line, as written by the engine) and queues each
+ * entry again with its original id, bypassing max_pending (an operator's explicit action).
+ * Returns FBR_OK with *count set, FBR_NOTFOUND when the file cannot be opened, or FBR_INVALID
+ * naming the first bad line in err (entries before it stay queued).
+ */
+int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, size_t *count,
+                             char *err, size_t errlen);
+
+/* Path of the dead-letter file (borrowed). */
+const char *fbr_delivery_dead_letter_path(const struct fbr_delivery_engine *e);
+
+/* Number of undelivered deliveries. */
+size_t fbr_delivery_pending(const struct fbr_delivery_engine *e);
+/* How many more submissions would be accepted now (max_pending minus pending, or 0); the
+ * intake's sink uses it to refuse an alert whose deliveries would not all fit. */
+size_t fbr_delivery_room(const struct fbr_delivery_engine *e);
+
+/* Counters (borrowed, live). */
+const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e);
+/* Appends the counters as Prometheus text lines (# HELP/# TYPE and samples) to out. */
+void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbuffer *out);
+
+/* The client, for tests and statistics (borrowed). */
+struct fbr_client *fbr_delivery_client(struct fbr_delivery_engine *e);
+
+/* Read-only view of a delivery for the transition hook. */
+struct fbr_delivery_info {
+    const char *id;
+    const char *dest_key;
+    unsigned attempts;
+    uint64_t created_wall_ms;
+    const char *reason; /* why the transition happened ("http 503", "429", ...), may be "" */
+};
+
+/* Called after every state change (from -> to), before any side effect of the new state. */
+typedef void (*fbr_delivery_transition_fn)(const struct fbr_delivery_info *d,
+                                           enum fbr_delivery_state from, enum fbr_delivery_state to,
+                                           void *arg);
+void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn,
+                                      void *arg);
+
+/* Full-jitter backoff: a uniform draw (rnd, any 64-bit value) in [0, min(max_ms, initial_ms *
+ * 2^(failures-1))]; failures >= 1. */
+uint64_t fbr_delivery_backoff_ms(uint64_t initial_ms, uint64_t max_ms, unsigned failures,
+                                 uint64_t rnd);
+
+#endif

@@ -1,0 +1,1109 @@
+/*
+ * client.c - the outbound HTTP/1.1 client under the delivery engine (delivery -> client -> the
+ * chat service).  Built from libevent bufferevents (OpenSSL ones for https), evdns for names and
+ * a small incremental response parser (status line, headers, Content-Length, chunked, or
+ * close-delimited bodies).  libevent's own evhttp client was not used: it has one combined
+ * timeout, loses requests on kept-alive TLS connections the server closes, and resolves with a
+ * blocking getaddrinfo without an evdns base (see the shared notes on libevent).
+ *
+ * Pooling: one pool per origin holds idle connections and a FIFO of calls waiting for one; at
+ * most pool_size connections (idle, busy or opening) exist per origin.  Each TCP connection gets a
+ * fresh SSL object and bufferevent.  A connection is reused only after a complete response that
+ * allows it (HTTP/1.1, no "Connection: close", nothing left in either buffer); an idle one that
+ * gets data or EOF is closed.
+ */
+#include "firebridge/client.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/util.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "fbr_build.h"
+#include "firebridge/log.h"
+#include "firebridge/strmap.h"
+
+#define MAX_LINE 16384         /* one status or header line */
+#define MAX_HEADER_BYTES 65536 /* all header lines of one response */
+#define BODY_SAMPLE 512        /* bytes of a response body kept for error reasons */
+
+struct call;
+
+enum conn_state { CS_RESOLVING, CS_CONNECTING, CS_IDLE, CS_BUSY };
+enum parse_state {
+    PS_STATUS,
+    PS_HEADERS,
+    PS_LEN,
+    PS_CHUNK_SIZE,
+    PS_CHUNK_DATA,
+    PS_CHUNK_CRLF,
+    PS_TRAILERS,
+    PS_UNTIL_EOF
+};
+
+struct pool {
+    struct fbr_client *client;
+    int tls;
+    int host_is_ip;
+    char *host;     /* without IPv6 brackets */
+    char *host_hdr; /* Host header value */
+    char port[8];
+    TAILQ_HEAD(, conn) idle;
+    TAILQ_HEAD(, call) waiting;
+    unsigned nconns; /* open or opening */
+    int kicking;     /* pool_kick() is running: nested calls leave the work to it */
+};
+
+struct conn {
+    struct pool *pool;
+    struct bufferevent *bev;
+    enum conn_state state;
+    int dead; /* abandoned while its DNS lookup runs; freed by the lookup */
+    struct evutil_addrinfo *ai, *ai_next;
+    struct call *call;
+    TAILQ_ENTRY(conn) link; /* in pool->idle while idle */
+    unsigned nrequests;
+    /* response parser */
+    enum parse_state ps;
+    uint64_t remaining;
+    size_t header_bytes;
+    int chunked, has_len, conn_close, http10, got_bytes;
+    int last_errno;
+};
+
+struct call {
+    struct fbr_client *client;
+    struct pool *pool;
+    struct conn *conn;
+    fbr_client_cb cb;
+    void *arg;
+    struct fbr_client_req req;
+    const char *path;
+    size_t path_len;
+    int head_method;
+    struct event *timer;
+    int deferred;           /* completion scheduled on the timer */
+    int requeued;           /* already sent again after a kept-alive connection closed under it */
+    int waiting;            /* in pool->waiting */
+    TAILQ_ENTRY(call) link; /* pool->waiting */
+    TAILQ_ENTRY(call) all_link; /* client->calls */
+    struct fbr_client_resp resp;
+    char reason[320];
+    char body[BODY_SAMPLE + 1];
+};
+
+struct fbr_client {
+    struct event_base *base;
+    struct evdns_base *dns;
+    SSL_CTX *ssl_ctx;
+    struct fbr_client_opts opts;
+    struct fbr_strmap pools;
+    TAILQ_HEAD(, call) calls;
+    struct fbr_client_stats stats;
+};
+
+static const char *const err_names[] = {
+#define FBR_X(name, text) text,
+    FBR_CLIENT_ERR_MAP(FBR_X)
+#undef FBR_X
+};
+
+const char *fbr_client_err_name(enum fbr_client_err e)
+{
+    return (unsigned)e < FBR_CLIENT_ERR_COUNT ? err_names[e] : "unknown";
+}
+
+static void noop_cleanup(const void *data, size_t len, void *arg)
+{
+    (void)data, (void)len, (void)arg;
+}
+
+/* ---- calls ---- */
+
+static void call_deliver(struct call *call)
+{
+    struct fbr_client *c = call->client;
+    TAILQ_REMOVE(&c->calls, call, all_link);
+    event_free(call->timer);
+    call->resp.reason = call->reason;
+    call->resp.body = call->body;
+    if (call->resp.err != FBR_CLIENT_ERR_NONE && fbr_log_enabled(FBR_LOG_DEBUG))
+        fbr_log(FBR_LOG_DEBUG, call->req.log_id, NULL, "attempt failed (%s): %s",
+                fbr_client_err_name(call->resp.err), call->reason);
+    call->cb(&call->resp, call->arg);
+    free(call);
+}
+
+/* Completes a call that is no longer attached to a connection or a pool queue.  Its callback
+ * runs from the call's timer. */
+static void call_complete(struct call *call)
+{
+    /* Always from a fresh loop iteration: never from inside fbr_client_request(), and never
+     * nested in the connection callbacks that are still updating the pool. */
+    static const struct timeval zero = {0, 0};
+    call->conn = NULL;
+    call->deferred = 1;
+    evtimer_add(call->timer, &zero);
+}
+
+static void call_set_error(struct call *call, enum fbr_client_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void call_set_error(struct call *call, enum fbr_client_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+    va_end(ap);
+    call->resp.err = err;
+    call->resp.status = 0;
+}
+
+static void arm_timer(struct call *call, unsigned ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(call->timer, &tv);
+}
+
+/* ---- connections ---- */
+
+static void conn_destroy(struct conn *conn)
+{
+    struct pool *pool = conn->pool;
+    if (conn->state == CS_IDLE)
+        TAILQ_REMOVE(&pool->idle, conn, link);
+    if (!conn->dead) {
+        pool->nconns--;
+        pool->client->stats.open_now--;
+    }
+    if (conn->bev) {
+        /* drop references to the caller's body slices before they may go away */
+        struct evbuffer *out = bufferevent_get_output(conn->bev);
+        evbuffer_drain(out, evbuffer_get_length(out));
+        bufferevent_free(conn->bev);
+    }
+    if (conn->ai)
+        evutil_freeaddrinfo(conn->ai);
+    free(conn);
+}
+
+static void pool_kick(struct pool *pool);
+static void conn_start_call(struct conn *conn, struct call *call);
+
+/* Closes conn and fails its call (if any) with err. */
+static void conn_fail(struct conn *conn, enum fbr_client_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_fail(struct conn *conn, enum fbr_client_err err, const char *fmt, ...)
+{
+    struct pool *pool = conn->pool;
+    struct call *call = conn->call;
+    conn->call = NULL;
+    if (call) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+        va_end(ap);
+        call->resp.err = err;
+        call->resp.status = 0;
+        evtimer_del(call->timer);
+    }
+    conn_destroy(conn);
+    if (call)
+        call_complete(call);
+    pool_kick(pool);
+}
+
+static void write_request(struct conn *conn)
+{
+    struct call *call = conn->call;
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+    size_t body_len = 0;
+    for (size_t i = 0; i < call->req.nbody; i++)
+        body_len += call->req.body[i].iov_len;
+    evbuffer_add_printf(out, "%s %s%.*s HTTP/1.1\r\nHost: %s\r\nUser-Agent: firebridge/%s\r\n",
+                        call->req.method, call->path_len && call->path[0] == '/' ? "" : "/",
+                        (int)call->path_len, call->path, conn->pool->host_hdr, FBR_VERSION);
+    if (body_len || !(call->head_method || strcmp(call->req.method, "GET") == 0))
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", body_len);
+    if (call->req.head_len)
+        evbuffer_add(out, call->req.head, call->req.head_len);
+    evbuffer_add(out, "\r\n", 2);
+    for (size_t i = 0; i < call->req.nbody; i++)
+        if (call->req.body[i].iov_len)
+            evbuffer_add_reference(out, call->req.body[i].iov_base, call->req.body[i].iov_len,
+                                   noop_cleanup, NULL);
+    conn->ps = PS_STATUS;
+    conn->header_bytes = 0;
+    conn->chunked = conn->has_len = conn->conn_close = conn->http10 = conn->got_bytes = 0;
+    conn->nrequests++;
+    arm_timer(call, conn->pool->client->opts.request_timeout_ms);
+}
+
+static int64_t parse_int(const char *v)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (end == v || *end || errno || x < 0)
+        return -1;
+    return x;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        s[--n] = '\0';
+    return s;
+}
+
+static int has_token(const char *v, const char *tok)
+{
+    size_t n = strlen(tok);
+    for (const char *p = v; *p;) {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        size_t len = (size_t)(e - p);
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == n && strncasecmp(p, tok, n) == 0)
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
+/* Returns 0, or -1 for a malformed header line. */
+static int on_header(struct conn *conn, char *line)
+{
+    struct fbr_client_resp *r = &conn->call->resp;
+    char *colon = strchr(line, ':');
+    if (!colon || colon == line)
+        return -1;
+    *colon = '\0';
+    const char *name = line;
+    char *v = trim(colon + 1);
+    if (strcasecmp(name, "content-length") == 0) {
+        int64_t n = parse_int(v);
+        if (n < 0)
+            return -1;
+        conn->has_len = 1;
+        conn->remaining = (uint64_t)n;
+    } else if (strcasecmp(name, "transfer-encoding") == 0) {
+        conn->chunked = has_token(v, "chunked");
+    } else if (strcasecmp(name, "connection") == 0) {
+        if (has_token(v, "close"))
+            conn->conn_close = 1;
+    } else if (strcasecmp(name, "retry-after") == 0) {
+        r->retry_after_wall_ms = fbr_client_parse_retry_after(v, fbr_wall_ms());
+    } else if (strcasecmp(name, "x-ratelimit-limit") == 0) {
+        r->ratelimit_limit = parse_int(v);
+    } else if (strcasecmp(name, "x-ratelimit-remaining") == 0) {
+        r->ratelimit_remaining = parse_int(v);
+    } else if (strcasecmp(name, "x-ratelimit-reset") == 0) {
+        r->ratelimit_reset = parse_int(v);
+    } else if (strcasecmp(name, "x-floodcontrol-limit") == 0) {
+        r->flood_limit = parse_int(v);
+    } else if (strcasecmp(name, "x-floodcontrol-remaining") == 0) {
+        r->flood_remaining = parse_int(v);
+    } else if (strcasecmp(name, "x-floodcontrol-reset") == 0) {
+        r->flood_reset = parse_int(v);
+    }
+    return 0;
+}
+
+static void reset_resp(struct fbr_client_resp *r)
+{
+    r->status = 0;
+    r->err = FBR_CLIENT_ERR_NONE;
+    r->body_len = 0;
+    r->retry_after_wall_ms = -1;
+    r->ratelimit_limit = r->ratelimit_remaining = r->ratelimit_reset = -1;
+    r->flood_limit = r->flood_remaining = r->flood_reset = -1;
+}
+
+static void take_body(struct conn *conn, size_t n)
+{
+    struct call *call = conn->call;
+    struct evbuffer *in = bufferevent_get_input(conn->bev);
+    size_t room = BODY_SAMPLE - call->resp.body_len;
+    size_t k = n < room ? n : room;
+    if (k) {
+        evbuffer_remove(in, call->body + call->resp.body_len, k);
+        call->resp.body_len += k;
+        call->body[call->resp.body_len] = '\0';
+    }
+    evbuffer_drain(in, n - k);
+}
+
+static void response_done(struct conn *conn)
+{
+    struct pool *pool = conn->pool;
+    struct call *call = conn->call;
+    conn->call = NULL;
+    evtimer_del(call->timer);
+    int keep = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF &&
+               evbuffer_get_length(bufferevent_get_input(conn->bev)) == 0 &&
+               evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0;
+    if (keep) {
+        conn->state = CS_IDLE;
+        TAILQ_INSERT_HEAD(&pool->idle, conn, link);
+    } else {
+        conn_destroy(conn);
+    }
+    call_complete(call);
+    pool_kick(pool);
+}
+
+/* Runs the parser over the input; returns 1 when the response is complete, 0 to wait, -1 on a
+ * protocol error (reason set in the call). */
+static int parse(struct conn *conn)
+{
+    struct call *call = conn->call;
+    struct evbuffer *in = bufferevent_get_input(conn->bev);
+    for (;;) {
+        size_t n;
+        char *line;
+        switch (conn->ps) {
+        case PS_STATUS:
+        case PS_HEADERS:
+        case PS_CHUNK_SIZE:
+        case PS_CHUNK_CRLF:
+        case PS_TRAILERS:
+            line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
+            if (!line) {
+                if (evbuffer_get_length(in) > MAX_LINE) {
+                    call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response line too long");
+                    return -1;
+                }
+                return 0;
+            }
+            conn->header_bytes += n + 2;
+            if (conn->header_bytes > MAX_HEADER_BYTES && conn->ps != PS_CHUNK_SIZE &&
+                conn->ps != PS_CHUNK_CRLF) {
+                free(line);
+                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response headers too large");
+                return -1;
+            }
+            break;
+        default:
+            line = NULL;
+            break;
+        }
+        switch (conn->ps) {
+        case PS_STATUS: {
+            unsigned minor, status;
+            char sp;
+            if (n == 0) { /* tolerate a stray CRLF before the status line */
+                free(line);
+                continue;
+            }
+            if (sscanf(line, "HTTP/1.%1u %3u%c", &minor, &status, &sp) < 2 || status < 100 ||
+                status > 599) {
+                free(line);
+                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed status line");
+                return -1;
+            }
+            free(line);
+            reset_resp(&call->resp);
+            call->resp.status = (int)status;
+            conn->http10 = minor == 0;
+            conn->ps = PS_HEADERS;
+            break;
+        }
+        case PS_HEADERS:
+            if (n > 0) {
+                int rc = on_header(conn, line);
+                free(line);
+                if (rc < 0) {
+                    call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed response header");
+                    return -1;
+                }
+                break;
+            }
+            free(line);
+            if (call->resp.status < 200) { /* 1xx: the real response follows */
+                conn->ps = PS_STATUS;
+                conn->has_len = conn->chunked = 0;
+                break;
+            }
+            if (call->head_method || call->resp.status == 204 || call->resp.status == 304)
+                return 1;
+            if (conn->chunked) {
+                conn->ps = PS_CHUNK_SIZE;
+            } else if (conn->has_len) {
+                if (conn->remaining == 0)
+                    return 1;
+                conn->ps = PS_LEN;
+            } else {
+                conn->ps = PS_UNTIL_EOF;
+            }
+            break;
+        case PS_LEN: {
+            size_t avail = evbuffer_get_length(in);
+            size_t k = avail < conn->remaining ? avail : (size_t)conn->remaining;
+            take_body(conn, k);
+            conn->remaining -= k;
+            if (conn->remaining == 0)
+                return 1;
+            return 0;
+        }
+        case PS_CHUNK_SIZE: {
+            char *end;
+            errno = 0;
+            unsigned long long sz = strtoull(line, &end, 16);
+            int bad = end == line || errno || (*end && *end != ';' && *end != ' ');
+            free(line);
+            if (bad) {
+                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk size");
+                return -1;
+            }
+            conn->remaining = sz;
+            conn->ps = sz ? PS_CHUNK_DATA : PS_TRAILERS;
+            break;
+        }
+        case PS_CHUNK_DATA: {
+            size_t avail = evbuffer_get_length(in);
+            if (!avail)
+                return 0;
+            size_t k = avail < conn->remaining ? avail : (size_t)conn->remaining;
+            take_body(conn, k);
+            conn->remaining -= k;
+            if (conn->remaining)
+                return 0;
+            conn->ps = PS_CHUNK_CRLF;
+            break;
+        }
+        case PS_CHUNK_CRLF:
+            free(line);
+            if (n != 0) {
+                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk end");
+                return -1;
+            }
+            conn->ps = PS_CHUNK_SIZE;
+            break;
+        case PS_TRAILERS:
+            free(line);
+            if (n == 0)
+                return 1;
+            break;
+        case PS_UNTIL_EOF:
+            take_body(conn, evbuffer_get_length(in));
+            return 0;
+        }
+    }
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *conn = arg;
+    (void)bev;
+    if (conn->state != CS_BUSY || !conn->call) {
+        /* data on an idle connection: nothing can be waiting for it */
+        struct pool *pool = conn->pool;
+        conn_destroy(conn);
+        pool_kick(pool);
+        return;
+    }
+    conn->got_bytes = 1;
+    int rc = parse(conn);
+    if (rc > 0) {
+        response_done(conn);
+    } else if (rc < 0) {
+        struct call *call = conn->call;
+        char reason[sizeof(call->reason)];
+        memcpy(reason, call->reason, sizeof(reason));
+        conn_fail(conn, FBR_CLIENT_ERR_PROTOCOL, "%s", reason);
+    }
+}
+
+static int connect_next(struct conn *conn);
+
+static void tls_reason(struct conn *conn, char *buf, size_t len)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(conn->bev);
+    long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    if (v != X509_V_OK) {
+        snprintf(buf, len, "TLS certificate verification failed for host %s: %s", conn->pool->host,
+                 X509_verify_cert_error_string(v));
+        return;
+    }
+    unsigned long e = bufferevent_get_openssl_error(conn->bev);
+    if (e) {
+        char es[200];
+        ERR_error_string_n(e, es, sizeof(es));
+        snprintf(buf, len, "TLS handshake with %s failed: %s", conn->pool->host, es);
+        return;
+    }
+    buf[0] = '\0';
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *conn = arg;
+    struct pool *pool = conn->pool;
+    char reason[300];
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        if (conn->state != CS_CONNECTING || !conn->call) {
+            conn_destroy(conn);
+            pool_kick(pool);
+            return;
+        }
+        conn->state = CS_BUSY;
+        evtimer_del(conn->call->timer);
+        write_request(conn);
+        return;
+    }
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)))
+        return;
+    int sock_err = EVUTIL_SOCKET_ERROR();
+    switch (conn->state) {
+    case CS_IDLE:
+    case CS_RESOLVING:
+        conn_destroy(conn);
+        pool_kick(pool);
+        return;
+    case CS_CONNECTING:
+        if (pool->tls) {
+            tls_reason(conn, reason, sizeof(reason));
+            if (reason[0]) {
+                conn_fail(conn, FBR_CLIENT_ERR_TLS, "%s", reason);
+                return;
+            }
+        }
+        if ((what & BEV_EVENT_ERROR) && sock_err) {
+            conn->last_errno = sock_err;
+            if (conn->ai_next && connect_next(conn) == 0)
+                return;
+            conn_fail(conn, FBR_CLIENT_ERR_CONNECT, "connecting to %s:%s failed: %s", pool->host,
+                      pool->port, evutil_socket_error_to_string(conn->last_errno));
+            return;
+        }
+        if (pool->tls)
+            conn_fail(conn, FBR_CLIENT_ERR_TLS,
+                      "connection to %s:%s closed during the TLS handshake", pool->host,
+                      pool->port);
+        else
+            conn_fail(conn, FBR_CLIENT_ERR_CONNECT, "connecting to %s:%s failed", pool->host,
+                      pool->port);
+        return;
+    case CS_BUSY:
+        if ((what & BEV_EVENT_EOF) && conn->call && conn->ps == PS_UNTIL_EOF) {
+            take_body(conn, evbuffer_get_length(bufferevent_get_input(conn->bev)));
+            response_done(conn);
+            return;
+        }
+        if (pool->tls) {
+            tls_reason(conn, reason, sizeof(reason));
+            if (reason[0]) {
+                conn_fail(conn, FBR_CLIENT_ERR_TLS, "%s", reason);
+                return;
+            }
+        }
+        if (conn->call && conn->call->resp.reused && !conn->got_bytes && !conn->call->requeued) {
+            /* The server closed a kept-alive connection as we reused it (the usual idle-close
+             * race): send once more on a fresh connection.  The receiver can drop a duplicate by
+             * its delivery id should the first copy have been processed after all. */
+            struct call *call = conn->call;
+            conn->call = NULL;
+            call->conn = NULL;
+            call->requeued = 1;
+            call->resp.reused = 0;
+            evtimer_del(call->timer);
+            conn_destroy(conn);
+            call->waiting = 1;
+            TAILQ_INSERT_HEAD(&pool->waiting, call, link);
+            arm_timer(call, pool->client->opts.connect_timeout_ms);
+            pool->client->stats.requeued++;
+            pool_kick(pool);
+            return;
+        }
+        if (what & BEV_EVENT_EOF)
+            conn_fail(conn, FBR_CLIENT_ERR_EOF, "%s:%s closed the connection %s", pool->host,
+                      pool->port,
+                      conn->got_bytes ? "in the middle of the response" : "before responding");
+        else
+            conn_fail(conn, FBR_CLIENT_ERR_IO, "I/O error with %s:%s: %s", pool->host, pool->port,
+                      evutil_socket_error_to_string(sock_err));
+        return;
+    }
+}
+
+static struct bufferevent *make_bev(struct conn *conn)
+{
+    struct pool *pool = conn->pool;
+    struct fbr_client *c = pool->client;
+    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+    struct bufferevent *bev;
+    if (pool->tls) {
+        SSL *ssl = SSL_new(c->ssl_ctx);
+        if (!ssl)
+            return NULL;
+        if (!pool->host_is_ip) {
+            SSL_set_tlsext_host_name(ssl, pool->host);
+            SSL_set1_host(ssl, pool->host);
+        } else {
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), pool->host);
+        }
+        bev = bufferevent_openssl_socket_new(c->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
+        if (!bev) {
+            SSL_free(ssl);
+            return NULL;
+        }
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    } else {
+        bev = bufferevent_socket_new(c->base, -1, opts);
+        if (!bev)
+            return NULL;
+    }
+    bufferevent_setcb(bev, read_cb, NULL, event_cb, conn);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    return bev;
+}
+
+/* Tries the next resolved address; returns 0 when a connect is under way, -1 when none is left
+ * (conn->last_errno says why the last one failed). */
+static int connect_next(struct conn *conn)
+{
+    while (conn->ai_next) {
+        struct evutil_addrinfo *ai = conn->ai_next;
+        conn->ai_next = ai->ai_next;
+        if (conn->bev) {
+            bufferevent_free(conn->bev);
+            conn->bev = NULL;
+        }
+        conn->bev = make_bev(conn);
+        if (!conn->bev) {
+            conn->last_errno = ENOMEM;
+            return -1;
+        }
+        conn->pool->client->stats.connections_opened++;
+        if (bufferevent_socket_connect(conn->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) {
+            /* A request goes out as several writes (TLS: one record per buffer chain); with
+             * Nagle on, the later ones wait for the peer's delayed ACK, about 40 ms each. */
+            int one = 1;
+            evutil_socket_t fd = bufferevent_getfd(conn->bev);
+            if (fd >= 0)
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            return 0;
+        }
+        conn->last_errno = EVUTIL_SOCKET_ERROR();
+    }
+    return -1;
+}
+
+static void start_connect(struct conn *conn)
+{
+    conn->state = CS_CONNECTING;
+    if (connect_next(conn) < 0)
+        conn_fail(conn, FBR_CLIENT_ERR_CONNECT, "connecting to %s:%s failed: %s", conn->pool->host,
+                  conn->pool->port, evutil_socket_error_to_string(conn->last_errno));
+}
+
+static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct conn *conn = arg;
+    if (conn->dead) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        conn_destroy(conn);
+        return;
+    }
+    if (result != 0 || !res) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        conn_fail(conn, FBR_CLIENT_ERR_DNS, "resolving %s failed: %s", conn->pool->host,
+                  evutil_gai_strerror(result));
+        return;
+    }
+    conn->ai = conn->ai_next = res;
+    start_connect(conn);
+}
+
+static void conn_open(struct pool *pool, struct call *call)
+{
+    struct fbr_client *c = pool->client;
+    struct conn *conn = fbr_xcalloc(1, sizeof(*conn));
+    conn->pool = pool;
+    conn->call = call;
+    call->conn = conn;
+    pool->nconns++;
+    c->stats.open_now++;
+    arm_timer(call, c->opts.connect_timeout_ms);
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    if (pool->host_is_ip) {
+        hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
+        struct evutil_addrinfo *res = NULL;
+        int rc = evutil_getaddrinfo(pool->host, pool->port, &hints, &res);
+        if (rc != 0) {
+            conn_fail(conn, FBR_CLIENT_ERR_DNS, "bad address %s: %s", pool->host,
+                      evutil_gai_strerror(rc));
+            return;
+        }
+        conn->ai = conn->ai_next = res;
+        start_connect(conn);
+        return;
+    }
+    conn->state = CS_RESOLVING;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    /* the callback may run before evdns_getaddrinfo() returns (hosts file, cached names) */
+    evdns_getaddrinfo(c->dns, pool->host, pool->port, &hints, dns_cb, conn);
+}
+
+static void conn_start_call(struct conn *conn, struct call *call)
+{
+    conn->call = call;
+    call->conn = conn;
+    call->resp.reused = 1;
+    conn->state = CS_BUSY;
+    if (conn->pool->client)
+        conn->pool->client->stats.connections_reused++;
+    write_request(conn);
+}
+
+static void pool_kick(struct pool *pool)
+{
+    /* iterative, never nested: a connect that fails at once must not recurse per waiting call */
+    if (pool->kicking)
+        return;
+    pool->kicking = 1;
+    while (!TAILQ_EMPTY(&pool->waiting)) {
+        struct call *call = TAILQ_FIRST(&pool->waiting);
+        struct conn *conn = TAILQ_FIRST(&pool->idle);
+        if (conn) {
+            TAILQ_REMOVE(&pool->idle, conn, link);
+        } else if (pool->nconns >= pool->client->opts.pool_size) {
+            break;
+        }
+        TAILQ_REMOVE(&pool->waiting, call, link);
+        call->waiting = 0;
+        evtimer_del(call->timer);
+        if (conn)
+            conn_start_call(conn, call);
+        else
+            conn_open(pool, call);
+    }
+    pool->kicking = 0;
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct call *call = arg;
+    struct fbr_client *c = call->client;
+    (void)fd, (void)what;
+    if (call->deferred) {
+        call_deliver(call);
+        return;
+    }
+    if (call->waiting) {
+        TAILQ_REMOVE(&call->pool->waiting, call, link);
+        call->waiting = 0;
+        call_set_error(call, FBR_CLIENT_ERR_TIMEOUT,
+                       "no free connection to %s within %u ms (pool of %u busy)", call->pool->host,
+                       c->opts.connect_timeout_ms, c->opts.pool_size);
+        call_complete(call);
+        return;
+    }
+    struct conn *conn = call->conn;
+    if (!conn)
+        return;
+    struct pool *pool = conn->pool;
+    if (conn->state == CS_RESOLVING) {
+        /* cancelling a pending evdns lookup can assert: abandon the connection instead */
+        conn->dead = 1;
+        conn->call = NULL;
+        pool->nconns--;
+        c->stats.open_now--;
+        call_set_error(call, FBR_CLIENT_ERR_TIMEOUT, "resolving %s timed out after %u ms",
+                       pool->host, c->opts.connect_timeout_ms);
+        call_complete(call);
+        pool_kick(pool);
+        return;
+    }
+    if (conn->state == CS_CONNECTING)
+        conn_fail(conn, FBR_CLIENT_ERR_TIMEOUT, "connecting to %s:%s timed out after %u ms",
+                  pool->host, pool->port, c->opts.connect_timeout_ms);
+    else
+        conn_fail(conn, FBR_CLIENT_ERR_TIMEOUT, "no complete response from %s:%s within %u ms",
+                  pool->host, pool->port, c->opts.request_timeout_ms);
+}
+
+/* ---- URLs and pools ---- */
+
+struct url {
+    int tls;
+    const char *host;
+    size_t host_len;
+    int bracketed;
+    unsigned port;
+    const char *path; /* path and query, may be empty */
+    size_t path_len;
+};
+
+static int parse_url(const char *u, size_t n, struct url *out)
+{
+    const char *end = u + n, *p;
+    if (n >= 8 && strncasecmp(u, "https://", 8) == 0) {
+        out->tls = 1;
+        p = u + 8;
+        out->port = 443;
+    } else if (n >= 7 && strncasecmp(u, "http://", 7) == 0) {
+        out->tls = 0;
+        p = u + 7;
+        out->port = 80;
+    } else {
+        return -1;
+    }
+    const char *a = p;
+    while (p < end && *p != '/' && *p != '?' && *p != '#')
+        p++;
+    const char *aend = p;
+    if (memchr(a, '@', (size_t)(aend - a)))
+        return -1; /* userinfo is not supported */
+    const char *hend = aend;
+    out->bracketed = 0;
+    if (a < aend && *a == '[') {
+        const char *rb = memchr(a, ']', (size_t)(aend - a));
+        if (!rb)
+            return -1;
+        out->host = a + 1;
+        out->host_len = (size_t)(rb - a - 1);
+        out->bracketed = 1;
+        hend = rb + 1;
+    } else {
+        const char *colon = memchr(a, ':', (size_t)(aend - a));
+        hend = colon ? colon : aend;
+        out->host = a;
+        out->host_len = (size_t)(hend - a);
+    }
+    if (out->host_len == 0 || out->host_len > 253)
+        return -1;
+    for (size_t i = 0; i < out->host_len; i++) {
+        unsigned char ch = (unsigned char)out->host[i];
+        if (ch <= ' ' || ch >= 0x7f || ch == '/' || ch == '\\')
+            return -1;
+    }
+    if (hend < aend) {
+        if (*hend != ':' || hend + 1 == aend)
+            return -1;
+        unsigned port = 0;
+        for (const char *q = hend + 1; q < aend; q++) {
+            if (*q < '0' || *q > '9')
+                return -1;
+            port = port * 10 + (unsigned)(*q - '0');
+            if (port > 65535)
+                return -1;
+        }
+        if (!port)
+            return -1;
+        out->port = port;
+    }
+    const char *hash = memchr(p, '#', (size_t)(end - p));
+    out->path = p;
+    out->path_len = (size_t)((hash ? hash : end) - p);
+    for (size_t i = 0; i < out->path_len; i++) {
+        unsigned char ch = (unsigned char)out->path[i];
+        if (ch <= ' ' || ch == 0x7f)
+            return -1;
+    }
+    return 0;
+}
+
+static struct pool *get_pool(struct fbr_client *c, const struct url *u)
+{
+    char key[300];
+    int n = snprintf(key, sizeof(key), "%s://%.*s:%u", u->tls ? "https" : "http", (int)u->host_len,
+                     u->host, u->port);
+    struct pool *pool = fbr_strmap_get(&c->pools, key, (size_t)n);
+    if (pool)
+        return pool;
+    pool = fbr_xcalloc(1, sizeof(*pool));
+    pool->client = c;
+    pool->tls = u->tls;
+    pool->host = fbr_xstrndup(u->host, u->host_len);
+    unsigned char buf[sizeof(struct in6_addr)];
+    pool->host_is_ip = evutil_inet_pton(AF_INET, pool->host, buf) == 1 ||
+                       evutil_inet_pton(AF_INET6, pool->host, buf) == 1;
+    char hh[300];
+    int def = u->port == (u->tls ? 443u : 80u);
+    if (def)
+        snprintf(hh, sizeof(hh), u->bracketed ? "[%s]" : "%s", pool->host);
+    else
+        snprintf(hh, sizeof(hh), u->bracketed ? "[%s]:%u" : "%s:%u", pool->host, u->port);
+    pool->host_hdr = fbr_xstrdup(hh);
+    snprintf(pool->port, sizeof(pool->port), "%u", u->port);
+    TAILQ_INIT(&pool->idle);
+    TAILQ_INIT(&pool->waiting);
+    fbr_strmap_put(&c->pools, key, (size_t)n, pool);
+    return pool;
+}
+
+int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
+                       void *arg)
+{
+    struct url u;
+    if (parse_url(req->url, req->url_len, &u) < 0)
+        return FBR_INVALID;
+    struct pool *pool = get_pool(c, &u);
+    struct call *call = fbr_xcalloc(1, sizeof(*call));
+    call->client = c;
+    call->pool = pool;
+    call->cb = cb;
+    call->arg = arg;
+    call->req = *req;
+    call->path = u.path;
+    call->path_len = u.path_len;
+    call->head_method = strcmp(req->method, "HEAD") == 0;
+    call->timer = evtimer_new(c->base, timer_cb, call);
+    reset_resp(&call->resp);
+    TAILQ_INSERT_TAIL(&c->calls, call, all_link);
+    call->waiting = 1;
+    TAILQ_INSERT_TAIL(&pool->waiting, call, link);
+    arm_timer(call, c->opts.connect_timeout_ms);
+    pool_kick(pool);
+    return FBR_OK;
+}
+
+int64_t fbr_client_parse_retry_after(const char *v, uint64_t now_wall_ms)
+{
+    while (*v == ' ')
+        v++;
+    if (*v >= '0' && *v <= '9') {
+        int64_t s = parse_int(v);
+        return s < 0 ? -1 : (int64_t)now_wall_ms + s * 1000;
+    }
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    const char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (!end || *end)
+        return -1;
+    time_t t = timegm(&tm);
+    return t < 0 ? -1 : (int64_t)t * 1000;
+}
+
+void fbr_client_get_stats(const struct fbr_client *c, struct fbr_client_stats *out)
+{
+    *out = c->stats;
+}
+
+/* ---- lifecycle ---- */
+
+int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
+                   struct fbr_client **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    signal(SIGPIPE, SIG_IGN);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "cannot create a TLS context");
+        return FBR_ERROR;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (opts->ca_file) {
+        if (SSL_CTX_load_verify_locations(ctx, opts->ca_file, NULL) != 1) {
+            char es[200];
+            ERR_error_string_n(ERR_get_error(), es, sizeof(es));
+            snprintf(err, errlen, "cannot load CA file %s: %s", opts->ca_file, es);
+            SSL_CTX_free(ctx);
+            return FBR_ERROR;
+        }
+    } else {
+        SSL_CTX_set_default_verify_paths(ctx);
+    }
+    SSL_CTX_set_verify(ctx, opts->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    struct evdns_base *dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!dns) {
+        snprintf(err, errlen, "cannot create a DNS resolver");
+        SSL_CTX_free(ctx);
+        return FBR_ERROR;
+    }
+    /* a missing or odd resolv.conf leaves hosts-file lookups working; not fatal */
+    evdns_base_resolv_conf_parse(dns, DNS_OPTIONS_ALL, "/etc/resolv.conf");
+    struct fbr_client *c = fbr_xcalloc(1, sizeof(*c));
+    c->base = base;
+    c->dns = dns;
+    c->ssl_ctx = ctx;
+    c->opts = *opts;
+    if (!c->opts.pool_size)
+        c->opts.pool_size = 1;
+    if (!c->opts.connect_timeout_ms)
+        c->opts.connect_timeout_ms = 10000;
+    if (!c->opts.request_timeout_ms)
+        c->opts.request_timeout_ms = 30000;
+    c->opts.ca_file = NULL; /* not kept: the string is the caller's */
+    fbr_strmap_init(&c->pools);
+    TAILQ_INIT(&c->calls);
+    *out = c;
+    return FBR_OK;
+}
+
+static void free_pool(const char *key, void *value, void *arg)
+{
+    struct pool *pool = value;
+    (void)key, (void)arg;
+    struct conn *conn;
+    while ((conn = TAILQ_FIRST(&pool->idle)))
+        conn_destroy(conn);
+    free(pool->host);
+    free(pool->host_hdr);
+    free(pool);
+}
+
+void fbr_client_free(struct fbr_client **cp)
+{
+    struct fbr_client *c = *cp;
+    if (!c)
+        return;
+    struct call *call;
+    while ((call = TAILQ_FIRST(&c->calls))) {
+        TAILQ_REMOVE(&c->calls, call, all_link);
+        if (call->waiting)
+            TAILQ_REMOVE(&call->pool->waiting, call, link);
+        if (call->conn) {
+            struct conn *conn = call->conn;
+            conn->call = NULL;
+            if (conn->state == CS_RESOLVING) {
+                conn->dead = 1; /* freed by the lookup's callback below */
+                conn->pool->nconns--;
+                c->stats.open_now--;
+            } else {
+                conn_destroy(conn);
+            }
+        }
+        event_free(call->timer);
+        free(call);
+    }
+    evdns_base_free(c->dns, 1);
+    fbr_strmap_each(&c->pools, free_pool, NULL);
+    fbr_strmap_clear(&c->pools);
+    SSL_CTX_free(c->ssl_ctx);
+    free(c);
+    *cp = NULL;
+}

@@ -1,0 +1,1097 @@
+/*
+ * delivery.c - the delivery engine between the webhooks (fbr_outreq in) and the client (HTTP
+ * attempts out); see delivery.h for the contract and the state machine.
+ *
+ * Layout: destinations (map key -> FIFO of deliveries) each with a room rate limiter and one wake
+ * timer; token rate limiters shared across destinations (map origin+token -> limiter).  The
+ * active deliveries of a destination (waiting_rate, in_flight, backing_off) are always a prefix
+ * of its FIFO, at most per_destination_inflight long; dest_pump() walks that prefix, sends what
+ * may go now, promotes queued deliveries into free slots and arms the wake timer for the earliest
+ * pending wake-up.  Every state change goes through transition(), which also performs the
+ * change's side effects (starting the HTTP attempt, writing the dead letter, freeing).
+ */
+#include "firebridge/delivery.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "firebridge/log.h"
+#include "firebridge/ratelimit.h"
+#include "firebridge/server.h"
+#include "firebridge/strmap.h"
+
+#define ID_LEN 32
+#define MAX_HOLD_MS (3600u * 1000u) /* ignore server reset times further away than this */
+#define JITTER_429_MS 250
+
+struct dest;
+
+struct token_limit {
+    struct fbr_ratelimit rl;
+};
+
+struct delivery {
+    TAILQ_ENTRY(delivery) link;
+    struct dest *dest;
+    struct token_limit *token;
+    enum fbr_delivery_state state;
+    char id[ID_LEN + 1];
+    const char *method;
+    char *url; /* flattened, owned */
+    size_t url_len;
+    char *head; /* "Name: value\r\n" lines incl. Content-Type and X-Firebridge-Delivery, owned */
+    size_t head_len;
+    struct fbr_outreq req; /* owned: keeps the body slices (and what they point into) alive */
+    unsigned attempts, failures;
+    uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
+    uint64_t wake_ms;
+    char *reason; /* last reason, owned, NULL until the first transition that gives one */
+};
+
+struct dest {
+    struct fbr_delivery_engine *engine;
+    char *key;
+    TAILQ_HEAD(, delivery) queue;
+    unsigned active;
+    struct fbr_ratelimit rl;
+    struct event *timer;
+    uint64_t timer_at; /* 0 when not armed */
+    int rate_limited;
+};
+
+struct fbr_delivery_engine {
+    struct event_base *base;
+    struct fbr_client *client;
+    struct fbr_delivery_opts opts;
+    char *data_dir;
+    char *dl_path;
+    struct fbr_strmap dests;
+    struct fbr_strmap tokens;
+    struct fbr_delivery_metrics m;
+    char id_prefix[17];
+    uint64_t id_counter;
+    fbr_delivery_transition_fn hook;
+    void *hook_arg;
+};
+
+static const char *const state_names[] = {"queued",      "waiting_rate", "in_flight",
+                                          "backing_off", "delivered",    "dead"};
+
+const char *fbr_delivery_state_name(enum fbr_delivery_state s)
+{
+    return (unsigned)s < FBR_DS_COUNT ? state_names[s] : "unknown";
+}
+
+static const char *const retry_names[] = {
+#define FBR_X(name, text) text,
+    FBR_RETRY_REASON_MAP(FBR_X)
+#undef FBR_X
+};
+
+const uint64_t fbr_delivery_latency_bounds_ms[FBR_DELIVERY_LATENCY_BUCKETS - 1] = {
+    10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000, 300000};
+
+void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->pool_size = 4;
+    o->connect_timeout_ms = 10000;
+    o->request_timeout_ms = 30000;
+    o->room_rate = (struct fbr_rate){30, 60};
+    o->token_rate = (struct fbr_rate){500, 300};
+    o->retry_initial_ms = 500;
+    o->retry_max_interval_ms = 60000;
+    o->retry_max_age_s = 86400;
+    o->max_pending = 10000;
+    o->data_dir = ".";
+    o->per_destination_inflight = 1;
+}
+
+uint64_t fbr_delivery_backoff_ms(uint64_t initial_ms, uint64_t max_ms, unsigned failures,
+                                 uint64_t rnd)
+{
+    uint64_t cap = initial_ms;
+    for (unsigned i = 1; i < failures && cap < max_ms; i++)
+        cap *= 2;
+    if (cap > max_ms)
+        cap = max_ms;
+    return rnd % (cap + 1);
+}
+
+static uint64_t rand64(void)
+{
+    uint64_t r;
+    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+        r = fbr_now_ms() * 6364136223846793005ull + 1442695040888963407ull;
+    return r;
+}
+
+/* ---- the state machine ---- */
+
+static int is_active(enum fbr_delivery_state s)
+{
+    return s == FBR_DS_WAITING_RATE || s == FBR_DS_IN_FLIGHT || s == FBR_DS_BACKING_OFF;
+}
+
+static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
+{
+    switch (from) {
+    case FBR_DS_QUEUED:
+        return to == FBR_DS_WAITING_RATE || to == FBR_DS_IN_FLIGHT || to == FBR_DS_DEAD;
+    case FBR_DS_WAITING_RATE:
+        return to == FBR_DS_IN_FLIGHT || to == FBR_DS_DEAD;
+    case FBR_DS_IN_FLIGHT:
+        return to == FBR_DS_DELIVERED || to == FBR_DS_BACKING_OFF || to == FBR_DS_WAITING_RATE ||
+               to == FBR_DS_DEAD;
+    case FBR_DS_BACKING_OFF:
+        return to == FBR_DS_WAITING_RATE || to == FBR_DS_IN_FLIGHT || to == FBR_DS_DEAD;
+    default:
+        return 0;
+    }
+}
+
+static void start_attempt(struct delivery *dl);
+static void write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
+static void delivery_free(struct delivery *dl);
+
+static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_delivery_state to)
+{
+    struct fbr_delivery_engine *e = dl->dest->engine;
+    if (!e->hook)
+        return;
+    struct fbr_delivery_info info = {dl->id, dl->dest->key, dl->attempts, dl->created_wall,
+                                     dl->reason ? dl->reason : ""};
+    e->hook(&info, from, to, e->hook_arg);
+}
+
+/*
+ * The one place a delivery changes state.  wake_ms (monotonic) is when a waiting_rate or
+ * backing_off delivery is due; reason (may be NULL) is kept for logs and dead letters.  After a
+ * move to delivered or dead the delivery is freed.
+ */
+static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t wake_ms,
+                       const char *reason)
+{
+    struct dest *d = dl->dest;
+    struct fbr_delivery_engine *e = d->engine;
+    enum fbr_delivery_state from = dl->state;
+    if (!allowed(from, to)) {
+        fbr_log(FBR_LOG_ERROR, dl->id, NULL, "bug: delivery transition %s -> %s",
+                fbr_delivery_state_name(from), fbr_delivery_state_name(to));
+        abort();
+    }
+    if (reason) {
+        free(dl->reason);
+        dl->reason = fbr_xstrdup(reason);
+    }
+    dl->state = to;
+    e->m.in_state[from]--;
+    if (is_active(to) || to == FBR_DS_QUEUED)
+        e->m.in_state[to]++;
+    if (!is_active(from) && is_active(to))
+        d->active++;
+    notify(dl, from, to);
+    if (fbr_log_enabled(FBR_LOG_DEBUG))
+        fbr_log(FBR_LOG_DEBUG, dl->id, NULL, "%s -> %s (%s)", fbr_delivery_state_name(from),
+                fbr_delivery_state_name(to), dl->reason ? dl->reason : "");
+
+    switch (to) {
+    case FBR_DS_WAITING_RATE:
+    case FBR_DS_BACKING_OFF:
+        dl->wake_ms = wake_ms;
+        break;
+    case FBR_DS_IN_FLIGHT:
+        start_attempt(dl);
+        break;
+    case FBR_DS_DELIVERED: {
+        uint64_t lat = fbr_now_ms() - dl->created_mono;
+        size_t b = 0;
+        while (b < FBR_DELIVERY_LATENCY_BUCKETS - 1 && lat > fbr_delivery_latency_bounds_ms[b])
+            b++;
+        e->m.latency_buckets[b]++;
+        e->m.latency_sum_ms += lat;
+        e->m.latency_count++;
+        e->m.delivered++;
+        goto finished;
+    }
+    case FBR_DS_DEAD: {
+        char masked[512];
+        fbr_log_mask_url(dl->url, dl->url_len, masked, sizeof(masked));
+        fbr_log(FBR_LOG_WARN, dl->id, NULL,
+                "delivery to %s is dead after %u attempt(s): %s; appended to %s", masked,
+                dl->attempts, dl->reason ? dl->reason : "", e->dl_path);
+        write_dead_letter(e, dl);
+        goto finished;
+    }
+    default:
+        break;
+    }
+    return;
+
+finished:
+    if (is_active(from))
+        d->active--;
+    e->m.pending--;
+    TAILQ_REMOVE(&d->queue, dl, link);
+    delivery_free(dl);
+}
+
+/* ---- scheduling ---- */
+
+static void dest_set_rate_limited(struct dest *d, int on)
+{
+    if (d->rate_limited == on)
+        return;
+    d->rate_limited = on;
+    if (on)
+        d->engine->m.destinations_rate_limited++;
+    else
+        d->engine->m.destinations_rate_limited--;
+}
+
+static uint64_t expiry_mono(const struct delivery *dl)
+{
+    return dl->created_mono + (uint64_t)dl->dest->engine->opts.retry_max_age_s * 1000u;
+}
+
+/* A queued, waiting or backed-off delivery whose time has come: send it or wait for the limit. */
+static void try_send(struct delivery *dl, uint64_t now)
+{
+    struct dest *d = dl->dest;
+    uint64_t t = fbr_ratelimit_next(&d->rl, now);
+    if (dl->token) {
+        uint64_t t2 = fbr_ratelimit_next(&dl->token->rl, now);
+        if (t2 > t)
+            t = t2;
+    }
+    if (t > now) {
+        if (t > expiry_mono(dl)) {
+            transition(dl, FBR_DS_DEAD, 0, "expired waiting for a rate limit (retry_max_age)");
+            d->engine->m.dead_expired++;
+            return;
+        }
+        if (dl->state != FBR_DS_WAITING_RATE)
+            transition(dl, FBR_DS_WAITING_RATE, t, "rate limit");
+        else
+            dl->wake_ms = t;
+        return;
+    }
+    /* Record the send after the transition, at a fresh time: the recorded time is then never
+     * earlier than the moment the attempt really started, so the window guarantee holds for
+     * real send times and not only for the time this pump began. */
+    struct token_limit *tok = dl->token;
+    transition(dl, FBR_DS_IN_FLIGHT, 0, NULL);
+    uint64_t sent = fbr_now_ms();
+    fbr_ratelimit_record(&d->rl, sent);
+    if (tok)
+        fbr_ratelimit_record(&tok->rl, sent);
+}
+
+static void dest_pump(struct dest *d)
+{
+    struct fbr_delivery_engine *e = d->engine;
+    uint64_t now = fbr_now_ms();
+    uint64_t wake = UINT64_MAX;
+    int limited = 0;
+    struct delivery *dl, *next;
+    for (dl = TAILQ_FIRST(&d->queue); dl; dl = next) {
+        next = TAILQ_NEXT(dl, link); /* try_send() may free dl, never next */
+        if (dl->state == FBR_DS_QUEUED) {
+            if (d->active >= e->opts.per_destination_inflight)
+                break;
+            try_send(dl, now);
+        } else if (dl->state != FBR_DS_IN_FLIGHT && dl->wake_ms <= now) {
+            try_send(dl, now);
+        }
+    }
+    TAILQ_FOREACH(dl, &d->queue, link)
+    {
+        if (!is_active(dl->state))
+            break;
+        if (dl->state == FBR_DS_WAITING_RATE)
+            limited = 1;
+        if (dl->state != FBR_DS_IN_FLIGHT && dl->wake_ms < wake)
+            wake = dl->wake_ms;
+    }
+    dest_set_rate_limited(d, limited);
+    if (wake == UINT64_MAX) {
+        if (d->timer_at) {
+            evtimer_del(d->timer);
+            d->timer_at = 0;
+        }
+        return;
+    }
+    if (d->timer_at != wake) {
+        uint64_t ms = wake > now ? wake - now : 0;
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        evtimer_add(d->timer, &tv);
+        d->timer_at = wake;
+    }
+}
+
+static void dest_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct dest *d = arg;
+    (void)fd, (void)what;
+    d->timer_at = 0;
+    dest_pump(d);
+}
+
+/* ---- attempts and outcomes ---- */
+
+static int64_t wall_to_mono(int64_t wall_ms, uint64_t now_mono, uint64_t now_wall)
+{
+    int64_t delta = wall_ms - (int64_t)now_wall;
+    if (delta < 0)
+        delta = 0;
+    if (delta > (int64_t)MAX_HOLD_MS)
+        delta = MAX_HOLD_MS;
+    return (int64_t)now_mono + delta;
+}
+
+static void retry_later(struct delivery *dl, enum fbr_retry_reason why, const char *reason)
+{
+    struct fbr_delivery_engine *e = dl->dest->engine;
+    const struct fbr_delivery_opts *o = &e->opts;
+    uint64_t now = fbr_now_ms();
+    dl->failures++;
+    uint64_t delay = fbr_delivery_backoff_ms(o->retry_initial_ms, o->retry_max_interval_ms,
+                                             dl->failures, rand64());
+    if (now + delay > expiry_mono(dl)) {
+        char r[300];
+        snprintf(r, sizeof(r), "expired (retry_max_age) after: %s", reason);
+        e->m.dead_expired++;
+        transition(dl, FBR_DS_DEAD, 0, r);
+        return;
+    }
+    e->m.retries[why]++;
+    transition(dl, FBR_DS_BACKING_OFF, now + delay, reason);
+}
+
+static void on_response(const struct fbr_client_resp *r, void *arg)
+{
+    struct delivery *dl = arg;
+    struct dest *d = dl->dest;
+    struct fbr_delivery_engine *e = d->engine;
+    uint64_t now = fbr_now_ms(), now_wall = fbr_wall_ms();
+    char reason[300];
+
+    /* the server's view of the limits, from every response */
+    if (r->flood_remaining == 0 && r->flood_reset > 0)
+        fbr_ratelimit_hold(&d->rl, (uint64_t)wall_to_mono(r->flood_reset * 1000, now, now_wall));
+    if (r->ratelimit_remaining == 0 && r->ratelimit_reset > 0)
+        fbr_ratelimit_hold(dl->token ? &dl->token->rl : &d->rl,
+                           (uint64_t)wall_to_mono(r->ratelimit_reset * 1000, now, now_wall));
+
+    if (r->err != FBR_CLIENT_ERR_NONE) {
+        static const enum fbr_retry_reason map[FBR_CLIENT_ERR_COUNT] = {
+            [FBR_CLIENT_ERR_NONE] = FBR_RETRY_IO,           [FBR_CLIENT_ERR_DNS] = FBR_RETRY_DNS,
+            [FBR_CLIENT_ERR_CONNECT] = FBR_RETRY_CONNECT,   [FBR_CLIENT_ERR_TLS] = FBR_RETRY_TLS,
+            [FBR_CLIENT_ERR_TIMEOUT] = FBR_RETRY_TIMEOUT,   [FBR_CLIENT_ERR_EOF] = FBR_RETRY_EOF,
+            [FBR_CLIENT_ERR_PROTOCOL] = FBR_RETRY_PROTOCOL, [FBR_CLIENT_ERR_IO] = FBR_RETRY_IO,
+        };
+        fbr_log(FBR_LOG_DEBUG, dl->id, NULL, "attempt %u failed: %s", dl->attempts, r->reason);
+        retry_later(dl, map[r->err], r->reason);
+    } else if (r->status >= 200 && r->status < 300) {
+        snprintf(reason, sizeof(reason), "http %d", r->status);
+        transition(dl, FBR_DS_DELIVERED, 0, reason);
+    } else if (r->status == 429) {
+        int64_t until = -1;
+        if (r->retry_after_wall_ms > until)
+            until = r->retry_after_wall_ms;
+        if (r->flood_reset > 0 && r->flood_reset * 1000 > until)
+            until = r->flood_reset * 1000;
+        if (r->ratelimit_reset > 0 && r->ratelimit_reset * 1000 > until)
+            until = r->ratelimit_reset * 1000;
+        if (until < 0)
+            until = (int64_t)now_wall + e->opts.retry_initial_ms * 2;
+        uint64_t at = (uint64_t)wall_to_mono(until, now, now_wall) + rand64() % (JITTER_429_MS + 1);
+        /* hold the whole room (and the token when the token limit is what ran out) */
+        fbr_ratelimit_hold(&d->rl, at);
+        if (dl->token && r->ratelimit_remaining == 0)
+            fbr_ratelimit_hold(&dl->token->rl, at);
+        e->m.retries[FBR_RETRY_HTTP_429]++;
+        if (at > expiry_mono(dl)) {
+            e->m.dead_expired++;
+            transition(dl, FBR_DS_DEAD, 0, "expired (retry_max_age) waiting out a 429");
+        } else {
+            snprintf(reason, sizeof(reason), "http 429, retrying in %" PRIu64 " ms", at - now);
+            transition(dl, FBR_DS_WAITING_RATE, at, reason);
+        }
+    } else if (r->status >= 500 || r->status == 408) {
+        snprintf(reason, sizeof(reason), "http %d", r->status);
+        retry_later(dl, r->status == 408 ? FBR_RETRY_HTTP_408 : FBR_RETRY_HTTP_5XX, reason);
+    } else {
+        snprintf(reason, sizeof(reason), "http %d%s%.*s", r->status, r->body_len ? ": " : "",
+                 (int)(r->body_len < 200 ? r->body_len : 200), r->body);
+        e->m.dead_permanent++;
+        transition(dl, FBR_DS_DEAD, 0, reason);
+    }
+    dest_pump(d);
+}
+
+static void start_attempt(struct delivery *dl)
+{
+    struct fbr_delivery_engine *e = dl->dest->engine;
+    uint64_t now_wall = fbr_wall_ms();
+    dl->attempts++;
+    e->m.attempts++;
+    if (!dl->first_attempt_wall)
+        dl->first_attempt_wall = now_wall;
+    dl->last_attempt_wall = now_wall;
+    struct fbr_client_req req = {
+        .method = dl->method,
+        .url = dl->url,
+        .url_len = dl->url_len,
+        .head = dl->head,
+        .head_len = dl->head_len,
+        .body = dl->req.body.iov,
+        .nbody = dl->req.body.niov,
+        .log_id = dl->id,
+    };
+    /* the URL was validated at submit, so this cannot fail; the client calls back later */
+    if (fbr_client_request(e->client, &req, on_response, dl) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, dl->id, NULL, "bug: client refused a validated URL");
+        abort();
+    }
+}
+
+/* ---- submit ---- */
+
+static const char *method_name(unsigned m)
+{
+    switch (m) {
+    case FBR_M_GET:
+        return "GET";
+    case FBR_M_PUT:
+        return "PUT";
+    case FBR_M_DELETE:
+        return "DELETE";
+    case FBR_M_PATCH:
+        return "PATCH";
+    case FBR_M_HEAD:
+        return "HEAD";
+    default:
+        return "POST";
+    }
+}
+
+static char *flatten(const struct fbr_render *r, size_t *len)
+{
+    char *s = fbr_xmalloc(r->total + 1), *p = s;
+    for (size_t i = 0; i < r->niov; i++) {
+        memcpy(p, r->iov[i].iov_base, r->iov[i].iov_len);
+        p += r->iov[i].iov_len;
+    }
+    *p = '\0';
+    *len = (size_t)(p - s);
+    return s;
+}
+
+struct url_parts {
+    struct fbr_slice scheme, authority, path, query;
+};
+
+static int split_url(const char *u, size_t n, struct url_parts *p)
+{
+    const char *end = u + n;
+    const char *s = memchr(u, ':', n);
+    if (!s || end - s < 3 || s[1] != '/' || s[2] != '/')
+        return -1;
+    p->scheme = (struct fbr_slice){u, (size_t)(s - u)};
+    if (!((p->scheme.len == 4 && strncasecmp(u, "http", 4) == 0) ||
+          (p->scheme.len == 5 && strncasecmp(u, "https", 5) == 0)))
+        return -1;
+    const char *a = s + 3, *q = a;
+    while (q < end && *q != '/' && *q != '?' && *q != '#')
+        q++;
+    p->authority = (struct fbr_slice){a, (size_t)(q - a)};
+    if (!p->authority.len)
+        return -1;
+    const char *ps = q;
+    while (q < end && *q != '?' && *q != '#')
+        q++;
+    p->path = (struct fbr_slice){ps, (size_t)(q - ps)};
+    p->query = (struct fbr_slice){q, 0};
+    if (q < end && *q == '?') {
+        const char *qs = ++q;
+        while (q < end && *q != '#')
+            q++;
+        p->query = (struct fbr_slice){qs, (size_t)(q - qs)};
+    }
+    return 0;
+}
+
+/* Builds the destination key into buf (see delivery.h). */
+static size_t dest_key(const struct url_parts *p, char *buf, size_t cap)
+{
+    static const char pre[] = "/v2/room/", suf[] = "/notification";
+    const char *path = p->path.ptr;
+    size_t n = p->path.len;
+    if (n > sizeof(pre) - 1 + sizeof(suf) - 1 && strncmp(path, pre, sizeof(pre) - 1) == 0 &&
+        memcmp(path + n - (sizeof(suf) - 1), suf, sizeof(suf) - 1) == 0) {
+        const char *room = path + sizeof(pre) - 1;
+        size_t rlen = n - (sizeof(pre) - 1) - (sizeof(suf) - 1);
+        if (!memchr(room, '/', rlen)) {
+            int k = snprintf(buf, cap, "room:%.*s/%.*s", (int)p->authority.len, p->authority.ptr,
+                             (int)rlen, room);
+            return (size_t)k < cap ? (size_t)k : cap - 1;
+        }
+    }
+    int k = snprintf(buf, cap, "%.*s://%.*s%.*s", (int)p->scheme.len, p->scheme.ptr,
+                     (int)p->authority.len, p->authority.ptr, (int)n, path);
+    return (size_t)k < cap ? (size_t)k : cap - 1;
+}
+
+/* Finds the auth token (auth_token query parameter), or NULL. */
+static struct fbr_slice query_token(struct fbr_slice q)
+{
+    const char *p = q.ptr, *end = q.ptr + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        if ((size_t)(e - p) > 11 && strncmp(p, "auth_token=", 11) == 0)
+            return (struct fbr_slice){p + 11, (size_t)(e - p - 11)};
+        p = e + 1;
+    }
+    return (struct fbr_slice){NULL, 0};
+}
+
+static struct dest *get_dest(struct fbr_delivery_engine *e, const char *key, size_t klen)
+{
+    struct dest *d = fbr_strmap_get(&e->dests, key, klen);
+    if (d)
+        return d;
+    d = fbr_xcalloc(1, sizeof(*d));
+    d->engine = e;
+    d->key = fbr_xstrndup(key, klen);
+    TAILQ_INIT(&d->queue);
+    fbr_ratelimit_init(&d->rl, e->opts.room_rate.n, (uint64_t)e->opts.room_rate.secs * 1000u);
+    d->timer = evtimer_new(e->base, dest_timer_cb, d);
+    fbr_strmap_put(&e->dests, key, klen, d);
+    return d;
+}
+
+static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_slice authority,
+                                     struct fbr_slice token, const struct fbr_rate *override)
+{
+    size_t klen = authority.len + 1 + token.len;
+    char *key = fbr_xmalloc(klen);
+    memcpy(key, authority.ptr, authority.len);
+    key[authority.len] = '\n';
+    memcpy(key + authority.len + 1, token.ptr, token.len);
+    struct token_limit *t = fbr_strmap_get(&e->tokens, key, klen);
+    if (!t) {
+        t = fbr_xcalloc(1, sizeof(*t));
+        fbr_ratelimit_init(&t->rl, e->opts.token_rate.n, (uint64_t)e->opts.token_rate.secs * 1000u);
+        fbr_strmap_put(&e->tokens, key, klen, t);
+    }
+    if (override && override->n)
+        fbr_ratelimit_set(&t->rl, override->n, (uint64_t) override->secs * 1000u);
+    free(key);
+    return t;
+}
+
+static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
+                  uint64_t created_wall, int bypass_limit, char *id_out)
+{
+    if (!bypass_limit && e->m.pending >= e->opts.max_pending) {
+        e->m.rejected++;
+        return FBR_LIMIT;
+    }
+    size_t url_len;
+    char *url = flatten(&o->url, &url_len);
+    struct url_parts up;
+    if (split_url(url, url_len, &up) < 0) {
+        free(url);
+        return FBR_INVALID;
+    }
+    struct delivery *dl = fbr_xcalloc(1, sizeof(*dl));
+    if (id_in)
+        snprintf(dl->id, sizeof(dl->id), "%s", id_in);
+    else
+        snprintf(dl->id, sizeof(dl->id), "%s%016" PRIx64, e->id_prefix, ++e->id_counter);
+    dl->url = url;
+    dl->url_len = url_len;
+    dl->method = method_name(o->method);
+
+    /* header block: the webhook's headers, Content-Type, the delivery id */
+    struct evbuffer *h = evbuffer_new();
+    struct fbr_slice token = query_token(up.query);
+    char *auth = NULL;
+    for (size_t i = 0; i < o->nheaders; i++) {
+        size_t vlen;
+        char *v = flatten(&o->headers[i], &vlen);
+        if (memchr(v, '\r', vlen) || memchr(v, '\n', vlen) || strlen(v) != vlen) {
+            free(v);
+            continue; /* the template engine refuses these; never let one through */
+        }
+        evbuffer_add_printf(h, "%s: %s\r\n", o->header_names[i], v);
+        if (strcasecmp(o->header_names[i], "authorization") == 0) {
+            free(auth);
+            auth = v;
+        } else {
+            free(v);
+        }
+    }
+    if (o->content_type && o->content_type[0])
+        evbuffer_add_printf(h, "Content-Type: %s\r\n", o->content_type);
+    evbuffer_add_printf(h, "X-Firebridge-Delivery: %s\r\n", dl->id);
+    dl->head_len = evbuffer_get_length(h);
+    dl->head = fbr_xmalloc(dl->head_len + 1);
+    evbuffer_remove(h, dl->head, dl->head_len);
+    dl->head[dl->head_len] = '\0';
+    evbuffer_free(h);
+
+    char key[1024];
+    size_t klen;
+    if (o->rate_key.total) {
+        klen = o->rate_key.total < sizeof(key) - 1 ? o->rate_key.total : sizeof(key) - 1;
+        size_t pos = 0;
+        for (size_t i = 0; i < o->rate_key.niov && pos < klen; i++) {
+            size_t k = o->rate_key.iov[i].iov_len;
+            if (k > klen - pos)
+                k = klen - pos;
+            memcpy(key + pos, o->rate_key.iov[i].iov_base, k);
+            pos += k;
+        }
+    } else {
+        klen = dest_key(&up, key, sizeof(key));
+    }
+    struct dest *d = get_dest(e, key, klen);
+    const struct fbr_webhook *wh = o->webhook;
+    if (wh && wh->room_rate.n)
+        fbr_ratelimit_set(&d->rl, wh->room_rate.n, (uint64_t)wh->room_rate.secs * 1000u);
+    if (!token.len && auth)
+        token = fbr_slice_from(auth);
+    if (token.len && e->opts.token_rate.n)
+        dl->token = get_token(e, up.authority, token, wh ? &wh->token_rate : NULL);
+    else if (token.len && wh && wh->token_rate.n)
+        dl->token = get_token(e, up.authority, token, &wh->token_rate);
+    free(auth);
+
+    /* take over the request: its body slices are written from here without copying; the URL,
+     * headers and rate key were copied above, so their buffers go now */
+    dl->req = *o;
+    fbr_outreq_init(o);
+    fbr_render_free(&dl->req.url);
+    fbr_render_init(&dl->req.url);
+    fbr_render_free(&dl->req.rate_key);
+    fbr_render_init(&dl->req.rate_key);
+    for (size_t i = 0; i < dl->req.nheaders; i++) {
+        fbr_render_free(&dl->req.headers[i]);
+        fbr_render_init(&dl->req.headers[i]);
+    }
+
+    dl->dest = d;
+    dl->state = FBR_DS_QUEUED;
+    dl->created_mono = fbr_now_ms();
+    dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
+    TAILQ_INSERT_TAIL(&d->queue, dl, link);
+    e->m.pending++;
+    e->m.submitted++;
+    e->m.in_state[FBR_DS_QUEUED]++;
+    notify(dl, FBR_DS_QUEUED, FBR_DS_QUEUED); /* creation: reported as queued -> queued */
+    if (id_out)
+        memcpy(id_out, dl->id, sizeof(dl->id));
+    dest_pump(d);
+    return FBR_OK;
+}
+
+int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)
+{
+    return submit(e, o, NULL, 0, 0, id);
+}
+
+static void delivery_free(struct delivery *dl)
+{
+    fbr_outreq_free(&dl->req);
+    free(dl->url);
+    free(dl->head);
+    free(dl->reason);
+    free(dl);
+}
+
+/* ---- dead letters ---- */
+
+static json_t *headers_json(const char *head, size_t len, json_t **content_type)
+{
+    json_t *arr = json_array();
+    const char *p = head, *end = head + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon) {
+            size_t nlen = (size_t)(colon - p);
+            const char *v = colon + 2 <= eol ? colon + 2 : eol;
+            size_t vlen = (size_t)(eol - v);
+            if (nlen == 12 && strncasecmp(p, "Content-Type", 12) == 0) {
+                *content_type = json_stringn(v, vlen);
+            } else if (!(nlen == 21 && strncasecmp(p, "X-Firebridge-Delivery", 21) == 0)) {
+                json_t *pair = json_array();
+                json_array_append_new(pair, json_stringn(p, nlen));
+                json_array_append_new(pair, json_stringn(v, vlen));
+                json_array_append_new(arr, pair);
+            }
+        }
+        p = eol + 2;
+    }
+    return arr;
+}
+
+static void write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(dl->id));
+    json_object_set_new(o, "method", json_string(dl->method));
+    json_object_set_new(o, "url", json_stringn(dl->url, dl->url_len));
+    json_t *ct = NULL;
+    json_object_set_new(o, "headers", headers_json(dl->head, dl->head_len, &ct));
+    json_object_set_new(o, "content_type", ct ? ct : json_null());
+    size_t blen;
+    char *body = flatten(&dl->req.body, &blen);
+    json_t *bj = json_stringn(body, blen);
+    if (bj) {
+        json_object_set_new(o, "body", bj);
+    } else { /* not UTF-8: keep it byte-exact */
+        char *b64 = fbr_xmalloc(4 * ((blen + 2) / 3) + 1);
+        EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)body, (int)blen);
+        json_object_set_new(o, "body_base64", json_string(b64));
+        free(b64);
+    }
+    free(body);
+    json_object_set_new(o, "reason", json_string(dl->reason ? dl->reason : ""));
+    json_object_set_new(o, "attempts", json_integer(dl->attempts));
+    json_object_set_new(o, "destination", json_string(dl->dest->key));
+    json_object_set_new(o, "created_ms", json_integer((json_int_t)dl->created_wall));
+    json_object_set_new(o, "first_attempt_ms", json_integer((json_int_t)dl->first_attempt_wall));
+    json_object_set_new(o, "last_attempt_ms", json_integer((json_int_t)dl->last_attempt_wall));
+    json_object_set_new(o, "dead_ms", json_integer((json_int_t)fbr_wall_ms()));
+    char *line = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    size_t n = strlen(line);
+    line = fbr_xrealloc(line, n + 2);
+    line[n++] = '\n';
+    int fd = open(e->dl_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    ssize_t w = -1;
+    if (fd >= 0) {
+        fchmod(fd, 0600);
+        w = write(fd, line, n); /* one write per line: appends from one process stay whole */
+        close(fd);
+    }
+    if (w != (ssize_t)n) {
+        e->m.dead_letter_write_errors++;
+        fbr_log(FBR_LOG_ERROR, dl->id, "writing a dead letter", "cannot append to %s: %s",
+                e->dl_path, strerror(errno));
+    }
+    free(line);
+}
+
+static unsigned method_bit(const char *m)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } t[] = {{"GET", FBR_M_GET},       {"POST", FBR_M_POST},   {"PUT", FBR_M_PUT},
+             {"DELETE", FBR_M_DELETE}, {"PATCH", FBR_M_PATCH}, {"HEAD", FBR_M_HEAD}};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(t); i++)
+        if (strcmp(m, t[i].name) == 0)
+            return t[i].bit;
+    return 0;
+}
+
+/* Builds an outreq owning copies of one dead-letter entry; returns 0 or -1. */
+static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, uint64_t *created)
+{
+    const char *method = json_string_value(json_object_get(j, "method"));
+    json_t *url = json_object_get(j, "url");
+    json_t *headers = json_object_get(j, "headers");
+    json_t *body = json_object_get(j, "body");
+    json_t *body64 = json_object_get(j, "body_base64");
+    json_t *ct = json_object_get(j, "content_type");
+    *id = json_string_value(json_object_get(j, "id"));
+    *created = (uint64_t)json_integer_value(json_object_get(j, "created_ms"));
+    if (!method || !method_bit(method) || !json_is_string(url) || !json_is_array(headers) || !*id ||
+        strlen(*id) > ID_LEN)
+        return -1;
+    size_t i;
+    json_t *pair;
+    json_array_foreach(headers, i, pair)
+    {
+        if (!json_is_string(json_array_get(pair, 0)) || !json_is_string(json_array_get(pair, 1)))
+            return -1;
+    }
+    fbr_outreq_init(o);
+    o->method = method_bit(method);
+    fbr_render_set_copy(&o->url, json_string_value(url), json_string_length(url));
+    if (json_is_string(body)) {
+        fbr_render_set_copy(&o->body, json_string_value(body), json_string_length(body));
+    } else if (json_is_string(body64)) {
+        size_t n = json_string_length(body64);
+        unsigned char *raw = fbr_xmalloc(n / 4 * 3 + 3);
+        int k = EVP_DecodeBlock(raw, (const unsigned char *)json_string_value(body64), (int)n);
+        if (k < 0) {
+            free(raw);
+            return -1;
+        }
+        /* EVP_DecodeBlock counts the '=' padding as zero bytes */
+        const char *s = json_string_value(body64);
+        while (n && s[n - 1] == '=' && k) {
+            n--;
+            k--;
+        }
+        fbr_render_set_copy(&o->body, (const char *)raw, (size_t)k);
+        free(raw);
+    }
+    if (json_is_string(ct))
+        o->content_type = fbr_xstrdup(json_string_value(ct));
+    o->nheaders = json_array_size(headers);
+    if (o->nheaders) {
+        o->header_names = fbr_xcalloc(o->nheaders, sizeof(*o->header_names));
+        o->headers = fbr_xcalloc(o->nheaders, sizeof(*o->headers));
+        json_array_foreach(headers, i, pair)
+        {
+            json_t *v = json_array_get(pair, 1);
+            o->header_names[i] = fbr_xstrdup(json_string_value(json_array_get(pair, 0)));
+            fbr_render_init(&o->headers[i]);
+            fbr_render_set_copy(&o->headers[i], json_string_value(v), json_string_length(v));
+        }
+    }
+    return 0;
+}
+
+int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, size_t *count,
+                             char *err, size_t errlen)
+{
+    *count = 0;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return FBR_NOTFOUND;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    unsigned lineno = 0;
+    int rc = FBR_OK;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        if (n == 1 && line[0] == '\n')
+            continue;
+        json_error_t jerr;
+        json_t *j = json_loadb(line, (size_t)n, 0, &jerr);
+        struct fbr_outreq o;
+        const char *id;
+        uint64_t created;
+        if (!j || outreq_from_json(j, &o, &id, &created) < 0) {
+            snprintf(err, errlen, "%s line %u: not a dead-letter entry%s%s", path, lineno,
+                     j ? "" : ": ", j ? "" : jerr.text);
+            json_decref(j);
+            rc = FBR_INVALID;
+            break;
+        }
+        /* a replay gets a fresh max age: the operator decided to try again */
+        (void)created;
+        if (submit(e, &o, id, 0, 1, NULL) != FBR_OK) {
+            fbr_outreq_free(&o);
+            json_decref(j);
+            snprintf(err, errlen, "%s line %u: bad URL", path, lineno);
+            rc = FBR_INVALID;
+            break;
+        }
+        fbr_outreq_free(&o);
+        json_decref(j);
+        (*count)++;
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* ---- metrics ---- */
+
+void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbuffer *out)
+{
+    const struct fbr_delivery_metrics *m = &e->m;
+    evbuffer_add_printf(out,
+                        "# HELP firebridge_deliveries_total Deliveries by outcome.\n"
+                        "# TYPE firebridge_deliveries_total counter\n"
+                        "firebridge_deliveries_total{outcome=\"delivered\"} %" PRIu64 "\n"
+                        "firebridge_deliveries_total{outcome=\"dead_permanent\"} %" PRIu64 "\n"
+                        "firebridge_deliveries_total{outcome=\"dead_expired\"} %" PRIu64 "\n"
+                        "firebridge_deliveries_total{outcome=\"rejected\"} %" PRIu64 "\n",
+                        m->delivered, m->dead_permanent, m->dead_expired, m->rejected);
+    evbuffer_add_printf(out,
+                        "# HELP firebridge_delivery_attempts_total HTTP attempts started.\n"
+                        "# TYPE firebridge_delivery_attempts_total counter\n"
+                        "firebridge_delivery_attempts_total %" PRIu64 "\n"
+                        "# HELP firebridge_delivery_retries_total Retries by reason.\n"
+                        "# TYPE firebridge_delivery_retries_total counter\n",
+                        m->attempts);
+    for (unsigned i = 0; i < FBR_RETRY_COUNT; i++)
+        evbuffer_add_printf(out, "firebridge_delivery_retries_total{reason=\"%s\"} %" PRIu64 "\n",
+                            retry_names[i], m->retries[i]);
+    evbuffer_add_printf(
+        out,
+        "# HELP firebridge_deliveries_pending Accepted, not yet delivered or dead.\n"
+        "# TYPE firebridge_deliveries_pending gauge\n"
+        "firebridge_deliveries_pending %" PRIu64 "\n"
+        "# HELP firebridge_deliveries_in_state Live deliveries per state.\n"
+        "# TYPE firebridge_deliveries_in_state gauge\n",
+        m->pending);
+    for (unsigned s = FBR_DS_QUEUED; s <= FBR_DS_BACKING_OFF; s++)
+        evbuffer_add_printf(out, "firebridge_deliveries_in_state{state=\"%s\"} %" PRIu64 "\n",
+                            state_names[s], m->in_state[s]);
+    evbuffer_add_printf(out,
+                        "# HELP firebridge_delivery_destinations_rate_limited Destinations waiting "
+                        "on a rate limit.\n"
+                        "# TYPE firebridge_delivery_destinations_rate_limited gauge\n"
+                        "firebridge_delivery_destinations_rate_limited %" PRIu64 "\n"
+                        "# HELP firebridge_delivery_latency_seconds From acceptance to 2xx.\n"
+                        "# TYPE firebridge_delivery_latency_seconds histogram\n",
+                        m->destinations_rate_limited);
+    uint64_t cum = 0;
+    for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS; b++) {
+        cum += m->latency_buckets[b];
+        if (b < FBR_DELIVERY_LATENCY_BUCKETS - 1)
+            evbuffer_add_printf(
+                out, "firebridge_delivery_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+                (double)fbr_delivery_latency_bounds_ms[b] / 1000.0, cum);
+        else
+            evbuffer_add_printf(
+                out, "firebridge_delivery_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
+    }
+    evbuffer_add_printf(out,
+                        "firebridge_delivery_latency_seconds_sum %.3f\n"
+                        "firebridge_delivery_latency_seconds_count %" PRIu64 "\n",
+                        (double)m->latency_sum_ms / 1000.0, m->latency_count);
+}
+
+/* ---- lifecycle and accessors ---- */
+
+int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_opts *opts,
+                            struct fbr_delivery_engine **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *dir = opts->data_dir ? opts->data_dir : ".";
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "data directory %s is not a directory", dir);
+        return FBR_ERROR;
+    }
+    struct fbr_client_opts co = {
+        .pool_size = opts->pool_size,
+        .connect_timeout_ms = opts->connect_timeout_ms,
+        .request_timeout_ms = opts->request_timeout_ms,
+        .ca_file = opts->ca_file,
+        .insecure = opts->tls_insecure,
+    };
+    struct fbr_client *client;
+    if (fbr_client_new(base, &co, &client, err, errlen) != FBR_OK)
+        return FBR_ERROR;
+    struct fbr_delivery_engine *e = fbr_xcalloc(1, sizeof(*e));
+    e->base = base;
+    e->client = client;
+    e->opts = *opts;
+    if (!e->opts.per_destination_inflight)
+        e->opts.per_destination_inflight = 1;
+    if (!e->opts.retry_initial_ms)
+        e->opts.retry_initial_ms = 1;
+    if (e->opts.retry_max_interval_ms < e->opts.retry_initial_ms)
+        e->opts.retry_max_interval_ms = e->opts.retry_initial_ms;
+    e->data_dir = fbr_xstrdup(dir);
+    e->opts.data_dir = e->data_dir;
+    e->opts.ca_file = NULL;
+    size_t plen = strlen(dir) + sizeof("/dead-letters.jsonl");
+    e->dl_path = fbr_xmalloc(plen);
+    snprintf(e->dl_path, plen, "%s/dead-letters.jsonl", dir);
+    fbr_strmap_init(&e->dests);
+    fbr_strmap_init(&e->tokens);
+    snprintf(e->id_prefix, sizeof(e->id_prefix), "%016" PRIx64, rand64());
+    *out = e;
+    return FBR_OK;
+}
+
+static void free_dest(const char *key, void *value, void *arg)
+{
+    struct dest *d = value;
+    (void)key, (void)arg;
+    struct delivery *dl;
+    while ((dl = TAILQ_FIRST(&d->queue))) {
+        TAILQ_REMOVE(&d->queue, dl, link);
+        delivery_free(dl);
+    }
+    event_free(d->timer);
+    fbr_ratelimit_free(&d->rl);
+    free(d->key);
+    free(d);
+}
+
+static void free_token(const char *key, void *value, void *arg)
+{
+    struct token_limit *t = value;
+    (void)key, (void)arg;
+    fbr_ratelimit_free(&t->rl);
+    free(t);
+}
+
+void fbr_delivery_engine_free(struct fbr_delivery_engine **ep)
+{
+    struct fbr_delivery_engine *e = *ep;
+    if (!e)
+        return;
+    fbr_client_free(&e->client); /* first: in-flight attempts reference delivery bodies */
+    fbr_strmap_each(&e->dests, free_dest, NULL);
+    fbr_strmap_clear(&e->dests);
+    fbr_strmap_each(&e->tokens, free_token, NULL);
+    fbr_strmap_clear(&e->tokens);
+    free(e->data_dir);
+    free(e->dl_path);
+    free(e);
+    *ep = NULL;
+}
+
+const char *fbr_delivery_dead_letter_path(const struct fbr_delivery_engine *e)
+{
+    return e->dl_path;
+}
+
+size_t fbr_delivery_pending(const struct fbr_delivery_engine *e)
+{
+    return (size_t)e->m.pending;
+}
+
+size_t fbr_delivery_room(const struct fbr_delivery_engine *e)
+{
+    return e->m.pending >= e->opts.max_pending ? 0 : (size_t)(e->opts.max_pending - e->m.pending);
+}
+
+const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e)
+{
+    return &e->m;
+}
+
+struct fbr_client *fbr_delivery_client(struct fbr_delivery_engine *e)
+{
+    return e->client;
+}
+
+void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn,
+                                      void *arg)
+{
+    e->hook = fn;
+    e->hook_arg = arg;
+}

@@ -1,0 +1,311 @@
+/*
+ * http_testsrv.c - the scriptable loopback HTTP(S) server of the delivery tests (see
+ * http_testsrv.h).  Deliberately simple: one request at a time per connection, Content-Length
+ * bodies only, which is all firebridge's client sends.
+ */
+#include "http_testsrv.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "firebridge/common.h"
+
+#define MAX_SCRIPTS 16
+
+struct script {
+    char prefix[128];
+    struct tsrv_reply *replies;
+    size_t n, next;
+};
+
+struct tsrv {
+    struct event_base *base;
+    SSL_CTX *ssl_ctx;
+    struct evconnlistener *lis;
+    int port;
+    struct script scripts[MAX_SCRIPTS];
+    size_t nscripts;
+    struct tsrv_reply def;
+    enum tsrv_close close_mode;
+    struct tsrv_req *reqs;
+    size_t nreqs, cap;
+    unsigned accepted, open, max_open;
+    struct sconn *conns;
+};
+
+struct sconn {
+    struct tsrv *s;
+    struct bufferevent *bev;
+    unsigned no;
+    int closing;
+    struct sconn *next, *prev;
+};
+
+static void sconn_free(struct sconn *c)
+{
+    struct tsrv *s = c->s;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    bufferevent_free(c->bev);
+    s->open--;
+    free(c);
+}
+
+static struct tsrv_reply pick(struct tsrv *s, const char *path)
+{
+    for (size_t i = 0; i < s->nscripts; i++) {
+        struct script *sc = &s->scripts[i];
+        if (strncmp(path, sc->prefix, strlen(sc->prefix)) == 0 && sc->next < sc->n)
+            return sc->replies[sc->next++];
+    }
+    return s->def;
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+    struct sconn *c = arg;
+    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        sconn_free(c);
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    struct sconn *c = arg;
+    struct tsrv *s = c->s;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        if (c->closing)
+            return;
+        struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (end.pos < 0)
+            return;
+        size_t hlen = (size_t)end.pos + 4;
+        char *head = fbr_xmalloc(hlen + 1);
+        evbuffer_copyout(in, head, hlen);
+        head[hlen] = '\0';
+        size_t clen = 0;
+        char *cl = strcasestr(head, "\r\ncontent-length:");
+        if (cl)
+            clen = strtoul(cl + 17, NULL, 10);
+        if (evbuffer_get_length(in) < hlen + clen) {
+            free(head);
+            return;
+        }
+        if (s->nreqs == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 64;
+            s->reqs = fbr_xrealloc(s->reqs, s->cap * sizeof(*s->reqs));
+        }
+        struct tsrv_req *r = &s->reqs[s->nreqs++];
+        memset(r, 0, sizeof(*r));
+        sscanf(head, "%*s %255s", r->path);
+        char *id = strcasestr(head, "\r\nx-firebridge-delivery: ");
+        if (id)
+            sscanf(id + 25, "%63[^\r]", r->delivery_id);
+        char *au = strcasestr(head, "\r\nauthorization: ");
+        if (au)
+            sscanf(au + 17, "%127[^\r]", r->auth);
+        evbuffer_drain(in, hlen);
+        r->body = fbr_xmalloc(clen + 1);
+        evbuffer_remove(in, r->body, clen);
+        r->body[clen] = '\0';
+        r->body_len = clen;
+        r->at_mono_ms = fbr_now_ms();
+        r->at_wall_ms = fbr_wall_ms();
+        r->conn_no = c->no;
+        free(head);
+        struct tsrv_reply rep = pick(s, r->path);
+        struct evbuffer *out = bufferevent_get_output(bev);
+        if (rep.status == 0 && !rep.raw)
+            return; /* stall: keep the connection, never answer */
+        if (rep.raw) {
+            evbuffer_add(out, rep.raw, strlen(rep.raw));
+            if (rep.close_after) {
+                c->closing = 1;
+                bufferevent_disable(bev, EV_READ);
+                if (evbuffer_get_length(out) == 0)
+                    sconn_free(c); /* nothing to flush: close now */
+                return;
+            }
+            continue;
+        }
+        evbuffer_add_printf(out, "HTTP/1.1 %d Scripted\r\nContent-Length: 0\r\n", rep.status);
+        if (rep.headers)
+            evbuffer_add(out, rep.headers, strlen(rep.headers));
+        if (rep.flood_reset_in_s > 0) {
+            uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.flood_reset_in_s * 1000 + 999) / 1000;
+            evbuffer_add_printf(out,
+                                "X-FloodControl-Remaining: 0\r\nX-FloodControl-Reset: %llu\r\n",
+                                (unsigned long long)reset);
+        }
+        if (rep.token_reset_in_s > 0) {
+            uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.token_reset_in_s * 1000 + 999) / 1000;
+            evbuffer_add_printf(out, "X-Ratelimit-Remaining: 0\r\nX-Ratelimit-Reset: %llu\r\n",
+                                (unsigned long long)reset);
+        }
+        if (s->close_mode == TSRV_CLOSE_SAYING || rep.close_after)
+            evbuffer_add_printf(out, "Connection: close\r\n");
+        evbuffer_add(out, "\r\n", 2);
+        if (s->close_mode != TSRV_KEEP || rep.close_after) {
+            c->closing = 1;
+            bufferevent_disable(bev, EV_READ);
+            return;
+        }
+    }
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        sconn_free(arg);
+}
+
+static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    struct tsrv *s = arg;
+    (void)lis, (void)sa, (void)len;
+    struct bufferevent *bev;
+    if (s->ssl_ctx) {
+        SSL *ssl = SSL_new(s->ssl_ctx);
+        bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                             BEV_OPT_CLOSE_ON_FREE);
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    } else {
+        bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    struct sconn *c = fbr_xcalloc(1, sizeof(*c));
+    c->s = s;
+    c->bev = bev;
+    c->no = ++s->accepted;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    if (++s->open > s->max_open)
+        s->max_open = s->open;
+    bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+struct tsrv *tsrv_new(struct event_base *base, SSL_CTX *ssl_ctx)
+{
+    struct tsrv *s = fbr_xcalloc(1, sizeof(*s));
+    s->base = base;
+    s->ssl_ctx = ssl_ctx;
+    s->def.status = 204;
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->lis = evconnlistener_new_bind(base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                     256, (struct sockaddr *)&sin, sizeof(sin));
+    if (!s->lis)
+        abort();
+    socklen_t sl = sizeof(sin);
+    getsockname(evconnlistener_get_fd(s->lis), (struct sockaddr *)&sin, &sl);
+    s->port = ntohs(sin.sin_port);
+    return s;
+}
+
+int tsrv_port(const struct tsrv *s)
+{
+    return s->port;
+}
+
+void tsrv_script(struct tsrv *s, const char *prefix, const struct tsrv_reply *replies, size_t n)
+{
+    struct script *sc = &s->scripts[s->nscripts++];
+    snprintf(sc->prefix, sizeof(sc->prefix), "%s", prefix);
+    sc->replies = fbr_xmalloc(n * sizeof(*replies));
+    memcpy(sc->replies, replies, n * sizeof(*replies));
+    sc->n = n;
+    sc->next = 0;
+}
+
+void tsrv_set_default(struct tsrv *s, struct tsrv_reply r)
+{
+    s->def = r;
+}
+
+void tsrv_set_close(struct tsrv *s, enum tsrv_close mode)
+{
+    s->close_mode = mode;
+}
+
+size_t tsrv_nreqs(const struct tsrv *s)
+{
+    return s->nreqs;
+}
+
+const struct tsrv_req *tsrv_req(const struct tsrv *s, size_t i)
+{
+    return &s->reqs[i];
+}
+
+unsigned tsrv_accepted(const struct tsrv *s)
+{
+    return s->accepted;
+}
+
+unsigned tsrv_max_open(const struct tsrv *s)
+{
+    return s->max_open;
+}
+
+void tsrv_free(struct tsrv *s)
+{
+    while (s->conns)
+        sconn_free(s->conns);
+    evconnlistener_free(s->lis);
+    for (size_t i = 0; i < s->nscripts; i++)
+        free(s->scripts[i].replies);
+    for (size_t i = 0; i < s->nreqs; i++)
+        free(s->reqs[i].body);
+    free(s->reqs);
+    free(s);
+}
+
+int tsrv_make_certs(const char *dir)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd),
+             "set -e; cd '%s'; "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout ca.key -out ca.pem -days 2 -subj /CN=firebridge-test-ca "
+             "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign; "
+             "for n in good wrong; do "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout $n.key -out $n.csr -subj /CN=$n; done; "
+             "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > good.ext; "
+             "printf 'subjectAltName=DNS:wrong.example\\n' > wrong.ext; "
+             "for n in good wrong; do "
+             "openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+             "-extfile $n.ext -out $n.pem; done",
+             dir);
+    char full[4200];
+    snprintf(full, sizeof(full), "(%s) >/dev/null 2>&1", cmd);
+    return system(full) == 0 ? 0 : -1;
+}
+
+SSL_CTX *tsrv_ssl_ctx(const char *cert, const char *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+        abort();
+    return ctx;
+}

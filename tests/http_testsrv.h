@@ -1,0 +1,56 @@
+/*
+ * http_testsrv.h - a scriptable HTTP/1.1 server for the delivery and client tests, running on the
+ * test's own event loop (plain TCP or TLS).  It stands in for the chat service at the far end of
+ * the data path: answers scripted statuses and headers per path prefix, can stall, close after
+ * each response (with or without saying so), and records every request and connection.
+ */
+#ifndef FBR_TEST_HTTP_TESTSRV_H
+#define FBR_TEST_HTTP_TESTSRV_H
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct tsrv_reply {
+    int status;           /* 0 = stall: never answer */
+    const char *headers;  /* extra header lines "Name: v\r\n", may be NULL */
+    int flood_reset_in_s; /* > 0: add X-FloodControl-Remaining: 0 and a Reset this far ahead */
+    int token_reset_in_s; /* > 0: add X-Ratelimit-Remaining: 0 and a Reset this far ahead */
+    const char *raw;      /* non-NULL: write exactly these bytes instead (status ignored) */
+    int close_after;      /* close the connection after this reply */
+};
+
+struct tsrv_req {
+    char path[256];
+    char delivery_id[64];
+    char auth[128];
+    char *body;
+    size_t body_len;
+    uint64_t at_mono_ms, at_wall_ms;
+    unsigned conn_no;
+};
+
+enum tsrv_close { TSRV_KEEP, TSRV_CLOSE_SAYING, TSRV_CLOSE_SILENT };
+
+struct tsrv;
+
+/* ssl_ctx NULL: plain HTTP.  Listens on 127.0.0.1, port 0. */
+struct tsrv *tsrv_new(struct event_base *base, SSL_CTX *ssl_ctx);
+int tsrv_port(const struct tsrv *s);
+/* Replies for requests whose path starts with prefix, used in order; afterwards the default. */
+void tsrv_script(struct tsrv *s, const char *prefix, const struct tsrv_reply *replies, size_t n);
+void tsrv_set_default(struct tsrv *s, struct tsrv_reply r);
+void tsrv_set_close(struct tsrv *s, enum tsrv_close mode);
+size_t tsrv_nreqs(const struct tsrv *s);
+const struct tsrv_req *tsrv_req(const struct tsrv *s, size_t i);
+unsigned tsrv_accepted(const struct tsrv *s);
+unsigned tsrv_max_open(const struct tsrv *s);
+void tsrv_free(struct tsrv *s);
+
+/* Creates ca.pem, good.pem/good.key (localhost, 127.0.0.1) and wrong.pem/wrong.key
+ * (wrong.example) under dir with the openssl CLI; returns 0 on success. */
+int tsrv_make_certs(const char *dir);
+SSL_CTX *tsrv_ssl_ctx(const char *cert, const char *key);
+
+#endif

@@ -1,0 +1,819 @@
+/*
+ * test_delivery.c - integration tests of the delivery engine and the client it drives (the last
+ * two steps of the data path), over real loopback sockets against the scriptable server of
+ * http_testsrv.c, plain and TLS with a CA made at test time: retries, 429 holds, room rate
+ * windows, dead letters and their replay, isolation of a stalled room, certificate host checks,
+ * pool bounds, servers that close after every response, and backpressure.
+ */
+#include <check.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "firebridge/client.h"
+#include "firebridge/delivery.h"
+#include "firebridge/server.h"
+#include "http_testsrv.h"
+
+static struct event_base *base;
+static struct event *tick;
+static struct tsrv *srv;
+static struct fbr_delivery_engine *eng;
+static char dir[64];
+
+struct hook_rec {
+    char id[40];
+    enum fbr_delivery_state to;
+    uint64_t at;
+};
+static struct hook_rec *hooks;
+static size_t nhooks, hooks_cap;
+
+static void hook(const struct fbr_delivery_info *d, enum fbr_delivery_state from,
+                 enum fbr_delivery_state to, void *arg)
+{
+    (void)from, (void)arg;
+    if (nhooks == hooks_cap) {
+        hooks_cap = hooks_cap ? hooks_cap * 2 : 256;
+        hooks = realloc(hooks, hooks_cap * sizeof(*hooks));
+    }
+    snprintf(hooks[nhooks].id, sizeof(hooks[nhooks].id), "%s", d->id);
+    hooks[nhooks].to = to;
+    hooks[nhooks].at = fbr_now_ms();
+    nhooks++;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+}
+
+static void setup(void)
+{
+    base = event_base_new();
+    struct timeval tv = {0, 20000};
+    tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+    event_add(tick, &tv);
+    snprintf(dir, sizeof(dir), "/tmp/fbr-delivery-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    nhooks = 0;
+}
+
+static void teardown(void)
+{
+    fbr_delivery_engine_free(&eng);
+    if (srv)
+        tsrv_free(srv);
+    srv = NULL;
+    event_free(tick);
+    event_base_free(base);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+    free(hooks);
+    hooks = NULL;
+    nhooks = hooks_cap = 0;
+}
+
+static void opts_fast(struct fbr_delivery_opts *o)
+{
+    fbr_delivery_opts_init(o);
+    o->data_dir = dir;
+    o->retry_initial_ms = 50;
+    o->retry_max_interval_ms = 500;
+    o->room_rate = (struct fbr_rate){0, 0};
+    o->token_rate = (struct fbr_rate){0, 0};
+    o->connect_timeout_ms = 2000;
+    o->request_timeout_ms = 5000;
+}
+
+static void start(struct fbr_delivery_opts *o)
+{
+    char err[256];
+    ck_assert_int_eq(fbr_delivery_engine_new(base, o, &eng, err, sizeof(err)), FBR_OK);
+    fbr_delivery_set_transition_hook(eng, hook, NULL);
+}
+
+static void make_req(struct fbr_outreq *o, const char *url, const char *body, const char *auth)
+{
+    fbr_outreq_init(o);
+    o->method = FBR_M_POST;
+    fbr_render_set_copy(&o->url, url, strlen(url));
+    fbr_render_set_copy(&o->body, body, strlen(body));
+    o->content_type = fbr_xstrdup("application/json");
+    if (auth) {
+        o->nheaders = 1;
+        o->header_names = fbr_xcalloc(1, sizeof(*o->header_names));
+        o->headers = fbr_xcalloc(1, sizeof(*o->headers));
+        o->header_names[0] = fbr_xstrdup("Authorization");
+        fbr_render_init(&o->headers[0]);
+        fbr_render_set_copy(&o->headers[0], auth, strlen(auth));
+    }
+}
+
+static void submit(const char *url, const char *body, const char *auth)
+{
+    struct fbr_outreq o;
+    make_req(&o, url, body, auth);
+    ck_assert_int_eq(fbr_delivery_submit(eng, &o, NULL), FBR_OK);
+    fbr_outreq_free(&o);
+}
+
+static const struct fbr_delivery_metrics *M(void)
+{
+    return fbr_delivery_get_metrics(eng);
+}
+
+/* Runs the loop until cond() holds or ms pass; returns cond(). */
+static int run_until(int (*cond)(void), unsigned ms)
+{
+    uint64_t end = fbr_now_ms() + ms;
+    while (!cond() && fbr_now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    return cond();
+}
+
+static uint64_t want;
+static int delivered_n(void)
+{
+    return M()->delivered >= want;
+}
+static int dead_n(void)
+{
+    return M()->dead_permanent + M()->dead_expired >= want;
+}
+
+static char *url_for(const char *scheme, const char *host, const char *room)
+{
+    static char buf[256];
+    snprintf(buf, sizeof(buf), "%s://%s:%d/v2/room/%s/notification?auth_token=SECRET", scheme, host,
+             tsrv_port(srv), room);
+    return buf;
+}
+
+START_TEST(retry_5xx_then_success)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{500, NULL, 0}, {503, NULL, 0}, {204, NULL, 0}};
+    tsrv_script(srv, "/v2/room/1/", script, 3);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    submit(url_for("http", "127.0.0.1", "1"), "{\"message\":\"hi\"}", NULL);
+    want = 1;
+    ck_assert(run_until(delivered_n, 10000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 3);
+    ck_assert_uint_eq(M()->attempts, 3);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_HTTP_5XX], 2);
+    ck_assert_uint_eq(M()->pending, 0);
+    const char *id = tsrv_req(srv, 0)->delivery_id;
+    ck_assert_uint_eq(strlen(id), 32);
+    for (size_t i = 1; i < 3; i++)
+        ck_assert_str_eq(tsrv_req(srv, i)->delivery_id, id);
+    ck_assert_str_eq(tsrv_req(srv, 2)->body, "{\"message\":\"hi\"}");
+}
+END_TEST
+
+START_TEST(dead_letter_then_replay)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{400, NULL, 0}};
+    tsrv_script(srv, "/v2/room/7/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    submit(url_for("http", "127.0.0.1", "7"), "{\"message\":\"\\u00e9t\\u00e9\"}",
+           "Bearer TOPSECRET");
+    want = 1;
+    ck_assert(run_until(dead_n, 5000));
+    ck_assert_uint_eq(M()->dead_permanent, 1);
+    ck_assert_uint_eq(M()->attempts, 1);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 1);
+    const char *path = fbr_delivery_dead_letter_path(eng);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+    json_error_t jerr;
+    json_t *j = json_load_file(path, JSON_DISABLE_EOF_CHECK, &jerr);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "attempts")), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), tsrv_req(srv, 0)->delivery_id);
+    ck_assert(strncmp(json_string_value(json_object_get(j, "reason")), "http 400", 8) == 0);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "method")), "POST");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "body")), tsrv_req(srv, 0)->body);
+    ck_assert_int_gt(json_integer_value(json_object_get(j, "created_ms")), 0);
+    json_decref(j);
+
+    size_t count = 0;
+    char err[256];
+    ck_assert_int_eq(fbr_delivery_replay_file(eng, path, &count, err, sizeof(err)), FBR_OK);
+    ck_assert_uint_eq(count, 1);
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    const struct tsrv_req *a = tsrv_req(srv, 0), *b = tsrv_req(srv, 1);
+    ck_assert_str_eq(a->delivery_id, b->delivery_id);
+    ck_assert_str_eq(a->body, b->body);
+    ck_assert_str_eq(a->path, b->path);
+    ck_assert_str_eq(b->auth, "Bearer TOPSECRET");
+    ck_assert_int_eq(fbr_delivery_replay_file(eng, "/nonexistent/x", &count, err, sizeof(err)),
+                     FBR_NOTFOUND);
+}
+END_TEST
+
+START_TEST(too_many_requests_holds)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{429, NULL, 2}, {204, NULL, 0}};
+    tsrv_script(srv, "/v2/room/9/", script, 2);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    submit(url_for("http", "127.0.0.1", "9"), "{\"message\":\"a\"}", NULL);
+    want = 1;
+    ck_assert(run_until(delivered_n, 8000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    uint64_t gap = tsrv_req(srv, 1)->at_wall_ms - tsrv_req(srv, 0)->at_wall_ms;
+    ck_assert_msg(gap >= 2000, "second attempt only %llu ms after the 429",
+                  (unsigned long long)gap);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_HTTP_429], 1);
+    ck_assert_uint_eq(M()->attempts, 2);
+}
+END_TEST
+
+START_TEST(room_rate_window)
+{
+    srv = tsrv_new(base, NULL);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.room_rate = (struct fbr_rate){5, 2};
+    start(&o);
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        char body[32];
+        snprintf(body, sizeof(body), "{\"n\":%d}", i);
+        submit(url_for("http", "127.0.0.1", "42"), body, NULL);
+    }
+    want = N;
+    ck_assert(run_until(delivered_n, 15000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), N);
+    uint64_t sends[N];
+    size_t ns = 0;
+    for (size_t i = 0; i < nhooks; i++)
+        if (hooks[i].to == FBR_DS_IN_FLIGHT)
+            sends[ns++] = hooks[i].at;
+    ck_assert_uint_eq(ns, N);
+    for (int i = 0; i < N; i++) {
+        char body[32];
+        snprintf(body, sizeof(body), "{\"n\":%d}", i);
+        ck_assert_str_eq(tsrv_req(srv, (size_t)i)->body, body); /* in order */
+        if (i + 5 < N) {
+            ck_assert_uint_ge(sends[i + 5] - sends[i], 2000);
+            /* as the server saw it: allow for loopback scheduling noise only */
+            ck_assert_uint_ge(tsrv_req(srv, (size_t)i + 5)->at_mono_ms -
+                                  tsrv_req(srv, (size_t)i)->at_mono_ms,
+                              1950);
+        }
+    }
+    /* and not slower than needed: 20 sends at 5 per 2 s take a little over 6 s */
+    ck_assert_uint_le(sends[N - 1] - sends[0], 6800);
+}
+END_TEST
+
+START_TEST(stalled_room_isolated)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply stall[] = {{0, NULL, 0}, {0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/slow/", stall, 2);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 20000;
+    start(&o);
+    submit(url_for("http", "127.0.0.1", "slow"), "{\"n\":0}", NULL);
+    submit(url_for("http", "127.0.0.1", "slow"), "{\"n\":1}", NULL);
+    uint64_t t0 = fbr_now_ms();
+    for (int i = 0; i < 5; i++)
+        submit(url_for("http", "127.0.0.1", "fast"), "{\"n\":2}", NULL);
+    want = 5;
+    ck_assert(run_until(delivered_n, 3000));
+    ck_assert_uint_lt(fbr_now_ms() - t0, 1000);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 1);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 1);
+}
+END_TEST
+
+static char certdir[64];
+
+static void tls_setup(void)
+{
+    setup();
+    snprintf(certdir, sizeof(certdir), "%s", dir);
+    ck_assert_int_eq(tsrv_make_certs(certdir), 0);
+}
+
+static SSL_CTX *server_ctx(const char *which)
+{
+    char cert[128], key[128];
+    snprintf(cert, sizeof(cert), "%s/%s.pem", certdir, which);
+    snprintf(key, sizeof(key), "%s/%s.key", certdir, which);
+    return tsrv_ssl_ctx(cert, key);
+}
+
+START_TEST(tls_verified)
+{
+    SSL_CTX *ctx = server_ctx("good");
+    srv = tsrv_new(base, ctx);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    char ca[128];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", certdir);
+    o.ca_file = ca;
+    start(&o);
+    submit(url_for("https", "localhost", "1"), "{\"message\":\"tls\"}", NULL);
+    submit(url_for("https", "127.0.0.1", "2"), "{\"message\":\"tls\"}", NULL);
+    want = 2;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    fbr_delivery_engine_free(&eng);
+    tsrv_free(srv);
+    srv = NULL;
+    SSL_CTX_free(ctx);
+}
+END_TEST
+
+static char got_reason[400];
+static int got_err = -1, got_calls;
+static void client_cb(const struct fbr_client_resp *r, void *arg)
+{
+    (void)arg;
+    got_calls++;
+    got_err = (int)r->err;
+    snprintf(got_reason, sizeof(got_reason), "%s", r->reason);
+}
+static int got_one(void)
+{
+    return got_calls > 0;
+}
+
+START_TEST(tls_wrong_host)
+{
+    got_calls = 0;
+    SSL_CTX *ctx = server_ctx("wrong");
+    srv = tsrv_new(base, ctx);
+    char ca[128], err[256];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", certdir);
+    struct fbr_client_opts co = {1, 2000, 2000, ca, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    const char *url = url_for("https", "localhost", "1");
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert_int_eq(got_calls, 0); /* never from inside the request function */
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_int_eq(got_err, FBR_CLIENT_ERR_TLS);
+    ck_assert_msg(strstr(got_reason, "hostname mismatch") && strstr(got_reason, "localhost"),
+                  "reason: %s", got_reason);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 0);
+    /* an invalid URL is refused and never called back */
+    struct fbr_client_req bad = {"POST", "ftp://x/", 8, NULL, 0, NULL, 0, NULL};
+    ck_assert_int_eq(fbr_client_request(c, &bad, client_cb, NULL), FBR_INVALID);
+    fbr_client_free(&c);
+    ck_assert_int_eq(got_calls, 1);
+
+    /* through the engine: retried as a TLS failure, never delivered */
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.ca_file = ca;
+    start(&o);
+    submit(url, "{}", NULL);
+    event_base_loopexit(base, &(struct timeval){0, 600000});
+    event_base_dispatch(base);
+    ck_assert_uint_ge(M()->retries[FBR_RETRY_TLS], 1);
+    ck_assert_uint_eq(M()->delivered, 0);
+    fbr_delivery_engine_free(&eng);
+    tsrv_free(srv);
+    srv = NULL;
+    SSL_CTX_free(ctx);
+}
+END_TEST
+
+START_TEST(pool_bounded)
+{
+    srv = tsrv_new(base, NULL);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.pool_size = 4;
+    start(&o);
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++) {
+        char room[16];
+        snprintf(room, sizeof(room), "%d", i);
+        submit(url_for("http", "127.0.0.1", room), "{\"message\":\"m\"}", NULL);
+    }
+    want = N;
+    ck_assert(run_until(delivered_n, 30000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), N);
+    ck_assert_uint_le(tsrv_accepted(srv), 4);
+    ck_assert_uint_le(tsrv_max_open(srv), 4);
+    ck_assert_uint_eq(M()->attempts, N);
+}
+END_TEST
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+START_TEST(server_closes_every_response)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_close(srv, _i == 0 ? TSRV_CLOSE_SAYING : TSRV_CLOSE_SILENT);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.retry_initial_ms = 10;
+    o.retry_max_interval_ms = 100;
+    o.pool_size = 4;
+    start(&o);
+    enum { N = 200 };
+    for (int i = 0; i < N; i++) {
+        char room[16];
+        snprintf(room, sizeof(room), "r%d", i % 20);
+        submit(url_for("http", "127.0.0.1", room), "{\"message\":\"m\"}", NULL);
+    }
+    want = N;
+    ck_assert(run_until(delivered_n, 30000));
+    ck_assert_uint_eq(M()->dead_permanent + M()->dead_expired, 0);
+    /* every delivery reached the server (duplicates are allowed after an ambiguous EOF) */
+    size_t n = tsrv_nreqs(srv);
+    char **ids = malloc(n * sizeof(*ids));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (char *)tsrv_req(srv, i)->delivery_id;
+    qsort(ids, n, sizeof(*ids), cmp_str);
+    size_t distinct = n ? 1 : 0;
+    for (size_t i = 1; i < n; i++)
+        distinct += strcmp(ids[i], ids[i - 1]) != 0;
+    free(ids);
+    ck_assert_uint_eq(distinct, N);
+    if (_i == 0)
+        ck_assert_uint_eq(n, N); /* announced closes: no retry needed at all */
+}
+END_TEST
+
+START_TEST(max_pending_limit)
+{
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.max_pending = 10;
+    start(&o);
+    struct fbr_outreq r;
+    make_req(&r, "file:///etc/passwd", "{}", NULL);
+    ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_INVALID);
+    ck_assert_uint_eq(r.url.total, strlen("file:///etc/passwd"));
+    fbr_outreq_free(&r);
+    ck_assert_uint_eq(fbr_delivery_room(eng), 10);
+    for (int i = 0; i < 10; i++) /* nobody listens on port 9: deliveries stay pending */
+        submit("http://127.0.0.1:9/v2/room/1/notification", "{}", NULL);
+    make_req(&r, "http://127.0.0.1:9/v2/room/1/notification", "{}", NULL);
+    ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_LIMIT);
+    ck_assert_uint_eq(r.url.total, strlen("http://127.0.0.1:9/v2/room/1/notification"));
+    fbr_outreq_free(&r);
+    ck_assert_uint_eq(fbr_delivery_pending(eng), 10);
+    ck_assert_uint_eq(fbr_delivery_room(eng), 0);
+    ck_assert_uint_eq(M()->rejected, 1);
+    event_base_loopexit(base, &(struct timeval){0, 300000});
+    event_base_dispatch(base);
+    ck_assert_uint_ge(M()->retries[FBR_RETRY_CONNECT], 1);
+    struct evbuffer *out = evbuffer_new();
+    fbr_delivery_metrics_write(eng, out);
+    size_t len = evbuffer_get_length(out);
+    char *text = malloc(len + 1);
+    evbuffer_remove(out, text, len);
+    text[len] = '\0';
+    evbuffer_free(out);
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_deliveries_pending 10\n"));
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_deliveries_total{outcome=\"rejected\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_delivery_latency_seconds_bucket{le=\"+Inf\"}"));
+    free(text);
+}
+END_TEST
+
+/* ---- the client's response parser against raw replies ---- */
+
+static const struct {
+    const char *raw;
+    int close_after;
+    int err, status;
+    const char *body;
+    int64_t retry_after_delta_s, rl_remaining, rl_reset, flood_remaining;
+    int reusable;
+} raw_cases[] = {
+    {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n"
+     "0\r\nTrailer: t\r\n\r\n",
+     0, FBR_CLIENT_ERR_NONE, 200, "hello world", -1, -1, -1, -1, 1},
+    {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 0, FBR_CLIENT_ERR_NONE, 204,
+     "", -1, -1, -1, -1, 1},
+    {"HTTP/1.0 200 OK\r\n\r\nuntil eof", 1, FBR_CLIENT_ERR_NONE, 200, "until eof", -1, -1, -1, -1,
+     0},
+    {"HTTP/1.1 429 Slow down\r\ncontent-length: 2\r\nretry-after: 3\r\nx-ratelimit-remaining: 0"
+     "\r\nX-RATELIMIT-RESET: 1700000000\r\nx-FloodControl-Remaining:  7 \r\n\r\n{}",
+     0, FBR_CLIENT_ERR_NONE, 429, "{}", 3, 0, 1700000000, 7, 1},
+    {"HTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 5\r\n\r\nnope!", 0,
+     FBR_CLIENT_ERR_NONE, 400, "nope!", -1, -1, -1, -1, 0},
+    {"NOPE\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1, -1, 0},
+    {"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1,
+     -1, 0},
+    {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1,
+     -1, 0},
+    {"", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1, -1, 0},
+};
+
+static struct fbr_client_resp raw_resp;
+static char raw_body[600], raw_reason[400];
+static int raw_calls;
+static void raw_cb(const struct fbr_client_resp *r, void *arg)
+{
+    (void)arg;
+    raw_calls++;
+    raw_resp = *r;
+    snprintf(raw_body, sizeof(raw_body), "%.*s", (int)r->body_len, r->body);
+    snprintf(raw_reason, sizeof(raw_reason), "%s", r->reason);
+}
+static int raw_done(void)
+{
+    return raw_calls > 0;
+}
+
+START_TEST(client_parses_responses)
+{
+    raw_calls = 0;
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply rep = {0, NULL, 0, 0, raw_cases[_i].raw, raw_cases[_i].close_after};
+    tsrv_script(srv, "/raw", &rep, 1);
+    char err[256];
+    struct fbr_client_opts co = {1, 2000, 2000, NULL, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/raw", tsrv_port(srv));
+    static char ab[] = "ab", cd[] = "cd";
+    struct iovec body[2] = {{ab, 2}, {cd, 2}};
+    struct fbr_client_req req = {"POST", url, strlen(url), "X-T: 1\r\n", 8, body, 2, NULL};
+    uint64_t now_wall = fbr_wall_ms();
+    ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+    ck_assert(run_until(raw_done, 5000));
+    ck_assert_str_eq(tsrv_req(srv, 0)->body, "abcd");
+    ck_assert_msg((int)raw_resp.err == raw_cases[_i].err, "err %d: %s", raw_resp.err, raw_reason);
+    ck_assert_int_eq(raw_resp.status, raw_cases[_i].status);
+    if (raw_cases[_i].err == FBR_CLIENT_ERR_NONE) {
+        ck_assert_str_eq(raw_body, raw_cases[_i].body);
+        ck_assert_int_eq(raw_resp.ratelimit_remaining, raw_cases[_i].rl_remaining);
+        ck_assert_int_eq(raw_resp.ratelimit_reset, raw_cases[_i].rl_reset);
+        ck_assert_int_eq(raw_resp.flood_remaining, raw_cases[_i].flood_remaining);
+        if (raw_cases[_i].retry_after_delta_s < 0) {
+            ck_assert_int_eq(raw_resp.retry_after_wall_ms, -1);
+        } else {
+            int64_t d = raw_resp.retry_after_wall_ms - (int64_t)now_wall;
+            ck_assert_int_ge(d, raw_cases[_i].retry_after_delta_s * 1000);
+            ck_assert_int_lt(d, raw_cases[_i].retry_after_delta_s * 1000 + 1000);
+        }
+        /* a second request reuses the connection exactly when the response allowed it */
+        raw_calls = 0;
+        ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+        ck_assert(run_until(raw_done, 5000));
+        ck_assert_int_eq(raw_resp.status, 204);
+        ck_assert_int_eq(raw_resp.reused, raw_cases[_i].reusable);
+        ck_assert_uint_eq(tsrv_accepted(srv), raw_cases[_i].reusable ? 1 : 2);
+    } else {
+        ck_assert_ptr_nonnull(strstr(raw_reason, "127.0.0.1") ? raw_reason
+                                                              : strstr(raw_reason, "malformed"));
+    }
+    fbr_client_free(&c);
+}
+END_TEST
+
+START_TEST(order_kept_across_retries)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{500, NULL, 0}, {502, NULL, 0}};
+    tsrv_script(srv, "/v2/room/ord/", script, 2);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    for (int i = 0; i < 4; i++) {
+        char body[16];
+        snprintf(body, sizeof(body), "%d", i);
+        submit(url_for("http", "127.0.0.1", "ord"), body, NULL);
+    }
+    want = 4;
+    ck_assert(run_until(delivered_n, 10000));
+    static const char *const seen[] = {"0", "0", "0", "1", "2", "3"};
+    ck_assert_uint_eq(tsrv_nreqs(srv), 6);
+    for (size_t i = 0; i < 6; i++)
+        ck_assert_str_eq(tsrv_req(srv, i)->body, seen[i]);
+}
+END_TEST
+
+START_TEST(expires_into_dead_letter)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){503, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.retry_max_age_s = 1;
+    o.retry_initial_ms = 100;
+    o.retry_max_interval_ms = 300;
+    start(&o);
+    submit(url_for("http", "127.0.0.1", "x"), "{}", NULL);
+    want = 1;
+    ck_assert(run_until(dead_n, 5000));
+    ck_assert_uint_eq(M()->dead_expired, 1);
+    ck_assert_uint_ge(M()->attempts, 2);
+    json_error_t jerr;
+    json_t *j = json_load_file(fbr_delivery_dead_letter_path(eng), JSON_DISABLE_EOF_CHECK, &jerr);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "reason")), "expired"));
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "attempts")), (json_int_t)M()->attempts);
+    json_decref(j);
+}
+END_TEST
+
+START_TEST(request_timeout_retried)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/t/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 300;
+    start(&o);
+    uint64_t t0 = fbr_now_ms();
+    submit(url_for("http", "127.0.0.1", "t"), "{}", NULL);
+    want = 1;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_ge(fbr_now_ms() - t0, 300);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 1);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+}
+END_TEST
+
+/* X-Ratelimit-Remaining: 0 on a success holds every room of that token until the reset, and no
+ * other token. */
+static const char *url_plain(const char *room)
+{
+    static char buf[128];
+    snprintf(buf, sizeof(buf), "http://127.0.0.1:%d/v2/room/%s/notification", tsrv_port(srv), room);
+    return buf;
+}
+
+START_TEST(token_hold_from_headers)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{204, NULL, 0, 2, NULL, 0}};
+    tsrv_script(srv, "/v2/room/a/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.token_rate = (struct fbr_rate){500, 300};
+    start(&o);
+    submit(url_plain("a"), "a", "Bearer T1");
+    want = 1;
+    ck_assert(run_until(delivered_n, 3000));
+    uint64_t t0 = tsrv_req(srv, 0)->at_wall_ms;
+    submit(url_plain("b"), "b", "Bearer T1");
+    submit(url_plain("c"), "c", "Bearer T2");
+    want = 3;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_str_eq(tsrv_req(srv, 1)->body, "c");
+    ck_assert_uint_lt(tsrv_req(srv, 1)->at_wall_ms - t0, 500);
+    ck_assert_str_eq(tsrv_req(srv, 2)->body, "b");
+    ck_assert_uint_ge(tsrv_req(srv, 2)->at_wall_ms - t0, 2000);
+}
+END_TEST
+
+START_TEST(several_in_flight_per_destination)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply stall[] = {{0, NULL, 0}, {0, NULL, 0}, {0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/p/", stall, 3);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.per_destination_inflight = 3;
+    o.pool_size = 8;
+    start(&o);
+    for (int i = 0; i < 5; i++)
+        submit(url_for("http", "127.0.0.1", "p"), "{}", NULL);
+    event_base_loopexit(base, &(struct timeval){0, 300000});
+    event_base_dispatch(base);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 3);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 2);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 3);
+}
+END_TEST
+
+/* Bodies that are not UTF-8 survive the dead-letter file byte for byte (base64), for every
+ * padding length. */
+START_TEST(binary_dead_letter_replay)
+{
+    static const char *const bodies[] = {"\xff", "\xff\xfe", "\xff\xfe\xfd", "a\xc3(b"};
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{400, NULL, 0}, {400, NULL, 0}, {400, NULL, 0}, {400, NULL, 0}};
+    tsrv_script(srv, "/v2/room/bin/", script, 4);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    for (size_t i = 0; i < 4; i++)
+        submit(url_for("http", "127.0.0.1", "bin"), bodies[i], NULL);
+    want = 4;
+    ck_assert(run_until(dead_n, 5000));
+    size_t count = 0;
+    char err[256];
+    ck_assert_int_eq(
+        fbr_delivery_replay_file(eng, fbr_delivery_dead_letter_path(eng), &count, err, sizeof(err)),
+        FBR_OK);
+    ck_assert_uint_eq(count, 4);
+    want = 4;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 8);
+    for (size_t i = 0; i < 4; i++) {
+        const struct tsrv_req *r = tsrv_req(srv, 4 + i);
+        ck_assert_uint_eq(r->body_len, strlen(bodies[i]));
+        ck_assert_mem_eq(r->body, bodies[i], r->body_len);
+        ck_assert_str_eq(r->delivery_id, tsrv_req(srv, i)->delivery_id);
+    }
+    /* a file with a bad line: entries before it are queued, the error names the line */
+    FILE *f = fopen(fbr_delivery_dead_letter_path(eng), "a");
+    fputs("{not json\n", f);
+    fclose(f);
+    ck_assert_int_eq(
+        fbr_delivery_replay_file(eng, fbr_delivery_dead_letter_path(eng), &count, err, sizeof(err)),
+        FBR_INVALID);
+    ck_assert_uint_eq(count, 4);
+    ck_assert_ptr_nonnull(strstr(err, "line 5"));
+}
+END_TEST
+
+/* A name that cannot resolve fails the attempt within the connect deadline (by evdns' answer or by
+ * the client's own timer, whichever comes first), and freeing the client with a lookup still
+ * pending is clean. */
+START_TEST(dns_failure_reported)
+{
+    char err[256];
+    struct fbr_client_opts co = {2, 700, 700, NULL, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    static const char url[] = "http://no-such-host.invalid:8080/v2/room/1/notification";
+    struct fbr_client_req req = {"POST", url, sizeof(url) - 1, NULL, 0, NULL, 0, NULL};
+    got_calls = 0;
+    uint64_t t0 = fbr_now_ms();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_uint_lt(fbr_now_ms() - t0, 1500);
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_DNS || got_err == FBR_CLIENT_ERR_TIMEOUT, "%d: %s",
+                  got_err, got_reason);
+    ck_assert_ptr_nonnull(strstr(got_reason, "no-such-host.invalid"));
+    /* a second lookup, abandoned by freeing the client while it may still run */
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    fbr_client_free(&c);
+    event_base_loop(base, EVLOOP_NONBLOCK); /* libevent finishes the failed lookups */
+    ck_assert_int_eq(got_calls, 1);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("delivery");
+    TCase *tc = tcase_create("plain");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 45);
+    tcase_add_test(tc, retry_5xx_then_success);
+    tcase_add_test(tc, dead_letter_then_replay);
+    tcase_add_test(tc, too_many_requests_holds);
+    tcase_add_test(tc, room_rate_window);
+    tcase_add_test(tc, stalled_room_isolated);
+    tcase_add_test(tc, pool_bounded);
+    tcase_add_loop_test(tc, server_closes_every_response, 0, 2);
+    tcase_add_test(tc, max_pending_limit);
+    tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
+    tcase_add_test(tc, order_kept_across_retries);
+    tcase_add_test(tc, binary_dead_letter_replay);
+    tcase_add_test(tc, dns_failure_reported);
+    tcase_add_test(tc, expires_into_dead_letter);
+    tcase_add_test(tc, request_timeout_retried);
+    tcase_add_test(tc, token_hold_from_headers);
+    tcase_add_test(tc, several_in_flight_per_destination);
+    suite_add_tcase(s, tc);
+    TCase *tt = tcase_create("tls");
+    tcase_add_checked_fixture(tt, tls_setup, teardown);
+    tcase_set_timeout(tt, 30);
+    tcase_add_test(tt, tls_verified);
+    tcase_add_test(tt, tls_wrong_host);
+    suite_add_tcase(s, tt);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
