@@ -14,10 +14,22 @@
 #include <sys/stat.h>
 
 #include "fbr_build.h"
+#include "firebridge/cfgerr.h"
 #include "firebridge/config.h"
+#include "firebridge/delivery.h"
+#include "firebridge/incidents.h"
+#include "firebridge/intake.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
+#include "firebridge/rules.h"
 #include "firebridge/server.h"
+#include "firebridge/webhook.h"
+
+/* The compiled `rules` and `webhooks` sections: swapped as one on reload. */
+struct flow {
+    struct fbr_rules *rules;
+    struct fbr_webhooks webhooks;
+};
 
 struct daemon {
     struct event_base *base;
@@ -25,6 +37,11 @@ struct daemon {
     struct fbr_config cfg;
     struct fbr_metrics *metrics;
     struct fbr_server *srv;
+    struct flow flow;
+    struct fbr_incidents *incidents;
+    struct fbr_delivery_engine *deliveries;
+    struct fbr_intake *intake;
+    struct event *flush_tick;
     struct event *drain_tick, *drain_deadline;
     uint64_t *m_reloads_ok, *m_reloads_failed;
 };
@@ -89,6 +106,100 @@ static int str_eq(const char *a, const char *b)
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+/*
+ * Compiles the rules and webhooks of cfg into f.  Returns FBR_OK, or FBR_INVALID with every error
+ * appended to err as "<json path>: <reason>" lines (f is then empty).
+ */
+static int flow_compile(const struct fbr_config *cfg, struct flow *f, char *err, size_t errlen)
+{
+    struct fbr_cfgerr errs = {0};
+    struct fbr_rules_opts ropts = {0};
+    memset(f, 0, sizeof(*f));
+    fbr_rules_compile(cfg->rules, &ropts, &f->rules, &errs);
+    fbr_webhooks_compile(cfg->webhooks, &f->webhooks, &errs);
+    if (errs.n == 0)
+        return FBR_OK;
+    size_t pos = strlen(err);
+    for (size_t i = 0; i < errs.n && pos + 1 < errlen; i++)
+        pos += (size_t)snprintf(err + pos, errlen - pos, "%s%s", pos ? "\n" : "", errs.msgs[i]);
+    fbr_cfgerr_clear(&errs);
+    fbr_rules_free(&f->rules);
+    fbr_webhooks_clear(&f->webhooks);
+    return FBR_INVALID;
+}
+
+static void flow_free(struct flow *f)
+{
+    fbr_rules_free(&f->rules);
+    fbr_webhooks_clear(&f->webhooks);
+}
+
+/* The intake's sink: every rendered request goes to the delivery engine. */
+static int sink_submit(void *arg, struct fbr_outreq *o)
+{
+    return fbr_delivery_submit(arg, o, NULL);
+}
+
+static void delivery_metrics(struct evbuffer *out, void *arg)
+{
+    fbr_delivery_metrics_write(arg, out);
+}
+
+static void intake_metrics(struct evbuffer *out, void *arg)
+{
+    const struct fbr_intake_stats *st = fbr_intake_stats(arg);
+    evbuffer_add_printf(out,
+                        "# HELP firebridge_intake_alerts_total Alerts accepted by the REST endpoint\n"
+                        "# TYPE firebridge_intake_alerts_total counter\n"
+                        "firebridge_intake_alerts_total %llu\n"
+                        "# HELP firebridge_intake_events_total Timeline events accepted by /v1/events\n"
+                        "# TYPE firebridge_intake_events_total counter\n"
+                        "firebridge_intake_events_total %llu\n"
+                        "# HELP firebridge_intake_rejected_total Intake requests answered with 4xx/5xx\n"
+                        "# TYPE firebridge_intake_rejected_total counter\n"
+                        "firebridge_intake_rejected_total %llu\n"
+                        "# HELP firebridge_webhook_renders_total Webhook renders by outcome\n"
+                        "# TYPE firebridge_webhook_renders_total counter\n"
+                        "firebridge_webhook_renders_total{outcome=\"submitted\"} %llu\n"
+                        "firebridge_webhook_renders_total{outcome=\"skipped_missing_url_variable\"} %llu\n"
+                        "firebridge_webhook_renders_total{outcome=\"invalid\"} %llu\n"
+                        "firebridge_webhook_renders_total{outcome=\"refused\"} %llu\n"
+                        "# HELP firebridge_rules_matched_total Rules whose conditions held\n"
+                        "# TYPE firebridge_rules_matched_total counter\n"
+                        "firebridge_rules_matched_total %llu\n"
+                        "# HELP firebridge_rules_regex_limit_total Rules skipped: regex hit its effort bound\n"
+                        "# TYPE firebridge_rules_regex_limit_total counter\n"
+                        "firebridge_rules_regex_limit_total %llu\n",
+                        (unsigned long long)st->alerts, (unsigned long long)st->events,
+                        (unsigned long long)st->rejected, (unsigned long long)st->deliveries,
+                        (unsigned long long)st->skipped, (unsigned long long)st->invalid,
+                        (unsigned long long)st->sink_errors,
+                        (unsigned long long)st->rules.matched,
+                        (unsigned long long)st->rules.regex_limit);
+}
+
+static void delivery_opts(const struct fbr_config *cfg, struct fbr_delivery_opts *o)
+{
+    fbr_delivery_opts_init(o);
+    o->pool_size = cfg->pool_size;
+    o->connect_timeout_ms = cfg->connect_timeout_ms;
+    o->request_timeout_ms = cfg->request_timeout_ms;
+    o->room_rate = cfg->room_rate;
+    o->token_rate = cfg->token_rate;
+    o->retry_initial_ms = cfg->retry_initial_ms;
+    o->retry_max_interval_ms = cfg->retry_max_interval_ms;
+    o->retry_max_age_s = cfg->retry_max_age_s;
+    o->ca_file = cfg->ca_file;
+    o->max_pending = cfg->max_pending;
+    o->data_dir = cfg->data_dir;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    fbr_incidents_flush(d->incidents, fbr_wall_ms());
+}
+
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
@@ -102,6 +213,18 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         fbr_log_error("reload failed: keeping the current configuration");
         return;
     }
+    struct flow flow;
+    if (flow_compile(&next, &flow, err, sizeof(err)) != FBR_OK) {
+        (*d->m_reloads_failed)++;
+        for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
+            fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", line);
+        fbr_log_error("reload failed: keeping the current configuration");
+        fbr_config_free(&next);
+        return;
+    }
+    if (!list_eq(&next.api_keys, &d->cfg.api_keys) ||
+        !str_eq(next.organization_id, d->cfg.organization_id))
+        fbr_log_warn("api_keys and organization_id changes take effect on restart");
     if (!list_eq(&next.listen, &d->cfg.listen) || !str_eq(next.tls_cert, d->cfg.tls_cert) ||
         !str_eq(next.tls_key, d->cfg.tls_key) || !str_eq(next.data_dir, d->cfg.data_dir))
         fbr_log_warn("listen, tls_cert, tls_key and data_dir changes take effect on restart");
@@ -109,6 +232,10 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     struct fbr_server_opts o;
     server_opts(&next, d->metrics, &o);
     fbr_server_update(d->srv, &o);
+    /* Deliveries in flight hold their own references to the webhooks they came from. */
+    fbr_intake_set_config(d->intake, flow.rules, &flow.webhooks);
+    flow_free(&d->flow);
+    d->flow = flow;
     /* The old configuration goes only after everything points at the new one. */
     struct fbr_config old = d->cfg;
     d->cfg = next;
@@ -120,7 +247,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 static void drain_check(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    if (fbr_server_connections(d->srv) == 0) {
+    if (fbr_server_connections(d->srv) == 0 &&
+        (!d->deliveries || fbr_delivery_pending(d->deliveries) == 0)) {
         fbr_log_info("drained: exiting");
         event_base_loopexit(d->base, NULL);
     }
@@ -129,8 +257,9 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
 static void drain_expired(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    fbr_log_warn("drain timeout: exiting with %zu connection(s) still open",
-                 fbr_server_connections(d->srv));
+    fbr_log_warn("drain timeout: exiting with %zu connection(s) open and %zu deliveries pending",
+                 fbr_server_connections(d->srv),
+                 d->deliveries ? fbr_delivery_pending(d->deliveries) : 0);
     event_base_loopexit(d->base, NULL);
 }
 
@@ -180,7 +309,18 @@ int main(int argc, char **argv)
         fbr_cli_free(&d.cli);
         return 1;
     }
+    err[0] = '\0';
+    if (flow_compile(&d.cfg, &d.flow, err, sizeof(err)) != FBR_OK) {
+        const char *file = d.cfg.config_file ? d.cfg.config_file : "(built-in defaults)";
+        FILE *out = d.cli.action == FBR_CLI_CHECK ? stdout : stderr;
+        for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
+            fprintf(out, "%s: %s\n", file, line);
+        fbr_config_free(&d.cfg);
+        fbr_cli_free(&d.cli);
+        return 1;
+    }
     if (d.cli.action == FBR_CLI_CHECK) {
+        flow_free(&d.flow);
         printf("ok\n");
         fbr_config_free(&d.cfg);
         fbr_cli_free(&d.cli);
@@ -198,15 +338,52 @@ int main(int argc, char **argv)
 
     d.base = event_base_new();
     d.metrics = fbr_metrics_new();
-    d.m_reloads_ok = fbr_metrics_counter(d.metrics, "fbr_config_reloads_total",
+    d.m_reloads_ok = fbr_metrics_counter(d.metrics, "firebridge_config_reloads_total",
                                          "Configuration reloads (SIGHUP), by result", "result",
                                          "ok");
-    d.m_reloads_failed = fbr_metrics_counter(d.metrics, "fbr_config_reloads_total", NULL,
+    d.m_reloads_failed = fbr_metrics_counter(d.metrics, "firebridge_config_reloads_total", NULL,
                                              "result", "failed");
     struct fbr_server_opts o;
     server_opts(&d.cfg, d.metrics, &o);
     d.srv = fbr_server_new(d.base, &o);
-    /* Later modules (intake, HipChat add-on) add their routes here. */
+
+    struct fbr_incidents_opts iopts = {.data_dir = d.cfg.data_dir, .fsync = d.cfg.fsync};
+    if (fbr_incidents_open(&iopts, &d.incidents) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "opening the incident table", "in %s", d.cfg.data_dir);
+        goto out;
+    }
+    struct fbr_delivery_opts dopts;
+    delivery_opts(&d.cfg, &dopts);
+    if (fbr_delivery_engine_new(d.base, &dopts, &d.deliveries, err, sizeof(err)) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "starting the delivery engine", "%s", err);
+        goto out;
+    }
+    struct fbr_intake_opts inopts = {
+        .api_keys = (const char *const *)d.cfg.api_keys.v,
+        .napi_keys = d.cfg.api_keys.n,
+        .organization_id = d.cfg.organization_id,
+        .rules = d.flow.rules,
+        .webhooks = &d.flow.webhooks,
+        .incidents = d.incidents,
+        .sink = {sink_submit, d.deliveries},
+    };
+    d.intake = fbr_intake_new(&inopts);
+    fbr_intake_register(d.intake, d.srv);
+    fbr_metrics_add_collector(d.metrics, intake_metrics, d.intake);
+    fbr_metrics_add_collector(d.metrics, delivery_metrics, d.deliveries);
+    d.flush_tick = event_new(d.base, -1, EV_PERSIST, on_flush, &d);
+    event_add(d.flush_tick, &(struct timeval){1, 0});
+    if (d.cfg.replay_dead_letters) {
+        size_t count = 0;
+        int r = fbr_delivery_replay_file(d.deliveries, d.cfg.replay_dead_letters, &count, err,
+                                         sizeof(err));
+        if (r != FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "replaying dead letters", "from %s: %s",
+                    d.cfg.replay_dead_letters, r == FBR_NOTFOUND ? "cannot open the file" : err);
+            goto out;
+        }
+        fbr_log_info("replaying %zu dead letter(s) from %s", count, d.cfg.replay_dead_letters);
+    }
     for (size_t i = 0; i < d.cfg.listen.n; i++) {
         if (fbr_server_listen(d.srv, d.cfg.listen.v[i]) != FBR_OK)
             goto out;
@@ -231,7 +408,13 @@ out:
         event_free(d.drain_tick);
     if (d.drain_deadline)
         event_free(d.drain_deadline);
+    if (d.flush_tick)
+        event_free(d.flush_tick);
     fbr_server_free(&d.srv);
+    fbr_intake_free(&d.intake);
+    fbr_delivery_engine_free(&d.deliveries);
+    fbr_incidents_close(&d.incidents);
+    flow_free(&d.flow);
     fbr_metrics_free(&d.metrics);
     if (d.base) {
         /* bufferevents freed inside their own callbacks are released by the loop: let it run */

@@ -5,6 +5,7 @@
  */
 #include "firebridge/metrics.h"
 
+#include <event2/buffer.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,10 +40,35 @@ struct family {
     size_t nseries;
 };
 
+struct collector {
+    fbr_metrics_collector_fn fn;
+    void *arg;
+};
+
 struct fbr_metrics {
     struct family **fams;
     size_t nfams;
+    struct collector *collectors;
+    size_t ncollectors;
 };
+
+void fbr_metrics_add_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg)
+{
+    m->collectors = fbr_xrealloc(m->collectors, (m->ncollectors + 1) * sizeof(*m->collectors));
+    m->collectors[m->ncollectors++] = (struct collector){fn, arg};
+}
+
+void fbr_metrics_remove_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg)
+{
+    for (size_t i = 0; i < m->ncollectors; i++) {
+        if (m->collectors[i].fn == fn && m->collectors[i].arg == arg) {
+            memmove(&m->collectors[i], &m->collectors[i + 1],
+                    (m->ncollectors - i - 1) * sizeof(*m->collectors));
+            m->ncollectors--;
+            return;
+        }
+    }
+}
 
 struct fbr_metrics *fbr_metrics_new(void)
 {
@@ -70,6 +96,7 @@ void fbr_metrics_free(struct fbr_metrics **pm)
         free(f);
     }
     free(m->fams);
+    free(m->collectors);
     free(m);
     *pm = NULL;
 }
@@ -256,6 +283,22 @@ char *fbr_metrics_render(const struct fbr_metrics *m, size_t *len)
             else
                 outf(&o, "%s%s%s%s %" PRId64 "\n", f->name, lb, s->labels, rb, s->v.gauge);
         }
+    }
+    if (m->ncollectors) {
+        struct evbuffer *eb = evbuffer_new();
+        for (size_t i = 0; i < m->ncollectors; i++)
+            m->collectors[i].fn(eb, m->collectors[i].arg);
+        size_t n = evbuffer_get_length(eb);
+        if (n) {
+            if (o.len + n + 1 > o.cap) {
+                o.cap = o.len + n + 1;
+                o.buf = fbr_xrealloc(o.buf, o.cap);
+            }
+            evbuffer_remove(eb, o.buf + o.len, n);
+            o.len += n;
+            o.buf[o.len] = '\0';
+        }
+        evbuffer_free(eb);
     }
     *len = o.len;
     return o.buf;

@@ -147,7 +147,7 @@ static const char *status_label(int status, char *buf, size_t len)
 
 static void count_reject(struct fbr_server *srv, const char *reason)
 {
-    (*fbr_metrics_counter(srv->metrics, "fbr_http_rejected_total",
+    (*fbr_metrics_counter(srv->metrics, "firebridge_http_rejected_total",
                           "Requests and connections refused by a limit, by reason", "reason",
                           reason))++;
 }
@@ -198,7 +198,7 @@ static void send_reply(struct fbr_http_req *req, int status)
             srv->m_req_cache[slot].endpoint = ep;
             srv->m_req_cache[slot].status = status;
             srv->m_req_cache[slot].counter = fbr_metrics_counter2(
-                srv->metrics, "fbr_http_requests_total",
+                srv->metrics, "firebridge_http_requests_total",
                 "Requests answered, by endpoint and status", "endpoint", ep, "status",
                 status_label(status, sl, sizeof(sl)));
         }
@@ -347,7 +347,7 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
                         status, text, blen, body);
     *fc->srv->m_bytes_out += evbuffer_get_length(out);
     char sl[8];
-    (*fbr_metrics_counter2(fc->srv->metrics, "fbr_http_requests_total",
+    (*fbr_metrics_counter2(fc->srv->metrics, "firebridge_http_requests_total",
                            "Requests answered, by endpoint and status", "endpoint", "none",
                            "status", status_label(status, sl, sizeof(sl))))++;
     count_reject(fc->srv, reason);
@@ -810,18 +810,18 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
         srv->own_metrics = 1;
     }
     apply_opts(srv, opts);
-    srv->m_open = fbr_metrics_gauge(srv->metrics, "fbr_http_open_connections",
+    srv->m_open = fbr_metrics_gauge(srv->metrics, "firebridge_http_open_connections",
                                     "Inbound connections open now", NULL, NULL);
-    srv->m_accepted = fbr_metrics_counter(srv->metrics, "fbr_http_connections_total",
+    srv->m_accepted = fbr_metrics_counter(srv->metrics, "firebridge_http_connections_total",
                                           "Inbound connections accepted", NULL, NULL);
-    srv->m_bytes_in = fbr_metrics_counter(srv->metrics, "fbr_http_received_bytes_total",
+    srv->m_bytes_in = fbr_metrics_counter(srv->metrics, "firebridge_http_received_bytes_total",
                                           "Bytes received on inbound connections", NULL, NULL);
-    srv->m_bytes_out = fbr_metrics_counter(srv->metrics, "fbr_http_sent_bytes_total",
+    srv->m_bytes_out = fbr_metrics_counter(srv->metrics, "firebridge_http_sent_bytes_total",
                                            "Bytes sent on inbound connections (headers approx.)",
                                            NULL, NULL);
     static const double bounds[] = {0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
     srv->m_duration = fbr_metrics_histogram(
-        srv->metrics, "fbr_http_request_duration_seconds",
+        srv->metrics, "firebridge_http_request_duration_seconds",
         "Time from the first header byte to the reply", NULL, NULL, bounds, FBR_ARRAY_LEN(bounds));
     *fbr_metrics_gauge(srv->metrics, "process_start_time_seconds",
                        "Start time of the process since the Unix epoch in seconds", NULL, NULL) =

@@ -323,13 +323,13 @@ START_TEST(builtin_endpoints_and_errors)
     ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "text/plain; version=0.0.4"));
     ck_assert_ptr_nonnull(
-        strstr(buf, "fbr_http_requests_total{endpoint=\"healthz\",status=\"200\"} 3"));
+        strstr(buf, "firebridge_http_requests_total{endpoint=\"healthz\",status=\"200\"} 3"));
     ck_assert_ptr_nonnull(
-        strstr(buf, "fbr_http_requests_total{endpoint=\"none\",status=\"404\"} 1"));
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_http_open_connections "));
+        strstr(buf, "firebridge_http_requests_total{endpoint=\"none\",status=\"404\"} 1"));
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_http_open_connections "));
     ck_assert_ptr_nonnull(strstr(buf, "process_start_time_seconds "));
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_http_received_bytes_total "));
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_http_sent_bytes_total "));
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_http_received_bytes_total "));
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_http_sent_bytes_total "));
 
     /* /readyz turns 503 when the data directory goes away */
     char cmd[160];
@@ -519,7 +519,7 @@ START_TEST(many_concurrent_keepalive_connections)
     }
     ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
     char want[64];
-    snprintf(want, sizeof(want), "fbr_http_open_connections %d\n", nconn + 1);
+    snprintf(want, sizeof(want), "firebridge_http_open_connections %d\n", nconn + 1);
     ck_assert_msg(strstr(buf, want), "metrics lack '%s'", want);
     for (int i = 0; i < nconn; i++)
         close(fds[i]);
@@ -628,8 +628,8 @@ START_TEST(sighup_reload)
     ck_assert_msg(strstr(log, "configuration reloaded"), "log: %s", log);
     free(log);
     ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_config_reloads_total{result=\"failed\"} 1"));
-    ck_assert_ptr_nonnull(strstr(buf, "fbr_config_reloads_total{result=\"ok\"} 1"));
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_config_reloads_total{result=\"failed\"} 1"));
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_config_reloads_total{result=\"ok\"} 1"));
     daemon_stop(&d);
     unlink(cfgpath);
 }

@@ -62,6 +62,13 @@ char *fbr_xstrndup(const char *s, size_t n);
 
 #define FBR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* How journals (incidents, deliveries) reach the disk (--fsync). */
+enum fbr_fsync_mode {
+    FBR_FSYNC_ALWAYS, /* fsync after every journal record */
+    FBR_FSYNC_BATCH,  /* fsync from the owner's flush timer (about once a second) */
+    FBR_FSYNC_OFF,    /* leave it to the kernel */
+};
+
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t fbr_now_ms(void);
 uint64_t fbr_wall_ms(void);

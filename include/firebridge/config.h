@@ -18,7 +18,6 @@
 #include "firebridge/log.h"
 #include "firebridge/webhook.h" /* struct fbr_rate */
 
-enum fbr_fsync_mode { FBR_FSYNC_ALWAYS, FBR_FSYNC_BATCH, FBR_FSYNC_OFF };
 
 /* A list of owned strings (listen addresses, API keys). */
 struct fbr_strlist {

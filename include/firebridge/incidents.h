@@ -41,11 +41,6 @@ enum fbr_transition {
 };
 const char *fbr_transition_name(enum fbr_transition t);
 
-enum fbr_fsync_mode {
-    FBR_FSYNC_ALWAYS, /* fsync after every journal record */
-    FBR_FSYNC_BATCH,  /* fsync in fbr_incidents_flush() (the owner calls it on a timer) */
-    FBR_FSYNC_OFF,    /* leave it to the kernel */
-};
 /* Parses "always|batch|off"; FBR_OK or FBR_INVALID. */
 int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out);
 

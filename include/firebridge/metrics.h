@@ -45,6 +45,17 @@ struct fbr_histogram *fbr_metrics_histogram(struct fbr_metrics *m, const char *n
                                             size_t nbounds);
 void fbr_histogram_observe(struct fbr_histogram *h, double value);
 
+/*
+ * A collector appends its own exposition text (complete # HELP/# TYPE blocks) when /metrics is
+ * rendered: for modules that keep their counters in a struct of their own (delivery engine,
+ * intake).  fn gets an evbuffer to append to.  Collectors run in the order added; arg is
+ * borrowed and must outlive the registry or be removed with fbr_metrics_remove_collector().
+ */
+struct evbuffer;
+typedef void (*fbr_metrics_collector_fn)(struct evbuffer *out, void *arg);
+void fbr_metrics_add_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg);
+void fbr_metrics_remove_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg);
+
 /* Renders every metric; returns a new heap string (caller frees) and its length in *len. */
 char *fbr_metrics_render(const struct fbr_metrics *m, size_t *len);
 
