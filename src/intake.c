@@ -193,6 +193,24 @@ static size_t dispatch(struct fbr_intake *in, const struct fbr_event_set *set)
     return n;
 }
 
+/*
+ * Backpressure: 1 (and a 503 reply) when the sink cannot take one delivery per enabled webhook,
+ * the most one alert or event can produce.  Checked before any state changes.
+ */
+static int sink_full(struct fbr_intake *in, struct fbr_intake_reply *out)
+{
+    if (!in->sink.room || !in->webhooks)
+        return 0;
+    size_t need = 0;
+    for (size_t i = 0; i < in->webhooks->n; i++)
+        need += in->webhooks->v[i]->enabled != 0;
+    if (need == 0 || in->sink.room(in->sink.arg) >= need)
+        return 0;
+    reply_failure(in, out, 503, "Too many undelivered notifications; retry later");
+    out->retry_after = FBR_INTAKE_RETRY_AFTER_S;
+    return 1;
+}
+
 /* Checks the length limits of every top-level string field; returns the offending key or NULL. */
 static const char *too_long(json_t *body, size_t *limit)
 {
@@ -287,6 +305,8 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
         reply_failure(in, out, 400, msg);
         return;
     }
+    if (sink_full(in, out))
+        return;
 
     uint64_t now_ms = in->clock_ms();
     enum fbr_msg_type t;
@@ -343,6 +363,10 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         reply_failure(in, out, 400, err);
         return;
     }
+    if (sink_full(in, out)) {
+        fbr_event_set_clear(&set);
+        return;
+    }
     out->deliveries = dispatch(in, &set);
     fbr_event_set_clear(&set);
     in->stats.events++;
@@ -360,13 +384,23 @@ static json_t *parse_body(struct fbr_http_req *req)
     return json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, NULL);
 }
 
+static void reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
+{
+    if (r->retry_after) {
+        char v[16];
+        snprintf(v, sizeof(v), "%u", r->retry_after);
+        fbr_http_add_header(req, "Retry-After", v);
+    }
+    fbr_http_reply_json(req, r->status, r->body);
+}
+
 static void on_alert(struct fbr_http_req *req, void *arg)
 {
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_alert(arg, req->path, body, &r);
     json_decref(body);
-    fbr_http_reply_json(req, r.status, r.body);
+    reply(req, &r);
 }
 
 static void on_event(struct fbr_http_req *req, void *arg)
@@ -375,7 +409,7 @@ static void on_event(struct fbr_http_req *req, void *arg)
     json_t *body = parse_body(req);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
-    fbr_http_reply_json(req, r.status, r.body);
+    reply(req, &r);
 }
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)

@@ -37,7 +37,14 @@
 struct fbr_sink {
     int (*submit)(void *arg, struct fbr_outreq *o);
     void *arg;
+    /* Optional (NULL: unbounded): how many more submissions fit now.  When fewer than the enabled
+     * webhooks fit, alerts and events are refused with 503 + Retry-After before anything (rules,
+     * incident table) changes, so the client's retry is clean (backpressure, --max-pending). */
+    size_t (*room)(void *arg);
 };
+
+/* Retry-After (seconds) sent with the 503 of a full sink. */
+#define FBR_INTAKE_RETRY_AFTER_S 5
 
 struct fbr_intake_opts {
     const char *const *api_keys; /* copied; a request must carry one of them */
@@ -73,13 +80,15 @@ struct fbr_intake_reply {
     int status;
     json_t *body;
     size_t deliveries;
+    unsigned retry_after; /* seconds for a Retry-After header, 0: none (set with 503) */
 };
 
 /*
  * Handles POST <path> on the alert endpoint.  `path` is the decoded path; `body` is the parsed
  * request body (borrowed, modified in place: the stamped and rule-rewritten alert that webhooks
  * see; NULL when the body was not JSON).  A wrong key or malformed path gives 404, a bad body
- * 400 {"result":"failure","message":...}, success 200 {"result":"success","entity_id":...}.
+ * 400 {"result":"failure","message":...}, a full sink 503 (retry_after set), success 200
+ * {"result":"success","entity_id":...}.
  * Release out->body with json_decref.
  */
 void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
