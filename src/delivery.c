@@ -407,12 +407,17 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
         snprintf(reason, sizeof(reason), "http %d", r->status);
         transition(dl, FBR_DS_DELIVERED, 0, reason);
     } else if (r->status == 429) {
+        /* A window's Reset counts when that window is the one that ran out (Remaining 0) or
+         * its Remaining is not given: every response carries both windows, and the one with
+         * requests left (say the 5-minute token window behind a flood-control 429) must not
+         * hold the room for minutes. */
         int64_t until = -1;
         if (r->retry_after_wall_ms > until)
             until = r->retry_after_wall_ms;
-        if (r->flood_reset > 0 && r->flood_reset * 1000 > until)
+        if (r->flood_reset > 0 && r->flood_remaining <= 0 && r->flood_reset * 1000 > until)
             until = r->flood_reset * 1000;
-        if (r->ratelimit_reset > 0 && r->ratelimit_reset * 1000 > until)
+        if (r->ratelimit_reset > 0 && r->ratelimit_remaining <= 0 &&
+            r->ratelimit_reset * 1000 > until)
             until = r->ratelimit_reset * 1000;
         if (until < 0)
             until = (int64_t)now_wall + e->opts.retry_initial_ms * 2;
