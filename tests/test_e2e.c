@@ -164,21 +164,33 @@ static int wait_port(pid_t pid, const char *path, const char *marker)
     return 0;
 }
 
-static void stop(struct proc *p)
+/* SIGTERM; returns the wait status (-1: had to be killed). */
+static int stop(struct proc *p)
 {
     if (p->pid <= 0)
-        return;
+        return 0;
     kill(p->pid, SIGTERM);
+    int st = -1;
     for (int i = 0; i < 300; i++) {
-        if (waitpid(p->pid, NULL, WNOHANG) == p->pid) {
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
             p->pid = 0;
-            return;
+            return st;
         }
         msleep(20);
     }
     kill(p->pid, SIGKILL);
     waitpid(p->pid, NULL, 0);
     p->pid = 0;
+    return -1;
+}
+
+/* Stops the daemon and asserts a clean exit: status 0 (under the sanitizers: no error, no leak,
+ * which would change the status). */
+static void fb_stop(struct proc *f)
+{
+    int st = stop(f);
+    ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "daemon exit status %d; log:\n%s", st, slurp(f->out));
 }
 
 /* A per-case scratch directory; removed by the case's teardown. */
@@ -540,7 +552,7 @@ START_TEST(multi_room_over_tls)
     char *log = slurp(f.out);
     ck_assert_msg(strstr(log, "room-token-a") == NULL, "token in the log: %s", log);
     free(log);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -583,7 +595,7 @@ START_TEST(rate_limited_429_waits_for_reset)
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(s, "by_status"), "429")),
                      1);
     json_decref(s);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -621,7 +633,7 @@ START_TEST(room_rate_window_and_order)
         ck_assert_msg(t[i + 5] - t[i] >= 2000 - 5, "messages %d..%d within %lld ms", i, i + 5,
                       t[i + 5] - t[i]);
     json_decref(msgs);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -648,7 +660,7 @@ START_TEST(retries_5xx_then_delivers)
     json_decref(s);
     ck_assert_int_eq(metric(f.port, "firebridge_delivery_attempts_total"), 3);
     ck_assert_int_eq(metric(f.port, "firebridge_deliveries_total{outcome=\"delivered\"}"), 1);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -682,7 +694,7 @@ START_TEST(dead_letter_then_replay)
     json_t *s = get_json(h.port, "/stats");
     ck_assert_int_eq(stat_int(s, "notifications"), 1); /* one attempt only */
     json_decref(s);
-    stop(&f);
+    fb_stop(&f);
     char *log = slurp(f.out);
     ck_assert_ptr_nonnull(strstr(log, "dead after 1 attempt"));
     ck_assert_msg(strstr(log, "secret-token-e") == NULL, "token in the log: %s", log);
@@ -702,7 +714,7 @@ START_TEST(dead_letter_then_replay)
     log = slurp(f.out);
     ck_assert_msg(strstr(log, "secret-token-e") == NULL, "token in the log: %s", log);
     free(log);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -732,7 +744,7 @@ START_TEST(stalled_room_does_not_block_another)
     msgs = wait_messages(h.port, "stuck", 1, 6000); /* and it gets through afterwards */
     ck_assert_int_eq(json_array_size(msgs), 1);
     json_decref(msgs);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -766,7 +778,7 @@ START_TEST(wrong_hostname_certificate)
     char *log = slurp(f.out);
     ck_assert_msg(strstr(log, "tok-g") == NULL, "token in the log: %s", log);
     free(log);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -810,7 +822,7 @@ START_TEST(pool_bounds_connections)
                   total - mine);
     ck_assert_msg(max_open <= 3 + 1, "max_open %lld (pool 3 + this test's one)", max_open);
     json_decref(s);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -852,7 +864,7 @@ START_TEST(close_after_every_response_loses_nothing)
     json_t *s = get_json(h.port, "/stats");
     ck_assert_int_eq(stat_int(s, "accepted"), N);
     json_decref(s);
-    stop(&f);
+    fb_stop(&f);
     stop(&h);
 }
 END_TEST
@@ -906,7 +918,7 @@ START_TEST(max_pending_backpressure)
     ck_assert_msg(rss1 - rss0 < 4096, "RSS grew from %ld to %ld kB over %d refused alerts", rss0,
                   rss1, refused);
     ck_assert_int_eq(metric(f.port, "firebridge_deliveries_pending"), 50);
-    stop(&f);
+    fb_stop(&f);
 }
 END_TEST
 
