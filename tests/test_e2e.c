@@ -92,6 +92,8 @@ static char *replace_all(const char *s, const char *from, const char *to)
     return out;
 }
 
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static int run(const char *fmt, ...)
 {
     char cmd[2048];
