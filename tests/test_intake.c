@@ -462,6 +462,60 @@ START_TEST(unsafe_render_and_refusing_sink)
 }
 END_TEST
 
+/* Backpressure: a sink with no room left gets a 503 with Retry-After before anything changes. */
+static size_t room_left;
+
+static size_t sink_room(void *arg)
+{
+    (void)arg;
+    return room_left;
+}
+
+START_TEST(full_sink_503)
+{
+    struct fixture f;
+    json_t *cfg = parse("{\"webhooks\":[{\"event\":\"Incident-Triggered\","
+                        "\"url\":\"http://127.0.0.1/a\"},{\"event\":\"Any-Alert\","
+                        "\"url\":\"http://127.0.0.1/b\"}]}");
+    fixture_init(&f, cfg);
+    fbr_intake_free(&f.intake);
+    const char *keys[] = {KEY};
+    struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f.webhooks,
+                                .incidents = f.incidents,
+                                .sink = {queue_submit, &f.q, sink_room}};
+    f.intake = fbr_intake_new(&o);
+    const char *crit = "{\"message_type\":\"CRITICAL\",\"entity_id\":\"db\"}";
+    struct fbr_intake_stats before = *fbr_intake_stats(f.intake);
+    for (room_left = 0; room_left < 2; room_left++) { /* two webhooks: room for 2 is needed */
+        json_t *b = parse(crit);
+        struct fbr_intake_reply r;
+        fbr_intake_alert(f.intake, fbr_slice_from(ALERT_PATH("ops")), b, &r);
+        ck_assert_int_eq(r.status, 503);
+        ck_assert_uint_eq(r.retry_after, FBR_INTAKE_RETRY_AFTER_S);
+        ck_assert_uint_eq(r.deliveries, 0);
+        json_decref(r.body);
+        json_decref(b);
+        /* the events endpoint too */
+        b = parse("{\"event\":\"Any-Alert\"}");
+        fbr_intake_event(f.intake, "Bearer " KEY, b, &r);
+        ck_assert_int_eq(r.status, 503);
+        json_decref(r.body);
+        json_decref(b);
+    }
+    ck_assert_uint_eq(f.q.n, 0);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->alerts, before.alerts);
+    struct fbr_incidents_stats is;
+    fbr_incidents_get_stats(f.incidents, &is);
+    ck_assert_uint_eq(is.count, 0); /* the refused alert opened no incident */
+    /* with room, the same alert goes through and triggers the incident */
+    size_t n;
+    ck_assert_int_eq(post(&f, ALERT_PATH("ops"), crit, NULL, &n), 200);
+    ck_assert_uint_eq(n, 2);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
 /* ---- /v1/events ------------------------------------------------------------------------------ */
 
 static const char events_cfg[] =
@@ -781,6 +835,7 @@ int main(void)
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
     tcase_add_test(tc, unsafe_render_and_refusing_sink);
+    tcase_add_test(tc, full_sink_503);
     tcase_add_loop_test(tc, timeline_event, 0, FBR_ARRAY_LEN(event_cases));
     tcase_add_test(tc, event_names);
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
