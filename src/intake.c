@@ -282,8 +282,17 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     size_t limit = 0;
     const char *bad = too_long(body, &limit);
     if (bad) {
-        char msg[1200];
-        snprintf(msg, sizeof(msg), "Field too long: %.1000s exceeds %zu characters", bad, limit);
+        /* The key is quoted whole up to 200 bytes, cut on a UTF-8 boundary: jansson refuses to
+         * pack a message that is not valid UTF-8. */
+        size_t klen = strlen(bad);
+        if (klen > 200) {
+            klen = 200;
+            while (klen > 0 && ((unsigned char)bad[klen] & 0xC0) == 0x80)
+                klen--;
+        }
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Field too long: %.*s exceeds %zu characters", (int)klen, bad,
+                 limit);
         reply_failure(in, out, 400, msg);
         return;
     }
@@ -338,8 +347,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         return;
     }
     struct fbr_event_set set;
-    const char *err = NULL;
-    if (fbr_events_from_body(body, &set, &err) != FBR_OK) {
+    char err[256];
+    if (fbr_events_from_body(body, &set, err, sizeof(err)) != FBR_OK) {
         reply_failure(in, out, 400, err);
         return;
     }

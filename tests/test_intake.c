@@ -489,7 +489,7 @@ static const struct {
     {"Bearer " KEY, "{\"event\":\"Lunch-Break\"}", 400, 0,
      "Invalid field: event must be one of the 12 platform events or Any-Alert"},
     {"Bearer " KEY, "{\"event\":\"On-Call\",\"ONCALL\":3}", 400, 0,
-     "Invalid body: every namespace must be a JSON object"},
+     "Invalid body: namespace ONCALL must be a JSON object"},
     {"Bearer " KEY, "{\"event\":\"On-Call\",\"ONCALL\":{\"USER_ID\":\"amy\"}}", 200, 2, NULL},
     {"bearer " KEY, "{\"event\":\"Off-Call\",\"ONCALL\":{\"USER_ID\":\"amy\"}}", 200, 1, NULL},
     {"Bearer " KEY, "{\"event\":\"Any-On-Call\"}", 200, 1, NULL},
@@ -525,6 +525,205 @@ START_TEST(timeline_event)
     }
     json_decref(r.body);
     json_decref(body);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* Bounds on a /v1/events body: each row builds a body at the limit (accepted) and one step over
+ * it (400 with the message).  A multi-byte character counts as one. */
+static char *repeat(const char *unit, size_t n)
+{
+    size_t ulen = strlen(unit);
+    char *s = fbr_xmalloc(n * ulen + 1);
+    for (size_t i = 0; i < n; i++)
+        memcpy(s + i * ulen, unit, ulen);
+    s[n * ulen] = '\0';
+    return s;
+}
+
+static json_t *ev_body(const char *ns, json_t *nsv)
+{
+    json_t *b = json_pack("{s:s}", "event", "Any-On-Call");
+    json_object_set_new(b, ns, nsv);
+    return b;
+}
+
+static json_t *b_oncall_field(int over)
+{
+    char *v = repeat("x", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *b = ev_body("ONCALL", json_pack("{s:s}", "USER_ID", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_chat_text(int over)
+{
+    char *v = repeat("\xc3\xa9", FBR_EVENTS_CHAT_TEXT_MAX + (size_t)over);
+    json_t *b = ev_body("CHAT", json_pack("{s:s,s:s}", "USER_ID", "amy", "TEXT", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_chat_other(int over)
+{
+    char *v = repeat("x", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *b = ev_body("CHAT", json_pack("{s:s,s:s}", "TEXT", "hi", "USER_ID", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_nested_string(int over)
+{
+    char *v = repeat("x", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *b = ev_body("ALERT", json_pack("{s:{s:[i,s,s]}}", "a", "b", 1, "s", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_long_key(int over)
+{
+    char *k = repeat("k", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *ns = json_object();
+    json_object_set_new(ns, k, json_string("v"));
+    free(k);
+    return ev_body("PAGE", ns);
+}
+
+/* The deepest container at depth FBR_EVENTS_MAX_DEPTH (+1): body 1, ALERT 2, then objects. */
+static json_t *b_deep_object(int over)
+{
+    json_t *inner = json_object();
+    for (int d = 3; d <= FBR_EVENTS_MAX_DEPTH + over; d++)
+        inner = json_pack("{s:o}", "a", inner);
+    return ev_body("ALERT", inner);
+}
+
+static json_t *b_deep_array(int over)
+{
+    json_t *inner = json_array();
+    for (int d = 4; d <= FBR_EVENTS_MAX_DEPTH + over; d++)
+        inner = json_pack("[o]", inner);
+    return ev_body("STATE", json_pack("{s:o}", "x", inner));
+}
+
+/* FBR_EVENTS_MAX_VALUES (+1) values in all: "event", "INCIDENT" and the namespace's members. */
+static json_t *b_many_values(int over)
+{
+    json_t *ns = json_object();
+    for (int i = 0; i < FBR_EVENTS_MAX_VALUES - 2 + over; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        json_object_set_new(ns, k, json_integer(i));
+    }
+    return ev_body("INCIDENT", ns);
+}
+
+static json_t *b_many_elements(int over)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < FBR_EVENTS_MAX_VALUES - 3 + over; i++)
+        json_array_append_new(a, json_true());
+    return ev_body("INCIDENT", json_pack("{s:o}", "list", a));
+}
+
+static json_t *b_ns_not_object(int over)
+{
+    return ev_body("PAGE", over ? json_pack("[s]", "x") : json_object());
+}
+
+static json_t *b_ns_string(int over)
+{
+    return ev_body("CHAT", over ? json_string("hi") : json_object());
+}
+
+static const struct {
+    const char *what;
+    json_t *(*build)(int over);
+    const char *prefix, *suffix; /* of the 400 message */
+} event_bounds[] = {
+    {"oncall field", b_oncall_field, "Field too long: ONCALL.USER_ID exceeds 1024 characters",
+     ""},
+    {"chat text", b_chat_text, "Field too long: CHAT.TEXT exceeds 20480 characters", ""},
+    {"other chat field", b_chat_other, "Field too long: CHAT.USER_ID exceeds 1024 characters",
+     ""},
+    {"nested string", b_nested_string, "Field too long: ALERT.a.b[2] exceeds 1024 characters",
+     ""},
+    {"long key", b_long_key, "Invalid body: key PAGE.kkkk", "k exceeds 1024 characters"},
+    {"deep objects", b_deep_object,
+     "Invalid body: ALERT.a.a.a.a.a.a.a nests deeper than 8 levels", ""},
+    {"deep arrays", b_deep_array,
+     "Invalid body: STATE.x[0][0][0][0][0][0] nests deeper than 8 levels", ""},
+    {"many keys", b_many_values, "Invalid body: more than 1000 keys and values", ""},
+    {"many elements", b_many_elements, "Invalid body: more than 1000 keys and values", ""},
+    {"namespace array", b_ns_not_object, "Invalid body: namespace PAGE must be a JSON object", ""},
+    {"namespace string", b_ns_string, "Invalid body: namespace CHAT must be a JSON object", ""},
+};
+
+START_TEST(timeline_event_bounds)
+{
+    struct fixture f;
+    json_t *cfg = parse(events_cfg);
+    fixture_init(&f, cfg);
+    for (int over = 0; over <= 1; over++) {
+        json_t *body = event_bounds[_i].build(over);
+        struct fbr_intake_reply r;
+        fbr_intake_event(f.intake, "Bearer " KEY, body, &r);
+        ck_assert_ptr_nonnull(r.body);
+        const char *msg = json_string_value(json_object_get(r.body, "message"));
+        ck_assert_msg(r.status == (over ? 400 : 200), "%s over=%d: %d %s", event_bounds[_i].what,
+                      over, r.status, msg ? msg : "");
+        if (over) {
+            ck_assert_str_eq(json_string_value(json_object_get(r.body, "result")), "failure");
+            size_t pl = strlen(event_bounds[_i].prefix), sl = strlen(event_bounds[_i].suffix);
+            ck_assert_msg(msg && strncmp(msg, event_bounds[_i].prefix, pl) == 0 &&
+                              strlen(msg) >= pl + sl &&
+                              strcmp(msg + strlen(msg) - sl, event_bounds[_i].suffix) == 0,
+                          "%s: \"%s\"", event_bounds[_i].what, msg ? msg : "(none)");
+            ck_assert_uint_eq(r.deliveries, 0);
+        }
+        json_decref(r.body);
+        json_decref(body);
+    }
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->rejected, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->events, 1);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* A long key cut for the 400 message must stay valid UTF-8 (or jansson refuses the reply). */
+START_TEST(long_key_messages_stay_utf8)
+{
+    struct fixture f;
+    json_t *cfg = parse(events_cfg);
+    fixture_init(&f, cfg);
+    for (size_t shift = 0; shift < 3; shift++) {
+        char *k = repeat("\xe2\x82\xac", 1100); /* euro sign, 3 bytes */
+        char *key = fbr_xmalloc(strlen(k) + 4);
+        snprintf(key, strlen(k) + 4, "%.*s%s", (int)shift, "ab", k);
+        json_t *ns = json_object();
+        json_object_set_new(ns, key, json_string("v"));
+        json_t *body = ev_body("ALERT", ns);
+        struct fbr_intake_reply r;
+        fbr_intake_event(f.intake, "Bearer " KEY, body, &r);
+        ck_assert_int_eq(r.status, 400);
+        ck_assert_ptr_nonnull(r.body);
+        json_decref(r.body);
+        json_decref(body);
+        /* the alert endpoint: a long top-level string under a long multi-byte key */
+        json_t *a = json_pack("{s:s}", "message_type", "INFO");
+        char *v = repeat("x", FBR_INTAKE_FIELD_MAX + 1);
+        json_object_set_new(a, key, json_string(v));
+        fbr_intake_alert(f.intake, fbr_slice_from(ALERT_PATH("ops")), a, &r);
+        ck_assert_int_eq(r.status, 400);
+        ck_assert_ptr_nonnull(r.body);
+        json_decref(r.body);
+        json_decref(a);
+        free(v);
+        free(key);
+        free(k);
+    }
     json_decref(cfg);
     fixture_free(&f);
 }
@@ -782,6 +981,8 @@ int main(void)
     tcase_add_test(tc, incident_events);
     tcase_add_test(tc, unsafe_render_and_refusing_sink);
     tcase_add_loop_test(tc, timeline_event, 0, FBR_ARRAY_LEN(event_cases));
+    tcase_add_loop_test(tc, timeline_event_bounds, 0, FBR_ARRAY_LEN(event_bounds));
+    tcase_add_test(tc, long_key_messages_stay_utf8);
     tcase_add_test(tc, event_names);
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
     tcase_add_test(tc, webhook_compile_ok);
