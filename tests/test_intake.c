@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -451,12 +452,234 @@ START_TEST(unsafe_render_and_refusing_sink)
     struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f.webhooks,
                                 .incidents = f.incidents, .sink = {refuse, &refused}};
     f.intake = fbr_intake_new(&o);
+    /* a temporary refusal of the first delivery: 503, nothing lost, the client retries */
     ck_assert_int_eq(post(&f, ALERT_PATH("ops"), "{\"message_type\":\"INFO\",\"host_name\":\"a\"}",
                           NULL, &n),
-                     200);
+                     503);
     ck_assert_uint_eq(n, 0);
     ck_assert_int_eq(refused, 1);
-    ck_assert_uint_eq(fbr_intake_stats(f.intake)->sink_errors, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->sink_errors, 0);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->unavailable, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->alerts, 0);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* ---- a full delivery sink: 503 + Retry-After, and nothing changed ---------------------------- */
+
+/* A sink with a fixed capacity; with `room` it tells how much is left, without it it just refuses
+ * with FBR_LIMIT (as fbr_delivery_submit at --max-pending).  accept_only > 0 refuses after that
+ * many acceptances (a refusal in the middle of a request). */
+struct bounded {
+    struct queue q;
+    size_t cap;
+    size_t accept_only;
+    size_t accepted;
+};
+
+static int bounded_submit(void *arg, struct fbr_outreq *o)
+{
+    struct bounded *b = arg;
+    if (b->q.n >= b->cap || (b->accept_only && b->accepted >= b->accept_only))
+        return FBR_LIMIT;
+    b->accepted++;
+    return queue_submit(&b->q, o);
+}
+
+static size_t bounded_room(void *arg)
+{
+    struct bounded *b = arg;
+    return b->q.n < b->cap ? b->cap - b->q.n : 0;
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static const char full_cfg[] =
+    "{\"webhooks\":["
+    "{\"event\":\"Incident-Triggered\",\"url\":\"http://127.0.0.1/t1\","
+    "\"payload\":\"#${{STATE.INCIDENT_NAME}}\",\"content_type\":\"text/plain\"},"
+    "{\"event\":\"Incident-Triggered\",\"url\":\"http://127.0.0.1/t2\"},"
+    "{\"event\":\"Incident-Acknowledged\",\"url\":\"http://127.0.0.1/ack\","
+    "\"payload\":\"${{STATE.ACK_USER}}\",\"content_type\":\"text/plain\"},"
+    "{\"event\":\"Incident-Resolved\",\"url\":\"http://127.0.0.1/res\"},"
+    "{\"event\":\"Any-Alert\",\"url\":\"http://127.0.0.1/any\","
+    "\"payload\":\"${{STATE.ALERT_COUNT}}\",\"content_type\":\"text/plain\"},"
+    "{\"event\":\"On-Call\",\"url\":\"http://127.0.0.1/on\"}]}";
+
+static struct fbr_intake *bounded_intake(struct fixture *f, struct bounded *b, int with_room)
+{
+    const char *keys[] = {KEY};
+    struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f->webhooks,
+                                .incidents = f->incidents,
+                                .sink = {bounded_submit, b, with_room ? bounded_room : NULL}};
+    return fbr_intake_new(&o);
+}
+
+static int post_full(struct fbr_intake *in, const char *body, size_t *n, unsigned *retry_after)
+{
+    json_t *b = parse(body);
+    struct fbr_intake_reply r;
+    fbr_intake_alert(in, fbr_slice_from(ALERT_PATH("ops")), b, &r);
+    json_decref(b);
+    ck_assert_ptr_nonnull(r.body);
+    if (r.status == 503) {
+        ck_assert_str_eq(json_string_value(json_object_get(r.body, "result")), "failure");
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(r.body, "message")));
+    }
+    *n = r.deliveries;
+    *retry_after = r.retry_after;
+    json_decref(r.body);
+    return r.status;
+}
+
+static void assert_incidents(struct fbr_incidents *t, size_t count, size_t open, uint64_t next)
+{
+    struct fbr_incidents_stats st;
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, count);
+    ck_assert_uint_eq(st.open, open);
+    ck_assert_uint_eq(st.next_number, next);
+}
+
+static const char crit[] = "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e\"}";
+static const char ack[] = "{\"message_type\":\"ACKNOWLEDGEMENT\",\"entity_id\":\"e\","
+                          "\"ack_author\":\"bob\"}";
+static const char rec[] = "{\"message_type\":\"RECOVERY\",\"entity_id\":\"e\"}";
+
+/* With `room`: an alert whose deliveries do not all fit is refused before anything is submitted;
+ * the incident table, its counter and its journal are untouched, and the retry is processed as
+ * the first post would have been. */
+START_TEST(sink_full_with_room)
+{
+    struct fixture f;
+    json_t *cfg = parse(full_cfg);
+    fixture_init(&f, cfg);
+    char dir[] = "/tmp/fbr-intake-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char journal[64];
+    snprintf(journal, sizeof(journal), "%s/incidents.journal", dir);
+    fbr_incidents_close(&f.incidents);
+    struct fbr_incidents_opts io = {.data_dir = dir};
+    ck_assert_int_eq(fbr_incidents_open(&io, &f.incidents), FBR_OK);
+    struct bounded b = {.cap = 2};
+    struct fbr_intake *in = bounded_intake(&f, &b, 1);
+    size_t n;
+    unsigned ra;
+
+    /* a trigger needs 3 deliveries (t1, t2, any); room for 2 */
+    off_t size0 = file_size(journal);
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 503);
+    ck_assert_uint_eq(ra, FBR_INTAKE_RETRY_AFTER_S);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(b.q.n, 0);
+    ck_assert_uint_eq(b.accepted, 0);
+    assert_incidents(f.incidents, 0, 0, 1);
+    ck_assert_int_eq(file_size(journal), size0);
+    ck_assert_uint_eq(fbr_intake_stats(in)->unavailable, 1);
+    ck_assert_uint_eq(fbr_intake_stats(in)->alerts, 0);
+
+    /* the retry, with room: the trigger happens exactly once, incident #1 */
+    b.cap = 3;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(ra, 0);
+    ck_assert_uint_eq(n, 3);
+    char *p = flat(&b.q.v[0]->body);
+    ck_assert_str_eq(p, "#1");
+    free(p);
+    assert_incidents(f.incidents, 1, 1, 2);
+    ck_assert_int_gt(file_size(journal), size0);
+
+    /* the queue is full again: an ack is refused and the incident stays UNACKED */
+    off_t size1 = file_size(journal);
+    ck_assert_int_eq(post_full(in, ack, &n, &ra), 503);
+    ck_assert_int_eq(file_size(journal), size1);
+    queue_clear(&b.q);
+    ck_assert_int_eq(post_full(in, ack, &n, &ra), 200);
+    ck_assert_uint_eq(n, 2); /* ack + any: the ack was not lost */
+    p = flat(&b.q.v[0]->body);
+    ck_assert_str_eq(p, "bob");
+    free(p);
+
+    /* a roll-up refused does not count the alert: the next CRITICAL shows ALERT_COUNT 2 */
+    b.cap = b.q.n;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 503);
+    b.cap = 64;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(n, 1);
+    p = flat(&b.q.v[b.q.n - 1]->body);
+    ck_assert_str_eq(p, "2");
+    free(p);
+    assert_incidents(f.incidents, 1, 1, 2);
+
+    /* a restart sees exactly what was committed */
+    fbr_intake_free(&in);
+    fbr_incidents_close(&f.incidents);
+    ck_assert_int_eq(fbr_incidents_open(&io, &f.incidents), FBR_OK);
+    assert_incidents(f.incidents, 1, 1, 2);
+    queue_clear(&b.q);
+    fbr_incidents_close(&f.incidents);
+    unlink(journal);
+    rmdir(dir);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* Without `room` (the sink only answers FBR_LIMIT): a refusal of the first delivery still leaves
+ * everything as it was; a refusal after some were accepted keeps the change (those deliveries
+ * already carry it) and counts the lost ones. */
+START_TEST(sink_full_without_room)
+{
+    struct fixture f;
+    json_t *cfg = parse(full_cfg);
+    fixture_init(&f, cfg);
+    struct bounded b = {.cap = 0};
+    struct fbr_intake *in = bounded_intake(&f, &b, 0);
+    size_t n;
+    unsigned ra;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 503);
+    ck_assert_uint_eq(ra, FBR_INTAKE_RETRY_AFTER_S);
+    assert_incidents(f.incidents, 0, 0, 1);
+    b.cap = 64;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(n, 3);
+    assert_incidents(f.incidents, 1, 1, 2);
+
+    b.cap = b.q.n;
+    ck_assert_int_eq(post_full(in, rec, &n, &ra), 503);
+    assert_incidents(f.incidents, 1, 1, 2); /* still open */
+    b.cap = 64;
+    ck_assert_int_eq(post_full(in, rec, &n, &ra), 200);
+    ck_assert_uint_eq(n, 2); /* resolved + any */
+    assert_incidents(f.incidents, 1, 0, 2);
+
+    /* refused in the middle: the first delivery went out, the change stays, the rest is counted */
+    b.accept_only = b.accepted + 1;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(fbr_intake_stats(in)->sink_errors, 2);
+    assert_incidents(f.incidents, 1, 1, 3);
+
+    /* /v1/events: the same 503 */
+    b.cap = b.q.n;
+    b.accept_only = 0;
+    json_t *ev = parse("{\"event\":\"On-Call\"}");
+    struct fbr_intake_reply r;
+    fbr_intake_event(in, "Bearer " KEY, ev, &r);
+    ck_assert_int_eq(r.status, 503);
+    ck_assert_uint_eq(r.retry_after, FBR_INTAKE_RETRY_AFTER_S);
+    ck_assert_str_eq(json_string_value(json_object_get(r.body, "result")), "failure");
+    ck_assert_uint_eq(fbr_intake_stats(in)->events, 0);
+    json_decref(r.body);
+    json_decref(ev);
+
+    queue_clear(&b.q);
+    fbr_intake_free(&in);
     json_decref(cfg);
     fixture_free(&f);
 }
@@ -969,6 +1192,69 @@ START_TEST(http_glue)
 }
 END_TEST
 
+/* A full sink over HTTP: 503 with Retry-After and a JSON body, on both endpoints. */
+struct client503 {
+    int port;
+    char replies[2][1024];
+    atomic_int done;
+};
+
+static void *client503_main(void *arg)
+{
+    struct client503 *c = arg;
+    http_post(c->port, ALERT_PATH("devops"), "", "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e\"}",
+              c->replies[0], sizeof(c->replies[0]));
+    http_post(c->port, FBR_INTAKE_EVENTS_PATH, "Authorization: Bearer " KEY "\r\n",
+              "{\"event\":\"On-Call\"}", c->replies[1], sizeof(c->replies[1]));
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+START_TEST(http_503_retry_after)
+{
+    struct fixture f;
+    json_t *cfg = parse(full_cfg);
+    fixture_init(&f, cfg);
+    struct bounded b = {.cap = 0};
+    struct fbr_intake *in = bounded_intake(&f, &b, 1);
+    struct event_base *base = event_base_new();
+    struct fbr_server_opts so = {.max_body = 65536};
+    struct fbr_server *srv = fbr_server_new(base, &so);
+    ck_assert_int_eq(fbr_server_listen(srv, "127.0.0.1:0"), FBR_OK);
+    fbr_intake_register(in, srv);
+    struct client503 c = {.port = fbr_server_port(srv)};
+    pthread_t th;
+    pthread_create(&th, NULL, client503_main, &c);
+    struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+    struct timeval tv = {0, 5000};
+    event_add(tick, &tv);
+    uint64_t deadline = fbr_now_ms() + 20000;
+    while (!atomic_load(&c.done) && fbr_now_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    pthread_join(th, NULL);
+    event_free(tick);
+    for (size_t i = 0; i < 2; i++) {
+        const char *rep = c.replies[i];
+        ck_assert_msg(strncmp(rep, "HTTP/1.1 503 ", 13) == 0, "reply %zu: %s", i, rep);
+        ck_assert_msg(strcasestr(rep, "\r\nRetry-After: 5\r\n"), "reply %zu: %s", i, rep);
+        ck_assert_msg(strcasestr(rep, "\r\nContent-Type: application/json"), "reply %zu: %s", i,
+                      rep);
+        const char *body = strstr(rep, "\r\n\r\n");
+        ck_assert_ptr_nonnull(body);
+        json_t *j = json_loads(body + 4, JSON_DISABLE_EOF_CHECK, NULL);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "result")), "failure");
+        json_decref(j);
+    }
+    assert_incidents(f.incidents, 0, 0, 1);
+    fbr_server_free(&srv);
+    event_base_free(base);
+    fbr_intake_free(&in);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("intake");
@@ -980,6 +1266,8 @@ int main(void)
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
     tcase_add_test(tc, unsafe_render_and_refusing_sink);
+    tcase_add_test(tc, sink_full_with_room);
+    tcase_add_test(tc, sink_full_without_room);
     tcase_add_loop_test(tc, timeline_event, 0, FBR_ARRAY_LEN(event_cases));
     tcase_add_loop_test(tc, timeline_event_bounds, 0, FBR_ARRAY_LEN(event_bounds));
     tcase_add_test(tc, long_key_messages_stay_utf8);
@@ -988,6 +1276,7 @@ int main(void)
     tcase_add_test(tc, webhook_compile_ok);
     tcase_add_test(tc, outreq_by_hand);
     tcase_add_test(tc, http_glue);
+    tcase_add_test(tc, http_503_retry_after);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
