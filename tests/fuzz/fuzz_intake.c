@@ -9,7 +9,9 @@
  * alert leaves the incident table as it was.
  *
  * Input: byte 0 picks the path (low 3 bits) and the sink's behaviour (next 2 bits); the rest is
- * the body.  Path variant 6 takes the path from the input up to the first newline.
+ * the body.  Path variant 6 takes the path from the input up to the first newline.  Sink mode 3
+ * posts twice: into a full sink, then (as a client honouring the 503 would) into an empty one,
+ * which must then succeed with at least one delivery.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -83,12 +85,13 @@ static int check_render(const struct fbr_render *r, int url)
     return ok;
 }
 
-/* Accepts (mode 0, 3), refuses everything with FBR_LIMIT (1), or accepts one then refuses (2). */
+/* Accepts (mode 0), refuses everything with FBR_LIMIT (1 and 3: the first post of mode 3 is
+ * refused, then retried into an accepting sink), or accepts one then refuses (2). */
 static int sink_submit(void *arg, struct fbr_outreq *o)
 {
     (void)arg;
     sink_calls++;
-    if (sink_mode == 1 || (sink_mode == 2 && sink_calls > 1))
+    if (sink_mode == 1 || sink_mode == 3 || (sink_mode == 2 && sink_calls > 1))
         return FBR_LIMIT;
     if (!check_render(&o->url, 1))
         abort();
@@ -198,6 +201,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             (after.count != before.count || after.open != before.open ||
              after.next_number != before.next_number))
             abort();
+    }
+    if (sink_mode == 3 && r.status == 503) {
+        /* the retry: the body parsed afresh (the intake stamps it in place) */
+        json_t *again = json_loadb(body, blen, JSON_REJECT_DUPLICATES, NULL);
+        struct fbr_intake_reply r2;
+        sink_mode = 0;
+        sink_calls = 0;
+        if (variant == 7)
+            fbr_intake_event(intake, "Bearer " KEY, again, &r2);
+        else
+            fbr_intake_alert(intake, path, again, &r2);
+        check_reply(&r2, variant == 7);
+        if (r2.status != 200 || r2.deliveries == 0)
+            abort();
+        json_decref(r2.body);
+        json_decref(again);
     }
     json_decref(r.body);
     json_decref(j);
