@@ -1202,8 +1202,9 @@ struct client503 {
 static void *client503_main(void *arg)
 {
     struct client503 *c = arg;
-    http_post(c->port, ALERT_PATH("devops"), "", "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e\"}",
-              c->replies[0], sizeof(c->replies[0]));
+    http_post(c->port, ALERT_PATH("devops"), "",
+              "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e\"}", c->replies[0],
+              sizeof(c->replies[0]));
     http_post(c->port, FBR_INTAKE_EVENTS_PATH, "Authorization: Bearer " KEY "\r\n",
               "{\"event\":\"On-Call\"}", c->replies[1], sizeof(c->replies[1]));
     atomic_store(&c->done, 1);
