@@ -185,6 +185,21 @@ START_TEST(ack_and_recovery_without_incident)
 }
 END_TEST
 
+/* The documented default (unconfirmed on the platform): WARNING opens an incident like CRITICAL. */
+START_TEST(warning_opens_by_default)
+{
+    struct fbr_incidents_opts o = {0};
+    struct fbr_incidents *t = NULL;
+    json_t *st = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    ck_assert_int_eq(feed(t, "rk", "w", "WARNING", 1, &st), FBR_TR_TRIGGERED);
+    ck_assert_str_eq(sget(st, "CURRENT_STATE"), "WARNING");
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "rk", "w", "warning", 2, NULL), FBR_TR_ROLLED);
+    fbr_incidents_close(&t);
+}
+END_TEST
+
 START_TEST(warning_no_open)
 {
     struct fbr_incidents_opts o = {.warning_no_open = 1};
@@ -389,6 +404,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, lifecycle_with_restarts);
     tcase_add_test(tc, ack_and_recovery_without_incident);
+    tcase_add_test(tc, warning_opens_by_default);
     tcase_add_test(tc, warning_no_open);
     tcase_add_test(tc, torn_journal);
     tcase_add_test(tc, journal_escaping);

@@ -753,6 +753,41 @@ START_TEST(timeline_event)
 }
 END_TEST
 
+/* Unconfirmed CHAT fields (CHAT.ROOM_ID, CHAT.IS_ONCALL): passed through when the event carries
+ * them; absent, they render as "" inside a string and null as a bare JSON value. */
+START_TEST(chat_unconfirmed_fields)
+{
+    static const struct {
+        const char *body, *want;
+    } cases[] = {
+        {"{\"event\":\"All-Chats\",\"CHAT\":{\"TEXT\":\"hi\",\"ROOM_ID\":\"r1\","
+         "\"IS_ONCALL\":true}}",
+         "{\"room\":\"r1\",\"oncall\":true,\"text\":\"hi\"}"},
+        {"{\"event\":\"All-Chats\",\"CHAT\":{\"TEXT\":\"hi\"}}",
+         "{\"room\":\"\",\"oncall\":null,\"text\":\"hi\"}"},
+    };
+    json_t *cfg = parse("{\"webhooks\":[{\"event\":\"All-Chats\",\"url\":\"http://127.0.0.1/c\","
+                        "\"payload\":\"{\\\"room\\\":\\\"${{CHAT.ROOM_ID}}\\\","
+                        "\\\"oncall\\\":${{CHAT.IS_ONCALL}},\\\"text\\\":\\\"${{CHAT.TEXT}}\\\"}\"}]}");
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        struct fixture f;
+        fixture_init(&f, cfg);
+        json_t *body = parse(cases[i].body);
+        struct fbr_intake_reply r;
+        fbr_intake_event(f.intake, "Bearer " KEY, body, &r);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_uint_eq(f.q.n, 1);
+        char *b = flat(&f.q.v[0]->body);
+        ck_assert_str_eq(b, cases[i].want);
+        free(b);
+        json_decref(r.body);
+        json_decref(body);
+        fixture_free(&f);
+    }
+    json_decref(cfg);
+}
+END_TEST
+
 /* Bounds on a /v1/events body: each row builds a body at the limit (accepted) and one step over
  * it (400 with the message).  A multi-byte character counts as one. */
 static char *repeat(const char *unit, size_t n)
@@ -1272,6 +1307,7 @@ int main(void)
     tcase_add_loop_test(tc, timeline_event, 0, FBR_ARRAY_LEN(event_cases));
     tcase_add_loop_test(tc, timeline_event_bounds, 0, FBR_ARRAY_LEN(event_bounds));
     tcase_add_test(tc, long_key_messages_stay_utf8);
+    tcase_add_test(tc, chat_unconfirmed_fields);
     tcase_add_test(tc, event_names);
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
     tcase_add_test(tc, webhook_compile_ok);
