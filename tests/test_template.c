@@ -161,6 +161,11 @@ static const struct {
     {FBR_TPL_URL, "http://h:99999/x", FBR_INVALID, NULL},
     {FBR_TPL_URL, "http://${{ALERT.auth_token}}/x", FBR_INVALID, NULL},
     {FBR_TPL_URL, "http://[::1/x", FBR_INVALID, NULL},
+    /* URL: a value in the authority cannot add userinfo, a port or a path */
+    {FBR_TPL_URL, "https://${{ALERT.url}}/x", FBR_INVALID, NULL},
+    {FBR_TPL_URL, "https://${{ALERT.host}}${{ALERT.quote}}.x/", FBR_INVALID, NULL},
+    {FBR_TPL_URL, "https://api.${{ALERT.host}}/${{ALERT.url}}", FBR_OK,
+     "https://api.example.com/https:%2F%2Fh.example%2Fx%3Fy=1"},
     {FBR_TPL_URL, "http://h/x y", FBR_INVALID, NULL},
 
     /* FORM */
