@@ -130,6 +130,9 @@ static const struct {
      "{\"a\": [7], \"\": \"say \\\"hi\\\"\\n\"}"},
     {FBR_TPL_JSON, "{${{ALERT.quote}}: ${{ALERT.nothing}}}", FBR_OK,
      "{\"say \\\"hi\\\"\\n\": null}"},
+    {FBR_TPL_JSON, "{${{ALERT.nothing}}: 1, \"state\": ${{STATE}}}", FBR_OK,
+     "{\"\": 1, \"state\": {\"ALERT_COUNT\":3,\"CURRENT_STATE\":\"CRITICAL\","
+     "\"ACK_USER\":\"SYSTEM\"}}"},
 
     /* URL: path segment vs query component, single variable taken whole */
     {FBR_TPL_URL,
