@@ -1,8 +1,9 @@
 /*
  * main.c - the firebridge daemon: parses flags, builds the configuration and the objects of the
  * data path (server first; intake, rules, events and delivery hang off it), runs the one event
- * loop and handles signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads atomically, SIGPIPE
- * is ignored.  Everything else lives in the library built from the other files of src/.
+ * loop and handles signals: SIGTERM/SIGINT drain and exit 0 (deliveries still pending after the
+ * drain are saved to the dead-letter file for --replay-dead-letters), SIGHUP reloads atomically,
+ * SIGPIPE is ignored.  Everything else lives in the library built from the other files of src/.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -263,6 +264,32 @@ static void drain_expired(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(d->base, NULL);
 }
 
+/*
+ * After the drain (finished or timed out): every delivery still pending goes to the dead-letter
+ * file through the engine's state machine, in order, instead of being dropped with the engine.
+ * Returns 0, or -1 when some could not be written (the exit status then says so).
+ */
+static int save_undelivered(struct daemon *d)
+{
+    size_t pending = fbr_delivery_pending(d->deliveries);
+    size_t saved = fbr_delivery_shutdown(d->deliveries, "shutdown: undelivered after drain");
+    if (!pending)
+        return 0;
+    const char *path = fbr_delivery_dead_letter_path(d->deliveries);
+    fbr_log_warn("saved %zu undelivered deliver%s to %s; to send them, restart with the same "
+                 "flags plus --replay-dead-letters %s (e.g. firebridge%s%s -d %s "
+                 "--replay-dead-letters %s)",
+                 saved, saved == 1 ? "y" : "ies", path, path, d->cli.config_file ? " -c " : "",
+                 d->cli.config_file ? d->cli.config_file : "", d->cfg.data_dir, path);
+    if (saved < pending) {
+        fbr_log(FBR_LOG_ERROR, NULL, "saving undelivered deliveries",
+                "%zu of %zu could not be written to %s: they are lost", pending - saved, pending,
+                path);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_stop(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
@@ -400,7 +427,7 @@ int main(int argc, char **argv)
                  d.cfg.config_file ? d.cfg.config_file : "built-in default configuration");
 
     event_base_dispatch(d.base);
-    rc = 0;
+    rc = save_undelivered(&d) == 0 ? 0 : 1;
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
 out:
