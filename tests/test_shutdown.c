@@ -268,8 +268,10 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
 
     /* run 1: the destination answers 503; SIGTERM with a 1 s drain */
     struct daemon d;
+    char drain[16]; /* longer than the 200 ms (x slow) the test waits inside the drain */
+    snprintf(drain, sizeof(drain), "%d", slow());
     const char *const args1[] = {"-c", cfg_path, "--listen", "127.0.0.1:0", "--data-dir", data,
-                                 "--drain-timeout", "1", "--retry-initial", "100",
+                                 "--drain-timeout", drain, "--retry-initial", "100",
                                  "--retry-max-interval", "300", "--log-level", "debug", NULL};
     daemon_start(&d, log1, args1);
     char req[512], buf[4096];
