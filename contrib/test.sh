@@ -27,7 +27,7 @@ if command -v clang >/dev/null 2>&1 && [ -f tests/fuzz/meson.build ]; then
     -Db_sanitize=address,undefined -Db_lundef=false
   meson compile -C build-fuzz
   for f in build-fuzz/tests/fuzz/fuzz_*; do
-    [ -x "$f" ] || continue
+    [ -f "$f" ] && [ -x "$f" ] || continue
     corpus="tests/fuzz/corpus/$(basename "$f")"
     mkdir -p "build-fuzz/corpus-$(basename "$f")"
     "$f" -max_total_time="${FBR_FUZZ_SECONDS:-30}" -timeout=5 \

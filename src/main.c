@@ -141,6 +141,11 @@ static int sink_submit(void *arg, struct fbr_outreq *o)
     return fbr_delivery_submit(arg, o, NULL);
 }
 
+static size_t sink_room(void *arg)
+{
+    return fbr_delivery_room(arg);
+}
+
 static void delivery_metrics(struct evbuffer *out, void *arg)
 {
     fbr_delivery_metrics_write(arg, out);
@@ -392,7 +397,7 @@ int main(int argc, char **argv)
         .rules = d.flow.rules,
         .webhooks = &d.flow.webhooks,
         .incidents = d.incidents,
-        .sink = {sink_submit, d.deliveries},
+        .sink = {sink_submit, d.deliveries, sink_room},
     };
     d.intake = fbr_intake_new(&inopts);
     fbr_intake_register(d.intake, d.srv);
