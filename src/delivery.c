@@ -900,10 +900,11 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
      * to a fresh file (never appended to the file being read: no loop) and the replayed lines
      * stay on disk, whole, under the new name (nothing lost if the replay stops half-way). */
     struct stat fst, lst;
+    char *aside = NULL;
     if (fstat(fileno(f), &fst) == 0 && stat(e->dl_path, &lst) == 0 && fst.st_dev == lst.st_dev &&
         fst.st_ino == lst.st_ino) {
         size_t alen = strlen(e->dl_path) + 40;
-        char *aside = fbr_xmalloc(alen);
+        aside = fbr_xmalloc(alen);
         snprintf(aside, alen, "%s.replayed-%" PRIu64, e->dl_path, fbr_wall_ms());
         if (rename(e->dl_path, aside) != 0) {
             snprintf(err, errlen, "cannot move %s aside to %s before replaying it: %s", e->dl_path,
@@ -914,7 +915,6 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
         }
         fbr_log_info("moved %s to %s before replaying it; new dead letters go to a fresh %s",
                      e->dl_path, aside, e->dl_path);
-        free(aside);
     }
     char *line = NULL;
     size_t cap = 0;
@@ -952,6 +952,12 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
     }
     free(line);
     fclose(f);
+    /* A failed replay leaves the file where the operator named it (the caller drops what was
+     * queued), unless something was dead-lettered meanwhile: then it stays aside. */
+    if (aside && rc != FBR_OK && access(e->dl_path, F_OK) != 0 && errno == ENOENT &&
+        rename(aside, e->dl_path) == 0)
+        fbr_log_info("replay failed: moved %s back to %s", aside, e->dl_path);
+    free(aside);
     return rc;
 }
 

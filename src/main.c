@@ -270,14 +270,17 @@ static void drain_expired(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * After the drain (finished or timed out): every delivery still pending goes to the dead-letter
- * file through the engine's state machine, in order, instead of being dropped with the engine.
- * Returns 0, or -1 when some could not be written (the exit status then says so).
+ * After the drain (finished or timed out), or when the start fails after a replay queued
+ * deliveries: every delivery still pending goes to the dead-letter file through the engine's
+ * state machine, in order, instead of being dropped with the engine.  Returns 0, or -1 when some
+ * could not be written (the exit status then says so).
  */
 static int save_undelivered(struct daemon *d)
 {
     size_t pending = fbr_delivery_pending(d->deliveries);
-    size_t saved = fbr_delivery_shutdown(d->deliveries, "shutdown: undelivered after drain");
+    size_t saved = fbr_delivery_shutdown(d->deliveries, d->drain_tick
+                                                             ? "shutdown: undelivered after drain"
+                                                             : "shutdown: the start failed");
     if (!pending)
         return 0;
     const char *path = fbr_delivery_dead_letter_path(d->deliveries);
@@ -318,6 +321,7 @@ int main(int argc, char **argv)
     memset(&d, 0, sizeof(d));
     char err[4096];
     int rc = 1;
+    int save = 1; /* pending deliveries go to the dead-letter file on the way out */
 
     if (fbr_cli_parse(&d.cli, argc, argv, err, sizeof(err)) != FBR_OK) {
         fprintf(stderr, "firebridge: %s\n", err);
@@ -412,6 +416,7 @@ int main(int argc, char **argv)
         if (r != FBR_OK) {
             fbr_log(FBR_LOG_ERROR, NULL, "replaying dead letters", "from %s: %s",
                     d.cfg.replay_dead_letters, r == FBR_NOTFOUND ? "cannot open the file" : err);
+            save = 0; /* what was queued is still in the file: writing it again would double it */
             goto out;
         }
         fbr_log_info("replaying %zu dead letter(s) from %s", count, d.cfg.replay_dead_letters);
@@ -432,10 +437,13 @@ int main(int argc, char **argv)
                  d.cfg.config_file ? d.cfg.config_file : "built-in default configuration");
 
     event_base_dispatch(d.base);
-    rc = save_undelivered(&d) == 0 ? 0 : 1;
+    rc = 0;
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
 out:
+    /* after the drain, or a start that failed after a replay queued deliveries */
+    if (d.deliveries && save && save_undelivered(&d) != 0)
+        rc = 1;
     if (d.drain_tick)
         event_free(d.drain_tick);
     if (d.drain_deadline)

@@ -1018,6 +1018,27 @@ START_TEST(replay_live_file_no_loop)
     ck_assert_uint_eq(count, N);
     ck_assert_int_eq(access(copy, F_OK), 0);
     ck_assert_int_eq(access(path, F_OK), 0);
+    want = 3 * N;
+    ck_assert(run_until(dead_n, 5000));
+    /* a live file with a bad line: the failed replay puts it back where it was, whole */
+    FILE *f = fopen(path, "a");
+    fputs("{not json\n", f);
+    fclose(f);
+    ck_assert_int_eq(fbr_delivery_replay_file(eng, path, &count, err, sizeof(err)), FBR_INVALID);
+    ck_assert_uint_eq(count, 2 * N);
+    ck_assert_ptr_nonnull(strstr(err, "line 11"));
+    char *text = NULL;
+    size_t cap = 0;
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t nl = 0;
+    while (getline(&text, &cap, f) > 0)
+        nl++;
+    free(text);
+    fclose(f);
+    ck_assert_uint_eq(nl, 2 * N + 1);
+    snprintf(cmd, sizeof(cmd), "test $(ls %s | grep -c replayed) -eq 1", dir);
+    ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 

@@ -390,12 +390,129 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
 }
 END_TEST
 
+/* Runs the daemon to its exit (it is expected to fail at start); returns the wait status. */
+static int run_to_exit(const char *log, const char *const *args)
+{
+    const char *exe = getenv("FBR_DAEMON");
+    ck_assert_msg(exe != NULL, "FBR_DAEMON not set (run through meson test)");
+    const char *argv[24];
+    int n = 0;
+    argv[n++] = exe;
+    for (int i = 0; args[i] && n < 23; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+        alarm(20);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    return st;
+}
+
+static void write_dead_letters(const char *path, int n, const char *extra)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < n; i++)
+        fprintf(f,
+                "{\"id\":\"seed%02d\",\"method\":\"POST\",\"url\":\"http://127.0.0.1:9/v2/room/r/"
+                "notification?auth_token=" URL_SECRET "\",\"headers\":[],\"content_type\":"
+                "\"text/plain\",\"body\":\"b%d\"}\n",
+                i, i);
+    if (extra)
+        fputs(extra, f);
+    fclose(f);
+}
+
+/*
+ * A start that fails after a replay queued deliveries (the listen address is taken) writes them
+ * back to the live dead-letter file in order, so the same command works once the address is
+ * free; a replay that fails on a bad line leaves the file where it was, byte for byte, and
+ * queues nothing twice.
+ */
+START_TEST(failed_start_keeps_dead_letters)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/fbr-shutdown-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char data[128], dl[192], log[128], cmd[400];
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(dl, sizeof(dl), "%s/dead-letters.jsonl", data);
+    snprintf(log, sizeof(log), "%s/run.log", dir);
+    ck_assert_int_eq(mkdir(data, 0700), 0);
+
+    /* the listen address is taken */
+    int busy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(busy, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(busy, 4), 0);
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(getsockname(busy, (struct sockaddr *)&sa, &sl), 0);
+    char listen_addr[32];
+    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", ntohs(sa.sin_port));
+    write_dead_letters(dl, 3, NULL);
+    const char *const args[] = {"--listen", listen_addr, "--data-dir", data,
+                                "--replay-dead-letters", dl, NULL};
+    int st = run_to_exit(log, args);
+    close(busy);
+    char *text = slurp(log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d:\n%s", st, text);
+    ck_assert_ptr_nonnull(strstr(text, "saved 3 undelivered deliveries"));
+    ck_assert_msg(strstr(text, URL_SECRET) == NULL, "URL token in the log");
+    free(text);
+    json_t *lines = read_lines(dl);
+    ck_assert_uint_eq(json_array_size(lines), 3);
+    for (size_t i = 0; i < 3; i++) {
+        char id[16], body[16];
+        snprintf(id, sizeof(id), "seed%02zu", i);
+        snprintf(body, sizeof(body), "b%zu", i);
+        ck_assert_str_eq(jstr(lines, i, "id"), id);
+        ck_assert_str_eq(jstr(lines, i, "body"), body);
+        ck_assert_ptr_nonnull(strstr(jstr(lines, i, "reason"), "shutdown: the start failed"));
+    }
+    json_decref(lines);
+
+    /* a bad line: nothing is written back, the file stays as it was */
+    snprintf(cmd, sizeof(cmd), "rm -f %s/dead-letters.jsonl*", data);
+    ck_assert_int_eq(system(cmd), 0);
+    write_dead_letters(dl, 2, "{not json\n");
+    char *before = slurp(dl);
+    const char *const args2[] = {"--listen", "127.0.0.1:0", "--data-dir", data,
+                                 "--replay-dead-letters", dl, NULL};
+    st = run_to_exit(log, args2);
+    text = slurp(log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d:\n%s", st, text);
+    ck_assert_ptr_nonnull(strstr(text, "line 3"));
+    ck_assert_ptr_null(strstr(text, "saved "));
+    free(text);
+    char *after = slurp(dl);
+    ck_assert_str_eq(after, before);
+    free(before);
+    free(after);
+    snprintf(cmd, sizeof(cmd), "test $(ls %s | grep -c replayed) -eq 0", data);
+    ck_assert_int_eq(system(cmd), 0);
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("shutdown");
     TCase *tc = tcase_create("daemon");
     tcase_set_timeout(tc, 55 * slow());
     tcase_add_test(tc, sigterm_saves_then_replay_delivers_in_order);
+    tcase_add_test(tc, failed_start_keeps_dead_letters);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -152,7 +152,9 @@ size_t fbr_delivery_shutdown(struct fbr_delivery_engine *e, const char *reason);
  * a fresh file at the usual path (no loop, no line read twice), and the replayed lines stay on
  * disk under the new name.  Returns FBR_OK with *count set, FBR_NOTFOUND when the file cannot be
  * opened, FBR_ERROR when the rename fails or after fbr_delivery_shutdown(), or FBR_INVALID naming
- * the first bad line in err (entries before it stay queued).
+ * the first bad line in err (entries before it stay queued; a live file moved aside is moved back
+ * when nothing was dead-lettered meanwhile, so freeing the engine without a shutdown leaves the
+ * disk as it was).
  */
 int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, size_t *count,
                              char *err, size_t errlen);
