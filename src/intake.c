@@ -33,6 +33,7 @@ struct fbr_intake {
     size_t nouts_cap;
     int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
     char week_time[40], time_utc[40];
+    struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
 };
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
@@ -447,6 +448,19 @@ static json_t *parse_body(struct fbr_http_req *req)
     return json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, NULL);
 }
 
+/* While the server drains, a request that still arrives (one in progress on a connection when
+ * the drain began) is refused with 503 so the sender retries elsewhere or later: accepting it
+ * would start work the drain is trying to finish.  Returns 1 when refused. */
+static int refuse_draining(struct fbr_intake *in, struct fbr_http_req *req)
+{
+    if (!in->srv || !fbr_server_draining(in->srv))
+        return 0;
+    in->stats.rejected++;
+    fbr_http_add_header(req, "Retry-After", "5");
+    fbr_http_reply_error(req, 503, "draining: not accepting new work, retry later");
+    return 1;
+}
+
 static void send_reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
 {
     if (r->retry_after) {
@@ -459,6 +473,8 @@ static void send_reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
 
 static void on_alert(struct fbr_http_req *req, void *arg)
 {
+    if (refuse_draining(arg, req))
+        return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_alert(arg, req->path, body, &r);
@@ -468,6 +484,8 @@ static void on_alert(struct fbr_http_req *req, void *arg)
 
 static void on_event(struct fbr_http_req *req, void *arg)
 {
+    if (refuse_draining(arg, req))
+        return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
@@ -477,6 +495,7 @@ static void on_event(struct fbr_http_req *req, void *arg)
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)
 {
+    in->srv = srv;
     struct fbr_route alert = {.path = FBR_INTAKE_ALERT_PREFIX, .prefix = 1,
                               .methods = FBR_M_POST, .json_body = 0, .metric = "alert",
                               .fn = on_alert, .arg = in};

@@ -113,7 +113,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
 
 /* Registers both endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
  * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of
- * the routes. */
+ * the routes.  While srv drains (fbr_server_drain) both endpoints answer 503 with Retry-After
+ * and accept nothing. */
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv);
 
 #endif
