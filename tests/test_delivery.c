@@ -654,7 +654,8 @@ START_TEST(request_timeout_retried)
     submit(url_for("http", "127.0.0.1", "t"), "{}", NULL);
     want = 1;
     ck_assert(run_until(delivered_n, 5000));
-    ck_assert_uint_ge(fbr_now_ms() - t0, 300);
+    /* libevent's timers run on its cached clock, which may lag ours by a millisecond or two */
+    ck_assert_uint_ge(fbr_now_ms() - t0, 295);
     ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 1);
     ck_assert_uint_eq(tsrv_nreqs(srv), 2);
 }
