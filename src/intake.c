@@ -498,7 +498,7 @@ void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)
     in->srv = srv;
     struct fbr_route alert = {.path = FBR_INTAKE_ALERT_PREFIX, .prefix = 1,
                               .methods = FBR_M_POST, .json_body = 0, .metric = "alert",
-                              .fn = on_alert, .arg = in};
+                              .secret_segment = 1, .fn = on_alert, .arg = in};
     struct fbr_route events = {.path = FBR_INTAKE_EVENTS_PATH, .prefix = 0,
                                .methods = FBR_M_POST, .json_body = 0, .metric = "events",
                                .fn = on_event, .arg = in};

@@ -323,6 +323,8 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     ck_assert_ptr_nonnull(strstr(log, "--replay-dead-letters"));
     ck_assert_msg(strstr(log, URL_SECRET) == NULL, "URL token in the log");
     ck_assert_msg(strstr(log, HDR_SECRET) == NULL, "Authorization value in the log");
+    ck_assert_msg(strstr(log, API_KEY) == NULL, "intake API key (alert path) in the log");
+    ck_assert_ptr_nonnull(strstr(log, "/integrations/generic/20131114/alert/***/ops"));
     free(log);
 
     struct stat sb;
