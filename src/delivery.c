@@ -56,6 +56,7 @@ struct delivery {
     unsigned attempts, failures;
     uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
     uint64_t wake_ms;
+    uint64_t seq; /* submission order across the engine (shutdown writes in this order) */
     char *reason; /* last reason, owned, NULL until the first transition that gives one */
 };
 
@@ -83,6 +84,8 @@ struct fbr_delivery_engine {
     uint64_t id_counter;
     fbr_delivery_transition_fn hook;
     void *hook_arg;
+    uint64_t seq_counter;
+    int shut; /* fbr_delivery_shutdown() ran: no client any more, nothing is accepted */
 };
 
 static const char *const state_names[] = {"queued",      "waiting_rate", "in_flight",
@@ -162,7 +165,7 @@ static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
 }
 
 static void start_attempt(struct delivery *dl);
-static void write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
+static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
 
 static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_delivery_state to)
@@ -611,6 +614,10 @@ static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_s
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
                   uint64_t created_wall, int bypass_limit, char *id_out)
 {
+    if (e->shut) {
+        e->m.rejected++;
+        return FBR_LIMIT;
+    }
     if (!bypass_limit && e->m.pending >= e->opts.max_pending) {
         e->m.rejected++;
         return FBR_LIMIT;
@@ -703,6 +710,7 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     dl->state = FBR_DS_QUEUED;
     dl->created_mono = fbr_now_ms();
     dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
+    dl->seq = ++e->seq_counter;
     TAILQ_INSERT_TAIL(&d->queue, dl, link);
     e->m.pending++;
     e->m.submitted++;
@@ -757,7 +765,8 @@ static json_t *headers_json(const char *head, size_t len, json_t **content_type)
     return arr;
 }
 
-static void write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
+/* Appends dl as one line; returns 0, or -1 (logged and counted) when the line did not go out. */
+static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
 {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(dl->id));
@@ -800,9 +809,10 @@ static void write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl
     if (w != (ssize_t)n) {
         e->m.dead_letter_write_errors++;
         fbr_log(FBR_LOG_ERROR, dl->id, "writing a dead letter", "cannot append to %s: %s",
-                e->dl_path, strerror(errno));
+                e->dl_path, w < 0 ? strerror(errno) : "short write");
     }
     free(line);
+    return w == (ssize_t)n ? 0 : -1;
 }
 
 static unsigned method_bit(const char *m)
@@ -882,10 +892,34 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
                              char *err, size_t errlen)
 {
     *count = 0;
+    if (e->shut) {
+        snprintf(err, errlen, "the engine is shut down");
+        return FBR_ERROR;
+    }
     FILE *f = fopen(path, "re");
     if (!f) {
         snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return FBR_NOTFOUND;
+    }
+    /* The engine's own file: move it aside first, so what dies during or after the replay goes
+     * to a fresh file (never appended to the file being read: no loop) and the replayed lines
+     * stay on disk, whole, under the new name (nothing lost if the replay stops half-way). */
+    struct stat fst, lst;
+    char *aside = NULL;
+    if (fstat(fileno(f), &fst) == 0 && stat(e->dl_path, &lst) == 0 && fst.st_dev == lst.st_dev &&
+        fst.st_ino == lst.st_ino) {
+        size_t alen = strlen(e->dl_path) + 40;
+        aside = fbr_xmalloc(alen);
+        snprintf(aside, alen, "%s.replayed-%" PRIu64, e->dl_path, fbr_wall_ms());
+        if (rename(e->dl_path, aside) != 0) {
+            snprintf(err, errlen, "cannot move %s aside to %s before replaying it: %s", e->dl_path,
+                     aside, strerror(errno));
+            free(aside);
+            fclose(f);
+            return FBR_ERROR;
+        }
+        fbr_log_info("moved %s to %s before replaying it; new dead letters go to a fresh %s",
+                     e->dl_path, aside, e->dl_path);
     }
     char *line = NULL;
     size_t cap = 0;
@@ -923,6 +957,12 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
     }
     free(line);
     fclose(f);
+    /* A failed replay leaves the file where the operator named it (the caller drops what was
+     * queued), unless something was dead-lettered meanwhile: then it stays aside. */
+    if (aside && rc != FBR_OK && access(e->dl_path, F_OK) != 0 && errno == ENOENT &&
+        rename(aside, e->dl_path) == 0)
+        fbr_log_info("replay failed: moved %s back to %s", aside, e->dl_path);
+    free(aside);
     return rc;
 }
 
@@ -937,8 +977,10 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
                         "firebridge_deliveries_total{outcome=\"delivered\"} %" PRIu64 "\n"
                         "firebridge_deliveries_total{outcome=\"dead_permanent\"} %" PRIu64 "\n"
                         "firebridge_deliveries_total{outcome=\"dead_expired\"} %" PRIu64 "\n"
+                        "firebridge_deliveries_total{outcome=\"dead_shutdown\"} %" PRIu64 "\n"
                         "firebridge_deliveries_total{outcome=\"rejected\"} %" PRIu64 "\n",
-                        m->delivered, m->dead_permanent, m->dead_expired, m->rejected);
+                        m->delivered, m->dead_permanent, m->dead_expired, m->dead_shutdown,
+                        m->rejected);
     evbuffer_add_printf(out,
                         "# HELP firebridge_delivery_attempts_total HTTP attempts started.\n"
                         "# TYPE firebridge_delivery_attempts_total counter\n"
@@ -983,6 +1025,69 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
                         "firebridge_delivery_latency_seconds_sum %.3f\n"
                         "firebridge_delivery_latency_seconds_count %" PRIu64 "\n",
                         (double)m->latency_sum_ms / 1000.0, m->latency_count);
+}
+
+/* ---- clean shutdown ---- */
+
+static void collect_dest(const char *key, void *value, void *arg)
+{
+    struct dest *d = value;
+    struct delivery ***pp = arg;
+    struct delivery *dl;
+    (void)key;
+    TAILQ_FOREACH(dl, &d->queue, link)
+        *(*pp)++ = dl;
+    if (d->timer_at) {
+        evtimer_del(d->timer);
+        d->timer_at = 0;
+    }
+    dest_set_rate_limited(d, 0);
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    const struct delivery *x = *(struct delivery *const *)a, *y = *(struct delivery *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+size_t fbr_delivery_shutdown(struct fbr_delivery_engine *e, const char *reason)
+{
+    if (e->shut)
+        return 0;
+    e->shut = 1;
+    /* First the client: it drops every pending attempt without calling back, so no in-flight
+     * attempt references a delivery's body or calls on_response() for a freed delivery. */
+    fbr_client_free(&e->client);
+    size_t n = (size_t)e->m.pending;
+    if (!n)
+        return 0;
+    struct delivery **all = fbr_xcalloc(n, sizeof(*all)), **p = all;
+    fbr_strmap_each(&e->dests, collect_dest, &p);
+    n = (size_t)(p - all);
+    /* Submission order: each destination's FIFO order, so a replay queues them as they were. */
+    qsort(all, n, sizeof(*all), by_seq);
+    uint64_t errors = e->m.dead_letter_write_errors;
+    for (size_t i = 0; i < n; i++) {
+        struct delivery *dl = all[i];
+        char r[512];
+        const char *last = dl->reason ? dl->reason : "";
+        snprintf(r, sizeof(r), "%s%s%s%s%s", reason && *reason ? reason : "shutdown",
+                 dl->state == FBR_DS_IN_FLIGHT
+                     ? " (an attempt was in flight: the destination may have it already)"
+                     : "",
+                 *last ? " (last: " : "", last, *last ? ")" : "");
+        e->m.dead_shutdown++;
+        transition(dl, FBR_DS_DEAD, 0, r);
+    }
+    free(all);
+    if (n) { /* the file is the only copy now: make it durable before the process goes */
+        int fd = open(e->dl_path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd);
+            close(fd);
+        }
+    }
+    return n - (size_t)(e->m.dead_letter_write_errors - errors);
 }
 
 /* ---- lifecycle and accessors ---- */

@@ -6,6 +6,8 @@
  */
 #include "firebridge/events.h"
 
+#include <stdio.h>
+#include <string.h>
 #include <strings.h>
 
 static const char *const event_names[] = {
@@ -79,25 +81,135 @@ static uint32_t with_umbrella(enum fbr_event ev)
     }
 }
 
-int fbr_events_from_body(json_t *body, struct fbr_event_set *out, const char **err)
+/* ---- bounds on a /v1/events body ------------------------------------------------------------ */
+
+static size_t utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+/* The dotted path of the value being checked, for messages; bounded, cut on a UTF-8 boundary so
+ * the message stays valid UTF-8 (jansson refuses to pack anything else). */
+struct walk {
+    char path[160];
+    size_t plen;
+    size_t values;
+    char *err;
+    size_t errlen;
+};
+
+static size_t path_push(struct walk *w, const char *seg, size_t len, int dot)
+{
+    size_t saved = w->plen;
+    size_t room = sizeof(w->path) - 1 - w->plen;
+    if (dot && w->plen && room) {
+        w->path[w->plen++] = '.';
+        room--;
+    }
+    size_t n = len < room ? len : room;
+    if (n < len) {
+        while (n > 0 && ((unsigned char)seg[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(w->path + w->plen, seg, n);
+    w->plen += n;
+    w->path[w->plen] = '\0';
+    return saved;
+}
+
+static void path_pop(struct walk *w, size_t saved)
+{
+    w->plen = saved;
+    w->path[saved] = '\0';
+}
+
+/* Writes the message (fmt takes the path, then a limit) and evaluates to FBR_INVALID. */
+#define FAIL(w, fmt, n)                                                                            \
+    (snprintf((w)->err, (w)->errlen, fmt, (w)->path, (size_t)(n)), FBR_INVALID)
+
+static int check_string(struct walk *w, json_t *v, size_t max)
+{
+    size_t len = json_string_length(v);
+    if (len > max && utf8_chars(json_string_value(v), len) > max)
+        return FAIL(w, "Field too long: %s exceeds %zu characters", max);
+    return FBR_OK;
+}
+
+/* Checks v (a container at `depth`, the body being 1) and everything under it. */
+static int check_tree(struct walk *w, json_t *v, unsigned depth)
+{
+    if (depth > FBR_EVENTS_MAX_DEPTH)
+        return FAIL(w, "Invalid body: %s nests deeper than %zu levels", FBR_EVENTS_MAX_DEPTH);
+    if (json_is_object(v)) {
+        const char *key;
+        size_t klen;
+        json_t *m;
+        json_object_keylen_foreach (v, key, klen, m) {
+            if (++w->values > FBR_EVENTS_MAX_VALUES) {
+                path_pop(w, 0);
+                return FAIL(w, "Invalid body: %smore than %zu keys and values",
+                            FBR_EVENTS_MAX_VALUES);
+            }
+            size_t saved = path_push(w, key, klen, 1);
+            if (klen > FBR_EVENTS_FIELD_MAX && utf8_chars(key, klen) > FBR_EVENTS_FIELD_MAX)
+                return FAIL(w, "Invalid body: key %s exceeds %zu characters",
+                            FBR_EVENTS_FIELD_MAX);
+            size_t max = FBR_EVENTS_FIELD_MAX;
+            if (depth == 2 && strcmp(w->path, "CHAT.TEXT") == 0)
+                max = FBR_EVENTS_CHAT_TEXT_MAX;
+            int rc = json_is_string(m) ? check_string(w, m, max)
+                     : (json_is_object(m) || json_is_array(m)) ? check_tree(w, m, depth + 1)
+                                                               : FBR_OK;
+            if (rc != FBR_OK)
+                return rc;
+            path_pop(w, saved);
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach (v, i, m) {
+            if (++w->values > FBR_EVENTS_MAX_VALUES) {
+                path_pop(w, 0);
+                return FAIL(w, "Invalid body: %smore than %zu keys and values",
+                            FBR_EVENTS_MAX_VALUES);
+            }
+            char idx[24];
+            int n = snprintf(idx, sizeof(idx), "[%zu]", i);
+            size_t saved = path_push(w, idx, (size_t)n, 0);
+            int rc = json_is_string(m) ? check_string(w, m, FBR_EVENTS_FIELD_MAX)
+                     : (json_is_object(m) || json_is_array(m)) ? check_tree(w, m, depth + 1)
+                                                               : FBR_OK;
+            if (rc != FBR_OK)
+                return rc;
+            path_pop(w, saved);
+        }
+    }
+    return FBR_OK;
+}
+
+int fbr_events_from_body(json_t *body, struct fbr_event_set *out, char *err, size_t errlen)
 {
     static const char *const namespaces[] = {"ALERT", "STATE", "INCIDENT", "CHAT", "ONCALL",
                                              "PAGE"};
     out->mask = 0;
     out->event = NULL;
     if (!json_is_object(body)) {
-        *err = "Invalid body: expected a JSON object";
+        snprintf(err, errlen, "Invalid body: expected a JSON object");
         return FBR_INVALID;
     }
     json_t *name = json_object_get(body, "event");
     if (!name) {
-        *err = "Missing fields: event";
+        snprintf(err, errlen, "Missing fields: event");
         return FBR_INVALID;
     }
     enum fbr_event ev;
     if (!json_is_string(name) ||
         fbr_event_parse(json_string_value(name), json_string_length(name), &ev) != FBR_OK) {
-        *err = "Invalid field: event must be one of the 12 platform events or Any-Alert";
+        snprintf(err, errlen,
+                 "Invalid field: event must be one of the 12 platform events or Any-Alert");
         return FBR_INVALID;
     }
     const char *key;
@@ -107,15 +219,18 @@ int fbr_events_from_body(json_t *body, struct fbr_event_set *out, const char **e
         for (size_t i = 0; i < FBR_ARRAY_LEN(namespaces); i++)
             known |= strcmp(key, namespaces[i]) == 0;
         if (!known) {
-            *err = "Invalid body: unknown key (expected event, ALERT, STATE, INCIDENT, CHAT, "
-                   "ONCALL, PAGE)";
+            snprintf(err, errlen, "Invalid body: unknown key (expected event, ALERT, STATE, "
+                                  "INCIDENT, CHAT, ONCALL, PAGE)");
             return FBR_INVALID;
         }
-        if (known && strcmp(key, "event") != 0 && !json_is_object(v)) {
-            *err = "Invalid body: every namespace must be a JSON object";
+        if (strcmp(key, "event") != 0 && !json_is_object(v)) {
+            snprintf(err, errlen, "Invalid body: namespace %s must be a JSON object", key);
             return FBR_INVALID;
         }
     }
+    struct walk w = {.err = err, .errlen = errlen};
+    if (check_tree(&w, body, 1) != FBR_OK)
+        return FBR_INVALID;
     json_t *obj = json_object();
     for (size_t i = 0; i < FBR_ARRAY_LEN(namespaces); i++) {
         v = json_object_get(body, namespaces[i]);

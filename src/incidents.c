@@ -99,6 +99,14 @@ struct fbr_incidents {
     int dirty;            /* written since the last fsync */
     struct line line;     /* journal line being written */
     uint64_t evicted, journal_errors;
+    /* The change prepared by fbr_incidents_prepare, until commit or abort. */
+    struct {
+        int active;
+        enum fbr_transition tr;
+        struct incident *cur;  /* the incident in the table, NULL for a new one */
+        struct incident *next; /* its changed copy (owned), NULL when tr is FBR_TR_NONE */
+        uint64_t now_ms;
+    } pend;
 };
 
 /* ---- hash table --------------------------------------------------------------------------- */
@@ -470,6 +478,7 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     struct fbr_incidents *t = *tp;
     if (!t)
         return;
+    fbr_incidents_abort(t);
     if (t->fd >= 0) {
         if (t->dirty && t->opts.fsync != FBR_FSYNC_OFF)
             fdatasync(t->fd);
@@ -651,10 +660,11 @@ static json_t *state_no_incident(json_t *alert, enum fbr_msg_type mt, uint64_t s
     return o;
 }
 
+/* Takes the number the commit will claim (t->next_number); the commit advances the counter. */
 static void reset_for_trigger(struct fbr_incidents *t, struct incident *in, json_t *alert,
                               enum fbr_msg_type mt, uint64_t now_ms, uint64_t start_ms)
 {
-    in->number = t->next_number++;
+    in->number = t->next_number;
     in->phase = FBR_PHASE_UNACKED;
     in->state = mt;
     in->alert_count = 1;
@@ -668,9 +678,39 @@ static void reset_for_trigger(struct fbr_incidents *t, struct incident *in, json
     set_str(&in->service, service_of(alert));
 }
 
-int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
-                        struct fbr_incident_result *res)
+static char *dup_or_null(const char *s)
 {
+    return s ? fbr_xstrdup(s) : NULL;
+}
+
+/* A detached deep copy (not in the table): the prepared change is made on it. */
+static struct incident *incident_copy(const struct incident *in)
+{
+    struct incident *c = fbr_xmalloc(sizeof(*c));
+    *c = *in;
+    c->next = NULL;
+    c->key = fbr_xstrdup(in->key);
+    c->routing_key = dup_or_null(in->routing_key);
+    c->entity_id = dup_or_null(in->entity_id);
+    c->host = dup_or_null(in->host);
+    c->service = dup_or_null(in->service);
+    c->ack_user = dup_or_null(in->ack_user);
+    c->ack_msg = dup_or_null(in->ack_msg);
+    c->last_uuid = dup_or_null(in->last_uuid);
+    return c;
+}
+
+void fbr_incidents_abort(struct fbr_incidents *t)
+{
+    if (t->pend.next)
+        incident_free(t->pend.next);
+    memset(&t->pend, 0, sizeof(t->pend));
+}
+
+void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                           struct fbr_incident_result *res)
+{
+    fbr_incidents_abort(t);
     memset(res, 0, sizeof(*res));
     json_t *mtv = json_object_get(alert, "message_type");
     enum fbr_msg_type mt = FBR_MT_INFO;
@@ -694,82 +734,130 @@ int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
     key[rkl] = '\x1f';
     memcpy(key + rkl + 1, eid, eidl + 1);
 
-    struct incident *in = *slot(t, key);
+    struct incident *cur = *slot(t, key);
     enum fbr_transition tr = FBR_TR_NONE;
     switch (mt) {
     case FBR_MT_CRITICAL:
     case FBR_MT_WARNING:
-        if (in && is_open(in)) {
+        if (cur && is_open(cur))
             tr = FBR_TR_ROLLED;
-            in->alert_count++;
-            if (in->state != mt)
-                in->state_start_ms = start_ms;
-            in->state = mt;
-        } else if (mt == FBR_MT_WARNING && t->opts.warning_no_open) {
-            break; /* timeline only */
-        } else {
+        else if (!(mt == FBR_MT_WARNING && t->opts.warning_no_open))
             tr = FBR_TR_TRIGGERED;
-            if (!in) {
-                make_room(t, now_ms);
-                in = fbr_xcalloc(1, sizeof(*in));
-                in->key = key;
-                key = NULL;
-                in->routing_key = fbr_xstrdup(rk);
-                in->entity_id = fbr_xstrdup(eid);
-                reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
-                table_insert(t, in);
-            } else {
-                reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
-                t->open++;
-            }
-        }
         break;
     case FBR_MT_ACKNOWLEDGEMENT:
-        if (in && in->phase == FBR_PHASE_UNACKED) {
+        if (cur && cur->phase == FBR_PHASE_UNACKED)
             tr = FBR_TR_ACKED;
-            in->phase = FBR_PHASE_ACKED;
-            const char *who = alert_str(alert, "ack_author");
-            const char *msg = alert_str(alert, "ack_msg");
-            set_str(&in->ack_user, who && *who ? who : "SYSTEM");
-            set_str(&in->ack_msg, msg);
-            in->ack_ms = now_ms;
-        }
         break;
     case FBR_MT_RECOVERY:
     case FBR_MT_OK:
-        if (in && is_open(in)) {
+        if (cur && is_open(cur))
             tr = FBR_TR_RESOLVED;
-            in->phase = FBR_PHASE_RESOLVED;
-            in->state = FBR_MT_OK;
-            in->state_start_ms = start_ms;
-            in->resolved_ms = now_ms;
-            t->open--;
-        }
         break;
     case FBR_MT_INFO:
         break;
     }
-    free(key);
-    int rc = FBR_OK;
+
+    struct incident *in = NULL;
     if (tr != FBR_TR_NONE) {
-        const char *uuid = alert_str(alert, "VO_UUID");
-        set_str(&in->last_uuid, uuid);
-        in->updated_ms = now_ms;
-        if (t->fd >= 0) {
-            record_line(&t->line, in);
-            rc = journal_append(t);
+        if (cur) {
+            in = incident_copy(cur);
+            free(key);
+        } else {
+            in = fbr_xcalloc(1, sizeof(*in));
+            in->key = key;
+            in->routing_key = fbr_xstrdup(rk);
+            in->entity_id = fbr_xstrdup(eid);
         }
-        if (t->fd >= 0 && t->journal_lines > 4 * t->count + 1024)
-            compact(t);
+        key = NULL;
+    } else {
+        free(key);
     }
-    res->transition = tr;
+    switch (tr) {
+    case FBR_TR_ROLLED:
+        in->alert_count++;
+        if (in->state != mt)
+            in->state_start_ms = start_ms;
+        in->state = mt;
+        break;
+    case FBR_TR_TRIGGERED:
+        reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
+        break;
+    case FBR_TR_ACKED: {
+        in->phase = FBR_PHASE_ACKED;
+        const char *who = alert_str(alert, "ack_author");
+        const char *msg = alert_str(alert, "ack_msg");
+        set_str(&in->ack_user, who && *who ? who : "SYSTEM");
+        set_str(&in->ack_msg, msg);
+        in->ack_ms = now_ms;
+        break;
+    }
+    case FBR_TR_RESOLVED:
+        in->phase = FBR_PHASE_RESOLVED;
+        in->state = FBR_MT_OK;
+        in->state_start_ms = start_ms;
+        in->resolved_ms = now_ms;
+        break;
+    case FBR_TR_NONE:
+        break;
+    }
     if (in) {
-        res->state = state_json(in);
-        res->incident = incident_json(in);
+        set_str(&in->last_uuid, alert_str(alert, "VO_UUID"));
+        in->updated_ms = now_ms;
+    }
+    t->pend.active = 1;
+    t->pend.tr = tr;
+    t->pend.cur = cur;
+    t->pend.next = in;
+    t->pend.now_ms = now_ms;
+
+    res->transition = tr;
+    const struct incident *shown = in ? in : cur;
+    if (shown) {
+        res->state = state_json(shown);
+        res->incident = incident_json(shown);
     } else {
         res->state = state_no_incident(alert, mt, start_ms);
     }
+}
+
+int fbr_incidents_commit(struct fbr_incidents *t)
+{
+    struct incident *in = t->pend.next;
+    struct incident *cur = t->pend.cur;
+    enum fbr_transition tr = t->pend.tr;
+    uint64_t now_ms = t->pend.now_ms;
+    int active = t->pend.active;
+    memset(&t->pend, 0, sizeof(t->pend));
+    if (!active || !in)
+        return FBR_OK;
+    if (tr == FBR_TR_TRIGGERED)
+        t->next_number++;
+    if (!cur) {
+        make_room(t, now_ms);
+        table_insert(t, in);
+    } else {
+        struct incident **pp = slot(t, cur->key);
+        in->next = cur->next;
+        *pp = in;
+        t->open += (size_t)is_open(in);
+        t->open -= (size_t)is_open(cur);
+        incident_free(cur);
+    }
+    int rc = FBR_OK;
+    if (t->fd >= 0) {
+        record_line(&t->line, in);
+        rc = journal_append(t);
+        if (t->journal_lines > 4 * t->count + 1024)
+            compact(t);
+    }
     return rc;
+}
+
+int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                        struct fbr_incident_result *res)
+{
+    fbr_incidents_prepare(t, alert, now_ms, res);
+    return fbr_incidents_commit(t);
 }
 
 void fbr_incident_result_clear(struct fbr_incident_result *res)

@@ -29,9 +29,11 @@ struct fbr_intake {
     struct fbr_sink sink;
     uint64_t (*clock_ms)(void);
     struct fbr_intake_stats stats;
-    struct fbr_outreq out; /* reused for every rendering */
+    struct fbr_outreq *outs; /* one per rendered webhook of a request, reused */
+    size_t nouts_cap;
     int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
     char week_time[40], time_utc[40];
+    struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
 };
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
@@ -50,7 +52,6 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->incidents = opts->incidents;
     in->sink = opts->sink;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
-    fbr_outreq_init(&in->out);
     in->stamp_secs = -1;
     return in;
 }
@@ -65,7 +66,9 @@ void fbr_intake_free(struct fbr_intake **inp)
     free(in->keys);
     free(in->key_lens);
     free(in->org);
-    fbr_outreq_free(&in->out);
+    for (size_t i = 0; i < in->nouts_cap; i++)
+        fbr_outreq_free(&in->outs[i]);
+    free(in->outs);
     free(in);
     *inp = NULL;
 }
@@ -162,8 +165,9 @@ static int routing_key_ok(const char *s, size_t len)
     return 1;
 }
 
-/* Renders every enabled webhook subscribed to set and hands each request to the sink. */
-static size_t dispatch(struct fbr_intake *in, const struct fbr_event_set *set)
+/* Renders every enabled webhook subscribed to set into in->outs; returns how many are ready.
+ * Nothing is submitted yet, so the request can still be refused as a whole. */
+static size_t render_all(struct fbr_intake *in, const struct fbr_event_set *set)
 {
     size_t n = 0;
     if (!in->webhooks)
@@ -172,43 +176,85 @@ static size_t dispatch(struct fbr_intake *in, const struct fbr_event_set *set)
         struct fbr_webhook *wh = in->webhooks->v[i];
         if (!wh->enabled || !(wh->events & set->mask))
             continue;
-        struct fbr_outreq *o = &in->out;
+        if (n == in->nouts_cap) {
+            size_t cap = in->nouts_cap ? in->nouts_cap * 2 : 4;
+            in->outs = fbr_xrealloc(in->outs, cap * sizeof(*in->outs));
+            for (size_t k = in->nouts_cap; k < cap; k++)
+                fbr_outreq_init(&in->outs[k]);
+            in->nouts_cap = cap;
+        }
+        struct fbr_outreq *o = &in->outs[n];
         int rc = fbr_outreq_render(o, wh, set->event);
-        if (rc == FBR_SKIP) {
+        if (rc == FBR_OK) {
+            n++;
+        } else if (rc == FBR_SKIP) {
             in->stats.skipped++;
             fbr_log_debug("webhook \"%s\" skipped: URL variable %.*s is missing", wh->name,
                           (int)o->url.missing_len, o->url.missing ? o->url.missing : "");
-        } else if (rc != FBR_OK) {
+        } else {
             in->stats.invalid++;
             fbr_log_warn("webhook \"%s\" not delivered: unsafe rendering (%s)", wh->name,
                          o->url.error ? o->url.error : "header value");
-        } else if (in->sink.submit && in->sink.submit(in->sink.arg, o) == FBR_OK) {
-            in->stats.deliveries++;
-            n++;
-        } else {
-            in->stats.sink_errors++;
         }
-        fbr_outreq_release(o);
     }
     return n;
 }
 
-/*
- * Backpressure: 1 (and a 503 reply) when the sink cannot take one delivery per enabled webhook,
- * the most one alert or event can produce.  Checked before any state changes.
- */
-static int sink_full(struct fbr_intake *in, struct fbr_intake_reply *out)
+static void release_outs(struct fbr_intake *in, size_t n)
 {
-    if (!in->sink.room || !in->webhooks)
+    for (size_t i = 0; i < n; i++)
+        fbr_outreq_release(&in->outs[i]);
+}
+
+/* Hands the n rendered requests to the sink.  Returns the number accepted, or -1 when the sink
+ * has no room for them or refused the first one as temporary: then nothing was submitted. */
+static long submit_all(struct fbr_intake *in, size_t n)
+{
+    if (n == 0)
         return 0;
-    size_t need = 0;
-    for (size_t i = 0; i < in->webhooks->n; i++)
-        need += in->webhooks->v[i]->enabled != 0;
-    if (need == 0 || in->sink.room(in->sink.arg) >= need)
+    if (!in->sink.submit) { /* no delivery engine at all (tests, benchmarks) */
+        in->stats.sink_errors += n;
+        release_outs(in, n);
         return 0;
-    reply_failure(in, out, 503, "Too many undelivered notifications; retry later");
+    }
+    if (in->sink.room && in->sink.room(in->sink.arg) < n) {
+        release_outs(in, n);
+        return -1;
+    }
+    size_t accepted = 0, lost = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct fbr_outreq *o = &in->outs[i];
+        int rc = in->sink.submit(in->sink.arg, o);
+        if (rc == FBR_OK) {
+            accepted++;
+        } else if (rc == FBR_INVALID) {
+            in->stats.invalid++;
+            fbr_log_warn("webhook \"%s\" not delivered: refused by the delivery engine",
+                         o->webhook ? o->webhook->name : "?");
+        } else if (accepted == 0 && lost == 0) {
+            release_outs(in, n);
+            return -1;
+        } else {
+            lost++;
+            in->stats.sink_errors++;
+            fbr_log_error("webhook \"%s\" not delivered: delivery engine refused it (%s) after "
+                          "accepting %zu of this request's deliveries",
+                          o->webhook ? o->webhook->name : "?", fbr_strerror(rc), accepted);
+        }
+        fbr_outreq_release(o);
+    }
+    in->stats.deliveries += accepted;
+    return (long)accepted;
+}
+
+static void reply_unavailable(struct fbr_intake *in, struct fbr_intake_reply *out)
+{
+    in->stats.unavailable++;
+    out->status = 503;
     out->retry_after = FBR_INTAKE_RETRY_AFTER_S;
-    return 1;
+    out->deliveries = 0;
+    out->body = json_pack("{s:s,s:s}", "result", "failure", "message",
+                          "Delivery queue full: nothing was processed, retry later");
 }
 
 /* Checks the length limits of every top-level string field; returns the offending key or NULL. */
@@ -300,13 +346,20 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     size_t limit = 0;
     const char *bad = too_long(body, &limit);
     if (bad) {
-        char msg[1200];
-        snprintf(msg, sizeof(msg), "Field too long: %.1000s exceeds %zu characters", bad, limit);
+        /* The key is quoted whole up to 200 bytes, cut on a UTF-8 boundary: jansson refuses to
+         * pack a message that is not valid UTF-8. */
+        size_t klen = strlen(bad);
+        if (klen > 200) {
+            klen = 200;
+            while (klen > 0 && ((unsigned char)bad[klen] & 0xC0) == 0x80)
+                klen--;
+        }
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Field too long: %.*s exceeds %zu characters", (int)klen, bad,
+                 limit);
         reply_failure(in, out, 400, msg);
         return;
     }
-    if (sink_full(in, out))
-        return;
 
     uint64_t now_ms = in->clock_ms();
     enum fbr_msg_type t;
@@ -327,7 +380,7 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
 
     struct fbr_incident_result res = {.transition = FBR_TR_NONE};
     if (in->incidents) {
-        fbr_incidents_apply(in->incidents, body, now_ms, &res);
+        fbr_incidents_prepare(in->incidents, body, now_ms, &res);
     } else {
         json_t *m = json_object_get(body, "message_type");
         fbr_msg_type_parse(json_string_value(m), json_string_length(m), &res.msg_type);
@@ -335,8 +388,18 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     struct fbr_event_set set;
     fbr_events_derive(body, &res, &set);
     fbr_incident_result_clear(&res);
-    out->deliveries = dispatch(in, &set);
+    long accepted = submit_all(in, render_all(in, &set));
     fbr_event_set_clear(&set);
+    if (accepted < 0) {
+        if (in->incidents)
+            fbr_incidents_abort(in->incidents);
+        json_decref(reply);
+        reply_unavailable(in, out);
+        return;
+    }
+    if (in->incidents)
+        fbr_incidents_commit(in->incidents);
+    out->deliveries = (size_t)accepted;
     in->stats.alerts++;
     out->status = 200;
     out->body = reply;
@@ -358,17 +421,18 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         return;
     }
     struct fbr_event_set set;
-    const char *err = NULL;
-    if (fbr_events_from_body(body, &set, &err) != FBR_OK) {
+    char err[256];
+    if (fbr_events_from_body(body, &set, err, sizeof(err)) != FBR_OK) {
         reply_failure(in, out, 400, err);
         return;
     }
-    if (sink_full(in, out)) {
-        fbr_event_set_clear(&set);
+    long accepted = submit_all(in, render_all(in, &set));
+    fbr_event_set_clear(&set);
+    if (accepted < 0) {
+        reply_unavailable(in, out);
         return;
     }
-    out->deliveries = dispatch(in, &set);
-    fbr_event_set_clear(&set);
+    out->deliveries = (size_t)accepted;
     in->stats.events++;
     out->status = 200;
     out->body = json_pack("{s:s,s:I}", "result", "success", "deliveries",
@@ -384,39 +448,57 @@ static json_t *parse_body(struct fbr_http_req *req)
     return json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, NULL);
 }
 
-static void reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
+/* While the server drains, a request that still arrives (one in progress on a connection when
+ * the drain began) is refused with 503 so the sender retries elsewhere or later: accepting it
+ * would start work the drain is trying to finish.  Returns 1 when refused. */
+static int refuse_draining(struct fbr_intake *in, struct fbr_http_req *req)
+{
+    if (!in->srv || !fbr_server_draining(in->srv))
+        return 0;
+    in->stats.rejected++;
+    fbr_http_add_header(req, "Retry-After", "5");
+    fbr_http_reply_error(req, 503, "draining: not accepting new work, retry later");
+    return 1;
+}
+
+static void send_reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
 {
     if (r->retry_after) {
-        char v[16];
-        snprintf(v, sizeof(v), "%u", r->retry_after);
-        fbr_http_add_header(req, "Retry-After", v);
+        char secs[16];
+        snprintf(secs, sizeof(secs), "%u", r->retry_after);
+        fbr_http_add_header(req, "Retry-After", secs);
     }
     fbr_http_reply_json(req, r->status, r->body);
 }
 
 static void on_alert(struct fbr_http_req *req, void *arg)
 {
+    if (refuse_draining(arg, req))
+        return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_alert(arg, req->path, body, &r);
     json_decref(body);
-    reply(req, &r);
+    send_reply(req, &r);
 }
 
 static void on_event(struct fbr_http_req *req, void *arg)
 {
+    if (refuse_draining(arg, req))
+        return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
-    reply(req, &r);
+    send_reply(req, &r);
 }
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)
 {
+    in->srv = srv;
     struct fbr_route alert = {.path = FBR_INTAKE_ALERT_PREFIX, .prefix = 1,
                               .methods = FBR_M_POST, .json_body = 0, .metric = "alert",
-                              .fn = on_alert, .arg = in};
+                              .secret_segment = 1, .fn = on_alert, .arg = in};
     struct fbr_route events = {.path = FBR_INTAKE_EVENTS_PATH, .prefix = 0,
                                .methods = FBR_M_POST, .json_body = 0, .metric = "events",
                                .fn = on_event, .arg = in};

@@ -1,8 +1,9 @@
 /*
  * main.c - the firebridge daemon: parses flags, builds the configuration and the objects of the
  * data path (server first; intake, rules, events and delivery hang off it), runs the one event
- * loop and handles signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads atomically, SIGPIPE
- * is ignored.  Everything else lives in the library built from the other files of src/.
+ * loop and handles signals: SIGTERM/SIGINT drain and exit 0 (deliveries still pending after the
+ * drain are saved to the dead-letter file for --replay-dead-letters), SIGHUP reloads atomically,
+ * SIGPIPE is ignored.  Everything else lives in the library built from the other files of src/.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -268,6 +269,35 @@ static void drain_expired(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(d->base, NULL);
 }
 
+/*
+ * After the drain (finished or timed out), or when the start fails after a replay queued
+ * deliveries: every delivery still pending goes to the dead-letter file through the engine's
+ * state machine, in order, instead of being dropped with the engine.  Returns 0, or -1 when some
+ * could not be written (the exit status then says so).
+ */
+static int save_undelivered(struct daemon *d)
+{
+    size_t pending = fbr_delivery_pending(d->deliveries);
+    size_t saved = fbr_delivery_shutdown(d->deliveries, d->drain_tick
+                                                             ? "shutdown: undelivered after drain"
+                                                             : "shutdown: the start failed");
+    if (!pending)
+        return 0;
+    const char *path = fbr_delivery_dead_letter_path(d->deliveries);
+    fbr_log_warn("saved %zu undelivered deliver%s to %s; to send them, restart with the same "
+                 "flags plus --replay-dead-letters %s (e.g. firebridge%s%s -d %s "
+                 "--replay-dead-letters %s)",
+                 saved, saved == 1 ? "y" : "ies", path, path, d->cli.config_file ? " -c " : "",
+                 d->cli.config_file ? d->cli.config_file : "", d->cfg.data_dir, path);
+    if (saved < pending) {
+        fbr_log(FBR_LOG_ERROR, NULL, "saving undelivered deliveries",
+                "%zu of %zu could not be written to %s: they are lost", pending - saved, pending,
+                path);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_stop(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
@@ -291,6 +321,7 @@ int main(int argc, char **argv)
     memset(&d, 0, sizeof(d));
     char err[4096];
     int rc = 1;
+    int save = 1; /* pending deliveries go to the dead-letter file on the way out */
 
     if (fbr_cli_parse(&d.cli, argc, argv, err, sizeof(err)) != FBR_OK) {
         fprintf(stderr, "firebridge: %s\n", err);
@@ -385,6 +416,7 @@ int main(int argc, char **argv)
         if (r != FBR_OK) {
             fbr_log(FBR_LOG_ERROR, NULL, "replaying dead letters", "from %s: %s",
                     d.cfg.replay_dead_letters, r == FBR_NOTFOUND ? "cannot open the file" : err);
+            save = 0; /* what was queued is still in the file: writing it again would double it */
             goto out;
         }
         fbr_log_info("replaying %zu dead letter(s) from %s", count, d.cfg.replay_dead_letters);
@@ -409,6 +441,9 @@ int main(int argc, char **argv)
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
 out:
+    /* after the drain, or a start that failed after a replay queued deliveries */
+    if (d.deliveries && save && save_undelivered(&d) != 0)
+        rc = 1;
     if (d.drain_tick)
         event_free(d.drain_tick);
     if (d.drain_deadline)

@@ -77,6 +77,7 @@ struct conn {
     uint64_t start_ms;
     char id[24];
     const char *endpoint;        /* metric label of the matched route */
+    size_t secret_at;            /* > 0: the path segment starting here is masked in logs */
 };
 
 struct fbr_server {
@@ -204,9 +205,18 @@ static void send_reply(struct fbr_http_req *req, int status)
         }
         (*srv->m_req_cache[slot].counter)++;
         fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
-        if (fbr_log_enabled(FBR_LOG_DEBUG))
-            fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
-                    req->path.ptr);
+        if (fbr_log_enabled(FBR_LOG_DEBUG)) {
+            size_t at = fc->secret_at < req->path.len ? fc->secret_at : 0;
+            if (at) {
+                const char *end = memchr(req->path.ptr + at, '/', req->path.len - at);
+                size_t rest = end ? req->path.len - (size_t)(end - req->path.ptr) : 0;
+                fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s***%.*s", status, (int)at,
+                        req->path.ptr, (int)rest, end ? end : "");
+            } else {
+                fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
+                        req->path.ptr);
+            }
+        }
     }
     if (req->method == FBR_M_HEAD) {
         /* the headers of a GET, without its body */
@@ -572,6 +582,7 @@ static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
     fc->too_large = 0;
     fc->body_seen = 0;
     fc->endpoint = NULL;
+    fc->secret_at = 0;
     fc->start_ms = fbr_now_ms();
     snprintf(fc->id, sizeof(fc->id), "r%llu", (unsigned long long)++srv->next_id);
     evhtp_request_set_hook(r, evhtp_hook_on_error, (evhtp_hook)(void (*)(void))on_req_error, fc);
@@ -700,6 +711,7 @@ static void on_request(evhtp_request_t *r, void *arg)
         return;
     }
     fc->endpoint = rt->metric ? rt->metric : rt->path;
+    fc->secret_at = rt->prefix && rt->secret_segment ? strlen(rt->path) : 0;
     size_t blen = evbuffer_get_length(r->buffer_in);
     req.body.ptr = blen ? (const char *)evbuffer_pullup(r->buffer_in, -1) : "";
     req.body.len = blen;

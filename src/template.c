@@ -47,7 +47,8 @@ enum tpl_esc {
     ESC_JSON_STR,  /* inside a JSON string literal: escaped, no quotes */
     ESC_JSON_VAL,  /* bare JSON value: typed JSON, strings quoted */
     ESC_JSON_KEY,  /* bare object key: always a quoted string */
-    ESC_URL_PATH,  /* percent-encoded for a path segment (or the authority) */
+    ESC_URL_HOST,  /* scheme or authority: only unreserved bytes stay (no '@', ':' or '/') */
+    ESC_URL_PATH,  /* percent-encoded for a path segment */
     ESC_URL_QUERY, /* percent-encoded for a query component or the fragment */
     ESC_URL_WHOLE, /* the URL is this one variable: taken whole, validated afterwards */
     ESC_FORM,      /* application/x-www-form-urlencoded */
@@ -130,7 +131,7 @@ struct compiler {
     unsigned depth;
     uint8_t stack[64];   /* 1 = object, 0 = array; deeper nesting is treated as values */
     /* URL component tracking */
-    int in_query;
+    enum { URL_SCHEME, URL_AUTHORITY, URL_PATH, URL_QUERY } url_part;
     char *err;
     size_t errlen;
 };
@@ -197,8 +198,15 @@ static void scan_json_literal(struct compiler *c, const char *p, size_t n)
 
 static void scan_url_literal(struct compiler *c, const char *p, size_t n)
 {
-    if (!c->in_query && (memchr(p, '?', n) || memchr(p, '#', n)))
-        c->in_query = 1;
+    for (size_t i = 0; i < n && c->url_part != URL_QUERY; i++) {
+        if (p[i] == '?' || p[i] == '#')
+            c->url_part = URL_QUERY;
+        else if (c->url_part == URL_SCHEME && p[i] == ':' && i + 2 < n && p[i + 1] == '/' &&
+                 p[i + 2] == '/')
+            c->url_part = URL_AUTHORITY, i += 2;
+        else if (p[i] == '/' && c->url_part != URL_PATH)
+            c->url_part = URL_PATH;
+    }
 }
 
 static uint8_t esc_for_position(struct compiler *c)
@@ -209,7 +217,9 @@ static uint8_t esc_for_position(struct compiler *c)
             return ESC_JSON_STR;
         return c->expect_key ? ESC_JSON_KEY : ESC_JSON_VAL;
     case FBR_TPL_URL:
-        return c->in_query ? ESC_URL_QUERY : ESC_URL_PATH;
+        return c->url_part == URL_QUERY  ? ESC_URL_QUERY
+               : c->url_part == URL_PATH ? ESC_URL_PATH
+                                         : ESC_URL_HOST;
     case FBR_TPL_FORM:
         return ESC_FORM;
     case FBR_TPL_HEADER:
@@ -982,6 +992,7 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
     case ESC_URL_PATH:
         mask = PCT_PATH;
         goto pct;
+    case ESC_URL_HOST:
     case ESC_URL_QUERY:
         mask = PCT_QUERY;
         goto pct;
@@ -1137,7 +1148,7 @@ static const json_t *resolve(const struct fbr_tpl *t, const struct tpl_var *v,
 static int host_char(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~' || c == '%';
+           c == '-' || c == '.' || c == '_' || c == '~';
 }
 
 /*

@@ -185,6 +185,21 @@ START_TEST(ack_and_recovery_without_incident)
 }
 END_TEST
 
+/* The documented default (unconfirmed on the platform): WARNING opens an incident like CRITICAL. */
+START_TEST(warning_opens_by_default)
+{
+    struct fbr_incidents_opts o = {0};
+    struct fbr_incidents *t = NULL;
+    json_t *st = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    ck_assert_int_eq(feed(t, "rk", "w", "WARNING", 1, &st), FBR_TR_TRIGGERED);
+    ck_assert_str_eq(sget(st, "CURRENT_STATE"), "WARNING");
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "rk", "w", "warning", 2, NULL), FBR_TR_ROLLED);
+    fbr_incidents_close(&t);
+}
+END_TEST
+
 START_TEST(warning_no_open)
 {
     struct fbr_incidents_opts o = {.warning_no_open = 1};
@@ -298,6 +313,82 @@ START_TEST(fsync_modes)
 }
 END_TEST
 
+/* prepare/abort changes nothing (table, counter, journal, a full table's eviction); a second
+ * prepare drops the first; prepare/commit equals apply. */
+START_TEST(prepare_abort_commit)
+{
+    make_dir();
+    struct fbr_incidents *t = open_table(1);
+    ck_assert_int_eq(feed(t, "ops", "a", "CRITICAL", 1000, NULL), FBR_TR_TRIGGERED);
+    char p[512];
+    snprintf(p, sizeof(p), "%s/incidents.journal", dir);
+    FILE *f = fopen(p, "r");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long size0 = ftell(f);
+    fclose(f);
+    static const struct {
+        const char *eid, *mt;
+        enum fbr_transition tr;
+        const char *name; /* STATE.INCIDENT_NAME shown by prepare */
+    } steps[] = {
+        {"b", "CRITICAL", FBR_TR_TRIGGERED, "2"}, /* would evict "a" (table of 1) */
+        {"a", "CRITICAL", FBR_TR_ROLLED, "1"},
+        {"a", "ACKNOWLEDGEMENT", FBR_TR_ACKED, "1"},
+        {"a", "RECOVERY", FBR_TR_RESOLVED, "1"},
+        {"a", "INFO", FBR_TR_NONE, "1"},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        json_t *a = json_pack("{s:s,s:s,s:s,s:s}", "routing_key", "ops", "entity_id",
+                              steps[i].eid, "message_type", steps[i].mt, "VO_UUID", "u2");
+        struct fbr_incident_result r;
+        fbr_incidents_prepare(t, a, 2000, &r);
+        ck_assert_int_eq(r.transition, steps[i].tr);
+        ck_assert_str_eq(sget(r.state, "INCIDENT_NAME"), steps[i].name);
+        fbr_incident_result_clear(&r);
+        if (i % 2)
+            fbr_incidents_abort(t);
+        /* else: left pending, the next prepare (or close) drops it */
+        json_decref(a);
+    }
+    fbr_incidents_abort(t);
+    f = fopen(p, "r");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    ck_assert_int_eq(ftell(f), size0); /* no journal record */
+    fclose(f);
+    struct fbr_incidents_stats st;
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, 1);
+    ck_assert_uint_eq(st.open, 1);
+    ck_assert_uint_eq(st.next_number, 2);
+    ck_assert_uint_eq(st.evicted, 0);
+    json_t *state;
+    ck_assert_int_eq(feed(t, "ops", "a", "CRITICAL", 3000, &state), FBR_TR_ROLLED);
+    ck_assert_int_eq(iget(state, "ALERT_COUNT"), 2);
+    ck_assert_str_eq(sget(state, "CURRENT_ALERT_PHASE"), "UNACKED");
+    json_decref(state);
+    fbr_incidents_close(&t);
+    t = open_table(1);
+    /* prepare + commit: the same as apply, including the eviction of the full table */
+    json_t *a = json_pack("{s:s,s:s,s:s}", "routing_key", "ops", "entity_id", "b", "message_type",
+                          "CRITICAL");
+    struct fbr_incident_result r;
+    fbr_incidents_prepare(t, a, 4000, &r);
+    ck_assert_int_eq(fbr_incidents_commit(t), FBR_OK);
+    ck_assert_str_eq(sget(r.state, "INCIDENT_NAME"), "2");
+    fbr_incident_result_clear(&r);
+    ck_assert_int_eq(fbr_incidents_commit(t), FBR_OK); /* nothing pending: no-op */
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, 1);
+    ck_assert_uint_eq(st.next_number, 3);
+    ck_assert_uint_eq(st.evicted, 1);
+    json_decref(a);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(unusable_data_dir)
 {
     struct fbr_incidents_opts o = {.data_dir = "/proc/self/fbr-cannot-exist"};
@@ -313,12 +404,14 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, lifecycle_with_restarts);
     tcase_add_test(tc, ack_and_recovery_without_incident);
+    tcase_add_test(tc, warning_opens_by_default);
     tcase_add_test(tc, warning_no_open);
     tcase_add_test(tc, torn_journal);
     tcase_add_test(tc, journal_escaping);
     tcase_add_test(tc, bounded_and_expiring);
     tcase_add_test(tc, fsync_modes);
     tcase_add_test(tc, unusable_data_dir);
+    tcase_add_test(tc, prepare_abort_commit);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -451,66 +452,234 @@ START_TEST(unsafe_render_and_refusing_sink)
     struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f.webhooks,
                                 .incidents = f.incidents, .sink = {refuse, &refused}};
     f.intake = fbr_intake_new(&o);
+    /* a temporary refusal of the first delivery: 503, nothing lost, the client retries */
     ck_assert_int_eq(post(&f, ALERT_PATH("ops"), "{\"message_type\":\"INFO\",\"host_name\":\"a\"}",
                           NULL, &n),
-                     200);
+                     503);
     ck_assert_uint_eq(n, 0);
     ck_assert_int_eq(refused, 1);
-    ck_assert_uint_eq(fbr_intake_stats(f.intake)->sink_errors, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->sink_errors, 0);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->unavailable, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->alerts, 0);
     json_decref(cfg);
     fixture_free(&f);
 }
 END_TEST
 
-/* Backpressure: a sink with no room left gets a 503 with Retry-After before anything changes. */
-static size_t room_left;
+/* ---- a full delivery sink: 503 + Retry-After, and nothing changed ---------------------------- */
 
-static size_t sink_room(void *arg)
+/* A sink with a fixed capacity; with `room` it tells how much is left, without it it just refuses
+ * with FBR_LIMIT (as fbr_delivery_submit at --max-pending).  accept_only > 0 refuses after that
+ * many acceptances (a refusal in the middle of a request). */
+struct bounded {
+    struct queue q;
+    size_t cap;
+    size_t accept_only;
+    size_t accepted;
+};
+
+static int bounded_submit(void *arg, struct fbr_outreq *o)
 {
-    (void)arg;
-    return room_left;
+    struct bounded *b = arg;
+    if (b->q.n >= b->cap || (b->accept_only && b->accepted >= b->accept_only))
+        return FBR_LIMIT;
+    b->accepted++;
+    return queue_submit(&b->q, o);
 }
 
-START_TEST(full_sink_503)
+static size_t bounded_room(void *arg)
+{
+    struct bounded *b = arg;
+    return b->q.n < b->cap ? b->cap - b->q.n : 0;
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static const char full_cfg[] =
+    "{\"webhooks\":["
+    "{\"event\":\"Incident-Triggered\",\"url\":\"http://127.0.0.1/t1\","
+    "\"payload\":\"#${{STATE.INCIDENT_NAME}}\",\"content_type\":\"text/plain\"},"
+    "{\"event\":\"Incident-Triggered\",\"url\":\"http://127.0.0.1/t2\"},"
+    "{\"event\":\"Incident-Acknowledged\",\"url\":\"http://127.0.0.1/ack\","
+    "\"payload\":\"${{STATE.ACK_USER}}\",\"content_type\":\"text/plain\"},"
+    "{\"event\":\"Incident-Resolved\",\"url\":\"http://127.0.0.1/res\"},"
+    "{\"event\":\"Any-Alert\",\"url\":\"http://127.0.0.1/any\","
+    "\"payload\":\"${{STATE.ALERT_COUNT}}\",\"content_type\":\"text/plain\"},"
+    "{\"event\":\"On-Call\",\"url\":\"http://127.0.0.1/on\"}]}";
+
+static struct fbr_intake *bounded_intake(struct fixture *f, struct bounded *b, int with_room)
+{
+    const char *keys[] = {KEY};
+    struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f->webhooks,
+                                .incidents = f->incidents,
+                                .sink = {bounded_submit, b, with_room ? bounded_room : NULL}};
+    return fbr_intake_new(&o);
+}
+
+static int post_full(struct fbr_intake *in, const char *body, size_t *n, unsigned *retry_after)
+{
+    json_t *b = parse(body);
+    struct fbr_intake_reply r;
+    fbr_intake_alert(in, fbr_slice_from(ALERT_PATH("ops")), b, &r);
+    json_decref(b);
+    ck_assert_ptr_nonnull(r.body);
+    if (r.status == 503) {
+        ck_assert_str_eq(json_string_value(json_object_get(r.body, "result")), "failure");
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(r.body, "message")));
+    }
+    *n = r.deliveries;
+    *retry_after = r.retry_after;
+    json_decref(r.body);
+    return r.status;
+}
+
+static void assert_incidents(struct fbr_incidents *t, size_t count, size_t open, uint64_t next)
+{
+    struct fbr_incidents_stats st;
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, count);
+    ck_assert_uint_eq(st.open, open);
+    ck_assert_uint_eq(st.next_number, next);
+}
+
+static const char crit[] = "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e\"}";
+static const char ack[] = "{\"message_type\":\"ACKNOWLEDGEMENT\",\"entity_id\":\"e\","
+                          "\"ack_author\":\"bob\"}";
+static const char rec[] = "{\"message_type\":\"RECOVERY\",\"entity_id\":\"e\"}";
+
+/* With `room`: an alert whose deliveries do not all fit is refused before anything is submitted;
+ * the incident table, its counter and its journal are untouched, and the retry is processed as
+ * the first post would have been. */
+START_TEST(sink_full_with_room)
 {
     struct fixture f;
-    json_t *cfg = parse("{\"webhooks\":[{\"event\":\"Incident-Triggered\","
-                        "\"url\":\"http://127.0.0.1/a\"},{\"event\":\"Any-Alert\","
-                        "\"url\":\"http://127.0.0.1/b\"}]}");
+    json_t *cfg = parse(full_cfg);
     fixture_init(&f, cfg);
-    fbr_intake_free(&f.intake);
-    const char *keys[] = {KEY};
-    struct fbr_intake_opts o = {.api_keys = keys, .napi_keys = 1, .webhooks = &f.webhooks,
-                                .incidents = f.incidents,
-                                .sink = {queue_submit, &f.q, sink_room}};
-    f.intake = fbr_intake_new(&o);
-    const char *crit = "{\"message_type\":\"CRITICAL\",\"entity_id\":\"db\"}";
-    struct fbr_intake_stats before = *fbr_intake_stats(f.intake);
-    for (room_left = 0; room_left < 2; room_left++) { /* two webhooks: room for 2 is needed */
-        json_t *b = parse(crit);
-        struct fbr_intake_reply r;
-        fbr_intake_alert(f.intake, fbr_slice_from(ALERT_PATH("ops")), b, &r);
-        ck_assert_int_eq(r.status, 503);
-        ck_assert_uint_eq(r.retry_after, FBR_INTAKE_RETRY_AFTER_S);
-        ck_assert_uint_eq(r.deliveries, 0);
-        json_decref(r.body);
-        json_decref(b);
-        /* the events endpoint too */
-        b = parse("{\"event\":\"Any-Alert\"}");
-        fbr_intake_event(f.intake, "Bearer " KEY, b, &r);
-        ck_assert_int_eq(r.status, 503);
-        json_decref(r.body);
-        json_decref(b);
-    }
-    ck_assert_uint_eq(f.q.n, 0);
-    ck_assert_uint_eq(fbr_intake_stats(f.intake)->alerts, before.alerts);
-    struct fbr_incidents_stats is;
-    fbr_incidents_get_stats(f.incidents, &is);
-    ck_assert_uint_eq(is.count, 0); /* the refused alert opened no incident */
-    /* with room, the same alert goes through and triggers the incident */
+    char dir[] = "/tmp/fbr-intake-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char journal[64];
+    snprintf(journal, sizeof(journal), "%s/incidents.journal", dir);
+    fbr_incidents_close(&f.incidents);
+    struct fbr_incidents_opts io = {.data_dir = dir};
+    ck_assert_int_eq(fbr_incidents_open(&io, &f.incidents), FBR_OK);
+    struct bounded b = {.cap = 2};
+    struct fbr_intake *in = bounded_intake(&f, &b, 1);
     size_t n;
-    ck_assert_int_eq(post(&f, ALERT_PATH("ops"), crit, NULL, &n), 200);
-    ck_assert_uint_eq(n, 2);
+    unsigned ra;
+
+    /* a trigger needs 3 deliveries (t1, t2, any); room for 2 */
+    off_t size0 = file_size(journal);
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 503);
+    ck_assert_uint_eq(ra, FBR_INTAKE_RETRY_AFTER_S);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(b.q.n, 0);
+    ck_assert_uint_eq(b.accepted, 0);
+    assert_incidents(f.incidents, 0, 0, 1);
+    ck_assert_int_eq(file_size(journal), size0);
+    ck_assert_uint_eq(fbr_intake_stats(in)->unavailable, 1);
+    ck_assert_uint_eq(fbr_intake_stats(in)->alerts, 0);
+
+    /* the retry, with room: the trigger happens exactly once, incident #1 */
+    b.cap = 3;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(ra, 0);
+    ck_assert_uint_eq(n, 3);
+    char *p = flat(&b.q.v[0]->body);
+    ck_assert_str_eq(p, "#1");
+    free(p);
+    assert_incidents(f.incidents, 1, 1, 2);
+    ck_assert_int_gt(file_size(journal), size0);
+
+    /* the queue is full again: an ack is refused and the incident stays UNACKED */
+    off_t size1 = file_size(journal);
+    ck_assert_int_eq(post_full(in, ack, &n, &ra), 503);
+    ck_assert_int_eq(file_size(journal), size1);
+    queue_clear(&b.q);
+    ck_assert_int_eq(post_full(in, ack, &n, &ra), 200);
+    ck_assert_uint_eq(n, 2); /* ack + any: the ack was not lost */
+    p = flat(&b.q.v[0]->body);
+    ck_assert_str_eq(p, "bob");
+    free(p);
+
+    /* a roll-up refused does not count the alert: the next CRITICAL shows ALERT_COUNT 2 */
+    b.cap = b.q.n;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 503);
+    b.cap = 64;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(n, 1);
+    p = flat(&b.q.v[b.q.n - 1]->body);
+    ck_assert_str_eq(p, "2");
+    free(p);
+    assert_incidents(f.incidents, 1, 1, 2);
+
+    /* a restart sees exactly what was committed */
+    fbr_intake_free(&in);
+    fbr_incidents_close(&f.incidents);
+    ck_assert_int_eq(fbr_incidents_open(&io, &f.incidents), FBR_OK);
+    assert_incidents(f.incidents, 1, 1, 2);
+    queue_clear(&b.q);
+    fbr_incidents_close(&f.incidents);
+    unlink(journal);
+    rmdir(dir);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* Without `room` (the sink only answers FBR_LIMIT): a refusal of the first delivery still leaves
+ * everything as it was; a refusal after some were accepted keeps the change (those deliveries
+ * already carry it) and counts the lost ones. */
+START_TEST(sink_full_without_room)
+{
+    struct fixture f;
+    json_t *cfg = parse(full_cfg);
+    fixture_init(&f, cfg);
+    struct bounded b = {.cap = 0};
+    struct fbr_intake *in = bounded_intake(&f, &b, 0);
+    size_t n;
+    unsigned ra;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 503);
+    ck_assert_uint_eq(ra, FBR_INTAKE_RETRY_AFTER_S);
+    assert_incidents(f.incidents, 0, 0, 1);
+    b.cap = 64;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(n, 3);
+    assert_incidents(f.incidents, 1, 1, 2);
+
+    b.cap = b.q.n;
+    ck_assert_int_eq(post_full(in, rec, &n, &ra), 503);
+    assert_incidents(f.incidents, 1, 1, 2); /* still open */
+    b.cap = 64;
+    ck_assert_int_eq(post_full(in, rec, &n, &ra), 200);
+    ck_assert_uint_eq(n, 2); /* resolved + any */
+    assert_incidents(f.incidents, 1, 0, 2);
+
+    /* refused in the middle: the first delivery went out, the change stays, the rest is counted */
+    b.accept_only = b.accepted + 1;
+    ck_assert_int_eq(post_full(in, crit, &n, &ra), 200);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(fbr_intake_stats(in)->sink_errors, 2);
+    assert_incidents(f.incidents, 1, 1, 3);
+
+    /* /v1/events: the same 503 */
+    b.cap = b.q.n;
+    b.accept_only = 0;
+    json_t *ev = parse("{\"event\":\"On-Call\"}");
+    struct fbr_intake_reply r;
+    fbr_intake_event(in, "Bearer " KEY, ev, &r);
+    ck_assert_int_eq(r.status, 503);
+    ck_assert_uint_eq(r.retry_after, FBR_INTAKE_RETRY_AFTER_S);
+    ck_assert_str_eq(json_string_value(json_object_get(r.body, "result")), "failure");
+    ck_assert_uint_eq(fbr_intake_stats(in)->events, 0);
+    json_decref(r.body);
+    json_decref(ev);
+
+    queue_clear(&b.q);
+    fbr_intake_free(&in);
     json_decref(cfg);
     fixture_free(&f);
 }
@@ -543,7 +712,7 @@ static const struct {
     {"Bearer " KEY, "{\"event\":\"Lunch-Break\"}", 400, 0,
      "Invalid field: event must be one of the 12 platform events or Any-Alert"},
     {"Bearer " KEY, "{\"event\":\"On-Call\",\"ONCALL\":3}", 400, 0,
-     "Invalid body: every namespace must be a JSON object"},
+     "Invalid body: namespace ONCALL must be a JSON object"},
     {"Bearer " KEY, "{\"event\":\"On-Call\",\"ONCALL\":{\"USER_ID\":\"amy\"}}", 200, 2, NULL},
     {"bearer " KEY, "{\"event\":\"Off-Call\",\"ONCALL\":{\"USER_ID\":\"amy\"}}", 200, 1, NULL},
     {"Bearer " KEY, "{\"event\":\"Any-On-Call\"}", 200, 1, NULL},
@@ -579,6 +748,240 @@ START_TEST(timeline_event)
     }
     json_decref(r.body);
     json_decref(body);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* Unconfirmed CHAT fields (CHAT.ROOM_ID, CHAT.IS_ONCALL): passed through when the event carries
+ * them; absent, they render as "" inside a string and null as a bare JSON value. */
+START_TEST(chat_unconfirmed_fields)
+{
+    static const struct {
+        const char *body, *want;
+    } cases[] = {
+        {"{\"event\":\"All-Chats\",\"CHAT\":{\"TEXT\":\"hi\",\"ROOM_ID\":\"r1\","
+         "\"IS_ONCALL\":true}}",
+         "{\"room\":\"r1\",\"oncall\":true,\"text\":\"hi\"}"},
+        {"{\"event\":\"All-Chats\",\"CHAT\":{\"TEXT\":\"hi\"}}",
+         "{\"room\":\"\",\"oncall\":null,\"text\":\"hi\"}"},
+    };
+    json_t *cfg = parse("{\"webhooks\":[{\"event\":\"All-Chats\",\"url\":\"http://127.0.0.1/c\","
+                        "\"payload\":\"{\\\"room\\\":\\\"${{CHAT.ROOM_ID}}\\\","
+                        "\\\"oncall\\\":${{CHAT.IS_ONCALL}},\\\"text\\\":\\\"${{CHAT.TEXT}}\\\"}\"}]}");
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        struct fixture f;
+        fixture_init(&f, cfg);
+        json_t *body = parse(cases[i].body);
+        struct fbr_intake_reply r;
+        fbr_intake_event(f.intake, "Bearer " KEY, body, &r);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_uint_eq(f.q.n, 1);
+        char *b = flat(&f.q.v[0]->body);
+        ck_assert_str_eq(b, cases[i].want);
+        free(b);
+        json_decref(r.body);
+        json_decref(body);
+        fixture_free(&f);
+    }
+    json_decref(cfg);
+}
+END_TEST
+
+/* Bounds on a /v1/events body: each row builds a body at the limit (accepted) and one step over
+ * it (400 with the message).  A multi-byte character counts as one. */
+static char *repeat(const char *unit, size_t n)
+{
+    size_t ulen = strlen(unit);
+    char *s = fbr_xmalloc(n * ulen + 1);
+    for (size_t i = 0; i < n; i++)
+        memcpy(s + i * ulen, unit, ulen);
+    s[n * ulen] = '\0';
+    return s;
+}
+
+static json_t *ev_body(const char *ns, json_t *nsv)
+{
+    json_t *b = json_pack("{s:s}", "event", "Any-On-Call");
+    json_object_set_new(b, ns, nsv);
+    return b;
+}
+
+static json_t *b_oncall_field(int over)
+{
+    char *v = repeat("x", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *b = ev_body("ONCALL", json_pack("{s:s}", "USER_ID", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_chat_text(int over)
+{
+    char *v = repeat("\xc3\xa9", FBR_EVENTS_CHAT_TEXT_MAX + (size_t)over);
+    json_t *b = ev_body("CHAT", json_pack("{s:s,s:s}", "USER_ID", "amy", "TEXT", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_chat_other(int over)
+{
+    char *v = repeat("x", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *b = ev_body("CHAT", json_pack("{s:s,s:s}", "TEXT", "hi", "USER_ID", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_nested_string(int over)
+{
+    char *v = repeat("x", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *b = ev_body("ALERT", json_pack("{s:{s:[i,s,s]}}", "a", "b", 1, "s", v));
+    free(v);
+    return b;
+}
+
+static json_t *b_long_key(int over)
+{
+    char *k = repeat("k", FBR_EVENTS_FIELD_MAX + (size_t)over);
+    json_t *ns = json_object();
+    json_object_set_new(ns, k, json_string("v"));
+    free(k);
+    return ev_body("PAGE", ns);
+}
+
+/* The deepest container at depth FBR_EVENTS_MAX_DEPTH (+1): body 1, ALERT 2, then objects. */
+static json_t *b_deep_object(int over)
+{
+    json_t *inner = json_object();
+    for (int d = 3; d <= FBR_EVENTS_MAX_DEPTH + over; d++)
+        inner = json_pack("{s:o}", "a", inner);
+    return ev_body("ALERT", inner);
+}
+
+static json_t *b_deep_array(int over)
+{
+    json_t *inner = json_array();
+    for (int d = 4; d <= FBR_EVENTS_MAX_DEPTH + over; d++)
+        inner = json_pack("[o]", inner);
+    return ev_body("STATE", json_pack("{s:o}", "x", inner));
+}
+
+/* FBR_EVENTS_MAX_VALUES (+1) values in all: "event", "INCIDENT" and the namespace's members. */
+static json_t *b_many_values(int over)
+{
+    json_t *ns = json_object();
+    for (int i = 0; i < FBR_EVENTS_MAX_VALUES - 2 + over; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        json_object_set_new(ns, k, json_integer(i));
+    }
+    return ev_body("INCIDENT", ns);
+}
+
+static json_t *b_many_elements(int over)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < FBR_EVENTS_MAX_VALUES - 3 + over; i++)
+        json_array_append_new(a, json_true());
+    return ev_body("INCIDENT", json_pack("{s:o}", "list", a));
+}
+
+static json_t *b_ns_not_object(int over)
+{
+    return ev_body("PAGE", over ? json_pack("[s]", "x") : json_object());
+}
+
+static json_t *b_ns_string(int over)
+{
+    return ev_body("CHAT", over ? json_string("hi") : json_object());
+}
+
+static const struct {
+    const char *what;
+    json_t *(*build)(int over);
+    const char *prefix, *suffix; /* of the 400 message */
+} event_bounds[] = {
+    {"oncall field", b_oncall_field, "Field too long: ONCALL.USER_ID exceeds 1024 characters",
+     ""},
+    {"chat text", b_chat_text, "Field too long: CHAT.TEXT exceeds 20480 characters", ""},
+    {"other chat field", b_chat_other, "Field too long: CHAT.USER_ID exceeds 1024 characters",
+     ""},
+    {"nested string", b_nested_string, "Field too long: ALERT.a.b[2] exceeds 1024 characters",
+     ""},
+    {"long key", b_long_key, "Invalid body: key PAGE.kkkk", "k exceeds 1024 characters"},
+    {"deep objects", b_deep_object,
+     "Invalid body: ALERT.a.a.a.a.a.a.a nests deeper than 8 levels", ""},
+    {"deep arrays", b_deep_array,
+     "Invalid body: STATE.x[0][0][0][0][0][0] nests deeper than 8 levels", ""},
+    {"many keys", b_many_values, "Invalid body: more than 1000 keys and values", ""},
+    {"many elements", b_many_elements, "Invalid body: more than 1000 keys and values", ""},
+    {"namespace array", b_ns_not_object, "Invalid body: namespace PAGE must be a JSON object", ""},
+    {"namespace string", b_ns_string, "Invalid body: namespace CHAT must be a JSON object", ""},
+};
+
+START_TEST(timeline_event_bounds)
+{
+    struct fixture f;
+    json_t *cfg = parse(events_cfg);
+    fixture_init(&f, cfg);
+    for (int over = 0; over <= 1; over++) {
+        json_t *body = event_bounds[_i].build(over);
+        struct fbr_intake_reply r;
+        fbr_intake_event(f.intake, "Bearer " KEY, body, &r);
+        ck_assert_ptr_nonnull(r.body);
+        const char *msg = json_string_value(json_object_get(r.body, "message"));
+        ck_assert_msg(r.status == (over ? 400 : 200), "%s over=%d: %d %s", event_bounds[_i].what,
+                      over, r.status, msg ? msg : "");
+        if (over) {
+            ck_assert_str_eq(json_string_value(json_object_get(r.body, "result")), "failure");
+            size_t pl = strlen(event_bounds[_i].prefix), sl = strlen(event_bounds[_i].suffix);
+            ck_assert_msg(msg && strncmp(msg, event_bounds[_i].prefix, pl) == 0 &&
+                              strlen(msg) >= pl + sl &&
+                              strcmp(msg + strlen(msg) - sl, event_bounds[_i].suffix) == 0,
+                          "%s: \"%s\"", event_bounds[_i].what, msg ? msg : "(none)");
+            ck_assert_uint_eq(r.deliveries, 0);
+        }
+        json_decref(r.body);
+        json_decref(body);
+    }
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->rejected, 1);
+    ck_assert_uint_eq(fbr_intake_stats(f.intake)->events, 1);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* A long key cut for the 400 message must stay valid UTF-8 (or jansson refuses the reply). */
+START_TEST(long_key_messages_stay_utf8)
+{
+    struct fixture f;
+    json_t *cfg = parse(events_cfg);
+    fixture_init(&f, cfg);
+    for (size_t shift = 0; shift < 3; shift++) {
+        char *k = repeat("\xe2\x82\xac", 1100); /* euro sign, 3 bytes */
+        char *key = fbr_xmalloc(strlen(k) + 4);
+        snprintf(key, strlen(k) + 4, "%.*s%s", (int)shift, "ab", k);
+        json_t *ns = json_object();
+        json_object_set_new(ns, key, json_string("v"));
+        json_t *body = ev_body("ALERT", ns);
+        struct fbr_intake_reply r;
+        fbr_intake_event(f.intake, "Bearer " KEY, body, &r);
+        ck_assert_int_eq(r.status, 400);
+        ck_assert_ptr_nonnull(r.body);
+        json_decref(r.body);
+        json_decref(body);
+        /* the alert endpoint: a long top-level string under a long multi-byte key */
+        json_t *a = json_pack("{s:s}", "message_type", "INFO");
+        char *v = repeat("x", FBR_INTAKE_FIELD_MAX + 1);
+        json_object_set_new(a, key, json_string(v));
+        fbr_intake_alert(f.intake, fbr_slice_from(ALERT_PATH("ops")), a, &r);
+        ck_assert_int_eq(r.status, 400);
+        ck_assert_ptr_nonnull(r.body);
+        json_decref(r.body);
+        json_decref(a);
+        free(v);
+        free(key);
+        free(k);
+    }
     json_decref(cfg);
     fixture_free(&f);
 }
@@ -824,6 +1227,70 @@ START_TEST(http_glue)
 }
 END_TEST
 
+/* A full sink over HTTP: 503 with Retry-After and a JSON body, on both endpoints. */
+struct client503 {
+    int port;
+    char replies[2][1024];
+    atomic_int done;
+};
+
+static void *client503_main(void *arg)
+{
+    struct client503 *c = arg;
+    http_post(c->port, ALERT_PATH("devops"), "",
+              "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e\"}", c->replies[0],
+              sizeof(c->replies[0]));
+    http_post(c->port, FBR_INTAKE_EVENTS_PATH, "Authorization: Bearer " KEY "\r\n",
+              "{\"event\":\"On-Call\"}", c->replies[1], sizeof(c->replies[1]));
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+START_TEST(http_503_retry_after)
+{
+    struct fixture f;
+    json_t *cfg = parse(full_cfg);
+    fixture_init(&f, cfg);
+    struct bounded b = {.cap = 0};
+    struct fbr_intake *in = bounded_intake(&f, &b, 1);
+    struct event_base *base = event_base_new();
+    struct fbr_server_opts so = {.max_body = 65536};
+    struct fbr_server *srv = fbr_server_new(base, &so);
+    ck_assert_int_eq(fbr_server_listen(srv, "127.0.0.1:0"), FBR_OK);
+    fbr_intake_register(in, srv);
+    struct client503 c = {.port = fbr_server_port(srv)};
+    pthread_t th;
+    pthread_create(&th, NULL, client503_main, &c);
+    struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+    struct timeval tv = {0, 5000};
+    event_add(tick, &tv);
+    uint64_t deadline = fbr_now_ms() + 20000;
+    while (!atomic_load(&c.done) && fbr_now_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    pthread_join(th, NULL);
+    event_free(tick);
+    for (size_t i = 0; i < 2; i++) {
+        const char *rep = c.replies[i];
+        ck_assert_msg(strncmp(rep, "HTTP/1.1 503 ", 13) == 0, "reply %zu: %s", i, rep);
+        ck_assert_msg(strcasestr(rep, "\r\nRetry-After: 5\r\n"), "reply %zu: %s", i, rep);
+        ck_assert_msg(strcasestr(rep, "\r\nContent-Type: application/json"), "reply %zu: %s", i,
+                      rep);
+        const char *body = strstr(rep, "\r\n\r\n");
+        ck_assert_ptr_nonnull(body);
+        json_t *j = json_loads(body + 4, JSON_DISABLE_EOF_CHECK, NULL);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "result")), "failure");
+        json_decref(j);
+    }
+    assert_incidents(f.incidents, 0, 0, 1);
+    fbr_server_free(&srv);
+    event_base_free(base);
+    fbr_intake_free(&in);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("intake");
@@ -835,13 +1302,18 @@ int main(void)
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
     tcase_add_test(tc, unsafe_render_and_refusing_sink);
-    tcase_add_test(tc, full_sink_503);
+    tcase_add_test(tc, sink_full_with_room);
+    tcase_add_test(tc, sink_full_without_room);
     tcase_add_loop_test(tc, timeline_event, 0, FBR_ARRAY_LEN(event_cases));
+    tcase_add_loop_test(tc, timeline_event_bounds, 0, FBR_ARRAY_LEN(event_bounds));
+    tcase_add_test(tc, long_key_messages_stay_utf8);
+    tcase_add_test(tc, chat_unconfirmed_fields);
     tcase_add_test(tc, event_names);
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
     tcase_add_test(tc, webhook_compile_ok);
     tcase_add_test(tc, outreq_by_hand);
     tcase_add_test(tc, http_glue);
+    tcase_add_test(tc, http_503_retry_after);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -19,7 +19,8 @@ static const char *event_json =
     " \"auth_token\": \"t0k/en+=&?\", \"quote\": \"say \\\"hi\\\"\\n\", \"count\": 7,"
     " \"ratio\": 0.5, \"flag\": true, \"off\": false, \"nothing\": null, \"neg\": -12,"
     " \"big\": 1e300, \"monitor_data\": {\"id\": \"m-1\", \"tags\": [\"a\", \"b\"]},"
-    " \"obj\": {\"k\": [1, \"x\"]}, \"host\": \"example.com\", \"url\": \"https://h.example/x?y=1\","
+    " \"obj\": {\"k\": [1, \"x\"]}, \"host\": \"example.com\","
+    " \"url\": \"https://h.example/x?y=1\","
     " \"crlf\": \"a\\r\\nX-Evil: 1\", \"nul\": \"a\\u0000b\", \"space\": \"a b\","
     " \"utf\": \"caf\\u00e9\", \"some-field\": \"dash\", \"under_score\": \"u\"},"
     " \"STATE\": {\"ALERT_COUNT\": 3, \"CURRENT_STATE\": \"CRITICAL\", \"ACK_USER\": \"SYSTEM\"},"
@@ -129,6 +130,9 @@ static const struct {
      "{\"a\": [7], \"\": \"say \\\"hi\\\"\\n\"}"},
     {FBR_TPL_JSON, "{${{ALERT.quote}}: ${{ALERT.nothing}}}", FBR_OK,
      "{\"say \\\"hi\\\"\\n\": null}"},
+    {FBR_TPL_JSON, "{${{ALERT.nothing}}: 1, \"state\": ${{STATE}}}", FBR_OK,
+     "{\"\": 1, \"state\": {\"ALERT_COUNT\":3,\"CURRENT_STATE\":\"CRITICAL\","
+     "\"ACK_USER\":\"SYSTEM\"}}"},
 
     /* URL: path segment vs query component, single variable taken whole */
     {FBR_TPL_URL,
@@ -161,10 +165,16 @@ static const struct {
     {FBR_TPL_URL, "http://h:99999/x", FBR_INVALID, NULL},
     {FBR_TPL_URL, "http://${{ALERT.auth_token}}/x", FBR_INVALID, NULL},
     {FBR_TPL_URL, "http://[::1/x", FBR_INVALID, NULL},
+    /* URL: a value in the authority cannot add userinfo, a port or a path */
+    {FBR_TPL_URL, "https://${{ALERT.url}}/x", FBR_INVALID, NULL},
+    {FBR_TPL_URL, "https://${{ALERT.host}}${{ALERT.quote}}.x/", FBR_INVALID, NULL},
+    {FBR_TPL_URL, "https://api.${{ALERT.host}}/${{ALERT.url}}", FBR_OK,
+     "https://api.example.com/https:%2F%2Fh.example%2Fx%3Fy=1"},
     {FBR_TPL_URL, "http://h/x y", FBR_INVALID, NULL},
 
     /* FORM */
-    {FBR_TPL_FORM, "a=${{ALERT.space}}&t=${{ALERT.auth_token}}&m=${{ALERT.missing}}&u=${{ALERT.utf}}",
+    {FBR_TPL_FORM,
+     "a=${{ALERT.space}}&t=${{ALERT.auth_token}}&m=${{ALERT.missing}}&u=${{ALERT.utf}}",
      FBR_OK, "a=a+b&t=t0k%2Fen%2B%3D%26%3F&m=&u=caf%C3%A9"},
     {FBR_TPL_FORM, "q=${{ALERT.quote}}&c=${{ALERT.count}}", FBR_OK, "q=say+%22hi%22%0A&c=7"},
 

@@ -14,10 +14,15 @@
  * (which reports every change to an optional hook, the future journal; a new delivery is
  * reported once as queued -> queued):
  *
- *   queued -> waiting_rate | in_flight | dead (expired: its limit opens after retry_max_age)
- *   waiting_rate -> in_flight | dead (expired)
- *   in_flight -> delivered | backing_off | waiting_rate (429) | dead
- *   backing_off -> waiting_rate | in_flight | dead (expired)
+ *   queued -> waiting_rate | in_flight | dead (expired: its limit opens after retry_max_age;
+ *                                               shutdown)
+ *   waiting_rate -> in_flight | dead (expired; shutdown)
+ *   in_flight -> delivered | backing_off | waiting_rate (429) | dead (permanent failure, expired;
+ *                                                                     shutdown)
+ *   backing_off -> waiting_rate | in_flight | dead (expired; shutdown)
+ *
+ * Every live state reaches dead, and on a clean shutdown (fbr_delivery_shutdown) every pending
+ * delivery takes that edge, so nothing accepted is dropped: it is written to the dead-letter file.
  */
 #ifndef FIREBRIDGE_DELIVERY_H
 #define FIREBRIDGE_DELIVERY_H
@@ -95,6 +100,7 @@ struct fbr_delivery_metrics {
     uint64_t delivered;      /* outcome: 2xx */
     uint64_t dead_permanent; /* outcome: 4xx other than 408/429, or an unsendable request */
     uint64_t dead_expired;   /* outcome: retry_max_age passed */
+    uint64_t dead_shutdown;  /* outcome: still pending at fbr_delivery_shutdown() */
     uint64_t attempts;       /* HTTP attempts started */
     uint64_t retries[FBR_RETRY_COUNT];
     uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
@@ -112,9 +118,9 @@ struct fbr_delivery_metrics {
  */
 int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_opts *opts,
                             struct fbr_delivery_engine **out, char *err, size_t errlen);
-/* Drops every queued delivery (not dead-lettered: the journal will keep them) and frees the
- * engine.  Sets *e to NULL.  As with fbr_client_free(), run the loop once more before freeing
- * the base when name lookups may still be running. */
+/* Drops every queued delivery (not dead-lettered: call fbr_delivery_shutdown() first to keep
+ * them) and frees the engine.  Sets *e to NULL.  As with fbr_client_free(), run the loop once
+ * more before freeing the base when name lookups may still be running. */
 void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 
 /*
@@ -126,10 +132,29 @@ void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id);
 
 /*
+ * Clean shutdown, once the drain is over: frees the client first (pending attempts are dropped
+ * without callbacks, so nothing references a delivery any more), then moves every pending
+ * delivery (queued, waiting_rate, in_flight, backing_off) to dead through the one transition
+ * function, in submission order (so each destination's order is kept in the file), each with
+ * "<reason> (last: <last failure>)" as its reason; an in_flight one also says the destination may
+ * have received it (a replay can deliver it twice: at least once, never zero times).  The file is
+ * fsynced.  Returns how many entries were written (less than the pending count only when writes
+ * failed; see dead_letter_write_errors).  Afterwards the engine accepts nothing (submit gives
+ * FBR_LIMIT, replay FBR_ERROR) and can only be freed.  reason NULL: "shutdown".
+ */
+size_t fbr_delivery_shutdown(struct fbr_delivery_engine *e, const char *reason);
+
+/*
  * Reads a dead-letter file (one JSON object per line, as written by the engine) and queues each
  * entry again with its original id, bypassing max_pending (an operator's explicit action).
- * Returns FBR_OK with *count set, FBR_NOTFOUND when the file cannot be opened, or FBR_INVALID
- * naming the first bad line in err (entries before it stay queued).
+ * When path is the engine's own dead-letter file (same inode), that file is first renamed to
+ * "<path>.replayed-<wall ms>" and read from there: what dies during or after the replay goes to
+ * a fresh file at the usual path (no loop, no line read twice), and the replayed lines stay on
+ * disk under the new name.  Returns FBR_OK with *count set, FBR_NOTFOUND when the file cannot be
+ * opened, FBR_ERROR when the rename fails or after fbr_delivery_shutdown(), or FBR_INVALID naming
+ * the first bad line in err (entries before it stay queued; a live file moved aside is moved back
+ * when nothing was dead-lettered meanwhile, so freeing the engine without a shutdown leaves the
+ * disk as it was).
  */
 int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, size_t *count,
                              char *err, size_t errlen);

@@ -64,16 +64,23 @@ struct fbr_event_set {
 void fbr_events_derive(json_t *alert, const struct fbr_incident_result *res,
                        struct fbr_event_set *out);
 
+/* Bounds on what a /v1/events client controls (characters counted as UTF-8 code points). */
+#define FBR_EVENTS_FIELD_MAX 1024       /* any string value, and any key */
+#define FBR_EVENTS_CHAT_TEXT_MAX 20480  /* CHAT.TEXT */
+#define FBR_EVENTS_MAX_DEPTH 8          /* the body object is depth 1, a namespace depth 2 */
+#define FBR_EVENTS_MAX_VALUES 1000      /* object members plus array elements, whole body */
+
 /*
  * Builds the events of a POST /v1/events body: {"event": "<name>", "ALERT": {..}, "STATE": {..},
  * "CHAT": {..}, "ONCALL": {..}, "PAGE": {..}, "INCIDENT": {..}} (every namespace optional, each
  * must be an object).  The named event fires with its umbrella: On-Call/Off-Call with
  * Any-On-Call, Paging-Start/-Stop with Any-Paging, Incident-Chats with All-Chats,
- * Incident-Triggered/-Acknowledged/-Resolved with Any-Incident.  `body` is borrowed; the event
- * object references the namespaces.  Returns FBR_OK, or FBR_INVALID with *err set to a static
- * message for the 400 reply.
+ * Incident-Triggered/-Acknowledged/-Resolved with Any-Incident.  The body is bounded by the
+ * FBR_EVENTS_* limits above (strings and keys, nesting depth, total number of values).  `body` is
+ * borrowed; the event object references the namespaces.  Returns FBR_OK, or FBR_INVALID with the
+ * message for the 400 reply written to err (NUL-terminated, truncated to errlen).
  */
-int fbr_events_from_body(json_t *body, struct fbr_event_set *out, const char **err);
+int fbr_events_from_body(json_t *body, struct fbr_event_set *out, char *err, size_t errlen);
 
 /* Drops the event reference and zeroes the set. */
 void fbr_event_set_clear(struct fbr_event_set *s);

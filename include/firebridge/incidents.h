@@ -81,6 +81,19 @@ int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
                         struct fbr_incident_result *res);
 void fbr_incident_result_clear(struct fbr_incident_result *res);
 
+/*
+ * The same in two steps, for a caller that may still refuse the alert after seeing its result
+ * (the intake when the delivery sink is full): fbr_incidents_prepare() fills *res exactly as
+ * fbr_incidents_apply() would but changes nothing (no table change, no incident number taken,
+ * no journal record); then exactly one of fbr_incidents_commit() (makes the change: table,
+ * counter, journal; returns as fbr_incidents_apply) or fbr_incidents_abort() (forgets it).  A
+ * prepare with one still pending aborts that one first.  `alert` is only read during prepare.
+ */
+void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                           struct fbr_incident_result *res);
+int fbr_incidents_commit(struct fbr_incidents *t);
+void fbr_incidents_abort(struct fbr_incidents *t);
+
 /* fsyncs the journal (FBR_FSYNC_BATCH) and drops resolved incidents past their TTL. */
 int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms);
 

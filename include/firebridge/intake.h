@@ -28,23 +28,25 @@
 #define FBR_INTAKE_STATE_MESSAGE_MAX 20480
 #define FBR_INTAKE_ENTITY_ID_MAX 512
 
+#define FBR_INTAKE_RETRY_AFTER_S 5 /* Retry-After of a 503 when the sink is full */
+
 /*
  * Where rendered deliveries go; same contract as fbr_delivery_submit() so the delivery engine
  * plugs in with a one-line adapter.  On FBR_OK the sink has taken over o's contents and
  * references (o is left initialised and empty, e.g. by fbr_outreq_move); on any other return o is
  * untouched and the intake releases it.  o itself stays the intake's (it is reused).
+ *
+ * FBR_INVALID means this request can never be sent (counted, the others go on); any other
+ * refusal (FBR_LIMIT: --max-pending reached) is taken as temporary.  `room` (optional) says how
+ * many submissions would be accepted right now (for the delivery engine: max_pending minus
+ * fbr_delivery_pending()); with it the intake refuses an alert whose deliveries do not all fit
+ * before anything is submitted or changed.
  */
 struct fbr_sink {
     int (*submit)(void *arg, struct fbr_outreq *o);
     void *arg;
-    /* Optional (NULL: unbounded): how many more submissions fit now.  When fewer than the enabled
-     * webhooks fit, alerts and events are refused with 503 + Retry-After before anything (rules,
-     * incident table) changes, so the client's retry is clean (backpressure, --max-pending). */
-    size_t (*room)(void *arg);
+    size_t (*room)(void *arg); /* NULL: unknown, rely on submit's answer */
 };
-
-/* Retry-After (seconds) sent with the 503 of a full sink. */
-#define FBR_INTAKE_RETRY_AFTER_S 5
 
 struct fbr_intake_opts {
     const char *const *api_keys; /* copied; a request must carry one of them */
@@ -60,7 +62,8 @@ struct fbr_intake_opts {
 struct fbr_intake_stats {
     uint64_t alerts, events, rejected;      /* accepted alerts / timeline events, 4xx replies */
     uint64_t deliveries, skipped, invalid;  /* submitted, URL variable missing, unsafe render */
-    uint64_t sink_errors;
+    uint64_t sink_errors;                   /* deliveries the sink refused and that are lost */
+    uint64_t unavailable;                   /* 503 replies: the sink was full, nothing changed */
     struct fbr_rules_stats rules;
 };
 
@@ -74,21 +77,27 @@ void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
                            struct fbr_webhooks *webhooks);
 const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in);
 
-/* What a request produced: the HTTP status, the JSON reply (new reference, never NULL) and the
- * number of deliveries handed to the sink. */
+/* What a request produced: the HTTP status, the JSON reply (new reference, never NULL), the
+ * number of deliveries handed to the sink, and for a 503 the Retry-After seconds (else 0). */
 struct fbr_intake_reply {
     int status;
     json_t *body;
     size_t deliveries;
-    unsigned retry_after; /* seconds for a Retry-After header, 0: none (set with 503) */
+    unsigned retry_after;
 };
 
 /*
  * Handles POST <path> on the alert endpoint.  `path` is the decoded path; `body` is the parsed
  * request body (borrowed, modified in place: the stamped and rule-rewritten alert that webhooks
  * see; NULL when the body was not JSON).  A wrong key or malformed path gives 404, a bad body
- * 400 {"result":"failure","message":...}, a full sink 503 (retry_after set), success 200
- * {"result":"success","entity_id":...}.
+ * 400 {"result":"failure","message":...}, success 200 {"result":"success","entity_id":...}.
+ *
+ * All or nothing: the deliveries are rendered before anything is committed; when the sink has
+ * no room for them (or refuses the first one as temporary) the reply is
+ * 503 {"result":"failure","message":...} with retry_after set, nothing was submitted and the
+ * incident table is unchanged, so the client's retry is processed as if it were the first post.
+ * Only a temporary refusal after some deliveries were accepted (a sink without `room`) loses the
+ * rest; that alert is answered 200 and the loss counted in sink_errors and logged.
  * Release out->body with json_decref.
  */
 void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
@@ -96,13 +105,16 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
 
 /*
  * Handles POST /v1/events.  `authorization` is the Authorization header value (or NULL): it must
- * be "Bearer <api_key>" (401 otherwise).  `body` as above (borrowed, not modified).
+ * be "Bearer <api_key>" (401 otherwise).  `body` as above (borrowed, not modified).  A full
+ * sink gives the same 503 as for an alert.
  */
 void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *body,
                       struct fbr_intake_reply *out);
 
 /* Registers both endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
- * with an unparsable body).  `in` must outlive the server's use of the routes. */
+ * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of
+ * the routes.  While srv drains (fbr_server_drain) both endpoints answer 503 with Retry-After
+ * and accept nothing. */
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv);
 
 #endif

@@ -28,7 +28,7 @@ const char *fbr_log_level_name(enum fbr_log_level level);
 void fbr_log(enum fbr_log_level level, const char *id, const char *action, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void fbr_logv(enum fbr_log_level level, const char *id, const char *action, const char *fmt,
-              va_list ap);
+              va_list ap) __attribute__((format(printf, 4, 0)));
 
 #define fbr_log_error(...) fbr_log(FBR_LOG_ERROR, NULL, NULL, __VA_ARGS__)
 #define fbr_log_warn(...) fbr_log(FBR_LOG_WARN, NULL, NULL, __VA_ARGS__)

@@ -48,6 +48,8 @@ struct fbr_route {
     unsigned methods;   /* FBR_M_* mask; others get 405 with Allow */
     int json_body;      /* 1: body must be JSON (415 otherwise; 400 when unparsable) */
     const char *metric; /* endpoint label for /metrics */
+    int secret_segment; /* 1: the path segment right after a prefix route's `path` is a secret
+                           (an API key): logs show it as "***" */
     fbr_route_fn fn;
     void *arg;
 };

@@ -19,7 +19,8 @@ static json_t *default_event;
 
 static const char *default_event_text =
     "{\"ALERT\": {\"a\": \"x\\\"y\\\\z\\n\\u0000\", \"b\": 12, \"c\": -1.5e300, \"d\": true,"
-    " \"e\": null, \"f\": {\"g\": [1, \"h\", {\"i\": \"\\ud83d\\ude00\"}]}, \"host\": \"h.example\","
+    " \"e\": null, \"f\": {\"g\": [1, \"h\", {\"i\": \"\\ud83d\\ude00\"}]},"
+    " \"host\": \"h.example\","
     " \"url\": \"https://h.example/p?q=1\", \"crlf\": \"a\\r\\nb\", \"sp\": \"a b/c?d&e=f#g%\"},"
     " \"STATE\": {\"ALERT_COUNT\": 3, \"CURRENT_STATE\": \"CRITICAL\"},"
     " \"PAGE\": {\"METHODS\": [{\"TYPE\": \"sms\"}]}, \"CHAT\": {\"TEXT\": \"\\u00e9\"}}";
