@@ -184,8 +184,11 @@ static void send_reply(struct fbr_http_req *req, int status)
     struct fbr_server *srv = fc ? fc->srv : NULL;
     evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
     if (srv && (srv->draining || (fc && fc->too_large))) {
+        /* set_keepalive(r, 0) alone leaves the flag on in 1.2.18: the connection stayed open
+         * after "Connection: close" until the client closed it.  With the flag off libevhtp
+         * adds "Connection: close" itself and closes once the reply is out. */
         evhtp_request_set_keepalive(r, 0);
-        evhtp_headers_add_header(r->headers_out, evhtp_header_new("Connection", "close", 0, 0));
+        evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
     }
     if (srv) {
         char sl[8];
