@@ -667,11 +667,29 @@ static void on_request(evhtp_request_t *r, void *arg)
 
     struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};
     req.method = method_bit(evhtp_request_get_method(r));
+    /* libevhtp echoes the request's version in the status line ("HTTP/;.; 200" after
+     * "HTTP/11.11", "HTTP/2.0 200" after "HTTP/2.0"): answer 1.x as HTTP/1.1 (RFC 9110 2.5),
+     * any other version with 505 and a close */
+    htparser *parser = r->conn->parser;
+    unsigned char major = htparser_get_major(parser), minor = htparser_get_minor(parser);
+    if (major != 1 || minor > 1) {
+        htparser_set_major(parser, 1);
+        htparser_set_minor(parser, 1);
+        r->proto = EVHTP_PROTO_11;
+    }
     const char *path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
     req.path = fbr_slice_from(path);
     if (r->uri && r->uri->query_raw)
         req.query = fbr_slice_from((const char *)r->uri->query_raw);
 
+    if (major != 1) {
+        fc->endpoint = "none";
+        evhtp_request_set_keepalive(r, 0);
+        evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
+        count_reject(srv, "http_version");
+        fbr_http_reply_error(&req, 505, "HTTP version %u.%u not supported", major, minor);
+        return;
+    }
     if (fc->too_large) {
         fc->endpoint = "none";
         count_reject(srv, "body_too_large");
