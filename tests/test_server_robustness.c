@@ -903,6 +903,46 @@ START_TEST(status_line_version)
 }
 END_TEST
 
+/* ---- library lines on stderr ---- */
+
+/*
+ * libevhtp 1.2.18 prints a coloured log_error line for every pipelined request; with JSON logs
+ * every stderr line must still be one JSON object, and no line may hold an ESC byte.
+ */
+START_TEST(library_stderr_lines_are_plain_log_lines)
+{
+    struct daemon d;
+    const char *const extra[] = {"--log-level", "debug", "--log-format", "json", NULL};
+    daemon_start(&d, extra);
+    const char *two = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n"
+                      "Connection: close\r\n\r\n";
+    for (int i = 0; i < 20; i++) {
+        int fd = connect_port(d.port, 0);
+        ck_assert_int_eq(send_all(fd, two, strlen(two)), 0);
+        char buf[4096];
+        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        close(fd);
+        ck_assert_msg(n > 0 && strstr(buf, "\"ok\"") && strstr(buf, "\"ready\""),
+                      "pipelined replies: %s", buf);
+    }
+    assert_log_has_no_escape(&d);
+    size_t len;
+    char *log = slurp(d.log, &len);
+    unsigned lines = 0, library = 0;
+    for (char *line = log, *end; *line; line = end + 1) {
+        end = strchr(line, '\n');
+        ck_assert_msg(end != NULL, "unterminated log line: %s", line);
+        *end = '\0';
+        ck_assert_msg(line[0] == '{' && end > line && end[-1] == '}', "not a JSON line: %s", line);
+        lines++;
+        library += strstr(line, "\"library: ") != NULL;
+    }
+    fprintf(stderr, "FIGURES: json_log_lines=%u of_them_library_lines=%u\n", lines, library);
+    free(log);
+    daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -914,6 +954,7 @@ int main(void)
     tcase_add_test(tc, reset_while_writing_large_replies);
     tcase_add_test(tc, connection_close_replies_close);
     tcase_add_test(tc, status_line_version);
+    tcase_add_test(tc, library_stderr_lines_are_plain_log_lines);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
