@@ -531,7 +531,16 @@ static void wrapped_writecb(struct bufferevent *bev, void *arg)
         return;
     }
     /* A keep-alive reply is out: whatever follows in the input was screened already. */
-    fc->screened = evbuffer_get_length(bufferevent_get_input(bev));
+    struct evbuffer *in = bufferevent_get_input(bev);
+    fc->screened = evbuffer_get_length(in);
+    /* libevhtp 1.2.18 stops parsing after each request and, when the next one came in the same
+     * read, never gets back to it until more bytes arrive (bare libevhtp too): pipelined requests
+     * hung.  Feed it now that libevhtp waits for a new request, unless all that is left is the
+     * beginning of a header section (the parser must get those whole). */
+    if (fc->screened && fc->c && !fc->closing && !fc->c->request &&
+        (fc->in_request != 1 || evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0 ||
+         evbuffer_search(in, "\n\n", 2, NULL).pos >= 0))
+        wrapped_readcb(bev, fc);
 }
 
 static void wrapped_eventcb(struct bufferevent *bev, short what, void *arg)

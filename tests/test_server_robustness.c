@@ -15,7 +15,8 @@
  *  - clients that reset while large pipelined replies are being written: SIGPIPE is ignored and
  *    the daemon survives;
  *  - replies that announce "Connection: close" (413, draining) really close the connection;
- *  - the status line says HTTP/1.x whatever version the request line claimed.
+ *  - the status line says HTTP/1.x whatever version the request line claimed;
+ *  - requests pipelined in one write are all answered, in order.
  *
  * FBR_SEED=<n> replays one stream (the seed in use is printed).  Under ASan (the sanitizer
  * build) the daemon aborts on a memory error, which the exit-status checks catch.
@@ -943,6 +944,52 @@ START_TEST(library_stderr_lines_are_plain_log_lines)
 }
 END_TEST
 
+/* ---- pipelining ---- */
+
+/*
+ * Requests that arrive together in one write are all answered, in order (libevhtp 1.2.18 alone
+ * answers only the first and leaves the rest until more bytes arrive).
+ */
+START_TEST(pipelined_requests_in_one_write)
+{
+    static const struct {
+        const char *req;
+        const char *status_line;
+    } seq[] = {
+        {"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", "HTTP/1.1 200 "},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", "HTTP/1.1 405 "},
+        {"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", "HTTP/1.1 404 "},
+        {"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n", "HTTP/1.1 200 "},
+        {"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n", "HTTP/1.1 200 "},
+        {"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
+    };
+    struct daemon d;
+    daemon_start(&d, NULL);
+    char all[2048] = "";
+    for (size_t i = 0; i < FBR_ARRAY_LEN(seq); i++)
+        strcat(all, seq[i].req);
+    for (int round = 0; round < 20; round++) {
+        int fd = connect_port(d.port, 0);
+        ck_assert_int_eq(send_all(fd, all, strlen(all)), 0);
+        static char buf[16384];
+        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        close(fd);
+        ck_assert_int_gt(n, 0);
+        const char *p = buf;
+        for (size_t i = 0; i < FBR_ARRAY_LEN(seq); i++) {
+            p = strstr(p, "HTTP/1.");
+            ck_assert_msg(p != NULL, "round %d: reply %zu of %zu missing: %s", round, i + 1,
+                          FBR_ARRAY_LEN(seq), buf);
+            ck_assert_msg(strncmp(p, seq[i].status_line, strlen(seq[i].status_line)) == 0,
+                          "round %d: reply %zu: %.40s", round, i + 1, p);
+            p++;
+        }
+    }
+    assert_log_has_no_escape(&d);
+    daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -954,6 +1001,7 @@ int main(void)
     tcase_add_test(tc, reset_while_writing_large_replies);
     tcase_add_test(tc, connection_close_replies_close);
     tcase_add_test(tc, status_line_version);
+    tcase_add_test(tc, pipelined_requests_in_one_write);
     tcase_add_test(tc, library_stderr_lines_are_plain_log_lines);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
