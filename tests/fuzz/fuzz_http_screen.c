@@ -71,11 +71,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t chunk = data[0] == 0 ? size : (size_t)data[0];
     data++;
     size--;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
-        abort();
+    int fd = -1;
+    /* thousands of connections a second can run out of local ports (TIME_WAIT): wait a little,
+     * and skip the input rather than report the machine's limit as a bug */
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            abort();
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+            if (errno != EADDRNOTAVAIL && errno != EAGAIN) {
+                perror("connect");
+                abort();
+            }
+            close(fd);
+            fd = -1;
+            usleep(10000);
+        }
+    }
+    if (fd < 0)
+        return 0;
     fcntl(fd, F_SETFL, O_NONBLOCK);
     char head[16];
     size_t headlen = 0;
@@ -101,6 +117,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fprintf(stderr, "non-HTTP reply: %.*s\n", (int)headlen, head);
         abort();
     }
+    struct linger lg = {1, 0}; /* a reset: no TIME_WAIT left on this side */
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     close(fd);
     for (int pass = 0; pass < 20000 && fbr_server_connections(srv) > 0; pass++)
         event_base_loop(base, EVLOOP_NONBLOCK);
