@@ -74,15 +74,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int fd = -1;
-    /* thousands of connections a second can run out of local ports (TIME_WAIT): wait a little,
-     * and skip the input rather than report the machine's limit as a bug */
+    /* thousands of connections a second can run out of local ports (TIME_WAIT), and libFuzzer's
+     * -timeout alarm interrupts connect(): retry a little, then skip the input rather than
+     * report the machine's limit as a bug */
     for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
         fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
             abort();
         if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-            if (errno != EADDRNOTAVAIL && errno != EAGAIN) {
-                perror("connect");
+            if (errno != EADDRNOTAVAIL && errno != EAGAIN && errno != EINTR) {
+                dprintf(2, "connect: %s\n", strerror(errno)); /* stderr is captured */
                 abort();
             }
             close(fd);
@@ -114,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         eof = drain(fd, head, &headlen, sizeof(head));
     }
     if (headlen >= 7 && memcmp(head, "HTTP/1.", 7) != 0) {
-        fprintf(stderr, "non-HTTP reply: %.*s\n", (int)headlen, head);
+        dprintf(2, "non-HTTP reply: %.*s\n", (int)headlen, head);
         abort();
     }
     struct linger lg = {1, 0}; /* a reset: no TIME_WAIT left on this side */
@@ -123,7 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int pass = 0; pass < 20000 && fbr_server_connections(srv) > 0; pass++)
         event_base_loop(base, EVLOOP_NONBLOCK);
     if (fbr_server_connections(srv) != 0) {
-        fprintf(stderr, "%zu connection(s) still open after the client left\n",
+        dprintf(2, "%zu connection(s) still open after the client left\n",
                 fbr_server_connections(srv));
         abort();
     }
