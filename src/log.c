@@ -234,7 +234,7 @@ static void lib_line_done(void)
         g_lib.len--;
     g_lib.buf[g_lib.len] = '\0';
     if (g_lib.len)
-        fbr_log(lib_line_is_benign(g_lib.buf) ? FBR_LOG_DEBUG : FBR_LOG_WARN, NULL, NULL,
+        fbr_log(lib_line_is_benign(g_lib.buf) ? FBR_LOG_DEBUG : FBR_LOG_ERROR, NULL, NULL,
                 "library: %s", g_lib.buf);
     g_lib.len = 0;
     g_lib.esc = 0;
