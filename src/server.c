@@ -73,6 +73,7 @@ struct conn {
     int chunked;
     /* the request in progress */
     int too_large;
+    int major, minor;            /* the version the request line claimed; -1: not parsed yet */
     uint64_t body_seen;
     uint64_t start_ms;
     char id[24];
@@ -577,11 +578,30 @@ static void on_req_error(evhtp_request_t *r, evhtp_error_flags what, void *arg)
             (unsigned)what);
 }
 
+/*
+ * Notes the version the request line claimed and makes libevhtp answer as HTTP/1.1 whatever it
+ * was: libevhtp echoes the request's version into every status line it writes, its own
+ * "100 Continue" included ("HTTP/;.; 200" after "HTTP/11.11", "HTTP/2.1 100" after "HTTP/2.1").
+ * 1.x is served as 1.1 (RFC 9110 2.5); the final callback answers other versions 505.
+ */
+static void claim_version(struct conn *fc, evhtp_request_t *r)
+{
+    htparser *parser = r->conn->parser;
+    fc->major = htparser_get_major(parser);
+    fc->minor = htparser_get_minor(parser);
+    if (fc->major != 1 || fc->minor > 1) {
+        htparser_set_major(parser, 1);
+        htparser_set_minor(parser, 1);
+        r->proto = EVHTP_PROTO_11;
+    }
+}
+
 static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
 {
     struct conn *fc = arg;
     struct fbr_server *srv = fc->srv;
     fc->too_large = 0;
+    fc->major = fc->minor = -1;
     fc->body_seen = 0;
     fc->endpoint = NULL;
     fc->start_ms = fbr_now_ms();
@@ -594,6 +614,7 @@ static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
 static evhtp_res on_headers(evhtp_request_t *r, evhtp_headers_t *hdrs, void *arg)
 {
     struct conn *fc = arg;
+    claim_version(fc, r); /* before libevhtp answers "Expect: 100-continue" */
     const char *cl = evhtp_kv_find(hdrs, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > fc->srv->opts.max_body)
         fc->too_large = 1;
@@ -616,6 +637,7 @@ static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
     struct conn *fc = fbr_xcalloc(1, sizeof(*fc));
     fc->srv = srv;
     fc->c = c;
+    fc->major = fc->minor = -1;
     fc->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = fc;
@@ -676,16 +698,10 @@ static void on_request(evhtp_request_t *r, void *arg)
 
     struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};
     req.method = method_bit(evhtp_request_get_method(r));
-    /* libevhtp echoes the request's version in the status line ("HTTP/;.; 200" after
-     * "HTTP/11.11", "HTTP/2.0 200" after "HTTP/2.0"): answer 1.x as HTTP/1.1 (RFC 9110 2.5),
-     * any other version with 505 and a close */
-    htparser *parser = r->conn->parser;
-    unsigned char major = htparser_get_major(parser), minor = htparser_get_minor(parser);
-    if (major != 1 || minor > 1) {
-        htparser_set_major(parser, 1);
-        htparser_set_minor(parser, 1);
-        r->proto = EVHTP_PROTO_11;
-    }
+    if (fc->major < 0) /* no header section was parsed */
+        claim_version(fc, r);
+    int major = fc->major, minor = fc->minor;
+    fc->major = fc->minor = -1; /* the next request on this connection starts unparsed */
     const char *path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
     req.path = fbr_slice_from(path);
     if (r->uri && r->uri->query_raw)
@@ -696,7 +712,7 @@ static void on_request(evhtp_request_t *r, void *arg)
         evhtp_request_set_keepalive(r, 0);
         evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
         count_reject(srv, "http_version");
-        fbr_http_reply_error(&req, 505, "HTTP version %u.%u not supported", major, minor);
+        fbr_http_reply_error(&req, 505, "HTTP version %d.%d not supported", major, minor);
         return;
     }
     if (fc->too_large) {

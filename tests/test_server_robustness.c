@@ -885,7 +885,7 @@ START_TEST(status_line_version)
     struct daemon d;
     daemon_start(&d, NULL);
     for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
-        char req[128];
+        char req[160];
         snprintf(req, sizeof(req), "GET /healthz %s\r\nHost: t\r\n\r\n", cases[i].version);
         int fd = connect_port(d.port, 0);
         ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
@@ -899,6 +899,21 @@ START_TEST(status_line_version)
         }
         ck_assert_msg(strncmp(buf, cases[i].status_line, strlen(cases[i].status_line)) == 0,
                       "%s: reply %.60s", cases[i].version, buf);
+        /* libevhtp's own "100 Continue" carries the same version as the final reply */
+        snprintf(req, sizeof(req), "GET /healthz %s\r\nHost: t\r\nExpect: 100-continue\r\n"
+                 "Content-Length: 2\r\n\r\nab", cases[i].version);
+        fd = connect_port(d.port, 0);
+        ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
+        shutdown(fd, SHUT_WR);
+        n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        close(fd);
+        char cont[32];
+        snprintf(cont, sizeof(cont), "%.9s100 Continue\r\n\r\n", cases[i].status_line);
+        ck_assert_msg(n > 0 && strncmp(buf, cont, strlen(cont)) == 0, "%s + Expect: %.60s",
+                      cases[i].version, buf);
+        const char *final = buf + strlen(cont);
+        ck_assert_msg(strncmp(final, cases[i].status_line, strlen(cases[i].status_line)) == 0,
+                      "%s + Expect: final reply %.60s", cases[i].version, final);
     }
     daemon_stop(&d);
 }
