@@ -1,7 +1,9 @@
 /*
  * log.c - the line writer behind log.h: level filter, text or JSON lines on stderr, and the URL
  * masker that keeps tokens out of every line.  Used by every module; writes synchronously, which
- * is fine for one line per event at the rates firebridge logs at.
+ * is fine for one line per event at the rates firebridge logs at.  The daemon also routes what
+ * libraries print on the C library's stderr stream (libevhtp's coloured log_error lines) through
+ * here, as plain lines in firebridge's own format.
  */
 #include "firebridge/log.h"
 
@@ -12,6 +14,7 @@
 
 static enum fbr_log_level g_level = FBR_LOG_INFO;
 static enum fbr_log_format g_format = FBR_LOG_TEXT;
+static FILE *g_out; /* where lines go; NULL: stderr */
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -125,7 +128,7 @@ void fbr_logv(enum fbr_log_level level, const char *id, const char *action, cons
         line[pos++] = '\n';
     }
 #undef CLAMP
-    fwrite(line, 1, pos, stderr);
+    fwrite(line, 1, pos, g_out ? g_out : stderr);
 }
 
 void fbr_log(enum fbr_log_level level, const char *id, const char *action, const char *fmt, ...)
@@ -208,4 +211,73 @@ char *fbr_log_mask_url(const char *url, size_t len, char *out, size_t outlen)
 #undef PUT
     out[o] = '\0';
     return out;
+}
+
+/* ---- library output on stderr ---- */
+
+static struct {
+    char buf[1024]; /* the line being collected; longer ones are cut */
+    size_t len;
+    int esc;        /* 1: after ESC, 2: inside an ESC [ ... sequence */
+} g_lib;
+
+/* Known-harmless library lines, logged at debug level only. */
+static int lib_line_is_benign(const char *line)
+{
+    /* libevhtp 1.2.18 prints this for every pipelined request */
+    return strstr(line, "ODDITY, resuming when not paused") != NULL;
+}
+
+static void lib_line_done(void)
+{
+    while (g_lib.len && (g_lib.buf[g_lib.len - 1] == ' ' || g_lib.buf[g_lib.len - 1] == '\r'))
+        g_lib.len--;
+    g_lib.buf[g_lib.len] = '\0';
+    if (g_lib.len)
+        fbr_log(lib_line_is_benign(g_lib.buf) ? FBR_LOG_DEBUG : FBR_LOG_ERROR, NULL, NULL,
+                "library: %s", g_lib.buf);
+    g_lib.len = 0;
+    g_lib.esc = 0;
+}
+
+/* The stream's write function: drops terminal escape sequences and control bytes, logs lines. */
+static ssize_t lib_write(void *cookie, const char *data, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (g_lib.esc == 1) {
+            g_lib.esc = c == '[' ? 2 : 0;
+            continue;
+        }
+        if (g_lib.esc == 2) {
+            if (c >= 0x40 && c <= 0x7e)
+                g_lib.esc = 0; /* the final byte of a CSI sequence */
+            continue;
+        }
+        if (c == 0x1b) {
+            g_lib.esc = 1;
+        } else if (c == '\n') {
+            lib_line_done();
+        } else if (c >= 0x20 && c != 0x7f && g_lib.len < sizeof(g_lib.buf) - 1) {
+            g_lib.buf[g_lib.len++] = (char)c;
+        } else if (c == '\t' && g_lib.len < sizeof(g_lib.buf) - 1) {
+            g_lib.buf[g_lib.len++] = ' ';
+        }
+    }
+    return (ssize_t)n;
+}
+
+int fbr_log_capture_stderr(void)
+{
+    if (g_out)
+        return 0;
+    cookie_io_functions_t io = {.write = lib_write};
+    FILE *f = fopencookie(NULL, "w", io);
+    if (!f)
+        return -1;
+    setvbuf(f, NULL, _IOLBF, 0);
+    fflush(stderr);
+    g_out = stderr;
+    stderr = f;
+    return 0;
 }

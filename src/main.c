@@ -364,6 +364,7 @@ int main(int argc, char **argv)
     }
 
     fbr_log_setup(d.cfg.log_level, d.cfg.log_format);
+    fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
     if (make_dirs(d.cfg.data_dir) != 0) {

@@ -73,6 +73,7 @@ struct conn {
     int chunked;
     /* the request in progress */
     int too_large;
+    int major, minor;            /* the version the request line claimed; -1: not parsed yet */
     uint64_t body_seen;
     uint64_t start_ms;
     char id[24];
@@ -185,8 +186,11 @@ static void send_reply(struct fbr_http_req *req, int status)
     struct fbr_server *srv = fc ? fc->srv : NULL;
     evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
     if (srv && (srv->draining || (fc && fc->too_large))) {
+        /* set_keepalive(r, 0) alone leaves the flag on in 1.2.18: the connection stayed open
+         * after "Connection: close" until the client closed it.  With the flag off libevhtp
+         * adds "Connection: close" itself and closes once the reply is out. */
         evhtp_request_set_keepalive(r, 0);
-        evhtp_headers_add_header(r->headers_out, evhtp_header_new("Connection", "close", 0, 0));
+        evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
     }
     if (srv) {
         char sl[8];
@@ -538,7 +542,16 @@ static void wrapped_writecb(struct bufferevent *bev, void *arg)
         return;
     }
     /* A keep-alive reply is out: whatever follows in the input was screened already. */
-    fc->screened = evbuffer_get_length(bufferevent_get_input(bev));
+    struct evbuffer *in = bufferevent_get_input(bev);
+    fc->screened = evbuffer_get_length(in);
+    /* libevhtp 1.2.18 stops parsing after each request and, when the next one came in the same
+     * read, never gets back to it until more bytes arrive (bare libevhtp too): pipelined requests
+     * hung.  Feed it now that libevhtp waits for a new request, unless all that is left is the
+     * beginning of a header section (the parser must get those whole). */
+    if (fc->screened && fc->c && !fc->closing && !fc->c->request &&
+        (fc->in_request != 1 || evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0 ||
+         evbuffer_search(in, "\n\n", 2, NULL).pos >= 0))
+        wrapped_readcb(bev, fc);
 }
 
 static void wrapped_eventcb(struct bufferevent *bev, short what, void *arg)
@@ -575,11 +588,30 @@ static void on_req_error(evhtp_request_t *r, evhtp_error_flags what, void *arg)
             (unsigned)what);
 }
 
+/*
+ * Notes the version the request line claimed and makes libevhtp answer as HTTP/1.1 whatever it
+ * was: libevhtp echoes the request's version into every status line it writes, its own
+ * "100 Continue" included ("HTTP/;.; 200" after "HTTP/11.11", "HTTP/2.1 100" after "HTTP/2.1").
+ * 1.x is served as 1.1 (RFC 9110 2.5); the final callback answers other versions 505.
+ */
+static void claim_version(struct conn *fc, evhtp_request_t *r)
+{
+    htparser *parser = r->conn->parser;
+    fc->major = htparser_get_major(parser);
+    fc->minor = htparser_get_minor(parser);
+    if (fc->major != 1 || fc->minor > 1) {
+        htparser_set_major(parser, 1);
+        htparser_set_minor(parser, 1);
+        r->proto = EVHTP_PROTO_11;
+    }
+}
+
 static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
 {
     struct conn *fc = arg;
     struct fbr_server *srv = fc->srv;
     fc->too_large = 0;
+    fc->major = fc->minor = -1;
     fc->body_seen = 0;
     fc->endpoint = NULL;
     fc->secret_at = 0;
@@ -593,6 +625,7 @@ static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
 static evhtp_res on_headers(evhtp_request_t *r, evhtp_headers_t *hdrs, void *arg)
 {
     struct conn *fc = arg;
+    claim_version(fc, r); /* before libevhtp answers "Expect: 100-continue" */
     const char *cl = evhtp_kv_find(hdrs, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > fc->srv->opts.max_body)
         fc->too_large = 1;
@@ -615,6 +648,7 @@ static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
     struct conn *fc = fbr_xcalloc(1, sizeof(*fc));
     fc->srv = srv;
     fc->c = c;
+    fc->major = fc->minor = -1;
     fc->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = fc;
@@ -675,11 +709,23 @@ static void on_request(evhtp_request_t *r, void *arg)
 
     struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};
     req.method = method_bit(evhtp_request_get_method(r));
+    if (fc->major < 0) /* no header section was parsed */
+        claim_version(fc, r);
+    int major = fc->major, minor = fc->minor;
+    fc->major = fc->minor = -1; /* the next request on this connection starts unparsed */
     const char *path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
     req.path = fbr_slice_from(path);
     if (r->uri && r->uri->query_raw)
         req.query = fbr_slice_from((const char *)r->uri->query_raw);
 
+    if (major != 1) {
+        fc->endpoint = "none";
+        evhtp_request_set_keepalive(r, 0);
+        evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
+        count_reject(srv, "http_version");
+        fbr_http_reply_error(&req, 505, "HTTP version %d.%d not supported", major, minor);
+        return;
+    }
     if (fc->too_large) {
         fc->endpoint = "none";
         count_reject(srv, "body_too_large");

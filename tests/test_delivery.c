@@ -359,6 +359,42 @@ static int got_one(void)
     return got_calls > 0;
 }
 
+/* The libevent note's measured failure: a TLS server that closes after every response (saying
+ * so, or silently) made a reused evhttp connection fail every other request with EOF.  Every
+ * delivery must arrive, with no dead letter, over fresh TLS connections. */
+START_TEST(tls_server_closes_every_response)
+{
+    SSL_CTX *ctx = server_ctx("good");
+    srv = tsrv_new(base, ctx);
+    tsrv_set_close(srv, _i == 0 ? TSRV_CLOSE_SAYING : TSRV_CLOSE_SILENT);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.retry_initial_ms = 10;
+    o.retry_max_interval_ms = 100;
+    o.pool_size = 2;
+    char ca[128];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", certdir);
+    o.ca_file = ca;
+    start(&o);
+    enum { N = 40 };
+    for (int i = 0; i < N; i++) {
+        char room[16];
+        snprintf(room, sizeof(room), "t%d", i % 4);
+        submit(url_for("https", "localhost", room), "{\"message\":\"m\"}", NULL);
+    }
+    want = N;
+    ck_assert(run_until(delivered_n, 30000));
+    ck_assert_uint_eq(M()->dead_permanent + M()->dead_expired, 0);
+    ck_assert_uint_ge(tsrv_nreqs(srv), N);
+    if (_i == 0)
+        ck_assert_uint_eq(tsrv_nreqs(srv), N); /* announced closes: no retry needed */
+    fbr_delivery_engine_free(&eng);
+    tsrv_free(srv);
+    srv = NULL;
+    SSL_CTX_free(ctx);
+}
+END_TEST
+
 START_TEST(tls_wrong_host)
 {
     got_calls = 0;
@@ -1073,6 +1109,7 @@ int main(void)
     tcase_set_timeout(tt, 30);
     tcase_add_test(tt, tls_verified);
     tcase_add_test(tt, tls_wrong_host);
+    tcase_add_loop_test(tt, tls_server_closes_every_response, 0, 2);
     suite_add_tcase(s, tt);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

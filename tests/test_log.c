@@ -1,4 +1,5 @@
-/* test_log.c - unit tests for log.c: level parsing and the URL masker that keeps secrets out. */
+/* test_log.c - unit tests for log.c: level parsing, the URL masker that keeps secrets out, and the
+ * capture of what libraries print on stderr (libevhtp's coloured lines) as plain log lines. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +73,53 @@ START_TEST(long_lines_are_clamped)
 }
 END_TEST
 
+/* What libraries print on stderr (libevhtp's coloured log_error) comes out as plain log lines. */
+static const struct {
+    const char *printed, *printed2; /* by a "library", in two writes, through stdio's stderr */
+    const char *logged;             /* the line's text after the time; NULL: nothing at info */
+} capture_cases[] = {
+    {"[\x1b[1;31mERROR\x1b[0;39m] \x1b[33mevhtp.c:123 \x1b", "[39mboom\x1b[39m\n",
+     "error library: [ERROR] evhtp.c:123 boom"},
+    {"[warn] epoll: \tsome", "thing\r\n", "error library: [warn] epoll:  something"},
+    {"\x1b[94mODDITY, resuming when not paused?!?\x1b[39m", "\n", NULL}, /* debug only */
+    {"ctl\x01\x7f bytes", "\n", "error library: ctl bytes"},
+};
+
+START_TEST(library_stderr_captured)
+{
+    char path[] = "/tmp/fbr-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    int saved = dup(2);
+    fflush(stderr);
+    dup2(fd, 2);
+    fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
+    ck_assert_int_eq(fbr_log_capture_stderr(), 0); /* again (CK_FORK=no): a no-op */
+    fputs(capture_cases[_i].printed, stderr);
+    fflush(stderr);
+    fputs(capture_cases[_i].printed2, stderr);
+    fbr_log(FBR_LOG_INFO, NULL, NULL, "own line");
+    fflush(NULL);
+    dup2(saved, 2);
+    close(saved);
+    FILE *f = fdopen(fd, "r");
+    rewind(f);
+    char text[4096];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    unlink(path);
+    ck_assert_msg(!strchr(text, 0x1b), "ESC in the log: %s", text);
+    ck_assert_msg(strstr(text, "info  own line\n"), "own line missing: %s", text);
+    if (capture_cases[_i].logged) {
+        ck_assert_msg(strstr(text, capture_cases[_i].logged), "want '%s' in: %s",
+                      capture_cases[_i].logged, text);
+    } else {
+        ck_assert_msg(!strstr(text, "library:"), "unexpected library line: %s", text);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("log");
@@ -79,6 +127,8 @@ int main(void)
     tcase_add_loop_test(tc, mask_url, 0, sizeof(mask_cases) / sizeof(mask_cases[0]));
     tcase_add_test(tc, level_parse);
     tcase_add_test(tc, long_lines_are_clamped);
+    tcase_add_loop_test(tc, library_stderr_captured, 0,
+                        sizeof(capture_cases) / sizeof(capture_cases[0]));
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -40,6 +40,17 @@ void fbr_logv(enum fbr_log_level level, const char *id, const char *action, cons
     } while (0)
 
 /*
+ * Points the C library's `stderr` stream at a filter and keeps writing firebridge's own lines to
+ * the original stream.  What libraries print through stdio on stderr (libevhtp 1.2.18's
+ * log_error writes ANSI-coloured lines even in release builds) comes out as firebridge lines,
+ * "library: <text>", terminal escapes and control bytes removed, at error level so that no
+ * level setting hides them (known-harmless ones at debug).  Raw writes to descriptor 2
+ * (sanitizer reports) are untouched.  Call once at start-up, single-threaded; a second call does
+ * nothing.  Returns 0 or -1 (nothing changed).
+ */
+int fbr_log_capture_stderr(void);
+
+/*
  * Copies `url` (len bytes) into `out` (at most outlen-1 bytes, always terminated) with every
  * secret masked: userinfo passwords and the values of auth_token, token, access_token,
  * signed_request and api_key query parameters become "***".  Returns out.

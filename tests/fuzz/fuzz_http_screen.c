@@ -1,0 +1,132 @@
+/*
+ * fuzz_http_screen.c - libFuzzer target for the inbound side, the first step of the data path:
+ * the header screener of src/server.c together with libevhtp 1.2.18's request parser behind it.
+ * The screener is not a pure function over bytes (it keeps per-connection state, arms the read
+ * deadline and writes reject replies into the bufferevent), so each input goes through the real
+ * thing: an fbr_server with its built-in routes listens on loopback inside this process, and the
+ * input is written to one fresh connection, split into writes of a size chosen by its first byte,
+ * with the event loop run between writes; then the client half-closes and reads to EOF.
+ *
+ * Checks beyond the sanitizers: every reply starts with "HTTP/1.", and after each input the
+ * server is back to zero open connections (a connection leaked by any path aborts).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "firebridge/log.h"
+#include "firebridge/server.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static struct event_base *base;
+static struct fbr_server *srv;
+static int port;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    fbr_log_setup(FBR_LOG_ERROR, FBR_LOG_TEXT);
+    fbr_log_capture_stderr(); /* libevhtp's log_error lines, as in the daemon */
+    signal(SIGPIPE, SIG_IGN);
+    base = event_base_new();
+    struct fbr_server_opts o = {.max_body = 4096, .read_timeout_ms = 2000,
+                                .idle_timeout_ms = 2000};
+    srv = fbr_server_new(base, &o);
+    if (fbr_server_listen(srv, "127.0.0.1:0") != FBR_OK)
+        abort();
+    port = fbr_server_port(srv);
+    return 0;
+}
+
+/* Reads what the server sent so far; returns 1 at EOF or a reset. */
+static int drain(int fd, char *head, size_t *headlen, size_t cap)
+{
+    for (;;) {
+        char tmp[16384];
+        ssize_t n = recv(fd, tmp, sizeof(tmp), MSG_DONTWAIT);
+        if (n == 0)
+            return 1;
+        if (n < 0)
+            return errno == EAGAIN || errno == EINTR ? 0 : 1;
+        size_t take = (size_t)n < cap - *headlen ? (size_t)n : cap - *headlen;
+        memcpy(head + *headlen, tmp, take);
+        *headlen += take;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1 || size > 65536)
+        return 0;
+    size_t chunk = data[0] == 0 ? size : (size_t)data[0];
+    data++;
+    size--;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = -1;
+    /* thousands of connections a second can run out of local ports (TIME_WAIT), and libFuzzer's
+     * -timeout alarm interrupts connect(): retry a little, then skip the input rather than
+     * report the machine's limit as a bug */
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            abort();
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+            if (errno != EADDRNOTAVAIL && errno != EAGAIN && errno != EINTR) {
+                dprintf(2, "connect: %s\n", strerror(errno)); /* stderr is captured */
+                abort();
+            }
+            close(fd);
+            fd = -1;
+            usleep(10000);
+        }
+    }
+    if (fd < 0)
+        return 0;
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    char head[16];
+    size_t headlen = 0;
+    int eof = 0;
+    size_t off = 0;
+    /* bounded: each pass either sends, or the loop makes progress on the server side */
+    for (int pass = 0; pass < 20000 && off < size && !eof; pass++) {
+        size_t n = size - off < chunk ? size - off : chunk;
+        ssize_t w = send(fd, data + off, n, MSG_NOSIGNAL);
+        if (w > 0)
+            off += (size_t)w;
+        else if (w < 0 && errno != EAGAIN)
+            break; /* the server closed (a reject): fine */
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        eof = drain(fd, head, &headlen, sizeof(head));
+    }
+    shutdown(fd, SHUT_WR);
+    for (int pass = 0; pass < 20000 && !eof; pass++) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        eof = drain(fd, head, &headlen, sizeof(head));
+    }
+    if (headlen >= 7 && memcmp(head, "HTTP/1.", 7) != 0) {
+        dprintf(2, "non-HTTP reply: %.*s\n", (int)headlen, head);
+        abort();
+    }
+    struct linger lg = {1, 0}; /* a reset: no TIME_WAIT left on this side */
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    for (int pass = 0; pass < 20000 && fbr_server_connections(srv) > 0; pass++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    if (fbr_server_connections(srv) != 0) {
+        dprintf(2, "%zu connection(s) still open after the client left\n",
+                fbr_server_connections(srv));
+        abort();
+    }
+    return 0;
+}
