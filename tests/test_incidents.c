@@ -295,6 +295,125 @@ START_TEST(bounded_and_expiring)
 }
 END_TEST
 
+/* The incident number held for rk/eid, 0 when there is none: an INFO alert changes nothing. */
+static long number_of(struct fbr_incidents *t, const char *eid)
+{
+    json_t *st;
+    ck_assert_int_eq(feed(t, "rk", eid, "INFO", 1, &st), FBR_TR_NONE);
+    long n = atol(sget(st, "INCIDENT_NAME"));
+    json_decref(st);
+    return n;
+}
+
+/* One step of an eviction-order scenario: an alert at a time, or a restart ({NULL, NULL, 1}). */
+struct evict_step {
+    const char *eid, *mt;
+    uint64_t now;
+};
+
+static struct fbr_incidents *run_steps(struct fbr_incidents *t, size_t max,
+                                       const struct evict_step *steps, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!steps[i].mt) {
+            fbr_incidents_close(&t);
+            t = open_table(max);
+            continue;
+        }
+        ck_assert_int_ne(feed(t, "rk", steps[i].eid, steps[i].mt, steps[i].now, NULL),
+                         FBR_TR_NONE);
+    }
+    return t;
+}
+
+/*
+ * Which incident a full table drops, table-driven: a resolved one before any open one, the
+ * resolved ones in resolution order (not opening order), then the least recently updated open
+ * one (a roll-up or an ack counts as an update); the order survives a restart (journal replay
+ * and compaction; the clock may step back).  `gone` and `kept` list entity ids at the end;
+ * `evicted` the stats counter.
+ */
+START_TEST(eviction_order)
+{
+    static const struct {
+        const char *name;
+        size_t max;
+        struct evict_step steps[12];
+        const char *gone[4], *kept[5];
+        uint64_t evicted;
+    } cases[] = {
+        {"resolved before open", 3,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"c", "RECOVERY", 13}, {"d", "CRITICAL", 20}},
+         {"c"}, {"a", "b", "d"}, 1},
+        {"oldest resolved first, then LRU open", 4,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"d", "CRITICAL", 13}, {"c", "RECOVERY", 20}, {"a", "RECOVERY", 21},
+          {"e", "CRITICAL", 30}, {"f", "CRITICAL", 31}, {"g", "CRITICAL", 32}},
+         {"c", "a", "b"}, {"d", "e", "f", "g"}, 3},
+        {"least recently updated open", 3,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"a", "WARNING", 20}, {"b", "ACKNOWLEDGEMENT", 21}, {"d", "CRITICAL", 30},
+          {"e", "CRITICAL", 31}},
+         {"c", "a"}, {"b", "d", "e"}, 2},
+        {"order kept across restarts", 3,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"a", "CRITICAL", 20}, {NULL, NULL, 1}, {"b", "RECOVERY", 25},
+          {"c", "RECOVERY", 24}, {NULL, NULL, 1}, {"d", "CRITICAL", 30},
+          {"e", "CRITICAL", 31}, {NULL, NULL, 1}, {"f", "CRITICAL", 32}},
+         {"c", "b", "a"}, {"d", "e", "f"}, 1 /* the counter restarts with the process */},
+        {"re-trigger of a resolved incident moves it to the open ones", 3,
+         {{"a", "CRITICAL", 10}, {"a", "RECOVERY", 11}, {"b", "CRITICAL", 12},
+          {"c", "CRITICAL", 13}, {"a", "CRITICAL", 14}, {"d", "CRITICAL", 20}},
+         {"b"}, {"a", "c", "d"}, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        make_dir();
+        struct fbr_incidents *t = open_table(cases[i].max);
+        size_t nsteps = 0;
+        while (nsteps < 12 && (cases[i].steps[nsteps].eid || cases[i].steps[nsteps].now))
+            nsteps++;
+        t = run_steps(t, cases[i].max, cases[i].steps, nsteps);
+        for (size_t j = 0; j < 4 && cases[i].gone[j]; j++)
+            ck_assert_msg(number_of(t, cases[i].gone[j]) == 0, "%s: %s was not evicted",
+                          cases[i].name, cases[i].gone[j]);
+        for (size_t j = 0; j < 5 && cases[i].kept[j]; j++)
+            ck_assert_msg(number_of(t, cases[i].kept[j]) != 0, "%s: %s was evicted",
+                          cases[i].name, cases[i].kept[j]);
+        struct fbr_incidents_stats s;
+        fbr_incidents_get_stats(t, &s);
+        ck_assert_msg(s.evicted == cases[i].evicted, "%s: evicted %llu", cases[i].name,
+                      (unsigned long long)s.evicted);
+        fbr_incidents_close(&t);
+        remove_dir();
+    }
+}
+END_TEST
+
+/* A full table first drops what has expired (not an eviction), even when it is not the oldest. */
+START_TEST(full_table_expires_first)
+{
+    make_dir();
+    const uint64_t ttl = 24u * 3600u * 1000u;
+    struct fbr_incidents *t = open_table(3);
+    static const struct evict_step steps[] = {
+        {"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"b", "RECOVERY", 12},
+        {"c", "CRITICAL", 13}, {"c", "RECOVERY", 14},
+    };
+    t = run_steps(t, 3, steps, sizeof(steps) / sizeof(steps[0]));
+    ck_assert_int_eq(feed(t, "rk", "d", "CRITICAL", 14 + ttl, NULL), FBR_TR_TRIGGERED);
+    struct fbr_incidents_stats s;
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 2); /* b and c expired together */
+    ck_assert_uint_eq(s.evicted, 0);
+    ck_assert_int_ne(number_of(t, "a"), 0);
+    ck_assert_int_eq(number_of(t, "b"), 0);
+    ck_assert_int_eq(number_of(t, "c"), 0);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(fsync_modes)
 {
     enum fbr_fsync_mode m;
@@ -412,6 +531,8 @@ int main(void)
     tcase_add_test(tc, fsync_modes);
     tcase_add_test(tc, unusable_data_dir);
     tcase_add_test(tc, prepare_abort_commit);
+    tcase_add_test(tc, eviction_order);
+    tcase_add_test(tc, full_table_expires_first);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
