@@ -2,7 +2,8 @@
  * test_incidents.c - unit tests for incidents.c, the incident table between the Rules Engine and
  * event derivation: the lifecycle (trigger, roll-up, ack, resolve, re-trigger) with restarts from
  * the data directory in between, every STATE.* variable, keys per routing key, a torn journal,
- * the bounded table and expiry.
+ * the bounded table and expiry, which incident a full table drops, and the eviction counters,
+ * metrics and rate-limited warning.
  */
 #include <check.h>
 #include <fcntl.h>
@@ -11,7 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+
 #include "firebridge/incidents.h"
+#include "firebridge/log.h"
 
 static char dir[256];
 
@@ -414,6 +418,90 @@ START_TEST(full_table_expires_first)
 }
 END_TEST
 
+/* Runs fn(t) with stderr (the log) sent to a file; returns the lines logged (caller frees). */
+static char *capture_log(void (*fn)(struct fbr_incidents *), struct fbr_incidents *t)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/log", dir);
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_ge(fd, 0);
+    dup2(fd, 2);
+    fn(t);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    off_t len = lseek(fd, 0, SEEK_END);
+    char *buf = calloc(1, (size_t)len + 1);
+    ck_assert_int_eq(pread(fd, buf, (size_t)len, 0), len);
+    close(fd);
+    unlink(path);
+    return buf;
+}
+
+static size_t count_of(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* a resolved eviction, then 50 open ones within 10 s, a flush at +10 s, one more much later */
+static void evict_many(struct fbr_incidents *t)
+{
+    char eid[16];
+    feed(t, "rk", "a", "CRITICAL", 1000, NULL);
+    feed(t, "rk", "b", "CRITICAL", 1001, NULL);
+    feed(t, "rk", "a", "RECOVERY", 1500, NULL);
+    feed(t, "rk", "c", "CRITICAL", 1600, NULL); /* drops resolved a: no warning */
+    for (int i = 0; i < 50; i++) {
+        snprintf(eid, sizeof(eid), "x%d", i);
+        ck_assert_int_eq(feed(t, "rk", eid, "CRITICAL", 2000 + (uint64_t)i, NULL),
+                         FBR_TR_TRIGGERED);
+    }
+    fbr_incidents_flush(t, 11999); /* 9.999 s after the first warning: quiet */
+    fbr_incidents_flush(t, 12000); /* the summary of the 49 others */
+    fbr_incidents_flush(t, 20000); /* nothing pending: quiet */
+    feed(t, "rk", "y", "CRITICAL", 30000, NULL);
+}
+
+/* Evictions are counted by phase and exposed as metrics; the warning about dropped open
+ * incidents is written at most once per 10 s, with the count of those since the last line. */
+START_TEST(eviction_stats_and_warning)
+{
+    make_dir();
+    fbr_log_setup(FBR_LOG_WARN, FBR_LOG_TEXT);
+    struct fbr_incidents_opts o = {.max_incidents = 2};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    char *log = capture_log(evict_many, t);
+    ck_assert_msg(count_of(log, "table full") == 3, "log:\n%s", log);
+    ck_assert_msg(count_of(log, "dropped open incident 2\n") == 1, "log:\n%s", log); /* b */
+    ck_assert_msg(count_of(log, "dropped 49 open incidents in the last 10 s, the latest 51 "
+                                "(50 since start)") == 1, "log:\n%s", log);
+    ck_assert_msg(count_of(log, "dropped open incident 52\n") == 1, "log:\n%s", log);
+    free(log);
+    struct fbr_incidents_stats s;
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.evicted, 52);
+    ck_assert_uint_eq(s.evicted_open, 51);
+    ck_assert_uint_eq(s.count, 2);
+    struct evbuffer *out = evbuffer_new();
+    fbr_incidents_metrics_write(out, t);
+    evbuffer_add(out, "", 1);
+    const char *text = (const char *)evbuffer_pullup(out, -1);
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_incidents_evicted_total{phase=\"open\"} 51\n"));
+    ck_assert_ptr_nonnull(
+        strstr(text, "firebridge_incidents_evicted_total{phase=\"resolved\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_incidents{phase=\"open\"} 2\n"));
+    evbuffer_free(out);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(fsync_modes)
 {
     enum fbr_fsync_mode m;
@@ -533,6 +621,7 @@ int main(void)
     tcase_add_test(tc, prepare_abort_commit);
     tcase_add_test(tc, eviction_order);
     tcase_add_test(tc, full_table_expires_first);
+    tcase_add_test(tc, eviction_stats_and_warning);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
