@@ -502,6 +502,143 @@ START_TEST(eviction_stats_and_warning)
 }
 END_TEST
 
+/*
+ * Random alerts, flushes and restarts on a small table against a model of the documented rules,
+ * written as the obvious scans: per entity, whether it has an incident and which number.  Times
+ * are distinct (a tie's victim is not part of the contract) and sometimes step back.
+ */
+#define MODEL_N 24
+
+struct model_inc {
+    int present, phase; /* phase: 0 UNACKED, 1 ACKED, 2 RESOLVED */
+    long number;
+    uint64_t updated, resolved;
+};
+
+static void model_forget_expired(struct model_inc *m, uint64_t ttl, uint64_t now)
+{
+    for (int i = 0; i < MODEL_N; i++)
+        if (m[i].present && m[i].phase == 2 && m[i].resolved + ttl <= now)
+            m[i].present = 0;
+}
+
+static void model_make_room(struct model_inc *m, size_t max, uint64_t ttl, uint64_t now,
+                            uint64_t *evicted)
+{
+    size_t count = 0;
+    for (int i = 0; i < MODEL_N; i++)
+        count += (size_t)m[i].present;
+    if (count < max)
+        return;
+    model_forget_expired(m, ttl, now);
+    count = 0;
+    for (int i = 0; i < MODEL_N; i++)
+        count += (size_t)m[i].present;
+    if (count < max)
+        return;
+    int v = -1;
+    for (int i = 0; i < MODEL_N; i++) {
+        if (!m[i].present)
+            continue;
+        int res = m[i].phase == 2, vres = v >= 0 && m[v].phase == 2;
+        if (v < 0 || (res && !vres) || (res == vres && m[i].updated < m[v].updated))
+            v = i;
+    }
+    m[v].present = 0;
+    (*evicted)++;
+}
+
+START_TEST(random_against_model)
+{
+    static const char *const mts[] = {"CRITICAL", "CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
+                                      "RECOVERY", "OK", "INFO"};
+    const size_t max = 8;
+    const uint64_t ttl = 7000;
+    make_dir();
+    struct fbr_incidents_opts o = {.data_dir = dir, .max_incidents = max, .resolved_ttl_ms = ttl,
+                                   .fsync = FBR_FSYNC_OFF};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    struct model_inc m[MODEL_N] = {{0}};
+    long next = 1;
+    uint64_t evicted = 0, used[3000];
+    size_t nused = 0;
+    unsigned seed = 12345;
+    for (int step = 1; step <= 3000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned r = seed >> 8;
+        uint64_t now = 1000000 + (uint64_t)step * 1000;
+        if (r % 10 == 0)
+            now -= (r >> 4) % 20000; /* the wall clock steps back */
+        for (size_t j = 0; j < nused; j++) {
+            if (used[j] == now) {
+                now += 1 + (r >> 12) % 500;
+                j = (size_t)-1; /* check again from the start */
+            }
+        }
+        used[nused++] = now;
+        if (r % 97 == 0) {
+            fbr_incidents_close(&t);
+            ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+            evicted = 0;
+            continue;
+        }
+        if (r % 31 == 0) {
+            fbr_incidents_flush(t, now);
+            model_forget_expired(m, ttl, now);
+            continue;
+        }
+        int e = (int)((r >> 3) % MODEL_N);
+        int k = (int)((r >> 9) % FBR_ARRAY_LEN(mts));
+        char eid[8];
+        snprintf(eid, sizeof(eid), "e%d", e);
+        enum fbr_transition want = FBR_TR_NONE;
+        struct model_inc *x = &m[e];
+        if (k <= 2) {
+            if (x->present && x->phase != 2) {
+                want = FBR_TR_ROLLED;
+            } else {
+                want = FBR_TR_TRIGGERED;
+                if (!x->present)
+                    model_make_room(m, max, ttl, now, &evicted);
+                x->present = 1;
+                x->phase = 0;
+                x->number = next++;
+            }
+        } else if (k == 3 && x->present && x->phase == 0) {
+            want = FBR_TR_ACKED;
+            x->phase = 1;
+        } else if ((k == 4 || k == 5) && x->present && x->phase != 2) {
+            want = FBR_TR_RESOLVED;
+            x->phase = 2;
+            x->resolved = now;
+        }
+        if (want != FBR_TR_NONE)
+            x->updated = now;
+        ck_assert_msg(feed(t, "rk", eid, mts[k], now, NULL) == want, "step %d: %s %s", step,
+                      eid, mts[k]);
+        if (step % 25 == 0) {
+            size_t count = 0, open = 0;
+            for (int i = 0; i < MODEL_N; i++) {
+                snprintf(eid, sizeof(eid), "e%d", i);
+                ck_assert_msg(number_of(t, eid) == (m[i].present ? m[i].number : 0),
+                              "step %d: %s", step, eid);
+                count += (size_t)m[i].present;
+                open += (size_t)(m[i].present && m[i].phase != 2);
+            }
+            struct fbr_incidents_stats st;
+            fbr_incidents_get_stats(t, &st);
+            ck_assert_uint_eq(st.count, count);
+            ck_assert_uint_eq(st.open, open);
+            ck_assert_uint_eq(st.evicted, evicted);
+            ck_assert_uint_eq(st.next_number, (uint64_t)next);
+        }
+    }
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(fsync_modes)
 {
     enum fbr_fsync_mode m;
@@ -622,6 +759,7 @@ int main(void)
     tcase_add_test(tc, eviction_order);
     tcase_add_test(tc, full_table_expires_first);
     tcase_add_test(tc, eviction_stats_and_warning);
+    tcase_add_test(tc, random_against_model);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
