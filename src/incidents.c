@@ -230,7 +230,8 @@ static void list_link_after(struct age_list *l, struct incident *pos, struct inc
 }
 
 /* Inserts in order, searching from the tail: O(1) while the clock moves forward (every change
- * is the newest), and still ordered when the wall clock steps back. */
+ * is the newest).  When the wall clock steps back the order still holds, at the cost of walking
+ * past the incidents changed "later" until the clock catches up with them. */
 static void list_insert(struct age_list *l, struct incident *in)
 {
     uint64_t key = age_ms(in);
@@ -662,10 +663,10 @@ static void warn_evictions(struct fbr_incidents *t, uint64_t now_ms)
         fbr_log_warn("incidents: table full (%zu), dropped open incident %" PRIu64,
                      t->opts.max_incidents, t->warn.last_number);
     else
-        fbr_log_warn("incidents: table full (%zu), dropped %" PRIu64 " open incidents in the "
-                     "last %u s, the latest %" PRIu64 " (%" PRIu64 " since start)",
-                     t->opts.max_incidents, t->warn.pending, EVICT_WARN_MS / 1000u,
-                     t->warn.last_number, t->evicted_open);
+        fbr_log_warn("incidents: table full (%zu), dropped %" PRIu64 " open incidents since "
+                     "the last warning, the latest %" PRIu64 " (%" PRIu64 " since start)",
+                     t->opts.max_incidents, t->warn.pending, t->warn.last_number,
+                     t->evicted_open);
     t->warn.logged = 1;
     t->warn.last_ms = now_ms;
     t->warn.pending = 0;

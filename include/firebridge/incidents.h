@@ -2,9 +2,10 @@
  * incidents.h - the incident lifecycle: alerts (after the Rules Engine) open, roll into, ack and
  * resolve incidents keyed by routing_key + entity_id, and every alert gets the STATE.* and
  * INCIDENT.* namespaces its webhooks render.  The table is bounded (resolved incidents expire,
- * a maximum count evicts the oldest, in O(1) per alert) and persisted in the data directory as an append-only
- * journal of full records, compacted by an atomic rename, so a restart keeps the open incidents
- * and the incident number counter.  Single-threaded: call from the event loop only.
+ * a maximum count evicts the oldest resolved, else the least recently updated open one; O(1) per
+ * alert) and persisted in the data directory as an append-only journal of full records,
+ * compacted by an atomic rename, so a restart keeps the open incidents and the incident number
+ * counter.  Single-threaded: call from the event loop only.
  */
 #ifndef FIREBRIDGE_INCIDENTS_H
 #define FIREBRIDGE_INCIDENTS_H
