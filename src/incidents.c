@@ -5,6 +5,12 @@
  * <data_dir>/incidents.journal; at open the journal is replayed (later lines win, a torn last line
  * is ignored) and rewritten compactly through a temporary file and rename(2), which also happens
  * whenever the journal grows well past the live table.
+ *
+ * Besides the hash, every incident sits on one of two intrusive age lists, kept in order of the
+ * time of their last change: the resolved ones by resolution time (TTL expiry pops from the head,
+ * so does eviction), the open ones by last update (a full table with nothing resolved drops the
+ * head, the least recently updated).  Every change moves an incident to the tail of its list, so
+ * expiry and eviction cost O(1) per incident whatever the table size.
  */
 #include "firebridge/incidents.h"
 
@@ -18,12 +24,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+
 #include "firebridge/log.h"
 
 #define DEFAULT_MAX 10000
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
 #define JOURNAL "incidents.journal"
 #define JOURNAL_TMP "incidents.journal.tmp"
+#define EVICT_WARN_MS 10000u /* at most one "table full" warning per this interval */
 
 static const char *const mt_names[] = {"CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
                                        "INFO",     "RECOVERY", "OK"};
@@ -70,7 +79,8 @@ int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out)
 }
 
 struct incident {
-    struct incident *next; /* hash chain */
+    struct incident *next;          /* hash chain */
+    struct incident *older, *newer; /* age list (t->resolved or t->live); NULL when detached */
     char *key;
     uint64_t number;
     char *routing_key, *entity_id, *host, *service, *ack_user, *ack_msg, *last_uuid;
@@ -87,18 +97,33 @@ struct line {
     size_t len, cap;
 };
 
+/* An age list: oldest at the head.  Ordered by age_ms(); ties keep insertion order. */
+struct age_list {
+    struct incident *head, *tail;
+};
+
 struct fbr_incidents {
     struct fbr_incidents_opts opts;
     char *dir;
     struct incident **buckets;
     size_t nbuckets; /* power of two */
     size_t count, open;
+    struct age_list resolved; /* RESOLVED incidents, by resolved_ms */
+    struct age_list live;     /* UNACKED and ACKED incidents, by updated_ms */
+    int replaying;            /* journal replay: append unsorted, sort once at the end */
     uint64_t next_number;
     int fd;               /* journal, O_APPEND; -1 in memory */
     uint64_t journal_lines;
     int dirty;            /* written since the last fsync */
     struct line line;     /* journal line being written */
-    uint64_t evicted, journal_errors;
+    uint64_t evicted, evicted_open, journal_errors;
+    /* The rate-limited "table full" warning: open incidents dropped since the last line. */
+    struct {
+        int logged;           /* a line was written (last_ms is meaningful) */
+        uint64_t last_ms;     /* when */
+        uint64_t pending;     /* drops not yet reported */
+        uint64_t last_number; /* the latest dropped incident's number */
+    } warn;
     /* The change prepared by fbr_incidents_prepare, until commit or abort. */
     struct {
         int active;
@@ -162,6 +187,110 @@ static int is_open(const struct incident *in)
     return in->phase != FBR_PHASE_RESOLVED;
 }
 
+/* ---- age lists ---------------------------------------------------------------------------- */
+
+/* The order key: resolution time for a resolved incident (equal to its last update, since a
+ * resolved incident changes only by re-opening), last update for an open one. */
+static uint64_t age_ms(const struct incident *in)
+{
+    return is_open(in) ? in->updated_ms : in->resolved_ms;
+}
+
+static struct age_list *list_of(struct fbr_incidents *t, const struct incident *in)
+{
+    return is_open(in) ? &t->live : &t->resolved;
+}
+
+static void list_unlink(struct age_list *l, struct incident *in)
+{
+    if (in->older)
+        in->older->newer = in->newer;
+    else
+        l->head = in->newer;
+    if (in->newer)
+        in->newer->older = in->older;
+    else
+        l->tail = in->older;
+    in->older = in->newer = NULL;
+}
+
+/* Links `in` after `pos` (NULL: at the head). */
+static void list_link_after(struct age_list *l, struct incident *pos, struct incident *in)
+{
+    in->older = pos;
+    in->newer = pos ? pos->newer : l->head;
+    if (in->newer)
+        in->newer->older = in;
+    else
+        l->tail = in;
+    if (pos)
+        pos->newer = in;
+    else
+        l->head = in;
+}
+
+/* Inserts in order, searching from the tail: O(1) while the clock moves forward (every change
+ * is the newest).  When the wall clock steps back the order still holds, at the cost of walking
+ * past the incidents changed "later" until the clock catches up with them. */
+static void list_insert(struct age_list *l, struct incident *in)
+{
+    uint64_t key = age_ms(in);
+    struct incident *pos = l->tail;
+    while (pos && age_ms(pos) > key)
+        pos = pos->older;
+    list_link_after(l, pos, in);
+}
+
+/* Stable merge sort of a chain linked through ->newer (the ->older links are rebuilt later). */
+static struct incident *chain_sort(struct incident *h, size_t n)
+{
+    if (n < 2) {
+        if (h)
+            h->newer = NULL;
+        return h;
+    }
+    struct incident *mid = h;
+    for (size_t i = 1; i < n / 2; i++)
+        mid = mid->newer;
+    struct incident *b = mid->newer;
+    mid->newer = NULL;
+    struct incident *a = chain_sort(h, n / 2);
+    b = chain_sort(b, n - n / 2);
+    struct incident head = {0}, *tail = &head;
+    while (a && b) {
+        struct incident **take = age_ms(b) < age_ms(a) ? &b : &a;
+        tail->newer = *take;
+        tail = *take;
+        *take = (*take)->newer;
+    }
+    tail->newer = a ? a : b;
+    return head.newer;
+}
+
+/* Orders a list appended to in journal order (a compacted journal is not in time order). */
+static void list_sort(struct age_list *l)
+{
+    size_t n = 0;
+    for (struct incident *in = l->head; in; in = in->newer)
+        n++;
+    l->head = chain_sort(l->head, n);
+    l->tail = NULL;
+    for (struct incident *in = l->head; in; in = in->newer) {
+        in->older = l->tail;
+        l->tail = in;
+    }
+}
+
+static void age_insert(struct fbr_incidents *t, struct incident *in)
+{
+    struct age_list *l = list_of(t, in);
+    if (t->replaying) {
+        list_link_after(l, l->tail, in);
+        return;
+    }
+    list_insert(l, in);
+}
+
 static void table_insert(struct fbr_incidents *t, struct incident *in)
 {
     if (t->count + 1 > t->nbuckets - t->nbuckets / 4)
@@ -171,6 +300,7 @@ static void table_insert(struct fbr_incidents *t, struct incident *in)
     *pp = in;
     t->count++;
     t->open += is_open(in);
+    age_insert(t, in);
 }
 
 static void table_remove(struct fbr_incidents *t, struct incident *in)
@@ -181,6 +311,7 @@ static void table_remove(struct fbr_incidents *t, struct incident *in)
     *pp = in->next;
     t->count--;
     t->open -= is_open(in);
+    list_unlink(list_of(t, in), in);
     incident_free(in);
 }
 
@@ -382,8 +513,10 @@ static int compact(struct fbr_incidents *t)
     int hl = snprintf(head, sizeof(head), "{\"next\":%" PRIu64 "}\n", t->next_number);
     rc |= write_all(fd, head, (size_t)hl);
     uint64_t lines = 1;
-    for (size_t i = 0; i < t->nbuckets && rc == 0; i++) {
-        for (struct incident *in = t->buckets[i]; in && rc == 0; in = in->next) {
+    /* Oldest first, resolved then open: a replay of this journal finds the lists in order. */
+    struct age_list *lists[] = {&t->resolved, &t->live};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(lists) && rc == 0; i++) {
+        for (struct incident *in = lists[i]->head; in && rc == 0; in = in->newer) {
             record_line(&t->line, in);
             rc |= write_all(fd, t->line.p, t->line.len);
             lines++;
@@ -423,6 +556,7 @@ static int replay(struct fbr_incidents *t)
     size_t cap = 0;
     ssize_t n;
     size_t bad = 0;
+    t->replaying = 1;
     while ((n = getline(&line, &cap, f)) > 0) {
         json_t *j = json_loadb(line, (size_t)n, 0, NULL);
         if (!j) {
@@ -432,6 +566,9 @@ static int replay(struct fbr_incidents *t)
         replay_line(t, j);
         json_decref(j);
     }
+    t->replaying = 0;
+    list_sort(&t->resolved);
+    list_sort(&t->live);
     free(line);
     fclose(f);
     if (bad)
@@ -511,19 +648,40 @@ static void forget(struct fbr_incidents *t, struct incident *in)
     table_remove(t, in);
 }
 
+/* Forgets the resolved incidents past their TTL: the oldest resolutions, from the list head. */
 static void expire(struct fbr_incidents *t, uint64_t now_ms)
 {
-    for (size_t i = 0; i < t->nbuckets; i++) {
-        for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
-            nx = in->next;
-            if (!is_open(in) && in->resolved_ms + t->opts.resolved_ttl_ms <= now_ms)
-                forget(t, in);
-        }
-    }
+    struct incident *in;
+    while ((in = t->resolved.head) && in->resolved_ms + t->opts.resolved_ttl_ms <= now_ms)
+        forget(t, in);
 }
 
-/* Makes room for one more incident: expired first, then the oldest resolved, then (logged) the
- * least recently updated open one. */
+/* Writes the "table full" warning for the open incidents dropped since the last one. */
+static void warn_evictions(struct fbr_incidents *t, uint64_t now_ms)
+{
+    if (t->warn.pending == 1)
+        fbr_log_warn("incidents: table full (%zu), dropped open incident %" PRIu64,
+                     t->opts.max_incidents, t->warn.last_number);
+    else
+        fbr_log_warn("incidents: table full (%zu), dropped %" PRIu64 " open incidents since "
+                     "the last warning, the latest %" PRIu64 " (%" PRIu64 " since start)",
+                     t->opts.max_incidents, t->warn.pending, t->warn.last_number,
+                     t->evicted_open);
+    t->warn.logged = 1;
+    t->warn.last_ms = now_ms;
+    t->warn.pending = 0;
+}
+
+/* Whether the interval since the last warning has passed (or the wall clock stepped back). */
+static int warn_due(const struct fbr_incidents *t, uint64_t now_ms)
+{
+    return !t->warn.logged || now_ms < t->warn.last_ms ||
+           now_ms - t->warn.last_ms >= EVICT_WARN_MS;
+}
+
+/* Makes room for one more incident: expired first, then the oldest resolved, then (logged, at
+ * most once per EVICT_WARN_MS) the least recently updated open one.  Ties on the time go to the
+ * incident changed first. */
 static void make_room(struct fbr_incidents *t, uint64_t now_ms)
 {
     if (t->count < t->opts.max_incidents)
@@ -531,19 +689,16 @@ static void make_room(struct fbr_incidents *t, uint64_t now_ms)
     expire(t, now_ms);
     if (t->count < t->opts.max_incidents)
         return;
-    struct incident *victim = NULL;
-    for (size_t i = 0; i < t->nbuckets; i++) {
-        for (struct incident *in = t->buckets[i]; in; in = in->next) {
-            if (!victim || (is_open(victim) && !is_open(in)) ||
-                (is_open(victim) == is_open(in) && in->updated_ms < victim->updated_ms))
-                victim = in;
-        }
-    }
+    struct incident *victim = t->resolved.head ? t->resolved.head : t->live.head;
     if (!victim)
         return;
-    if (is_open(victim))
-        fbr_log_warn("incidents: table full (%zu), dropping open incident %" PRIu64,
-                     t->opts.max_incidents, victim->number);
+    if (is_open(victim)) {
+        t->evicted_open++;
+        t->warn.pending++;
+        t->warn.last_number = victim->number;
+        if (warn_due(t, now_ms))
+            warn_evictions(t, now_ms);
+    }
     t->evicted++;
     forget(t, victim);
 }
@@ -688,7 +843,7 @@ static struct incident *incident_copy(const struct incident *in)
 {
     struct incident *c = fbr_xmalloc(sizeof(*c));
     *c = *in;
-    c->next = NULL;
+    c->next = c->older = c->newer = NULL;
     c->key = fbr_xstrdup(in->key);
     c->routing_key = dup_or_null(in->routing_key);
     c->entity_id = dup_or_null(in->entity_id);
@@ -841,6 +996,8 @@ int fbr_incidents_commit(struct fbr_incidents *t)
         *pp = in;
         t->open += (size_t)is_open(in);
         t->open -= (size_t)is_open(cur);
+        list_unlink(list_of(t, cur), cur);
+        list_insert(list_of(t, in), in);
         incident_free(cur);
     }
     int rc = FBR_OK;
@@ -870,6 +1027,8 @@ void fbr_incident_result_clear(struct fbr_incident_result *res)
 int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms)
 {
     expire(t, now_ms);
+    if (t->warn.pending && warn_due(t, now_ms))
+        warn_evictions(t, now_ms);
     if (t->fd >= 0 && t->dirty && t->opts.fsync == FBR_FSYNC_BATCH) {
         if (fdatasync(t->fd) != 0) {
             t->journal_errors++;
@@ -886,5 +1045,25 @@ void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents
     out->open = t->open;
     out->next_number = t->next_number;
     out->evicted = t->evicted;
+    out->evicted_open = t->evicted_open;
     out->journal_errors = t->journal_errors;
+}
+
+void fbr_incidents_metrics_write(struct evbuffer *out, void *arg)
+{
+    const struct fbr_incidents *t = arg;
+    if (!t)
+        return;
+    evbuffer_add_printf(out,
+                        "# HELP firebridge_incidents Incidents in the table by phase\n"
+                        "# TYPE firebridge_incidents gauge\n"
+                        "firebridge_incidents{phase=\"open\"} %zu\n"
+                        "firebridge_incidents{phase=\"resolved\"} %zu\n"
+                        "# HELP firebridge_incidents_evicted_total Incidents dropped because the "
+                        "table was full\n"
+                        "# TYPE firebridge_incidents_evicted_total counter\n"
+                        "firebridge_incidents_evicted_total{phase=\"open\"} %llu\n"
+                        "firebridge_incidents_evicted_total{phase=\"resolved\"} %llu\n",
+                        t->open, t->count - t->open, (unsigned long long)t->evicted_open,
+                        (unsigned long long)(t->evicted - t->evicted_open));
 }

@@ -408,6 +408,7 @@ int main(int argc, char **argv)
     fbr_intake_register(d.intake, d.srv);
     fbr_metrics_add_collector(d.metrics, intake_metrics, d.intake);
     fbr_metrics_add_collector(d.metrics, delivery_metrics, d.deliveries);
+    fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_write, d.incidents);
     d.flush_tick = event_new(d.base, -1, EV_PERSIST, on_flush, &d);
     event_add(d.flush_tick, &(struct timeval){1, 0});
     if (d.cfg.replay_dead_letters) {

@@ -2,7 +2,8 @@
  * test_incidents.c - unit tests for incidents.c, the incident table between the Rules Engine and
  * event derivation: the lifecycle (trigger, roll-up, ack, resolve, re-trigger) with restarts from
  * the data directory in between, every STATE.* variable, keys per routing key, a torn journal,
- * the bounded table and expiry.
+ * the bounded table and expiry, which incident a full table drops, and the eviction counters,
+ * metrics and rate-limited warning.
  */
 #include <check.h>
 #include <fcntl.h>
@@ -11,7 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+
 #include "firebridge/incidents.h"
+#include "firebridge/log.h"
 
 static char dir[256];
 
@@ -295,6 +299,346 @@ START_TEST(bounded_and_expiring)
 }
 END_TEST
 
+/* The incident number held for rk/eid, 0 when there is none: an INFO alert changes nothing. */
+static long number_of(struct fbr_incidents *t, const char *eid)
+{
+    json_t *st;
+    ck_assert_int_eq(feed(t, "rk", eid, "INFO", 1, &st), FBR_TR_NONE);
+    long n = atol(sget(st, "INCIDENT_NAME"));
+    json_decref(st);
+    return n;
+}
+
+/* One step of an eviction-order scenario: an alert at a time, or a restart ({NULL, NULL, 1}). */
+struct evict_step {
+    const char *eid, *mt;
+    uint64_t now;
+};
+
+static struct fbr_incidents *run_steps(struct fbr_incidents *t, size_t max,
+                                       const struct evict_step *steps, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!steps[i].mt) {
+            fbr_incidents_close(&t);
+            t = open_table(max);
+            continue;
+        }
+        ck_assert_int_ne(feed(t, "rk", steps[i].eid, steps[i].mt, steps[i].now, NULL),
+                         FBR_TR_NONE);
+    }
+    return t;
+}
+
+/*
+ * Which incident a full table drops, table-driven: a resolved one before any open one, the
+ * resolved ones in resolution order (not opening order), then the least recently updated open
+ * one (a roll-up or an ack counts as an update); the order survives a restart (journal replay
+ * and compaction; the clock may step back).  `gone` and `kept` list entity ids at the end;
+ * `evicted` the stats counter.
+ */
+START_TEST(eviction_order)
+{
+    static const struct {
+        const char *name;
+        size_t max;
+        struct evict_step steps[12];
+        const char *gone[4], *kept[5];
+        uint64_t evicted;
+    } cases[] = {
+        {"resolved before open", 3,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"c", "RECOVERY", 13}, {"d", "CRITICAL", 20}},
+         {"c"}, {"a", "b", "d"}, 1},
+        {"oldest resolved first, then LRU open", 4,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"d", "CRITICAL", 13}, {"c", "RECOVERY", 20}, {"a", "RECOVERY", 21},
+          {"e", "CRITICAL", 30}, {"f", "CRITICAL", 31}, {"g", "CRITICAL", 32}},
+         {"c", "a", "b"}, {"d", "e", "f", "g"}, 3},
+        {"least recently updated open", 3,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"a", "WARNING", 20}, {"b", "ACKNOWLEDGEMENT", 21}, {"d", "CRITICAL", 30},
+          {"e", "CRITICAL", 31}},
+         {"c", "a"}, {"b", "d", "e"}, 2},
+        {"order kept across restarts", 3,
+         {{"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"c", "CRITICAL", 12},
+          {"a", "CRITICAL", 20}, {NULL, NULL, 1}, {"b", "RECOVERY", 25},
+          {"c", "RECOVERY", 24}, {NULL, NULL, 1}, {"d", "CRITICAL", 30},
+          {"e", "CRITICAL", 31}, {NULL, NULL, 1}, {"f", "CRITICAL", 32}},
+         {"c", "b", "a"}, {"d", "e", "f"}, 1 /* the counter restarts with the process */},
+        {"re-trigger of a resolved incident moves it to the open ones", 3,
+         {{"a", "CRITICAL", 10}, {"a", "RECOVERY", 11}, {"b", "CRITICAL", 12},
+          {"c", "CRITICAL", 13}, {"a", "CRITICAL", 14}, {"d", "CRITICAL", 20}},
+         {"b"}, {"a", "c", "d"}, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        make_dir();
+        struct fbr_incidents *t = open_table(cases[i].max);
+        size_t nsteps = 0;
+        while (nsteps < 12 && (cases[i].steps[nsteps].eid || cases[i].steps[nsteps].now))
+            nsteps++;
+        t = run_steps(t, cases[i].max, cases[i].steps, nsteps);
+        for (size_t j = 0; j < 4 && cases[i].gone[j]; j++)
+            ck_assert_msg(number_of(t, cases[i].gone[j]) == 0, "%s: %s was not evicted",
+                          cases[i].name, cases[i].gone[j]);
+        for (size_t j = 0; j < 5 && cases[i].kept[j]; j++)
+            ck_assert_msg(number_of(t, cases[i].kept[j]) != 0, "%s: %s was evicted",
+                          cases[i].name, cases[i].kept[j]);
+        struct fbr_incidents_stats s;
+        fbr_incidents_get_stats(t, &s);
+        ck_assert_msg(s.evicted == cases[i].evicted, "%s: evicted %llu", cases[i].name,
+                      (unsigned long long)s.evicted);
+        fbr_incidents_close(&t);
+        remove_dir();
+    }
+}
+END_TEST
+
+/* A full table first drops what has expired (not an eviction), even when it is not the oldest. */
+START_TEST(full_table_expires_first)
+{
+    make_dir();
+    const uint64_t ttl = 24u * 3600u * 1000u;
+    struct fbr_incidents *t = open_table(3);
+    static const struct evict_step steps[] = {
+        {"a", "CRITICAL", 10}, {"b", "CRITICAL", 11}, {"b", "RECOVERY", 12},
+        {"c", "CRITICAL", 13}, {"c", "RECOVERY", 14},
+    };
+    t = run_steps(t, 3, steps, sizeof(steps) / sizeof(steps[0]));
+    ck_assert_int_eq(feed(t, "rk", "d", "CRITICAL", 14 + ttl, NULL), FBR_TR_TRIGGERED);
+    struct fbr_incidents_stats s;
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.count, 2); /* b and c expired together */
+    ck_assert_uint_eq(s.evicted, 0);
+    ck_assert_int_ne(number_of(t, "a"), 0);
+    ck_assert_int_eq(number_of(t, "b"), 0);
+    ck_assert_int_eq(number_of(t, "c"), 0);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+/* Runs fn(t) with stderr (the log) sent to a file; returns the lines logged (caller frees). */
+static char *capture_log(void (*fn)(struct fbr_incidents *), struct fbr_incidents *t)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/log", dir);
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_ge(fd, 0);
+    dup2(fd, 2);
+    fn(t);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    off_t len = lseek(fd, 0, SEEK_END);
+    char *buf = calloc(1, (size_t)len + 1);
+    ck_assert_int_eq(pread(fd, buf, (size_t)len, 0), len);
+    close(fd);
+    unlink(path);
+    return buf;
+}
+
+static size_t count_of(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* a resolved eviction, then 50 open ones within 10 s, a flush at +10 s, one more much later */
+static void evict_many(struct fbr_incidents *t)
+{
+    char eid[16];
+    feed(t, "rk", "a", "CRITICAL", 1000, NULL);
+    feed(t, "rk", "b", "CRITICAL", 1001, NULL);
+    feed(t, "rk", "a", "RECOVERY", 1500, NULL);
+    feed(t, "rk", "c", "CRITICAL", 1600, NULL); /* drops resolved a: no warning */
+    for (int i = 0; i < 50; i++) {
+        snprintf(eid, sizeof(eid), "x%d", i);
+        ck_assert_int_eq(feed(t, "rk", eid, "CRITICAL", 2000 + (uint64_t)i, NULL),
+                         FBR_TR_TRIGGERED);
+    }
+    fbr_incidents_flush(t, 11999); /* 9.999 s after the first warning: quiet */
+    fbr_incidents_flush(t, 12000); /* the summary of the 49 others */
+    fbr_incidents_flush(t, 20000); /* nothing pending: quiet */
+    feed(t, "rk", "y", "CRITICAL", 30000, NULL);
+}
+
+/* Evictions are counted by phase and exposed as metrics; the warning about dropped open
+ * incidents is written at most once per 10 s, with the count of those since the last line. */
+START_TEST(eviction_stats_and_warning)
+{
+    make_dir();
+    fbr_log_setup(FBR_LOG_WARN, FBR_LOG_TEXT);
+    struct fbr_incidents_opts o = {.max_incidents = 2};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    char *log = capture_log(evict_many, t);
+    ck_assert_msg(count_of(log, "table full") == 3, "log:\n%s", log);
+    ck_assert_msg(count_of(log, "dropped open incident 2\n") == 1, "log:\n%s", log); /* b */
+    ck_assert_msg(count_of(log, "dropped 49 open incidents since the last warning, the latest 51 "
+                                "(50 since start)") == 1, "log:\n%s", log);
+    ck_assert_msg(count_of(log, "dropped open incident 52\n") == 1, "log:\n%s", log);
+    free(log);
+    struct fbr_incidents_stats s;
+    fbr_incidents_get_stats(t, &s);
+    ck_assert_uint_eq(s.evicted, 52);
+    ck_assert_uint_eq(s.evicted_open, 51);
+    ck_assert_uint_eq(s.count, 2);
+    struct evbuffer *out = evbuffer_new();
+    fbr_incidents_metrics_write(out, t);
+    evbuffer_add(out, "", 1);
+    const char *text = (const char *)evbuffer_pullup(out, -1);
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_incidents_evicted_total{phase=\"open\"} 51\n"));
+    ck_assert_ptr_nonnull(
+        strstr(text, "firebridge_incidents_evicted_total{phase=\"resolved\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(text, "firebridge_incidents{phase=\"open\"} 2\n"));
+    evbuffer_free(out);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+/*
+ * Random alerts, flushes and restarts on a small table against a model of the documented rules,
+ * written as the obvious scans: per entity, whether it has an incident and which number.  Times
+ * are distinct (a tie's victim is not part of the contract) and sometimes step back.
+ */
+#define MODEL_N 24
+
+struct model_inc {
+    int present, phase; /* phase: 0 UNACKED, 1 ACKED, 2 RESOLVED */
+    long number;
+    uint64_t updated, resolved;
+};
+
+static void model_forget_expired(struct model_inc *m, uint64_t ttl, uint64_t now)
+{
+    for (int i = 0; i < MODEL_N; i++)
+        if (m[i].present && m[i].phase == 2 && m[i].resolved + ttl <= now)
+            m[i].present = 0;
+}
+
+static void model_make_room(struct model_inc *m, size_t max, uint64_t ttl, uint64_t now,
+                            uint64_t *evicted)
+{
+    size_t count = 0;
+    for (int i = 0; i < MODEL_N; i++)
+        count += (size_t)m[i].present;
+    if (count < max)
+        return;
+    model_forget_expired(m, ttl, now);
+    count = 0;
+    for (int i = 0; i < MODEL_N; i++)
+        count += (size_t)m[i].present;
+    if (count < max)
+        return;
+    int v = -1;
+    for (int i = 0; i < MODEL_N; i++) {
+        if (!m[i].present)
+            continue;
+        int res = m[i].phase == 2, vres = v >= 0 && m[v].phase == 2;
+        if (v < 0 || (res && !vres) || (res == vres && m[i].updated < m[v].updated))
+            v = i;
+    }
+    m[v].present = 0;
+    (*evicted)++;
+}
+
+START_TEST(random_against_model)
+{
+    static const char *const mts[] = {"CRITICAL", "CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
+                                      "RECOVERY", "OK", "INFO"};
+    const size_t max = 8;
+    const uint64_t ttl = 7000;
+    make_dir();
+    struct fbr_incidents_opts o = {.data_dir = dir, .max_incidents = max, .resolved_ttl_ms = ttl,
+                                   .fsync = FBR_FSYNC_OFF};
+    struct fbr_incidents *t = NULL;
+    ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+    struct model_inc m[MODEL_N] = {{0}};
+    long next = 1;
+    uint64_t evicted = 0, used[3000];
+    size_t nused = 0;
+    unsigned seed = 12345;
+    for (int step = 1; step <= 3000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned r = seed >> 8;
+        uint64_t now = 1000000 + (uint64_t)step * 1000;
+        if (r % 10 == 0)
+            now -= (r >> 4) % 20000; /* the wall clock steps back */
+        for (size_t j = 0; j < nused; j++) {
+            if (used[j] == now) {
+                now += 1 + (r >> 12) % 500;
+                j = (size_t)-1; /* check again from the start */
+            }
+        }
+        used[nused++] = now;
+        if (r % 97 == 0) {
+            fbr_incidents_close(&t);
+            ck_assert_int_eq(fbr_incidents_open(&o, &t), FBR_OK);
+            evicted = 0;
+            continue;
+        }
+        if (r % 31 == 0) {
+            fbr_incidents_flush(t, now);
+            model_forget_expired(m, ttl, now);
+            continue;
+        }
+        int e = (int)((r >> 3) % MODEL_N);
+        int k = (int)((r >> 9) % FBR_ARRAY_LEN(mts));
+        char eid[8];
+        snprintf(eid, sizeof(eid), "e%d", e);
+        enum fbr_transition want = FBR_TR_NONE;
+        struct model_inc *x = &m[e];
+        if (k <= 2) {
+            if (x->present && x->phase != 2) {
+                want = FBR_TR_ROLLED;
+            } else {
+                want = FBR_TR_TRIGGERED;
+                if (!x->present)
+                    model_make_room(m, max, ttl, now, &evicted);
+                x->present = 1;
+                x->phase = 0;
+                x->number = next++;
+            }
+        } else if (k == 3 && x->present && x->phase == 0) {
+            want = FBR_TR_ACKED;
+            x->phase = 1;
+        } else if ((k == 4 || k == 5) && x->present && x->phase != 2) {
+            want = FBR_TR_RESOLVED;
+            x->phase = 2;
+            x->resolved = now;
+        }
+        if (want != FBR_TR_NONE)
+            x->updated = now;
+        ck_assert_msg(feed(t, "rk", eid, mts[k], now, NULL) == want, "step %d: %s %s", step,
+                      eid, mts[k]);
+        if (step % 25 == 0) {
+            size_t count = 0, open = 0;
+            for (int i = 0; i < MODEL_N; i++) {
+                snprintf(eid, sizeof(eid), "e%d", i);
+                ck_assert_msg(number_of(t, eid) == (m[i].present ? m[i].number : 0),
+                              "step %d: %s", step, eid);
+                count += (size_t)m[i].present;
+                open += (size_t)(m[i].present && m[i].phase != 2);
+            }
+            struct fbr_incidents_stats st;
+            fbr_incidents_get_stats(t, &st);
+            ck_assert_uint_eq(st.count, count);
+            ck_assert_uint_eq(st.open, open);
+            ck_assert_uint_eq(st.evicted, evicted);
+            ck_assert_uint_eq(st.next_number, (uint64_t)next);
+        }
+    }
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(fsync_modes)
 {
     enum fbr_fsync_mode m;
@@ -412,6 +756,10 @@ int main(void)
     tcase_add_test(tc, fsync_modes);
     tcase_add_test(tc, unusable_data_dir);
     tcase_add_test(tc, prepare_abort_commit);
+    tcase_add_test(tc, eviction_order);
+    tcase_add_test(tc, full_table_expires_first);
+    tcase_add_test(tc, eviction_stats_and_warning);
+    tcase_add_test(tc, random_against_model);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -2,9 +2,10 @@
  * incidents.h - the incident lifecycle: alerts (after the Rules Engine) open, roll into, ack and
  * resolve incidents keyed by routing_key + entity_id, and every alert gets the STATE.* and
  * INCIDENT.* namespaces its webhooks render.  The table is bounded (resolved incidents expire,
- * a maximum count evicts the oldest) and persisted in the data directory as an append-only
- * journal of full records, compacted by an atomic rename, so a restart keeps the open incidents
- * and the incident number counter.  Single-threaded: call from the event loop only.
+ * a maximum count evicts the oldest resolved, else the least recently updated open one; O(1) per
+ * alert) and persisted in the data directory as an append-only journal of full records,
+ * compacted by an atomic rename, so a restart keeps the open incidents and the incident number
+ * counter.  Single-threaded: call from the event loop only.
  */
 #ifndef FIREBRIDGE_INCIDENTS_H
 #define FIREBRIDGE_INCIDENTS_H
@@ -98,12 +99,20 @@ void fbr_incidents_abort(struct fbr_incidents *t);
 int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms);
 
 struct fbr_incidents_stats {
-    size_t count;        /* incidents in the table (any phase) */
-    size_t open;         /* UNACKED or ACKED */
+    size_t count;          /* incidents in the table (any phase) */
+    size_t open;           /* UNACKED or ACKED */
     uint64_t next_number;
-    uint64_t evicted;    /* dropped because the table was full */
+    uint64_t evicted;      /* dropped because the table was full (since open; expiry is not) */
+    uint64_t evicted_open; /* of which open (UNACKED or ACKED) ones: alerts' incidents lost */
     uint64_t journal_errors;
 };
 void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents_stats *out);
+
+/*
+ * A metrics collector (fbr_metrics_collector_fn, arg: the table, borrowed): appends the
+ * firebridge_incidents{phase} gauge and firebridge_incidents_evicted_total{phase} counter.
+ */
+struct evbuffer;
+void fbr_incidents_metrics_write(struct evbuffer *out, void *arg);
 
 #endif
