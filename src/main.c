@@ -164,6 +164,10 @@ static void intake_metrics(struct evbuffer *out, void *arg)
                         "# HELP firebridge_intake_rejected_total Intake requests answered with 4xx/5xx\n"
                         "# TYPE firebridge_intake_rejected_total counter\n"
                         "firebridge_intake_rejected_total %llu\n"
+                        "# HELP firebridge_intake_unavailable_total Intake requests refused with 503 "
+                        "because the delivery queue was full (nothing was processed)\n"
+                        "# TYPE firebridge_intake_unavailable_total counter\n"
+                        "firebridge_intake_unavailable_total %llu\n"
                         "# HELP firebridge_webhook_renders_total Webhook renders by outcome\n"
                         "# TYPE firebridge_webhook_renders_total counter\n"
                         "firebridge_webhook_renders_total{outcome=\"submitted\"} %llu\n"
@@ -177,7 +181,8 @@ static void intake_metrics(struct evbuffer *out, void *arg)
                         "# TYPE firebridge_rules_regex_limit_total counter\n"
                         "firebridge_rules_regex_limit_total %llu\n",
                         (unsigned long long)st->alerts, (unsigned long long)st->events,
-                        (unsigned long long)st->rejected, (unsigned long long)st->deliveries,
+                        (unsigned long long)st->rejected, (unsigned long long)st->unavailable,
+                        (unsigned long long)st->deliveries,
                         (unsigned long long)st->skipped, (unsigned long long)st->invalid,
                         (unsigned long long)st->sink_errors,
                         (unsigned long long)st->rules.matched,

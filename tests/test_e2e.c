@@ -920,6 +920,7 @@ START_TEST(max_pending_backpressure)
     ck_assert_msg(rss1 - rss0 < 4096, "RSS grew from %ld to %ld kB over %d refused alerts", rss0,
                   rss1, refused);
     ck_assert_int_eq(metric(f.port, "firebridge_deliveries_pending"), 50);
+    ck_assert_int_eq(metric(f.port, "firebridge_intake_unavailable_total"), refused);
     fb_stop(&f);
 }
 END_TEST
