@@ -104,6 +104,8 @@ struct fbr_delivery_metrics {
     uint64_t attempts;       /* HTTP attempts started */
     uint64_t retries[FBR_RETRY_COUNT];
     uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
+    uint64_t compacted; /* gauge: pending deliveries that could not start at once and were
+                           reduced to their bytes (no event or webhook reference held) */
     uint64_t in_state[FBR_DS_COUNT];    /* gauge per live state (delivered/dead stay 0) */
     uint64_t destinations_rate_limited; /* gauge: destinations whose head waits on a limit */
     uint64_t latency_buckets[FBR_DELIVERY_LATENCY_BUCKETS]; /* non-cumulative counts */
@@ -124,8 +126,11 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
 void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 
 /*
- * Queues one rendered request.  On FBR_OK the engine has taken over o's contents and references
- * (o is left initialised, empty, reusable).  On FBR_LIMIT (max_pending undelivered) or
+ * Queues one rendered request.  On FBR_OK the engine has taken over o's body buffer and its
+ * references (o is left released and empty, its other render buffers kept for reuse).  The URL
+ * and headers are copied at once; the body is sent zero-copy when the delivery starts at once,
+ * and a delivery that has to wait (its destination busy, a rate limit, a backoff) is compacted:
+ * its body is copied next to the URL and headers and the event and webhook are released.  On FBR_LIMIT (max_pending undelivered) or
  * FBR_INVALID (URL not absolute http(s)) o is untouched and still the caller's.
  * If id is non-NULL it receives the delivery id (at least 33 bytes).
  */
