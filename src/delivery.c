@@ -631,30 +631,36 @@ static char *put(char *p, const void *src, size_t n)
     return p + n;
 }
 
-/*
- * A delivery that will not start right away keeps only its bytes: the body is copied after the
- * URL and the header block into the delivery's one allocation (resized to fit exactly), and the
- * references to the event and the webhook go, with the render buffers.  A storage detail, not a
- * state: every state reads the request through url, head and body_iov.  Never while in flight
- * (the client references the body slices then).
- */
-static void compact(struct delivery *dl)
+/* Copies body after the URL and the header block into the delivery's one allocation, resized
+ * to fit exactly, and points the delivery's body at it. */
+static void keep_bytes(struct delivery *dl, const struct fbr_render *body)
 {
-    if (dl->body_iov == &dl->body_one)
-        return;
-    size_t off = dl->url_len + 1 + dl->head_len + 1, blen = dl->render.total;
+    size_t off = dl->url_len + 1 + dl->head_len + 1, blen = body->total;
     dl->store = fbr_xrealloc(dl->store, off + blen);
-    fbr_render_copy(&dl->render, dl->store + off);
+    fbr_render_copy(body, dl->store + off);
     dl->url = dl->store;
     dl->head = dl->store + dl->url_len + 1;
     dl->body_one = (struct iovec){dl->store + off, blen};
     dl->body_iov = &dl->body_one;
     dl->nbody = 1;
+    dl->dest->engine->m.compacted++;
+}
+
+/*
+ * A delivery that will not start right away keeps only its bytes: the body is copied next to the
+ * URL and the header block, and the references to the event and the webhook go, with the render
+ * buffers.  A storage detail, not a state: every state reads the request through url, head and
+ * body_iov.  Never while in flight (the client references the body slices then).
+ */
+static void compact(struct delivery *dl)
+{
+    if (dl->body_iov == &dl->body_one)
+        return;
+    keep_bytes(dl, &dl->render);
     fbr_render_free(&dl->render);
     json_decref(dl->event);
     dl->event = NULL;
     fbr_webhook_unref(&dl->webhook);
-    dl->dest->engine->m.compacted++;
 }
 
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
@@ -753,22 +759,25 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     else if (token.len && wh && wh->token_rate.n)
         dl->token = get_token(e, up.authority, token, &wh->token_rate);
 
-    /* Take the body over: its slices are written from here without copying, so the event and
-     * the webhook (what they point into) stay referenced.  The URL, headers and rate key were
-     * copied above: their render buffers stay with o for its next render. */
-    dl->render = o->body;
-    fbr_render_init(&o->body);
-    dl->body_iov = dl->render.iov;
-    dl->nbody = dl->render.niov;
-    dl->event = o->event ? json_incref(o->event) : NULL;
-    dl->webhook = o->webhook ? fbr_webhook_ref(o->webhook) : NULL;
+    /* Behind another delivery of its destination, or no free slot: it cannot start now, so it
+     * is kept compacted from the start and o keeps every render buffer for its next render.
+     * Otherwise the body is taken over: its slices are written from here without copying, so
+     * the event and the webhook (what they point into) stay referenced.  The URL, headers and
+     * rate key were copied above: their render buffers stay with o. */
+    struct delivery *last = TAILQ_LAST(&d->queue, delivery_queue);
+    dl->dest = d;
+    if (d->active >= e->opts.per_destination_inflight || (last && last->state == FBR_DS_QUEUED)) {
+        keep_bytes(dl, &o->body);
+    } else {
+        dl->render = o->body;
+        fbr_render_init(&o->body);
+        dl->body_iov = dl->render.iov;
+        dl->nbody = dl->render.niov;
+        dl->event = o->event ? json_incref(o->event) : NULL;
+        dl->webhook = o->webhook ? fbr_webhook_ref(o->webhook) : NULL;
+    }
     fbr_outreq_release(o);
 
-    /* Behind another delivery of its destination, or no free slot: it cannot start now. */
-    struct delivery *last = TAILQ_LAST(&d->queue, delivery_queue);
-    int must_wait = d->active >= e->opts.per_destination_inflight ||
-                    (last && last->state == FBR_DS_QUEUED);
-    dl->dest = d;
     dl->state = FBR_DS_QUEUED;
     dl->created_mono = fbr_now_ms();
     dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
@@ -777,8 +786,6 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     e->m.pending++;
     e->m.submitted++;
     e->m.in_state[FBR_DS_QUEUED]++;
-    if (must_wait)
-        compact(dl);
     notify(dl, FBR_DS_QUEUED, FBR_DS_QUEUED); /* creation: reported as queued -> queued */
     if (id_out)
         memcpy(id_out, dl->id, sizeof(dl->id));

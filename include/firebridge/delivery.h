@@ -126,11 +126,12 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
 void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 
 /*
- * Queues one rendered request.  On FBR_OK the engine has taken over o's body buffer and its
- * references (o is left released and empty, its other render buffers kept for reuse).  The URL
- * and headers are copied at once; the body is sent zero-copy when the delivery starts at once,
- * and a delivery that has to wait (its destination busy, a rate limit, a backoff) is compacted:
- * its body is copied next to the URL and headers and the event and webhook are released.  On FBR_LIMIT (max_pending undelivered) or
+ * Queues one rendered request.  On FBR_OK o is left released and empty, its render buffers kept
+ * for the next render, except the body's when the delivery starts at once: the engine takes that
+ * buffer and references to o's event and webhook, and sends the body's slices zero-copy.  The
+ * URL and headers are always copied.  A delivery that has to wait (its destination busy, a rate
+ * limit, a backoff after a failure) is compacted: its body is copied next to its URL and headers
+ * in one exact-size allocation, and it holds no event, webhook or render buffer any more.  On FBR_LIMIT (max_pending undelivered) or
  * FBR_INVALID (URL not absolute http(s)) o is untouched and still the caller's.
  * If id is non-NULL it receives the delivery id (at least 33 bytes).
  */
