@@ -119,7 +119,7 @@ const uint64_t fbr_delivery_latency_bounds_ms[FBR_DELIVERY_LATENCY_BUCKETS - 1] 
 void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->pool_size = 4;
+    o->pool_size = 16;
     o->connect_timeout_ms = 10000;
     o->request_timeout_ms = 30000;
     o->room_rate = (struct fbr_rate){30, 60};

@@ -52,7 +52,7 @@ enum fbr_delivery_state {
 const char *fbr_delivery_state_name(enum fbr_delivery_state s);
 
 struct fbr_delivery_opts {
-    unsigned pool_size;                /* connections per origin, default 4 */
+    unsigned pool_size;                /* connections per origin, default 16 */
     unsigned connect_timeout_ms;       /* default 10000 */
     unsigned request_timeout_ms;       /* default 30000 */
     struct fbr_rate room_rate;         /* default 30/60; n == 0 after init means unlimited */
