@@ -8,7 +8,9 @@
  * of its FIFO, at most per_destination_inflight long; dest_pump() walks that prefix, sends what
  * may go now, promotes queued deliveries into free slots and arms the wake timer for the earliest
  * pending wake-up.  Every state change goes through transition(), which also performs the
- * change's side effects (starting the HTTP attempt, writing the dead letter, freeing).
+ * change's side effects (starting the HTTP attempt, compacting a delivery that has to wait,
+ * writing the dead letter, freeing).  Compaction (see compact()) only changes how a delivery's
+ * bytes are stored: a waiting delivery holds no event, webhook or render buffer.
  */
 #include "firebridge/delivery.h"
 
