@@ -1090,9 +1090,9 @@ START_TEST(waiting_deliveries_compacted)
     for (int i = 0; i < N; i++) {
         char msg[64];
         snprintf(msg, sizeof(msg), "disk \"full\" #%d\n\tline 2 \\ done", i);
-        ev[i] = json_pack("{s:{s:s,s:s,s:s,s:s}}", "ALERT", "room", "r1", "token", "T0ken",
-                          "entity_id", i == 2 ? "disk/\xc3\xa9t\xc3\xa9" : "db-17", "state_message",
-                          msg);
+        ev[i] =
+            json_pack("{s:{s:s,s:s,s:s,s:s}}", "ALERT", "room", "r1", "token", "T0ken", "entity_id",
+                      i == 2 ? "disk/\xc3\xa9t\xc3\xa9" : "db-17", "state_message", msg);
         ck_assert_ptr_nonnull(ev[i]);
         struct fbr_outreq r;
         fbr_outreq_init(&r);
