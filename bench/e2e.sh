@@ -10,7 +10,8 @@
 #
 # usage: bench/e2e.sh [FIREBRIDGE [HIPCHAT_SERVER]]  (defaults: build/src/firebridge,
 #        build/contrib/hipchat-server).  Env: ROOMS (1000), WRK_CONNS (32), WRK_SECONDS (5),
-#        POOL (firebridge --pool-size, 32), QUEUED (100000), SKIP_MEMORY=1, SKIP_THROUGHPUT=1.
+#        POOL (firebridge --pool-size, 32), QUEUED (100000), SKIP_MEMORY=1, SKIP_THROUGHPUT=1
+#        (SKIP_THROUGHPUT=1 runs only the RSS part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fb=${1:-build/src/firebridge}
@@ -159,6 +160,10 @@ if [ "${SKIP_MEMORY:-0}" != 1 ]; then
        "RSS idle $rss0 kB -> $rss1 kB with $p queued" \
        "($(awk -v a="$rss1" -v b="$rss0" -v n="$p" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')" \
        "bytes per queued delivery)"
-  echo "RESULT queued=$p rss_idle_kb=$rss0 rss_queued_kb=$rss1"
+  echo "  compacted (queued as their bytes only, no event held): $(metric "$fb_port" \
+       firebridge_deliveries_compacted)"
+  echo "RESULT queued=$p rss_idle_kb=$rss0 rss_queued_kb=$rss1" \
+       "bytes_per_queued=$(awk -v a="$rss1" -v b="$rss0" -v n="$p" \
+       'BEGIN {printf "%.0f", (a - b) * 1024 / n}')"
   stop_pid "$fb_pid"
 fi

@@ -8,7 +8,9 @@
  * of its FIFO, at most per_destination_inflight long; dest_pump() walks that prefix, sends what
  * may go now, promotes queued deliveries into free slots and arms the wake timer for the earliest
  * pending wake-up.  Every state change goes through transition(), which also performs the
- * change's side effects (starting the HTTP attempt, writing the dead letter, freeing).
+ * change's side effects (starting the HTTP attempt, compacting a delivery that has to wait,
+ * writing the dead letter, freeing).  Compaction (see compact()) only changes how a delivery's
+ * bytes are stored: a waiting delivery holds no event, webhook or render buffer.
  */
 #include "firebridge/delivery.h"
 
@@ -48,11 +50,22 @@ struct delivery {
     enum fbr_delivery_state state;
     char id[ID_LEN + 1];
     const char *method;
-    char *url; /* flattened, owned */
+    /* One exact-size allocation: the URL, NUL, the header block, NUL and, once compacted, the
+     * body.  url and head point into it (and move with it). */
+    char *store;
+    char *url;
     size_t url_len;
-    char *head; /* "Name: value\r\n" lines incl. Content-Type and X-Firebridge-Delivery, owned */
+    char *head; /* "Name: value\r\n" lines incl. Content-Type and X-Firebridge-Delivery */
     size_t head_len;
-    struct fbr_outreq req; /* owned: keeps the body slices (and what they point into) alive */
+    /* The body: until compacted, the zero-copy render (slices into the event's JSON and the
+     * webhook's templates, both referenced); afterwards one slice into store.  body_iov/nbody
+     * is what the client and the dead letter read in either case. */
+    struct fbr_render render;
+    json_t *event;               /* reference, NULL once compacted (or for a replay) */
+    struct fbr_webhook *webhook; /* reference, NULL once compacted (or for a replay) */
+    const struct iovec *body_iov;
+    size_t nbody;
+    struct iovec body_one; /* the compacted body's slice */
     unsigned attempts, failures;
     uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
     uint64_t wake_ms;
@@ -63,7 +76,7 @@ struct delivery {
 struct dest {
     struct fbr_delivery_engine *engine;
     char *key;
-    TAILQ_HEAD(, delivery) queue;
+    TAILQ_HEAD(delivery_queue, delivery) queue;
     unsigned active;
     struct fbr_ratelimit rl;
     struct event *timer;
@@ -165,6 +178,7 @@ static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
 }
 
 static void start_attempt(struct delivery *dl);
+static void compact(struct delivery *dl);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
 
@@ -213,6 +227,7 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
     case FBR_DS_WAITING_RATE:
     case FBR_DS_BACKING_OFF:
         dl->wake_ms = wake_ms;
+        compact(dl); /* it waits: keep only its bytes, not the event and render buffers */
         break;
     case FBR_DS_IN_FLIGHT:
         start_attempt(dl);
@@ -464,8 +479,8 @@ static void start_attempt(struct delivery *dl)
         .url_len = dl->url_len,
         .head = dl->head,
         .head_len = dl->head_len,
-        .body = dl->req.body.iov,
-        .nbody = dl->req.body.niov,
+        .body = dl->body_iov,
+        .nbody = dl->nbody,
         .log_id = dl->id,
     };
     /* the URL was validated at submit, so this cannot fail; the client calls back later */
@@ -493,18 +508,6 @@ static const char *method_name(unsigned m)
     default:
         return "POST";
     }
-}
-
-static char *flatten(const struct fbr_render *r, size_t *len)
-{
-    char *s = fbr_xmalloc(r->total + 1), *p = s;
-    for (size_t i = 0; i < r->niov; i++) {
-        memcpy(p, r->iov[i].iov_base, r->iov[i].iov_len);
-        p += r->iov[i].iov_len;
-    }
-    *p = '\0';
-    *len = (size_t)(p - s);
-    return s;
 }
 
 struct url_parts {
@@ -611,6 +614,57 @@ static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_s
     return t;
 }
 
+/* Whether a rendered header value can go on the wire: no CR, LF or NUL (the template engine
+ * refuses these already; never let one through). */
+static int header_value_ok(const struct fbr_render *r)
+{
+    for (size_t i = 0; i < r->niov; i++) {
+        const char *p = r->iov[i].iov_base;
+        size_t n = r->iov[i].iov_len;
+        if (memchr(p, '\r', n) || memchr(p, '\n', n) || memchr(p, '\0', n))
+            return 0;
+    }
+    return 1;
+}
+
+static char *put(char *p, const void *src, size_t n)
+{
+    memcpy(p, src, n);
+    return p + n;
+}
+
+/* Copies body after the URL and the header block into the delivery's one allocation, resized
+ * to fit exactly, and points the delivery's body at it. */
+static void keep_bytes(struct delivery *dl, const struct fbr_render *body)
+{
+    size_t off = dl->url_len + 1 + dl->head_len + 1, blen = body->total;
+    dl->store = fbr_xrealloc(dl->store, off + blen);
+    fbr_render_copy(body, dl->store + off);
+    dl->url = dl->store;
+    dl->head = dl->store + dl->url_len + 1;
+    dl->body_one = (struct iovec){dl->store + off, blen};
+    dl->body_iov = &dl->body_one;
+    dl->nbody = 1;
+    dl->dest->engine->m.compacted++;
+}
+
+/*
+ * A delivery that will not start right away keeps only its bytes: the body is copied next to the
+ * URL and the header block, and the references to the event and the webhook go, with the render
+ * buffers.  A storage detail, not a state: every state reads the request through url, head and
+ * body_iov.  Never while in flight (the client references the body slices then).
+ */
+static void compact(struct delivery *dl)
+{
+    if (dl->body_iov == &dl->body_one)
+        return;
+    keep_bytes(dl, &dl->render);
+    fbr_render_free(&dl->render);
+    json_decref(dl->event);
+    dl->event = NULL;
+    fbr_webhook_unref(&dl->webhook);
+}
+
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
                   uint64_t created_wall, int bypass_limit, char *id_out)
 {
@@ -622,49 +676,64 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
         e->m.rejected++;
         return FBR_LIMIT;
     }
-    size_t url_len;
-    char *url = flatten(&o->url, &url_len);
+    char id[ID_LEN + 1];
+    if (id_in)
+        snprintf(id, sizeof(id), "%s", id_in);
+    else
+        snprintf(id, sizeof(id), "%s%016" PRIx64, e->id_prefix, e->id_counter + 1);
+    size_t id_len = strlen(id);
+
+    /* Size the one allocation: URL, NUL, header block (the webhook's headers, Content-Type, the
+     * delivery id), NUL; the body joins it only if the delivery is compacted. */
+    static const char xid[] = "X-Firebridge-Delivery: ", ctn[] = "Content-Type: ";
+    size_t url_len = o->url.total, head_len = 0;
+    for (size_t i = 0; i < o->nheaders; i++)
+        if (header_value_ok(&o->headers[i]))
+            head_len += strlen(o->header_names[i]) + 2 + o->headers[i].total + 2;
+    int has_ct = o->content_type && o->content_type[0];
+    if (has_ct)
+        head_len += sizeof(ctn) - 1 + strlen(o->content_type) + 2;
+    head_len += sizeof(xid) - 1 + id_len + 2;
+    char *store = fbr_xmalloc(url_len + 1 + head_len + 1);
+    fbr_render_copy(&o->url, store);
+    store[url_len] = '\0';
     struct url_parts up;
-    if (split_url(url, url_len, &up) < 0) {
-        free(url);
+    if (split_url(store, url_len, &up) < 0) {
+        free(store);
         return FBR_INVALID;
     }
     struct delivery *dl = fbr_xcalloc(1, sizeof(*dl));
-    if (id_in)
-        snprintf(dl->id, sizeof(dl->id), "%s", id_in);
-    else
-        snprintf(dl->id, sizeof(dl->id), "%s%016" PRIx64, e->id_prefix, ++e->id_counter);
-    dl->url = url;
+    if (!id_in)
+        e->id_counter++;
+    memcpy(dl->id, id, id_len + 1);
+    dl->store = store;
+    dl->url = store;
     dl->url_len = url_len;
+    dl->head = store + url_len + 1;
+    dl->head_len = head_len;
     dl->method = method_name(o->method);
 
-    /* header block: the webhook's headers, Content-Type, the delivery id */
-    struct evbuffer *h = evbuffer_new();
-    struct fbr_slice token = query_token(up.query);
-    char *auth = NULL;
+    struct fbr_slice token = query_token(up.query), auth = {NULL, 0};
+    char *p = dl->head;
     for (size_t i = 0; i < o->nheaders; i++) {
-        size_t vlen;
-        char *v = flatten(&o->headers[i], &vlen);
-        if (memchr(v, '\r', vlen) || memchr(v, '\n', vlen) || strlen(v) != vlen) {
-            free(v);
-            continue; /* the template engine refuses these; never let one through */
-        }
-        evbuffer_add_printf(h, "%s: %s\r\n", o->header_names[i], v);
-        if (strcasecmp(o->header_names[i], "authorization") == 0) {
-            free(auth);
-            auth = v;
-        } else {
-            free(v);
-        }
+        if (!header_value_ok(&o->headers[i]))
+            continue;
+        p = put(p, o->header_names[i], strlen(o->header_names[i]));
+        p = put(p, ": ", 2);
+        if (strcasecmp(o->header_names[i], "authorization") == 0)
+            auth = (struct fbr_slice){p, o->headers[i].total};
+        fbr_render_copy(&o->headers[i], p);
+        p = put(p + o->headers[i].total, "\r\n", 2);
     }
-    if (o->content_type && o->content_type[0])
-        evbuffer_add_printf(h, "Content-Type: %s\r\n", o->content_type);
-    evbuffer_add_printf(h, "X-Firebridge-Delivery: %s\r\n", dl->id);
-    dl->head_len = evbuffer_get_length(h);
-    dl->head = fbr_xmalloc(dl->head_len + 1);
-    evbuffer_remove(h, dl->head, dl->head_len);
-    dl->head[dl->head_len] = '\0';
-    evbuffer_free(h);
+    if (has_ct) {
+        p = put(p, ctn, sizeof(ctn) - 1);
+        p = put(p, o->content_type, strlen(o->content_type));
+        p = put(p, "\r\n", 2);
+    }
+    p = put(p, xid, sizeof(xid) - 1);
+    p = put(p, id, id_len);
+    p = put(p, "\r\n", 2);
+    *p = '\0';
 
     char key[1024];
     size_t klen;
@@ -685,28 +754,32 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     const struct fbr_webhook *wh = o->webhook;
     if (wh && wh->room_rate.n)
         fbr_ratelimit_set(&d->rl, wh->room_rate.n, (uint64_t)wh->room_rate.secs * 1000u);
-    if (!token.len && auth)
-        token = fbr_slice_from(auth);
+    if (!token.len && auth.len)
+        token = auth;
     if (token.len && e->opts.token_rate.n)
         dl->token = get_token(e, up.authority, token, wh ? &wh->token_rate : NULL);
     else if (token.len && wh && wh->token_rate.n)
         dl->token = get_token(e, up.authority, token, &wh->token_rate);
-    free(auth);
 
-    /* take over the request: its body slices are written from here without copying; the URL,
-     * headers and rate key were copied above, so their buffers go now */
-    dl->req = *o;
-    fbr_outreq_init(o);
-    fbr_render_free(&dl->req.url);
-    fbr_render_init(&dl->req.url);
-    fbr_render_free(&dl->req.rate_key);
-    fbr_render_init(&dl->req.rate_key);
-    for (size_t i = 0; i < dl->req.nheaders; i++) {
-        fbr_render_free(&dl->req.headers[i]);
-        fbr_render_init(&dl->req.headers[i]);
-    }
-
+    /* Behind another delivery of its destination, or no free slot: it cannot start now, so it
+     * is kept compacted from the start and o keeps every render buffer for its next render.
+     * Otherwise the body is taken over: its slices are written from here without copying, so
+     * the event and the webhook (what they point into) stay referenced.  The URL, headers and
+     * rate key were copied above: their render buffers stay with o. */
+    struct delivery *last = TAILQ_LAST(&d->queue, delivery_queue);
     dl->dest = d;
+    if (d->active >= e->opts.per_destination_inflight || (last && last->state == FBR_DS_QUEUED)) {
+        keep_bytes(dl, &o->body);
+    } else {
+        dl->render = o->body;
+        fbr_render_init(&o->body);
+        dl->body_iov = dl->render.iov;
+        dl->nbody = dl->render.niov;
+        dl->event = o->event ? json_incref(o->event) : NULL;
+        dl->webhook = o->webhook ? fbr_webhook_ref(o->webhook) : NULL;
+    }
+    fbr_outreq_release(o);
+
     dl->state = FBR_DS_QUEUED;
     dl->created_mono = fbr_now_ms();
     dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
@@ -729,9 +802,12 @@ int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, cha
 
 static void delivery_free(struct delivery *dl)
 {
-    fbr_outreq_free(&dl->req);
-    free(dl->url);
-    free(dl->head);
+    if (dl->body_iov == &dl->body_one)
+        dl->dest->engine->m.compacted--;
+    fbr_render_free(&dl->render);
+    json_decref(dl->event);
+    fbr_webhook_unref(&dl->webhook);
+    free(dl->store);
     free(dl->reason);
     free(dl);
 }
@@ -775,8 +851,12 @@ static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
     json_t *ct = NULL;
     json_object_set_new(o, "headers", headers_json(dl->head, dl->head_len, &ct));
     json_object_set_new(o, "content_type", ct ? ct : json_null());
-    size_t blen;
-    char *body = flatten(&dl->req.body, &blen);
+    size_t blen = 0;
+    for (size_t i = 0; i < dl->nbody; i++)
+        blen += dl->body_iov[i].iov_len;
+    char *body = fbr_xmalloc(blen + 1), *bp = body;
+    for (size_t i = 0; i < dl->nbody; i++)
+        bp = put(bp, dl->body_iov[i].iov_base, dl->body_iov[i].iov_len);
     json_t *bj = json_stringn(body, blen);
     if (bj) {
         json_object_set_new(o, "body", bj);
@@ -996,9 +1076,12 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
         "# HELP firebridge_deliveries_pending Accepted, not yet delivered or dead.\n"
         "# TYPE firebridge_deliveries_pending gauge\n"
         "firebridge_deliveries_pending %" PRIu64 "\n"
+        "# HELP firebridge_deliveries_compacted Pending deliveries kept as their bytes only.\n"
+        "# TYPE firebridge_deliveries_compacted gauge\n"
+        "firebridge_deliveries_compacted %" PRIu64 "\n"
         "# HELP firebridge_deliveries_in_state Live deliveries per state.\n"
         "# TYPE firebridge_deliveries_in_state gauge\n",
-        m->pending);
+        m->pending, m->compacted);
     for (unsigned s = FBR_DS_QUEUED; s <= FBR_DS_BACKING_OFF; s++)
         evbuffer_add_printf(out, "firebridge_deliveries_in_state{state=\"%s\"} %" PRIu64 "\n",
                             state_names[s], m->in_state[s]);

@@ -125,7 +125,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
         r->at_mono_ms = fbr_now_ms();
         r->at_wall_ms = fbr_wall_ms();
         r->conn_no = c->no;
-        free(head);
+        r->head = head;
+        r->head_len = hlen;
         struct tsrv_reply rep = pick(s, r->path);
         struct evbuffer *out = bufferevent_get_output(bev);
         if (rep.status == 0 && !rep.raw)
@@ -273,8 +274,10 @@ void tsrv_free(struct tsrv *s)
     evconnlistener_free(s->lis);
     for (size_t i = 0; i < s->nscripts; i++)
         free(s->scripts[i].replies);
-    for (size_t i = 0; i < s->nreqs; i++)
+    for (size_t i = 0; i < s->nreqs; i++) {
         free(s->reqs[i].body);
+        free(s->reqs[i].head);
+    }
     free(s->reqs);
     free(s);
 }

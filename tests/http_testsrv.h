@@ -27,6 +27,8 @@ struct tsrv_req {
     char auth[128];
     char *body;
     size_t body_len;
+    char *head; /* the request line and header lines as received, NUL-terminated */
+    size_t head_len;
     uint64_t at_mono_ms, at_wall_ms;
     unsigned conn_no;
 };

@@ -17,6 +17,7 @@
 #include "firebridge/client.h"
 #include "firebridge/delivery.h"
 #include "firebridge/server.h"
+#include "firebridge/webhook.h"
 #include "http_testsrv.h"
 
 static struct event_base *base;
@@ -1079,6 +1080,112 @@ START_TEST(replay_live_file_no_loop)
 }
 END_TEST
 
+/* ---- compaction: a delivery that cannot start at once keeps its bytes, not its event ---- */
+
+static int compacted_4(void)
+{
+    return M()->compacted == 4;
+}
+
+/*
+ * Four alerts rendered by a real webhook (escaped values in scratch, literal slices in the
+ * template, values in the event's JSON) to one room whose server answers 503 twice.  The first
+ * goes out at once, zero-copy, holding its event; the three behind it are compacted on submit
+ * and release theirs; the first is compacted when it backs off.  Every attempt of the first
+ * delivery (zero-copy, then compacted) must be byte-identical on the wire, and the compacted
+ * ones must carry their own body, headers and delivery id.
+ */
+START_TEST(waiting_deliveries_compacted)
+{
+    enum { N = 4 };
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply fail[] = {{503, NULL, 0, 0, NULL, 0}, {503, NULL, 0, 0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/r1/", fail, 2);
+    tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+
+    char cfg[1024];
+    snprintf(cfg, sizeof(cfg),
+             "[{\"name\": \"chat\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/"
+             "room/${{ALERT.room}}/notification?auth_token=${{ALERT.token}}\", \"headers\": "
+             "{\"Authorization\": \"Bearer ${{ALERT.token}}\", \"X-Entity\": "
+             "\"${{ALERT.entity_id}}\"}, \"payload\": {\"message\": \"${{ALERT.state_message}}\", "
+             "\"color\": \"red\"}}]",
+             tsrv_port(srv));
+    json_t *wj = json_loads(cfg, 0, NULL);
+    ck_assert_ptr_nonnull(wj);
+    struct fbr_webhooks whs = {0};
+    struct fbr_cfgerr errs = {0};
+    ck_assert_int_eq(fbr_webhooks_compile(wj, &whs, &errs), FBR_OK);
+    json_decref(wj);
+
+    json_t *ev[N];
+    char *want_body[N], want_id[N][40];
+    for (int i = 0; i < N; i++) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "disk \"full\" #%d\n\tline 2 \\ done", i);
+        ev[i] =
+            json_pack("{s:{s:s,s:s,s:s,s:s}}", "ALERT", "room", "r1", "token", "T0ken", "entity_id",
+                      i == 2 ? "disk/\xc3\xa9t\xc3\xa9" : "db-17", "state_message", msg);
+        ck_assert_ptr_nonnull(ev[i]);
+        struct fbr_outreq r;
+        fbr_outreq_init(&r);
+        ck_assert_int_eq(fbr_outreq_render(&r, whs.v[0], ev[i]), FBR_OK);
+        ck_assert_int_eq(ev[i]->refcount, 2);
+        want_body[i] = fbr_render_strdup(&r.body);
+        ck_assert_int_eq(fbr_delivery_submit(eng, &r, want_id[i]), FBR_OK);
+        fbr_outreq_free(&r);
+        /* the first starts at once and keeps its event (zero-copy); the others wait, compacted */
+        ck_assert_int_eq(ev[i]->refcount, (i == 0 ? 2 : 1));
+        ck_assert_uint_eq(M()->compacted, (uint64_t)i);
+    }
+    ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 1);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], N - 1);
+
+    /* the 503: the first backs off and lets its event go too */
+    ck_assert(run_until(compacted_4, 5000));
+    ck_assert_int_eq(ev[0]->refcount, 1);
+    for (int i = 0; i < N; i++)
+        json_decref(ev[i]);
+    fbr_webhooks_clear(&whs); /* a reload: the compacted deliveries need no template either */
+
+    want = N;
+    ck_assert(run_until(delivered_n, 10000));
+    ck_assert_uint_eq(M()->compacted, 0);
+    ck_assert_uint_eq(M()->pending, 0);
+    ck_assert_uint_eq(tsrv_nreqs(srv), N + 2);
+
+    /* attempts 1 (zero-copy), 2 and 3 (compacted) of the first delivery: the same bytes */
+    const struct tsrv_req *first = tsrv_req(srv, 0);
+    for (size_t k = 1; k < 3; k++) {
+        const struct tsrv_req *r = tsrv_req(srv, k);
+        ck_assert_str_eq(r->delivery_id, want_id[0]);
+        ck_assert_uint_eq(r->head_len, first->head_len);
+        ck_assert_mem_eq(r->head, first->head, first->head_len);
+        ck_assert_uint_eq(r->body_len, first->body_len);
+        ck_assert_mem_eq(r->body, first->body, first->body_len);
+    }
+    for (int i = 0; i < N; i++) {
+        const struct tsrv_req *r = tsrv_req(srv, i == 0 ? 0 : (size_t)i + 2);
+        ck_assert_str_eq(r->delivery_id, want_id[i]);
+        ck_assert_str_eq(r->auth, "Bearer T0ken");
+        ck_assert_str_eq(r->path, "/v2/room/r1/notification?auth_token=T0ken");
+        ck_assert_uint_eq(r->body_len, strlen(want_body[i]));
+        ck_assert_mem_eq(r->body, want_body[i], r->body_len);
+        char line[128];
+        snprintf(line, sizeof(line), "\r\nX-Entity: %s\r\n",
+                 i == 2 ? "disk/\xc3\xa9t\xc3\xa9" : "db-17");
+        ck_assert_ptr_nonnull(strstr(r->head, line));
+        ck_assert_ptr_nonnull(strstr(r->head, "\r\nContent-Type: application/json\r\n"));
+        /* same head as the zero-copy attempt but for the id and the per-alert header */
+        ck_assert_uint_eq(r->head_len, first->head_len + (i == 2 ? 5 : 0));
+        free(want_body[i]);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -1103,6 +1210,7 @@ int main(void)
     tcase_add_test(tc, several_in_flight_per_destination);
     tcase_add_test(tc, shutdown_saves_every_state);
     tcase_add_test(tc, replay_live_file_no_loop);
+    tcase_add_test(tc, waiting_deliveries_compacted);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tls");
     tcase_add_checked_fixture(tt, tls_setup, teardown);

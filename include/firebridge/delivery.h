@@ -104,6 +104,7 @@ struct fbr_delivery_metrics {
     uint64_t attempts;       /* HTTP attempts started */
     uint64_t retries[FBR_RETRY_COUNT];
     uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
+    uint64_t compacted;                 /* gauge: pending and compacted (see submit below) */
     uint64_t in_state[FBR_DS_COUNT];    /* gauge per live state (delivered/dead stay 0) */
     uint64_t destinations_rate_limited; /* gauge: destinations whose head waits on a limit */
     uint64_t latency_buckets[FBR_DELIVERY_LATENCY_BUCKETS]; /* non-cumulative counts */
@@ -124,10 +125,14 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
 void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 
 /*
- * Queues one rendered request.  On FBR_OK the engine has taken over o's contents and references
- * (o is left initialised, empty, reusable).  On FBR_LIMIT (max_pending undelivered) or
- * FBR_INVALID (URL not absolute http(s)) o is untouched and still the caller's.
- * If id is non-NULL it receives the delivery id (at least 33 bytes).
+ * Queues one rendered request.  On FBR_OK o is left released and empty, its render buffers kept
+ * for the next render, except the body's when the delivery starts at once: the engine takes that
+ * buffer and references to o's event and webhook, and sends the body's slices zero-copy.  The
+ * URL and headers are always copied.  A delivery that has to wait (its destination busy, a rate
+ * limit, a backoff after a failure) is compacted: its body is copied next to its URL and headers
+ * in one exact-size allocation, and it holds no event, webhook or render buffer any more.
+ * On FBR_LIMIT (max_pending undelivered) or FBR_INVALID (URL not absolute http(s)) o is untouched
+ * and still the caller's.  If id is non-NULL it receives the delivery id (at least 33 bytes).
  */
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id);
 
