@@ -1222,6 +1222,7 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
         .request_timeout_ms = opts->request_timeout_ms,
         .ca_file = opts->ca_file,
         .insecure = opts->tls_insecure,
+        .nameserver = opts->nameserver,
     };
     struct fbr_client *client;
     if (fbr_client_new(base, &co, &client, err, errlen) != FBR_OK)

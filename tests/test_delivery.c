@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "firebridge/client.h"
@@ -1369,6 +1372,95 @@ START_TEST(webhook_token_rate_override)
 }
 END_TEST
 
+/* ---- a nameserver that never answers ---- */
+
+static unsigned dns_queries;
+static void dns_sink_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what, (void)arg;
+    char buf[1500];
+    while (recv(fd, buf, sizeof(buf), 0) > 0)
+        dns_queries++;
+}
+
+static const char *dead_id;
+static unsigned hooks_to(const char *id, enum fbr_delivery_state to, uint64_t *first_at)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < nhooks; i++)
+        if (strcmp(hooks[i].id, id) == 0 && hooks[i].to == to) {
+            if (!n && first_at)
+                *first_at = hooks[i].at;
+            n++;
+        }
+    return n;
+}
+static int third_lookup(void)
+{
+    return hooks_to(dead_id, FBR_DS_IN_FLIGHT, NULL) >= 3 &&
+           M()->in_state[FBR_DS_IN_FLIGHT] >= 1;
+}
+
+/*
+ * The engine's resolver points at a UDP socket that reads queries and never answers.  A delivery
+ * to a host name fails within about connect_timeout_ms (the client's own deadline, not evdns's
+ * seconds-long retries), backs off and tries again; a delivery to an IP literal in the same
+ * engine is delivered meanwhile; freeing the engine with a lookup pending is clean (ASan).
+ */
+START_TEST(dns_server_silent)
+{
+    evutil_socket_t u = socket(AF_INET, SOCK_DGRAM, 0);
+    ck_assert_int_ge(u, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(u, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(getsockname(u, (struct sockaddr *)&sa, &sl), 0);
+    evutil_make_socket_nonblocking(u);
+    struct event *uev = event_new(base, u, EV_READ | EV_PERSIST, dns_sink_cb, NULL);
+    event_add(uev, NULL);
+    dns_queries = 0;
+    char ns[64];
+    snprintf(ns, sizeof(ns), "127.0.0.1:%d", ntohs(sa.sin_port));
+
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.nameserver = ns;
+    o.connect_timeout_ms = 300;
+    o.retry_initial_ms = 50;
+    o.retry_max_interval_ms = 200;
+    start(&o);
+
+    char id[40];
+    struct fbr_outreq r;
+    make_req(&r, "http://firebridge-test.invalid:1/v2/room/x/notification", "{}", NULL);
+    ck_assert_int_eq(fbr_delivery_submit(eng, &r, id), FBR_OK);
+    fbr_outreq_free(&r);
+    dead_id = id;
+    submit(url_for("http", "127.0.0.1", "ok"), "{\"ok\":1}", NULL);
+    want = 1;
+    ck_assert(run_until(delivered_n, 1000)); /* the IP literal is not held by the lookup */
+    ck_assert_uint_eq(tsrv_nreqs(srv), 1);
+
+    ck_assert(run_until(third_lookup, 3000));
+    uint64_t sent = 0, failed = 0;
+    ck_assert_uint_ge(hooks_to(id, FBR_DS_IN_FLIGHT, &sent), 2);
+    ck_assert_uint_ge(hooks_to(id, FBR_DS_BACKING_OFF, &failed), 2);
+    ck_assert_uint_ge(failed - sent, 290);
+    ck_assert_uint_le(failed - sent, 700);
+    ck_assert_uint_ge(M()->retries[FBR_RETRY_TIMEOUT] + M()->retries[FBR_RETRY_DNS], 2);
+    ck_assert_uint_eq(M()->delivered, 1);
+    ck_assert_uint_ge(dns_queries, 1); /* evdns asked our nameserver, nobody else */
+
+    /* a lookup is pending: free the engine now, then let libevent fail the lookups */
+    fbr_delivery_engine_free(&eng);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    event_free(uev);
+    evutil_closesocket(u);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -1396,6 +1488,7 @@ int main(void)
     tcase_add_test(tc, waiting_deliveries_compacted);
     tcase_add_test(tc, webhook_room_rate_override);
     tcase_add_test(tc, webhook_token_rate_override);
+    tcase_add_test(tc, dns_server_silent);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tls");
     tcase_add_checked_fixture(tt, tls_setup, teardown);
