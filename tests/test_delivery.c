@@ -1256,7 +1256,8 @@ static void assert_spaced(const uint64_t *at, size_t n, size_t window, uint64_t 
 }
 
 #define WH_JSON(name, room, extra)                                                                 \
-    "{\"name\": \"" name "\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/room/" room \
+    "{\"name\": \"" name                                                                           \
+    "\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/room/" room                   \
     "/notification\", \"payload\": {\"n\": \"${{ALERT.n}}\"}" extra "}"
 
 /*
@@ -1277,8 +1278,8 @@ START_TEST(webhook_room_rate_override)
     char cfg[1024];
     int p = tsrv_port(srv);
     snprintf(cfg, sizeof(cfg),
-             "[" WH_JSON("slow", "slow", ", \"room_rate\": \"2/1\"") "," WH_JSON("fast", "fast", "")
-             "," WH_JSON("plain", "slow", "") "]",
+             "[" WH_JSON("slow", "slow", ", \"room_rate\": \"2/1\"") "," WH_JSON(
+                 "fast", "fast", "") "," WH_JSON("plain", "slow", "") "]",
              p, p, p);
     compile_webhooks(cfg);
     ck_assert_uint_eq(rate_whs.v[0]->room_rate.n, 2);
@@ -1328,13 +1329,14 @@ START_TEST(webhook_token_rate_override)
     start(&o);
     char cfg[1024];
     int p = tsrv_port(srv);
-    snprintf(cfg, sizeof(cfg),
-             "[{\"name\": \"tok\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/room/"
-             "t${{ALERT.room}}/notification?auth_token=TOK1\", \"payload\": {\"n\": "
-             "\"${{ALERT.n}}\"}, \"token_rate\": \"3/1\"},"
-             "{\"name\": \"other\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/"
-             "room/other/notification?auth_token=TOK2\", \"payload\": {\"n\": \"${{ALERT.n}}\"}}]",
-             p, p);
+    snprintf(
+        cfg, sizeof(cfg),
+        "[{\"name\": \"tok\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/room/"
+        "t${{ALERT.room}}/notification?auth_token=TOK1\", \"payload\": {\"n\": "
+        "\"${{ALERT.n}}\"}, \"token_rate\": \"3/1\"},"
+        "{\"name\": \"other\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/"
+        "room/other/notification?auth_token=TOK2\", \"payload\": {\"n\": \"${{ALERT.n}}\"}}]",
+        p, p);
     compile_webhooks(cfg);
     ck_assert_uint_eq(rate_whs.v[0]->token_rate.n, 3);
 
@@ -1397,8 +1399,7 @@ static unsigned hooks_to(const char *id, enum fbr_delivery_state to, uint64_t *f
 }
 static int third_lookup(void)
 {
-    return hooks_to(dead_id, FBR_DS_IN_FLIGHT, NULL) >= 3 &&
-           M()->in_state[FBR_DS_IN_FLIGHT] >= 1;
+    return hooks_to(dead_id, FBR_DS_IN_FLIGHT, NULL) >= 3 && M()->in_state[FBR_DS_IN_FLIGHT] >= 1;
 }
 
 /*
