@@ -1039,13 +1039,23 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
     }
     SSL_CTX_set_verify(ctx, opts->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
     struct evdns_base *dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (dns && opts->nameserver) {
+        evdns_base_load_hosts(dns, NULL); /* the system hosts file, as resolv.conf mode does */
+        if (evdns_base_nameserver_ip_add(dns, opts->nameserver) != 0) {
+            snprintf(err, errlen, "bad nameserver address %s", opts->nameserver);
+            evdns_base_free(dns, 0);
+            SSL_CTX_free(ctx);
+            return FBR_ERROR;
+        }
+    }
     if (!dns) {
         snprintf(err, errlen, "cannot create a DNS resolver");
         SSL_CTX_free(ctx);
         return FBR_ERROR;
     }
     /* a missing or odd resolv.conf leaves hosts-file lookups working; not fatal */
-    evdns_base_resolv_conf_parse(dns, DNS_OPTIONS_ALL, "/etc/resolv.conf");
+    if (!opts->nameserver)
+        evdns_base_resolv_conf_parse(dns, DNS_OPTIONS_ALL, "/etc/resolv.conf");
     struct fbr_client *c = fbr_xcalloc(1, sizeof(*c));
     c->base = base;
     c->dns = dns;
@@ -1058,6 +1068,7 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
     if (!c->opts.request_timeout_ms)
         c->opts.request_timeout_ms = 30000;
     c->opts.ca_file = NULL; /* not kept: the string is the caller's */
+    c->opts.nameserver = NULL;
     fbr_strmap_init(&c->pools);
     TAILQ_INIT(&c->calls);
     *out = c;

@@ -3,7 +3,9 @@
  * attempts out); see delivery.h for the contract and the state machine.
  *
  * Layout: destinations (map key -> FIFO of deliveries) each with a room rate limiter and one wake
- * timer; token rate limiters shared across destinations (map origin+token -> limiter).  The
+ * timer; token rate limiters shared across destinations (map origin+token -> limiter).  A limiter
+ * logs the sends; the limit checked against that log is each delivery's own (its webhook's
+ * override or the engine's), so one webhook's override never changes another's limit.  The
  * active deliveries of a destination (waiting_rate, in_flight, backing_off) are always a prefix
  * of its FIFO, at most per_destination_inflight long; dest_pump() walks that prefix, sends what
  * may go now, promotes queued deliveries into free slots and arms the wake timer for the earliest
@@ -47,6 +49,8 @@ struct delivery {
     TAILQ_ENTRY(delivery) link;
     struct dest *dest;
     struct token_limit *token;
+    /* the limits this delivery waits on: its webhook's overrides, else the engine's */
+    struct fbr_rate room_rate, token_rate;
     enum fbr_delivery_state state;
     char id[ID_LEN + 1];
     const char *method;
@@ -283,13 +287,39 @@ static uint64_t expiry_mono(const struct delivery *dl)
     return dl->created_mono + (uint64_t)dl->dest->engine->opts.retry_max_age_s * 1000u;
 }
 
+/*
+ * When a delivery limited to r may be sent through rl: the limiter's ring records every send of
+ * its destination (or token), whatever the limit of the delivery that made it, and holds at least
+ * r.n of them (see need_capacity()), so a send is allowed iff the r.n-th most recent one is
+ * r.secs old.  Server holds apply to every delivery.
+ */
+static uint64_t rate_next(const struct fbr_ratelimit *rl, struct fbr_rate r, uint64_t now)
+{
+    uint64_t t = now;
+    if (rl->hold_until_ms > t)
+        t = rl->hold_until_ms;
+    if (r.n && r.secs && rl->len >= r.n) {
+        uint64_t nth = rl->ring[(rl->head + rl->len - r.n) % rl->cap];
+        if (nth + (uint64_t)r.secs * 1000u > t)
+            t = nth + (uint64_t)r.secs * 1000u;
+    }
+    return t;
+}
+
+/* Makes rl keep at least r.n sends (never fewer than before: other deliveries may need them). */
+static void need_capacity(struct fbr_ratelimit *rl, struct fbr_rate r)
+{
+    if (r.n && r.secs && r.n > rl->n)
+        fbr_ratelimit_set(rl, r.n, (uint64_t)r.secs * 1000u);
+}
+
 /* A queued, waiting or backed-off delivery whose time has come: send it or wait for the limit. */
 static void try_send(struct delivery *dl, uint64_t now)
 {
     struct dest *d = dl->dest;
-    uint64_t t = fbr_ratelimit_next(&d->rl, now);
+    uint64_t t = rate_next(&d->rl, dl->room_rate, now);
     if (dl->token) {
-        uint64_t t2 = fbr_ratelimit_next(&dl->token->rl, now);
+        uint64_t t2 = rate_next(&dl->token->rl, dl->token_rate, now);
         if (t2 > t)
             t = t2;
     }
@@ -595,7 +625,7 @@ static struct dest *get_dest(struct fbr_delivery_engine *e, const char *key, siz
 }
 
 static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_slice authority,
-                                     struct fbr_slice token, const struct fbr_rate *override)
+                                     struct fbr_slice token)
 {
     size_t klen = authority.len + 1 + token.len;
     char *key = fbr_xmalloc(klen);
@@ -608,8 +638,6 @@ static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_s
         fbr_ratelimit_init(&t->rl, e->opts.token_rate.n, (uint64_t)e->opts.token_rate.secs * 1000u);
         fbr_strmap_put(&e->tokens, key, klen, t);
     }
-    if (override && override->n)
-        fbr_ratelimit_set(&t->rl, override->n, (uint64_t) override->secs * 1000u);
     free(key);
     return t;
 }
@@ -751,15 +779,18 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
         klen = dest_key(&up, key, sizeof(key));
     }
     struct dest *d = get_dest(e, key, klen);
+    /* A webhook's overrides are its own deliveries' limits: they count every send to the
+     * destination (or with the token), but never change the limit of another webhook's. */
     const struct fbr_webhook *wh = o->webhook;
-    if (wh && wh->room_rate.n)
-        fbr_ratelimit_set(&d->rl, wh->room_rate.n, (uint64_t)wh->room_rate.secs * 1000u);
+    dl->room_rate = wh && wh->room_rate.n ? wh->room_rate : e->opts.room_rate;
+    dl->token_rate = wh && wh->token_rate.n ? wh->token_rate : e->opts.token_rate;
+    need_capacity(&d->rl, dl->room_rate);
     if (!token.len && auth.len)
         token = auth;
-    if (token.len && e->opts.token_rate.n)
-        dl->token = get_token(e, up.authority, token, wh ? &wh->token_rate : NULL);
-    else if (token.len && wh && wh->token_rate.n)
-        dl->token = get_token(e, up.authority, token, &wh->token_rate);
+    if (token.len && dl->token_rate.n) {
+        dl->token = get_token(e, up.authority, token);
+        need_capacity(&dl->token->rl, dl->token_rate);
+    }
 
     /* Behind another delivery of its destination, or no free slot: it cannot start now, so it
      * is kept compacted from the start and o keeps every render buffer for its next render.
@@ -1191,6 +1222,7 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
         .request_timeout_ms = opts->request_timeout_ms,
         .ca_file = opts->ca_file,
         .insecure = opts->tls_insecure,
+        .nameserver = opts->nameserver,
     };
     struct fbr_client *client;
     if (fbr_client_new(base, &co, &client, err, errlen) != FBR_OK)

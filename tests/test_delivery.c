@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "firebridge/client.h"
@@ -1186,6 +1189,279 @@ START_TEST(waiting_deliveries_compacted)
 }
 END_TEST
 
+/* ---- per-webhook rate overrides ---- */
+
+static struct fbr_webhooks rate_whs;
+
+/* Compiles webhooks from JSON text (each entry: name, url, optional rate fields) into rate_whs. */
+static void compile_webhooks(const char *cfg)
+{
+    json_error_t jerr;
+    json_t *wj = json_loads(cfg, 0, &jerr);
+    ck_assert_msg(wj != NULL, "%s", jerr.text);
+    struct fbr_cfgerr errs = {0};
+    memset(&rate_whs, 0, sizeof(rate_whs));
+    ck_assert_int_eq(fbr_webhooks_compile(wj, &rate_whs, &errs), FBR_OK);
+    json_decref(wj);
+}
+
+/* Renders webhook i for an alert numbered n and submits it. */
+static void fire(size_t i, int n)
+{
+    char num[16];
+    snprintf(num, sizeof(num), "%d", n);
+    json_t *ev = json_pack("{s:{s:s}}", "ALERT", "n", num);
+    ck_assert_ptr_nonnull(ev);
+    struct fbr_outreq r;
+    fbr_outreq_init(&r);
+    ck_assert_int_eq(fbr_outreq_render(&r, rate_whs.v[i], ev), FBR_OK);
+    ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_OK);
+    fbr_outreq_free(&r);
+    json_decref(ev);
+}
+
+/* Server arrival times (monotonic ms) of the requests whose path starts with prefix, checking
+ * that their bodies carry 0, 1, 2, ... in that order; returns how many. */
+static size_t arrivals(const char *prefix, uint64_t *at, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < tsrv_nreqs(srv); i++) {
+        const struct tsrv_req *r = tsrv_req(srv, i);
+        if (strncmp(r->path, prefix, strlen(prefix)) != 0)
+            continue;
+        char body[32];
+        snprintf(body, sizeof(body), "{\"n\":\"%zu\"}", k);
+        ck_assert_str_eq(r->body, body);
+        ck_assert_uint_lt(k, cap);
+        at[k++] = r->at_mono_ms;
+    }
+    return k;
+}
+
+static const char *want_path; /* run_until(path_n): want requests whose path contains this */
+static int path_n(void)
+{
+    uint64_t k = 0;
+    for (size_t i = 0; i < tsrv_nreqs(srv); i++)
+        k += strstr(tsrv_req(srv, i)->path, want_path) != NULL;
+    return k >= want;
+}
+
+/* Every window+1 consecutive arrivals span at least ms (a few ms allowed for clock truncation). */
+static void assert_spaced(const uint64_t *at, size_t n, size_t window, uint64_t ms)
+{
+    for (size_t i = 0; i + window < n; i++)
+        ck_assert_msg(at[i + window] - at[i] + 5 >= ms, "sends %zu..%zu span %llu ms", i,
+                      i + window, (unsigned long long)(at[i + window] - at[i]));
+}
+
+#define WH_JSON(name, room, extra)                                                                 \
+    "{\"name\": \"" name                                                                           \
+    "\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/room/" room                   \
+    "/notification\", \"payload\": {\"n\": \"${{ALERT.n}}\"}" extra "}"
+
+/*
+ * Global limits lifted.  Webhook "slow" ("room_rate": "2/1") sends 6 alerts to one room while
+ * "fast" (no override) sends 6 to another in the same run: the slow room gets them in order,
+ * never 3 within a second; the fast room is not held.  Then "plain" (no override) sends 3 to
+ * the slow room right after its last send: the override belongs to the slow webhook's
+ * deliveries, not to the room, so these are not held either.
+ */
+START_TEST(webhook_room_rate_override)
+{
+    enum { N = 6 };
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    char cfg[1024];
+    int p = tsrv_port(srv);
+    snprintf(cfg, sizeof(cfg),
+             "[" WH_JSON("slow", "slow", ", \"room_rate\": \"2/1\"") "," WH_JSON(
+                 "fast", "fast", "") "," WH_JSON("plain", "slow", "") "]",
+             p, p, p);
+    compile_webhooks(cfg);
+    ck_assert_uint_eq(rate_whs.v[0]->room_rate.n, 2);
+    ck_assert_uint_eq(rate_whs.v[1]->room_rate.n, 0);
+
+    uint64_t t0 = fbr_now_ms();
+    for (int i = 0; i < N; i++) {
+        fire(0, i);
+        fire(1, i);
+    }
+    want = N;
+    want_path = "/v2/room/fast/";
+    uint64_t fast[N], slow[N];
+    ck_assert(run_until(path_n, 2000));
+    ck_assert_uint_eq(arrivals("/v2/room/fast/", fast, N), N);
+    ck_assert_uint_le(fast[N - 1] - t0, 300); /* not held by the other webhook's override */
+    want = 2 * N;
+    ck_assert(run_until(delivered_n, 5000));
+    ck_assert_uint_eq(arrivals("/v2/room/slow/", slow, N), N);
+    assert_spaced(slow, N, 2, 1000);
+    ck_assert_uint_le(slow[N - 1] - slow[0], 2600); /* and not slower than needed */
+
+    /* the slow room's last two sends are recent; the plain webhook's deliveries still go */
+    for (int i = 0; i < 3; i++)
+        fire(2, i);
+    uint64_t t1 = fbr_now_ms();
+    want = 2 * N + 3;
+    ck_assert(run_until(delivered_n, 2000));
+    ck_assert_uint_le(fbr_now_ms() - t1, 300);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2 * N + 3);
+    fbr_webhooks_clear(&rate_whs);
+}
+END_TEST
+
+/*
+ * "token_rate": "3/1" on a webhook whose URL carries one auth token to two rooms: the sends with
+ * that token, across both rooms, never exceed 3 in a second; a webhook without the override using
+ * another token in the same run is not held.
+ */
+START_TEST(webhook_token_rate_override)
+{
+    enum { N = 8 };
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    char cfg[1024];
+    int p = tsrv_port(srv);
+    snprintf(
+        cfg, sizeof(cfg),
+        "[{\"name\": \"tok\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/room/"
+        "t${{ALERT.room}}/notification?auth_token=TOK1\", \"payload\": {\"n\": "
+        "\"${{ALERT.n}}\"}, \"token_rate\": \"3/1\"},"
+        "{\"name\": \"other\", \"event\": \"Any-Alert\", \"url\": \"http://127.0.0.1:%d/v2/"
+        "room/other/notification?auth_token=TOK2\", \"payload\": {\"n\": \"${{ALERT.n}}\"}}]",
+        p, p);
+    compile_webhooks(cfg);
+    ck_assert_uint_eq(rate_whs.v[0]->token_rate.n, 3);
+
+    uint64_t t0 = fbr_now_ms();
+    for (int i = 0; i < N; i++) {
+        char num[16];
+        snprintf(num, sizeof(num), "%d", i);
+        json_t *ev = json_pack("{s:{s:s,s:s}}", "ALERT", "n", num, "room", i % 2 ? "b" : "a");
+        struct fbr_outreq r;
+        fbr_outreq_init(&r);
+        ck_assert_int_eq(fbr_outreq_render(&r, rate_whs.v[0], ev), FBR_OK);
+        ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_OK);
+        fbr_outreq_free(&r);
+        json_decref(ev);
+        fire(1, i);
+    }
+    want = N;
+    want_path = "/v2/room/other/";
+    uint64_t other[N], tok[N];
+    ck_assert(run_until(path_n, 2000));
+    ck_assert_uint_eq(arrivals("/v2/room/other/", other, N), N);
+    ck_assert_uint_le(other[N - 1] - t0, 300);
+    want = 2 * N;
+    ck_assert(run_until(delivered_n, 5000));
+    size_t k = 0;
+    for (size_t i = 0; i < tsrv_nreqs(srv); i++) {
+        const struct tsrv_req *r = tsrv_req(srv, i);
+        if (strstr(r->path, "auth_token=TOK1"))
+            tok[k++] = r->at_mono_ms;
+    }
+    ck_assert_uint_eq(k, N);
+    assert_spaced(tok, N, 3, 1000);
+    ck_assert_uint_ge(tok[N - 1] - tok[0] + 5, 2000); /* 8 sends at 3/s: two full windows */
+    fbr_webhooks_clear(&rate_whs);
+}
+END_TEST
+
+/* ---- a nameserver that never answers ---- */
+
+static unsigned dns_queries;
+static void dns_sink_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what, (void)arg;
+    char buf[1500];
+    while (recv(fd, buf, sizeof(buf), 0) > 0)
+        dns_queries++;
+}
+
+static const char *dead_id;
+static unsigned hooks_to(const char *id, enum fbr_delivery_state to, uint64_t *first_at)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < nhooks; i++)
+        if (strcmp(hooks[i].id, id) == 0 && hooks[i].to == to) {
+            if (!n && first_at)
+                *first_at = hooks[i].at;
+            n++;
+        }
+    return n;
+}
+static int third_lookup(void)
+{
+    return hooks_to(dead_id, FBR_DS_IN_FLIGHT, NULL) >= 3 && M()->in_state[FBR_DS_IN_FLIGHT] >= 1;
+}
+
+/*
+ * The engine's resolver points at a UDP socket that reads queries and never answers.  A delivery
+ * to a host name fails within about connect_timeout_ms (the client's own deadline, not evdns's
+ * seconds-long retries), backs off and tries again; a delivery to an IP literal in the same
+ * engine is delivered meanwhile; freeing the engine with a lookup pending is clean (ASan).
+ */
+START_TEST(dns_server_silent)
+{
+    evutil_socket_t u = socket(AF_INET, SOCK_DGRAM, 0);
+    ck_assert_int_ge(u, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(u, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(getsockname(u, (struct sockaddr *)&sa, &sl), 0);
+    evutil_make_socket_nonblocking(u);
+    struct event *uev = event_new(base, u, EV_READ | EV_PERSIST, dns_sink_cb, NULL);
+    event_add(uev, NULL);
+    dns_queries = 0;
+    char ns[64];
+    snprintf(ns, sizeof(ns), "127.0.0.1:%d", ntohs(sa.sin_port));
+
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.nameserver = ns;
+    o.connect_timeout_ms = 300;
+    o.retry_initial_ms = 50;
+    o.retry_max_interval_ms = 200;
+    start(&o);
+
+    char id[40];
+    struct fbr_outreq r;
+    make_req(&r, "http://firebridge-test.invalid:1/v2/room/x/notification", "{}", NULL);
+    ck_assert_int_eq(fbr_delivery_submit(eng, &r, id), FBR_OK);
+    fbr_outreq_free(&r);
+    dead_id = id;
+    submit(url_for("http", "127.0.0.1", "ok"), "{\"ok\":1}", NULL);
+    want = 1;
+    ck_assert(run_until(delivered_n, 1000)); /* the IP literal is not held by the lookup */
+    ck_assert_uint_eq(tsrv_nreqs(srv), 1);
+
+    ck_assert(run_until(third_lookup, 3000));
+    uint64_t sent = 0, failed = 0;
+    ck_assert_uint_ge(hooks_to(id, FBR_DS_IN_FLIGHT, &sent), 2);
+    ck_assert_uint_ge(hooks_to(id, FBR_DS_BACKING_OFF, &failed), 2);
+    ck_assert_uint_ge(failed - sent, 290);
+    ck_assert_uint_le(failed - sent, 700);
+    ck_assert_uint_ge(M()->retries[FBR_RETRY_TIMEOUT] + M()->retries[FBR_RETRY_DNS], 2);
+    ck_assert_uint_eq(M()->delivered, 1);
+    ck_assert_uint_ge(dns_queries, 1); /* evdns asked our nameserver, nobody else */
+
+    /* a lookup is pending: free the engine now, then let libevent fail the lookups */
+    fbr_delivery_engine_free(&eng);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    event_free(uev);
+    evutil_closesocket(u);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -1211,6 +1487,9 @@ int main(void)
     tcase_add_test(tc, shutdown_saves_every_state);
     tcase_add_test(tc, replay_live_file_no_loop);
     tcase_add_test(tc, waiting_deliveries_compacted);
+    tcase_add_test(tc, webhook_room_rate_override);
+    tcase_add_test(tc, webhook_token_rate_override);
+    tcase_add_test(tc, dns_server_silent);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tls");
     tcase_add_checked_fixture(tt, tls_setup, teardown);

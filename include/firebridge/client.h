@@ -50,6 +50,8 @@ struct fbr_client_opts {
     unsigned request_timeout_ms; /* from writing the request to the end of the response */
     const char *ca_file;         /* NULL: system trust store */
     int insecure;                /* tests only: no certificate verification */
+    const char *nameserver;      /* tests: "IP[:port]" of the only nameserver (hosts file still
+                                    read); NULL: /etc/resolv.conf (borrowed during _new) */
 };
 
 /* One request.  Everything is borrowed until the callback has been called. */

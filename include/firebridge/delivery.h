@@ -65,6 +65,7 @@ struct fbr_delivery_opts {
     const char *data_dir;              /* dead-letters.jsonl goes here (borrowed during _new) */
     unsigned per_destination_inflight; /* default 1 */
     int tls_insecure;                  /* tests only */
+    const char *nameserver;            /* tests: see fbr_client_opts; NULL = /etc/resolv.conf */
 };
 
 /* Fills opts with the defaults above (data_dir ".", ca_file NULL). */

@@ -25,7 +25,14 @@ struct fbr_rate {
     uint32_t secs;
 };
 
-/* Immutable after compile; reference counted so a delivery in flight survives a reload. */
+/*
+ * Immutable after compile; reference counted so a delivery in flight survives a reload.
+ * room_rate / token_rate are limits of this webhook's deliveries, not of their destination: the
+ * engine copies them into each delivery at submit (so they survive compaction and reloads) and a
+ * delivery may go when fewer than n sends to its destination (token) by any webhook happened in
+ * the last secs seconds; another webhook's deliveries to the same room (token) wait on their own
+ * override or the global limit.  Replayed dead letters have no webhook: global limits.
+ */
 struct fbr_webhook {
     unsigned refs;
     char *name;
