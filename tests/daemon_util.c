@@ -215,7 +215,7 @@ void dutil_daemon_start(struct dutil_daemon *d, const char *prefix, const char *
     snprintf(data, sizeof(data), "%s/data", d->dir);
     const char *args[48] = {"--listen", "127.0.0.1:0", "--data-dir", data};
     int n = 4;
-    for (int i = 0; extra && extra[i] && n < 41; i++)
+    for (int i = 0; extra && extra[i] && n < 40; i++)
         args[n++] = extra[i];
     args[n] = NULL;
     d->pid = dutil_spawn_daemon(d->log, args);
