@@ -15,7 +15,6 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -23,13 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "daemon_util.h"
 
 #define API_KEY "CHANGE-ME-integration-key"
 #define ALERT_PATH "/integrations/generic/20131114/alert/" API_KEY "/"
@@ -38,40 +38,11 @@ static char pki[64]; /* test CA and server certificates, made once in main() */
 
 /* ---- small utilities ---- */
 
-static void msleep(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static long long wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return strdup("");
-    char *buf = NULL;
-    size_t cap = 0;
-    if (getdelim(&buf, &cap, '\0', f) < 0) {
-        free(buf);
-        buf = strdup("");
-    }
-    fclose(f);
-    return buf;
-}
-
-static void spit(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
 }
 
 /* Returns a new string with every occurrence of from replaced by to. */
@@ -104,95 +75,23 @@ static int run(const char *fmt, ...)
     return system(cmd);
 }
 
-static long rss_kb(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    char *s = slurp(path);
-    char *p = strstr(s, "VmRSS:");
-    long kb = p ? atol(p + 6) : -1;
-    free(s);
-    return kb;
-}
-
 /* ---- processes ---- */
 
+/* How long a process may take to exit after SIGTERM before it is killed. */
+#define STOP_MS 6000
+
+/* Processes die with the test process (PR_SET_PDEATHSIG): a failed assertion leaves nothing. */
 struct proc {
     pid_t pid;
     int port;
     char out[160]; /* stdout (hipchat-server) or stdout+stderr (daemon) */
 };
 
-/* Starts argv with stdout to out_path and stderr to err_path (may equal out_path).  The child
- * dies with the test process (PR_SET_PDEATHSIG), so a failed assertion leaves nothing behind. */
-static pid_t spawn(const char *const *argv, const char *out_path, const char *err_path)
-{
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        if (strcmp(out_path, err_path) != 0) {
-            close(fd);
-            fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        }
-        dup2(fd, 2);
-        close(fd);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits until the file at path contains marker followed by a port number. */
-static int wait_port(pid_t pid, const char *path, const char *marker)
-{
-    for (int i = 0; i < 200; i++) {
-        char *s = slurp(path);
-        char *p = strstr(s, marker);
-        int port = p ? atoi(p + strlen(marker)) : 0;
-        free(s);
-        if (port > 0)
-            return port;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            char *l = slurp(path);
-            ck_abort_msg("process exited at start: %s", l);
-        }
-        msleep(25);
-    }
-    ck_abort_msg("no port reported in %s", path);
-    return 0;
-}
-
-/* SIGTERM; returns the wait status (-1: had to be killed). */
-static int stop(struct proc *p)
-{
-    if (p->pid <= 0)
-        return 0;
-    kill(p->pid, SIGTERM);
-    int st = -1;
-    for (int i = 0; i < 300; i++) {
-        if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
-            p->pid = 0;
-            return st;
-        }
-        msleep(20);
-    }
-    kill(p->pid, SIGKILL);
-    waitpid(p->pid, NULL, 0);
-    p->pid = 0;
-    return -1;
-}
-
 /* Stops the daemon and asserts a clean exit: status 0 (under the sanitizers: no error, no leak,
  * which would change the status). */
 static void fb_stop(struct proc *f)
 {
-    int st = stop(f);
-    ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                  "daemon exit status %d; log:\n%s", st, slurp(f->out));
+    dutil_assert_exit_zero(dutil_stop(&f->pid, STOP_MS, NULL), f->out);
 }
 
 /* A per-case scratch directory; removed by the case's teardown. */
@@ -200,8 +99,7 @@ static char dir[64];
 
 static void setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/fbr-e2e-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    dutil_tmpdir(dir, sizeof(dir), "fbr-e2e");
 }
 
 static void teardown(void)
@@ -227,8 +125,8 @@ static void hc_start(struct proc *h, const char *name, const char *const *flags)
     char err[160];
     snprintf(h->out, sizeof(h->out), "%s/%s.out", dir, name);
     snprintf(err, sizeof(err), "%s/%s.err", dir, name);
-    h->pid = spawn(argv, h->out, err);
-    h->port = wait_port(h->pid, h->out, "listening on ");
+    h->pid = dutil_spawn(argv, h->out, err, 1);
+    h->port = dutil_wait_port(&h->pid, h->out, "listening on ", 200, 25, NULL);
 }
 
 /*
@@ -243,7 +141,7 @@ static const char *config_from_seed(const char *name, const char *scheme, const 
     ck_assert_msg(root != NULL, "FBR_SOURCE_ROOT not set");
     char path[512], origin[128];
     snprintf(path, sizeof(path), "%s/contrib/examples/multi-room.json", root);
-    char *seed = slurp(path);
+    char *seed = dutil_slurp(path, NULL);
     ck_assert_ptr_nonnull(strstr(seed, "https://DOMAIN.hipchat.com/"));
     snprintf(origin, sizeof(origin), "%s://%s:%d/", scheme, host, port);
     char *a = replace_all(seed, "https://DOMAIN.hipchat.com/", origin);
@@ -251,7 +149,7 @@ static const char *config_from_seed(const char *name, const char *scheme, const 
     char *c = replace_all(b, "AUTH_TOKEN_HERE", token);
     static char out[200];
     snprintf(out, sizeof(out), "%s/%s.json", dir, name);
-    spit(out, c);
+    dutil_write_file(out, c);
     free(seed), free(a), free(b), free(c);
     return out;
 }
@@ -278,8 +176,8 @@ static void fb_start(struct proc *f, const char *name, const char *cfg, const ch
         argv[n++] = flags[i];
     argv[n] = NULL;
     snprintf(f->out, sizeof(f->out), "%s/%s.log", dir, name);
-    f->pid = spawn(argv, f->out, f->out);
-    f->port = wait_port(f->pid, f->out, "listening on 127.0.0.1:");
+    f->pid = dutil_spawn(argv, f->out, f->out, 1);
+    f->port = dutil_wait_port(&f->pid, f->out, "listening on 127.0.0.1:", 200, 25, NULL);
 }
 
 /* ---- HTTP over loopback (plain) ---- */
@@ -288,21 +186,6 @@ struct conn {
     int fd;
     int port;
 };
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return fd;
-}
 
 struct resp {
     int status;
@@ -369,7 +252,7 @@ static int conn_request(struct conn *c, const char *method, const char *path, co
     size_t len = (size_t)hl + bl;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (c->fd < 0)
-            c->fd = connect_port(c->port);
+            c->fd = dutil_connect_with(c->port, 0, 10, 0);
         ck_assert_int_ge(c->fd, 0);
         if (send(c->fd, msg, len, MSG_NOSIGNAL) == (ssize_t)len && read_resp(c->fd, r) == 0) {
             free(msg);
@@ -466,7 +349,7 @@ static json_t *wait_messages(int port, const char *room, size_t n, int ms)
         if (wall_ms() > end)
             return j ? j : json_array();
         json_decref(j);
-        msleep(20);
+        dutil_msleep(20);
     }
 }
 
@@ -501,12 +384,12 @@ static int wait_file_has(const char *path, const char *needle, int ms)
 {
     long long end = wall_ms() + ms;
     do {
-        char *s = slurp(path);
+        char *s = dutil_slurp(path, NULL);
         int found = strstr(s, needle) != NULL;
         free(s);
         if (found)
             return 1;
-        msleep(20);
+        dutil_msleep(20);
     } while (wall_ms() < end);
     return 0;
 }
@@ -534,9 +417,9 @@ START_TEST(multi_room_over_tls)
     alert_ok(&c, "devops", "db-1", "db1: disk full", NULL, NULL);
     conn_close(&c);
     ck_assert_msg(wait_file_has(h.out, "db1: disk full", 5000), "not delivered; daemon log:\n%s",
-                  slurp(f.out));
-    msleep(300);
-    char *out = slurp(h.out);
+                  dutil_slurp(f.out, NULL));
+    dutil_msleep(300);
+    char *out = dutil_slurp(h.out, NULL);
     /* exactly one message: the devops one */
     char *line = strchr(out, '\n') + 1;
     json_t *m = json_loads(line, JSON_DISABLE_EOF_CHECK, NULL);
@@ -551,11 +434,11 @@ START_TEST(multi_room_over_tls)
     ck_assert_int_eq(count_lines(out), 2); /* "listening on PORT" and one message */
     json_decref(m);
     free(out);
-    char *log = slurp(f.out);
+    char *log = dutil_slurp(f.out, NULL);
     ck_assert_msg(strstr(log, "room-token-a") == NULL, "token in the log: %s", log);
     free(log);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -584,7 +467,7 @@ START_TEST(rate_limited_429_waits_for_reset)
             answered = wall_ms();
         json_decref(s);
         if (!answered)
-            msleep(2);
+            dutil_msleep(2);
     }
     ck_assert_msg(answered, "the 429 was never sent");
     json_t *msgs = wait_messages(h.port, "r429", 1, 8000);
@@ -598,7 +481,7 @@ START_TEST(rate_limited_429_waits_for_reset)
                      1);
     json_decref(s);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -636,7 +519,7 @@ START_TEST(room_rate_window_and_order)
                       t[i + 5] - t[i]);
     json_decref(msgs);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -663,7 +546,7 @@ START_TEST(retries_5xx_then_delivers)
     ck_assert_int_eq(metric(f.port, "firebridge_delivery_attempts_total"), 3);
     ck_assert_int_eq(metric(f.port, "firebridge_deliveries_total{outcome=\"delivered\"}"), 1);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -680,11 +563,12 @@ START_TEST(dead_letter_then_replay)
     conn_close(&c);
     char dl[128];
     snprintf(dl, sizeof(dl), "%s/data/dead-letters.jsonl", dir);
-    ck_assert_msg(wait_file_has(dl, "\n", 5000), "no dead letter; log:\n%s", slurp(f.out));
+    ck_assert_msg(wait_file_has(dl, "\n", 5000), "no dead letter; log:\n%s",
+                  dutil_slurp(f.out, NULL));
     struct stat st;
     ck_assert_int_eq(stat(dl, &st), 0);
     ck_assert_int_eq(st.st_mode & 0777, 0600);
-    char *text = slurp(dl);
+    char *text = dutil_slurp(dl, NULL);
     ck_assert_int_eq(count_lines(text), 1);
     json_t *d = json_loads(text, JSON_DISABLE_EOF_CHECK, NULL);
     ck_assert_ptr_nonnull(d);
@@ -697,7 +581,7 @@ START_TEST(dead_letter_then_replay)
     ck_assert_int_eq(stat_int(s, "notifications"), 1); /* one attempt only */
     json_decref(s);
     fb_stop(&f);
-    char *log = slurp(f.out);
+    char *log = dutil_slurp(f.out, NULL);
     ck_assert_ptr_nonnull(strstr(log, "dead after 1 attempt"));
     ck_assert_msg(strstr(log, "secret-token-e") == NULL, "token in the log: %s", log);
     free(log);
@@ -713,11 +597,11 @@ START_TEST(dead_letter_then_replay)
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(msgs, 0), "message")),
                      "rejected once");
     json_decref(msgs);
-    log = slurp(f.out);
+    log = dutil_slurp(f.out, NULL);
     ck_assert_msg(strstr(log, "secret-token-e") == NULL, "token in the log: %s", log);
     free(log);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -731,7 +615,7 @@ START_TEST(stalled_room_does_not_block_another)
     fb_start(&f, "fb", plain_config(&h), NULL);
     struct conn c = {-1, f.port};
     alert_ok(&c, "r", "e-stuck", "stalled", "stuck", "tok");
-    msleep(100); /* the stuck room's request is on the wire first */
+    dutil_msleep(100); /* the stuck room's request is on the wire first */
     long long t0 = wall_ms();
     alert_ok(&c, "r", "e-free", "flows", "free", "tok");
     conn_close(&c);
@@ -747,7 +631,7 @@ START_TEST(stalled_room_does_not_block_another)
     ck_assert_int_eq(json_array_size(msgs), 1);
     json_decref(msgs);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -772,16 +656,16 @@ START_TEST(wrong_hostname_certificate)
     char dl[128];
     snprintf(dl, sizeof(dl), "%s/data/dead-letters.jsonl", dir);
     ck_assert_msg(wait_file_has(f.out, "hostname mismatch", 8000),
-                  "no log line names the hostname mismatch:\n%s", slurp(f.out));
+                  "no log line names the hostname mismatch:\n%s", dutil_slurp(f.out, NULL));
     ck_assert(wait_file_has(dl, "hostname mismatch", 2000));
-    char *out = slurp(h.out);
+    char *out = dutil_slurp(h.out, NULL);
     ck_assert_msg(strstr(out, "never shown") == NULL, "delivered despite the wrong name");
     free(out);
-    char *log = slurp(f.out);
+    char *log = dutil_slurp(f.out, NULL);
     ck_assert_msg(strstr(log, "tok-g") == NULL, "token in the log: %s", log);
     free(log);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -815,7 +699,7 @@ START_TEST(pool_bounds_connections)
         mine++;
         if (stat_int(s, "accepted") >= 1000)
             break;
-        msleep(20);
+        dutil_msleep(20);
     }
     ck_assert_int_eq(stat_int(s, "accepted"), 1000);
     json_t *conns = json_object_get(s, "connections");
@@ -825,7 +709,7 @@ START_TEST(pool_bounds_connections)
     ck_assert_msg(max_open <= 3 + 1, "max_open %lld (pool 3 + this test's one)", max_open);
     json_decref(s);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -867,7 +751,7 @@ START_TEST(close_after_every_response_loses_nothing)
     ck_assert_int_eq(stat_int(s, "accepted"), N);
     json_decref(s);
     fb_stop(&f);
-    stop(&h);
+    dutil_stop(&h.pid, STOP_MS, NULL);
 }
 END_TEST
 
@@ -910,13 +794,13 @@ START_TEST(max_pending_backpressure)
             ck_assert_msg(strcasestr(r.head, "\r\nRetry-After: ") != NULL, "no Retry-After: %s",
                           r.head);
             if (refused++ == 0)
-                rss0 = rss_kb(f.pid);
+                rss0 = dutil_rss_kb(f.pid);
         }
         resp_free(&r);
     }
     conn_close(&c);
     ck_assert_int_eq(accepted, 50);
-    long rss1 = rss_kb(f.pid);
+    long rss1 = dutil_rss_kb(f.pid);
     ck_assert_msg(rss1 - rss0 < 4096, "RSS grew from %ld to %ld kB over %d refused alerts", rss0,
                   rss1, refused);
     ck_assert_int_eq(metric(f.port, "firebridge_deliveries_pending"), 50);

@@ -12,10 +12,8 @@
  */
 #include <arpa/inet.h>
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -32,237 +30,7 @@
 
 #include "firebridge/common.h"
 #include "firebridge/server.h"
-
-static int under_valgrind(void)
-{
-    const char *v = getenv("FBR_VALGRIND");
-    return v && *v == '1';
-}
-
-static int slow(void)
-{
-    return under_valgrind() ? 10 : 1;
-}
-
-struct daemon {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char log[96];
-};
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return strdup("");
-    char *buf = NULL;
-    size_t cap = 0;
-    if (getdelim(&buf, &cap, '\0', f) < 0) {
-        free(buf);
-        buf = strdup("");
-    }
-    fclose(f);
-    return buf;
-}
-
-static void msleep(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Starts the daemon with extra flags (NULL-terminated); waits for its "listening on" line. */
-static void daemon_start(struct daemon *d, const char *const *extra)
-{
-    memset(d, 0, sizeof(*d));
-    snprintf(d->dir, sizeof(d->dir), "/tmp/fbr-it-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(d->dir));
-    snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
-    char data[96];
-    snprintf(data, sizeof(data), "%s/data", d->dir);
-    const char *daemon = getenv("FBR_DAEMON");
-    ck_assert_msg(daemon != NULL, "FBR_DAEMON not set (run through meson test)");
-
-    const char *argv[48];
-    int n = 0;
-    if (under_valgrind()) {
-        argv[n++] = "valgrind";
-        argv[n++] = "--error-exitcode=99";
-        argv[n++] = "--leak-check=full";
-        argv[n++] = "--errors-for-leak-kinds=definite";
-        argv[n++] = "--quiet";
-    }
-    argv[n++] = daemon;
-    argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
-    argv[n++] = "--data-dir";
-    argv[n++] = data;
-    for (int i = 0; extra && extra[i] && n < 46; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-
-    d->pid = fork();
-    ck_assert_int_ge(d->pid, 0);
-    if (d->pid == 0) {
-        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 200 * slow(); i++) {
-        char *log = slurp(d->log);
-        char *p = strstr(log, "listening on 127.0.0.1:");
-        if (p)
-            d->port = atoi(p + strlen("listening on 127.0.0.1:"));
-        free(log);
-        if (d->port)
-            return;
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-            char *l = slurp(d->log);
-            ck_abort_msg("daemon exited at start: %s", l);
-        }
-        msleep(50);
-    }
-    ck_abort_msg("daemon did not report its port");
-}
-
-/* Waits up to ms for the daemon to exit; returns its wait status or -1. */
-static int daemon_wait(struct daemon *d, int ms)
-{
-    for (int waited = 0; waited <= ms; waited += 20) {
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-            d->pid = 0;
-            return st;
-        }
-        msleep(20);
-    }
-    return -1;
-}
-
-/* SIGTERM, then asserts a clean exit (status 0; under valgrind: no memory errors). */
-static void daemon_stop(struct daemon *d)
-{
-    if (d->pid <= 0)
-        return;
-    kill(d->pid, SIGTERM);
-    int st = daemon_wait(d, 15000 * slow());
-    if (st == -1) {
-        kill(d->pid, SIGKILL);
-        waitpid(d->pid, &st, 0);
-        ck_abort_msg("daemon did not exit after SIGTERM");
-    }
-    char *log = slurp(d->log);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon exit status %d; log:\n%s", st,
-                  log);
-    free(log);
-    char cmd[160];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
-static int count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *dir = opendir(path);
-    ck_assert_ptr_nonnull(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(dir);
-    return n;
-}
-
-static long rss_kb(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    char *s = slurp(path);
-    char *p = strstr(s, "VmRSS:");
-    long kb = p ? atol(p + 6) : -1;
-    free(s);
-    return kb;
-}
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {5 * slow(), 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return fd;
-}
-
-static int send_all(int fd, const char *buf, size_t len)
-{
-    while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return -1;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/*
- * Reads one response (headers + Content-Length body) into buf.  Returns the status, or -1 when
- * the connection closed (or timed out) before a status line arrived.
- */
-static int read_response(int fd, char *buf, size_t cap)
-{
-    size_t len = 0;
-    buf[0] = '\0';
-    for (;;) {
-        char *end = strstr(buf, "\r\n\r\n");
-        if (end) {
-            char *cl = strcasestr(buf, "content-length:");
-            size_t body = cl ? (size_t)atol(cl + 15) : 0;
-            if (len >= (size_t)(end + 4 - buf) + body)
-                break;
-        }
-        if (len + 1 >= cap)
-            break;
-        ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-    }
-    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0)
-        return -1;
-    return atoi(buf + 9);
-}
-
-static int http(int port, const char *request, char *buf, size_t cap)
-{
-    int fd = connect_port(port);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(send_all(fd, request, strlen(request)), 0);
-    int status = read_response(fd, buf, cap);
-    close(fd);
-    return status;
-}
-
-static int get(int port, const char *path, char *buf, size_t cap)
-{
-    char req[512];
-    snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", path);
-    return http(port, req, buf, cap);
-}
+#include "daemon_util.h"
 
 /* Returns 1 when the peer closed fd (EOF or reset) within ms, after reading any bytes. */
 static int closed_within(int fd, int ms, char *seen, size_t cap)
@@ -289,26 +57,26 @@ static int closed_within(int fd, int ms, char *seen, size_t cap)
 
 START_TEST(builtin_endpoints_and_errors)
 {
-    struct daemon d;
-    daemon_start(&d, NULL);
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-it", NULL);
     char buf[8192];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "{\"status\":\"ok\"}"));
     ck_assert_ptr_nonnull(strcasestr(buf, "X-Request-Id: r"));
-    ck_assert_int_eq(get(d.port, "/readyz", buf, sizeof(buf)), 200);
-    ck_assert_int_eq(get(d.port, "/no/such/thing", buf, sizeof(buf)), 404);
+    ck_assert_int_eq(dutil_get(d.port, "/readyz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/no/such/thing", buf, sizeof(buf)), 404);
     ck_assert_ptr_nonnull(strstr(buf, "{\"result\":\"failure\",\"message\":"));
-    ck_assert_int_eq(http(d.port, "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
+    ck_assert_int_eq(dutil_http(d.port, "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
                                   "Connection: close\r\n\r\n", buf, sizeof(buf)), 405);
     ck_assert_ptr_nonnull(strstr(buf, "Allow: GET, HEAD"));
     ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
-    ck_assert_int_eq(http(d.port, "DELETE /metrics HTTP/1.1\r\nHost: t\r\n\r\n", buf,
+    ck_assert_int_eq(dutil_http(d.port, "DELETE /metrics HTTP/1.1\r\nHost: t\r\n\r\n", buf,
                           sizeof(buf)), 405);
     /* HEAD: the headers of a GET, no body, and the connection stays usable */
-    int fd = connect_port(d.port);
+    int fd = dutil_connect(d.port);
     const char *head = "HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
-    ck_assert_int_eq(send_all(fd, head, strlen(head)), 0);
-    msleep(100);
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    dutil_msleep(100);
     ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
     ck_assert_int_gt(n, 0);
     buf[n] = '\0';
@@ -316,11 +84,11 @@ START_TEST(builtin_endpoints_and_errors)
                   "HEAD: %s", buf);
     ck_assert_msg(strstr(buf, "\r\n\r\n")[4] == '\0', "HEAD reply has a body: %s", buf);
     const char *again = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
-    ck_assert_int_eq(send_all(fd, again, strlen(again)), 0);
-    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_send_all(fd, again, strlen(again)), 0);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
     close(fd);
 
-    ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "text/plain; version=0.0.4"));
     ck_assert_ptr_nonnull(
         strstr(buf, "firebridge_http_requests_total{endpoint=\"healthz\",status=\"200\"} 3"));
@@ -335,58 +103,58 @@ START_TEST(builtin_endpoints_and_errors)
     char cmd[160];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s/data'", d.dir);
     ck_assert_int_eq(system(cmd), 0);
-    ck_assert_int_eq(get(d.port, "/readyz", buf, sizeof(buf)), 503);
+    ck_assert_int_eq(dutil_get(d.port, "/readyz", buf, sizeof(buf)), 503);
     ck_assert_ptr_nonnull(strstr(buf, "not writable"));
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
 START_TEST(body_413_without_leaks)
 {
-    struct daemon d;
-    daemon_start(&d, NULL);
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-it", NULL);
     char buf[4096];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    msleep(100 * slow());
-    int before = count_fds(d.pid);
-    long rss = rss_kb(d.pid);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_msleep(100 * dutil_slow());
+    int before = dutil_count_fds(d.pid);
+    long rss = dutil_rss_kb(d.pid);
     size_t body = 2u << 20;
     char *payload = malloc(body);
     memset(payload, '{', body);
-    int rounds = under_valgrind() ? 20 : 100;
+    int rounds = dutil_under_valgrind() ? 20 : 100;
     for (int i = 0; i < rounds; i++) {
-        int fd = connect_port(d.port);
+        int fd = dutil_connect(d.port);
         ck_assert_int_ge(fd, 0);
         char head[256];
         snprintf(head, sizeof(head),
                  "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                  "Content-Length: %zu\r\n\r\n", body);
-        ck_assert_int_eq(send_all(fd, head, strlen(head)), 0);
-        send_all(fd, payload, body); /* the server may close once it has answered */
-        ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 413);
+        ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+        dutil_send_all(fd, payload, body); /* the server may close once it has answered */
+        ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 413);
         ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
         close(fd);
     }
     free(payload);
     int after = -1;
-    for (int i = 0; i < 50 * slow(); i++) { /* closes may still be in flight */
-        after = count_fds(d.pid);
+    for (int i = 0; i < 50 * dutil_slow(); i++) { /* closes may still be in flight */
+        after = dutil_count_fds(d.pid);
         if (after <= before)
             break;
-        msleep(50);
+        dutil_msleep(50);
     }
     fprintf(stderr, "FIGURES: idle_rss_kb=%ld fds_before_413=%d fds_after_%d_x_413=%d\n", rss,
             before, rounds, after);
     ck_assert_int_eq(after, before);
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    daemon_stop(&d);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
 START_TEST(oversized_and_odd_requests)
 {
-    struct daemon d;
-    daemon_start(&d, NULL);
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-it", NULL);
     static char req[64 * 1024];
     char buf[4096];
     int st;
@@ -396,7 +164,7 @@ START_TEST(oversized_and_odd_requests)
     memset(req + n, 'a', 10240);
     n += 10240;
     n += snprintf(req + n, sizeof(req) - (size_t)n, " HTTP/1.1\r\nHost: t\r\n\r\n");
-    st = http(d.port, req, buf, sizeof(buf));
+    st = dutil_http(d.port, req, buf, sizeof(buf));
     ck_assert_msg(st == 414 || st == -1, "10 KiB URI: status %d", st);
 
     /* 20 KiB header */
@@ -404,7 +172,7 @@ START_TEST(oversized_and_odd_requests)
     memset(req + n, 'b', 20480);
     n += 20480;
     snprintf(req + n, sizeof(req) - (size_t)n, "\r\n\r\n");
-    st = http(d.port, req, buf, sizeof(buf));
+    st = dutil_http(d.port, req, buf, sizeof(buf));
     ck_assert_msg(st == 431 || st == -1, "20 KiB header: status %d", st);
 
     /* many small headers */
@@ -412,7 +180,7 @@ START_TEST(oversized_and_odd_requests)
     for (int i = 0; i < 500; i++)
         n += snprintf(req + n, sizeof(req) - (size_t)n, "X-H%d: v\r\n", i);
     snprintf(req + n, sizeof(req) - (size_t)n, "\r\n");
-    st = http(d.port, req, buf, sizeof(buf));
+    st = dutil_http(d.port, req, buf, sizeof(buf));
     ck_assert_msg(st == 431 || st == -1, "500 headers: status %d", st);
 
     /* odd request lines: must get an error or a close, never a crash */
@@ -429,41 +197,41 @@ START_TEST(oversized_and_odd_requests)
         "GET http://[::1 HTTP/1.1\r\n\r\n",
     };
     for (size_t i = 0; i < FBR_ARRAY_LEN(odd); i++) {
-        int fd = connect_port(d.port);
+        int fd = dutil_connect(d.port);
         ck_assert_int_ge(fd, 0);
-        send_all(fd, odd[i], i == 0 ? 8 : strlen(odd[i]));
+        dutil_send_all(fd, odd[i], i == 0 ? 8 : strlen(odd[i]));
         shutdown(fd, SHUT_WR);
-        read_response(fd, buf, sizeof(buf));
+        dutil_read_response(fd, buf, sizeof(buf));
         close(fd);
     }
     /* a request line split over many small writes, and a pipelined request split mid-header:
      * both are held back until their header section is whole, then served */
-    int fd = connect_port(d.port);
+    int fd = dutil_connect(d.port);
     const char *split = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHo";
     for (size_t off = 0, len = strlen(split); off < len; off += 7) {
-        send_all(fd, split + off, len - off < 7 ? len - off : 7);
-        msleep(5);
+        dutil_send_all(fd, split + off, len - off < 7 ? len - off : 7);
+        dutil_msleep(5);
     }
-    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
-    msleep(100);
-    send_all(fd, "st: t\r\n\r\n", 9);
-    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+    dutil_msleep(100);
+    dutil_send_all(fd, "st: t\r\n\r\n", 9);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "ready"));
     close(fd);
 
     int status;
     ck_assert_int_eq(waitpid(d.pid, &status, WNOHANG), 0); /* still running */
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    daemon_stop(&d);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
 START_TEST(trickling_client_is_closed)
 {
-    struct daemon d;
-    const char *const extra[] = {"--read-timeout", under_valgrind() ? "3000" : "1500", NULL};
-    daemon_start(&d, extra);
-    int fd = connect_port(d.port);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--read-timeout", dutil_under_valgrind() ? "3000" : "1500", NULL};
+    dutil_daemon_start(&d, "fbr-it", extra);
+    int fd = dutil_connect(d.port);
     ck_assert_int_ge(fd, 0);
     const char *req = "GET /healthz HTTP/1.1\r\nHost: trickle\r\nX-Slow: yes\r\n\r\n";
     char seen[1024] = "";
@@ -478,13 +246,13 @@ START_TEST(trickling_client_is_closed)
     }
     ck_assert_msg(closed, "a trickling client was never closed");
     long took = (long)(time(NULL) - start);
-    ck_assert_int_le(took, under_valgrind() ? 8 : 4);
+    ck_assert_int_le(took, dutil_under_valgrind() ? 8 : 4);
     ck_assert_int_ge(took, 1);
     ck_assert_msg(seen[0] == '\0' || strstr(seen, " 408 "), "unexpected reply: %s", seen);
     close(fd);
     char buf[2048];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    daemon_stop(&d);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -496,68 +264,68 @@ START_TEST(many_concurrent_keepalive_connections)
         rl.rlim_cur = 4096;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    int nconn = under_valgrind() ? 200 : 1000;
+    int nconn = dutil_under_valgrind() ? 200 : 1000;
     ck_assert_msg(rl.rlim_cur > (rlim_t)nconn + 50, "RLIMIT_NOFILE too low: %ld",
                   (long)rl.rlim_cur);
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--max-connections", "2000", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-it", extra);
     int *fds = calloc((size_t)nconn, sizeof(int));
     for (int i = 0; i < nconn; i++) {
-        fds[i] = connect_port(d.port);
+        fds[i] = dutil_connect(d.port);
         ck_assert_msg(fds[i] >= 0, "connect %d failed: %s", i, strerror(errno));
     }
     const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
     char buf[2048];
     for (int round = 0; round < 2; round++) {
         for (int i = 0; i < nconn; i++)
-            ck_assert_int_eq(send_all(fds[i], req, strlen(req)), 0);
+            ck_assert_int_eq(dutil_send_all(fds[i], req, strlen(req)), 0);
         for (int i = 0; i < nconn; i++) {
-            int st = read_response(fds[i], buf, sizeof(buf));
+            int st = dutil_read_response(fds[i], buf, sizeof(buf));
             ck_assert_msg(st == 200, "round %d conn %d: status %d", round, i, st);
         }
     }
-    ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/metrics", buf, sizeof(buf)), 200);
     char want[64];
     snprintf(want, sizeof(want), "firebridge_http_open_connections %d\n", nconn + 1);
     ck_assert_msg(strstr(buf, want), "metrics lack '%s'", want);
     for (int i = 0; i < nconn; i++)
         close(fds[i]);
     free(fds);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
 START_TEST(sigterm_drains_and_exits_zero)
 {
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--drain-timeout", "5", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-it", extra);
     char buf[4096];
     /* an idle keep-alive connection */
-    int idle = connect_port(d.port);
+    int idle = dutil_connect(d.port);
     const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
-    ck_assert_int_eq(send_all(idle, req, strlen(req)), 0);
-    ck_assert_int_eq(read_response(idle, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_send_all(idle, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_read_response(idle, buf, sizeof(buf)), 200);
     /* a request in flight: headers and half of the body */
-    int busy = connect_port(d.port);
+    int busy = dutil_connect(d.port);
     const char *part = "GET /readyz HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab";
-    ck_assert_int_eq(send_all(busy, part, strlen(part)), 0);
-    msleep(200 * slow());
+    ck_assert_int_eq(dutil_send_all(busy, part, strlen(part)), 0);
+    dutil_msleep(200 * dutil_slow());
 
     kill(d.pid, SIGTERM);
-    ck_assert_msg(closed_within(idle, 2000 * slow(), NULL, 0), "idle connection not closed");
-    ck_assert_int_eq(connect_port(d.port), -1); /* no longer accepting */
-    ck_assert_int_eq(send_all(busy, "cd", 2), 0);
-    ck_assert_int_eq(read_response(busy, buf, sizeof(buf)), 503); /* readyz while draining */
+    ck_assert_msg(closed_within(idle, 2000 * dutil_slow(), NULL, 0), "idle connection not closed");
+    ck_assert_int_eq(dutil_connect(d.port), -1); /* no longer accepting */
+    ck_assert_int_eq(dutil_send_all(busy, "cd", 2), 0);
+    ck_assert_int_eq(dutil_read_response(busy, buf, sizeof(buf)), 503); /* readyz while draining */
     ck_assert_ptr_nonnull(strstr(buf, "draining"));
     ck_assert_ptr_nonnull(strcasestr(buf, "Connection: close"));
     close(busy);
     close(idle);
-    int st = daemon_wait(&d, 5000 * slow());
+    int st = dutil_wait_exit(&d.pid, 5000 * dutil_slow(), NULL);
     ck_assert_msg(st != -1, "daemon still running after the drain");
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
-    char *log = slurp(d.log);
+    char *log = dutil_slurp(d.log, NULL);
     ck_assert_ptr_nonnull(strstr(log, "drained"));
     free(log);
     char cmd[160];
@@ -568,15 +336,15 @@ END_TEST
 
 START_TEST(drain_timeout_bounds_the_exit)
 {
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--drain-timeout", "1", NULL};
-    daemon_start(&d, extra);
-    int busy = connect_port(d.port);
+    dutil_daemon_start(&d, "fbr-it", extra);
+    int busy = dutil_connect(d.port);
     const char *part = "GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab";
-    ck_assert_int_eq(send_all(busy, part, strlen(part)), 0);
-    msleep(200 * slow());
+    ck_assert_int_eq(dutil_send_all(busy, part, strlen(part)), 0);
+    dutil_msleep(200 * dutil_slow());
     kill(d.pid, SIGTERM);
-    int st = daemon_wait(&d, 4000 * slow());
+    int st = dutil_wait_exit(&d.pid, 4000 * dutil_slow(), NULL);
     ck_assert_msg(st != -1, "drain timeout ignored");
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
     close(busy);
@@ -586,51 +354,43 @@ START_TEST(drain_timeout_bounds_the_exit)
 }
 END_TEST
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 START_TEST(sighup_reload)
 {
     char cfgpath[] = "/tmp/fbr-it-cfg-XXXXXX";
     int fd = mkstemp(cfgpath);
     ck_assert_int_ge(fd, 0);
     close(fd);
-    write_file(cfgpath, "{\"max_body\": 2048}");
-    struct daemon d;
+    dutil_write_file(cfgpath, "{\"max_body\": 2048}");
+    struct dutil_daemon d;
     const char *const extra[] = {"--config", cfgpath, NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-it", extra);
     char buf[4096];
     const char *post3k = "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 3000\r\n"
                          "Connection: close\r\n\r\n";
     static char req[4096];
     snprintf(req, sizeof(req), "%s%3000d", post3k, 7);
-    ck_assert_int_eq(http(d.port, req, buf, sizeof(buf)), 413);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 413);
 
-    write_file(cfgpath, "{\"max_body\": 4096, broken");
+    dutil_write_file(cfgpath, "{\"max_body\": 4096, broken");
     kill(d.pid, SIGHUP);
-    msleep(300 * slow());
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    ck_assert_int_eq(http(d.port, req, buf, sizeof(buf)), 413); /* old limit kept */
-    char *log = slurp(d.log);
+    dutil_msleep(300 * dutil_slow());
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 413); /* old limit kept */
+    char *log = dutil_slurp(d.log, NULL);
     ck_assert_msg(strstr(log, "reload failed"), "log: %s", log);
     free(log);
 
-    write_file(cfgpath, "{\"max_body\": 4096}");
+    dutil_write_file(cfgpath, "{\"max_body\": 4096}");
     kill(d.pid, SIGHUP);
-    msleep(300 * slow());
-    ck_assert_int_eq(http(d.port, req, buf, sizeof(buf)), 405); /* body accepted, POST not */
-    log = slurp(d.log);
+    dutil_msleep(300 * dutil_slow());
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 405); /* body accepted, POST not */
+    log = dutil_slurp(d.log, NULL);
     ck_assert_msg(strstr(log, "configuration reloaded"), "log: %s", log);
     free(log);
-    ck_assert_int_eq(get(d.port, "/metrics", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "firebridge_config_reloads_total{result=\"failed\"} 1"));
     ck_assert_ptr_nonnull(strstr(buf, "firebridge_config_reloads_total{result=\"ok\"} 1"));
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
     unlink(cfgpath);
 }
 END_TEST
@@ -671,15 +431,15 @@ START_TEST(tls_inbound)
              "-keyout %s -out %s >/dev/null 2>&1", key, cert);
     ck_assert_int_eq(system(cmd), 0);
 
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--tls-cert", cert, "--tls-key", key, NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-it", extra);
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     ck_assert_ptr_nonnull(ctx);
     ck_assert_int_eq(SSL_CTX_load_verify_locations(ctx, cert, NULL), 1);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     for (int round = 0; round < 2; round++) {
-        int fd = connect_port(d.port);
+        int fd = dutil_connect(d.port);
         ck_assert_int_ge(fd, 0);
         SSL *ssl = SSL_new(ctx);
         SSL_set_fd(ssl, fd);
@@ -700,10 +460,10 @@ START_TEST(tls_inbound)
     }
     /* plain HTTP on the TLS port gets no HTTP answer and does not hurt the daemon */
     char buf[1024];
-    int st = get(d.port, "/healthz", buf, sizeof(buf));
+    int st = dutil_get(d.port, "/healthz", buf, sizeof(buf));
     ck_assert_int_ne(st, 200);
     SSL_CTX_free(ctx);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 
     /* an unreadable key: the daemon refuses to start */
     snprintf(cmd, sizeof(cmd), "'%s' -l 127.0.0.1:0 -d %s/data --tls-cert %s --tls-key %s/none "
@@ -730,46 +490,46 @@ static void quit_route(struct fbr_http_req *req, void *arg)
 
 START_TEST(idle_timeout_and_connection_cap)
 {
-    struct daemon d;
-    const char *const extra[] = {"--idle-timeout", under_valgrind() ? "2000" : "600",
+    struct dutil_daemon d;
+    const char *const extra[] = {"--idle-timeout", dutil_under_valgrind() ? "2000" : "600",
                                  "--max-connections", "3", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-it", extra);
     char buf[2048];
     const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
     /* an idle connection is closed after the idle timeout */
-    int idle = connect_port(d.port);
-    ck_assert_msg(closed_within(idle, 3000 * slow(), NULL, 0), "idle connection kept open");
+    int idle = dutil_connect(d.port);
+    ck_assert_msg(closed_within(idle, 3000 * dutil_slow(), NULL, 0), "idle connection kept open");
     close(idle);
-    msleep(100);
+    dutil_msleep(100);
     /* at the cap, a further connection waits in the backlog until one closes */
     int fds[3];
     for (int i = 0; i < 3; i++) {
-        fds[i] = connect_port(d.port);
-        ck_assert_int_eq(send_all(fds[i], req, strlen(req)), 0);
-        ck_assert_int_eq(read_response(fds[i], buf, sizeof(buf)), 200);
+        fds[i] = dutil_connect(d.port);
+        ck_assert_int_eq(dutil_send_all(fds[i], req, strlen(req)), 0);
+        ck_assert_int_eq(dutil_read_response(fds[i], buf, sizeof(buf)), 200);
     }
-    int extra_fd = connect_port(d.port);
+    int extra_fd = dutil_connect(d.port);
     ck_assert_int_ge(extra_fd, 0);
-    ck_assert_int_eq(send_all(extra_fd, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_send_all(extra_fd, req, strlen(req)), 0);
     struct pollfd p = {extra_fd, POLLIN, 0};
     ck_assert_int_eq(poll(&p, 1, 300), 0); /* not served while at the cap */
     close(fds[0]);
-    ck_assert_int_eq(read_response(extra_fd, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_read_response(extra_fd, buf, sizeof(buf)), 200);
     close(extra_fd);
     close(fds[1]);
     close(fds[2]);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
 START_TEST(several_listeners_ipv4_and_ipv6)
 {
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--listen", "[::1]:0", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-it", extra);
     char buf[2048];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    char *log = slurp(d.log);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    char *log = dutil_slurp(d.log, NULL);
     char *p = strstr(log, "listening on [::1]:");
     ck_assert_msg(p != NULL, "no IPv6 listener: %s", log);
     int port6 = atoi(p + strlen("listening on [::1]:"));
@@ -779,10 +539,10 @@ START_TEST(several_listeners_ipv4_and_ipv6)
     sa.sin6_addr = in6addr_loopback;
     ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-    ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
-    ck_assert_int_eq(read_response(fd, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
     close(fd);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -834,14 +594,14 @@ START_TEST(json_routes_415_400)
         snprintf(req, sizeof(req),
                  "POST /echo HTTP/1.1\r\nHost: t\r\n%sContent-Length: %zu\r\n"
                  "Connection: close\r\n\r\n%s", ct, strlen(cases[i].body), cases[i].body);
-        int st = http(port, req, buf, sizeof(buf));
+        int st = dutil_http(port, req, buf, sizeof(buf));
         ck_assert_msg(st == cases[i].status, "case %zu: %d", i, st);
         if (st == 200)
             ck_assert_ptr_nonnull(strstr(buf, cases[i].body));
         else
             ck_assert_ptr_nonnull(strstr(buf, "{\"result\":\"failure\",\"message\":"));
     }
-    ck_assert_int_eq(get(port, "/quit", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(port, "/quit", buf, sizeof(buf)), 200);
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -855,7 +615,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("daemon");
-    tcase_set_timeout(tc, under_valgrind() ? 600 : 60);
+    tcase_set_timeout(tc, dutil_under_valgrind() ? 600 : 60);
     tcase_add_test(tc, builtin_endpoints_and_errors);
     tcase_add_test(tc, body_413_without_leaks);
     tcase_add_test(tc, oversized_and_odd_requests);

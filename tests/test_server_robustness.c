@@ -21,12 +21,8 @@
  * FBR_SEED=<n> replays one stream (the seed in use is printed).  Under ASan (the sanitizer
  * build) the daemon aborts on a memory error, which the exit-status checks catch.
  */
-#include <arpa/inet.h>
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -39,119 +35,17 @@
 #include <unistd.h>
 
 #include "firebridge/common.h"
-
-static int under_valgrind(void)
-{
-    const char *v = getenv("FBR_VALGRIND");
-    return v && *v == '1';
-}
-
-static int slow(void)
-{
-    return under_valgrind() ? 10 : 1;
-}
-
-static void msleep(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Reads a whole file (NUL bytes included) into a new buffer; *len its size. */
-static char *slurp(const char *path, size_t *len)
-{
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    char *buf = malloc(1);
-    buf[0] = '\0';
-    if (!f)
-        return buf;
-    size_t cap = 1;
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof(tmp), f)) > 0) {
-        if (*len + n + 1 > cap) {
-            cap = (*len + n + 1) * 2;
-            buf = realloc(buf, cap);
-        }
-        memcpy(buf + *len, tmp, n);
-        *len += n;
-        buf[*len] = '\0';
-    }
-    fclose(f);
-    return buf;
-}
+#include "daemon_util.h"
 
 /* ---- the daemon ---- */
 
-struct daemon {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char log[96];
-};
-
-static void daemon_start(struct daemon *d, const char *const *extra)
-{
-    memset(d, 0, sizeof(*d));
-    snprintf(d->dir, sizeof(d->dir), "/tmp/fbr-rb-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(d->dir));
-    snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
-    char data[96];
-    snprintf(data, sizeof(data), "%s/data", d->dir);
-    const char *daemon = getenv("FBR_DAEMON");
-    ck_assert_msg(daemon != NULL, "FBR_DAEMON not set (run through meson test)");
-    const char *argv[48];
-    int n = 0;
-    if (under_valgrind()) {
-        argv[n++] = "valgrind";
-        argv[n++] = "--error-exitcode=99";
-        argv[n++] = "--leak-check=full";
-        argv[n++] = "--errors-for-leak-kinds=definite";
-        argv[n++] = "--quiet";
-    }
-    argv[n++] = daemon;
-    argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
-    argv[n++] = "--data-dir";
-    argv[n++] = data;
-    for (int i = 0; extra && extra[i] && n < 46; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    d->pid = fork();
-    ck_assert_int_ge(d->pid, 0);
-    if (d->pid == 0) {
-        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 200 * slow(); i++) {
-        size_t len;
-        char *log = slurp(d->log, &len);
-        char *p = strstr(log, "listening on 127.0.0.1:");
-        if (p)
-            d->port = atoi(p + strlen("listening on 127.0.0.1:"));
-        free(log);
-        if (d->port)
-            return;
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid)
-            ck_abort_msg("daemon exited at start (status %d)", st);
-        msleep(50);
-    }
-    ck_abort_msg("daemon did not report its port");
-}
-
-static void daemon_assert_alive(struct daemon *d, const char *when)
+static void daemon_assert_alive(struct dutil_daemon *d, const char *when)
 {
     int st = 0;
     pid_t r = waitpid(d->pid, &st, WNOHANG);
     if (r == d->pid) {
         size_t len;
-        char *log = slurp(d->log, &len);
+        char *log = dutil_slurp(d->log, &len);
         size_t from = len > 3000 ? len - 3000 : 0;
         d->pid = 0;
         ck_abort_msg("daemon died %s: status 0x%x (signal %d); log tail:\n%s", when, st,
@@ -159,41 +53,11 @@ static void daemon_assert_alive(struct daemon *d, const char *when)
     }
 }
 
-/* SIGTERM; asserts exit status 0 (under ASan or valgrind: no memory errors either). */
-static void daemon_stop(struct daemon *d)
-{
-    if (d->pid <= 0)
-        return;
-    kill(d->pid, SIGTERM);
-    int st = -1;
-    for (int waited = 0; waited < 15000 * slow(); waited += 20) {
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid)
-            break;
-        st = -1;
-        msleep(20);
-    }
-    if (st == -1) {
-        kill(d->pid, SIGKILL);
-        waitpid(d->pid, &st, 0);
-        ck_abort_msg("daemon did not exit after SIGTERM");
-    }
-    size_t len;
-    char *log = slurp(d->log, &len);
-    size_t from = len > 3000 ? len - 3000 : 0;
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon exit status 0x%x; log tail:\n%s",
-                  st, log + from);
-    free(log);
-    d->pid = 0;
-    char cmd[160];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 /* Asserts the daemon's stderr holds no ESC byte (no terminal colour codes in the log). */
-static void assert_log_has_no_escape(struct daemon *d)
+static void assert_log_has_no_escape(struct dutil_daemon *d)
 {
     size_t len;
-    char *log = slurp(d->log, &len);
+    char *log = dutil_slurp(d->log, &len);
     const char *esc = memchr(log, 0x1b, len);
     if (esc) {
         size_t at = (size_t)(esc - log);
@@ -203,39 +67,12 @@ static void assert_log_has_no_escape(struct daemon *d)
     free(log);
 }
 
-static int count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *dir = opendir(path);
-    ck_assert_ptr_nonnull(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(dir);
-    return n;
-}
-
 /* ---- client side ---- */
 
+/* Every client socket here also has a send timeout: a stalled daemon must not hang the test. */
 static int connect_port(int port, int rcvbuf)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    if (rcvbuf > 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {5 * slow(), 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    return fd;
+    return dutil_connect_with(port, rcvbuf, 5 * dutil_slow(), 5 * dutil_slow());
 }
 
 /* Closes with a TCP reset instead of a FIN. */
@@ -244,19 +81,6 @@ static void close_reset(int fd)
     struct linger lg = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     close(fd);
-}
-
-/* Sends all of buf; returns 0, or -1 once the peer has gone (not an error for these tests). */
-static int send_all(int fd, const char *buf, size_t len)
-{
-    while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return -1;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
 }
 
 /* Reads until EOF, reset, timeout or cap; returns the bytes read into buf (NUL-terminated). */
@@ -282,69 +106,20 @@ static size_t read_until_close(int fd, char *buf, size_t cap, int ms)
     return len;
 }
 
-/* Reads one response with a Content-Length body; returns its status or -1. */
-static int read_response(int fd, char *buf, size_t cap)
-{
-    size_t len = 0;
-    buf[0] = '\0';
-    for (;;) {
-        char *end = strstr(buf, "\r\n\r\n");
-        if (end) {
-            char *cl = strcasestr(buf, "content-length:");
-            size_t body = cl ? (size_t)atol(cl + 15) : 0;
-            if (len >= (size_t)(end + 4 - buf) + body)
-                break;
-        }
-        if (len + 1 >= cap)
-            break;
-        ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-    }
-    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0)
-        return -1;
-    return atoi(buf + 9);
-}
-
-static int get(int port, const char *path, char *buf, size_t cap)
-{
-    char req[256];
-    snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", path);
-    int fd = connect_port(port, 0);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
-    int st = read_response(fd, buf, cap);
-    close(fd);
-    return st;
-}
-
-/* Reads a metric's value from /metrics (exact series text, e.g. "name{l=\"v\"}"); -1 if absent. */
-static long long metric(int port, const char *series)
-{
-    static char buf[256 * 1024];
-    ck_assert_int_eq(get(port, "/metrics", buf, sizeof(buf)), 200);
-    char want[256];
-    snprintf(want, sizeof(want), "\n%s ", series);
-    const char *p = strstr(buf, want);
-    return p ? atoll(p + strlen(want)) : -1;
-}
-
 /*
  * Waits until the daemon is back at its baseline: fds descriptors and exactly one open
  * connection (the /metrics request asking).  Asserts it within a few seconds.
  */
-static void assert_back_to_baseline(struct daemon *d, int fds, const char *when)
+static void assert_back_to_baseline(struct dutil_daemon *d, int fds, const char *when)
 {
     int now = -1;
     long long open = -1;
-    for (int i = 0; i < 100 * slow(); i++) {
-        now = count_fds(d->pid);
-        open = metric(d->port, "firebridge_http_open_connections");
+    for (int i = 0; i < 100 * dutil_slow(); i++) {
+        now = dutil_count_fds(d->pid);
+        open = dutil_metric(d->port, "firebridge_http_open_connections");
         if (now <= fds && open == 1)
             break;
-        msleep(50);
+        dutil_msleep(50);
     }
     ck_assert_msg(now <= fds && open == 1, "%s: %d descriptors (baseline %d), gauge %lld", when,
                   now, fds, open);
@@ -567,14 +342,14 @@ static void send_odd(int port, const struct out *o, enum delivery how, struct st
             size_t n = rnd_in(1, 64);
             if (n > len - off)
                 n = len - off;
-            if (send_all(fd, o->p + off, n) != 0)
+            if (dutil_send_all(fd, o->p + off, n) != 0)
                 break;
             off += n;
             if (rnd() % 16 == 0)
-                msleep(1);
+                dutil_msleep(1);
         }
     } else {
-        send_all(fd, o->p, len);
+        dutil_send_all(fd, o->p, len);
     }
     st->sent++;
     if (how == D_CUT_CLOSE) {
@@ -587,7 +362,7 @@ static void send_odd(int port, const struct out *o, enum delivery how, struct st
     }
     shutdown(fd, SHUT_WR);
     static char buf[64 * 1024];
-    size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+    size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
     close(fd);
     if (n == 0) {
         st->closes_without_reply++;
@@ -608,16 +383,16 @@ START_TEST(seeded_odd_request_stream)
     rng_state = seed ? seed : 1;
     fprintf(stderr, "seeded_odd_request_stream: FBR_SEED=%llu\n", (unsigned long long)seed);
 
-    struct daemon d;
-    const char *const extra[] = {"--read-timeout", under_valgrind() ? "3000" : "1000",
+    struct dutil_daemon d;
+    const char *const extra[] = {"--read-timeout", dutil_under_valgrind() ? "3000" : "1000",
                                  "--max-body", "65536", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-rb", extra);
     char buf[8192];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    msleep(100 * slow());
-    int base_fds = count_fds(d.pid);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_msleep(100 * dutil_slow());
+    int base_fds = dutil_count_fds(d.pid);
 
-    int batches = under_valgrind() ? 4 : 20, per_batch = 100;
+    int batches = dutil_under_valgrind() ? 4 : 20, per_batch = 100;
     struct stream_stats st = {0};
     unsigned by_kind[K_NKINDS] = {0};
     struct out o = {0};
@@ -632,7 +407,7 @@ START_TEST(seeded_odd_request_stream)
         char when[64];
         snprintf(when, sizeof(when), "after batch %d of odd requests", b + 1);
         daemon_assert_alive(&d, when);
-        ck_assert_msg(get(d.port, "/healthz", buf, sizeof(buf)) == 200, "/healthz %s", when);
+        ck_assert_msg(dutil_get(d.port, "/healthz", buf, sizeof(buf)) == 200, "/healthz %s", when);
         assert_log_has_no_escape(&d);
     }
     free(o.p);
@@ -647,7 +422,7 @@ START_TEST(seeded_odd_request_stream)
     ck_assert_uint_gt(st.status[2], 0);
     assert_back_to_baseline(&d, base_fds, "after the odd-request stream");
     assert_log_has_no_escape(&d);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -721,22 +496,22 @@ static int open_cut(int port, enum cut c)
     case CUT_NCUTS:
         break;
     }
-    send_all(fd, s, strlen(s));
+    dutil_send_all(fd, s, strlen(s));
     return fd;
 }
 
 START_TEST(disconnects_mid_request_return_to_baseline)
 {
-    struct daemon d;
+    struct dutil_daemon d;
     /* long timeouts: only the disconnects may close these connections */
     const char *const extra[] = {"--read-timeout", "60000", "--idle-timeout", "60000",
                                  "--max-body", "65536", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-rb", extra);
     char buf[4096];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
-    msleep(100 * slow());
-    int base_fds = count_fds(d.pid);
-    long long aborted0 = metric(d.port, "firebridge_http_rejected_total{reason=\"aborted\"}");
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_msleep(100 * dutil_slow());
+    int base_fds = dutil_count_fds(d.pid);
+    long long aborted0 = dutil_metric(d.port, "firebridge_http_rejected_total{reason=\"aborted\"}");
 
     enum { PER_CUT = 12 };
     int fds[CUT_NCUTS * PER_CUT];
@@ -745,9 +520,9 @@ START_TEST(disconnects_mid_request_return_to_baseline)
         for (int c = 0; c < CUT_NCUTS; c++)
             for (int i = 0; i < PER_CUT; i++)
                 fds[n++] = open_cut(d.port, (enum cut)c);
-        msleep(200 * slow());
+        dutil_msleep(200 * dutil_slow());
         /* all of them are open at once: the gauge counts them (plus the asking connection) */
-        long long open = metric(d.port, "firebridge_http_open_connections");
+        long long open = dutil_metric(d.port, "firebridge_http_open_connections");
         ck_assert_msg(open >= 1 + (CUT_NCUTS - 1) * PER_CUT && open <= 1 + n,
                       "gauge %lld with %d connections open", open, n);
         for (int i = 0; i < n; i++) {
@@ -763,7 +538,7 @@ START_TEST(disconnects_mid_request_return_to_baseline)
     for (int c = 0; c < CUT_NCUTS; c++) {
         for (int reset = 0; reset < 2; reset++) {
             int fd = open_cut(d.port, (enum cut)c);
-            msleep(20);
+            dutil_msleep(20);
             if (reset)
                 close_reset(fd);
             else
@@ -775,14 +550,14 @@ START_TEST(disconnects_mid_request_return_to_baseline)
         }
     }
     /* the per-request on_error hook fired for the requests cut short */
-    long long aborted = metric(d.port, "firebridge_http_rejected_total{reason=\"aborted\"}");
+    long long aborted = dutil_metric(d.port, "firebridge_http_rejected_total{reason=\"aborted\"}");
     if (aborted0 < 0)
         aborted0 = 0;
     fprintf(stderr, "FIGURES: aborted_requests_counted=%lld\n", aborted - aborted0);
     ck_assert_int_gt(aborted, aborted0);
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
     assert_log_has_no_escape(&d);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -790,22 +565,22 @@ END_TEST
 
 START_TEST(reset_while_writing_large_replies)
 {
-    struct daemon d;
-    daemon_start(&d, NULL);
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-rb", NULL);
     char buf[4096];
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
     /* the daemon ignores SIGPIPE (bit 13 - 1 of SigIgn in /proc/PID/status) */
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)d.pid);
     size_t len;
-    char *status = slurp(path, &len);
+    char *status = dutil_slurp(path, &len);
     const char *ign = strstr(status, "SigIgn:");
     ck_assert_ptr_nonnull(ign);
     unsigned long long mask = strtoull(ign + 7, NULL, 16);
     ck_assert_msg(mask & (1ull << (SIGPIPE - 1)), "SIGPIPE not ignored: SigIgn %llx", mask);
     free(status);
-    msleep(100 * slow());
-    int base_fds = count_fds(d.pid);
+    dutil_msleep(100 * dutil_slow());
+    int base_fds = dutil_count_fds(d.pid);
 
     /* 200 pipelined GET /metrics on a small receive window, never read, then a reset: the
      * daemon is still writing replies when the peer is gone */
@@ -814,12 +589,12 @@ START_TEST(reset_while_writing_large_replies)
     for (int i = 0; i < 200; i++)
         plen += (size_t)snprintf(pipeline + plen, sizeof(pipeline) - plen,
                                  "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-    int rounds = under_valgrind() ? 5 : 30;
+    int rounds = dutil_under_valgrind() ? 5 : 30;
     for (int r = 0; r < rounds; r++) {
         int fd = connect_port(d.port, 2048);
         ck_assert_int_ge(fd, 0);
-        send_all(fd, pipeline, plen);
-        msleep(r % 3 == 0 ? 0 : 20);
+        dutil_send_all(fd, pipeline, plen);
+        dutil_msleep(r % 3 == 0 ? 0 : 20);
         if (r % 2)
             close_reset(fd);
         else
@@ -829,14 +604,14 @@ START_TEST(reset_while_writing_large_replies)
     for (int r = 0; r < rounds * 10; r++) {
         int fd = connect_port(d.port, 0);
         ck_assert_int_ge(fd, 0);
-        send_all(fd, pipeline, 34);
+        dutil_send_all(fd, pipeline, 34);
         close_reset(fd);
     }
-    msleep(200 * slow());
+    dutil_msleep(200 * dutil_slow());
     daemon_assert_alive(&d, "after resets during large replies");
-    ck_assert_int_eq(get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
     assert_back_to_baseline(&d, base_fds, "after resets during large replies");
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -844,18 +619,18 @@ END_TEST
 
 START_TEST(connection_close_replies_close)
 {
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--max-body", "1024", "--idle-timeout", "60000", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-rb", extra);
     static char req[8192];
     int n = snprintf(req, sizeof(req),
                      "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n");
     memset(req + n, 'x', 5000);
     req[n + 5000] = '\0';
     int fd = connect_port(d.port, 0);
-    ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
     static char buf[8192];
-    size_t len = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+    size_t len = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
     ck_assert_msg(len > 0 && strncmp(buf, "HTTP/1.1 413", 12) == 0, "reply: %s", buf);
     ck_assert_msg(strcasestr(buf, "Connection: close"), "no Connection: close: %s", buf);
     ck_assert_msg(!strcasestr(strcasestr(buf, "Connection: close") + 1, "Connection: close"),
@@ -865,7 +640,7 @@ START_TEST(connection_close_replies_close)
     ck_assert_int_eq(poll(&p, 1, 0), 1);
     ck_assert_int_eq(recv(fd, buf, sizeof(buf), MSG_DONTWAIT), 0);
     close(fd);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -882,16 +657,16 @@ START_TEST(status_line_version)
         {"HTTP/3.1", "HTTP/1.1 505 "},   {"HTTP/11.11", "HTTP/1.1 505 "},
         {"HTTP/0.9", NULL},
     };
-    struct daemon d;
-    daemon_start(&d, NULL);
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-rb", NULL);
     for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
         char req[160];
         snprintf(req, sizeof(req), "GET /healthz %s\r\nHost: t\r\n\r\n", cases[i].version);
         int fd = connect_port(d.port, 0);
-        ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
+        ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
         shutdown(fd, SHUT_WR);
         char buf[2048];
-        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
         close(fd);
         if (!cases[i].status_line) {
             ck_assert_msg(n == 0, "%s: reply %s", cases[i].version, buf);
@@ -903,9 +678,9 @@ START_TEST(status_line_version)
         snprintf(req, sizeof(req), "GET /healthz %s\r\nHost: t\r\nExpect: 100-continue\r\n"
                  "Content-Length: 2\r\n\r\nab", cases[i].version);
         fd = connect_port(d.port, 0);
-        ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
+        ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
         shutdown(fd, SHUT_WR);
-        n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        n = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
         close(fd);
         char cont[32];
         snprintf(cont, sizeof(cont), "%.9s100 Continue\r\n\r\n", cases[i].status_line);
@@ -915,7 +690,7 @@ START_TEST(status_line_version)
         ck_assert_msg(strncmp(final, cases[i].status_line, strlen(cases[i].status_line)) == 0,
                       "%s + Expect: final reply %.60s", cases[i].version, final);
     }
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -927,23 +702,23 @@ END_TEST
  */
 START_TEST(library_stderr_lines_are_plain_log_lines)
 {
-    struct daemon d;
+    struct dutil_daemon d;
     const char *const extra[] = {"--log-level", "debug", "--log-format", "json", NULL};
-    daemon_start(&d, extra);
+    dutil_daemon_start(&d, "fbr-rb", extra);
     const char *two = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n"
                       "Connection: close\r\n\r\n";
     for (int i = 0; i < 20; i++) {
         int fd = connect_port(d.port, 0);
-        ck_assert_int_eq(send_all(fd, two, strlen(two)), 0);
+        ck_assert_int_eq(dutil_send_all(fd, two, strlen(two)), 0);
         char buf[4096];
-        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
         close(fd);
         ck_assert_msg(n > 0 && strstr(buf, "\"ok\"") && strstr(buf, "\"ready\""),
                       "pipelined replies: %s", buf);
     }
     assert_log_has_no_escape(&d);
     size_t len;
-    char *log = slurp(d.log, &len);
+    char *log = dutil_slurp(d.log, &len);
     unsigned lines = 0, library = 0;
     for (char *line = log, *end; *line; line = end + 1) {
         end = strchr(line, '\n');
@@ -955,7 +730,7 @@ START_TEST(library_stderr_lines_are_plain_log_lines)
     }
     fprintf(stderr, "FIGURES: json_log_lines=%u of_them_library_lines=%u\n", lines, library);
     free(log);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -978,16 +753,16 @@ START_TEST(pipelined_requests_in_one_write)
         {"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n", "HTTP/1.1 200 "},
         {"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
     };
-    struct daemon d;
-    daemon_start(&d, NULL);
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-rb", NULL);
     char all[2048] = "";
     for (size_t i = 0; i < FBR_ARRAY_LEN(seq); i++)
         strcat(all, seq[i].req);
     for (int round = 0; round < 20; round++) {
         int fd = connect_port(d.port, 0);
-        ck_assert_int_eq(send_all(fd, all, strlen(all)), 0);
+        ck_assert_int_eq(dutil_send_all(fd, all, strlen(all)), 0);
         static char buf[16384];
-        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * slow());
+        size_t n = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
         close(fd);
         ck_assert_int_gt(n, 0);
         const char *p = buf;
@@ -1001,7 +776,7 @@ START_TEST(pipelined_requests_in_one_write)
         }
     }
     assert_log_has_no_escape(&d);
-    daemon_stop(&d);
+    dutil_daemon_stop(&d);
 }
 END_TEST
 
@@ -1010,7 +785,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("server_robustness");
     TCase *tc = tcase_create("daemon");
-    tcase_set_timeout(tc, under_valgrind() ? 600 : 60);
+    tcase_set_timeout(tc, dutil_under_valgrind() ? 600 : 60);
     tcase_add_test(tc, seeded_odd_request_stream);
     tcase_add_test(tc, disconnects_mid_request_return_to_baseline);
     tcase_add_test(tc, reset_while_writing_large_replies);

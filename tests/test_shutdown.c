@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "firebridge/common.h"
+#include "daemon_util.h"
 #include "http_testsrv.h"
 
 #define API_KEY "shutdown-test-key"
@@ -39,27 +40,6 @@
 
 static struct event_base *base;
 static struct tsrv *srv;
-
-static int slow(void)
-{
-    const char *v = getenv("FBR_VALGRIND");
-    return v && *v == '1' ? 10 : 1;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return strdup("");
-    char *buf = NULL;
-    size_t cap = 0;
-    if (getdelim(&buf, &cap, '\0', f) < 0) {
-        free(buf);
-        buf = strdup("");
-    }
-    fclose(f);
-    return buf;
-}
 
 /* Lets the test server work for ms milliseconds. */
 static void pump(int ms)
@@ -72,134 +52,23 @@ static void pump(int ms)
     } while (fbr_now_ms() < end);
 }
 
-struct daemon {
-    pid_t pid;
-    int port;
-    char log[160];
-};
-
-/* Starts the daemon with args (NULL-terminated), stdout and stderr to log; waits for its port. */
-static void daemon_start(struct daemon *d, const char *log, const char *const *args)
+/* Starts the daemon with args, output to log; serves the test server while waiting for its port. */
+static void daemon_start(struct dutil_daemon *d, const char *log, const char *const *args)
 {
     memset(d, 0, sizeof(*d));
     snprintf(d->log, sizeof(d->log), "%s", log);
-    const char *exe = getenv("FBR_DAEMON");
-    ck_assert_msg(exe != NULL, "FBR_DAEMON not set (run through meson test)");
-    const char *argv[40];
-    int n = 0;
-    if (slow() > 1) {
-        argv[n++] = "valgrind";
-        argv[n++] = "--error-exitcode=99";
-        argv[n++] = "--leak-check=full";
-        argv[n++] = "--errors-for-leak-kinds=definite";
-        argv[n++] = "--quiet";
-    }
-    argv[n++] = exe;
-    for (int i = 0; args[i] && n < 38; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    d->pid = fork();
-    ck_assert_int_ge(d->pid, 0);
-    if (d->pid == 0) {
-        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    static const char mark[] = "listening on 127.0.0.1:";
-    for (int i = 0; i < 400 * slow(); i++) {
-        char *text = slurp(d->log);
-        char *p = strstr(text, mark);
-        if (p)
-            d->port = atoi(p + sizeof(mark) - 1);
-        free(text);
-        if (d->port)
-            return;
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-            d->pid = 0;
-            ck_abort_msg("daemon exited at start: %s", slurp(d->log));
-        }
-        pump(25);
-    }
-    ck_abort_msg("daemon did not report its port");
+    d->pid = dutil_spawn_daemon(d->log, args);
+    d->port = dutil_wait_port(&d->pid, d->log, "listening on 127.0.0.1:", 400 * dutil_slow(), 25,
+                              pump);
 }
 
-/* Waits (serving the test server meanwhile) up to ms for the daemon to exit; status or -1. */
-static int daemon_wait(struct daemon *d, int ms)
-{
-    uint64_t end = fbr_now_ms() + (uint64_t)ms;
-    while (fbr_now_ms() < end) {
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-            d->pid = 0;
-            return st;
-        }
-        pump(10);
-    }
-    return -1;
-}
-
-static void daemon_kill(struct daemon *d)
+static void daemon_kill(struct dutil_daemon *d)
 {
     if (d->pid > 0) {
         kill(d->pid, SIGKILL);
         waitpid(d->pid, NULL, 0);
         d->pid = 0;
     }
-}
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {5 * slow(), 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return fd;
-}
-
-static void send_all(int fd, const char *buf, size_t len)
-{
-    while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        ck_assert_int_gt(n, 0);
-        buf += n;
-        len -= (size_t)n;
-    }
-}
-
-/* Reads one response (headers and a Content-Length body); returns the status or -1. */
-static int read_response(int fd, char *buf, size_t cap)
-{
-    size_t len = 0;
-    buf[0] = '\0';
-    for (;;) {
-        char *end = strstr(buf, "\r\n\r\n");
-        if (end) {
-            char *cl = strcasestr(buf, "content-length:");
-            size_t body = cl ? (size_t)atol(cl + 15) : 0;
-            if (len >= (size_t)(end + 4 - buf) + body)
-                break;
-        }
-        if (len + 1 >= cap)
-            break;
-        ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-    }
-    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0)
-        return -1;
-    return atoi(buf + 9);
 }
 
 static int alert_request(char *out, size_t cap, int i)
@@ -213,6 +82,12 @@ static int alert_request(char *out, size_t cap, int i)
                     "POST /integrations/generic/20131114/alert/" API_KEY "/ops HTTP/1.1\r\n"
                     "Host: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
                     blen, body);
+}
+
+/* A send that must go through whole. */
+static void send_all(int fd, const char *buf, size_t len)
+{
+    ck_assert_int_eq(dutil_send_all(fd, buf, len), 0);
 }
 
 /* Reads a JSONL file into a JSON array (new reference). */
@@ -247,8 +122,7 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     srv = tsrv_new(base, NULL);
     tsrv_set_default(srv, (struct tsrv_reply){503, NULL, 0});
     char dir[64];
-    snprintf(dir, sizeof(dir), "/tmp/fbr-shutdown-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    dutil_tmpdir(dir, sizeof(dir), "fbr-shutdown");
     char cfg_path[128], data[128], log1[128], log2[128], dl[192];
     snprintf(cfg_path, sizeof(cfg_path), "%s/config.json", dir);
     snprintf(data, sizeof(data), "%s/data", dir);
@@ -267,53 +141,53 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     fclose(f);
 
     /* run 1: the destination answers 503; SIGTERM with a 1 s drain */
-    struct daemon d;
+    struct dutil_daemon d;
     char drain[16]; /* longer than the 200 ms (x slow) the test waits inside the drain */
-    snprintf(drain, sizeof(drain), "%d", slow());
+    snprintf(drain, sizeof(drain), "%d", dutil_slow());
     const char *const args1[] = {"-c", cfg_path, "--listen", "127.0.0.1:0", "--data-dir", data,
                                  "--drain-timeout", drain, "--retry-initial", "100",
                                  "--retry-max-interval", "300", "--log-level", "debug", NULL};
     daemon_start(&d, log1, args1);
     char req[512], buf[4096];
     for (int i = 0; i < N_ALERTS; i++) {
-        int fd = connect_port(d.port);
+        int fd = dutil_connect(d.port);
         ck_assert_int_ge(fd, 0);
         int n = alert_request(req, sizeof(req), i);
         send_all(fd, req, (size_t)n);
-        int status = read_response(fd, buf, sizeof(buf));
+        int status = dutil_read_response(fd, buf, sizeof(buf));
         close(fd);
         ck_assert_msg(status == 200, "alert %d: status %d: %s", i, status, buf);
         pump(5);
     }
-    pump(400 * slow()); /* a few 503s and retries */
+    pump(400 * dutil_slow()); /* a few 503s and retries */
     ck_assert_uint_ge(tsrv_nreqs(srv), 2);
 
     /* requests in progress when the drain begins: headers in, body incomplete */
-    int busy_alert = connect_port(d.port), busy_ready = connect_port(d.port);
+    int busy_alert = dutil_connect(d.port), busy_ready = dutil_connect(d.port);
     ck_assert_int_ge(busy_alert, 0);
     ck_assert_int_ge(busy_ready, 0);
     int n = alert_request(req, sizeof(req), 99);
     send_all(busy_alert, req, (size_t)n - 5);
     const char *ready = "GET /readyz HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab";
     send_all(busy_ready, ready, strlen(ready));
-    pump(150 * slow());
+    pump(150 * dutil_slow());
     kill(d.pid, SIGTERM);
-    pump(200 * slow());
+    pump(200 * dutil_slow());
     send_all(busy_alert, req + n - 5, 5);
-    ck_assert_int_eq(read_response(busy_alert, buf, sizeof(buf)), 503);
+    ck_assert_int_eq(dutil_read_response(busy_alert, buf, sizeof(buf)), 503);
     ck_assert_ptr_nonnull(strstr(buf, "draining"));
     ck_assert_ptr_nonnull(strcasestr(buf, "Connection: close"));
     ck_assert_ptr_nonnull(strcasestr(buf, "Retry-After:"));
     send_all(busy_ready, "cd", 2);
-    ck_assert_int_eq(read_response(busy_ready, buf, sizeof(buf)), 503);
+    ck_assert_int_eq(dutil_read_response(busy_ready, buf, sizeof(buf)), 503);
     ck_assert_ptr_nonnull(strstr(buf, "draining"));
     close(busy_alert);
     close(busy_ready);
 
-    int st = daemon_wait(&d, 8000 * slow());
+    int st = dutil_wait_exit(&d.pid, 8000 * dutil_slow(), pump);
     if (st == -1)
         daemon_kill(&d);
-    char *log = slurp(log1);
+    char *log = dutil_slurp(log1, NULL);
     ck_assert_msg(st != -1, "daemon still running after the drain timeout:\n%s", log);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d:\n%s", st, log);
     ck_assert_ptr_nonnull(strstr(log, "drain timeout"));
@@ -351,7 +225,7 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     const char *const args2[] = {"-c", cfg_path, "--listen", "127.0.0.1:0", "--data-dir", data,
                                  "--drain-timeout", "5", "--replay-dead-letters", dl, NULL};
     daemon_start(&d, log2, args2);
-    uint64_t end = fbr_now_ms() + 10000u * (unsigned)slow();
+    uint64_t end = fbr_now_ms() + 10000u * (unsigned)dutil_slow();
     while (tsrv_nreqs(srv) - before < N_ALERTS && fbr_now_ms() < end)
         pump(10);
     ck_assert_uint_eq(tsrv_nreqs(srv) - before, N_ALERTS);
@@ -364,10 +238,10 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
         ck_assert_str_eq(r->auth, "Bearer " HDR_SECRET);
     }
     kill(d.pid, SIGTERM);
-    st = daemon_wait(&d, 8000 * slow());
+    st = dutil_wait_exit(&d.pid, 8000 * dutil_slow(), pump);
     if (st == -1)
         daemon_kill(&d);
-    log = slurp(log2);
+    log = dutil_slurp(log2, NULL);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d:\n%s", st, log);
     ck_assert_ptr_nonnull(strstr(log, "drained"));
     ck_assert_ptr_null(strstr(log, "saved "));
@@ -387,8 +261,7 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     tsrv_free(srv);
     srv = NULL;
     event_base_free(base);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    dutil_rm_rf(dir);
 }
 END_TEST
 
@@ -443,8 +316,7 @@ static void write_dead_letters(const char *path, int n, const char *extra)
 START_TEST(failed_start_keeps_dead_letters)
 {
     char dir[64];
-    snprintf(dir, sizeof(dir), "/tmp/fbr-shutdown-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    dutil_tmpdir(dir, sizeof(dir), "fbr-shutdown");
     char data[128], dl[192], log[128], cmd[400];
     snprintf(data, sizeof(data), "%s/data", dir);
     snprintf(dl, sizeof(dl), "%s/dead-letters.jsonl", data);
@@ -466,7 +338,7 @@ START_TEST(failed_start_keeps_dead_letters)
                                 "--replay-dead-letters", dl, NULL};
     int st = run_to_exit(log, args);
     close(busy);
-    char *text = slurp(log);
+    char *text = dutil_slurp(log, NULL);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d:\n%s", st, text);
     ck_assert_ptr_nonnull(strstr(text, "saved 3 undelivered deliveries"));
     ck_assert_msg(strstr(text, URL_SECRET) == NULL, "URL token in the log");
@@ -487,24 +359,23 @@ START_TEST(failed_start_keeps_dead_letters)
     snprintf(cmd, sizeof(cmd), "rm -f %s/dead-letters.jsonl*", data);
     ck_assert_int_eq(system(cmd), 0);
     write_dead_letters(dl, 2, "{not json\n");
-    char *before = slurp(dl);
+    char *before = dutil_slurp(dl, NULL);
     const char *const args2[] = {"--listen", "127.0.0.1:0", "--data-dir", data,
                                  "--replay-dead-letters", dl, NULL};
     st = run_to_exit(log, args2);
-    text = slurp(log);
+    text = dutil_slurp(log, NULL);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d:\n%s", st, text);
     ck_assert_ptr_nonnull(strstr(text, "line 3"));
     ck_assert_ptr_null(strstr(text, "saved "));
     free(text);
-    char *after = slurp(dl);
+    char *after = dutil_slurp(dl, NULL);
     ck_assert_str_eq(after, before);
     free(before);
     free(after);
     snprintf(cmd, sizeof(cmd), "test $(ls %s | grep -c replayed) -eq 0", data);
     ck_assert_int_eq(system(cmd), 0);
 
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    dutil_rm_rf(dir);
 }
 END_TEST
 
@@ -512,7 +383,7 @@ int main(void)
 {
     Suite *s = suite_create("shutdown");
     TCase *tc = tcase_create("daemon");
-    tcase_set_timeout(tc, 55 * slow());
+    tcase_set_timeout(tc, 55 * dutil_slow());
     tcase_add_test(tc, sigterm_saves_then_replay_delivers_in_order);
     tcase_add_test(tc, failed_start_keeps_dead_letters);
     suite_add_tcase(s, tc);
