@@ -161,16 +161,24 @@ static void call_complete(struct call *call)
     evtimer_add(call->timer, &zero);
 }
 
+static void call_set_errorv(struct call *call, enum fbr_client_err err, const char *fmt,
+                            va_list ap) __attribute__((format(printf, 3, 0)));
+static void call_set_errorv(struct call *call, enum fbr_client_err err, const char *fmt,
+                            va_list ap)
+{
+    vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+    call->resp.err = err;
+    call->resp.status = 0;
+}
+
 static void call_set_error(struct call *call, enum fbr_client_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void call_set_error(struct call *call, enum fbr_client_err err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+    call_set_errorv(call, err, fmt, ap);
     va_end(ap);
-    call->resp.err = err;
-    call->resp.status = 0;
 }
 
 static void arm_timer(struct call *call, unsigned ms)
@@ -215,10 +223,8 @@ static void conn_fail(struct conn *conn, enum fbr_client_err err, const char *fm
     if (call) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+        call_set_errorv(call, err, fmt, ap);
         va_end(ap);
-        call->resp.err = err;
-        call->resp.status = 0;
         evtimer_del(call->timer);
     }
     conn_destroy(conn);

@@ -350,3 +350,28 @@ long long dutil_metric(int port, const char *series)
     const char *p = strstr(buf, want);
     return p ? atoll(p + strlen(want)) : -1;
 }
+
+json_t *dutil_read_jsonl(const char *path)
+{
+    json_t *arr = json_array();
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return arr;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        json_error_t jerr;
+        json_t *j = json_loadb(line, (size_t)len, 0, &jerr);
+        ck_assert_msg(j != NULL, "bad line in %s: %s", path, jerr.text);
+        json_array_append_new(arr, j);
+    }
+    free(line);
+    fclose(f);
+    return arr;
+}
+
+const char *dutil_jstr(json_t *arr, size_t i, const char *key)
+{
+    return json_string_value(json_object_get(json_array_get(arr, i), key));
+}

@@ -14,10 +14,17 @@
 #ifndef FBR_TEST_DAEMON_UTIL_H
 #define FBR_TEST_DAEMON_UTIL_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <sys/types.h>
 
 /* ---- environment, time, files ---- */
+
+/* Reads a JSON-lines file (dead letters) into a new JSON array: empty when the file cannot be
+ * opened; asserts every line parses. */
+json_t *dutil_read_jsonl(const char *path);
+/* The string at arr[i].key (borrowed), or NULL. */
+const char *dutil_jstr(json_t *arr, size_t i, const char *key);
 
 /* 1 when FBR_VALGRIND=1 (the valgrind test setup), else 0. */
 int dutil_under_valgrind(void);

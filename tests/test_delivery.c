@@ -21,6 +21,7 @@
 #include "firebridge/delivery.h"
 #include "firebridge/server.h"
 #include "firebridge/webhook.h"
+#include "daemon_util.h"
 #include "http_testsrv.h"
 
 static struct event_base *base;
@@ -835,31 +836,6 @@ static int shutdown_states_reached(void)
 }
 
 /* Reads a JSONL file into an array of objects (new reference); *n lines. */
-static json_t *read_lines(const char *path)
-{
-    json_t *arr = json_array();
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return arr;
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    while ((len = getline(&line, &cap, f)) > 0) {
-        json_error_t jerr;
-        json_t *j = json_loadb(line, (size_t)len, 0, &jerr);
-        ck_assert_msg(j != NULL, "bad line in %s: %s", path, jerr.text);
-        json_array_append_new(arr, j);
-    }
-    free(line);
-    fclose(f);
-    return arr;
-}
-
-static const char *jstr(json_t *arr, size_t i, const char *key)
-{
-    return json_string_value(json_object_get(json_array_get(arr, i), key));
-}
-
 /* Finds the file dir/dead-letters.jsonl.replayed-* (static buffer), or NULL. */
 static const char *aside_file(void)
 {
@@ -932,15 +908,15 @@ START_TEST(shutdown_saves_every_state)
     struct stat st;
     ck_assert_int_eq(stat(path, &st), 0);
     ck_assert_uint_eq(st.st_mode & 0777, 0600);
-    json_t *lines = read_lines(path);
+    json_t *lines = dutil_read_jsonl(path);
     ck_assert_uint_eq(json_array_size(lines), N);
     int in_flight_seen = 0;
     for (size_t i = 0; i < N; i++) {
-        ck_assert_str_eq(jstr(lines, i, "id"), ids[i]);
+        ck_assert_str_eq(dutil_jstr(lines, i, "id"), ids[i]);
         char body[32];
         snprintf(body, sizeof(body), "{\"n\":%zu}", i);
-        ck_assert_str_eq(jstr(lines, i, "body"), body);
-        const char *reason = jstr(lines, i, "reason");
+        ck_assert_str_eq(dutil_jstr(lines, i, "body"), body);
+        const char *reason = dutil_jstr(lines, i, "reason");
         ck_assert_msg(strncmp(reason, "shutdown: test", 14) == 0, "reason %s", reason);
         if (strstr(reason, "in flight"))
             in_flight_seen++;
@@ -976,7 +952,7 @@ START_TEST(shutdown_saves_every_state)
     const char *aside = aside_file();
     ck_assert_ptr_nonnull(aside);
     ck_assert_int_ne(access(path, F_OK), 0); /* moved aside, not copied */
-    lines = read_lines(aside);
+    lines = dutil_read_jsonl(aside);
     ck_assert_uint_eq(json_array_size(lines), N);
     json_decref(lines);
     want = N;
@@ -1038,15 +1014,15 @@ START_TEST(replay_live_file_no_loop)
         event_base_loop(base, EVLOOP_NONBLOCK);
     ck_assert_uint_eq(M()->dead_permanent, 2 * N);
     ck_assert_uint_eq(M()->submitted, 2 * N);
-    json_t *fresh = read_lines(path);
+    json_t *fresh = dutil_read_jsonl(path);
     const char *aside = aside_file();
     ck_assert_ptr_nonnull(aside);
-    json_t *old = read_lines(aside);
+    json_t *old = dutil_read_jsonl(aside);
     ck_assert_uint_eq(json_array_size(fresh), N);
     ck_assert_uint_eq(json_array_size(old), N);
     for (size_t i = 0; i < N; i++) {
-        ck_assert_str_eq(jstr(fresh, i, "id"), jstr(old, i, "id"));
-        ck_assert_str_eq(jstr(fresh, i, "body"), jstr(old, i, "body"));
+        ck_assert_str_eq(dutil_jstr(fresh, i, "id"), dutil_jstr(old, i, "id"));
+        ck_assert_str_eq(dutil_jstr(fresh, i, "body"), dutil_jstr(old, i, "body"));
     }
     json_decref(fresh);
     json_decref(old);

@@ -90,32 +90,6 @@ static void send_all(int fd, const char *buf, size_t len)
     ck_assert_int_eq(dutil_send_all(fd, buf, len), 0);
 }
 
-/* Reads a JSONL file into a JSON array (new reference). */
-static json_t *read_lines(const char *path)
-{
-    json_t *arr = json_array();
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return arr;
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    while ((len = getline(&line, &cap, f)) > 0) {
-        json_error_t jerr;
-        json_t *j = json_loadb(line, (size_t)len, 0, &jerr);
-        ck_assert_msg(j != NULL, "bad line in %s: %s", path, jerr.text);
-        json_array_append_new(arr, j);
-    }
-    free(line);
-    fclose(f);
-    return arr;
-}
-
-static const char *jstr(json_t *arr, size_t i, const char *key)
-{
-    return json_string_value(json_object_get(json_array_get(arr, i), key));
-}
-
 START_TEST(sigterm_saves_then_replay_delivers_in_order)
 {
     base = event_base_new();
@@ -204,18 +178,18 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     struct stat sb;
     ck_assert_int_eq(stat(dl, &sb), 0);
     ck_assert_uint_eq(sb.st_mode & 0777, 0600);
-    json_t *lines = read_lines(dl);
+    json_t *lines = dutil_read_jsonl(dl);
     ck_assert_uint_eq(json_array_size(lines), N_ALERTS);
     char ids[N_ALERTS][40];
     for (size_t i = 0; i < N_ALERTS; i++) {
         char want[16];
         snprintf(want, sizeof(want), "e-%02zu", i);
-        ck_assert_str_eq(jstr(lines, i, "body"), want);
-        ck_assert_ptr_nonnull(strstr(jstr(lines, i, "url"), URL_SECRET)); /* replayable whole */
-        const char *reason = jstr(lines, i, "reason");
+        ck_assert_str_eq(dutil_jstr(lines, i, "body"), want);
+        ck_assert_ptr_nonnull(strstr(dutil_jstr(lines, i, "url"), URL_SECRET)); /* replayable whole */
+        const char *reason = dutil_jstr(lines, i, "reason");
         ck_assert_msg(strncmp(reason, "shutdown: undelivered after drain", 33) == 0, "reason %s",
                       reason);
-        snprintf(ids[i], sizeof(ids[i]), "%s", jstr(lines, i, "id"));
+        snprintf(ids[i], sizeof(ids[i]), "%s", dutil_jstr(lines, i, "id"));
     }
     json_decref(lines);
 
@@ -343,15 +317,15 @@ START_TEST(failed_start_keeps_dead_letters)
     ck_assert_ptr_nonnull(strstr(text, "saved 3 undelivered deliveries"));
     ck_assert_msg(strstr(text, URL_SECRET) == NULL, "URL token in the log");
     free(text);
-    json_t *lines = read_lines(dl);
+    json_t *lines = dutil_read_jsonl(dl);
     ck_assert_uint_eq(json_array_size(lines), 3);
     for (size_t i = 0; i < 3; i++) {
         char id[16], body[16];
         snprintf(id, sizeof(id), "seed%02zu", i);
         snprintf(body, sizeof(body), "b%zu", i);
-        ck_assert_str_eq(jstr(lines, i, "id"), id);
-        ck_assert_str_eq(jstr(lines, i, "body"), body);
-        ck_assert_ptr_nonnull(strstr(jstr(lines, i, "reason"), "shutdown: the start failed"));
+        ck_assert_str_eq(dutil_jstr(lines, i, "id"), id);
+        ck_assert_str_eq(dutil_jstr(lines, i, "body"), body);
+        ck_assert_ptr_nonnull(strstr(dutil_jstr(lines, i, "reason"), "shutdown: the start failed"));
     }
     json_decref(lines);
 
