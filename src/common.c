@@ -65,6 +65,14 @@ char *fbr_xstrdup(const char *s)
     return fbr_xstrndup(s, strlen(s));
 }
 
+size_t fbr_utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
 uint64_t fbr_now_ms(void)
 {
     struct timespec ts;

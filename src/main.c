@@ -245,6 +245,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     fbr_server_update(d->srv, &o);
     /* Deliveries in flight hold their own references to the webhooks they came from. */
     fbr_intake_set_config(d->intake, flow.rules, &flow.webhooks);
+    fbr_intake_set_alertmanager(d->intake, &(struct fbr_alertmanager_opts){
+                                               .other_severity = next.alertmanager_other_severity});
     flow_free(&d->flow);
     d->flow = flow;
     /* The old configuration goes only after everything points at the new one. */
@@ -408,6 +410,7 @@ int main(int argc, char **argv)
         .webhooks = &d.flow.webhooks,
         .incidents = d.incidents,
         .sink = {sink_submit, d.deliveries, sink_room},
+        .alertmanager = {.other_severity = d.cfg.alertmanager_other_severity},
     };
     d.intake = fbr_intake_new(&inopts);
     fbr_intake_register(d.intake, d.srv);

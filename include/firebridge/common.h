@@ -60,6 +60,9 @@ void *fbr_xrealloc(void *p, size_t n);
 char *fbr_xstrdup(const char *s);
 char *fbr_xstrndup(const char *s, size_t n);
 
+/* Characters (UTF-8 code points, counted by their lead bytes) in the len bytes at s. */
+size_t fbr_utf8_chars(const char *s, size_t len);
+
 #define FBR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* How journals (incidents, deliveries) reach the disk (--fsync). */
