@@ -1,6 +1,6 @@
 /*
- * common.c - return-code names, abort-on-exhaustion allocators and clocks: the few helpers every
- * other module in the data path uses.
+ * common.c - return-code names, abort-on-exhaustion allocators, UTF-8 counting and clocks: the few
+ * helpers every other module in the data path uses.
  */
 #include "firebridge/common.h"
 

@@ -60,9 +60,6 @@ void *fbr_xrealloc(void *p, size_t n);
 char *fbr_xstrdup(const char *s);
 char *fbr_xstrndup(const char *s, size_t n);
 
-/* Characters (UTF-8 code points, counted by their lead bytes) in the len bytes at s. */
-size_t fbr_utf8_chars(const char *s, size_t len);
-
 #define FBR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* How journals (incidents, deliveries) reach the disk (--fsync). */
@@ -71,6 +68,10 @@ enum fbr_fsync_mode {
     FBR_FSYNC_BATCH,  /* fsync from the owner's flush timer (about once a second) */
     FBR_FSYNC_OFF,    /* leave it to the kernel */
 };
+
+/* Number of code points in the UTF-8 text s[0..len): bytes that are not continuation bytes
+ * (10xxxxxx).  Validity is the caller's business (jansson strings are valid UTF-8). */
+size_t fbr_utf8_chars(const char *s, size_t len);
 
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t fbr_now_ms(void);
