@@ -1,6 +1,6 @@
 /*
- * common.c - return-code names, abort-on-exhaustion allocators and clocks: the few helpers every
- * other module in the data path uses.
+ * common.c - return-code names, abort-on-exhaustion allocators, UTF-8 counting and clocks: the few
+ * helpers every other module in the data path uses.
  */
 #include "firebridge/common.h"
 
@@ -63,6 +63,14 @@ char *fbr_xstrndup(const char *s, size_t n)
 char *fbr_xstrdup(const char *s)
 {
     return fbr_xstrndup(s, strlen(s));
+}
+
+size_t fbr_utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
 }
 
 uint64_t fbr_now_ms(void)

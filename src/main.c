@@ -243,10 +243,12 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     struct fbr_server_opts o;
     server_opts(&next, d->metrics, &o);
     fbr_server_update(d->srv, &o);
-    /* Deliveries in flight hold their own references to the webhooks they came from. */
-    fbr_intake_set_config(d->intake, flow.rules, &flow.webhooks);
+    /* Deliveries in flight hold their own references to the webhooks they came from.  The
+     * intake borrows the daemon's copy (d->flow), never the local `flow`, which dies with this
+     * function: it is pointed at the new generation only once d->flow holds it. */
     flow_free(&d->flow);
     d->flow = flow;
+    fbr_intake_set_config(d->intake, d->flow.rules, &d->flow.webhooks);
     /* The old configuration goes only after everything points at the new one. */
     struct fbr_config old = d->cfg;
     d->cfg = next;

@@ -2,7 +2,7 @@
  * test_e2e.c - end-to-end integration tests of the whole data path with real processes on
  * loopback: alerts posted to the firebridge daemon (FBR_DAEMON) go through the intake, the Rules
  * Engine, the incident table, the templates and the delivery engine, and land in rooms of the
- * HipChat-compatible server (HIPCHAT_SERVER, contrib/hipchat-server.c), whose fault injection
+ * HipChat-compatible server (HIPCHAT_SERVER, contrib/hipchat-server/), whose fault injection
  * drives the failure cases.  The daemon's configuration is derived from the seed's
  * contrib/examples/multi-room.json (under FBR_SOURCE_ROOT) by pointing its URL at the server.
  *

