@@ -183,6 +183,7 @@ void lg_report_final(struct lg *lg, uint64_t lost)
     }
     char *text = json_dumps(j, JSON_COMPACT);
     puts(text);
+    fflush(stdout);
     free(text);
     json_decref(j);
 }

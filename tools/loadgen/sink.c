@@ -15,15 +15,21 @@
 #include "firebridge/common.h"
 #include "loadgen.h"
 
+struct sink_conn;
+
 struct lg_sink {
     struct lg *lg;
     evhtp_t *htp;
     int port;
-    uint64_t rng; /* xorshift64 state for the injected 429 / 503 */
+    uint64_t rng;            /* xorshift64 state for the injected 429 / 503 */
+    struct sink_conn *conns; /* open connections, freed with the sink */
 };
 
-/* One per accepted connection when latency is injected: the reply waiting for its timer. */
+/* One per accepted connection: the reply waiting for its injected latency. */
 struct sink_conn {
+    struct lg_sink *k;
+    evhtp_connection_t *ec;
+    struct sink_conn *prev, *next;
     struct event *timer;
     evhtp_request_t *req;
     int status;
@@ -138,6 +144,12 @@ static void on_request(evhtp_request_t *req, void *arg)
 static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
 {
     struct sink_conn *c = arg;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->k->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     event_free(c->timer);
     free(c);
     return EVHTP_RES_OK;
@@ -146,10 +158,14 @@ static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
 static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
 {
     struct lg_sink *k = arg;
-    if (!k->lg->o.sink_latency_ms)
-        return EVHTP_RES_OK;
     struct sink_conn *c = fbr_xcalloc(1, sizeof(*c));
+    c->k = k;
+    c->ec = ec;
     c->timer = evtimer_new(k->lg->base, on_delay, c);
+    c->next = k->conns;
+    if (k->conns)
+        k->conns->prev = c;
+    k->conns = c;
     evhtp_connection_set_hook(ec, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, c);
     return EVHTP_RES_OK;
 }
@@ -191,6 +207,8 @@ void lg_sink_free(struct lg_sink **kp)
     struct lg_sink *k = *kp;
     if (!k)
         return;
+    while (k->conns)
+        evhtp_connection_free(k->conns->ec); /* runs on_conn_fini, which unlinks it */
     evhtp_unbind_socket(k->htp);
     evhtp_free(k->htp);
     free(k);
