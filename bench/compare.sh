@@ -141,6 +141,9 @@ best() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
 
 echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); nginx $("$nginx_bin" -v 2>&1 | sed 's/.*\///'), firebridge $("$fb" --version 2>/dev/null | head -1)"
 echo "== maximum, closed loop: $conns connections, ${secs_max} s after ${warmup} s warm-up, $rooms rooms, $rounds round(s)"
+# the measuring tool's own ceiling: notifications straight to its sink, no proxy in between
+run "direct-max" "$sink_port" "$secs_max" --format notification
+direct_max=$(jnum "$tmp/direct-max.json" delivered_per_s)
 ng_max=0 fb_max=0
 for r in $(seq "$rounds"); do
   run "nginx-max-$r" "$ng_port" "$secs_max" --format notification
@@ -163,6 +166,7 @@ if [ "${SKIP_HALF:-0}" != 1 ]; then
        "fb_e2e_p99_ms=$(jnum "$tmp/fb-half.json" end_to_end.p99_ms)"
 fi
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
-echo "RESULT max nginx_per_s=$(printf %.0f "$ng_max") firebridge_per_s=$(printf %.0f "$fb_max")" \
+echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \
+     "firebridge_per_s=$(printf %.0f "$fb_max")" \
      "ratio=$ratio firebridge_peak_rss_kb=$peak conns=$conns rooms=$rooms pool=$pool lost=$lost_total"
 [ "$lost_total" -eq 0 ] || { echo "compare.sh: $lost_total notification(s) lost" >&2; exit 1; }
