@@ -34,6 +34,8 @@ struct fbr_intake {
     int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
     char week_time[40], time_utc[40];
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
+    fbr_intake_observer_fn observer;
+    void *observer_arg;
 };
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
@@ -301,6 +303,9 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     json_object_set_new(alert, "Alert_received_time_utc", json_string(in->time_utc));
 }
 
+static void process_alert(struct fbr_intake *in, struct fbr_slice rkey, json_t *body,
+                          struct fbr_intake_reply *out);
+
 void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
                       struct fbr_intake_reply *out)
 {
@@ -321,6 +326,27 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
         reply_failure(in, out, 404, "Not found");
         return;
     }
+    process_alert(in, (struct fbr_slice){rk, rk_len}, body, out);
+}
+
+void fbr_intake_alert_trusted(struct fbr_intake *in, struct fbr_slice routing_key, json_t *body,
+                              struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!routing_key_ok(routing_key.ptr, routing_key.len) ||
+        memchr(routing_key.ptr, '/', routing_key.len)) {
+        reply_failure(in, out, 400, "Invalid routing key");
+        return;
+    }
+    process_alert(in, routing_key, body, out);
+}
+
+/* The alert endpoint after its path and key were accepted. */
+static void process_alert(struct fbr_intake *in, struct fbr_slice rkey, json_t *body,
+                          struct fbr_intake_reply *out)
+{
+    const char *rk = rkey.ptr;
+    size_t rk_len = rkey.len;
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -389,8 +415,8 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     fbr_events_derive(body, &res, &set);
     fbr_incident_result_clear(&res);
     long accepted = submit_all(in, render_all(in, &set));
-    fbr_event_set_clear(&set);
     if (accepted < 0) {
+        fbr_event_set_clear(&set);
         if (in->incidents)
             fbr_incidents_abort(in->incidents);
         json_decref(reply);
@@ -399,6 +425,9 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     }
     if (in->incidents)
         fbr_incidents_commit(in->incidents);
+    if (in->observer)
+        in->observer(in->observer_arg, &set);
+    fbr_event_set_clear(&set);
     out->deliveries = (size_t)accepted;
     in->stats.alerts++;
     out->status = 200;
@@ -416,6 +445,12 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         reply_failure(in, out, 401, "Unauthorized");
         return;
     }
+    fbr_intake_event_trusted(in, body, out);
+}
+
+void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -427,6 +462,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         return;
     }
     long accepted = submit_all(in, render_all(in, &set));
+    if (accepted >= 0 && in->observer)
+        in->observer(in->observer_arg, &set);
     fbr_event_set_clear(&set);
     if (accepted < 0) {
         reply_unavailable(in, out);
@@ -491,6 +528,12 @@ static void on_event(struct fbr_http_req *req, void *arg)
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
     send_reply(req, &r);
+}
+
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg)
+{
+    in->observer = fn;
+    in->observer_arg = arg;
 }
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)

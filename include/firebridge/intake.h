@@ -111,6 +111,26 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
 void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *body,
                       struct fbr_intake_reply *out);
 
+/*
+ * The same two steps for requests firebridge makes itself on behalf of someone it already
+ * trusts (the HipChat add-on, after a verified room message or command): no API key is checked.
+ * fbr_intake_alert_trusted() takes the routing key instead of the path; the body is handled and
+ * answered exactly as by fbr_intake_alert() (it is modified in place).
+ */
+void fbr_intake_alert_trusted(struct fbr_intake *in, struct fbr_slice routing_key, json_t *body,
+                              struct fbr_intake_reply *out);
+void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out);
+
+/*
+ * Something else that follows the timeline (the HipChat add-on's room notifications): called
+ * after every accepted alert or timeline event, once its webhooks were submitted and its incident
+ * change committed, with the events it fired (borrowed for the call).  One observer; NULL removes
+ * it.
+ */
+struct fbr_event_set;
+typedef void (*fbr_intake_observer_fn)(void *arg, const struct fbr_event_set *set);
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg);
+
 /* Registers both endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
  * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of
  * the routes.  While srv drains (fbr_server_drain) both endpoints answer 503 with Retry-After
