@@ -27,6 +27,7 @@ enum opt_type {
     T_FSYNC,      /* always|batch|off */
     T_LOGLEVEL,   /* error|warn|info|debug */
     T_LOGFORMAT,  /* text|json */
+    T_MSGTYPE,    /* CRITICAL|WARNING|INFO (a firing alert's message_type) */
     T_JSON_ARRAY, /* file only, kept as JSON */
     T_JSON_OBJECT,
 };
@@ -102,6 +103,10 @@ static const struct opt opts[] = {
      "error|warn|info|debug", "lowest level logged", 0},
     {"log_format", "log-format", 0, T_LOGFORMAT, OFF(log_format), "text", 0, 0, "text|json",
      "log line format on stderr", 0},
+    {"alertmanager_other_severity", "alertmanager-other-severity", 0, T_MSGTYPE,
+     OFF(alertmanager_other_severity), "CRITICAL", 0, 0, "CRITICAL|WARNING|INFO",
+     "message_type of a firing Alertmanager alert whose severity label is neither critical nor "
+     "warning", 0},
     {NULL, "replay-dead-letters", 0, T_STR, OFF(replay_dead_letters), NULL, 0, 0, "FILE",
      "re-queue the deliveries of a dead-letter file at start", 0},
     {"rules", NULL, 0, T_JSON_ARRAY, OFF(rules), NULL, 0, 0, "array",
@@ -284,6 +289,7 @@ static const char *accepts(const struct opt *o, char *buf, size_t len)
     case T_FSYNC:
     case T_LOGLEVEL:
     case T_LOGFORMAT:
+    case T_MSGTYPE:
         snprintf(buf, len, "one of %s", o->metavar);
         break;
     case T_STR:
@@ -359,6 +365,14 @@ static int set_from_text(struct fbr_config *cfg, const struct opt *o, const char
         return fbr_log_level_parse(s, (enum fbr_log_level *)field);
     case T_LOGFORMAT:
         return fbr_log_format_parse(s, (enum fbr_log_format *)field);
+    case T_MSGTYPE: {
+        enum fbr_msg_type t;
+        if (fbr_msg_type_parse(s, strlen(s), &t) != FBR_OK ||
+            (t != FBR_MT_CRITICAL && t != FBR_MT_WARNING && t != FBR_MT_INFO))
+            return -1;
+        *(enum fbr_msg_type *)field = t;
+        return 0;
+    }
     case T_JSON_ARRAY:
     case T_JSON_OBJECT:
     case T_ACTION:

@@ -17,6 +17,7 @@
 
 #include "firebridge/events.h"
 #include "firebridge/log.h"
+#include "firebridge/strmap.h"
 
 struct fbr_intake {
     char **keys;
@@ -36,6 +37,7 @@ struct fbr_intake {
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
     fbr_intake_observer_fn observer;
     void *observer_arg;
+    struct fbr_alertmanager_opts alertmanager;
 };
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
@@ -55,6 +57,7 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->sink = opts->sink;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
     in->stamp_secs = -1;
+    in->alertmanager = opts->alertmanager;
     return in;
 }
 
@@ -80,6 +83,11 @@ void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
 {
     in->rules = rules;
     in->webhooks = webhooks;
+}
+
+void fbr_intake_set_alertmanager(struct fbr_intake *in, const struct fbr_alertmanager_opts *o)
+{
+    in->alertmanager = *o;
 }
 
 const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in)
@@ -146,14 +154,6 @@ static void random_uuid(char out[37])
              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
              b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
              b[15]);
-}
-
-static size_t utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
 }
 
 static int routing_key_ok(const char *s, size_t len)
@@ -273,7 +273,7 @@ static const char *too_long(json_t *body, size_t *limit)
         else if (strcmp(key, "entity_id") == 0)
             max = FBR_INTAKE_ENTITY_ID_MAX;
         size_t len = json_string_length(v);
-        if (len > max && utf8_chars(json_string_value(v), len) > max) {
+        if (len > max && fbr_utf8_chars(json_string_value(v), len) > max) {
             *limit = max;
             return key;
         }
@@ -303,8 +303,97 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     json_object_set_new(alert, "Alert_received_time_utc", json_string(in->time_utc));
 }
 
-static void process_alert(struct fbr_intake *in, struct fbr_slice rkey, json_t *body,
-                          struct fbr_intake_reply *out);
+/* Checks an alert of the platform's shape as the REST endpoint does.  Returns FBR_OK, or
+ * FBR_INVALID with the 400 in *out; `where` ("alerts[2]: " in a group, else "") leads the
+ * message. */
+static int alert_check(struct fbr_intake *in, json_t *body, const char *where,
+                       struct fbr_intake_reply *out)
+{
+    char msg[360];
+    json_t *mt = json_object_get(body, "message_type");
+    json_t *eid = json_object_get(body, "entity_id");
+    size_t limit = 0;
+    const char *bad = NULL;
+    if (!json_is_object(body)) {
+        snprintf(msg, sizeof(msg), "Invalid body: %sexpected a JSON object", where);
+    } else if (!mt) {
+        snprintf(msg, sizeof(msg), "Missing fields: %smessage_type", where);
+    } else if (!json_is_string(mt)) {
+        snprintf(msg, sizeof(msg), "Invalid field: %smessage_type must be a string", where);
+    } else if (eid && !json_is_string(eid) && !json_is_null(eid)) {
+        snprintf(msg, sizeof(msg), "Invalid field: %sentity_id must be a string", where);
+    } else if ((bad = too_long(body, &limit))) {
+        /* The key is quoted whole up to 200 bytes, cut on a UTF-8 boundary: jansson refuses to
+         * pack a message that is not valid UTF-8. */
+        size_t klen = strlen(bad);
+        if (klen > 200) {
+            klen = 200;
+            while (klen > 0 && ((unsigned char)bad[klen] & 0xC0) == 0x80)
+                klen--;
+        }
+        snprintf(msg, sizeof(msg), "Field too long: %s%.*s exceeds %zu characters", where,
+                 (int)klen, bad, limit);
+    } else {
+        return FBR_OK;
+    }
+    reply_failure(in, out, 400, msg);
+    return FBR_INVALID;
+}
+
+/* Completes a checked alert for routing key rk: message_type spelled upper-case when known, an
+ * entity_id when it has none, routing_key and the stamps.  The Rules Engine comes next. */
+static void alert_stamp(struct fbr_intake *in, json_t *body, struct fbr_slice rk, uint64_t now_ms)
+{
+    json_t *mt = json_object_get(body, "message_type");
+    enum fbr_msg_type t;
+    if (fbr_msg_type_parse(json_string_value(mt), json_string_length(mt), &t) == FBR_OK)
+        json_object_set_new(body, "message_type", json_string(fbr_msg_type_name(t)));
+    json_t *eid = json_object_get(body, "entity_id");
+    if (!json_is_string(eid) || json_string_length(eid) == 0) {
+        char uuid[37];
+        random_uuid(uuid);
+        json_object_set_new(body, "entity_id", json_string(uuid));
+    }
+    if (rk.len)
+        json_object_set_new(body, "routing_key", json_stringn(rk.ptr, rk.len));
+    stamp(in, body, now_ms);
+}
+
+/* What the incident table would make of a stamped alert, and the events that follow.  With
+ * commit, the change is made only if its deliveries are then accepted; without, nothing
+ * changes (the prediction for a group). */
+static void alert_events(struct fbr_intake *in, json_t *body, uint64_t now_ms,
+                         struct fbr_event_set *set)
+{
+    struct fbr_incident_result res = {.transition = FBR_TR_NONE};
+    if (in->incidents) {
+        fbr_incidents_prepare(in->incidents, body, now_ms, &res);
+    } else {
+        json_t *m = json_object_get(body, "message_type");
+        fbr_msg_type_parse(json_string_value(m), json_string_length(m), &res.msg_type);
+    }
+    fbr_events_derive(body, &res, set);
+    fbr_incident_result_clear(&res);
+}
+
+/* Applies a stamped alert to the incident table and hands its deliveries to the sink.  Returns
+ * the number accepted, or -1 when the sink had no room: then nothing changed. */
+static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
+{
+    struct fbr_event_set set;
+    alert_events(in, body, now_ms, &set);
+    long accepted = submit_all(in, render_all(in, &set));
+    if (in->incidents) {
+        if (accepted < 0)
+            fbr_incidents_abort(in->incidents);
+        else
+            fbr_incidents_commit(in->incidents);
+    }
+    if (accepted >= 0 && in->observer)
+        in->observer(in->observer_arg, &set);
+    fbr_event_set_clear(&set);
+    return accepted;
+}
 
 void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
                       struct fbr_intake_reply *out)
@@ -326,122 +415,168 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
         reply_failure(in, out, 404, "Not found");
         return;
     }
-    process_alert(in, (struct fbr_slice){rk, rk_len}, body, out);
-}
-
-void fbr_intake_alert_trusted(struct fbr_intake *in, struct fbr_slice routing_key, json_t *body,
-                              struct fbr_intake_reply *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (!routing_key_ok(routing_key.ptr, routing_key.len) ||
-        memchr(routing_key.ptr, '/', routing_key.len)) {
-        reply_failure(in, out, 400, "Invalid routing key");
-        return;
-    }
-    process_alert(in, routing_key, body, out);
-}
-
-/* The alert endpoint after its path and key were accepted. */
-static void process_alert(struct fbr_intake *in, struct fbr_slice rkey, json_t *body,
-                          struct fbr_intake_reply *out)
-{
-    const char *rk = rkey.ptr;
-    size_t rk_len = rkey.len;
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
     }
-    if (!json_is_object(body)) {
-        reply_failure(in, out, 400, "Invalid body: expected a JSON object");
+    if (alert_check(in, body, "", out) != FBR_OK)
         return;
-    }
-    json_t *mt = json_object_get(body, "message_type");
-    if (!mt) {
-        reply_failure(in, out, 400, "Missing fields: message_type");
-        return;
-    }
-    if (!json_is_string(mt)) {
-        reply_failure(in, out, 400, "Invalid field: message_type must be a string");
-        return;
-    }
-    json_t *eid = json_object_get(body, "entity_id");
-    if (eid && !json_is_string(eid) && !json_is_null(eid)) {
-        reply_failure(in, out, 400, "Invalid field: entity_id must be a string");
-        return;
-    }
-    size_t limit = 0;
-    const char *bad = too_long(body, &limit);
-    if (bad) {
-        /* The key is quoted whole up to 200 bytes, cut on a UTF-8 boundary: jansson refuses to
-         * pack a message that is not valid UTF-8. */
-        size_t klen = strlen(bad);
-        if (klen > 200) {
-            klen = 200;
-            while (klen > 0 && ((unsigned char)bad[klen] & 0xC0) == 0x80)
-                klen--;
-        }
-        char msg[300];
-        snprintf(msg, sizeof(msg), "Field too long: %.*s exceeds %zu characters", (int)klen, bad,
-                 limit);
-        reply_failure(in, out, 400, msg);
-        return;
-    }
 
     uint64_t now_ms = in->clock_ms();
-    enum fbr_msg_type t;
-    if (fbr_msg_type_parse(json_string_value(mt), json_string_length(mt), &t) == FBR_OK)
-        json_object_set_new(body, "message_type", json_string(fbr_msg_type_name(t)));
-    if (!json_is_string(eid) || json_string_length(eid) == 0) {
-        char uuid[37];
-        random_uuid(uuid);
-        json_object_set_new(body, "entity_id", json_string(uuid));
-    }
+    alert_stamp(in, body, (struct fbr_slice){rk, rk_len}, now_ms);
+    /* the entity_id the sender gave or was given, before any rule rewrites it */
     json_t *reply = json_pack("{s:s,s:O}", "result", "success", "entity_id",
                               json_object_get(body, "entity_id"));
-    if (rk_len)
-        json_object_set_new(body, "routing_key", json_stringn(rk, rk_len));
-    stamp(in, body, now_ms);
-
     fbr_rules_apply(in->rules, body, &in->stats.rules);
-
-    struct fbr_incident_result res = {.transition = FBR_TR_NONE};
-    if (in->incidents) {
-        fbr_incidents_prepare(in->incidents, body, now_ms, &res);
-    } else {
-        json_t *m = json_object_get(body, "message_type");
-        fbr_msg_type_parse(json_string_value(m), json_string_length(m), &res.msg_type);
-    }
-    struct fbr_event_set set;
-    fbr_events_derive(body, &res, &set);
-    fbr_incident_result_clear(&res);
-    long accepted = submit_all(in, render_all(in, &set));
+    long accepted = alert_process(in, body, now_ms);
     if (accepted < 0) {
-        fbr_event_set_clear(&set);
-        if (in->incidents)
-            fbr_incidents_abort(in->incidents);
         json_decref(reply);
         reply_unavailable(in, out);
         return;
     }
-    if (in->incidents)
-        fbr_incidents_commit(in->incidents);
-    if (in->observer)
-        in->observer(in->observer_arg, &set);
-    fbr_event_set_clear(&set);
     out->deliveries = (size_t)accepted;
     in->stats.alerts++;
     out->status = 200;
     out->body = reply;
 }
 
+/* The events any alert can fire: a bound on what a webhook list will render for it. */
+#define ALERT_EVENTS                                                                               \
+    (FBR_EV_BIT(FBR_EV_ANY_ALERT) | FBR_EV_BIT(FBR_EV_INCIDENT_TRIGGERED) |                        \
+     FBR_EV_BIT(FBR_EV_INCIDENT_ACKNOWLEDGED) | FBR_EV_BIT(FBR_EV_INCIDENT_RESOLVED) |             \
+     FBR_EV_BIT(FBR_EV_ANY_INCIDENT))
+
+static size_t subscribed(const struct fbr_intake *in, uint32_t mask)
+{
+    size_t n = 0;
+    for (size_t i = 0; in->webhooks && i < in->webhooks->n; i++)
+        n += in->webhooks->v[i]->enabled && (in->webhooks->v[i]->events & mask);
+    return n;
+}
+
+/*
+ * At most how many deliveries the stamped alerts of a group will submit, changing nothing: each
+ * alert's events as the incident table now predicts them.  An alert whose incident an earlier
+ * alert of the group also names depends on that one's outcome, so it counts with every event
+ * an alert can fire.
+ */
+static size_t group_need(struct fbr_intake *in, json_t *alerts, uint64_t now_ms)
+{
+    struct fbr_strmap seen;
+    fbr_strmap_init(&seen);
+    size_t need = 0, i;
+    json_t *a;
+    json_array_foreach (alerts, i, a) {
+        const char *rk = json_string_value(json_object_get(a, "routing_key"));
+        const char *eid = json_string_value(json_object_get(a, "entity_id"));
+        char key[FBR_INTAKE_FIELD_MAX * 4 + FBR_INTAKE_ENTITY_ID_MAX * 4 + 2];
+        int klen = snprintf(key, sizeof(key), "%s\x1f%s", rk ? rk : "", eid ? eid : "");
+        for (char *p = key; *p && *p != '\x1f'; p++)
+            *p = (char)((*p >= 'A' && *p <= 'Z') ? *p + 32 : *p);
+        size_t kl = klen < 0 ? 0 : (size_t)klen < sizeof(key) ? (size_t)klen : sizeof(key) - 1;
+        if (fbr_strmap_get(&seen, key, kl)) {
+            need += subscribed(in, ALERT_EVENTS);
+            continue;
+        }
+        fbr_strmap_put(&seen, key, kl, a);
+        struct fbr_event_set set;
+        alert_events(in, a, now_ms, &set);
+        if (in->incidents)
+            fbr_incidents_abort(in->incidents);
+        need += subscribed(in, set.mask);
+        fbr_event_set_clear(&set);
+    }
+    fbr_strmap_clear(&seen);
+    return need;
+}
+
+void fbr_intake_alert_group(struct fbr_intake *in, struct fbr_slice rk, json_t *alerts,
+                            struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    size_t n = json_array_size(alerts), i;
+    json_t *a;
+    json_array_foreach (alerts, i, a) {
+        char where[40];
+        snprintf(where, sizeof(where), "alerts[%zu]: ", i);
+        if (alert_check(in, a, where, out) != FBR_OK)
+            return;
+    }
+    uint64_t now_ms = in->clock_ms();
+    json_array_foreach (alerts, i, a) {
+        alert_stamp(in, a, rk, now_ms);
+        fbr_rules_apply(in->rules, a, &in->stats.rules);
+    }
+    if (in->sink.room && in->sink.room(in->sink.arg) < group_need(in, alerts, now_ms)) {
+        reply_unavailable(in, out);
+        return;
+    }
+    size_t total = 0;
+    json_array_foreach (alerts, i, a) {
+        long accepted = alert_process(in, a, now_ms);
+        if (accepted < 0) {
+            /* Only when a full incident table evicted an incident a later alert rolls into
+             * (or the sink cannot tell its room): the retry rolls the first i alerts into their
+             * open incidents again and finds the resolved ones resolved. */
+            fbr_log_warn("alert group for routing key %.*s: the delivery queue filled after %zu "
+                         "of %zu alerts; answering 503 so the sender retries the group",
+                         (int)rk.len, rk.ptr, i, n);
+            in->stats.alerts += i;
+            reply_unavailable(in, out);
+            return;
+        }
+        total += (size_t)accepted;
+    }
+    in->stats.alerts += n;
+    out->deliveries = total;
+    out->status = 200;
+    out->body = json_pack("{s:s,s:I,s:I}", "result", "success", "alerts", (json_int_t)n,
+                          "deliveries", (json_int_t)total);
+}
+
+int fbr_intake_authorized(const struct fbr_intake *in, const char *authorization)
+{
+    static const char bearer[] = "Bearer ";
+    size_t blen = sizeof(bearer) - 1;
+    return authorization && strncasecmp(authorization, bearer, blen) == 0 &&
+           key_ok(in, authorization + blen, strlen(authorization + blen));
+}
+
+void fbr_intake_alertmanager(struct fbr_intake *in, struct fbr_slice path,
+                             const char *authorization, json_t *body,
+                             struct fbr_intake_reply *out)
+{
+    static const size_t plen = sizeof(FBR_ALERTMANAGER_PREFIX) - 1;
+    memset(out, 0, sizeof(*out));
+    struct fbr_slice rk = {path.ptr + plen, path.len > plen ? path.len - plen : 0};
+    if (rk.len == 0 || memcmp(path.ptr, FBR_ALERTMANAGER_PREFIX, plen) != 0 ||
+        !routing_key_ok(rk.ptr, rk.len)) {
+        reply_failure(in, out, 404, "Not found");
+        return;
+    }
+    if (!fbr_intake_authorized(in, authorization)) {
+        reply_failure(in, out, 401, "Unauthorized");
+        return;
+    }
+    if (!body) {
+        reply_failure(in, out, 400, "Invalid JSON body");
+        return;
+    }
+    json_t *alerts;
+    char err[400];
+    if (fbr_alertmanager_map(body, &in->alertmanager, &alerts, err, sizeof(err)) != FBR_OK) {
+        reply_failure(in, out, 400, err);
+        return;
+    }
+    fbr_intake_alert_group(in, rk, alerts, out);
+    json_decref(alerts);
+}
+
 void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *body,
                       struct fbr_intake_reply *out)
 {
     memset(out, 0, sizeof(*out));
-    static const char bearer[] = "Bearer ";
-    size_t blen = sizeof(bearer) - 1;
-    if (!authorization || strncasecmp(authorization, bearer, blen) != 0 ||
-        !key_ok(in, authorization + blen, strlen(authorization + blen))) {
+    if (!fbr_intake_authorized(in, authorization)) {
         reply_failure(in, out, 401, "Unauthorized");
         return;
     }
@@ -519,6 +654,17 @@ static void on_alert(struct fbr_http_req *req, void *arg)
     send_reply(req, &r);
 }
 
+static void on_alertmanager(struct fbr_http_req *req, void *arg)
+{
+    if (refuse_draining(arg, req))
+        return;
+    struct fbr_intake_reply r;
+    json_t *body = parse_body(req);
+    fbr_intake_alertmanager(arg, req->path, fbr_http_header(req, "Authorization"), body, &r);
+    json_decref(body);
+    send_reply(req, &r);
+}
+
 static void on_event(struct fbr_http_req *req, void *arg)
 {
     if (refuse_draining(arg, req))
@@ -545,6 +691,10 @@ void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)
     struct fbr_route events = {.path = FBR_INTAKE_EVENTS_PATH, .prefix = 0,
                                .methods = FBR_M_POST, .json_body = 0, .metric = "events",
                                .fn = on_event, .arg = in};
+    struct fbr_route am = {.path = FBR_ALERTMANAGER_PREFIX, .prefix = 1, .methods = FBR_M_POST,
+                           .json_body = 0, .metric = "alertmanager", .fn = on_alertmanager,
+                           .arg = in};
     fbr_server_add_route(srv, &alert);
     fbr_server_add_route(srv, &events);
+    fbr_server_add_route(srv, &am);
 }

@@ -243,6 +243,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     struct fbr_server_opts o;
     server_opts(&next, d->metrics, &o);
     fbr_server_update(d->srv, &o);
+    fbr_intake_set_alertmanager(d->intake, &(struct fbr_alertmanager_opts){
+                                               .other_severity = next.alertmanager_other_severity});
     /* Deliveries in flight hold their own references to the webhooks they came from.  The
      * intake borrows the daemon's copy (d->flow), never the local `flow`, which dies with this
      * function: it is pointed at the new generation only once d->flow holds it. */
@@ -410,6 +412,7 @@ int main(int argc, char **argv)
         .webhooks = &d.flow.webhooks,
         .incidents = d.incidents,
         .sink = {sink_submit, d.deliveries, sink_room},
+        .alertmanager = {.other_severity = d.cfg.alertmanager_other_severity},
     };
     d.intake = fbr_intake_new(&inopts);
     fbr_intake_register(d.intake, d.srv);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 
 #include "firebridge/common.h"
+#include "firebridge/incidents.h" /* enum fbr_msg_type */
 #include "firebridge/log.h"
 #include "firebridge/webhook.h" /* struct fbr_rate */
 
@@ -52,6 +53,7 @@ struct fbr_config {
     uint32_t drain_timeout_s;
     enum fbr_log_level log_level;
     enum fbr_log_format log_format;
+    enum fbr_msg_type alertmanager_other_severity; /* firing, severity not critical/warning */
     char *replay_dead_letters;   /* flag only: a dead-letter file to replay at start */
     json_t *rules;               /* array or NULL; owned reference */
     json_t *webhooks;            /* array or NULL; owned reference */

@@ -1,8 +1,10 @@
 /*
- * intake.h - the two inbound endpoints, as plain functions so they are testable without a
+ * intake.h - the inbound endpoints, as plain functions so they are testable without a
  * server: the platform-compatible REST alert endpoint
- * `POST /integrations/generic/20131114/alert/{api_key}/{routing_key}` and the timeline event
- * endpoint `POST /v1/events` (Authorization: Bearer <api_key>).  An alert is validated, stamped
+ * `POST /integrations/generic/20131114/alert/{api_key}/{routing_key}`, the Prometheus
+ * Alertmanager receiver `POST /v1/alertmanager/{routing_key}` (a group of alerts, mapped by
+ * alertmanager.h) and the timeline event endpoint `POST /v1/events` (both with
+ * Authorization: Bearer <api_key>).  An alert is validated, stamped
  * (routing_key, VO_UUID, VO_ALERT_RCV_TIME, ...), run through the Rules Engine, the incident
  * table and event derivation; every enabled webhook subscribed to a fired event is rendered and
  * handed to a sink (the delivery engine, or a queue in tests).  This is the head of the data
@@ -15,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "firebridge/alertmanager.h"
 #include "firebridge/common.h"
 #include "firebridge/incidents.h"
 #include "firebridge/rules.h"
@@ -57,6 +60,7 @@ struct fbr_intake_opts {
     struct fbr_incidents *incidents; /* borrowed, may be NULL (no STATE/INCIDENT, no lifecycle) */
     struct fbr_sink sink;
     uint64_t (*clock_ms)(void);    /* wall clock in ms; NULL: fbr_wall_ms */
+    struct fbr_alertmanager_opts alertmanager; /* copied */
 };
 
 struct fbr_intake_stats {
@@ -75,6 +79,8 @@ void fbr_intake_free(struct fbr_intake **in);
 /* Swaps the borrowed rules and webhooks (configuration reload); NULL disables them. */
 void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
                            struct fbr_webhooks *webhooks);
+/* Replaces the Alertmanager mapping options (configuration reload; copied). */
+void fbr_intake_set_alertmanager(struct fbr_intake *in, const struct fbr_alertmanager_opts *o);
 const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in);
 
 /* What a request produced: the HTTP status, the JSON reply (new reference, never NULL), the
@@ -104,6 +110,33 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
                       struct fbr_intake_reply *out);
 
 /*
+ * Runs a group of alerts of the platform's shape (`alerts`, a JSON array, borrowed; its objects
+ * are stamped and rewritten in place) for routing key rk through the path of
+ * fbr_intake_alert(): each is checked as the REST endpoint checks one (400 naming
+ * "alerts[i]: ..." when one fails, nothing processed), stamped, run through the rules, the
+ * incident table, the events and the webhooks.  All or nothing: the deliveries the whole group
+ * will need (predicted from the incident table without changing it) must fit the sink's room,
+ * else 503 with retry_after and nothing changed.  Success: 200
+ * {"result":"success","alerts":N,"deliveries":M}.  Release out->body with json_decref.
+ */
+void fbr_intake_alert_group(struct fbr_intake *in, struct fbr_slice rk, json_t *alerts,
+                            struct fbr_intake_reply *out);
+
+/*
+ * Handles POST /v1/alertmanager/{routing_key}: a wrong path gives 404, an Authorization other
+ * than "Bearer <api_key>" 401, a body fbr_alertmanager_map() refuses 400 with its message
+ * naming the field; then fbr_intake_alert_group() on the mapped alerts.  `body` is borrowed and
+ * not modified (NULL: not JSON).
+ */
+void fbr_intake_alertmanager(struct fbr_intake *in, struct fbr_slice path,
+                             const char *authorization, json_t *body,
+                             struct fbr_intake_reply *out);
+
+/* 1 when authorization (a header value, may be NULL) is "Bearer <one of the api keys>"; the
+ * keys are compared in constant time. */
+int fbr_intake_authorized(const struct fbr_intake *in, const char *authorization);
+
+/*
  * Handles POST /v1/events.  `authorization` is the Authorization header value (or NULL): it must
  * be "Bearer <api_key>" (401 otherwise).  `body` as above (borrowed, not modified).  A full
  * sink gives the same 503 as for an alert.
@@ -112,28 +145,25 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
                       struct fbr_intake_reply *out);
 
 /*
- * The same two steps for requests firebridge makes itself on behalf of someone it already
- * trusts (the HipChat add-on, after a verified room message or command): no API key is checked.
- * fbr_intake_alert_trusted() takes the routing key instead of the path; the body is handled and
- * answered exactly as by fbr_intake_alert() (it is modified in place).
+ * fbr_intake_event() for events firebridge posts itself on behalf of someone it already trusts
+ * (the HipChat add-on, after a verified room message): no API key is checked.  Alerts it makes
+ * itself (an /ack in a room) go through fbr_intake_alert_group(), which checks no key either.
  */
-void fbr_intake_alert_trusted(struct fbr_intake *in, struct fbr_slice routing_key, json_t *body,
-                              struct fbr_intake_reply *out);
 void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out);
 
 /*
  * Something else that follows the timeline (the HipChat add-on's room notifications): called
- * after every accepted alert or timeline event, once its webhooks were submitted and its incident
- * change committed, with the events it fired (borrowed for the call).  One observer; NULL removes
- * it.
+ * after every accepted alert or timeline event, once its webhooks were submitted and its
+ * incident change committed, with the events it fired (borrowed for the call).  One observer;
+ * NULL removes it.
  */
 struct fbr_event_set;
 typedef void (*fbr_intake_observer_fn)(void *arg, const struct fbr_event_set *set);
 void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg);
 
-/* Registers both endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
+/* Registers the three endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
  * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of
- * the routes.  While srv drains (fbr_server_drain) both endpoints answer 503 with Retry-After
+ * the routes.  While srv drains (fbr_server_drain) they answer 503 with Retry-After
  * and accept nothing. */
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv);
 
