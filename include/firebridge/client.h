@@ -101,7 +101,7 @@ void fbr_client_free(struct fbr_client **c);
 
 /*
  * Starts one attempt.  Returns FBR_OK (cb will be called exactly once) or FBR_INVALID for a URL
- * that is not an absolute http(s) URL (cb never called).
+ * that url.h's fbr_url_parse() refuses (cb never called).
  */
 int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
                        void *arg);
