@@ -156,7 +156,7 @@ static void random_uuid(char out[37])
              b[15]);
 }
 
-static int routing_key_ok(const char *s, size_t len)
+int fbr_routing_key_ok(const char *s, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
@@ -413,7 +413,7 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     const char *rk = slash ? slash + 1 : end;
     size_t rk_len = (size_t)(end - rk);
     if (key_len == 0 || !key_ok(in, key, key_len) || memchr(rk, '/', rk_len) ||
-        !routing_key_ok(rk, rk_len)) {
+        !fbr_routing_key_ok(rk, rk_len)) {
         reply_failure(in, out, 404, "Not found");
         return;
     }
@@ -552,7 +552,7 @@ void fbr_intake_alertmanager(struct fbr_intake *in, struct fbr_slice path,
     memset(out, 0, sizeof(*out));
     struct fbr_slice rk = {path.ptr + plen, path.len > plen ? path.len - plen : 0};
     if (rk.len == 0 || memcmp(path.ptr, FBR_ALERTMANAGER_PREFIX, plen) != 0 ||
-        !routing_key_ok(rk.ptr, rk.len)) {
+        !fbr_routing_key_ok(rk.ptr, rk.len)) {
         reply_failure(in, out, 404, "Not found");
         return;
     }

@@ -73,6 +73,10 @@ struct fbr_intake_stats {
 
 struct fbr_intake;
 
+/* 1 when s[0..len) is a routing key: letters, digits, '-' and '_' (the empty string passes:
+ * callers that need one check the length). */
+int fbr_routing_key_ok(const char *s, size_t len);
+
 /* Never fails (aborts on exhaustion).  Returns a new intake. */
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts);
 void fbr_intake_free(struct fbr_intake **in);
