@@ -1,0 +1,204 @@
+/*
+ * journal.h - the write-ahead journal under the data path: what the intake accepted (incident
+ * changes, deliveries) is appended here before the alert is answered 200, so that kill -9, a
+ * crash or (per --fsync) a power loss loses nothing that was acknowledged.  Owners (the delivery
+ * engine, the incident table) append records and say which of them are still live; the journal
+ * batches, writes, syncs, rolls, checkpoints and deletes, and hands the records back at start.
+ *
+ * On disk: <data_dir>/journal/000001.log, 000002.log, ... each a run of records
+ *
+ *   u32 len (payload bytes, little-endian) | u32 crc32c | u8 type | payload
+ *
+ * where the CRC32C covers len, type and payload.  Records are only ever appended; the journal
+ * appends to the last segment and starts a new one past segment_size.
+ *
+ * Writing: fbr_journal_append() copies the record into a buffer that is written with one write per
+ * event-loop iteration (a callback activated by the first append of the iteration).  A caller
+ * that must not answer before its records are safe asks fbr_journal_wait(): the callback fires
+ * once the records up to that position are written (--fsync off, batch) or written and
+ * fdatasync'ed (always; every record written meanwhile shares that fdatasync: group commit).
+ * fdatasync runs on one syncer thread, which does nothing else and signals completion back to
+ * the loop through a pipe; the loop never waits for the disk.  In batch mode the loop asks for an
+ * fdatasync every fsync_interval_ms when something was written since the last one.
+ *
+ * Disk trouble: a failed write or fdatasync fails every waiting caller with FBR_ERROR (never a
+ * success), is logged once per episode, and turns fbr_journal_writable() to 0; the buffer is
+ * kept (a partial write is cut off the file first) and retried every 250 ms, on a fresh segment
+ * when the old one has data, so the journal recovers by itself once the disk accepts writes.
+ *
+ * Liveness and disk use: every append takes one hold on its record's segment; the owner keeps
+ * the returned ref and releases it when the record stops mattering (a delivery finished, an
+ * incident replaced).  Segments are deleted oldest first once they and every older segment hold
+ * nothing (after the fdatasync that covers what replaced them).  When the journal holds more
+ * than twice its live bytes plus two segments, a checkpoint asks every owner to append again
+ * every live record it holds in the segments up to the one being written, and to release the old
+ * refs, so those segments can go: disk use follows what is live, not history.
+ *
+ * Recovery (fbr_journal_recover, before the listeners open): every segment is read in order and
+ * each good record handed to the owner of its type with its ref, then each owner's replay_done
+ * runs.  A bad record (short, bad CRC) with no good record after it in its segment is a torn tail:
+ * it is cut off (ftruncate), logged with the byte offset and counted.  A bad record followed by
+ * good ones is corruption in the middle: recovery fails with a message naming the segment and
+ * offset, unless opts.repair, which skips to the next good record and rewrites everything live
+ * into a fresh segment.  Appends go to a new segment after the last one found.
+ *
+ * Single-threaded apart from the syncer: call everything from the loop's thread.
+ */
+#ifndef FIREBRIDGE_JOURNAL_H
+#define FIREBRIDGE_JOURNAL_H
+
+#include <event2/event.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "firebridge/common.h"
+
+struct fbr_journal;
+struct fbr_metrics;
+
+/* Record types: value, name (for logs and metrics). */
+#define FBR_JOURNAL_TYPE_MAP(X)                                                                    \
+    X(NOP, 0, "nop")                                                                               \
+    X(DELIVERY_ACCEPTED, 1, "delivery_accepted")                                                   \
+    X(DELIVERY_ATTEMPT, 2, "delivery_attempt")                                                     \
+    X(DELIVERY_FINISHED, 3, "delivery_finished")                                                   \
+    X(INCIDENT, 4, "incident")
+
+enum fbr_journal_type {
+#define FBR_X(name, value, text) FBR_JR_##name = (value),
+    FBR_JOURNAL_TYPE_MAP(FBR_X)
+#undef FBR_X
+        FBR_JR_COUNT
+};
+const char *fbr_journal_type_name(unsigned type);
+
+#define FBR_JOURNAL_HEADER 9u                     /* len, crc, type */
+#define FBR_JOURNAL_MAX_RECORD (256u * 1024 * 1024) /* payload bytes; larger is corruption */
+
+/* CRC32C (Castagnoli), as iSCSI and ext4 use it: crc = fbr_crc32c(0, p, n) for one run,
+ * fbr_crc32c(crc, q, m) continues it. */
+uint32_t fbr_crc32c(uint32_t crc, const void *p, size_t n);
+
+/* Where a record lives: its segment (0: none) and its size on disk. */
+struct fbr_journal_ref {
+    uint32_t seg;
+    uint32_t len;
+};
+/* A ref packed in one word (for owners that keep a word per object) and back. */
+static inline uint64_t fbr_journal_ref_pack(struct fbr_journal_ref r)
+{
+    return (uint64_t)r.seg << 32 | r.len;
+}
+static inline struct fbr_journal_ref fbr_journal_ref_unpack(uint64_t w)
+{
+    return (struct fbr_journal_ref){(uint32_t)(w >> 32), (uint32_t)w};
+}
+
+/*
+ * An owner of some record types.  replay gets each good record of those types in journal order
+ * (payload borrowed until replay_done returns) and takes a hold (fbr_journal_hold) on every
+ * record it keeps; replay_done runs once after the last record.  checkpoint must append again
+ * every live record it holds in segments <= upto, release their old refs and keep the new ones.
+ */
+struct fbr_journal_owner {
+    const char *name;
+    unsigned types; /* bit (1u << type) per record type */
+    void (*replay)(void *arg, unsigned type, struct fbr_slice payload, struct fbr_journal_ref ref);
+    void (*replay_done)(void *arg);
+    void (*checkpoint)(void *arg, uint32_t upto);
+    void *arg;
+};
+
+struct fbr_journal_opts {
+    const char *dir;              /* the segment directory (created), copied */
+    enum fbr_fsync_mode fsync;
+    unsigned fsync_interval_ms;   /* batch: at most this long between fdatasyncs; 0: 100 */
+    uint64_t segment_size;        /* bytes before a new segment starts; 0: 16 MiB */
+    int repair;                   /* 1: keep what is readable past corruption (--journal-repair) */
+    struct fbr_metrics *metrics;  /* borrowed, may be NULL: where the journal's series go */
+};
+
+/*
+ * Creates the journal on base (borrowed, must outlive it): makes the directory, starts the syncer
+ * thread (not for --fsync off).  Nothing is read yet.  Returns FBR_OK with *out, or FBR_ERROR
+ * with the reason in err.
+ */
+int fbr_journal_open(struct event_base *base, const struct fbr_journal_opts *opts,
+                     struct fbr_journal **out, char *err, size_t errlen);
+
+/* Registers an owner (copied) before fbr_journal_recover(); arg is borrowed. */
+void fbr_journal_add_owner(struct fbr_journal *j, const struct fbr_journal_owner *owner);
+
+/*
+ * Replays the segments into the owners (see the top of this file) and opens a new segment for
+ * appending.  Returns FBR_OK, or FBR_ERROR with err saying what and where (corruption without
+ * repair, unreadable files, a new segment that cannot be created).  Call once.
+ */
+int fbr_journal_recover(struct fbr_journal *j, char *err, size_t errlen);
+
+/* What recovery found. */
+struct fbr_journal_recovery {
+    uint64_t records;   /* good records read */
+    uint64_t segments;  /* segment files read */
+    uint64_t torn;      /* torn tails cut */
+    uint64_t skipped;   /* bytes skipped by repair */
+    uint64_t ms;        /* how long it took */
+};
+const struct fbr_journal_recovery *fbr_journal_recovery(const struct fbr_journal *j);
+
+/*
+ * Appends one record (the payload is the concatenation of iov, copied) and returns its ref with
+ * one hold taken.  Never fails: an append while writes fail is kept in the buffer and written
+ * when the disk works again.
+ */
+struct fbr_journal_ref fbr_journal_appendv(struct fbr_journal *j, unsigned type,
+                                           const struct iovec *iov, int iovcnt);
+struct fbr_journal_ref fbr_journal_append(struct fbr_journal *j, unsigned type, const void *p,
+                                          size_t n);
+/* Another hold on a record whose segment still has one; a release gives one back.  A ref with
+ * seg 0 is ignored. */
+void fbr_journal_hold(struct fbr_journal *j, struct fbr_journal_ref ref);
+void fbr_journal_release(struct fbr_journal *j, struct fbr_journal_ref ref);
+
+/* Position after the last record appended (bytes appended since open). */
+uint64_t fbr_journal_position(const struct fbr_journal *j);
+
+/*
+ * Calls cb(arg, FBR_OK) once every record up to pos is committed as --fsync says, or
+ * cb(arg, FBR_ERROR) when the write or fdatasync carrying them failed.  cb always runs later,
+ * from the loop (never inside this call), exactly once, in the order of the calls; on
+ * fbr_journal_close() the ones still waiting get FBR_ERROR.
+ */
+typedef void (*fbr_journal_done_fn)(void *arg, int status);
+void fbr_journal_wait(struct fbr_journal *j, uint64_t pos, fbr_journal_done_fn cb, void *arg);
+
+/* 1 when recovery is done and the last write and fdatasync worked; 0 while not recovered or
+ * during a disk-trouble episode (callers answer 503 then). */
+int fbr_journal_writable(const struct fbr_journal *j);
+/* Why not writable (a static or internal string, borrowed), or NULL when writable. */
+const char *fbr_journal_trouble(const struct fbr_journal *j);
+
+/* Writes the buffer now (tests, shutdown); returns FBR_OK or FBR_ERROR. */
+int fbr_journal_flush(struct fbr_journal *j);
+/* Runs a checkpoint of every segment before the current one now (tests). */
+void fbr_journal_checkpoint(struct fbr_journal *j);
+
+struct fbr_journal_stats {
+    uint64_t bytes;          /* on disk, all segments */
+    uint64_t live_bytes;     /* held records */
+    uint64_t segments;       /* files */
+    uint32_t first_seg, cur_seg;
+    uint64_t records;        /* appended since open */
+    uint64_t writes;         /* write calls */
+    uint64_t fsyncs;
+    uint64_t checkpoints;
+    uint64_t write_errors;   /* failed writes and fdatasyncs */
+};
+void fbr_journal_get_stats(const struct fbr_journal *j, struct fbr_journal_stats *out);
+
+/* Writes what is buffered, fdatasyncs (unless off), stops the syncer, fails the callers still
+ * waiting, closes the files and frees; sets *j to NULL. */
+void fbr_journal_close(struct fbr_journal **j);
+
+#endif

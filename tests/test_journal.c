@@ -1,0 +1,502 @@
+/*
+ * test_journal.c - unit tests for journal.c, the write-ahead journal under the intake and the
+ * delivery engine: CRC32C, the record format read back in order across segments, a torn tail at
+ * every byte offset of the last record, corruption in the middle (refused, then repaired), segment
+ * roll, deletion of dead segments and checkpoints, the commit callbacks of each --fsync mode, and
+ * a failed write (RLIMIT_FSIZE) that answers FBR_ERROR and recovers by itself.
+ */
+#include <check.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon_util.h"
+#include "firebridge/journal.h"
+#include "firebridge/log.h"
+
+static char dir[256];
+static struct event_base *base;
+
+static void setup(void)
+{
+    dutil_tmpdir(dir, sizeof(dir), "fbr-journal");
+    base = event_base_new();
+    fbr_log_setup(FBR_LOG_ERROR, FBR_LOG_TEXT);
+}
+
+static void teardown(void)
+{
+    event_base_free(base);
+    dutil_rm_rf(dir);
+}
+
+/* ---- a test owner: keeps every record it sees; `live` ones are held and checkpointed ---- */
+
+struct rec {
+    unsigned type;
+    char data[128];
+    size_t n;
+    struct fbr_journal_ref ref;
+    int live;
+};
+
+struct owner {
+    struct fbr_journal *j;
+    struct rec v[4096];
+    size_t n;
+    int done;
+    int checkpoints;
+};
+
+static void own_replay(void *arg, unsigned type, struct fbr_slice p, struct fbr_journal_ref ref)
+{
+    struct owner *o = arg;
+    ck_assert_uint_lt(o->n, FBR_ARRAY_LEN(o->v));
+    struct rec *r = &o->v[o->n++];
+    r->type = type;
+    r->n = p.len < sizeof(r->data) ? p.len : sizeof(r->data);
+    memcpy(r->data, p.ptr, r->n);
+    r->ref = ref;
+    r->live = 1;
+    fbr_journal_hold(o->j, ref);
+}
+
+static void own_done(void *arg)
+{
+    ((struct owner *)arg)->done++;
+}
+
+static void own_checkpoint(void *arg, uint32_t upto)
+{
+    struct owner *o = arg;
+    o->checkpoints++;
+    for (size_t i = 0; i < o->n; i++) {
+        struct rec *r = &o->v[i];
+        if (!r->live || r->ref.seg > upto)
+            continue;
+        struct fbr_journal_ref old = r->ref;
+        r->ref = fbr_journal_append(o->j, r->type, r->data, r->n);
+        fbr_journal_release(o->j, old);
+    }
+}
+
+static struct fbr_journal *open_j(enum fbr_fsync_mode mode, uint64_t seg, int repair,
+                                  struct owner *o, int *rc, char *err, size_t errlen)
+{
+    char jdir[300];
+    snprintf(jdir, sizeof(jdir), "%s/journal", dir);
+    struct fbr_journal_opts opts = {.dir = jdir, .fsync = mode, .fsync_interval_ms = 10,
+                                    .segment_size = seg, .repair = repair};
+    struct fbr_journal *j = NULL;
+    ck_assert_int_eq(fbr_journal_open(base, &opts, &j, err, errlen), FBR_OK);
+    memset(o, 0, sizeof(*o));
+    o->j = j;
+    struct fbr_journal_owner ow = {.name = "test", .types = ~0u, .replay = own_replay,
+                                   .replay_done = own_done, .checkpoint = own_checkpoint,
+                                   .arg = o};
+    fbr_journal_add_owner(j, &ow);
+    *rc = fbr_journal_recover(j, err, errlen);
+    return j;
+}
+
+/* Appends a record the owner keeps as live. */
+static void add(struct owner *o, unsigned type, const char *s)
+{
+    struct rec *r = &o->v[o->n++];
+    r->type = type;
+    r->n = strlen(s);
+    memcpy(r->data, s, r->n);
+    r->live = 1;
+    r->ref = fbr_journal_append(o->j, type, s, r->n);
+}
+
+static void seg_file(uint32_t id, char *path, size_t n)
+{
+    snprintf(path, n, "%s/journal/%06u.log", dir, id);
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static int file_exists(uint32_t id)
+{
+    char p[400];
+    seg_file(id, p, sizeof(p));
+    return access(p, F_OK) == 0;
+}
+
+START_TEST(crc32c_known_values)
+{
+    /* the check value of CRC-32C (RFC 3720 appendix B.4 uses the same polynomial) */
+    ck_assert_uint_eq(fbr_crc32c(0, "123456789", 9), 0xE3069283u);
+    ck_assert_uint_eq(fbr_crc32c(0, "", 0), 0);
+    unsigned char zeros[32] = {0};
+    ck_assert_uint_eq(fbr_crc32c(0, zeros, 32), 0x8A9136AAu);
+    /* incremental over any split equals one pass, at any alignment */
+    char buf[300];
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (char)(i * 7 + 3);
+    uint32_t whole = fbr_crc32c(0, buf + 1, sizeof(buf) - 1);
+    for (size_t cut = 0; cut < sizeof(buf) - 1; cut += 13)
+        ck_assert_uint_eq(fbr_crc32c(fbr_crc32c(0, buf + 1, cut), buf + 1 + cut,
+                                     sizeof(buf) - 1 - cut),
+                          whole);
+}
+END_TEST
+
+START_TEST(records_come_back_in_order)
+{
+    struct owner *o = calloc(1, sizeof(*o)), *o2 = calloc(1, sizeof(*o2));
+    char err[512];
+    int rc;
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_int_eq(o->done, 1);
+    ck_assert_uint_eq(o->n, 0);
+    ck_assert_int_eq(fbr_journal_writable(j), 1);
+    add(o, FBR_JR_DELIVERY_ACCEPTED, "first");
+    add(o, FBR_JR_INCIDENT, "");
+    add(o, FBR_JR_DELIVERY_FINISHED, "third");
+    ck_assert_uint_eq(fbr_journal_position(j), 3 * FBR_JOURNAL_HEADER + 10);
+    fbr_journal_close(&j);
+    ck_assert_ptr_null(j);
+    j = open_j(FBR_FSYNC_OFF, 0, 0, o2, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_uint_eq(o2->n, 3);
+    ck_assert_uint_eq(o2->v[0].type, FBR_JR_DELIVERY_ACCEPTED);
+    ck_assert_int_eq(memcmp(o2->v[0].data, "first", 5), 0);
+    ck_assert_uint_eq(o2->v[1].type, FBR_JR_INCIDENT);
+    ck_assert_uint_eq(o2->v[1].n, 0);
+    ck_assert_uint_eq(o2->v[2].type, FBR_JR_DELIVERY_FINISHED);
+    ck_assert_uint_eq(o2->v[0].ref.seg, 1);
+    ck_assert_uint_eq(o2->v[0].ref.len, FBR_JOURNAL_HEADER + 5);
+    ck_assert_uint_eq(fbr_journal_recovery(j)->records, 3);
+    ck_assert_uint_eq(fbr_journal_recovery(j)->torn, 0);
+    /* appends go to a new segment after the last one found */
+    add(o2, FBR_JR_NOP, "x");
+    ck_assert_uint_eq(o2->v[3].ref.seg, 2);
+    fbr_journal_close(&j);
+    free(o);
+    free(o2);
+}
+END_TEST
+
+/* Three records; the last one is cut at every byte offset, and also has each byte flipped: every
+ * case recovers the first two and cuts the file at the end of the second. */
+START_TEST(torn_tail_at_every_offset)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512], path[400], saved[400];
+    int rc;
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+    add(o, FBR_JR_DELIVERY_ACCEPTED, "alpha");
+    add(o, FBR_JR_DELIVERY_ATTEMPT, "beta-beta");
+    add(o, FBR_JR_DELIVERY_FINISHED, "the last record, torn");
+    fbr_journal_close(&j);
+    seg_file(1, path, sizeof(path));
+    off_t size = file_size(path);
+    off_t good = 2 * FBR_JOURNAL_HEADER + 5 + 9;
+    ck_assert_int_eq(size, good + FBR_JOURNAL_HEADER + 21);
+    snprintf(saved, sizeof(saved), "%s/saved.log", dir);
+    ck_assert_int_eq(rename(path, saved), 0);
+    char *content = malloc((size_t)size);
+    int fd = open(saved, O_RDONLY);
+    ck_assert_int_eq(read(fd, content, (size_t)size), size);
+    close(fd);
+    for (int flip = 0; flip < 2; flip++) {
+        for (off_t cut = good; cut < size; cut++) {
+            dutil_rm_rf(dir);
+            ck_assert_int_eq(mkdir(dir, 0700), 0);
+            char jdir[300];
+            snprintf(jdir, sizeof(jdir), "%s/journal", dir);
+            ck_assert_int_eq(mkdir(jdir, 0700), 0);
+            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            if (flip) { /* whole length, one byte of the last record changed */
+                content[cut] ^= 0x5a;
+                ck_assert_int_eq(write(fd, content, (size_t)size), size);
+                content[cut] ^= 0x5a;
+            } else {
+                ck_assert_int_eq(write(fd, content, (size_t)cut), cut);
+            }
+            close(fd);
+            j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+            ck_assert_msg(rc == FBR_OK, "cut %ld flip %d: %s", (long)cut, flip, err);
+            ck_assert_uint_eq(o->n, 2);
+            ck_assert_int_eq(memcmp(o->v[1].data, "beta-beta", 9), 0);
+            ck_assert_uint_eq(fbr_journal_recovery(j)->torn, (flip || cut > good) ? 1 : 0);
+            ck_assert_int_eq(file_size(path), good);
+            fbr_journal_close(&j);
+        }
+    }
+    free(content);
+    free(o);
+}
+END_TEST
+
+START_TEST(corruption_in_the_middle_stops_unless_repair)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512], path[400];
+    int rc;
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+    add(o, FBR_JR_DELIVERY_ACCEPTED, "one");
+    add(o, FBR_JR_DELIVERY_ACCEPTED, "two");
+    add(o, FBR_JR_DELIVERY_ACCEPTED, "three");
+    fbr_journal_close(&j);
+    seg_file(1, path, sizeof(path));
+    int fd = open(path, O_WRONLY);
+    ck_assert_int_eq(pwrite(fd, "X", 1, FBR_JOURNAL_HEADER + 3 + FBR_JOURNAL_HEADER + 1), 1);
+    close(fd);
+    off_t before = file_size(path);
+    j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_ERROR);
+    ck_assert_ptr_nonnull(strstr(err, "corrupt at byte 12"));
+    ck_assert_ptr_nonnull(strstr(err, "--journal-repair"));
+    ck_assert_int_eq(fbr_journal_writable(j), 0);
+    fbr_journal_close(&j);
+    ck_assert_int_eq(file_size(path), before); /* nothing changed */
+    j = open_j(FBR_FSYNC_OFF, 0, 1, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_uint_eq(o->n, 2);
+    ck_assert_int_eq(memcmp(o->v[0].data, "one", 3), 0);
+    ck_assert_int_eq(memcmp(o->v[1].data, "three", 5), 0);
+    ck_assert_uint_eq(fbr_journal_recovery(j)->skipped, FBR_JOURNAL_HEADER + 3);
+    ck_assert_int_eq(o->checkpoints, 1);
+    fbr_journal_close(&j); /* writes the rewritten records, drops the damaged segment */
+    ck_assert_int_eq(file_exists(1), 0);
+    j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_uint_eq(o->n, 2);
+    ck_assert_int_eq(memcmp(o->v[1].data, "three", 5), 0);
+    fbr_journal_close(&j);
+    free(o);
+}
+END_TEST
+
+/* Small segments: they roll; a dead prefix is deleted; one long-lived record pins its segment
+ * until a checkpoint copies it forward; what comes back after all that is exactly the live set. */
+START_TEST(roll_delete_and_checkpoint)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512];
+    int rc;
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 256, 0, o, &rc, err, sizeof(err));
+    add(o, FBR_JR_INCIDENT, "long-lived incident");
+    for (int i = 0; i < 200; i++) {
+        char s[64];
+        snprintf(s, sizeof(s), "delivery %03d ........................", i);
+        add(o, FBR_JR_DELIVERY_ACCEPTED, s);
+        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+        if (i % 10 != 0) { /* nine of ten finish */
+            fbr_journal_release(j, o->v[o->n - 1].ref);
+            o->v[o->n - 1].live = 0;
+            /* as the delivery engine does: the finish is a record too, held by nobody */
+            fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_FINISHED, s, strlen(s)));
+        }
+    }
+    struct fbr_journal_stats st;
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_gt(st.cur_seg, 20);
+    /* the incident pinned segment 1 until a checkpoint copied it forward; then it went */
+    ck_assert_uint_gt(o->v[0].ref.seg, 1);
+    ck_assert_int_eq(file_exists(1), 0);
+    ck_assert_int_eq(file_exists(o->v[0].ref.seg), 1);
+    /* Automatic checkpoints keep the disk near the live set: never more than twice the live
+     * bytes plus two segments (and a segment's overshoot). */
+    ck_assert_uint_le(st.bytes, 2 * st.live_bytes + 4 * 256 + 256);
+    ck_assert_uint_gt(st.checkpoints, 0);
+    size_t live_before = 0;
+    for (size_t i = 0; i < o->n; i++)
+        live_before += o->v[i].live;
+    ck_assert_uint_eq(live_before, 21);
+    fbr_journal_checkpoint(j);
+    ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_eq(st.first_seg, st.cur_seg - 1 + (st.segments == 1)); /* all old ones gone */
+    fbr_journal_close(&j);
+
+    struct owner *o2 = calloc(1, sizeof(*o2));
+    j = open_j(FBR_FSYNC_OFF, 256, 0, o2, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    /* replayed as an owner does: a finish cancels the acceptance before it */
+    struct rec *live[64];
+    size_t nlive = 0;
+    for (size_t i = 0; i < o2->n; i++) {
+        if (o2->v[i].type != FBR_JR_DELIVERY_FINISHED) {
+            ck_assert_uint_lt(nlive, 64);
+            live[nlive++] = &o2->v[i];
+            continue;
+        }
+        for (size_t k = 0; k < nlive; k++)
+            if (live[k]->n == o2->v[i].n && !memcmp(live[k]->data, o2->v[i].data, o2->v[i].n))
+                memmove(&live[k], &live[k + 1], (--nlive - k) * sizeof(*live));
+    }
+    ck_assert_uint_eq(nlive, 21);
+    ck_assert_int_eq(memcmp(live[0]->data, "long-lived incident", 19), 0);
+    for (size_t i = 1; i < 21; i++) { /* the survivors, in their original order */
+        char s[64];
+        snprintf(s, sizeof(s), "delivery %03zu", (i - 1) * 10);
+        ck_assert_int_eq(memcmp(live[i]->data, s, strlen(s)), 0);
+    }
+    ck_assert_uint_lt(o2->n, 40); /* not the history: 200 acceptances, 180 finishes */
+    fbr_journal_close(&j);
+    free(o);
+    free(o2);
+}
+END_TEST
+
+static int done_ok, done_err;
+
+static void on_done(void *arg, int status)
+{
+    if (status == FBR_OK)
+        done_ok++;
+    else
+        done_err++;
+    *(int *)arg += 1;
+}
+
+static void run_until(int *counter, int target)
+{
+    for (int i = 0; i < 2000 && *counter < target; i++)
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(1000);
+}
+
+/* Each mode's commit: the callback never runs inside fbr_journal_wait(), then runs with FBR_OK;
+ * one write carries every record appended in the iteration; always counts fdatasyncs. */
+START_TEST(commit_per_fsync_mode)
+{
+    static const enum fbr_fsync_mode modes[] = {FBR_FSYNC_OFF, FBR_FSYNC_BATCH, FBR_FSYNC_ALWAYS};
+    for (size_t m = 0; m < 3; m++) {
+        dutil_rm_rf(dir);
+        ck_assert_int_eq(mkdir(dir, 0700), 0);
+        struct owner *o = calloc(1, sizeof(*o));
+        char err[512];
+        int rc, calls = 0;
+        struct fbr_journal *j = open_j(modes[m], 0, 0, o, &rc, err, sizeof(err));
+        ck_assert_int_eq(rc, FBR_OK);
+        run_until(&calls, 1); /* let the recovery's sync finish */
+        done_ok = done_err = 0;
+        struct fbr_journal_stats st0, st;
+        fbr_journal_get_stats(j, &st0);
+        for (int i = 0; i < 50; i++) {
+            add(o, FBR_JR_DELIVERY_ACCEPTED, "one alert's delivery");
+            fbr_journal_wait(j, fbr_journal_position(j), on_done, &calls);
+        }
+        ck_assert_int_eq(calls, 0);
+        run_until(&calls, 50);
+        ck_assert_int_eq(done_ok, 50);
+        ck_assert_int_eq(done_err, 0);
+        fbr_journal_get_stats(j, &st);
+        ck_assert_uint_eq(st.writes - st0.writes, 1); /* group commit: one write */
+        if (modes[m] == FBR_FSYNC_ALWAYS)
+            ck_assert_uint_ge(st.fsyncs - st0.fsyncs, 1);
+        if (modes[m] == FBR_FSYNC_OFF)
+            ck_assert_uint_eq(st.fsyncs, 0);
+        /* batch: the interval timer syncs what was written */
+        if (modes[m] == FBR_FSYNC_BATCH) {
+            for (int i = 0; i < 200 && st.fsyncs == st0.fsyncs; i++) {
+                event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+                usleep(1000);
+                fbr_journal_get_stats(j, &st);
+            }
+            ck_assert_uint_gt(st.fsyncs, st0.fsyncs);
+        }
+        /* nothing appended: still answered, later */
+        calls = 0;
+        fbr_journal_wait(j, fbr_journal_position(j), on_done, &calls);
+        ck_assert_int_eq(calls, 0);
+        run_until(&calls, 1);
+        ck_assert_int_eq(calls, 1);
+        fbr_journal_close(&j);
+        free(o);
+    }
+}
+END_TEST
+
+/* A write past RLIMIT_FSIZE fails with EFBIG: the waiting caller gets FBR_ERROR, the journal says
+ * it is not writable, then it recovers by itself on a fresh segment and loses no record. */
+START_TEST(failed_write_recovers_by_itself)
+{
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512];
+    int rc, calls = 0;
+    struct fbr_journal *j = open_j(FBR_FSYNC_ALWAYS, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    char big[100];
+    memset(big, 'b', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    lim = old;
+    lim.rlim_cur = 1000;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int refused = 0;
+    for (int i = 0; i < 30 && !refused; i++) {
+        add(o, FBR_JR_DELIVERY_ACCEPTED, big);
+        done_ok = done_err = calls = 0;
+        fbr_journal_wait(j, fbr_journal_position(j), on_done, &calls);
+        run_until(&calls, 1);
+        ck_assert_int_eq(calls, 1);
+        refused = done_err;
+    }
+    ck_assert_int_eq(refused, 1);
+    ck_assert_int_eq(fbr_journal_writable(j), 0);
+    ck_assert_ptr_nonnull(strstr(fbr_journal_trouble(j), "File too large"));
+    /* the retry timer rolls to a fresh segment, where the buffered record fits */
+    for (int i = 0; i < 2000 && !fbr_journal_writable(j); i++) {
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        usleep(1000);
+    }
+    ck_assert_int_eq(fbr_journal_writable(j), 1);
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    size_t appended = o->n;
+    struct fbr_journal_stats st;
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_ge(st.write_errors, 1);
+    fbr_journal_close(&j);
+    struct owner *o2 = calloc(1, sizeof(*o2));
+    j = open_j(FBR_FSYNC_OFF, 0, 0, o2, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_uint_eq(o2->n, appended); /* the refused one too: it was kept and written later */
+    ck_assert_uint_eq(fbr_journal_recovery(j)->torn, 0);
+    fbr_journal_close(&j);
+    free(o);
+    free(o2);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("journal");
+    TCase *tc = tcase_create("journal");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, crc32c_known_values);
+    tcase_add_test(tc, records_come_back_in_order);
+    tcase_add_test(tc, torn_tail_at_every_offset);
+    tcase_add_test(tc, corruption_in_the_middle_stops_unless_repair);
+    tcase_add_test(tc, roll_delete_and_checkpoint);
+    tcase_add_test(tc, commit_per_fsync_mode);
+    tcase_add_test(tc, failed_write_recovers_by_itself);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
