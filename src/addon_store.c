@@ -364,6 +364,7 @@ struct token_call {
     fbr_install_token_cb cb;
     void *arg;
     char *head, *body;
+    struct iovec iov; /* the client borrows it until the callback */
 };
 
 static void token_start(struct fbr_install *in);
@@ -524,13 +525,13 @@ int fbr_install_fetch_token(struct fbr_install *in, struct fbr_client *client,
     tc->in = in;
     tc->cb = cb;
     tc->arg = arg;
-    struct iovec iov = {tc->body, strlen(tc->body)};
+    tc->iov = (struct iovec){tc->body, strlen(tc->body)};
     struct fbr_client_req req = {.method = "POST",
                                  .url = in->token_url,
                                  .url_len = strlen(in->token_url),
                                  .head = tc->head,
                                  .head_len = strlen(tc->head),
-                                 .body = &iov,
+                                 .body = &tc->iov,
                                  .nbody = 1,
                                  .log_id = in->oauth_id,
                                  .max_body = 8192};
