@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "fbr_build.h"
+#include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/strmap.h"
 #include "firebridge/url.h"
@@ -992,17 +993,22 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
     c->ssl_ctx = ctx;
     c->opts = *opts;
     if (!c->opts.pool_size)
-        c->opts.pool_size = 1;
+        c->opts.pool_size = FBR_DEFAULT_POOL_SIZE;
     if (!c->opts.connect_timeout_ms)
-        c->opts.connect_timeout_ms = 10000;
+        c->opts.connect_timeout_ms = FBR_DEFAULT_CONNECT_TIMEOUT_MS;
     if (!c->opts.request_timeout_ms)
-        c->opts.request_timeout_ms = 30000;
+        c->opts.request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
     c->opts.ca_file = NULL; /* not kept: the string is the caller's */
     c->opts.nameserver = NULL;
     fbr_strmap_init(&c->pools);
     TAILQ_INIT(&c->calls);
     *out = c;
     return FBR_OK;
+}
+
+const struct fbr_client_opts *fbr_client_get_opts(const struct fbr_client *c)
+{
+    return &c->opts;
 }
 
 static void free_pool(const char *key, void *value, void *arg)

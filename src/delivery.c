@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/ratelimit.h"
 #include "firebridge/server.h"
@@ -126,15 +127,15 @@ const uint64_t fbr_delivery_latency_bounds_ms[FBR_DELIVERY_LATENCY_BUCKETS - 1] 
 void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->pool_size = 16;
-    o->connect_timeout_ms = 10000;
-    o->request_timeout_ms = 30000;
-    o->room_rate = (struct fbr_rate){30, 60};
-    o->token_rate = (struct fbr_rate){500, 300};
-    o->retry_initial_ms = 500;
-    o->retry_max_interval_ms = 60000;
-    o->retry_max_age_s = 86400;
-    o->max_pending = 10000;
+    o->pool_size = FBR_DEFAULT_POOL_SIZE;
+    o->connect_timeout_ms = FBR_DEFAULT_CONNECT_TIMEOUT_MS;
+    o->request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
+    o->room_rate = (struct fbr_rate){FBR_DEFAULT_ROOM_RATE_N, FBR_DEFAULT_ROOM_RATE_SECS};
+    o->token_rate = (struct fbr_rate){FBR_DEFAULT_TOKEN_RATE_N, FBR_DEFAULT_TOKEN_RATE_SECS};
+    o->retry_initial_ms = FBR_DEFAULT_RETRY_INITIAL_MS;
+    o->retry_max_interval_ms = FBR_DEFAULT_RETRY_MAX_INTERVAL_MS;
+    o->retry_max_age_s = FBR_DEFAULT_RETRY_MAX_AGE_S;
+    o->max_pending = FBR_DEFAULT_MAX_PENDING;
     o->data_dir = ".";
     o->per_destination_inflight = 1;
 }
