@@ -77,6 +77,15 @@ struct conn {
     char id[24];
     const char *endpoint;        /* metric label of the matched route */
     size_t secret_at;            /* > 0: the path segment starting here is masked in logs */
+    struct fbr_http_pending *pending; /* a reply the handler deferred (fbr_http_defer) */
+};
+
+/* A deferred reply: the request, paused, until its owner answers or the connection goes. */
+struct fbr_http_pending {
+    evhtp_request_t *r;
+    struct conn *fc; /* NULL once the connection is gone */
+    unsigned method;
+    char id[24];
 };
 
 struct fbr_server {
@@ -254,6 +263,45 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     fbr_http_reply_json(req, status, json_pack("{s:s,s:s}", "result", "failure", "message", msg));
 }
 
+struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
+{
+    struct conn *fc = req_conn(req);
+    struct fbr_http_pending *p = fbr_xcalloc(1, sizeof(*p));
+    p->r = req->opaque;
+    p->fc = fc;
+    p->method = req->method;
+    snprintf(p->id, sizeof(p->id), "%s", req->id);
+    if (fc)
+        fc->pending = p;
+    evhtp_request_pause(p->r);
+    return p;
+}
+
+const char *fbr_http_pending_id(const struct fbr_http_pending *p)
+{
+    return p->id;
+}
+
+void fbr_http_pending_reply_json(struct fbr_http_pending **pp, int status, json_t *body)
+{
+    struct fbr_http_pending *p = *pp;
+    *pp = NULL;
+    if (!p) {
+        json_decref(body);
+        return;
+    }
+    if (!p->fc) { /* the client went away meanwhile */
+        json_decref(body);
+        free(p);
+        return;
+    }
+    p->fc->pending = NULL;
+    struct fbr_http_req req = {.opaque = p->r, .id = p->id, .method = p->method, .conn = p->fc};
+    fbr_http_reply_json(&req, status, body);
+    evhtp_request_resume(p->r);
+    free(p);
+}
+
 /* ---- connection bookkeeping and the screener ---- */
 
 static void listeners_pause(struct fbr_server *srv, int pause)
@@ -289,6 +337,8 @@ static void conn_unlink(struct conn *fc)
 
 static void conn_free(struct conn *fc)
 {
+    if (fc->pending)
+        fc->pending->fc = NULL; /* the owner's reply will go nowhere */
     if (fc->deadline)
         event_free(fc->deadline);
     free(fc);

@@ -62,6 +62,20 @@ void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *conten
                         const char *body, size_t len);
 
 /*
+ * A reply that cannot be given before the handler returns (the HipChat add-on's install, which
+ * first fetches a document and a token).  fbr_http_defer() is called by the handler instead of
+ * replying; the request is paused and the handle is the caller's until it calls
+ * fbr_http_pending_reply_json() exactly once (which frees it and sets *p to NULL).  If the
+ * client disconnected meanwhile, the reply is dropped silently.  The caller must answer within
+ * a bounded time (the server's drain waits for the connection).
+ */
+struct fbr_http_pending;
+struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req);
+void fbr_http_pending_reply_json(struct fbr_http_pending **p, int status, json_t *body);
+/* The request id, for the owner's log lines (borrowed). */
+const char *fbr_http_pending_id(const struct fbr_http_pending *p);
+
+/*
  * Server lifecycle.  fbr_server_new() never fails (aborts on exhaustion).  Zero in a limit
  * selects its default.  Strings are copied; metrics is borrowed (NULL: the server keeps a
  * registry of its own, see fbr_server_metrics()).
