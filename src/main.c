@@ -26,6 +26,7 @@
 #include "firebridge/metrics.h"
 #include "firebridge/rules.h"
 #include "firebridge/server.h"
+#include "firebridge/service.h"
 #include "firebridge/webhook.h"
 
 /* The compiled `rules` and `webhooks` sections: swapped as one on reload. */
@@ -322,6 +323,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
         return;
     fbr_log_info("%s received: draining (up to %u s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
                  (unsigned)d->cfg.drain_timeout_s);
+    fbr_service_notify("STOPPING=1\nSTATUS=draining");
     fbr_server_drain(d->srv);
     d->drain_tick = event_new(d->base, -1, EV_PERSIST, drain_check, d);
     struct timeval tick = {0, 20000};
@@ -356,7 +358,8 @@ int main(int argc, char **argv)
         fbr_cli_free(&d.cli);
         return 0;
     case FBR_CLI_VERSION:
-        printf("firebridge %s\n", FBR_VERSION);
+        printf("firebridge %s\nsd_notify: %s\n", FBR_VERSION,
+               fbr_service_notify_supported() ? "yes" : "no");
         fbr_cli_free(&d.cli);
         return 0;
     default:
@@ -495,6 +498,7 @@ int main(int argc, char **argv)
         event_add(sigs[i], NULL);
     fbr_log_info("firebridge %s started (%s)", FBR_VERSION,
                  d.cfg.config_file ? d.cfg.config_file : "built-in default configuration");
+    fbr_service_notify("READY=1\nSTATUS=serving"); /* every listener is open by now */
 
     event_base_dispatch(d.base);
     rc = 0;
