@@ -6,6 +6,7 @@
  * SIGPIPE is ignored.  Everything else lives in the library built from the other files of src/.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
@@ -335,6 +336,11 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
+    /* glibc merges its fast bins whenever a request of 1 KiB or more misses the thread cache;
+     * every socket read (libevent grows evbuffers by 4 KiB chains) is such a request and each
+     * alert frees dozens of small jansson nodes, so most of malloc's time went to merging bins
+     * (bench/README.md, profile).  Without fast bins small blocks still come from the tcache. */
+    mallopt(M_MXFAST, 0);
     struct daemon d;
     memset(&d, 0, sizeof(d));
     char err[4096];
