@@ -136,6 +136,28 @@ START_TEST(descriptor)
 }
 END_TEST
 
+/* contrib/examples/single-room.json compiles as it is. */
+START_TEST(example_single_room)
+{
+    const char *root = getenv("FBR_SOURCE_ROOT");
+    if (!root)
+        return; /* run outside meson */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/contrib/examples/single-room.json", root);
+    json_t *cfg = json_load_file(path, 0, NULL);
+    ck_assert_ptr_nonnull(cfg);
+    struct fbr_cfgerr errs = {0};
+    struct fbr_addon_config *c;
+    ck_assert_int_eq(fbr_addon_config_compile(json_object_get(cfg, "hipchat"),
+                                              json_object_get(cfg, "oncall_api"),
+                                              json_string_value(json_object_get(cfg, "public_url")),
+                                              &c, &errs),
+                     FBR_OK);
+    fbr_addon_config_unref(&c);
+    json_decref(cfg);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("addon_config");
@@ -143,6 +165,7 @@ int main(void)
     tcase_add_loop_test(tc, compile_table, 0, (int)FBR_ARRAY_LEN(cases));
     tcase_add_test(tc, capabilities_url);
     tcase_add_test(tc, descriptor);
+    tcase_add_test(tc, example_single_room);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
