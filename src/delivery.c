@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -33,7 +34,7 @@
 #include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/ratelimit.h"
-#include "firebridge/server.h"
+#include "firebridge/http.h"
 #include "firebridge/strmap.h"
 #include "firebridge/url.h"
 
@@ -77,6 +78,16 @@ struct delivery {
     uint64_t wake_ms;
     uint64_t seq; /* submission order across the engine (shutdown writes in this order) */
     char *reason; /* last reason, owned, NULL until the first transition that gives one */
+    /* Credentials asked for right before each attempt (fbr_delivery_submit_auth): the provider
+     * (one reference held), the value sent by the current attempt and the header block that
+     * carries it (owned, NULL between attempts), and whether a 401 already renewed them. */
+    const struct fbr_delivery_auth *auth;
+    void *auth_arg;
+    char *auth_value;
+    char *auth_head;
+    size_t auth_head_len;
+    int auth_renewed;
+    int auth_waiting; /* waiting_rate because the provider had nothing yet */
 };
 
 struct dest {
@@ -107,8 +118,11 @@ struct fbr_delivery_engine {
     int shut; /* fbr_delivery_shutdown() ran: no client any more, nothing is accepted */
 };
 
-static const char *const state_names[] = {"queued",      "waiting_rate", "in_flight",
-                                          "backing_off", "delivered",    "dead"};
+static const char *const state_names[] = {
+#define FBR_X(name, text) text,
+    FBR_DELIVERY_STATE_MAP(FBR_X)
+#undef FBR_X
+};
 
 const char *fbr_delivery_state_name(enum fbr_delivery_state s)
 {
@@ -187,6 +201,7 @@ static void start_attempt(struct delivery *dl);
 static void compact(struct delivery *dl);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
+static char *put(char *p, const void *src, size_t n);
 
 static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_delivery_state to)
 {
@@ -309,6 +324,63 @@ static void need_capacity(struct fbr_ratelimit *rl, struct fbr_rate r)
         fbr_ratelimit_set(rl, r.n, (uint64_t)r.secs * 1000u);
 }
 
+static void drop_auth_attempt(struct delivery *dl)
+{
+    if (dl->auth_value)
+        OPENSSL_cleanse(dl->auth_value, strlen(dl->auth_value));
+    if (dl->auth_head)
+        OPENSSL_cleanse(dl->auth_head, dl->auth_head_len);
+    free(dl->auth_value);
+    free(dl->auth_head);
+    dl->auth_value = dl->auth_head = NULL;
+    dl->auth_head_len = 0;
+}
+
+/*
+ * Asks the delivery's credential provider for the Authorization value of the attempt about to
+ * start and builds the attempt's header block.  FBR_OK: go; otherwise the delivery was moved
+ * (waiting for the provider until its expiry, or dead with the provider's reason).
+ */
+static int take_auth(struct delivery *dl, uint64_t now)
+{
+    struct fbr_delivery_engine *e = dl->dest->engine;
+    char value[FBR_DELIVERY_AUTH_MAX], why[256] = "";
+    int rc = now >= expiry_mono(dl) ? FBR_ERROR
+                                    : dl->auth->get(dl->auth_arg, value, sizeof(value), why,
+                                                    sizeof(why));
+    dl->auth_waiting = rc == FBR_AGAIN;
+    if (rc == FBR_AGAIN) {
+        if (dl->state != FBR_DS_WAITING_RATE)
+            transition(dl, FBR_DS_WAITING_RATE, expiry_mono(dl), "waiting for credentials");
+        else
+            dl->wake_ms = expiry_mono(dl);
+        return FBR_AGAIN;
+    }
+    if (rc != FBR_OK) {
+        if (now >= expiry_mono(dl)) {
+            e->m.dead_expired++;
+            transition(dl, FBR_DS_DEAD, 0, "expired waiting for credentials (retry_max_age)");
+        } else {
+            e->m.dead_permanent++;
+            transition(dl, FBR_DS_DEAD, 0, why[0] ? why : "no credentials");
+        }
+        return FBR_ERROR;
+    }
+    drop_auth_attempt(dl);
+    static const char an[] = "Authorization: ";
+    size_t vlen = strnlen(value, sizeof(value) - 1);
+    dl->auth_value = fbr_xstrndup(value, vlen);
+    OPENSSL_cleanse(value, sizeof(value));
+    dl->auth_head_len = dl->head_len + sizeof(an) - 1 + vlen + 2;
+    dl->auth_head = fbr_xmalloc(dl->auth_head_len + 1);
+    char *p = put(dl->auth_head, dl->head, dl->head_len);
+    p = put(p, an, sizeof(an) - 1);
+    p = put(p, dl->auth_value, vlen);
+    p = put(p, "\r\n", 2);
+    *p = '\0';
+    return FBR_OK;
+}
+
 /* A queued, waiting or backed-off delivery whose time has come: send it or wait for the limit. */
 static void try_send(struct delivery *dl, uint64_t now)
 {
@@ -331,6 +403,8 @@ static void try_send(struct delivery *dl, uint64_t now)
             dl->wake_ms = t;
         return;
     }
+    if (dl->auth && take_auth(dl, now) != FBR_OK)
+        return;
     /* Record the send after the transition, at a fresh time: the recorded time is then never
      * earlier than the moment the attempt really started, so the window guarantee holds for
      * real send times and not only for the time this pump began. */
@@ -430,6 +504,8 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
     struct fbr_delivery_engine *e = d->engine;
     uint64_t now = fbr_now_ms(), now_wall = fbr_wall_ms();
     char reason[300];
+    if (r->status != 401)
+        drop_auth_attempt(dl);
 
     /* the server's view of the limits, from every response */
     if (r->flood_remaining == 0 && r->flood_reset > 0)
@@ -478,6 +554,13 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
             snprintf(reason, sizeof(reason), "http 429, retrying in %" PRIu64 " ms", at - now);
             transition(dl, FBR_DS_WAITING_RATE, at, reason);
         }
+    } else if (r->status == 401 && dl->auth && !dl->auth_renewed) {
+        /* The credentials were refused (an expired or revoked token): the provider drops them
+         * and gets new ones; this delivery waits for them and tries once more. */
+        dl->auth_renewed = 1;
+        dl->auth->rejected(dl->auth_arg, dl->auth_value ? dl->auth_value : "");
+        drop_auth_attempt(dl);
+        transition(dl, FBR_DS_WAITING_RATE, now, "http 401: renewing the credentials");
     } else if (r->status >= 500 || r->status == 408) {
         snprintf(reason, sizeof(reason), "http %d", r->status);
         retry_later(dl, r->status == 408 ? FBR_RETRY_HTTP_408 : FBR_RETRY_HTTP_5XX, reason);
@@ -503,8 +586,8 @@ static void start_attempt(struct delivery *dl)
         .method = dl->method,
         .url = dl->url,
         .url_len = dl->url_len,
-        .head = dl->head,
-        .head_len = dl->head_len,
+        .head = dl->auth_head ? dl->auth_head : dl->head,
+        .head_len = dl->auth_head ? dl->auth_head_len : dl->head_len,
         .body = dl->body_iov,
         .nbody = dl->nbody,
         .log_id = dl->id,
@@ -518,24 +601,6 @@ static void start_attempt(struct delivery *dl)
 }
 
 /* ---- submit ---- */
-
-static const char *method_name(unsigned m)
-{
-    switch (m) {
-    case FBR_M_GET:
-        return "GET";
-    case FBR_M_PUT:
-        return "PUT";
-    case FBR_M_DELETE:
-        return "DELETE";
-    case FBR_M_PATCH:
-        return "PATCH";
-    case FBR_M_HEAD:
-        return "HEAD";
-    default:
-        return "POST";
-    }
-}
 
 /* Builds the destination key into buf (see delivery.h). */
 static size_t dest_key(const struct fbr_url *p, char *buf, size_t cap)
@@ -680,7 +745,8 @@ static void dead_on_arrival(struct fbr_delivery_engine *e, struct delivery *dl,
 }
 
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
-                  uint64_t created_wall, int bypass_limit, char *id_out)
+                  uint64_t created_wall, int bypass_limit, char *id_out,
+                  const struct fbr_delivery_auth_ref *aref)
 {
     if (e->shut) {
         e->m.rejected++;
@@ -723,7 +789,8 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     dl->url_len = url_len;
     dl->head = store + url_len + 1;
     dl->head_len = head_len;
-    dl->method = method_name(o->method);
+    const char *mname = fbr_http_method_name(o->method);
+    dl->method = mname ? mname : "POST";
     dl->created_wall = created_wall;
 
     struct fbr_slice token = query_token(up.query), auth = {NULL, 0};
@@ -776,6 +843,13 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     need_capacity(&d->rl, dl->room_rate);
     if (!token.len && auth.len)
         token = auth;
+    if (aref) {
+        /* the token changes on renewal: the provider names the identity it belongs to */
+        token = fbr_slice_from(aref->key);
+        dl->auth = aref->ops;
+        dl->auth_arg = aref->arg;
+        aref->ops->ref(aref->arg);
+    }
     if (token.len && dl->token_rate.n) {
         dl->token = get_token(e, up.authority, token);
         need_capacity(&dl->token->rl, dl->token_rate);
@@ -817,7 +891,36 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
 
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)
 {
-    return submit(e, o, NULL, 0, 0, id);
+    return submit(e, o, NULL, 0, 0, id, NULL);
+}
+
+int fbr_delivery_submit_auth(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id,
+                             const struct fbr_delivery_auth_ref *auth)
+{
+    return submit(e, o, NULL, 0, 0, id, auth);
+}
+
+static void pump_dest(const char *key, void *value, void *arg)
+{
+    (void)key, (void)arg;
+    struct dest *d = value;
+    struct delivery *dl;
+    int any = 0;
+    TAILQ_FOREACH(dl, &d->queue, link)
+    {
+        if (dl->auth_waiting) {
+            dl->wake_ms = 0;
+            any = 1;
+        }
+    }
+    if (any)
+        dest_pump(d);
+}
+
+void fbr_delivery_auth_ready(struct fbr_delivery_engine *e)
+{
+    if (!e->shut)
+        fbr_strmap_each(&e->dests, pump_dest, NULL);
 }
 
 static void delivery_free(struct delivery *dl)
@@ -827,6 +930,9 @@ static void delivery_free(struct delivery *dl)
     fbr_render_free(&dl->render);
     json_decref(dl->event);
     fbr_webhook_unref(&dl->webhook);
+    drop_auth_attempt(dl);
+    if (dl->auth)
+        dl->auth->unref(dl->auth_arg);
     free(dl->store);
     free(dl->reason);
     free(dl);
@@ -941,19 +1047,6 @@ static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
     return w == (ssize_t)n ? 0 : -1;
 }
 
-static unsigned method_bit(const char *m)
-{
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } t[] = {{"GET", FBR_M_GET},       {"POST", FBR_M_POST},   {"PUT", FBR_M_PUT},
-             {"DELETE", FBR_M_DELETE}, {"PATCH", FBR_M_PATCH}, {"HEAD", FBR_M_HEAD}};
-    for (size_t i = 0; i < FBR_ARRAY_LEN(t); i++)
-        if (strcmp(m, t[i].name) == 0)
-            return t[i].bit;
-    return 0;
-}
-
 /* Builds an outreq owning copies of one dead-letter entry; returns 0 or -1. */
 static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, uint64_t *created)
 {
@@ -965,8 +1058,8 @@ static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, ui
     json_t *ct = json_object_get(j, "content_type");
     *id = json_string_value(json_object_get(j, "id"));
     *created = (uint64_t)json_integer_value(json_object_get(j, "created_ms"));
-    if (!method || !method_bit(method) || !json_is_string(url) || !json_is_array(headers) || !*id ||
-        strlen(*id) > ID_LEN)
+    if (!method || !fbr_http_method_parse(method, strlen(method), 0) || !json_is_string(url) ||
+        !json_is_array(headers) || !*id || strlen(*id) > ID_LEN)
         return -1;
     size_t i;
     json_t *pair;
@@ -976,7 +1069,7 @@ static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, ui
             return -1;
     }
     fbr_outreq_init(o);
-    o->method = method_bit(method);
+    o->method = fbr_http_method_parse(method, strlen(method), 0);
     fbr_render_set_copy(&o->url, json_string_value(url), json_string_length(url));
     if (json_is_string(body)) {
         fbr_render_set_copy(&o->body, json_string_value(body), json_string_length(body));
@@ -1071,7 +1164,7 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
         /* a replay gets a fresh max age: the operator decided to try again */
         (void)created;
         /* an unsendable URL is dead again at once, with its reason, in the fresh file */
-        if (submit(e, &o, id, 0, 1, NULL) == FBR_OK)
+        if (submit(e, &o, id, 0, 1, NULL, NULL) == FBR_OK)
             (*count)++;
         fbr_outreq_free(&o);
         json_decref(j);

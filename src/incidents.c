@@ -34,10 +34,21 @@
 #define JOURNAL_TMP "incidents.journal.tmp"
 #define EVICT_WARN_MS 10000u /* at most one "table full" warning per this interval */
 
-static const char *const mt_names[] = {"CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
-                                       "INFO",     "RECOVERY", "OK"};
-static const char *const phase_names[] = {"UNACKED", "ACKED", "RESOLVED"};
-static const char *const tr_names[] = {"none", "triggered", "rolled", "acked", "resolved"};
+static const char *const mt_names[] = {
+#define FBR_X(name) #name,
+    FBR_MSG_TYPE_MAP(FBR_X)
+#undef FBR_X
+};
+static const char *const phase_names[] = {
+#define FBR_X(name) #name,
+    FBR_INCIDENT_PHASE_MAP(FBR_X)
+#undef FBR_X
+};
+static const char *const tr_names[] = {
+#define FBR_X(name, text) text,
+    FBR_TRANSITION_MAP(FBR_X)
+#undef FBR_X
+};
 
 int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out)
 {
@@ -64,18 +75,6 @@ const char *fbr_incident_phase_name(enum fbr_incident_phase p)
 const char *fbr_transition_name(enum fbr_transition t)
 {
     return (unsigned)t < FBR_ARRAY_LEN(tr_names) ? tr_names[t] : "?";
-}
-
-int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out)
-{
-    static const char *const names[] = {"always", "batch", "off"};
-    for (size_t i = 0; i < FBR_ARRAY_LEN(names); i++) {
-        if (s && strcmp(s, names[i]) == 0) {
-            *out = (enum fbr_fsync_mode)i;
-            return FBR_OK;
-        }
-    }
-    return FBR_INVALID;
 }
 
 struct incident {
@@ -1066,4 +1065,27 @@ void fbr_incidents_metrics_write(struct evbuffer *out, void *arg)
                         "firebridge_incidents_evicted_total{phase=\"resolved\"} %llu\n",
                         t->open, t->count - t->open, (unsigned long long)t->evicted_open,
                         (unsigned long long)(t->evicted - t->evicted_open));
+}
+
+/* ---- reading the open incidents (the HipChat add-on's /incidents, /ack and /resolve) ------- */
+
+void fbr_incidents_each_open(const struct fbr_incidents *t, fbr_incident_visit_fn fn, void *arg)
+{
+    for (const struct incident *in = t->live.head; in; in = in->newer) {
+        struct fbr_incident_view v = {
+            .number = in->number,
+            .routing_key = in->routing_key ? in->routing_key : "",
+            .entity_id = in->entity_id ? in->entity_id : "",
+            .service = in->service ? in->service : "",
+            .host = in->host ? in->host : "",
+            .ack_user = in->ack_user ? in->ack_user : "",
+            .phase = in->phase,
+            .state = in->state,
+            .alert_count = in->alert_count,
+            .opened_ms = in->opened_ms,
+            .updated_ms = in->updated_ms,
+        };
+        if (fn(&v, arg))
+            return;
+    }
 }

@@ -35,6 +35,8 @@ struct fbr_intake {
     int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
     char week_time[40], time_utc[40];
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
+    fbr_intake_observer_fn observer;
+    void *observer_arg;
     struct fbr_alertmanager_opts alertmanager;
 };
 
@@ -154,7 +156,7 @@ static void random_uuid(char out[37])
              b[15]);
 }
 
-static int routing_key_ok(const char *s, size_t len)
+int fbr_routing_key_ok(const char *s, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
@@ -325,12 +327,7 @@ static int alert_check(struct fbr_intake *in, json_t *body, const char *where,
     } else if ((bad = too_long(body, &limit))) {
         /* The key is quoted whole up to 200 bytes, cut on a UTF-8 boundary: jansson refuses to
          * pack a message that is not valid UTF-8. */
-        size_t klen = strlen(bad);
-        if (klen > 200) {
-            klen = 200;
-            while (klen > 0 && ((unsigned char)bad[klen] & 0xC0) == 0x80)
-                klen--;
-        }
+        size_t klen = fbr_utf8_cut(bad, strlen(bad), 200);
         snprintf(msg, sizeof(msg), "Field too long: %s%.*s exceeds %zu characters", where,
                  (int)klen, bad, limit);
     } else {
@@ -383,13 +380,15 @@ static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
     struct fbr_event_set set;
     alert_events(in, body, now_ms, &set);
     long accepted = submit_all(in, render_all(in, &set));
-    fbr_event_set_clear(&set);
     if (in->incidents) {
         if (accepted < 0)
             fbr_incidents_abort(in->incidents);
         else
             fbr_incidents_commit(in->incidents);
     }
+    if (accepted >= 0 && in->observer)
+        in->observer(in->observer_arg, &set);
+    fbr_event_set_clear(&set);
     return accepted;
 }
 
@@ -409,7 +408,7 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     const char *rk = slash ? slash + 1 : end;
     size_t rk_len = (size_t)(end - rk);
     if (key_len == 0 || !key_ok(in, key, key_len) || memchr(rk, '/', rk_len) ||
-        !routing_key_ok(rk, rk_len)) {
+        !fbr_routing_key_ok(rk, rk_len)) {
         reply_failure(in, out, 404, "Not found");
         return;
     }
@@ -548,7 +547,7 @@ void fbr_intake_alertmanager(struct fbr_intake *in, struct fbr_slice path,
     memset(out, 0, sizeof(*out));
     struct fbr_slice rk = {path.ptr + plen, path.len > plen ? path.len - plen : 0};
     if (rk.len == 0 || memcmp(path.ptr, FBR_ALERTMANAGER_PREFIX, plen) != 0 ||
-        !routing_key_ok(rk.ptr, rk.len)) {
+        !fbr_routing_key_ok(rk.ptr, rk.len)) {
         reply_failure(in, out, 404, "Not found");
         return;
     }
@@ -578,6 +577,12 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         reply_failure(in, out, 401, "Unauthorized");
         return;
     }
+    fbr_intake_event_trusted(in, body, out);
+}
+
+void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -589,6 +594,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         return;
     }
     long accepted = submit_all(in, render_all(in, &set));
+    if (accepted >= 0 && in->observer)
+        in->observer(in->observer_arg, &set);
     fbr_event_set_clear(&set);
     if (accepted < 0) {
         reply_unavailable(in, out);
@@ -664,6 +671,12 @@ static void on_event(struct fbr_http_req *req, void *arg)
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
     send_reply(req, &r);
+}
+
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg)
+{
+    in->observer = fn;
+    in->observer_arg = arg;
 }
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)

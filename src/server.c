@@ -77,6 +77,15 @@ struct conn {
     char id[24];
     const char *endpoint;        /* metric label of the matched route */
     size_t secret_at;            /* > 0: the path segment starting here is masked in logs */
+    struct fbr_http_pending *pending; /* a reply the handler deferred (fbr_http_defer) */
+};
+
+/* A deferred reply: the request, paused, until its owner answers or the connection goes. */
+struct fbr_http_pending {
+    evhtp_request_t *r;
+    struct conn *fc; /* NULL once the connection is gone */
+    unsigned method;
+    char id[24];
 };
 
 struct fbr_server {
@@ -108,34 +117,17 @@ static void conn_free(struct conn *fc);
 
 /* ---- small helpers ---- */
 
+/* libevhtp's method as an FBR_M_* bit (http.h's table), 0 for the others. */
 static unsigned method_bit(htp_method m)
 {
     switch (m) {
-    case htp_method_GET:
-        return FBR_M_GET;
-    case htp_method_POST:
-        return FBR_M_POST;
-    case htp_method_PUT:
-        return FBR_M_PUT;
-    case htp_method_DELETE:
-        return FBR_M_DELETE;
-    case htp_method_PATCH:
-        return FBR_M_PATCH;
-    case htp_method_HEAD:
-        return FBR_M_HEAD;
+#define FBR_X(name, i)                                                                             \
+    case htp_method_##name:                                                                        \
+        return FBR_M_##name;
+        FBR_HTTP_METHOD_MAP(FBR_X)
+#undef FBR_X
     default:
         return 0;
-    }
-}
-
-static void allow_list(unsigned methods, char *buf, size_t len)
-{
-    static const char *const names[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"};
-    size_t pos = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < FBR_ARRAY_LEN(names); i++) {
-        if (methods & (1u << i))
-            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", pos ? ", " : "", names[i]);
     }
 }
 
@@ -271,6 +263,45 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     fbr_http_reply_json(req, status, json_pack("{s:s,s:s}", "result", "failure", "message", msg));
 }
 
+struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
+{
+    struct conn *fc = req_conn(req);
+    struct fbr_http_pending *p = fbr_xcalloc(1, sizeof(*p));
+    p->r = req->opaque;
+    p->fc = fc;
+    p->method = req->method;
+    snprintf(p->id, sizeof(p->id), "%s", req->id);
+    if (fc)
+        fc->pending = p;
+    evhtp_request_pause(p->r);
+    return p;
+}
+
+const char *fbr_http_pending_id(const struct fbr_http_pending *p)
+{
+    return p->id;
+}
+
+void fbr_http_pending_reply_json(struct fbr_http_pending **pp, int status, json_t *body)
+{
+    struct fbr_http_pending *p = *pp;
+    *pp = NULL;
+    if (!p) {
+        json_decref(body);
+        return;
+    }
+    if (!p->fc) { /* the client went away meanwhile */
+        json_decref(body);
+        free(p);
+        return;
+    }
+    p->fc->pending = NULL;
+    struct fbr_http_req req = {.opaque = p->r, .id = p->id, .method = p->method, .conn = p->fc};
+    fbr_http_reply_json(&req, status, body);
+    evhtp_request_resume(p->r);
+    free(p);
+}
+
 /* ---- connection bookkeeping and the screener ---- */
 
 static void listeners_pause(struct fbr_server *srv, int pause)
@@ -306,6 +337,8 @@ static void conn_unlink(struct conn *fc)
 
 static void conn_free(struct conn *fc)
 {
+    if (fc->pending)
+        fc->pending->fc = NULL; /* the owner's reply will go nowhere */
     if (fc->deadline)
         event_free(fc->deadline);
     free(fc);
@@ -748,7 +781,7 @@ static void on_request(evhtp_request_t *r, void *arg)
     }
     if (!rt) {
         char allow[64];
-        allow_list(allowed, allow, sizeof(allow));
+        fbr_http_method_list(allowed, allow, sizeof(allow));
         fc->endpoint = "none";
         fbr_http_add_header(&req, "Allow", allow);
         fbr_http_reply_error(&req, 405, "method not allowed (allowed: %s)", allow);

@@ -11,18 +11,11 @@
 #include <stddef.h>
 
 #include "firebridge/common.h"
+#include "firebridge/http.h" /* FBR_M_* */
 
 struct fbr_server;
 struct fbr_metrics;
 
-enum fbr_http_method_bit {
-    FBR_M_GET = 1 << 0,
-    FBR_M_POST = 1 << 1,
-    FBR_M_PUT = 1 << 2,
-    FBR_M_DELETE = 1 << 3,
-    FBR_M_PATCH = 1 << 4,
-    FBR_M_HEAD = 1 << 5,
-};
 
 /* One request as a route handler sees it; everything is borrowed for the call's duration. */
 struct fbr_http_req {
@@ -67,6 +60,20 @@ void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char 
 /* Replies with status and a body of len bytes (copied) of the given Content-Type. */
 void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *content_type,
                         const char *body, size_t len);
+
+/*
+ * A reply that cannot be given before the handler returns (the HipChat add-on's install, which
+ * first fetches a document and a token).  fbr_http_defer() is called by the handler instead of
+ * replying; the request is paused and the handle is the caller's until it calls
+ * fbr_http_pending_reply_json() exactly once (which frees it and sets *p to NULL).  If the
+ * client disconnected meanwhile, the reply is dropped silently.  The caller must answer within
+ * a bounded time (the server's drain waits for the connection).
+ */
+struct fbr_http_pending;
+struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req);
+void fbr_http_pending_reply_json(struct fbr_http_pending **p, int status, json_t *body);
+/* The request id, for the owner's log lines (borrowed). */
+const char *fbr_http_pending_id(const struct fbr_http_pending *p);
 
 /*
  * Server lifecycle.  fbr_server_new() never fails (aborts on exhaustion).  Zero in a limit
