@@ -14,12 +14,10 @@
  */
 #include <check.h>
 #include <jansson.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,17 +42,6 @@ static const char *program(const char *env, const char *what)
     return p;
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 /* Writes the shipped HAProxy config with its three ports replaced; returns HAProxy's port. */
 static int write_haproxy_config(const char *path, int p1, int p2)
 {
@@ -63,7 +50,7 @@ static int write_haproxy_config(const char *path, int p1, int p2)
     char src[512], from[3][64], to[3][64];
     snprintf(src, sizeof(src), "%s/contrib/haproxy/firebridge.cfg", root);
     char *text = dutil_slurp(src, NULL);
-    int port = free_port();
+    int port = dutil_free_port();
     snprintf(from[0], sizeof(from[0]), "bind 127.0.0.1:8080\n");
     snprintf(to[0], sizeof(to[0]), "bind 127.0.0.1:%d\n", port);
     snprintf(from[1], sizeof(from[1]), "server fb1 127.0.0.1:8081\n");
