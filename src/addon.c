@@ -1453,7 +1453,7 @@ static void on_configure(struct fbr_addon *a, struct fbr_http_req *req, struct f
 
 /* ---- lifecycle and metrics ---------------------------------------------------------------- */
 
-static void addon_metrics(struct evbuffer *out, void *arg)
+static void addon_metrics(struct fbr_metrics_samples *s, void *arg)
 {
     struct fbr_addon *a = arg;
     size_t n;
@@ -1462,30 +1462,20 @@ static void addon_metrics(struct evbuffer *out, void *arg)
     for (size_t i = 0; i < n; i++)
         by_state[v[i]->tstate]++;
     const struct fbr_addon_store_stats *st = fbr_addon_store_stats(a->store);
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_hipchat_installations HipChat add-on installations, by "
-                        "token state\n# TYPE firebridge_hipchat_installations gauge\n");
-    for (size_t s = 0; s < FBR_TOKEN_STATE_COUNT; s++)
-        evbuffer_add_printf(out, "firebridge_hipchat_installations{token=\"%s\"} %zu\n",
-                            fbr_token_state_name((enum fbr_token_state)s), by_state[s]);
-    evbuffer_add_printf(
-        out,
-        "# HELP firebridge_hipchat_token_requests_total OAuth token requests started\n"
-        "# TYPE firebridge_hipchat_token_requests_total counter\n"
-        "firebridge_hipchat_token_requests_total %llu\n"
-        "# HELP firebridge_hipchat_token_failures_total OAuth token requests that failed\n"
-        "# TYPE firebridge_hipchat_token_failures_total counter\n"
-        "firebridge_hipchat_token_failures_total %llu\n"
-        "# HELP firebridge_hipchat_revoked_total Installations whose credentials the token "
-        "endpoint refused\n"
-        "# TYPE firebridge_hipchat_revoked_total counter\n"
-        "firebridge_hipchat_revoked_total %llu\n"
-        "# HELP firebridge_hipchat_dead_revoked_total Room notifications dead-lettered because "
-        "their installation was revoked\n"
-        "# TYPE firebridge_hipchat_dead_revoked_total counter\n"
-        "firebridge_hipchat_dead_revoked_total %llu\n",
-        (unsigned long long)st->token_requests, (unsigned long long)st->token_failures,
-        (unsigned long long)st->revoked, (unsigned long long)st->deliveries_dead_revoked);
+    for (size_t k = 0; k < FBR_TOKEN_STATE_COUNT; k++)
+        fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_hipchat_installations",
+                           "HipChat add-on installations, by token state", "token",
+                           fbr_token_state_name((enum fbr_token_state)k), by_state[k]);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_hipchat_token_requests_total",
+                       "OAuth token requests started", NULL, NULL, st->token_requests);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_hipchat_token_failures_total",
+                       "OAuth token requests that failed", NULL, NULL, st->token_failures);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_hipchat_revoked_total",
+                       "Installations whose credentials the token endpoint refused", NULL, NULL,
+                       st->revoked);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_hipchat_dead_revoked_total",
+                       "Room notifications dead-lettered because their installation was revoked",
+                       NULL, NULL, st->deliveries_dead_revoked);
 }
 
 static void register_metrics(struct fbr_addon *a)
