@@ -74,6 +74,8 @@ struct delivery {
     uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
     uint64_t wake_ms;
     uint64_t seq; /* submission order across the engine (shutdown writes in this order) */
+    uint64_t hook_word; /* kept for the transition hook's owner (the journal's record ref) */
+    int restored;       /* came back from the journal: its creation is already recorded */
     char *reason; /* last reason, owned, NULL until the first transition that gives one */
 };
 
@@ -186,13 +188,34 @@ static void compact(struct delivery *dl);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
 
+static void delivery_info(struct delivery *dl, struct fbr_delivery_info *info)
+{
+    *info = (struct fbr_delivery_info){
+        .id = dl->id,
+        .dest_key = dl->dest->key,
+        .attempts = dl->attempts,
+        .created_wall_ms = dl->created_wall,
+        .reason = dl->reason ? dl->reason : "",
+        .method = dl->method,
+        .url = {dl->url, dl->url_len},
+        .head = {dl->head, dl->head_len},
+        .body = dl->body_iov,
+        .nbody = dl->nbody,
+        .seq = dl->seq,
+        .room_rate = dl->room_rate,
+        .token_rate = dl->token_rate,
+        .restored = dl->restored,
+        .hook_word = &dl->hook_word,
+    };
+}
+
 static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_delivery_state to)
 {
     struct fbr_delivery_engine *e = dl->dest->engine;
     if (!e->hook)
         return;
-    struct fbr_delivery_info info = {dl->id, dl->dest->key, dl->attempts, dl->created_wall,
-                                     dl->reason ? dl->reason : ""};
+    struct fbr_delivery_info info;
+    delivery_info(dl, &info);
     e->hook(&info, from, to, e->hook_arg);
 }
 
@@ -693,8 +716,10 @@ static void compact(struct delivery *dl)
     fbr_webhook_unref(&dl->webhook);
 }
 
+/* saved: a delivery restored from the journal (its attempts, limits and hook word), or NULL. */
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
-                  uint64_t created_wall, int bypass_limit, char *id_out)
+                  uint64_t created_wall, int bypass_limit, char *id_out,
+                  const struct fbr_delivery_saved *saved)
 {
     if (e->shut) {
         e->m.rejected++;
@@ -784,6 +809,10 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     const struct fbr_webhook *wh = o->webhook;
     dl->room_rate = wh && wh->room_rate.n ? wh->room_rate : e->opts.room_rate;
     dl->token_rate = wh && wh->token_rate.n ? wh->token_rate : e->opts.token_rate;
+    if (saved && saved->room_rate.n)
+        dl->room_rate = saved->room_rate;
+    if (saved && saved->token_rate.n)
+        dl->token_rate = saved->token_rate;
     need_capacity(&d->rl, dl->room_rate);
     if (!token.len && auth.len)
         token = auth;
@@ -815,6 +844,19 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     dl->created_mono = fbr_now_ms();
     dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
     dl->seq = ++e->seq_counter;
+    if (saved) { /* its age counts from its first acceptance, before the restart */
+        uint64_t now_wall = fbr_wall_ms();
+        uint64_t age = now_wall > dl->created_wall ? now_wall - dl->created_wall : 0;
+        dl->created_mono = dl->created_mono > age ? dl->created_mono - age : 0;
+        dl->attempts = saved->attempts;
+        dl->restored = 1;
+        if (saved->seq) { /* keep the journal's order: later submissions sort after it */
+            dl->seq = saved->seq;
+            if (saved->seq > e->seq_counter)
+                e->seq_counter = saved->seq;
+        }
+        dl->hook_word = saved->hook_word;
+    }
     TAILQ_INSERT_TAIL(&d->queue, dl, link);
     e->m.pending++;
     e->m.submitted++;
@@ -828,7 +870,107 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
 
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)
 {
-    return submit(e, o, NULL, 0, 0, id);
+    return submit(e, o, NULL, 0, 0, id, NULL);
+}
+
+static unsigned method_bit(const char *m);
+
+/* One line of a delivery's header block; is_ct: Content-Type (the delivery id line is skipped). */
+typedef void (*header_fn)(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
+                          void *arg);
+
+/* Calls fn for each "Name: value\r\n" line of a header block but X-Firebridge-Delivery. */
+static void each_header(const char *head, size_t len, header_fn fn, void *arg)
+{
+    const char *p = head, *end = head + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon) {
+            size_t nlen = (size_t)(colon - p);
+            const char *v = colon + 2 <= eol ? colon + 2 : eol;
+            if (!(nlen == 21 && strncasecmp(p, "X-Firebridge-Delivery", 21) == 0))
+                fn(p, nlen, v, (size_t)(eol - v),
+                   nlen == 12 && strncasecmp(p, "Content-Type", 12) == 0, arg);
+        }
+        p = eol + 2;
+    }
+}
+
+static void header_to_outreq(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
+                             void *arg)
+{
+    struct fbr_outreq *o = arg;
+    if (is_ct) {
+        free(o->content_type);
+        o->content_type = fbr_xstrndup(v, vlen);
+        return;
+    }
+    o->header_names = fbr_xrealloc(o->header_names, (o->nheaders + 1) * sizeof(char *));
+    o->headers = fbr_xrealloc(o->headers, (o->nheaders + 1) * sizeof(*o->headers));
+    o->header_names[o->nheaders] = fbr_xstrndup(name, nlen);
+    fbr_render_init(&o->headers[o->nheaders]);
+    fbr_render_set_copy(&o->headers[o->nheaders], v, vlen);
+    o->nheaders++;
+}
+
+/* Builds an outreq owning copies of a saved delivery: the header block is split back into
+ * headers (Content-Type apart; X-Firebridge-Delivery is added again from the id). */
+static void outreq_from_saved(const struct fbr_delivery_saved *s, struct fbr_outreq *o)
+{
+    fbr_outreq_init(o);
+    o->method = method_bit(s->method);
+    fbr_render_set_copy(&o->url, s->url.ptr, s->url.len);
+    fbr_render_set_copy(&o->body, s->body.ptr, s->body.len);
+    fbr_render_set_copy(&o->rate_key, s->dest_key.ptr, s->dest_key.len);
+    each_header(s->head.ptr, s->head.len, header_to_outreq, o);
+}
+
+int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_delivery_saved *s)
+{
+    if (!method_bit(s->method) || !s->id || !*s->id || strlen(s->id) > ID_LEN)
+        return FBR_INVALID;
+    struct fbr_outreq o;
+    outreq_from_saved(s, &o);
+    int rc = submit(e, &o, s->id, s->created_wall_ms, 1, NULL, s);
+    fbr_outreq_free(&o);
+    return rc;
+}
+
+static int by_seq(const void *a, const void *b);
+
+struct collect {
+    struct delivery **p;
+};
+
+static void collect_all(const char *key, void *value, void *arg)
+{
+    struct dest *d = value;
+    struct collect *c = arg;
+    struct delivery *dl;
+    (void)key;
+    TAILQ_FOREACH(dl, &d->queue, link)
+        *c->p++ = dl;
+}
+
+void fbr_delivery_each(struct fbr_delivery_engine *e, fbr_delivery_each_fn fn, void *arg)
+{
+    size_t n = (size_t)e->m.pending;
+    if (!n)
+        return;
+    struct delivery **all = fbr_xcalloc(n, sizeof(*all));
+    struct collect c = {all};
+    fbr_strmap_each(&e->dests, collect_all, &c);
+    n = (size_t)(c.p - all);
+    qsort(all, n, sizeof(*all), by_seq);
+    for (size_t i = 0; i < n; i++) {
+        struct fbr_delivery_info info;
+        delivery_info(all[i], &info);
+        fn(&info, all[i]->state, arg);
+    }
+    free(all);
 }
 
 static void delivery_free(struct delivery *dl)
@@ -845,31 +987,29 @@ static void delivery_free(struct delivery *dl)
 
 /* ---- dead letters ---- */
 
+struct headers_out {
+    json_t *arr, **content_type;
+};
+
+static void header_to_json(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
+                           void *arg)
+{
+    struct headers_out *h = arg;
+    if (is_ct) {
+        *h->content_type = json_stringn(v, vlen);
+        return;
+    }
+    json_t *pair = json_array();
+    json_array_append_new(pair, json_stringn(name, nlen));
+    json_array_append_new(pair, json_stringn(v, vlen));
+    json_array_append_new(h->arr, pair);
+}
+
 static json_t *headers_json(const char *head, size_t len, json_t **content_type)
 {
-    json_t *arr = json_array();
-    const char *p = head, *end = head + len;
-    while (p < end) {
-        const char *eol = memchr(p, '\r', (size_t)(end - p));
-        if (!eol)
-            break;
-        const char *colon = memchr(p, ':', (size_t)(eol - p));
-        if (colon) {
-            size_t nlen = (size_t)(colon - p);
-            const char *v = colon + 2 <= eol ? colon + 2 : eol;
-            size_t vlen = (size_t)(eol - v);
-            if (nlen == 12 && strncasecmp(p, "Content-Type", 12) == 0) {
-                *content_type = json_stringn(v, vlen);
-            } else if (!(nlen == 21 && strncasecmp(p, "X-Firebridge-Delivery", 21) == 0)) {
-                json_t *pair = json_array();
-                json_array_append_new(pair, json_stringn(p, nlen));
-                json_array_append_new(pair, json_stringn(v, vlen));
-                json_array_append_new(arr, pair);
-            }
-        }
-        p = eol + 2;
-    }
-    return arr;
+    struct headers_out h = {json_array(), content_type};
+    each_header(head, len, header_to_json, &h);
+    return h.arr;
 }
 
 /* Appends dl as one line; returns 0, or -1 (logged and counted) when the line did not go out. */
@@ -1055,7 +1195,7 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
         }
         /* a replay gets a fresh max age: the operator decided to try again */
         (void)created;
-        if (submit(e, &o, id, 0, 1, NULL) != FBR_OK) {
+        if (submit(e, &o, id, 0, 1, NULL, NULL) != FBR_OK) {
             fbr_outreq_free(&o);
             json_decref(j);
             snprintf(err, errlen, "%s line %u: bad URL", path, lineno);

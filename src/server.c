@@ -79,10 +79,21 @@ struct conn {
     char id[24];
     const char *endpoint;        /* metric label of the matched route */
     size_t secret_at;            /* > 0: the path segment starting here is masked in logs */
+    struct fbr_http_later *later; /* the request's reply was deferred (fbr_http_defer) */
+};
+
+struct fbr_http_later {
+    evhtp_request_t *r; /* NULL once the connection went away */
+    struct conn *fc;
+    unsigned method;
+    char *path;
+    size_t path_len;
 };
 
 struct fbr_server {
     struct event_base *base;
+    const char *(*ready_check)(void *arg);
+    void *ready_arg;
     struct fbr_server_opts opts;
     char *tls_cert, *tls_key, *data_dir;
     struct listener *ls;
@@ -273,6 +284,43 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     fbr_http_reply_json(req, status, json_pack("{s:s,s:s}", "result", "failure", "message", msg));
 }
 
+struct fbr_http_later *fbr_http_defer(struct fbr_http_req *req)
+{
+    struct fbr_http_later *l = fbr_xcalloc(1, sizeof(*l));
+    l->r = req->opaque;
+    l->fc = req_conn(req);
+    l->method = req->method;
+    l->path = fbr_xstrndup(req->path.ptr, req->path.len);
+    l->path_len = req->path.len;
+    if (l->fc)
+        l->fc->later = l;
+    evhtp_request_pause(l->r);
+    return l;
+}
+
+void fbr_http_later_reply_json(struct fbr_http_later **lp, int status, json_t *body,
+                               unsigned retry_after)
+{
+    struct fbr_http_later *l = *lp;
+    *lp = NULL;
+    if (l->r && l->fc) {
+        struct fbr_http_req req = {.opaque = l->r, .id = l->fc->id, .method = l->method,
+                                   .path = {l->path, l->path_len}, .conn = l->fc};
+        l->fc->later = NULL;
+        if (retry_after) {
+            char secs[16];
+            snprintf(secs, sizeof(secs), "%u", retry_after);
+            fbr_http_add_header(&req, "Retry-After", secs);
+        }
+        evhtp_request_resume(l->r);
+        fbr_http_reply_json(&req, status, body);
+    } else {
+        json_decref(body);
+    }
+    free(l->path);
+    free(l);
+}
+
 /* ---- connection bookkeeping and the screener ---- */
 
 static void listeners_pause(struct fbr_server *srv, int pause)
@@ -316,6 +364,11 @@ static void conn_free(struct conn *fc)
 static evhtp_res on_conn_fini(evhtp_connection_t *c, void *arg)
 {
     struct conn *fc = arg;
+    if (fc->later) { /* the deferred reply has nowhere to go */
+        fc->later->r = NULL;
+        fc->later->fc = NULL;
+        fc->later = NULL;
+    }
     conn_unlink(fc);
     fc->c = NULL;
     if (fc->busy)
@@ -807,6 +860,11 @@ static void ep_readyz(struct fbr_http_req *req, void *arg)
         fbr_http_reply_error(req, 503, "draining");
         return;
     }
+    const char *why = srv->ready_check ? srv->ready_check(srv->ready_arg) : NULL;
+    if (why) {
+        fbr_http_reply_error(req, 503, "%s", why);
+        return;
+    }
     if (srv->data_dir && !data_dir_writable(srv->data_dir)) {
         fbr_http_reply_error(req, 503, "data directory %s is not writable", srv->data_dir);
         return;
@@ -1011,6 +1069,12 @@ size_t fbr_server_connections(const struct fbr_server *srv)
 int fbr_server_draining(const struct fbr_server *srv)
 {
     return srv->draining;
+}
+
+void fbr_server_set_ready_check(struct fbr_server *srv, const char *(*fn)(void *arg), void *arg)
+{
+    srv->ready_check = fn;
+    srv->ready_arg = arg;
 }
 
 void fbr_server_drain(struct fbr_server *srv)

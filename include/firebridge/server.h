@@ -38,7 +38,7 @@ struct fbr_http_req {
 
 /*
  * Called once the whole request is in.  The handler must answer exactly once, before returning,
- * with fbr_http_reply_json() or fbr_http_reply_error().
+ * with fbr_http_reply_json() or fbr_http_reply_error(), or defer the answer (fbr_http_defer).
  */
 typedef void (*fbr_route_fn)(struct fbr_http_req *req, void *arg);
 
@@ -64,6 +64,17 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     __attribute__((format(printf, 3, 4)));
 /* Adds a response header before replying (copied). */
 void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char *value);
+/*
+ * Defers the reply: the handler returns without answering and the connection reads nothing
+ * more until fbr_http_later_reply_json() (exactly once, later, from the loop) answers with status
+ * and body (stolen), plus Retry-After when retry_after is not 0.  When the client went away
+ * meanwhile the reply is dropped.  Either way the handle is freed and *later set to NULL.
+ */
+struct fbr_http_later;
+struct fbr_http_later *fbr_http_defer(struct fbr_http_req *req);
+void fbr_http_later_reply_json(struct fbr_http_later **later, int status, json_t *body,
+                               unsigned retry_after);
+
 /* Replies with status and a body of len bytes (copied) of the given Content-Type. */
 void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *content_type,
                         const char *body, size_t len);
@@ -91,6 +102,8 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
 /* Applies new limits (reload).  Timeouts apply to connections accepted afterwards; listeners
  * and TLS settings are not changed. */
 void fbr_server_update(struct fbr_server *srv, const struct fbr_server_opts *opts);
+/* /readyz also asks fn (borrowed arg): a non-NULL string is why the daemon is not ready (503). */
+void fbr_server_set_ready_check(struct fbr_server *srv, const char *(*fn)(void *arg), void *arg);
 /* Starts a graceful drain: listeners close, idle keep-alive connections close, requests in
  * progress finish with "Connection: close", /readyz answers 503. */
 void fbr_server_drain(struct fbr_server *srv);
