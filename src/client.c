@@ -35,8 +35,10 @@
 #include <time.h>
 
 #include "fbr_build.h"
+#include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/strmap.h"
+#include "firebridge/url.h"
 
 #define MAX_LINE 16384         /* one status or header line */
 #define MAX_HEADER_BYTES 65536 /* all header lines of one response */
@@ -860,110 +862,31 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
                   pool->host, pool->port, c->opts.request_timeout_ms);
 }
 
-/* ---- URLs and pools ---- */
+/* ---- pools (URLs are parsed by url.h) ---- */
 
-struct url {
-    int tls;
-    const char *host;
-    size_t host_len;
-    int bracketed;
-    unsigned port;
-    const char *path; /* path and query, may be empty */
-    size_t path_len;
-};
-
-static int parse_url(const char *u, size_t n, struct url *out)
-{
-    const char *end = u + n, *p;
-    if (n >= 8 && strncasecmp(u, "https://", 8) == 0) {
-        out->tls = 1;
-        p = u + 8;
-        out->port = 443;
-    } else if (n >= 7 && strncasecmp(u, "http://", 7) == 0) {
-        out->tls = 0;
-        p = u + 7;
-        out->port = 80;
-    } else {
-        return -1;
-    }
-    const char *a = p;
-    while (p < end && *p != '/' && *p != '?' && *p != '#')
-        p++;
-    const char *aend = p;
-    if (memchr(a, '@', (size_t)(aend - a)))
-        return -1; /* userinfo is not supported */
-    const char *hend = aend;
-    out->bracketed = 0;
-    if (a < aend && *a == '[') {
-        const char *rb = memchr(a, ']', (size_t)(aend - a));
-        if (!rb)
-            return -1;
-        out->host = a + 1;
-        out->host_len = (size_t)(rb - a - 1);
-        out->bracketed = 1;
-        hend = rb + 1;
-    } else {
-        const char *colon = memchr(a, ':', (size_t)(aend - a));
-        hend = colon ? colon : aend;
-        out->host = a;
-        out->host_len = (size_t)(hend - a);
-    }
-    if (out->host_len == 0 || out->host_len > 253)
-        return -1;
-    for (size_t i = 0; i < out->host_len; i++) {
-        unsigned char ch = (unsigned char)out->host[i];
-        if (ch <= ' ' || ch >= 0x7f || ch == '/' || ch == '\\')
-            return -1;
-    }
-    if (hend < aend) {
-        if (*hend != ':' || hend + 1 == aend)
-            return -1;
-        unsigned port = 0;
-        for (const char *q = hend + 1; q < aend; q++) {
-            if (*q < '0' || *q > '9')
-                return -1;
-            port = port * 10 + (unsigned)(*q - '0');
-            if (port > 65535)
-                return -1;
-        }
-        if (!port)
-            return -1;
-        out->port = port;
-    }
-    const char *hash = memchr(p, '#', (size_t)(end - p));
-    out->path = p;
-    out->path_len = (size_t)((hash ? hash : end) - p);
-    for (size_t i = 0; i < out->path_len; i++) {
-        unsigned char ch = (unsigned char)out->path[i];
-        if (ch <= ' ' || ch == 0x7f)
-            return -1;
-    }
-    return 0;
-}
-
-static struct pool *get_pool(struct fbr_client *c, const struct url *u)
+static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
 {
     char key[300];
-    int n = snprintf(key, sizeof(key), "%s://%.*s:%u", u->tls ? "https" : "http", (int)u->host_len,
-                     u->host, u->port);
+    int n = snprintf(key, sizeof(key), "%s://%.*s:%u", u->tls ? "https" : "http", (int)u->host.len,
+                     u->host.ptr, u->port_num);
     struct pool *pool = fbr_strmap_get(&c->pools, key, (size_t)n);
     if (pool)
         return pool;
     pool = fbr_xcalloc(1, sizeof(*pool));
     pool->client = c;
     pool->tls = u->tls;
-    pool->host = fbr_xstrndup(u->host, u->host_len);
+    pool->host = fbr_xstrndup(u->host.ptr, u->host.len);
     unsigned char buf[sizeof(struct in6_addr)];
     pool->host_is_ip = evutil_inet_pton(AF_INET, pool->host, buf) == 1 ||
                        evutil_inet_pton(AF_INET6, pool->host, buf) == 1;
     char hh[300];
-    int def = u->port == (u->tls ? 443u : 80u);
+    int def = u->port_num == (u->tls ? 443u : 80u);
     if (def)
-        snprintf(hh, sizeof(hh), u->bracketed ? "[%s]" : "%s", pool->host);
+        snprintf(hh, sizeof(hh), u->ipv6 ? "[%s]" : "%s", pool->host);
     else
-        snprintf(hh, sizeof(hh), u->bracketed ? "[%s]:%u" : "%s:%u", pool->host, u->port);
+        snprintf(hh, sizeof(hh), u->ipv6 ? "[%s]:%u" : "%s:%u", pool->host, u->port_num);
     pool->host_hdr = fbr_xstrdup(hh);
-    snprintf(pool->port, sizeof(pool->port), "%u", u->port);
+    snprintf(pool->port, sizeof(pool->port), "%u", u->port_num);
     TAILQ_INIT(&pool->idle);
     TAILQ_INIT(&pool->waiting);
     fbr_strmap_put(&c->pools, key, (size_t)n, pool);
@@ -973,8 +896,9 @@ static struct pool *get_pool(struct fbr_client *c, const struct url *u)
 int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
                        void *arg)
 {
-    struct url u;
-    if (parse_url(req->url, req->url_len, &u) < 0)
+    struct fbr_url u;
+    const char *why;
+    if (fbr_url_parse(req->url, req->url_len, &u, &why) != FBR_OK)
         return FBR_INVALID;
     struct pool *pool = get_pool(c, &u);
     struct call *call = fbr_xcalloc(1, sizeof(*call));
@@ -983,8 +907,9 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     call->cb = cb;
     call->arg = arg;
     call->req = *req;
-    call->path = u.path;
-    call->path_len = u.path_len;
+    struct fbr_slice target = fbr_url_target(&u);
+    call->path = target.ptr;
+    call->path_len = target.len;
     call->head_method = strcmp(req->method, "HEAD") == 0;
     call->timer = evtimer_new(c->base, timer_cb, call);
     reset_resp(&call->resp);
@@ -1068,17 +993,22 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
     c->ssl_ctx = ctx;
     c->opts = *opts;
     if (!c->opts.pool_size)
-        c->opts.pool_size = 1;
+        c->opts.pool_size = FBR_DEFAULT_POOL_SIZE;
     if (!c->opts.connect_timeout_ms)
-        c->opts.connect_timeout_ms = 10000;
+        c->opts.connect_timeout_ms = FBR_DEFAULT_CONNECT_TIMEOUT_MS;
     if (!c->opts.request_timeout_ms)
-        c->opts.request_timeout_ms = 30000;
+        c->opts.request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
     c->opts.ca_file = NULL; /* not kept: the string is the caller's */
     c->opts.nameserver = NULL;
     fbr_strmap_init(&c->pools);
     TAILQ_INIT(&c->calls);
     *out = c;
     return FBR_OK;
+}
+
+const struct fbr_client_opts *fbr_client_get_opts(const struct fbr_client *c)
+{
+    return &c->opts;
 }
 
 static void free_pool(const char *key, void *value, void *arg)

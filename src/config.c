@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "firebridge/defaults.h"
+
 enum opt_type {
     T_ACTION,     /* flag only: help, version, check-config, config */
     T_STR,        /* string */
@@ -33,7 +35,7 @@ enum opt_type {
     T_JSON_OBJECT,
 };
 
-enum { A_NONE, A_CONFIG, A_HELP, A_VERSION, A_CHECK };
+enum { A_NONE, A_CONFIG, A_HELP, A_VERSION, A_CHECK, A_PRINT };
 
 struct opt {
     const char *key;  /* JSON key, NULL when flag only */
@@ -68,31 +70,42 @@ static const struct opt opts[] = {
      "URL under which the chat side reaches firebridge (HipChat add-on descriptor)", 0},
     {"organization_id", "organization-id", 0, T_STR, OFF(organization_id), NULL, 0, 0, "ID",
      "on-call platform organization id", 0},
-    {"max_body", "max-body", 0, T_SIZE, OFF(max_body), "1048576", 1024, 1024ull * MB, "BYTES",
+    {"max_body", "max-body", 0, T_SIZE, OFF(max_body), FBR_DEFAULT_TEXT(FBR_DEFAULT_MAX_BODY), 1024, 1024ull * MB, "BYTES",
      "largest request body accepted; larger ones get 413", 0},
-    {"max_connections", "max-connections", 0, T_U32, OFF(max_connections), "1024", 1, 1000000,
+    {"max_connections", "max-connections", 0, T_U32, OFF(max_connections),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_MAX_CONNECTIONS), 1, 1000000,
      "N", "open inbound connections at most; more wait in the listen backlog", 0},
-    {"read_timeout", "read-timeout", 0, T_U32, OFF(read_timeout_ms), "10000", 10, 3600000, "MS",
+    {"read_timeout", "read-timeout", 0, T_U32, OFF(read_timeout_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_READ_TIMEOUT_MS), 10, 3600000, "MS",
      "a whole request (headers and body) must arrive within this", 0},
-    {"idle_timeout", "idle-timeout", 0, T_U32, OFF(idle_timeout_ms), "60000", 10, 86400000, "MS",
+    {"idle_timeout", "idle-timeout", 0, T_U32, OFF(idle_timeout_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_IDLE_TIMEOUT_MS), 10, 86400000, "MS",
      "a connection with nothing to read or write is closed after this", 0},
-    {"max_pending", "max-pending", 0, T_U32, OFF(max_pending), "10000", 1, 10000000, "N",
+    {"max_pending", "max-pending", 0, T_U32, OFF(max_pending),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_MAX_PENDING), 1, 10000000, "N",
      "deliveries queued at most; more are refused with 503", 0},
-    {"connect_timeout", "connect-timeout", 0, T_U32, OFF(connect_timeout_ms), "5000", 10, 600000,
+    {"connect_timeout", "connect-timeout", 0, T_U32, OFF(connect_timeout_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_CONNECT_TIMEOUT_MS), 10, 600000,
      "MS", "outbound connect (and TLS handshake) deadline", 0},
-    {"request_timeout", "request-timeout", 0, T_U32, OFF(request_timeout_ms), "15000", 10,
+    {"request_timeout", "request-timeout", 0, T_U32, OFF(request_timeout_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_REQUEST_TIMEOUT_MS), 10,
      3600000, "MS", "outbound request deadline, connect included", 0},
-    {"pool_size", "pool-size", 0, T_U32, OFF(pool_size), "16", 1, 1024, "N",
+    {"pool_size", "pool-size", 0, T_U32, OFF(pool_size), FBR_DEFAULT_TEXT(FBR_DEFAULT_POOL_SIZE), 1, 1024, "N",
      "outbound keep-alive connections per origin (scheme, host, port)", 0},
-    {"room_rate", "room-rate", 0, T_RATE, OFF(room_rate), "30/60", 1, 1000000, "N/SECONDS",
+    {"room_rate", "room-rate", 0, T_RATE, OFF(room_rate),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_ROOM_RATE_N) "/" FBR_DEFAULT_TEXT(FBR_DEFAULT_ROOM_RATE_SECS), 1, 1000000, "N/SECONDS",
      "deliveries per room (destination) per time window", 0},
-    {"token_rate", "token-rate", 0, T_RATE, OFF(token_rate), "500/300", 1, 1000000,
+    {"token_rate", "token-rate", 0, T_RATE, OFF(token_rate),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_TOKEN_RATE_N) "/" FBR_DEFAULT_TEXT(FBR_DEFAULT_TOKEN_RATE_SECS), 1, 1000000,
      "N/SECONDS", "deliveries per API token per time window", 0},
-    {"retry_initial", "retry-initial", 0, T_U32, OFF(retry_initial_ms), "500", 1, 3600000, "MS",
+    {"retry_initial", "retry-initial", 0, T_U32, OFF(retry_initial_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_RETRY_INITIAL_MS), 1, 3600000, "MS",
      "first retry delay (doubles with jitter)", 0},
-    {"retry_max_interval", "retry-max-interval", 0, T_U32, OFF(retry_max_interval_ms), "60000",
+    {"retry_max_interval", "retry-max-interval", 0, T_U32, OFF(retry_max_interval_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_RETRY_MAX_INTERVAL_MS),
      1, 86400000, "MS", "longest delay between retries", 0},
-    {"retry_max_age", "retry-max-age", 0, T_U32, OFF(retry_max_age_s), "86400", 1, 2592000,
+    {"retry_max_age", "retry-max-age", 0, T_U32, OFF(retry_max_age_s),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_RETRY_MAX_AGE_S), 1, 2592000,
      "SECONDS", "a delivery older than this goes to the dead-letter file", 0},
     {"ca_file", "ca-file", 0, T_STR, OFF(ca_file), NULL, 0, 0, "FILE",
      "CA bundle for outbound TLS (default: the system trust store)", 0},
@@ -103,14 +116,16 @@ static const struct opt opts[] = {
     {"fsync", "fsync", 0, T_FSYNC, OFF(fsync), "batch", 0, 0, "always|batch|off",
      "what a 200 waits for: always = the journal is fdatasync'ed (one per loop iteration, "
      "shared), batch = written, fdatasync every --fsync-interval, off = written", 0},
-    {"fsync_interval", "fsync-interval", 0, T_U32, OFF(fsync_interval_ms), "100", 1, 60000, "MS",
+    {"fsync_interval", "fsync-interval", 0, T_U32, OFF(fsync_interval_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_FSYNC_INTERVAL_MS), 1, 60000, "MS",
      "with --fsync batch: longest time between two fdatasyncs of the journal", 0},
-    {"journal_segment_size", "journal-segment-size", 0, T_SIZE, OFF(journal_segment_size), "16M",
-     4096, 1024ull * MB, "BYTES", "journal segment file size before a new one starts", 0},
+    {"journal_segment_size", "journal-segment-size", 0, T_SIZE, OFF(journal_segment_size),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_JOURNAL_SEGMENT_SIZE), 4096, 1024ull * MB, "BYTES", "journal segment file size before a new one starts", 0},
     {NULL, "journal-repair", 0, T_BOOL, OFF(journal_repair), NULL, 0, 0, NULL,
      "start even when a journal segment is corrupt in the middle, keeping every readable record",
      0},
-    {"drain_timeout", "drain-timeout", 0, T_U32, OFF(drain_timeout_s), "10", 0, 3600, "SECONDS",
+    {"drain_timeout", "drain-timeout", 0, T_U32, OFF(drain_timeout_s),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_DRAIN_TIMEOUT_S), 0, 3600, "SECONDS",
      "on SIGTERM/SIGINT, time allowed to finish in-flight work", 0},
     {"log_level", "log-level", 0, T_LOGLEVEL, OFF(log_level), "info", 0, 0,
      "error|warn|info|debug", "lowest level logged", 0},
@@ -130,6 +145,9 @@ static const struct opt opts[] = {
      "HipChat Connect add-on settings (Single Room mode)", 0},
     {NULL, "check-config", 0, T_ACTION, 0, NULL, 0, 0, NULL,
      "validate the configuration, print ok or the errors, exit 0 or 1", A_CHECK},
+    {NULL, "print-config", 0, T_ACTION, 0, NULL, 0, 0, NULL,
+     "print the effective settings (defaults, file, flags) as JSON, keys masked, and exit",
+     A_PRINT},
     {NULL, "version", 'V', T_ACTION, 0, NULL, 0, 0, NULL, "print the version and exit", A_VERSION},
     {NULL, "help", 'h', T_ACTION, 0, NULL, 0, 0, NULL, "print this help and exit", A_HELP},
 };
@@ -659,6 +677,10 @@ int fbr_cli_parse(struct fbr_cli *cli, int argc, char **argv, char *err, size_t 
             if (cli->action == FBR_CLI_RUN)
                 cli->action = FBR_CLI_CHECK;
             continue;
+        case A_PRINT:
+            if (cli->action == FBR_CLI_RUN || cli->action == FBR_CLI_CHECK)
+                cli->action = FBR_CLI_PRINT;
+            continue;
         default:
             break;
         }
@@ -823,6 +845,61 @@ void fbr_config_print_reference(FILE *out)
                 o->key ? o->key : "", o->key ? "`" : "", mv, o->type == T_ACTION ? "" : def,
                 o->help);
     }
+}
+
+/* The value of one setting as JSON (NULL when unset); list entries are masked when secret. */
+static json_t *value_json(const struct fbr_config *cfg, const struct opt *o)
+{
+    const void *field = (const char *)cfg + o->offset;
+    char buf[64];
+    switch (o->type) {
+    case T_STR:
+        return *(char *const *)field ? json_string(*(char *const *)field) : NULL;
+    case T_LISTEN:
+    case T_STRLIST: {
+        const struct fbr_strlist *l = field;
+        json_t *a = json_array();
+        for (size_t i = 0; i < l->n; i++)
+            json_array_append_new(a, json_string(o->type == T_STRLIST ? "***" : l->v[i]));
+        return a;
+    }
+    case T_SIZE:
+        return json_integer((json_int_t) * (const uint64_t *)field);
+    case T_U32:
+        return json_integer((json_int_t) * (const uint32_t *)field);
+    case T_RATE:
+        return json_string(fbr_rate_format(*(const struct fbr_rate *)field, buf, sizeof(buf)));
+    case T_FSYNC: {
+        static const char *const names[] = {"always", "batch", "off"};
+        return json_string(names[*(const enum fbr_fsync_mode *)field]);
+    }
+    case T_BOOL:
+        return json_boolean(*(const int *)field);
+    case T_LOGLEVEL:
+        return json_string(fbr_log_level_name(*(const enum fbr_log_level *)field));
+    case T_LOGFORMAT:
+        return json_string(*(const enum fbr_log_format *)field == FBR_LOG_JSON ? "json" : "text");
+    case T_MSGTYPE:
+        return json_string(fbr_msg_type_name(*(const enum fbr_msg_type *)field));
+    case T_JSON_ARRAY:
+    case T_JSON_OBJECT:
+    case T_ACTION:
+        return NULL;
+    }
+    return NULL;
+}
+
+json_t *fbr_config_settings_json(const struct fbr_config *cfg)
+{
+    json_t *out = json_object();
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (!opts[i].key)
+            continue;
+        json_t *v = value_json(cfg, &opts[i]);
+        if (v)
+            json_object_set_new(out, opts[i].key, v);
+    }
+    return out;
 }
 
 /* ---- checks for the sections other modules compile ---- */

@@ -30,10 +30,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/ratelimit.h"
 #include "firebridge/server.h"
 #include "firebridge/strmap.h"
+#include "firebridge/url.h"
 
 #define ID_LEN 32
 #define MAX_HOLD_MS (3600u * 1000u) /* ignore server reset times further away than this */
@@ -127,15 +129,15 @@ const uint64_t fbr_delivery_latency_bounds_ms[FBR_DELIVERY_LATENCY_BUCKETS - 1] 
 void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->pool_size = 16;
-    o->connect_timeout_ms = 10000;
-    o->request_timeout_ms = 30000;
-    o->room_rate = (struct fbr_rate){30, 60};
-    o->token_rate = (struct fbr_rate){500, 300};
-    o->retry_initial_ms = 500;
-    o->retry_max_interval_ms = 60000;
-    o->retry_max_age_s = 86400;
-    o->max_pending = 10000;
+    o->pool_size = FBR_DEFAULT_POOL_SIZE;
+    o->connect_timeout_ms = FBR_DEFAULT_CONNECT_TIMEOUT_MS;
+    o->request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
+    o->room_rate = (struct fbr_rate){FBR_DEFAULT_ROOM_RATE_N, FBR_DEFAULT_ROOM_RATE_SECS};
+    o->token_rate = (struct fbr_rate){FBR_DEFAULT_TOKEN_RATE_N, FBR_DEFAULT_TOKEN_RATE_SECS};
+    o->retry_initial_ms = FBR_DEFAULT_RETRY_INITIAL_MS;
+    o->retry_max_interval_ms = FBR_DEFAULT_RETRY_MAX_INTERVAL_MS;
+    o->retry_max_age_s = FBR_DEFAULT_RETRY_MAX_AGE_S;
+    o->max_pending = FBR_DEFAULT_MAX_PENDING;
     o->data_dir = ".";
     o->per_destination_inflight = 1;
 }
@@ -270,15 +272,9 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
         e->m.delivered++;
         goto finished;
     }
-    case FBR_DS_DEAD: {
-        char masked[512];
-        fbr_log_mask_url(dl->url, dl->url_len, masked, sizeof(masked));
-        fbr_log(FBR_LOG_WARN, dl->id, NULL,
-                "delivery to %s is dead after %u attempt(s): %s; appended to %s", masked,
-                dl->attempts, dl->reason ? dl->reason : "", e->dl_path);
+    case FBR_DS_DEAD:
         write_dead_letter(e, dl);
         goto finished;
-    }
     default:
         break;
     }
@@ -536,10 +532,11 @@ static void start_attempt(struct delivery *dl)
         .nbody = dl->nbody,
         .log_id = dl->id,
     };
-    /* the URL was validated at submit, so this cannot fail; the client calls back later */
+    /* The client parses with the same rules as submit() did, so it accepts the URL; should it
+     * refuse anyway, the delivery dies with the reason rather than the daemon. */
     if (fbr_client_request(e->client, &req, on_response, dl) != FBR_OK) {
-        fbr_log(FBR_LOG_ERROR, dl->id, NULL, "bug: client refused a validated URL");
-        abort();
+        e->m.dead_permanent++;
+        transition(dl, FBR_DS_DEAD, 0, "the HTTP client refused the URL");
     }
 }
 
@@ -563,42 +560,8 @@ static const char *method_name(unsigned m)
     }
 }
 
-struct url_parts {
-    struct fbr_slice scheme, authority, path, query;
-};
-
-static int split_url(const char *u, size_t n, struct url_parts *p)
-{
-    const char *end = u + n;
-    const char *s = memchr(u, ':', n);
-    if (!s || end - s < 3 || s[1] != '/' || s[2] != '/')
-        return -1;
-    p->scheme = (struct fbr_slice){u, (size_t)(s - u)};
-    if (!((p->scheme.len == 4 && strncasecmp(u, "http", 4) == 0) ||
-          (p->scheme.len == 5 && strncasecmp(u, "https", 5) == 0)))
-        return -1;
-    const char *a = s + 3, *q = a;
-    while (q < end && *q != '/' && *q != '?' && *q != '#')
-        q++;
-    p->authority = (struct fbr_slice){a, (size_t)(q - a)};
-    if (!p->authority.len)
-        return -1;
-    const char *ps = q;
-    while (q < end && *q != '?' && *q != '#')
-        q++;
-    p->path = (struct fbr_slice){ps, (size_t)(q - ps)};
-    p->query = (struct fbr_slice){q, 0};
-    if (q < end && *q == '?') {
-        const char *qs = ++q;
-        while (q < end && *q != '#')
-            q++;
-        p->query = (struct fbr_slice){qs, (size_t)(q - qs)};
-    }
-    return 0;
-}
-
 /* Builds the destination key into buf (see delivery.h). */
-static size_t dest_key(const struct url_parts *p, char *buf, size_t cap)
+static size_t dest_key(const struct fbr_url *p, char *buf, size_t cap)
 {
     static const char pre[] = "/v2/room/", suf[] = "/notification";
     const char *path = p->path.ptr;
@@ -716,6 +679,29 @@ static void compact(struct delivery *dl)
     fbr_webhook_unref(&dl->webhook);
 }
 
+/*
+ * A request whose URL cannot be sent (url.h's rules): it is never queued but goes to the
+ * dead-letter file at once, with the parser's reason, so nothing accepted is lost silently.  The
+ * body is read from o's render, which stays the caller's.
+ */
+static void dead_on_arrival(struct fbr_delivery_engine *e, struct delivery *dl,
+                            const struct fbr_outreq *o, const char *why)
+{
+    char reason[300];
+    snprintf(reason, sizeof(reason), "unsendable URL: %s", why);
+    dl->reason = fbr_xstrdup(reason);
+    dl->state = FBR_DS_DEAD;
+    dl->body_iov = o->body.iov;
+    dl->nbody = o->body.niov;
+    if (!dl->created_wall)
+        dl->created_wall = fbr_wall_ms();
+    e->m.dead_permanent++;
+    write_dead_letter(e, dl);
+    free(dl->store);
+    free(dl->reason);
+    free(dl);
+}
+
 /* saved: a delivery restored from the journal (its attempts, limits and hook word), or NULL. */
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
                   uint64_t created_wall, int bypass_limit, char *id_out,
@@ -750,11 +736,9 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     char *store = fbr_xmalloc(url_len + 1 + head_len + 1);
     fbr_render_copy(&o->url, store);
     store[url_len] = '\0';
-    struct url_parts up;
-    if (split_url(store, url_len, &up) < 0) {
-        free(store);
-        return FBR_INVALID;
-    }
+    struct fbr_url up;
+    const char *why = NULL;
+    int url_ok = fbr_url_parse(store, url_len, &up, &why) == FBR_OK;
     struct delivery *dl = fbr_xcalloc(1, sizeof(*dl));
     if (!id_in)
         e->id_counter++;
@@ -765,6 +749,7 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     dl->head = store + url_len + 1;
     dl->head_len = head_len;
     dl->method = method_name(o->method);
+    dl->created_wall = created_wall;
 
     struct fbr_slice token = query_token(up.query), auth = {NULL, 0};
     char *p = dl->head;
@@ -787,6 +772,10 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     p = put(p, id, id_len);
     p = put(p, "\r\n", 2);
     *p = '\0';
+    if (!url_ok) {
+        dead_on_arrival(e, dl, o, why);
+        return FBR_INVALID;
+    }
 
     char key[1024];
     size_t klen;
@@ -1012,13 +1001,39 @@ static json_t *headers_json(const char *head, size_t len, json_t **content_type)
     return h.arr;
 }
 
-/* Appends dl as one line; returns 0, or -1 (logged and counted) when the line did not go out. */
+/* The URL as a JSON string: byte-exact when it is UTF-8 (always, unless a rule capture split a
+ * character); otherwise with every non-ASCII byte percent-encoded (such a URL is unsendable). */
+static json_t *url_json(const char *url, size_t len)
+{
+    json_t *j = json_stringn(url, len);
+    if (j)
+        return j;
+    char *esc = fbr_xmalloc(3 * len + 1), *q = esc;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)url[i];
+        if (c >= 0x80 || c == 0)
+            q += sprintf(q, "%%%02X", c);
+        else
+            *q++ = (char)c;
+    }
+    j = json_stringn(esc, (size_t)(q - esc));
+    free(esc);
+    return j;
+}
+
+/* Logs dl's death and appends it as one line; returns 0, or -1 (logged and counted) when the
+ * line did not go out.  dl->dest is NULL for a request that was never queued. */
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
 {
+    char masked[512];
+    fbr_log_mask_url(dl->url, dl->url_len, masked, sizeof(masked));
+    fbr_log(FBR_LOG_WARN, dl->id, NULL,
+            "delivery to %s is dead after %u attempt(s): %s; appended to %s", masked,
+            dl->attempts, dl->reason ? dl->reason : "", e->dl_path);
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(dl->id));
     json_object_set_new(o, "method", json_string(dl->method));
-    json_object_set_new(o, "url", json_stringn(dl->url, dl->url_len));
+    json_object_set_new(o, "url", url_json(dl->url, dl->url_len));
     json_t *ct = NULL;
     json_object_set_new(o, "headers", headers_json(dl->head, dl->head_len, &ct));
     json_object_set_new(o, "content_type", ct ? ct : json_null());
@@ -1040,7 +1055,7 @@ static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
     free(body);
     json_object_set_new(o, "reason", json_string(dl->reason ? dl->reason : ""));
     json_object_set_new(o, "attempts", json_integer(dl->attempts));
-    json_object_set_new(o, "destination", json_string(dl->dest->key));
+    json_object_set_new(o, "destination", json_string(dl->dest ? dl->dest->key : ""));
     json_object_set_new(o, "created_ms", json_integer((json_int_t)dl->created_wall));
     json_object_set_new(o, "first_attempt_ms", json_integer((json_int_t)dl->first_attempt_wall));
     json_object_set_new(o, "last_attempt_ms", json_integer((json_int_t)dl->last_attempt_wall));
@@ -1195,16 +1210,11 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
         }
         /* a replay gets a fresh max age: the operator decided to try again */
         (void)created;
-        if (submit(e, &o, id, 0, 1, NULL, NULL) != FBR_OK) {
-            fbr_outreq_free(&o);
-            json_decref(j);
-            snprintf(err, errlen, "%s line %u: bad URL", path, lineno);
-            rc = FBR_INVALID;
-            break;
-        }
+        /* an unsendable URL is dead again at once, with its reason, in the fresh file */
+        if (submit(e, &o, id, 0, 1, NULL, NULL) == FBR_OK)
+            (*count)++;
         fbr_outreq_free(&o);
         json_decref(j);
-        (*count)++;
     }
     free(line);
     fclose(f);

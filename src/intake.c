@@ -231,8 +231,10 @@ static long submit_all(struct fbr_intake *in, size_t n)
             accepted++;
         } else if (rc == FBR_INVALID) {
             in->stats.invalid++;
-            fbr_log_warn("webhook \"%s\" not delivered: refused by the delivery engine",
-                         o->webhook ? o->webhook->name : "?");
+            fbr_log_warn("webhook \"%s\" not delivered: unsendable URL (%s), written to the "
+                         "dead-letter file",
+                         o->webhook ? o->webhook->name : "?",
+                         o->url.error ? o->url.error : "refused by the delivery engine");
         } else if (accepted == 0 && lost == 0) {
             release_outs(in, n);
             return -1;

@@ -12,6 +12,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "firebridge/url.h"
+
 static enum fbr_log_level g_level = FBR_LOG_INFO;
 static enum fbr_log_format g_format = FBR_LOG_TEXT;
 static FILE *g_out; /* where lines go; NULL: stderr */
@@ -160,27 +162,17 @@ char *fbr_log_mask_url(const char *url, size_t len, char *out, size_t outlen)
         if (o + 1 < outlen)                                                                        \
             out[o++] = (c);                                                                        \
     } while (0)
-    /* userinfo: scheme://user:pass@host -> scheme://user:***@host */
-    const char *scheme_end = memmem(url, len, "://", 3);
-    if (scheme_end) {
-        size_t auth_start = (size_t)(scheme_end - url) + 3;
-        size_t auth_end = auth_start;
-        while (auth_end < len && url[auth_end] != '/' && url[auth_end] != '?' &&
-               url[auth_end] != '#')
-            auth_end++;
-        const char *at = memchr(url + auth_start, '@', auth_end - auth_start);
-        for (; i < auth_start; i++)
-            PUT(url[i]);
-        if (at) {
-            const char *colon = memchr(url + auth_start, ':', (size_t)(at - (url + auth_start)));
-            if (colon) {
-                for (; url + i <= colon; i++)
-                    PUT(url[i]);
-                PUT('*');
-                PUT('*');
-                PUT('*');
-                i = (size_t)(at - url);
-            }
+    /* userinfo: scheme://user:pass@host -> scheme://user:***@host (parts from url.h) */
+    struct fbr_url u;
+    if (fbr_url_split(url, len, &u) == FBR_OK && u.userinfo.ptr) {
+        const char *colon = memchr(u.userinfo.ptr, ':', u.userinfo.len);
+        if (colon) {
+            for (; url + i <= colon; i++)
+                PUT(url[i]);
+            PUT('*');
+            PUT('*');
+            PUT('*');
+            i = (size_t)(u.userinfo.ptr + u.userinfo.len - url);
         }
     }
     int in_query = 0;

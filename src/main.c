@@ -359,19 +359,29 @@ int main(int argc, char **argv)
         break;
     }
     if (fbr_config_build(&d.cfg, &d.cli, err, sizeof(err)) != FBR_OK) {
-        fprintf(d.cli.action == FBR_CLI_CHECK ? stdout : stderr, "%s\n", err);
+        fprintf(d.cli.action != FBR_CLI_RUN ? stdout : stderr, "%s\n", err);
         fbr_cli_free(&d.cli);
         return 1;
     }
     err[0] = '\0';
     if (flow_compile(&d.cfg, &d.flow, err, sizeof(err)) != FBR_OK) {
         const char *file = d.cfg.config_file ? d.cfg.config_file : "(built-in defaults)";
-        FILE *out = d.cli.action == FBR_CLI_CHECK ? stdout : stderr;
+        FILE *out = d.cli.action != FBR_CLI_RUN ? stdout : stderr;
         for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
             fprintf(out, "%s: %s\n", file, line);
         fbr_config_free(&d.cfg);
         fbr_cli_free(&d.cli);
         return 1;
+    }
+    if (d.cli.action == FBR_CLI_PRINT) {
+        flow_free(&d.flow);
+        json_t *settings = fbr_config_settings_json(&d.cfg);
+        json_dumpf(settings, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+        printf("\n");
+        json_decref(settings);
+        fbr_config_free(&d.cfg);
+        fbr_cli_free(&d.cli);
+        return 0;
     }
     if (d.cli.action == FBR_CLI_CHECK) {
         flow_free(&d.flow);

@@ -28,12 +28,10 @@
 #include <unistd.h>
 
 #include "firebridge/config.h"
+#include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
 
-#define DEF_MAX_CONNECTIONS 1024
-#define DEF_READ_TIMEOUT_MS 10000
-#define DEF_IDLE_TIMEOUT_MS 60000
 #define DEF_MAX_URI 8000
 #define DEF_MAX_HEADER_LINE 8000
 #define DEF_MAX_HEADER_BYTES (32 * 1024)
@@ -887,13 +885,13 @@ static void apply_opts(struct fbr_server *srv, const struct fbr_server_opts *in)
 {
     struct fbr_server_opts o = *in;
     if (!o.max_body)
-        o.max_body = 1 << 20;
+        o.max_body = FBR_DEFAULT_MAX_BODY;
     if (!o.max_connections)
-        o.max_connections = DEF_MAX_CONNECTIONS;
+        o.max_connections = FBR_DEFAULT_MAX_CONNECTIONS;
     if (!o.read_timeout_ms)
-        o.read_timeout_ms = DEF_READ_TIMEOUT_MS;
+        o.read_timeout_ms = FBR_DEFAULT_READ_TIMEOUT_MS;
     if (!o.idle_timeout_ms)
-        o.idle_timeout_ms = DEF_IDLE_TIMEOUT_MS;
+        o.idle_timeout_ms = FBR_DEFAULT_IDLE_TIMEOUT_MS;
     if (!o.max_uri || o.max_uri > DEF_MAX_URI)
         o.max_uri = DEF_MAX_URI;
     if (!o.max_header_line || o.max_header_line > DEF_MAX_HEADER_LINE)

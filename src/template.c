@@ -19,6 +19,8 @@
 #include <emmintrin.h>
 #endif
 
+#include "firebridge/url.h"
+
 /* ---------------------------------------------------------------------------------------------
  * Compiled form
  */
@@ -91,7 +93,6 @@ struct fbr_tpl {
 };
 
 static uint8_t pct_keep[256]; /* PCT_* bits of the encodings that keep a byte as it is */
-static uint8_t url_bad[256];  /* bytes that never stand unencoded in a URL */
 static int tables_ready;
 static void tables_init(void);
 static int url_valid_statically(const struct fbr_tpl *t);
@@ -805,7 +806,6 @@ static void tables_init(void)
         if (alnum || c == '*' || c == '-' || c == '.' || c == '_')
             m |= PCT_FORM;
         pct_keep[c] = m;
-        url_bad[c] = c <= 0x20 || c >= 0x7f || strchr("\"<>\\^`{|}", c) != NULL;
     }
     tables_ready = 1;
 }
@@ -1145,90 +1145,6 @@ static const json_t *resolve(const struct fbr_tpl *t, const struct tpl_var *v,
     return cur;
 }
 
-static int host_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
-}
-
-/*
- * Checks that head[0..hn) starts with http:// or https:// and a well-formed authority
- * ([userinfo@]host[:port]).  Returns FBR_OK; FBR_AGAIN when the authority does not end within
- * head and `complete` is 0 (more bytes follow); FBR_INVALID with *why set.
- */
-static int url_authority(const char *head, size_t hn, int complete, const char **why)
-{
-    size_t off;
-    if (hn >= 7 && strncasecmp(head, "http://", 7) == 0) {
-        off = 7;
-    } else if (hn >= 8 && strncasecmp(head, "https://", 8) == 0) {
-        off = 8;
-    } else {
-        if (!complete && hn < 8)
-            return FBR_AGAIN;
-        *why = "URL is not an absolute http:// or https:// URL";
-        return FBR_INVALID;
-    }
-    size_t end = off;
-    while (end < hn && head[end] != '/' && head[end] != '?' && head[end] != '#')
-        end++;
-    if (end == hn && !complete)
-        return FBR_AGAIN;
-    size_t host = off;
-    for (size_t k = off; k < end; k++)
-        if (head[k] == '@')
-            host = k + 1;
-    size_t host_end = end;
-    if (host < end && head[host] == '[') {
-        const char *rb = memchr(head + host, ']', end - host);
-        if (!rb) {
-            *why = "URL has an unterminated IPv6 address";
-            return FBR_INVALID;
-        }
-        host_end = (size_t)(rb - head) + 1;
-        if (host_end < end && head[host_end] != ':') {
-            *why = "URL has a malformed host";
-            return FBR_INVALID;
-        }
-    } else {
-        const char *colon = memchr(head + host, ':', end - host);
-        if (colon)
-            host_end = (size_t)(colon - head);
-        for (size_t k = host; k < host_end; k++)
-            if (!host_char((unsigned char)head[k])) {
-                *why = "URL host contains an invalid character";
-                return FBR_INVALID;
-            }
-    }
-    if (host_end == host) {
-        *why = "URL has an empty host";
-        return FBR_INVALID;
-    }
-    if (host_end < end) { /* ":port" */
-        unsigned long port = 0;
-        if (host_end + 1 == end) {
-            *why = "URL has an empty port";
-            return FBR_INVALID;
-        }
-        for (size_t k = host_end + 1; k < end; k++) {
-            if (head[k] < '0' || head[k] > '9' ||
-                (port = port * 10 + (unsigned long)(head[k] - '0')) > 65535) {
-                *why = "URL has an invalid port";
-                return FBR_INVALID;
-            }
-        }
-    }
-    return FBR_OK;
-}
-
-static int url_bytes_ok(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (url_bad[s[i]])
-            return 0;
-    return 1;
-}
-
 /*
  * A URL template whose literal text already holds the scheme and the whole authority, and whose
  * literals are clean, cannot render into an invalid URL: values are percent-encoded.  Such
@@ -1237,27 +1153,29 @@ static int url_bytes_ok(const unsigned char *s, size_t n)
 static int url_valid_statically(const struct fbr_tpl *t)
 {
     const char *why;
+    struct fbr_url u;
     if (t->nsegs == 0 || t->segs[0].var >= 0)
         return 0;
     for (size_t i = 0; i < t->nsegs; i++) {
         if (t->segs[i].var >= 0 && t->segs[i].esc == ESC_URL_WHOLE)
             return 0;
         if (t->segs[i].var < 0 &&
-            !url_bytes_ok((const unsigned char *)t->segs[i].ptr, t->segs[i].len))
+            !fbr_url_bytes_ok(t->segs[i].ptr, t->segs[i].len))
             return 0;
     }
-    return url_authority(t->segs[0].ptr, t->segs[0].len, t->nsegs == 1, &why) == FBR_OK;
+    return fbr_url_parse_head(t->segs[0].ptr, t->segs[0].len, t->nsegs == 1, &u, &why) == FBR_OK;
 }
 
-/* Checks that the URL rendered into iov[first..] is an absolute http(s) URL. */
+/* Checks the URL rendered into iov[first..] against url.h's rules: every byte, then the scheme
+ * and the authority, which must end within the first 1024 bytes. */
 static int check_url(struct fbr_render *r, size_t first)
 {
     char head[1024];
     size_t hn = 0, total = 0;
     for (size_t i = first; i < r->niov; i++) {
-        const unsigned char *s = r->iov[i].iov_base;
+        const char *s = r->iov[i].iov_base;
         size_t n = r->iov[i].iov_len;
-        if (!url_bytes_ok(s, n)) {
+        if (!fbr_url_bytes_ok(s, n)) {
             r->error = "URL contains a space, control, non-ASCII or unsafe character";
             return FBR_INVALID;
         }
@@ -1266,7 +1184,8 @@ static int check_url(struct fbr_render *r, size_t first)
         hn += k;
         total += n;
     }
-    int rc = url_authority(head, hn, total == hn, &r->error);
+    struct fbr_url u;
+    int rc = fbr_url_parse_head(head, hn, total == hn, &u, &r->error);
     if (rc == FBR_AGAIN) {
         r->error = "URL authority too long";
         rc = FBR_INVALID;

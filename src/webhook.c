@@ -324,6 +324,8 @@ int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *even
     fbr_outreq_release(o);
     struct fbr_tpl_scope scope = {.event = event, .alert = json_object_get(event, "ALERT")};
     int rc = fbr_tpl_render(wh->url, &scope, &o->url);
+    if (rc == FBR_INVALID)
+        rc = FBR_OK; /* an unsendable URL: the engine dead-letters it (see webhook.h) */
     if (rc == FBR_OK && wh->payload)
         rc = fbr_tpl_render(wh->payload, &scope, &o->body);
     if (rc == FBR_OK && wh->rate_key)

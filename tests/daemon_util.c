@@ -341,6 +341,103 @@ int dutil_get(int port, const char *path, char *buf, size_t cap)
     return dutil_http(port, req, buf, cap);
 }
 
+int dutil_post(int port, const char *path, const char *headers, const char *body, char *buf,
+               size_t cap)
+{
+    size_t blen = strlen(body), hlen = strlen(path) + (headers ? strlen(headers) : 0) + 200;
+    char *req = malloc(hlen + blen + 1);
+    ck_assert_ptr_nonnull(req);
+    int n = snprintf(req, hlen,
+                     "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     "Content-Type: application/json\r\n%sContent-Length: %zu\r\n\r\n",
+                     path, headers ? headers : "", blen);
+    memcpy(req + n, body, blen + 1);
+    int status = dutil_http(port, req, buf, cap);
+    free(req);
+    return status;
+}
+
+long long dutil_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *dutil_replace_all(const char *s, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to), n = 0;
+    for (const char *p = strstr(s, from); p; p = strstr(p + fl, from))
+        n++;
+    char *out = malloc(strlen(s) + n * tl + 1);
+    ck_assert_ptr_nonnull(out);
+    char *o = out;
+    for (const char *p; (p = strstr(s, from)); s = p + fl) {
+        memcpy(o, s, (size_t)(p - s));
+        o += p - s;
+        memcpy(o, to, tl);
+        o += tl;
+    }
+    strcpy(o, s);
+    return out;
+}
+
+pid_t dutil_hipchat_start(const char *out, const char *err, const char *const *flags, int *port)
+{
+    const char *exe = getenv("HIPCHAT_SERVER");
+    ck_assert_msg(exe != NULL, "HIPCHAT_SERVER not set (run through meson test)");
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = exe;
+    argv[n++] = "--listen";
+    argv[n++] = "127.0.0.1:0";
+    for (int i = 0; flags && flags[i] && n < 31; i++)
+        argv[n++] = flags[i];
+    argv[n] = NULL;
+    pid_t pid = dutil_spawn(argv, out, err, 1);
+    *port = dutil_wait_port(&pid, out, "listening on ", 200, 25, NULL);
+    return pid;
+}
+
+void dutil_seed_config(const char *path, const char *origin, const char *room, const char *token)
+{
+    const char *root = getenv("FBR_SOURCE_ROOT");
+    ck_assert_msg(root != NULL, "FBR_SOURCE_ROOT not set");
+    char seed_path[512];
+    snprintf(seed_path, sizeof(seed_path), "%s/contrib/examples/multi-room.json", root);
+    char *seed = dutil_slurp(seed_path, NULL);
+    ck_assert_ptr_nonnull(strstr(seed, "https://DOMAIN.hipchat.com/"));
+    ck_assert_ptr_nonnull(strstr(seed, "ROOM_ID"));
+    ck_assert_ptr_nonnull(strstr(seed, "AUTH_TOKEN_HERE"));
+    char *a = dutil_replace_all(seed, "https://DOMAIN.hipchat.com/", origin);
+    char *b = dutil_replace_all(a, "ROOM_ID", room);
+    char *c = dutil_replace_all(b, "AUTH_TOKEN_HERE", token);
+    dutil_write_file(path, c);
+    free(seed);
+    free(a);
+    free(b);
+    free(c);
+}
+
+json_t *dutil_room_messages(int port, const char *room, size_t n, int ms)
+{
+    static char buf[4 * 1024 * 1024];
+    char path[160];
+    snprintf(path, sizeof(path), "/rooms/%s/messages", room);
+    long long end = dutil_wall_ms() + ms;
+    for (;;) {
+        int st = dutil_get(port, path, buf, sizeof(buf));
+        const char *body = strstr(buf, "\r\n\r\n");
+        json_t *j = st == 200 && body ? json_loads(body + 4, 0, NULL) : NULL;
+        if (j && json_array_size(j) >= n)
+            return j;
+        if (dutil_wall_ms() > end)
+            return j ? j : json_array();
+        json_decref(j);
+        dutil_msleep(20);
+    }
+}
+
 long long dutil_metric(int port, const char *series)
 {
     static char buf[256 * 1024];

@@ -161,4 +161,40 @@ int dutil_get(int port, const char *path, char *buf, size_t cap);
  */
 long long dutil_metric(int port, const char *series);
 
+/*
+ * POSTs body (JSON) to path on a new connection ("Connection: close"); `headers` are extra header
+ * lines, each ending in "\r\n" (NULL: none).  Returns the status (-1: no response), the whole
+ * response in buf.  Asserts the connection and the send worked.
+ */
+int dutil_post(int port, const char *path, const char *headers, const char *body, char *buf,
+               size_t cap);
+
+/* Wall-clock milliseconds. */
+long long dutil_wall_ms(void);
+
+/* ---- the HipChat-compatible server and the seed's Multi-Room configuration ---- */
+
+/* Returns a new string: s with every occurrence of from replaced by to. */
+char *dutil_replace_all(const char *s, const char *from, const char *to);
+
+/*
+ * Starts $HIPCHAT_SERVER (asserted set) with "--listen 127.0.0.1:0" and flags (NULL-terminated,
+ * may be NULL; at most 28), stdout to out and stderr to err, dying with the test process; waits
+ * for its "listening on PORT" line.  Returns the pid, the port in *port.
+ */
+pid_t dutil_hipchat_start(const char *out, const char *err, const char *const *flags, int *port);
+
+/*
+ * Writes path: the seed's contrib/examples/multi-room.json (under $FBR_SOURCE_ROOT, asserted
+ * set) with "https://DOMAIN.hipchat.com/" replaced by origin ("http://127.0.0.1:PORT/"),
+ * ROOM_ID by room and AUTH_TOKEN_HERE by token.  Asserts the seed still has those placeholders.
+ */
+void dutil_seed_config(const char *path, const char *origin, const char *room, const char *token);
+
+/*
+ * Polls hipchat-server's GET /rooms/<room>/messages every 20 ms until the room holds at least n
+ * messages or ms pass.  Returns the array of messages (new reference; fewer than n on timeout).
+ */
+json_t *dutil_room_messages(int port, const char *room, size_t n, int ms);
+
 #endif

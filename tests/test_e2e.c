@@ -40,27 +40,7 @@ static char pki[64]; /* test CA and server certificates, made once in main() */
 
 static long long wall_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Returns a new string with every occurrence of from replaced by to. */
-static char *replace_all(const char *s, const char *from, const char *to)
-{
-    size_t fl = strlen(from), tl = strlen(to), n = 0;
-    for (const char *p = strstr(s, from); p; p = strstr(p + fl, from))
-        n++;
-    char *out = malloc(strlen(s) + n * tl + 1);
-    char *o = out;
-    for (const char *p; (p = strstr(s, from)); s = p + fl) {
-        memcpy(o, s, (size_t)(p - s));
-        o += p - s;
-        memcpy(o, to, tl);
-        o += tl;
-    }
-    strcpy(o, s);
-    return out;
+    return dutil_wall_ms();
 }
 
 static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -112,21 +92,10 @@ static void teardown(void)
 /* Starts hipchat-server with --listen 127.0.0.1:0 and the given flags (NULL-terminated). */
 static void hc_start(struct proc *h, const char *name, const char *const *flags)
 {
-    const char *exe = getenv("HIPCHAT_SERVER");
-    ck_assert_msg(exe != NULL, "HIPCHAT_SERVER not set (run through meson test)");
-    const char *argv[32];
-    int n = 0;
-    argv[n++] = exe;
-    argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
-    for (int i = 0; flags && flags[i] && n < 31; i++)
-        argv[n++] = flags[i];
-    argv[n] = NULL;
     char err[160];
     snprintf(h->out, sizeof(h->out), "%s/%s.out", dir, name);
     snprintf(err, sizeof(err), "%s/%s.err", dir, name);
-    h->pid = dutil_spawn(argv, h->out, err, 1);
-    h->port = dutil_wait_port(&h->pid, h->out, "listening on ", 200, 25, NULL);
+    h->pid = dutil_hipchat_start(h->out, err, flags, &h->port);
 }
 
 /*
@@ -137,20 +106,11 @@ static void hc_start(struct proc *h, const char *name, const char *const *flags)
 static const char *config_from_seed(const char *name, const char *scheme, const char *host,
                                     int port, const char *room, const char *token)
 {
-    const char *root = getenv("FBR_SOURCE_ROOT");
-    ck_assert_msg(root != NULL, "FBR_SOURCE_ROOT not set");
-    char path[512], origin[128];
-    snprintf(path, sizeof(path), "%s/contrib/examples/multi-room.json", root);
-    char *seed = dutil_slurp(path, NULL);
-    ck_assert_ptr_nonnull(strstr(seed, "https://DOMAIN.hipchat.com/"));
+    char origin[128];
     snprintf(origin, sizeof(origin), "%s://%s:%d/", scheme, host, port);
-    char *a = replace_all(seed, "https://DOMAIN.hipchat.com/", origin);
-    char *b = replace_all(a, "ROOM_ID", room);
-    char *c = replace_all(b, "AUTH_TOKEN_HERE", token);
     static char out[200];
     snprintf(out, sizeof(out), "%s/%s.json", dir, name);
-    dutil_write_file(out, c);
-    free(seed), free(a), free(b), free(c);
+    dutil_seed_config(out, origin, room, token);
     return out;
 }
 
@@ -336,21 +296,7 @@ static void alert_ok(struct conn *c, const char *rk, const char *entity, const c
 /* Waits up to ms for room to hold n messages; returns the array (new reference). */
 static json_t *wait_messages(int port, const char *room, size_t n, int ms)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "/rooms/%s/messages", room);
-    long long end = wall_ms() + ms;
-    for (;;) {
-        struct resp r;
-        int st = request(port, "GET", path, NULL, &r);
-        json_t *j = st == 200 ? json_loads(r.body, 0, NULL) : NULL;
-        resp_free(&r);
-        if (j && json_array_size(j) >= n)
-            return j;
-        if (wall_ms() > end)
-            return j ? j : json_array();
-        json_decref(j);
-        dutil_msleep(20);
-    }
+    return dutil_room_messages(port, room, n, ms);
 }
 
 static long long stat_int(json_t *stats, const char *key)

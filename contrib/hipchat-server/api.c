@@ -77,7 +77,7 @@ static const char *validate_string(json_t *body, const char *key, size_t min, si
     return NULL;
 }
 
-static const char *validate_body(const struct hcs *s, json_t *body, char *err, size_t errlen)
+const char *hcs_validate_body(const struct hcs *s, json_t *body, char *err, size_t errlen)
 {
     static const char *const formats[] = {"html", "text", NULL};
     static const char *const colors[] = {"yellow", "green",  "red", "purple",
@@ -131,6 +131,26 @@ static const char *str_or(json_t *body, const char *key, const char *dflt)
     return v ? v : dflt;
 }
 
+json_t *hcs_notification_record(struct hcs *s, const struct hcs_room *r, json_t *body,
+                                const char *delivery, const char *oauth_id)
+{
+    json_t *rec = json_pack("{s:s,s:I,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:o}", "room", r->id, "seq",
+                            (json_int_t)(s->next_seq + 1), "kind", "notification", "message",
+                            json_string_value(json_object_get(body, "message")), "color",
+                            str_or(body, "color", "yellow"), "notify",
+                            json_is_true(json_object_get(body, "notify")), "message_format",
+                            str_or(body, "message_format", "html"), "from",
+                            str_or(body, "from", ""), "received_ms", (json_int_t)fbr_wall_ms(),
+                            "delivery", delivery ? json_string(delivery) : json_null());
+    if (json_object_get(body, "attach_to"))
+        json_object_set(rec, "attach_to", json_object_get(body, "attach_to"));
+    if (json_object_get(body, "card"))
+        json_object_set(rec, "card", json_object_get(body, "card"));
+    if (oauth_id)
+        json_object_set_new(rec, "oauth_id", json_string(oauth_id));
+    return rec;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * POST /v2/room/{id_or_name}/notification
  */
@@ -167,10 +187,18 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
 
     int status = 0;
     const char *msg = NULL;
+    struct hcs_addon *addon = NULL;
+    int grant = have == 1 ? hcs_oauth_check(s, token, room, &addon, &msg) : FBR_DECLINED;
     if (have < 0) {
         status = 401, msg = "Invalid OAuth session";
     } else if (have == 0) {
         status = 401, msg = "Authenticated requests only.";
+    } else if (grant == FBR_NOTFOUND) {
+        status = 404, msg = "Room not found";
+    } else if (grant != FBR_DECLINED && grant != FBR_OK) {
+        status = 401;
+    } else if (grant == FBR_OK) {
+        /* an add-on's token: hcs_oauth_check() has decided for its installation's room */
     } else if (!ts && !s->any_token && !(room && hcs_room_has_token(room, token))) {
         status = 401, msg = "Invalid OAuth session";
     } else if (!room && (!s->any_room || s->nrooms >= s->max_rooms)) {
@@ -180,7 +208,7 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
         room = hcs_room_add(s, key, NULL);
         rv = hcs_window_peek(&room->window, s->room_rate, now);
     }
-    if (!status) {
+    if (!status && grant == FBR_DECLINED) {
         int global = 0;
         for (size_t i = 0; i < s->nglobal_tokens; i++)
             global |= strcmp(s->global_tokens[i], token) == 0;
@@ -222,7 +250,7 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
         snprintf(err, sizeof(err), "the request body is not valid JSON: %s", jerr.text);
         bad = err;
     } else {
-        bad = validate_body(s, body, err, sizeof(err));
+        bad = hcs_validate_body(s, body, err, sizeof(err));
     }
     if (bad) {
         json_decref(body);
@@ -241,18 +269,7 @@ static int notification_reply(struct hcs *s, evhtp_request_t *req, const char *k
     rv = hcs_window_peek(&room->window, s->room_rate, now);
 
     const char *delivery = evhtp_kv_find(req->headers_in, "X-Firebridge-Delivery");
-    json_t *rec = json_pack("{s:s,s:I,s:s,s:s,s:b,s:s,s:s,s:I,s:o}", "room", room->id, "seq",
-                            (json_int_t)(s->next_seq + 1), "message",
-                            json_string_value(json_object_get(body, "message")), "color",
-                            str_or(body, "color", "yellow"), "notify",
-                            json_is_true(json_object_get(body, "notify")), "message_format",
-                            str_or(body, "message_format", "html"), "from",
-                            str_or(body, "from", ""), "received_ms", (json_int_t)fbr_wall_ms(),
-                            "delivery", delivery ? json_string(delivery) : json_null());
-    if (json_object_get(body, "attach_to"))
-        json_object_set(rec, "attach_to", json_object_get(body, "attach_to"));
-    if (json_object_get(body, "card"))
-        json_object_set(rec, "card", json_object_get(body, "card"));
+    json_t *rec = hcs_notification_record(s, room, body, delivery, addon ? addon->oauth_id : NULL);
     json_decref(body);
     hcs_store_record(s, room, rec);
     s->stats.accepted++;

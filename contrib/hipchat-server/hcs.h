@@ -10,6 +10,10 @@
  * parsing), api.c (POST /v2/room/{id}/notification: auth, validation, limits, storage), limits.c
  * (fixed rate windows and per-token state), faults.c (fault rules and their deferred effects),
  * store.c (rooms and kept messages), control.c (routing and the test-only control endpoints).
+ * The Connect add-on side (hipchat-api.md sections 3 to 5): oauth.c (/v2/capabilities, the
+ * client-credentials token endpoint, issued tokens), addons.c (install, uninstall, revoke, and
+ * "say": room_message webhooks), jwt.c (signing and encodings), outbound.c (the HTTP client
+ * towards add-ons, outbound.h), pattern.c (webhook patterns, pattern.h).
  *
  * Everything runs on one libevent loop; nothing here is thread-safe.  "Borrowed" and "owned"
  * have their usual meaning; strings handed to a store function are copied unless it says it
@@ -26,6 +30,8 @@
 
 #include "firebridge/common.h"
 #include "firebridge/strmap.h"
+#include "outbound.h"
+#include "pattern.h"
 
 #define HCS_MAX_ROOM_KEY 256
 #define HCS_MAX_TOKEN 512
@@ -33,6 +39,11 @@
 #define HCS_MAX_FROM_CHARS 64
 #define HCS_MAX_ATTACH_TO_CHARS 36
 #define HCS_LIFTED_LIMIT 1000000000u
+/* Every access token /v2/oauth/token issues starts with this; a Bearer token that does and is
+ * not a live grant is refused even under --any-token (an expired grant must not pass). */
+#define HCS_GRANT_PREFIX "hcs-oauth2-"
+#define HCS_MAX_WEBHOOKS 20 /* per descriptor */
+#define HCS_MAX_SCOPES 16   /* per descriptor */
 
 /* ---------------------------------------------------------------------------------------------
  * Rate windows (limits.c).  A window opens at the Unix second of the first counted request and
@@ -81,6 +92,41 @@ struct hcs_room {
 };
 
 /* ---------------------------------------------------------------------------------------------
+ * Connect add-on installations (addons.c) and the tokens issued to them (oauth.c).
+ */
+struct hcs_webhook {
+    long id; /* webhook_id, unique over the server's life */
+    char *event, *url, *name, *authentication;
+    char *pattern;          /* NULL: every message */
+    struct hcs_pattern *re; /* compiled pattern when pattern is set */
+};
+
+enum hcs_addon_state { HCS_ADDON_INSTALLING, HCS_ADDON_INSTALLED };
+
+struct hcs_addon {
+    char oauth_id[37];     /* a UUID: the tenant key */
+    char oauth_secret[41]; /* 40 hex characters */
+    struct hcs_room *room; /* borrowed: rooms live as long as the server */
+    long group_id;
+    char *key, *from_name, *descriptor_url, *callback_url;
+    char **scopes;
+    size_t nscopes;
+    struct hcs_webhook *webhooks;
+    size_t nwebhooks;
+    enum hcs_addon_state state;
+    int revoked;
+    uint64_t tokens_issued;
+    struct hcs_addon *prev, *next; /* installation order */
+};
+
+/* One issued access token. */
+struct hcs_grant {
+    struct hcs_addon *addon; /* borrowed: grants go with their installation */
+    uint64_t expires_ms;     /* wall clock */
+    char *scope;             /* granted scopes, space-separated */
+};
+
+/* ---------------------------------------------------------------------------------------------
  * Fault rules (faults.c).
  */
 struct hcs_fault {
@@ -126,6 +172,8 @@ struct hcs_stats {
     uint64_t by_status[600];
     uint64_t conn_open, conn_max, conn_total;
     uint64_t messages_dropped;
+    uint64_t tokens_issued;
+    uint64_t webhooks_sent;
 };
 
 struct hcs {
@@ -149,6 +197,15 @@ struct hcs {
     struct hcs_fault *faults;
     struct hcs_conn *conns;
     struct hcs_stats stats;
+    /* The Connect add-on side. */
+    char *public_url;         /* owned: scheme://host:port of this server, no trailing slash */
+    long token_ttl_s;         /* expires_in of issued tokens */
+    struct hcs_outbound *out; /* requests to add-ons */
+    struct fbr_strmap addons; /* oauth_id -> struct hcs_addon (owned, listed below) */
+    struct hcs_addon *addons_head, *addons_tail;
+    size_t max_addons;
+    struct fbr_strmap grants; /* access token -> struct hcs_grant (owned) */
+    long next_webhook_id;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -236,6 +293,16 @@ const char *hcs_req_path(evhtp_request_t *req);
 const char *hcs_req_query(evhtp_request_t *req);
 /* The request body (borrowed, not NUL-terminated; "" when empty) and its length. */
 const char *hcs_req_body(evhtp_request_t *req, size_t *len);
+/* Holds req (paused) while outbound work runs; *slot is set to req and becomes NULL if the
+ * request is freed first (its connection closed at shutdown). */
+void hcs_hold(evhtp_request_t *req, evhtp_request_t **slot);
+/* Ends a hold: returns the request to answer (NULL when it is gone) and clears *slot.  Answer it
+ * with hcs_reply_*() and then hcs_resume(). */
+evhtp_request_t *hcs_release(evhtp_request_t **slot);
+void hcs_resume(evhtp_request_t *req);
+/* A reply for the control endpoints with the API's error shape plus extra fields (steals). */
+void hcs_reply_error_with(struct hcs *s, evhtp_request_t *req, int status, const char *msg,
+                          json_t *extra);
 
 /* ---------------------------------------------------------------------------------------------
  * api.c
@@ -244,6 +311,57 @@ const char *hcs_req_body(evhtp_request_t *req, size_t *len);
 void hcs_api_handle(struct hcs *s, evhtp_request_t *req, const char *path, htp_method m);
 /* Finishes a notification after its stall (faults.c's timer). */
 void hcs_notification_resume(struct hcs_conn *c, evhtp_request_t *req);
+
+/* Validates a room-notification body (hipchat-api.md section 1): NULL when valid, else the
+ * message for a 400 written into err.  Also used for add-ons' webhook replies. */
+const char *hcs_validate_body(const struct hcs *s, json_t *body, char *err, size_t errlen);
+/* The stored record of a valid notification body (new reference); oauth_id and delivery may be
+ * NULL. */
+json_t *hcs_notification_record(struct hcs *s, const struct hcs_room *r, json_t *body,
+                                const char *delivery, const char *oauth_id);
+
+/* ---------------------------------------------------------------------------------------------
+ * oauth.c
+ */
+/* GET /v2/capabilities: the document add-ons read tokenUrl and the API base from. */
+void hcs_oauth_capabilities(struct hcs *s, evhtp_request_t *req, htp_method m);
+/* POST /v2/oauth/token: client credentials. */
+void hcs_oauth_token(struct hcs *s, evhtp_request_t *req, htp_method m);
+/* Checks a Bearer token against the issued grants for a notification to room (NULL: unknown
+ * room).  FBR_DECLINED: not an issued token (the ordinary checks apply); FBR_OK: *addon may post
+ * there; FBR_NOTFOUND: valid, but the room does not exist (404); FBR_INVALID: 401 with *msg. */
+int hcs_oauth_check(struct hcs *s, const char *token, const struct hcs_room *room,
+                    struct hcs_addon **addon, const char **msg);
+/* Forgets every token issued to a (before it is freed). */
+void hcs_oauth_forget(struct hcs *s, const struct hcs_addon *a);
+void hcs_oauth_free(struct hcs *s);
+
+/* ---------------------------------------------------------------------------------------------
+ * addons.c
+ */
+struct hcs_addon *hcs_addon_find(const struct hcs *s, const char *oauth_id);
+/* POST /addons/install, GET /addons, DELETE /addons/{id}, POST /addons/{id}/revoke. */
+void hcs_addons_handle(struct hcs *s, evhtp_request_t *req, const char *path, htp_method m);
+/* POST /rooms/{id_or_name}/say */
+void hcs_addons_say(struct hcs *s, evhtp_request_t *req, struct hcs_room *r);
+/* The room's id as HipChat shows it: a JSON integer when it is all digits (new reference). */
+json_t *hcs_room_id_json(const struct hcs_room *r);
+void hcs_addons_free(struct hcs *s);
+
+/* ---------------------------------------------------------------------------------------------
+ * jwt.c
+ */
+/* A compact JWS of claims with header {"alg": alg, "typ": "JWT"}: HMAC-SHA256/384/512 for
+ * HS256/384/512, no signature for "none", HMAC-SHA256 under any other name (a forged header, for
+ * negative tests).  Returns a new string. */
+char *hcs_jwt_sign(const char *alg, const char *secret, json_t *claims);
+/* Decodes standard, padded base64 in[0..n) into out (NUL-terminated); returns the length or -1
+ * when malformed or too long for outlen. */
+int hcs_b64_decode(const char *in, size_t n, char *out, size_t outlen);
+/* 2 * nbytes random hex digits (nbytes <= 64) and a NUL into out. */
+void hcs_random_hex(char *out, size_t nbytes);
+/* A random (version 4) UUID. */
+void hcs_random_uuid(char out[37]);
 
 /* ---------------------------------------------------------------------------------------------
  * control.c

@@ -1,7 +1,8 @@
 /*
  * http.c - hipchat-server's HTTP plumbing on libevhtp: the connection record kept from accept to
  * close (body size limit, deferred work), reply helpers (headers, JSON bodies, the API's error
- * shape, status counting) and request helpers (percent-decoding, query parameters, body).
+ * shape, status counting), request helpers (percent-decoding, query parameters, body) and the
+ * hold on a request that waits for an add-on.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -258,4 +259,45 @@ void hcs_reply_error(struct hcs *s, evhtp_request_t *req, int status, const char
 {
     hcs_set_error_body(req, status, msg);
     hcs_send_now(s, req, status);
+}
+
+void hcs_reply_error_with(struct hcs *s, evhtp_request_t *req, int status, const char *msg,
+                          json_t *extra)
+{
+    json_t *body = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", status, "message", msg, "type",
+                             hcs_reason_phrase(status));
+    json_object_update(body, extra);
+    json_decref(extra);
+    hcs_reply_json(s, req, status, body);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Requests held while the server talks to an add-on.
+ */
+static evhtp_res on_held_fini(evhtp_request_t *req, void *arg)
+{
+    evhtp_request_t **slot = arg;
+    *slot = NULL;
+    return EVHTP_RES_OK;
+}
+
+void hcs_hold(evhtp_request_t *req, evhtp_request_t **slot)
+{
+    *slot = req;
+    evhtp_request_set_hook(req, evhtp_hook_on_request_fini, (evhtp_hook)on_held_fini, slot);
+    evhtp_request_pause(req);
+}
+
+evhtp_request_t *hcs_release(evhtp_request_t **slot)
+{
+    evhtp_request_t *req = *slot;
+    *slot = NULL;
+    if (req)
+        evhtp_request_unset_hook(req, evhtp_hook_on_request_fini);
+    return req;
+}
+
+void hcs_resume(evhtp_request_t *req)
+{
+    evhtp_request_resume(req);
 }

@@ -154,7 +154,15 @@ static void usage(FILE *out)
           "  --max-body BYTES       largest request body (default 1048576)\n"
           "  --idle-timeout SEC     close idle connections (default 60)\n"
           "  --fault JSON           a fault rule, as for POST /faults (repeatable)\n"
-          "  --tls-cert FILE --tls-key FILE   serve HTTPS with this certificate\n",
+          "  --tls-cert FILE --tls-key FILE   serve HTTPS with this certificate\n"
+          "Connect add-ons:\n"
+          "  --public-url URL       this server's base URL in /v2/capabilities and install\n"
+          "                         callbacks (default: scheme://listen-host:port)\n"
+          "  --token-ttl SEC        expires_in of tokens from /v2/oauth/token (default 3600)\n"
+          "  --ca-file FILE         CA certificates for HTTPS requests to add-ons (default:\n"
+          "                         the system store)\n"
+          "  --max-addons N         installations kept (default 1000)\n"
+          "  --outbound-timeout SEC timeout of each request to an add-on (default 10)\n",
           out);
 }
 
@@ -174,8 +182,26 @@ static int bound_port(evhtp_t *htp)
     return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
+/* scheme://host:port as add-ons reach this server: the listen address, with the wildcard
+ * addresses replaced by loopback. */
+static char *default_public_url(evhtp_t *htp, const char *cert, const char *host, int family)
+{
+    char buf[160];
+    const char *h = host;
+    if (strcmp(h, "0.0.0.0") == 0)
+        h = "127.0.0.1";
+    else if (strcmp(h, "::") == 0)
+        h = "::1";
+    snprintf(buf, sizeof(buf), "%s://%s%s%s:%d", cert ? "https" : "http",
+             family == AF_INET6 ? "[" : "", h, family == AF_INET6 ? "]" : "", bound_port(htp));
+    return fbr_xstrdup(buf);
+}
+
 static void hcs_free(struct hcs *s)
 {
+    hcs_addons_free(s);
+    hcs_oauth_free(s);
+    free(s->public_url);
     hcs_faults_clear(s);
     hcs_rooms_free(s);
     hcs_tokens_free(s);
@@ -204,7 +230,12 @@ int main(int argc, char **argv)
         OPT_MAX_STORED,
         OPT_MAX_ROOMS,
         OPT_MAX_TOKENS,
-        OPT_QUIET
+        OPT_QUIET,
+        OPT_PUBLIC_URL,
+        OPT_TOKEN_TTL,
+        OPT_CA_FILE,
+        OPT_MAX_ADDONS,
+        OPT_OUT_TIMEOUT
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
@@ -228,6 +259,11 @@ int main(int argc, char **argv)
         {"max-rooms", required_argument, NULL, OPT_MAX_ROOMS},
         {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
         {"quiet", no_argument, NULL, OPT_QUIET},
+        {"public-url", required_argument, NULL, OPT_PUBLIC_URL},
+        {"token-ttl", required_argument, NULL, OPT_TOKEN_TTL},
+        {"ca-file", required_argument, NULL, OPT_CA_FILE},
+        {"max-addons", required_argument, NULL, OPT_MAX_ADDONS},
+        {"outbound-timeout", required_argument, NULL, OPT_OUT_TIMEOUT},
         {NULL, 0, NULL, 0},
     };
     struct hcs s = {0};
@@ -240,8 +276,13 @@ int main(int argc, char **argv)
     s.max_rooms = 100000;
     s.max_stored_bytes = (size_t)128 << 20;
     s.max_body = 1u << 20;
-    const char *listen = "127.0.0.1:0", *cert = NULL, *key = NULL;
-    long idle = 60;
+    s.token_ttl_s = 3600;
+    s.max_addons = 1000;
+    fbr_strmap_init(&s.addons);
+    fbr_strmap_init(&s.grants);
+    const char *listen = "127.0.0.1:0", *cert = NULL, *key = NULL, *ca_file = NULL;
+    const char *public_url = NULL;
+    long idle = 60, out_timeout = 10;
     int rc = 1, opt;
     char err[256];
     struct hcs_rate rr_flag = {0, 0}, tr_flag = {0, 0};
@@ -294,6 +335,9 @@ int main(int argc, char **argv)
         case OPT_MAX_STORED:
         case OPT_MAX_ROOMS:
         case OPT_MAX_TOKENS:
+        case OPT_TOKEN_TTL:
+        case OPT_MAX_ADDONS:
+        case OPT_OUT_TIMEOUT:
         case OPT_IDLE: {
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 10);
@@ -311,6 +355,12 @@ int main(int argc, char **argv)
                 s.max_rooms = (size_t)v;
             else if (opt == OPT_MAX_TOKENS)
                 s.max_tokens = (size_t)v;
+            else if (opt == OPT_TOKEN_TTL)
+                s.token_ttl_s = (long)v;
+            else if (opt == OPT_MAX_ADDONS)
+                s.max_addons = (size_t)v;
+            else if (opt == OPT_OUT_TIMEOUT)
+                out_timeout = v > 3600 ? 3600 : (long)v;
             else
                 idle = (long)v;
             break;
@@ -326,6 +376,17 @@ int main(int argc, char **argv)
                 goto out;
             break;
         }
+        case OPT_PUBLIC_URL:
+            public_url = optarg;
+            if ((strncmp(optarg, "http://", 7) != 0 && strncmp(optarg, "https://", 8) != 0) ||
+                strlen(optarg) > 400 || strpbrk(optarg, " \r\n\"")) {
+                fprintf(stderr, "hipchat-server: --public-url wants http(s)://host:port\n");
+                goto out;
+            }
+            break;
+        case OPT_CA_FILE:
+            ca_file = optarg;
+            break;
         case OPT_CERT:
             cert = optarg;
             break;
@@ -377,6 +438,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "hipchat-server: cannot listen on %s\n", listen);
         goto out;
     }
+    s.out = hcs_outbound_new(s.base, ca_file, (unsigned)out_timeout);
+    if (!s.out)
+        goto out;
+    s.public_url =
+        public_url ? fbr_xstrdup(public_url) : default_public_url(s.htp, cert, host, family);
+    size_t ul = strlen(s.public_url);
+    while (ul && s.public_url[ul - 1] == '/')
+        s.public_url[--ul] = '\0';
     /* Signal handlers before the port is announced: whoever reads it may stop us at once. */
     struct event *sigint = evsignal_new(s.base, SIGINT, on_signal, s.base);
     struct event *sigterm = evsignal_new(s.base, SIGTERM, on_signal, s.base);
@@ -391,8 +460,10 @@ int main(int argc, char **argv)
     event_free(sigterm);
     while (s.conns)
         evhtp_connection_free(s.conns->ec); /* its fini hook unlinks it */
+    hcs_outbound_free(&s.out);              /* pending add-on requests end, their operations free */
     rc = 0;
 out:
+    hcs_outbound_free(&s.out);
     if (s.htp) {
         evhtp_unbind_socket(s.htp);
         evhtp_free(s.htp);

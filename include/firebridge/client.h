@@ -45,7 +45,8 @@ enum fbr_client_err {
 const char *fbr_client_err_name(enum fbr_client_err e);
 
 struct fbr_client_opts {
-    unsigned pool_size;          /* connections per origin (>= 1) */
+    /* A zero value takes the daemon's default from defaults.h (FBR_DEFAULT_POOL_SIZE, ...). */
+    unsigned pool_size;          /* connections per origin */
     unsigned connect_timeout_ms; /* DNS + TCP + TLS handshake, and waiting for a pooled slot */
     unsigned request_timeout_ms; /* from writing the request to the end of the response */
     const char *ca_file;         /* NULL: system trust store */
@@ -92,10 +93,12 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
  * Name lookups still running are failed by libevent from the loop: run it once more
  * (EVLOOP_NONBLOCK) before event_base_free() so they can release their memory. */
 void fbr_client_free(struct fbr_client **c);
+/* The options c runs with, defaults filled in (borrowed; ca_file and nameserver are NULL). */
+const struct fbr_client_opts *fbr_client_get_opts(const struct fbr_client *c);
 
 /*
  * Starts one attempt.  Returns FBR_OK (cb will be called exactly once) or FBR_INVALID for a URL
- * that is not an absolute http(s) URL (cb never called).
+ * that url.h's fbr_url_parse() refuses (cb never called).
  */
 int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
                        void *arg);

@@ -65,7 +65,7 @@ struct fbr_config {
 };
 
 /* What the command line asked for besides configuration values. */
-enum fbr_cli_action { FBR_CLI_RUN, FBR_CLI_HELP, FBR_CLI_VERSION, FBR_CLI_CHECK };
+enum fbr_cli_action { FBR_CLI_RUN, FBR_CLI_HELP, FBR_CLI_VERSION, FBR_CLI_CHECK, FBR_CLI_PRINT };
 
 /* The parsed command line, kept by main.c so that a reload re-applies the same flags. */
 struct fbr_cli {
@@ -106,6 +106,14 @@ int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *er
 
 /* Releases everything cfg owns and zeroes it. */
 void fbr_config_free(struct fbr_config *cfg);
+
+/*
+ * The effective settings of cfg as a new JSON object: every config key with a scalar or list
+ * value, in the file's syntax (so it can be read back as a configuration file), API keys shown
+ * as "***"; the rules, webhooks and hipchat sections are left out (they may hold tokens).
+ * Returns a new reference.  Used by --print-config.
+ */
+json_t *fbr_config_settings_json(const struct fbr_config *cfg);
 
 /* Prints the --help text (every flag with its argument, default and meaning). */
 void fbr_config_print_help(FILE *out, const char *argv0);

@@ -52,24 +52,25 @@ enum fbr_delivery_state {
 /* Returns a static name ("queued", "waiting_rate", ...). */
 const char *fbr_delivery_state_name(enum fbr_delivery_state s);
 
+/* The defaults (fbr_delivery_opts_init) are the daemon's, from defaults.h. */
 struct fbr_delivery_opts {
-    unsigned pool_size;                /* connections per origin, default 16 */
-    unsigned connect_timeout_ms;       /* default 10000 */
-    unsigned request_timeout_ms;       /* default 30000 */
-    struct fbr_rate room_rate;         /* default 30/60; n == 0 after init means unlimited */
-    struct fbr_rate token_rate;        /* default 500/300 */
-    unsigned retry_initial_ms;         /* default 500 */
-    unsigned retry_max_interval_ms;    /* default 60000 */
-    unsigned retry_max_age_s;          /* default 86400 */
+    unsigned pool_size;                /* connections per origin */
+    unsigned connect_timeout_ms;
+    unsigned request_timeout_ms;
+    struct fbr_rate room_rate;         /* n == 0 after init means unlimited */
+    struct fbr_rate token_rate;
+    unsigned retry_initial_ms;
+    unsigned retry_max_interval_ms;
+    unsigned retry_max_age_s;
     const char *ca_file;               /* NULL: system trust store (borrowed during _new) */
-    size_t max_pending;                /* undelivered deliveries before FBR_LIMIT, default 10000 */
+    size_t max_pending;                /* undelivered deliveries before FBR_LIMIT */
     const char *data_dir;              /* dead-letters.jsonl goes here (borrowed during _new) */
     unsigned per_destination_inflight; /* default 1 */
     int tls_insecure;                  /* tests only */
     const char *nameserver;            /* tests: see fbr_client_opts; NULL = /etc/resolv.conf */
 };
 
-/* Fills opts with the defaults above (data_dir ".", ca_file NULL). */
+/* Fills opts with the daemon's defaults (defaults.h; data_dir ".", ca_file NULL). */
 void fbr_delivery_opts_init(struct fbr_delivery_opts *opts);
 
 /* Why deliveries were retried (bounded label set for /metrics). */

@@ -86,9 +86,9 @@ void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *conten
  */
 struct fbr_server_opts {
     size_t max_body;          /* bytes; larger bodies get 413 */
-    uint32_t max_connections; /* open connections at most (default 1024) */
-    uint32_t read_timeout_ms; /* a whole request must arrive within this (default 10 s) */
-    uint32_t idle_timeout_ms; /* nothing read or written for this long closes (default 60 s) */
+    uint32_t max_connections; /* open connections at most (0: defaults.h, as max_body) */
+    uint32_t read_timeout_ms; /* a whole request must arrive within this (0: defaults.h) */
+    uint32_t idle_timeout_ms; /* nothing read or written for this long closes (0: defaults.h) */
     size_t max_uri;           /* request-target bytes (default 8000; libevhtp breaks at 8 KiB) */
     size_t max_header_line;   /* one header line (default 8000) */
     size_t max_header_bytes;  /* the whole header section (default 32 KiB) */

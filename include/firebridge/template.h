@@ -79,8 +79,9 @@ void fbr_render_free(struct fbr_render *r);
 /*
  * Appends the rendering of tpl to r (several templates may be rendered into one buffer).
  * Returns FBR_OK; FBR_SKIP when a URL template misses a variable (r->missing names it);
- * FBR_INVALID when the output would be unsafe (header injection, a URL that is not an absolute
- * http/https URL), with r->error set.  On failure r's content is unspecified until reset.
+ * FBR_INVALID when the output would be unsafe (header injection, a URL that url.h's rules
+ * refuse), with r->error set.  On failure r's content is unspecified until reset, except for a
+ * refused URL: it is then rendered whole (so that it can be written to a dead letter).
  */
 int fbr_tpl_render(const struct fbr_tpl *tpl, const struct fbr_tpl_scope *scope,
                    struct fbr_render *r);

@@ -99,8 +99,10 @@ void fbr_outreq_init(struct fbr_outreq *o);
 /*
  * Renders wh for event into o (taking references to both).  Returns FBR_OK; FBR_SKIP when the
  * URL misses a variable (the webhook does not fire for this event); FBR_INVALID when a header
- * value would inject CR/LF/NUL or the URL is not an absolute http(s) URL (o->url.error or the
- * failing header's .error says why).  On failure o holds no references.
+ * value would inject CR/LF/NUL (the failing header's .error says why).  On failure o holds no
+ * references.  A URL that url.h refuses still renders (FBR_OK, o->url.error set): the delivery
+ * engine refuses it with the same reason and writes it to the dead-letter file, so a webhook
+ * that fires is never dropped without a trace.
  */
 int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *event);
 /* Moves src's contents and references into dst (uninitialised or freed) and leaves src
