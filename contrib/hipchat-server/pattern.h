@@ -1,7 +1,6 @@
 /*
  * pattern.h - the webhook `pattern` of add-on descriptors: a POSIX extended regular expression
- * (glibc's), matched against a message's text.  Kept apart from hcs.h because libevhtp's header
- * pulls in Oniguruma's POSIX shim, which renames regcomp() and regex_t.
+ * matched against a message's text (found anywhere in it unless anchored).
  */
 #ifndef HCS_PATTERN_H
 #define HCS_PATTERN_H

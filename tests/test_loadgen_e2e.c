@@ -1,0 +1,210 @@
+/*
+ * test_loadgen_e2e.c - firebridge-loadgen (FBR_LOADGEN) against the real daemon (FBR_DAEMON) on
+ * loopback, configured from the seed's contrib/examples/multi-room.json with its webhook URL
+ * pointed at the loadgen's sink.  A 2 s open-loop run at a low rate must lose nothing and report
+ * sane figures (every alert answered 2xx and delivered once, in order per room, percentiles
+ * ordered, the daemon's RSS read); with the daemon delivering to a port nobody listens on, the
+ * same run must count every alert lost and exit with status 1.
+ */
+#include <arpa/inet.h>
+#include <check.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon_util.h"
+
+/* A loopback port free a moment ago (the loadgen's sink binds it next). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t l = sizeof(a);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Replaces the first occurrence of from in s (a new string). */
+static char *replace(const char *s, const char *from, const char *to)
+{
+    const char *p = strstr(s, from);
+    ck_assert_ptr_nonnull(p);
+    size_t n = strlen(s) - strlen(from) + strlen(to) + 1;
+    char *out = malloc(n);
+    snprintf(out, n, "%.*s%s%s", (int)(p - s), s, to, p + strlen(from));
+    return out;
+}
+
+/* Writes the seed recipe delivering to 127.0.0.1:port into dir/cfg.json; returns its path. */
+static const char *seed_config(const char *dir, int port)
+{
+    const char *root = getenv("FBR_SOURCE_ROOT");
+    ck_assert_msg(root != NULL, "FBR_SOURCE_ROOT not set");
+    char path[512], origin[64];
+    snprintf(path, sizeof(path), "%s/contrib/examples/multi-room.json", root);
+    char *seed = dutil_slurp(path, NULL);
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", port);
+    char *a = replace(seed, "https://DOMAIN.hipchat.com/", origin);
+    char *b = replace(a, "ROOM_ID", "r0");
+    char *c = replace(b, "AUTH_TOKEN_HERE", "loadgen");
+    static char out[128];
+    snprintf(out, sizeof(out), "%s/cfg.json", dir);
+    dutil_write_file(out, c);
+    free(seed), free(a), free(b), free(c);
+    return out;
+}
+
+/* Runs the loadgen against the daemon d with its sink on sink_port; returns its wait status and
+ * its JSON report (new reference, asserted to parse). */
+static json_t *run_loadgen(const struct dutil_daemon *d, const char *dir, int sink_port,
+                           const char *drain, int *status)
+{
+    const char *exe = getenv("FBR_LOADGEN");
+    ck_assert_msg(exe != NULL, "FBR_LOADGEN not set (run through meson test)");
+    char target[32], sink[32], pid[16], out[128], err[128];
+    snprintf(target, sizeof(target), "127.0.0.1:%d", d->port);
+    snprintf(sink, sizeof(sink), "127.0.0.1:%d", sink_port);
+    snprintf(pid, sizeof(pid), "%d", (int)d->pid);
+    snprintf(out, sizeof(out), "%s/loadgen.json", dir);
+    snprintf(err, sizeof(err), "%s/loadgen.err", dir);
+    const char *argv[] = {exe,     "--target",   target, "--sink-listen", sink,  "--rate",
+                          "100/s", "--duration", "2",    "--warmup",      "0.2", "--drain",
+                          drain,   "--rooms",    "20",   "--connections", "4",   "--pid",
+                          pid,     "--json",     NULL};
+    pid_t p = dutil_spawn(argv, out, err, 1);
+    *status = dutil_wait_exit(&p, 60000 * dutil_slow(), NULL);
+    ck_assert_msg(*status != -1, "loadgen did not finish; stderr: %s", dutil_slurp(err, NULL));
+    char *text = dutil_slurp(out, NULL);
+    json_error_t je;
+    json_t *j = json_loads(text, 0, &je);
+    ck_assert_msg(j != NULL, "loadgen report is not JSON (%s): '%s'; stderr: %s", je.text, text,
+                  dutil_slurp(err, NULL));
+    free(text);
+    return j;
+}
+
+static long long num(json_t *j, const char *a, const char *b)
+{
+    json_t *v = json_object_get(j, a);
+    if (b)
+        v = json_object_get(v, b);
+    ck_assert_msg(json_is_number(v), "report has no number at %s%s%s", a, b ? "." : "", b ? b : "");
+    return (long long)json_number_value(v);
+}
+
+static double real(json_t *j, const char *a, const char *b)
+{
+    json_t *v = json_object_get(json_object_get(j, a), b);
+    ck_assert_msg(json_is_number(v), "report has no number at %s.%s", a, b);
+    return json_number_value(v);
+}
+
+START_TEST(two_seconds_nothing_lost)
+{
+    char dir[64];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-lg");
+    int sink_port = free_port();
+    const char *cfg = seed_config(dir, sink_port);
+    const char *extra[] = {"-c",           cfg,         "--room-rate", "1000000/1",
+                           "--token-rate", "1000000/1", NULL};
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-lgd", extra);
+    int st;
+    json_t *j = run_loadgen(&d, dir, sink_port, "10", &st);
+    char *text = json_dumps(j, JSON_COMPACT);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "loadgen exit %d: %s", st, text);
+    long long sent = num(j, "sent", NULL);
+    /* 2.2 s at 100/s: about 220 alerts, whatever the machine's load */
+    ck_assert_msg(sent >= 150 && sent <= 230, "sent %lld: %s", sent, text);
+    ck_assert_int_eq(num(j, "lost", NULL), 0);
+    ck_assert_int_eq(num(j, "answered", NULL), sent);
+    ck_assert_int_eq(num(j, "status", "2xx"), sent);
+    ck_assert_int_eq(num(j, "expected", NULL), sent);
+    ck_assert_int_eq(num(j, "delivered", NULL), sent);
+    ck_assert_int_eq(num(j, "sink_status", "2xx"), sent);
+    ck_assert_int_eq(num(j, "duplicates", NULL), 0);
+    ck_assert_int_eq(num(j, "unmatched", NULL), 0);
+    /* the delivery engine keeps each room's order */
+    ck_assert_int_eq(num(j, "order_violations", NULL), 0);
+    /* only the 2 s after the warm-up are measured */
+    long long measured = num(j, "intake", "count");
+    ck_assert_msg(measured >= 100 && measured <= 201, "%s", text);
+    ck_assert_int_eq(num(j, "end_to_end", "count"), measured);
+    const char *sides[] = {"intake", "end_to_end"};
+    for (int i = 0; i < 2; i++) {
+        double p50 = real(j, sides[i], "p50_ms"), p99 = real(j, sides[i], "p99_ms");
+        double max = real(j, sides[i], "max_ms"), min = real(j, sides[i], "min_ms");
+        ck_assert_msg(min > 0 && min <= p50 && p50 <= real(j, sides[i], "p90_ms") &&
+                          p99 <= real(j, sides[i], "p99_9_ms") && p99 <= max,
+                      "%s: %s", sides[i], text);
+    }
+    /* a delivery reaches the sink after the alert was sent */
+    ck_assert(real(j, "end_to_end", "min_ms") > 0);
+    ck_assert_int_gt(num(j, "daemon_peak_rss_kb", NULL), 1000);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_deliveries_total{outcome=\"delivered\"}"),
+                     sent);
+    free(text);
+    json_decref(j);
+    dutil_daemon_stop(&d);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
+START_TEST(deliveries_going_nowhere_are_lost)
+{
+    char dir[64];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-lg");
+    int sink_port = free_port(), nowhere = free_port();
+    const char *cfg = seed_config(dir, nowhere);
+    const char *extra[] = {"-c",
+                           cfg,
+                           "--room-rate",
+                           "1000000/1",
+                           "--token-rate",
+                           "1000000/1",
+                           "--drain-timeout",
+                           "1",
+                           "--retry-initial",
+                           "5000",
+                           NULL};
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-lgd", extra);
+    int st;
+    json_t *j = run_loadgen(&d, dir, sink_port, "0.5", &st);
+    char *text = json_dumps(j, JSON_COMPACT);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "loadgen exit %d: %s", st, text);
+    long long sent = num(j, "sent", NULL);
+    ck_assert_int_gt(sent, 100);
+    ck_assert_int_eq(num(j, "status", "2xx"), sent);
+    ck_assert_int_eq(num(j, "delivered", NULL), 0);
+    ck_assert_int_eq(num(j, "lost", NULL), sent);
+    ck_assert_int_eq(num(j, "end_to_end", "count"), 0);
+    free(text);
+    json_decref(j);
+    dutil_daemon_stop(&d);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("loadgen_e2e");
+    TCase *tc = tcase_create("daemon");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, two_seconds_nothing_lost);
+    tcase_add_test(tc, deliveries_going_nowhere_are_lost);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,488 @@
+/*
+ * sender.c - the load generator's sending side: a fixed set of keep-alive HTTP/1.1 connections to
+ * the target, each with at most one request in flight.  Open loop (--rate): alert i is due at
+ * start + i / rate; a due alert goes out on the next idle connection and its latency is measured
+ * from when it was due, not from when it went out, so a stalled server is charged for the alerts
+ * it kept waiting (coordinated omission corrected, as wrk2 does).  Closed loop: every connection
+ * sends again as soon as its answer is in.  One more connection polls the daemon's /metrics.
+ * Answers are parsed in place: a status line, Content-Length and Connection headers, a body that
+ * is skipped (kept only for /metrics).
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "firebridge/common.h"
+#include "loadgen.h"
+
+#define LG_HEAD_MAX 16384
+#define LG_REQ_MAX 2048
+#define LG_METRICS_BODY_MAX (4u << 20)
+
+struct lg_conn {
+    struct lg_sender *s;
+    struct bufferevent *bev;
+    int metrics; /* the /metrics poller */
+    int busy;    /* a request is in flight */
+    int cooling; /* after a transport error: idle again when `cool` fires */
+    struct event *cool;
+    uint64_t seq, intended_ns;
+    /* answer being parsed */
+    int have_head, status, close_after;
+    size_t body_left;
+};
+
+struct lg_sender {
+    struct lg *lg;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint64_t run_id;
+    struct lg_conn *conns; /* o.connections load connections */
+    struct lg_conn **idle; /* stack of idle load connections */
+    uint32_t nidle, nbusy;
+    struct lg_conn metrics;
+    struct event *tick; /* open loop: dispatches due alerts */
+};
+
+/* ---- requests ---------------------------------------------------------------------------- */
+
+static uint32_t room_of(const struct lg_opts *o, uint64_t seq)
+{
+    if (o->scenario == LG_SCENARIO_SINGLE_ROOM || o->scenario == LG_SCENARIO_FLOOD)
+        return 0;
+    return (uint32_t)(seq % o->rooms);
+}
+
+static size_t finish(char *buf, size_t cap, int n)
+{
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static size_t build_alert(const struct lg_opts *o, char *buf, size_t cap, const char *type,
+                          uint64_t run_id, uint64_t entity, uint64_t seq, uint64_t t_ns,
+                          uint32_t room)
+{
+    char body[512];
+    int blen = snprintf(body, sizeof(body),
+                        "{\"message_type\":\"%s\",\"entity_id\":\"lg-%" PRIx64 "-%" PRIu64 "\","
+                        "\"entity_display_name\":\"lg %" PRIu64 " %" PRIu64 "\","
+                        "\"room_id\":\"r%" PRIu32 "\",\"auth_token\":\"%s\"}",
+                        type, run_id, entity, seq, t_ns, room, o->auth_token);
+    if (blen <= 0 || (size_t)blen >= sizeof(body))
+        return 0;
+    const char *rk = o->routing_keys[seq % o->nrouting_keys];
+    return finish(buf, cap,
+                  snprintf(buf, cap,
+                           "POST /integrations/generic/20131114/alert/%s/%s HTTP/1.1\r\n"
+                           "Host: %s\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %d\r\n\r\n%s",
+                           o->api_key, rk, o->host, blen, body));
+}
+
+size_t lg_request_build(const struct lg_opts *o, uint64_t run_id, uint64_t seq, uint64_t t_ns,
+                        char *buf, size_t cap, int *expects)
+{
+    uint32_t room = room_of(o, seq);
+    char body[512];
+    int blen;
+    *expects = 1;
+    if (o->format == LG_FORMAT_NOTIFICATION) {
+        blen = snprintf(body, sizeof(body),
+                        "{\"color\":\"red\",\"message\":\"lg %" PRIu64 " %" PRIu64 "\","
+                        "\"notify\":true,\"message_format\":\"text\"}",
+                        seq, t_ns);
+        return finish(buf, cap,
+                      snprintf(buf, cap,
+                               "POST /v2/room/r%" PRIu32 "/notification?auth_token=%s HTTP/1.1\r\n"
+                               "Host: %s\r\nContent-Type: application/json\r\n"
+                               "Content-Length: %d\r\n\r\n%s",
+                               room, o->auth_token, o->host, blen, body));
+    }
+    if (o->scenario != LG_SCENARIO_MIXED)
+        return build_alert(o, buf, cap, "CRITICAL", run_id, seq, seq, t_ns, room);
+    /*
+     * mixed, in cycles of four: a CRITICAL (new incident: one delivery), the ACKNOWLEDGEMENT and
+     * the RECOVERY of the entity triggered `lag` cycles earlier (no delivery; far enough back
+     * that its CRITICAL was answered, as at most `connections` requests are in flight), and a
+     * /v1/events Incident-Triggered item (one delivery).
+     */
+    uint64_t cycle = seq / 4, lag = 4 * (uint64_t)o->connections + 16;
+    switch (seq % 4) {
+    case 0:
+        return build_alert(o, buf, cap, "CRITICAL", run_id, cycle * 4, seq, t_ns, room);
+    case 1:
+    case 2:
+        *expects = 0;
+        if (cycle < lag) /* nothing old enough yet: an INFO alert of a fresh entity */
+            return build_alert(o, buf, cap, "INFO", run_id, seq, seq, t_ns, room);
+        return build_alert(o, buf, cap, seq % 4 == 1 ? "ACKNOWLEDGEMENT" : "RECOVERY", run_id,
+                           (cycle - lag) * 4, seq, t_ns, room);
+    default:
+        break;
+    }
+    blen = snprintf(body, sizeof(body),
+                    "{\"event\":\"Incident-Triggered\",\"ALERT\":{\"entity_id\":\"lg-%" PRIx64
+                    "-%" PRIu64 "\",\"entity_display_name\":\"lg %" PRIu64 " %" PRIu64 "\","
+                    "\"room_id\":\"r%" PRIu32 "\",\"auth_token\":\"%s\"}}",
+                    run_id, seq, seq, t_ns, room, o->auth_token);
+    if (blen <= 0 || (size_t)blen >= sizeof(body))
+        return 0;
+    return finish(buf, cap,
+                  snprintf(buf, cap,
+                           "POST /v1/events HTTP/1.1\r\nHost: %s\r\n"
+                           "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %d\r\n\r\n%s",
+                           o->host, o->api_key, blen, body));
+}
+
+/* ---- connections ------------------------------------------------------------------------- */
+
+static void conn_read(struct bufferevent *bev, void *arg);
+static void conn_event(struct bufferevent *bev, short what, void *arg);
+static void pump(struct lg_sender *s);
+
+static int conn_open(struct lg_conn *c)
+{
+    struct lg_sender *s = c->s;
+    c->bev = bufferevent_socket_new(s->lg->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev)
+        return -1;
+    bufferevent_setcb(c->bev, conn_read, NULL, conn_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&s->addr, (int)s->addrlen) != 0) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+        return -1;
+    }
+    c->have_head = 0;
+    return 0;
+}
+
+static void conn_close(struct lg_conn *c)
+{
+    if (c->bev)
+        bufferevent_free(c->bev);
+    c->bev = NULL;
+    c->have_head = 0;
+}
+
+static void make_idle(struct lg_conn *c)
+{
+    struct lg_sender *s = c->s;
+    if (c->busy) {
+        c->busy = 0;
+        s->nbusy--;
+    }
+    if (!c->metrics && !c->cooling)
+        s->idle[s->nidle++] = c;
+}
+
+/* An answer (status 0: transport error) to the request in flight on c. */
+static void answered(struct lg_conn *c, int status, const char *body, size_t blen)
+{
+    struct lg_sender *s = c->s;
+    struct lg *lg = s->lg;
+    uint64_t now = lg_now_ns();
+    if (c->metrics) {
+        static const char name[] = "\nfirebridge_deliveries_pending ";
+        const char *p = body ? memmem(body, blen, name, sizeof(name) - 1) : NULL;
+        if (status == 200 && p)
+            lg->queue_depth = strtoll(p + sizeof(name) - 1, NULL, 10);
+        c->busy = 0;
+        return;
+    }
+    lg->status[lg_status_class(status)]++;
+    lg->answered++;
+    lg_track_answered(&lg->track, c->seq, status);
+    if (now >= lg->measure_ns && now < lg->stop_ns)
+        lg->answered_window++;
+    if (c->intended_ns >= lg->measure_ns && c->intended_ns < lg->stop_ns)
+        lg_hist_add(&lg->intake, now > c->intended_ns ? now - c->intended_ns : 0);
+    make_idle(c);
+}
+
+static void cool_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct lg_conn *c = arg;
+    c->cooling = 0;
+    make_idle(c);
+    pump(c->s);
+}
+
+static void conn_fail(struct lg_conn *c)
+{
+    int was_busy = c->busy;
+    conn_close(c);
+    if (was_busy)
+        answered(c, 0, NULL, 0);
+    if (c->metrics)
+        return;
+    /* a refused or dropped connection: wait 10 ms before this one sends again */
+    if (!c->cooling) {
+        for (uint32_t i = 0; i < c->s->nidle; i++) {
+            if (c->s->idle[i] == c) {
+                c->s->idle[i] = c->s->idle[--c->s->nidle];
+                break;
+            }
+        }
+        c->cooling = 1;
+        struct timeval tv = {0, 10000};
+        evtimer_add(c->cool, &tv);
+    }
+}
+
+static void conn_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct lg_conn *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        struct lg_sender *s = c->s;
+        conn_fail(c);
+        pump(s);
+    }
+}
+
+/* Parses the head at the start of in; returns 1 done, 0 need more, -1 malformed. */
+static int parse_head(struct lg_conn *c, struct evbuffer *in)
+{
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0)
+        return evbuffer_get_length(in) > LG_HEAD_MAX ? -1 : 0;
+    size_t hlen = (size_t)end.pos + 4;
+    const char *h = (const char *)evbuffer_pullup(in, (ssize_t)hlen);
+    if (hlen < 12 || strncmp(h, "HTTP/1.", 7) != 0)
+        return -1;
+    c->status = atoi(h + 9);
+    c->close_after = h[7] == '0';
+    long long cl = -1;
+    int chunked = 0;
+    for (const char *p = memchr(h, '\n', hlen); p && p < h + hlen;
+         p = memchr(p, '\n', (size_t)(h + hlen - p))) {
+        p++;
+        if (strncasecmp(p, "content-length:", 15) == 0)
+            cl = strtoll(p + 15, NULL, 10);
+        else if (strncasecmp(p, "connection:", 11) == 0) {
+            const char *v = p + 11;
+            while (*v == ' ')
+                v++;
+            c->close_after = strncasecmp(v, "close", 5) == 0         ? 1
+                             : strncasecmp(v, "keep-alive", 10) == 0 ? 0
+                                                                     : c->close_after;
+        } else if (strncasecmp(p, "transfer-encoding:", 18) == 0)
+            chunked = 1;
+    }
+    evbuffer_drain(in, hlen);
+    if (c->status == 204 || c->status == 304 || (c->status >= 100 && c->status < 200))
+        cl = 0;
+    if (chunked || cl < 0)
+        return -1; /* the targets answer with Content-Length; anything else is not supported */
+    c->body_left = (size_t)cl;
+    c->have_head = 1;
+    return 1;
+}
+
+static void conn_read(struct bufferevent *bev, void *arg)
+{
+    struct lg_conn *c = arg;
+    struct lg_sender *s = c->s;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        if (!c->have_head) {
+            if (evbuffer_get_length(in) == 0)
+                break;
+            int r = parse_head(c, in);
+            if (r == 0)
+                break;
+            if (r < 0 || !c->busy || (c->metrics && c->body_left > LG_METRICS_BODY_MAX)) {
+                conn_fail(c);
+                break;
+            }
+        }
+        if (evbuffer_get_length(in) < c->body_left)
+            break;
+        int status = c->status, close_after = c->close_after;
+        c->have_head = 0;
+        if (c->metrics) {
+            const char *body = (const char *)evbuffer_pullup(in, (ssize_t)c->body_left);
+            answered(c, status, body, c->body_left);
+        } else {
+            answered(c, status, NULL, 0);
+        }
+        evbuffer_drain(in, c->body_left);
+        if (close_after) {
+            conn_close(c);
+            break;
+        }
+    }
+    pump(s);
+}
+
+static int conn_send(struct lg_conn *c, const char *req, size_t len)
+{
+    if (!c->bev && conn_open(c) != 0)
+        return -1;
+    if (evbuffer_add(bufferevent_get_output(c->bev), req, len) != 0)
+        return -1;
+    c->busy = 1;
+    c->have_head = 0;
+    return 0;
+}
+
+/* ---- dispatch ---------------------------------------------------------------------------- */
+
+/* Sends alert number next_seq on c, intended at t. */
+static void send_one(struct lg_sender *s, struct lg_conn *c, uint64_t t)
+{
+    struct lg *lg = s->lg;
+    char req[LG_REQ_MAX];
+    int expects;
+    uint64_t seq = lg->next_seq++;
+    size_t len = lg_request_build(&lg->o, s->run_id, seq, t, req, sizeof(req), &expects);
+    lg_track_sent(&lg->track, seq, expects);
+    c->seq = seq;
+    c->intended_ns = t;
+    s->nbusy++;
+    if (len == 0 || conn_send(c, req, len) != 0) {
+        c->busy = 1;
+        conn_fail(c);
+        return;
+    }
+}
+
+static uint64_t due_time(const struct lg *lg, uint64_t seq)
+{
+    return lg->start_ns + (uint64_t)((double)seq * 1e9 / lg->o.rate);
+}
+
+static void pump(struct lg_sender *s)
+{
+    struct lg *lg = s->lg;
+    if (lg->stopping)
+        return;
+    uint64_t now = lg_now_ns();
+    if (now >= lg->stop_ns) {
+        lg->stopping = 1;
+        return;
+    }
+    int open_loop = lg->o.rate > 0;
+    while (s->nidle && lg->next_seq < lg->o.max_alerts) {
+        uint64_t t = open_loop ? due_time(lg, lg->next_seq) : now;
+        if (t > now)
+            break;
+        send_one(s, s->idle[--s->nidle], t);
+    }
+    if (!open_loop || lg->next_seq >= lg->o.max_alerts)
+        return;
+    uint64_t due = (uint64_t)((double)(now - lg->start_ns) * lg->o.rate / 1e9) + 1;
+    if (due > lg->next_seq && due - lg->next_seq > lg->backlog_max)
+        lg->backlog_max = due - lg->next_seq;
+    /* wake up when the next alert is due (an answer wakes us earlier when none is idle) */
+    uint64_t t = due_time(lg, lg->next_seq);
+    if (s->nidle && t > now) {
+        uint64_t us = (t - now + 999) / 1000;
+        struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
+        evtimer_add(s->tick, &tv);
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    pump(arg);
+}
+
+/* ---- life cycle -------------------------------------------------------------------------- */
+
+static int resolve(struct lg_sender *s)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", s->lg->o.port);
+    int rc = getaddrinfo(s->lg->o.host, port, &hints, &res);
+    if (rc != 0) {
+        fprintf(stderr, "firebridge-loadgen: resolving target %s: %s\n", s->lg->o.host,
+                gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+    s->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+struct lg_sender *lg_sender_new(struct lg *lg)
+{
+    struct lg_sender *s = fbr_xcalloc(1, sizeof(*s));
+    s->lg = lg;
+    if (resolve(s) != 0) {
+        free(s);
+        return NULL;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->run_id = ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 40);
+    uint32_t n = lg->o.connections;
+    s->conns = fbr_xcalloc(n, sizeof(*s->conns));
+    s->idle = fbr_xcalloc(n, sizeof(*s->idle));
+    for (uint32_t i = 0; i < n; i++) {
+        s->conns[i].s = s;
+        s->conns[i].cool = evtimer_new(lg->base, cool_done, &s->conns[i]);
+        s->idle[s->nidle++] = &s->conns[n - 1 - i];
+    }
+    s->metrics.s = s;
+    s->metrics.metrics = 1;
+    s->tick = evtimer_new(lg->base, on_tick, s);
+    return s;
+}
+
+void lg_sender_start(struct lg_sender *s)
+{
+    pump(s);
+}
+
+uint32_t lg_sender_busy(const struct lg_sender *s)
+{
+    return s->nbusy;
+}
+
+void lg_sender_poll_metrics(struct lg_sender *s)
+{
+    struct lg_conn *c = &s->metrics;
+    if (c->busy)
+        return;
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET /metrics HTTP/1.1\r\nHost: %s\r\n\r\n", s->lg->o.host);
+    if (n > 0 && (size_t)n < sizeof(req) && conn_send(c, req, (size_t)n) != 0)
+        conn_close(c);
+}
+
+void lg_sender_free(struct lg_sender **sp)
+{
+    struct lg_sender *s = *sp;
+    if (!s)
+        return;
+    for (uint32_t i = 0; i < s->lg->o.connections; i++) {
+        conn_close(&s->conns[i]);
+        event_free(s->conns[i].cool);
+    }
+    conn_close(&s->metrics);
+    event_free(s->tick);
+    free(s->conns);
+    free(s->idle);
+    free(s);
+    *sp = NULL;
+}

@@ -1,0 +1,216 @@
+/*
+ * sink.c - the load generator's receiving side: a HipChat-shaped server (libevhtp, in the same
+ * event loop as the sender) answering POST /v2/room/{id}/notification with 204, or with 429 / 503
+ * for a given fraction of deliveries, optionally after an injected latency.  Every 204 is matched
+ * to its alert through the ledger (track.h) by the "lg <seq> <send time>" the sender put in the
+ * message; X-Firebridge-Delivery tells a retried delivery from a second one.
+ */
+#include <evhtp/evhtp.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "firebridge/common.h"
+#include "loadgen.h"
+
+struct sink_conn;
+
+struct lg_sink {
+    struct lg *lg;
+    evhtp_t *htp;
+    int port;
+    uint64_t rng;            /* xorshift64 state for the injected 429 / 503 */
+    struct sink_conn *conns; /* open connections, freed with the sink */
+};
+
+/* One per accepted connection: the reply waiting for its injected latency. */
+struct sink_conn {
+    struct lg_sink *k;
+    evhtp_connection_t *ec;
+    struct sink_conn *prev, *next;
+    struct event *timer;
+    evhtp_request_t *req;
+    int status;
+};
+
+int lg_sink_parse(const char *path, size_t plen, const char *body, size_t blen, uint32_t nrooms,
+                  uint64_t *seq, uint64_t *t_ns, uint32_t *room)
+{
+    static const char prefix[] = "/v2/room/r";
+    *room = nrooms;
+    if (plen > sizeof(prefix) - 1 && memcmp(path, prefix, sizeof(prefix) - 1) == 0) {
+        char *end;
+        unsigned long r = strtoul(path + sizeof(prefix) - 1, &end, 10);
+        if (end > path + sizeof(prefix) - 1 && *end == '/' && r < nrooms)
+            *room = (uint32_t)r;
+    }
+    const char *p = body ? memmem(body, blen, "lg ", 3) : NULL;
+    if (!p)
+        return -1;
+    /* body is not NUL-terminated: copy the two numbers out */
+    char num[48];
+    size_t n = (size_t)(body + blen - (p + 3));
+    if (n >= sizeof(num))
+        n = sizeof(num) - 1;
+    memcpy(num, p + 3, n);
+    num[n] = '\0';
+    char *end;
+    if (num[0] < '0' || num[0] > '9')
+        return -1;
+    *seq = strtoull(num, &end, 10);
+    if (*end != ' ' || end[1] < '0' || end[1] > '9')
+        return -1;
+    *t_ns = strtoull(end + 1, &end, 10);
+    return 0;
+}
+
+static uint64_t next_rand(struct lg_sink *k)
+{
+    k->rng ^= k->rng << 13;
+    k->rng ^= k->rng >> 7;
+    k->rng ^= k->rng << 17;
+    return k->rng;
+}
+
+/* 1 with probability p. */
+static int chance(struct lg_sink *k, double p)
+{
+    return p > 0 && (double)(next_rand(k) >> 11) * 0x1.0p-53 < p;
+}
+
+static void on_delay(evutil_socket_t fd, short what, void *arg)
+{
+    struct sink_conn *c = arg;
+    evhtp_request_t *req = c->req;
+    c->req = NULL;
+    evhtp_send_reply(req, (evhtp_res)c->status);
+    evhtp_request_resume(req);
+}
+
+static void on_request(evhtp_request_t *req, void *arg)
+{
+    struct lg_sink *k = arg;
+    struct lg *lg = k->lg;
+    const char *path = req->uri && req->uri->path ? req->uri->path->full : NULL;
+    static const char prefix[] = "/v2/room/", suffix[] = "/notification";
+    size_t plen = path ? strlen(path) : 0;
+    int status = 204;
+    if (evhtp_request_get_method(req) != htp_method_POST ||
+        plen < sizeof(prefix) + sizeof(suffix) - 2 ||
+        memcmp(path, prefix, sizeof(prefix) - 1) != 0 ||
+        memcmp(path + plen - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) != 0)
+        status = 404;
+    else if (chance(k, lg->o.sink_429))
+        status = 429;
+    else if (chance(k, lg->o.sink_5xx))
+        status = 503;
+    lg->sink_status[lg_status_class(status)]++;
+    if (status == 204) {
+        uint64_t now = lg_now_ns(), seq, t_ns;
+        uint32_t room;
+        size_t blen = evbuffer_get_length(req->buffer_in);
+        const char *body = (const char *)evbuffer_pullup(req->buffer_in, (ssize_t)blen);
+        if (lg_sink_parse(path, plen, body, blen, lg->o.rooms, &seq, &t_ns, &room) != 0) {
+            lg->track.unknown++;
+        } else {
+            const char *id = evhtp_kv_find(req->headers_in, "X-Firebridge-Delivery");
+            if (lg_track_delivered(&lg->track, seq, room, id, id ? strlen(id) : 0, now, t_ns) ==
+                LG_MATCH_FIRST) {
+                if (!lg->first_delivery_ns)
+                    lg->first_delivery_ns = now;
+                lg->last_delivery_ns = now;
+                if (now >= lg->measure_ns && now < lg->stop_ns)
+                    lg->delivered_window++;
+            }
+        }
+    }
+    if (status == 429)
+        evhtp_headers_add_header(req->headers_out, evhtp_header_new("Retry-After", "1", 0, 0));
+    evhtp_connection_t *ec = evhtp_request_get_connection(req);
+    struct sink_conn *c = ec && ec->hooks ? ec->hooks->on_connection_fini_arg : NULL;
+    if (lg->o.sink_latency_ms && c) {
+        struct timeval tv = {lg->o.sink_latency_ms / 1000, (lg->o.sink_latency_ms % 1000) * 1000};
+        c->req = req;
+        c->status = status;
+        evhtp_request_pause(req);
+        evtimer_add(c->timer, &tv);
+        return;
+    }
+    evhtp_send_reply(req, (evhtp_res)status);
+}
+
+static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
+{
+    struct sink_conn *c = arg;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->k->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    event_free(c->timer);
+    free(c);
+    return EVHTP_RES_OK;
+}
+
+static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
+{
+    struct lg_sink *k = arg;
+    struct sink_conn *c = fbr_xcalloc(1, sizeof(*c));
+    c->k = k;
+    c->ec = ec;
+    c->timer = evtimer_new(k->lg->base, on_delay, c);
+    c->next = k->conns;
+    if (k->conns)
+        k->conns->prev = c;
+    k->conns = c;
+    evhtp_connection_set_hook(ec, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, c);
+    return EVHTP_RES_OK;
+}
+
+struct lg_sink *lg_sink_new(struct lg *lg)
+{
+    struct lg_sink *k = fbr_xcalloc(1, sizeof(*k));
+    k->lg = lg;
+    k->rng = 0x9e3779b97f4a7c15ull ^ lg_now_ns();
+    k->htp = evhtp_new(lg->base, NULL);
+    if (!k->htp) {
+        free(k);
+        return NULL;
+    }
+    evhtp_set_gencb(k->htp, on_request, k);
+    evhtp_set_post_accept_cb(k->htp, on_accept, k);
+    if (evhtp_bind_socket(k->htp, lg->o.sink_host, (uint16_t)lg->o.sink_port, 1024) != 0) {
+        fprintf(stderr, "firebridge-loadgen: sink: cannot listen on %s:%d\n", lg->o.sink_host,
+                lg->o.sink_port);
+        evhtp_free(k->htp);
+        free(k);
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(evconnlistener_get_fd(k->htp->server), (struct sockaddr *)&ss, &sl) == 0)
+        k->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return k;
+}
+
+int lg_sink_port(const struct lg_sink *k)
+{
+    return k->port;
+}
+
+void lg_sink_free(struct lg_sink **kp)
+{
+    struct lg_sink *k = *kp;
+    if (!k)
+        return;
+    while (k->conns)
+        evhtp_connection_free(k->conns->ec); /* runs on_conn_fini, which unlinks it */
+    evhtp_unbind_socket(k->htp);
+    evhtp_free(k->htp);
+    free(k);
+    *kp = NULL;
+}
