@@ -32,33 +32,14 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
-/* Replaces the first occurrence of from in s (a new string). */
-static char *replace(const char *s, const char *from, const char *to)
-{
-    const char *p = strstr(s, from);
-    ck_assert_ptr_nonnull(p);
-    size_t n = strlen(s) - strlen(from) + strlen(to) + 1;
-    char *out = malloc(n);
-    snprintf(out, n, "%.*s%s%s", (int)(p - s), s, to, p + strlen(from));
-    return out;
-}
-
 /* Writes the seed recipe delivering to 127.0.0.1:port into dir/cfg.json; returns its path. */
 static const char *seed_config(const char *dir, int port)
 {
-    const char *root = getenv("FBR_SOURCE_ROOT");
-    ck_assert_msg(root != NULL, "FBR_SOURCE_ROOT not set");
-    char path[512], origin[64];
-    snprintf(path, sizeof(path), "%s/contrib/examples/multi-room.json", root);
-    char *seed = dutil_slurp(path, NULL);
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", port);
-    char *a = replace(seed, "https://DOMAIN.hipchat.com/", origin);
-    char *b = replace(a, "ROOM_ID", "r0");
-    char *c = replace(b, "AUTH_TOKEN_HERE", "loadgen");
     static char out[128];
+    char origin[64];
     snprintf(out, sizeof(out), "%s/cfg.json", dir);
-    dutil_write_file(out, c);
-    free(seed), free(a), free(b), free(c);
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", port);
+    dutil_seed_config(out, origin, "r0", "loadgen");
     return out;
 }
 

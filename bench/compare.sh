@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# bench/compare.sh - firebridge next to nginx doing comparable work, in one run on one machine,
+# both measured by firebridge-loadgen against its own sink:
+#   (a) nginx, one worker, proxy_pass to a keep-alive upstream that is the loadgen's sink; the
+#       loadgen posts HipChat notifications to nginx (--format notification);
+#   (b) firebridge with the seed Multi-Room recipe (contrib/examples/multi-room.json) delivering
+#       to the same sink; the loadgen posts alerts (--scenario seed: a new incident per alert).
+# First each one's maximum, closed loop (notifications per second reaching the sink while
+# loaded), then each one at half of its own maximum, open loop (intake and end-to-end p99).
+# Prints both, their ratio (firebridge / nginx) and RESULT lines; exits non-zero when a
+# notification is lost.
+#
+# usage: bench/compare.sh [BUILD_DIR]   (default: build)
+# Env: CONNS (loadgen connections, 32), SECONDS_MAX (5), SECONDS_HALF (5), WARMUP (1), ROOMS
+#      (1000), POOL (firebridge --pool-size and nginx upstream keepalive, 32), ROUNDS (1: the
+#      maximum runs alternate ROUNDS times and each side keeps its best), FB_FLAGS (extra daemon
+#      flags, e.g. "--fsync off"), SKIP_HALF=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+fb=$build/src/firebridge
+lg=$build/tools/loadgen/firebridge-loadgen
+conns=${CONNS:-32}
+secs_max=${SECONDS_MAX:-5}
+secs_half=${SECONDS_HALF:-5}
+warmup=${WARMUP:-1}
+rooms=${ROOMS:-1000}
+pool=${POOL:-32}
+rounds=${ROUNDS:-1}
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
+  echo "compare.sh: nginx is not installed (contrib/deps.sh)" >&2; exit 1; }
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+for f in "$fb" "$lg"; do
+  [ -x "$f" ] || { echo "compare.sh: $f missing: meson compile -C $build" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() { # host:port
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "compare.sh: nothing listens on $1" >&2; exit 1
+}
+jnum() { # file key.path -> number
+  python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v = v[k]
+print(v)' "$1" "$2"
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+sink_port=$(free_port)
+sink=127.0.0.1:$sink_port
+
+# ---- nginx: one worker, proxy_pass to the sink over keep-alive connections
+ng_port=$(free_port)
+mkdir -p "$tmp/nginx/logs"
+cat >"$tmp/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $tmp/nginx/body;
+    proxy_temp_path $tmp/nginx/proxy;
+    fastcgi_temp_path $tmp/nginx/fastcgi;
+    uwsgi_temp_path $tmp/nginx/uwsgi;
+    scgi_temp_path $tmp/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream sink {
+        server $sink;
+        keepalive $pool;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$ng_port;
+        location / {
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+"$nginx_bin" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx/stderr" &
+ng_pid=$!
+pids+=("$ng_pid")
+wait_port "127.0.0.1:$ng_port"
+
+# ---- firebridge: the seed recipe pointed at the sink, limits lifted
+sed -e "s#https://DOMAIN.hipchat.com/#http://$sink/#" -e "s/ROOM_ID/r0/" \
+    -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/fb.json"
+# shellcheck disable=SC2086
+"$fb" -c "$tmp/fb.json" --listen 127.0.0.1:0 --data-dir "$tmp/fb-data" \
+  --room-rate 1000000/1 --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 \
+  --pool-size "$pool" --drain-timeout 1 ${FB_FLAGS:-} >"$tmp/fb.log" 2>&1 &
+fb_pid=$!
+pids+=("$fb_pid")
+fb_port=
+for _ in $(seq 200); do
+  fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/fb.log" | head -1)
+  [ -n "$fb_port" ] && break
+  sleep 0.05
+done
+[ -n "$fb_port" ] || { echo "compare.sh: firebridge did not start:" >&2; cat "$tmp/fb.log" >&2; exit 1; }
+
+# run NAME TARGET_PORT SECONDS LOADGEN-FLAGS... -> $tmp/NAME.json, its summary on stdout
+lost_total=0
+run() {
+  local name=$1 port=$2 secs=$3
+  shift 3
+  local rc=0
+  "$lg" --target "127.0.0.1:$port" --sink-listen "$sink" --connections "$conns" \
+    --duration "$secs" --warmup "$warmup" --rooms "$rooms" --drain 60 --quiet --json "$@" \
+    >"$tmp/$name.json" 2>"$tmp/$name.err" || rc=$?
+  if [ "$rc" -gt 1 ] || [ ! -s "$tmp/$name.json" ]; then
+    echo "compare.sh: loadgen $name failed ($rc):" >&2; cat "$tmp/$name.err" >&2; exit 1
+  fi
+  lost_total=$((lost_total + $(jnum "$tmp/$name.json" lost)))
+  printf '  %-14s delivered/s %8.0f  intake/s %8.0f  intake p99 %8.3f ms  e2e p99 %9.3f ms  lost %s\n' \
+    "$name" "$(jnum "$tmp/$name.json" delivered_per_s)" "$(jnum "$tmp/$name.json" intake_per_s)" \
+    "$(jnum "$tmp/$name.json" intake.p99_ms)" "$(jnum "$tmp/$name.json" end_to_end.p99_ms)" \
+    "$(jnum "$tmp/$name.json" lost)"
+}
+best() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
+
+echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); nginx $("$nginx_bin" -v 2>&1 | sed 's/.*\///'), firebridge $("$fb" --version 2>/dev/null | head -1)"
+echo "== maximum, closed loop: $conns connections, ${secs_max} s after ${warmup} s warm-up, $rooms rooms, $rounds round(s)"
+# the measuring tool's own ceiling: notifications straight to its sink, no proxy in between
+run "direct-max" "$sink_port" "$secs_max" --format notification
+direct_max=$(jnum "$tmp/direct-max.json" delivered_per_s)
+ng_max=0 fb_max=0
+for r in $(seq "$rounds"); do
+  run "nginx-max-$r" "$ng_port" "$secs_max" --format notification
+  ng_max=$(best "$ng_max" "$(jnum "$tmp/nginx-max-$r.json" delivered_per_s)")
+  run "fb-max-$r" "$fb_port" "$secs_max" --scenario seed --pid "$fb_pid"
+  fb_max=$(best "$fb_max" "$(jnum "$tmp/fb-max-$r.json" delivered_per_s)")
+done
+ratio=$(awk -v a="$fb_max" -v b="$ng_max" 'BEGIN {printf "%.2f", a / b}')
+echo "  nginx proxy_pass: $(printf %.0f "$ng_max") notifications/s; firebridge: $(printf %.0f "$fb_max") notifications/s; ratio $ratio"
+
+if [ "${SKIP_HALF:-0}" != 1 ]; then
+  ng_half=$(awk -v a="$ng_max" 'BEGIN {printf "%.0f", a / 2}')
+  fb_half=$(awk -v a="$fb_max" 'BEGIN {printf "%.0f", a / 2}')
+  echo "== half of each one's maximum, open loop, ${secs_half} s: nginx at $ng_half/s, firebridge at $fb_half/s"
+  run nginx-half "$ng_port" "$secs_half" --format notification --rate "$ng_half/s"
+  run fb-half "$fb_port" "$secs_half" --scenario seed --rate "$fb_half/s" --pid "$fb_pid"
+  echo "RESULT half nginx_rate=$ng_half nginx_intake_p99_ms=$(jnum "$tmp/nginx-half.json" intake.p99_ms)" \
+       "nginx_e2e_p99_ms=$(jnum "$tmp/nginx-half.json" end_to_end.p99_ms)" \
+       "firebridge_rate=$fb_half fb_intake_p99_ms=$(jnum "$tmp/fb-half.json" intake.p99_ms)" \
+       "fb_e2e_p99_ms=$(jnum "$tmp/fb-half.json" end_to_end.p99_ms)"
+fi
+peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
+echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \
+     "firebridge_per_s=$(printf %.0f "$fb_max")" \
+     "ratio=$ratio firebridge_peak_rss_kb=$peak conns=$conns rooms=$rooms pool=$pool lost=$lost_total"
+[ "$lost_total" -eq 0 ] || { echo "compare.sh: $lost_total notification(s) lost" >&2; exit 1; }
