@@ -106,7 +106,8 @@ struct call {
     TAILQ_ENTRY(call) all_link; /* client->calls */
     struct fbr_client_resp resp;
     char reason[320];
-    char body[BODY_SAMPLE + 1];
+    size_t body_cap; /* bytes of the response body kept: BODY_SAMPLE or the request's max_body */
+    char body[];     /* body_cap + 1 */
 };
 
 struct fbr_client {
@@ -346,6 +347,7 @@ static void reset_resp(struct fbr_client_resp *r)
     r->status = 0;
     r->err = FBR_CLIENT_ERR_NONE;
     r->body_len = 0;
+    r->body_cut = 0;
     r->retry_after_wall_ms = -1;
     r->ratelimit_limit = r->ratelimit_remaining = r->ratelimit_reset = -1;
     r->flood_limit = r->flood_remaining = r->flood_reset = -1;
@@ -355,13 +357,15 @@ static void take_body(struct conn *conn, size_t n)
 {
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
-    size_t room = BODY_SAMPLE - call->resp.body_len;
+    size_t room = call->body_cap - call->resp.body_len;
     size_t k = n < room ? n : room;
     if (k) {
         evbuffer_remove(in, call->body + call->resp.body_len, k);
         call->resp.body_len += k;
         call->body[call->resp.body_len] = '\0';
     }
+    if (n > k)
+        call->resp.body_cut = 1;
     evbuffer_drain(in, n - k);
 }
 
@@ -901,7 +905,11 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     if (fbr_url_parse(req->url, req->url_len, &u, &why) != FBR_OK)
         return FBR_INVALID;
     struct pool *pool = get_pool(c, &u);
-    struct call *call = fbr_xcalloc(1, sizeof(*call));
+    size_t cap = req->max_body > BODY_SAMPLE ? req->max_body : BODY_SAMPLE;
+    if (cap > FBR_CLIENT_MAX_BODY)
+        cap = FBR_CLIENT_MAX_BODY;
+    struct call *call = fbr_xcalloc(1, sizeof(*call) + cap + 1);
+    call->body_cap = cap;
     call->client = c;
     call->pool = pool;
     call->cb = cb;

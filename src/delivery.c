@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -79,6 +80,16 @@ struct delivery {
     uint64_t hook_word; /* kept for the transition hook's owner (the journal's record ref) */
     int restored;       /* came back from the journal: its creation is already recorded */
     char *reason; /* last reason, owned, NULL until the first transition that gives one */
+    /* Credentials asked for right before each attempt (fbr_delivery_submit_auth): the provider
+     * (one reference held), the value sent by the current attempt and the header block that
+     * carries it (owned, NULL between attempts), and whether a 401 already renewed them. */
+    const struct fbr_delivery_auth *auth;
+    void *auth_arg;
+    char *auth_value;
+    char *auth_head;
+    size_t auth_head_len;
+    int auth_renewed;
+    int auth_waiting; /* waiting_rate because the provider had nothing yet */
 };
 
 struct dest {
@@ -189,6 +200,7 @@ static void start_attempt(struct delivery *dl);
 static void compact(struct delivery *dl);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
+static char *put(char *p, const void *src, size_t n);
 
 static void delivery_info(struct delivery *dl, struct fbr_delivery_info *info)
 {
@@ -332,6 +344,63 @@ static void need_capacity(struct fbr_ratelimit *rl, struct fbr_rate r)
         fbr_ratelimit_set(rl, r.n, (uint64_t)r.secs * 1000u);
 }
 
+static void drop_auth_attempt(struct delivery *dl)
+{
+    if (dl->auth_value)
+        OPENSSL_cleanse(dl->auth_value, strlen(dl->auth_value));
+    if (dl->auth_head)
+        OPENSSL_cleanse(dl->auth_head, dl->auth_head_len);
+    free(dl->auth_value);
+    free(dl->auth_head);
+    dl->auth_value = dl->auth_head = NULL;
+    dl->auth_head_len = 0;
+}
+
+/*
+ * Asks the delivery's credential provider for the Authorization value of the attempt about to
+ * start and builds the attempt's header block.  FBR_OK: go; otherwise the delivery was moved
+ * (waiting for the provider until its expiry, or dead with the provider's reason).
+ */
+static int take_auth(struct delivery *dl, uint64_t now)
+{
+    struct fbr_delivery_engine *e = dl->dest->engine;
+    char value[FBR_DELIVERY_AUTH_MAX], why[256] = "";
+    int rc = now >= expiry_mono(dl) ? FBR_ERROR
+                                    : dl->auth->get(dl->auth_arg, value, sizeof(value), why,
+                                                    sizeof(why));
+    dl->auth_waiting = rc == FBR_AGAIN;
+    if (rc == FBR_AGAIN) {
+        if (dl->state != FBR_DS_WAITING_RATE)
+            transition(dl, FBR_DS_WAITING_RATE, expiry_mono(dl), "waiting for credentials");
+        else
+            dl->wake_ms = expiry_mono(dl);
+        return FBR_AGAIN;
+    }
+    if (rc != FBR_OK) {
+        if (now >= expiry_mono(dl)) {
+            e->m.dead_expired++;
+            transition(dl, FBR_DS_DEAD, 0, "expired waiting for credentials (retry_max_age)");
+        } else {
+            e->m.dead_permanent++;
+            transition(dl, FBR_DS_DEAD, 0, why[0] ? why : "no credentials");
+        }
+        return FBR_ERROR;
+    }
+    drop_auth_attempt(dl);
+    static const char an[] = "Authorization: ";
+    size_t vlen = strnlen(value, sizeof(value) - 1);
+    dl->auth_value = fbr_xstrndup(value, vlen);
+    OPENSSL_cleanse(value, sizeof(value));
+    dl->auth_head_len = dl->head_len + sizeof(an) - 1 + vlen + 2;
+    dl->auth_head = fbr_xmalloc(dl->auth_head_len + 1);
+    char *p = put(dl->auth_head, dl->head, dl->head_len);
+    p = put(p, an, sizeof(an) - 1);
+    p = put(p, dl->auth_value, vlen);
+    p = put(p, "\r\n", 2);
+    *p = '\0';
+    return FBR_OK;
+}
+
 /* A queued, waiting or backed-off delivery whose time has come: send it or wait for the limit. */
 static void try_send(struct delivery *dl, uint64_t now)
 {
@@ -354,6 +423,8 @@ static void try_send(struct delivery *dl, uint64_t now)
             dl->wake_ms = t;
         return;
     }
+    if (dl->auth && take_auth(dl, now) != FBR_OK)
+        return;
     /* Record the send after the transition, at a fresh time: the recorded time is then never
      * earlier than the moment the attempt really started, so the window guarantee holds for
      * real send times and not only for the time this pump began. */
@@ -453,6 +524,8 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
     struct fbr_delivery_engine *e = d->engine;
     uint64_t now = fbr_now_ms(), now_wall = fbr_wall_ms();
     char reason[300];
+    if (r->status != 401)
+        drop_auth_attempt(dl);
 
     /* the server's view of the limits, from every response */
     if (r->flood_remaining == 0 && r->flood_reset > 0)
@@ -501,6 +574,13 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
             snprintf(reason, sizeof(reason), "http 429, retrying in %" PRIu64 " ms", at - now);
             transition(dl, FBR_DS_WAITING_RATE, at, reason);
         }
+    } else if (r->status == 401 && dl->auth && !dl->auth_renewed) {
+        /* The credentials were refused (an expired or revoked token): the provider drops them
+         * and gets new ones; this delivery waits for them and tries once more. */
+        dl->auth_renewed = 1;
+        dl->auth->rejected(dl->auth_arg, dl->auth_value ? dl->auth_value : "");
+        drop_auth_attempt(dl);
+        transition(dl, FBR_DS_WAITING_RATE, now, "http 401: renewing the credentials");
     } else if (r->status >= 500 || r->status == 408) {
         snprintf(reason, sizeof(reason), "http %d", r->status);
         retry_later(dl, r->status == 408 ? FBR_RETRY_HTTP_408 : FBR_RETRY_HTTP_5XX, reason);
@@ -526,8 +606,8 @@ static void start_attempt(struct delivery *dl)
         .method = dl->method,
         .url = dl->url,
         .url_len = dl->url_len,
-        .head = dl->head,
-        .head_len = dl->head_len,
+        .head = dl->auth_head ? dl->auth_head : dl->head,
+        .head_len = dl->auth_head ? dl->auth_head_len : dl->head_len,
         .body = dl->body_iov,
         .nbody = dl->nbody,
         .log_id = dl->id,
@@ -705,6 +785,7 @@ static void dead_on_arrival(struct fbr_delivery_engine *e, struct delivery *dl,
 /* saved: a delivery restored from the journal (its attempts, limits and hook word), or NULL. */
 static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
                   uint64_t created_wall, int bypass_limit, char *id_out,
+                  const struct fbr_delivery_auth_ref *aref,
                   const struct fbr_delivery_saved *saved)
 {
     if (e->shut) {
@@ -805,6 +886,13 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     need_capacity(&d->rl, dl->room_rate);
     if (!token.len && auth.len)
         token = auth;
+    if (aref) {
+        /* the token changes on renewal: the provider names the identity it belongs to */
+        token = fbr_slice_from(aref->key);
+        dl->auth = aref->ops;
+        dl->auth_arg = aref->arg;
+        aref->ops->ref(aref->arg);
+    }
     if (token.len && dl->token_rate.n) {
         dl->token = get_token(e, up.authority, token);
         need_capacity(&dl->token->rl, dl->token_rate);
@@ -859,7 +947,7 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
 
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)
 {
-    return submit(e, o, NULL, 0, 0, id, NULL);
+    return submit(e, o, NULL, 0, 0, id, NULL, NULL);
 }
 
 static unsigned method_bit(const char *m);
@@ -923,7 +1011,7 @@ int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_deliver
         return FBR_INVALID;
     struct fbr_outreq o;
     outreq_from_saved(s, &o);
-    int rc = submit(e, &o, s->id, s->created_wall_ms, 1, NULL, s);
+    int rc = submit(e, &o, s->id, s->created_wall_ms, 1, NULL, NULL, s);
     fbr_outreq_free(&o);
     return rc;
 }
@@ -962,6 +1050,35 @@ void fbr_delivery_each(struct fbr_delivery_engine *e, fbr_delivery_each_fn fn, v
     free(all);
 }
 
+int fbr_delivery_submit_auth(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id,
+                             const struct fbr_delivery_auth_ref *auth)
+{
+    return submit(e, o, NULL, 0, 0, id, auth, NULL);
+}
+
+static void pump_dest(const char *key, void *value, void *arg)
+{
+    (void)key, (void)arg;
+    struct dest *d = value;
+    struct delivery *dl;
+    int any = 0;
+    TAILQ_FOREACH(dl, &d->queue, link)
+    {
+        if (dl->auth_waiting) {
+            dl->wake_ms = 0;
+            any = 1;
+        }
+    }
+    if (any)
+        dest_pump(d);
+}
+
+void fbr_delivery_auth_ready(struct fbr_delivery_engine *e)
+{
+    if (!e->shut)
+        fbr_strmap_each(&e->dests, pump_dest, NULL);
+}
+
 static void delivery_free(struct delivery *dl)
 {
     if (dl->body_iov == &dl->body_one)
@@ -969,6 +1086,9 @@ static void delivery_free(struct delivery *dl)
     fbr_render_free(&dl->render);
     json_decref(dl->event);
     fbr_webhook_unref(&dl->webhook);
+    drop_auth_attempt(dl);
+    if (dl->auth)
+        dl->auth->unref(dl->auth_arg);
     free(dl->store);
     free(dl->reason);
     free(dl);
@@ -1211,7 +1331,7 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
         /* a replay gets a fresh max age: the operator decided to try again */
         (void)created;
         /* an unsendable URL is dead again at once, with its reason, in the fresh file */
-        if (submit(e, &o, id, 0, 1, NULL, NULL) == FBR_OK)
+        if (submit(e, &o, id, 0, 1, NULL, NULL, NULL) == FBR_OK)
             (*count)++;
         fbr_outreq_free(&o);
         json_decref(j);

@@ -1007,3 +1007,26 @@ void fbr_incidents_metrics_write(struct evbuffer *out, void *arg)
                         t->open, t->count - t->open, (unsigned long long)t->evicted_open,
                         (unsigned long long)(t->evicted - t->evicted_open));
 }
+
+/* ---- reading the open incidents (the HipChat add-on's /incidents, /ack and /resolve) ------- */
+
+void fbr_incidents_each_open(const struct fbr_incidents *t, fbr_incident_visit_fn fn, void *arg)
+{
+    for (const struct incident *in = t->live.head; in; in = in->newer) {
+        struct fbr_incident_view v = {
+            .number = in->number,
+            .routing_key = in->routing_key ? in->routing_key : "",
+            .entity_id = in->entity_id ? in->entity_id : "",
+            .service = in->service ? in->service : "",
+            .host = in->host ? in->host : "",
+            .ack_user = in->ack_user ? in->ack_user : "",
+            .phase = in->phase,
+            .state = in->state,
+            .alert_count = in->alert_count,
+            .opened_ms = in->opened_ms,
+            .updated_ms = in->updated_ms,
+        };
+        if (fn(&v, arg))
+            return;
+    }
+}

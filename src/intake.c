@@ -36,6 +36,8 @@ struct fbr_intake {
     char week_time[40], time_utc[40];
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
     struct fbr_journal *journal; /* borrowed, may be NULL: a 200 waits for its commit */
+    fbr_intake_observer_fn observer;
+    void *observer_arg;
     struct fbr_alertmanager_opts alertmanager;
 };
 
@@ -156,7 +158,7 @@ static void random_uuid(char out[37])
              b[15]);
 }
 
-static int routing_key_ok(const char *s, size_t len)
+int fbr_routing_key_ok(const char *s, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
@@ -385,13 +387,15 @@ static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
     struct fbr_event_set set;
     alert_events(in, body, now_ms, &set);
     long accepted = submit_all(in, render_all(in, &set));
-    fbr_event_set_clear(&set);
     if (in->incidents) {
         if (accepted < 0)
             fbr_incidents_abort(in->incidents);
         else
             fbr_incidents_commit(in->incidents);
     }
+    if (accepted >= 0 && in->observer)
+        in->observer(in->observer_arg, &set);
+    fbr_event_set_clear(&set);
     return accepted;
 }
 
@@ -411,7 +415,7 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     const char *rk = slash ? slash + 1 : end;
     size_t rk_len = (size_t)(end - rk);
     if (key_len == 0 || !key_ok(in, key, key_len) || memchr(rk, '/', rk_len) ||
-        !routing_key_ok(rk, rk_len)) {
+        !fbr_routing_key_ok(rk, rk_len)) {
         reply_failure(in, out, 404, "Not found");
         return;
     }
@@ -550,7 +554,7 @@ void fbr_intake_alertmanager(struct fbr_intake *in, struct fbr_slice path,
     memset(out, 0, sizeof(*out));
     struct fbr_slice rk = {path.ptr + plen, path.len > plen ? path.len - plen : 0};
     if (rk.len == 0 || memcmp(path.ptr, FBR_ALERTMANAGER_PREFIX, plen) != 0 ||
-        !routing_key_ok(rk.ptr, rk.len)) {
+        !fbr_routing_key_ok(rk.ptr, rk.len)) {
         reply_failure(in, out, 404, "Not found");
         return;
     }
@@ -580,6 +584,12 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         reply_failure(in, out, 401, "Unauthorized");
         return;
     }
+    fbr_intake_event_trusted(in, body, out);
+}
+
+void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -591,6 +601,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
         return;
     }
     long accepted = submit_all(in, render_all(in, &set));
+    if (accepted >= 0 && in->observer)
+        in->observer(in->observer_arg, &set);
     fbr_event_set_clear(&set);
     if (accepted < 0) {
         reply_unavailable(in, out);
@@ -644,7 +656,7 @@ static int refuse_journal(struct fbr_intake *in, struct fbr_http_req *req)
 /* A 200 waiting for the journal to commit what the request appended. */
 struct commit_wait {
     struct fbr_intake *in;
-    struct fbr_http_later *later;
+    struct fbr_http_pending *later;
     json_t *body;
 };
 
@@ -652,18 +664,20 @@ static void on_committed(void *arg, int status)
 {
     struct commit_wait *w = arg;
     if (status == FBR_OK) {
-        fbr_http_later_reply_json(&w->later, 200, w->body, 0);
+        fbr_http_pending_reply_json(&w->later, 200, w->body);
     } else {
         /* Never a 200 for what may not be on disk.  The change stays in memory and in the
          * journal's buffer (written when the disk works again); the sender's retry is a new
          * alert, so a receiver may see it twice. */
         json_decref(w->body);
         w->in->stats.unavailable++;
-        fbr_http_later_reply_json(
+        char secs[16];
+        snprintf(secs, sizeof(secs), "%u", FBR_INTAKE_RETRY_AFTER_S);
+        fbr_http_pending_add_header(w->later, "Retry-After", secs);
+        fbr_http_pending_reply_json(
             &w->later, 503,
             json_pack("{s:s,s:s}", "result", "failure", "message",
-                      "the journal could not be written (disk full or failing): retry later"),
-            FBR_INTAKE_RETRY_AFTER_S);
+                      "the journal could not be written (disk full or failing): retry later"));
     }
     free(w);
 }
@@ -718,6 +732,12 @@ static void on_event(struct fbr_http_req *req, void *arg)
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
     send_reply(arg, req, &r);
+}
+
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg)
+{
+    in->observer = fn;
+    in->observer_arg = arg;
 }
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)

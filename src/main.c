@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "fbr_build.h"
+#include "firebridge/addon.h"
 #include "firebridge/cfgerr.h"
 #include "firebridge/config.h"
 #include "firebridge/delivery.h"
@@ -32,6 +33,7 @@
 struct flow {
     struct fbr_rules *rules;
     struct fbr_webhooks webhooks;
+    struct fbr_addon_config *addon; /* the `hipchat` and `oncall_api` sections, or NULL */
 };
 
 struct daemon {
@@ -46,6 +48,7 @@ struct daemon {
     struct fbr_delivery_engine *deliveries;
     struct fbr_delivery_journal *delivery_journal;
     struct fbr_intake *intake;
+    struct fbr_addon *addon;
     struct event *flush_tick;
     struct event *drain_tick, *drain_deadline;
     uint64_t *m_reloads_ok, *m_reloads_failed;
@@ -122,6 +125,7 @@ static int flow_compile(const struct fbr_config *cfg, struct flow *f, char *err,
     memset(f, 0, sizeof(*f));
     fbr_rules_compile(cfg->rules, &ropts, &f->rules, &errs);
     fbr_webhooks_compile(cfg->webhooks, &f->webhooks, &errs);
+    fbr_addon_config_compile(cfg->hipchat, cfg->oncall_api, cfg->public_url, &f->addon, &errs);
     if (errs.n == 0)
         return FBR_OK;
     size_t pos = strlen(err);
@@ -130,6 +134,7 @@ static int flow_compile(const struct fbr_config *cfg, struct flow *f, char *err,
     fbr_cfgerr_clear(&errs);
     fbr_rules_free(&f->rules);
     fbr_webhooks_clear(&f->webhooks);
+    fbr_addon_config_unref(&f->addon);
     return FBR_INVALID;
 }
 
@@ -137,6 +142,7 @@ static void flow_free(struct flow *f)
 {
     fbr_rules_free(&f->rules);
     fbr_webhooks_clear(&f->webhooks);
+    fbr_addon_config_unref(&f->addon);
 }
 
 /* The intake's sink: every rendered request goes to the delivery engine. */
@@ -260,6 +266,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     flow_free(&d->flow);
     d->flow = flow;
     fbr_intake_set_config(d->intake, d->flow.rules, &d->flow.webhooks);
+    fbr_addon_set_config(d->addon, d->flow.addon);
     /* The old configuration goes only after everything points at the new one. */
     struct fbr_config old = d->cfg;
     d->cfg = next;
@@ -373,6 +380,20 @@ int main(int argc, char **argv)
         fbr_cli_free(&d.cli);
         return 1;
     }
+    if (d.cfg.print_addon_url) {
+        char url[2048];
+        int ok = fbr_addon_capabilities_url(d.cfg.public_url, d.cfg.print_addon_url, url,
+                                            sizeof(url)) == FBR_OK;
+        if (ok)
+            printf("%s\n", url);
+        else
+            fprintf(stderr, "firebridge: --print-addon-url needs --public-url (an absolute "
+                            "http(s) URL) and a routing key of letters, digits, '-' and '_'\n");
+        flow_free(&d.flow);
+        fbr_config_free(&d.cfg);
+        fbr_cli_free(&d.cli);
+        return ok ? 0 : 1;
+    }
     if (d.cli.action == FBR_CLI_PRINT) {
         flow_free(&d.flow);
         json_t *settings = fbr_config_settings_json(&d.cfg);
@@ -462,6 +483,17 @@ int main(int argc, char **argv)
     };
     d.intake = fbr_intake_new(&inopts);
     fbr_intake_register(d.intake, d.srv);
+    struct fbr_addon_opts aopts = {.base = d.base,
+                                   .srv = d.srv,
+                                   .engine = d.deliveries,
+                                   .intake = d.intake,
+                                   .incidents = d.incidents,
+                                   .metrics = d.metrics,
+                                   .data_dir = d.cfg.data_dir};
+    if (fbr_addon_new(&aopts, d.flow.addon, &d.addon, err, sizeof(err)) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "reading the HipChat installations", "%s", err);
+        goto out;
+    }
     fbr_metrics_add_collector(d.metrics, intake_metrics, d.intake);
     fbr_metrics_add_collector(d.metrics, delivery_metrics, d.deliveries);
     fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_write, d.incidents);
@@ -513,6 +545,7 @@ out:
     if (d.flush_tick)
         event_free(d.flush_tick);
     fbr_server_free(&d.srv);
+    fbr_addon_free(&d.addon);
     fbr_intake_free(&d.intake);
     fbr_delivery_journal_free(&d.delivery_journal);
     fbr_delivery_engine_free(&d.deliveries);

@@ -77,15 +77,15 @@ struct conn {
     char id[24];
     const char *endpoint;        /* metric label of the matched route */
     size_t secret_at;            /* > 0: the path segment starting here is masked in logs */
-    struct fbr_http_later *later; /* the request's reply was deferred (fbr_http_defer) */
+    struct fbr_http_pending *pending; /* a reply the handler deferred (fbr_http_defer) */
 };
 
-struct fbr_http_later {
-    evhtp_request_t *r; /* NULL once the connection went away */
-    struct conn *fc;
+/* A deferred reply: the request, paused, until its owner answers or the connection goes. */
+struct fbr_http_pending {
+    evhtp_request_t *r;
+    struct conn *fc; /* NULL once the connection is gone */
     unsigned method;
-    char *path;
-    size_t path_len;
+    char id[24];
 };
 
 struct fbr_server {
@@ -282,41 +282,49 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     fbr_http_reply_json(req, status, json_pack("{s:s,s:s}", "result", "failure", "message", msg));
 }
 
-struct fbr_http_later *fbr_http_defer(struct fbr_http_req *req)
+struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
 {
-    struct fbr_http_later *l = fbr_xcalloc(1, sizeof(*l));
-    l->r = req->opaque;
-    l->fc = req_conn(req);
-    l->method = req->method;
-    l->path = fbr_xstrndup(req->path.ptr, req->path.len);
-    l->path_len = req->path.len;
-    if (l->fc)
-        l->fc->later = l;
-    evhtp_request_pause(l->r);
-    return l;
+    struct conn *fc = req_conn(req);
+    struct fbr_http_pending *p = fbr_xcalloc(1, sizeof(*p));
+    p->r = req->opaque;
+    p->fc = fc;
+    p->method = req->method;
+    snprintf(p->id, sizeof(p->id), "%s", req->id);
+    if (fc)
+        fc->pending = p;
+    evhtp_request_pause(p->r);
+    return p;
 }
 
-void fbr_http_later_reply_json(struct fbr_http_later **lp, int status, json_t *body,
-                               unsigned retry_after)
+void fbr_http_pending_add_header(struct fbr_http_pending *p, const char *name, const char *value)
 {
-    struct fbr_http_later *l = *lp;
-    *lp = NULL;
-    if (l->r && l->fc) {
-        struct fbr_http_req req = {.opaque = l->r, .id = l->fc->id, .method = l->method,
-                                   .path = {l->path, l->path_len}, .conn = l->fc};
-        l->fc->later = NULL;
-        if (retry_after) {
-            char secs[16];
-            snprintf(secs, sizeof(secs), "%u", retry_after);
-            fbr_http_add_header(&req, "Retry-After", secs);
-        }
-        evhtp_request_resume(l->r);
-        fbr_http_reply_json(&req, status, body);
-    } else {
+    if (p && p->fc)
+        evhtp_headers_add_header(p->r->headers_out, evhtp_header_new(name, value, 1, 1));
+}
+
+const char *fbr_http_pending_id(const struct fbr_http_pending *p)
+{
+    return p->id;
+}
+
+void fbr_http_pending_reply_json(struct fbr_http_pending **pp, int status, json_t *body)
+{
+    struct fbr_http_pending *p = *pp;
+    *pp = NULL;
+    if (!p) {
         json_decref(body);
+        return;
     }
-    free(l->path);
-    free(l);
+    if (!p->fc) { /* the client went away meanwhile */
+        json_decref(body);
+        free(p);
+        return;
+    }
+    p->fc->pending = NULL;
+    struct fbr_http_req req = {.opaque = p->r, .id = p->id, .method = p->method, .conn = p->fc};
+    fbr_http_reply_json(&req, status, body);
+    evhtp_request_resume(p->r);
+    free(p);
 }
 
 /* ---- connection bookkeeping and the screener ---- */
@@ -354,6 +362,8 @@ static void conn_unlink(struct conn *fc)
 
 static void conn_free(struct conn *fc)
 {
+    if (fc->pending)
+        fc->pending->fc = NULL; /* the owner's reply will go nowhere */
     if (fc->deadline)
         event_free(fc->deadline);
     free(fc);
@@ -362,11 +372,6 @@ static void conn_free(struct conn *fc)
 static evhtp_res on_conn_fini(evhtp_connection_t *c, void *arg)
 {
     struct conn *fc = arg;
-    if (fc->later) { /* the deferred reply has nowhere to go */
-        fc->later->r = NULL;
-        fc->later->fc = NULL;
-        fc->later = NULL;
-    }
     conn_unlink(fc);
     fc->c = NULL;
     if (fc->busy)

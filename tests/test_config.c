@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "firebridge/addon.h"
 #include "firebridge/config.h"
 
 #define MAXARGS 8
@@ -385,6 +386,12 @@ START_TEST(readme_documents_every_flag_and_key)
     ck_assert_int_gt(n, 0);
     char *ref = capture(fbr_config_print_reference);
     /* Every row of the generated reference must appear verbatim in README.md. */
+    for (char *line = strtok(ref, "\n"); line; line = strtok(NULL, "\n"))
+        ck_assert_msg(strstr(text, line), "README.md lacks the reference row:\n%s\n"
+                      "(regenerate with: firebridge-reference)", line);
+    free(ref);
+    /* and every key of the `hipchat` and `oncall_api` sections (addon.c's table) */
+    ref = capture(fbr_addon_print_reference);
     for (char *line = strtok(ref, "\n"); line; line = strtok(NULL, "\n"))
         ck_assert_msg(strstr(text, line), "README.md lacks the reference row:\n%s\n"
                       "(regenerate with: firebridge-reference)", line);

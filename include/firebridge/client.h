@@ -65,7 +65,12 @@ struct fbr_client_req {
     const struct iovec *body; /* body slices, written by reference */
     size_t nbody;
     const char *log_id; /* delivery id for log lines (may be NULL) */
+    size_t max_body;    /* response body bytes to keep (0: the first 512, enough for a reason;
+                           at most FBR_CLIENT_MAX_BODY); a longer body is cut, body_len says so */
 };
+
+/* The most response body a request may ask to keep (fbr_client_req.max_body). */
+#define FBR_CLIENT_MAX_BODY (256u * 1024u)
 
 /* What came back.  Borrowed for the duration of the callback. */
 struct fbr_client_resp {
@@ -74,6 +79,7 @@ struct fbr_client_resp {
     const char *reason; /* human text for err ("TLS certificate verification failed ...") */
     const char *body;   /* the first bytes of the response body (bounded), NUL-terminated */
     size_t body_len;
+    int body_cut;       /* the body was longer than what was kept */
     int reused; /* the attempt ran on a kept-alive connection */
     /* rate-limit hints, -1 when absent; resets and retry_after_wall_ms are wall-clock */
     int64_t retry_after_wall_ms;

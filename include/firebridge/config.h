@@ -62,6 +62,8 @@ struct fbr_config {
     json_t *rules;               /* array or NULL; owned reference */
     json_t *webhooks;            /* array or NULL; owned reference */
     json_t *hipchat;             /* object or NULL; owned reference */
+    json_t *oncall_api;          /* object or NULL; owned reference */
+    char *print_addon_url;       /* flag only: print this routing key's capabilities URL */
 };
 
 /* What the command line asked for besides configuration values. */

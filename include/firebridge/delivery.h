@@ -140,6 +140,41 @@ void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id);
 
 /*
+ * Credentials asked for at send time, for requests whose token changes while they wait (the
+ * HipChat add-on's OAuth tokens).  A delivery submitted with fbr_delivery_submit_auth() holds a
+ * reference to the provider (ref/unref) and, right before each attempt, calls get():
+ *   FBR_OK     value holds the Authorization header value (NUL-terminated): the attempt carries
+ *              "Authorization: <value>", which never reaches a log line or a dead letter;
+ *   FBR_AGAIN  nothing yet (a token request is running): the delivery waits in waiting_rate,
+ *              keeping its destination's order, until fbr_delivery_auth_ready() or its expiry;
+ *   other      never: the delivery goes dead with reason (e.g. the installation was revoked).
+ * A 401 answer calls rejected() with the value that was refused, once per delivery: the
+ * provider drops it and renews, and the delivery waits and is sent once more; a second 401 is
+ * a permanent failure.  key names the credentials' owner for the --token-rate limit (the token
+ * itself changes on renewal).  All callbacks run on the loop, never re-entrantly from get().
+ */
+#define FBR_DELIVERY_AUTH_MAX 1024 /* longest Authorization value */
+struct fbr_delivery_auth {
+    int (*get)(void *arg, char *value, size_t cap, char *reason, size_t rcap);
+    void (*rejected)(void *arg, const char *value);
+    void (*ref)(void *arg);
+    void (*unref)(void *arg);
+};
+struct fbr_delivery_auth_ref {
+    const struct fbr_delivery_auth *ops;
+    void *arg;
+    const char *key; /* borrowed during the call */
+};
+
+/* fbr_delivery_submit() with credentials from a provider (see above); o must carry no
+ * Authorization header of its own. */
+int fbr_delivery_submit_auth(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id,
+                             const struct fbr_delivery_auth_ref *auth);
+/* A provider has credentials again (or knows it never will): every delivery waiting on one asks
+ * again now. */
+void fbr_delivery_auth_ready(struct fbr_delivery_engine *e);
+
+/*
  * Clean shutdown, once the drain is over: frees the client first (pending attempts are dropped
  * without callbacks, so nothing references a delivery any more), then moves every pending
  * delivery (queued, waiting_rate, in_flight, backing_off) to dead through the one transition

@@ -106,6 +106,20 @@ struct fbr_incidents_stats {
 };
 void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents_stats *out);
 
+/* One open incident as a reader sees it; strings borrowed for the visit only. */
+struct fbr_incident_view {
+    uint64_t number;
+    const char *routing_key, *entity_id, *service, *host, *ack_user;
+    enum fbr_incident_phase phase; /* UNACKED or ACKED */
+    enum fbr_msg_type state;
+    uint64_t alert_count, opened_ms, updated_ms;
+};
+/* Return nonzero to stop the walk. */
+typedef int (*fbr_incident_visit_fn)(const struct fbr_incident_view *v, void *arg);
+/* Calls fn for every open (UNACKED or ACKED) incident, least recently updated first.  fn must
+ * not change the table. */
+void fbr_incidents_each_open(const struct fbr_incidents *t, fbr_incident_visit_fn fn, void *arg);
+
 /*
  * A metrics collector (fbr_metrics_collector_fn, arg: the table, borrowed): appends the
  * firebridge_incidents{phase} gauge and firebridge_incidents_evicted_total{phase} counter.

@@ -78,6 +78,10 @@ struct fbr_intake_stats {
 
 struct fbr_intake;
 
+/* 1 when s[0..len) is a routing key: letters, digits, '-' and '_' (the empty string passes:
+ * callers that need one check the length). */
+int fbr_routing_key_ok(const char *s, size_t len);
+
 /* Never fails (aborts on exhaustion).  Returns a new intake. */
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts);
 void fbr_intake_free(struct fbr_intake **in);
@@ -148,6 +152,23 @@ int fbr_intake_authorized(const struct fbr_intake *in, const char *authorization
  */
 void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *body,
                       struct fbr_intake_reply *out);
+
+/*
+ * fbr_intake_event() for events firebridge posts itself on behalf of someone it already trusts
+ * (the HipChat add-on, after a verified room message): no API key is checked.  Alerts it makes
+ * itself (an /ack in a room) go through fbr_intake_alert_group(), which checks no key either.
+ */
+void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out);
+
+/*
+ * Something else that follows the timeline (the HipChat add-on's room notifications): called
+ * after every accepted alert or timeline event, once its webhooks were submitted and its
+ * incident change committed, with the events it fired (borrowed for the call).  One observer;
+ * NULL removes it.
+ */
+struct fbr_event_set;
+typedef void (*fbr_intake_observer_fn)(void *arg, const struct fbr_event_set *set);
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg);
 
 /* Registers the three endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
  * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of

@@ -38,7 +38,7 @@ struct fbr_http_req {
 
 /*
  * Called once the whole request is in.  The handler must answer exactly once, before returning,
- * with fbr_http_reply_json() or fbr_http_reply_error(), or defer the answer (fbr_http_defer).
+ * with fbr_http_reply_json() or fbr_http_reply_error().
  */
 typedef void (*fbr_route_fn)(struct fbr_http_req *req, void *arg);
 
@@ -64,20 +64,25 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     __attribute__((format(printf, 3, 4)));
 /* Adds a response header before replying (copied). */
 void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char *value);
-/*
- * Defers the reply: the handler returns without answering and the connection reads nothing
- * more until fbr_http_later_reply_json() (exactly once, later, from the loop) answers with status
- * and body (stolen), plus Retry-After when retry_after is not 0.  When the client went away
- * meanwhile the reply is dropped.  Either way the handle is freed and *later set to NULL.
- */
-struct fbr_http_later;
-struct fbr_http_later *fbr_http_defer(struct fbr_http_req *req);
-void fbr_http_later_reply_json(struct fbr_http_later **later, int status, json_t *body,
-                               unsigned retry_after);
-
 /* Replies with status and a body of len bytes (copied) of the given Content-Type. */
 void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *content_type,
                         const char *body, size_t len);
+
+/*
+ * A reply that cannot be given before the handler returns (the HipChat add-on's install, which
+ * first fetches a document and a token).  fbr_http_defer() is called by the handler instead of
+ * replying; the request is paused and the handle is the caller's until it calls
+ * fbr_http_pending_reply_json() exactly once (which frees it and sets *p to NULL).  If the
+ * client disconnected meanwhile, the reply is dropped silently.  The caller must answer within
+ * a bounded time (the server's drain waits for the connection).
+ */
+struct fbr_http_pending;
+struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req);
+void fbr_http_pending_reply_json(struct fbr_http_pending **p, int status, json_t *body);
+/* Adds a response header (copied) to the deferred reply; nothing when the client went away. */
+void fbr_http_pending_add_header(struct fbr_http_pending *p, const char *name, const char *value);
+/* The request id, for the owner's log lines (borrowed). */
+const char *fbr_http_pending_id(const struct fbr_http_pending *p);
 
 /*
  * Server lifecycle.  fbr_server_new() never fails (aborts on exhaustion).  Zero in a limit
