@@ -38,13 +38,7 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 /* Bytes of key to quote in a message: at most 100, cut on a UTF-8 boundary. */
 static int key_quote_len(const char *key)
 {
-    size_t n = strlen(key);
-    if (n > 100) {
-        n = 100;
-        while (n > 0 && ((unsigned char)key[n] & 0xC0) == 0x80)
-            n--;
-    }
-    return (int)n;
+    return (int)fbr_utf8_cut(key, strlen(key), 100);
 }
 
 static int too_long(json_t *s, size_t max)

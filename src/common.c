@@ -73,6 +73,38 @@ size_t fbr_utf8_chars(const char *s, size_t len)
     return n;
 }
 
+static const char *const fsync_names[] = {
+#define FBR_X(name, text) text,
+    FBR_FSYNC_MAP(FBR_X)
+#undef FBR_X
+};
+
+const char *fbr_fsync_mode_name(enum fbr_fsync_mode m)
+{
+    return (unsigned)m < FBR_ARRAY_LEN(fsync_names) ? fsync_names[m] : "batch";
+}
+
+int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out)
+{
+    for (size_t i = 0; i < FBR_ARRAY_LEN(fsync_names); i++) {
+        if (s && strcmp(s, fsync_names[i]) == 0) {
+            *out = (enum fbr_fsync_mode)i;
+            return FBR_OK;
+        }
+    }
+    return FBR_INVALID;
+}
+
+size_t fbr_utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    size_t n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
 uint64_t fbr_now_ms(void)
 {
     struct timespec ts;

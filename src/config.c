@@ -283,24 +283,14 @@ static int parse_u64(const char *s, int suffix, uint64_t *out)
     return 0;
 }
 
+/* A rate through the one parser (ratelimit.h), within the option's bounds for N. */
 static int parse_rate(const char *s, const struct opt *o, struct fbr_rate *r)
 {
-    const char *slash = strchr(s, '/');
-    if (!slash || slash == s)
+    struct fbr_rate v;
+    if (fbr_rate_parse(s, &v) != FBR_OK || v.n < o->min || v.n > o->max || v.secs < 1 ||
+        v.secs > 86400)
         return -1;
-    char n[24];
-    size_t nl = (size_t)(slash - s);
-    if (nl >= sizeof(n))
-        return -1;
-    memcpy(n, s, nl);
-    n[nl] = '\0';
-    uint64_t a, b;
-    if (parse_u64(n, 0, &a) || parse_u64(slash + 1, 0, &b))
-        return -1;
-    if (a < o->min || a > o->max || b < 1 || b > 86400)
-        return -1;
-    r->n = (uint32_t)a;
-    r->secs = (uint32_t)b;
+    *r = v;
     return 0;
 }
 
@@ -391,15 +381,7 @@ static int set_from_text(struct fbr_config *cfg, const struct opt *o, const char
     case T_RATE:
         return parse_rate(s, o, (struct fbr_rate *)field);
     case T_FSYNC:
-        if (strcmp(s, "always") == 0)
-            *(enum fbr_fsync_mode *)field = FBR_FSYNC_ALWAYS;
-        else if (strcmp(s, "batch") == 0)
-            *(enum fbr_fsync_mode *)field = FBR_FSYNC_BATCH;
-        else if (strcmp(s, "off") == 0)
-            *(enum fbr_fsync_mode *)field = FBR_FSYNC_OFF;
-        else
-            return -1;
-        return 0;
+        return fbr_fsync_mode_parse(s, (enum fbr_fsync_mode *)field) == FBR_OK ? 0 : -1;
     case T_BOOL:
         if (!strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "1"))
             *(int *)field = 1;
@@ -426,12 +408,6 @@ static int set_from_text(struct fbr_config *cfg, const struct opt *o, const char
         return -1;
     }
     return -1;
-}
-
-const char *fbr_rate_format(struct fbr_rate r, char *buf, size_t len)
-{
-    snprintf(buf, len, "%" PRIu32 "/%" PRIu32, r.n, r.secs);
-    return buf;
 }
 
 void fbr_config_defaults(struct fbr_config *cfg)
@@ -874,16 +850,14 @@ static json_t *value_json(const struct fbr_config *cfg, const struct opt *o)
         return json_integer((json_int_t) * (const uint32_t *)field);
     case T_RATE:
         return json_string(fbr_rate_format(*(const struct fbr_rate *)field, buf, sizeof(buf)));
-    case T_FSYNC: {
-        static const char *const names[] = {"always", "batch", "off"};
-        return json_string(names[*(const enum fbr_fsync_mode *)field]);
-    }
+    case T_FSYNC:
+        return json_string(fbr_fsync_mode_name(*(const enum fbr_fsync_mode *)field));
     case T_BOOL:
         return json_boolean(*(const int *)field);
     case T_LOGLEVEL:
         return json_string(fbr_log_level_name(*(const enum fbr_log_level *)field));
     case T_LOGFORMAT:
-        return json_string(*(const enum fbr_log_format *)field == FBR_LOG_JSON ? "json" : "text");
+        return json_string(fbr_log_format_name(*(const enum fbr_log_format *)field));
     case T_MSGTYPE:
         return json_string(fbr_msg_type_name(*(const enum fbr_msg_type *)field));
     case T_JSON_ARRAY:

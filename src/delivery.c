@@ -34,7 +34,7 @@
 #include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/ratelimit.h"
-#include "firebridge/server.h"
+#include "firebridge/http.h"
 #include "firebridge/strmap.h"
 #include "firebridge/url.h"
 
@@ -120,8 +120,11 @@ struct fbr_delivery_engine {
     int shut; /* fbr_delivery_shutdown() ran: no client any more, nothing is accepted */
 };
 
-static const char *const state_names[] = {"queued",      "waiting_rate", "in_flight",
-                                          "backing_off", "delivered",    "dead"};
+static const char *const state_names[] = {
+#define FBR_X(name, text) text,
+    FBR_DELIVERY_STATE_MAP(FBR_X)
+#undef FBR_X
+};
 
 const char *fbr_delivery_state_name(enum fbr_delivery_state s)
 {
@@ -622,24 +625,6 @@ static void start_attempt(struct delivery *dl)
 
 /* ---- submit ---- */
 
-static const char *method_name(unsigned m)
-{
-    switch (m) {
-    case FBR_M_GET:
-        return "GET";
-    case FBR_M_PUT:
-        return "PUT";
-    case FBR_M_DELETE:
-        return "DELETE";
-    case FBR_M_PATCH:
-        return "PATCH";
-    case FBR_M_HEAD:
-        return "HEAD";
-    default:
-        return "POST";
-    }
-}
-
 /* Builds the destination key into buf (see delivery.h). */
 static size_t dest_key(const struct fbr_url *p, char *buf, size_t cap)
 {
@@ -829,7 +814,8 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     dl->url_len = url_len;
     dl->head = store + url_len + 1;
     dl->head_len = head_len;
-    dl->method = method_name(o->method);
+    const char *mname = fbr_http_method_name(o->method);
+    dl->method = mname ? mname : "POST";
     dl->created_wall = created_wall;
 
     struct fbr_slice token = query_token(up.query), auth = {NULL, 0};
@@ -950,8 +936,6 @@ int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, cha
     return submit(e, o, NULL, 0, 0, id, NULL, NULL);
 }
 
-static unsigned method_bit(const char *m);
-
 /* One line of a delivery's header block; is_ct: Content-Type (the delivery id line is skipped). */
 typedef void (*header_fn)(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
                           void *arg);
@@ -998,7 +982,7 @@ static void header_to_outreq(const char *name, size_t nlen, const char *v, size_
 static void outreq_from_saved(const struct fbr_delivery_saved *s, struct fbr_outreq *o)
 {
     fbr_outreq_init(o);
-    o->method = method_bit(s->method);
+    o->method = fbr_http_method_parse(s->method, strlen(s->method), 0);
     fbr_render_set_copy(&o->url, s->url.ptr, s->url.len);
     fbr_render_set_copy(&o->body, s->body.ptr, s->body.len);
     fbr_render_set_copy(&o->rate_key, s->dest_key.ptr, s->dest_key.len);
@@ -1007,7 +991,7 @@ static void outreq_from_saved(const struct fbr_delivery_saved *s, struct fbr_out
 
 int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_delivery_saved *s)
 {
-    if (!method_bit(s->method) || !s->id || !*s->id || strlen(s->id) > ID_LEN)
+    if (!fbr_http_method_parse(s->method, strlen(s->method), 0) || !s->id || !*s->id || strlen(s->id) > ID_LEN)
         return FBR_INVALID;
     struct fbr_outreq o;
     outreq_from_saved(s, &o);
@@ -1201,19 +1185,6 @@ static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
     return w == (ssize_t)n ? 0 : -1;
 }
 
-static unsigned method_bit(const char *m)
-{
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } t[] = {{"GET", FBR_M_GET},       {"POST", FBR_M_POST},   {"PUT", FBR_M_PUT},
-             {"DELETE", FBR_M_DELETE}, {"PATCH", FBR_M_PATCH}, {"HEAD", FBR_M_HEAD}};
-    for (size_t i = 0; i < FBR_ARRAY_LEN(t); i++)
-        if (strcmp(m, t[i].name) == 0)
-            return t[i].bit;
-    return 0;
-}
-
 /* Builds an outreq owning copies of one dead-letter entry; returns 0 or -1. */
 static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, uint64_t *created)
 {
@@ -1225,8 +1196,8 @@ static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, ui
     json_t *ct = json_object_get(j, "content_type");
     *id = json_string_value(json_object_get(j, "id"));
     *created = (uint64_t)json_integer_value(json_object_get(j, "created_ms"));
-    if (!method || !method_bit(method) || !json_is_string(url) || !json_is_array(headers) || !*id ||
-        strlen(*id) > ID_LEN)
+    if (!method || !fbr_http_method_parse(method, strlen(method), 0) || !json_is_string(url) ||
+        !json_is_array(headers) || !*id || strlen(*id) > ID_LEN)
         return -1;
     size_t i;
     json_t *pair;
@@ -1236,7 +1207,7 @@ static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, ui
             return -1;
     }
     fbr_outreq_init(o);
-    o->method = method_bit(method);
+    o->method = fbr_http_method_parse(method, strlen(method), 0);
     fbr_render_set_copy(&o->url, json_string_value(url), json_string_length(url));
     if (json_is_string(body)) {
         fbr_render_set_copy(&o->body, json_string_value(body), json_string_length(body));

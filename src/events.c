@@ -83,14 +83,6 @@ static uint32_t with_umbrella(enum fbr_event ev)
 
 /* ---- bounds on a /v1/events body ------------------------------------------------------------ */
 
-static size_t utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
-}
-
 /* The dotted path of the value being checked, for messages; bounded, cut on a UTF-8 boundary so
  * the message stays valid UTF-8 (jansson refuses to pack anything else). */
 struct walk {
@@ -109,11 +101,7 @@ static size_t path_push(struct walk *w, const char *seg, size_t len, int dot)
         w->path[w->plen++] = '.';
         room--;
     }
-    size_t n = len < room ? len : room;
-    if (n < len) {
-        while (n > 0 && ((unsigned char)seg[n] & 0xC0) == 0x80)
-            n--;
-    }
+    size_t n = fbr_utf8_cut(seg, len, room);
     memcpy(w->path + w->plen, seg, n);
     w->plen += n;
     w->path[w->plen] = '\0';
@@ -133,7 +121,7 @@ static void path_pop(struct walk *w, size_t saved)
 static int check_string(struct walk *w, json_t *v, size_t max)
 {
     size_t len = json_string_length(v);
-    if (len > max && utf8_chars(json_string_value(v), len) > max)
+    if (len > max && fbr_utf8_chars(json_string_value(v), len) > max)
         return FAIL(w, "Field too long: %s exceeds %zu characters", max);
     return FBR_OK;
 }
@@ -154,7 +142,7 @@ static int check_tree(struct walk *w, json_t *v, unsigned depth)
                             FBR_EVENTS_MAX_VALUES);
             }
             size_t saved = path_push(w, key, klen, 1);
-            if (klen > FBR_EVENTS_FIELD_MAX && utf8_chars(key, klen) > FBR_EVENTS_FIELD_MAX)
+            if (klen > FBR_EVENTS_FIELD_MAX && fbr_utf8_chars(key, klen) > FBR_EVENTS_FIELD_MAX)
                 return FAIL(w, "Invalid body: key %s exceeds %zu characters",
                             FBR_EVENTS_FIELD_MAX);
             size_t max = FBR_EVENTS_FIELD_MAX;

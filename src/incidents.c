@@ -33,10 +33,21 @@
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
 #define EVICT_WARN_MS 10000u /* at most one "table full" warning per this interval */
 
-static const char *const mt_names[] = {"CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
-                                       "INFO",     "RECOVERY", "OK"};
-static const char *const phase_names[] = {"UNACKED", "ACKED", "RESOLVED"};
-static const char *const tr_names[] = {"none", "triggered", "rolled", "acked", "resolved"};
+static const char *const mt_names[] = {
+#define FBR_X(name) #name,
+    FBR_MSG_TYPE_MAP(FBR_X)
+#undef FBR_X
+};
+static const char *const phase_names[] = {
+#define FBR_X(name) #name,
+    FBR_INCIDENT_PHASE_MAP(FBR_X)
+#undef FBR_X
+};
+static const char *const tr_names[] = {
+#define FBR_X(name, text) text,
+    FBR_TRANSITION_MAP(FBR_X)
+#undef FBR_X
+};
 
 int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out)
 {
@@ -63,18 +74,6 @@ const char *fbr_incident_phase_name(enum fbr_incident_phase p)
 const char *fbr_transition_name(enum fbr_transition t)
 {
     return (unsigned)t < FBR_ARRAY_LEN(tr_names) ? tr_names[t] : "?";
-}
-
-int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out)
-{
-    static const char *const names[] = {"always", "batch", "off"};
-    for (size_t i = 0; i < FBR_ARRAY_LEN(names); i++) {
-        if (s && strcmp(s, names[i]) == 0) {
-            *out = (enum fbr_fsync_mode)i;
-            return FBR_OK;
-        }
-    }
-    return FBR_INVALID;
 }
 
 struct incident {

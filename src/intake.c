@@ -329,12 +329,7 @@ static int alert_check(struct fbr_intake *in, json_t *body, const char *where,
     } else if ((bad = too_long(body, &limit))) {
         /* The key is quoted whole up to 200 bytes, cut on a UTF-8 boundary: jansson refuses to
          * pack a message that is not valid UTF-8. */
-        size_t klen = strlen(bad);
-        if (klen > 200) {
-            klen = 200;
-            while (klen > 0 && ((unsigned char)bad[klen] & 0xC0) == 0x80)
-                klen--;
-        }
+        size_t klen = fbr_utf8_cut(bad, strlen(bad), 200);
         snprintf(msg, sizeof(msg), "Field too long: %s%.*s exceeds %zu characters", where,
                  (int)klen, bad, limit);
     } else {

@@ -18,7 +18,16 @@ static enum fbr_log_level g_level = FBR_LOG_INFO;
 static enum fbr_log_format g_format = FBR_LOG_TEXT;
 static FILE *g_out; /* where lines go; NULL: stderr */
 
-static const char *const level_names[] = {"error", "warn", "info", "debug"};
+static const char *const level_names[] = {
+#define FBR_X(name, text) text,
+    FBR_LOG_LEVEL_MAP(FBR_X)
+#undef FBR_X
+};
+static const char *const format_names[] = {
+#define FBR_X(name, text) text,
+    FBR_LOG_FORMAT_MAP(FBR_X)
+#undef FBR_X
+};
 
 void fbr_log_setup(enum fbr_log_level level, enum fbr_log_format format)
 {
@@ -38,7 +47,7 @@ const char *fbr_log_level_name(enum fbr_log_level level)
 
 int fbr_log_level_parse(const char *s, enum fbr_log_level *out)
 {
-    for (int i = 0; i < 4; i++) {
+    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
         if (strcasecmp(s, level_names[i]) == 0) {
             *out = (enum fbr_log_level)i;
             return 0;
@@ -49,13 +58,19 @@ int fbr_log_level_parse(const char *s, enum fbr_log_level *out)
 
 int fbr_log_format_parse(const char *s, enum fbr_log_format *out)
 {
-    if (strcasecmp(s, "text") == 0)
-        *out = FBR_LOG_TEXT;
-    else if (strcasecmp(s, "json") == 0)
-        *out = FBR_LOG_JSON;
-    else
-        return -1;
-    return 0;
+    for (size_t i = 0; i < sizeof(format_names) / sizeof(format_names[0]); i++) {
+        if (strcasecmp(s, format_names[i]) == 0) {
+            *out = (enum fbr_log_format)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *fbr_log_format_name(enum fbr_log_format format)
+{
+    return (unsigned)format < sizeof(format_names) / sizeof(format_names[0]) ? format_names[format]
+                                                                              : "text";
 }
 
 /* Appends s to buf as the inside of a JSON string. */

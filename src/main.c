@@ -6,6 +6,7 @@
  * SIGPIPE is ignored.  Everything else lives in the library built from the other files of src/.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include "firebridge/metrics.h"
 #include "firebridge/rules.h"
 #include "firebridge/server.h"
+#include "firebridge/service.h"
 #include "firebridge/webhook.h"
 
 /* The compiled `rules` and `webhooks` sections: swapped as one on reload. */
@@ -330,6 +332,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
         return;
     fbr_log_info("%s received: draining (up to %u s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
                  (unsigned)d->cfg.drain_timeout_s);
+    fbr_service_notify("STOPPING=1\nSTATUS=draining");
     fbr_server_drain(d->srv);
     d->drain_tick = event_new(d->base, -1, EV_PERSIST, drain_check, d);
     struct timeval tick = {0, 20000};
@@ -342,6 +345,11 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
+    /* glibc merges its fast bins whenever a request of 1 KiB or more misses the thread cache;
+     * every socket read (libevent grows evbuffers by 4 KiB chains) is such a request and each
+     * alert frees dozens of small jansson nodes, so most of malloc's time went to merging bins
+     * (bench/README.md, profile).  Without fast bins small blocks still come from the tcache. */
+    mallopt(M_MXFAST, 0);
     struct daemon d;
     memset(&d, 0, sizeof(d));
     char err[4096];
@@ -359,7 +367,8 @@ int main(int argc, char **argv)
         fbr_cli_free(&d.cli);
         return 0;
     case FBR_CLI_VERSION:
-        printf("firebridge %s\n", FBR_VERSION);
+        printf("firebridge %s\nsd_notify: %s\n", FBR_VERSION,
+               fbr_service_notify_supported() ? "yes" : "no");
         fbr_cli_free(&d.cli);
         return 0;
     default:
@@ -525,6 +534,7 @@ int main(int argc, char **argv)
         event_add(sigs[i], NULL);
     fbr_log_info("firebridge %s started (%s)", FBR_VERSION,
                  d.cfg.config_file ? d.cfg.config_file : "built-in default configuration");
+    fbr_service_notify("READY=1\nSTATUS=serving"); /* every listener is open by now */
 
     event_base_dispatch(d.base);
     rc = 0;

@@ -4,7 +4,8 @@
  */
 #include "firebridge/ratelimit.h"
 
-#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "firebridge/common.h"
@@ -86,25 +87,50 @@ void fbr_ratelimit_hold(struct fbr_ratelimit *rl, uint64_t until_ms)
         rl->hold_until_ms = until_ms;
 }
 
+/* One decimal number of at most UINT32_MAX: digits only.  Returns the end, or NULL. */
+static const char *parse_u32(const char *s, uint32_t *out)
+{
+    uint64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > UINT32_MAX)
+            return NULL;
+    }
+    if (p == s)
+        return NULL;
+    *out = (uint32_t)v;
+    return p;
+}
+
+int fbr_rate_parse(const char *s, struct fbr_rate *out)
+{
+    struct fbr_rate r = {0, 0};
+    const char *p = s ? parse_u32(s, &r.n) : NULL;
+    if (!p)
+        return FBR_INVALID;
+    if (*p == '/')
+        p = parse_u32(p + 1, &r.secs);
+    else if (r.n != 0)
+        return FBR_INVALID; /* "N" without its window */
+    if (!p || *p || (r.n && !r.secs))
+        return FBR_INVALID;
+    *out = r;
+    return FBR_OK;
+}
+
+const char *fbr_rate_format(struct fbr_rate r, char *buf, size_t len)
+{
+    snprintf(buf, len, "%" PRIu32 "/%" PRIu32, r.n, r.secs);
+    return buf;
+}
+
 int fbr_ratelimit_parse(const char *s, uint32_t *n, uint32_t *secs)
 {
-    char *end;
-    errno = 0;
-    unsigned long a = strtoul(s, &end, 10);
-    if (end == s || errno || a > UINT32_MAX)
+    struct fbr_rate r;
+    if (fbr_rate_parse(s, &r) != FBR_OK)
         return FBR_INVALID;
-    unsigned long b = 0;
-    if (*end == '/') {
-        const char *p = end + 1;
-        b = strtoul(p, &end, 10);
-        if (end == p || errno || b > UINT32_MAX)
-            return FBR_INVALID;
-    } else if (a != 0) {
-        return FBR_INVALID;
-    }
-    if (*end || (a && !b))
-        return FBR_INVALID;
-    *n = (uint32_t)a;
-    *secs = (uint32_t)b;
+    *n = r.n;
+    *secs = r.secs;
     return FBR_OK;
 }

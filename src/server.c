@@ -119,34 +119,17 @@ static void conn_free(struct conn *fc);
 
 /* ---- small helpers ---- */
 
+/* libevhtp's method as an FBR_M_* bit (http.h's table), 0 for the others. */
 static unsigned method_bit(htp_method m)
 {
     switch (m) {
-    case htp_method_GET:
-        return FBR_M_GET;
-    case htp_method_POST:
-        return FBR_M_POST;
-    case htp_method_PUT:
-        return FBR_M_PUT;
-    case htp_method_DELETE:
-        return FBR_M_DELETE;
-    case htp_method_PATCH:
-        return FBR_M_PATCH;
-    case htp_method_HEAD:
-        return FBR_M_HEAD;
+#define FBR_X(name, i)                                                                             \
+    case htp_method_##name:                                                                        \
+        return FBR_M_##name;
+        FBR_HTTP_METHOD_MAP(FBR_X)
+#undef FBR_X
     default:
         return 0;
-    }
-}
-
-static void allow_list(unsigned methods, char *buf, size_t len)
-{
-    static const char *const names[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"};
-    size_t pos = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < FBR_ARRAY_LEN(names); i++) {
-        if (methods & (1u << i))
-            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", pos ? ", " : "", names[i]);
     }
 }
 
@@ -806,7 +789,7 @@ static void on_request(evhtp_request_t *r, void *arg)
     }
     if (!rt) {
         char allow[64];
-        allow_list(allowed, allow, sizeof(allow));
+        fbr_http_method_list(allowed, allow, sizeof(allow));
         fc->endpoint = "none";
         fbr_http_add_header(&req, "Allow", allow);
         fbr_http_reply_error(&req, 405, "method not allowed (allowed: %s)", allow);

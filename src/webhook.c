@@ -12,7 +12,7 @@
 #include <strings.h>
 
 #include "firebridge/events.h"
-#include "firebridge/server.h"
+#include "firebridge/http.h"
 
 struct fbr_webhook *fbr_webhook_ref(struct fbr_webhook *wh)
 {
@@ -38,31 +38,6 @@ void fbr_webhook_unref(struct fbr_webhook **whp)
     free(wh->headers);
     free(wh);
 }
-
-int fbr_rate_parse(const char *s, struct fbr_rate *out)
-{
-    unsigned long n, secs;
-    char *end;
-    if (!s || *s < '0' || *s > '9')
-        return FBR_INVALID;
-    n = strtoul(s, &end, 10);
-    if (*end != '/' || end[1] < '0' || end[1] > '9')
-        return FBR_INVALID;
-    secs = strtoul(end + 1, &end, 10);
-    if (*end || n == 0 || secs == 0 || n > UINT32_MAX || secs > UINT32_MAX)
-        return FBR_INVALID;
-    out->n = (uint32_t)n;
-    out->secs = (uint32_t)secs;
-    return FBR_OK;
-}
-
-static const struct {
-    const char *name;
-    unsigned bit;
-} methods[] = {
-    {"GET", FBR_M_GET},       {"POST", FBR_M_POST},   {"PUT", FBR_M_PUT},
-    {"DELETE", FBR_M_DELETE}, {"PATCH", FBR_M_PATCH},
-};
 
 static int is_tchar(unsigned char c)
 {
@@ -96,7 +71,7 @@ static int compile_rate(json_t *j, const char *key, struct fbr_rate *out, const 
     json_t *v = json_object_get(j, key);
     if (!v)
         return 0;
-    if (!json_is_string(v) || fbr_rate_parse(json_string_value(v), out) != FBR_OK) {
+    if (!json_is_string(v) || fbr_rate_parse(json_string_value(v), out) != FBR_OK || !out->n) {
         char p[128];
         snprintf(p, sizeof(p), "%s.%s", path, key);
         fbr_cfgerr_add(errs, p, "must be \"N/SECONDS\" with N and SECONDS > 0");
@@ -153,11 +128,9 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
 
     v = json_object_get(j, "method");
     wh->method = v ? 0 : FBR_M_POST;
-    for (size_t i = 0; v && json_is_string(v) && i < FBR_ARRAY_LEN(methods); i++) {
-        if (strcasecmp(json_string_value(v), methods[i].name) == 0)
-            wh->method = methods[i].bit;
-    }
-    if (!wh->method) {
+    if (v && json_is_string(v))
+        wh->method = fbr_http_method_parse(json_string_value(v), json_string_length(v), 1);
+    if (!wh->method || wh->method == FBR_M_HEAD) { /* a webhook sends a body */
         snprintf(p, sizeof(p), "%s.method", path);
         fbr_cfgerr_add(errs, p, "must be GET, POST, PUT, DELETE or PATCH");
         bad = 1;

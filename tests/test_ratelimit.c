@@ -94,6 +94,37 @@ START_TEST(rate_parse)
 }
 END_TEST
 
+/* The one "N/SECONDS" parser and its formatter (ratelimit.h): every accepted text formats back
+ * to itself (canonical forms), and the 32-bit bounds hold. */
+static const struct {
+    const char *in;
+    int rc;
+    uint32_t n, secs;
+} rate_cases[] = {
+    {"30/60", 0, 30, 60},           {"0", 0, 0, 0},      {"0/0", 0, 0, 0},
+    {"4294967295/1", 0, UINT32_MAX, 1}, {"4294967296/1", -5, 0, 0}, {"1/4294967296", -5, 0, 0},
+    {"+5/2", -5, 0, 0},             {"5/-2", -5, 0, 0},  {" 5/2", -5, 0, 0},
+    {"5/2 ", -5, 0, 0},             {"5//2", -5, 0, 0},  {"5/", -5, 0, 0},
+};
+
+START_TEST(rate_type)
+{
+    struct fbr_rate r = {99, 99};
+    int rc = fbr_rate_parse(rate_cases[_i].in, &r);
+    ck_assert_int_eq(rc, rate_cases[_i].rc);
+    if (rc != FBR_OK) {
+        ck_assert_uint_eq(r.n, 99); /* untouched */
+        return;
+    }
+    ck_assert_uint_eq(r.n, rate_cases[_i].n);
+    ck_assert_uint_eq(r.secs, rate_cases[_i].secs);
+    char buf[32];
+    struct fbr_rate back;
+    ck_assert_int_eq(fbr_rate_parse(fbr_rate_format(r, buf, sizeof(buf)), &back), FBR_OK);
+    ck_assert(back.n == r.n && back.secs == r.secs);
+}
+END_TEST
+
 START_TEST(backoff)
 {
     /* the cap doubles from the initial delay up to the maximum; draws stay inside [0, cap] */
@@ -137,6 +168,7 @@ int main(void)
     tcase_add_loop_test(tc, window_guarantee, 0, FBR_ARRAY_LEN(window_cases));
     tcase_add_test(tc, burst_then_wait);
     tcase_add_loop_test(tc, rate_parse, 0, FBR_ARRAY_LEN(parse_cases));
+    tcase_add_loop_test(tc, rate_type, 0, FBR_ARRAY_LEN(rate_cases));
     tcase_add_test(tc, backoff);
     tcase_add_test(tc, retry_after);
     tcase_add_test(tc, state_names);

@@ -19,7 +19,7 @@
 #include "firebridge/client.h"
 #include "firebridge/delivery.h"
 #include "firebridge/log.h"
-#include "firebridge/server.h"
+#include "firebridge/http.h"
 #include "firebridge/template.h"
 #include "firebridge/url.h"
 

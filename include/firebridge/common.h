@@ -63,15 +63,29 @@ char *fbr_xstrndup(const char *s, size_t n);
 #define FBR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* How journals (incidents, deliveries) reach the disk (--fsync). */
+#define FBR_FSYNC_MAP(X)                                                                           \
+    X(ALWAYS, "always") /* fsync after every journal record */                                     \
+    X(BATCH, "batch")   /* fsync from the owner's flush timer (about once a second) */             \
+    X(OFF, "off")       /* leave it to the kernel */
+
 enum fbr_fsync_mode {
-    FBR_FSYNC_ALWAYS, /* fsync after every journal record */
-    FBR_FSYNC_BATCH,  /* fsync from the owner's flush timer (about once a second) */
-    FBR_FSYNC_OFF,    /* leave it to the kernel */
+#define FBR_X(name, text) FBR_FSYNC_##name,
+    FBR_FSYNC_MAP(FBR_X)
+#undef FBR_X
 };
+
+/* "always", "batch" or "off". */
+const char *fbr_fsync_mode_name(enum fbr_fsync_mode m);
+/* Parses "always|batch|off"; FBR_OK or FBR_INVALID. */
+int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out);
 
 /* Number of code points in the UTF-8 text s[0..len): bytes that are not continuation bytes
  * (10xxxxxx).  Validity is the caller's business (jansson strings are valid UTF-8). */
 size_t fbr_utf8_chars(const char *s, size_t len);
+
+/* The longest prefix of the UTF-8 text s[0..len) of at most max bytes that does not end inside
+ * a character (for quoting a client's key or path in a message that must stay valid UTF-8). */
+size_t fbr_utf8_cut(const char *s, size_t len, size_t max);
 
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t fbr_now_ms(void);

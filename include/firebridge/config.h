@@ -17,7 +17,7 @@
 #include "firebridge/common.h"
 #include "firebridge/incidents.h" /* enum fbr_msg_type */
 #include "firebridge/log.h"
-#include "firebridge/webhook.h" /* struct fbr_rate */
+#include "firebridge/ratelimit.h" /* struct fbr_rate */
 
 
 /* A list of owned strings (listen addresses, API keys). */
@@ -149,7 +149,5 @@ struct fbr_field {
 int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_field *fields,
                             size_t nfields, char *err, size_t errlen);
 
-/* Formats a rate as "N/SECONDS" into buf. */
-const char *fbr_rate_format(struct fbr_rate r, char *buf, size_t len);
 
 #endif

@@ -39,14 +39,20 @@
 struct fbr_delivery_engine;
 struct fbr_delivery;
 
+/* X(NAME, name in logs and metrics) */
+#define FBR_DELIVERY_STATE_MAP(X)                                                                  \
+    X(QUEUED, "queued")                                                                            \
+    X(WAITING_RATE, "waiting_rate")                                                                \
+    X(IN_FLIGHT, "in_flight")                                                                      \
+    X(BACKING_OFF, "backing_off")                                                                  \
+    X(DELIVERED, "delivered")                                                                      \
+    X(DEAD, "dead")
+
 enum fbr_delivery_state {
-    FBR_DS_QUEUED,
-    FBR_DS_WAITING_RATE,
-    FBR_DS_IN_FLIGHT,
-    FBR_DS_BACKING_OFF,
-    FBR_DS_DELIVERED,
-    FBR_DS_DEAD,
-    FBR_DS_COUNT
+#define FBR_X(name, text) FBR_DS_##name,
+    FBR_DELIVERY_STATE_MAP(FBR_X)
+#undef FBR_X
+        FBR_DS_COUNT
 };
 
 /* Returns a static name ("queued", "waiting_rate", ...). */

@@ -18,33 +18,41 @@
 #include "firebridge/journal.h"
 
 /* The REST endpoint's message types; anything unknown acts as INFO. */
+/* X(NAME): the platform's upper-case spelling of a message_type. */
+#define FBR_MSG_TYPE_MAP(X) X(CRITICAL) X(WARNING) X(ACKNOWLEDGEMENT) X(INFO) X(RECOVERY) X(OK)
 enum fbr_msg_type {
-    FBR_MT_CRITICAL,
-    FBR_MT_WARNING,
-    FBR_MT_ACKNOWLEDGEMENT,
-    FBR_MT_INFO,
-    FBR_MT_RECOVERY,
-    FBR_MT_OK,
+#define FBR_X(name) FBR_MT_##name,
+    FBR_MSG_TYPE_MAP(FBR_X)
+#undef FBR_X
 };
 /* Parses a message_type case-insensitively; returns FBR_OK or FBR_NOTFOUND (*out = INFO). */
 int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out);
 const char *fbr_msg_type_name(enum fbr_msg_type t); /* upper-case spelling */
 
-enum fbr_incident_phase { FBR_PHASE_UNACKED, FBR_PHASE_ACKED, FBR_PHASE_RESOLVED };
+#define FBR_INCIDENT_PHASE_MAP(X) X(UNACKED) X(ACKED) X(RESOLVED)
+enum fbr_incident_phase {
+#define FBR_X(name) FBR_PHASE_##name,
+    FBR_INCIDENT_PHASE_MAP(FBR_X)
+#undef FBR_X
+};
 const char *fbr_incident_phase_name(enum fbr_incident_phase p); /* "UNACKED"... */
 
 /* What an alert did to the incident table. */
+/*
+ * X(NAME, name in logs): NONE is timeline only (INFO, or an ack/recovery with nothing open to act
+ * on); TRIGGERED a new incident opened; ROLLED into the open incident (ALERT_COUNT + 1), no new
+ * trigger.
+ */
+#define FBR_TRANSITION_MAP(X)                                                                      \
+    X(NONE, "none") X(TRIGGERED, "triggered") X(ROLLED, "rolled") X(ACKED, "acked")                \
+        X(RESOLVED, "resolved")
 enum fbr_transition {
-    FBR_TR_NONE,      /* timeline only: INFO, or an ack/recovery with nothing open to act on */
-    FBR_TR_TRIGGERED, /* a new incident opened */
-    FBR_TR_ROLLED,    /* rolled into the open incident (ALERT_COUNT + 1), no new trigger */
-    FBR_TR_ACKED,
-    FBR_TR_RESOLVED,
+#define FBR_X(name, text) FBR_TR_##name,
+    FBR_TRANSITION_MAP(FBR_X)
+#undef FBR_X
 };
 const char *fbr_transition_name(enum fbr_transition t);
 
-/* Parses "always|batch|off"; FBR_OK or FBR_INVALID. */
-int fbr_fsync_mode_parse(const char *s, enum fbr_fsync_mode *out);
 
 struct fbr_incidents_opts {
     struct fbr_journal *journal; /* borrowed, NULL: in memory only (tests, benchmarks); the

@@ -9,8 +9,20 @@
 #include <stdarg.h>
 #include <stddef.h>
 
-enum fbr_log_level { FBR_LOG_ERROR, FBR_LOG_WARN, FBR_LOG_INFO, FBR_LOG_DEBUG };
-enum fbr_log_format { FBR_LOG_TEXT, FBR_LOG_JSON };
+/* X(NAME, spelling in flags and log lines) */
+#define FBR_LOG_LEVEL_MAP(X) X(ERROR, "error") X(WARN, "warn") X(INFO, "info") X(DEBUG, "debug")
+#define FBR_LOG_FORMAT_MAP(X) X(TEXT, "text") X(JSON, "json")
+
+enum fbr_log_level {
+#define FBR_X(name, text) FBR_LOG_##name,
+    FBR_LOG_LEVEL_MAP(FBR_X)
+#undef FBR_X
+};
+enum fbr_log_format {
+#define FBR_X(name, text) FBR_LOG_##name,
+    FBR_LOG_FORMAT_MAP(FBR_X)
+#undef FBR_X
+};
 
 /* Sets the threshold and format; lines go to stderr. */
 void fbr_log_setup(enum fbr_log_level level, enum fbr_log_format format);
@@ -20,6 +32,7 @@ int fbr_log_enabled(enum fbr_log_level level);
 int fbr_log_level_parse(const char *s, enum fbr_log_level *out);
 int fbr_log_format_parse(const char *s, enum fbr_log_format *out);
 const char *fbr_log_level_name(enum fbr_log_level level);
+const char *fbr_log_format_name(enum fbr_log_format format);
 
 /*
  * Writes one line.  `id` (may be NULL) is a request or delivery id; `action` (may be NULL) says

@@ -14,7 +14,27 @@
 #ifndef FIREBRIDGE_RATELIMIT_H
 #define FIREBRIDGE_RATELIMIT_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/*
+ * A rate: n sends per secs seconds, written "N/SECONDS" everywhere (flags, config keys, webhook
+ * overrides, contrib's server).  {0, 0} (written "0" or "0/0") means no limit.  The one parser
+ * and the one formatter are below; callers add their own bounds.
+ */
+struct fbr_rate {
+    uint32_t n;
+    uint32_t secs;
+};
+
+/*
+ * Parses "N/SECONDS" (decimal digits only, each at most UINT32_MAX), "0" or "0/SECONDS" (no
+ * limit).  "N" alone and "N/0" with N > 0 are refused.  Returns FBR_OK or FBR_INVALID (*out
+ * untouched).
+ */
+int fbr_rate_parse(const char *s, struct fbr_rate *out);
+/* Writes r as "N/SECONDS" into buf (len >= 24 always fits) and returns buf. */
+const char *fbr_rate_format(struct fbr_rate r, char *buf, size_t len);
 
 struct fbr_ratelimit {
     uint32_t n; /* 0 = unlimited */
@@ -36,7 +56,7 @@ void fbr_ratelimit_record(struct fbr_ratelimit *rl, uint64_t now);
 /* Forbids sends before until_ms (monotonic); a later hold extends, an earlier one is ignored. */
 void fbr_ratelimit_hold(struct fbr_ratelimit *rl, uint64_t until_ms);
 
-/* Parses "N/SECONDS" (e.g. "30/60"); "0" or "0/0" disables.  Returns FBR_OK or FBR_INVALID. */
+/* fbr_rate_parse() for callers that keep n and secs apart.  Returns FBR_OK or FBR_INVALID. */
 int fbr_ratelimit_parse(const char *s, uint32_t *n, uint32_t *secs);
 
 #endif

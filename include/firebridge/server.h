@@ -11,18 +11,11 @@
 #include <stddef.h>
 
 #include "firebridge/common.h"
+#include "firebridge/http.h" /* FBR_M_* */
 
 struct fbr_server;
 struct fbr_metrics;
 
-enum fbr_http_method_bit {
-    FBR_M_GET = 1 << 0,
-    FBR_M_POST = 1 << 1,
-    FBR_M_PUT = 1 << 2,
-    FBR_M_DELETE = 1 << 3,
-    FBR_M_PATCH = 1 << 4,
-    FBR_M_HEAD = 1 << 5,
-};
 
 /* One request as a route handler sees it; everything is borrowed for the call's duration. */
 struct fbr_http_req {

@@ -12,6 +12,7 @@
 
 #include "firebridge/cfgerr.h"
 #include "firebridge/common.h"
+#include "firebridge/ratelimit.h" /* struct fbr_rate */
 #include "firebridge/template.h"
 
 struct fbr_webhook_header {
@@ -19,11 +20,6 @@ struct fbr_webhook_header {
     struct fbr_tpl *value; /* FBR_TPL_HEADER template, owned reference */
 };
 
-/* Optional per-webhook override of a rate limit: n deliveries per secs seconds (0 = global). */
-struct fbr_rate {
-    uint32_t n;
-    uint32_t secs;
-};
 
 /*
  * Immutable after compile; reference counted so a delivery in flight survives a reload.
@@ -37,7 +33,7 @@ struct fbr_webhook {
     unsigned refs;
     char *name;
     uint32_t events;            /* bit (1u << enum fbr_event) per subscribed event */
-    unsigned method;            /* one FBR_M_* bit (server.h) */
+    unsigned method;            /* one FBR_M_* bit (http.h) */
     char *content_type;
     struct fbr_tpl *url;        /* FBR_TPL_URL */
     struct fbr_tpl *payload;    /* context from content_type; NULL = no body */
@@ -71,8 +67,6 @@ struct fbr_webhooks {
 int fbr_webhooks_compile(json_t *webhooks, struct fbr_webhooks *out, struct fbr_cfgerr *errs);
 /* Drops every reference and empties the list. */
 void fbr_webhooks_clear(struct fbr_webhooks *w);
-/* Parses "N/SECONDS" (both > 0).  FBR_OK or FBR_INVALID. */
-int fbr_rate_parse(const char *s, struct fbr_rate *out);
 
 /*
  * A rendered request, ready for the delivery engine.  Its slices borrow from the webhook's
