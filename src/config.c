@@ -881,6 +881,71 @@ json_t *fbr_config_settings_json(const struct fbr_config *cfg)
     return out;
 }
 
+/* Writes s as roff text: backslashes escaped, '-' as \- when minus (option names), a line never
+ * starting with a control character. */
+static void roff_text(FILE *out, const char *s, int minus)
+{
+    if (*s == '.' || *s == '\'')
+        fputs("\\&", out);
+    for (; *s; s++) {
+        if (*s == '\\')
+            fputs("\\e", out);
+        else if (*s == '-' && minus)
+            fputs("\\-", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+void fbr_config_print_man_options(FILE *out)
+{
+    for (int file_only = 0; file_only < 2; file_only++) {
+        fprintf(out, ".SH %s\n", file_only ? "CONFIGURATION FILE ONLY" : "OPTIONS");
+        if (file_only)
+            fprintf(out, "These keys have no flag; they are JSON values of the configuration "
+                         "file.\n");
+        for (size_t i = 0; i < NOPTS; i++) {
+            const struct opt *o = &opts[i];
+            if ((o->flag == NULL) != file_only)
+                continue;
+            fprintf(out, ".TP\n");
+            if (o->flag) {
+                if (o->short_flag)
+                    fprintf(out, "\\fB\\-%c\\fR, ", o->short_flag);
+                fputs("\\fB\\-\\-", out);
+                roff_text(out, o->flag, 1);
+                fputs("\\fR", out);
+                if (o->metavar && (o->type != T_ACTION || o->action == A_CONFIG)) {
+                    fputs(" \\fI", out);
+                    roff_text(out, o->metavar, 0);
+                    fputs("\\fR", out);
+                }
+            } else {
+                fputs("\\fB", out);
+                roff_text(out, o->key, 0);
+                fputs("\\fR (", out);
+                roff_text(out, o->metavar, 0);
+                fputs(")", out);
+            }
+            fputc('\n', out);
+            roff_text(out, o->help, 0);
+            fputs(".\n", out);
+            if (o->type == T_ACTION)
+                continue;
+            char def[64];
+            default_text(o, def, sizeof(def));
+            if (o->flag && o->key) {
+                fputs("Config key: \\fB", out);
+                roff_text(out, o->key, 0);
+                fputs("\\fR.\n", out);
+            }
+            fputs("Default: ", out);
+            roff_text(out, def, 0);
+            fputs(".\n", out);
+        }
+    }
+}
+
 /* ---- checks for the sections other modules compile ---- */
 
 static const char *field_type_name(enum fbr_field_type t)

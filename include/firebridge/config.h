@@ -121,6 +121,9 @@ json_t *fbr_config_settings_json(const struct fbr_config *cfg);
 void fbr_config_print_help(FILE *out, const char *argv0);
 /* Prints the Markdown reference table of every flag and config key (used for README.md). */
 void fbr_config_print_reference(FILE *out);
+/* Prints the OPTIONS and CONFIGURATION FILE ONLY sections of the firebridge(8) man page, in
+ * roff, from the same table (doc/firebridge-man.c writes the rest of the page). */
+void fbr_config_print_man_options(FILE *out);
 
 /*
  * Parses a listen address "A.B.C.D:PORT" or "[IPv6]:PORT" (IP literals only).  Writes the host
