@@ -1303,6 +1303,9 @@ static void on_webhook(struct fbr_addon *a, struct fbr_http_req *req, struct fbr
         }
         json_decref(r.body);
         (*a->m_chats)++;
+        fbr_log(FBR_LOG_INFO, req->id, NULL,
+                "HipChat room %lld (routing key %s): chat from %s went to the timeline",
+                (long long)in->room_id, in->routing_key, user);
         platform_call(a, FBR_M_POST, "/api-public/v1/chat",
                       json_pack("{s:s, s:s%, s:s, s:s}", "username",
                                 a->cfg->oncall.username ? a->cfg->oncall.username : "firebridge",

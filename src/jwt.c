@@ -106,7 +106,7 @@ long fbr_base64url_decode(struct fbr_slice in, unsigned char *out)
     return n;
 }
 
-static void b64url_encode(const unsigned char *in, size_t len, char *out)
+void fbr_base64url_encode(const unsigned char *in, size_t len, char *out)
 {
     static const char alpha[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -257,16 +257,16 @@ char *fbr_jwt_sign(json_t *claims, struct fbr_slice secret, const char *alg)
     size_t hl = strlen(hs), cl = strlen(cs);
     size_t cap = (hl + cl) * 4 / 3 + 4 + 2 + (EVP_MAX_MD_SIZE * 4 / 3 + 4) + 1;
     char *tok = fbr_xmalloc(cap);
-    b64url_encode((const unsigned char *)hs, hl, tok);
+    fbr_base64url_encode((const unsigned char *)hs, hl, tok);
     size_t n = strlen(tok);
     tok[n++] = '.';
-    b64url_encode((const unsigned char *)cs, cl, tok + n);
+    fbr_base64url_encode((const unsigned char *)cs, cl, tok + n);
     n += strlen(tok + n);
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned maclen = 0;
     HMAC(EVP_sha256(), secret.ptr, (int)secret.len, (const unsigned char *)tok, n, mac, &maclen);
     tok[n++] = '.';
-    b64url_encode(mac, maclen, tok + n);
+    fbr_base64url_encode(mac, maclen, tok + n);
     free(hs);
     free(cs);
     return tok;

@@ -583,6 +583,8 @@ static void scratch_commit(struct fbr_render *r, struct render_priv *p, size_t n
 
 static void scratch_put(struct fbr_render *r, struct render_priv *p, const char *s, size_t n)
 {
+    if (n == 0) /* nothing to reserve; memcpy must not see the NULL an empty reserve may give */
+        return;
     char *d = scratch_reserve(r, p, n);
     memcpy(d, s, n);
     scratch_commit(r, p, n);

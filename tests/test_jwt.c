@@ -43,23 +43,8 @@ static char *sign(const char *iss, long iat, long exp, const char *secret, const
 
 static char *b64url(const char *s)
 {
-    /* via a token: fbr_jwt_sign's first part is the header's encoding, so encode by hand */
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = strlen(s);
-    char *out = malloc(n * 2 + 4), *o = out;
-    unsigned acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = (acc << 8) | (unsigned char)s[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            *o++ = a[(acc >> bits) & 63];
-        }
-    }
-    if (bits)
-        *o++ = a[(acc << (6 - bits)) & 63];
-    *o = 0;
+    char *out = malloc(strlen(s) * 4 / 3 + 4);
+    fbr_base64url_encode((const unsigned char *)s, strlen(s), out);
     return out;
 }
 

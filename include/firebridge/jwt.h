@@ -73,6 +73,10 @@ enum fbr_jwt_where fbr_jwt_find(struct fbr_slice query, const char *authorizatio
  */
 long fbr_base64url_decode(struct fbr_slice in, unsigned char *out);
 
+/* Encodes len bytes as base64url without padding into out (room for len * 4 / 3 + 3 bytes,
+ * NUL-terminated). */
+void fbr_base64url_encode(const unsigned char *in, size_t len, char *out);
+
 /*
  * Looks up the installation named by iss (not NUL-terminated); on success writes its secret
  * (borrowed, valid until the lookup's owner changes) and returns FBR_OK, else FBR_NOTFOUND.
