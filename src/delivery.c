@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "firebridge/deadletter.h"
 #include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/ratelimit.h"
@@ -628,21 +629,8 @@ static void start_attempt(struct delivery *dl)
 /* Builds the destination key into buf (see delivery.h). */
 static size_t dest_key(const struct fbr_url *p, char *buf, size_t cap)
 {
-    static const char pre[] = "/v2/room/", suf[] = "/notification";
-    const char *path = p->path.ptr;
-    size_t n = p->path.len;
-    if (n > sizeof(pre) - 1 + sizeof(suf) - 1 && strncmp(path, pre, sizeof(pre) - 1) == 0 &&
-        memcmp(path + n - (sizeof(suf) - 1), suf, sizeof(suf) - 1) == 0) {
-        const char *room = path + sizeof(pre) - 1;
-        size_t rlen = n - (sizeof(pre) - 1) - (sizeof(suf) - 1);
-        if (!memchr(room, '/', rlen)) {
-            int k = snprintf(buf, cap, "room:%.*s/%.*s", (int)p->authority.len, p->authority.ptr,
-                             (int)rlen, room);
-            return (size_t)k < cap ? (size_t)k : cap - 1;
-        }
-    }
     int k = snprintf(buf, cap, "%.*s://%.*s%.*s", (int)p->scheme.len, p->scheme.ptr,
-                     (int)p->authority.len, p->authority.ptr, (int)n, path);
+                     (int)p->authority.len, p->authority.ptr, (int)p->path.len, p->path.ptr);
     return (size_t)k < cap ? (size_t)k : cap - 1;
 }
 
@@ -767,17 +755,20 @@ static void dead_on_arrival(struct fbr_delivery_engine *e, struct delivery *dl,
     free(dl);
 }
 
-/* saved: a delivery restored from the journal (its attempts, limits and hook word), or NULL. */
-static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const char *id_in,
-                  uint64_t created_wall, int bypass_limit, char *id_out,
-                  const struct fbr_delivery_auth_ref *aref,
-                  const struct fbr_delivery_saved *saved)
+int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
+                       const struct fbr_delivery_queue_opts *qo)
 {
+    static const struct fbr_delivery_queue_opts defaults;
+    if (!qo)
+        qo = &defaults;
+    const char *id_in = qo->id;
+    uint64_t created_wall = qo->created_wall_ms;
+    const struct fbr_delivery_auth_ref *aref = qo->auth;
     if (e->shut) {
         e->m.rejected++;
         return FBR_LIMIT;
     }
-    if (!bypass_limit && e->m.pending >= e->opts.max_pending) {
+    if (!qo->over_limit && e->m.pending >= e->opts.max_pending) {
         e->m.rejected++;
         return FBR_LIMIT;
     }
@@ -865,6 +856,7 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     const struct fbr_webhook *wh = o->webhook;
     dl->room_rate = wh && wh->room_rate.n ? wh->room_rate : e->opts.room_rate;
     dl->token_rate = wh && wh->token_rate.n ? wh->token_rate : e->opts.token_rate;
+    const struct fbr_delivery_saved *saved = qo->saved;
     if (saved && saved->room_rate.n)
         dl->room_rate = saved->room_rate;
     if (saved && saved->token_rate.n)
@@ -925,23 +917,13 @@ static int submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, const cha
     e->m.submitted++;
     e->m.in_state[FBR_DS_QUEUED]++;
     notify(dl, FBR_DS_QUEUED, FBR_DS_QUEUED); /* creation: reported as queued -> queued */
-    if (id_out)
-        memcpy(id_out, dl->id, sizeof(dl->id));
+    if (qo->id_out)
+        memcpy(qo->id_out, dl->id, sizeof(dl->id));
     dest_pump(d);
     return FBR_OK;
 }
 
-int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)
-{
-    return submit(e, o, NULL, 0, 0, id, NULL, NULL);
-}
-
-/* One line of a delivery's header block; is_ct: Content-Type (the delivery id line is skipped). */
-typedef void (*header_fn)(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
-                          void *arg);
-
-/* Calls fn for each "Name: value\r\n" line of a header block but X-Firebridge-Delivery. */
-static void each_header(const char *head, size_t len, header_fn fn, void *arg)
+void fbr_delivery_head_each(const char *head, size_t len, fbr_delivery_header_fn fn, void *arg)
 {
     const char *p = head, *end = head + len;
     while (p < end) {
@@ -986,7 +968,7 @@ static void outreq_from_saved(const struct fbr_delivery_saved *s, struct fbr_out
     fbr_render_set_copy(&o->url, s->url.ptr, s->url.len);
     fbr_render_set_copy(&o->body, s->body.ptr, s->body.len);
     fbr_render_set_copy(&o->rate_key, s->dest_key.ptr, s->dest_key.len);
-    each_header(s->head.ptr, s->head.len, header_to_outreq, o);
+    fbr_delivery_head_each(s->head.ptr, s->head.len, header_to_outreq, o);
 }
 
 int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_delivery_saved *s)
@@ -995,7 +977,9 @@ int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_deliver
         return FBR_INVALID;
     struct fbr_outreq o;
     outreq_from_saved(s, &o);
-    int rc = submit(e, &o, s->id, s->created_wall_ms, 1, NULL, NULL, s);
+    struct fbr_delivery_queue_opts qo = {.id = s->id, .created_wall_ms = s->created_wall_ms,
+                                         .over_limit = 1, .saved = s};
+    int rc = fbr_delivery_queue(e, &o, &qo);
     fbr_outreq_free(&o);
     return rc;
 }
@@ -1034,10 +1018,22 @@ void fbr_delivery_each(struct fbr_delivery_engine *e, fbr_delivery_each_fn fn, v
     free(all);
 }
 
+int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)
+{
+    struct fbr_delivery_queue_opts qo = {.id_out = id};
+    return fbr_delivery_queue(e, o, &qo);
+}
+
 int fbr_delivery_submit_auth(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id,
                              const struct fbr_delivery_auth_ref *auth)
 {
-    return submit(e, o, NULL, 0, 0, id, auth, NULL);
+    struct fbr_delivery_queue_opts qo = {.auth = auth, .id_out = id};
+    return fbr_delivery_queue(e, o, &qo);
+}
+
+int fbr_delivery_accepting(const struct fbr_delivery_engine *e)
+{
+    return !e->shut;
 }
 
 static void pump_dest(const char *key, void *value, void *arg)
@@ -1078,244 +1074,38 @@ static void delivery_free(struct delivery *dl)
     free(dl);
 }
 
-/* ---- dead letters ---- */
+/* ---- dead letters (the file's format is deadletter.c's) ---- */
 
-struct headers_out {
-    json_t *arr, **content_type;
-};
-
-static void header_to_json(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
-                           void *arg)
-{
-    struct headers_out *h = arg;
-    if (is_ct) {
-        *h->content_type = json_stringn(v, vlen);
-        return;
-    }
-    json_t *pair = json_array();
-    json_array_append_new(pair, json_stringn(name, nlen));
-    json_array_append_new(pair, json_stringn(v, vlen));
-    json_array_append_new(h->arr, pair);
-}
-
-static json_t *headers_json(const char *head, size_t len, json_t **content_type)
-{
-    struct headers_out h = {json_array(), content_type};
-    each_header(head, len, header_to_json, &h);
-    return h.arr;
-}
-
-/* The URL as a JSON string: byte-exact when it is UTF-8 (always, unless a rule capture split a
- * character); otherwise with every non-ASCII byte percent-encoded (such a URL is unsendable). */
-static json_t *url_json(const char *url, size_t len)
-{
-    json_t *j = json_stringn(url, len);
-    if (j)
-        return j;
-    char *esc = fbr_xmalloc(3 * len + 1), *q = esc;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)url[i];
-        if (c >= 0x80 || c == 0)
-            q += sprintf(q, "%%%02X", c);
-        else
-            *q++ = (char)c;
-    }
-    j = json_stringn(esc, (size_t)(q - esc));
-    free(esc);
-    return j;
-}
-
-/* Logs dl's death and appends it as one line; returns 0, or -1 (logged and counted) when the
- * line did not go out.  dl->dest is NULL for a request that was never queued. */
+/* Logs dl's death and appends it to the dead-letter file; returns 0, or -1 (logged and counted)
+ * when the line did not go out.  dl->dest is NULL for a request that was never queued. */
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
 {
-    char masked[512];
+    char masked[512], err[300];
     fbr_log_mask_url(dl->url, dl->url_len, masked, sizeof(masked));
     fbr_log(FBR_LOG_WARN, dl->id, NULL,
             "delivery to %s is dead after %u attempt(s): %s; appended to %s", masked,
             dl->attempts, dl->reason ? dl->reason : "", e->dl_path);
-    json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(dl->id));
-    json_object_set_new(o, "method", json_string(dl->method));
-    json_object_set_new(o, "url", url_json(dl->url, dl->url_len));
-    json_t *ct = NULL;
-    json_object_set_new(o, "headers", headers_json(dl->head, dl->head_len, &ct));
-    json_object_set_new(o, "content_type", ct ? ct : json_null());
-    size_t blen = 0;
-    for (size_t i = 0; i < dl->nbody; i++)
-        blen += dl->body_iov[i].iov_len;
-    char *body = fbr_xmalloc(blen + 1), *bp = body;
-    for (size_t i = 0; i < dl->nbody; i++)
-        bp = put(bp, dl->body_iov[i].iov_base, dl->body_iov[i].iov_len);
-    json_t *bj = json_stringn(body, blen);
-    if (bj) {
-        json_object_set_new(o, "body", bj);
-    } else { /* not UTF-8: keep it byte-exact */
-        char *b64 = fbr_xmalloc(4 * ((blen + 2) / 3) + 1);
-        EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)body, (int)blen);
-        json_object_set_new(o, "body_base64", json_string(b64));
-        free(b64);
-    }
-    free(body);
-    json_object_set_new(o, "reason", json_string(dl->reason ? dl->reason : ""));
-    json_object_set_new(o, "attempts", json_integer(dl->attempts));
-    json_object_set_new(o, "destination", json_string(dl->dest ? dl->dest->key : ""));
-    json_object_set_new(o, "created_ms", json_integer((json_int_t)dl->created_wall));
-    json_object_set_new(o, "first_attempt_ms", json_integer((json_int_t)dl->first_attempt_wall));
-    json_object_set_new(o, "last_attempt_ms", json_integer((json_int_t)dl->last_attempt_wall));
-    json_object_set_new(o, "dead_ms", json_integer((json_int_t)fbr_wall_ms()));
-    char *line = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(o);
-    size_t n = strlen(line);
-    line = fbr_xrealloc(line, n + 2);
-    line[n++] = '\n';
-    int fd = open(e->dl_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    ssize_t w = -1;
-    if (fd >= 0) {
-        fchmod(fd, 0600);
-        w = write(fd, line, n); /* one write per line: appends from one process stay whole */
-        close(fd);
-    }
-    if (w != (ssize_t)n) {
-        e->m.dead_letter_write_errors++;
-        fbr_log(FBR_LOG_ERROR, dl->id, "writing a dead letter", "cannot append to %s: %s",
-                e->dl_path, w < 0 ? strerror(errno) : "short write");
-    }
-    free(line);
-    return w == (ssize_t)n ? 0 : -1;
-}
-
-/* Builds an outreq owning copies of one dead-letter entry; returns 0 or -1. */
-static int outreq_from_json(json_t *j, struct fbr_outreq *o, const char **id, uint64_t *created)
-{
-    const char *method = json_string_value(json_object_get(j, "method"));
-    json_t *url = json_object_get(j, "url");
-    json_t *headers = json_object_get(j, "headers");
-    json_t *body = json_object_get(j, "body");
-    json_t *body64 = json_object_get(j, "body_base64");
-    json_t *ct = json_object_get(j, "content_type");
-    *id = json_string_value(json_object_get(j, "id"));
-    *created = (uint64_t)json_integer_value(json_object_get(j, "created_ms"));
-    if (!method || !fbr_http_method_parse(method, strlen(method), 0) || !json_is_string(url) ||
-        !json_is_array(headers) || !*id || strlen(*id) > ID_LEN)
-        return -1;
-    size_t i;
-    json_t *pair;
-    json_array_foreach(headers, i, pair)
-    {
-        if (!json_is_string(json_array_get(pair, 0)) || !json_is_string(json_array_get(pair, 1)))
-            return -1;
-    }
-    fbr_outreq_init(o);
-    o->method = fbr_http_method_parse(method, strlen(method), 0);
-    fbr_render_set_copy(&o->url, json_string_value(url), json_string_length(url));
-    if (json_is_string(body)) {
-        fbr_render_set_copy(&o->body, json_string_value(body), json_string_length(body));
-    } else if (json_is_string(body64)) {
-        size_t n = json_string_length(body64);
-        unsigned char *raw = fbr_xmalloc(n / 4 * 3 + 3);
-        int k = EVP_DecodeBlock(raw, (const unsigned char *)json_string_value(body64), (int)n);
-        if (k < 0) {
-            free(raw);
-            return -1;
-        }
-        /* EVP_DecodeBlock counts the '=' padding as zero bytes */
-        const char *s = json_string_value(body64);
-        while (n && s[n - 1] == '=' && k) {
-            n--;
-            k--;
-        }
-        fbr_render_set_copy(&o->body, (const char *)raw, (size_t)k);
-        free(raw);
-    }
-    if (json_is_string(ct))
-        o->content_type = fbr_xstrdup(json_string_value(ct));
-    o->nheaders = json_array_size(headers);
-    if (o->nheaders) {
-        o->header_names = fbr_xcalloc(o->nheaders, sizeof(*o->header_names));
-        o->headers = fbr_xcalloc(o->nheaders, sizeof(*o->headers));
-        json_array_foreach(headers, i, pair)
-        {
-            json_t *v = json_array_get(pair, 1);
-            o->header_names[i] = fbr_xstrdup(json_string_value(json_array_get(pair, 0)));
-            fbr_render_init(&o->headers[i]);
-            fbr_render_set_copy(&o->headers[i], json_string_value(v), json_string_length(v));
-        }
-    }
-    return 0;
-}
-
-int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, size_t *count,
-                             char *err, size_t errlen)
-{
-    *count = 0;
-    if (e->shut) {
-        snprintf(err, errlen, "the engine is shut down");
-        return FBR_ERROR;
-    }
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-        return FBR_NOTFOUND;
-    }
-    /* The engine's own file: move it aside first, so what dies during or after the replay goes
-     * to a fresh file (never appended to the file being read: no loop) and the replayed lines
-     * stay on disk, whole, under the new name (nothing lost if the replay stops half-way). */
-    struct stat fst, lst;
-    char *aside = NULL;
-    if (fstat(fileno(f), &fst) == 0 && stat(e->dl_path, &lst) == 0 && fst.st_dev == lst.st_dev &&
-        fst.st_ino == lst.st_ino) {
-        size_t alen = strlen(e->dl_path) + 40;
-        aside = fbr_xmalloc(alen);
-        snprintf(aside, alen, "%s.replayed-%" PRIu64, e->dl_path, fbr_wall_ms());
-        if (rename(e->dl_path, aside) != 0) {
-            snprintf(err, errlen, "cannot move %s aside to %s before replaying it: %s", e->dl_path,
-                     aside, strerror(errno));
-            free(aside);
-            fclose(f);
-            return FBR_ERROR;
-        }
-        fbr_log_info("moved %s to %s before replaying it; new dead letters go to a fresh %s",
-                     e->dl_path, aside, e->dl_path);
-    }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    unsigned lineno = 0;
-    int rc = FBR_OK;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        lineno++;
-        if (n == 1 && line[0] == '\n')
-            continue;
-        json_error_t jerr;
-        json_t *j = json_loadb(line, (size_t)n, 0, &jerr);
-        struct fbr_outreq o;
-        const char *id;
-        uint64_t created;
-        if (!j || outreq_from_json(j, &o, &id, &created) < 0) {
-            snprintf(err, errlen, "%s line %u: not a dead-letter entry%s%s", path, lineno,
-                     j ? "" : ": ", j ? "" : jerr.text);
-            json_decref(j);
-            rc = FBR_INVALID;
-            break;
-        }
-        /* a replay gets a fresh max age: the operator decided to try again */
-        (void)created;
-        /* an unsendable URL is dead again at once, with its reason, in the fresh file */
-        if (submit(e, &o, id, 0, 1, NULL, NULL, NULL) == FBR_OK)
-            (*count)++;
-        fbr_outreq_free(&o);
-        json_decref(j);
-    }
-    free(line);
-    fclose(f);
-    /* A failed replay leaves the file where the operator named it (the caller drops what was
-     * queued), unless something was dead-lettered meanwhile: then it stays aside. */
-    if (aside && rc != FBR_OK && access(e->dl_path, F_OK) != 0 && errno == ENOENT &&
-        rename(aside, e->dl_path) == 0)
-        fbr_log_info("replay failed: moved %s back to %s", aside, e->dl_path);
-    free(aside);
-    return rc;
+    struct fbr_dead_letter v = {
+        .id = dl->id,
+        .method = dl->method,
+        .url = dl->url,
+        .url_len = dl->url_len,
+        .head = dl->head,
+        .head_len = dl->head_len,
+        .body = dl->body_iov,
+        .nbody = dl->nbody,
+        .reason = dl->reason,
+        .destination = dl->dest ? dl->dest->key : "",
+        .attempts = dl->attempts,
+        .created_ms = dl->created_wall,
+        .first_attempt_ms = dl->first_attempt_wall,
+        .last_attempt_ms = dl->last_attempt_wall,
+    };
+    if (fbr_dead_letter_append(e->dl_path, &v, err, sizeof(err)) == FBR_OK)
+        return 0;
+    e->m.dead_letter_write_errors++;
+    fbr_log(FBR_LOG_ERROR, dl->id, "writing a dead letter", "%s", err);
+    return -1;
 }
 
 /* ---- metrics ---- */

@@ -13,6 +13,7 @@
 
 #include "firebridge/events.h"
 #include "firebridge/http.h"
+#include "firebridge/url.h"
 
 struct fbr_webhook *fbr_webhook_ref(struct fbr_webhook *wh)
 {
@@ -292,6 +293,37 @@ static void reserve_headers(struct fbr_outreq *o, size_t n)
     o->headers_cap = n;
 }
 
+/*
+ * The default rate key of a webhook without one of its own: a HipChat room notification URL
+ * (/v2/room/{room}/notification) is keyed "room:<authority>/<room>", so that every webhook posting
+ * to one room shares the room's limit whatever its query or scheme.  Any other URL (or one
+ * longer than the buffer) keeps o->rate_key empty: the engine then keys scheme + host + path.
+ */
+static void default_rate_key(struct fbr_outreq *o)
+{
+    static const char pre[] = "/v2/room/", suf[] = "/notification";
+    char url[4096], key[1024];
+    struct fbr_url u;
+    const char *why;
+    if (o->url.total > sizeof(url))
+        return;
+    fbr_render_copy(&o->url, url);
+    if (fbr_url_parse(url, o->url.total, &u, &why) != FBR_OK)
+        return;
+    const char *path = u.path.ptr;
+    size_t n = u.path.len;
+    if (n <= sizeof(pre) - 1 + sizeof(suf) - 1 || strncmp(path, pre, sizeof(pre) - 1) != 0 ||
+        memcmp(path + n - (sizeof(suf) - 1), suf, sizeof(suf) - 1) != 0)
+        return;
+    const char *room = path + sizeof(pre) - 1;
+    size_t rlen = n - (sizeof(pre) - 1) - (sizeof(suf) - 1);
+    if (memchr(room, '/', rlen))
+        return;
+    int k = snprintf(key, sizeof(key), "room:%.*s/%.*s", (int)u.authority.len, u.authority.ptr,
+                     (int)rlen, room);
+    fbr_render_set_copy(&o->rate_key, key, (size_t)k < sizeof(key) ? (size_t)k : sizeof(key) - 1);
+}
+
 int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *event)
 {
     fbr_outreq_release(o);
@@ -303,6 +335,8 @@ int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *even
         rc = fbr_tpl_render(wh->payload, &scope, &o->body);
     if (rc == FBR_OK && wh->rate_key)
         rc = fbr_tpl_render(wh->rate_key, &scope, &o->rate_key);
+    else if (rc == FBR_OK)
+        default_rate_key(o);
     if (rc == FBR_OK && wh->nheaders) {
         reserve_headers(o, wh->nheaders);
         for (size_t i = 0; i < wh->nheaders && rc == FBR_OK; i++) {

@@ -169,6 +169,10 @@ long long dutil_metric(int port, const char *series);
 int dutil_post(int port, const char *path, const char *headers, const char *body, char *buf,
                size_t cap);
 
+/* A loopback TCP port that was free a moment ago (bound to port 0, then closed): for programs
+ * that cannot listen on port 0 and report the port back (HAProxy). */
+int dutil_free_port(void);
+
 /* Wall-clock milliseconds. */
 long long dutil_wall_ms(void);
 

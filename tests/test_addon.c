@@ -60,17 +60,6 @@ static void idle(int ms)
     pump(ms);
 }
 
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ck_assert_int_eq(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
-    socklen_t l = sizeof(a);
-    getsockname(s, (struct sockaddr *)&a, &l);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
 /* A request with an optional JSON body to port; returns the status, the response in buf. */
 static int http(int port, const char *method, const char *path, const char *extra_head,
                 const char *body)
@@ -160,7 +149,7 @@ static void fb_stop(void)
 static void start_all(const char *const *hc_flags, const char *hosts)
 {
     hc_start(hc_flags);
-    int port = free_port();
+    int port = dutil_free_port();
     write_config(port, hosts);
     fb_start(port);
 }

@@ -14,12 +14,10 @@
  */
 #include <check.h>
 #include <jansson.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,25 +32,15 @@
 
 static char dir[64];
 
-static const char *program(const char *env, const char *what)
+/* $HAPROXY (meson's find_program), else Debian's path; fails the test when neither is an
+ * executable. */
+static const char *haproxy_path(void)
 {
-    const char *p = getenv(env);
-    ck_assert_msg(p && *p && access(p, X_OK) == 0,
-                  "%s is not installed (%s='%s'): run contrib/deps.sh, then meson setup "
-                  "--reconfigure",
-                  what, env, p ? p : "");
+    const char *p = getenv("HAPROXY");
+    if (!p || !*p)
+        p = "/usr/sbin/haproxy";
+    ck_assert_msg(access(p, X_OK) == 0, "haproxy is not installed (%s): run contrib/deps.sh", p);
     return p;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    close(fd);
-    return ntohs(sa.sin_port);
 }
 
 /* Writes the shipped HAProxy config with its three ports replaced; returns HAProxy's port. */
@@ -63,7 +51,7 @@ static int write_haproxy_config(const char *path, int p1, int p2)
     char src[512], from[3][64], to[3][64];
     snprintf(src, sizeof(src), "%s/contrib/haproxy/firebridge.cfg", root);
     char *text = dutil_slurp(src, NULL);
-    int port = free_port();
+    int port = dutil_free_port();
     snprintf(from[0], sizeof(from[0]), "bind 127.0.0.1:8080\n");
     snprintf(to[0], sizeof(to[0]), "bind 127.0.0.1:%d\n", port);
     snprintf(from[1], sizeof(from[1]), "server fb1 127.0.0.1:8081\n");
@@ -93,8 +81,8 @@ static int send_once(int port, const char *path, const char *auth, const char *b
     int fd = dutil_connect_with(port, 0, 10, 10);
     if (fd < 0)
         return -1;
-    int st = dutil_send_all(fd, req, strlen(req)) == 0 ? dutil_read_response(fd, buf, sizeof(buf))
-                                                        : -1;
+    int st =
+        dutil_send_all(fd, req, strlen(req)) == 0 ? dutil_read_response(fd, buf, sizeof(buf)) : -1;
     close(fd);
     return st;
 }
@@ -127,7 +115,7 @@ static long long alerts_total(const struct dutil_daemon *d)
 
 START_TEST(two_instances_behind_haproxy)
 {
-    const char *haproxy = program("HAPROXY", "haproxy");
+    const char *haproxy = haproxy_path();
     dutil_tmpdir(dir, sizeof(dir), "fbr-real-ha");
 
     char hc_out[128], hc_err[128];
@@ -141,10 +129,10 @@ START_TEST(two_instances_behind_haproxy)
     snprintf(cfg, sizeof(cfg), "%s/firebridge.json", dir);
     snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hc_port);
     dutil_seed_config(cfg, origin, ROOM, ROOM_TOKEN);
-    const char *extra[] = {"-c",          cfg,           "--api-key",    KEY1,
-                           "--api-key",   KEY2,          "--room-rate",  "1000000/1",
-                           "--token-rate", "1000000/1",   "--drain-timeout", "20",
-                           NULL};
+    const char *extra[] = {
+        "-c",          cfg,         "--api-key",    KEY1,        "--api-key",       KEY2,
+        "--room-rate", "1000000/1", "--token-rate", "1000000/1", "--drain-timeout", "20",
+        NULL};
     struct dutil_daemon fb[2];
     dutil_daemon_start(&fb[0], "fbr-real-ha-1", extra);
     dutil_daemon_start(&fb[1], "fbr-real-ha-2", extra);
@@ -171,8 +159,8 @@ START_TEST(two_instances_behind_haproxy)
     dutil_msleep(1500);
 
     /* 1. affinity: 5 alerts per routing key, every one on the same instance */
-    static const char *const keys[] = {"devops", "db", "web", "payments", "search", "mail",
-                                       "queue", "cache", "auth", "storage"};
+    static const char *const keys[] = {"devops", "db",    "web",   "payments", "search",
+                                       "mail",   "queue", "cache", "auth",     "storage"};
     int owner[FBR_ARRAY_LEN(keys)], owned[2] = {0, 0};
     for (size_t k = 0; k < FBR_ARRAY_LEN(keys); k++) {
         long long a0 = alerts_total(&fb[0]), b0 = alerts_total(&fb[1]);
@@ -242,8 +230,7 @@ START_TEST(two_instances_behind_haproxy)
         snprintf(name, sizeof(name), "drain-%d", i);
         int seen = 0;
         for (size_t m = 0; m < json_array_size(msgs) && !seen; m++) {
-            const char *t =
-                json_string_value(json_object_get(json_array_get(msgs, m), "message"));
+            const char *t = json_string_value(json_object_get(json_array_get(msgs, m), "message"));
             seen = t && strcmp(t, name) == 0;
         }
         delivered += seen;

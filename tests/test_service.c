@@ -86,8 +86,8 @@ START_TEST(ready_only_after_listening)
         ck_assert_msg(strstr(msg, "STOPPING=1") != NULL, "after SIGTERM: %s", msg);
         dutil_assert_exit_zero(dutil_wait_exit(&pid, 15000 * dutil_slow(), NULL), log);
     } else {
-        int port = dutil_wait_port(&pid, log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50,
-                                   NULL);
+        int port =
+            dutil_wait_port(&pid, log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50, NULL);
         ck_assert_int_gt(port, 0);
         ck_assert_int_eq(notify_recv(&n, msg, sizeof(msg), 1000), -1);
         dutil_assert_exit_zero(dutil_stop(&pid, 15000 * dutil_slow(), NULL), log);

@@ -5,8 +5,9 @@
  * retries with backoff, writes permanent failures to a dead-letter file and counts everything for
  * /metrics.
  *
- * Destination key: o->rate_key when non-empty; host + room for HipChat-shaped URLs
- * (/v2/room/{room}/notification); otherwise scheme + host + path.  Each destination is a FIFO with
+ * Destination key: o->rate_key when non-empty (a webhook's own, or the HipChat room key that
+ * webhook.c gives HipChat-shaped URLs by default); otherwise scheme + host + path.  The engine
+ * itself knows no chat protocol.  Each destination is a FIFO with
  * at most per_destination_inflight deliveries active, so with the default of 1 a room sees its
  * messages in the order they were submitted, and a slow or failing room never holds up another.
  *
@@ -140,10 +141,51 @@ void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
  * URL and headers are always copied.  A delivery that has to wait (its destination busy, a rate
  * limit, a backoff after a failure) is compacted: its body is copied next to its URL and headers
  * in one exact-size allocation, and it holds no event, webhook or render buffer any more.
- * On FBR_LIMIT (max_pending undelivered) or FBR_INVALID (URL not absolute http(s)) o is untouched
- * and still the caller's.  If id is non-NULL it receives the delivery id (at least 33 bytes).
+ * On FBR_LIMIT (max_pending undelivered, or after fbr_delivery_shutdown()) o is untouched and
+ * still the caller's.  On FBR_INVALID (a URL that url.h refuses) o is untouched too, and the
+ * request was written to the dead-letter file with the parser's reason ("unsendable URL: ...").
+ * If id is non-NULL it receives the delivery id (at least 33 bytes).
+ * The intake's sink; same as fbr_delivery_queue(e, o, &(opts){.id_out = id}).
  */
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id);
+
+/*
+ * How one request is queued; a zeroed struct gives a fresh id, now as its creation time, the
+ * max_pending bound and no credential provider.
+ */
+struct fbr_delivery_saved;
+struct fbr_delivery_queue_opts {
+    const char *id;           /* keep this delivery id (a replay; at most 32 bytes), NULL: new */
+    uint64_t created_wall_ms; /* 0: now (dead letters report it) */
+    int over_limit;           /* queued even at max_pending: an operator's explicit replay */
+    const struct fbr_delivery_auth_ref *auth; /* credentials at send time, see below; or NULL */
+    char *id_out;             /* receives the delivery id (at least 33 bytes), or NULL */
+    const struct fbr_delivery_saved *saved; /* restored from the journal: its attempts, order,
+                                               limits and hook word (fbr_delivery_restore) */
+};
+
+/*
+ * THE way to queue a request that did not come from a webhook (the HipChat add-on's calls, the
+ * platform API client, --replay-dead-letters); fbr_delivery_submit() and
+ * fbr_delivery_submit_auth() are this with fixed options.  Contract:
+ *  - o is built by the caller: fbr_outreq_init(), then method (an FBR_M_* bit, http.h; 0 means
+ *    POST), url, body and headers as copies (fbr_render_set_copy), header_names and content_type
+ *    heap strings that o owns (o->webhook NULL: fbr_outreq_free() frees them), rate_key optional.
+ *  - o->url is checked with url.h's rules here; a refused URL is never sent: it goes to the
+ *    dead-letter file at once with the reason and FBR_INVALID is returned.
+ *  - Limits: the engine's --room-rate per destination (o->rate_key, else scheme + host + path)
+ *    and --token-rate per auth_token query parameter or Authorization header (or opts->auth's
+ *    key); a webhook's overrides apply only to deliveries that carry that webhook.
+ *  - Returns FBR_OK (o released, buffers kept for reuse as with fbr_delivery_submit()),
+ *    FBR_LIMIT or FBR_INVALID (o untouched: the caller frees it).  The engine never calls back
+ *    into the caller except through opts->auth; the outcome is visible in the transition hook,
+ *    /metrics and the dead-letter file.
+ */
+int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
+                       const struct fbr_delivery_queue_opts *opts);
+
+/* Whether the engine still accepts requests (fbr_delivery_shutdown() not called yet). */
+int fbr_delivery_accepting(const struct fbr_delivery_engine *e);
 
 /*
  * Credentials asked for at send time, for requests whose token changes while they wait (the
@@ -173,7 +215,8 @@ struct fbr_delivery_auth_ref {
 };
 
 /* fbr_delivery_submit() with credentials from a provider (see above); o must carry no
- * Authorization header of its own. */
+ * Authorization header of its own.  Same as fbr_delivery_queue() with only opts.auth and
+ * opts.id_out set. */
 int fbr_delivery_submit_auth(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id,
                              const struct fbr_delivery_auth_ref *auth);
 /* A provider has credentials again (or knows it never will): every delivery waiting on one asks
@@ -205,6 +248,7 @@ size_t fbr_delivery_shutdown(struct fbr_delivery_engine *e, const char *reason);
  * when nothing was dead-lettered meanwhile, so freeing the engine without a shutdown leaves the
  * disk as it was).
  */
+/* (Implemented in deadletter.c, through fbr_delivery_queue().) */
 int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, size_t *count,
                              char *err, size_t errlen);
 
@@ -256,6 +300,13 @@ void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_deliver
 typedef void (*fbr_delivery_each_fn)(const struct fbr_delivery_info *d, enum fbr_delivery_state s,
                                      void *arg);
 void fbr_delivery_each(struct fbr_delivery_engine *e, fbr_delivery_each_fn fn, void *arg);
+
+/* The header block of a delivery ("Name: value\r\n" lines, as fbr_delivery_info.head holds it),
+ * line by line: fn gets each header but X-Firebridge-Delivery (the id, added again when sent),
+ * with is_ct set for Content-Type.  Everything borrowed for the call. */
+typedef void (*fbr_delivery_header_fn)(const char *name, size_t nlen, const char *v, size_t vlen,
+                                       int is_ct, void *arg);
+void fbr_delivery_head_each(const char *head, size_t len, fbr_delivery_header_fn fn, void *arg);
 
 /* A delivery as the journal saved it (everything borrowed for the call). */
 struct fbr_delivery_saved {
