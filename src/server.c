@@ -36,6 +36,12 @@
 #define DEF_MAX_HEADER_LINE 8000
 #define DEF_MAX_HEADER_BYTES (32 * 1024)
 #define DEF_MAX_HEADERS 100
+/* Back-pressure on a client that pipelines requests and does not read the replies: no further
+ * request of a connection is parsed while this much of its output is unsent, and its input is
+ * not read from the socket beyond IN_HIGH (the largest header section the screener lets through
+ * fits, with room to spare), so its memory stays below about OUT_HIGH + IN_HIGH + one reply. */
+#define OUT_HIGH (256 * 1024)
+#define IN_HIGH (DEF_MAX_URI + DEF_MAX_HEADER_BYTES + 24 * 1024)
 
 /* Where the header screener is in the byte stream of one connection. */
 enum scan_phase {
@@ -61,6 +67,7 @@ struct conn {
     size_t screened;             /* bytes at the head of the input already screened */
     int busy, dead;              /* inside libevhtp's read callback / freed meanwhile */
     int closing;                 /* a raw error reply is being flushed */
+    int out_blocked;             /* parsing held back: more than OUT_HIGH output unsent */
     /* screener state */
     enum scan_phase phase;
     int in_request;
@@ -106,7 +113,7 @@ struct fbr_server {
     struct fbr_metrics *metrics;
     int own_metrics;
     int64_t *m_open;
-    uint64_t *m_accepted, *m_bytes_in, *m_bytes_out;
+    uint64_t *m_accepted, *m_bytes_in, *m_bytes_out, *m_backpressure;
     struct fbr_histogram *m_duration;
     struct {
         const char *endpoint; /* route's metric label (pointer identity) */
@@ -558,6 +565,17 @@ static void wrapped_readcb(struct bufferevent *bev, void *arg)
             return;
         }
     }
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > OUT_HIGH) {
+        /* The client is not reading: parse nothing more until the output drains (the write
+         * callback feeds the parser again); the read watermark stops reading the socket. */
+        fc->screened = len;
+        if (!fc->out_blocked) {
+            fc->out_blocked = 1;
+            (*fc->srv->m_backpressure)++;
+        }
+        return;
+    }
+    fc->out_blocked = 0;
     fc->busy++;
     fc->ev_read(bev, fc->c);
     fc->busy--;
@@ -701,6 +719,7 @@ static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
     void *cbarg;
     bufferevent_getcb(c->bev, &fc->ev_read, &fc->ev_write, &fc->ev_event, &cbarg);
     bufferevent_setcb(c->bev, wrapped_readcb, wrapped_writecb, wrapped_eventcb, fc);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH);
     evhtp_connection_set_hook(c, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, fc);
     evhtp_connection_set_hook(c, evhtp_hook_on_headers_start, (evhtp_hook)on_headers_start, fc);
     evhtp_connection_set_hook(c, evhtp_hook_on_headers, (evhtp_hook)on_headers, fc);
@@ -921,6 +940,11 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
     srv->m_bytes_out = fbr_metrics_counter(srv->metrics, "firebridge_http_sent_bytes_total",
                                            "Bytes sent on inbound connections (headers approx.)",
                                            NULL, NULL);
+    srv->m_backpressure = fbr_metrics_counter(
+        srv->metrics, "firebridge_http_backpressure_total",
+        "Times a connection's requests were held back because its unsent replies exceeded "
+        "256 KiB (a client that does not read)",
+        NULL, NULL);
     static const double bounds[] = {0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
     srv->m_duration = fbr_metrics_histogram(
         srv->metrics, "firebridge_http_request_duration_seconds",

@@ -392,6 +392,14 @@ START_TEST(seed_single_room_steps)
     free(tok);
     free(secret);
     json_decref(claims);
+    /* secrets and tokens never reach a log line or /metrics */
+    ck_assert_int_eq(http(fb.port, "GET", "/metrics", NULL, NULL), 200);
+    ck_assert_ptr_null(strstr(buf, json_string_value(json_object_get(a, "oauth_secret"))));
+    ck_assert_ptr_null(strstr(buf, "hcs-oauth2-"));
+    log = dutil_slurp(fb.out, NULL);
+    ck_assert_ptr_null(strstr(log, json_string_value(json_object_get(a, "oauth_secret"))));
+    ck_assert_ptr_null(strstr(log, "hcs-oauth2-"));
+    free(log);
     json_decref(a);
     fb_stop();
 }
@@ -450,6 +458,18 @@ START_TEST(ack_and_resolve_by_number)
                       bad[i], json_string_value(json_object_get(d, "body")));
         json_decref(s);
     }
+    /* timeline events of /v1/events that name the routing key reach the room too */
+    ck_assert_int_eq(http(fb.port, "POST", "/v1/events", "Authorization: Bearer " KEY "\r\n",
+                          "{\"event\": \"On-Call\", \"ONCALL\": {\"USER_ID\": \"bob\", "
+                          "\"TEAM_NAME\": \"Ops\", \"ROUTING_KEY\": \"" RK "\"}}"),
+                     200);
+    ck_assert_int_eq(http(fb.port, "POST", "/v1/events", "Authorization: Bearer " KEY "\r\n",
+                          "{\"event\": \"Paging-Start\", \"PAGE\": {\"USER_ID\": \"carol\", "
+                          "\"ROUTING_KEY\": \"elsewhere\"}}"),
+                     200);
+    ck_assert_uint_eq(wait_room(ROOM, "notification", "bob is now on call for Ops", 1), 1);
+    ck_assert_uint_eq(count_in_room(ROOM, NULL, "carol"), 0);
+
     s = say("/help", "header_token");
     d = json_array_get(json_object_get(s, "deliveries"), 0);
     ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(d, "body")), "/resolve"));
@@ -657,6 +677,13 @@ START_TEST(links_self_mismatch_refused)
              hc.port);
     ck_assert_int_eq(http(fb.port, "POST", "/hipchat/" RK "/installed", NULL, body), 401);
     ck_assert_int_eq(metric("firebridge_hipchat_installs_total{result=\"token_refused\"}"), 1);
+    /* a global install (no roomId) is not offered: allowGlobal is false */
+    snprintf(body, sizeof(body),
+             "{\"oauthId\":\"o1\",\"oauthSecret\":\"s1\",\"groupId\":1,"
+             "\"capabilitiesUrl\":\"http://127.0.0.1:%d/v2/capabilities\"}",
+             hc.port);
+    ck_assert_int_eq(http(fb.port, "POST", "/hipchat/" RK "/installed", NULL, body), 400);
+    ck_assert_ptr_nonnull(strstr(buf, "allowGlobal"));
     assert_nothing_stored();
     fb_stop();
 }

@@ -1,7 +1,10 @@
 /*
  * outbound.c - hipchat-server's HTTP client towards add-ons (see outbound.h): libevent's evhttp
- * client over plain sockets or OpenSSL bufferevents, one connection per request, freed by
- * libevent when the request completes (evhttp_connection_free_on_completion).
+ * client over plain sockets or OpenSSL bufferevents, one connection per request, freed by us on
+ * the loop turn after its request ended.  Not with evhttp_connection_free_on_completion():
+ * libevent 2.1 frees such a connection after a response or a failed request, but not after a
+ * failed connect (refused, connect timeout), where it calls back with a request instead of NULL
+ * (measured: LeakSanitizer reported the connection).
  */
 #include "outbound.h"
 
@@ -39,7 +42,12 @@ struct hcs_outbound {
     SSL_CTX *ctx;
     unsigned timeout_s;
     struct out_call *calls;
+    struct evhttp_connection **dead; /* connections whose request ended, freed by reaper */
+    size_t ndead;
+    struct event *reaper;
 };
+
+static void reap(evutil_socket_t fd, short what, void *arg);
 
 struct hcs_outbound *hcs_outbound_new(struct event_base *base, const char *ca_file,
                                       unsigned timeout_s)
@@ -47,6 +55,7 @@ struct hcs_outbound *hcs_outbound_new(struct event_base *base, const char *ca_fi
     struct hcs_outbound *o = fbr_xcalloc(1, sizeof(*o));
     o->base = base;
     o->timeout_s = timeout_s;
+    o->reaper = evtimer_new(base, reap, o);
     o->dns =
         evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     o->ctx = SSL_CTX_new(TLS_client_method());
@@ -83,11 +92,34 @@ static void finish(struct out_call *c, const struct hcs_out_resp *resp)
     free(c);
 }
 
+static void reap(evutil_socket_t fd, short what, void *arg)
+{
+    struct hcs_outbound *o = arg;
+    for (size_t i = 0; i < o->ndead; i++)
+        evhttp_connection_free(o->dead[i]);
+    free(o->dead);
+    o->dead = NULL;
+    o->ndead = 0;
+}
+
+/* A connection must not be freed inside its own callback: it goes on the next loop turn. */
+static void bury(struct hcs_outbound *o, struct evhttp_connection *evcon)
+{
+    o->dead = fbr_xrealloc(o->dead, (o->ndead + 1) * sizeof(*o->dead));
+    o->dead[o->ndead++] = evcon;
+    struct timeval now = {0, 0};
+    evtimer_add(o->reaper, &now);
+}
+
 void hcs_outbound_free(struct hcs_outbound **op)
 {
     struct hcs_outbound *o = *op;
     if (!o)
         return;
+    if (o->reaper) {
+        reap(-1, 0, o);
+        event_free(o->reaper);
+    }
     while (o->calls) {
         struct out_call *c = o->calls;
         if (c->req)
@@ -132,7 +164,8 @@ static void on_error(enum evhttp_request_error e, void *arg)
 static void on_done(struct evhttp_request *req, void *arg)
 {
     struct out_call *c = arg;
-    c->evcon = NULL; /* freed by libevent after this callback (free on completion) */
+    bury(c->o, c->evcon);
+    c->evcon = NULL;
     int code = req ? evhttp_request_get_response_code(req) : 0;
     if (code <= 0) {
         struct hcs_out_resp r = {
@@ -255,7 +288,6 @@ int hcs_out_request(struct hcs_outbound *o, const char *method, const char *url,
     evhttp_connection_set_timeout(c->evcon, (int)o->timeout_s);
     evhttp_connection_set_max_body_size(c->evcon, HCS_OUT_MAX_BODY);
     evhttp_connection_set_retries(c->evcon, 0);
-    evhttp_connection_free_on_completion(c->evcon);
 
     struct evhttp_request *req = evhttp_request_new(on_done, c);
     evhttp_request_set_error_cb(req, on_error);
