@@ -158,49 +158,6 @@ static size_t sink_room(void *arg)
     return fbr_delivery_room(arg);
 }
 
-static void delivery_metrics(struct evbuffer *out, void *arg)
-{
-    fbr_delivery_metrics_write(arg, out);
-}
-
-static void intake_metrics(struct evbuffer *out, void *arg)
-{
-    const struct fbr_intake_stats *st = fbr_intake_stats(arg);
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_intake_alerts_total Alerts accepted by the REST endpoint\n"
-                        "# TYPE firebridge_intake_alerts_total counter\n"
-                        "firebridge_intake_alerts_total %llu\n"
-                        "# HELP firebridge_intake_events_total Timeline events accepted by /v1/events\n"
-                        "# TYPE firebridge_intake_events_total counter\n"
-                        "firebridge_intake_events_total %llu\n"
-                        "# HELP firebridge_intake_rejected_total Intake requests answered with 4xx/5xx\n"
-                        "# TYPE firebridge_intake_rejected_total counter\n"
-                        "firebridge_intake_rejected_total %llu\n"
-                        "# HELP firebridge_intake_unavailable_total Intake requests refused with 503 "
-                        "because the delivery queue was full (nothing was processed)\n"
-                        "# TYPE firebridge_intake_unavailable_total counter\n"
-                        "firebridge_intake_unavailable_total %llu\n"
-                        "# HELP firebridge_webhook_renders_total Webhook renders by outcome\n"
-                        "# TYPE firebridge_webhook_renders_total counter\n"
-                        "firebridge_webhook_renders_total{outcome=\"submitted\"} %llu\n"
-                        "firebridge_webhook_renders_total{outcome=\"skipped_missing_url_variable\"} %llu\n"
-                        "firebridge_webhook_renders_total{outcome=\"invalid\"} %llu\n"
-                        "firebridge_webhook_renders_total{outcome=\"refused\"} %llu\n"
-                        "# HELP firebridge_rules_matched_total Rules whose conditions held\n"
-                        "# TYPE firebridge_rules_matched_total counter\n"
-                        "firebridge_rules_matched_total %llu\n"
-                        "# HELP firebridge_rules_regex_limit_total Rules skipped: regex hit its effort bound\n"
-                        "# TYPE firebridge_rules_regex_limit_total counter\n"
-                        "firebridge_rules_regex_limit_total %llu\n",
-                        (unsigned long long)st->alerts, (unsigned long long)st->events,
-                        (unsigned long long)st->rejected, (unsigned long long)st->unavailable,
-                        (unsigned long long)st->deliveries,
-                        (unsigned long long)st->skipped, (unsigned long long)st->invalid,
-                        (unsigned long long)st->sink_errors,
-                        (unsigned long long)st->rules.matched,
-                        (unsigned long long)st->rules.regex_limit);
-}
-
 static void delivery_opts(const struct fbr_config *cfg, struct fbr_delivery_opts *o)
 {
     fbr_delivery_opts_init(o);
@@ -503,9 +460,9 @@ int main(int argc, char **argv)
         fbr_log(FBR_LOG_ERROR, NULL, "reading the HipChat installations", "%s", err);
         goto out;
     }
-    fbr_metrics_add_collector(d.metrics, intake_metrics, d.intake);
-    fbr_metrics_add_collector(d.metrics, delivery_metrics, d.deliveries);
-    fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_write, d.incidents);
+    fbr_metrics_add_collector(d.metrics, fbr_intake_metrics_collect, d.intake);
+    fbr_metrics_add_collector(d.metrics, fbr_delivery_metrics_collect, d.deliveries);
+    fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_collect, d.incidents);
     d.flush_tick = event_new(d.base, -1, EV_PERSIST, on_flush, &d);
     event_add(d.flush_tick, &(struct timeval){1, 0});
     if (d.cfg.replay_dead_letters) {
