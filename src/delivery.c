@@ -34,6 +34,7 @@
 #include "firebridge/deadletter.h"
 #include "firebridge/defaults.h"
 #include "firebridge/log.h"
+#include "firebridge/metrics.h"
 #include "firebridge/ratelimit.h"
 #include "firebridge/http.h"
 #include "firebridge/strmap.h"
@@ -974,66 +975,49 @@ static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
 
 /* ---- metrics ---- */
 
+void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
+{
+    const struct fbr_delivery_engine *e = arg;
+    const struct fbr_delivery_metrics *m = &e->m;
+    static const char *const deliveries = "firebridge_deliveries_total",
+                             *const outcome = "outcome";
+    const char *h = "Deliveries by outcome.";
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "delivered", m->delivered);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "dead_permanent",
+                       m->dead_permanent);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "dead_expired",
+                       m->dead_expired);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "dead_shutdown",
+                       m->dead_shutdown);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "rejected", m->rejected);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_delivery_attempts_total",
+                       "HTTP attempts started.", NULL, NULL, m->attempts);
+    for (unsigned i = 0; i < FBR_RETRY_COUNT; i++)
+        fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_delivery_retries_total",
+                           "Retries by reason.", "reason", retry_names[i], m->retries[i]);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_deliveries_pending",
+                       "Accepted, not yet delivered or dead.", NULL, NULL, m->pending);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_deliveries_compacted",
+                       "Pending deliveries kept as their bytes only.", NULL, NULL, m->compacted);
+    for (unsigned st = FBR_DS_QUEUED; st <= FBR_DS_BACKING_OFF; st++)
+        fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_deliveries_in_state",
+                           "Live deliveries per state.", "state", state_names[st],
+                           m->in_state[st]);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_delivery_destinations_rate_limited",
+                       "Destinations waiting on a rate limit.", NULL, NULL,
+                       m->destinations_rate_limited);
+    double bounds[FBR_DELIVERY_LATENCY_BUCKETS - 1];
+    for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS - 1; b++)
+        bounds[b] = (double)fbr_delivery_latency_bounds_ms[b] / 1000.0;
+    fbr_metrics_sample_histogram(s, "firebridge_delivery_latency_seconds",
+                                 "From acceptance to 2xx.", bounds, FBR_ARRAY_LEN(bounds),
+                                 m->latency_buckets, (double)m->latency_sum_ms / 1000.0,
+                                 m->latency_count);
+}
+
 void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbuffer *out)
 {
-    const struct fbr_delivery_metrics *m = &e->m;
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_deliveries_total Deliveries by outcome.\n"
-                        "# TYPE firebridge_deliveries_total counter\n"
-                        "firebridge_deliveries_total{outcome=\"delivered\"} %" PRIu64 "\n"
-                        "firebridge_deliveries_total{outcome=\"dead_permanent\"} %" PRIu64 "\n"
-                        "firebridge_deliveries_total{outcome=\"dead_expired\"} %" PRIu64 "\n"
-                        "firebridge_deliveries_total{outcome=\"dead_shutdown\"} %" PRIu64 "\n"
-                        "firebridge_deliveries_total{outcome=\"rejected\"} %" PRIu64 "\n",
-                        m->delivered, m->dead_permanent, m->dead_expired, m->dead_shutdown,
-                        m->rejected);
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_delivery_attempts_total HTTP attempts started.\n"
-                        "# TYPE firebridge_delivery_attempts_total counter\n"
-                        "firebridge_delivery_attempts_total %" PRIu64 "\n"
-                        "# HELP firebridge_delivery_retries_total Retries by reason.\n"
-                        "# TYPE firebridge_delivery_retries_total counter\n",
-                        m->attempts);
-    for (unsigned i = 0; i < FBR_RETRY_COUNT; i++)
-        evbuffer_add_printf(out, "firebridge_delivery_retries_total{reason=\"%s\"} %" PRIu64 "\n",
-                            retry_names[i], m->retries[i]);
-    evbuffer_add_printf(
-        out,
-        "# HELP firebridge_deliveries_pending Accepted, not yet delivered or dead.\n"
-        "# TYPE firebridge_deliveries_pending gauge\n"
-        "firebridge_deliveries_pending %" PRIu64 "\n"
-        "# HELP firebridge_deliveries_compacted Pending deliveries kept as their bytes only.\n"
-        "# TYPE firebridge_deliveries_compacted gauge\n"
-        "firebridge_deliveries_compacted %" PRIu64 "\n"
-        "# HELP firebridge_deliveries_in_state Live deliveries per state.\n"
-        "# TYPE firebridge_deliveries_in_state gauge\n",
-        m->pending, m->compacted);
-    for (unsigned s = FBR_DS_QUEUED; s <= FBR_DS_BACKING_OFF; s++)
-        evbuffer_add_printf(out, "firebridge_deliveries_in_state{state=\"%s\"} %" PRIu64 "\n",
-                            state_names[s], m->in_state[s]);
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_delivery_destinations_rate_limited Destinations waiting "
-                        "on a rate limit.\n"
-                        "# TYPE firebridge_delivery_destinations_rate_limited gauge\n"
-                        "firebridge_delivery_destinations_rate_limited %" PRIu64 "\n"
-                        "# HELP firebridge_delivery_latency_seconds From acceptance to 2xx.\n"
-                        "# TYPE firebridge_delivery_latency_seconds histogram\n",
-                        m->destinations_rate_limited);
-    uint64_t cum = 0;
-    for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS; b++) {
-        cum += m->latency_buckets[b];
-        if (b < FBR_DELIVERY_LATENCY_BUCKETS - 1)
-            evbuffer_add_printf(
-                out, "firebridge_delivery_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
-                (double)fbr_delivery_latency_bounds_ms[b] / 1000.0, cum);
-        else
-            evbuffer_add_printf(
-                out, "firebridge_delivery_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
-    }
-    evbuffer_add_printf(out,
-                        "firebridge_delivery_latency_seconds_sum %.3f\n"
-                        "firebridge_delivery_latency_seconds_count %" PRIu64 "\n",
-                        (double)m->latency_sum_ms / 1000.0, m->latency_count);
+    fbr_metrics_write_collector(fbr_delivery_metrics_collect, (void *)e, out);
 }
 
 /* ---- clean shutdown ---- */

@@ -27,6 +27,7 @@
 #include <event2/buffer.h>
 
 #include "firebridge/log.h"
+#include "firebridge/metrics.h"
 
 #define DEFAULT_MAX 10000
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
@@ -1048,23 +1049,24 @@ void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents
     out->journal_errors = t->journal_errors;
 }
 
-void fbr_incidents_metrics_write(struct evbuffer *out, void *arg)
+void fbr_incidents_metrics_collect(struct fbr_metrics_samples *s, void *arg)
 {
     const struct fbr_incidents *t = arg;
     if (!t)
         return;
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_incidents Incidents in the table by phase\n"
-                        "# TYPE firebridge_incidents gauge\n"
-                        "firebridge_incidents{phase=\"open\"} %zu\n"
-                        "firebridge_incidents{phase=\"resolved\"} %zu\n"
-                        "# HELP firebridge_incidents_evicted_total Incidents dropped because the "
-                        "table was full\n"
-                        "# TYPE firebridge_incidents_evicted_total counter\n"
-                        "firebridge_incidents_evicted_total{phase=\"open\"} %llu\n"
-                        "firebridge_incidents_evicted_total{phase=\"resolved\"} %llu\n",
-                        t->open, t->count - t->open, (unsigned long long)t->evicted_open,
-                        (unsigned long long)(t->evicted - t->evicted_open));
+    static const char *const inc = "firebridge_incidents", *const ev = "firebridge_incidents_evicted_total";
+    const char *h = "Incidents in the table by phase";
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, inc, h, "phase", "open", t->open);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, inc, h, "phase", "resolved", t->count - t->open);
+    h = "Incidents dropped because the table was full";
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, ev, h, "phase", "open", t->evicted_open);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, ev, h, "phase", "resolved",
+                       t->evicted - t->evicted_open);
+}
+
+void fbr_incidents_metrics_write(struct evbuffer *out, void *arg)
+{
+    fbr_metrics_write_collector(fbr_incidents_metrics_collect, arg, out);
 }
 
 /* ---- reading the open incidents (the HipChat add-on's /incidents, /ack and /resolve) ------- */

@@ -17,6 +17,7 @@
 
 #include "firebridge/events.h"
 #include "firebridge/log.h"
+#include "firebridge/metrics.h"
 #include "firebridge/strmap.h"
 
 struct fbr_intake {
@@ -93,6 +94,33 @@ void fbr_intake_set_alertmanager(struct fbr_intake *in, const struct fbr_alertma
 const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in)
 {
     return &in->stats;
+}
+
+void fbr_intake_metrics_collect(struct fbr_metrics_samples *s, void *arg)
+{
+    const struct fbr_intake_stats *st = &((const struct fbr_intake *)arg)->stats;
+    static const char *const renders = "firebridge_webhook_renders_total";
+    const char *h = "Webhook renders by outcome";
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_intake_alerts_total",
+                       "Alerts accepted by the REST endpoint", NULL, NULL, st->alerts);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_intake_events_total",
+                       "Timeline events accepted by /v1/events", NULL, NULL, st->events);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_intake_rejected_total",
+                       "Intake requests answered with 4xx/5xx", NULL, NULL, st->rejected);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_intake_unavailable_total",
+                       "Intake requests refused with 503 because the delivery queue was full "
+                       "(nothing was processed)",
+                       NULL, NULL, st->unavailable);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, renders, h, "outcome", "submitted", st->deliveries);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, renders, h, "outcome",
+                       "skipped_missing_url_variable", st->skipped);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, renders, h, "outcome", "invalid", st->invalid);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, renders, h, "outcome", "refused", st->sink_errors);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_rules_matched_total",
+                       "Rules whose conditions held", NULL, NULL, st->rules.matched);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_rules_regex_limit_total",
+                       "Rules skipped: regex hit its effort bound", NULL, NULL,
+                       st->rules.regex_limit);
 }
 
 /* Compares against every configured key without an early exit, so the time taken depends on

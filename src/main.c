@@ -87,14 +87,44 @@ static int make_dirs(const char *dir)
     return 0;
 }
 
-/* 1,000+ concurrent connections need more descriptors than the usual soft limit of 1024. */
-static void raise_nofile(void)
+/* Descriptors kept for everything but inbound connections: listeners, the journal and
+ * dead-letter files, the resolver, outbound delivery connections. */
+#define NOFILE_RESERVE 256
+
+/*
+ * Makes sure --max-connections inbound connections fit under RLIMIT_NOFILE: raises the soft
+ * limit (to the hard limit, at most 65536, and never below what is needed).  Returns 0, or -1
+ * with the reason in err when the hard limit is too low.
+ */
+static int nofile_fit(uint32_t max_connections, char *err, size_t errlen)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 0;
+    rlim_t need = (rlim_t)max_connections + NOFILE_RESERVE;
+    rlim_t want = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+    if (want < need)
+        want = need;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        snprintf(err, errlen,
+                 "max_connections %u needs %llu open files (%u more for files and deliveries) "
+                 "but the hard limit (ulimit -Hn, LimitNOFILE= under systemd) is %llu: raise it "
+                 "or set --max-connections to %llu or less",
+                 (unsigned)max_connections, (unsigned long long)need, NOFILE_RESERVE,
+                 (unsigned long long)rl.rlim_max,
+                 rl.rlim_max > NOFILE_RESERVE ? (unsigned long long)(rl.rlim_max - NOFILE_RESERVE)
+                                              : 0ULL);
+        return -1;
     }
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && rl.rlim_cur < need) {
+            snprintf(err, errlen, "cannot raise the open files limit to %llu: %s",
+                     (unsigned long long)need, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int list_eq(const struct fbr_strlist *a, const struct fbr_strlist *b)
@@ -154,49 +184,6 @@ static size_t sink_room(void *arg)
     return fbr_delivery_room(arg);
 }
 
-static void delivery_metrics(struct evbuffer *out, void *arg)
-{
-    fbr_delivery_metrics_write(arg, out);
-}
-
-static void intake_metrics(struct evbuffer *out, void *arg)
-{
-    const struct fbr_intake_stats *st = fbr_intake_stats(arg);
-    evbuffer_add_printf(out,
-                        "# HELP firebridge_intake_alerts_total Alerts accepted by the REST endpoint\n"
-                        "# TYPE firebridge_intake_alerts_total counter\n"
-                        "firebridge_intake_alerts_total %llu\n"
-                        "# HELP firebridge_intake_events_total Timeline events accepted by /v1/events\n"
-                        "# TYPE firebridge_intake_events_total counter\n"
-                        "firebridge_intake_events_total %llu\n"
-                        "# HELP firebridge_intake_rejected_total Intake requests answered with 4xx/5xx\n"
-                        "# TYPE firebridge_intake_rejected_total counter\n"
-                        "firebridge_intake_rejected_total %llu\n"
-                        "# HELP firebridge_intake_unavailable_total Intake requests refused with 503 "
-                        "because the delivery queue was full (nothing was processed)\n"
-                        "# TYPE firebridge_intake_unavailable_total counter\n"
-                        "firebridge_intake_unavailable_total %llu\n"
-                        "# HELP firebridge_webhook_renders_total Webhook renders by outcome\n"
-                        "# TYPE firebridge_webhook_renders_total counter\n"
-                        "firebridge_webhook_renders_total{outcome=\"submitted\"} %llu\n"
-                        "firebridge_webhook_renders_total{outcome=\"skipped_missing_url_variable\"} %llu\n"
-                        "firebridge_webhook_renders_total{outcome=\"invalid\"} %llu\n"
-                        "firebridge_webhook_renders_total{outcome=\"refused\"} %llu\n"
-                        "# HELP firebridge_rules_matched_total Rules whose conditions held\n"
-                        "# TYPE firebridge_rules_matched_total counter\n"
-                        "firebridge_rules_matched_total %llu\n"
-                        "# HELP firebridge_rules_regex_limit_total Rules skipped: regex hit its effort bound\n"
-                        "# TYPE firebridge_rules_regex_limit_total counter\n"
-                        "firebridge_rules_regex_limit_total %llu\n",
-                        (unsigned long long)st->alerts, (unsigned long long)st->events,
-                        (unsigned long long)st->rejected, (unsigned long long)st->unavailable,
-                        (unsigned long long)st->deliveries,
-                        (unsigned long long)st->skipped, (unsigned long long)st->invalid,
-                        (unsigned long long)st->sink_errors,
-                        (unsigned long long)st->rules.matched,
-                        (unsigned long long)st->rules.regex_limit);
-}
-
 static void delivery_opts(const struct fbr_config *cfg, struct fbr_delivery_opts *o)
 {
     fbr_delivery_opts_init(o);
@@ -238,6 +225,14 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
             fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", line);
         fbr_log_error("reload failed: keeping the current configuration");
+        fbr_config_free(&next);
+        return;
+    }
+    if (nofile_fit(next.max_connections, err, sizeof(err)) != 0) {
+        (*d->m_reloads_failed)++;
+        fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", err);
+        fbr_log_error("reload failed: keeping the current configuration");
+        flow_free(&flow);
         fbr_config_free(&next);
         return;
     }
@@ -415,7 +410,10 @@ int main(int argc, char **argv)
     fbr_log_setup(d.cfg.log_level, d.cfg.log_format);
     fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    if (nofile_fit(d.cfg.max_connections, err, sizeof(err)) != 0) {
+        fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
+        goto out;
+    }
     if (make_dirs(d.cfg.data_dir) != 0) {
         fbr_log(FBR_LOG_ERROR, NULL, "creating the data directory", "%s: %s", d.cfg.data_dir,
                 strerror(errno));
@@ -467,9 +465,9 @@ int main(int argc, char **argv)
         fbr_log(FBR_LOG_ERROR, NULL, "reading the HipChat installations", "%s", err);
         goto out;
     }
-    fbr_metrics_add_collector(d.metrics, intake_metrics, d.intake);
-    fbr_metrics_add_collector(d.metrics, delivery_metrics, d.deliveries);
-    fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_write, d.incidents);
+    fbr_metrics_add_collector(d.metrics, fbr_intake_metrics_collect, d.intake);
+    fbr_metrics_add_collector(d.metrics, fbr_delivery_metrics_collect, d.deliveries);
+    fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_collect, d.incidents);
     d.flush_tick = event_new(d.base, -1, EV_PERSIST, on_flush, &d);
     event_add(d.flush_tick, &(struct timeval){1, 0});
     if (d.cfg.replay_dead_letters) {

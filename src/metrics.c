@@ -52,6 +52,90 @@ struct fbr_metrics {
     size_t ncollectors;
 };
 
+struct out {
+    char *buf;
+    size_t len, cap;
+};
+
+static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outf(struct out *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap = o->cap * 2 + (n > 0 ? (size_t)n : 0);
+        o->buf = fbr_xrealloc(o->buf, o->cap);
+    }
+}
+
+/* What a collector writes into: the text so far and the name of the last sample's family. */
+struct fbr_metrics_samples {
+    struct out *o;
+    const char *last; /* borrowed from the collector's constant, NULL at the start */
+};
+
+static void family_head(struct fbr_metrics_samples *s, const char *name, const char *help,
+                        const char *type)
+{
+    if (s->last && strcmp(s->last, name) == 0)
+        return;
+    outf(s->o, "# HELP %s %s\n# TYPE %s %s\n", name, help ? help : name, name, type);
+    s->last = name;
+}
+
+static size_t put_label(char *buf, size_t pos, size_t cap, const char *k, const char *v);
+
+void fbr_metrics_sample(struct fbr_metrics_samples *s, enum fbr_metric_type type,
+                        const char *name, const char *help, const char *label_k,
+                        const char *label_v, uint64_t value)
+{
+    family_head(s, name, help, type == FBR_METRIC_COUNTER ? "counter" : "gauge");
+    if (!label_k) {
+        outf(s->o, "%s %" PRIu64 "\n", name, value);
+        return;
+    }
+    char labels[256];
+    put_label(labels, 0, sizeof(labels), label_k, label_v);
+    outf(s->o, "%s{%s} %" PRIu64 "\n", name, labels, value);
+}
+
+void fbr_metrics_sample_histogram(struct fbr_metrics_samples *s, const char *name,
+                                  const char *help, const double *bounds, size_t nbounds,
+                                  const uint64_t *buckets, double sum, uint64_t count)
+{
+    family_head(s, name, help, "histogram");
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= nbounds; i++) {
+        cum += buckets[i];
+        if (i < nbounds)
+            outf(s->o, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, bounds[i], cum);
+        else
+            outf(s->o, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, cum);
+    }
+    outf(s->o, "%s_sum %.17g\n%s_count %" PRIu64 "\n", name, sum, name, count);
+}
+
+static void run_collector(struct out *o, fbr_metrics_collector_fn fn, void *arg)
+{
+    struct fbr_metrics_samples s = {o, NULL};
+    fn(&s, arg);
+}
+
+void fbr_metrics_write_collector(fbr_metrics_collector_fn fn, void *arg, struct evbuffer *out)
+{
+    struct out o = {fbr_xmalloc(1024), 0, 1024};
+    o.buf[0] = '\0';
+    run_collector(&o, fn, arg);
+    evbuffer_add(out, o.buf, o.len);
+    free(o.buf);
+}
+
 void fbr_metrics_add_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg)
 {
     m->collectors = fbr_xrealloc(m->collectors, (m->ncollectors + 1) * sizeof(*m->collectors));
@@ -221,28 +305,6 @@ void fbr_histogram_observe(struct fbr_histogram *h, double value)
     h->sum += value;
 }
 
-struct out {
-    char *buf;
-    size_t len, cap;
-};
-
-static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void outf(struct out *o, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        o->cap = o->cap * 2 + (n > 0 ? (size_t)n : 0);
-        o->buf = fbr_xrealloc(o->buf, o->cap);
-    }
-}
-
 static void render_hist(struct out *o, const struct family *f, const struct series *s)
 {
     const struct fbr_histogram *h = &s->hist;
@@ -284,22 +346,8 @@ char *fbr_metrics_render(const struct fbr_metrics *m, size_t *len)
                 outf(&o, "%s%s%s%s %" PRId64 "\n", f->name, lb, s->labels, rb, s->v.gauge);
         }
     }
-    if (m->ncollectors) {
-        struct evbuffer *eb = evbuffer_new();
-        for (size_t i = 0; i < m->ncollectors; i++)
-            m->collectors[i].fn(eb, m->collectors[i].arg);
-        size_t n = evbuffer_get_length(eb);
-        if (n) {
-            if (o.len + n + 1 > o.cap) {
-                o.cap = o.len + n + 1;
-                o.buf = fbr_xrealloc(o.buf, o.cap);
-            }
-            evbuffer_remove(eb, o.buf + o.len, n);
-            o.len += n;
-            o.buf[o.len] = '\0';
-        }
-        evbuffer_free(eb);
-    }
+    for (size_t i = 0; i < m->ncollectors; i++)
+        run_collector(&o, m->collectors[i].fn, m->collectors[i].arg);
     *len = o.len;
     return o.buf;
 }

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "daemon_util.h"
+#include "http_testsrv.h"
 
 /* ---------------------------------------------------------------------------------------------
  * The server under test.
@@ -281,7 +282,39 @@ static const char descriptor_default[] =
                     "\"authentication\":\"jwt\",\"name\":\"commands\"},"
                     "{\"url\":\"http://127.0.0.1:PORT/hook/enter\",\"event\":\"room_enter\"}]}}";
 
-static void addon_start(void)
+/* HTTPS stand-ins for the descriptor (tls_case): one with a certificate for localhost and
+ * 127.0.0.1, one for wrong.example, both from the test CA (tsrv_make_certs). */
+static struct tsrv *tls_good, *tls_wrong;
+static SSL_CTX *tls_good_ctx, *tls_wrong_ctx;
+static char tls_raw[4096];
+
+static void tls_servers_start(const char *certdir)
+{
+    char cert[160], key[160], body[2048];
+    snprintf(body, sizeof(body),
+             "{\"key\":\"tls.addon\",\"links\":{\"self\":\"https://localhost/descriptor\"},"
+             "\"capabilities\":{\"hipchatApiConsumer\":{\"scopes\":[\"send_notification\"]},"
+             "\"installable\":{\"callbackUrl\":\"http://127.0.0.1:%d/installed\"}}}",
+             ad.port);
+    snprintf(tls_raw, sizeof(tls_raw),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n%s",
+             strlen(body), body);
+    struct tsrv_reply r = {.status = 200, .raw = tls_raw, .close_after = 1};
+    snprintf(cert, sizeof(cert), "%s/good.pem", certdir);
+    snprintf(key, sizeof(key), "%s/good.key", certdir);
+    tls_good_ctx = tsrv_ssl_ctx(cert, key);
+    tls_good = tsrv_new(ad.base, tls_good_ctx);
+    tsrv_set_default(tls_good, r);
+    snprintf(cert, sizeof(cert), "%s/wrong.pem", certdir);
+    snprintf(key, sizeof(key), "%s/wrong.key", certdir);
+    tls_wrong_ctx = tsrv_ssl_ctx(cert, key);
+    tls_wrong = tsrv_new(ad.base, tls_wrong_ctx);
+    tsrv_set_default(tls_wrong, r);
+}
+
+/* Starts the add-on; with certdir, also the HTTPS descriptor servers on its loop. */
+static void addon_start_with(const char *certdir)
 {
     memset(&ad, 0, sizeof(ad));
     pthread_mutex_init(&ad.mu, NULL);
@@ -298,16 +331,30 @@ static void addon_start(void)
     socklen_t sl = sizeof(sa);
     getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl);
     ad.port = ntohs(sa.sin_port);
+    if (certdir)
+        tls_servers_start(certdir);
     ad.tick = event_new(ad.base, -1, EV_PERSIST, on_tick, NULL);
     struct timeval tv = {0, 20000};
     event_add(ad.tick, &tv);
     pthread_create(&ad.thread, NULL, addon_main, NULL);
 }
 
+static void addon_start(void)
+{
+    addon_start_with(NULL);
+}
+
 static void addon_stop(void)
 {
     atomic_store(&ad.stop, 1);
     pthread_join(ad.thread, NULL);
+    if (tls_good) {
+        tsrv_free(tls_good);
+        tsrv_free(tls_wrong);
+        SSL_CTX_free(tls_good_ctx);
+        SSL_CTX_free(tls_wrong_ctx);
+        tls_good = tls_wrong = NULL;
+    }
     event_free(ad.tick);
     evhttp_free(ad.http);
     event_base_free(ad.base);
@@ -947,6 +994,47 @@ START_TEST(say_negative_signatures)
 }
 END_TEST
 
+/* Descriptors over HTTPS: verified against --ca-file (chain, then the host name or IP). */
+START_TEST(tls_descriptor)
+{
+    hs_stop();
+    addon_stop();
+    char certdir[64], ca[128], body[300];
+    dutil_tmpdir(certdir, sizeof(certdir), "hcs-addons-tls");
+    ck_assert_int_eq(tsrv_make_certs(certdir), 0);
+    addon_start_with(certdir);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", certdir);
+    const char *const extra[] = {"--ca-file", ca, NULL};
+    hs_start(extra);
+    ad.fetch_token = 0;
+    const char *const hosts[] = {"127.0.0.1", "localhost"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(body, sizeof(body), "{\"room\":\"1\",\"descriptor_url\":\"https://%s:%d/d\"}",
+                 hosts[i], tsrv_port(tls_good));
+        json_t *j = hs_json("POST", "/addons/install", body, 200);
+        ck_assert_int_eq(json_integer_value(json_object_get(j, "callback_status")), 200);
+        json_decref(j);
+    }
+    ck_assert_uint_eq(tsrv_nreqs(tls_good), 2);
+    /* A certificate for another name: refused, nothing fetched. */
+    snprintf(body, sizeof(body), "{\"room\":\"1\",\"descriptor_url\":\"https://127.0.0.1:%d/d\"}",
+             tsrv_port(tls_wrong));
+    json_t *j = hs_json("POST", "/addons/install", body, 502);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "descriptor_status")), 0);
+    json_decref(j);
+    ck_assert_uint_eq(tsrv_nreqs(tls_wrong), 0);
+    /* Without --ca-file the test CA is unknown (system store): refused too. */
+    hs_stop();
+    hs_start(NULL);
+    snprintf(body, sizeof(body), "{\"room\":\"1\",\"descriptor_url\":\"https://127.0.0.1:%d/d\"}",
+             tsrv_port(tls_good));
+    j = hs_json("POST", "/addons/install", body, 502);
+    json_decref(j);
+    ck_assert_uint_eq(tsrv_nreqs(tls_good), 2);
+    dutil_rm_rf(certdir);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -964,6 +1052,7 @@ int main(void)
     tcase_add_loop_test(tc, say_signed, 0, 3);
     tcase_add_test(tc, say_pattern_and_replies);
     tcase_add_test(tc, say_negative_signatures);
+    tcase_add_test(tc, tls_descriptor);
     tcase_set_timeout(tc, 30 * dutil_slow());
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

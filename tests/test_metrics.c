@@ -4,6 +4,7 @@
  * Prometheus text format of counters, gauges and histograms.
  */
 #include <check.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,80 @@ START_TEST(histogram)
 }
 END_TEST
 
+/* A collector reports numbers; the registry writes the format, one # HELP / # TYPE per family. */
+static void collect(struct fbr_metrics_samples *s, void *arg)
+{
+    const uint64_t *v = arg;
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "c_total", "C things", "k", "a\"b", v[0]);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "c_total", "C things", "k", "c", v[1]);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "g", NULL, NULL, NULL, v[2]);
+    static const double bounds[] = {0.5, 2};
+    static const uint64_t buckets[] = {1, 0, 2};
+    fbr_metrics_sample_histogram(s, "h_seconds", "H", bounds, 2, buckets, 9.5, 3);
+}
+
+START_TEST(collectors_report_numbers)
+{
+    struct fbr_metrics *m = fbr_metrics_new();
+    *fbr_metrics_counter(m, "first_total", "registered before", NULL, NULL) = 1;
+    uint64_t v[3] = {7, 8, 9};
+    fbr_metrics_add_collector(m, collect, v);
+    size_t len;
+    char *text = fbr_metrics_render(m, &len);
+    const char *want = "# HELP first_total registered before\n# TYPE first_total counter\n"
+                       "first_total 1\n"
+                       "# HELP c_total C things\n# TYPE c_total counter\n"
+                       "c_total{k=\"a\\\"b\"} 7\nc_total{k=\"c\"} 8\n"
+                       "# HELP g g\n# TYPE g gauge\ng 9\n"
+                       "# HELP h_seconds H\n# TYPE h_seconds histogram\n"
+                       "h_seconds_bucket{le=\"0.5\"} 1\nh_seconds_bucket{le=\"2\"} 1\n"
+                       "h_seconds_bucket{le=\"+Inf\"} 3\nh_seconds_sum 9.5\nh_seconds_count 3\n";
+    ck_assert_str_eq(text, want);
+    ck_assert_uint_eq(len, strlen(want));
+    free(text);
+    fbr_metrics_remove_collector(m, collect, v);
+    text = fbr_metrics_render(m, &len);
+    ck_assert_ptr_null(strstr(text, "c_total"));
+    free(text);
+    fbr_metrics_free(&m);
+}
+END_TEST
+
+/* Only metrics.c writes the exposition format: no other source file of the library or the
+ * daemon spells a # TYPE line (modules report numbers through the registry). */
+START_TEST(one_writer_of_the_format)
+{
+    const char *root = getenv("FBR_SOURCE_ROOT");
+    ck_assert_ptr_nonnull(root);
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/src", root);
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *de;
+    int files = 0;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n < 3 || strcmp(de->d_name + n - 2, ".c") != 0 || strcmp(de->d_name, "metrics.c") == 0)
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        FILE *f = fopen(path, "r");
+        ck_assert_ptr_nonnull(f);
+        char line[4096];
+        unsigned no = 0;
+        while (fgets(line, sizeof(line), f)) {
+            no++;
+            ck_assert_msg(!strstr(line, "# TYPE ") && !strstr(line, "# HELP "),
+                          "%s:%u writes exposition text itself", de->d_name, no);
+        }
+        fclose(f);
+        files++;
+    }
+    closedir(d);
+    ck_assert_int_gt(files, 10);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("metrics");
@@ -90,6 +165,8 @@ int main(void)
     tcase_add_test(tc, counters_and_gauges);
     tcase_add_test(tc, label_sets_are_bounded);
     tcase_add_test(tc, histogram);
+    tcase_add_test(tc, collectors_report_numbers);
+    tcase_add_test(tc, one_writer_of_the_format);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

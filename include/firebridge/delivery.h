@@ -259,7 +259,12 @@ size_t fbr_delivery_room(const struct fbr_delivery_engine *e);
 
 /* Counters (borrowed, live). */
 const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e);
-/* Appends the counters as Prometheus text lines (# HELP/# TYPE and samples) to out. */
+/* The engine's metrics collector (metrics.h; arg: the engine): firebridge_deliveries_total,
+ * _attempts_total, _retries_total, _pending, _compacted, _in_state, _destinations_rate_limited
+ * and the latency histogram.  The daemon adds it to its registry. */
+struct fbr_metrics_samples;
+void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg);
+/* That collector's exposition text appended to out (tests). */
 void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbuffer *out);
 
 /* The client, for tests and statistics (borrowed). */

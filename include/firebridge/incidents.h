@@ -135,6 +135,9 @@ void fbr_incidents_each_open(const struct fbr_incidents *t, fbr_incident_visit_f
  * firebridge_incidents{phase} gauge and firebridge_incidents_evicted_total{phase} counter.
  */
 struct evbuffer;
+struct fbr_metrics_samples;
+void fbr_incidents_metrics_collect(struct fbr_metrics_samples *s, void *arg);
+/* That collector's exposition text appended to out (tests). */
 void fbr_incidents_metrics_write(struct evbuffer *out, void *arg);
 
 #endif

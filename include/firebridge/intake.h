@@ -86,6 +86,10 @@ void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
 /* Replaces the Alertmanager mapping options (configuration reload; copied). */
 void fbr_intake_set_alertmanager(struct fbr_intake *in, const struct fbr_alertmanager_opts *o);
 const struct fbr_intake_stats *fbr_intake_stats(const struct fbr_intake *in);
+/* The intake's metrics collector (metrics.h; arg: the intake, borrowed): alerts, events,
+ * rejected and unavailable requests, webhook renders by outcome, rule matches. */
+struct fbr_metrics_samples;
+void fbr_intake_metrics_collect(struct fbr_metrics_samples *s, void *arg);
 
 /* What a request produced: the HTTP status, the JSON reply (new reference, never NULL), the
  * number of deliveries handed to the sink, and for a 503 the Retry-After seconds (else 0). */

@@ -46,15 +46,34 @@ struct fbr_histogram *fbr_metrics_histogram(struct fbr_metrics *m, const char *n
 void fbr_histogram_observe(struct fbr_histogram *h, double value);
 
 /*
- * A collector appends its own exposition text (complete # HELP/# TYPE blocks) when /metrics is
- * rendered: for modules that keep their counters in a struct of their own (delivery engine,
- * intake).  fn gets an evbuffer to append to.  Collectors run in the order added; arg is
- * borrowed and must outlive the registry or be removed with fbr_metrics_remove_collector().
+ * A collector, for modules that keep their numbers in a struct of their own (delivery engine,
+ * intake, incident table, add-on) or derive them when asked: when /metrics is rendered the
+ * registry calls fn, which reports each sample through fbr_metrics_sample() and
+ * fbr_metrics_sample_histogram(); the registry writes the exposition text (one # HELP / # TYPE
+ * per run of samples of one name), so no module writes that format itself.  Collectors run
+ * after the registered series, in the order added; arg is borrowed and must outlive the
+ * registry or be removed with fbr_metrics_remove_collector().
  */
-struct evbuffer;
-typedef void (*fbr_metrics_collector_fn)(struct evbuffer *out, void *arg);
+struct fbr_metrics_samples;
+typedef void (*fbr_metrics_collector_fn)(struct fbr_metrics_samples *s, void *arg);
 void fbr_metrics_add_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg);
 void fbr_metrics_remove_collector(struct fbr_metrics *m, fbr_metrics_collector_fn fn, void *arg);
+
+enum fbr_metric_type { FBR_METRIC_COUNTER, FBR_METRIC_GAUGE };
+/* One sample from a collector: name{label_k="label_v"} value (label_k NULL: no label).  help
+ * is used for the first sample of a run of one name. */
+void fbr_metrics_sample(struct fbr_metrics_samples *s, enum fbr_metric_type type,
+                        const char *name, const char *help, const char *label_k,
+                        const char *label_v, uint64_t value);
+/* One histogram from a collector: buckets[nbounds + 1] non-cumulative counts for the upper
+ * bounds (ascending; +Inf implicit), their sum and count. */
+void fbr_metrics_sample_histogram(struct fbr_metrics_samples *s, const char *name,
+                                  const char *help, const double *bounds, size_t nbounds,
+                                  const uint64_t *buckets, double sum, uint64_t count);
+
+/* Runs one collector on its own and appends its exposition text to out (tests, tools). */
+struct evbuffer;
+void fbr_metrics_write_collector(fbr_metrics_collector_fn fn, void *arg, struct evbuffer *out);
 
 /* Renders every metric; returns a new heap string (caller frees) and its length in *len. */
 char *fbr_metrics_render(const struct fbr_metrics *m, size_t *len);
