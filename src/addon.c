@@ -29,11 +29,10 @@
 #include "firebridge/template.h"
 #include "firebridge/url.h"
 
-#define CAPS_MAX_BODY (64u * 1024u)   /* a capabilities document larger than this is refused */
-#define MESSAGE_MAX 9000              /* characters of a room notification (HipChat: 10,000) */
-#define CHAT_TEXT_MAX 10000           /* a room message longer than this is cut */
-#define LIST_MAX 20                   /* /incidents lists at most this many */
-#define RECENT_MAX 20                 /* notifications remembered per add-on for the page */
+#define CAPS_MAX_BODY (64u * 1024u) /* a capabilities document larger than this is refused */
+#define MESSAGE_MAX 9000            /* characters of a room notification (HipChat: 10,000) */
+#define LIST_MAX 20                 /* /incidents lists at most this many */
+#define RECENT_MAX 20               /* notifications remembered per add-on for the page */
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -49,7 +48,7 @@ struct fbr_addon_config {
     char *addon_key, *name, *description, *from_name;
     char **hosts;
     size_t nhosts;
-    unsigned notify; /* bit per enum fbr_addon_item */
+    unsigned notify;                                 /* bit per enum fbr_addon_item */
     struct fbr_tpl *templates[FBR_ADDON_ITEM_COUNT]; /* JSON body templates, or NULL */
     struct {
         char *url, *api_id, *api_key, *username; /* url NULL: no platform API */
@@ -63,29 +62,45 @@ struct key_doc {
 };
 
 static const struct key_doc hipchat_keys[] = {
-    {{"addon_key", FBR_F_STRING, 0, 0, 0}, "string", "io.firebridge.addon",
+    {{"addon_key", FBR_F_STRING, 0, 0, 0},
+     "string",
+     "io.firebridge.addon",
      "descriptor `key`; the routing key is appended (`io.firebridge.addon.devops`)"},
     {{"name", FBR_F_STRING, 0, 0, 0}, "string", "firebridge", "descriptor `name`"},
-    {{"description", FBR_F_STRING, 0, 0, 0}, "string", "On-call timeline in this room",
+    {{"description", FBR_F_STRING, 0, 0, 0},
+     "string",
+     "On-call timeline in this room",
      "descriptor `description`"},
-    {{"from_name", FBR_F_STRING, 0, 0, 0}, "string", "firebridge",
+    {{"from_name", FBR_F_STRING, 0, 0, 0},
+     "string",
+     "firebridge",
      "`hipchatApiConsumer.fromName` and the `from` label of room notifications"},
-    {{"capabilities_hosts", FBR_F_ARRAY, 0, 0, 0}, "array of host names", "[\"api.hipchat.com\"]",
+    {{"capabilities_hosts", FBR_F_ARRAY, 0, 0, 0},
+     "array of host names",
+     "[\"api.hipchat.com\"]",
      "hosts an install's `capabilitiesUrl` (and the token and API URLs it names) may be on; "
      "others are refused 403"},
-    {{"notify", FBR_F_ARRAY, 0, 0, 0}, "array of alert/incident/chat/oncall/paging", "all",
+    {{"notify", FBR_F_ARRAY, 0, 0, 0},
+     "array of alert/incident/chat/oncall/paging",
+     "all",
      "which timeline items are posted to the room"},
-    {{"templates", FBR_F_OBJECT, 0, 0, 0}, "object", "(built-in)",
+    {{"templates", FBR_F_OBJECT, 0, 0, 0},
+     "object",
+     "(built-in)",
      "per item (`alert`, `incident`, ...): a room-notification body template (string or JSON "
      "object, `${{NS.FIELD}}` as in webhooks, JSON-escaped) replacing the built-in message"},
 };
 
 static const struct key_doc oncall_keys[] = {
-    {{"url", FBR_F_STRING, 1, 0, 0}, "URL", "(required)",
+    {{"url", FBR_F_STRING, 1, 0, 0},
+     "URL",
+     "(required)",
      "the platform's public API base (`https://api.victorops.com`)"},
     {{"api_id", FBR_F_STRING, 1, 0, 0}, "string", "(required)", "`X-VO-Api-Id`"},
     {{"api_key", FBR_F_STRING, 1, 0, 0}, "string", "(required)", "`X-VO-Api-Key` (never logged)"},
-    {{"username", FBR_F_STRING, 0, 0, 0}, "string", "firebridge",
+    {{"username", FBR_F_STRING, 0, 0, 0},
+     "string",
+     "firebridge",
      "platform user the chats, acks and resolves are posted as"},
 };
 
@@ -157,8 +172,9 @@ int fbr_addon_config_compile(json_t *hipchat, json_t *oncall_api, const char *pu
     size_t before = errs->n;
     if (!hipchat) {
         if (oncall_api)
-            fbr_cfgerr_add(errs, "oncall_api", "is only used by the `hipchat` section (Single "
-                                               "Room mode), which is missing");
+            fbr_cfgerr_add(errs, "oncall_api",
+                           "is only used by the `hipchat` section (Single "
+                           "Room mode), which is missing");
         return errs->n == before ? FBR_OK : FBR_INVALID;
     }
     struct fbr_addon_config *c = fbr_xcalloc(1, sizeof(*c));
@@ -167,10 +183,11 @@ int fbr_addon_config_compile(json_t *hipchat, json_t *oncall_api, const char *pu
     struct fbr_url u;
     const char *why = NULL;
     if (!public_url) {
-        fbr_cfgerr_add(errs, "hipchat", "needs --public-url (`public_url`): the URL under which "
-                                        "HipChat reaches firebridge");
-    } else if (fbr_url_parse(public_url, strlen(public_url), &u, &why) != FBR_OK ||
-               u.query.ptr || u.fragment.ptr) {
+        fbr_cfgerr_add(errs, "hipchat",
+                       "needs --public-url (`public_url`): the URL under which "
+                       "HipChat reaches firebridge");
+    } else if (fbr_url_parse(public_url, strlen(public_url), &u, &why) != FBR_OK || u.query.ptr ||
+               u.fragment.ptr) {
         fbr_cfgerr_add(errs, "public_url", "must be an absolute http(s) URL without query: %s",
                        why ? why : "has a query or fragment");
     } else {
@@ -244,7 +261,7 @@ int fbr_addon_config_compile(json_t *hipchat, json_t *oncall_api, const char *pu
                 fbr_cfgerr_add(errs, path, "unknown item (alert, incident, chat, oncall, paging)");
                 continue;
             }
-            char *src = json_is_string(v) ? fbr_xstrdup(json_string_value(v))
+            char *src = json_is_string(v)   ? fbr_xstrdup(json_string_value(v))
                         : json_is_object(v) ? json_dumps(v, JSON_COMPACT)
                                             : NULL;
             if (!src) {
@@ -323,11 +340,10 @@ json_t *fbr_addon_descriptor(const struct fbr_addon_config *c, struct fbr_slice 
         " s:{s:s}}}",
         "key", key, "name", c->name, "description", c->description, "vendor", "name", "firebridge",
         "url", c->public_url, "links", "self", self, "homepage", c->public_url, "capabilities",
-        "hipchatApiConsumer", "scopes", "send_notification", "view_room", "fromName",
-        c->from_name, "installable", "callbackUrl", installed, "allowRoom", 1, "allowGlobal", 0,
-        "webhook", "url", hook, "event", "room_message", "pattern", ".*", "name",
-        "firebridge timeline", "key", "firebridge-room-message", "authentication", "jwt",
-        "configurable", "url", page);
+        "hipchatApiConsumer", "scopes", "send_notification", "view_room", "fromName", c->from_name,
+        "installable", "callbackUrl", installed, "allowRoom", 1, "allowGlobal", 0, "webhook", "url",
+        hook, "event", "room_message", "pattern", ".*", "name", "firebridge timeline", "key",
+        "firebridge-room-message", "authentication", "jwt", "configurable", "url", page);
     free(self);
     free(installed);
     free(hook);
@@ -368,9 +384,13 @@ enum install_result {
     IR_ERROR,
     IR_COUNT
 };
-static const char *const install_result_names[] = {
-    "ok", "bad_request", "forbidden_host", "bad_capabilities", "links_self_mismatch",
-    "token_refused", "error"};
+static const char *const install_result_names[] = {"ok",
+                                                   "bad_request",
+                                                   "forbidden_host",
+                                                   "bad_capabilities",
+                                                   "links_self_mismatch",
+                                                   "token_refused",
+                                                   "error"};
 
 static uint64_t real_clock_s(void)
 {
@@ -400,7 +420,8 @@ static int url_allowed(const struct fbr_addon_config *c, const char *url, const 
 
 /* ---- submitting requests ------------------------------------------------------------------ */
 
-/* Queues one request made here (no webhook): url and body copied; auth NULL: no credentials. */
+/* Queues one request made here (no webhook) through fbr_delivery_queue(): url, body and headers
+ * copied into an outreq the engine owns; auth NULL: no credentials. */
 static int submit(struct fbr_addon *a, unsigned method, const char *url, const char *body,
                   const char *const *hnames, const char *const *hvals, size_t nh,
                   struct fbr_install *auth, char *id)
@@ -422,13 +443,9 @@ static int submit(struct fbr_addon *a, unsigned method, const char *url, const c
         }
         o.nheaders = nh;
     }
-    int rc;
-    if (auth) {
-        struct fbr_delivery_auth_ref ref = {&fbr_install_auth, auth, auth->oauth_id};
-        rc = fbr_delivery_submit_auth(a->o.engine, &o, id, &ref);
-    } else {
-        rc = fbr_delivery_submit(a->o.engine, &o, id);
-    }
+    struct fbr_delivery_auth_ref ref = {&fbr_install_auth, auth, auth ? auth->oauth_id : NULL};
+    struct fbr_delivery_queue_opts qo = {.auth = auth ? &ref : NULL, .id_out = id};
+    int rc = fbr_delivery_queue(a->o.engine, &o, &qo);
     fbr_outreq_free(&o);
     return rc;
 }
@@ -659,9 +676,9 @@ static json_t *builtin_message(const struct fbr_addon_config *c, enum fbr_addon_
     default:
         break;
     }
-    json_t *m = json_pack("{s:s, s:s, s:s, s:b, s:s}", "message", b.p ? b.p : "(empty)",
-                          "message_format", "html", "color", color, "notify", notify, "from",
-                          c->from_name);
+    json_t *m =
+        json_pack("{s:s, s:s, s:s, s:b, s:s}", "message", b.p ? b.p : "(empty)", "message_format",
+                  "html", "color", color, "notify", notify, "from", c->from_name);
     free(b.p);
     return m;
 }
@@ -842,9 +859,10 @@ static void on_request(struct fbr_http_req *req, void *arg)
         fbr_http_reply_error(req, 404, "no such endpoint");
         return;
     }
-    fbr_http_add_header(req, "Allow", allowed == FBR_M_POST     ? "POST"
-                                      : allowed == FBR_M_DELETE ? "DELETE"
-                                                                : "GET, HEAD");
+    fbr_http_add_header(req, "Allow",
+                        allowed == FBR_M_POST     ? "POST"
+                        : allowed == FBR_M_DELETE ? "DELETE"
+                                                  : "GET, HEAD");
     fbr_http_reply_error(req, 405, "method not allowed");
 }
 
@@ -856,10 +874,10 @@ struct install_op {
     struct fbr_install *in; /* detached until stored */
 };
 
-static void install_done(struct install_op *op, enum install_result r, int status,
-                         const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void install_done(struct install_op *op, enum install_result r, int status,
-                         const char *fmt, ...)
+static void install_done(struct install_op *op, enum install_result r, int status, const char *fmt,
+                         ...) __attribute__((format(printf, 4, 5)));
+static void install_done(struct install_op *op, enum install_result r, int status, const char *fmt,
+                         ...)
 {
     struct fbr_addon *a = op->a;
     (*a->m_install[r])++;
@@ -935,14 +953,17 @@ static void on_capabilities(const struct fbr_client_resp *r, void *arg)
         json_string_value(json_object_get(json_object_get(caps, "hipchatApiProvider"), "url"));
     const char *why = NULL;
     if (!doc) {
-        install_done(op, IR_CAPABILITIES, 502, "the capabilities document is not JSON (or over "
-                                               "%u bytes)", CAPS_MAX_BODY);
+        install_done(op, IR_CAPABILITIES, 502,
+                     "the capabilities document is not JSON (or over "
+                     "%u bytes)",
+                     CAPS_MAX_BODY);
     } else if (!self || strcmp(self, in->capabilities_url) != 0) {
         install_done(op, IR_LINKS_SELF, 403,
                      "the capabilities document's links.self is not the capabilitiesUrl fetched");
     } else if (!token_url || !api) {
-        install_done(op, IR_CAPABILITIES, 502, "the capabilities document lacks "
-                                               "oauth2Provider.tokenUrl or hipchatApiProvider.url");
+        install_done(op, IR_CAPABILITIES, 502,
+                     "the capabilities document lacks "
+                     "oauth2Provider.tokenUrl or hipchatApiProvider.url");
     } else if (!url_allowed(a->cfg, token_url, &why) || !url_allowed(a->cfg, api, &why)) {
         install_done(op, IR_FORBIDDEN_HOST, 403, "tokenUrl or the API URL: %s", why);
     } else {
@@ -975,13 +996,15 @@ static void on_install(struct fbr_addon *a, struct fbr_http_req *req, struct fbr
         bad_oid |= *p <= 0x20 || *p == '/' || *p == 0x7f;
     if (!json_is_object(body) || !oid || !secret || !caps || bad_oid) {
         (*a->m_install[IR_BAD_REQUEST])++;
-        fbr_http_reply_error(req, 400, "expected {oauthId, oauthSecret, capabilitiesUrl, roomId, "
-                                       "groupId} with strings of 1 to %d characters",
+        fbr_http_reply_error(req, 400,
+                             "expected {oauthId, oauthSecret, capabilitiesUrl, roomId, "
+                             "groupId} with strings of 1 to %d characters",
                              FBR_ADDON_FIELD_MAX);
     } else if (!json_is_integer(room) || (group && !json_is_integer(group))) {
         (*a->m_install[IR_BAD_REQUEST])++;
-        fbr_http_reply_error(req, 400, "roomId (and groupId) must be integers: this add-on "
-                                       "installs into one room (allowGlobal is false)");
+        fbr_http_reply_error(req, 400,
+                             "roomId (and groupId) must be integers: this add-on "
+                             "installs into one room (allowGlobal is false)");
     } else if (!url_allowed(a->cfg, caps, &why)) {
         (*a->m_install[IR_FORBIDDEN_HOST])++;
         fbr_log(FBR_LOG_WARN, req->id, "installing the HipChat add-on",
@@ -1025,8 +1048,9 @@ static void on_uninstall(struct fbr_addon *a, struct fbr_http_req *req, struct f
                 in->routing_key, (long long)in->room_id, in->oauth_id);
         (*a->m_uninstall)++;
         if (fbr_addon_store_remove(a->store, oauth_id) == FBR_ERROR) {
-            fbr_http_reply_error(req, 500, "removed, but the installations file could not be "
-                                           "written");
+            fbr_http_reply_error(req, 500,
+                                 "removed, but the installations file could not be "
+                                 "written");
             return;
         }
     }
@@ -1115,24 +1139,10 @@ static const char help_text[] =
 /* /ack and /resolve: through the intake like an alert of the platform's shape, so the incident
  * table changes and every webhook and room sees the usual events. */
 static void command_ack(struct fbr_addon *a, struct fbr_http_req *req, struct fbr_install *in,
-                        int resolve, const char *args, const char *user)
+                        int resolve, uint64_t number, const char *note, const char *user)
 {
-    char *end = NULL;
-    while (*args == ' ')
-        args++;
-    if (*args == '#')
-        args++;
-    unsigned long long n = strtoull(args, &end, 10);
+    unsigned long long n = number;
     struct sbuf msg = {0};
-    if (!end || end == args || (*end && *end != ' ')) {
-        reply_notification(req, "yellow", "text",
-                           resolve ? "Usage: /resolve <incident number> [note]"
-                                   : "Usage: /ack <incident number> [note]");
-        return;
-    }
-    while (*end == ' ')
-        end++;
-    const char *note = end;
     struct fbr_slice rk = fbr_slice_from(in->routing_key);
     struct find_ctx f = {.number = n, .rk = rk};
     if (a->o.incidents)
@@ -1165,13 +1175,12 @@ static void command_ack(struct fbr_addon *a, struct fbr_http_req *req, struct fb
     char num[32];
     snprintf(num, sizeof(num), "%llu", n);
     char dflt[300];
-    snprintf(dflt, sizeof(dflt), "%s from HipChat by %.200s",
-             resolve ? "Resolved" : "Acknowledged", user);
+    snprintf(dflt, sizeof(dflt), "%s from HipChat by %.200s", resolve ? "Resolved" : "Acknowledged",
+             user);
     platform_call(a, FBR_M_PATCH,
                   resolve ? "/api-public/v1/incidents/resolve" : "/api-public/v1/incidents/ack",
-                  json_pack("{s:s, s:[s], s:s}", "userName", a->cfg->oncall.username
-                                                                 ? a->cfg->oncall.username
-                                                                 : "firebridge",
+                  json_pack("{s:s, s:[s], s:s}", "userName",
+                            a->cfg->oncall.username ? a->cfg->oncall.username : "firebridge",
                             "incidentNames", num, "message", *note ? note : dflt));
     sb_printf(&msg, "Incident <b>#%llu</b> %s by ", n, resolve ? "resolved" : "acknowledged");
     sb_html(&msg, user, 256);
@@ -1188,6 +1197,78 @@ static int command_is(const char *text, const char *cmd, const char **args)
         return 0;
     *args = text + n;
     return 1;
+}
+
+/* "<number> [note]" after /ack or /resolve; 0 with *number and *note, or -1. */
+static int command_number(const char *args, uint64_t *number, const char **note)
+{
+    while (*args == ' ')
+        args++;
+    if (*args == '#')
+        args++;
+    if (*args < '0' || *args > '9')
+        return -1;
+    uint64_t n = 0;
+    for (; *args >= '0' && *args <= '9'; args++) {
+        if (n > (UINT64_MAX - 9) / 10)
+            return -1;
+        n = n * 10 + (uint64_t)(*args - '0');
+    }
+    if (*args && *args != ' ')
+        return -1;
+    while (*args == ' ')
+        args++;
+    *number = n;
+    *note = args;
+    return 0;
+}
+
+void fbr_room_message_parse(json_t *body, struct fbr_room_message *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->note = "";
+    json_t *item = json_object_get(body, "item");
+    json_t *rid = json_object_get(json_object_get(item, "room"), "id");
+    json_t *msg = json_object_get(item, "message");
+    json_t *from = json_object_get(msg, "from");
+    const char *event = json_string_value(json_object_get(body, "event"));
+    if (json_is_integer(rid)) {
+        m->has_room = 1;
+        m->room_id = json_integer_value(rid);
+    }
+    const char *text = json_string_value(json_object_get(msg, "message"));
+    /* only people's messages: the add-on's own posts come back as room_notification (with a
+     * string `from`), and are never chats */
+    if (!event || strcmp(event, "room_message") != 0 || !json_is_object(from) || !text)
+        return;
+    m->from_person = 1;
+    m->mention = json_string_value(json_object_get(from, "mention_name"));
+    m->user = json_string_value(json_object_get(from, "name"));
+    if (!m->user)
+        m->user = m->mention ? m->mention : "HipChat user";
+    json_t *uid = json_object_get(from, "id");
+    m->user_id = json_is_integer(uid) || json_is_string(uid) ? uid : NULL;
+    while (*text == ' ')
+        text++;
+    m->text = text;
+    m->text_len = strlen(text);
+    if (m->text_len > FBR_ROOM_TEXT_MAX) {
+        m->text_len = FBR_ROOM_TEXT_MAX;
+        while (m->text_len && ((unsigned char)text[m->text_len] & 0xC0) == 0x80)
+            m->text_len--;
+    }
+    const char *args;
+    m->cmd = FBR_ROOM_CHAT;
+    if (command_is(text, "/ack", &args))
+        m->cmd =
+            command_number(args, &m->number, &m->note) == 0 ? FBR_ROOM_ACK : FBR_ROOM_USAGE_ACK;
+    else if (command_is(text, "/resolve", &args))
+        m->cmd = command_number(args, &m->number, &m->note) == 0 ? FBR_ROOM_RESOLVE
+                                                                 : FBR_ROOM_USAGE_RESOLVE;
+    else if (command_is(text, "/incidents", &args))
+        m->cmd = FBR_ROOM_INCIDENTS;
+    else if (command_is(text, "/help", &args))
+        m->cmd = FBR_ROOM_HELP;
 }
 
 static void reject_webhook(struct fbr_addon *a, struct fbr_http_req *req, size_t reason_idx,
@@ -1215,38 +1296,29 @@ static void on_webhook(struct fbr_addon *a, struct fbr_http_req *req, struct fbr
         return;
     }
     struct fbr_install *in = lc.found;
-    json_t *item = json_object_get(body, "item");
-    json_t *room = json_object_get(item, "room");
-    json_t *msg = json_object_get(item, "message");
-    json_t *from = json_object_get(msg, "from");
-    const char *event = json_string_value(json_object_get(body, "event"));
-    json_t *rid = json_object_get(room, "id");
-    if (!json_is_integer(rid) || json_integer_value(rid) != in->room_id) {
+    struct fbr_room_message m;
+    fbr_room_message_parse(body, &m);
+    if (!m.has_room || m.room_id != in->room_id) {
         reject_webhook(a, req, FBR_JWT_ERR_COUNT, "the message's room is not the installation's");
         goto out;
     }
-    const char *text = json_string_value(json_object_get(msg, "message"));
-    /* only people's messages: the add-on's own posts come back as room_notification (with a
-     * string `from`), and are never chats */
-    if (!event || strcmp(event, "room_message") != 0 || !json_is_object(from) || !text) {
+    if (!m.from_person) {
         (*a->m_ignored)++;
         fbr_http_reply_json(req, 204, NULL);
         goto out;
     }
-    const char *user = json_string_value(json_object_get(from, "name"));
-    const char *mention = json_string_value(json_object_get(from, "mention_name"));
-    json_t *uid = json_object_get(from, "id");
-    if (!user)
-        user = mention ? mention : "HipChat user";
+    const char *user = m.user;
+    const char *text = m.text;
+    size_t tl = m.text_len;
     char cut[64];
-    const char *args;
-    while (*text == ' ')
-        text++;
-    if (command_is(text, "/ack", &args)) {
-        command_ack(a, req, in, 0, args, user);
-    } else if (command_is(text, "/resolve", &args)) {
-        command_ack(a, req, in, 1, args, user);
-    } else if (command_is(text, "/incidents", &args)) {
+    if (m.cmd == FBR_ROOM_ACK || m.cmd == FBR_ROOM_RESOLVE) {
+        command_ack(a, req, in, m.cmd == FBR_ROOM_RESOLVE, m.number, m.note, user);
+    } else if (m.cmd == FBR_ROOM_USAGE_ACK || m.cmd == FBR_ROOM_USAGE_RESOLVE) {
+        reply_notification(req, "yellow", "text",
+                           m.cmd == FBR_ROOM_USAGE_RESOLVE
+                               ? "Usage: /resolve <incident number> [note]"
+                               : "Usage: /ack <incident number> [note]");
+    } else if (m.cmd == FBR_ROOM_INCIDENTS) {
         struct list_ctx l = {.rk = fbr_slice_from(in->routing_key)};
         if (a->o.incidents)
             fbr_incidents_each_open(a->o.incidents, list_open, &l);
@@ -1259,24 +1331,20 @@ static void on_webhook(struct fbr_addon *a, struct fbr_http_req *req, struct fbr
         (*a->m_commands)++;
         reply_notification(req, "gray", "html", l.b.p);
         free(l.b.p);
-    } else if (command_is(text, "/help", &args)) {
+    } else if (m.cmd == FBR_ROOM_HELP) {
         (*a->m_commands)++;
         reply_notification(req, "gray", "html", help_text);
     } else {
-        size_t tl = strlen(text);
-        if (tl > CHAT_TEXT_MAX) {
-            tl = CHAT_TEXT_MAX;
-            while (tl && ((unsigned char)text[tl] & 0xC0) == 0x80)
-                tl--;
-        }
-        json_t *chat = json_pack("{s:s, s:s%, s:I, s:s, s:b, s:s}", "USER_NAME", user, "TEXT",
-                                 text, tl, "ROOM_ID", (json_int_t)in->room_id, "ROUTING_KEY",
+        json_t *chat = json_pack("{s:s, s:s%, s:I, s:s, s:b, s:s}", "USER_NAME", user, "TEXT", text,
+                                 tl, "ROOM_ID", (json_int_t)in->room_id, "ROUTING_KEY",
                                  in->routing_key, "IS_ROBOT", 0, "SOURCE", "hipchat");
-        if (json_is_integer(uid)) {
-            snprintf(cut, sizeof(cut), "%" JSON_INTEGER_FORMAT, json_integer_value(uid));
+        if (json_is_integer(m.user_id)) {
+            snprintf(cut, sizeof(cut), "%" JSON_INTEGER_FORMAT, json_integer_value(m.user_id));
             json_object_set_new(chat, "USER_ID", json_string(cut));
-        } else if (mention) {
-            json_object_set_new(chat, "USER_ID", json_string(mention));
+        } else if (json_is_string(m.user_id)) {
+            json_object_set_new(chat, "USER_ID", json_copy(m.user_id));
+        } else if (m.mention) {
+            json_object_set_new(chat, "USER_ID", json_string(m.mention));
         }
         json_t *ev = json_pack("{s:s, s:o}", "event", "All-Chats", "CHAT", chat);
         struct fbr_intake_reply r;
@@ -1298,8 +1366,8 @@ static void on_webhook(struct fbr_addon *a, struct fbr_http_req *req, struct fbr
         platform_call(a, FBR_M_POST, "/api-public/v1/chat",
                       json_pack("{s:s, s:s%, s:s, s:s}", "username",
                                 a->cfg->oncall.username ? a->cfg->oncall.username : "firebridge",
-                                "text", text, tl, "monitoringTool", "HipChat",
-                                "externalUsername", user));
+                                "text", text, tl, "monitoringTool", "HipChat", "externalUsername",
+                                user));
         json_decref(ev);
         fbr_http_reply_json(req, 204, NULL);
     }
@@ -1315,9 +1383,8 @@ static void on_configure(struct fbr_addon *a, struct fbr_http_req *req, struct f
     struct lookup_ctx lc = {a, rk, NULL};
     struct fbr_jwt_claims claims;
     uint64_t now = a->o.clock_s ? a->o.clock_s() : real_clock_s();
-    enum fbr_jwt_err je =
-        fbr_jwt_verify_request(req->query, fbr_http_header(req, "Authorization"), NULL,
-                               lookup_secret, &lc, now, &claims);
+    enum fbr_jwt_err je = fbr_jwt_verify_request(req->query, fbr_http_header(req, "Authorization"),
+                                                 NULL, lookup_secret, &lc, now, &claims);
     if (je != FBR_JWT_OK) {
         (*a->m_webhook_rejected[je])++;
         static const char page[] = "<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\">"
@@ -1330,7 +1397,7 @@ static void on_configure(struct fbr_addon *a, struct fbr_http_req *req, struct f
     struct fbr_install *in = lc.found;
     struct sbuf b = {0};
     sb_str(&b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                "<title>firebridge: ");
+               "<title>firebridge: ");
     sb_html(&b, in->routing_key, 256);
     sb_str(&b, "</title><style>body{font:14px sans-serif;margin:1em}table{border-collapse:collapse}"
                "th,td{border:1px solid #888;padding:.2em .5em;text-align:left}</style></head>"
@@ -1415,25 +1482,23 @@ static void register_metrics(struct fbr_addon *a)
     a->m_notify_refused = fbr_metrics_counter(m, "firebridge_hipchat_notifications_total", NULL,
                                               "outcome", "refused");
     a->m_chats = fbr_metrics_counter(m, "firebridge_hipchat_room_messages_total",
-                                     "Verified room messages, by what they became", "kind",
-                                     "chat");
-    a->m_commands = fbr_metrics_counter(m, "firebridge_hipchat_room_messages_total", NULL, "kind",
-                                        "command");
-    a->m_ignored = fbr_metrics_counter(m, "firebridge_hipchat_room_messages_total", NULL, "kind",
-                                       "ignored");
+                                     "Verified room messages, by what they became", "kind", "chat");
+    a->m_commands =
+        fbr_metrics_counter(m, "firebridge_hipchat_room_messages_total", NULL, "kind", "command");
+    a->m_ignored =
+        fbr_metrics_counter(m, "firebridge_hipchat_room_messages_total", NULL, "kind", "ignored");
     a->m_api_ok = fbr_metrics_counter(m, "firebridge_oncall_api_requests_total",
                                       "Requests queued for the platform's public API, by outcome",
                                       "outcome", "queued");
-    a->m_api_refused = fbr_metrics_counter(m, "firebridge_oncall_api_requests_total", NULL,
-                                           "outcome", "refused");
+    a->m_api_refused =
+        fbr_metrics_counter(m, "firebridge_oncall_api_requests_total", NULL, "outcome", "refused");
     for (size_t i = 0; i < FBR_JWT_ERR_COUNT; i++)
-        a->m_webhook_rejected[i] = fbr_metrics_counter(
-            m, "firebridge_hipchat_signed_requests_rejected_total",
-            "HipChat webhooks and page loads refused with 401, by reason", "reason",
-            fbr_jwt_err_name((enum fbr_jwt_err)i));
-    a->m_webhook_rejected[FBR_JWT_ERR_COUNT] =
-        fbr_metrics_counter(m, "firebridge_hipchat_signed_requests_rejected_total", NULL,
-                            "reason", "room_mismatch");
+        a->m_webhook_rejected[i] =
+            fbr_metrics_counter(m, "firebridge_hipchat_signed_requests_rejected_total",
+                                "HipChat webhooks and page loads refused with 401, by reason",
+                                "reason", fbr_jwt_err_name((enum fbr_jwt_err)i));
+    a->m_webhook_rejected[FBR_JWT_ERR_COUNT] = fbr_metrics_counter(
+        m, "firebridge_hipchat_signed_requests_rejected_total", NULL, "reason", "room_mismatch");
     a->m_webhook_rejected[FBR_JWT_ERR_COUNT + 1] = a->m_webhook_rejected[FBR_JWT_ERR_COUNT];
 }
 

@@ -376,8 +376,8 @@ static void token_transition(struct fbr_install *in, enum fbr_token_state to, co
     in->tstate = to;
     if (fbr_log_enabled(FBR_LOG_DEBUG))
         fbr_log(FBR_LOG_DEBUG, NULL, NULL, "HipChat token of installation %s: %s -> %s%s%s",
-                in->oauth_id, fbr_token_state_name(from), fbr_token_state_name(to),
-                why ? ": " : "", why ? why : "");
+                in->oauth_id, fbr_token_state_name(from), fbr_token_state_name(to), why ? ": " : "",
+                why ? why : "");
     switch (to) {
     case FBR_TOKEN_FETCHING:
         drop_token(in);
@@ -480,8 +480,9 @@ static void on_token_response(const struct fbr_client_resp *r, void *arg)
         for (size_t i = 0; tok_ok && i < tlen; i++)
             tok_ok = tok[i] > 0x20 && tok[i] < 0x7f;
         if (!tok_ok || secs <= 0 || secs > 30 * 86400) {
-            snprintf(why, sizeof(why), "token endpoint answered 200 without a usable "
-                                       "access_token and expires_in");
+            snprintf(why, sizeof(why),
+                     "token endpoint answered 200 without a usable "
+                     "access_token and expires_in");
         } else {
             uint64_t now = fbr_now_ms();
             drop_token(in);
@@ -516,8 +517,7 @@ int fbr_install_fetch_token(struct fbr_install *in, struct fbr_client *client,
     size_t hl = strlen(b64) + 128;
     tc->head = fbr_xmalloc(hl);
     snprintf(tc->head, hl,
-             "Authorization: Basic %s\r\nContent-Type: application/x-www-form-urlencoded\r\n",
-             b64);
+             "Authorization: Basic %s\r\nContent-Type: application/x-www-form-urlencoded\r\n", b64);
     OPENSSL_cleanse(b64, strlen(b64));
     free(b64);
     tc->body = fbr_xstrdup("grant_type=client_credentials&scope=" TOKEN_SCOPE);
@@ -565,8 +565,7 @@ static int auth_get(void *arg, char *value, size_t cap, char *reason, size_t rca
     }
     if (in->tstate == FBR_TOKEN_REVOKED) {
         in->store->st.deliveries_dead_revoked++;
-        snprintf(reason, rcap, "HipChat installation %s revoked: %s", in->oauth_id,
-                 in->last_error);
+        snprintf(reason, rcap, "HipChat installation %s revoked: %s", in->oauth_id, in->last_error);
         return FBR_ERROR;
     }
     uint64_t now = fbr_now_ms();

@@ -108,8 +108,7 @@ long fbr_base64url_decode(struct fbr_slice in, unsigned char *out)
 
 void fbr_base64url_encode(const unsigned char *in, size_t len, char *out)
 {
-    static const char alpha[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     size_t o = 0;
     uint32_t acc = 0;
     int bits = 0;

@@ -90,8 +90,8 @@ static void hc_start(const char *const *flags)
 {
     const char *exe = getenv("HIPCHAT_SERVER");
     ck_assert_msg(exe != NULL, "HIPCHAT_SERVER not set (run through meson test)");
-    const char *argv[32] = {exe, "--listen", "127.0.0.1:0", "--room", ROOM ":t7", "--room",
-                            TIMELINE_ROOM ":t8"};
+    const char *argv[32] = {exe,        "--listen", "127.0.0.1:0",      "--room",
+                            ROOM ":t7", "--room",   TIMELINE_ROOM ":t8"};
     int n = 7;
     for (int i = 0; flags && flags[i] && n < 31; i++)
         argv[n++] = flags[i];
@@ -136,8 +136,8 @@ static void fb_start(int port)
     snprintf(fb.out, sizeof(fb.out), "%s/fb%d.log", dir, ++runs); /* a restart: a fresh log */
     const char *args[] = {"-c", cfg, "--listen", listen, "--data-dir", data, NULL};
     fb.pid = dutil_spawn_daemon(fb.out, args);
-    fb.port = dutil_wait_port(&fb.pid, fb.out, "listening on 127.0.0.1:", 200 * dutil_slow(), 50,
-                              idle);
+    fb.port =
+        dutil_wait_port(&fb.pid, fb.out, "listening on 127.0.0.1:", 200 * dutil_slow(), 50, idle);
 }
 
 static void fb_stop(void)
@@ -281,8 +281,7 @@ static const struct tsrv_req *platform_req(const char *prefix, const char *text)
     for (int i = 0; i < 200 * dutil_slow(); i++) {
         for (size_t k = 0; k < tsrv_nreqs(platform); k++) {
             const struct tsrv_req *r = tsrv_req(platform, k);
-            if (strncmp(r->path, prefix, strlen(prefix)) == 0 && r->body &&
-                strstr(r->body, text))
+            if (strncmp(r->path, prefix, strlen(prefix)) == 0 && r->body && strstr(r->body, text))
                 return r;
         }
         pump(50);
@@ -377,9 +376,9 @@ START_TEST(seed_single_room_steps)
     ck_assert_int_eq(metric("firebridge_hipchat_room_messages_total{kind=\"chat\"}"), 3);
 
     /* the configuration page, signed like the webhook */
-    json_t *claims = json_pack("{s:s, s:I, s:I, s:s}", "iss", oid, "iat",
-                               (json_int_t)(fbr_wall_ms() / 1000), "exp",
-                               (json_int_t)(fbr_wall_ms() / 1000 + 300), "sub", "42");
+    json_t *claims =
+        json_pack("{s:s, s:I, s:I, s:s}", "iss", oid, "iat", (json_int_t)(fbr_wall_ms() / 1000),
+                  "exp", (json_int_t)(fbr_wall_ms() / 1000 + 300), "sub", "42");
     char *secret = strdup(json_string_value(json_object_get(a, "oauth_secret")));
     char *tok = fbr_jwt_sign(claims, fbr_slice_from(secret), NULL);
     char page[2048];
@@ -415,9 +414,8 @@ START_TEST(ack_and_resolve_by_number)
     ck_assert_uint_eq(wait_room(ROOM, "notification", "Incident <b>#1</b> triggered", 1), 1);
 
     json_t *s = say("/incidents", "header");
-    const char *body =
-        json_string_value(json_object_get(json_array_get(json_object_get(s, "deliveries"), 0),
-                                          "body"));
+    const char *body = json_string_value(
+        json_object_get(json_array_get(json_object_get(s, "deliveries"), 0), "body"));
     ck_assert_ptr_nonnull(strstr(body, "#1</b> UNACKED: API latency"));
     json_decref(s);
 
@@ -440,8 +438,8 @@ START_TEST(ack_and_resolve_by_number)
 
     s = say("/resolve 1", "query");
     d = json_array_get(json_object_get(s, "deliveries"), 0);
-    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(d, "body")),
-                                 "Incident <b>#1</b> resolved"));
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(d, "body")), "Incident <b>#1</b> resolved"));
     json_decref(s);
     ck_assert_ptr_nonnull(platform_req("/api-public/v1/incidents/resolve", "\"1\""));
     ck_assert_uint_ge(wait_room(ROOM, "notification", "Incident <b>#1</b> resolved", 2), 2);
@@ -586,9 +584,8 @@ START_TEST(revoked_installation_dead_letters)
     }
     ck_assert_uint_eq(json_array_size(dead), 1);
     ck_assert_ptr_nonnull(strstr(dutil_jstr(dead, 0, "reason"), "revoked"));
-    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_array_get(dead, 0),
-                                                                    "body")),
-                                 "after revoke"));
+    ck_assert_ptr_nonnull(strstr(
+        json_string_value(json_object_get(json_array_get(dead, 0), "body")), "after revoke"));
     /* the dead letter carries no token */
     char *text = dutil_slurp(dl, NULL);
     ck_assert_ptr_null(strstr(text, "Bearer"));

@@ -67,19 +67,16 @@ END_TEST
 START_TEST(capabilities_url)
 {
     char buf[256];
-    ck_assert_int_eq(fbr_addon_capabilities_url("https://fb.example.com/", "devops", buf,
-                                                sizeof(buf)),
-                     FBR_OK);
+    ck_assert_int_eq(
+        fbr_addon_capabilities_url("https://fb.example.com/", "devops", buf, sizeof(buf)), FBR_OK);
     ck_assert_str_eq(buf, "https://fb.example.com/hipchat/devops/capabilities");
-    ck_assert_int_eq(fbr_addon_capabilities_url("https://fb.example.com/x", "db_1-a", buf,
-                                                sizeof(buf)),
-                     FBR_OK);
+    ck_assert_int_eq(
+        fbr_addon_capabilities_url("https://fb.example.com/x", "db_1-a", buf, sizeof(buf)), FBR_OK);
     ck_assert_str_eq(buf, "https://fb.example.com/x/hipchat/db_1-a/capabilities");
     ck_assert_int_eq(fbr_addon_capabilities_url(NULL, "devops", buf, sizeof(buf)), FBR_INVALID);
     ck_assert_int_eq(fbr_addon_capabilities_url("https://fb", "$routing_key", buf, sizeof(buf)),
                      FBR_INVALID);
-    ck_assert_int_eq(fbr_addon_capabilities_url("https://fb", "", buf, sizeof(buf)),
-                     FBR_INVALID);
+    ck_assert_int_eq(fbr_addon_capabilities_url("https://fb", "", buf, sizeof(buf)), FBR_INVALID);
     ck_assert_int_eq(fbr_addon_capabilities_url("https://fb", "a/b", buf, sizeof(buf)),
                      FBR_INVALID);
     ck_assert_int_eq(fbr_addon_capabilities_url("https://fb.example.com", "devops", buf, 20),
@@ -113,8 +110,7 @@ START_TEST(descriptor)
     ck_assert_str_eq(path_str(d, "links.self"),
                      "https://fb.example.com/hipchat/devops/capabilities");
     ck_assert_str_eq(path_str(d, "capabilities.hipchatApiConsumer.fromName"), "On-call");
-    ck_assert_str_eq(path_str(d, "capabilities.hipchatApiConsumer.scopes.0"),
-                     "send_notification");
+    ck_assert_str_eq(path_str(d, "capabilities.hipchatApiConsumer.scopes.0"), "send_notification");
     ck_assert_str_eq(path_str(d, "capabilities.hipchatApiConsumer.scopes.1"), "view_room");
     ck_assert_str_eq(path_str(d, "capabilities.installable.callbackUrl"),
                      "https://fb.example.com/hipchat/devops/installed");
@@ -136,6 +132,60 @@ START_TEST(descriptor)
 }
 END_TEST
 
+/* Reading a room_message body: the sender, the text and the commands. */
+static const struct {
+    const char *body;
+    int from_person;
+    enum fbr_room_cmd cmd;
+    uint64_t number;
+    const char *note, *user;
+} messages[] = {
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{\"message\":"
+     "\"  hello\",\"from\":{\"id\":1,\"name\":\"Ann\"}}}}",
+     1, FBR_ROOM_CHAT, 0, "", "Ann"},
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{\"message\":"
+     "\"/ack #12 on it\",\"from\":{\"mention_name\":\"ann\"}}}}",
+     1, FBR_ROOM_ACK, 12, "on it", "ann"},
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{\"message\":"
+     "\"/RESOLVE 3\",\"from\":{}}}}",
+     1, FBR_ROOM_RESOLVE, 3, "", "HipChat user"},
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{\"message\":"
+     "\"/ack 99999999999999999999999\",\"from\":{}}}}",
+     1, FBR_ROOM_USAGE_ACK, 0, "", "HipChat user"},
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{\"message\":"
+     "\"/acknowledge 3\",\"from\":{}}}}",
+     1, FBR_ROOM_CHAT, 0, "", "HipChat user"},
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{\"message\":"
+     "\"/incidents\",\"from\":{}}}}",
+     1, FBR_ROOM_INCIDENTS, 0, "", "HipChat user"},
+    /* the add-on's own post coming back: from is a string */
+    {"{\"event\":\"room_notification\",\"item\":{\"room\":{\"id\":7},\"message\":{"
+     "\"message\":\"x\",\"from\":\"firebridge\"}}}",
+     0, FBR_ROOM_CHAT, 0, "", NULL},
+    {"{\"event\":\"room_message\",\"item\":{\"room\":{\"id\":7},\"message\":{"
+     "\"message\":\"x\",\"from\":\"firebridge\"}}}",
+     0, FBR_ROOM_CHAT, 0, "", NULL},
+    {"[1,2]", 0, FBR_ROOM_CHAT, 0, "", NULL},
+};
+
+START_TEST(room_message_table)
+{
+    json_t *b = json_loads(messages[_i].body, 0, NULL);
+    ck_assert_ptr_nonnull(b);
+    struct fbr_room_message m;
+    fbr_room_message_parse(b, &m);
+    ck_assert_int_eq(m.from_person, messages[_i].from_person);
+    ck_assert_int_eq(m.cmd, messages[_i].cmd);
+    ck_assert_uint_eq(m.number, messages[_i].number);
+    ck_assert_str_eq(m.note, messages[_i].note);
+    if (messages[_i].user)
+        ck_assert_str_eq(m.user, messages[_i].user);
+    if (m.from_person)
+        ck_assert(m.text[0] != ' ');
+    json_decref(b);
+}
+END_TEST
+
 /* contrib/examples/single-room.json compiles as it is. */
 START_TEST(example_single_room)
 {
@@ -148,10 +198,9 @@ START_TEST(example_single_room)
     ck_assert_ptr_nonnull(cfg);
     struct fbr_cfgerr errs = {0};
     struct fbr_addon_config *c;
-    ck_assert_int_eq(fbr_addon_config_compile(json_object_get(cfg, "hipchat"),
-                                              json_object_get(cfg, "oncall_api"),
-                                              json_string_value(json_object_get(cfg, "public_url")),
-                                              &c, &errs),
+    ck_assert_int_eq(fbr_addon_config_compile(
+                         json_object_get(cfg, "hipchat"), json_object_get(cfg, "oncall_api"),
+                         json_string_value(json_object_get(cfg, "public_url")), &c, &errs),
                      FBR_OK);
     fbr_addon_config_unref(&c);
     json_decref(cfg);
@@ -166,6 +215,7 @@ int main(void)
     tcase_add_test(tc, capabilities_url);
     tcase_add_test(tc, descriptor);
     tcase_add_test(tc, example_single_room);
+    tcase_add_loop_test(tc, room_message_table, 0, (int)FBR_ARRAY_LEN(messages));
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

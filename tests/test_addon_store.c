@@ -18,10 +18,10 @@
 static const struct {
     uint64_t expires_in_s, renew_ms, usable_ms;
 } timing[] = {
-    {3600, 3300000, 3570000},   /* 1 h: renewed 5 min early, sent until 30 s before */
+    {3600, 3300000, 3570000},    /* 1 h: renewed 5 min early, sent until 30 s before */
     {28800, 28500000, 28770000}, /* 8 h */
-    {600, 450000, 570000},      /* 10 min: a quarter early */
-    {4, 3000, 3600},            /* the tests' short tokens */
+    {600, 450000, 570000},       /* 10 min: a quarter early */
+    {4, 3000, 3600},             /* the tests' short tokens */
     {1, 750, 900},
 };
 
@@ -136,15 +136,13 @@ START_TEST(corrupt_file_refused)
     fclose(f);
     struct fbr_addon_store *s = NULL;
     char err[256];
-    ck_assert_int_eq(fbr_addon_store_open(dir, NULL, NULL, NULL, &s, err, sizeof(err)),
-                     FBR_ERROR);
+    ck_assert_int_eq(fbr_addon_store_open(dir, NULL, NULL, NULL, &s, err, sizeof(err)), FBR_ERROR);
     ck_assert_ptr_null(s);
     ck_assert_ptr_nonnull(strstr(err, path));
     f = fopen(path, "w");
     fputs("{\"installations\": [{\"oauth_id\": \"x\"}]}", f);
     fclose(f);
-    ck_assert_int_eq(fbr_addon_store_open(dir, NULL, NULL, NULL, &s, err, sizeof(err)),
-                     FBR_ERROR);
+    ck_assert_int_eq(fbr_addon_store_open(dir, NULL, NULL, NULL, &s, err, sizeof(err)), FBR_ERROR);
     ck_assert_ptr_nonnull(strstr(err, "incomplete"));
 }
 END_TEST

@@ -48,10 +48,30 @@ static char *b64url(const char *s)
     return out;
 }
 
-enum kind { VALID, ALG_NONE, ALG_HS384, ALG_RS256, BAD_SIG, TAMPERED, EXPIRED, NO_EXP, IAT_FUTURE,
-            UNKNOWN_ISS, CLIENT_ID_MISMATCH, CLIENT_ID_MATCH, CLIENT_ID_NOT_STRING, TRUNCATED,
-            NON_B64, PADDED, OVERSIZE, MISSING, FOUR_PARTS, CLAIMS_NOT_OBJECT, UNSIGNED_BODY_ONLY,
-            EXP_WITHIN_LEEWAY };
+enum kind {
+    VALID,
+    ALG_NONE,
+    ALG_HS384,
+    ALG_RS256,
+    BAD_SIG,
+    TAMPERED,
+    EXPIRED,
+    NO_EXP,
+    IAT_FUTURE,
+    UNKNOWN_ISS,
+    CLIENT_ID_MISMATCH,
+    CLIENT_ID_MATCH,
+    CLIENT_ID_NOT_STRING,
+    TRUNCATED,
+    NON_B64,
+    PADDED,
+    OVERSIZE,
+    MISSING,
+    FOUR_PARTS,
+    CLAIMS_NOT_OBJECT,
+    UNSIGNED_BODY_ONLY,
+    EXP_WITHIN_LEEWAY
+};
 
 static const struct row {
     const char *name;
@@ -83,8 +103,7 @@ static const struct row {
     {"claims an array", CLAIMS_NOT_OBJECT, FBR_JWT_IN_HEADER, FBR_JWT_MALFORMED},
     {"oversize", OVERSIZE, FBR_JWT_IN_HEADER, FBR_JWT_OVERSIZE},
     {"no token", MISSING, FBR_JWT_IN_NONE, FBR_JWT_MISSING},
-    {"body names the installation, no token", UNSIGNED_BODY_ONLY, FBR_JWT_IN_NONE,
-     FBR_JWT_MISSING},
+    {"body names the installation, no token", UNSIGNED_BODY_ONLY, FBR_JWT_IN_NONE, FBR_JWT_MISSING},
 };
 
 static char *make_token(enum kind k)
@@ -211,16 +230,16 @@ START_TEST(table)
         snprintf(auth, sizeof(auth), "JWT token=%s", tok), authorization = auth;
     json_t *body = make_body(r->kind);
     struct fbr_jwt_claims c;
-    enum fbr_jwt_err got = fbr_jwt_verify_request(fbr_slice_from(query), authorization, body,
-                                                  lookup, NULL, NOW, &c);
+    enum fbr_jwt_err got =
+        fbr_jwt_verify_request(fbr_slice_from(query), authorization, body, lookup, NULL, NOW, &c);
     ck_assert_msg(got == r->want, "%s: got %s, want %s", r->name, fbr_jwt_err_name(got),
                   fbr_jwt_err_name(r->want));
     if (got == FBR_JWT_OK) {
         ck_assert(fbr_slice_eq(c.iss, FBR_SLICE(ISS)));
         ck_assert_int_eq(c.where, r->where);
-        ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(c.claims, "context"),
-                                                            "room_id")),
-                         7);
+        ck_assert_int_eq(
+            json_integer_value(json_object_get(json_object_get(c.claims, "context"), "room_id")),
+            7);
     } else {
         ck_assert_ptr_null(c.claims);
     }

@@ -75,15 +75,48 @@ int fbr_addon_capabilities_url(const char *public_url, const char *routing_key, 
 /* The descriptor for a routing key (new reference).  cfg is borrowed. */
 json_t *fbr_addon_descriptor(const struct fbr_addon_config *cfg, struct fbr_slice routing_key);
 
+/*
+ * What a room_message webhook body says, read after its signature was verified.  Every pointer
+ * is borrowed from body.  A message from a person (event room_message, `from` an object, a
+ * string `message`) has from_person set; anything else (the add-on's own posts come back as
+ * room_notification with a string `from`) is ignored by the add-on.  text skips leading spaces
+ * and text_len is cut to FBR_ROOM_TEXT_MAX bytes on a UTF-8 boundary.
+ */
+#define FBR_ROOM_TEXT_MAX 10000
+enum fbr_room_cmd {
+    FBR_ROOM_CHAT,          /* anything that is not a command: a timeline chat */
+    FBR_ROOM_ACK,           /* /ack <number> [note] */
+    FBR_ROOM_RESOLVE,       /* /resolve <number> [note] */
+    FBR_ROOM_INCIDENTS,     /* /incidents */
+    FBR_ROOM_HELP,          /* /help */
+    FBR_ROOM_USAGE_ACK,     /* /ack without a usable number */
+    FBR_ROOM_USAGE_RESOLVE, /* /resolve without a usable number */
+};
+struct fbr_room_message {
+    int has_room;
+    int64_t room_id; /* item.room.id */
+    int from_person;
+    const char *user;    /* from.name, else mention_name, else "HipChat user" */
+    const char *mention; /* from.mention_name or NULL */
+    json_t *user_id;     /* from.id (integer or string) or NULL */
+    const char *text;
+    size_t text_len;
+    enum fbr_room_cmd cmd;
+    uint64_t number;  /* ACK, RESOLVE: the incident number ("#12" or "12") */
+    const char *note; /* ACK, RESOLVE: the rest of the line, "" when none */
+};
+/* Never fails; body may be anything (NULL, not an object). */
+void fbr_room_message_parse(json_t *body, struct fbr_room_message *out);
+
 struct fbr_addon_opts {
     struct event_base *base;
-    struct fbr_server *srv;              /* routes are registered here */
-    struct fbr_delivery_engine *engine;  /* room notifications and platform API calls */
-    struct fbr_intake *intake;           /* chats and commands go in; the add-on observes it */
-    struct fbr_incidents *incidents;     /* /incidents, /ack, /resolve (may be NULL) */
-    struct fbr_metrics *metrics;         /* the add-on registers its series here */
+    struct fbr_server *srv;             /* routes are registered here */
+    struct fbr_delivery_engine *engine; /* room notifications and platform API calls */
+    struct fbr_intake *intake;          /* chats and commands go in; the add-on observes it */
+    struct fbr_incidents *incidents;    /* /incidents, /ack, /resolve (may be NULL) */
+    struct fbr_metrics *metrics;        /* the add-on registers its series here */
     const char *data_dir;
-    uint64_t (*clock_s)(void);           /* wall clock for JWT checks; NULL: real time */
+    uint64_t (*clock_s)(void); /* wall clock for JWT checks; NULL: real time */
 };
 
 struct fbr_addon;

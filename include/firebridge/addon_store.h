@@ -64,12 +64,12 @@ struct fbr_install {
     uint64_t installed_wall_ms;
     /* the token */
     enum fbr_token_state tstate;
-    char *token;                 /* NULL unless valid or renewing */
+    char *token; /* NULL unless valid or renewing */
     uint64_t renew_mono, usable_mono;
-    unsigned failures;           /* transient token failures in a row */
-    struct event *retry;         /* backoff timer after a transient failure */
-    uint64_t token_requests;     /* token requests started */
-    char last_error[160];        /* why the last token request failed ("" after a success) */
+    unsigned failures;       /* transient token failures in a row */
+    struct event *retry;     /* backoff timer after a transient failure */
+    uint64_t token_requests; /* token requests started */
+    char last_error[160];    /* why the last token request failed ("" after a success) */
 };
 
 struct fbr_addon_store_stats {
@@ -113,8 +113,7 @@ void fbr_install_unref(struct fbr_install **in);
  * reason.  The installation may be detached (during the install); store may then be NULL only
  * if client is given.  Returns FBR_OK or FBR_INVALID (bad token URL; cb not called).
  */
-typedef void (*fbr_install_token_cb)(struct fbr_install *in, int rc, const char *reason,
-                                     void *arg);
+typedef void (*fbr_install_token_cb)(struct fbr_install *in, int rc, const char *reason, void *arg);
 int fbr_install_fetch_token(struct fbr_install *in, struct fbr_client *client,
                             fbr_install_token_cb cb, void *arg);
 

@@ -33,16 +33,16 @@
 /* Why a request was refused; the names are the `reason` label of the add-on's metrics. */
 #define FBR_JWT_ERR_MAP(X)                                                                         \
     X(OK, "ok")                                                                                    \
-    X(MISSING, "missing")               /* no token in any of the three places */                  \
-    X(OVERSIZE, "oversize")             /* longer than FBR_JWT_MAX_LEN */                          \
-    X(MALFORMED, "malformed")           /* not three base64url parts of JSON objects */            \
-    X(ALG, "alg")                       /* alg other than HS256 (none included) */                 \
-    X(NO_ISS, "no_iss")                 /* iss absent or not a string */                           \
-    X(UNKNOWN_ISS, "unknown_iss")       /* no installation with that oauthId */                    \
-    X(SIGNATURE, "signature")           /* HMAC mismatch */                                        \
-    X(EXPIRED, "expired")               /* exp absent, not a number, or past */                    \
-    X(IAT, "iat")                       /* iat absent, not a number, or in the future */           \
-    X(CLIENT_ID, "client_id")           /* body's oauth_client_id differs from iss */
+    X(MISSING, "missing")         /* no token in any of the three places */                        \
+    X(OVERSIZE, "oversize")       /* longer than FBR_JWT_MAX_LEN */                                \
+    X(MALFORMED, "malformed")     /* not three base64url parts of JSON objects */                  \
+    X(ALG, "alg")                 /* alg other than HS256 (none included) */                       \
+    X(NO_ISS, "no_iss")           /* iss absent or not a string */                                 \
+    X(UNKNOWN_ISS, "unknown_iss") /* no installation with that oauthId */                          \
+    X(SIGNATURE, "signature")     /* HMAC mismatch */                                              \
+    X(EXPIRED, "expired")         /* exp absent, not a number, or past */                          \
+    X(IAT, "iat")                 /* iat absent, not a number, or in the future */                 \
+    X(CLIENT_ID, "client_id")     /* body's oauth_client_id differs from iss */
 
 enum fbr_jwt_err {
 #define FBR_X(name, text) FBR_JWT_##name,
@@ -55,7 +55,12 @@ enum fbr_jwt_err {
 const char *fbr_jwt_err_name(enum fbr_jwt_err e);
 
 /* Where the token was found. */
-enum fbr_jwt_where { FBR_JWT_IN_NONE, FBR_JWT_IN_QUERY, FBR_JWT_IN_HEADER, FBR_JWT_IN_HEADER_TOKEN };
+enum fbr_jwt_where {
+    FBR_JWT_IN_NONE,
+    FBR_JWT_IN_QUERY,
+    FBR_JWT_IN_HEADER,
+    FBR_JWT_IN_HEADER_TOKEN
+};
 
 /*
  * Finds the token: the `signed_request` parameter of query (raw query string, no '?'), else the
@@ -85,8 +90,8 @@ typedef int (*fbr_jwt_lookup_fn)(void *arg, struct fbr_slice iss, struct fbr_sli
 
 /* A verified token. */
 struct fbr_jwt_claims {
-    json_t *claims;         /* new reference: the whole claims object */
-    struct fbr_slice iss;   /* borrowed from claims */
+    json_t *claims;       /* new reference: the whole claims object */
+    struct fbr_slice iss; /* borrowed from claims */
     enum fbr_jwt_where where;
 };
 
