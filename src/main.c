@@ -220,6 +220,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
             fbr_config_free(&next);
         return;
     }
+    char err[512];
     if (nofile_fit(next.max_connections, err, sizeof(err)) != 0) {
         (*d->m_reloads_failed)++;
         fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", err);
