@@ -87,14 +87,44 @@ static int make_dirs(const char *dir)
     return 0;
 }
 
-/* 1,000+ concurrent connections need more descriptors than the usual soft limit of 1024. */
-static void raise_nofile(void)
+/* Descriptors kept for everything but inbound connections: listeners, the journal and
+ * dead-letter files, the resolver, outbound delivery connections. */
+#define NOFILE_RESERVE 256
+
+/*
+ * Makes sure --max-connections inbound connections fit under RLIMIT_NOFILE: raises the soft
+ * limit (to the hard limit, at most 65536, and never below what is needed).  Returns 0, or -1
+ * with the reason in err when the hard limit is too low.
+ */
+static int nofile_fit(uint32_t max_connections, char *err, size_t errlen)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 0;
+    rlim_t need = (rlim_t)max_connections + NOFILE_RESERVE;
+    rlim_t want = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+    if (want < need)
+        want = need;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        snprintf(err, errlen,
+                 "max_connections %u needs %llu open files (%u more for files and deliveries) "
+                 "but the hard limit (ulimit -Hn, LimitNOFILE= under systemd) is %llu: raise it "
+                 "or set --max-connections to %llu or less",
+                 (unsigned)max_connections, (unsigned long long)need, NOFILE_RESERVE,
+                 (unsigned long long)rl.rlim_max,
+                 rl.rlim_max > NOFILE_RESERVE ? (unsigned long long)(rl.rlim_max - NOFILE_RESERVE)
+                                              : 0ULL);
+        return -1;
     }
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && rl.rlim_cur < need) {
+            snprintf(err, errlen, "cannot raise the open files limit to %llu: %s",
+                     (unsigned long long)need, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int list_eq(const struct fbr_strlist *a, const struct fbr_strlist *b)
@@ -195,6 +225,14 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
             fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", line);
         fbr_log_error("reload failed: keeping the current configuration");
+        fbr_config_free(&next);
+        return;
+    }
+    if (nofile_fit(next.max_connections, err, sizeof(err)) != 0) {
+        (*d->m_reloads_failed)++;
+        fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", err);
+        fbr_log_error("reload failed: keeping the current configuration");
+        flow_free(&flow);
         fbr_config_free(&next);
         return;
     }
@@ -372,7 +410,10 @@ int main(int argc, char **argv)
     fbr_log_setup(d.cfg.log_level, d.cfg.log_format);
     fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    if (nofile_fit(d.cfg.max_connections, err, sizeof(err)) != 0) {
+        fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
+        goto out;
+    }
     if (make_dirs(d.cfg.data_dir) != 0) {
         fbr_log(FBR_LOG_ERROR, NULL, "creating the data directory", "%s: %s", d.cfg.data_dir,
                 strerror(errno));

@@ -41,6 +41,7 @@
  * not read from the socket beyond IN_HIGH (the largest header section the screener lets through
  * fits, with room to spare), so its memory stays below about OUT_HIGH + IN_HIGH + one reply. */
 #define OUT_HIGH (256 * 1024)
+#define ACCEPT_PAUSE_MS 250
 #define IN_HIGH (DEF_MAX_URI + DEF_MAX_HEADER_BYTES + 24 * 1024)
 
 /* Where the header screener is in the byte stream of one connection. */
@@ -102,6 +103,11 @@ struct fbr_server {
     struct listener *ls;
     size_t nls;
     int listeners_paused;
+    /* accept() failing (EMFILE, ENFILE, ...): listeners paused for ACCEPT_PAUSE_MS at a time;
+     * one log line when an episode starts and one when a connection is accepted again */
+    struct event *accept_retry;
+    uint64_t accept_failures; /* in the current episode; 0: none going on */
+    uint64_t accept_since_ms;
     struct fbr_route *routes;
     size_t nroutes;
     uint64_t next_id;
@@ -324,6 +330,46 @@ static void listeners_pause(struct fbr_server *srv, int pause)
         else
             evconnlistener_enable(srv->ls[i].htp->server);
     }
+}
+
+static void accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct fbr_server *srv = arg;
+    if (!srv->draining && srv->nconns < srv->opts.max_connections)
+        listeners_pause(srv, 0);
+}
+
+/*
+ * accept() failed with something other than EAGAIN/EINTR, typically EMFILE or ENFILE (out of
+ * descriptors).  libevent keeps the listener readable, so without a pause the loop would spin on
+ * the same failing accept and log each one.  The listeners pause for ACCEPT_PAUSE_MS, or until a
+ * connection closes and frees a descriptor; pending clients wait in the listen backlog.  Each
+ * failure is counted; the log gets one line per episode.
+ */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    struct fbr_server *srv = ((evhtp_t *)arg)->defaults.pre_accept_cbarg;
+    const char *name = err == EMFILE   ? "EMFILE"
+                       : err == ENFILE ? "ENFILE"
+                       : err == ENOBUFS ? "ENOBUFS"
+                       : err == ENOMEM  ? "ENOMEM"
+                                        : "other";
+    (*fbr_metrics_counter(srv->metrics, "firebridge_http_accept_errors_total",
+                          "accept() failures (the listeners pause after each), by error",
+                          "error", name))++;
+    if (srv->accept_failures++ == 0) {
+        srv->accept_since_ms = fbr_now_ms();
+        fbr_log(FBR_LOG_ERROR, NULL, "accepting a connection",
+                "%s (%zu connection(s) open): not accepting for %d ms at a time until it "
+                "succeeds; new clients wait in the listen backlog",
+                evutil_socket_error_to_string(err), srv->nconns, ACCEPT_PAUSE_MS);
+    }
+    listeners_pause(srv, 1);
+    if (!srv->accept_retry)
+        srv->accept_retry = evtimer_new(srv->base, accept_resume, srv);
+    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(srv->accept_retry, &tv);
 }
 
 static void conn_unlink(struct conn *fc)
@@ -705,6 +751,12 @@ static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
     srv->nconns++;
     *srv->m_open = (int64_t)srv->nconns;
     (*srv->m_accepted)++;
+    if (srv->accept_failures) {
+        fbr_log_warn("accepting connections again after %llu failed accept(s) over %llu ms",
+                     (unsigned long long)srv->accept_failures,
+                     (unsigned long long)(fbr_now_ms() - srv->accept_since_ms));
+        srv->accept_failures = 0;
+    }
     if (srv->nconns >= srv->opts.max_connections)
         listeners_pause(srv, 1);
 
@@ -1019,6 +1071,7 @@ int fbr_server_listen(struct fbr_server *srv, const char *addr)
     struct listener l = {.htp = htp};
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
+    evconnlistener_set_error_cb(htp->server, on_accept_error);
     evutil_socket_t fd = evconnlistener_get_fd(htp->server);
     evutil_make_socket_closeonexec(fd);
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
@@ -1107,6 +1160,8 @@ void fbr_server_free(struct fbr_server **psrv)
         evhtp_free(htp);
         free(cfg);
     }
+    if (srv->accept_retry)
+        event_free(srv->accept_retry);
     free(srv->ls);
     free(srv->routes);
     free(srv->tls_cert);

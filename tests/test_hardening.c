@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -341,6 +342,136 @@ START_TEST(pipelined_replies_resume_when_read)
 }
 END_TEST
 
+/* ---- defect 3: out of descriptors --------------------------------------------------------- */
+
+/* Lines of the file at path that contain needle. */
+static int count_lines_with(const char *path, const char *needle)
+{
+    char *text = dutil_slurp(path, NULL);
+    int n = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+        n += strstr(line, needle) != NULL;
+    free(text);
+    return n;
+}
+
+static int count_lines(const char *path)
+{
+    size_t len;
+    char *text = dutil_slurp(path, &len);
+    int n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += text[i] == '\n';
+    free(text);
+    return n;
+}
+
+/* CPU time (user + system) of pid in clock ticks. */
+static long cpu_ticks(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    char *text = dutil_slurp(path, NULL);
+    char *p = strrchr(text, ')');
+    unsigned long ut = 0, st = 0;
+    if (p)
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st);
+    free(text);
+    return (long)(ut + st);
+}
+
+/*
+ * The daemon's descriptor limit is lowered under it (as `ulimit -n` would have) so that idle
+ * connections exhaust it: accept() fails with EMFILE.  It must not spin or flood the log: one
+ * line for the episode, a counter, and clients that waited in the backlog are served once
+ * descriptors are free again.
+ */
+START_TEST(emfile_pauses_accepting)
+{
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-hard", NULL);
+    char buf[65536];
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    int open_fds = dutil_count_fds(d.pid);
+    /* only the soft limit: raising a hard limit back would need privileges */
+    struct rlimit saved, rl;
+    ck_assert_int_eq(prlimit(d.pid, RLIMIT_NOFILE, NULL, &saved), 0);
+    rl.rlim_cur = (rlim_t)open_fds + 10;
+    rl.rlim_max = saved.rlim_max;
+    ck_assert_int_eq(prlimit(d.pid, RLIMIT_NOFILE, &rl, NULL), 0);
+    enum { N = 40 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = dutil_connect(d.port); /* the kernel completes them: backlog of 1024 */
+        ck_assert_int_ge(fds[i], 0);
+    }
+    /* the last one asks for /healthz: it waits in the backlog until a descriptor is free */
+    const char *hz = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fds[N - 1], hz, strlen(hz)), 0);
+    dutil_msleep(500);
+    int lines0 = count_lines(d.log);
+    long cpu0 = cpu_ticks(d.pid);
+    dutil_msleep(1500);
+    long cpu = cpu_ticks(d.pid) - cpu0;
+    int lines = count_lines(d.log) - lines0;
+    fprintf(stderr, "FIGURES: under EMFILE for 1.5 s: %ld CPU ticks (of %ld/s), %d log lines\n",
+            cpu, sysconf(_SC_CLK_TCK), lines);
+    assert_alive(&d);
+    ck_assert_msg(lines <= 1, "%d log lines in 1.5 s under EMFILE", lines);
+    ck_assert_int_eq(count_lines_with(d.log, "accepting a connection"), 1);
+    /* free the descriptors: close the idle ones, restore the limit */
+    for (int i = 0; i < N - 1; i++)
+        close(fds[i]);
+    ck_assert_int_eq(prlimit(d.pid, RLIMIT_NOFILE, &saved, NULL), 0);
+    ck_assert_int_eq(dutil_read_response(fds[N - 1], buf, sizeof(buf)), 200);
+    close(fds[N - 1]);
+    long long failures = dutil_metric(d.port, "firebridge_http_accept_errors_total{error=\"EMFILE\"}");
+    ck_assert_msg(failures >= 1 && failures < 100, "accept failures counted: %lld", failures);
+    ck_assert_int_eq(count_lines_with(d.log, "accepting connections again"), 1);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* Starts the daemon with a descriptor limit of soft:hard and args; returns its pid. */
+static pid_t spawn_with_nofile(const char *log, rlim_t soft, rlim_t hard, const char *const *args)
+{
+    struct rlimit rl = {soft, hard};
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0); /* inherited by the daemon */
+    return dutil_spawn_daemon(log, args);
+}
+
+/* --max-connections must fit under the descriptor limit: raised at start, or a clear refusal. */
+START_TEST(nofile_limit_fits_max_connections)
+{
+    char dir[64], log[128], data[128], limits[64];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(log, sizeof(log), "%s/log", dir);
+    snprintf(data, sizeof(data), "%s/data", dir);
+    /* this test process runs in its own fork: lowering its hard limit harms no other case */
+    const char *const dflt[] = {"-l", "127.0.0.1:0", "-d", data, NULL};
+    pid_t pid = spawn_with_nofile(log, 512, 512, dflt);
+    int st = dutil_wait_exit(&pid, 5000 * dutil_slow(), NULL);
+    ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d", st);
+    char *text = dutil_slurp(log, NULL);
+    ck_assert_msg(strstr(text, "max_connections 1024 needs 1280 open files") &&
+                      strstr(text, "set --max-connections to 256 or less"),
+                  "log: %s", text);
+    free(text);
+
+    const char *const fits[] = {"-l", "127.0.0.1:0", "-d", data, "--max-connections", "200",
+                                NULL};
+    pid = spawn_with_nofile(log, 300, 512, fits);
+    dutil_wait_port(&pid, log, "listening on 127.0.0.1:", 200, 50, NULL);
+    snprintf(limits, sizeof(limits), "/proc/%d/limits", (int)pid);
+    text = dutil_slurp(limits, NULL);
+    ck_assert_msg(strstr(text, "Max open files            512                  512"),
+                  "limits: %s", text);
+    free(text);
+    dutil_assert_exit_zero(dutil_stop(&pid, 5000 * dutil_slow(), NULL), log);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -353,6 +484,11 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, pipelined_unread_replies_bound_memory);
     tcase_add_test(tc, pipelined_replies_resume_when_read);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("descriptors");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, emfile_pauses_accepting);
+    tcase_add_test(tc, nofile_limit_fits_max_connections);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
