@@ -1045,10 +1045,14 @@ START_TEST(bad_flags)
         int st = system(cmd);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "accepted: %s", bad[i]);
     }
-    /* Config files: unknown keys are rejected, wherever they are. */
+    /* Config files: unknown keys and wrong types are rejected, wherever they are. */
     static const char *const bad_cfg[] = {"{\"rooms\":[{\"id\":1,\"tokenz\":[\"t\"]}]}",
-                                          "{\"room_rate\":\"5\"}", "{\"extra\":1}", "[]",
-                                          "{\"rooms\":{}}"};
+                                          "{\"room_rate\":\"5\"}",
+                                          "{\"extra\":1}",
+                                          "[]",
+                                          "{\"rooms\":{}}",
+                                          "{\"any_token\":\"yes\"}",
+                                          "{\"rooms\":[{\"name\":\"no id\"}]}"};
     char cfg[300];
     snprintf(cfg, sizeof(cfg), "%s/bad.json", tmpdir);
     for (size_t i = 0; i < sizeof(bad_cfg) / sizeof(bad_cfg[0]); i++) {

@@ -37,34 +37,32 @@ static void add_global_token(struct hcs *s, const char *token)
     hcs_token_get(s, token, 1)->configured = 1;
 }
 
-/* Rejects keys of object o that are not in the NULL-terminated list, naming the JSON path. */
-static int check_keys(json_t *o, const char *const *known, const char *file, const char *where)
+/* Checks o against a table with the library's config checker (same messages as firebridge's
+ * own config file: the key's JSON path, unknown keys and wrong types all reported). */
+static int check_object(json_t *o, const char *path, const struct fbr_field *fields, size_t n,
+                        const char *file)
 {
-    const char *key;
-    json_t *v;
-    if (!json_is_object(o)) {
-        fprintf(stderr, "hipchat-server: %s: %s must be an object\n", file, where);
-        return FBR_ERROR;
-    }
-    json_object_foreach(o, key, v)
-    {
-        size_t i = 0;
-        while (known[i] && strcmp(known[i], key) != 0)
-            i++;
-        if (!known[i]) {
-            fprintf(stderr, "hipchat-server: %s: unknown key %s.%s\n", file, where, key);
-            return FBR_ERROR;
-        }
-    }
-    return FBR_OK;
+    char err[1024] = "";
+    if (fbr_config_check_object(o, path, fields, n, err, sizeof(err)) == 0)
+        return FBR_OK;
+    fprintf(stderr, "hipchat-server: %s:\n%s\n", file, err);
+    return FBR_ERROR;
 }
 
 /* Loads the JSON config file; see README-hipchat-server.md for its shape. */
 static int load_config(struct hcs *s, const char *file)
 {
-    static const char *const top_keys[] = {"rooms",     "tokens",     "any_token", "any_room",
-                                           "room_rate", "token_rate", "faults",    NULL};
-    static const char *const room_keys[] = {"id", "name", "tokens", NULL};
+    static const struct fbr_field top[] = {
+        {"rooms", FBR_F_ARRAY, 0, 0, 0},      {"tokens", FBR_F_ARRAY, 0, 0, 0},
+        {"any_token", FBR_F_BOOL, 0, 0, 0},   {"any_room", FBR_F_BOOL, 0, 0, 0},
+        {"room_rate", FBR_F_STRING, 0, 0, 0}, {"token_rate", FBR_F_STRING, 0, 0, 0},
+        {"faults", FBR_F_ANY, 0, 0, 0},
+    };
+    static const struct fbr_field room[] = {
+        {"id", FBR_F_ANY, 1, 0, 0},
+        {"name", FBR_F_STRING, 0, 0, 0},
+        {"tokens", FBR_F_ARRAY, 0, 0, 0},
+    };
     json_error_t jerr;
     char err[256];
     json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
@@ -75,18 +73,13 @@ static int load_config(struct hcs *s, const char *file)
     int rc = -1;
     json_t *rooms = json_object_get(j, "rooms"), *v;
     size_t i;
-    if (check_keys(j, top_keys, file, "$") < 0)
+    if (check_object(j, "", top, FBR_ARRAY_LEN(top), file) < 0)
         goto out;
-    if ((rooms && !json_is_array(rooms)) ||
-        (json_object_get(j, "tokens") && !json_is_array(json_object_get(j, "tokens")))) {
-        fprintf(stderr, "hipchat-server: %s: $.rooms and $.tokens must be arrays\n", file);
-        goto out;
-    }
     json_array_foreach(rooms, i, v)
     {
         char where[48];
-        snprintf(where, sizeof(where), "$.rooms[%zu]", i);
-        if (check_keys(v, room_keys, file, where) < 0)
+        snprintf(where, sizeof(where), "rooms[%zu]", i);
+        if (check_object(v, where, room, FBR_ARRAY_LEN(room), file) < 0)
             goto out;
         json_t *id = json_object_get(v, "id");
         char idbuf[32];
