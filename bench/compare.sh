@@ -119,12 +119,25 @@ for _ in $(seq 200); do
 done
 [ -n "$fb_port" ] || { echo "compare.sh: firebridge did not start:" >&2; cat "$tmp/fb.log" >&2; exit 1; }
 
-# run NAME TARGET_PORT SECONDS LOADGEN-FLAGS... -> $tmp/NAME.json, its summary on stdout
+ng_worker=
+for _ in $(seq 100); do
+  ng_worker=$(pgrep -P "$ng_pid" | head -1 || true)
+  [ -n "$ng_worker" ] && break
+  sleep 0.05
+done
+[ -n "$ng_worker" ] || { echo "compare.sh: no nginx worker" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run NAME TARGET_PORT SECONDS CPU_PID LOADGEN-FLAGS... -> $tmp/NAME.json, its summary on stdout,
+# CPU_PID's CPU time (user + system) per delivered notification in $tmp/NAME.cpu (microseconds;
+# less sensitive to other processes on the machine than the rate)
 lost_total=0
 run() {
-  local name=$1 port=$2 secs=$3
-  shift 3
-  local rc=0
+  local name=$1 port=$2 secs=$3 cpu_pid=$4
+  shift 4
+  local rc=0 c0=0
+  [ "$cpu_pid" = - ] || c0=$(cpu_ticks "$cpu_pid")
   "$lg" --target "127.0.0.1:$port" --sink-listen "$sink" --connections "$conns" \
     --duration "$secs" --warmup "$warmup" --rooms "$rooms" --drain 60 --quiet --json "$@" \
     >"$tmp/$name.json" 2>"$tmp/$name.err" || rc=$?
@@ -132,34 +145,42 @@ run() {
     echo "compare.sh: loadgen $name failed ($rc):" >&2; cat "$tmp/$name.err" >&2; exit 1
   fi
   lost_total=$((lost_total + $(jnum "$tmp/$name.json" lost)))
-  printf '  %-14s delivered/s %8.0f  intake/s %8.0f  intake p99 %8.3f ms  e2e p99 %9.3f ms  lost %s\n' \
+  local cpu=-
+  [ "$cpu_pid" = - ] || cpu=$(awk -v a="$c0" -v b="$(cpu_ticks "$cpu_pid")" -v hz="$hz" \
+    -v n="$(jnum "$tmp/$name.json" delivered)" 'BEGIN {printf "%.1f", (b - a) * 1e6 / hz / n}')
+  echo "$cpu" >"$tmp/$name.cpu"
+  printf '  %-14s delivered/s %8.0f  intake/s %8.0f  intake p99 %8.3f ms  e2e p99 %9.3f ms  lost %s  cpu %s us/notification\n' \
     "$name" "$(jnum "$tmp/$name.json" delivered_per_s)" "$(jnum "$tmp/$name.json" intake_per_s)" \
     "$(jnum "$tmp/$name.json" intake.p99_ms)" "$(jnum "$tmp/$name.json" end_to_end.p99_ms)" \
-    "$(jnum "$tmp/$name.json" lost)"
+    "$(jnum "$tmp/$name.json" lost)" "$cpu"
 }
 best() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
 
 echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); nginx $("$nginx_bin" -v 2>&1 | sed 's/.*\///'), firebridge $("$fb" --version 2>/dev/null | head -1)"
 echo "== maximum, closed loop: $conns connections, ${secs_max} s after ${warmup} s warm-up, $rooms rooms, $rounds round(s)"
 # the measuring tool's own ceiling: notifications straight to its sink, no proxy in between
-run "direct-max" "$sink_port" "$secs_max" --format notification
+run "direct-max" "$sink_port" "$secs_max" - --format notification
 direct_max=$(jnum "$tmp/direct-max.json" delivered_per_s)
 ng_max=0 fb_max=0
 for r in $(seq "$rounds"); do
-  run "nginx-max-$r" "$ng_port" "$secs_max" --format notification
+  run "nginx-max-$r" "$ng_port" "$secs_max" "$ng_worker" --format notification
   ng_max=$(best "$ng_max" "$(jnum "$tmp/nginx-max-$r.json" delivered_per_s)")
-  run "fb-max-$r" "$fb_port" "$secs_max" --scenario seed --pid "$fb_pid"
+  run "fb-max-$r" "$fb_port" "$secs_max" "$fb_pid" --scenario seed --pid "$fb_pid"
   fb_max=$(best "$fb_max" "$(jnum "$tmp/fb-max-$r.json" delivered_per_s)")
 done
 ratio=$(awk -v a="$fb_max" -v b="$ng_max" 'BEGIN {printf "%.2f", a / b}')
+ng_cpu=$(sort -n "$tmp"/nginx-max-*.cpu | head -1)
+fb_cpu=$(sort -n "$tmp"/fb-max-*.cpu | head -1)
+cpu_ratio=$(awk -v a="$ng_cpu" -v b="$fb_cpu" 'BEGIN {printf "%.2f", a / b}')
 echo "  nginx proxy_pass: $(printf %.0f "$ng_max") notifications/s; firebridge: $(printf %.0f "$fb_max") notifications/s; ratio $ratio"
+echo "  CPU per notification (best round): nginx $ng_cpu us, firebridge $fb_cpu us; ratio nginx/firebridge $cpu_ratio"
 
 if [ "${SKIP_HALF:-0}" != 1 ]; then
   ng_half=$(awk -v a="$ng_max" 'BEGIN {printf "%.0f", a / 2}')
   fb_half=$(awk -v a="$fb_max" 'BEGIN {printf "%.0f", a / 2}')
   echo "== half of each one's maximum, open loop, ${secs_half} s: nginx at $ng_half/s, firebridge at $fb_half/s"
-  run nginx-half "$ng_port" "$secs_half" --format notification --rate "$ng_half/s"
-  run fb-half "$fb_port" "$secs_half" --scenario seed --rate "$fb_half/s" --pid "$fb_pid"
+  run nginx-half "$ng_port" "$secs_half" "$ng_worker" --format notification --rate "$ng_half/s"
+  run fb-half "$fb_port" "$secs_half" "$fb_pid" --scenario seed --rate "$fb_half/s" --pid "$fb_pid"
   echo "RESULT half nginx_rate=$ng_half nginx_intake_p99_ms=$(jnum "$tmp/nginx-half.json" intake.p99_ms)" \
        "nginx_e2e_p99_ms=$(jnum "$tmp/nginx-half.json" end_to_end.p99_ms)" \
        "firebridge_rate=$fb_half fb_intake_p99_ms=$(jnum "$tmp/fb-half.json" intake.p99_ms)" \
@@ -168,5 +189,6 @@ fi
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
 echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \
      "firebridge_per_s=$(printf %.0f "$fb_max")" \
-     "ratio=$ratio firebridge_peak_rss_kb=$peak conns=$conns rooms=$rooms pool=$pool lost=$lost_total"
+     "ratio=$ratio nginx_cpu_us=$ng_cpu firebridge_cpu_us=$fb_cpu cpu_ratio=$cpu_ratio" \
+     "firebridge_peak_rss_kb=$peak conns=$conns rooms=$rooms pool=$pool lost=$lost_total"
 [ "$lost_total" -eq 0 ] || { echo "compare.sh: $lost_total notification(s) lost" >&2; exit 1; }
