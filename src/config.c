@@ -27,6 +27,7 @@ enum opt_type {
     T_U32,        /* integer with bounds */
     T_RATE,       /* "N/SECONDS" */
     T_FSYNC,      /* always|batch|off */
+    T_BOOL,       /* on|off (int); a flag without metavar takes no value and means on */
     T_LOGLEVEL,   /* error|warn|info|debug */
     T_LOGFORMAT,  /* text|json */
     T_MSGTYPE,    /* CRITICAL|WARNING|INFO (a firing alert's message_type) */
@@ -62,7 +63,7 @@ static const struct opt opts[] = {
     {"tls_key", "tls-key", 0, T_STR, OFF(tls_key), NULL, 0, 0, "FILE",
      "PEM private key for --tls-cert", 0},
     {"data_dir", "data-dir", 'd', T_STR, OFF(data_dir), "./firebridge-data", 0, 0, "DIR",
-     "directory for the incident journal and dead letters (created if missing)", 0},
+     "directory for the journal and dead letters (created if missing)", 0},
     {"api_keys", "api-key", 0, T_STRLIST, OFF(api_keys), NULL, 0, 0, "KEY",
      "API key accepted by the intake endpoints; repeatable", 0},
     {"public_url", "public-url", 0, T_STR, OFF(public_url), NULL, 0, 0, "URL",
@@ -108,8 +109,21 @@ static const struct opt opts[] = {
      "SECONDS", "a delivery older than this goes to the dead-letter file", 0},
     {"ca_file", "ca-file", 0, T_STR, OFF(ca_file), NULL, 0, 0, "FILE",
      "CA bundle for outbound TLS (default: the system trust store)", 0},
+    {"journal", "journal", 0, T_BOOL, OFF(journal), "on", 0, 0, "on|off",
+     "write-ahead journal in DATA_DIR/journal: an alert is answered 200 only once its incident "
+     "change and deliveries are in it (off: memory only, pending deliveries go to the "
+     "dead-letter file on SIGTERM)", 0},
     {"fsync", "fsync", 0, T_FSYNC, OFF(fsync), "batch", 0, 0, "always|batch|off",
-     "when the incident journal is flushed to disk", 0},
+     "what a 200 waits for: always = the journal is fdatasync'ed (one per loop iteration, "
+     "shared), batch = written, fdatasync every --fsync-interval, off = written", 0},
+    {"fsync_interval", "fsync-interval", 0, T_U32, OFF(fsync_interval_ms),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_FSYNC_INTERVAL_MS), 1, 60000, "MS",
+     "with --fsync batch: longest time between two fdatasyncs of the journal", 0},
+    {"journal_segment_size", "journal-segment-size", 0, T_SIZE, OFF(journal_segment_size),
+     FBR_DEFAULT_TEXT(FBR_DEFAULT_JOURNAL_SEGMENT_SIZE), 4096, 1024ull * MB, "BYTES", "journal segment file size before a new one starts", 0},
+    {NULL, "journal-repair", 0, T_BOOL, OFF(journal_repair), NULL, 0, 0, NULL,
+     "start even when a journal segment is corrupt in the middle, keeping every readable record",
+     0},
     {"drain_timeout", "drain-timeout", 0, T_U32, OFF(drain_timeout_s),
      FBR_DEFAULT_TEXT(FBR_DEFAULT_DRAIN_TIMEOUT_S), 0, 3600, "SECONDS",
      "on SIGTERM/SIGINT, time allowed to finish in-flight work", 0},
@@ -298,6 +312,9 @@ static const char *accepts(const struct opt *o, char *buf, size_t len)
     case T_LISTEN:
         snprintf(buf, len, "ADDR:PORT with an IPv4 address or [IPv6] and a port 0-65535");
         break;
+    case T_BOOL:
+        snprintf(buf, len, "on or off");
+        break;
     case T_FSYNC:
     case T_LOGLEVEL:
     case T_LOGFORMAT:
@@ -365,6 +382,14 @@ static int set_from_text(struct fbr_config *cfg, const struct opt *o, const char
         return parse_rate(s, o, (struct fbr_rate *)field);
     case T_FSYNC:
         return fbr_fsync_mode_parse(s, (enum fbr_fsync_mode *)field) == FBR_OK ? 0 : -1;
+    case T_BOOL:
+        if (!strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "1"))
+            *(int *)field = 1;
+        else if (!strcmp(s, "off") || !strcmp(s, "false") || !strcmp(s, "0"))
+            *(int *)field = 0;
+        else
+            return -1;
+        return 0;
     case T_LOGLEVEL:
         return fbr_log_level_parse(s, (enum fbr_log_level *)field);
     case T_LOGFORMAT:
@@ -480,6 +505,15 @@ static void apply_one(struct fbr_config *cfg, const struct opt *o, json_t *val, 
             if (set_from_text(cfg, o, num, 0))
                 errs_add(e, "%s: expected %s, got %s", o->key, accepts(o, acc, sizeof(acc)), num);
         }
+        return;
+    case T_BOOL:
+        if (json_is_boolean(val)) {
+            *(int *)field = json_is_true(val);
+            return;
+        }
+        if (!json_is_string(val) || set_from_text(cfg, o, json_string_value(val), 0))
+            errs_add(e, "%s: expected true, false, \"on\" or \"off\", got %s", o->key,
+                     json_type_name(val));
         return;
     case T_JSON_ARRAY:
     case T_JSON_OBJECT:
@@ -632,19 +666,20 @@ int fbr_cli_parse(struct fbr_cli *cli, int argc, char **argv, char *err, size_t 
             break;
         }
         /* Validate now so that a bad flag fails before anything else happens. */
+        const char *val = optarg ? optarg : "on"; /* a switch (T_BOOL without a value) */
         struct fbr_config scratch;
         memset(&scratch, 0, sizeof(scratch));
-        int bad = set_from_text(&scratch, o, optarg, 0);
+        int bad = set_from_text(&scratch, o, val, 0);
         fbr_config_free(&scratch);
         if (bad) {
             char acc[160];
             errs_add(&e, "--%s: expected %s, got '%.64s'", o->flag,
-                     accepts(o, acc, sizeof(acc)), optarg);
+                     accepts(o, acc, sizeof(acc)), val);
             return FBR_INVALID;
         }
         cli->opts = fbr_xrealloc(cli->opts, (cli->nopts + 1) * sizeof(*cli->opts));
         cli->opts[cli->nopts].entry = (int)(o - opts);
-        cli->opts[cli->nopts].value = fbr_xstrdup(optarg);
+        cli->opts[cli->nopts].value = fbr_xstrdup(val);
         cli->nopts++;
     }
     if (optind < argc) {
@@ -817,6 +852,8 @@ static json_t *value_json(const struct fbr_config *cfg, const struct opt *o)
         return json_string(fbr_rate_format(*(const struct fbr_rate *)field, buf, sizeof(buf)));
     case T_FSYNC:
         return json_string(fbr_fsync_mode_name(*(const enum fbr_fsync_mode *)field));
+    case T_BOOL:
+        return json_boolean(*(const int *)field);
     case T_LOGLEVEL:
         return json_string(fbr_log_level_name(*(const enum fbr_log_level *)field));
     case T_LOGFORMAT:

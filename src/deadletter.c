@@ -23,31 +23,29 @@
 
 #define ID_MAX 32 /* a delivery id's length at most (delivery.c) */
 
+struct headers_out {
+    json_t *arr, **content_type;
+};
+
+static void header_to_json(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
+                           void *arg)
+{
+    struct headers_out *h = arg;
+    if (is_ct) {
+        *h->content_type = json_stringn(v, vlen);
+        return;
+    }
+    json_t *pair = json_array();
+    json_array_append_new(pair, json_stringn(name, nlen));
+    json_array_append_new(pair, json_stringn(v, vlen));
+    json_array_append_new(h->arr, pair);
+}
+
 static json_t *headers_json(const char *head, size_t len, json_t **content_type)
 {
-    json_t *arr = json_array();
-    const char *p = head, *end = head + len;
-    while (p < end) {
-        const char *eol = memchr(p, '\r', (size_t)(end - p));
-        if (!eol)
-            break;
-        const char *colon = memchr(p, ':', (size_t)(eol - p));
-        if (colon) {
-            size_t nlen = (size_t)(colon - p);
-            const char *v = colon + 2 <= eol ? colon + 2 : eol;
-            size_t vlen = (size_t)(eol - v);
-            if (nlen == 12 && strncasecmp(p, "Content-Type", 12) == 0) {
-                *content_type = json_stringn(v, vlen);
-            } else if (!(nlen == 21 && strncasecmp(p, "X-Firebridge-Delivery", 21) == 0)) {
-                json_t *pair = json_array();
-                json_array_append_new(pair, json_stringn(p, nlen));
-                json_array_append_new(pair, json_stringn(v, vlen));
-                json_array_append_new(arr, pair);
-            }
-        }
-        p = eol + 2;
-    }
-    return arr;
+    struct headers_out h = {json_array(), content_type};
+    fbr_delivery_head_each(head, len, header_to_json, &h);
+    return h.arr;
 }
 
 /* The URL as a JSON string: byte-exact when it is UTF-8 (always, unless a rule capture split a

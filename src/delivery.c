@@ -79,6 +79,8 @@ struct delivery {
     uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
     uint64_t wake_ms;
     uint64_t seq; /* submission order across the engine (shutdown writes in this order) */
+    uint64_t hook_word; /* kept for the transition hook's owner (the journal's record ref) */
+    int restored;       /* came back from the journal: its creation is already recorded */
     char *reason; /* last reason, owned, NULL until the first transition that gives one */
     /* Credentials asked for right before each attempt (fbr_delivery_submit_auth): the provider
      * (one reference held), the value sent by the current attempt and the header block that
@@ -205,13 +207,34 @@ static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl)
 static void delivery_free(struct delivery *dl);
 static char *put(char *p, const void *src, size_t n);
 
+static void delivery_info(struct delivery *dl, struct fbr_delivery_info *info)
+{
+    *info = (struct fbr_delivery_info){
+        .id = dl->id,
+        .dest_key = dl->dest->key,
+        .attempts = dl->attempts,
+        .created_wall_ms = dl->created_wall,
+        .reason = dl->reason ? dl->reason : "",
+        .method = dl->method,
+        .url = {dl->url, dl->url_len},
+        .head = {dl->head, dl->head_len},
+        .body = dl->body_iov,
+        .nbody = dl->nbody,
+        .seq = dl->seq,
+        .room_rate = dl->room_rate,
+        .token_rate = dl->token_rate,
+        .restored = dl->restored,
+        .hook_word = &dl->hook_word,
+    };
+}
+
 static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_delivery_state to)
 {
     struct fbr_delivery_engine *e = dl->dest->engine;
     if (!e->hook)
         return;
-    struct fbr_delivery_info info = {dl->id, dl->dest->key, dl->attempts, dl->created_wall,
-                                     dl->reason ? dl->reason : ""};
+    struct fbr_delivery_info info;
+    delivery_info(dl, &info);
     e->hook(&info, from, to, e->hook_arg);
 }
 
@@ -834,6 +857,11 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     const struct fbr_webhook *wh = o->webhook;
     dl->room_rate = wh && wh->room_rate.n ? wh->room_rate : e->opts.room_rate;
     dl->token_rate = wh && wh->token_rate.n ? wh->token_rate : e->opts.token_rate;
+    const struct fbr_delivery_saved *saved = qo->saved;
+    if (saved && saved->room_rate.n)
+        dl->room_rate = saved->room_rate;
+    if (saved && saved->token_rate.n)
+        dl->token_rate = saved->token_rate;
     need_capacity(&d->rl, dl->room_rate);
     if (!token.len && auth.len)
         token = auth;
@@ -872,6 +900,19 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     dl->created_mono = fbr_now_ms();
     dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
     dl->seq = ++e->seq_counter;
+    if (saved) { /* its age counts from its first acceptance, before the restart */
+        uint64_t now_wall = fbr_wall_ms();
+        uint64_t age = now_wall > dl->created_wall ? now_wall - dl->created_wall : 0;
+        dl->created_mono = dl->created_mono > age ? dl->created_mono - age : 0;
+        dl->attempts = saved->attempts;
+        dl->restored = 1;
+        if (saved->seq) { /* keep the journal's order: later submissions sort after it */
+            dl->seq = saved->seq;
+            if (saved->seq > e->seq_counter)
+                e->seq_counter = saved->seq;
+        }
+        dl->hook_word = saved->hook_word;
+    }
     TAILQ_INSERT_TAIL(&d->queue, dl, link);
     e->m.pending++;
     e->m.submitted++;
@@ -881,6 +922,101 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         memcpy(qo->id_out, dl->id, sizeof(dl->id));
     dest_pump(d);
     return FBR_OK;
+}
+
+void fbr_delivery_head_each(const char *head, size_t len, fbr_delivery_header_fn fn, void *arg)
+{
+    const char *p = head, *end = head + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon) {
+            size_t nlen = (size_t)(colon - p);
+            const char *v = colon + 2 <= eol ? colon + 2 : eol;
+            if (!(nlen == 21 && strncasecmp(p, "X-Firebridge-Delivery", 21) == 0))
+                fn(p, nlen, v, (size_t)(eol - v),
+                   nlen == 12 && strncasecmp(p, "Content-Type", 12) == 0, arg);
+        }
+        p = eol + 2;
+    }
+}
+
+static void header_to_outreq(const char *name, size_t nlen, const char *v, size_t vlen, int is_ct,
+                             void *arg)
+{
+    struct fbr_outreq *o = arg;
+    if (is_ct) {
+        free(o->content_type);
+        o->content_type = fbr_xstrndup(v, vlen);
+        return;
+    }
+    o->header_names = fbr_xrealloc(o->header_names, (o->nheaders + 1) * sizeof(char *));
+    o->headers = fbr_xrealloc(o->headers, (o->nheaders + 1) * sizeof(*o->headers));
+    o->header_names[o->nheaders] = fbr_xstrndup(name, nlen);
+    fbr_render_init(&o->headers[o->nheaders]);
+    fbr_render_set_copy(&o->headers[o->nheaders], v, vlen);
+    o->nheaders++;
+}
+
+/* Builds an outreq owning copies of a saved delivery: the header block is split back into
+ * headers (Content-Type apart; X-Firebridge-Delivery is added again from the id). */
+static void outreq_from_saved(const struct fbr_delivery_saved *s, struct fbr_outreq *o)
+{
+    fbr_outreq_init(o);
+    o->method = fbr_http_method_parse(s->method, strlen(s->method), 0);
+    fbr_render_set_copy(&o->url, s->url.ptr, s->url.len);
+    fbr_render_set_copy(&o->body, s->body.ptr, s->body.len);
+    fbr_render_set_copy(&o->rate_key, s->dest_key.ptr, s->dest_key.len);
+    fbr_delivery_head_each(s->head.ptr, s->head.len, header_to_outreq, o);
+}
+
+int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_delivery_saved *s)
+{
+    if (!fbr_http_method_parse(s->method, strlen(s->method), 0) || !s->id || !*s->id || strlen(s->id) > ID_LEN)
+        return FBR_INVALID;
+    struct fbr_outreq o;
+    outreq_from_saved(s, &o);
+    struct fbr_delivery_queue_opts qo = {.id = s->id, .created_wall_ms = s->created_wall_ms,
+                                         .over_limit = 1, .saved = s};
+    int rc = fbr_delivery_queue(e, &o, &qo);
+    fbr_outreq_free(&o);
+    return rc;
+}
+
+static int by_seq(const void *a, const void *b);
+
+struct collect {
+    struct delivery **p;
+};
+
+static void collect_all(const char *key, void *value, void *arg)
+{
+    struct dest *d = value;
+    struct collect *c = arg;
+    struct delivery *dl;
+    (void)key;
+    TAILQ_FOREACH(dl, &d->queue, link)
+        *c->p++ = dl;
+}
+
+void fbr_delivery_each(struct fbr_delivery_engine *e, fbr_delivery_each_fn fn, void *arg)
+{
+    size_t n = (size_t)e->m.pending;
+    if (!n)
+        return;
+    struct delivery **all = fbr_xcalloc(n, sizeof(*all));
+    struct collect c = {all};
+    fbr_strmap_each(&e->dests, collect_all, &c);
+    n = (size_t)(c.p - all);
+    qsort(all, n, sizeof(*all), by_seq);
+    for (size_t i = 0; i < n; i++) {
+        struct fbr_delivery_info info;
+        delivery_info(all[i], &info);
+        fn(&info, all[i]->state, arg);
+    }
+    free(all);
 }
 
 int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, char *id)

@@ -1,10 +1,11 @@
 /*
  * incidents.c - the incident table behind STATE.* and INCIDENT.*: a hash of incidents keyed by
  * lower-cased routing_key + entity_id, driven by each alert after the Rules Engine and before
- * event derivation.  Every change appends one full record (a JSON line) to
- * <data_dir>/incidents.journal; at open the journal is replayed (later lines win, a torn last line
- * is ignored) and rewritten compactly through a temporary file and rename(2), which also happens
- * whenever the journal grows well past the live table.
+ * event derivation.  Every change appends one full record (a JSON object) to the daemon's
+ * write-ahead journal (journal.h), which writes, syncs and recovers it with the deliveries; each
+ * incident holds its latest record there, and a journal checkpoint writes again the ones held in
+ * old segments, so nothing here ever rewrites a file or waits for the disk.  At start the journal
+ * replays the records (later ones win; {"del":key} forgets, {"next":n} keeps the counter).
  *
  * Besides the hash, every incident sits on one of two intrusive age lists, kept in order of the
  * time of their last change: the resolved ones by resolution time (TTL expiry pops from the head,
@@ -31,8 +32,6 @@
 
 #define DEFAULT_MAX 10000
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
-#define JOURNAL "incidents.journal"
-#define JOURNAL_TMP "incidents.journal.tmp"
 #define EVICT_WARN_MS 10000u /* at most one "table full" warning per this interval */
 
 static const char *const mt_names[] = {
@@ -82,6 +81,7 @@ struct incident {
     struct incident *next;          /* hash chain */
     struct incident *older, *newer; /* age list (t->resolved or t->live); NULL when detached */
     char *key;
+    struct fbr_journal_ref ref; /* its latest journal record (held) */
     uint64_t number;
     char *routing_key, *entity_id, *host, *service, *ack_user, *ack_msg, *last_uuid;
     enum fbr_incident_phase phase;
@@ -104,7 +104,8 @@ struct age_list {
 
 struct fbr_incidents {
     struct fbr_incidents_opts opts;
-    char *dir;
+    struct fbr_journal *journal; /* borrowed, NULL: in memory only */
+    struct fbr_journal_ref counter_ref; /* the record that carries next_number (held) */
     struct incident **buckets;
     size_t nbuckets; /* power of two */
     size_t count, open;
@@ -112,11 +113,8 @@ struct fbr_incidents {
     struct age_list live;     /* UNACKED and ACKED incidents, by updated_ms */
     int replaying;            /* journal replay: append unsorted, sort once at the end */
     uint64_t next_number;
-    int fd;               /* journal, O_APPEND; -1 in memory */
-    uint64_t journal_lines;
-    int dirty;            /* written since the last fsync */
-    struct line line;     /* journal line being written */
-    uint64_t evicted, evicted_open, journal_errors;
+    struct line line;     /* journal record being written */
+    uint64_t evicted, evicted_open;
     /* The rate-limited "table full" warning: open incidents dropped since the last line. */
     struct {
         int logged;           /* a line was written (last_ms is meaningful) */
@@ -394,36 +392,24 @@ static void record_line(struct line *l, const struct incident *in)
     line_put(l, "}\n", 2);
 }
 
-static int write_all(int fd, const char *s, size_t len)
+/* Appends the record in t->line; returns its ref (held), or a null ref in memory. */
+static struct fbr_journal_ref journal_append(struct fbr_incidents *t)
 {
-    while (len) {
-        ssize_t w = write(fd, s, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        s += w;
-        len -= (size_t)w;
-    }
-    return 0;
+    if (!t->journal)
+        return (struct fbr_journal_ref){0, 0};
+    return fbr_journal_append(t->journal, FBR_JR_INCIDENT, t->line.p, t->line.len);
 }
 
-/* Appends the line in t->line (one write, so a crash tears at most the last line). */
-static int journal_append(struct fbr_incidents *t)
+/* Writes {"next":n} and makes it the counter's record. */
+static void journal_counter(struct fbr_incidents *t)
 {
-    if (t->fd < 0)
-        return FBR_OK;
-    if (write_all(t->fd, t->line.p, t->line.len) != 0) {
-        t->journal_errors++;
-        fbr_log_error("incidents: cannot append to %s/" JOURNAL ": %s", t->dir, strerror(errno));
-        return FBR_ERROR;
-    }
-    t->journal_lines++;
-    if (t->opts.fsync == FBR_FSYNC_ALWAYS)
-        fdatasync(t->fd);
-    else
-        t->dirty = 1;
-    return FBR_OK;
+    char head[64];
+    t->line.len = 0;
+    int hl = snprintf(head, sizeof(head), "{\"next\":%" PRIu64 "}", t->next_number);
+    line_put(&t->line, head, (size_t)hl);
+    struct fbr_journal_ref r = journal_append(t);
+    fbr_journal_release(t->journal, t->counter_ref);
+    t->counter_ref = r;
 }
 
 static const char *jstr(json_t *o, const char *k)
@@ -438,27 +424,41 @@ static uint64_t jnum(json_t *o, const char *k)
     return v > 0 ? (uint64_t)v : 0;
 }
 
-static void replay_line(struct fbr_incidents *t, json_t *j)
+/* Makes ref the counter's record (held once more). */
+static void counter_at(struct fbr_incidents *t, struct fbr_journal_ref ref)
+{
+    fbr_journal_hold(t->journal, ref);
+    fbr_journal_release(t->journal, t->counter_ref);
+    t->counter_ref = ref;
+}
+
+static void replay_line(struct fbr_incidents *t, json_t *j, struct fbr_journal_ref ref)
 {
     json_t *next = json_object_get(j, "next");
     if (json_is_integer(next)) {
-        if ((uint64_t)json_integer_value(next) > t->next_number)
+        if ((uint64_t)json_integer_value(next) >= t->next_number) {
             t->next_number = (uint64_t)json_integer_value(next);
+            counter_at(t, ref);
+        }
         return;
     }
     const char *del = json_string_value(json_object_get(j, "del"));
     if (del) {
         struct incident *in = *slot(t, del);
-        if (in)
+        if (in) {
+            fbr_journal_release(t->journal, in->ref);
             table_remove(t, in);
+        }
         return;
     }
     const char *key = json_string_value(json_object_get(j, "k"));
     if (!key)
         return;
     struct incident *old = *slot(t, key);
-    if (old)
+    if (old) {
+        fbr_journal_release(t->journal, old->ref);
         table_remove(t, old);
+    }
     struct incident *in = fbr_xcalloc(1, sizeof(*in));
     in->key = fbr_xstrdup(key);
     in->number = jnum(j, "n");
@@ -483,97 +483,57 @@ static void replay_line(struct fbr_incidents *t, json_t *j)
     in->opened_ms = jnum(j, "ts");
     in->updated_ms = jnum(j, "upd");
     in->resolved_ms = jnum(j, "res");
-    if (in->number >= t->next_number)
+    if (in->number >= t->next_number) {
         t->next_number = in->number + 1;
+        counter_at(t, ref);
+    }
+    in->ref = ref;
+    fbr_journal_hold(t->journal, ref);
     table_insert(t, in);
 }
 
-static void fsync_dir(const char *dir)
+/* ---- the journal owner ---- */
+
+static void owner_replay(void *arg, unsigned type, struct fbr_slice p, struct fbr_journal_ref ref)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
+    struct fbr_incidents *t = arg;
+    json_t *j = json_loadb(p.ptr, p.len, 0, NULL);
+    if (!j) {
+        fbr_log_warn("incidents: ignored an unreadable journal record");
+        return;
     }
+    replay_line(t, j, ref);
+    json_decref(j);
 }
 
-/* Rewrites the journal as one line per live incident, atomically, and reopens it for append. */
-static int compact(struct fbr_incidents *t)
+static void owner_replay_done(void *arg)
 {
-    char tmp[4096], path[4096];
-    snprintf(tmp, sizeof(tmp), "%s/" JOURNAL_TMP, t->dir);
-    snprintf(path, sizeof(path), "%s/" JOURNAL, t->dir);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fbr_log_error("incidents: cannot create %s: %s", tmp, strerror(errno));
-        return FBR_ERROR;
-    }
-    int rc = 0;
-    char head[64];
-    int hl = snprintf(head, sizeof(head), "{\"next\":%" PRIu64 "}\n", t->next_number);
-    rc |= write_all(fd, head, (size_t)hl);
-    uint64_t lines = 1;
-    /* Oldest first, resolved then open: a replay of this journal finds the lists in order. */
-    struct age_list *lists[] = {&t->resolved, &t->live};
-    for (size_t i = 0; i < FBR_ARRAY_LEN(lists) && rc == 0; i++) {
-        for (struct incident *in = lists[i]->head; in && rc == 0; in = in->newer) {
-            record_line(&t->line, in);
-            rc |= write_all(fd, t->line.p, t->line.len);
-            lines++;
-        }
-    }
-    if (rc == 0 && t->opts.fsync != FBR_FSYNC_OFF)
-        rc |= fsync(fd);
-    close(fd);
-    if (rc != 0 || rename(tmp, path) != 0) {
-        fbr_log_error("incidents: cannot rewrite %s: %s", path, strerror(errno));
-        unlink(tmp);
-        t->journal_errors++;
-        return FBR_ERROR;
-    }
-    if (t->opts.fsync != FBR_FSYNC_OFF)
-        fsync_dir(t->dir);
-    if (t->fd >= 0)
-        close(t->fd);
-    t->fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
-    if (t->fd < 0) {
-        fbr_log_error("incidents: cannot reopen %s: %s", path, strerror(errno));
-        return FBR_ERROR;
-    }
-    t->journal_lines = lines;
-    t->dirty = 0;
-    return FBR_OK;
-}
-
-static int replay(struct fbr_incidents *t)
-{
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/" JOURNAL, t->dir);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return errno == ENOENT ? FBR_OK : FBR_ERROR;
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    size_t bad = 0;
-    t->replaying = 1;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
-        if (!j) {
-            bad++;
-            continue;
-        }
-        replay_line(t, j);
-        json_decref(j);
-    }
+    struct fbr_incidents *t = arg;
     t->replaying = 0;
     list_sort(&t->resolved);
     list_sort(&t->live);
-    free(line);
-    fclose(f);
-    if (bad)
-        fbr_log_warn("incidents: ignored %zu unreadable journal line(s) in %s", bad, path);
-    return FBR_OK;
+    if (t->count || t->next_number > 1)
+        fbr_log_info("incidents: %zu incident(s) restored, %zu open, next number %" PRIu64,
+                     t->count, t->open, t->next_number);
+}
+
+/* Writes again every incident (and the counter) whose record is in a segment <= upto. */
+static void owner_checkpoint(void *arg, uint32_t upto)
+{
+    struct fbr_incidents *t = arg;
+    struct age_list *lists[] = {&t->resolved, &t->live};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(lists); i++) {
+        for (struct incident *in = lists[i]->head; in; in = in->newer) {
+            if (!in->ref.seg || in->ref.seg > upto)
+                continue;
+            record_line(&t->line, in);
+            struct fbr_journal_ref r = journal_append(t);
+            fbr_journal_release(t->journal, in->ref);
+            in->ref = r;
+        }
+    }
+    if (t->counter_ref.seg && t->counter_ref.seg <= upto)
+        journal_counter(t);
 }
 
 int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_incidents **out)
@@ -587,24 +547,13 @@ int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_inciden
     t->nbuckets = 64;
     t->buckets = fbr_xcalloc(t->nbuckets, sizeof(*t->buckets));
     t->next_number = 1;
-    t->fd = -1;
-    t->opts.data_dir = NULL;
-    *out = NULL;
-    if (opts->data_dir) {
-        t->dir = fbr_xstrdup(opts->data_dir);
-        if (mkdir(t->dir, 0700) != 0 && errno != EEXIST) {
-            fbr_log_error("incidents: cannot create data directory %s: %s", t->dir,
-                          strerror(errno));
-            fbr_incidents_close(&t);
-            return FBR_ERROR;
-        }
-        if (replay(t) != FBR_OK || compact(t) != FBR_OK) {
-            fbr_log_error("incidents: cannot use the journal in %s", t->dir);
-            fbr_incidents_close(&t);
-            return FBR_ERROR;
-        }
-        fbr_log_info("incidents: %zu incident(s) restored, %zu open, next number %" PRIu64,
-                     t->count, t->open, t->next_number);
+    t->journal = opts->journal;
+    if (t->journal) {
+        t->replaying = 1; /* until the journal's recovery says it is done */
+        struct fbr_journal_owner o = {.name = "incidents", .types = 1u << FBR_JR_INCIDENT,
+                                      .replay = owner_replay, .replay_done = owner_replay_done,
+                                      .checkpoint = owner_checkpoint, .arg = t};
+        fbr_journal_add_owner(t->journal, &o);
     }
     *out = t;
     return FBR_OK;
@@ -616,11 +565,6 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     if (!t)
         return;
     fbr_incidents_abort(t);
-    if (t->fd >= 0) {
-        if (t->dirty && t->opts.fsync != FBR_FSYNC_OFF)
-            fdatasync(t->fd);
-        close(t->fd);
-    }
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
             nx = in->next;
@@ -628,7 +572,6 @@ void fbr_incidents_close(struct fbr_incidents **tp)
         }
     }
     free(t->buckets);
-    free(t->dir);
     free(t->line.p);
     free(t);
     *tp = NULL;
@@ -638,12 +581,13 @@ void fbr_incidents_close(struct fbr_incidents **tp)
 
 static void forget(struct fbr_incidents *t, struct incident *in)
 {
-    if (t->fd >= 0) {
+    if (t->journal) {
         t->line.len = 0;
         line_put(&t->line, "{", 1);
         line_str(&t->line, "del", in->key);
-        line_put(&t->line, "}\n", 2);
-        journal_append(t);
+        line_put(&t->line, "}", 1);
+        fbr_journal_release(t->journal, journal_append(t)); /* a forget holds nothing */
+        fbr_journal_release(t->journal, in->ref);
     }
     table_remove(t, in);
 }
@@ -998,16 +942,20 @@ int fbr_incidents_commit(struct fbr_incidents *t)
         t->open -= (size_t)is_open(cur);
         list_unlink(list_of(t, cur), cur);
         list_insert(list_of(t, in), in);
+        if (t->journal)
+            fbr_journal_release(t->journal, cur->ref);
         incident_free(cur);
     }
-    int rc = FBR_OK;
-    if (t->fd >= 0) {
+    if (t->journal) {
         record_line(&t->line, in);
-        rc = journal_append(t);
-        if (t->journal_lines > 4 * t->count + 1024)
-            compact(t);
+        in->ref = journal_append(t);
+        if (tr == FBR_TR_TRIGGERED) { /* this record carries the newest number: the counter */
+            fbr_journal_hold(t->journal, in->ref);
+            fbr_journal_release(t->journal, t->counter_ref);
+            t->counter_ref = in->ref;
+        }
     }
-    return rc;
+    return FBR_OK;
 }
 
 int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
@@ -1029,13 +977,6 @@ int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms)
     expire(t, now_ms);
     if (t->warn.pending && warn_due(t, now_ms))
         warn_evictions(t, now_ms);
-    if (t->fd >= 0 && t->dirty && t->opts.fsync == FBR_FSYNC_BATCH) {
-        if (fdatasync(t->fd) != 0) {
-            t->journal_errors++;
-            return FBR_ERROR;
-        }
-        t->dirty = 0;
-    }
     return FBR_OK;
 }
 
@@ -1046,7 +987,6 @@ void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents
     out->next_number = t->next_number;
     out->evicted = t->evicted;
     out->evicted_open = t->evicted_open;
-    out->journal_errors = t->journal_errors;
 }
 
 void fbr_incidents_metrics_collect(struct fbr_metrics_samples *s, void *arg)

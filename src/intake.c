@@ -36,6 +36,7 @@ struct fbr_intake {
     int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
     char week_time[40], time_utc[40];
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
+    struct fbr_journal *journal; /* borrowed, may be NULL: a 200 waits for its commit */
     fbr_intake_observer_fn observer;
     void *observer_arg;
     struct fbr_alertmanager_opts alertmanager;
@@ -56,6 +57,7 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->webhooks = opts->webhooks;
     in->incidents = opts->incidents;
     in->sink = opts->sink;
+    in->journal = opts->journal;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
     in->stamp_secs = -1;
     in->alertmanager = opts->alertmanager;
@@ -658,8 +660,62 @@ static int refuse_draining(struct fbr_intake *in, struct fbr_http_req *req)
     return 1;
 }
 
-static void send_reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
+/* Refuses (503) while the journal cannot be written: nothing is processed, so the retry is
+ * handled as if it were the first post.  Returns 1 when refused. */
+static int refuse_journal(struct fbr_intake *in, struct fbr_http_req *req)
 {
+    if (!in->journal || fbr_journal_writable(in->journal))
+        return 0;
+    in->stats.rejected++;
+    in->stats.unavailable++;
+    char secs[16];
+    snprintf(secs, sizeof(secs), "%u", FBR_INTAKE_RETRY_AFTER_S);
+    fbr_http_add_header(req, "Retry-After", secs);
+    fbr_http_reply_error(req, 503, "%s: nothing was processed, retry later",
+                         fbr_journal_trouble(in->journal));
+    return 1;
+}
+
+/* A 200 waiting for the journal to commit what the request appended. */
+struct commit_wait {
+    struct fbr_intake *in;
+    struct fbr_http_pending *later;
+    json_t *body;
+};
+
+static void on_committed(void *arg, int status)
+{
+    struct commit_wait *w = arg;
+    if (status == FBR_OK) {
+        fbr_http_pending_reply_json(&w->later, 200, w->body);
+    } else {
+        /* Never a 200 for what may not be on disk.  The change stays in memory and in the
+         * journal's buffer (written when the disk works again); the sender's retry is a new
+         * alert, so a receiver may see it twice. */
+        json_decref(w->body);
+        w->in->stats.unavailable++;
+        char secs[16];
+        snprintf(secs, sizeof(secs), "%u", FBR_INTAKE_RETRY_AFTER_S);
+        fbr_http_pending_add_header(w->later, "Retry-After", secs);
+        fbr_http_pending_reply_json(
+            &w->later, 503,
+            json_pack("{s:s,s:s}", "result", "failure", "message",
+                      "the journal could not be written (disk full or failing): retry later"));
+    }
+    free(w);
+}
+
+static void send_reply(struct fbr_intake *in, struct fbr_http_req *req,
+                       struct fbr_intake_reply *r)
+{
+    if (in->journal && r->status == 200) {
+        struct commit_wait *w = fbr_xmalloc(sizeof(*w));
+        w->in = in;
+        w->body = r->body;
+        w->later = fbr_http_defer(req);
+        fbr_journal_wait(in->journal, fbr_journal_position(in->journal), on_committed, w);
+        return;
+    }
     if (r->retry_after) {
         char secs[16];
         snprintf(secs, sizeof(secs), "%u", r->retry_after);
@@ -670,35 +726,35 @@ static void send_reply(struct fbr_http_req *req, struct fbr_intake_reply *r)
 
 static void on_alert(struct fbr_http_req *req, void *arg)
 {
-    if (refuse_draining(arg, req))
+    if (refuse_draining(arg, req) || refuse_journal(arg, req))
         return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_alert(arg, req->path, body, &r);
     json_decref(body);
-    send_reply(req, &r);
+    send_reply(arg, req, &r);
 }
 
 static void on_alertmanager(struct fbr_http_req *req, void *arg)
 {
-    if (refuse_draining(arg, req))
+    if (refuse_draining(arg, req) || refuse_journal(arg, req))
         return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_alertmanager(arg, req->path, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
-    send_reply(req, &r);
+    send_reply(arg, req, &r);
 }
 
 static void on_event(struct fbr_http_req *req, void *arg)
 {
-    if (refuse_draining(arg, req))
+    if (refuse_draining(arg, req) || refuse_journal(arg, req))
         return;
     struct fbr_intake_reply r;
     json_t *body = parse_body(req);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
-    send_reply(req, &r);
+    send_reply(arg, req, &r);
 }
 
 void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg)

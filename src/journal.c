@@ -24,11 +24,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "firebridge/defaults.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
 
-#define DEFAULT_SEGMENT (16u * 1024 * 1024)
-#define DEFAULT_INTERVAL_MS 100u
 #define RETRY_MS 250u
 
 static const char *const type_names[] = {
@@ -966,9 +965,9 @@ int fbr_journal_open(struct event_base *base, const struct fbr_journal_opts *opt
     j->dir = fbr_xstrdup(opts->dir);
     j->opts.dir = j->dir;
     if (!j->opts.fsync_interval_ms)
-        j->opts.fsync_interval_ms = DEFAULT_INTERVAL_MS;
+        j->opts.fsync_interval_ms = FBR_DEFAULT_FSYNC_INTERVAL_MS;
     if (!j->opts.segment_size)
-        j->opts.segment_size = DEFAULT_SEGMENT;
+        j->opts.segment_size = FBR_DEFAULT_JOURNAL_SEGMENT_SIZE;
     j->dirfd = dirfd;
     j->cur_fd = -1;
     j->pipe_fds[0] = j->pipe_fds[1] = -1;

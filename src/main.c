@@ -20,8 +20,10 @@
 #include "firebridge/cfgerr.h"
 #include "firebridge/config.h"
 #include "firebridge/delivery.h"
+#include "firebridge/delivery_journal.h"
 #include "firebridge/incidents.h"
 #include "firebridge/intake.h"
+#include "firebridge/journal.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
 #include "firebridge/rules.h"
@@ -43,8 +45,10 @@ struct daemon {
     struct fbr_metrics *metrics;
     struct fbr_server *srv;
     struct flow flow;
+    struct fbr_journal *journal; /* NULL with --journal off */
     struct fbr_incidents *incidents;
     struct fbr_delivery_engine *deliveries;
+    struct fbr_delivery_journal *delivery_journal;
     struct fbr_intake *intake;
     struct fbr_addon *addon;
     struct event *flush_tick;
@@ -198,6 +202,11 @@ static void delivery_opts(const struct fbr_config *cfg, struct fbr_delivery_opts
     o->ca_file = cfg->ca_file;
     o->max_pending = cfg->max_pending;
     o->data_dir = cfg->data_dir;
+}
+
+static const char *journal_ready(void *arg)
+{
+    return fbr_journal_trouble(arg);
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -410,6 +419,7 @@ int main(int argc, char **argv)
     fbr_log_setup(d.cfg.log_level, d.cfg.log_format);
     fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit: the journal sees EFBIG and answers 503 */
     if (nofile_fit(d.cfg.max_connections, err, sizeof(err)) != 0) {
         fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
         goto out;
@@ -431,7 +441,22 @@ int main(int argc, char **argv)
     server_opts(&d.cfg, d.metrics, &o);
     d.srv = fbr_server_new(d.base, &o);
 
-    struct fbr_incidents_opts iopts = {.data_dir = d.cfg.data_dir, .fsync = d.cfg.fsync};
+    if (d.cfg.journal) {
+        char jdir[4096];
+        snprintf(jdir, sizeof(jdir), "%s/journal", d.cfg.data_dir);
+        struct fbr_journal_opts jopts = {.dir = jdir,
+                                         .fsync = d.cfg.fsync,
+                                         .fsync_interval_ms = d.cfg.fsync_interval_ms,
+                                         .segment_size = d.cfg.journal_segment_size,
+                                         .repair = d.cfg.journal_repair,
+                                         .metrics = d.metrics};
+        if (fbr_journal_open(d.base, &jopts, &d.journal, err, sizeof(err)) != FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "opening the journal", "%s", err);
+            goto out;
+        }
+        fbr_server_set_ready_check(d.srv, journal_ready, d.journal);
+    }
+    struct fbr_incidents_opts iopts = {.journal = d.journal};
     if (fbr_incidents_open(&iopts, &d.incidents) != FBR_OK) {
         fbr_log(FBR_LOG_ERROR, NULL, "opening the incident table", "in %s", d.cfg.data_dir);
         goto out;
@@ -442,6 +467,16 @@ int main(int argc, char **argv)
         fbr_log(FBR_LOG_ERROR, NULL, "starting the delivery engine", "%s", err);
         goto out;
     }
+    if (d.journal) {
+        /* Before the listeners open: pending deliveries and incidents come back as they were.
+         * Nothing is saved on the way out: the journal keeps it all. */
+        save = 0;
+        d.delivery_journal = fbr_delivery_journal_new(d.deliveries, d.journal);
+        if (fbr_journal_recover(d.journal, err, sizeof(err)) != FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "recovering the journal", "%s", err);
+            goto out;
+        }
+    }
     struct fbr_intake_opts inopts = {
         .api_keys = (const char *const *)d.cfg.api_keys.v,
         .napi_keys = d.cfg.api_keys.n,
@@ -450,6 +485,7 @@ int main(int argc, char **argv)
         .webhooks = &d.flow.webhooks,
         .incidents = d.incidents,
         .sink = {sink_submit, d.deliveries, sink_room},
+        .journal = d.journal,
         .alertmanager = {.other_severity = d.cfg.alertmanager_other_severity},
     };
     d.intake = fbr_intake_new(&inopts);
@@ -506,6 +542,10 @@ out:
     /* after the drain, or a start that failed after a replay queued deliveries */
     if (d.deliveries && save && save_undelivered(&d) != 0)
         rc = 1;
+    if (d.journal && d.deliveries && fbr_delivery_pending(d.deliveries))
+        fbr_log_info("%zu pending deliver%s stay in the journal and are sent after the restart",
+                     fbr_delivery_pending(d.deliveries),
+                     fbr_delivery_pending(d.deliveries) == 1 ? "y" : "ies");
     if (d.drain_tick)
         event_free(d.drain_tick);
     if (d.drain_deadline)
@@ -515,8 +555,10 @@ out:
     fbr_server_free(&d.srv);
     fbr_addon_free(&d.addon);
     fbr_intake_free(&d.intake);
+    fbr_delivery_journal_free(&d.delivery_journal);
     fbr_delivery_engine_free(&d.deliveries);
     fbr_incidents_close(&d.incidents);
+    fbr_journal_close(&d.journal); /* writes and syncs what is buffered */
     flow_free(&d.flow);
     fbr_metrics_free(&d.metrics);
     if (d.base) {

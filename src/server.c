@@ -98,6 +98,8 @@ struct fbr_http_pending {
 
 struct fbr_server {
     struct event_base *base;
+    const char *(*ready_check)(void *arg);
+    void *ready_arg;
     struct fbr_server_opts opts;
     char *tls_cert, *tls_key, *data_dir;
     struct listener *ls;
@@ -288,6 +290,12 @@ struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
         fc->pending = p;
     evhtp_request_pause(p->r);
     return p;
+}
+
+void fbr_http_pending_add_header(struct fbr_http_pending *p, const char *name, const char *value)
+{
+    if (p && p->fc)
+        evhtp_headers_add_header(p->r->headers_out, evhtp_header_new(name, value, 1, 1));
 }
 
 const char *fbr_http_pending_id(const struct fbr_http_pending *p)
@@ -909,6 +917,11 @@ static void ep_readyz(struct fbr_http_req *req, void *arg)
         fbr_http_reply_error(req, 503, "draining");
         return;
     }
+    const char *why = srv->ready_check ? srv->ready_check(srv->ready_arg) : NULL;
+    if (why) {
+        fbr_http_reply_error(req, 503, "%s", why);
+        return;
+    }
     if (srv->data_dir && !data_dir_writable(srv->data_dir)) {
         fbr_http_reply_error(req, 503, "data directory %s is not writable", srv->data_dir);
         return;
@@ -1119,6 +1132,12 @@ size_t fbr_server_connections(const struct fbr_server *srv)
 int fbr_server_draining(const struct fbr_server *srv)
 {
     return srv->draining;
+}
+
+void fbr_server_set_ready_check(struct fbr_server *srv, const char *(*fn)(void *arg), void *arg)
+{
+    srv->ready_check = fn;
+    srv->ready_arg = arg;
 }
 
 void fbr_server_drain(struct fbr_server *srv)

@@ -1,7 +1,8 @@
 /*
  * test_shutdown.c - integration test of the clean-shutdown path of the whole data path (intake ->
- * rules -> events -> webhooks -> delivery -> client): it starts the real firebridge binary (path
- * in FBR_DAEMON) with one rule-less webhook on Any-Alert pointing at a scriptable test server
+ * rules -> events -> webhooks -> delivery -> client) without the write-ahead journal (--journal
+ * off; with it, pending deliveries stay in the journal: tests/crash_journal.c restarts on it): it
+ * starts the real firebridge binary (path in FBR_DAEMON) with one rule-less webhook on Any-Alert pointing at a scriptable test server
  * (tests/http_testsrv.c, on this process's event loop) that answers 503, posts alerts, sends
  * SIGTERM with a short --drain-timeout and checks that every accepted alert's delivery is in
  * <data-dir>/dead-letters.jsonl (mode 0600, in order, no secret in the log), that intake answers
@@ -118,7 +119,8 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     struct dutil_daemon d;
     char drain[16]; /* longer than the 200 ms (x slow) the test waits inside the drain */
     snprintf(drain, sizeof(drain), "%d", dutil_slow());
-    const char *const args1[] = {"-c", cfg_path, "--listen", "127.0.0.1:0", "--data-dir", data,
+    const char *const args1[] = {"-c", cfg_path, "--journal", "off", "--listen", "127.0.0.1:0",
+                                 "--data-dir", data,
                                  "--drain-timeout", drain, "--retry-initial", "100",
                                  "--retry-max-interval", "300", "--log-level", "debug", NULL};
     daemon_start(&d, log1, args1);
@@ -196,7 +198,8 @@ START_TEST(sigterm_saves_then_replay_delivers_in_order)
     /* run 2: the destination works; replay the live file */
     tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0});
     size_t before = tsrv_nreqs(srv);
-    const char *const args2[] = {"-c", cfg_path, "--listen", "127.0.0.1:0", "--data-dir", data,
+    const char *const args2[] = {"-c", cfg_path, "--journal", "off", "--listen", "127.0.0.1:0",
+                                 "--data-dir", data,
                                  "--drain-timeout", "5", "--replay-dead-letters", dl, NULL};
     daemon_start(&d, log2, args2);
     uint64_t end = fbr_now_ms() + 10000u * (unsigned)dutil_slow();
@@ -308,7 +311,7 @@ START_TEST(failed_start_keeps_dead_letters)
     char listen_addr[32];
     snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", ntohs(sa.sin_port));
     write_dead_letters(dl, 3, NULL);
-    const char *const args[] = {"--listen", listen_addr, "--data-dir", data,
+    const char *const args[] = {"--journal", "off", "--listen", listen_addr, "--data-dir", data,
                                 "--replay-dead-letters", dl, NULL};
     int st = run_to_exit(log, args);
     close(busy);
@@ -334,7 +337,7 @@ START_TEST(failed_start_keeps_dead_letters)
     ck_assert_int_eq(system(cmd), 0);
     write_dead_letters(dl, 2, "{not json\n");
     char *before = dutil_slurp(dl, NULL);
-    const char *const args2[] = {"--listen", "127.0.0.1:0", "--data-dir", data,
+    const char *const args2[] = {"--journal", "off", "--listen", "127.0.0.1:0", "--data-dir", data,
                                  "--replay-dead-letters", dl, NULL};
     st = run_to_exit(log, args2);
     text = dutil_slurp(log, NULL);

@@ -49,7 +49,11 @@ struct fbr_config {
     uint32_t retry_max_interval_ms;
     uint32_t retry_max_age_s;
     char *ca_file;
+    int journal;                 /* write-ahead journal on (1) or off */
     enum fbr_fsync_mode fsync;
+    uint32_t fsync_interval_ms;
+    uint64_t journal_segment_size;
+    int journal_repair;          /* flag only: keep what is readable past corruption */
     uint32_t drain_timeout_s;
     enum fbr_log_level log_level;
     enum fbr_log_format log_format;

@@ -31,6 +31,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "firebridge/client.h"
 #include "firebridge/common.h"
@@ -152,12 +153,15 @@ int fbr_delivery_submit(struct fbr_delivery_engine *e, struct fbr_outreq *o, cha
  * How one request is queued; a zeroed struct gives a fresh id, now as its creation time, the
  * max_pending bound and no credential provider.
  */
+struct fbr_delivery_saved;
 struct fbr_delivery_queue_opts {
     const char *id;           /* keep this delivery id (a replay; at most 32 bytes), NULL: new */
     uint64_t created_wall_ms; /* 0: now (dead letters report it) */
     int over_limit;           /* queued even at max_pending: an operator's explicit replay */
     const struct fbr_delivery_auth_ref *auth; /* credentials at send time, see below; or NULL */
     char *id_out;             /* receives the delivery id (at least 33 bytes), or NULL */
+    const struct fbr_delivery_saved *saved; /* restored from the journal: its attempts, order,
+                                               limits and hook word (fbr_delivery_restore) */
 };
 
 /*
@@ -270,13 +274,23 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
 /* The client, for tests and statistics (borrowed). */
 struct fbr_client *fbr_delivery_client(struct fbr_delivery_engine *e);
 
-/* Read-only view of a delivery for the transition hook. */
+/* Read-only view of a delivery for the transition hook (everything borrowed for the call). */
 struct fbr_delivery_info {
     const char *id;
     const char *dest_key;
     unsigned attempts;
     uint64_t created_wall_ms;
     const char *reason; /* why the transition happened ("http 503", "429", ...), may be "" */
+    const char *method; /* "POST", ... */
+    struct fbr_slice url;
+    struct fbr_slice head;     /* "Name: value\r\n" lines, Content-Type and the delivery id */
+    const struct iovec *body;  /* the body's slices */
+    size_t nbody;
+    uint64_t seq;              /* submission order in this engine */
+    struct fbr_rate room_rate, token_rate; /* the limits this delivery waits on */
+    int restored;              /* it came back through fbr_delivery_restore() */
+    uint64_t *hook_word;       /* one word kept with the delivery for the hook's owner (the
+                                  journal keeps its record there); 0 for a new delivery */
 };
 
 /* Called after every state change (from -> to), before any side effect of the new state. */
@@ -285,6 +299,38 @@ typedef void (*fbr_delivery_transition_fn)(const struct fbr_delivery_info *d,
                                            void *arg);
 void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn,
                                       void *arg);
+
+/* Calls fn for every pending delivery in submission order (per destination, the order they go
+ * out); fn must not submit, restore or free anything. */
+typedef void (*fbr_delivery_each_fn)(const struct fbr_delivery_info *d, enum fbr_delivery_state s,
+                                     void *arg);
+void fbr_delivery_each(struct fbr_delivery_engine *e, fbr_delivery_each_fn fn, void *arg);
+
+/* The header block of a delivery ("Name: value\r\n" lines, as fbr_delivery_info.head holds it),
+ * line by line: fn gets each header but X-Firebridge-Delivery (the id, added again when sent),
+ * with is_ct set for Content-Type.  Everything borrowed for the call. */
+typedef void (*fbr_delivery_header_fn)(const char *name, size_t nlen, const char *v, size_t vlen,
+                                       int is_ct, void *arg);
+void fbr_delivery_head_each(const char *head, size_t len, fbr_delivery_header_fn fn, void *arg);
+
+/* A delivery as the journal saved it (everything borrowed for the call). */
+struct fbr_delivery_saved {
+    const char *id; /* kept: the receiver sees the same X-Firebridge-Delivery */
+    const char *method;
+    struct fbr_slice url, head, body, dest_key;
+    uint64_t created_wall_ms; /* retry_max_age counts from here */
+    unsigned attempts;
+    uint64_t seq; /* its submission order (0: next); later submissions get larger ones */
+    struct fbr_rate room_rate, token_rate; /* n == 0: the engine's */
+    uint64_t hook_word;
+};
+
+/*
+ * Queues a saved delivery again (at start, from the journal), bypassing max_pending: its
+ * creation is reported to the hook with restored set.  Call in the original submission order.
+ * Returns FBR_OK, FBR_INVALID (bad method, id or URL) or FBR_LIMIT (after shutdown).
+ */
+int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_delivery_saved *s);
 
 /* Full-jitter backoff: a uniform draw (rnd, any 64-bit value) in [0, min(max_ms, initial_ms *
  * 2^(failures-1))]; failures >= 1. */

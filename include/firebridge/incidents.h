@@ -3,9 +3,9 @@
  * resolve incidents keyed by routing_key + entity_id, and every alert gets the STATE.* and
  * INCIDENT.* namespaces its webhooks render.  The table is bounded (resolved incidents expire,
  * a maximum count evicts the oldest resolved, else the least recently updated open one; O(1) per
- * alert) and persisted in the data directory as an append-only journal of full records,
- * compacted by an atomic rename, so a restart keeps the open incidents and the incident number
- * counter.  Single-threaded: call from the event loop only.
+ * alert) and persisted as full records in the daemon's write-ahead journal (journal.h), so a
+ * restart keeps the open incidents and the incident number counter.  Single-threaded: call from
+ * the event loop only.
  */
 #ifndef FIREBRIDGE_INCIDENTS_H
 #define FIREBRIDGE_INCIDENTS_H
@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "firebridge/common.h"
+#include "firebridge/journal.h"
 
 /* The REST endpoint's message types; anything unknown acts as INFO. */
 /* X(NAME): the platform's upper-case spelling of a message_type. */
@@ -54,23 +55,21 @@ const char *fbr_transition_name(enum fbr_transition t);
 
 
 struct fbr_incidents_opts {
-    const char *data_dir;     /* NULL: in memory only (tests, benchmarks) */
+    struct fbr_journal *journal; /* borrowed, NULL: in memory only (tests, benchmarks); the
+                                    table registers as the owner of its records, so open it
+                                    before fbr_journal_recover(), which restores the table */
     size_t max_incidents;     /* 0: 10000 */
     uint64_t resolved_ttl_ms; /* resolved incidents are forgotten after this; 0: 24 h */
-    enum fbr_fsync_mode fsync;
     int warning_no_open;      /* 1: WARNING only rolls into an open incident, never opens one (the
                                  platform's per-organisation setting); 0: it opens like CRITICAL */
 };
 
 struct fbr_incidents;
 
-/*
- * Opens the table, replaying <data_dir>/incidents.journal when present (a torn last line is
- * ignored).  Returns FBR_OK with *out set, or FBR_ERROR (logged) when the directory or journal
- * cannot be used.
- */
+/* Creates the table (filled by the journal's recovery when opts->journal is set).  Returns
+ * FBR_OK with *out set. */
 int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_incidents **out);
-/* Flushes, closes the journal, frees everything, sets *t to NULL. */
+/* Frees everything (close the journal afterwards), sets *t to NULL. */
 void fbr_incidents_close(struct fbr_incidents **t);
 
 struct fbr_incident_result {
@@ -83,8 +82,8 @@ struct fbr_incident_result {
 /*
  * Applies one processed alert (borrowed; reads message_type, routing_key, entity_id, VO_UUID,
  * host_name/hostname, service/entity_display_name, state_start_time, ack_author, ack_msg) at wall
- * time now_ms.  Fills *res (release with fbr_incident_result_clear).  Returns FBR_OK, or
- * FBR_ERROR when the journal could not be written (the in-memory change is kept and logged).
+ * time now_ms.  Fills *res (release with fbr_incident_result_clear).  Returns FBR_OK (the change
+ * is appended to the journal; whether it reached the disk is the journal's fbr_journal_wait).
  */
 int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
                         struct fbr_incident_result *res);
@@ -103,7 +102,7 @@ void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_
 int fbr_incidents_commit(struct fbr_incidents *t);
 void fbr_incidents_abort(struct fbr_incidents *t);
 
-/* fsyncs the journal (FBR_FSYNC_BATCH) and drops resolved incidents past their TTL. */
+/* Drops resolved incidents past their TTL; writes the rate-limited eviction warning. */
 int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms);
 
 struct fbr_incidents_stats {
@@ -112,7 +111,6 @@ struct fbr_incidents_stats {
     uint64_t next_number;
     uint64_t evicted;      /* dropped because the table was full (since open; expiry is not) */
     uint64_t evicted_open; /* of which open (UNACKED or ACKED) ones: alerts' incidents lost */
-    uint64_t journal_errors;
 };
 void fbr_incidents_get_stats(const struct fbr_incidents *t, struct fbr_incidents_stats *out);
 

@@ -20,6 +20,7 @@
 #include "firebridge/alertmanager.h"
 #include "firebridge/common.h"
 #include "firebridge/incidents.h"
+#include "firebridge/journal.h"
 #include "firebridge/rules.h"
 #include "firebridge/server.h"
 #include "firebridge/webhook.h"
@@ -59,6 +60,10 @@ struct fbr_intake_opts {
     struct fbr_webhooks *webhooks; /* borrowed, may be NULL */
     struct fbr_incidents *incidents; /* borrowed, may be NULL (no STATE/INCIDENT, no lifecycle) */
     struct fbr_sink sink;
+    struct fbr_journal *journal;   /* borrowed, may be NULL: the HTTP endpoints answer 200 only
+                                      once the journal committed what the request appended
+                                      (fbr_journal_wait), 503 + Retry-After when it failed or
+                                      while it cannot be written */
     uint64_t (*clock_ms)(void);    /* wall clock in ms; NULL: fbr_wall_ms */
     struct fbr_alertmanager_opts alertmanager; /* copied */
 };

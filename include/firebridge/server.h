@@ -72,6 +72,8 @@ void fbr_http_reply_raw(struct fbr_http_req *req, int status, const char *conten
 struct fbr_http_pending;
 struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req);
 void fbr_http_pending_reply_json(struct fbr_http_pending **p, int status, json_t *body);
+/* Adds a response header (copied) to the deferred reply; nothing when the client went away. */
+void fbr_http_pending_add_header(struct fbr_http_pending *p, const char *name, const char *value);
 /* The request id, for the owner's log lines (borrowed). */
 const char *fbr_http_pending_id(const struct fbr_http_pending *p);
 
@@ -98,6 +100,8 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
 /* Applies new limits (reload).  Timeouts apply to connections accepted afterwards; listeners
  * and TLS settings are not changed. */
 void fbr_server_update(struct fbr_server *srv, const struct fbr_server_opts *opts);
+/* /readyz also asks fn (borrowed arg): a non-NULL string is why the daemon is not ready (503). */
+void fbr_server_set_ready_check(struct fbr_server *srv, const char *(*fn)(void *arg), void *arg);
 /* Starts a graceful drain: listeners close, idle keep-alive connections close, requests in
  * progress finish with "Connection: close", /readyz answers 503. */
 void fbr_server_drain(struct fbr_server *srv);

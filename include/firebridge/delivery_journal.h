@@ -1,0 +1,31 @@
+/*
+ * delivery_journal.h - the delivery engine's records in the write-ahead journal: every accepted
+ * delivery (everything needed to send it again: id, method, URL, headers, body, destination,
+ * created time, attempts, limits), every attempt started, every outcome.  It is the engine's
+ * transition hook and the journal's owner of the delivery record types: at start it gives the
+ * pending deliveries back to the engine in their original submission order, with their ids and
+ * attempt counts; at a checkpoint it writes again the pending ones held in old segments.
+ */
+#ifndef FIREBRIDGE_DELIVERY_JOURNAL_H
+#define FIREBRIDGE_DELIVERY_JOURNAL_H
+
+#include "firebridge/delivery.h"
+#include "firebridge/journal.h"
+
+struct fbr_delivery_journal;
+
+/*
+ * Attaches engine and journal (both borrowed, both must outlive it): installs the engine's
+ * transition hook and registers as the journal's owner of the delivery records.  Call before
+ * fbr_journal_recover(), which then restores the pending deliveries into the engine.
+ */
+struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine *engine,
+                                                      struct fbr_journal *journal);
+/* Detaches the hook and frees; sets *dj to NULL. */
+void fbr_delivery_journal_free(struct fbr_delivery_journal **dj);
+
+/* Deliveries restored by the last recovery, and ones the journal had but the engine refused. */
+size_t fbr_delivery_journal_restored(const struct fbr_delivery_journal *dj);
+size_t fbr_delivery_journal_unreadable(const struct fbr_delivery_journal *dj);
+
+#endif

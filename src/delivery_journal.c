@@ -1,0 +1,386 @@
+/*
+ * delivery_journal.c - the delivery engine's side of the write-ahead journal (see
+ * delivery_journal.h): encodes deliveries as journal records from the engine's transition hook,
+ * replays them at start, and rewrites the pending ones at a checkpoint.
+ *
+ * Payloads (little-endian; str = u32 length + bytes):
+ *   accepted: u8 version 1, u64 seq, u64 created_wall_ms, u32 attempts, u32 room n, u32 room secs,
+ *             u32 token n, u32 token secs, str id, str method, str dest_key, str url, str head,
+ *             str body
+ *   attempt:  u32 attempts, str id        (an attempt starts; not held: the count is a hint)
+ *   finished: u8 outcome (1 delivered, 2 dead), str id
+ * A pending delivery keeps a hold on its latest accepted record (the ref lives in the engine's
+ * hook word); a finish releases it.
+ */
+#include "firebridge/delivery_journal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "firebridge/log.h"
+#include "firebridge/strmap.h"
+
+#define VERSION 1
+#define OUTCOME_DELIVERED 1
+#define OUTCOME_DEAD 2
+
+struct fbr_delivery_journal {
+    struct fbr_delivery_engine *engine;
+    struct fbr_journal *journal;
+    unsigned char *buf; /* encoding scratch */
+    size_t len, cap;
+    struct fbr_strmap replay; /* id -> struct pending, during recovery only */
+    size_t restored, unreadable;
+};
+
+/* A delivery seen during replay and not (yet) finished. */
+struct pending {
+    uint64_t seq;
+    unsigned attempts;
+    struct fbr_journal_ref ref;
+    struct fbr_slice payload; /* borrowed from the journal's mapping until replay_done */
+};
+
+/* ---- encoding ---- */
+
+static void put(struct fbr_delivery_journal *dj, const void *p, size_t n)
+{
+    if (dj->len + n > dj->cap) {
+        dj->cap = (dj->len + n) * 2 + 1024;
+        dj->buf = fbr_xrealloc(dj->buf, dj->cap);
+    }
+    memcpy(dj->buf + dj->len, p, n);
+    dj->len += n;
+}
+
+static void put_u32(struct fbr_delivery_journal *dj, uint32_t v)
+{
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    put(dj, b, 4);
+}
+
+static void put_u64(struct fbr_delivery_journal *dj, uint64_t v)
+{
+    put_u32(dj, (uint32_t)v);
+    put_u32(dj, (uint32_t)(v >> 32));
+}
+
+static void put_str(struct fbr_delivery_journal *dj, const char *p, size_t n)
+{
+    put_u32(dj, (uint32_t)n);
+    put(dj, p, n);
+}
+
+static void encode_accepted(struct fbr_delivery_journal *dj, const struct fbr_delivery_info *d)
+{
+    dj->len = 0;
+    unsigned char v = VERSION;
+    put(dj, &v, 1);
+    put_u64(dj, d->seq);
+    put_u64(dj, d->created_wall_ms);
+    put_u32(dj, d->attempts);
+    put_u32(dj, d->room_rate.n);
+    put_u32(dj, d->room_rate.secs);
+    put_u32(dj, d->token_rate.n);
+    put_u32(dj, d->token_rate.secs);
+    put_str(dj, d->id, strlen(d->id));
+    put_str(dj, d->method, strlen(d->method));
+    put_str(dj, d->dest_key, strlen(d->dest_key));
+    put_str(dj, d->url.ptr, d->url.len);
+    put_str(dj, d->head.ptr, d->head.len);
+    size_t blen = 0;
+    for (size_t i = 0; i < d->nbody; i++)
+        blen += d->body[i].iov_len;
+    put_u32(dj, (uint32_t)blen);
+    for (size_t i = 0; i < d->nbody; i++)
+        put(dj, d->body[i].iov_base, d->body[i].iov_len);
+}
+
+/* ---- decoding ---- */
+
+struct reader {
+    const unsigned char *p, *end;
+    int bad;
+};
+
+static uint32_t get_u32(struct reader *r)
+{
+    if (r->end - r->p < 4) {
+        r->bad = 1;
+        return 0;
+    }
+    uint32_t v = (uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 | (uint32_t)r->p[2] << 16 |
+                 (uint32_t)r->p[3] << 24;
+    r->p += 4;
+    return v;
+}
+
+static uint64_t get_u64(struct reader *r)
+{
+    uint64_t lo = get_u32(r);
+    return lo | (uint64_t)get_u32(r) << 32;
+}
+
+static struct fbr_slice get_str(struct reader *r)
+{
+    uint32_t n = get_u32(r);
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = 1;
+        return (struct fbr_slice){"", 0};
+    }
+    struct fbr_slice s = {(const char *)r->p, n};
+    r->p += n;
+    return s;
+}
+
+struct accepted {
+    uint64_t seq, created;
+    unsigned attempts;
+    struct fbr_rate room, token;
+    struct fbr_slice id, method, dest, url, head, body;
+};
+
+static int decode_accepted(struct fbr_slice p, struct accepted *a)
+{
+    struct reader r = {(const unsigned char *)p.ptr, (const unsigned char *)p.ptr + p.len, 0};
+    if (p.len < 1 || r.p[0] != VERSION)
+        return -1;
+    r.p++;
+    a->seq = get_u64(&r);
+    a->created = get_u64(&r);
+    a->attempts = get_u32(&r);
+    a->room.n = get_u32(&r);
+    a->room.secs = get_u32(&r);
+    a->token.n = get_u32(&r);
+    a->token.secs = get_u32(&r);
+    a->id = get_str(&r);
+    a->method = get_str(&r);
+    a->dest = get_str(&r);
+    a->url = get_str(&r);
+    a->head = get_str(&r);
+    a->body = get_str(&r);
+    return r.bad || !a->id.len || a->id.len > 64 || a->method.len > 15 ? -1 : 0;
+}
+
+/* ---- the transition hook ---- */
+
+static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_state from,
+                          enum fbr_delivery_state to, void *arg)
+{
+    struct fbr_delivery_journal *dj = arg;
+    struct fbr_journal *j = dj->journal;
+    if (from == FBR_DS_QUEUED && to == FBR_DS_QUEUED) { /* creation */
+        if (d->restored)
+            return; /* its record is in the journal already, held by the replay */
+        encode_accepted(dj, d);
+        *d->hook_word = fbr_journal_ref_pack(fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED,
+                                                                dj->buf, dj->len));
+        return;
+    }
+    if (to == FBR_DS_IN_FLIGHT) {
+        dj->len = 0;
+        put_u32(dj, d->attempts + 1);
+        put_str(dj, d->id, strlen(d->id));
+        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ATTEMPT, dj->buf, dj->len));
+        return;
+    }
+    if (to == FBR_DS_DELIVERED || to == FBR_DS_DEAD) {
+        dj->len = 0;
+        unsigned char outcome = to == FBR_DS_DELIVERED ? OUTCOME_DELIVERED : OUTCOME_DEAD;
+        put(dj, &outcome, 1);
+        put_str(dj, d->id, strlen(d->id));
+        fbr_journal_release(j,
+                            fbr_journal_append(j, FBR_JR_DELIVERY_FINISHED, dj->buf, dj->len));
+        fbr_journal_release(j, fbr_journal_ref_unpack(*d->hook_word));
+        *d->hook_word = 0;
+    }
+}
+
+/* ---- the journal owner ---- */
+
+static void replay(void *arg, unsigned type, struct fbr_slice payload, struct fbr_journal_ref ref)
+{
+    struct fbr_delivery_journal *dj = arg;
+    struct reader r = {(const unsigned char *)payload.ptr,
+                       (const unsigned char *)payload.ptr + payload.len, 0};
+    if (type == FBR_JR_DELIVERY_ACCEPTED) {
+        struct accepted a;
+        if (decode_accepted(payload, &a) != 0) {
+            dj->unreadable++;
+            return;
+        }
+        struct pending *p = fbr_strmap_get(&dj->replay, a.id.ptr, a.id.len);
+        if (p) { /* a checkpoint's copy: it replaces the older record, same place in order */
+            fbr_journal_release(dj->journal, p->ref);
+            if (a.attempts < p->attempts)
+                a.attempts = p->attempts;
+        } else {
+            p = fbr_xcalloc(1, sizeof(*p));
+            p->seq = a.seq;
+            fbr_strmap_put(&dj->replay, a.id.ptr, a.id.len, p);
+        }
+        p->attempts = a.attempts;
+        p->ref = ref;
+        p->payload = payload;
+        fbr_journal_hold(dj->journal, ref);
+        return;
+    }
+    if (type == FBR_JR_DELIVERY_ATTEMPT) {
+        unsigned attempts = get_u32(&r);
+        struct fbr_slice id = get_str(&r);
+        struct pending *p = r.bad ? NULL : fbr_strmap_get(&dj->replay, id.ptr, id.len);
+        if (p && attempts > p->attempts)
+            p->attempts = attempts;
+        return;
+    }
+    if (type == FBR_JR_DELIVERY_FINISHED) {
+        r.p++;
+        struct fbr_slice id = get_str(&r);
+        struct pending *p = r.bad ? NULL : fbr_strmap_del(&dj->replay, id.ptr, id.len);
+        if (p) {
+            fbr_journal_release(dj->journal, p->ref);
+            free(p);
+        }
+    }
+}
+
+struct gather {
+    struct pending **v;
+    size_t n;
+};
+
+static void gather_one(const char *key, void *value, void *arg)
+{
+    struct gather *g = arg;
+    (void)key;
+    g->v[g->n++] = value;
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    const struct pending *x = *(struct pending *const *)a, *y = *(struct pending *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static void replay_done(void *arg)
+{
+    struct fbr_delivery_journal *dj = arg;
+    size_t n = dj->replay.count;
+    struct gather g = {fbr_xcalloc(n ? n : 1, sizeof(struct pending *)), 0};
+    fbr_strmap_each(&dj->replay, gather_one, &g);
+    fbr_strmap_clear(&dj->replay);
+    qsort(g.v, g.n, sizeof(*g.v), by_seq);
+    for (size_t i = 0; i < g.n; i++) {
+        struct pending *p = g.v[i];
+        struct accepted a;
+        decode_accepted(p->payload, &a);
+        char id[65], method[16];
+        memcpy(id, a.id.ptr, a.id.len);
+        id[a.id.len] = '\0';
+        memcpy(method, a.method.ptr, a.method.len);
+        method[a.method.len] = '\0';
+        struct fbr_delivery_saved s = {
+            .id = id,
+            .method = method,
+            .url = a.url,
+            .head = a.head,
+            .body = a.body,
+            .dest_key = a.dest,
+            .created_wall_ms = a.created,
+            .attempts = p->attempts,
+            .seq = a.seq,
+            .room_rate = a.room,
+            .token_rate = a.token,
+            .hook_word = fbr_journal_ref_pack(p->ref),
+        };
+        if (fbr_delivery_restore(dj->engine, &s) == FBR_OK) {
+            dj->restored++;
+        } else {
+            dj->unreadable++;
+            fbr_log(FBR_LOG_ERROR, id, "restoring deliveries from the journal",
+                    "the engine refused it (bad method, id or URL): dropped");
+            fbr_journal_release(dj->journal, p->ref);
+        }
+        free(p);
+    }
+    free(g.v);
+    if (dj->restored)
+        fbr_log_info("journal: %zu pending deliver%s restored in their original order",
+                     dj->restored, dj->restored == 1 ? "y" : "ies");
+}
+
+struct cp {
+    struct fbr_delivery_journal *dj;
+    uint32_t upto;
+};
+
+static void checkpoint_one(const struct fbr_delivery_info *d, enum fbr_delivery_state s, void *arg)
+{
+    struct cp *c = arg;
+    struct fbr_journal_ref old = fbr_journal_ref_unpack(*d->hook_word);
+    if (!old.seg || old.seg > c->upto)
+        return;
+    encode_accepted(c->dj, d);
+    *d->hook_word = fbr_journal_ref_pack(
+        fbr_journal_append(c->dj->journal, FBR_JR_DELIVERY_ACCEPTED, c->dj->buf, c->dj->len));
+    fbr_journal_release(c->dj->journal, old);
+}
+
+static void checkpoint(void *arg, uint32_t upto)
+{
+    struct cp c = {arg, upto};
+    fbr_delivery_each(c.dj->engine, checkpoint_one, &c);
+}
+
+/* ---- lifecycle ---- */
+
+struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine *engine,
+                                                      struct fbr_journal *journal)
+{
+    struct fbr_delivery_journal *dj = fbr_xcalloc(1, sizeof(*dj));
+    dj->engine = engine;
+    dj->journal = journal;
+    fbr_strmap_init(&dj->replay);
+    fbr_delivery_set_transition_hook(engine, on_transition, dj);
+    struct fbr_journal_owner o = {
+        .name = "deliveries",
+        .types = 1u << FBR_JR_DELIVERY_ACCEPTED | 1u << FBR_JR_DELIVERY_ATTEMPT |
+                 1u << FBR_JR_DELIVERY_FINISHED,
+        .replay = replay,
+        .replay_done = replay_done,
+        .checkpoint = checkpoint,
+        .arg = dj,
+    };
+    fbr_journal_add_owner(journal, &o);
+    return dj;
+}
+
+static void free_pending(const char *key, void *value, void *arg)
+{
+    (void)key, (void)arg;
+    free(value);
+}
+
+void fbr_delivery_journal_free(struct fbr_delivery_journal **djp)
+{
+    struct fbr_delivery_journal *dj = *djp;
+    if (!dj)
+        return;
+    fbr_delivery_set_transition_hook(dj->engine, NULL, NULL);
+    fbr_strmap_each(&dj->replay, free_pending, NULL);
+    fbr_strmap_clear(&dj->replay);
+    free(dj->buf);
+    free(dj);
+    *djp = NULL;
+}
+
+size_t fbr_delivery_journal_restored(const struct fbr_delivery_journal *dj)
+{
+    return dj->restored;
+}
+
+size_t fbr_delivery_journal_unreadable(const struct fbr_delivery_journal *dj)
+{
+    return dj->unreadable;
+}
