@@ -123,18 +123,7 @@ static void check_keys(json_t *obj, const char *path, const struct key_doc *docs
     struct fbr_field fields[16];
     for (size_t i = 0; i < n; i++)
         fields[i] = docs[i].f;
-    char err[2048] = "";
-    if (fbr_config_check_object(obj, path, fields, n, err, sizeof(err)) == 0)
-        return;
-    for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n")) {
-        char *colon = strstr(line, ": ");
-        if (colon) {
-            *colon = '\0';
-            fbr_cfgerr_add(errs, line, "%s", colon + 2);
-        } else {
-            fbr_cfgerr_add(errs, path, "%s", line);
-        }
-    }
+    fbr_config_check_fields(obj, path, fields, n, errs);
 }
 
 static char *str_or(json_t *o, const char *k, const char *def)
