@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -619,6 +620,58 @@ START_TEST(restart_keeps_installations)
 }
 END_TEST
 
+/* ---- reload ------------------------------------------------------------------------------ */
+
+START_TEST(reload_changes_notify_and_templates)
+{
+    start_all(NULL, NULL);
+    json_decref(install_default());
+    /* SIGHUP with notify limited to incidents and a template for them */
+    char path[128];
+    snprintf(path, sizeof(path), "%s/fb.json", dir);
+    char *cfg = dutil_slurp(path, NULL);
+    const char *from = "\"hipchat\": {";
+    char *at = strstr(cfg, from);
+    ck_assert_ptr_nonnull(at);
+    char *next = malloc(strlen(cfg) + 512);
+    snprintf(next, strlen(cfg) + 512,
+             "%.*s%s\"notify\": [\"incident\"], \"templates\": {\"incident\": {\"message\": "
+             "\"INC ${{STATE.INCIDENT_NAME}} ${{ALERT.entity_display_name}}\", \"message_format\": "
+             "\"text\", \"color\": \"purple\"}}, %s",
+             (int)(at - cfg), cfg, from, at + strlen(from));
+    dutil_write_file(path, next);
+    free(next);
+    free(cfg);
+    kill(fb.pid, SIGHUP);
+    for (int i = 0; i < 100 && metric("firebridge_config_reloads_total{result=\"ok\"}") < 1; i++)
+        pump(50);
+    ck_assert_int_eq(metric("firebridge_config_reloads_total{result=\"ok\"}"), 1);
+    ck_assert_int_eq(post_alert("CRITICAL", "tpl", "a \\\"quoted\\\" title"), 200);
+    ck_assert_uint_eq(wait_room(ROOM, "notification", "INC 1 a \"quoted\" title", 1), 1);
+    pump(300);
+    ck_assert_uint_eq(count_in_room(ROOM, NULL, "CRITICAL"), 0); /* alerts are off now */
+    /* a reload without the section turns Single Room mode off: the routes answer 404 */
+    write_config(fb.port, NULL);
+    cfg = dutil_slurp(path, NULL);
+    at = strstr(cfg, " \"hipchat\"");
+    ck_assert_ptr_nonnull(at);
+    char *end = strstr(at, "},\n");
+    ck_assert_ptr_nonnull(end);
+    memmove(at, end + 3, strlen(end + 3) + 1);
+    at = strstr(cfg, " \"oncall_api\"");
+    end = strstr(at, "},\n");
+    memmove(at, end + 3, strlen(end + 3) + 1);
+    dutil_write_file(path, cfg);
+    free(cfg);
+    kill(fb.pid, SIGHUP);
+    for (int i = 0; i < 100 && metric("firebridge_config_reloads_total{result=\"ok\"}") < 2; i++)
+        pump(50);
+    ck_assert_int_eq(metric("firebridge_config_reloads_total{result=\"ok\"}"), 2);
+    ck_assert_int_eq(http(fb.port, "GET", "/hipchat/" RK "/capabilities", NULL, NULL), 404);
+    fb_stop();
+}
+END_TEST
+
 /* ---- refused installs --------------------------------------------------------------------- */
 
 static void assert_nothing_stored(void)
@@ -762,6 +815,7 @@ int main(void)
     tcase_add_test(tc, token_expiry_mid_stream);
     tcase_add_test(tc, revoked_installation_dead_letters);
     tcase_add_test(tc, restart_keeps_installations);
+    tcase_add_test(tc, reload_changes_notify_and_templates);
     tcase_add_test(tc, capabilities_host_outside_allow_list);
     tcase_add_test(tc, links_self_mismatch_refused);
     tcase_add_test(tc, reload_removes_hipchat_during_install);
