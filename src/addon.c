@@ -123,18 +123,7 @@ static void check_keys(json_t *obj, const char *path, const struct key_doc *docs
     struct fbr_field fields[16];
     for (size_t i = 0; i < n; i++)
         fields[i] = docs[i].f;
-    char err[2048] = "";
-    if (fbr_config_check_object(obj, path, fields, n, err, sizeof(err)) == 0)
-        return;
-    for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n")) {
-        char *colon = strstr(line, ": ");
-        if (colon) {
-            *colon = '\0';
-            fbr_cfgerr_add(errs, line, "%s", colon + 2);
-        } else {
-            fbr_cfgerr_add(errs, path, "%s", line);
-        }
-    }
+    fbr_config_check_fields(obj, path, fields, n, errs);
 }
 
 static char *str_or(json_t *o, const char *k, const char *def)
@@ -947,6 +936,10 @@ static void on_capabilities(const struct fbr_client_resp *r, void *arg)
     struct install_op *op = arg;
     struct fbr_addon *a = op->a;
     struct fbr_install *in = op->in;
+    if (!a->cfg) { /* a reload removed the hipchat section while the document was on its way */
+        install_done(op, IR_ERROR, 503, "Single Room mode was turned off by a reload");
+        return;
+    }
     if (r->err != FBR_CLIENT_ERR_NONE) {
         install_done(op, IR_CAPABILITIES, 502, "fetching capabilitiesUrl failed: %s", r->reason);
         return;
