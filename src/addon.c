@@ -936,6 +936,10 @@ static void on_capabilities(const struct fbr_client_resp *r, void *arg)
     struct install_op *op = arg;
     struct fbr_addon *a = op->a;
     struct fbr_install *in = op->in;
+    if (!a->cfg) { /* a reload removed the hipchat section while the document was on its way */
+        install_done(op, IR_ERROR, 503, "Single Room mode was turned off by a reload");
+        return;
+    }
     if (r->err != FBR_CLIENT_ERR_NONE) {
         install_done(op, IR_CAPABILITIES, 502, "fetching capabilitiesUrl failed: %s", r->reason);
         return;
