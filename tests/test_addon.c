@@ -12,7 +12,6 @@
  */
 #include <arpa/inet.h>
 #include <check.h>
-#include <signal.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <signal.h>
