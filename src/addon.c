@@ -515,37 +515,53 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
         sb_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-/* Appends s HTML-escaped, at most max bytes of it (cut on a UTF-8 boundary). */
+/* Appends s HTML-escaped, at most max bytes of output, escapes included (cut before a whole
+ * character or entity, then an ellipsis): each field's bound is its share of HipChat's
+ * 10,000-character message limit, which the escaping could otherwise push a message over. */
 static void sb_html(struct sbuf *b, const char *s, size_t max)
 {
     if (!s)
         return;
-    size_t n = strlen(s);
-    if (n > max) {
-        n = max;
-        while (n && ((unsigned char)s[n] & 0xC0) == 0x80)
-            n--;
-    }
-    for (size_t i = 0; i < n; i++) {
+    size_t out = 0;
+    for (size_t i = 0; s[i];) {
+        const char *esc = NULL;
         switch (s[i]) {
         case '<':
-            sb_str(b, "&lt;");
+            esc = "&lt;";
             break;
         case '>':
-            sb_str(b, "&gt;");
+            esc = "&gt;";
             break;
         case '&':
-            sb_str(b, "&amp;");
+            esc = "&amp;";
             break;
         case '"':
-            sb_str(b, "&quot;");
+            esc = "&quot;";
             break;
         case '\'':
-            sb_str(b, "&#39;");
+            esc = "&#39;";
             break;
         default:
-            sb_add(b, s + i, 1);
+            break;
         }
+        size_t in = 1, k;
+        if (esc) {
+            k = strlen(esc);
+        } else {
+            while (((unsigned char)s[i + in] & 0xC0) == 0x80)
+                in++;
+            k = in;
+        }
+        if (out + k > max) { /* never half a character or half an entity */
+            sb_str(b, "\xe2\x80\xa6");
+            return;
+        }
+        if (esc)
+            sb_str(b, esc);
+        else
+            sb_add(b, s + i, k);
+        out += k;
+        i += in;
     }
 }
 
