@@ -123,18 +123,7 @@ static void check_keys(json_t *obj, const char *path, const struct key_doc *docs
     struct fbr_field fields[16];
     for (size_t i = 0; i < n; i++)
         fields[i] = docs[i].f;
-    char err[2048] = "";
-    if (fbr_config_check_object(obj, path, fields, n, err, sizeof(err)) == 0)
-        return;
-    for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n")) {
-        char *colon = strstr(line, ": ");
-        if (colon) {
-            *colon = '\0';
-            fbr_cfgerr_add(errs, line, "%s", colon + 2);
-        } else {
-            fbr_cfgerr_add(errs, path, "%s", line);
-        }
-    }
+    fbr_config_check_fields(obj, path, fields, n, errs);
 }
 
 static char *str_or(json_t *o, const char *k, const char *def)
@@ -455,7 +444,9 @@ static int submit(struct fbr_addon *a, unsigned method, const char *url, const c
         o.nheaders = nh;
     }
     struct fbr_delivery_auth_ref ref = {&fbr_install_auth, auth, auth ? auth->oauth_id : NULL};
-    struct fbr_delivery_queue_opts qo = {.auth = auth ? &ref : NULL, .id_out = id};
+    /* the intake has answered 200 for what this posts: never drop it, dead-letter it */
+    struct fbr_delivery_queue_opts qo = {
+        .auth = auth ? &ref : NULL, .id_out = id, .dead_letter_if_full = 1};
     int rc = fbr_delivery_queue(a->o.engine, &o, &qo);
     fbr_outreq_free(&o);
     return rc;
@@ -749,8 +740,8 @@ static void notify_room(struct fbr_addon *a, struct fbr_install *in, enum fbr_ad
     } else {
         (*a->m_notify_refused)++;
         fbr_log(FBR_LOG_WARN, NULL, "posting a timeline item to a HipChat room",
-                "room %lld (installation %s): the delivery queue refused it (full)",
-                (long long)in->room_id, in->oauth_id);
+                "room %lld: the delivery queue was full, so it went to the dead-letter file",
+                (long long)in->room_id);
     }
     free(url);
     free(body);
@@ -895,7 +886,7 @@ static void install_done(struct install_op *op, enum install_result r, int statu
     if (r == IR_OK) {
         fbr_log(FBR_LOG_INFO, fbr_http_pending_id(op->pending), NULL,
                 "HipChat add-on installed: routing key %s, room %lld, group %lld, "
-                "installation %s",
+                "installation %.4s... (the oauthId is the uninstall URL's key: not logged whole)",
                 op->in->routing_key, (long long)op->in->room_id, (long long)op->in->group_id,
                 op->in->oauth_id);
         fbr_http_pending_reply_json(&op->pending, 200, json_pack("{s:s}", "result", "success"));
@@ -947,6 +938,10 @@ static void on_capabilities(const struct fbr_client_resp *r, void *arg)
     struct install_op *op = arg;
     struct fbr_addon *a = op->a;
     struct fbr_install *in = op->in;
+    if (!a->cfg) { /* a reload removed the hipchat section while the document was on its way */
+        install_done(op, IR_ERROR, 503, "Single Room mode was turned off by a reload");
+        return;
+    }
     if (r->err != FBR_CLIENT_ERR_NONE) {
         install_done(op, IR_CAPABILITIES, 502, "fetching capabilitiesUrl failed: %s", r->reason);
         return;
@@ -1055,7 +1050,7 @@ static void on_uninstall(struct fbr_addon *a, struct fbr_http_req *req, struct f
         in = NULL; /* another routing key's installation: not this callback's to remove */
     if (in) {
         fbr_log(FBR_LOG_INFO, req->id, NULL,
-                "HipChat add-on uninstalled: routing key %s, room %lld, installation %s",
+                "HipChat add-on uninstalled: routing key %s, room %lld, installation %.4s...",
                 in->routing_key, (long long)in->room_id, in->oauth_id);
         (*a->m_uninstall)++;
         if (fbr_addon_store_remove(a->store, oauth_id) == FBR_ERROR) {

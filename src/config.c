@@ -161,30 +161,32 @@ static const struct opt opts[] = {
 
 /* ---- error accumulation ---- */
 
+/* Every error goes to one fbr_cfgerr (cfgerr.h); count is how many this run added. */
 struct errs {
-    char *buf;
-    size_t len, cap;
+    struct fbr_cfgerr *list;
     int count;
 };
 
 static void errs_add(struct errs *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void errs_add(struct errs *e, const char *fmt, ...)
 {
-    e->count++;
-    if (!e->buf || e->cap == 0 || e->len + 1 >= e->cap)
-        return;
-    if (e->len > 0)
-        e->buf[e->len++] = '\n';
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(e->buf + e->len, e->cap - e->len, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (n < 0)
-        n = 0;
-    e->len += (size_t)n;
-    if (e->len >= e->cap)
-        e->len = e->cap - 1;
-    e->buf[e->len] = '\0';
+    e->count++;
+    fbr_cfgerr_line(e->list, "%s", msg);
+}
+
+/* For the text interfaces: the collected errors into err (emptied first), then cleared. */
+static void errs_to_text(struct fbr_cfgerr *list, char *err, size_t errlen)
+{
+    if (err && errlen) {
+        err[0] = '\0';
+        fbr_cfgerr_join(list, err, errlen);
+    }
+    fbr_cfgerr_clear(list);
 }
 
 /* ---- value parsers shared by flags, file and defaults ---- */
@@ -568,10 +570,11 @@ static int apply_json(struct fbr_config *cfg, json_t *root, struct errs *e)
 
 int fbr_config_apply_json(struct fbr_config *cfg, json_t *root, char *err, size_t errlen)
 {
-    struct errs e = {err, 0, errlen, 0};
-    if (err && errlen)
-        err[0] = '\0';
-    return apply_json(cfg, root, &e);
+    struct fbr_cfgerr list = {0};
+    struct errs e = {&list, 0};
+    int rc = apply_json(cfg, root, &e);
+    errs_to_text(&list, err, errlen);
+    return rc;
 }
 
 /* ---- command line ---- */
@@ -585,7 +588,18 @@ void fbr_cli_free(struct fbr_cli *cli)
     memset(cli, 0, sizeof(*cli));
 }
 
+static int cli_parse(struct fbr_cli *cli, int argc, char **argv, struct errs *ep);
+
 int fbr_cli_parse(struct fbr_cli *cli, int argc, char **argv, char *err, size_t errlen)
+{
+    struct fbr_cfgerr list = {0};
+    struct errs e = {&list, 0};
+    int rc = cli_parse(cli, argc, argv, &e);
+    errs_to_text(&list, err, errlen);
+    return rc;
+}
+
+static int cli_parse(struct fbr_cli *cli, int argc, char **argv, struct errs *ep)
 {
     memset(cli, 0, sizeof(*cli));
     struct option lopts[NOPTS + 1];
@@ -608,9 +622,7 @@ int fbr_cli_parse(struct fbr_cli *cli, int argc, char **argv, char *err, size_t 
     lopts[nl] = (struct option){NULL, 0, NULL, 0};
     shorts[ns] = '\0';
 
-    struct errs e = {err, 0, errlen, 0};
-    if (err && errlen)
-        err[0] = '\0';
+    struct errs e = *ep;
     optind = 0; /* GNU: full re-initialisation, so the parser can run more than once */
     opterr = 0;
     int c;
@@ -706,9 +718,16 @@ static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct e
 
 int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *err, size_t errlen)
 {
-    struct errs e = {err, 0, errlen, 0};
-    if (err && errlen)
-        err[0] = '\0';
+    struct fbr_cfgerr list = {0};
+    int rc = fbr_config_build_errs(cfg, cli, &list);
+    errs_to_text(&list, err, errlen);
+    return rc;
+}
+
+int fbr_config_build_errs(struct fbr_config *cfg, const struct fbr_cli *cli,
+                          struct fbr_cfgerr *errs)
+{
+    struct errs e = {errs, 0};
     fbr_config_defaults(cfg);
     if (cli->config_file) {
         cfg->config_file = fbr_xstrdup(cli->config_file);
@@ -718,25 +737,15 @@ int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *er
             errs_add(&e, "%s:%d:%d: %s", cli->config_file, jerr.line, jerr.column, jerr.text);
             goto fail;
         }
-        struct errs fe = {NULL, 0, 0, 0};
-        char tmp[2048];
-        fe.buf = tmp;
-        fe.cap = sizeof(tmp);
-        tmp[0] = '\0';
+        struct fbr_cfgerr file_errs = {0};
+        struct errs fe = {&file_errs, 0};
         apply_json(cfg, root, &fe);
         json_decref(root);
-        if (fe.count) {
-            /* prefix every line with the file name */
-            char *line = tmp;
-            while (line && *line) {
-                char *nl = strchr(line, '\n');
-                if (nl)
-                    *nl = '\0';
-                errs_add(&e, "%s: %s", cli->config_file, line);
-                line = nl ? nl + 1 : NULL;
-            }
+        for (size_t i = 0; i < file_errs.n; i++) /* each prefixed with the file name */
+            errs_add(&e, "%s: %s", cli->config_file, file_errs.msgs[i]);
+        fbr_cfgerr_clear(&file_errs);
+        if (fe.count)
             goto fail;
-        }
     }
     /* Flags win over the file.  A repeatable flag replaces the file's list on first use. */
     int started[NOPTS];
@@ -977,8 +986,17 @@ static int field_type_ok(enum fbr_field_type t, const json_t *v)
 int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_field *fields,
                             size_t nfields, char *err, size_t errlen)
 {
-    size_t len = err && errlen ? strnlen(err, errlen) : 0;
-    struct errs e = {err, len < errlen ? len : 0, errlen, 0};
+    struct fbr_cfgerr list = {0};
+    int n = fbr_config_check_fields(obj, path, fields, nfields, &list);
+    fbr_cfgerr_join(&list, err, errlen); /* after what err holds already */
+    fbr_cfgerr_clear(&list);
+    return n;
+}
+
+int fbr_config_check_fields(json_t *obj, const char *path, const struct fbr_field *fields,
+                            size_t nfields, struct fbr_cfgerr *errs)
+{
+    struct errs e = {errs, 0};
     const char *dot = path && *path ? "." : "";
     if (!path)
         path = "";

@@ -738,11 +738,10 @@ static void compact(struct delivery *dl)
  * dead-letter file at once, with the parser's reason, so nothing accepted is lost silently.  The
  * body is read from o's render, which stays the caller's.
  */
+/* Writes a request that will never be queued to the dead-letter file, with reason. */
 static void dead_on_arrival(struct fbr_delivery_engine *e, struct delivery *dl,
-                            const struct fbr_outreq *o, const char *why)
+                            const struct fbr_outreq *o, const char *reason)
 {
-    char reason[300];
-    snprintf(reason, sizeof(reason), "unsendable URL: %s", why);
     dl->reason = fbr_xstrdup(reason);
     dl->state = FBR_DS_DEAD;
     dl->body_iov = o->body.iov;
@@ -769,7 +768,8 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         e->m.rejected++;
         return FBR_LIMIT;
     }
-    if (!qo->over_limit && e->m.pending >= e->opts.max_pending) {
+    int full = !qo->over_limit && e->m.pending >= e->opts.max_pending;
+    if (full && !qo->dead_letter_if_full) {
         e->m.rejected++;
         return FBR_LIMIT;
     }
@@ -832,8 +832,19 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     p = put(p, "\r\n", 2);
     *p = '\0';
     if (!url_ok) {
-        dead_on_arrival(e, dl, o, why);
+        char reason[300];
+        snprintf(reason, sizeof(reason), "unsendable URL: %s", why);
+        dead_on_arrival(e, dl, o, reason);
         return FBR_INVALID;
+    }
+    if (full) {
+        char reason[160];
+        snprintf(reason, sizeof(reason),
+                 "the delivery queue was full (%zu pending, --max-pending) when it was made",
+                 (size_t)e->m.pending);
+        e->m.rejected++;
+        dead_on_arrival(e, dl, o, reason);
+        return FBR_LIMIT;
     }
 
     char key[1024];

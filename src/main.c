@@ -147,23 +147,19 @@ static int str_eq(const char *a, const char *b)
 }
 
 /*
- * Compiles the rules and webhooks of cfg into f.  Returns FBR_OK, or FBR_INVALID with every error
- * appended to err as "<json path>: <reason>" lines (f is then empty).
+ * Compiles the rules, webhooks and add-on sections of cfg into f.  Returns FBR_OK, or
+ * FBR_INVALID with every error appended to errs as "<json path>: <reason>" (f is then empty).
  */
-static int flow_compile(const struct fbr_config *cfg, struct flow *f, char *err, size_t errlen)
+static int flow_compile(const struct fbr_config *cfg, struct flow *f, struct fbr_cfgerr *errs)
 {
-    struct fbr_cfgerr errs = {0};
     struct fbr_rules_opts ropts = {0};
+    size_t before = errs->n;
     memset(f, 0, sizeof(*f));
-    fbr_rules_compile(cfg->rules, &ropts, &f->rules, &errs);
-    fbr_webhooks_compile(cfg->webhooks, &f->webhooks, &errs);
-    fbr_addon_config_compile(cfg->hipchat, cfg->oncall_api, cfg->public_url, &f->addon, &errs);
-    if (errs.n == 0)
+    fbr_rules_compile(cfg->rules, &ropts, &f->rules, errs);
+    fbr_webhooks_compile(cfg->webhooks, &f->webhooks, errs);
+    fbr_addon_config_compile(cfg->hipchat, cfg->oncall_api, cfg->public_url, &f->addon, errs);
+    if (errs->n == before)
         return FBR_OK;
-    size_t pos = strlen(err);
-    for (size_t i = 0; i < errs.n && pos + 1 < errlen; i++)
-        pos += (size_t)snprintf(err + pos, errlen - pos, "%s%s", pos ? "\n" : "", errs.msgs[i]);
-    fbr_cfgerr_clear(&errs);
     fbr_rules_free(&f->rules);
     fbr_webhooks_clear(&f->webhooks);
     fbr_addon_config_unref(&f->addon);
@@ -218,25 +214,22 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
-    char err[4096];
+    struct fbr_cfgerr errs = {0};
     struct fbr_config next;
     const char *file = d->cli.config_file ? d->cli.config_file : "(built-in defaults)";
-    if (fbr_config_build(&next, &d->cli, err, sizeof(err)) != FBR_OK) {
-        (*d->m_reloads_failed)++;
-        for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
-            fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", line);
-        fbr_log_error("reload failed: keeping the current configuration");
-        return;
-    }
     struct flow flow;
-    if (flow_compile(&next, &flow, err, sizeof(err)) != FBR_OK) {
+    int built = fbr_config_build_errs(&next, &d->cli, &errs) == FBR_OK;
+    if (!built || flow_compile(&next, &flow, &errs) != FBR_OK) {
         (*d->m_reloads_failed)++;
-        for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
-            fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", line);
+        for (size_t i = 0; i < errs.n; i++)
+            fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", errs.msgs[i]);
         fbr_log_error("reload failed: keeping the current configuration");
-        fbr_config_free(&next);
+        fbr_cfgerr_clear(&errs);
+        if (built)
+            fbr_config_free(&next);
         return;
     }
+    char err[512];
     if (nofile_fit(next.max_connections, err, sizeof(err)) != 0) {
         (*d->m_reloads_failed)++;
         fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", err);
@@ -369,17 +362,20 @@ int main(int argc, char **argv)
     default:
         break;
     }
-    if (fbr_config_build(&d.cfg, &d.cli, err, sizeof(err)) != FBR_OK) {
-        fprintf(d.cli.action != FBR_CLI_RUN ? stdout : stderr, "%s\n", err);
+    struct fbr_cfgerr errs = {0};
+    FILE *errout = d.cli.action != FBR_CLI_RUN ? stdout : stderr;
+    if (fbr_config_build_errs(&d.cfg, &d.cli, &errs) != FBR_OK) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(errout, "%s\n", errs.msgs[i]);
+        fbr_cfgerr_clear(&errs);
         fbr_cli_free(&d.cli);
         return 1;
     }
-    err[0] = '\0';
-    if (flow_compile(&d.cfg, &d.flow, err, sizeof(err)) != FBR_OK) {
+    if (flow_compile(&d.cfg, &d.flow, &errs) != FBR_OK) {
         const char *file = d.cfg.config_file ? d.cfg.config_file : "(built-in defaults)";
-        FILE *out = d.cli.action != FBR_CLI_RUN ? stdout : stderr;
-        for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
-            fprintf(out, "%s: %s\n", file, line);
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(errout, "%s: %s\n", file, errs.msgs[i]);
+        fbr_cfgerr_clear(&errs);
         fbr_config_free(&d.cfg);
         fbr_cli_free(&d.cli);
         return 1;

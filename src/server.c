@@ -74,9 +74,11 @@ struct conn {
     int in_request;
     size_t line_len, head_bytes;
     unsigned nlines;
-    char line[32];               /* the start of the current header line */
+    char line[64];               /* the start of the current header line */
+    int in_name;                 /* still before the ':' of the current header line */
     uint64_t content_length;
     int chunked;
+    int cl_seen, te_seen;        /* Content-Length / Transfer-Encoding lines in this head */
     /* the request in progress */
     int too_large;
     int major, minor;            /* the version the request line claimed; -1: not parsed yet */
@@ -443,6 +445,7 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
     const char *text = status == 408   ? texts[0]
                        : status == 414 ? texts[1]
                        : status == 431 ? texts[2]
+                       : status == 501 ? "Not Implemented"
                                        : texts[3];
     char body[256];
     int blen = snprintf(body, sizeof(body), "{\"result\":\"failure\",\"message\":\"%s\"}\n", msg);
@@ -493,25 +496,83 @@ static int header_is(const struct conn *fc, const char *name)
     return fc->line_len > n && strncasecmp(fc->line, name, n) == 0;
 }
 
-/* Ends one header line: notes framing headers.  Returns 0 or -1 (bad framing value). */
-static int header_line_done(struct conn *fc)
+/* A header section the screener refuses (RFC 9112 6.1, 6.3: the body's length would be
+ * ambiguous, which is how a request is smuggled past a proxy): answered, then closed. */
+struct refusal {
+    int status;
+    const char *reason, *msg;
+};
+
+/* The value of the header line in fc->line after its `name_len`-byte name and colon, without
+ * surrounding blanks, as [*v, *v + return). */
+static size_t header_value(const struct conn *fc, size_t name_len, const char **v)
 {
     size_t n = fc->line_len < sizeof(fc->line) ? fc->line_len : sizeof(fc->line);
-    if (header_is(fc, "content-length:")) {
-        uint64_t v = 0;
-        size_t i = strlen("content-length:");
-        while (i < n && (fc->line[i] == ' ' || fc->line[i] == '\t'))
-            i++;
-        for (; i < n && fc->line[i] >= '0' && fc->line[i] <= '9'; i++) {
-            if (v > UINT64_MAX / 10 - 10)
-                return -1;
-            v = v * 10 + (uint64_t)(fc->line[i] - '0');
-        }
-        fc->content_length = v;
-    } else if (header_is(fc, "transfer-encoding:")) {
-        fc->chunked = 1;
+    size_t i = name_len;
+    while (i < n && (fc->line[i] == ' ' || fc->line[i] == '\t'))
+        i++;
+    while (n > i && (fc->line[n - 1] == ' ' || fc->line[n - 1] == '\t' || fc->line[n - 1] == '\r'))
+        n--;
+    *v = fc->line + i;
+    return n - i;
+}
+
+/*
+ * Ends one header line: notes the framing headers and checks them.  Content-Length must be
+ * digits only and agree with any earlier one; Transfer-Encoding must appear once and be exactly
+ * "chunked" (another coding before chunked is 501, chunked not last 400).  Returns 0, or 1 with
+ * *r set.
+ */
+static int header_line_done(struct conn *fc, struct refusal *r)
+{
+    static const char cl_name[] = "content-length:", te_name[] = "transfer-encoding:";
+    int cl = header_is(fc, cl_name), te = header_is(fc, te_name);
+    if (!cl && !te)
+        return 0;
+    *r = (struct refusal){400, "bad_framing", "invalid Content-Length"};
+    if (fc->line_len > sizeof(fc->line)) {
+        r->msg = "framing header too long";
+        return 1;
     }
-    return 0;
+    const char *v;
+    if (cl) {
+        size_t n = header_value(fc, sizeof(cl_name) - 1, &v);
+        uint64_t x = 0;
+        if (n == 0)
+            return 1;
+        for (size_t i = 0; i < n; i++) {
+            if (v[i] < '0' || v[i] > '9' || x > UINT64_MAX / 10 - 10)
+                return 1;
+            x = x * 10 + (uint64_t)(v[i] - '0');
+        }
+        if (fc->cl_seen && x != fc->content_length) {
+            r->msg = "conflicting Content-Length headers";
+            return 1;
+        }
+        fc->cl_seen = 1;
+        fc->content_length = x;
+        return 0;
+    }
+    size_t n = header_value(fc, sizeof(te_name) - 1, &v);
+    if (fc->te_seen) {
+        r->msg = "more than one Transfer-Encoding header";
+        return 1;
+    }
+    fc->te_seen = 1;
+    static const char chunked[] = "chunked";
+    size_t cn = sizeof(chunked) - 1;
+    if (n == cn && strncasecmp(v, chunked, cn) == 0) {
+        fc->chunked = 1;
+        return 0;
+    }
+    int ends_chunked = n > cn && strncasecmp(v + n - cn, chunked, cn) == 0 &&
+                       (v[n - cn - 1] == ',' || v[n - cn - 1] == ' ' || v[n - cn - 1] == '\t');
+    if (ends_chunked)
+        *r = (struct refusal){501, "transfer_coding", "only the chunked transfer coding is "
+                                                      "implemented"};
+    else
+        r->msg = "Transfer-Encoding must end with chunked";
+    return 1;
 }
 
 /*
@@ -551,16 +612,24 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             fc->nlines = 0;
             fc->content_length = 0;
             fc->chunked = 0;
+            fc->cl_seen = fc->te_seen = 0;
         }
         fc->head_bytes++;
         if (ch == '\n') {
             int empty = fc->line_len == 0 || (fc->line_len == 1 && fc->line[0] == '\r');
-            if (fc->nlines > 0 && !empty && header_line_done(fc) != 0) {
-                conn_reject(fc, 400, "bad_framing", "bad Content-Length");
+            struct refusal r;
+            if (fc->nlines > 0 && !empty && header_line_done(fc, &r) != 0) {
+                conn_reject(fc, r.status, r.reason, r.msg);
                 return -1;
             }
             fc->nlines++;
             fc->line_len = 0;
+            fc->in_name = 1;
+            if (empty && fc->nlines > 1 && fc->chunked && fc->cl_seen) {
+                conn_reject(fc, 400, "bad_framing",
+                            "both Content-Length and Transfer-Encoding");
+                return -1;
+            }
             if (empty && fc->nlines > 1) {
                 if (fc->chunked)
                     fc->phase = SCAN_UNBOUNDED;
@@ -570,6 +639,16 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                 fc->in_request = fc->phase != SCAN_HEAD ? 2 : 0;
             }
             continue;
+        }
+        if (fc->nlines > 0 && fc->in_name) {
+            /* RFC 9112 5.1, 5.2: no blank inside or after a field name, no folded lines */
+            if (ch == ':') {
+                fc->in_name = 0;
+            } else if (ch == ' ' || ch == '\t') {
+                conn_reject(fc, 400, "bad_header", fc->line_len ? "blank in a header name"
+                                                                : "folded header line");
+                return -1;
+            }
         }
         if (fc->line_len < sizeof(fc->line))
             fc->line[fc->line_len] = (char)ch;

@@ -14,6 +14,7 @@
 #include <check.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -618,6 +619,58 @@ START_TEST(restart_keeps_installations)
 }
 END_TEST
 
+/* ---- reload ------------------------------------------------------------------------------ */
+
+START_TEST(reload_changes_notify_and_templates)
+{
+    start_all(NULL, NULL);
+    json_decref(install_default());
+    /* SIGHUP with notify limited to incidents and a template for them */
+    char path[128];
+    snprintf(path, sizeof(path), "%s/fb.json", dir);
+    char *cfg = dutil_slurp(path, NULL);
+    const char *from = "\"hipchat\": {";
+    char *at = strstr(cfg, from);
+    ck_assert_ptr_nonnull(at);
+    char *next = malloc(strlen(cfg) + 512);
+    snprintf(next, strlen(cfg) + 512,
+             "%.*s%s\"notify\": [\"incident\"], \"templates\": {\"incident\": {\"message\": "
+             "\"INC ${{STATE.INCIDENT_NAME}} ${{ALERT.entity_display_name}}\", \"message_format\": "
+             "\"text\", \"color\": \"purple\"}}, %s",
+             (int)(at - cfg), cfg, from, at + strlen(from));
+    dutil_write_file(path, next);
+    free(next);
+    free(cfg);
+    kill(fb.pid, SIGHUP);
+    for (int i = 0; i < 100 && metric("firebridge_config_reloads_total{result=\"ok\"}") < 1; i++)
+        pump(50);
+    ck_assert_int_eq(metric("firebridge_config_reloads_total{result=\"ok\"}"), 1);
+    ck_assert_int_eq(post_alert("CRITICAL", "tpl", "a \\\"quoted\\\" title"), 200);
+    ck_assert_uint_eq(wait_room(ROOM, "notification", "INC 1 a \"quoted\" title", 1), 1);
+    pump(300);
+    ck_assert_uint_eq(count_in_room(ROOM, NULL, "CRITICAL"), 0); /* alerts are off now */
+    /* a reload without the section turns Single Room mode off: the routes answer 404 */
+    write_config(fb.port, NULL);
+    cfg = dutil_slurp(path, NULL);
+    at = strstr(cfg, " \"hipchat\"");
+    ck_assert_ptr_nonnull(at);
+    char *end = strstr(at, "},\n");
+    ck_assert_ptr_nonnull(end);
+    memmove(at, end + 3, strlen(end + 3) + 1);
+    at = strstr(cfg, " \"oncall_api\"");
+    end = strstr(at, "},\n");
+    memmove(at, end + 3, strlen(end + 3) + 1);
+    dutil_write_file(path, cfg);
+    free(cfg);
+    kill(fb.pid, SIGHUP);
+    for (int i = 0; i < 100 && metric("firebridge_config_reloads_total{result=\"ok\"}") < 2; i++)
+        pump(50);
+    ck_assert_int_eq(metric("firebridge_config_reloads_total{result=\"ok\"}"), 2);
+    ck_assert_int_eq(http(fb.port, "GET", "/hipchat/" RK "/capabilities", NULL, NULL), 404);
+    fb_stop();
+}
+END_TEST
+
 /* ---- refused installs --------------------------------------------------------------------- */
 
 static void assert_nothing_stored(void)
@@ -686,6 +739,69 @@ START_TEST(links_self_mismatch_refused)
 }
 END_TEST
 
+/*
+ * A reload that removes the hipchat section while an install waits for its capabilities
+ * document: the install gets 503 and the daemon keeps serving (it used to read the freed
+ * configuration in the fetch's callback and die).  The document's server is the test's own,
+ * which answers only when the test pumps its loop, i.e. after the reload.
+ */
+START_TEST(reload_removes_hipchat_during_install)
+{
+    start_all(NULL, NULL);
+    char caps[160], doc[1024], raw[1400], body[512];
+    snprintf(caps, sizeof(caps), "http://127.0.0.1:%d/slowcaps", tsrv_port(platform));
+    snprintf(doc, sizeof(doc),
+             "{\"links\":{\"self\":\"%s\"},\"capabilities\":{\"oauth2Provider\":{\"tokenUrl\":"
+             "\"http://127.0.0.1:%d/v2/oauth/token\"},\"hipchatApiProvider\":{\"url\":"
+             "\"http://127.0.0.1:%d/v2/\"}}}",
+             caps, hc.port, hc.port);
+    snprintf(raw, sizeof(raw),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(doc), doc);
+    struct tsrv_reply r = {.raw = raw};
+    tsrv_script(platform, "/slowcaps", &r, 1);
+    snprintf(body, sizeof(body),
+             "{\"oauthId\":\"o1\",\"oauthSecret\":\"s1\",\"roomId\":7,\"groupId\":1,"
+             "\"capabilitiesUrl\":\"%s\"}",
+             caps);
+    char req[1024];
+    snprintf(req, sizeof(req),
+             "POST /hipchat/" RK "/installed HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+             "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    int fd = dutil_connect(fb.port);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
+    dutil_msleep(300 * dutil_slow()); /* the daemon has sent its GET; nobody answers yet */
+
+    char cfg[128], text[256];
+    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
+    snprintf(text, sizeof(text), "{\"api_keys\": [\"" KEY "\"], \"public_url\": "
+                                 "\"http://127.0.0.1:%d\"}\n", fb.port);
+    dutil_write_file(cfg, text);
+    ck_assert_int_eq(kill(fb.pid, SIGHUP), 0);
+    for (int i = 0; i < 100; i++) { /* wait for the reload to be applied */
+        char *log = dutil_slurp(fb.out, NULL);
+        int done = log && strstr(log, "configuration reloaded") != NULL;
+        free(log);
+        if (done)
+            break;
+        dutil_msleep(50);
+    }
+    pump(500); /* now the document arrives */
+    ck_assert_int_eq(dutil_read_response(fd, buf, BUF), 503);
+    ck_assert_ptr_nonnull(strstr(buf, "turned off by a reload"));
+    close(fd);
+    ck_assert_int_eq(http(fb.port, "GET", "/healthz", NULL, NULL), 200);
+    char file[160];
+    snprintf(file, sizeof(file), "%s/data/hipchat-installations.json", dir);
+    char *stored = dutil_slurp(file, NULL); /* NULL: never written */
+    ck_assert_msg(!stored || !strstr(stored, "oauth_id"), "stored: %s", stored);
+    free(stored);
+    fb_stop();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("addon");
@@ -698,8 +814,10 @@ int main(void)
     tcase_add_test(tc, token_expiry_mid_stream);
     tcase_add_test(tc, revoked_installation_dead_letters);
     tcase_add_test(tc, restart_keeps_installations);
+    tcase_add_test(tc, reload_changes_notify_and_templates);
     tcase_add_test(tc, capabilities_host_outside_allow_list);
     tcase_add_test(tc, links_self_mismatch_refused);
+    tcase_add_test(tc, reload_removes_hipchat_during_install);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -400,6 +400,43 @@ START_TEST(readme_documents_every_flag_and_key)
 }
 END_TEST
 
+/* One collector (cfgerr) for every error: the file's errors one message each, prefixed with the
+ * file's name, and the section checker's messages straight into the same list. */
+START_TEST(one_error_collector)
+{
+    char path[] = "/tmp/fbr-cfgerr-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *text = "{\"max_body\": 1, \"metod\": 2}";
+    ck_assert_int_eq(write(fd, text, strlen(text)), (int)strlen(text));
+    close(fd);
+    struct fbr_cli cli = {0};
+    cli.config_file = strdup(path);
+    struct fbr_config cfg;
+    struct fbr_cfgerr errs = {0};
+    ck_assert_int_eq(fbr_config_build_errs(&cfg, &cli, &errs), FBR_INVALID);
+    ck_assert_uint_eq(errs.n, 2);
+    for (size_t i = 0; i < errs.n; i++)
+        ck_assert_msg(strncmp(errs.msgs[i], path, strlen(path)) == 0 &&
+                          !strchr(errs.msgs[i], '\n'),
+                      "message %zu: %s", i, errs.msgs[i]);
+    fbr_cfgerr_clear(&errs);
+    fbr_cli_free(&cli);
+    unlink(path);
+
+    static const struct fbr_field fields[] = {{"url", FBR_F_STRING, 1, 0, 0},
+                                              {"n", FBR_F_INT, 0, 1, 5}};
+    json_t *obj = json_loads("{\"n\": 9, \"x\": 1}", 0, NULL);
+    ck_assert_int_eq(fbr_config_check_fields(obj, "oncall_api", fields, 2, &errs), 3);
+    ck_assert_uint_eq(errs.n, 3);
+    ck_assert_str_eq(errs.msgs[0], "oncall_api.n: expected an integer between 1 and 5");
+    ck_assert_str_eq(errs.msgs[1], "oncall_api.x: unknown key");
+    ck_assert_str_eq(errs.msgs[2], "oncall_api.url: required key missing");
+    fbr_cfgerr_clear(&errs);
+    json_decref(obj);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("config");
@@ -414,6 +451,7 @@ int main(void)
     tcase_add_loop_test(tc, check_object_table, 0, FBR_ARRAY_LEN(object_cases));
     tcase_add_test(tc, help_lists_every_flag);
     tcase_add_test(tc, readme_documents_every_flag_and_key);
+    tcase_add_test(tc, one_error_collector);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -472,6 +472,81 @@ START_TEST(nofile_limit_fits_max_connections)
 }
 END_TEST
 
+/* ---- defect 4: request smuggling ------------------------------------------------------- */
+
+/* Sends raw on a new connection, reads to EOF (5 s at most) into buf; returns the number of
+ * status lines in it. */
+static int exchange_all(int port, const char *raw, char *buf, size_t cap)
+{
+    int fd = dutil_connect(port);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(dutil_send_all(fd, raw, strlen(raw)), 0);
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < cap && (n = recv(fd, buf + len, cap - 1 - len, 0)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(fd);
+    int replies = 0;
+    for (const char *p = buf; (p = strstr(p, "HTTP/1.1 ")) != NULL; p++)
+        replies++;
+    return replies;
+}
+
+START_TEST(smuggling_refused_and_closed)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char hidden[1024], raw[4096], buf[16384];
+    snprintf(hidden, sizeof(hidden),
+             "POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n%s", ALERT_PATH,
+             strlen(alert_body), alert_body);
+    static const struct {
+        const char *framing; /* header lines, then the (possibly empty) body as sent */
+        int status;
+    } cases[] = {
+        {"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+        {"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
+        {"Content-Length: 0\r\nContent-Length: 5\r\n\r\nabcde", 400},
+        {"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
+        {"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400},
+        {"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400},
+        {"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+        {"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+        {"Content-Length: -5\r\n\r\n", 400},
+        {"Content-Length: 0x10\r\n\r\n", 400},
+        {"Content-Length: 5, 5\r\n\r\nabcde", 400},
+        {"Content-Length: 5\r\n X-Folded: yes\r\n\r\nabcde", 400},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(raw, sizeof(raw), "POST /healthz HTTP/1.1\r\nHost: t\r\n%s%s",
+                 cases[i].framing, hidden);
+        int replies = exchange_all(d.port, raw, buf, sizeof(buf));
+        ck_assert_msg(replies == 1, "case %zu: %d replies: %s", i, replies, buf);
+        ck_assert_msg(atoi(buf + 9) == cases[i].status, "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "{\"result\":\"failure\""), "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "Connection: close"), "case %zu: %s", i, buf);
+    }
+    assert_alive(&d);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_intake_alerts_total"), 0);
+    /* lawful framing still works: identical duplicate lengths, chunked in any case */
+    snprintf(raw, sizeof(raw),
+             "POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\nContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n%s",
+             ALERT_PATH, strlen(alert_body), strlen(alert_body), alert_body);
+    ck_assert_int_eq(dutil_http(d.port, raw, buf, sizeof(buf)), 200);
+    snprintf(raw, sizeof(raw),
+             "POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n"
+             "Connection: close\r\n\r\n%zx\r\n%s\r\n0\r\n\r\n",
+             ALERT_PATH, strlen(alert_body), alert_body);
+    ck_assert_int_eq(exchange_all(d.port, raw, buf, sizeof(buf)), 1);
+    ck_assert_msg(atoi(buf + 9) == 200, "%s", buf);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_intake_alerts_total"), 2);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -489,6 +564,10 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, emfile_pauses_accepting);
     tcase_add_test(tc, nofile_limit_fits_max_connections);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("smuggling");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, smuggling_refused_and_closed);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

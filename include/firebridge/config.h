@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "firebridge/cfgerr.h"
 #include "firebridge/common.h"
 #include "firebridge/incidents.h" /* enum fbr_msg_type */
 #include "firebridge/log.h"
@@ -105,6 +106,10 @@ int fbr_config_apply_json(struct fbr_config *cfg, json_t *root, char *err, size_
  * file errors prefixed with the file name).  On failure cfg is left empty (freed).
  */
 int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *err, size_t errlen);
+/* The same, with every error appended to errs (one message each, file errors prefixed with the
+ * file name): what the daemon uses, so nothing is split or reformatted. */
+int fbr_config_build_errs(struct fbr_config *cfg, const struct fbr_cli *cli,
+                          struct fbr_cfgerr *errs);
 
 /* Releases everything cfg owns and zeroes it. */
 void fbr_config_free(struct fbr_config *cfg);
@@ -151,6 +156,10 @@ struct fbr_field {
  */
 int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_field *fields,
                             size_t nfields, char *err, size_t errlen);
+/* The same checker with one message per problem appended to errs (the one collector); what the
+ * section compilers (the add-on's hipchat and oncall_api) use.  Returns the number of problems. */
+int fbr_config_check_fields(json_t *obj, const char *path, const struct fbr_field *fields,
+                            size_t nfields, struct fbr_cfgerr *errs);
 
 
 #endif

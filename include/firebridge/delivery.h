@@ -162,6 +162,10 @@ struct fbr_delivery_queue_opts {
     char *id_out;             /* receives the delivery id (at least 33 bytes), or NULL */
     const struct fbr_delivery_saved *saved; /* restored from the journal: its attempts, order,
                                                limits and hook word (fbr_delivery_restore) */
+    int dead_letter_if_full; /* at max_pending: write the request to the dead-letter file (with
+                                that reason) before returning FBR_LIMIT, for callers that cannot
+                                refuse the work they were given (the add-on's room posts, made
+                                after the intake answered 200) */
 };
 
 /*
@@ -177,7 +181,9 @@ struct fbr_delivery_queue_opts {
  *    and --token-rate per auth_token query parameter or Authorization header (or opts->auth's
  *    key); a webhook's overrides apply only to deliveries that carry that webhook.
  *  - Returns FBR_OK (o released, buffers kept for reuse as with fbr_delivery_submit()),
- *    FBR_LIMIT or FBR_INVALID (o untouched: the caller frees it).  The engine never calls back
+ *    FBR_LIMIT or FBR_INVALID (o untouched: the caller frees it).  With dead_letter_if_full, an
+ *    FBR_LIMIT for a full queue has written the request to the dead-letter file (not after
+ *    fbr_delivery_shutdown(): the engine is gone then).  The engine never calls back
  *    into the caller except through opts->auth; the outcome is visible in the transition hook,
  *    /metrics and the dead-letter file.
  */

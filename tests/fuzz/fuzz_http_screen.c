@@ -8,7 +8,11 @@
  * with the event loop run between writes; then the client half-closes and reads to EOF.
  *
  * Checks beyond the sanitizers: every reply starts with "HTTP/1.", and after each input the
- * server is back to zero open connections (a connection leaked by any path aborts).
+ * server is back to zero open connections (a connection leaked by any path aborts).  When the
+ * input's first header section has ambiguous framing (RFC 9112 6.1, 6.3: Content-Length together
+ * with Transfer-Encoding, Content-Length values that are not digits or disagree, a blank before
+ * the colon of a field name), it gets at most one reply, an error, and nothing after it is
+ * answered: a second reply would mean a request was smuggled.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,6 +49,63 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (fbr_server_listen(srv, "127.0.0.1:0") != FBR_OK)
         abort();
     port = fbr_server_port(srv);
+    return 0;
+}
+
+/* A Content-Length value (after the colon, blanks around): 1 when digits only, its value in *v. */
+static int cl_digits(const char *p, size_t n, unsigned long long *v)
+{
+    while (n && (*p == ' ' || *p == '\t'))
+        p++, n--;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r'))
+        n--;
+    *v = 0;
+    if (n == 0 || n > 18)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        *v = *v * 10 + (unsigned long long)(p[i] - '0');
+    }
+    return 1;
+}
+
+/* 1 when the first header section of d (lines split at LF, as the screener splits them) frames
+ * its body ambiguously. */
+static int ambiguous_framing(const uint8_t *d, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (d[i] == '\r' || d[i] == '\n'))
+        i++;
+    const uint8_t *nl = memchr(d + i, '\n', n - i);
+    if (!nl)
+        return 0;
+    i = (size_t)(nl - d) + 1;
+    int cl = 0, te = 0, bad = 0;
+    unsigned long long first = 0;
+    while (i < n) {
+        nl = memchr(d + i, '\n', n - i);
+        if (!nl)
+            return 0; /* the section is not complete */
+        const char *line = (const char *)d + i;
+        size_t len = (size_t)(nl - d) - i;
+        i += len + 1;
+        if (len == 0 || (len == 1 && line[0] == '\r'))
+            return bad || (cl && te);
+        const char *colon = memchr(line, ':', len);
+        size_t name = colon ? (size_t)(colon - line) : len;
+        if (memchr(line, ' ', name) || memchr(line, '\t', name))
+            bad = 1;
+        if (colon && name == 14 && strncasecmp(line, "content-length", 14) == 0) {
+            unsigned long long v;
+            if (!cl_digits(colon + 1, len - name - 1, &v) || (cl && v != first))
+                bad = 1;
+            first = v;
+            cl = 1;
+        } else if (colon && name == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
+            te = 1;
+        }
+    }
     return 0;
 }
 
@@ -94,7 +155,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (fd < 0)
         return 0;
     fcntl(fd, F_SETFL, O_NONBLOCK);
-    char head[16];
+    static char head[65536];
     size_t headlen = 0;
     int eof = 0;
     size_t off = 0;
@@ -115,8 +176,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         eof = drain(fd, head, &headlen, sizeof(head));
     }
     if (headlen >= 7 && memcmp(head, "HTTP/1.", 7) != 0) {
-        dprintf(2, "non-HTTP reply: %.*s\n", (int)headlen, head);
+        dprintf(2, "non-HTTP reply: %.*s\n", (int)(headlen < 16 ? headlen : 16), head);
         abort();
+    }
+    if (ambiguous_framing(data, size) && headlen >= 12) {
+        int replies = 0;
+        for (size_t i = 0; i + 9 <= headlen; i++)
+            replies += memcmp(head + i, "HTTP/1.1 ", 9) == 0;
+        if (replies > 1 || head[9] < '4') {
+            dprintf(2, "ambiguous framing answered %d time(s), first %.12s\n", replies, head);
+            abort();
+        }
     }
     struct linger lg = {1, 0}; /* a reset: no TIME_WAIT left on this side */
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
