@@ -69,6 +69,7 @@ struct conn {
     int busy, dead;              /* inside libevhtp's read callback / freed meanwhile */
     int closing;                 /* a raw error reply is being flushed */
     int out_blocked;             /* parsing held back: more than OUT_HIGH output unsent */
+    int first_request;           /* no request answered yet: the deadline runs from accept */
     /* screener state */
     enum scan_phase phase;
     int in_request;
@@ -476,18 +477,31 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     struct conn *fc = arg;
     if (!fc->c || fc->closing)
         return;
-    conn_reject(fc, 408, "read_timeout", "request not received within the read timeout");
+    if (!fc->in_request)
+        conn_reject(fc, 408, "no_request", "no request received within the read timeout");
+    else
+        conn_reject(fc, 408, "read_timeout", "request not received within the read timeout");
 }
 
-static void request_begins(struct conn *fc)
+static void arm_deadline(struct conn *fc)
 {
     struct fbr_server *srv = fc->srv;
-    fc->in_request = 1;
     if (!fc->deadline)
         fc->deadline = evtimer_new(srv->base, on_deadline, fc);
     struct timeval tv = {srv->opts.read_timeout_ms / 1000,
                          (srv->opts.read_timeout_ms % 1000) * 1000};
     evtimer_add(fc->deadline, &tv);
+}
+
+/* The first request of a connection has its deadline from the accept (a client that connects
+ * and stays silent holds a slot for --read-timeout, not --idle-timeout); later ones from their
+ * first byte. */
+static void request_begins(struct conn *fc)
+{
+    fc->in_request = 1;
+    if (fc->first_request)
+        return;
+    arm_deadline(fc);
 }
 
 static int header_is(const struct conn *fc, const char *name)
@@ -846,6 +860,8 @@ static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
     }
     if (srv->nconns >= srv->opts.max_connections)
         listeners_pause(srv, 1);
+    fc->first_request = 1;
+    arm_deadline(fc);
 
     void *cbarg;
     bufferevent_getcb(c->bev, &fc->ev_read, &fc->ev_write, &fc->ev_event, &cbarg);
@@ -895,6 +911,11 @@ static void on_request(evhtp_request_t *r, void *arg)
     }
     if (fc->in_request != 1 && fc->deadline) /* 1: a pipelined request has begun: keep it */
         event_del(fc->deadline);
+    if (fc->first_request) {
+        fc->first_request = 0;
+        if (fc->in_request == 1) /* pipelined: its own deadline, from now */
+            arm_deadline(fc);
+    }
 
     struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};
     req.method = method_bit(evhtp_request_get_method(r));

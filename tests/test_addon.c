@@ -802,6 +802,45 @@ START_TEST(reload_removes_hipchat_during_install)
 }
 END_TEST
 
+/*
+ * Fields at the intake's limits, all characters that HTML-escaping lengthens: the room
+ * notification must still fit HipChat's 10,000 characters (it used to render 14,117 and be
+ * refused with 400 by the room, so the alert never showed).
+ */
+START_TEST(escaped_fields_fit_the_room_limit)
+{
+    start_all(NULL, NULL);
+    json_decref(install_default());
+    size_t tl = 1024, sl = 20000;
+    char *body = malloc(tl + sl + 256);
+    int n = sprintf(body, "{\"message_type\": \"CRITICAL\", \"entity_id\": \"long-1\", "
+                          "\"entity_display_name\": \"");
+    memset(body + n, '<', tl);
+    n += (int)tl;
+    n += sprintf(body + n, "\", \"state_message\": \"");
+    memset(body + n, '&', sl);
+    n += (int)sl;
+    sprintf(body + n, "\"}");
+    ck_assert_int_eq(
+        http(fb.port, "POST", "/integrations/generic/20131114/alert/" KEY "/" RK, NULL, body), 200);
+    free(body);
+    /* the alert (title and state message) and the incident it triggered (title) */
+    ck_assert_uint_ge(wait_room(ROOM, "notification", "&amp;&amp;&amp;", 1), 1);
+    ck_assert_uint_ge(wait_room(ROOM, "notification", "&lt;&lt;&lt;", 2), 2);
+    json_t *m = room_messages(ROOM);
+    size_t i;
+    json_t *v;
+    json_array_foreach(m, i, v)
+    {
+        const char *msg = json_string_value(json_object_get(v, "message"));
+        if (msg && strstr(msg, "&lt;&lt;"))
+            ck_assert_uint_le(strlen(msg), 10000); /* ASCII and one ellipsis: bytes >= chars */
+    }
+    json_decref(m);
+    fb_stop();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("addon");
@@ -818,6 +857,7 @@ int main(void)
     tcase_add_test(tc, capabilities_host_outside_allow_list);
     tcase_add_test(tc, links_self_mismatch_refused);
     tcase_add_test(tc, reload_removes_hipchat_during_install);
+    tcase_add_test(tc, escaped_fields_fit_the_room_limit);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -547,6 +547,41 @@ START_TEST(smuggling_refused_and_closed)
 }
 END_TEST
 
+/* ---- defect 5: silent connections ----------------------------------------------------- */
+
+/* --max-connections silent sockets must not block the daemon for --idle-timeout: they get
+ * --read-timeout from their accept, and what is closed for it is counted and logged. */
+START_TEST(silent_connections_get_the_read_deadline)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--max-connections", "4", "--read-timeout", "1000",
+                                 "--idle-timeout", "60000", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = dutil_connect(d.port);
+        ck_assert_int_ge(fds[i], 0);
+    }
+    dutil_msleep(200);
+    /* all four slots are taken: this one waits in the backlog until they are closed */
+    int fd = dutil_connect_with(d.port, 0, 5 * dutil_slow(), 0);
+    ck_assert_int_ge(fd, 0);
+    const char *hz = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, hz, strlen(hz)), 0);
+    char buf[4096];
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+    close(fd);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(dutil_read_response(fds[i], buf, sizeof(buf)), 408);
+        close(fds[i]);
+    }
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_http_rejected_total{reason=\"no_request\"}"),
+                     4);
+    ck_assert_int_eq(count_lines_with(d.log, "no request received within the read timeout"), 4);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -568,6 +603,10 @@ int main(void)
     tc = tcase_create("smuggling");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, smuggling_refused_and_closed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("silent");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, silent_connections_get_the_read_deadline);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
