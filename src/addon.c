@@ -763,15 +763,15 @@ static void notify_room(struct fbr_addon *a, struct fbr_install *in, enum fbr_ad
     free(body);
 }
 
-/* The intake observer: every accepted timeline item of an installed routing key. */
-static void on_timeline(void *arg, const struct fbr_event_set *set)
+/* Posts set's items to every installation of its routing key (post), or only counts them;
+ * returns the count. */
+static size_t timeline_walk(struct fbr_addon *a, const struct fbr_event_set *set, int post)
 {
-    struct fbr_addon *a = arg;
     if (!a->cfg || !set->event)
-        return;
+        return 0;
     const char *rk = event_routing_key(set->event);
     if (!rk)
-        return;
+        return 0;
     uint32_t m = set->mask;
     unsigned items = 0;
     if (m & FBR_EV_BIT(FBR_EV_ANY_ALERT))
@@ -787,11 +787,11 @@ static void on_timeline(void *arg, const struct fbr_event_set *set)
         items |= 1u << FBR_ADDON_ITEM_PAGING;
     items &= a->cfg->notify;
     if (!items)
-        return;
+        return 0;
     /* a chat that came from a room is not posted back into that room */
     const char *src = ns_str(set->event, "CHAT", "SOURCE");
     json_t *src_room = json_object_get(json_object_get(set->event, "CHAT"), "ROOM_ID");
-    size_t n;
+    size_t n, count = 0;
     struct fbr_install *const *v = fbr_addon_store_list(a->store, &n);
     for (size_t i = 0; i < n; i++) {
         struct fbr_install *in = v[i];
@@ -803,9 +803,24 @@ static void on_timeline(void *arg, const struct fbr_event_set *set)
             if (it == FBR_ADDON_ITEM_CHAT && src && strcmp(src, "hipchat") == 0 &&
                 json_is_integer(src_room) && json_integer_value(src_room) == in->room_id)
                 continue;
-            notify_room(a, in, (enum fbr_addon_item)it, set->event, m);
+            count++;
+            if (post)
+                notify_room(a, in, (enum fbr_addon_item)it, set->event, m);
         }
     }
+    return count;
+}
+
+/* The intake observer: every accepted timeline item of an installed routing key. */
+static void on_timeline(void *arg, const struct fbr_event_set *set)
+{
+    timeline_walk(arg, set, 1);
+}
+
+/* What on_timeline will queue for set, for the intake's all-or-nothing room check. */
+static size_t on_timeline_need(void *arg, const struct fbr_event_set *set)
+{
+    return timeline_walk(arg, set, 0);
 }
 
 /* ---- HTTP: routing ------------------------------------------------------------------------ */
@@ -1549,7 +1564,7 @@ int fbr_addon_new(const struct fbr_addon_opts *opts, struct fbr_addon_config *cf
                           .fn = on_request,
                           .arg = a};
     fbr_server_add_route(opts->srv, &r);
-    fbr_intake_set_observer(opts->intake, on_timeline, a);
+    fbr_intake_set_observer(opts->intake, on_timeline, on_timeline_need, a);
     *out = a;
     return FBR_OK;
 }
@@ -1568,7 +1583,7 @@ void fbr_addon_free(struct fbr_addon **ap)
     *ap = NULL;
     if (!a)
         return;
-    fbr_intake_set_observer(a->o.intake, NULL, NULL);
+    fbr_intake_set_observer(a->o.intake, NULL, NULL, NULL);
     fbr_metrics_remove_collector(a->o.metrics, addon_metrics, a);
     fbr_addon_store_free(&a->store);
     fbr_addon_config_unref(&a->cfg);

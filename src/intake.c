@@ -38,6 +38,7 @@ struct fbr_intake {
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
     struct fbr_journal *journal; /* borrowed, may be NULL: a 200 waits for its commit */
     fbr_intake_observer_fn observer;
+    fbr_intake_observer_need_fn observer_need;
     void *observer_arg;
     struct fbr_alertmanager_opts alertmanager;
 };
@@ -238,10 +239,22 @@ static void release_outs(struct fbr_intake *in, size_t n)
         fbr_outreq_release(&in->outs[i]);
 }
 
-/* Hands the n rendered requests to the sink.  Returns the number accepted, or -1 when the sink
- * has no room for them or refused the first one as temporary: then nothing was submitted. */
-static long submit_all(struct fbr_intake *in, size_t n)
+/* How many deliveries the observer will queue after set is accepted (0 without one). */
+static size_t observer_need(const struct fbr_intake *in, const struct fbr_event_set *set)
 {
+    return in->observer_need ? in->observer_need(in->observer_arg, set) : 0;
+}
+
+/* Hands the n rendered requests of set to the sink.  Returns the number accepted, or -1 when the
+ * sink has no room for them and the observer's (see observer_need) or refused the first one as
+ * temporary: then nothing was submitted. */
+static long submit_all(struct fbr_intake *in, size_t n, const struct fbr_event_set *set)
+{
+    if (in->sink.room && in->sink.submit &&
+        in->sink.room(in->sink.arg) < n + observer_need(in, set)) {
+        release_outs(in, n);
+        return -1;
+    }
     if (n == 0)
         return 0;
     if (!in->sink.submit) { /* no delivery engine at all (tests, benchmarks) */
@@ -409,7 +422,7 @@ static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
 {
     struct fbr_event_set set;
     alert_events(in, body, now_ms, &set);
-    long accepted = submit_all(in, render_all(in, &set));
+    long accepted = submit_all(in, render_all(in, &set), &set);
     if (in->incidents) {
         if (accepted < 0)
             fbr_incidents_abort(in->incidents);
@@ -502,7 +515,11 @@ static size_t group_need(struct fbr_intake *in, json_t *alerts, uint64_t now_ms)
             *p = (char)((*p >= 'A' && *p <= 'Z') ? *p + 32 : *p);
         size_t kl = klen < 0 ? 0 : (size_t)klen < sizeof(key) ? (size_t)klen : sizeof(key) - 1;
         if (fbr_strmap_get(&seen, key, kl)) {
-            need += subscribed(in, ALERT_EVENTS);
+            struct fbr_event_set any = {.mask = ALERT_EVENTS, .event = NULL};
+            json_t *ev = json_pack("{s:O}", "ALERT", a);
+            any.event = ev;
+            need += subscribed(in, ALERT_EVENTS) + observer_need(in, &any);
+            json_decref(ev);
             continue;
         }
         fbr_strmap_put(&seen, key, kl, a);
@@ -510,7 +527,7 @@ static size_t group_need(struct fbr_intake *in, json_t *alerts, uint64_t now_ms)
         alert_events(in, a, now_ms, &set);
         if (in->incidents)
             fbr_incidents_abort(in->incidents);
-        need += subscribed(in, set.mask);
+        need += subscribed(in, set.mask) + observer_need(in, &set);
         fbr_event_set_clear(&set);
     }
     fbr_strmap_clear(&seen);
@@ -623,7 +640,7 @@ void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_in
         reply_failure(in, out, 400, err);
         return;
     }
-    long accepted = submit_all(in, render_all(in, &set));
+    long accepted = submit_all(in, render_all(in, &set), &set);
     if (accepted >= 0 && in->observer)
         in->observer(in->observer_arg, &set);
     fbr_event_set_clear(&set);
@@ -757,9 +774,11 @@ static void on_event(struct fbr_http_req *req, void *arg)
     send_reply(arg, req, &r);
 }
 
-void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg)
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn,
+                             fbr_intake_observer_need_fn need, void *arg)
 {
     in->observer = fn;
+    in->observer_need = need;
     in->observer_arg = arg;
 }
 

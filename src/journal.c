@@ -146,6 +146,8 @@ struct fbr_journal {
     struct fbr_journal_owner *owners;
     size_t nowners;
     int recovered, checkpointing;
+    uint32_t cp_upto;     /* the last checkpoint's range: no new one until it is deleted */
+    uint64_t cp_at;       /* when it ran (ms) */
     /* disk trouble */
     enum trouble_kind trouble;
     uint64_t trouble_since, trouble_failures;
@@ -536,9 +538,14 @@ static int write_buffer(struct fbr_journal *j)
         if (n)
             fbr_histogram_observe(j->m_group, (double)n);
     }
-    if (s->bytes >= j->opts.segment_size && roll(j) != 0)
-        fbr_log_warn("journal: cannot start a new segment in %s: %s (appending to the old one)",
-                     j->dir, strerror(errno));
+    if (s->bytes >= j->opts.segment_size) { /* s is stale after a roll (the array may move) */
+        if (roll(j) != 0)
+            fbr_log_warn("journal: cannot start a new segment in %s: %s (appending to the old "
+                         "one)",
+                         j->dir, strerror(errno));
+        else if (j->nretired >= 16)
+            request_sync(j); /* close the rolled segments' files soon */
+    }
     update_gauges(j);
     if (j->opts.fsync == FBR_FSYNC_OFF)
         delete_upto(j, dead_prefix(j));
@@ -681,6 +688,8 @@ static void run_checkpoint(struct fbr_journal *j, uint32_t upto)
         if (j->owners[i].checkpoint)
             j->owners[i].checkpoint(j->owners[i].arg, upto);
     j->checkpointing = 0;
+    j->cp_upto = upto;
+    j->cp_at = fbr_now_ms();
     j->st.checkpoints++;
     (*j->m_checkpoints)++;
     schedule_flush(j);
@@ -690,8 +699,13 @@ static void maybe_checkpoint(struct fbr_journal *j)
 {
     if (j->checkpointing || j->nsegs < 2)
         return;
+    /* What the last checkpoint copied is deleted after the fdatasync that covers the copies;
+     * until then the old bytes still count, and checkpointing again would copy the same live
+     * records over and over.  Wait for the deletion (or a second, if something stays held). */
+    if (j->segs[0].id <= j->cp_upto && fbr_now_ms() - j->cp_at < 1000)
+        return;
     if (j->st.bytes > 2 * j->st.live_bytes + 2 * j->opts.segment_size)
-        run_checkpoint(j, cur_seg(j)->id - 1);
+        run_checkpoint(j, j->segs[j->nsegs - 1].id - 1);
 }
 
 void fbr_journal_checkpoint(struct fbr_journal *j)

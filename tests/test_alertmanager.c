@@ -484,6 +484,49 @@ START_TEST(group_all_or_nothing)
 }
 END_TEST
 
+/* An observer that queues one request of its own per accepted set, after the fact, as the
+ * HipChat add-on does for an installed routing key. */
+static void observer_posts(void *arg, const struct fbr_event_set *set)
+{
+    (void)set;
+    struct fixture *f = arg;
+    struct fbr_outreq o;
+    fbr_outreq_init(&o);
+    fbr_render_set_copy(&o.url, "http://127.0.0.1:9/x", 20);
+    ck_assert_int_eq(queue_submit(&f->q, &o), FBR_OK); /* room was promised */
+    fbr_outreq_free(&o);
+}
+
+static size_t observer_need_one(void *arg, const struct fbr_event_set *set)
+{
+    (void)arg, (void)set;
+    return 1;
+}
+
+/* The observer's posts count in the group's room check: a 503 changes nothing, and once there
+ * is room for the webhooks and the observer's posts every one of them is queued. */
+START_TEST(group_counts_the_observer)
+{
+    struct fixture f;
+    fixture_init(&f);
+    fbr_intake_set_observer(f.intake, observer_posts, observer_need_one, &f);
+    struct fbr_intake_reply r;
+    const char *three[] = {"a:firing:db1", "b:firing:db2", "c:firing:db3", NULL};
+    f.q.cap = 5; /* 3 webhooks fit, 3 + 3 do not */
+    ck_assert_int_eq(post_group(&f, "Bearer " KEY, three, &r), 503);
+    json_decref(r.body);
+    ck_assert_uint_eq(f.q.n, 0);
+    assert_open(&f, 0, 1);
+    f.q.cap = 6;
+    ck_assert_int_eq(post_group(&f, "Bearer " KEY, three, &r), 200);
+    json_decref(r.body);
+    ck_assert_uint_eq(f.q.n, 6);
+    assert_open(&f, 3, 4);
+    fbr_intake_set_observer(f.intake, NULL, NULL, NULL);
+    fixture_free(&f);
+}
+END_TEST
+
 /* One incident named twice in a group: the second depends on the first, so the room check
  * counts it with every event an alert can fire (here 2 webhooks), and the result is still
  * right: resolved then fired again opens incident #2. */
@@ -566,6 +609,7 @@ int main(void)
     tcase_add_loop_test(tc, rfc3339, 0, FBR_ARRAY_LEN(times));
     tcase_add_test(tc, group_to_incidents);
     tcase_add_test(tc, group_all_or_nothing);
+    tcase_add_test(tc, group_counts_the_observer);
     tcase_add_test(tc, group_same_incident_twice);
     tcase_add_loop_test(tc, authorization, 0, FBR_ARRAY_LEN(auth));
     suite_add_tcase(s, tc);

@@ -167,12 +167,16 @@ void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_in
 /*
  * Something else that follows the timeline (the HipChat add-on's room notifications): called
  * after every accepted alert or timeline event, once its webhooks were submitted and its
- * incident change committed, with the events it fired (borrowed for the call).  One observer;
- * NULL removes it.
+ * incident change committed, with the events it fired (borrowed for the call).  need (may be
+ * NULL) says beforehand how many deliveries fn will queue for a set, at most: the intake counts
+ * them in its all-or-nothing room check (503 before anything changes), so what the observer
+ * posts after a 200 has room.  One observer; fn NULL removes it.
  */
 struct fbr_event_set;
 typedef void (*fbr_intake_observer_fn)(void *arg, const struct fbr_event_set *set);
-void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn, void *arg);
+typedef size_t (*fbr_intake_observer_need_fn)(void *arg, const struct fbr_event_set *set);
+void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn,
+                             fbr_intake_observer_need_fn need, void *arg);
 
 /* Registers the three endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
  * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of

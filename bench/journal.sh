@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# bench/journal.sh - the write-ahead journal (issue 11), everything in one invocation on this
+# machine: (1) intake alerts/s of the real daemon under firebridge-loadgen (closed loop, 32
+# keep-alive connections, seed scenario: a new incident and one delivery per alert, delivered to
+# the loadgen's own sink) with --journal off, then --fsync off, batch and always, each as a ratio
+# to the run without the journal (rounds alternate the modes; the best round of each counts);
+# (2) the recovery time of 100,000 pending deliveries (sink down, kill -9, restart: the daemon's
+# firebridge_journal_recovery_milliseconds and the deliveries it restored); (3) the journal's disk
+# use after 1,000,000 alerts delivered.
+#
+# usage: bench/journal.sh FIREBRIDGE LOADGEN
+# Env: SECONDS_RUN (3), ROUNDS (2), PENDING (100000), DELIVERED (1000000).
+set -euo pipefail
+fb=$1 lg=$2
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d)
+fb_pid=
+trap '[ -n "$fb_pid" ] && kill -9 "$fb_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+start() { # SINK_PORT LOG FLAGS... -> fb_pid, fb_port
+  local sink=$1 log=$2
+  shift 2
+  sed -e "s#https://DOMAIN.hipchat.com/#http://127.0.0.1:$sink/#" -e "s/ROOM_ID/r0/" \
+      -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/c.json"
+  "$fb" -c "$tmp/c.json" --listen 127.0.0.1:0 --data-dir "$tmp/data" --room-rate 1000000/1 \
+    --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 --pool-size 32 \
+    --log-level warn "$@" >"$log" 2>&1 &
+  fb_pid=$!
+  fb_port=
+  for _ in $(seq 600); do
+    fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+    [ -n "$fb_port" ] && return 0
+    sleep 0.05
+  done
+  echo "journal.sh: the daemon did not start:" >&2
+  tail -5 "$log" >&2
+  exit 1
+}
+stop() {
+  kill "$fb_pid" 2>/dev/null || true
+  wait "$fb_pid" 2>/dev/null || true
+  fb_pid=
+}
+metric() { # NAME -> value from /metrics
+  curl -s "http://127.0.0.1:$fb_port/metrics" | awk -v n="$1" '$1 == n {print $2; exit}'
+}
+json() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+
+echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A best
+modes=(none off batch always)
+for r in $(seq "${ROUNDS:-2}"); do
+  for m in "${modes[@]}"; do
+    rm -rf "$tmp/data"
+    port=$(free_port)
+    if [ "$m" = none ]; then start "$port" "$tmp/fb.log" --journal off
+    else start "$port" "$tmp/fb.log" --fsync "$m"; fi
+    "$lg" --target "127.0.0.1:$fb_port" --sink-listen "127.0.0.1:$port" \
+      --duration "${SECONDS_RUN:-3}" --warmup 0.5 --connections 32 --quiet --drain 30 --json \
+      >"$tmp/lg.json" 2>/dev/null || true
+    stop
+    rate=$(json "$tmp/lg.json" intake_per_s)
+    lost=$(json "$tmp/lg.json" lost)
+    printf 'round %s  %-7s %8.0f alerts/s (lost %s)\n' "$r" "$m" "$rate" "$lost"
+    if [ -z "${best[$m]:-}" ] || awk -v a="$rate" -v b="${best[$m]}" 'BEGIN {exit !(a > b)}'; then
+      best[$m]=$rate
+    fi
+  done
+done
+echo "intake alerts/s, best of ${ROUNDS:-2} rounds, as a ratio to no journal:"
+for m in "${modes[@]}"; do
+  awk -v m="$m" -v a="${best[$m]}" -v b="${best[none]}" \
+    'BEGIN {printf "  %-14s %8.0f alerts/s  ratio %.2f\n", (m == "none" ? "no journal" : "--fsync " m), a, a / b}'
+done
+
+# (2) PENDING deliveries queued with the sink down, kill -9, restart.
+rm -rf "$tmp/data"
+dead=$(free_port) # nothing listens there: every attempt is refused and backs off
+start "$dead" "$tmp/fb.log" --fsync batch --retry-initial 600000 --retry-max-interval 600000
+"$lg" --target "127.0.0.1:$fb_port" --no-sink --no-metrics --max-alerts "${PENDING:-100000}" \
+  --duration 600 --warmup 0 --connections 32 --quiet --json >"$tmp/lg.json" 2>/dev/null || true
+answered=$(json "$tmp/lg.json" answered)
+sleep 0.5
+pending=$(metric firebridge_deliveries_pending)
+kill -9 "$fb_pid"
+wait "$fb_pid" 2>/dev/null || true
+bytes=$(du -sb "$tmp/data/journal" | cut -f1)
+start "$dead" "$tmp/fb2.log" --fsync batch --retry-initial 600000 --retry-max-interval 600000
+printf 'recovery: %s alerts answered, %s deliveries pending at kill -9 (journal %s MB);\n' \
+  "$answered" "$pending" "$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')"
+printf '  after the restart %s pending, recovered in %s ms (%s records)\n' \
+  "$(metric firebridge_deliveries_pending)" "$(metric firebridge_journal_recovery_milliseconds)" \
+  "$(metric firebridge_journal_recovered_records)"
+kill -9 "$fb_pid"
+wait "$fb_pid" 2>/dev/null || true
+fb_pid=
+
+# (3) disk use after DELIVERED alerts delivered.
+rm -rf "$tmp/data"
+port=$(free_port)
+start "$port" "$tmp/fb.log" --fsync batch
+"$lg" --target "127.0.0.1:$fb_port" --sink-listen "127.0.0.1:$port" \
+  --max-alerts "${DELIVERED:-1000000}" --duration 3600 --warmup 0 --connections 32 --quiet \
+  --drain 60 --json >"$tmp/lg.json" 2>/dev/null || true
+printf 'disk use: %s delivered (lost %s): journal %s bytes on disk in %s segment(s), %s live;' \
+  "$(json "$tmp/lg.json" delivered)" "$(json "$tmp/lg.json" lost)" \
+  "$(metric firebridge_journal_bytes)" "$(metric firebridge_journal_segments)" \
+  "$(metric firebridge_journal_live_bytes)"
+printf ' du %s bytes; %s bytes written in all, %s checkpoints\n' \
+  "$(du -sb "$tmp/data/journal" | cut -f1)" "$(metric firebridge_journal_written_bytes_total)" \
+  "$(metric firebridge_journal_checkpoints_total)"
+stop
