@@ -65,20 +65,20 @@ struct pool {
     char *host;     /* without IPv6 brackets */
     char *host_hdr; /* Host header value */
     char port[8];
-    TAILQ_HEAD(, conn) idle;
+    TAILQ_HEAD(, upstream_conn) idle;
     TAILQ_HEAD(, call) waiting;
     unsigned nconns; /* open or opening */
     int kicking;     /* pool_kick() is running: nested calls leave the work to it */
 };
 
-struct conn {
+struct upstream_conn {
     struct pool *pool;
     struct bufferevent *bev;
     enum conn_state state;
     int dead; /* abandoned while its DNS lookup runs; freed by the lookup */
     struct evutil_addrinfo *ai, *ai_next;
     struct call *call;
-    TAILQ_ENTRY(conn) link; /* in pool->idle while idle */
+    TAILQ_ENTRY(upstream_conn) link; /* in pool->idle while idle */
     unsigned nrequests;
     /* response parser */
     enum parse_state ps;
@@ -91,7 +91,7 @@ struct conn {
 struct call {
     struct fbr_client *client;
     struct pool *pool;
-    struct conn *conn;
+    struct upstream_conn *conn;
     fbr_client_cb cb;
     void *arg;
     struct fbr_client_req req;
@@ -193,7 +193,7 @@ static void arm_timer(struct call *call, unsigned ms)
 
 /* ---- connections ---- */
 
-static void conn_destroy(struct conn *conn)
+static void conn_destroy(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     if (conn->state == CS_IDLE)
@@ -214,12 +214,12 @@ static void conn_destroy(struct conn *conn)
 }
 
 static void pool_kick(struct pool *pool);
-static void conn_start_call(struct conn *conn, struct call *call);
+static void conn_start_call(struct upstream_conn *conn, struct call *call);
 
 /* Closes conn and fails its call (if any) with err. */
-static void conn_fail(struct conn *conn, enum fbr_client_err err, const char *fmt, ...)
+static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void conn_fail(struct conn *conn, enum fbr_client_err err, const char *fmt, ...)
+static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const char *fmt, ...)
 {
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
@@ -237,7 +237,7 @@ static void conn_fail(struct conn *conn, enum fbr_client_err err, const char *fm
     pool_kick(pool);
 }
 
-static void write_request(struct conn *conn)
+static void write_request(struct upstream_conn *conn)
 {
     struct call *call = conn->call;
     struct evbuffer *bev_out = bufferevent_get_output(conn->bev);
@@ -322,7 +322,7 @@ static int has_token(const char *v, const char *tok)
 }
 
 /* Returns 0, or -1 for a malformed header line. */
-static int on_header(struct conn *conn, char *line)
+static int on_header(struct upstream_conn *conn, char *line)
 {
     struct fbr_client_resp *r = &conn->call->resp;
     char *colon = strchr(line, ':');
@@ -371,7 +371,7 @@ static void reset_resp(struct fbr_client_resp *r)
     r->flood_limit = r->flood_remaining = r->flood_reset = -1;
 }
 
-static void take_body(struct conn *conn, size_t n)
+static void take_body(struct upstream_conn *conn, size_t n)
 {
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
@@ -387,7 +387,7 @@ static void take_body(struct conn *conn, size_t n)
     evbuffer_drain(in, n - k);
 }
 
-static void response_done(struct conn *conn)
+static void response_done(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
@@ -408,7 +408,7 @@ static void response_done(struct conn *conn)
 
 /* Runs the parser over the input; returns 1 when the response is complete, 0 to wait, -1 on a
  * protocol error (reason set in the call). */
-static int parse(struct conn *conn)
+static int parse(struct upstream_conn *conn)
 {
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
@@ -547,7 +547,7 @@ static int parse(struct conn *conn)
 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
-    struct conn *conn = arg;
+    struct upstream_conn *conn = arg;
     (void)bev;
     if (conn->state != CS_BUSY || !conn->call) {
         /* data on an idle connection: nothing can be waiting for it */
@@ -568,9 +568,9 @@ static void read_cb(struct bufferevent *bev, void *arg)
     }
 }
 
-static int connect_next(struct conn *conn);
+static int connect_next(struct upstream_conn *conn);
 
-static void tls_reason(struct conn *conn, char *buf, size_t len)
+static void tls_reason(struct upstream_conn *conn, char *buf, size_t len)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(conn->bev);
     long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
@@ -591,7 +591,7 @@ static void tls_reason(struct conn *conn, char *buf, size_t len)
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    struct conn *conn = arg;
+    struct upstream_conn *conn = arg;
     struct pool *pool = conn->pool;
     char reason[300];
     (void)bev;
@@ -681,7 +681,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-static struct bufferevent *make_bev(struct conn *conn)
+static struct bufferevent *make_bev(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     struct fbr_client *c = pool->client;
@@ -715,7 +715,7 @@ static struct bufferevent *make_bev(struct conn *conn)
 
 /* Tries the next resolved address; returns 0 when a connect is under way, -1 when none is left
  * (conn->last_errno says why the last one failed). */
-static int connect_next(struct conn *conn)
+static int connect_next(struct upstream_conn *conn)
 {
     while (conn->ai_next) {
         struct evutil_addrinfo *ai = conn->ai_next;
@@ -744,7 +744,7 @@ static int connect_next(struct conn *conn)
     return -1;
 }
 
-static void start_connect(struct conn *conn)
+static void start_connect(struct upstream_conn *conn)
 {
     conn->state = CS_CONNECTING;
     if (connect_next(conn) < 0)
@@ -754,7 +754,7 @@ static void start_connect(struct conn *conn)
 
 static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
 {
-    struct conn *conn = arg;
+    struct upstream_conn *conn = arg;
     if (conn->dead) {
         if (res)
             evutil_freeaddrinfo(res);
@@ -775,7 +775,7 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
 static void conn_open(struct pool *pool, struct call *call)
 {
     struct fbr_client *c = pool->client;
-    struct conn *conn = fbr_xcalloc(1, sizeof(*conn));
+    struct upstream_conn *conn = fbr_xcalloc(1, sizeof(*conn));
     conn->pool = pool;
     conn->call = call;
     call->conn = conn;
@@ -806,7 +806,7 @@ static void conn_open(struct pool *pool, struct call *call)
     evdns_getaddrinfo(c->dns, pool->host, pool->port, &hints, dns_cb, conn);
 }
 
-static void conn_start_call(struct conn *conn, struct call *call)
+static void conn_start_call(struct upstream_conn *conn, struct call *call)
 {
     conn->call = call;
     call->conn = conn;
@@ -825,7 +825,7 @@ static void pool_kick(struct pool *pool)
     pool->kicking = 1;
     while (!TAILQ_EMPTY(&pool->waiting)) {
         struct call *call = TAILQ_FIRST(&pool->waiting);
-        struct conn *conn = TAILQ_FIRST(&pool->idle);
+        struct upstream_conn *conn = TAILQ_FIRST(&pool->idle);
         if (conn) {
             TAILQ_REMOVE(&pool->idle, conn, link);
         } else if (pool->nconns >= pool->client->opts.pool_size) {
@@ -860,7 +860,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         call_complete(call);
         return;
     }
-    struct conn *conn = call->conn;
+    struct upstream_conn *conn = call->conn;
     if (!conn)
         return;
     struct pool *pool = conn->pool;
@@ -1042,7 +1042,7 @@ static void free_pool(const char *key, void *value, void *arg)
 {
     struct pool *pool = value;
     (void)key, (void)arg;
-    struct conn *conn;
+    struct upstream_conn *conn;
     while ((conn = TAILQ_FIRST(&pool->idle)))
         conn_destroy(conn);
     free(pool->host);
@@ -1061,7 +1061,7 @@ void fbr_client_free(struct fbr_client **cp)
         if (call->waiting)
             TAILQ_REMOVE(&call->pool->waiting, call, link);
         if (call->conn) {
-            struct conn *conn = call->conn;
+            struct upstream_conn *conn = call->conn;
             conn->call = NULL;
             if (conn->state == CS_RESOLVING) {
                 conn->dead = 1; /* freed by the lookup's callback below */

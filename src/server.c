@@ -51,6 +51,13 @@ enum scan_phase {
     SCAN_UNBOUNDED, /* chunked body: libevhtp delimits it; screening resumes after the request */
 };
 
+/* How far the screener has seen the current request of a connection. */
+enum req_progress {
+    REQ_NONE, /* between requests: nothing of the next one seen (stray CRLFs skipped) */
+    REQ_HEAD, /* its request line or headers are arriving */
+    REQ_BODY, /* its head is complete, its body is still arriving */
+};
+
 struct listener {
     evhtp_t *htp;
     int port;
@@ -72,7 +79,7 @@ struct conn {
     int first_request;           /* no request answered yet: the deadline runs from accept */
     /* screener state */
     enum scan_phase phase;
-    int in_request;
+    enum req_progress in_request;
     size_t line_len, head_bytes;
     unsigned nlines;
     char line[64];               /* the start of the current header line */
@@ -477,7 +484,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     struct conn *fc = arg;
     if (!fc->c || fc->closing)
         return;
-    if (!fc->in_request)
+    if (fc->in_request == REQ_NONE)
         conn_reject(fc, 408, "no_request", "no request received within the read timeout");
     else
         conn_reject(fc, 408, "read_timeout", "request not received within the read timeout");
@@ -498,7 +505,7 @@ static void arm_deadline(struct conn *fc)
  * first byte. */
 static void request_begins(struct conn *fc)
 {
-    fc->in_request = 1;
+    fc->in_request = REQ_HEAD;
     if (fc->first_request)
         return;
     arm_deadline(fc);
@@ -600,7 +607,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
     const struct fbr_server_opts *o = &fc->srv->opts;
     size_t i = from;
     /* where the header section still open at the end began: 0 = at the front of the input */
-    size_t head_at = fc->in_request == 1 ? 0 : SIZE_MAX;
+    size_t head_at = fc->in_request == REQ_HEAD ? 0 : SIZE_MAX;
     while (i < len) {
         if (fc->phase == SCAN_UNBOUNDED)
             return 0;
@@ -612,12 +619,12 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             i += take;
             if (fc->content_length == 0) {
                 fc->phase = SCAN_HEAD;
-                fc->in_request = 0;
+                fc->in_request = REQ_NONE;
             }
             continue;
         }
         unsigned char ch = buf[i++];
-        if (!fc->in_request) {
+        if (fc->in_request == REQ_NONE) {
             if (ch == '\r' || ch == '\n')
                 continue; /* stray CRLF between requests */
             request_begins(fc);
@@ -649,8 +656,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                     fc->phase = SCAN_UNBOUNDED;
                 else if (fc->content_length)
                     fc->phase = SCAN_BODY;
-                /* 2: head done, body pending; 0: the request is all in */
-                fc->in_request = fc->phase != SCAN_HEAD ? 2 : 0;
+                fc->in_request = fc->phase != SCAN_HEAD ? REQ_BODY : REQ_NONE;
             }
             continue;
         }
@@ -680,7 +686,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             return -1;
         }
     }
-    return fc->phase == SCAN_HEAD && fc->in_request == 1 && head_at == 0 ? 1 : 0;
+    return fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD && head_at == 0 ? 1 : 0;
 }
 
 /* libevhtp's callbacks take the connection; ours take fc and forward, guarding fc's lifetime. */
@@ -745,7 +751,7 @@ static void wrapped_writecb(struct bufferevent *bev, void *arg)
      * hung.  Feed it now that libevhtp waits for a new request, unless all that is left is the
      * beginning of a header section (the parser must get those whole). */
     if (fc->screened && fc->c && !fc->closing && !fc->c->request &&
-        (fc->in_request != 1 || evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0 ||
+        (fc->in_request != REQ_HEAD || evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0 ||
          evbuffer_search(in, "\n\n", 2, NULL).pos >= 0))
         wrapped_readcb(bev, fc);
 }
@@ -907,13 +913,13 @@ static void on_request(evhtp_request_t *r, void *arg)
     }
     if (fc->phase == SCAN_UNBOUNDED) {
         fc->phase = SCAN_HEAD;
-        fc->in_request = 0;
+        fc->in_request = REQ_NONE;
     }
-    if (fc->in_request != 1 && fc->deadline) /* 1: a pipelined request has begun: keep it */
+    if (fc->in_request != REQ_HEAD && fc->deadline) /* a pipelined request has begun: keep it */
         event_del(fc->deadline);
     if (fc->first_request) {
         fc->first_request = 0;
-        if (fc->in_request == 1) /* pipelined: its own deadline, from now */
+        if (fc->in_request == REQ_HEAD) /* pipelined: its own deadline, from now */
             arm_deadline(fc);
     }
 
@@ -1255,7 +1261,7 @@ void fbr_server_drain(struct fbr_server *srv)
     struct conn *next;
     for (struct conn *fc = srv->conns; fc; fc = next) {
         next = fc->next;
-        if (!fc->in_request && !fc->closing && fc->c && !fc->c->request)
+        if (fc->in_request == REQ_NONE && !fc->closing && fc->c && !fc->c->request)
             evhtp_connection_free(fc->c);
     }
     fbr_log_info("draining: %zu connection(s) still open", srv->nconns);

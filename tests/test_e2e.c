@@ -142,7 +142,7 @@ static void fb_start(struct proc *f, const char *name, const char *cfg, const ch
 
 /* ---- HTTP over loopback (plain) ---- */
 
-struct conn {
+struct e2e_conn {
     int fd;
     int port;
 };
@@ -199,7 +199,7 @@ static int read_resp(int fd, struct resp *r)
 }
 
 /* One request on a keep-alive connection (reconnects once when the old one was closed). */
-static int conn_request(struct conn *c, const char *method, const char *path, const char *body,
+static int conn_request(struct e2e_conn *c, const char *method, const char *path, const char *body,
                         struct resp *r)
 {
     size_t bl = body ? strlen(body) : 0;
@@ -225,7 +225,7 @@ static int conn_request(struct conn *c, const char *method, const char *path, co
     return -1;
 }
 
-static void conn_close(struct conn *c)
+static void conn_close(struct e2e_conn *c)
 {
     if (c->fd >= 0)
         close(c->fd);
@@ -236,7 +236,7 @@ static void conn_close(struct conn *c)
 static int request(int port, const char *method, const char *path, const char *body,
                    struct resp *r)
 {
-    struct conn c = {-1, port};
+    struct e2e_conn c = {-1, port};
     int st = conn_request(&c, method, path, body, r);
     conn_close(&c);
     return st;
@@ -264,7 +264,7 @@ static void post_fault(int port, const char *json)
 }
 
 /* Posts an alert over c; room/token NULL: the alert carries no room fields (the rule decides). */
-static int post_alert(struct conn *c, const char *routing_key, const char *type,
+static int post_alert(struct e2e_conn *c, const char *routing_key, const char *type,
                       const char *entity, const char *display, const char *room,
                       const char *token, struct resp *r)
 {
@@ -284,7 +284,7 @@ static int post_alert(struct conn *c, const char *routing_key, const char *type,
 }
 
 /* Posts one alert that must be accepted. */
-static void alert_ok(struct conn *c, const char *rk, const char *entity, const char *display,
+static void alert_ok(struct e2e_conn *c, const char *rk, const char *entity, const char *display,
                      const char *room, const char *token)
 {
     struct resp r;
@@ -358,7 +358,7 @@ START_TEST(multi_room_over_tls)
     const char *fflags[] = {"--ca-file", ca, NULL};
     fb_start(&f, "fb", cfg, fflags);
 
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     alert_ok(&c, "webapp", "web-1", "web frontend slow", NULL, NULL); /* no rule matches */
     alert_ok(&c, "devops", "db-1", "db1: disk full", NULL, NULL);
     conn_close(&c);
@@ -402,7 +402,7 @@ START_TEST(rate_limited_429_waits_for_reset)
     hc_start(&h, "hc", hflags);
     post_fault(h.port, "{\"room\":\"r429\",\"status\":429,\"reset_in\":2}");
     fb_start(&f, "fb", plain_config(&h), NULL);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     alert_ok(&c, "r", "e-429", "after the 429", "r429", "tok");
     conn_close(&c);
     /* the moment the 429 was certainly answered: when /stats first shows it */
@@ -439,7 +439,7 @@ START_TEST(room_rate_window_and_order)
     hc_start(&h, "hc", hflags);
     const char *fflags[] = {"--room-rate", "5/2", NULL};
     fb_start(&f, "fb", plain_config(&h), fflags);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     for (int i = 0; i < 20; i++) {
         char eid[32], msg[32];
         snprintf(eid, sizeof(eid), "rate-%d", i);
@@ -479,7 +479,7 @@ START_TEST(retries_5xx_then_delivers)
     post_fault(h.port, "{\"room\":\"flaky\",\"status\":500,\"count\":2}");
     const char *fflags[] = {"--retry-initial", "50", "--retry-max-interval", "200", NULL};
     fb_start(&f, "fb", plain_config(&h), fflags);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     alert_ok(&c, "r", "e-500", "third time lucky", "flaky", "tok");
     conn_close(&c);
     json_t *msgs = wait_messages(h.port, "flaky", 1, 5000);
@@ -505,7 +505,7 @@ START_TEST(dead_letter_then_replay)
     hc_start(&h, "hc", hflags);
     post_fault(h.port, "{\"room\":\"dead\",\"status\":400}");
     fb_start(&f, "fb", plain_config(&h), NULL);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     alert_ok(&c, "r", "e-400", "rejected once", "dead", "secret-token-e");
     conn_close(&c);
     char dl[128];
@@ -560,7 +560,7 @@ START_TEST(stalled_room_does_not_block_another)
     hc_start(&h, "hc", hflags);
     post_fault(h.port, "{\"room\":\"stuck\",\"stall_ms\":3000}");
     fb_start(&f, "fb", plain_config(&h), NULL);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     alert_ok(&c, "r", "e-stuck", "stalled", "stuck", "tok");
     dutil_msleep(100); /* the stuck room's request is on the wire first */
     long long t0 = wall_ms();
@@ -597,7 +597,7 @@ START_TEST(wrong_hostname_certificate)
     const char *fflags[] = {"--ca-file", ca, "--retry-initial", "200", "--retry-max-interval",
                             "400", "--retry-max-age", "1", NULL};
     fb_start(&f, "fb", cfg, fflags);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     alert_ok(&c, "devops", "e-g", "never shown", NULL, NULL);
     conn_close(&c);
     char dl[128];
@@ -630,7 +630,7 @@ START_TEST(pool_bounds_connections)
     int st = request(h.port, "DELETE", "/stats", NULL, &r);
     ck_assert_msg(st >= 200 && st < 300, "DELETE /stats: %d", st);
     resp_free(&r);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     for (int i = 0; i < 1000; i++) {
         char eid[32], room[16], msg[32];
         snprintf(eid, sizeof(eid), "pool-%d", i);
@@ -671,7 +671,7 @@ START_TEST(close_after_every_response_loses_nothing)
                             "--retry-initial", "20", "--retry-max-interval", "100", NULL};
     fb_start(&f, "fb", plain_config(&h), fflags);
     enum { N = 200, ROOMS = 5 };
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     for (int i = 0; i < N; i++) {
         char eid[32], room[16], msg[32];
         snprintf(eid, sizeof(eid), "close-%d", i);
@@ -725,7 +725,7 @@ START_TEST(max_pending_backpressure)
     struct proc f;
     const char *fflags[] = {"--max-pending", "50", "--retry-initial", "1000", NULL};
     fb_start(&f, "fb", plain_config(&down), fflags);
-    struct conn c = {-1, f.port};
+    struct e2e_conn c = {-1, f.port};
     int accepted = 0, refused = 0;
     long rss0 = 0;
     for (int i = 0; i < 5000; i++) {
