@@ -672,6 +672,53 @@ START_TEST(far_future_reset_never_expires_early)
 }
 END_TEST
 
+/* ---- defect 11: 415 for a body that is declared as something other than JSON ------------ */
+
+/* POSTs body to path with Content-Type ct (NULL: none) and auth (NULL: none); returns status. */
+static int post_typed(int port, const char *path, const char *ct, const char *auth,
+                      const char *body, char *buf, size_t cap)
+{
+    char req[2048];
+    snprintf(req, sizeof(req),
+             "POST %s HTTP/1.1\r\nHost: t\r\n%s%s%s%s%s%sContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n%s",
+             path, ct ? "Content-Type: " : "", ct ? ct : "", ct ? "\r\n" : "",
+             auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "", strlen(body),
+             body);
+    return dutil_http(port, req, buf, cap);
+}
+
+START_TEST(non_json_content_type_is_415)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char buf[8192];
+    const char *wrong = "/integrations/generic/20131114/alert/nope/rk";
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "text/plain", NULL, alert_body, buf,
+                                sizeof(buf)), 415);
+    ck_assert_msg(strstr(buf, "{\"result\":\"failure\"") && strstr(buf, "Content-Type"), "%s",
+                  buf);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/x-www-form-urlencoded", NULL,
+                                "a=b", buf, sizeof(buf)), 415);
+    ck_assert_int_eq(post_typed(d.port, wrong, "text/plain", NULL, alert_body, buf, sizeof(buf)),
+                     404);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, NULL, NULL, alert_body, buf, sizeof(buf)),
+                     200);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/json; charset=utf-8", NULL,
+                                alert_body, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/json", NULL, "not json", buf,
+                                sizeof(buf)), 400);
+    ck_assert_int_eq(post_typed(d.port, "/v1/events", "text/plain", "Bearer " KEY, event_body,
+                                buf, sizeof(buf)), 415);
+    ck_assert_int_eq(post_typed(d.port, "/v1/events", "text/plain", "Bearer nope", event_body,
+                                buf, sizeof(buf)), 401);
+    ck_assert_int_eq(post_typed(d.port, "/v1/events", "application/json", "Bearer " KEY,
+                                event_body, buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -701,6 +748,10 @@ int main(void)
     tc = tcase_create("ratelimit");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, far_future_reset_never_expires_early);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("content_type");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, non_json_content_type_is_415);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
