@@ -9,7 +9,9 @@
 # use after 1,000,000 alerts delivered.
 #
 # usage: bench/journal.sh FIREBRIDGE LOADGEN
-# Env: SECONDS_RUN (3), ROUNDS (2), PENDING (100000), DELIVERED (1000000).
+# Env: SECONDS_RUN (3), ROUNDS (2), PENDING (100000) posted within PENDING_SECONDS (40),
+# DELIVERED (1000000) within DELIVERED_SECONDS (240): the loadgen sends until the count or the
+# time is reached, whichever comes first; the figures say how many it was.
 set -euo pipefail
 fb=$1 lg=$2
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ start() { # SINK_PORT LOG FLAGS... -> fb_pid, fb_port
       -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/c.json"
   "$fb" -c "$tmp/c.json" --listen 127.0.0.1:0 --data-dir "$tmp/data" --room-rate 1000000/1 \
     --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 --pool-size 32 \
-    --log-level warn "$@" >"$log" 2>&1 &
+    "$@" >"$log" 2>&1 &
   fb_pid=$!
   fb_port=
   for _ in $(seq 600); do
@@ -80,7 +82,8 @@ rm -rf "$tmp/data"
 dead=$(free_port) # nothing listens there: every attempt is refused and backs off
 start "$dead" "$tmp/fb.log" --fsync batch --retry-initial 600000 --retry-max-interval 600000
 "$lg" --target "127.0.0.1:$fb_port" --no-sink --no-metrics --max-alerts "${PENDING:-100000}" \
-  --duration 600 --warmup 0 --connections 32 --quiet --json >"$tmp/lg.json" 2>/dev/null || true
+  --duration "${PENDING_SECONDS:-40}" --warmup 0 --connections 32 --quiet --json \
+  >"$tmp/lg.json" 2>/dev/null || true
 answered=$(json "$tmp/lg.json" answered)
 sleep 0.5
 pending=$(metric firebridge_deliveries_pending)
@@ -102,7 +105,8 @@ rm -rf "$tmp/data"
 port=$(free_port)
 start "$port" "$tmp/fb.log" --fsync batch
 "$lg" --target "127.0.0.1:$fb_port" --sink-listen "127.0.0.1:$port" \
-  --max-alerts "${DELIVERED:-1000000}" --duration 3600 --warmup 0 --connections 32 --quiet \
+  --max-alerts "${DELIVERED:-1000000}" --duration "${DELIVERED_SECONDS:-240}" --warmup 0 \
+  --connections 32 --quiet \
   --drain 60 --json >"$tmp/lg.json" 2>/dev/null || true
 printf 'disk use: %s delivered (lost %s): journal %s bytes on disk in %s segment(s), %s live;' \
   "$(json "$tmp/lg.json" delivered)" "$(json "$tmp/lg.json" lost)" \

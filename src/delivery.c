@@ -41,7 +41,10 @@
 #include "firebridge/url.h"
 
 #define ID_LEN 32
-#define MAX_HOLD_MS (3600u * 1000u) /* ignore server reset times further away than this */
+/* Server reset times (X-Ratelimit-Reset, X-FloodControl-Reset, Retry-After) further away than
+ * this are taken as this: HipChat's windows are 60 s and 300 s, so a later reset is a broken or
+ * hostile server, and believing it would stall a room (README, choices). */
+#define MAX_HOLD_MS (300u * 1000u)
 #define JITTER_429_MS 250
 
 struct dest;
@@ -417,11 +420,15 @@ static void try_send(struct delivery *dl, uint64_t now)
             t = t2;
     }
     if (t > now) {
-        if (t > expiry_mono(dl)) {
+        /* Dead only once the delivery itself is --retry-max-age old: until then it waits, at
+         * most until that age, however far away the limit says the next send is. */
+        if (now >= expiry_mono(dl)) {
             transition(dl, FBR_DS_DEAD, 0, "expired waiting for a rate limit (retry_max_age)");
             d->engine->m.dead_expired++;
             return;
         }
+        if (t > expiry_mono(dl))
+            t = expiry_mono(dl);
         if (dl->state != FBR_DS_WAITING_RATE)
             transition(dl, FBR_DS_WAITING_RATE, t, "rate limit");
         else
@@ -572,10 +579,12 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
         if (dl->token && r->ratelimit_remaining == 0)
             fbr_ratelimit_hold(&dl->token->rl, at);
         e->m.retries[FBR_RETRY_HTTP_429]++;
-        if (at > expiry_mono(dl)) {
+        if (now >= expiry_mono(dl)) {
             e->m.dead_expired++;
             transition(dl, FBR_DS_DEAD, 0, "expired (retry_max_age) waiting out a 429");
         } else {
+            if (at > expiry_mono(dl))
+                at = expiry_mono(dl);
             snprintf(reason, sizeof(reason), "http 429, retrying in %" PRIu64 " ms", at - now);
             transition(dl, FBR_DS_WAITING_RATE, at, reason);
         }

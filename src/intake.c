@@ -657,11 +657,28 @@ void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_in
 
 /* ---- HTTP glue ---------------------------------------------------------------------------- */
 
-static json_t *parse_body(struct fbr_http_req *req)
+/* The body as JSON (new reference), or NULL when it is not JSON or its Content-Type, when
+ * given, is not a JSON type (then *bad_type is 1). */
+static json_t *parse_body(struct fbr_http_req *req, int *bad_type)
 {
-    if (!req->body.ptr)
+    const char *ct = fbr_http_header(req, "Content-Type");
+    *bad_type = ct && !fbr_http_is_json_type(ct);
+    if (!req->body.ptr || *bad_type)
         return NULL;
     return json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, NULL);
+}
+
+/* The endpoint refused the request for having no JSON body (after its key check, so a wrong
+ * key stays 404) and the Content-Type was not JSON: that is 415, not 400. */
+static void unsupported_type(struct fbr_intake_reply *r, int bad_type)
+{
+    json_t *m = json_object_get(r->body, "message");
+    if (!bad_type || r->status != 400 || !json_is_string(m) ||
+        strcmp(json_string_value(m), "Invalid JSON body") != 0)
+        return;
+    r->status = 415;
+    json_object_set_new(r->body, "message",
+                        json_string("Unsupported Content-Type: the body must be application/json"));
 }
 
 /* While the server drains, a request that still arrives (one in progress on a connection when
@@ -746,9 +763,11 @@ static void on_alert(struct fbr_http_req *req, void *arg)
     if (refuse_draining(arg, req) || refuse_journal(arg, req))
         return;
     struct fbr_intake_reply r;
-    json_t *body = parse_body(req);
+    int bad_type;
+    json_t *body = parse_body(req, &bad_type);
     fbr_intake_alert(arg, req->path, body, &r);
     json_decref(body);
+    unsupported_type(&r, bad_type);
     send_reply(arg, req, &r);
 }
 
@@ -757,9 +776,11 @@ static void on_alertmanager(struct fbr_http_req *req, void *arg)
     if (refuse_draining(arg, req) || refuse_journal(arg, req))
         return;
     struct fbr_intake_reply r;
-    json_t *body = parse_body(req);
+    int bad_type;
+    json_t *body = parse_body(req, &bad_type);
     fbr_intake_alertmanager(arg, req->path, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
+    unsupported_type(&r, bad_type);
     send_reply(arg, req, &r);
 }
 
@@ -768,9 +789,11 @@ static void on_event(struct fbr_http_req *req, void *arg)
     if (refuse_draining(arg, req) || refuse_journal(arg, req))
         return;
     struct fbr_intake_reply r;
-    json_t *body = parse_body(req);
+    int bad_type;
+    json_t *body = parse_body(req, &bad_type);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
+    unsupported_type(&r, bad_type);
     send_reply(arg, req, &r);
 }
 

@@ -889,7 +889,7 @@ static int route_matches(const struct fbr_route *rt, struct fbr_slice path)
     return path.len == n && memcmp(path.ptr, rt->path, n) == 0;
 }
 
-static int is_json_type(const char *ct)
+int fbr_http_is_json_type(const char *ct)
 {
     if (!ct)
         return 0;
@@ -979,7 +979,7 @@ static void on_request(evhtp_request_t *r, void *arg)
     req.body.len = blen;
     json_t *json = NULL;
     if (rt->json_body) {
-        if (!is_json_type(evhtp_kv_find(r->headers_in, "Content-Type"))) {
+        if (!fbr_http_is_json_type(evhtp_kv_find(r->headers_in, "Content-Type"))) {
             fbr_http_reply_error(&req, 415, "Content-Type must be application/json");
             return;
         }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -582,6 +583,142 @@ START_TEST(silent_connections_get_the_read_deadline)
 }
 END_TEST
 
+/* ---- defect 6: a far-future rate-limit reset ------------------------------------------- */
+
+/*
+ * A chat server that answers every request 200 with X-Ratelimit-Remaining: 0 and a reset in the
+ * year 5138, as a broken or hostile one might.  Runs in a child process; returns its pid and
+ * puts its port in *port.
+ */
+static pid_t far_reset_server(int *port)
+{
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(ls, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(ls, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(ls, 16), 0);
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(getsockname(ls, (struct sockaddr *)&sa, &sl), 0);
+    *port = ntohs(sa.sin_port);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid > 0) {
+        close(ls);
+        return pid;
+    }
+    static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n"
+                                "X-Ratelimit-Limit: 100\r\nX-Ratelimit-Remaining: 0\r\n"
+                                "X-Ratelimit-Reset: 99999999999\r\n\r\n";
+    for (;;) {
+        int c = accept(ls, NULL, NULL);
+        if (c < 0)
+            continue;
+        char buf[8192];
+        size_t len = 0;
+        ssize_t n;
+        while (len + 1 < sizeof(buf) && (n = recv(c, buf + len, sizeof(buf) - 1 - len, 0)) > 0) {
+            len += (size_t)n;
+            buf[len] = '\0';
+            char *end = strstr(buf, "\r\n\r\n");
+            char *cl = strcasestr(buf, "content-length:");
+            if (end && len >= (size_t)(end + 4 - buf) + (cl ? (size_t)atol(cl + 15) : 0))
+                break;
+        }
+        (void)!send(c, reply, sizeof(reply) - 1, MSG_NOSIGNAL);
+        close(c);
+    }
+}
+
+START_TEST(far_future_reset_never_expires_early)
+{
+    int sport;
+    pid_t server = far_reset_server(&sport);
+    char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX", text[1024];
+    int fd = mkstemp(cfg);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    snprintf(text, sizeof(text),
+             "{\"webhooks\":[{\"name\":\"room\",\"event\":\"Any-Alert\","
+             "\"url\":\"http://127.0.0.1:%d/v2/room/1/notification?auth_token=tok\","
+             "\"payload\":{\"message\":\"${{ALERT.entity_id}}\"}}]}",
+             sport);
+    dutil_write_file(cfg, text);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--config", cfg, "--retry-max-age", "3",
+                                 "--drain-timeout", "1", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char req[2048], buf[65536];
+    post_req(req, sizeof(req), ALERT_PATH, NULL, alert_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 200);
+    const char *delivered = "firebridge_deliveries_total{outcome=\"delivered\"}";
+    for (int i = 0; i < 100 && dutil_metric(d.port, delivered) < 1; i++)
+        dutil_msleep(20);
+    ck_assert_int_eq(dutil_metric(d.port, delivered), 1);
+    /* the 200 said: nothing more on this token until the year 5138 */
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 200);
+    dutil_msleep(1000);
+    const char *expired = "firebridge_deliveries_total{outcome=\"dead_expired\"}";
+    ck_assert_int_eq(dutil_metric(d.port, expired), 0);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_deliveries_pending"), 1);
+    /* at its own --retry-max-age (3 s) it expires, with a truthful reason */
+    for (int i = 0; i < 300 && dutil_metric(d.port, expired) < 1; i++)
+        dutil_msleep(20);
+    ck_assert_int_eq(dutil_metric(d.port, expired), 1);
+    kill(server, SIGKILL);
+    waitpid(server, NULL, 0);
+    dutil_daemon_stop(&d);
+    unlink(cfg);
+}
+END_TEST
+
+/* ---- defect 11: 415 for a body that is declared as something other than JSON ------------ */
+
+/* POSTs body to path with Content-Type ct (NULL: none) and auth (NULL: none); returns status. */
+static int post_typed(int port, const char *path, const char *ct, const char *auth,
+                      const char *body, char *buf, size_t cap)
+{
+    char req[2048];
+    snprintf(req, sizeof(req),
+             "POST %s HTTP/1.1\r\nHost: t\r\n%s%s%s%s%s%sContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n%s",
+             path, ct ? "Content-Type: " : "", ct ? ct : "", ct ? "\r\n" : "",
+             auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "", strlen(body),
+             body);
+    return dutil_http(port, req, buf, cap);
+}
+
+START_TEST(non_json_content_type_is_415)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char buf[8192];
+    const char *wrong = "/integrations/generic/20131114/alert/nope/rk";
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "text/plain", NULL, alert_body, buf,
+                                sizeof(buf)), 415);
+    ck_assert_msg(strstr(buf, "{\"result\":\"failure\"") && strstr(buf, "Content-Type"), "%s",
+                  buf);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/x-www-form-urlencoded", NULL,
+                                "a=b", buf, sizeof(buf)), 415);
+    ck_assert_int_eq(post_typed(d.port, wrong, "text/plain", NULL, alert_body, buf, sizeof(buf)),
+                     404);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, NULL, NULL, alert_body, buf, sizeof(buf)),
+                     200);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/json; charset=utf-8", NULL,
+                                alert_body, buf, sizeof(buf)), 200);
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/json", NULL, "not json", buf,
+                                sizeof(buf)), 400);
+    ck_assert_int_eq(post_typed(d.port, "/v1/events", "text/plain", "Bearer " KEY, event_body,
+                                buf, sizeof(buf)), 415);
+    ck_assert_int_eq(post_typed(d.port, "/v1/events", "text/plain", "Bearer nope", event_body,
+                                buf, sizeof(buf)), 401);
+    ck_assert_int_eq(post_typed(d.port, "/v1/events", "application/json", "Bearer " KEY,
+                                event_body, buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -607,6 +744,14 @@ int main(void)
     tc = tcase_create("silent");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, silent_connections_get_the_read_deadline);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("ratelimit");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, far_future_reset_never_expires_early);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("content_type");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, non_json_content_type_is_415);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

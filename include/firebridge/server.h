@@ -49,6 +49,9 @@ struct fbr_route {
 
 /* Returns a header value of the request (borrowed) or NULL. */
 const char *fbr_http_header(struct fbr_http_req *req, const char *name);
+/* 1 when content_type (a Content-Type value, or NULL) is application/json or *+json, parameters
+ * allowed; 0 otherwise. */
+int fbr_http_is_json_type(const char *content_type);
 
 /* Replies with status and a JSON body (steals a reference to body; NULL sends no body). */
 void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body);
