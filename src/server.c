@@ -901,6 +901,18 @@ int fbr_http_is_json_type(const char *ct)
     return n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0;
 }
 
+/* Where the secret path segment (an API key) of a route's path starts in path, whatever the
+ * method: 0 when path matches no route that has one. */
+static size_t secret_segment_at(const struct fbr_server *srv, struct fbr_slice path)
+{
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        const struct fbr_route *rt = &srv->routes[i];
+        if (rt->prefix && rt->secret_segment && route_matches(rt, path))
+            return strlen(rt->path);
+    }
+    return 0;
+}
+
 static void on_request(evhtp_request_t *r, void *arg)
 {
     struct fbr_server *srv = arg;
@@ -933,6 +945,8 @@ static void on_request(evhtp_request_t *r, void *arg)
     req.path = fbr_slice_from(path);
     if (r->uri && r->uri->query_raw)
         req.query = fbr_slice_from((const char *)r->uri->query_raw);
+    /* before any answer (505, 413, 405 included): the log line of every reply masks it */
+    fc->secret_at = secret_segment_at(srv, req.path);
 
     if (major != 1) {
         fc->endpoint = "none";
@@ -973,7 +987,6 @@ static void on_request(evhtp_request_t *r, void *arg)
         return;
     }
     fc->endpoint = rt->metric ? rt->metric : rt->path;
-    fc->secret_at = rt->prefix && rt->secret_segment ? strlen(rt->path) : 0;
     size_t blen = evbuffer_get_length(r->buffer_in);
     req.body.ptr = blen ? (const char *)evbuffer_pullup(r->buffer_in, -1) : "";
     req.body.len = blen;

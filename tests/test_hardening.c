@@ -719,6 +719,38 @@ START_TEST(non_json_content_type_is_415)
 }
 END_TEST
 
+/* ---- defect 8: the API key in debug lines of 405 and 413 answers --------------------- */
+
+START_TEST(api_key_masked_in_every_request_line)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--log-level", "debug", "--max-body", "1024",
+                                 NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char buf[8192], big[2048], req[4096];
+    ck_assert_int_eq(dutil_get(d.port, ALERT_PATH, buf, sizeof(buf)), 405);
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    post_req(req, sizeof(req), ALERT_PATH, NULL, big);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 413);
+    post_req(req, sizeof(req), ALERT_PATH, NULL, alert_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 200);
+    post_req(req, sizeof(req), ALERT_PATH, NULL, "not json");
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 400);
+    dutil_msleep(200);
+    char *log = dutil_slurp(d.log, NULL);
+    ck_assert_msg(!strstr(log, KEY), "the key is in the log: %s", log);
+    for (int i = 0; i < 3; i++) {
+        static const char *const want[] = {"405 /integrations/generic/20131114/alert/***/rk",
+                                           "413 /integrations/generic/20131114/alert/***/rk",
+                                           "400 /integrations/generic/20131114/alert/***/rk"};
+        ck_assert_msg(strstr(log, want[i]), "no \"%s\" line: %s", want[i], log);
+    }
+    free(log);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -752,6 +784,10 @@ int main(void)
     tc = tcase_create("content_type");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, non_json_content_type_is_415);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("masking");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, api_key_masked_in_every_request_line);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
