@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../tests/http_testsrv.h"
+#include "http_testsrv.h"
 #include "firebridge/delivery.h"
 #include "firebridge/server.h"
 
