@@ -358,6 +358,7 @@ struct recent {
     int64_t room_id;
     char item[12];
     char id[40];
+    char outcome[96]; /* the delivery's last state, from the engine's transitions */
 };
 
 struct fbr_addon {
@@ -734,6 +735,27 @@ static void remember(struct fbr_addon *a, const struct fbr_install *in, enum fbr
     r->room_id = in->room_id;
     snprintf(r->item, sizeof(r->item), "%s", item_names[item]);
     snprintf(r->id, sizeof(r->id), "%s", id);
+    snprintf(r->outcome, sizeof(r->outcome), "queued");
+}
+
+/* The engine's transitions: the outcome of each remembered notification, for the page. */
+static void on_delivery(const struct fbr_delivery_info *d, enum fbr_delivery_state from,
+                        enum fbr_delivery_state to, void *arg)
+{
+    (void)from;
+    struct fbr_addon *a = arg;
+    for (size_t i = 0; i < a->nrecent; i++) {
+        struct recent *r = &a->recent[i];
+        if (strcmp(r->id, d->id) != 0)
+            continue;
+        if (to == FBR_DS_DELIVERED || to == FBR_DS_DEAD || to == FBR_DS_BACKING_OFF)
+            snprintf(r->outcome, sizeof(r->outcome), "%s after %u attempt(s)%s%.60s",
+                     fbr_delivery_state_name(to), d->attempts,
+                     d->reason && *d->reason ? ": " : "", d->reason ? d->reason : "");
+        else
+            snprintf(r->outcome, sizeof(r->outcome), "%s", fbr_delivery_state_name(to));
+        return;
+    }
 }
 
 static void notify_room(struct fbr_addon *a, struct fbr_install *in, enum fbr_addon_item item,
@@ -1461,7 +1483,7 @@ static void on_configure(struct fbr_addon *a, struct fbr_http_req *req, struct f
     free(l.b.p);
     sb_str(&b, "</p><h2>Recent notifications to this room</h2><table><thead><tr><th scope=\"col\">"
                "Queued (UTC ms)</th><th scope=\"col\">Item</th><th scope=\"col\">Delivery id</th>"
-               "</tr></thead><tbody>");
+               "<th scope=\"col\">Outcome</th></tr></thead><tbody>");
     for (size_t i = a->nrecent; i-- > 0;) {
         const struct recent *r = &a->recent[i];
         if (r->room_id != in->room_id)
@@ -1470,6 +1492,8 @@ static void on_configure(struct fbr_addon *a, struct fbr_http_req *req, struct f
         sb_html(&b, r->item, 16);
         sb_str(&b, "</td><td>");
         sb_html(&b, r->id, 40);
+        sb_str(&b, "</td><td>");
+        sb_html(&b, r->outcome, 600);
         sb_str(&b, "</td></tr>");
     }
     sb_str(&b, "</tbody></table></main></body></html>\n");
@@ -1565,6 +1589,8 @@ int fbr_addon_new(const struct fbr_addon_opts *opts, struct fbr_addon_config *cf
                           .arg = a};
     fbr_server_add_route(opts->srv, &r);
     fbr_intake_set_observer(opts->intake, on_timeline, on_timeline_need, a);
+    if (opts->engine)
+        fbr_delivery_watch(opts->engine, on_delivery, a);
     *out = a;
     return FBR_OK;
 }
@@ -1584,6 +1610,8 @@ void fbr_addon_free(struct fbr_addon **ap)
     if (!a)
         return;
     fbr_intake_set_observer(a->o.intake, NULL, NULL, NULL);
+    if (a->o.engine)
+        fbr_delivery_watch(a->o.engine, NULL, a);
     fbr_metrics_remove_collector(a->o.metrics, addon_metrics, a);
     fbr_addon_store_free(&a->store);
     fbr_addon_config_unref(&a->cfg);

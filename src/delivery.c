@@ -121,6 +121,11 @@ struct fbr_delivery_engine {
     uint64_t id_counter;
     fbr_delivery_transition_fn hook;
     void *hook_arg;
+    struct {
+        fbr_delivery_transition_fn fn;
+        void *arg;
+    } watch[FBR_DELIVERY_WATCH_MAX]; /* read-only observers after the hook */
+    size_t nwatch;
     uint64_t seq_counter;
     int shut; /* fbr_delivery_shutdown() ran: no client any more, nothing is accepted */
 };
@@ -234,11 +239,14 @@ static void delivery_info(struct delivery *dl, struct fbr_delivery_info *info)
 static void notify(struct delivery *dl, enum fbr_delivery_state from, enum fbr_delivery_state to)
 {
     struct fbr_delivery_engine *e = dl->dest->engine;
-    if (!e->hook)
+    if (!e->hook && !e->nwatch)
         return;
     struct fbr_delivery_info info;
     delivery_info(dl, &info);
-    e->hook(&info, from, to, e->hook_arg);
+    if (e->hook)
+        e->hook(&info, from, to, e->hook_arg);
+    for (size_t i = 0; i < e->nwatch; i++)
+        e->watch[i].fn(&info, from, to, e->watch[i].arg);
 }
 
 /*
@@ -1347,6 +1355,24 @@ const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_del
 struct fbr_client *fbr_delivery_client(struct fbr_delivery_engine *e)
 {
     return e->client;
+}
+
+int fbr_delivery_watch(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn, void *arg)
+{
+    if (fn) {
+        if (e->nwatch == FBR_DELIVERY_WATCH_MAX)
+            return FBR_LIMIT;
+        e->watch[e->nwatch].fn = fn;
+        e->watch[e->nwatch++].arg = arg;
+        return FBR_OK;
+    }
+    for (size_t i = 0; i < e->nwatch; i++)
+        if (e->watch[i].arg == arg) {
+            memmove(&e->watch[i], &e->watch[i + 1], (e->nwatch - i - 1) * sizeof(e->watch[0]));
+            e->nwatch--;
+            return FBR_OK;
+        }
+    return FBR_NOTFOUND;
 }
 
 void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn,

@@ -388,6 +388,9 @@ START_TEST(seed_single_room_steps)
     ck_assert_ptr_nonnull(strstr(buf, "<dt>Room</dt><dd>7</dd>"));
     ck_assert_ptr_nonnull(strstr(buf, "Disk &lt;full&gt; on db01"));
     ck_assert_ptr_nonnull(strstr(buf, "valid"));
+    /* the room's recent notifications with their outcomes (all seen in the room above) */
+    ck_assert_ptr_nonnull(strstr(buf, "<th scope=\"col\">Outcome</th>"));
+    ck_assert_ptr_nonnull(strstr(buf, "<td>delivered after 1 attempt(s)"));
     ck_assert_int_eq(http(fb.port, "GET", "/hipchat/" RK "/configure", NULL, NULL), 401);
     free(tok);
     free(secret);

@@ -305,6 +305,14 @@ typedef void (*fbr_delivery_transition_fn)(const struct fbr_delivery_info *d,
                                            void *arg);
 void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn,
                                       void *arg);
+/*
+ * A read-only watcher of every transition, called after the hook above with the same arguments
+ * (the HipChat add-on's page shows its notifications' outcomes).  A watcher must not touch
+ * d->hook_word, submit, restore or free anything.  fn NULL removes the watcher registered with
+ * arg.  Returns FBR_OK, FBR_LIMIT (FBR_DELIVERY_WATCH_MAX watchers already) or FBR_NOTFOUND.
+ */
+#define FBR_DELIVERY_WATCH_MAX 4
+int fbr_delivery_watch(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn, void *arg);
 
 /* Calls fn for every pending delivery in submission order (per destination, the order they go
  * out); fn must not submit, restore or free anything. */
