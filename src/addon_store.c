@@ -495,7 +495,10 @@ static void on_token_response(const struct fbr_client_resp *r, void *arg)
         }
         json_decref(j);
     }
-    snprintf(in->last_error, sizeof(in->last_error), "%s", why);
+    /* a longer reason is cut, never inside a character (the page and /metrics need UTF-8) */
+    size_t wl = fbr_utf8_cut(why, strlen(why), sizeof(in->last_error) - 1);
+    memcpy(in->last_error, why, wl);
+    in->last_error[wl] = '\0';
     tc->cb(in, rc, why, tc->arg);
     token_call_free(tc);
 }
