@@ -331,13 +331,13 @@ static void on_phase_tick(evutil_socket_t fd, short what, void *arg)
         lg->stopping = 1;
         r->phase = PH_ANSWERS;
         r->phase_end_ns = now + secs_ns(30);
-        /* fall through */
+        __attribute__((fallthrough)); /* clang reads no comment for this */
     case PH_ANSWERS:
         if (lg_sender_busy(lg->sender) && now < r->phase_end_ns)
             return;
         r->phase = PH_DRAIN;
         r->phase_end_ns = now + secs_ns(lg->o.drain_s);
-        /* fall through */
+        __attribute__((fallthrough));
     case PH_DRAIN:
         if (!lg->o.no_sink && now < r->phase_end_ns &&
             (lg->track.delivered < lg->track.expected ||
