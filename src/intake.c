@@ -262,10 +262,6 @@ static long submit_all(struct fbr_intake *in, size_t n, const struct fbr_event_s
         release_outs(in, n);
         return 0;
     }
-    if (in->sink.room && in->sink.room(in->sink.arg) < n) {
-        release_outs(in, n);
-        return -1;
-    }
     size_t accepted = 0, lost = 0;
     for (size_t i = 0; i < n; i++) {
         struct fbr_outreq *o = &in->outs[i];
