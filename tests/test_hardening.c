@@ -548,6 +548,103 @@ START_TEST(smuggling_refused_and_closed)
 }
 END_TEST
 
+/* ---- defect 10: HTTP conformance ------------------------------------------------------ */
+
+/* Malformed requests get one JSON 400 (or the status RFC 9110 names) and the connection closes;
+ * libevhtp's parser alone closed them without a word. */
+START_TEST(malformed_requests_answered_then_closed)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--max-body", "1024", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char buf[16384];
+    static const struct {
+        const char *raw;
+        int status;
+    } cases[] = {
+        /* chunk extension, bad chunk size, chunk data not followed by CRLF */
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5;ext=1\r\nabcde\r\n0\r\n\r\n", 400},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "zz\r\nabcde\r\n0\r\n\r\n", 400},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5\r\nabcdefg\r\n0\r\n\r\n", 400},
+        {"get /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\nHost: t\n\n", 400},
+        {"GET /healthz HTTP/1.1\r\nHost: t\nX: y\r\n\r\n", 400},
+        {"GET /health z HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"GET /healthz\r\nHost: t\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", 400},
+        {"POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " KEY
+         "\r\nAuthorization: Bearer x\r\nContent-Type: application/json\r\n"
+         "Content-Length: 2\r\n\r\n{}", 400},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
+         "Expect: 100-continue\r\n\r\n", 413},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 200-ok\r\n\r\n{}",
+         417},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+         "0\r\n\r\n", 501},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int replies = exchange_all(d.port, cases[i].raw, buf, sizeof(buf));
+        ck_assert_msg(replies == 1, "case %zu: %d replies: %s", i, replies, buf);
+        ck_assert_msg(atoi(buf + 9) == cases[i].status, "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "{\"result\":\"failure\",\"message\":"), "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "Connection: close"), "case %zu: %s", i, buf);
+        ck_assert_msg(!strstr(buf, "100 Continue"), "case %zu: %s", i, buf);
+    }
+    assert_alive(&d);
+    /* lawful requests of the same shapes still reach the routes (POST /healthz: 405) */
+    static const struct {
+        const char *raw, *status_line;
+    } fine[] = {
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+         "Connection: close\r\n\r\n5\r\nabcde\r\n0\r\nX-Trailer: 1\r\n\r\n",
+         "HTTP/1.1 405 "},
+        {"GET /healthz HTTP/1.0\r\n\r\n", " 200 OK"},
+        {"GET /healthz?a=b%20c HTTP/1.1\r\nhost: t\r\nConnection: close\r\n\r\n",
+         "HTTP/1.1 200 "},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n"
+         "Connection: close\r\n\r\n{}",
+         "HTTP/1.1 405 "},
+    };
+    for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        exchange_all(d.port, fine[i].raw, buf, sizeof(buf));
+        ck_assert_msg(strstr(buf, fine[i].status_line), "fine %zu: %s", i, buf);
+    }
+    /* 100 Continue for a body that fits, then the answer */
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    static const char head[] = "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                               "Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+    ck_assert_int_gt(n, 0);
+    buf[n] = '\0';
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 100 ", 13) == 0, "%s", buf);
+    close(fd);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* Every 401 names the scheme it wants (RFC 9110 11.6.1). */
+START_TEST(unauthorized_carries_www_authenticate)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char req[2048], buf[16384];
+    post_req(req, sizeof(req), "/v1/events", "Bearer wrong", event_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 401);
+    ck_assert_msg(strstr(buf, "\r\nWWW-Authenticate: Bearer"), "%s", buf);
+    post_req(req, sizeof(req), "/v1/events", NULL, event_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 401);
+    ck_assert_msg(strstr(buf, "\r\nWWW-Authenticate: Bearer"), "%s", buf);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 /* ---- defect 5: silent connections ----------------------------------------------------- */
 
 /* --max-connections silent sockets must not block the daemon for --idle-timeout: they get
@@ -772,6 +869,8 @@ int main(void)
     tc = tcase_create("smuggling");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, smuggling_refused_and_closed);
+    tcase_add_test(tc, malformed_requests_answered_then_closed);
+    tcase_add_test(tc, unauthorized_carries_www_authenticate);
     suite_add_tcase(s, tc);
     tc = tcase_create("silent");
     tcase_set_timeout(tc, 60);
