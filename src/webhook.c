@@ -161,6 +161,11 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
         bad = 1;
     } else {
         bad |= compile_tpl(v, FBR_TPL_URL, &wh->url, p, errs) != 0;
+        const char *never = fbr_tpl_url_never_valid(wh->url);
+        if (never) {
+            fbr_cfgerr_add(errs, p, "%s", never);
+            bad = 1;
+        }
     }
 
     v = json_object_get(j, "payload");

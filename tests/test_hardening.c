@@ -645,6 +645,70 @@ START_TEST(unauthorized_carries_www_authenticate)
 }
 END_TEST
 
+/* ---- defect 12: --check-config refuses what cannot work ----------------------------------- */
+
+/* Runs "--check-config -c <dir>/c.json" over cfg; returns the exit status, the output in *out. */
+static int check_config(const char *dir, const char *cfg, char **out)
+{
+    char path[128], log[128];
+    snprintf(path, sizeof(path), "%s/c.json", dir);
+    snprintf(log, sizeof(log), "%s/check.log", dir);
+    dutil_write_file(path, cfg);
+    const char *const args[] = {"-c", path, "--check-config", NULL};
+    pid_t pid = dutil_spawn_daemon(log, args);
+    int st = dutil_wait_exit(&pid, 10000 * dutil_slow(), NULL);
+    ck_assert_msg(st != -1 && WIFEXITED(st), "status %d", st);
+    *out = dutil_slurp(log, NULL);
+    return WEXITSTATUS(st);
+}
+
+#define WH(url) "{\"webhooks\":[{\"name\":\"w\",\"event\":\"Any-Alert\",\"url\":\"" url "\"}]}"
+#define RULE(match, pattern, value)                                                                \
+    "{\"rules\":[{\"name\":\"r\",\"when\":{\"field\":\"room_id\",\"match\":\"" match "\","       \
+    "\"pattern\":\"" pattern "\"},\"set\":{\"room\":\"" value "\"}}]}"
+
+START_TEST(check_config_refuses_what_cannot_work)
+{
+    char dir[64], pem[128];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(pem, sizeof(pem), "%s/ca.pem", dir);
+    dutil_write_file(pem, "not checked for content here\n");
+    static const struct {
+        const char *cfg, *field, *reason;
+    } bad[] = {
+        {WH("ftp://example.com/x"), "webhooks[0].url", "http"},
+        {WH("http:///x"), "webhooks[0].url", "host"},
+        {WH("not a url"), "webhooks[0].url", "URL"},
+        {WH("http://u:p@example.com/x"), "webhooks[0].url", "userinfo"},
+        {"{\"tls_cert\":\"/nonexistent/cert.pem\",\"tls_key\":\"/nonexistent/key.pem\"}",
+         "tls_cert", "cannot read /nonexistent/cert.pem"},
+        {"{\"ca_file\":\"/nonexistent/ca.pem\"}", "ca_file", "cannot read"},
+        {RULE("regex", "(\\\\d+)", "n${{\\\\5}}"), "rules[0]", "1 capture group"},
+        {RULE("wildcard", "4*", "n${{\\\\1}}"), "rules[0]", "no regex condition"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *out;
+        int rc = check_config(dir, bad[i].cfg, &out);
+        ck_assert_msg(rc != 0, "case %zu accepted: %s", i, out);
+        ck_assert_msg(strstr(out, bad[i].field) && strstr(out, bad[i].reason), "case %zu: %s", i,
+                      out);
+        free(out);
+    }
+    /* what can work still passes: a variable host, a group the regex has, a readable file */
+    char good[512];
+    snprintf(good, sizeof(good),
+             "{\"ca_file\":\"%s\",\"webhooks\":[{\"name\":\"w\",\"event\":\"Any-Alert\","
+             "\"url\":\"https://${{ALERT.host}}/x\"}],\"rules\":[{\"name\":\"r\",\"when\":"
+             "{\"field\":\"room_id\",\"match\":\"regex\",\"pattern\":\"(\\\\d+)-(\\\\d+)\"},"
+             "\"set\":{\"room\":\"${{\\\\2}}\"}}]}",
+             pem);
+    char *out;
+    ck_assert_msg(check_config(dir, good, &out) == 0, "%s", out);
+    free(out);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 /* ---- defect 5: silent connections ----------------------------------------------------- */
 
 /* --max-connections silent sockets must not block the daemon for --idle-timeout: they get
@@ -883,6 +947,10 @@ int main(void)
     tc = tcase_create("content_type");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, non_json_content_type_is_415);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("check_config");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, check_config_refuses_what_cannot_work);
     suite_add_tcase(s, tc);
     tc = tcase_create("masking");
     tcase_set_timeout(tc, 60);
