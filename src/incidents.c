@@ -142,7 +142,7 @@ static uint64_t hash(const char *s)
     return h;
 }
 
-static struct incident **slot(struct fbr_incidents *t, const char *key)
+static struct incident **slot(const struct fbr_incidents *t, const char *key)
 {
     struct incident **pp = &t->buckets[hash(key) & (t->nbuckets - 1)];
     while (*pp && strcmp((*pp)->key, key) != 0)
@@ -760,7 +760,7 @@ static json_t *state_no_incident(json_t *alert, enum fbr_msg_type mt, uint64_t s
 }
 
 /* Takes the number the commit will claim (t->next_number); the commit advances the counter. */
-static void reset_for_trigger(struct fbr_incidents *t, struct incident *in, json_t *alert,
+static void reset_for_trigger(const struct fbr_incidents *t, struct incident *in, json_t *alert,
                               enum fbr_msg_type mt, uint64_t now_ms, uint64_t start_ms)
 {
     in->number = t->next_number;
@@ -806,80 +806,120 @@ void fbr_incidents_abort(struct fbr_incidents *t)
     memset(&t->pend, 0, sizeof(t->pend));
 }
 
-void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
-                           struct fbr_incident_result *res)
+enum fbr_transition fbr_incident_transition_for(enum fbr_msg_type mt,
+                                               const enum fbr_incident_phase *cur,
+                                               int warning_no_open)
 {
-    fbr_incidents_abort(t);
-    memset(res, 0, sizeof(*res));
-    json_t *mtv = json_object_get(alert, "message_type");
-    enum fbr_msg_type mt = FBR_MT_INFO;
-    if (json_is_string(mtv))
-        fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
-    res->msg_type = mt;
-    uint64_t start_ms = alert_secs_ms(alert, "state_start_time");
-    if (!start_ms)
-        start_ms = alert_secs_ms(alert, "timestamp");
-    if (!start_ms)
-        start_ms = now_ms;
+    int open = cur && *cur != FBR_PHASE_RESOLVED;
+    switch (mt) {
+    case FBR_MT_CRITICAL:
+    case FBR_MT_WARNING:
+        if (open)
+            return FBR_TR_ROLLED;
+        return mt == FBR_MT_WARNING && warning_no_open ? FBR_TR_NONE : FBR_TR_TRIGGERED;
+    case FBR_MT_ACKNOWLEDGEMENT:
+        return cur && *cur == FBR_PHASE_UNACKED ? FBR_TR_ACKED : FBR_TR_NONE;
+    case FBR_MT_RECOVERY:
+    case FBR_MT_OK:
+        return open ? FBR_TR_RESOLVED : FBR_TR_NONE;
+    case FBR_MT_INFO:
+        break;
+    }
+    return FBR_TR_NONE;
+}
 
-    const char *rk = alert_str(alert, "routing_key");
-    const char *eid = alert_str(alert, "entity_id");
-    rk = rk ? rk : "";
-    eid = eid ? eid : "";
+/* The decision with what the change needs next: the table key (owned) and the incident it
+ * finds (borrowed from the table, NULL for none). */
+struct decision {
+    struct fbr_incident_decision d;
+    char *key;
+    const char *rk, *eid;
+    struct incident *cur;
+};
+
+/* Lower-cased routing_key, a unit separator, entity_id: a new string. */
+static char *table_key(const char *rk, const char *eid)
+{
     size_t rkl = strlen(rk), eidl = strlen(eid);
     char *key = fbr_xmalloc(rkl + eidl + 2);
     for (size_t i = 0; i < rkl; i++)
         key[i] = (char)((rk[i] >= 'A' && rk[i] <= 'Z') ? rk[i] + 32 : rk[i]);
     key[rkl] = '\x1f';
     memcpy(key + rkl + 1, eid, eidl + 1);
+    return key;
+}
 
-    struct incident *cur = *slot(t, key);
-    enum fbr_transition tr = FBR_TR_NONE;
-    switch (mt) {
-    case FBR_MT_CRITICAL:
-    case FBR_MT_WARNING:
-        if (cur && is_open(cur))
-            tr = FBR_TR_ROLLED;
-        else if (!(mt == FBR_MT_WARNING && t->opts.warning_no_open))
-            tr = FBR_TR_TRIGGERED;
-        break;
-    case FBR_MT_ACKNOWLEDGEMENT:
-        if (cur && cur->phase == FBR_PHASE_UNACKED)
-            tr = FBR_TR_ACKED;
-        break;
-    case FBR_MT_RECOVERY:
-    case FBR_MT_OK:
-        if (cur && is_open(cur))
-            tr = FBR_TR_RESOLVED;
-        break;
-    case FBR_MT_INFO:
-        break;
-    }
+/* Reads the alert and the table, changes neither: fills *d (free d->key). */
+static void decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                   struct decision *d)
+{
+    memset(d, 0, sizeof(*d));
+    json_t *mtv = json_object_get(alert, "message_type");
+    enum fbr_msg_type mt = FBR_MT_INFO;
+    if (json_is_string(mtv))
+        fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
+    d->d.msg_type = mt;
+    uint64_t start_ms = alert_secs_ms(alert, "state_start_time");
+    if (!start_ms)
+        start_ms = alert_secs_ms(alert, "timestamp");
+    d->d.start_ms = start_ms ? start_ms : now_ms;
+    d->rk = alert_str(alert, "routing_key");
+    d->eid = alert_str(alert, "entity_id");
+    d->rk = d->rk ? d->rk : "";
+    d->eid = d->eid ? d->eid : "";
+    d->key = table_key(d->rk, d->eid);
+    d->cur = *slot(t, d->key);
+    enum fbr_transition tr = fbr_incident_transition_for(
+        mt, d->cur ? &d->cur->phase : NULL, t->opts.warning_no_open);
+    d->d.transition = tr;
+    d->d.number = tr == FBR_TR_TRIGGERED ? t->next_number : d->cur ? d->cur->number : 0;
+    if (tr == FBR_TR_TRIGGERED)
+        d->d.phase = FBR_PHASE_UNACKED;
+    else if (tr == FBR_TR_ACKED)
+        d->d.phase = FBR_PHASE_ACKED;
+    else if (tr == FBR_TR_RESOLVED)
+        d->d.phase = FBR_PHASE_RESOLVED;
+    else if (d->cur)
+        d->d.phase = d->cur->phase;
+}
 
-    struct incident *in = NULL;
-    if (tr != FBR_TR_NONE) {
-        if (cur) {
-            in = incident_copy(cur);
-            free(key);
-        } else {
-            in = fbr_xcalloc(1, sizeof(*in));
-            in->key = key;
-            in->routing_key = fbr_xstrdup(rk);
-            in->entity_id = fbr_xstrdup(eid);
-        }
-        key = NULL;
+void fbr_incidents_decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                          struct fbr_incident_decision *out)
+{
+    struct decision d;
+    decide(t, alert, now_ms, &d);
+    free(d.key);
+    *out = d.d;
+}
+
+/* The incident as the decided change leaves it: a detached new one (takes d->key), or NULL when
+ * the transition is NONE.  The table is not touched. */
+static struct incident *changed(const struct fbr_incidents *t, struct decision *d, json_t *alert,
+                                uint64_t now_ms)
+{
+    enum fbr_transition tr = d->d.transition;
+    if (tr == FBR_TR_NONE)
+        return NULL;
+    struct incident *in;
+    if (d->cur) {
+        in = incident_copy(d->cur);
     } else {
-        free(key);
+        in = fbr_xcalloc(1, sizeof(*in));
+        in->key = d->key;
+        d->key = NULL;
+        in->routing_key = fbr_xstrdup(d->rk);
+        in->entity_id = fbr_xstrdup(d->eid);
     }
+    enum fbr_msg_type mt = d->d.msg_type;
     switch (tr) {
     case FBR_TR_ROLLED:
         in->alert_count++;
         if (in->state != mt)
-            in->state_start_ms = start_ms;
+            in->state_start_ms = d->d.start_ms;
         in->state = mt;
         break;
     case FBR_TR_TRIGGERED:
-        reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
+        reset_for_trigger(t, in, alert, mt, now_ms, d->d.start_ms);
         break;
     case FBR_TR_ACKED: {
         in->phase = FBR_PHASE_ACKED;
@@ -893,29 +933,40 @@ void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_
     case FBR_TR_RESOLVED:
         in->phase = FBR_PHASE_RESOLVED;
         in->state = FBR_MT_OK;
-        in->state_start_ms = start_ms;
+        in->state_start_ms = d->d.start_ms;
         in->resolved_ms = now_ms;
         break;
     case FBR_TR_NONE:
         break;
     }
-    if (in) {
-        set_str(&in->last_uuid, alert_str(alert, "VO_UUID"));
-        in->updated_ms = now_ms;
-    }
+    set_str(&in->last_uuid, alert_str(alert, "VO_UUID"));
+    in->updated_ms = now_ms;
+    return in;
+}
+
+void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                           struct fbr_incident_result *res)
+{
+    fbr_incidents_abort(t);
+    memset(res, 0, sizeof(*res));
+    struct decision d;
+    decide(t, alert, now_ms, &d);
+    struct incident *in = changed(t, &d, alert, now_ms);
+    free(d.key);
     t->pend.active = 1;
-    t->pend.tr = tr;
-    t->pend.cur = cur;
+    t->pend.tr = d.d.transition;
+    t->pend.cur = d.cur;
     t->pend.next = in;
     t->pend.now_ms = now_ms;
 
-    res->transition = tr;
-    const struct incident *shown = in ? in : cur;
+    res->transition = d.d.transition;
+    res->msg_type = d.d.msg_type;
+    const struct incident *shown = in ? in : d.cur;
     if (shown) {
         res->state = state_json(shown);
         res->incident = incident_json(shown);
     } else {
-        res->state = state_no_incident(alert, mt, start_ms);
+        res->state = state_no_incident(alert, d.d.msg_type, d.d.start_ms);
     }
 }
 
