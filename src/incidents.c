@@ -29,6 +29,7 @@
 
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
+#include "firebridge/strmap.h"
 
 #define DEFAULT_MAX 10000
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
@@ -112,6 +113,8 @@ struct fbr_incidents {
     struct age_list resolved; /* RESOLVED incidents, by resolved_ms */
     struct age_list live;     /* UNACKED and ACKED incidents, by updated_ms */
     int replaying;            /* journal replay: append unsorted, sort once at the end */
+    struct fbr_strmap deferred; /* key -> struct deferred: each key's latest record, during
+                                   the replay only (parsed once, at its end) */
     uint64_t next_number;
     struct line line;     /* journal record being written */
     uint64_t evicted, evicted_open;
@@ -494,21 +497,175 @@ static void replay_line(struct fbr_incidents *t, json_t *j, struct fbr_journal_r
 
 /* ---- the journal owner ---- */
 
+/*
+ * Replay in two passes: while the journal is read, each record only updates a map from key to
+ * that key's latest record (a forget removes it, the counter is applied at once), and the
+ * records still in the map are parsed and inserted at the end.  A table that keeps 10,000
+ * incidents out of 100,000 journaled changes parses 10,000 JSON objects, not 100,000.  The
+ * key and number are read from the fixed form record_line(), forget() and journal_counter()
+ * write; anything else (an escape in the key) is parsed as JSON on the spot.
+ */
+struct deferred {
+    struct fbr_slice payload; /* borrowed from the journal until replay_done */
+    struct fbr_journal_ref ref;
+};
+
+enum rec_kind { REC_NONE, REC_INCIDENT, REC_DEL, REC_NEXT };
+
+struct rec_head {
+    enum rec_kind kind;
+    struct fbr_slice key;
+    uint64_t number;
+};
+
+/* Decodes the JSON string starting at p (after its opening quote) into buf (cap bytes): the
+ * escapes line_str() writes (\" \\ and \u00xx for a control character other than NUL); returns
+ * the position after the closing quote, or NULL for anything else (then parsed as JSON). */
+static const char *plain_str(const char *p, const char *end, char *buf, size_t cap,
+                             struct fbr_slice *out)
+{
+    size_t n = 0;
+    while (p < end && *p != '"' && n < cap) {
+        char c = *p++;
+        if (c == '\\') {
+            unsigned v = 0;
+            if (p < end && (*p == '"' || *p == '\\')) {
+                c = *p++;
+            } else if (end - p >= 5 && memcmp(p, "u00", 3) == 0 && (p[3] == '0' || p[3] == '1') &&
+                       strchr("0123456789abcdef", p[4]) && p[4] &&
+                       (v = (unsigned)(p[3] - '0') * 16 +
+                            (unsigned)(strchr("0123456789abcdef", p[4]) - "0123456789abcdef")) !=
+                           0) {
+                c = (char)v;
+                p += 5;
+            } else {
+                return NULL;
+            }
+        }
+        buf[n++] = c;
+    }
+    if (p == end || *p != '"')
+        return NULL;
+    *out = (struct fbr_slice){buf, n};
+    return p + 1;
+}
+
+static const char *digits(const char *p, const char *end, uint64_t *v)
+{
+    const char *q = p;
+    *v = 0;
+    while (q < end && *q >= '0' && *q <= '9' && q - p < 19)
+        *v = *v * 10 + (uint64_t)(*q++ - '0');
+    return q > p ? q : NULL;
+}
+
+static int starts(const char *p, const char *end, const char *lit, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0;
+}
+
+/* The kind, key and number of a record in the fixed form; REC_NONE when not in that form. */
+static struct rec_head scan_record(struct fbr_slice r, char *buf, size_t cap)
+{
+    struct rec_head h = {REC_NONE, {NULL, 0}, 0};
+    const char *p = r.ptr, *end = r.ptr + r.len;
+    if (starts(p, end, "{\"k\":\"", 6)) {
+        p = plain_str(p + 6, end, buf, cap, &h.key);
+        if (p && starts(p, end, ",\"n\":", 5) && digits(p + 5, end, &h.number))
+            h.kind = REC_INCIDENT;
+    } else if (starts(p, end, "{\"del\":\"", 8)) {
+        p = plain_str(p + 8, end, buf, cap, &h.key);
+        if (p && starts(p, end, "}", 1))
+            h.kind = REC_DEL;
+    } else if (starts(p, end, "{\"next\":", 8)) {
+        p = digits(p + 8, end, &h.number);
+        if (p && starts(p, end, "}", 1))
+            h.kind = REC_NEXT;
+    }
+    return h;
+}
+
 static void owner_replay(void *arg, unsigned type, struct fbr_slice p, struct fbr_journal_ref ref)
 {
     struct fbr_incidents *t = arg;
-    json_t *j = json_loadb(p.ptr, p.len, 0, NULL);
-    if (!j) {
-        fbr_log_warn("incidents: ignored an unreadable journal record");
-        return;
+    (void)type;
+    char kbuf[4096];
+    struct rec_head h = scan_record(p, kbuf, sizeof(kbuf));
+    json_t *j = NULL;
+    if (h.kind == REC_NONE) {
+        j = json_loadb(p.ptr, p.len, 0, NULL);
+        json_t *v;
+        if (!j) {
+            fbr_log_warn("incidents: ignored an unreadable journal record");
+            return;
+        }
+        if (json_is_integer(v = json_object_get(j, "next"))) {
+            h.kind = REC_NEXT;
+            h.number = (uint64_t)json_integer_value(v);
+        } else if (json_is_string(v = json_object_get(j, "del"))) {
+            h.kind = REC_DEL;
+            h.key = (struct fbr_slice){json_string_value(v), json_string_length(v)};
+        } else if (json_is_string(v = json_object_get(j, "k"))) {
+            h.kind = REC_INCIDENT;
+            h.key = (struct fbr_slice){json_string_value(v), json_string_length(v)};
+            json_int_t n = json_integer_value(json_object_get(j, "n"));
+            h.number = n > 0 ? (uint64_t)n : 0;
+        }
     }
-    replay_line(t, j, ref);
+    if (h.kind == REC_NEXT && h.number >= t->next_number) {
+        t->next_number = h.number;
+        counter_at(t, ref);
+    } else if (h.kind == REC_DEL) {
+        struct deferred *d = fbr_strmap_del(&t->deferred, h.key.ptr, h.key.len);
+        if (d) {
+            fbr_journal_release(t->journal, d->ref);
+            free(d);
+        }
+    } else if (h.kind == REC_INCIDENT) {
+        if (h.number >= t->next_number) {
+            t->next_number = h.number + 1;
+            counter_at(t, ref);
+        }
+        struct deferred *d = fbr_strmap_get(&t->deferred, h.key.ptr, h.key.len);
+        if (d) {
+            fbr_journal_release(t->journal, d->ref);
+        } else {
+            d = fbr_xmalloc(sizeof(*d));
+            fbr_strmap_put(&t->deferred, h.key.ptr, h.key.len, d);
+        }
+        *d = (struct deferred){p, ref};
+        fbr_journal_hold(t->journal, ref);
+    }
     json_decref(j);
+}
+
+/* Parses and inserts one key's latest record (the second pass). */
+static void replay_deferred(const char *key, void *value, void *arg)
+{
+    struct fbr_incidents *t = arg;
+    struct deferred *d = value;
+    (void)key;
+    json_t *j = json_loadb(d->payload.ptr, d->payload.len, 0, NULL);
+    if (j)
+        replay_line(t, j, d->ref); /* takes its own hold */
+    else
+        fbr_log_warn("incidents: ignored an unreadable journal record");
+    json_decref(j);
+    fbr_journal_release(t->journal, d->ref);
+    free(d);
+}
+
+static void free_deferred(const char *key, void *value, void *arg)
+{
+    (void)key, (void)arg;
+    free(value);
 }
 
 static void owner_replay_done(void *arg)
 {
     struct fbr_incidents *t = arg;
+    fbr_strmap_each(&t->deferred, replay_deferred, t);
+    fbr_strmap_clear(&t->deferred);
     t->replaying = 0;
     list_sort(&t->resolved);
     list_sort(&t->live);
@@ -547,6 +704,7 @@ int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_inciden
     t->nbuckets = 64;
     t->buckets = fbr_xcalloc(t->nbuckets, sizeof(*t->buckets));
     t->next_number = 1;
+    fbr_strmap_init(&t->deferred);
     t->journal = opts->journal;
     if (t->journal) {
         t->replaying = 1; /* until the journal's recovery says it is done */
@@ -565,6 +723,8 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     if (!t)
         return;
     fbr_incidents_abort(t);
+    fbr_strmap_each(&t->deferred, free_deferred, NULL); /* a recovery that failed */
+    fbr_strmap_clear(&t->deferred);
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
             nx = in->next;
