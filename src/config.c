@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "firebridge/defaults.h"
 
@@ -714,6 +715,16 @@ static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct e
                  sep, cfg->retry_max_interval_ms);
     if (cfg->listen.n == 0)
         errs_add(e, "%s%slisten: expected at least one address", pfx, sep);
+    /* every FILE key names a file that must be readable now (the start would fail later, and a
+     * reload would keep the old one), so --check-config says so before start */
+    for (size_t i = 0; i < FBR_ARRAY_LEN(opts); i++) {
+        const struct opt *o = &opts[i];
+        if (!o->key || o->type != T_STR || !o->metavar || strcmp(o->metavar, "FILE") != 0)
+            continue;
+        const char *path = *(char *const *)((const char *)cfg + o->offset);
+        if (path && access(path, R_OK) != 0)
+            errs_add(e, "%s%s%s: cannot read %s: %s", pfx, sep, o->key, path, strerror(errno));
+    }
 }
 
 int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *err, size_t errlen)

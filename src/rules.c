@@ -357,6 +357,35 @@ static void rule_free(struct rule *r)
     free(r->ops);
 }
 
+/*
+ * A capture reference (`${{\N}}`) in a rule's templates needs a group N in the rule's first regex
+ * condition, the only one whose groups are kept: without it the value would be empty on every
+ * alert, which --check-config can tell before start.  Returns 0, or -1 with errors added.
+ */
+static int check_captures(const struct rule *r, const char *path, struct fbr_cfgerr *errs)
+{
+    const struct cond *re = NULL;
+    for (size_t i = 0; i < r->nconds && !re; i++)
+        if (r->conds[i].regex && r->conds[i].re)
+            re = &r->conds[i];
+    int groups = re ? onig_number_of_captures(re->re) : -1;
+    int bad = 0;
+    for (size_t i = 0; i < r->nops; i++) {
+        unsigned want = fbr_tpl_max_capture(r->ops[i].tpl);
+        if (want == 0 || (int)want <= groups)
+            continue;
+        if (groups < 0)
+            fbr_cfgerr_add(errs, path, "\"%s\" uses ${{\\%u}} but the rule has no regex condition "
+                           "(a wildcard has no capture groups)", r->ops[i].field, want);
+        else
+            fbr_cfgerr_add(errs, path, "\"%s\" uses ${{\\%u}} but the regex of the rule's first "
+                           "regex condition has %d capture group(s)", r->ops[i].field, want,
+                           groups);
+        bad = 1;
+    }
+    return bad ? -1 : 0;
+}
+
 static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_pattern,
                         struct fbr_cfgerr *errs)
 {
@@ -410,6 +439,8 @@ static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_patter
             bad |= compile_annotation(json_array_get(ann, i), r, p, errs) != 0;
         }
     }
+    if (!bad)
+        bad |= check_captures(r, path, errs) != 0;
     return bad || errs->n != nerr_before ? -1 : 0;
 }
 

@@ -144,8 +144,14 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
 
     snprintf(p, sizeof(p), "%s.url", path);
     v = json_object_get(j, "url");
-    if (v) /* absent: the table said "missing" */
+    if (v) { /* absent: the table said "missing" */
         bad |= compile_tpl(v, FBR_TPL_URL, &wh->url, p, errs) != 0;
+        const char *never = fbr_tpl_url_never_valid(wh->url);
+        if (never) {
+            fbr_cfgerr_add(errs, p, "%s", never);
+            bad = 1;
+        }
+    }
 
     v = json_object_get(j, "payload");
     if (v && !json_is_null(v)) {

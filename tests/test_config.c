@@ -29,7 +29,7 @@ static const struct flag_case {
     {{"--listen", "[::1:80"}, 0, "--listen"},
     {{"--listen", "127.0.0.1:-1"}, 0, "--listen"},
     {{"--listen"}, 0, "--listen: needs a value"},
-    {{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, 1, NULL},
+    {{"--tls-cert", "/dev/null", "--tls-key", "/dev/null"}, 1, NULL},
     {{"--tls-cert", ""}, 0, "--tls-cert: expected a non-empty string"},
     {{"-d", "/tmp/x"}, 1, NULL},
     {{"--api-key", "a", "--api-key", "b"}, 1, NULL},
@@ -92,7 +92,7 @@ START_TEST(flags_table)
         ck_assert_msg(rc == FBR_OK, "case %d rejected: %s", _i, err);
         struct fbr_config cfg;
         int brc = fbr_config_build(&cfg, &cli, err, sizeof(err));
-        /* tls files are validated by the server, not here: building must succeed */
+        /* the files exist (/dev/null): building must succeed; a missing one is file_table's */
         ck_assert_msg(brc == FBR_OK, "case %d build failed: %s", _i, err);
         fbr_config_free(&cfg);
     } else {
@@ -175,8 +175,9 @@ static const struct file_case {
     {"{\"rules\": [], \"webhooks\": [{\"name\": \"x\"}], \"hipchat\": {}}", NULL},
     {"{\"organization_id\": \"acme\", \"api_keys\": [\"a\", \"b\"]}", NULL},
     {"{\"room_rate\": \"5/10\", \"fsync\": \"always\", \"log_format\": \"json\"}", NULL},
-    {"{\"drain_timeout\": 0, \"public_url\": \"https://x\", \"ca_file\": \"/c\"}", NULL},
-    {"{\"tls_cert\": \"c\", \"tls_key\": \"k\"}", NULL},
+    {"{\"drain_timeout\": 0, \"public_url\": \"https://x\", \"ca_file\": \"/dev/null\"}", NULL},
+    {"{\"tls_cert\": \"/dev/null\", \"tls_key\": \"/dev/null\"}", NULL},
+    {"{\"ca_file\": \"/nonexistent/ca.pem\"}", "ca_file: cannot read /nonexistent/ca.pem"},
     {"[]", "(top level): expected an object"},
     {"{\"metod\": 1}", "metod: unknown key"},
     {"{\"max_body\": \"1M\"}", "max_body: expected a byte count"},
