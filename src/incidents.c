@@ -29,6 +29,7 @@
 
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
+#include "firebridge/strmap.h"
 
 #define DEFAULT_MAX 10000
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
@@ -112,6 +113,8 @@ struct fbr_incidents {
     struct age_list resolved; /* RESOLVED incidents, by resolved_ms */
     struct age_list live;     /* UNACKED and ACKED incidents, by updated_ms */
     int replaying;            /* journal replay: append unsorted, sort once at the end */
+    struct fbr_strmap deferred; /* key -> struct deferred: each key's latest record, during
+                                   the replay only (parsed once, at its end) */
     uint64_t next_number;
     struct line line;     /* journal record being written */
     uint64_t evicted, evicted_open;
@@ -142,7 +145,7 @@ static uint64_t hash(const char *s)
     return h;
 }
 
-static struct incident **slot(struct fbr_incidents *t, const char *key)
+static struct incident **slot(const struct fbr_incidents *t, const char *key)
 {
     struct incident **pp = &t->buckets[hash(key) & (t->nbuckets - 1)];
     while (*pp && strcmp((*pp)->key, key) != 0)
@@ -494,21 +497,175 @@ static void replay_line(struct fbr_incidents *t, json_t *j, struct fbr_journal_r
 
 /* ---- the journal owner ---- */
 
+/*
+ * Replay in two passes: while the journal is read, each record only updates a map from key to
+ * that key's latest record (a forget removes it, the counter is applied at once), and the
+ * records still in the map are parsed and inserted at the end.  A table that keeps 10,000
+ * incidents out of 100,000 journaled changes parses 10,000 JSON objects, not 100,000.  The
+ * key and number are read from the fixed form record_line(), forget() and journal_counter()
+ * write; anything else (an escape in the key) is parsed as JSON on the spot.
+ */
+struct deferred {
+    struct fbr_slice payload; /* borrowed from the journal until replay_done */
+    struct fbr_journal_ref ref;
+};
+
+enum rec_kind { REC_NONE, REC_INCIDENT, REC_DEL, REC_NEXT };
+
+struct rec_head {
+    enum rec_kind kind;
+    struct fbr_slice key;
+    uint64_t number;
+};
+
+/* Decodes the JSON string starting at p (after its opening quote) into buf (cap bytes): the
+ * escapes line_str() writes (\" \\ and \u00xx for a control character other than NUL); returns
+ * the position after the closing quote, or NULL for anything else (then parsed as JSON). */
+static const char *plain_str(const char *p, const char *end, char *buf, size_t cap,
+                             struct fbr_slice *out)
+{
+    size_t n = 0;
+    while (p < end && *p != '"' && n < cap) {
+        char c = *p++;
+        if (c == '\\') {
+            unsigned v = 0;
+            if (p < end && (*p == '"' || *p == '\\')) {
+                c = *p++;
+            } else if (end - p >= 5 && memcmp(p, "u00", 3) == 0 && (p[3] == '0' || p[3] == '1') &&
+                       strchr("0123456789abcdef", p[4]) && p[4] &&
+                       (v = (unsigned)(p[3] - '0') * 16 +
+                            (unsigned)(strchr("0123456789abcdef", p[4]) - "0123456789abcdef")) !=
+                           0) {
+                c = (char)v;
+                p += 5;
+            } else {
+                return NULL;
+            }
+        }
+        buf[n++] = c;
+    }
+    if (p == end || *p != '"')
+        return NULL;
+    *out = (struct fbr_slice){buf, n};
+    return p + 1;
+}
+
+static const char *digits(const char *p, const char *end, uint64_t *v)
+{
+    const char *q = p;
+    *v = 0;
+    while (q < end && *q >= '0' && *q <= '9' && q - p < 19)
+        *v = *v * 10 + (uint64_t)(*q++ - '0');
+    return q > p ? q : NULL;
+}
+
+static int starts(const char *p, const char *end, const char *lit, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0;
+}
+
+/* The kind, key and number of a record in the fixed form; REC_NONE when not in that form. */
+static struct rec_head scan_record(struct fbr_slice r, char *buf, size_t cap)
+{
+    struct rec_head h = {REC_NONE, {NULL, 0}, 0};
+    const char *p = r.ptr, *end = r.ptr + r.len;
+    if (starts(p, end, "{\"k\":\"", 6)) {
+        p = plain_str(p + 6, end, buf, cap, &h.key);
+        if (p && starts(p, end, ",\"n\":", 5) && digits(p + 5, end, &h.number))
+            h.kind = REC_INCIDENT;
+    } else if (starts(p, end, "{\"del\":\"", 8)) {
+        p = plain_str(p + 8, end, buf, cap, &h.key);
+        if (p && starts(p, end, "}", 1))
+            h.kind = REC_DEL;
+    } else if (starts(p, end, "{\"next\":", 8)) {
+        p = digits(p + 8, end, &h.number);
+        if (p && starts(p, end, "}", 1))
+            h.kind = REC_NEXT;
+    }
+    return h;
+}
+
 static void owner_replay(void *arg, unsigned type, struct fbr_slice p, struct fbr_journal_ref ref)
 {
     struct fbr_incidents *t = arg;
-    json_t *j = json_loadb(p.ptr, p.len, 0, NULL);
-    if (!j) {
-        fbr_log_warn("incidents: ignored an unreadable journal record");
-        return;
+    (void)type;
+    char kbuf[4096];
+    struct rec_head h = scan_record(p, kbuf, sizeof(kbuf));
+    json_t *j = NULL;
+    if (h.kind == REC_NONE) {
+        j = json_loadb(p.ptr, p.len, 0, NULL);
+        json_t *v;
+        if (!j) {
+            fbr_log_warn("incidents: ignored an unreadable journal record");
+            return;
+        }
+        if (json_is_integer(v = json_object_get(j, "next"))) {
+            h.kind = REC_NEXT;
+            h.number = (uint64_t)json_integer_value(v);
+        } else if (json_is_string(v = json_object_get(j, "del"))) {
+            h.kind = REC_DEL;
+            h.key = (struct fbr_slice){json_string_value(v), json_string_length(v)};
+        } else if (json_is_string(v = json_object_get(j, "k"))) {
+            h.kind = REC_INCIDENT;
+            h.key = (struct fbr_slice){json_string_value(v), json_string_length(v)};
+            json_int_t n = json_integer_value(json_object_get(j, "n"));
+            h.number = n > 0 ? (uint64_t)n : 0;
+        }
     }
-    replay_line(t, j, ref);
+    if (h.kind == REC_NEXT && h.number >= t->next_number) {
+        t->next_number = h.number;
+        counter_at(t, ref);
+    } else if (h.kind == REC_DEL) {
+        struct deferred *d = fbr_strmap_del(&t->deferred, h.key.ptr, h.key.len);
+        if (d) {
+            fbr_journal_release(t->journal, d->ref);
+            free(d);
+        }
+    } else if (h.kind == REC_INCIDENT) {
+        if (h.number >= t->next_number) {
+            t->next_number = h.number + 1;
+            counter_at(t, ref);
+        }
+        struct deferred *d = fbr_strmap_get(&t->deferred, h.key.ptr, h.key.len);
+        if (d) {
+            fbr_journal_release(t->journal, d->ref);
+        } else {
+            d = fbr_xmalloc(sizeof(*d));
+            fbr_strmap_put(&t->deferred, h.key.ptr, h.key.len, d);
+        }
+        *d = (struct deferred){p, ref};
+        fbr_journal_hold(t->journal, ref);
+    }
     json_decref(j);
+}
+
+/* Parses and inserts one key's latest record (the second pass). */
+static void replay_deferred(const char *key, void *value, void *arg)
+{
+    struct fbr_incidents *t = arg;
+    struct deferred *d = value;
+    (void)key;
+    json_t *j = json_loadb(d->payload.ptr, d->payload.len, 0, NULL);
+    if (j)
+        replay_line(t, j, d->ref); /* takes its own hold */
+    else
+        fbr_log_warn("incidents: ignored an unreadable journal record");
+    json_decref(j);
+    fbr_journal_release(t->journal, d->ref);
+    free(d);
+}
+
+static void free_deferred(const char *key, void *value, void *arg)
+{
+    (void)key, (void)arg;
+    free(value);
 }
 
 static void owner_replay_done(void *arg)
 {
     struct fbr_incidents *t = arg;
+    fbr_strmap_each(&t->deferred, replay_deferred, t);
+    fbr_strmap_clear(&t->deferred);
     t->replaying = 0;
     list_sort(&t->resolved);
     list_sort(&t->live);
@@ -547,6 +704,7 @@ int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_inciden
     t->nbuckets = 64;
     t->buckets = fbr_xcalloc(t->nbuckets, sizeof(*t->buckets));
     t->next_number = 1;
+    fbr_strmap_init(&t->deferred);
     t->journal = opts->journal;
     if (t->journal) {
         t->replaying = 1; /* until the journal's recovery says it is done */
@@ -565,6 +723,8 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     if (!t)
         return;
     fbr_incidents_abort(t);
+    fbr_strmap_each(&t->deferred, free_deferred, NULL); /* a recovery that failed */
+    fbr_strmap_clear(&t->deferred);
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
             nx = in->next;
@@ -760,7 +920,7 @@ static json_t *state_no_incident(json_t *alert, enum fbr_msg_type mt, uint64_t s
 }
 
 /* Takes the number the commit will claim (t->next_number); the commit advances the counter. */
-static void reset_for_trigger(struct fbr_incidents *t, struct incident *in, json_t *alert,
+static void reset_for_trigger(const struct fbr_incidents *t, struct incident *in, json_t *alert,
                               enum fbr_msg_type mt, uint64_t now_ms, uint64_t start_ms)
 {
     in->number = t->next_number;
@@ -806,80 +966,120 @@ void fbr_incidents_abort(struct fbr_incidents *t)
     memset(&t->pend, 0, sizeof(t->pend));
 }
 
-void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
-                           struct fbr_incident_result *res)
+enum fbr_transition fbr_incident_transition_for(enum fbr_msg_type mt,
+                                               const enum fbr_incident_phase *cur,
+                                               int warning_no_open)
 {
-    fbr_incidents_abort(t);
-    memset(res, 0, sizeof(*res));
-    json_t *mtv = json_object_get(alert, "message_type");
-    enum fbr_msg_type mt = FBR_MT_INFO;
-    if (json_is_string(mtv))
-        fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
-    res->msg_type = mt;
-    uint64_t start_ms = alert_secs_ms(alert, "state_start_time");
-    if (!start_ms)
-        start_ms = alert_secs_ms(alert, "timestamp");
-    if (!start_ms)
-        start_ms = now_ms;
+    int open = cur && *cur != FBR_PHASE_RESOLVED;
+    switch (mt) {
+    case FBR_MT_CRITICAL:
+    case FBR_MT_WARNING:
+        if (open)
+            return FBR_TR_ROLLED;
+        return mt == FBR_MT_WARNING && warning_no_open ? FBR_TR_NONE : FBR_TR_TRIGGERED;
+    case FBR_MT_ACKNOWLEDGEMENT:
+        return cur && *cur == FBR_PHASE_UNACKED ? FBR_TR_ACKED : FBR_TR_NONE;
+    case FBR_MT_RECOVERY:
+    case FBR_MT_OK:
+        return open ? FBR_TR_RESOLVED : FBR_TR_NONE;
+    case FBR_MT_INFO:
+        break;
+    }
+    return FBR_TR_NONE;
+}
 
-    const char *rk = alert_str(alert, "routing_key");
-    const char *eid = alert_str(alert, "entity_id");
-    rk = rk ? rk : "";
-    eid = eid ? eid : "";
+/* The decision with what the change needs next: the table key (owned) and the incident it
+ * finds (borrowed from the table, NULL for none). */
+struct decision {
+    struct fbr_incident_decision d;
+    char *key;
+    const char *rk, *eid;
+    struct incident *cur;
+};
+
+/* Lower-cased routing_key, a unit separator, entity_id: a new string. */
+static char *table_key(const char *rk, const char *eid)
+{
     size_t rkl = strlen(rk), eidl = strlen(eid);
     char *key = fbr_xmalloc(rkl + eidl + 2);
     for (size_t i = 0; i < rkl; i++)
         key[i] = (char)((rk[i] >= 'A' && rk[i] <= 'Z') ? rk[i] + 32 : rk[i]);
     key[rkl] = '\x1f';
     memcpy(key + rkl + 1, eid, eidl + 1);
+    return key;
+}
 
-    struct incident *cur = *slot(t, key);
-    enum fbr_transition tr = FBR_TR_NONE;
-    switch (mt) {
-    case FBR_MT_CRITICAL:
-    case FBR_MT_WARNING:
-        if (cur && is_open(cur))
-            tr = FBR_TR_ROLLED;
-        else if (!(mt == FBR_MT_WARNING && t->opts.warning_no_open))
-            tr = FBR_TR_TRIGGERED;
-        break;
-    case FBR_MT_ACKNOWLEDGEMENT:
-        if (cur && cur->phase == FBR_PHASE_UNACKED)
-            tr = FBR_TR_ACKED;
-        break;
-    case FBR_MT_RECOVERY:
-    case FBR_MT_OK:
-        if (cur && is_open(cur))
-            tr = FBR_TR_RESOLVED;
-        break;
-    case FBR_MT_INFO:
-        break;
-    }
+/* Reads the alert and the table, changes neither: fills *d (free d->key). */
+static void decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                   struct decision *d)
+{
+    memset(d, 0, sizeof(*d));
+    json_t *mtv = json_object_get(alert, "message_type");
+    enum fbr_msg_type mt = FBR_MT_INFO;
+    if (json_is_string(mtv))
+        fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
+    d->d.msg_type = mt;
+    uint64_t start_ms = alert_secs_ms(alert, "state_start_time");
+    if (!start_ms)
+        start_ms = alert_secs_ms(alert, "timestamp");
+    d->d.start_ms = start_ms ? start_ms : now_ms;
+    d->rk = alert_str(alert, "routing_key");
+    d->eid = alert_str(alert, "entity_id");
+    d->rk = d->rk ? d->rk : "";
+    d->eid = d->eid ? d->eid : "";
+    d->key = table_key(d->rk, d->eid);
+    d->cur = *slot(t, d->key);
+    enum fbr_transition tr = fbr_incident_transition_for(
+        mt, d->cur ? &d->cur->phase : NULL, t->opts.warning_no_open);
+    d->d.transition = tr;
+    d->d.number = tr == FBR_TR_TRIGGERED ? t->next_number : d->cur ? d->cur->number : 0;
+    if (tr == FBR_TR_TRIGGERED)
+        d->d.phase = FBR_PHASE_UNACKED;
+    else if (tr == FBR_TR_ACKED)
+        d->d.phase = FBR_PHASE_ACKED;
+    else if (tr == FBR_TR_RESOLVED)
+        d->d.phase = FBR_PHASE_RESOLVED;
+    else if (d->cur)
+        d->d.phase = d->cur->phase;
+}
 
-    struct incident *in = NULL;
-    if (tr != FBR_TR_NONE) {
-        if (cur) {
-            in = incident_copy(cur);
-            free(key);
-        } else {
-            in = fbr_xcalloc(1, sizeof(*in));
-            in->key = key;
-            in->routing_key = fbr_xstrdup(rk);
-            in->entity_id = fbr_xstrdup(eid);
-        }
-        key = NULL;
+void fbr_incidents_decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                          struct fbr_incident_decision *out)
+{
+    struct decision d;
+    decide(t, alert, now_ms, &d);
+    free(d.key);
+    *out = d.d;
+}
+
+/* The incident as the decided change leaves it: a detached new one (takes d->key), or NULL when
+ * the transition is NONE.  The table is not touched. */
+static struct incident *changed(const struct fbr_incidents *t, struct decision *d, json_t *alert,
+                                uint64_t now_ms)
+{
+    enum fbr_transition tr = d->d.transition;
+    if (tr == FBR_TR_NONE)
+        return NULL;
+    struct incident *in;
+    if (d->cur) {
+        in = incident_copy(d->cur);
     } else {
-        free(key);
+        in = fbr_xcalloc(1, sizeof(*in));
+        in->key = d->key;
+        d->key = NULL;
+        in->routing_key = fbr_xstrdup(d->rk);
+        in->entity_id = fbr_xstrdup(d->eid);
     }
+    enum fbr_msg_type mt = d->d.msg_type;
     switch (tr) {
     case FBR_TR_ROLLED:
         in->alert_count++;
         if (in->state != mt)
-            in->state_start_ms = start_ms;
+            in->state_start_ms = d->d.start_ms;
         in->state = mt;
         break;
     case FBR_TR_TRIGGERED:
-        reset_for_trigger(t, in, alert, mt, now_ms, start_ms);
+        reset_for_trigger(t, in, alert, mt, now_ms, d->d.start_ms);
         break;
     case FBR_TR_ACKED: {
         in->phase = FBR_PHASE_ACKED;
@@ -893,29 +1093,40 @@ void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_
     case FBR_TR_RESOLVED:
         in->phase = FBR_PHASE_RESOLVED;
         in->state = FBR_MT_OK;
-        in->state_start_ms = start_ms;
+        in->state_start_ms = d->d.start_ms;
         in->resolved_ms = now_ms;
         break;
     case FBR_TR_NONE:
         break;
     }
-    if (in) {
-        set_str(&in->last_uuid, alert_str(alert, "VO_UUID"));
-        in->updated_ms = now_ms;
-    }
+    set_str(&in->last_uuid, alert_str(alert, "VO_UUID"));
+    in->updated_ms = now_ms;
+    return in;
+}
+
+void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                           struct fbr_incident_result *res)
+{
+    fbr_incidents_abort(t);
+    memset(res, 0, sizeof(*res));
+    struct decision d;
+    decide(t, alert, now_ms, &d);
+    struct incident *in = changed(t, &d, alert, now_ms);
+    free(d.key);
     t->pend.active = 1;
-    t->pend.tr = tr;
-    t->pend.cur = cur;
+    t->pend.tr = d.d.transition;
+    t->pend.cur = d.cur;
     t->pend.next = in;
     t->pend.now_ms = now_ms;
 
-    res->transition = tr;
-    const struct incident *shown = in ? in : cur;
+    res->transition = d.d.transition;
+    res->msg_type = d.d.msg_type;
+    const struct incident *shown = in ? in : d.cur;
     if (shown) {
         res->state = state_json(shown);
         res->incident = incident_json(shown);
     } else {
-        res->state = state_no_incident(alert, mt, start_ms);
+        res->state = state_no_incident(alert, d.d.msg_type, d.d.start_ms);
     }
 }
 

@@ -431,35 +431,45 @@ static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
     return accepted;
 }
 
-void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
-                      struct fbr_intake_reply *out)
+/*
+ * The checks of one REST alert before anything happens: the path names a known API key and a
+ * valid routing key (else 404), the body is a JSON object of the platform's shape (else 400).
+ * Returns FBR_OK with the routing key in *rk (borrowed from path), or FBR_INVALID with the
+ * answer in *out.
+ */
+static int alert_validate(struct fbr_intake *in, struct fbr_slice path, json_t *body,
+                          struct fbr_slice *rk, struct fbr_intake_reply *out)
 {
     static const size_t plen = sizeof(FBR_INTAKE_ALERT_PREFIX) - 1;
-    memset(out, 0, sizeof(*out));
     if (path.len <= plen || memcmp(path.ptr, FBR_INTAKE_ALERT_PREFIX, plen) != 0) {
         reply_failure(in, out, 404, "Not found");
-        return;
+        return FBR_INVALID;
     }
     const char *key = path.ptr + plen;
     const char *end = path.ptr + path.len;
     const char *slash = memchr(key, '/', (size_t)(end - key));
     size_t key_len = slash ? (size_t)(slash - key) : (size_t)(end - key);
-    const char *rk = slash ? slash + 1 : end;
-    size_t rk_len = (size_t)(end - rk);
-    if (key_len == 0 || !key_ok(in, key, key_len) || memchr(rk, '/', rk_len) ||
-        !fbr_routing_key_ok(rk, rk_len)) {
+    rk->ptr = slash ? slash + 1 : end;
+    rk->len = (size_t)(end - rk->ptr);
+    if (key_len == 0 || !key_ok(in, key, key_len) || memchr(rk->ptr, '/', rk->len) ||
+        !fbr_routing_key_ok(rk->ptr, rk->len)) {
         reply_failure(in, out, 404, "Not found");
-        return;
+        return FBR_INVALID;
     }
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
-        return;
+        return FBR_INVALID;
     }
-    if (alert_check(in, body, "", out) != FBR_OK)
-        return;
+    return alert_check(in, body, "", out);
+}
 
+/* The pipeline of one validated alert: stamps, the Rules Engine, the incident table, events,
+ * rendering and the sink; the answer (200, or 503 with nothing changed) in *out. */
+static void alert_pipeline(struct fbr_intake *in, struct fbr_slice rk, json_t *body,
+                           struct fbr_intake_reply *out)
+{
     uint64_t now_ms = in->clock_ms();
-    alert_stamp(in, body, (struct fbr_slice){rk, rk_len}, now_ms);
+    alert_stamp(in, body, rk, now_ms);
     /* the entity_id the sender gave or was given, before any rule rewrites it */
     json_t *reply = json_pack("{s:s,s:O}", "result", "success", "entity_id",
                               json_object_get(body, "entity_id"));
@@ -474,6 +484,15 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
     in->stats.alerts++;
     out->status = 200;
     out->body = reply;
+}
+
+void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body,
+                      struct fbr_intake_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct fbr_slice rk;
+    if (alert_validate(in, path, body, &rk, out) == FBR_OK)
+        alert_pipeline(in, rk, body, out);
 }
 
 /* The events any alert can fire: a bound on what a webhook list will render for it. */

@@ -54,6 +54,7 @@ struct daemon {
     struct event *flush_tick;
     struct event *drain_tick, *drain_deadline;
     uint64_t *m_reloads_ok, *m_reloads_failed;
+    int save; /* pending deliveries go to the dead-letter file on the way out */
 };
 
 static void server_opts(const struct fbr_config *cfg, struct fbr_metrics *m,
@@ -331,6 +332,311 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     drain_check(-1, 0, d);
 }
 
+/* The actions that print and exit once the configuration is built: the exit status, or -1. */
+static int print_action(const struct daemon *d)
+{
+    if (d->cfg.print_addon_url) {
+        char url[2048];
+        if (fbr_addon_capabilities_url(d->cfg.public_url, d->cfg.print_addon_url, url,
+                                       sizeof(url)) == FBR_OK) {
+            printf("%s\n", url);
+            return 0;
+        }
+        fprintf(stderr, "firebridge: --print-addon-url needs --public-url (an absolute "
+                        "http(s) URL) and a routing key of letters, digits, '-' and '_'\n");
+        return 1;
+    }
+    if (d->cli.action == FBR_CLI_PRINT) {
+        json_t *settings = fbr_config_settings_json(&d->cfg);
+        json_dumpf(settings, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+        printf("\n");
+        json_decref(settings);
+        return 0;
+    }
+    if (d->cli.action == FBR_CLI_CHECK) {
+        printf("ok\n");
+        return 0;
+    }
+    return -1;
+}
+
+/*
+ * The one-shot actions (--help, --version, --check-config, --print-config, --print-addon-url)
+ * and the configuration every action needs.  Returns -1 when the daemon is to run (d->cfg and
+ * d->flow are then built), else the exit status, with everything it built freed.
+ */
+static int configure(struct daemon *d, int argc, char **argv)
+{
+    char err[4096];
+    if (fbr_cli_parse(&d->cli, argc, argv, err, sizeof(err)) != FBR_OK) {
+        fprintf(stderr, "firebridge: %s\n", err);
+        fbr_cli_free(&d->cli);
+        return 2;
+    }
+    switch (d->cli.action) {
+    case FBR_CLI_HELP:
+        fbr_config_print_help(stdout, "firebridge");
+        fbr_cli_free(&d->cli);
+        return 0;
+    case FBR_CLI_VERSION:
+        printf("firebridge %s\nsd_notify: %s\n", FBR_VERSION,
+               fbr_service_notify_supported() ? "yes" : "no");
+        fbr_cli_free(&d->cli);
+        return 0;
+    default:
+        break;
+    }
+    struct fbr_cfgerr errs = {0};
+    FILE *errout = d->cli.action != FBR_CLI_RUN ? stdout : stderr;
+    if (fbr_config_build_errs(&d->cfg, &d->cli, &errs) != FBR_OK) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(errout, "%s\n", errs.msgs[i]);
+        fbr_cfgerr_clear(&errs);
+        fbr_cli_free(&d->cli);
+        return 1;
+    }
+    if (flow_compile(&d->cfg, &d->flow, &errs) != FBR_OK) {
+        const char *file = d->cfg.config_file ? d->cfg.config_file : "(built-in defaults)";
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(errout, "%s: %s\n", file, errs.msgs[i]);
+        fbr_cfgerr_clear(&errs);
+        fbr_config_free(&d->cfg);
+        fbr_cli_free(&d->cli);
+        return 1;
+    }
+    int rc = print_action(d);
+    if (rc >= 0) {
+        flow_free(&d->flow);
+        fbr_config_free(&d->cfg);
+        fbr_cli_free(&d->cli);
+    }
+    return rc;
+}
+
+/* The process-wide setup before any object: logging, signals that must not kill, the open files
+ * limit, the data directory.  Returns FBR_OK or FBR_ERROR (logged). */
+static int start_process(struct daemon *d)
+{
+    char err[4096];
+    fbr_log_setup(d->cfg.log_level, d->cfg.log_format);
+    fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit: the journal sees EFBIG and answers 503 */
+    if (nofile_fit(d->cfg.max_connections, err, sizeof(err)) != 0) {
+        fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
+        return FBR_ERROR;
+    }
+    if (make_dirs(d->cfg.data_dir) != 0) {
+        fbr_log(FBR_LOG_ERROR, NULL, "creating the data directory", "%s: %s", d->cfg.data_dir,
+                strerror(errno));
+        return FBR_ERROR;
+    }
+    return FBR_OK;
+}
+
+/*
+ * The objects of the data path up to the delivery engine, and the journal's recovery into them
+ * (before the listeners open: pending deliveries and incidents come back as they were).  Sets
+ * d->save to 0 with a journal: nothing is saved on the way out, the journal keeps it all.
+ * Returns FBR_OK or FBR_ERROR (logged).
+ */
+static int start_storage(struct daemon *d)
+{
+    char err[4096];
+    if (d->cfg.journal) {
+        char jdir[4096];
+        snprintf(jdir, sizeof(jdir), "%s/journal", d->cfg.data_dir);
+        struct fbr_journal_opts jopts = {.dir = jdir,
+                                         .fsync = d->cfg.fsync,
+                                         .fsync_interval_ms = d->cfg.fsync_interval_ms,
+                                         .segment_size = d->cfg.journal_segment_size,
+                                         .repair = d->cfg.journal_repair,
+                                         .metrics = d->metrics};
+        if (fbr_journal_open(d->base, &jopts, &d->journal, err, sizeof(err)) != FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "opening the journal", "%s", err);
+            return FBR_ERROR;
+        }
+        fbr_server_set_ready_check(d->srv, journal_ready, d->journal);
+    }
+    struct fbr_incidents_opts iopts = {.journal = d->journal};
+    if (fbr_incidents_open(&iopts, &d->incidents) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "opening the incident table", "in %s", d->cfg.data_dir);
+        return FBR_ERROR;
+    }
+    struct fbr_delivery_opts dopts;
+    delivery_opts(&d->cfg, &dopts);
+    if (fbr_delivery_engine_new(d->base, &dopts, &d->deliveries, err, sizeof(err)) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "starting the delivery engine", "%s", err);
+        return FBR_ERROR;
+    }
+    if (d->journal) {
+        d->save = 0;
+        d->delivery_journal = fbr_delivery_journal_new(d->deliveries, d->journal);
+        if (fbr_journal_recover(d->journal, err, sizeof(err)) != FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "recovering the journal", "%s", err);
+            return FBR_ERROR;
+        }
+    }
+    return FBR_OK;
+}
+
+/* The intake and the add-on on top of the storage, the metrics collectors and the incident
+ * flush tick.  Returns FBR_OK or FBR_ERROR (logged). */
+static int start_intake(struct daemon *d)
+{
+    char err[4096];
+    struct fbr_intake_opts inopts = {
+        .api_keys = (const char *const *)d->cfg.api_keys.v,
+        .napi_keys = d->cfg.api_keys.n,
+        .organization_id = d->cfg.organization_id,
+        .rules = d->flow.rules,
+        .webhooks = &d->flow.webhooks,
+        .incidents = d->incidents,
+        .sink = {sink_submit, d->deliveries, sink_room},
+        .journal = d->journal,
+        .alertmanager = {.other_severity = d->cfg.alertmanager_other_severity},
+    };
+    d->intake = fbr_intake_new(&inopts);
+    fbr_intake_register(d->intake, d->srv);
+    struct fbr_addon_opts aopts = {.base = d->base,
+                                   .srv = d->srv,
+                                   .engine = d->deliveries,
+                                   .intake = d->intake,
+                                   .incidents = d->incidents,
+                                   .metrics = d->metrics,
+                                   .data_dir = d->cfg.data_dir};
+    if (fbr_addon_new(&aopts, d->flow.addon, &d->addon, err, sizeof(err)) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "reading the HipChat installations", "%s", err);
+        return FBR_ERROR;
+    }
+    fbr_metrics_add_collector(d->metrics, fbr_intake_metrics_collect, d->intake);
+    fbr_metrics_add_collector(d->metrics, fbr_delivery_metrics_collect, d->deliveries);
+    fbr_metrics_add_collector(d->metrics, fbr_incidents_metrics_collect, d->incidents);
+    d->flush_tick = event_new(d->base, -1, EV_PERSIST, on_flush, d);
+    event_add(d->flush_tick, &(struct timeval){1, 0});
+    return FBR_OK;
+}
+
+/* --replay-dead-letters, then the listeners.  Returns FBR_OK or FBR_ERROR (logged). */
+static int start_serving(struct daemon *d)
+{
+    char err[4096];
+    if (d->cfg.replay_dead_letters) {
+        size_t count = 0;
+        int r = fbr_delivery_replay_file(d->deliveries, d->cfg.replay_dead_letters, &count, err,
+                                         sizeof(err));
+        if (r != FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "replaying dead letters", "from %s: %s",
+                    d->cfg.replay_dead_letters, r == FBR_NOTFOUND ? "cannot open the file" : err);
+            d->save = 0; /* what was queued is still in the file: writing it again doubles it */
+            return FBR_ERROR;
+        }
+        fbr_log_info("replaying %zu dead letter(s) from %s", count, d->cfg.replay_dead_letters);
+    }
+    for (size_t i = 0; i < d->cfg.listen.n; i++) {
+        if (fbr_server_listen(d->srv, d->cfg.listen.v[i]) != FBR_OK)
+            return FBR_ERROR;
+    }
+    return FBR_OK;
+}
+
+/*
+ * The loop's event base, with the epoll changelist: interest changes on a descriptor within one
+ * loop iteration reach epoll as one call at the next dispatch.  A deferred alert reply pauses
+ * reading and queues the reply (one EPOLL_CTL_MOD instead of a DEL and an ADD), then the write
+ * completes and reading resumes (one MOD again): 2 epoll_ctl per alert instead of 4
+ * (bench/README.md).
+ */
+static struct event_base *new_event_base(void)
+{
+    struct event_config *cfg = event_config_new();
+    struct event_base *base = NULL;
+    if (cfg && event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
+        base = event_base_new_with_config(cfg);
+    if (cfg)
+        event_config_free(cfg);
+    return base ? base : event_base_new();
+}
+
+/*
+ * Builds every object of a configured daemon, in order, and opens the listeners.  Returns FBR_OK
+ * or FBR_ERROR (logged); either way stop() frees what was built.
+ */
+static int start(struct daemon *d)
+{
+    if (start_process(d) != FBR_OK)
+        return FBR_ERROR;
+    d->base = new_event_base();
+    d->metrics = fbr_metrics_new();
+    d->m_reloads_ok = fbr_metrics_counter(d->metrics, "firebridge_config_reloads_total",
+                                          "Configuration reloads (SIGHUP), by result", "result",
+                                          "ok");
+    d->m_reloads_failed = fbr_metrics_counter(d->metrics, "firebridge_config_reloads_total",
+                                              NULL, "result", "failed");
+    struct fbr_server_opts o;
+    server_opts(&d->cfg, d->metrics, &o);
+    d->srv = fbr_server_new(d->base, &o);
+    if (start_storage(d) != FBR_OK || start_intake(d) != FBR_OK || start_serving(d) != FBR_OK)
+        return FBR_ERROR;
+    return FBR_OK;
+}
+
+/* Serves until SIGTERM/SIGINT has drained (or timed out); SIGHUP reloads meanwhile. */
+static void run(struct daemon *d)
+{
+    struct event *sigs[] = {
+        evsignal_new(d->base, SIGTERM, on_stop, d),
+        evsignal_new(d->base, SIGINT, on_stop, d),
+        evsignal_new(d->base, SIGHUP, on_reload, d),
+    };
+    for (size_t i = 0; i < FBR_ARRAY_LEN(sigs); i++)
+        event_add(sigs[i], NULL);
+    fbr_log_info("firebridge %s started (%s)", FBR_VERSION,
+                 d->cfg.config_file ? d->cfg.config_file : "built-in default configuration");
+    fbr_service_notify("READY=1\nSTATUS=serving"); /* every listener is open by now */
+    event_base_dispatch(d->base);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(sigs); i++)
+        event_free(sigs[i]);
+}
+
+/*
+ * Frees everything start() built, whether it finished or not: first the pending deliveries go
+ * to the dead-letter file (after the drain, or a start that failed after a replay queued some)
+ * unless the journal keeps them.  Returns rc, or 1 when some could not be saved.
+ */
+static int stop(struct daemon *d, int rc)
+{
+    if (d->deliveries && d->save && save_undelivered(d) != 0)
+        rc = 1;
+    if (d->journal && d->deliveries && fbr_delivery_pending(d->deliveries))
+        fbr_log_info("%zu pending deliver%s stay in the journal and are sent after the restart",
+                     fbr_delivery_pending(d->deliveries),
+                     fbr_delivery_pending(d->deliveries) == 1 ? "y" : "ies");
+    if (d->drain_tick)
+        event_free(d->drain_tick);
+    if (d->drain_deadline)
+        event_free(d->drain_deadline);
+    if (d->flush_tick)
+        event_free(d->flush_tick);
+    fbr_server_free(&d->srv);
+    fbr_addon_free(&d->addon);
+    fbr_intake_free(&d->intake);
+    fbr_delivery_journal_free(&d->delivery_journal);
+    fbr_delivery_engine_free(&d->deliveries);
+    fbr_incidents_close(&d->incidents);
+    fbr_journal_close(&d->journal); /* writes and syncs what is buffered */
+    flow_free(&d->flow);
+    fbr_metrics_free(&d->metrics);
+    if (d->base) {
+        /* bufferevents freed inside their own callbacks are released by the loop: let it run */
+        event_base_loop(d->base, EVLOOP_NONBLOCK);
+        event_base_free(d->base);
+    }
+    fbr_config_free(&d->cfg);
+    fbr_cli_free(&d->cli);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     /* glibc merges its fast bins whenever a request of 1 KiB or more misses the thread cache;
@@ -340,240 +646,12 @@ int main(int argc, char **argv)
     mallopt(M_MXFAST, 0);
     struct daemon d;
     memset(&d, 0, sizeof(d));
-    char err[4096];
-    int rc = 1;
-    int save = 1; /* pending deliveries go to the dead-letter file on the way out */
-
-    if (fbr_cli_parse(&d.cli, argc, argv, err, sizeof(err)) != FBR_OK) {
-        fprintf(stderr, "firebridge: %s\n", err);
-        fbr_cli_free(&d.cli);
-        return 2;
-    }
-    switch (d.cli.action) {
-    case FBR_CLI_HELP:
-        fbr_config_print_help(stdout, "firebridge");
-        fbr_cli_free(&d.cli);
-        return 0;
-    case FBR_CLI_VERSION:
-        printf("firebridge %s\nsd_notify: %s\n", FBR_VERSION,
-               fbr_service_notify_supported() ? "yes" : "no");
-        fbr_cli_free(&d.cli);
-        return 0;
-    default:
-        break;
-    }
-    struct fbr_cfgerr errs = {0};
-    FILE *errout = d.cli.action != FBR_CLI_RUN ? stdout : stderr;
-    if (fbr_config_build_errs(&d.cfg, &d.cli, &errs) != FBR_OK) {
-        for (size_t i = 0; i < errs.n; i++)
-            fprintf(errout, "%s\n", errs.msgs[i]);
-        fbr_cfgerr_clear(&errs);
-        fbr_cli_free(&d.cli);
-        return 1;
-    }
-    if (flow_compile(&d.cfg, &d.flow, &errs) != FBR_OK) {
-        const char *file = d.cfg.config_file ? d.cfg.config_file : "(built-in defaults)";
-        for (size_t i = 0; i < errs.n; i++)
-            fprintf(errout, "%s: %s\n", file, errs.msgs[i]);
-        fbr_cfgerr_clear(&errs);
-        fbr_config_free(&d.cfg);
-        fbr_cli_free(&d.cli);
-        return 1;
-    }
-    if (d.cfg.print_addon_url) {
-        char url[2048];
-        int ok = fbr_addon_capabilities_url(d.cfg.public_url, d.cfg.print_addon_url, url,
-                                            sizeof(url)) == FBR_OK;
-        if (ok)
-            printf("%s\n", url);
-        else
-            fprintf(stderr, "firebridge: --print-addon-url needs --public-url (an absolute "
-                            "http(s) URL) and a routing key of letters, digits, '-' and '_'\n");
-        flow_free(&d.flow);
-        fbr_config_free(&d.cfg);
-        fbr_cli_free(&d.cli);
-        return ok ? 0 : 1;
-    }
-    if (d.cli.action == FBR_CLI_PRINT) {
-        flow_free(&d.flow);
-        json_t *settings = fbr_config_settings_json(&d.cfg);
-        json_dumpf(settings, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-        printf("\n");
-        json_decref(settings);
-        fbr_config_free(&d.cfg);
-        fbr_cli_free(&d.cli);
-        return 0;
-    }
-    if (d.cli.action == FBR_CLI_CHECK) {
-        flow_free(&d.flow);
-        printf("ok\n");
-        fbr_config_free(&d.cfg);
-        fbr_cli_free(&d.cli);
-        return 0;
-    }
-
-    fbr_log_setup(d.cfg.log_level, d.cfg.log_format);
-    fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGXFSZ, SIG_IGN); /* a file size limit: the journal sees EFBIG and answers 503 */
-    if (nofile_fit(d.cfg.max_connections, err, sizeof(err)) != 0) {
-        fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
-        goto out;
-    }
-    if (make_dirs(d.cfg.data_dir) != 0) {
-        fbr_log(FBR_LOG_ERROR, NULL, "creating the data directory", "%s: %s", d.cfg.data_dir,
-                strerror(errno));
-        goto out;
-    }
-
-    /* With the changelist, interest changes on a descriptor within one loop iteration reach
-     * epoll as one call at the next dispatch: a deferred alert reply pauses reading and queues
-     * the reply (one EPOLL_CTL_MOD instead of a DEL and an ADD), then the write completes and
-     * reading resumes (one MOD again), 2 epoll_ctl per alert instead of 4 (bench/README.md). */
-    struct event_config *ev_cfg = event_config_new();
-    if (ev_cfg)
-        event_config_set_flag(ev_cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    d.base = ev_cfg ? event_base_new_with_config(ev_cfg) : NULL;
-    if (ev_cfg)
-        event_config_free(ev_cfg);
-    if (!d.base)
-        d.base = event_base_new();
-    d.metrics = fbr_metrics_new();
-    d.m_reloads_ok = fbr_metrics_counter(d.metrics, "firebridge_config_reloads_total",
-                                         "Configuration reloads (SIGHUP), by result", "result",
-                                         "ok");
-    d.m_reloads_failed = fbr_metrics_counter(d.metrics, "firebridge_config_reloads_total", NULL,
-                                             "result", "failed");
-    struct fbr_server_opts o;
-    server_opts(&d.cfg, d.metrics, &o);
-    d.srv = fbr_server_new(d.base, &o);
-
-    if (d.cfg.journal) {
-        char jdir[4096];
-        snprintf(jdir, sizeof(jdir), "%s/journal", d.cfg.data_dir);
-        struct fbr_journal_opts jopts = {.dir = jdir,
-                                         .fsync = d.cfg.fsync,
-                                         .fsync_interval_ms = d.cfg.fsync_interval_ms,
-                                         .segment_size = d.cfg.journal_segment_size,
-                                         .repair = d.cfg.journal_repair,
-                                         .metrics = d.metrics};
-        if (fbr_journal_open(d.base, &jopts, &d.journal, err, sizeof(err)) != FBR_OK) {
-            fbr_log(FBR_LOG_ERROR, NULL, "opening the journal", "%s", err);
-            goto out;
-        }
-        fbr_server_set_ready_check(d.srv, journal_ready, d.journal);
-    }
-    struct fbr_incidents_opts iopts = {.journal = d.journal};
-    if (fbr_incidents_open(&iopts, &d.incidents) != FBR_OK) {
-        fbr_log(FBR_LOG_ERROR, NULL, "opening the incident table", "in %s", d.cfg.data_dir);
-        goto out;
-    }
-    struct fbr_delivery_opts dopts;
-    delivery_opts(&d.cfg, &dopts);
-    if (fbr_delivery_engine_new(d.base, &dopts, &d.deliveries, err, sizeof(err)) != FBR_OK) {
-        fbr_log(FBR_LOG_ERROR, NULL, "starting the delivery engine", "%s", err);
-        goto out;
-    }
-    if (d.journal) {
-        /* Before the listeners open: pending deliveries and incidents come back as they were.
-         * Nothing is saved on the way out: the journal keeps it all. */
-        save = 0;
-        d.delivery_journal = fbr_delivery_journal_new(d.deliveries, d.journal);
-        if (fbr_journal_recover(d.journal, err, sizeof(err)) != FBR_OK) {
-            fbr_log(FBR_LOG_ERROR, NULL, "recovering the journal", "%s", err);
-            goto out;
-        }
-    }
-    struct fbr_intake_opts inopts = {
-        .api_keys = (const char *const *)d.cfg.api_keys.v,
-        .napi_keys = d.cfg.api_keys.n,
-        .organization_id = d.cfg.organization_id,
-        .rules = d.flow.rules,
-        .webhooks = &d.flow.webhooks,
-        .incidents = d.incidents,
-        .sink = {sink_submit, d.deliveries, sink_room},
-        .journal = d.journal,
-        .alertmanager = {.other_severity = d.cfg.alertmanager_other_severity},
-    };
-    d.intake = fbr_intake_new(&inopts);
-    fbr_intake_register(d.intake, d.srv);
-    struct fbr_addon_opts aopts = {.base = d.base,
-                                   .srv = d.srv,
-                                   .engine = d.deliveries,
-                                   .intake = d.intake,
-                                   .incidents = d.incidents,
-                                   .metrics = d.metrics,
-                                   .data_dir = d.cfg.data_dir};
-    if (fbr_addon_new(&aopts, d.flow.addon, &d.addon, err, sizeof(err)) != FBR_OK) {
-        fbr_log(FBR_LOG_ERROR, NULL, "reading the HipChat installations", "%s", err);
-        goto out;
-    }
-    fbr_metrics_add_collector(d.metrics, fbr_intake_metrics_collect, d.intake);
-    fbr_metrics_add_collector(d.metrics, fbr_delivery_metrics_collect, d.deliveries);
-    fbr_metrics_add_collector(d.metrics, fbr_incidents_metrics_collect, d.incidents);
-    d.flush_tick = event_new(d.base, -1, EV_PERSIST, on_flush, &d);
-    event_add(d.flush_tick, &(struct timeval){1, 0});
-    if (d.cfg.replay_dead_letters) {
-        size_t count = 0;
-        int r = fbr_delivery_replay_file(d.deliveries, d.cfg.replay_dead_letters, &count, err,
-                                         sizeof(err));
-        if (r != FBR_OK) {
-            fbr_log(FBR_LOG_ERROR, NULL, "replaying dead letters", "from %s: %s",
-                    d.cfg.replay_dead_letters, r == FBR_NOTFOUND ? "cannot open the file" : err);
-            save = 0; /* what was queued is still in the file: writing it again would double it */
-            goto out;
-        }
-        fbr_log_info("replaying %zu dead letter(s) from %s", count, d.cfg.replay_dead_letters);
-    }
-    for (size_t i = 0; i < d.cfg.listen.n; i++) {
-        if (fbr_server_listen(d.srv, d.cfg.listen.v[i]) != FBR_OK)
-            goto out;
-    }
-    struct event *sigs[4] = {
-        evsignal_new(d.base, SIGTERM, on_stop, &d),
-        evsignal_new(d.base, SIGINT, on_stop, &d),
-        evsignal_new(d.base, SIGHUP, on_reload, &d),
-        NULL,
-    };
-    for (int i = 0; sigs[i]; i++)
-        event_add(sigs[i], NULL);
-    fbr_log_info("firebridge %s started (%s)", FBR_VERSION,
-                 d.cfg.config_file ? d.cfg.config_file : "built-in default configuration");
-    fbr_service_notify("READY=1\nSTATUS=serving"); /* every listener is open by now */
-
-    event_base_dispatch(d.base);
-    rc = 0;
-    for (int i = 0; sigs[i]; i++)
-        event_free(sigs[i]);
-out:
-    /* after the drain, or a start that failed after a replay queued deliveries */
-    if (d.deliveries && save && save_undelivered(&d) != 0)
-        rc = 1;
-    if (d.journal && d.deliveries && fbr_delivery_pending(d.deliveries))
-        fbr_log_info("%zu pending deliver%s stay in the journal and are sent after the restart",
-                     fbr_delivery_pending(d.deliveries),
-                     fbr_delivery_pending(d.deliveries) == 1 ? "y" : "ies");
-    if (d.drain_tick)
-        event_free(d.drain_tick);
-    if (d.drain_deadline)
-        event_free(d.drain_deadline);
-    if (d.flush_tick)
-        event_free(d.flush_tick);
-    fbr_server_free(&d.srv);
-    fbr_addon_free(&d.addon);
-    fbr_intake_free(&d.intake);
-    fbr_delivery_journal_free(&d.delivery_journal);
-    fbr_delivery_engine_free(&d.deliveries);
-    fbr_incidents_close(&d.incidents);
-    fbr_journal_close(&d.journal); /* writes and syncs what is buffered */
-    flow_free(&d.flow);
-    fbr_metrics_free(&d.metrics);
-    if (d.base) {
-        /* bufferevents freed inside their own callbacks are released by the loop: let it run */
-        event_base_loop(d.base, EVLOOP_NONBLOCK);
-        event_base_free(d.base);
-    }
-    fbr_config_free(&d.cfg);
-    fbr_cli_free(&d.cli);
-    return rc;
+    d.save = 1;
+    int rc = configure(&d, argc, argv);
+    if (rc >= 0)
+        return rc;
+    if (start(&d) != FBR_OK)
+        return stop(&d, 1);
+    run(&d);
+    return stop(&d, 0);
 }

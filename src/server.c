@@ -46,10 +46,24 @@
 
 /* Where the header screener is in the byte stream of one connection. */
 enum scan_phase {
-    SCAN_HEAD,      /* request line and headers: screened */
-    SCAN_BODY,      /* Content-Length body: counted down, not screened */
-    SCAN_UNBOUNDED, /* chunked body: libevhtp delimits it; screening resumes after the request */
+    SCAN_HEAD,       /* request line and headers: screened */
+    SCAN_BODY,       /* Content-Length body: counted down, not screened */
+    SCAN_CHUNK_SIZE, /* chunked body: a chunk-size line (hex digits, CRLF; no extensions) */
+    SCAN_CHUNK_DATA, /* chunked body: the chunk's bytes, counted down */
+    SCAN_CHUNK_END,  /* chunked body: the CRLF that must follow a chunk's bytes */
+    SCAN_TRAILER,    /* chunked body: trailer lines after the last chunk, up to an empty one */
 };
+
+/* Where the screener is in a request line: method SP request-target SP HTTP-version CRLF. */
+enum rl_part {
+    RL_METHOD,  /* upper-case letters */
+    RL_TARGET,  /* visible ASCII: a raw space or control byte ends or breaks it */
+    RL_VERSION, /* "HTTP/" digits "." digits */
+    RL_END,     /* the CR after the version was seen */
+};
+
+/* What an Expect header asked for (RFC 9110 10.1.1). */
+enum expectation { EXPECT_NONE, EXPECT_CONTINUE, EXPECT_OTHER };
 
 /* How far the screener has seen the current request of a connection. */
 enum req_progress {
@@ -87,6 +101,14 @@ struct conn {
     uint64_t content_length;
     int chunked;
     int cl_seen, te_seen;        /* Content-Length / Transfer-Encoding lines in this head */
+    unsigned hosts, auths;       /* Host / Authorization lines in this head */
+    enum expectation expect;
+    enum rl_part rl;             /* request-line syntax, checked byte by byte */
+    unsigned ver_at;             /* bytes of "HTTP/" seen */
+    int ver_major, ver_minor;    /* as the screener read them: -1 until it has */
+    unsigned char last;          /* the previous head byte: a LF must follow a CR */
+    uint64_t chunk_left;         /* bytes of the current chunk (or its size being read) */
+    unsigned chunk_digits;       /* hex digits of the current chunk-size line */
     /* the request in progress */
     int too_large;
     int major, minor;            /* the version the request line claimed; -1: not parsed yet */
@@ -200,6 +222,10 @@ static void send_reply(struct fbr_http_req *req, int status)
     struct conn *fc = req_conn(req);
     struct fbr_server *srv = fc ? fc->srv : NULL;
     evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
+    /* RFC 9110 11.6.1: a 401 names the scheme to use; a handler may have named its own */
+    if (status == 401 && !evhtp_kv_find(r->headers_out, "WWW-Authenticate"))
+        evhtp_headers_add_header(r->headers_out,
+                                 evhtp_header_new("WWW-Authenticate", "Bearer", 0, 0));
     if (srv && (srv->draining || (fc && fc->too_large))) {
         /* set_keepalive(r, 0) alone leaves the flag on in 1.2.18: the connection stayed open
          * after "Connection: close" until the client closed it.  With the flag off libevhtp
@@ -448,13 +474,13 @@ static void closing_eventcb(struct bufferevent *bev, short what, void *arg)
 static void conn_reject(struct conn *fc, int status, const char *reason, const char *msg)
 {
     struct bufferevent *bev = fc->c->bev;
-    static const char *const texts[] = {"Request Timeout", "URI Too Long",
-                                        "Request Header Fields Too Large", "Bad Request"};
-    const char *text = status == 408   ? texts[0]
-                       : status == 414 ? texts[1]
-                       : status == 431 ? texts[2]
+    const char *text = status == 408   ? "Request Timeout"
+                       : status == 413 ? "Content Too Large"
+                       : status == 414 ? "URI Too Long"
+                       : status == 417 ? "Expectation Failed"
+                       : status == 431 ? "Request Header Fields Too Large"
                        : status == 501 ? "Not Implemented"
-                                       : texts[3];
+                                       : "Bad Request";
     char body[256];
     int blen = snprintf(body, sizeof(body), "{\"result\":\"failure\",\"message\":\"%s\"}\n", msg);
     struct evbuffer *out = bufferevent_get_output(bev);
@@ -539,14 +565,25 @@ static size_t header_value(const struct conn *fc, size_t name_len, const char **
 }
 
 /*
- * Ends one header line: notes the framing headers and checks them.  Content-Length must be
- * digits only and agree with any earlier one; Transfer-Encoding must appear once and be exactly
- * "chunked" (another coding before chunked is 501, chunked not last 400).  Returns 0, or 1 with
- * *r set.
+ * Ends one header line: counts Host and Authorization lines, notes Expect, notes the framing
+ * headers and checks them.  Content-Length must be digits only and agree with any earlier one;
+ * Transfer-Encoding must appear once and be exactly "chunked" (another coding before chunked is
+ * 501, chunked not last 400).  Returns 0, or 1 with *r set.
  */
 static int header_line_done(struct conn *fc, struct refusal *r)
 {
-    static const char cl_name[] = "content-length:", te_name[] = "transfer-encoding:";
+    static const char cl_name[] = "content-length:", te_name[] = "transfer-encoding:",
+                      expect_name[] = "expect:", continue_value[] = "100-continue";
+    fc->hosts += header_is(fc, "host:");
+    fc->auths += header_is(fc, "authorization:");
+    if (header_is(fc, expect_name)) {
+        const char *v;
+        size_t n = header_value(fc, sizeof(expect_name) - 1, &v);
+        int cont = n == sizeof(continue_value) - 1 && strncasecmp(v, continue_value, n) == 0;
+        if (fc->expect != EXPECT_OTHER)
+            fc->expect = cont ? EXPECT_CONTINUE : EXPECT_OTHER;
+        return 0;
+    }
     int cl = header_is(fc, cl_name), te = header_is(fc, te_name);
     if (!cl && !te)
         return 0;
@@ -597,6 +634,160 @@ static int header_line_done(struct conn *fc, struct refusal *r)
 }
 
 /*
+ * Checks one byte of a request line (RFC 9112 3): a method of upper-case letters, one space, a
+ * target of visible ASCII, one space, "HTTP/" digits "." digits, CR.  libevhtp's parser drops
+ * the connection without a word on a lower-case method, a raw space in the target or a missing
+ * version.  Returns 0, or 1 when the line is malformed.
+ */
+static int request_line_byte(struct conn *fc, unsigned char ch)
+{
+    static const char http[] = "HTTP/";
+    switch (fc->rl) {
+    case RL_METHOD:
+        if (ch == ' ' && fc->line_len > 0)
+            fc->rl = RL_TARGET;
+        return ch != ' ' && (ch < 'A' || ch > 'Z');
+    case RL_TARGET:
+        if (ch == ' ' && fc->last != ' ') {
+            fc->rl = RL_VERSION;
+            fc->ver_at = 0;
+            return 0;
+        }
+        return ch <= ' ' || ch == 0x7f;
+    case RL_VERSION:
+        if (fc->ver_at < sizeof(http) - 1) {
+            if (ch != (unsigned char)http[fc->ver_at++])
+                return 1;
+            fc->ver_major = fc->ver_minor = -1;
+            return 0;
+        }
+        if (ch >= '0' && ch <= '9') {
+            /* ver_minor: -1 before the dot, -2 right after it */
+            int *v = fc->ver_minor == -1 ? &fc->ver_major : &fc->ver_minor;
+            if (*v < 0)
+                *v = 0;
+            if (*v < 1000)
+                *v = *v * 10 + (ch - '0');
+            return 0;
+        }
+        if (ch == '.' && fc->ver_major >= 0 && fc->ver_minor == -1) {
+            fc->ver_minor = -2; /* digits of the minor version follow */
+            return 0;
+        }
+        if (ch == '\r' && fc->ver_minor >= 0) {
+            fc->rl = RL_END;
+            return 0;
+        }
+        return 1;
+    case RL_END:
+        return 1;
+    }
+    return 1;
+}
+
+/*
+ * Screens one byte of a chunked body (RFC 9112 7.1): chunk-size lines of hex digits and CRLF
+ * (chunk extensions are refused: libevhtp's parser drops the connection on them), the chunk's
+ * bytes, its CRLF, and after the last chunk any trailer lines up to an empty one.  Consumes as
+ * much of buf[*i, len) as it can at once.  Returns NULL, or the message of a refusal.
+ */
+static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size_t *i, size_t len)
+{
+    if (fc->phase == SCAN_CHUNK_DATA) {
+        size_t take = len - *i;
+        if (take > fc->chunk_left)
+            take = (size_t)fc->chunk_left;
+        fc->chunk_left -= take;
+        *i += take;
+        if (fc->chunk_left == 0) {
+            fc->phase = SCAN_CHUNK_END;
+            fc->last = 0;
+        }
+        return NULL;
+    }
+    unsigned char ch = buf[(*i)++];
+    switch (fc->phase) {
+    case SCAN_CHUNK_SIZE:
+        if (fc->last == '\r') {
+            if (ch != '\n' || fc->chunk_digits == 0)
+                return "invalid chunk size";
+            fc->phase = fc->chunk_left ? SCAN_CHUNK_DATA : SCAN_TRAILER;
+            fc->last = 0;
+            fc->line_len = 0;
+            return NULL;
+        }
+        fc->last = ch;
+        if (ch == '\r')
+            return NULL;
+        if (ch == ';')
+            return "chunk extensions are not supported";
+        int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                         : -1;
+        if (d < 0 || ++fc->chunk_digits > 15)
+            return "invalid chunk size";
+        fc->chunk_left = fc->chunk_left * 16 + (uint64_t)d;
+        return NULL;
+    case SCAN_CHUNK_END:
+        if ((fc->last == 0 && ch != '\r') || (fc->last == '\r' && ch != '\n'))
+            return "chunk data longer than its chunk size";
+        if (ch == '\n') {
+            fc->phase = SCAN_CHUNK_SIZE;
+            fc->chunk_left = 0;
+            fc->chunk_digits = 0;
+        }
+        fc->last = ch == '\n' ? 0 : ch;
+        return NULL;
+    case SCAN_TRAILER:
+        if (++fc->head_bytes > fc->srv->opts.max_header_bytes)
+            return "trailer section too large";
+        if (ch == '\n') {
+            if (fc->last != '\r')
+                return "bare LF in the trailer section";
+            if (fc->line_len == 1) { /* the empty line: the request is complete */
+                fc->phase = SCAN_HEAD;
+                fc->in_request = REQ_NONE;
+            }
+            fc->line_len = 0;
+        } else {
+            fc->line_len++;
+        }
+        fc->last = ch;
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+/*
+ * At the end of a header section: what the section as a whole must satisfy (RFC 9112 3.2: one
+ * Host in HTTP/1.1; one set of credentials; RFC 9110 10.1.1: an expectation firebridge meets,
+ * and no "100 Continue" for a body it would refuse).  Returns 0, or 1 with *r set.
+ */
+static int head_done(struct conn *fc, struct refusal *r)
+{
+    int v11 = fc->ver_major == 1 && fc->ver_minor >= 1;
+    *r = (struct refusal){400, "bad_header", NULL};
+    if (fc->chunked && fc->cl_seen) {
+        *r = (struct refusal){400, "bad_framing", "both Content-Length and Transfer-Encoding"};
+    } else if (fc->hosts > 1) {
+        r->msg = "more than one Host header";
+    } else if (fc->hosts == 0 && v11) {
+        r->msg = "no Host header (required since HTTP/1.1)";
+    } else if (fc->auths > 1) {
+        r->msg = "more than one Authorization header";
+    } else if (fc->expect == EXPECT_OTHER && v11) {
+        *r = (struct refusal){417, "expectation", "only the 100-continue expectation is "
+                                                  "supported"};
+    } else if (fc->expect == EXPECT_CONTINUE && v11 && fc->cl_seen &&
+               fc->content_length > fc->srv->opts.max_body) {
+        *r = (struct refusal){413, "body_too_large", "declared body larger than --max-body"};
+    }
+    return r->msg != NULL;
+}
+
+/*
  * Screens new input bytes [from, len) of buf.  Returns 0 to pass the input on to libevhtp, 1 to
  * hold it back because it is only the beginning of a header section, or -1 after the connection
  * was rejected.  Holding matters: libevhtp 1.2.18's parser reads uninitialised memory when a
@@ -609,8 +800,14 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
     /* where the header section still open at the end began: 0 = at the front of the input */
     size_t head_at = fc->in_request == REQ_HEAD ? 0 : SIZE_MAX;
     while (i < len) {
-        if (fc->phase == SCAN_UNBOUNDED)
-            return 0;
+        if (fc->phase >= SCAN_CHUNK_SIZE) {
+            const char *bad = chunked_bytes(fc, buf, &i, len);
+            if (bad) {
+                conn_reject(fc, 400, "bad_chunk", bad);
+                return -1;
+            }
+            continue;
+        }
         if (fc->phase == SCAN_BODY) {
             size_t take = len - i;
             if (take > fc->content_length)
@@ -634,11 +831,29 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             fc->content_length = 0;
             fc->chunked = 0;
             fc->cl_seen = fc->te_seen = 0;
+            fc->hosts = fc->auths = 0;
+            fc->expect = EXPECT_NONE;
+            fc->rl = RL_METHOD;
+            fc->ver_major = fc->ver_minor = -1;
+            fc->last = 0;
         }
         fc->head_bytes++;
+        if (fc->last == '\r' && ch != '\n') {
+            conn_reject(fc, 400, "bad_header", "CR without LF in the request head");
+            return -1;
+        }
         if (ch == '\n') {
             int empty = fc->line_len == 0 || (fc->line_len == 1 && fc->line[0] == '\r');
             struct refusal r;
+            if (fc->last != '\r') {
+                conn_reject(fc, 400, "bad_header", "bare LF in the request head");
+                return -1;
+            }
+            fc->last = 0;
+            if (fc->nlines == 0 && fc->rl != RL_END) {
+                conn_reject(fc, 400, "bad_request_line", "invalid request line");
+                return -1;
+            }
             if (fc->nlines > 0 && !empty && header_line_done(fc, &r) != 0) {
                 conn_reject(fc, r.status, r.reason, r.msg);
                 return -1;
@@ -646,20 +861,26 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             fc->nlines++;
             fc->line_len = 0;
             fc->in_name = 1;
-            if (empty && fc->nlines > 1 && fc->chunked && fc->cl_seen) {
-                conn_reject(fc, 400, "bad_framing",
-                            "both Content-Length and Transfer-Encoding");
+            if (empty && fc->nlines > 1 && head_done(fc, &r) != 0) {
+                conn_reject(fc, r.status, r.reason, r.msg);
                 return -1;
             }
             if (empty && fc->nlines > 1) {
-                if (fc->chunked)
-                    fc->phase = SCAN_UNBOUNDED;
-                else if (fc->content_length)
+                if (fc->chunked) {
+                    fc->phase = SCAN_CHUNK_SIZE;
+                    fc->chunk_left = 0;
+                    fc->chunk_digits = 0;
+                } else if (fc->content_length)
                     fc->phase = SCAN_BODY;
                 fc->in_request = fc->phase != SCAN_HEAD ? REQ_BODY : REQ_NONE;
             }
             continue;
         }
+        if (fc->nlines == 0 && request_line_byte(fc, ch) != 0) {
+            conn_reject(fc, 400, "bad_request_line", "invalid request line");
+            return -1;
+        }
+        fc->last = ch;
         if (fc->nlines > 0 && fc->in_name) {
             /* RFC 9112 5.1, 5.2: no blank inside or after a field name, no folded lines */
             if (ch == ':') {
@@ -922,10 +1143,6 @@ static void on_request(evhtp_request_t *r, void *arg)
     if (!fc) { /* not accepted through post_accept: cannot happen, but never crash */
         evhtp_send_reply(r, EVHTP_RES_SERVERR);
         return;
-    }
-    if (fc->phase == SCAN_UNBOUNDED) {
-        fc->phase = SCAN_HEAD;
-        fc->in_request = REQ_NONE;
     }
     if (fc->in_request != REQ_HEAD && fc->deadline) /* a pipelined request has begun: keep it */
         event_del(fc->deadline);

@@ -442,6 +442,15 @@ fail:
     return FBR_INVALID;
 }
 
+unsigned fbr_tpl_max_capture(const struct fbr_tpl *tpl)
+{
+    unsigned max = 0;
+    for (size_t i = 0; tpl && i < tpl->nvars; i++)
+        if (tpl->vars[i].ns == NS_RULE_CAPTURE && tpl->vars[i].capture > max)
+            max = tpl->vars[i].capture;
+    return max;
+}
+
 struct fbr_tpl *fbr_tpl_ref(struct fbr_tpl *tpl)
 {
     if (tpl)
@@ -1145,6 +1154,22 @@ static const json_t *resolve(const struct fbr_tpl *t, const struct tpl_var *v,
             cur = NULL;
     }
     return cur;
+}
+
+const char *fbr_tpl_url_never_valid(const struct fbr_tpl *t)
+{
+    const char *why = NULL;
+    if (!t || t->ctx != FBR_TPL_URL)
+        return NULL;
+    struct fbr_url u;
+    for (size_t i = 0; i < t->nsegs; i++)
+        if (t->segs[i].var < 0 && !fbr_url_bytes_ok(t->segs[i].ptr, t->segs[i].len))
+            return "URL contains a space, control, non-ASCII or unsafe character";
+    if (t->nsegs > 0 && t->segs[0].var < 0 &&
+        fbr_url_parse_head(t->segs[0].ptr, t->segs[0].len, t->nsegs == 1, &u, &why) ==
+            FBR_INVALID)
+        return why;
+    return NULL;
 }
 
 /*

@@ -548,6 +548,167 @@ START_TEST(smuggling_refused_and_closed)
 }
 END_TEST
 
+/* ---- defect 10: HTTP conformance ------------------------------------------------------ */
+
+/* Malformed requests get one JSON 400 (or the status RFC 9110 names) and the connection closes;
+ * libevhtp's parser alone closed them without a word. */
+START_TEST(malformed_requests_answered_then_closed)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--max-body", "1024", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char buf[16384];
+    static const struct {
+        const char *raw;
+        int status;
+    } cases[] = {
+        /* chunk extension, bad chunk size, chunk data not followed by CRLF */
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5;ext=1\r\nabcde\r\n0\r\n\r\n", 400},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "zz\r\nabcde\r\n0\r\n\r\n", 400},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5\r\nabcdefg\r\n0\r\n\r\n", 400},
+        {"get /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\nHost: t\n\n", 400},
+        {"GET /healthz HTTP/1.1\r\nHost: t\nX: y\r\n\r\n", 400},
+        {"GET /health z HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"GET /healthz\r\nHost: t\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", 400},
+        {"POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " KEY
+         "\r\nAuthorization: Bearer x\r\nContent-Type: application/json\r\n"
+         "Content-Length: 2\r\n\r\n{}", 400},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
+         "Expect: 100-continue\r\n\r\n", 413},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 200-ok\r\n\r\n{}",
+         417},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+         "0\r\n\r\n", 501},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int replies = exchange_all(d.port, cases[i].raw, buf, sizeof(buf));
+        ck_assert_msg(replies == 1, "case %zu: %d replies: %s", i, replies, buf);
+        ck_assert_msg(atoi(buf + 9) == cases[i].status, "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "{\"result\":\"failure\",\"message\":"), "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "Connection: close"), "case %zu: %s", i, buf);
+        ck_assert_msg(!strstr(buf, "100 Continue"), "case %zu: %s", i, buf);
+    }
+    assert_alive(&d);
+    /* lawful requests of the same shapes still reach the routes (POST /healthz: 405) */
+    static const struct {
+        const char *raw, *status_line;
+    } fine[] = {
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+         "Connection: close\r\n\r\n5\r\nabcde\r\n0\r\nX-Trailer: 1\r\n\r\n",
+         "HTTP/1.1 405 "},
+        {"GET /healthz HTTP/1.0\r\n\r\n", " 200 OK"},
+        {"GET /healthz?a=b%20c HTTP/1.1\r\nhost: t\r\nConnection: close\r\n\r\n",
+         "HTTP/1.1 200 "},
+        {"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n"
+         "Connection: close\r\n\r\n{}",
+         "HTTP/1.1 405 "},
+    };
+    for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        exchange_all(d.port, fine[i].raw, buf, sizeof(buf));
+        ck_assert_msg(strstr(buf, fine[i].status_line), "fine %zu: %s", i, buf);
+    }
+    /* 100 Continue for a body that fits, then the answer */
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    static const char head[] = "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                               "Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+    ck_assert_int_gt(n, 0);
+    buf[n] = '\0';
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 100 ", 13) == 0, "%s", buf);
+    close(fd);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* Every 401 names the scheme it wants (RFC 9110 11.6.1). */
+START_TEST(unauthorized_carries_www_authenticate)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char req[2048], buf[16384];
+    post_req(req, sizeof(req), "/v1/events", "Bearer wrong", event_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 401);
+    ck_assert_msg(strstr(buf, "\r\nWWW-Authenticate: Bearer"), "%s", buf);
+    post_req(req, sizeof(req), "/v1/events", NULL, event_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 401);
+    ck_assert_msg(strstr(buf, "\r\nWWW-Authenticate: Bearer"), "%s", buf);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* ---- defect 12: --check-config refuses what cannot work ----------------------------------- */
+
+/* Runs "--check-config -c <dir>/c.json" over cfg; returns the exit status, the output in *out. */
+static int check_config(const char *dir, const char *cfg, char **out)
+{
+    char path[128], log[128];
+    snprintf(path, sizeof(path), "%s/c.json", dir);
+    snprintf(log, sizeof(log), "%s/check.log", dir);
+    dutil_write_file(path, cfg);
+    const char *const args[] = {"-c", path, "--check-config", NULL};
+    pid_t pid = dutil_spawn_daemon(log, args);
+    int st = dutil_wait_exit(&pid, 10000 * dutil_slow(), NULL);
+    ck_assert_msg(st != -1 && WIFEXITED(st), "status %d", st);
+    *out = dutil_slurp(log, NULL);
+    return WEXITSTATUS(st);
+}
+
+#define WH(url) "{\"webhooks\":[{\"name\":\"w\",\"event\":\"Any-Alert\",\"url\":\"" url "\"}]}"
+#define RULE(match, pattern, value)                                                                \
+    "{\"rules\":[{\"name\":\"r\",\"when\":{\"field\":\"room_id\",\"match\":\"" match "\","       \
+    "\"pattern\":\"" pattern "\"},\"set\":{\"room\":\"" value "\"}}]}"
+
+START_TEST(check_config_refuses_what_cannot_work)
+{
+    char dir[64], pem[128];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(pem, sizeof(pem), "%s/ca.pem", dir);
+    dutil_write_file(pem, "not checked for content here\n");
+    static const struct {
+        const char *cfg, *field, *reason;
+    } bad[] = {
+        {WH("ftp://example.com/x"), "webhooks[0].url", "http"},
+        {WH("http:///x"), "webhooks[0].url", "host"},
+        {WH("not a url"), "webhooks[0].url", "URL"},
+        {WH("http://u:p@example.com/x"), "webhooks[0].url", "userinfo"},
+        {"{\"tls_cert\":\"/nonexistent/cert.pem\",\"tls_key\":\"/nonexistent/key.pem\"}",
+         "tls_cert", "cannot read /nonexistent/cert.pem"},
+        {"{\"ca_file\":\"/nonexistent/ca.pem\"}", "ca_file", "cannot read"},
+        {RULE("regex", "(\\\\d+)", "n${{\\\\5}}"), "rules[0]", "1 capture group"},
+        {RULE("wildcard", "4*", "n${{\\\\1}}"), "rules[0]", "no regex condition"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *out;
+        int rc = check_config(dir, bad[i].cfg, &out);
+        ck_assert_msg(rc != 0, "case %zu accepted: %s", i, out);
+        ck_assert_msg(strstr(out, bad[i].field) && strstr(out, bad[i].reason), "case %zu: %s", i,
+                      out);
+        free(out);
+    }
+    /* what can work still passes: a variable host, a group the regex has, a readable file */
+    char good[512];
+    snprintf(good, sizeof(good),
+             "{\"ca_file\":\"%s\",\"webhooks\":[{\"name\":\"w\",\"event\":\"Any-Alert\","
+             "\"url\":\"https://${{ALERT.host}}/x\"}],\"rules\":[{\"name\":\"r\",\"when\":"
+             "{\"field\":\"room_id\",\"match\":\"regex\",\"pattern\":\"(\\\\d+)-(\\\\d+)\"},"
+             "\"set\":{\"room\":\"${{\\\\2}}\"}}]}",
+             pem);
+    char *out;
+    ck_assert_msg(check_config(dir, good, &out) == 0, "%s", out);
+    free(out);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 /* ---- defect 5: silent connections ----------------------------------------------------- */
 
 /* --max-connections silent sockets must not block the daemon for --idle-timeout: they get
@@ -772,6 +933,8 @@ int main(void)
     tc = tcase_create("smuggling");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, smuggling_refused_and_closed);
+    tcase_add_test(tc, malformed_requests_answered_then_closed);
+    tcase_add_test(tc, unauthorized_carries_www_authenticate);
     suite_add_tcase(s, tc);
     tc = tcase_create("silent");
     tcase_set_timeout(tc, 60);
@@ -784,6 +947,10 @@ int main(void)
     tc = tcase_create("content_type");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, non_json_content_type_is_415);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("check_config");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, check_config_refuses_what_cannot_work);
     suite_add_tcase(s, tc);
     tc = tcase_create("masking");
     tcase_set_timeout(tc, 60);

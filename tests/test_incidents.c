@@ -752,6 +752,129 @@ START_TEST(prepare_abort_commit)
 }
 END_TEST
 
+/* The lifecycle's rule on its own: every message type against every state the key can be in. */
+START_TEST(transition_rule_table)
+{
+    static const enum fbr_incident_phase unacked = FBR_PHASE_UNACKED, acked = FBR_PHASE_ACKED,
+                                         resolved = FBR_PHASE_RESOLVED;
+    const enum fbr_incident_phase *none = NULL;
+    struct {
+        enum fbr_msg_type mt;
+        const enum fbr_incident_phase *cur;
+        int warning_no_open;
+        enum fbr_transition want;
+    } rows[] = {
+        {FBR_MT_CRITICAL, none, 0, FBR_TR_TRIGGERED},
+        {FBR_MT_CRITICAL, &unacked, 0, FBR_TR_ROLLED},
+        {FBR_MT_CRITICAL, &acked, 0, FBR_TR_ROLLED},
+        {FBR_MT_CRITICAL, &resolved, 0, FBR_TR_TRIGGERED},
+        {FBR_MT_CRITICAL, none, 1, FBR_TR_TRIGGERED},
+        {FBR_MT_WARNING, none, 0, FBR_TR_TRIGGERED},
+        {FBR_MT_WARNING, none, 1, FBR_TR_NONE},
+        {FBR_MT_WARNING, &resolved, 1, FBR_TR_NONE},
+        {FBR_MT_WARNING, &acked, 1, FBR_TR_ROLLED},
+        {FBR_MT_ACKNOWLEDGEMENT, none, 0, FBR_TR_NONE},
+        {FBR_MT_ACKNOWLEDGEMENT, &unacked, 0, FBR_TR_ACKED},
+        {FBR_MT_ACKNOWLEDGEMENT, &acked, 0, FBR_TR_NONE},
+        {FBR_MT_ACKNOWLEDGEMENT, &resolved, 0, FBR_TR_NONE},
+        {FBR_MT_RECOVERY, none, 0, FBR_TR_NONE},
+        {FBR_MT_RECOVERY, &unacked, 0, FBR_TR_RESOLVED},
+        {FBR_MT_RECOVERY, &acked, 0, FBR_TR_RESOLVED},
+        {FBR_MT_RECOVERY, &resolved, 0, FBR_TR_NONE},
+        {FBR_MT_OK, &acked, 0, FBR_TR_RESOLVED},
+        {FBR_MT_OK, none, 0, FBR_TR_NONE},
+        {FBR_MT_INFO, none, 0, FBR_TR_NONE},
+        {FBR_MT_INFO, &unacked, 0, FBR_TR_NONE},
+        {FBR_MT_INFO, &resolved, 0, FBR_TR_NONE},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        ck_assert_msg(fbr_incident_transition_for(rows[i].mt, rows[i].cur,
+                                                  rows[i].warning_no_open) == rows[i].want,
+                      "row %zu: %s", i, fbr_transition_name(rows[i].want));
+}
+END_TEST
+
+static struct fbr_incident_decision decide(struct fbr_incidents *t, const char *eid,
+                                           const char *mt, json_t *extra)
+{
+    json_t *a = json_pack("{s:s,s:s,s:s}", "routing_key", "Ops", "entity_id", eid,
+                          "message_type", mt);
+    if (extra)
+        json_object_update(a, extra);
+    struct fbr_incident_decision d;
+    fbr_incidents_decide(t, a, 5000, &d);
+    json_decref(a);
+    return d;
+}
+
+/* The decision given a table: what each alert would do, and that deciding changes nothing (no
+ * counter taken, no record written, nothing left pending for a commit). */
+START_TEST(decision_reads_the_table_only)
+{
+    make_dir();
+    struct fbr_incidents *t = open_table(0);
+    json_t *st;
+    ck_assert_int_eq(feed(t, "ops", "a", "CRITICAL", 1000, &st), FBR_TR_TRIGGERED);
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "ops", "b", "CRITICAL", 1000, &st), FBR_TR_TRIGGERED);
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "ops", "b", "ACKNOWLEDGEMENT", 1500, &st), FBR_TR_ACKED);
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "ops", "c", "CRITICAL", 1000, &st), FBR_TR_TRIGGERED);
+    json_decref(st);
+    ck_assert_int_eq(feed(t, "ops", "c", "RECOVERY", 2000, &st), FBR_TR_RESOLVED);
+    json_decref(st);
+    uint64_t pos0 = fbr_journal_position(tjournal);
+    struct fbr_incidents_stats before, after;
+    fbr_incidents_get_stats(t, &before);
+
+    struct {
+        const char *eid, *mt;
+        enum fbr_transition tr;
+        uint64_t number;
+        enum fbr_incident_phase phase;
+    } rows[] = {
+        {"a", "critical", FBR_TR_ROLLED, 1, FBR_PHASE_UNACKED}, /* key is case-folded rk + eid */
+        {"a", "ACKNOWLEDGEMENT", FBR_TR_ACKED, 1, FBR_PHASE_ACKED},
+        {"b", "ACKNOWLEDGEMENT", FBR_TR_NONE, 2, FBR_PHASE_ACKED},
+        {"b", "RECOVERY", FBR_TR_RESOLVED, 2, FBR_PHASE_RESOLVED},
+        {"c", "CRITICAL", FBR_TR_TRIGGERED, 4, FBR_PHASE_UNACKED}, /* re-opens: a new number */
+        {"c", "INFO", FBR_TR_NONE, 3, FBR_PHASE_RESOLVED},
+        {"z", "WARNING", FBR_TR_TRIGGERED, 4, FBR_PHASE_UNACKED},
+        {"z", "RECOVERY", FBR_TR_NONE, 0, FBR_PHASE_UNACKED},
+    };
+    for (int pass = 0; pass < 2; pass++) { /* the same answers twice: nothing moved */
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+            struct fbr_incident_decision d = decide(t, rows[i].eid, rows[i].mt, NULL);
+            ck_assert_msg(d.transition == rows[i].tr, "row %zu: %s", i,
+                          fbr_transition_name(d.transition));
+            ck_assert_uint_eq(d.number, rows[i].number);
+            if (d.number)
+                ck_assert_int_eq(d.phase, rows[i].phase);
+        }
+    }
+    /* the state start time: the alert's when it has one */
+    json_t *when = json_pack("{s:i}", "state_start_time", 1234);
+    struct fbr_incident_decision d = decide(t, "a", "WARNING", when);
+    ck_assert_uint_eq(d.start_ms, 1234000);
+    ck_assert_int_eq(d.msg_type, FBR_MT_WARNING);
+    json_decref(when);
+    ck_assert_uint_eq(decide(t, "a", "WARNING", NULL).start_ms, 5000); /* none given: now */
+
+    fbr_incidents_get_stats(t, &after);
+    ck_assert_uint_eq(after.count, before.count);
+    ck_assert_uint_eq(after.open, before.open);
+    ck_assert_uint_eq(after.next_number, before.next_number);
+    ck_assert_uint_eq(fbr_journal_position(tjournal), pos0);
+    ck_assert_int_eq(fbr_incidents_commit(t), FBR_OK); /* nothing was pending */
+    fbr_incidents_get_stats(t, &after);
+    ck_assert_uint_eq(after.next_number, before.next_number);
+    ck_assert_uint_eq(after.open, before.open);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(unusable_data_dir)
 {
     struct event_base *b = event_base_new();
@@ -779,6 +902,8 @@ int main(void)
     tcase_add_test(tc, fsync_modes);
     tcase_add_test(tc, unusable_data_dir);
     tcase_add_test(tc, prepare_abort_commit);
+    tcase_add_test(tc, transition_rule_table);
+    tcase_add_test(tc, decision_reads_the_table_only);
     tcase_add_test(tc, eviction_order);
     tcase_add_test(tc, full_table_expires_first);
     tcase_add_test(tc, eviction_stats_and_warning);

@@ -152,6 +152,24 @@ START_TEST(crc32c_known_values)
 }
 END_TEST
 
+START_TEST(crc32c_hardware_matches_table)
+{
+    /* the SSE4.2 path (when the CPU has it) and the table agree at every length and alignment */
+    unsigned char buf[1100];
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        buf[i] = (unsigned char)x;
+    }
+    ck_assert_uint_eq(fbr_crc32c_portable(0, "123456789", 9), 0xE3069283u);
+    for (size_t off = 0; off < 9; off++)
+        for (size_t n = 0; n + off <= sizeof(buf); n += n < 40 ? 1 : 97)
+            ck_assert_uint_eq(fbr_crc32c(0x1234u, buf + off, n),
+                              fbr_crc32c_portable(0x1234u, buf + off, n));
+    fprintf(stderr, "crc32c: %s\n", fbr_crc32c_hardware() ? "SSE4.2 instruction" : "table");
+}
+END_TEST
+
 START_TEST(records_come_back_in_order)
 {
     struct owner *o = calloc(1, sizeof(*o)), *o2 = calloc(1, sizeof(*o2));
@@ -482,6 +500,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, crc32c_known_values);
+    tcase_add_test(tc, crc32c_hardware_matches_table);
     tcase_add_test(tc, records_come_back_in_order);
     tcase_add_test(tc, torn_tail_at_every_offset);
     tcase_add_test(tc, corruption_in_the_middle_stops_unless_repair);

@@ -90,6 +90,31 @@ int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
 void fbr_incident_result_clear(struct fbr_incident_result *res);
 
 /*
+ * The lifecycle's rule, pure: what an alert of type mt does to the incident its key finds in the
+ * table (cur: its phase, NULL when there is none); warning_no_open as in fbr_incidents_opts.
+ */
+enum fbr_transition fbr_incident_transition_for(enum fbr_msg_type mt,
+                                               const enum fbr_incident_phase *cur,
+                                               int warning_no_open);
+
+/* What an alert would do to the table. */
+struct fbr_incident_decision {
+    enum fbr_transition transition;
+    enum fbr_msg_type msg_type;
+    uint64_t start_ms;             /* the state start time: the alert's, else now */
+    uint64_t number;               /* the incident opened (the number a commit takes) or found;
+                                      0: none */
+    enum fbr_incident_phase phase; /* that incident's phase after the change (number != 0) */
+};
+/*
+ * The decision alone, given the table and an alert (both borrowed, only read): changes
+ * nothing, leaves nothing pending; the same call gives the same answer.  fbr_incidents_prepare()
+ * is this decision followed by building the change it names.
+ */
+void fbr_incidents_decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                          struct fbr_incident_decision *out);
+
+/*
  * The same in two steps, for a caller that may still refuse the alert after seeing its result
  * (the intake when the delivery sink is full): fbr_incidents_prepare() fills *res exactly as
  * fbr_incidents_apply() would but changes nothing (no table change, no incident number taken,

@@ -77,8 +77,12 @@ const char *fbr_journal_type_name(unsigned type);
 #define FBR_JOURNAL_MAX_RECORD (256u * 1024 * 1024) /* payload bytes; larger is corruption */
 
 /* CRC32C (Castagnoli), as iSCSI and ext4 use it: crc = fbr_crc32c(0, p, n) for one run,
- * fbr_crc32c(crc, q, m) continues it. */
+ * fbr_crc32c(crc, q, m) continues it.  Uses the SSE4.2 crc32 instruction when the CPU has it
+ * (fbr_crc32c_hardware() says 1), else the table version, which fbr_crc32c_portable() always
+ * uses (tests compare the two). */
 uint32_t fbr_crc32c(uint32_t crc, const void *p, size_t n);
+uint32_t fbr_crc32c_portable(uint32_t crc, const void *p, size_t n);
+int fbr_crc32c_hardware(void);
 
 /* Where a record lives: its segment (0: none) and its size on disk. */
 struct fbr_journal_ref {

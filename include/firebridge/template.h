@@ -43,6 +43,17 @@ struct fbr_tpl *fbr_tpl_ref(struct fbr_tpl *tpl);  /* returns tpl with one more 
 void fbr_tpl_unref(struct fbr_tpl **tpl);          /* drops one reference, sets *tpl to NULL */
 const char *fbr_tpl_source(const struct fbr_tpl *tpl, size_t *len); /* borrowed */
 int fbr_tpl_has_variables(const struct fbr_tpl *tpl);
+/*
+ * Why no value can turn URL template tpl into a URL firebridge sends to, judged by url.h's rules
+ * on its literal text alone: a literal byte that never stands unencoded in a URL, or a literal
+ * start that is already not "http(s)://host[:port]" (`ftp://x`, `http:///x`, `not a url`,
+ * userinfo, port 0).  Returns a static sentence, or NULL when some value could (and for templates
+ * of other contexts).  Configuration compilers refuse such templates before start; rendering one
+ * fails the same way for every event.
+ */
+const char *fbr_tpl_url_never_valid(const struct fbr_tpl *tpl);
+/* The highest capture group a RULE template refers to (`${{\5}}`: 5), 0 when none. */
+unsigned fbr_tpl_max_capture(const struct fbr_tpl *tpl);
 
 /*
  * What a template is rendered against.  `event` is a JSON object with the namespaces as keys

@@ -12,7 +12,8 @@
  * input's first header section has ambiguous framing (RFC 9112 6.1, 6.3: Content-Length together
  * with Transfer-Encoding, Content-Length values that are not digits or disagree, a blank before
  * the colon of a field name), it gets at most one reply, an error, and nothing after it is
- * answered: a second reply would mean a request was smuggled.
+ * answered: a second reply would mean a request was smuggled.  A malformed first request line
+ * (lower-case method, a raw space in the target, no version, a bare LF) is answered one 400.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -109,6 +110,41 @@ static int ambiguous_framing(const uint8_t *d, size_t n)
     return 0;
 }
 
+/* 1 when the first request line of d is complete and malformed (RFC 9112 3: upper-case method,
+ * one space, a target of visible ASCII, one space, "HTTP/" digits "." digits, CRLF). */
+static int bad_request_line(const uint8_t *d, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (d[i] == '\r' || d[i] == '\n'))
+        i++;
+    const uint8_t *nl = memchr(d + i, '\n', n - i);
+    if (!nl)
+        return 0;
+    size_t end = (size_t)(nl - d), m = i;
+    while (m < end && d[m] >= 'A' && d[m] <= 'Z')
+        m++;
+    if (m == i || m == end || d[m] != ' ')
+        return 1;
+    size_t t = ++m;
+    while (m < end && d[m] > ' ' && d[m] != 0x7f)
+        m++;
+    if (m == t || m == end || d[m] != ' ' || end - m < 10 || d[end - 1] != '\r')
+        return 1;
+    const uint8_t *v = d + m + 1, *stop = d + end - 1;
+    if (memcmp(v, "HTTP/", 5) != 0)
+        return 1;
+    v += 5;
+    const uint8_t *dig = v;
+    while (v < stop && *v >= '0' && *v <= '9')
+        v++;
+    if (v == dig || v == stop || *v++ != '.')
+        return 1;
+    dig = v;
+    while (v < stop && *v >= '0' && *v <= '9')
+        v++;
+    return v == dig || v != stop;
+}
+
 /* Reads what the server sent so far; returns 1 at EOF or a reset. */
 static int drain(int fd, char *head, size_t *headlen, size_t cap)
 {
@@ -185,6 +221,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             replies += memcmp(head + i, "HTTP/1.1 ", 9) == 0;
         if (replies > 1 || head[9] < '4') {
             dprintf(2, "ambiguous framing answered %d time(s), first %.12s\n", replies, head);
+            abort();
+        }
+    }
+    if (bad_request_line(data, size) && headlen >= 12) {
+        int replies = 0;
+        for (size_t i = 0; i + 9 <= headlen; i++)
+            replies += memcmp(head + i, "HTTP/1.1 ", 9) == 0;
+        /* 414: a long line can reach the length limit before its flaw */
+        int ok = memcmp(head + 9, "400", 3) == 0 || memcmp(head + 9, "414", 3) == 0;
+        if (replies != 1 || !ok) {
+            dprintf(2, "malformed request line answered %d time(s), first %.12s\n", replies,
+                    head);
             abort();
         }
     }
