@@ -1005,13 +1005,38 @@ int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_fiel
     return n;
 }
 
-int fbr_config_check_fields(json_t *obj, const char *path, const struct fbr_field *fields,
-                            size_t nfields, struct fbr_cfgerr *errs)
+/*
+ * The one table checker behind the top level's sections and the list items.  Its two wordings
+ * differ only in the text, kept as the messages have always read: settings objects say
+ * "webhooks[2].metod: unknown key" / "expected a string, got an integer" / "required key
+ * missing"; list items (a rule, a webhook and their parts) say "rules[0]: unknown key \"sett\"" /
+ * "must be true or false" / "missing".
+ */
+enum wording { SETTINGS, ITEM };
+
+static const char *item_type_name(enum fbr_field_type t)
+{
+    static const char *const names[] = {"a string", "an integer", "true or false", "an object",
+                                        "an array", "any value"};
+    return names[t];
+}
+
+static int check_fields(json_t *obj, const char *path, const struct fbr_field *fields,
+                        size_t nfields, enum wording w, struct fbr_cfgerr *errs)
 {
     struct errs e = {errs, 0};
     const char *dot = path && *path ? "." : "";
     if (!path)
         path = "";
+    if (!json_is_object(obj) && w == ITEM) {
+        char keys[256] = "";
+        size_t len = 0;
+        for (size_t i = 0; i < nfields && len < sizeof(keys); i++)
+            len += (size_t)snprintf(keys + len, sizeof(keys) - len, "%s%s", i ? ", " : "",
+                                    fields[i].key);
+        errs_add(&e, "%s: must be an object {%s}", path, keys);
+        return e.count;
+    }
     if (!json_is_object(obj)) {
         errs_add(&e, "%s: expected an object, got %s", *path ? path : "(top level)",
                  obj ? json_type_name(obj) : "nothing");
@@ -1028,20 +1053,38 @@ int fbr_config_check_fields(json_t *obj, const char *path, const struct fbr_fiel
                 break;
             }
         }
-        if (!f) {
+        if (!f && w == ITEM) {
+            errs_add(&e, "%s: unknown key \"%.100s\"", path, key);
+        } else if (!f) {
             errs_add(&e, "%s%s%.100s: unknown key", path, dot, key);
         } else if (!field_type_ok(f->type, val)) {
-            errs_add(&e, "%s%s%s: expected %s, got %s", path, dot, key, field_type_name(f->type),
-                     json_type_name(val));
+            if (w == ITEM)
+                errs_add(&e, "%s%s%s: must be %s", path, dot, key, item_type_name(f->type));
+            else
+                errs_add(&e, "%s%s%s: expected %s, got %s", path, dot, key,
+                         field_type_name(f->type), json_type_name(val));
         } else if (f->type == FBR_F_INT && (f->min || f->max) &&
                    (json_integer_value(val) < f->min || json_integer_value(val) > f->max)) {
-            errs_add(&e, "%s%s%s: expected an integer between %" PRId64 " and %" PRId64, path,
-                     dot, key, f->min, f->max);
+            errs_add(&e, "%s%s%s: %s an integer between %" PRId64 " and %" PRId64, path, dot,
+                     key, w == ITEM ? "must be" : "expected", f->min, f->max);
         }
     }
     for (size_t i = 0; i < nfields; i++) {
         if (fields[i].required && !json_object_get(obj, fields[i].key))
-            errs_add(&e, "%s%s%s: required key missing", path, dot, fields[i].key);
+            errs_add(&e, "%s%s%s: %s", path, dot, fields[i].key,
+                     w == ITEM ? "missing" : "required key missing");
     }
     return e.count;
+}
+
+int fbr_config_check_fields(json_t *obj, const char *path, const struct fbr_field *fields,
+                            size_t nfields, struct fbr_cfgerr *errs)
+{
+    return check_fields(obj, path, fields, nfields, SETTINGS, errs);
+}
+
+int fbr_config_check_item(json_t *obj, const char *path, const struct fbr_field *fields,
+                          size_t nfields, struct fbr_cfgerr *errs)
+{
+    return check_fields(obj, path, fields, nfields, ITEM, errs);
 }

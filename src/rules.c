@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "firebridge/config.h" /* fbr_config_check_item: the one section checker */
 #include "firebridge/log.h"
 #include "firebridge/template.h"
 
@@ -181,37 +182,29 @@ static const char *scalar_text(json_t *v, char *buf, size_t buflen, size_t *len)
 
 /* ---- compile ---------------------------------------------------------------------------- */
 
-static int check_keys(json_t *obj, const char *const *allowed, const char *path,
-                      struct fbr_cfgerr *errs)
-{
-    const char *key;
-    json_t *v;
-    int bad = 0;
-    json_object_foreach (obj, key, v) {
-        int ok = 0;
-        for (size_t i = 0; allowed[i]; i++)
-            ok |= strcmp(key, allowed[i]) == 0;
-        if (!ok) {
-            fbr_cfgerr_add(errs, path, "unknown key \"%s\"", key);
-            bad = 1;
-        }
-    }
-    return bad;
-}
+/* The tables of the objects a rule is made of.  FBR_F_ANY rows are checked for their meaning
+ * by the compile functions below, which word those messages themselves. */
+static const struct fbr_field rule_fields[] = {
+    {"name", FBR_F_STRING, 0, 0, 0},     {"enabled", FBR_F_BOOL, 0, 0, 0},
+    {"when", FBR_F_ANY, 0, 0, 0},        {"set", FBR_F_OBJECT, 0, 0, 0},
+    {"annotations", FBR_F_ARRAY, 0, 0, 0}, {"stop", FBR_F_BOOL, 0, 0, 0},
+};
+static const struct fbr_field cond_fields[] = {
+    {"field", FBR_F_ANY, 0, 0, 0},
+    {"match", FBR_F_ANY, 0, 0, 0},
+    {"pattern", FBR_F_ANY, 0, 0, 0},
+};
+static const struct fbr_field annotation_fields[] = {
+    {"type", FBR_F_ANY, 0, 0, 0},
+    {"title", FBR_F_ANY, 0, 0, 0},
+    {"value", FBR_F_ANY, 0, 0, 0},
+};
 
-static int get_bool(json_t *obj, const char *key, int def, const char *path,
-                    struct fbr_cfgerr *errs)
+/* A boolean the table has checked: def when absent or of another type (already reported). */
+static int get_bool(json_t *obj, const char *key, int def)
 {
     json_t *v = json_object_get(obj, key);
-    if (!v)
-        return def;
-    if (!json_is_boolean(v)) {
-        char p[256];
-        snprintf(p, sizeof(p), "%s.%s", path, key);
-        fbr_cfgerr_add(errs, p, "must be true or false");
-        return def;
-    }
-    return json_is_true(v);
+    return json_is_boolean(v) ? json_is_true(v) : def;
 }
 
 static int compile_regex(struct cond *c, const char *path, struct fbr_cfgerr *errs)
@@ -251,13 +244,10 @@ static int compile_regex(struct cond *c, const char *path, struct fbr_cfgerr *er
 static int compile_cond(json_t *j, struct cond *c, const char *path, size_t max_pattern,
                         struct fbr_cfgerr *errs)
 {
-    static const char *const keys[] = {"field", "match", "pattern", NULL};
     char p[320];
-    if (!json_is_object(j)) {
-        fbr_cfgerr_add(errs, path, "must be an object {field, match, pattern}");
+    int bad = fbr_config_check_item(j, path, cond_fields, FBR_ARRAY_LEN(cond_fields), errs) != 0;
+    if (!json_is_object(j))
         return -1;
-    }
-    int bad = check_keys(j, keys, path, errs);
     json_t *field = json_object_get(j, "field");
     json_t *match = json_object_get(j, "match");
     json_t *pattern = json_object_get(j, "pattern");
@@ -317,13 +307,11 @@ static int add_op(struct rule *r, const char *field, int literal, size_t max_cha
 static int compile_annotation(json_t *a, struct rule *r, const char *path,
                               struct fbr_cfgerr *errs)
 {
-    static const char *const keys[] = {"type", "title", "value", NULL};
     char p[320];
-    if (!json_is_object(a)) {
-        fbr_cfgerr_add(errs, path, "must be an object {type, title, value}");
+    int bad = fbr_config_check_item(a, path, annotation_fields, FBR_ARRAY_LEN(annotation_fields),
+                                    errs) != 0;
+    if (!json_is_object(a))
         return -1;
-    }
-    int bad = check_keys(a, keys, path, errs);
     const char *type = json_string_value(json_object_get(a, "type"));
     const char *letter = NULL;
     if (type && strcmp(type, "url") == 0)
@@ -401,25 +389,16 @@ static int check_captures(const struct rule *r, const char *path, struct fbr_cfg
 static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_pattern,
                         struct fbr_cfgerr *errs)
 {
-    static const char *const keys[] = {"name", "enabled", "when", "set", "annotations", "stop",
-                                       NULL};
     char path[64], p[256];
     size_t nerr_before = errs->n;
     snprintf(path, sizeof(path), "rules[%zu]", idx);
-    if (!json_is_object(j)) {
-        fbr_cfgerr_add(errs, path, "must be an object");
+    int bad = fbr_config_check_item(j, path, rule_fields, FBR_ARRAY_LEN(rule_fields), errs) != 0;
+    if (!json_is_object(j))
         return -1;
-    }
-    int bad = check_keys(j, keys, path, errs);
     json_t *name = json_object_get(j, "name");
-    if (name && !json_is_string(name)) {
-        snprintf(p, sizeof(p), "%s.name", path);
-        fbr_cfgerr_add(errs, p, "must be a string");
-        bad = 1;
-    }
     r->name = fbr_xstrdup(json_is_string(name) ? json_string_value(name) : path);
-    r->enabled = get_bool(j, "enabled", 1, path, errs);
-    r->stop = get_bool(j, "stop", 0, path, errs);
+    r->enabled = get_bool(j, "enabled", 1);
+    r->stop = get_bool(j, "stop", 0);
 
     json_t *when = json_object_get(j, "when");
     snprintf(p, sizeof(p), "%s.when", path);
@@ -440,11 +419,7 @@ static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_patter
     }
 
     json_t *set = json_object_get(j, "set");
-    if (set && !json_is_object(set)) {
-        snprintf(p, sizeof(p), "%s.set", path);
-        fbr_cfgerr_add(errs, p, "must be an object {field: value template}");
-        bad = 1;
-    } else if (set) {
+    if (json_is_object(set)) {
         const char *key;
         json_t *v;
         json_object_foreach (set, key, v) {
@@ -458,11 +433,7 @@ static int compile_rule(json_t *j, struct rule *r, size_t idx, size_t max_patter
         }
     }
     json_t *ann = json_object_get(j, "annotations");
-    if (ann && !json_is_array(ann)) {
-        snprintf(p, sizeof(p), "%s.annotations", path);
-        fbr_cfgerr_add(errs, p, "must be an array");
-        bad = 1;
-    } else if (ann) {
+    if (json_is_array(ann)) {
         for (size_t i = 0; i < json_array_size(ann); i++) {
             snprintf(p, sizeof(p), "%s.annotations[%zu]", path, i);
             bad |= compile_annotation(json_array_get(ann, i), r, p, errs) != 0;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "firebridge/config.h" /* fbr_config_check_item: the one section checker */
 #include "firebridge/events.h"
 #include "firebridge/http.h"
 #include "firebridge/url.h"
@@ -81,39 +82,31 @@ static int compile_rate(json_t *j, const char *key, struct fbr_rate *out, const 
     return 0;
 }
 
+/* The keys of one webhook.  FBR_F_ANY rows are checked for their meaning by compile_one, which
+ * words those messages itself. */
+static const struct fbr_field webhook_fields[] = {
+    {"name", FBR_F_STRING, 0, 0, 0},      {"event", FBR_F_ANY, 0, 0, 0},
+    {"method", FBR_F_ANY, 0, 0, 0},       {"content_type", FBR_F_ANY, 0, 0, 0},
+    {"url", FBR_F_ANY, 1, 0, 0},          {"headers", FBR_F_OBJECT, 0, 0, 0},
+    {"payload", FBR_F_ANY, 0, 0, 0},      {"enabled", FBR_F_BOOL, 0, 0, 0},
+    {"rate_key", FBR_F_ANY, 0, 0, 0},     {"room_rate", FBR_F_ANY, 0, 0, 0},
+    {"token_rate", FBR_F_ANY, 0, 0, 0},   {"description", FBR_F_ANY, 0, 0, 0},
+};
+
 static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct fbr_cfgerr *errs)
 {
-    static const char *const keys[] = {"name",    "event",   "method",    "content_type",
-                                       "url",     "headers", "payload",   "enabled",
-                                       "rate_key", "room_rate", "token_rate", "description",
-                                       NULL};
     char path[64], p[256];
     snprintf(path, sizeof(path), "webhooks[%zu]", idx);
-    if (!json_is_object(j)) {
-        fbr_cfgerr_add(errs, path, "must be an object");
+    int bad = fbr_config_check_item(j, path, webhook_fields, FBR_ARRAY_LEN(webhook_fields),
+                                    errs) != 0;
+    if (!json_is_object(j))
         return -1;
-    }
-    int bad = 0;
     const char *key;
     json_t *v;
-    json_object_foreach (j, key, v) {
-        int ok = 0;
-        for (size_t i = 0; keys[i]; i++)
-            ok |= strcmp(key, keys[i]) == 0;
-        if (!ok) {
-            fbr_cfgerr_add(errs, path, "unknown key \"%s\"", key);
-            bad = 1;
-        }
-    }
     struct fbr_webhook *wh = fbr_xcalloc(1, sizeof(*wh));
     wh->refs = 1;
 
     v = json_object_get(j, "name");
-    if (v && !json_is_string(v)) {
-        snprintf(p, sizeof(p), "%s.name", path);
-        fbr_cfgerr_add(errs, p, "must be a string");
-        bad = 1;
-    }
     wh->name = fbr_xstrdup(json_is_string(v) ? json_string_value(v) : path);
 
     v = json_object_get(j, "event");
@@ -147,19 +140,11 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
     wh->content_type = fbr_xstrdup(json_is_string(v) ? json_string_value(v) : "application/json");
 
     v = json_object_get(j, "enabled");
-    if (v && !json_is_boolean(v)) {
-        snprintf(p, sizeof(p), "%s.enabled", path);
-        fbr_cfgerr_add(errs, p, "must be true or false");
-        bad = 1;
-    }
-    wh->enabled = v ? json_is_true(v) : 1;
+    wh->enabled = json_is_boolean(v) ? json_is_true(v) : 1;
 
     snprintf(p, sizeof(p), "%s.url", path);
     v = json_object_get(j, "url");
-    if (!v) {
-        fbr_cfgerr_add(errs, p, "missing");
-        bad = 1;
-    } else {
+    if (v) { /* absent: the table said "missing" */
         bad |= compile_tpl(v, FBR_TPL_URL, &wh->url, p, errs) != 0;
         const char *never = fbr_tpl_url_never_valid(wh->url);
         if (never) {
@@ -192,11 +177,7 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
     bad |= compile_rate(j, "token_rate", &wh->token_rate, path, errs) != 0;
 
     v = json_object_get(j, "headers");
-    if (v && !json_is_object(v)) {
-        snprintf(p, sizeof(p), "%s.headers", path);
-        fbr_cfgerr_add(errs, p, "must be an object {name: value template}");
-        bad = 1;
-    } else if (v) {
+    if (json_is_object(v)) {
         wh->headers = fbr_xcalloc(json_object_size(v) + 1, sizeof(*wh->headers));
         json_t *hv;
         json_object_foreach (v, key, hv) {

@@ -337,6 +337,39 @@ START_TEST(check_object_table)
 }
 END_TEST
 
+/* The same table in the words of a list item (a rule, a webhook): what the rules and webhook
+ * compilers get from the one checker. */
+static const struct {
+    const char *json;
+    const char *err;
+} item_cases[] = {
+    {"{\"name\":\"a\",\"method\":\"POST\"}", ""},
+    {"{\"name\":\"a\",\"metod\":\"POST\"}",
+     "webhooks[2]: unknown key \"metod\"\nwebhooks[2].method: missing"},
+    {"{\"name\":1,\"method\":\"GET\"}", "webhooks[2].name: must be a string"},
+    {"{\"name\":\"a\",\"method\":\"GET\",\"enabled\":\"yes\"}",
+     "webhooks[2].enabled: must be true or false"},
+    {"{\"name\":\"a\",\"method\":\"GET\",\"retries\":11}",
+     "webhooks[2].retries: must be an integer between 0 and 10"},
+    {"[]", "webhooks[2]: must be an object {name, method, retries, enabled, headers}"},
+};
+
+START_TEST(check_item_table)
+{
+    json_t *obj = json_loads(item_cases[_i].json, 0, NULL);
+    ck_assert_ptr_nonnull(obj);
+    struct fbr_cfgerr errs = {0};
+    int n = fbr_config_check_item(obj, "webhooks[2]", webhook_fields,
+                                  FBR_ARRAY_LEN(webhook_fields), &errs);
+    ck_assert_int_eq(n, (int)errs.n);
+    char err[512] = "";
+    fbr_cfgerr_join(&errs, err, sizeof(err));
+    ck_assert_str_eq(err, item_cases[_i].err);
+    fbr_cfgerr_clear(&errs);
+    json_decref(obj);
+}
+END_TEST
+
 /* ---- help and README ---- */
 
 static char *capture(void (*fn)(FILE *))
@@ -450,6 +483,7 @@ int main(void)
     tcase_add_test(tc, file_values_and_precedence);
     tcase_add_test(tc, missing_file);
     tcase_add_loop_test(tc, check_object_table, 0, FBR_ARRAY_LEN(object_cases));
+    tcase_add_loop_test(tc, check_item_table, 0, FBR_ARRAY_LEN(item_cases));
     tcase_add_test(tc, help_lists_every_flag);
     tcase_add_test(tc, readme_documents_every_flag_and_key);
     tcase_add_test(tc, one_error_collector);

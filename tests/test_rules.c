@@ -307,6 +307,12 @@ static const struct {
      "\"value\":\"v\"}]}]",
      "rules[0].annotations[0].title: must be a non-empty string"},
     {"[3]", "rules[0]: must be an object"},
+    /* the keys named come from the rule's table in rules.c, checked by config.c's one checker */
+    {"[{\"when\":[7]}]", "rules[0].when[0]: must be an object {field, match, pattern}"},
+    {"[{\"when\":{\"field\":\"a\",\"pattern\":\"x\"},\"stop\":0}]",
+     "rules[0].stop: must be true or false"},
+    {"[{\"when\":{\"field\":\"a\",\"pattern\":\"x\"},\"annotations\":{}}]",
+     "rules[0].annotations: must be an array"},
 };
 
 START_TEST(compile_error)

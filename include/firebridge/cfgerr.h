@@ -1,9 +1,10 @@
 /*
  * cfgerr.h - the list of configuration errors a compile step collects, each prefixed with the
  * JSON path of the offending value (`rules[1].when.match: must be "wildcard" or "regex"`).  The
- * one error collector of configuration checking: the top-level table (config.c), the section
- * checker (fbr_config_check_fields) and the rules, webhook and add-on compilers all fill it at
- * load time, so that one run reports every mistake at once.
+ * one error collector of configuration checking: the top-level table (config.c), the table
+ * checker for every section (fbr_config_check_fields for settings objects such as hipchat and
+ * oncall_api, fbr_config_check_item for the items of rules and webhooks) and the rules, webhook
+ * and add-on compilers all fill it at load time, so that one run reports every mistake at once.
  */
 #ifndef FIREBRIDGE_CFGERR_H
 #define FIREBRIDGE_CFGERR_H

@@ -160,6 +160,14 @@ int fbr_config_check_object(json_t *obj, const char *path, const struct fbr_fiel
  * section compilers (the add-on's hipchat and oncall_api) use.  Returns the number of problems. */
 int fbr_config_check_fields(json_t *obj, const char *path, const struct fbr_field *fields,
                             size_t nfields, struct fbr_cfgerr *errs);
+/*
+ * The same checker for one item of a list section (rules[0], webhooks[2], rules[0].when), in the
+ * words those messages have always used: "rules[0]: unknown key \"sett\"", "rules[0].enabled:
+ * must be true or false", "webhooks[0].url: missing", "rules[0]: must be an object {name, ...}".
+ * Rows of type FBR_F_ANY are left to the caller's own checks of their meaning.
+ */
+int fbr_config_check_item(json_t *obj, const char *path, const struct fbr_field *fields,
+                          size_t nfields, struct fbr_cfgerr *errs);
 
 
 #endif
