@@ -721,7 +721,8 @@ static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct e
         const struct opt *o = &opts[i];
         if (!o->key || o->type != T_STR || !o->metavar || strcmp(o->metavar, "FILE") != 0)
             continue;
-        const char *path = *(char *const *)((const char *)cfg + o->offset);
+        const void *field = (const char *)cfg + o->offset;
+        const char *path = *(char *const *)field;
         if (path && access(path, R_OK) != 0)
             errs_add(e, "%s%s%s: cannot read %s: %s", pfx, sep, o->key, path, strerror(errno));
     }

@@ -7,6 +7,7 @@
  */
 #include "firebridge/log.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -81,7 +82,7 @@ static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s)
         if (c == '"' || c == '\\') {
             buf[pos++] = '\\';
             buf[pos++] = (char)c;
-        } else if (c < 0x20) {
+        } else if (c < 0x20 || c == 0x7f) {
             pos += (size_t)snprintf(buf + pos, cap - pos, "\\u%04x", c);
         } else {
             buf[pos++] = (char)c;
@@ -90,13 +91,34 @@ static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s)
     return pos;
 }
 
+/* Appends s to a text line: CR, LF and tab as \r \n \t, other control bytes (ESC, DEL, the
+ * rest of C0) as \xNN, so that nothing a peer sent can end the line, forge another one or drive
+ * the terminal that shows it. */
+static size_t text_escape(char *buf, size_t pos, size_t cap, const char *s)
+{
+    for (; *s && pos + 5 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c != 0x7f)
+            buf[pos++] = (char)c;
+        else if (c == '\r' || c == '\n' || c == '\t')
+            pos += (size_t)snprintf(buf + pos, cap - pos, "\\%c",
+                                    c == '\r' ? 'r' : c == '\n' ? 'n' : 't');
+        else
+            pos += (size_t)snprintf(buf + pos, cap - pos, "\\x%02x", c);
+    }
+    return pos;
+}
+
+static void mask_text(const char *s, size_t len, char *out, size_t outlen);
+
 void fbr_logv(enum fbr_log_level level, const char *id, const char *action, const char *fmt,
               va_list ap)
 {
     if (!fbr_log_enabled(level))
         return;
-    char msg[2048];
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    char raw[2048], msg[2048];
+    vsnprintf(raw, sizeof(raw), fmt, ap);
+    mask_text(raw, strlen(raw), msg, sizeof(msg)); /* whatever a line quotes, secrets stay out */
 
     char ts[40];
     struct timespec now;
@@ -137,11 +159,19 @@ void fbr_logv(enum fbr_log_level level, const char *id, const char *action, cons
         line[pos++] = '}';
         line[pos++] = '\n';
     } else {
-        pos = (size_t)snprintf(line, sizeof(line) - 1, "%s %-5s %s%s%s%s%s%s", ts,
-                               level_names[level], id ? "[" : "", id ? id : "", id ? "] " : "",
-                               msg, action ? " while " : "", action ? action : "");
-        if (pos > sizeof(line) - 2)
-            pos = sizeof(line) - 2;
+        size_t cap = sizeof(line) - 8; /* room for "] ", " while " is checked, and the LF */
+        pos = (size_t)snprintf(line, cap, "%s %-5s ", ts, level_names[level]);
+        if (id) {
+            line[pos++] = '[';
+            pos = text_escape(line, pos, cap, id);
+            line[pos++] = ']';
+            line[pos++] = ' ';
+        }
+        pos = text_escape(line, pos, cap, msg);
+        if (action && pos + 8 < cap) {
+            memcpy(line + pos, " while ", 7);
+            pos = text_escape(line, pos + 7, cap, action);
+        }
         line[pos++] = '\n';
     }
 #undef CLAMP
@@ -156,67 +186,173 @@ void fbr_log(enum fbr_log_level level, const char *id, const char *action, const
     va_end(ap);
 }
 
-static int secret_param(const char *name, size_t len)
+/* ---- masking secrets ---- */
+
+/* Bytes of a parameter or header name, a scheme or an auth scheme. */
+static int name_byte(unsigned char c)
 {
-    static const char *const names[] = {"auth_token", "token", "access_token", "signed_request",
-                                        "api_key", "key", "password", "secret"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (strlen(names[i]) == len && strncasecmp(name, names[i], len) == 0)
-            return 1;
+    return isalnum(c) || c == '_' || c == '-';
+}
+
+/* Where a masked value ends: a parameter separator, a quote, a blank, a control byte. */
+static int value_end(unsigned char c)
+{
+    return c <= ' ' || c == 0x7f || c == '&' || c == '#' || c == '"' || c == '\'' || c == ',' ||
+           c == ';' || c == '<' || c == '>' || c == ')' || c == ']' || c == '}' || c == '\\';
+}
+
+static int name_is(const char *w, size_t n, const char *name)
+{
+    return strlen(name) == n && strncasecmp(w, name, n) == 0;
+}
+
+static int name_ends(const char *w, size_t n, const char *suffix)
+{
+    size_t k = strlen(suffix);
+    return n >= k && strncasecmp(w + n - k, suffix, k) == 0;
+}
+
+/* Whether a parameter or JSON member of this name carries a secret (auth_token, token,
+ * access_token, signed_request, api_key, key, password, secret, and *_token, *_secret, *_key). */
+static int secret_name(const char *w, size_t n)
+{
+    if (name_is(w, n, "routing_key"))
+        return 0;
+    return name_is(w, n, "key") || name_is(w, n, "apikey") || name_is(w, n, "signed_request") ||
+           name_ends(w, n, "token") || name_ends(w, n, "secret") || name_ends(w, n, "password") ||
+           name_ends(w, n, "passwd") || name_ends(w, n, "_key") || name_ends(w, n, "-key");
+}
+
+/* An HTTP authentication scheme that a credential follows. */
+static int auth_scheme(const char *w, size_t n)
+{
+    return name_is(w, n, "bearer") || name_is(w, n, "basic") || name_is(w, n, "jwt") ||
+           name_is(w, n, "token");
+}
+
+struct masker {
+    const char *s;
+    size_t len, i;
+    char *out;
+    size_t o, cap;
+};
+
+static void put(struct masker *m, const char *p, size_t n)
+{
+    for (size_t k = 0; k < n && m->o + 1 < m->cap; k++)
+        m->out[m->o++] = p[k];
+}
+
+/* Skips the value at m->i (up to value_end, or to the closing quote when quoted) and writes
+ * "***" for it. */
+static void mask_value(struct masker *m, int quoted)
+{
+    while (m->i < m->len) {
+        unsigned char c = (unsigned char)m->s[m->i];
+        if (quoted ? c == '"' : value_end(c))
+            break;
+        m->i += quoted && c == '\\' && m->i + 1 < m->len ? 2 : 1;
     }
-    return 0;
+    put(m, "***", 3);
+}
+
+/* At "://": copies the authority, with the password of a userinfo masked. */
+static void mask_authority(struct masker *m)
+{
+    put(m, "://", 3);
+    m->i += 3;
+    size_t a = m->i, end = a, at = 0;
+    while (end < m->len && !value_end((unsigned char)m->s[end]) && m->s[end] != '/' &&
+           m->s[end] != '?')
+        if (m->s[end++] == '@')
+            at = end;
+    const char *colon = at ? memchr(m->s + a, ':', at - 1 - a) : NULL;
+    if (!colon)
+        return; /* no password: the authority is copied as ordinary text */
+    put(m, m->s + a, (size_t)(colon - (m->s + a)) + 1);
+    put(m, "***", 3);
+    m->i = at - 1;
+}
+
+/*
+ * The one masker of log.c: copies s[0..len) into out with every secret it can recognise in URLs,
+ * headers and quoted peer text replaced by "***": the password of a userinfo, the value of a
+ * secret-named parameter or JSON member (secret_name), the credential after "Authorization:" (its
+ * scheme kept) and after the word "Bearer", and the API-key segment of the on-call platform's REST path
+ * (".../20131114/alert/KEY/..."), wherever they stand in the text.
+ */
+static void mask_text(const char *s, size_t len, char *out, size_t outlen)
+{
+    static const char rest_path[] = "/20131114/alert/";
+    struct masker m = {s, len, 0, out, 0, outlen};
+    if (outlen == 0)
+        return;
+    while (m.i < len) {
+        const char *p = s + m.i;
+        size_t left = len - m.i;
+        if (left >= 3 && memcmp(p, "://", 3) == 0) {
+            mask_authority(&m);
+            continue;
+        }
+        if (left > sizeof(rest_path) - 1 && memcmp(p, rest_path, sizeof(rest_path) - 1) == 0) {
+            put(&m, p, sizeof(rest_path) - 1);
+            m.i += sizeof(rest_path) - 1;
+            while (m.i < len && s[m.i] != '/' && s[m.i] != '?' && !value_end((unsigned char)s[m.i]))
+                m.i++;
+            put(&m, "***", 3);
+            continue;
+        }
+        if (!name_byte((unsigned char)*p)) {
+            put(&m, p, 1);
+            m.i++;
+            continue;
+        }
+        size_t n = 0;
+        while (n < left && name_byte((unsigned char)p[n]))
+            n++;
+        put(&m, p, n);
+        m.i += n;
+        size_t j = m.i;
+        int quoted_name = m.i > n && s[m.i - n - 1] == '"' && j < len && s[j] == '"';
+        if (quoted_name)
+            j++;
+        while (j < len && s[j] == ' ')
+            j++;
+        int sep = j < len && (s[j] == '=' || s[j] == ':');
+        if (sep && (s[j] == '=' || quoted_name || name_is(p, n, "authorization"))) {
+            int auth = name_is(p, n, "authorization");
+            if (!auth && !secret_name(p, n))
+                continue;
+            j++;
+            while (j < len && s[j] == ' ')
+                j++;
+            int quoted = j < len && s[j] == '"';
+            j += quoted;
+            put(&m, s + m.i, j - m.i);
+            m.i = j;
+            if (auth) { /* the scheme stays readable: "Authorization: Bearer ***" */
+                size_t k = 0;
+                while (m.i + k < len && name_byte((unsigned char)s[m.i + k]))
+                    k++;
+                if (k && m.i + k < len && s[m.i + k] == ' ' && auth_scheme(s + m.i, k)) {
+                    put(&m, s + m.i, k + 1);
+                    m.i += k + 1;
+                }
+            }
+            mask_value(&m, quoted);
+        } else if (name_is(p, n, "bearer") && m.i + 1 < len && s[m.i] == ' ' &&
+                   !value_end((unsigned char)s[m.i + 1])) {
+            put(&m, " ", 1);
+            m.i++;
+            mask_value(&m, 0);
+        }
+    }
+    m.out[m.o] = '\0';
 }
 
 char *fbr_log_mask_url(const char *url, size_t len, char *out, size_t outlen)
 {
-    size_t o = 0, i = 0;
-    if (outlen == 0)
-        return out;
-#define PUT(c)                                                                                     \
-    do {                                                                                           \
-        if (o + 1 < outlen)                                                                        \
-            out[o++] = (c);                                                                        \
-    } while (0)
-    /* userinfo: scheme://user:pass@host -> scheme://user:***@host (parts from url.h) */
-    struct fbr_url u;
-    if (fbr_url_split(url, len, &u) == FBR_OK && u.userinfo.ptr) {
-        const char *colon = memchr(u.userinfo.ptr, ':', u.userinfo.len);
-        if (colon) {
-            for (; url + i <= colon; i++)
-                PUT(url[i]);
-            PUT('*');
-            PUT('*');
-            PUT('*');
-            i = (size_t)(u.userinfo.ptr + u.userinfo.len - url);
-        }
-    }
-    int in_query = 0;
-    while (i < len) {
-        char c = url[i];
-        PUT(c);
-        i++;
-        if (c == '?' || (in_query && c == '&')) {
-            in_query = 1;
-            size_t name = i;
-            while (i < len && url[i] != '=' && url[i] != '&')
-                i++;
-            for (size_t k = name; k < i; k++)
-                PUT(url[k]);
-            if (i < len && url[i] == '=') {
-                PUT('=');
-                i++;
-                if (secret_param(url + name, i - 1 - name)) {
-                    while (i < len && url[i] != '&' && url[i] != '#')
-                        i++;
-                    PUT('*');
-                    PUT('*');
-                    PUT('*');
-                }
-            }
-        }
-    }
-#undef PUT
-    out[o] = '\0';
+    mask_text(url, len, out, outlen);
     return out;
 }
 

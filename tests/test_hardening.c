@@ -17,7 +17,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "daemon_util.h"
+#include "http_testsrv.h"
 
 #define KEY "hardening-key"
 #define ALERT_PATH "/integrations/generic/20131114/alert/" KEY "/rk"
@@ -833,6 +836,89 @@ START_TEST(far_future_reset_never_expires_early)
 }
 END_TEST
 
+/* ---- defect 7: a chat server's reply body in the text log --------------------------------- */
+
+/* Runs http_testsrv in a child process answering every request with raw; returns the child's
+ * pid, the port in *port. */
+static pid_t raw_chat_server(const char *raw, int *port)
+{
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(fds[0]);
+        struct event_base *base = event_base_new();
+        struct tsrv *srv = tsrv_new(base, NULL);
+        tsrv_set_default(srv, (struct tsrv_reply){.raw = raw, .close_after = 1});
+        int p = tsrv_port(srv);
+        (void)!write(fds[1], &p, sizeof(p));
+        close(fds[1]);
+        event_base_dispatch(base);
+        _exit(0);
+    }
+    close(fds[1]);
+    ck_assert_int_eq(read(fds[0], port, sizeof(*port)), (ssize_t)sizeof(*port));
+    close(fds[0]);
+    return pid;
+}
+
+/* A 400 whose body carries CR LF, a forged log line, terminal escapes and the request's token
+ * echoed back: the text log must keep one line per event, no control byte, no secret. */
+START_TEST(peer_text_escaped_and_masked_in_log)
+{
+    static const char body[] = /* within the 200 bytes a delivery failure quotes */
+        "{\"e\":1}\r\n2026-01-01T00:00:00.000Z error forged\x1b[2J\x7f\x07 ?auth_token=SECRET1 "
+        "Authorization: Bearer SECRET2 {\"auth_token\":\"SECRET3\"} http://u:SECRET4@h/x "
+        "/20131114/alert/SECRET5/rk";
+    char raw[1024];
+    snprintf(raw, sizeof(raw),
+             "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n%s",
+             sizeof(body) - 1, body);
+    int sport;
+    pid_t server = raw_chat_server(raw, &sport);
+    char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX", text[1024];
+    int fd = mkstemp(cfg);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    snprintf(text, sizeof(text),
+             "{\"webhooks\":[{\"name\":\"room\",\"event\":\"Any-Alert\","
+             "\"url\":\"http://127.0.0.1:%d/v2/room/1/notification?auth_token=SECRET1\","
+             "\"payload\":{\"message\":\"${{ALERT.entity_id}}\"}}]}",
+             sport);
+    dutil_write_file(cfg, text);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--config", cfg, "--log-level", "debug", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char req[2048], buf[65536];
+    post_req(req, sizeof(req), ALERT_PATH, NULL, alert_body);
+    ck_assert_int_eq(dutil_http(d.port, req, buf, sizeof(buf)), 200);
+    const char *dead = "firebridge_deliveries_total{outcome=\"dead_permanent\"}";
+    for (int i = 0; i < 250 && dutil_metric(d.port, dead) < 1; i++)
+        dutil_msleep(20);
+    ck_assert_int_eq(dutil_metric(d.port, dead), 1);
+    dutil_assert_exit_zero(dutil_stop(&d.pid, 15000 * dutil_slow(), NULL), d.log);
+    size_t n;
+    char *log = dutil_slurp(d.log, &n);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg((log[i] >= 0x20 && log[i] != 0x7f) || log[i] == '\n',
+                      "control byte 0x%02x at %zu: %s", (unsigned char)log[i], i, log);
+    ck_assert_msg(!strstr(log, "\n2026-01-01T00:00:00.000Z"), "forged line: %s", log);
+    ck_assert_msg(!strstr(log, "SECRET"), "a secret in the log: %s", log);
+    /* the body is still there to read, escaped and masked */
+    ck_assert_msg(strstr(log, "http 400: {\"e\":1}\\r\\n2026-01-01T00:00:00.000Z error "
+                              "forged\\x1b[2J\\x7f\\x07 ?auth_token=*** Authorization: Bearer *** "
+                              "{\"auth_token\":\"***\"} http://u:***@h/x /20131114/alert/***/rk"),
+                  "%s", log);
+    free(log);
+    dutil_rm_rf(d.dir);
+    kill(server, SIGKILL);
+    waitpid(server, NULL, 0);
+    unlink(cfg);
+}
+END_TEST
+
 /* ---- defect 11: 415 for a body that is declared as something other than JSON ------------ */
 
 /* POSTs body to path with Content-Type ct (NULL: none) and auth (NULL: none); returns status. */
@@ -954,6 +1040,7 @@ int main(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("masking");
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, peer_text_escaped_and_masked_in_log);
     tcase_add_test(tc, api_key_masked_in_every_request_line);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -17,6 +17,13 @@ static const struct {
     {"https://user:pw@h/x", "https://user:***@h/x"},
     {"http://h/x?signed_request=abc.def", "http://h/x?signed_request=***"},
     {"http://h/plain", "http://h/plain"},
+    /* the same masker reads any text a line quotes (issue 8, item 7) */
+    {"refused: Authorization: Bearer abc.def rest", "refused: Authorization: Bearer *** rest"},
+    {"{\"auth_token\": \"t\\\"x\", \"room\": 1}", "{\"auth_token\": \"***\", \"room\": 1}"},
+    {"x-api-key=K1 room_token=K2 routing_key=rk", "x-api-key=*** room_token=*** routing_key=rk"},
+    {"echo GET /integrations/generic/20131114/alert/KEY/rk?a=1",
+     "echo GET /integrations/generic/20131114/alert/***/rk?a=1"},
+    {"tokens: bearer", "tokens: bearer"},
 };
 
 START_TEST(mask_url)

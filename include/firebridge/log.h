@@ -65,8 +65,13 @@ int fbr_log_capture_stderr(void);
 
 /*
  * Copies `url` (len bytes) into `out` (at most outlen-1 bytes, always terminated) with every
- * secret masked: userinfo passwords and the values of auth_token, token, access_token,
- * signed_request and api_key query parameters become "***".  Returns out.
+ * secret masked: userinfo passwords, the values of secret-named parameters and JSON members
+ * (auth_token, token, access_token, signed_request, api_key, key, password, secret, *_token,
+ * *_secret, *_key), the credential after "Authorization:" or "Bearer", and the API-key segment of
+ * the on-call platform's REST path become "***".  Any text may be passed, not only a URL: every
+ * log line goes through this masker before it is written, and text-format lines then escape CR,
+ * LF, tab and every other control byte (\r \n \t \xNN), as JSON-format lines escape them.
+ * Returns out.
  */
 char *fbr_log_mask_url(const char *url, size_t len, char *out, size_t outlen);
 
