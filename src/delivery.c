@@ -772,6 +772,12 @@ static void dead_on_arrival(struct fbr_delivery_engine *e, struct delivery *dl,
     free(dl);
 }
 
+static void set_limits(struct fbr_delivery_engine *e, struct delivery *dl, struct dest *d,
+                       const struct fbr_webhook *wh, const struct fbr_delivery_queue_opts *qo,
+                       struct fbr_slice authority, struct fbr_slice token);
+static void enqueue(struct fbr_delivery_engine *e, struct delivery *dl,
+                    const struct fbr_delivery_queue_opts *qo);
+
 int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
                        const struct fbr_delivery_queue_opts *qo)
 {
@@ -780,7 +786,6 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         qo = &defaults;
     const char *id_in = qo->id;
     uint64_t created_wall = qo->created_wall_ms;
-    const struct fbr_delivery_auth_ref *aref = qo->auth;
     if (e->shut) {
         e->m.rejected++;
         return FBR_LIMIT;
@@ -880,30 +885,9 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         klen = dest_key(&up, key, sizeof(key));
     }
     struct dest *d = get_dest(e, key, klen);
-    /* A webhook's overrides are its own deliveries' limits: they count every send to the
-     * destination (or with the token), but never change the limit of another webhook's. */
-    const struct fbr_webhook *wh = o->webhook;
-    dl->room_rate = wh && wh->room_rate.n ? wh->room_rate : e->opts.room_rate;
-    dl->token_rate = wh && wh->token_rate.n ? wh->token_rate : e->opts.token_rate;
-    const struct fbr_delivery_saved *saved = qo->saved;
-    if (saved && saved->room_rate.n)
-        dl->room_rate = saved->room_rate;
-    if (saved && saved->token_rate.n)
-        dl->token_rate = saved->token_rate;
-    need_capacity(&d->rl, dl->room_rate);
     if (!token.len && auth.len)
         token = auth;
-    if (aref) {
-        /* the token changes on renewal: the provider names the identity it belongs to */
-        token = fbr_slice_from(aref->key);
-        dl->auth = aref->ops;
-        dl->auth_arg = aref->arg;
-        aref->ops->ref(aref->arg);
-    }
-    if (token.len && dl->token_rate.n) {
-        dl->token = get_token(e, up.authority, token);
-        need_capacity(&dl->token->rl, dl->token_rate);
-    }
+    set_limits(e, dl, d, o->webhook, qo, up.authority, token);
 
     /* Behind another delivery of its destination, or no free slot: it cannot start now, so it
      * is kept compacted from the start and o keeps every render buffer for its next render.
@@ -911,7 +895,6 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
      * the event and the webhook (what they point into) stay referenced.  The URL, headers and
      * rate key were copied above: their render buffers stay with o. */
     struct delivery *last = TAILQ_LAST(&d->queue, delivery_queue);
-    dl->dest = d;
     if (d->active >= e->opts.per_destination_inflight || (last && last->state == FBR_DS_QUEUED)) {
         keep_bytes(dl, &o->body);
     } else {
@@ -923,7 +906,50 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         dl->webhook = o->webhook ? fbr_webhook_ref(o->webhook) : NULL;
     }
     fbr_outreq_release(o);
+    enqueue(e, dl, qo);
+    return FBR_OK;
+}
 
+/* The limits and credentials of a delivery being queued on d: its webhook's overrides (else
+ * the saved ones, else the engine's), the destination's room limit, and the token limit of
+ * token (an auth_token parameter or Authorization header) or of the provider's key. */
+static void set_limits(struct fbr_delivery_engine *e, struct delivery *dl, struct dest *d,
+                       const struct fbr_webhook *wh, const struct fbr_delivery_queue_opts *qo,
+                       struct fbr_slice authority, struct fbr_slice token)
+{
+    /* A webhook's overrides are its own deliveries' limits: they count every send to the
+     * destination (or with the token), but never change the limit of another webhook's. */
+    dl->dest = d;
+    dl->room_rate = wh && wh->room_rate.n ? wh->room_rate : e->opts.room_rate;
+    dl->token_rate = wh && wh->token_rate.n ? wh->token_rate : e->opts.token_rate;
+    const struct fbr_delivery_saved *saved = qo->saved;
+    if (saved && saved->room_rate.n)
+        dl->room_rate = saved->room_rate;
+    if (saved && saved->token_rate.n)
+        dl->token_rate = saved->token_rate;
+    need_capacity(&d->rl, dl->room_rate);
+    const struct fbr_delivery_auth_ref *aref = qo->auth;
+    if (aref) {
+        /* the token changes on renewal: the provider names the identity it belongs to */
+        token = fbr_slice_from(aref->key);
+        dl->auth = aref->ops;
+        dl->auth_arg = aref->arg;
+        aref->ops->ref(aref->arg);
+    }
+    if (token.len && dl->token_rate.n) {
+        dl->token = get_token(e, authority, token);
+        need_capacity(&dl->token->rl, dl->token_rate);
+    }
+}
+
+/* Puts a built delivery (dest, limits and bytes set) at the tail of its destination's queue,
+ * reports its creation and lets the destination send. */
+static void enqueue(struct fbr_delivery_engine *e, struct delivery *dl,
+                    const struct fbr_delivery_queue_opts *qo)
+{
+    struct dest *d = dl->dest;
+    const struct fbr_delivery_saved *saved = qo->saved;
+    uint64_t created_wall = qo->created_wall_ms;
     dl->state = FBR_DS_QUEUED;
     dl->created_mono = fbr_now_ms();
     dl->created_wall = created_wall ? created_wall : fbr_wall_ms();
@@ -949,7 +975,6 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     if (qo->id_out)
         memcpy(qo->id_out, dl->id, sizeof(dl->id));
     dest_pump(d);
-    return FBR_OK;
 }
 
 void fbr_delivery_head_each(const char *head, size_t len, fbr_delivery_header_fn fn, void *arg)
@@ -1000,17 +1025,75 @@ static void outreq_from_saved(const struct fbr_delivery_saved *s, struct fbr_out
     fbr_delivery_head_each(s->head.ptr, s->head.len, header_to_outreq, o);
 }
 
+static void find_authorization(const char *name, size_t nlen, const char *v, size_t vlen,
+                               int is_ct, void *arg)
+{
+    struct fbr_slice *auth = arg;
+    (void)is_ct;
+    if (nlen == 13 && strncasecmp(name, "Authorization", 13) == 0)
+        *auth = (struct fbr_slice){v, vlen};
+}
+
+/*
+ * A restored delivery is built straight from the saved bytes, as a compacted one: one exact-size
+ * allocation holding the URL, the header block (already the wire form, with Content-Type and
+ * this id) and the body, no outreq and no render buffers in between (100,000 of them come back
+ * at a start).  A URL that no longer parses takes fbr_delivery_queue()'s way, which writes it
+ * to the dead-letter file with the reason.
+ */
 int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_delivery_saved *s)
 {
-    if (!fbr_http_method_parse(s->method, strlen(s->method), 0) || !s->id || !*s->id || strlen(s->id) > ID_LEN)
+    unsigned method = fbr_http_method_parse(s->method, strlen(s->method), 0);
+    if (!method || !s->id || !*s->id || strlen(s->id) > ID_LEN)
         return FBR_INVALID;
-    struct fbr_outreq o;
-    outreq_from_saved(s, &o);
     struct fbr_delivery_queue_opts qo = {.id = s->id, .created_wall_ms = s->created_wall_ms,
-                                         .over_limit = 1, .saved = s};
-    int rc = fbr_delivery_queue(e, &o, &qo);
-    fbr_outreq_free(&o);
-    return rc;
+                                         .over_limit = 1, .saved = s, .auth = s->auth};
+    if (e->shut) {
+        e->m.rejected++;
+        return FBR_LIMIT;
+    }
+    size_t off = s->url.len + 1 + s->head.len + 1;
+    char *store = fbr_xmalloc(off + s->body.len + 1);
+    memcpy(store, s->url.ptr, s->url.len);
+    store[s->url.len] = '\0';
+    struct fbr_url up;
+    const char *why = NULL;
+    if (fbr_url_parse(store, s->url.len, &up, &why) != FBR_OK) {
+        free(store);
+        struct fbr_outreq o;
+        outreq_from_saved(s, &o);
+        int rc = fbr_delivery_queue(e, &o, &qo);
+        fbr_outreq_free(&o);
+        return rc;
+    }
+    memcpy(store + s->url.len + 1, s->head.ptr, s->head.len);
+    store[off - 1] = '\0';
+    memcpy(store + off, s->body.ptr, s->body.len);
+    store[off + s->body.len] = '\0';
+    struct delivery *dl = fbr_xcalloc(1, sizeof(*dl));
+    snprintf(dl->id, sizeof(dl->id), "%s", s->id);
+    dl->store = dl->url = store;
+    dl->url_len = s->url.len;
+    dl->head = store + s->url.len + 1;
+    dl->head_len = s->head.len;
+    dl->body_one = (struct iovec){store + off, s->body.len};
+    dl->body_iov = &dl->body_one;
+    dl->nbody = 1;
+    dl->method = fbr_http_method_name(method);
+    char key[1024];
+    size_t klen = s->dest_key.len < sizeof(key) - 1 ? s->dest_key.len : sizeof(key) - 1;
+    if (klen)
+        memcpy(key, s->dest_key.ptr, klen);
+    else
+        klen = dest_key(&up, key, sizeof(key));
+    struct fbr_slice token = query_token(up.query), auth = {NULL, 0};
+    if (!token.len) {
+        fbr_delivery_head_each(dl->head, dl->head_len, find_authorization, &auth);
+        token = auth;
+    }
+    set_limits(e, dl, get_dest(e, key, klen), NULL, &qo, up.authority, token);
+    enqueue(e, dl, &qo);
+    return FBR_OK;
 }
 
 static int by_seq(const void *a, const void *b);

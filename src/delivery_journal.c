@@ -18,27 +18,40 @@
 #include <string.h>
 
 #include "firebridge/log.h"
-#include "firebridge/strmap.h"
 
 #define VERSION 1
 #define OUTCOME_DELIVERED 1
 #define OUTCOME_DEAD 2
+
+/* A delivery seen during replay: its latest accepted record, until a finished record. */
+struct pending {
+    uint64_t seq;
+    unsigned attempts;
+    int live; /* 0 once finished */
+    struct fbr_journal_ref ref;
+    struct fbr_slice id, payload; /* borrowed from the journal's mapping until replay_done */
+};
+
+/*
+ * During recovery only: the deliveries seen, in one array in order of first acceptance, and an
+ * open-addressing index by id (slot = array position + 1, 0 empty; a finished delivery stays
+ * in place with live 0).  No allocation per record: at a start with 100,000 pending, per-record
+ * allocations and frees interleaved with the engine's were most of the restore time.
+ */
+struct replay_state {
+    struct pending *v;
+    size_t n, cap;
+    uint32_t *slots;
+    size_t nslots; /* power of two, at least twice n */
+};
 
 struct fbr_delivery_journal {
     struct fbr_delivery_engine *engine;
     struct fbr_journal *journal;
     unsigned char *buf; /* encoding scratch */
     size_t len, cap;
-    struct fbr_strmap replay; /* id -> struct pending, during recovery only */
+    struct replay_state replay;
     size_t restored, unreadable;
-};
-
-/* A delivery seen during replay and not (yet) finished. */
-struct pending {
-    uint64_t seq;
-    unsigned attempts;
-    struct fbr_journal_ref ref;
-    struct fbr_slice payload; /* borrowed from the journal's mapping until replay_done */
 };
 
 /* ---- encoding ---- */
@@ -199,6 +212,63 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
 
 /* ---- the journal owner ---- */
 
+static uint64_t id_hash(struct fbr_slice id)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < id.len; i++)
+        h = (h ^ (unsigned char)id.ptr[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The slot of id in the index: where it is, or the empty one where it would go. */
+static uint32_t *index_slot(struct replay_state *rs, struct fbr_slice id)
+{
+    size_t mask = rs->nslots - 1;
+    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+        uint32_t *sl = &rs->slots[i];
+        if (!*sl)
+            return sl;
+        struct pending *p = &rs->v[*sl - 1];
+        if (p->id.len == id.len && memcmp(p->id.ptr, id.ptr, id.len) == 0)
+            return sl;
+    }
+}
+
+static struct pending *find_pending(struct replay_state *rs, struct fbr_slice id)
+{
+    if (!rs->nslots)
+        return NULL;
+    uint32_t sl = *index_slot(rs, id);
+    return sl ? &rs->v[sl - 1] : NULL;
+}
+
+static struct pending *add_pending(struct replay_state *rs, struct fbr_slice id)
+{
+    if (2 * (rs->n + 1) > rs->nslots) {
+        size_t ns = rs->nslots ? rs->nslots * 2 : 1024;
+        free(rs->slots);
+        rs->slots = fbr_xcalloc(ns, sizeof(*rs->slots));
+        rs->nslots = ns;
+        for (size_t i = 0; i < rs->n; i++)
+            *index_slot(rs, rs->v[i].id) = (uint32_t)(i + 1);
+    }
+    if (rs->n == rs->cap) {
+        rs->cap = rs->cap ? rs->cap * 2 : 1024;
+        rs->v = fbr_xrealloc(rs->v, rs->cap * sizeof(*rs->v));
+    }
+    struct pending *p = &rs->v[rs->n++];
+    *p = (struct pending){.id = id};
+    *index_slot(rs, id) = (uint32_t)rs->n;
+    return p;
+}
+
+static void replay_free(struct replay_state *rs)
+{
+    free(rs->v);
+    free(rs->slots);
+    *rs = (struct replay_state){0};
+}
+
 static void replay(void *arg, unsigned type, struct fbr_slice payload, struct fbr_journal_ref ref)
 {
     struct fbr_delivery_journal *dj = arg;
@@ -210,15 +280,16 @@ static void replay(void *arg, unsigned type, struct fbr_slice payload, struct fb
             dj->unreadable++;
             return;
         }
-        struct pending *p = fbr_strmap_get(&dj->replay, a.id.ptr, a.id.len);
-        if (p) { /* a checkpoint's copy: it replaces the older record, same place in order */
+        struct pending *p = find_pending(&dj->replay, a.id);
+        if (p && p->live) { /* a checkpoint's copy: it replaces the older record, same order */
             fbr_journal_release(dj->journal, p->ref);
             if (a.attempts < p->attempts)
                 a.attempts = p->attempts;
         } else {
-            p = fbr_xcalloc(1, sizeof(*p));
+            if (!p)
+                p = add_pending(&dj->replay, a.id);
             p->seq = a.seq;
-            fbr_strmap_put(&dj->replay, a.id.ptr, a.id.len, p);
+            p->live = 1;
         }
         p->attempts = a.attempts;
         p->ref = ref;
@@ -229,32 +300,20 @@ static void replay(void *arg, unsigned type, struct fbr_slice payload, struct fb
     if (type == FBR_JR_DELIVERY_ATTEMPT) {
         unsigned attempts = get_u32(&r);
         struct fbr_slice id = get_str(&r);
-        struct pending *p = r.bad ? NULL : fbr_strmap_get(&dj->replay, id.ptr, id.len);
-        if (p && attempts > p->attempts)
+        struct pending *p = r.bad ? NULL : find_pending(&dj->replay, id);
+        if (p && p->live && attempts > p->attempts)
             p->attempts = attempts;
         return;
     }
     if (type == FBR_JR_DELIVERY_FINISHED) {
         r.p++;
         struct fbr_slice id = get_str(&r);
-        struct pending *p = r.bad ? NULL : fbr_strmap_del(&dj->replay, id.ptr, id.len);
-        if (p) {
+        struct pending *p = r.bad ? NULL : find_pending(&dj->replay, id);
+        if (p && p->live) {
             fbr_journal_release(dj->journal, p->ref);
-            free(p);
+            p->live = 0;
         }
     }
-}
-
-struct gather {
-    struct pending **v;
-    size_t n;
-};
-
-static void gather_one(const char *key, void *value, void *arg)
-{
-    struct gather *g = arg;
-    (void)key;
-    g->v[g->n++] = value;
 }
 
 static int by_seq(const void *a, const void *b)
@@ -266,13 +325,23 @@ static int by_seq(const void *a, const void *b)
 static void replay_done(void *arg)
 {
     struct fbr_delivery_journal *dj = arg;
-    size_t n = dj->replay.count;
-    struct gather g = {fbr_xcalloc(n ? n : 1, sizeof(struct pending *)), 0};
-    fbr_strmap_each(&dj->replay, gather_one, &g);
-    fbr_strmap_clear(&dj->replay);
-    qsort(g.v, g.n, sizeof(*g.v), by_seq);
-    for (size_t i = 0; i < g.n; i++) {
-        struct pending *p = g.v[i];
+    struct replay_state *rs = &dj->replay;
+    /* In submission order: first acceptance is that order unless a checkpoint's copy came
+     * first (a delivery first seen in a later segment), so sort only when needed. */
+    struct pending **order = fbr_xcalloc(rs->n ? rs->n : 1, sizeof(*order));
+    size_t n = 0;
+    int sorted = 1;
+    for (size_t i = 0; i < rs->n; i++) {
+        if (!rs->v[i].live)
+            continue;
+        if (n && rs->v[i].seq < order[n - 1]->seq)
+            sorted = 0;
+        order[n++] = &rs->v[i];
+    }
+    if (!sorted)
+        qsort(order, n, sizeof(*order), by_seq);
+    for (size_t i = 0; i < n; i++) {
+        struct pending *p = order[i];
         struct accepted a;
         decode_accepted(p->payload, &a);
         char id[65], method[16];
@@ -302,9 +371,9 @@ static void replay_done(void *arg)
                     "the engine refused it (bad method, id or URL): dropped");
             fbr_journal_release(dj->journal, p->ref);
         }
-        free(p);
     }
-    free(g.v);
+    free(order);
+    replay_free(rs);
     if (dj->restored)
         fbr_log_info("journal: %zu pending deliver%s restored in their original order",
                      dj->restored, dj->restored == 1 ? "y" : "ies");
@@ -341,7 +410,6 @@ struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine
     struct fbr_delivery_journal *dj = fbr_xcalloc(1, sizeof(*dj));
     dj->engine = engine;
     dj->journal = journal;
-    fbr_strmap_init(&dj->replay);
     fbr_delivery_set_transition_hook(engine, on_transition, dj);
     struct fbr_journal_owner o = {
         .name = "deliveries",
@@ -356,20 +424,13 @@ struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine
     return dj;
 }
 
-static void free_pending(const char *key, void *value, void *arg)
-{
-    (void)key, (void)arg;
-    free(value);
-}
-
 void fbr_delivery_journal_free(struct fbr_delivery_journal **djp)
 {
     struct fbr_delivery_journal *dj = *djp;
     if (!dj)
         return;
     fbr_delivery_set_transition_hook(dj->engine, NULL, NULL);
-    fbr_strmap_each(&dj->replay, free_pending, NULL);
-    fbr_strmap_clear(&dj->replay);
+    replay_free(&dj->replay);
     free(dj->buf);
     free(dj);
     *djp = NULL;

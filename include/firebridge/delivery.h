@@ -337,6 +337,8 @@ struct fbr_delivery_saved {
     uint64_t seq; /* its submission order (0: next); later submissions get larger ones */
     struct fbr_rate room_rate, token_rate; /* n == 0: the engine's */
     uint64_t hook_word;
+    const struct fbr_delivery_auth_ref *auth; /* credentials at send time (the add-on's token
+                                                 provider), or NULL */
 };
 
 /*
