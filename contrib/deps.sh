@@ -5,7 +5,8 @@ set -euo pipefail
 
 pkgs=(meson ninja-build pkg-config gcc libc6-dev libevent-dev libevhtp-dev libonig-dev
       libjansson-dev libssl-dev check curl openssl valgrind wrk python3 ca-certificates
-      prometheus-alertmanager haproxy libsystemd-dev systemd groff-base man-db nginx)
+      prometheus-alertmanager haproxy libsystemd-dev systemd groff-base man-db nginx
+      libjemalloc-dev)
 if [ "${FBR_WITH_CLANG:-1}" = 1 ]; then
   pkgs+=(clang libclang-rt-14-dev)
 fi

@@ -379,8 +379,8 @@ static int configure(struct daemon *d, int argc, char **argv)
         fbr_cli_free(&d->cli);
         return 0;
     case FBR_CLI_VERSION:
-        printf("firebridge %s\nsd_notify: %s\n", FBR_VERSION,
-               fbr_service_notify_supported() ? "yes" : "no");
+        printf("firebridge %s\nsd_notify: %s\nallocator: %s\n", FBR_VERSION,
+               fbr_service_notify_supported() ? "yes" : "no", FBR_ALLOCATOR);
         fbr_cli_free(&d->cli);
         return 0;
     default:
@@ -642,7 +642,8 @@ int main(int argc, char **argv)
     /* glibc merges its fast bins whenever a request of 1 KiB or more misses the thread cache;
      * every socket read (libevent grows evbuffers by 4 KiB chains) is such a request and each
      * alert frees dozens of small jansson nodes, so most of malloc's time went to merging bins
-     * (bench/README.md, profile).  Without fast bins small blocks still come from the tcache. */
+     * (bench/README.md, profile).  Without fast bins small blocks still come from the tcache.
+     * With jemalloc linked in (the default where it is installed) glibc's malloc is not used. */
     mallopt(M_MXFAST, 0);
     struct daemon d;
     memset(&d, 0, sizeof(d));
