@@ -1,0 +1,211 @@
+/*
+ * test_journal_disk.c - disk trouble under the real daemon (issue 11, item 4): the daemon runs
+ * with its journal on, delivering to contrib/hipchat-server; the test lowers the daemon's
+ * RLIMIT_FSIZE soft limit to 0 from outside (prlimit(2) on the running process), so every write
+ * to a regular file fails with EFBIG (SIGXFSZ is ignored by the daemon), then raises it back.
+ * No test hook: the journal's own write path sees the failure.  The daemon's output goes through
+ * a pipe to a `cat` writing the log file, so the limit does not silence the log.
+ *
+ * Checked, over two episodes: while writes fail every alert is answered 503 with Retry-After
+ * (never 200), /readyz is 503 and firebridge_journal_writable is 0, and the daemon logs one
+ * error line per episode however many alerts and retries fail; once the limit is lifted the
+ * daemon recovers by itself (/readyz 200, alerts 200 again, one "writes work again" line), and
+ * every alert answered 200 reaches the room.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon_util.h"
+
+#define API_KEY "CHANGE-ME-integration-key"
+#define ALERT_PATH "/integrations/generic/20131114/alert/" API_KEY "/devops"
+#define TROUBLE_LINE "alerts get 503 until the journal can be written again"
+#define RECOVERED_LINE "journal: writes work again"
+
+static char dir[64];
+
+/* Forks and execs argv with stdin, stdout and stderr as given (-1: inherited), dying with the
+ * test process. */
+static pid_t spawn_fds(const char *const *argv, int in, int out, int err, int close1, int close2)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (in >= 0)
+            dup2(in, 0);
+        if (out >= 0)
+            dup2(out, 1);
+        if (err >= 0)
+            dup2(err, 2);
+        close(close1);
+        close(close2);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int count(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+static int log_count(const char *log, const char *needle)
+{
+    char *text = dutil_slurp(log, NULL);
+    int n = count(text, needle);
+    free(text);
+    return n;
+}
+
+/* Sets the soft RLIMIT_FSIZE of pid (the hard limit stays); asserts prlimit worked. */
+static void set_fsize(pid_t pid, rlim_t soft)
+{
+    struct rlimit old, lim;
+    ck_assert_int_eq(prlimit(pid, RLIMIT_FSIZE, NULL, &old), 0);
+    lim.rlim_cur = soft;
+    lim.rlim_max = old.rlim_max;
+    ck_assert_msg(prlimit(pid, RLIMIT_FSIZE, &lim, NULL) == 0, "prlimit: %s", strerror(errno));
+}
+
+static int post(int port, int n, char *buf, size_t cap)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"message_type\":\"CRITICAL\",\"entity_id\":\"disk-%d\","
+             "\"entity_display_name\":\"disk alert %d\"}",
+             n, n);
+    return dutil_post(port, ALERT_PATH, NULL, body, buf, cap);
+}
+
+/* Polls /readyz until it answers want (up to ms); returns the last status. */
+static int wait_readyz(int port, int want, int ms)
+{
+    char buf[2048];
+    int st = 0;
+    for (int waited = 0; waited <= ms; waited += 50) {
+        st = dutil_get(port, "/readyz", buf, sizeof(buf));
+        if (st == want)
+            break;
+        dutil_msleep(50);
+    }
+    return st;
+}
+
+START_TEST(efbig_means_503_then_recovers_by_itself)
+{
+    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk");
+    char hc_out[128], hc_err[128], cfg[128], log[128], data[128];
+    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
+    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
+    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
+    snprintf(log, sizeof(log), "%s/fb.log", dir);
+    snprintf(data, sizeof(data), "%s/data", dir);
+    const char *hflags[] = {"--room", "77:tok-77", NULL};
+    int hport;
+    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
+    char origin[64];
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
+    dutil_seed_config(cfg, origin, "77", "tok-77");
+
+    /* daemon | cat > log: the limit applies to the daemon only */
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ck_assert_int_ge(logfd, 0);
+    const char *cat_argv[] = {"cat", NULL};
+    pid_t cat = spawn_fds(cat_argv, fds[0], logfd, -1, fds[1], fds[0]);
+    close(logfd);
+    const char *exe = getenv("FBR_DAEMON");
+    ck_assert_ptr_nonnull(exe);
+    const char *fb_argv[] = {exe, "-c", cfg, "--listen", "127.0.0.1:0", "--data-dir", data,
+                             "--fsync", "always", NULL};
+    pid_t fb = spawn_fds(fb_argv, -1, fds[1], fds[1], fds[0], fds[1]);
+    close(fds[0]);
+    close(fds[1]);
+    int port = dutil_wait_port(&fb, log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50, NULL);
+
+    char buf[4096];
+    int n = 0, accepted[64], naccepted = 0;
+    for (int i = 0; i < 3; i++, n++) {
+        ck_assert_int_eq(post(port, n, buf, sizeof(buf)), 200);
+        accepted[naccepted++] = n;
+    }
+    ck_assert_int_eq(wait_readyz(port, 200, 2000), 200);
+
+    for (int episode = 1; episode <= 2; episode++) {
+        set_fsize(fb, 0);
+        for (int i = 0; i < 6; i++, n++) {
+            int st = post(port, n, buf, sizeof(buf));
+            ck_assert_msg(st == 503, "episode %d alert %d: %d while writes fail:\n%s", episode, n,
+                          st, buf);
+            ck_assert_msg(strstr(buf, "Retry-After:"), "503 without Retry-After:\n%s", buf);
+            ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+            dutil_msleep(100); /* across the journal's 250 ms retries */
+        }
+        ck_assert_int_eq(wait_readyz(port, 503, 0), 503);
+        ck_assert_int_eq(dutil_metric(port, "firebridge_journal_writable"), 0);
+        ck_assert_int_ge(dutil_metric(port, "firebridge_journal_errors_total{op=\"write\"}"), 2);
+        ck_assert_msg(log_count(log, TROUBLE_LINE) == episode,
+                      "episode %d: %d trouble lines (one per episode expected):\n%s", episode,
+                      log_count(log, TROUBLE_LINE), dutil_slurp(log, NULL));
+
+        set_fsize(fb, RLIM_INFINITY);
+        ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
+        ck_assert_int_eq(dutil_metric(port, "firebridge_journal_writable"), 1);
+        ck_assert_int_eq(log_count(log, RECOVERED_LINE), episode);
+        for (int i = 0; i < 3; i++, n++) {
+            ck_assert_int_eq(post(port, n, buf, sizeof(buf)), 200);
+            accepted[naccepted++] = n;
+        }
+    }
+    ck_assert_int_eq(log_count(log, TROUBLE_LINE), 2);
+
+    /* every alert answered 200 reaches the room (a 503'd one may too: its records were kept) */
+    json_t *msgs = dutil_room_messages(hport, "77", (size_t)naccepted, 10000 * dutil_slow());
+    char *all = json_dumps(msgs, 0);
+    for (int i = 0; i < naccepted; i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "\"disk alert %d\"", accepted[i]);
+        ck_assert_msg(strstr(all, want), "alert %d answered 200 was not delivered: %s",
+                      accepted[i], all);
+    }
+    free(all);
+    json_decref(msgs);
+
+    dutil_assert_exit_zero(dutil_stop(&fb, 15000 * dutil_slow(), NULL), log);
+    dutil_wait_exit(&cat, 5000, NULL);
+    kill(hc, SIGTERM);
+    waitpid(hc, NULL, 0);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("journal_disk");
+    TCase *tc = tcase_create("efbig");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, efbig_means_503_then_recovers_by_itself);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
