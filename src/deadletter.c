@@ -201,8 +201,9 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
     const char *dl_path = fbr_delivery_dead_letter_path(e);
     FILE *f = fopen(path, "re");
     if (!f) {
+        int missing = errno == ENOENT;
         snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-        return FBR_NOTFOUND;
+        return missing ? FBR_NOTFOUND : FBR_ERROR;
     }
     /* The engine's own file: move it aside first, so what dies during or after the replay goes
      * to a fresh file (never appended to the file being read: no loop) and the replayed lines
@@ -228,8 +229,9 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
     size_t cap = 0;
     ssize_t n;
     unsigned lineno = 0;
+    uint64_t offset = 0; /* of the line being read */
     int rc = FBR_OK;
-    while ((n = getline(&line, &cap, f)) > 0) {
+    for (; (n = getline(&line, &cap, f)) > 0; offset += (uint64_t)n) {
         lineno++;
         if (n == 1 && line[0] == '\n')
             continue;
@@ -238,6 +240,14 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
         struct fbr_outreq o;
         const char *id;
         uint64_t created;
+        if (!j && line[n - 1] != '\n' && feof(f)) {
+            /* the last line has no end: an append that a crash cut short (each line is one
+             * write).  The lines before it are whole; it stays in the file, reported. */
+            fbr_log_warn("%s ends with a torn line at byte offset %" PRIu64 " (line %u, %zd "
+                         "byte(s), no newline): not replayed, left in %s",
+                         path, offset, lineno, n, aside ? aside : path);
+            break;
+        }
         if (!j || fbr_dead_letter_read(j, &o, &id, &created) != FBR_OK) {
             snprintf(err, errlen, "%s line %u: not a dead-letter entry%s%s", path, lineno,
                      j ? "" : ": ", j ? "" : jerr.text);

@@ -55,7 +55,28 @@ struct daemon {
     struct event *drain_tick, *drain_deadline;
     uint64_t *m_reloads_ok, *m_reloads_failed;
     int save; /* pending deliveries go to the dead-letter file on the way out */
+    json_t *file_restart_keys; /* restart_keys_in_file() of the file last loaded */
 };
+
+/*
+ * The keys that need a restart (listen, tls_cert, tls_key, data_dir) as the configuration file
+ * itself gives them: a new object, empty without a file or when it cannot be read.  SIGHUP
+ * compares them as well as the effective values, so that an edit of the file is reported even
+ * when a command-line flag (-l, -d) overrides the key.
+ */
+static json_t *restart_keys_in_file(const char *file)
+{
+    static const char *const keys[] = {"listen", "tls_cert", "tls_key", "data_dir"};
+    json_t *o = json_object();
+    json_t *root = file ? json_load_file(file, 0, NULL) : NULL;
+    for (size_t i = 0; i < FBR_ARRAY_LEN(keys); i++) {
+        json_t *v = json_object_get(root, keys[i]);
+        if (v)
+            json_object_set(o, keys[i], v);
+    }
+    json_decref(root);
+    return o;
+}
 
 static void server_opts(const struct fbr_config *cfg, struct fbr_metrics *m,
                         struct fbr_server_opts *o)
@@ -242,9 +263,19 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     if (!list_eq(&next.api_keys, &d->cfg.api_keys) ||
         !str_eq(next.organization_id, d->cfg.organization_id))
         fbr_log_warn("api_keys and organization_id changes take effect on restart");
+    json_t *file_keys = restart_keys_in_file(d->cli.config_file);
     if (!list_eq(&next.listen, &d->cfg.listen) || !str_eq(next.tls_cert, d->cfg.tls_cert) ||
         !str_eq(next.tls_key, d->cfg.tls_key) || !str_eq(next.data_dir, d->cfg.data_dir))
-        fbr_log_warn("listen, tls_cert, tls_key and data_dir changes take effect on restart");
+        fbr_log_warn("listen, tls_cert, tls_key or data_dir changed: the change needs a restart "
+                     "(still listening on %s, data in %s)",
+                     d->cfg.listen.n ? d->cfg.listen.v[0] : "-", d->cfg.data_dir);
+    else if (!json_equal(file_keys, d->file_restart_keys))
+        fbr_log_warn("listen, tls_cert, tls_key or data_dir changed in %s, but the command line "
+                     "overrides it (and a change needs a restart): still listening on %s, data "
+                     "in %s",
+                     file, d->cfg.listen.n ? d->cfg.listen.v[0] : "-", d->cfg.data_dir);
+    json_decref(d->file_restart_keys);
+    d->file_restart_keys = file_keys;
     fbr_log_setup(next.log_level, next.log_format);
     struct fbr_server_opts o;
     server_opts(&next, d->metrics, &o);
@@ -409,6 +440,8 @@ static int configure(struct daemon *d, int argc, char **argv)
         flow_free(&d->flow);
         fbr_config_free(&d->cfg);
         fbr_cli_free(&d->cli);
+    } else {
+        d->file_restart_keys = restart_keys_in_file(d->cli.config_file);
     }
     return rc;
 }
@@ -525,13 +558,22 @@ static int start_serving(struct daemon *d)
         size_t count = 0;
         int r = fbr_delivery_replay_file(d->deliveries, d->cfg.replay_dead_letters, &count, err,
                                          sizeof(err));
-        if (r != FBR_OK) {
+        if (r == FBR_NOTFOUND) {
+            /* A restart that still carries the flag after the replay consumed the file (the
+             * engine's own file is moved aside to <file>.replayed-<ms>): nothing to replay is
+             * not a reason to stay down.  Unreadable or malformed files still refuse. */
+            fbr_log_warn("nothing to replay: %s does not exist (a replayed dead-letter file is "
+                         "moved to %s.replayed-<ms>); starting without a replay",
+                         d->cfg.replay_dead_letters, d->cfg.replay_dead_letters);
+        } else if (r != FBR_OK) {
             fbr_log(FBR_LOG_ERROR, NULL, "replaying dead letters", "from %s: %s",
-                    d->cfg.replay_dead_letters, r == FBR_NOTFOUND ? "cannot open the file" : err);
+                    d->cfg.replay_dead_letters, err);
             d->save = 0; /* what was queued is still in the file: writing it again doubles it */
             return FBR_ERROR;
+        } else {
+            fbr_log_info("replaying %zu dead letter(s) from %s", count,
+                         d->cfg.replay_dead_letters);
         }
-        fbr_log_info("replaying %zu dead letter(s) from %s", count, d->cfg.replay_dead_letters);
     }
     for (size_t i = 0; i < d->cfg.listen.n; i++) {
         if (fbr_server_listen(d->srv, d->cfg.listen.v[i]) != FBR_OK)
@@ -632,6 +674,7 @@ static int stop(struct daemon *d, int rc)
         event_base_loop(d->base, EVLOOP_NONBLOCK);
         event_base_free(d->base);
     }
+    json_decref(d->file_restart_keys);
     fbr_config_free(&d->cfg);
     fbr_cli_free(&d->cli);
     return rc;

@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -196,6 +197,52 @@ START_TEST(reload_then_requests_cycling_configs)
     dutil_daemon_start(&d, "fbr-hard", extra);
     reload_rounds(&d, cfg, 3 * (int)FBR_TEST_NCFG);
     dutil_daemon_stop(&d);
+    unlink(cfg);
+}
+END_TEST
+
+/* ---- note 13: a reload that changes what needs a restart ---------------------------------- */
+
+/* listen and data_dir cannot change live: a reload that changes them in the file says so, also
+ * when a command-line flag (-l, -d) overrides the file, and also when nothing overrides it. */
+START_TEST(reload_warns_what_needs_a_restart)
+{
+    struct dutil_daemon d;
+    char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX";
+    int fd = mkstemp(cfg);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    dutil_write_file(cfg, "{}");
+    const char *const extra[] = {"--config", cfg, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra); /* with --listen and --data-dir flags */
+    dutil_write_file(cfg, "{\"listen\":[\"127.0.0.1:1\"],\"data_dir\":\"/tmp/fbr-elsewhere\"}");
+    kill(d.pid, SIGHUP);
+    wait_reloads(&d, 1);
+    char *log = dutil_slurp(d.log, NULL);
+    ck_assert_msg(strstr(log, "needs a restart") && strstr(log, "overrides"), "%s", log);
+    free(log);
+    dutil_daemon_stop(&d);
+
+    /* no flags: the file's own listen and data_dir are in force, and a change to them warns */
+    char dir[64], data[128], text[512];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(d.log, sizeof(d.log), "%s/log", dir);
+    snprintf(text, sizeof(text), "{\"listen\":[\"127.0.0.1:0\"],\"data_dir\":\"%s\"}", data);
+    dutil_write_file(cfg, text);
+    const char *const args[] = {"--config", cfg, NULL};
+    d.pid = dutil_spawn_daemon(d.log, args);
+    d.port = dutil_wait_port(&d.pid, d.log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50,
+                             NULL);
+    snprintf(text, sizeof(text), "{\"listen\":[\"127.0.0.1:0\"],\"data_dir\":\"%s/other\"}", dir);
+    dutil_write_file(cfg, text);
+    kill(d.pid, SIGHUP);
+    wait_reloads(&d, 1);
+    log = dutil_slurp(d.log, NULL);
+    ck_assert_msg(strstr(log, "the change needs a restart") && strstr(log, data), "%s", log);
+    free(log);
+    dutil_assert_exit_zero(dutil_stop(&d.pid, 15000 * dutil_slow(), NULL), d.log);
+    dutil_rm_rf(dir);
     unlink(cfg);
 }
 END_TEST
@@ -919,6 +966,69 @@ START_TEST(peer_text_escaped_and_masked_in_log)
 }
 END_TEST
 
+/* ---- defect 9 and note 13: replaying a dead-letter file ----------------------------------- */
+
+/* Starts the daemon with args and waits for its port; returns its pid. */
+static pid_t start_with(const char *log, const char *const *args, int *port)
+{
+    pid_t pid = dutil_spawn_daemon(log, args);
+    *port = dutil_wait_port(&pid, log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50, NULL);
+    return pid;
+}
+
+/* A dead-letter file whose last line a crash cut short: the good lines are replayed and the torn
+ * tail reported with its byte offset; a restart that still carries the flag once the replay has
+ * moved the file aside starts and says there is nothing to replay. */
+START_TEST(replay_skips_torn_tail_and_restarts)
+{
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    int sport;
+    pid_t server = raw_chat_server(ok, &sport);
+    char dir[64], data[128], file[192], log[128], lines[2048];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(file, sizeof(file), "%s/dead-letters.jsonl", data);
+    snprintf(log, sizeof(log), "%s/log", dir);
+    ck_assert_int_eq(mkdir(data, 0700), 0);
+    size_t good = 0;
+    for (int i = 0; i < 2; i++)
+        good += (size_t)snprintf(lines + good, sizeof(lines) - good,
+                                 "{\"id\":\"dl-%d\",\"method\":\"POST\",\"url\":"
+                                 "\"http://127.0.0.1:%d/v2/room/1/notification\",\"headers\":[],"
+                                 "\"content_type\":\"application/json\",\"body\":\"{}\","
+                                 "\"reason\":\"http 500\",\"attempts\":3,\"created_ms\":1}\n",
+                                 i, sport);
+    snprintf(lines + good, sizeof(lines) - good, "{\"id\":\"dl-2\",\"method\":\"PO");
+    dutil_write_file(file, lines);
+    const char *const args[] = {"-l", "127.0.0.1:0", "-d", data, "--replay-dead-letters", file,
+                                NULL};
+    int port;
+    pid_t pid = start_with(log, args, &port);
+    const char *delivered = "firebridge_deliveries_total{outcome=\"delivered\"}";
+    for (int i = 0; i < 250 && dutil_metric(port, delivered) < 2; i++)
+        dutil_msleep(20);
+    ck_assert_int_eq(dutil_metric(port, delivered), 2);
+    dutil_assert_exit_zero(dutil_stop(&pid, 15000 * dutil_slow(), NULL), log);
+    char *text = dutil_slurp(log, NULL), want[64];
+    snprintf(want, sizeof(want), "torn line at byte offset %zu", good);
+    ck_assert_msg(strstr(text, want) && strstr(text, "replaying 2 dead letter(s)"), "want %s: %s",
+                  want, text);
+    free(text);
+
+    /* the file was moved aside by the replay; the same command line starts again */
+    ck_assert_int_ne(access(file, F_OK), 0);
+    strcat(log, "2"); /* a fresh log: the old one has a "listening on" line already */
+    pid = start_with(log, args, &port);
+    text = dutil_slurp(log, NULL);
+    ck_assert_msg(strstr(text, "nothing to replay"), "%s", text);
+    free(text);
+    dutil_assert_exit_zero(dutil_stop(&pid, 15000 * dutil_slow(), NULL), log);
+    kill(server, SIGKILL);
+    waitpid(server, NULL, 0);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 /* ---- defect 11: 415 for a body that is declared as something other than JSON ------------ */
 
 /* POSTs body to path with Content-Type ct (NULL: none) and auth (NULL: none); returns status. */
@@ -1005,6 +1115,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, reload_then_requests_without_config_file);
     tcase_add_test(tc, reload_then_requests_cycling_configs);
+    tcase_add_test(tc, reload_warns_what_needs_a_restart);
     suite_add_tcase(s, tc);
     tc = tcase_create("backpressure");
     tcase_set_timeout(tc, 120);
@@ -1037,6 +1148,10 @@ int main(void)
     tc = tcase_create("check_config");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, check_config_refuses_what_cannot_work);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("replay");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, replay_skips_torn_tail_and_restarts);
     suite_add_tcase(s, tc);
     tc = tcase_create("masking");
     tcase_set_timeout(tc, 60);

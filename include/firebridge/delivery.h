@@ -248,8 +248,11 @@ size_t fbr_delivery_shutdown(struct fbr_delivery_engine *e, const char *reason);
  * When path is the engine's own dead-letter file (same inode), that file is first renamed to
  * "<path>.replayed-<wall ms>" and read from there: what dies during or after the replay goes to
  * a fresh file at the usual path (no loop, no line read twice), and the replayed lines stay on
- * disk under the new name.  Returns FBR_OK with *count set, FBR_NOTFOUND when the file cannot be
- * opened, FBR_ERROR when the rename fails or after fbr_delivery_shutdown(), or FBR_INVALID naming
+ * disk under the new name.  A last line without its newline that does not parse (an append a
+ * crash cut short) is logged with its byte offset, left in the file and skipped: the lines before
+ * it are replayed and the result is FBR_OK.  Returns FBR_OK with *count set, FBR_NOTFOUND when the
+ * file does not exist, FBR_ERROR when it cannot be opened otherwise, when the rename fails or after
+ * fbr_delivery_shutdown(), or FBR_INVALID naming
  * the first bad line in err (entries before it stay queued; a live file moved aside is moved back
  * when nothing was dead-lettered meanwhile, so freeing the engine without a shutdown leaves the
  * disk as it was).
