@@ -693,6 +693,79 @@ static void owner_checkpoint(void *arg, uint32_t upto)
         journal_counter(t);
 }
 
+int fbr_incidents_migrate_legacy(struct fbr_incidents *t, const char *data_dir, char *err,
+                                 size_t errlen)
+{
+    char path[4096], done[4200];
+    snprintf(path, sizeof(path), "%s/incidents.journal", data_dir);
+    snprintf(done, sizeof(done), "%s.migrated", path);
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno == ENOENT)
+            return FBR_OK;
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return FBR_ERROR;
+    }
+    if (!t->journal) {
+        fclose(f);
+        snprintf(err, errlen, "%s can only be migrated into the journal", path);
+        return FBR_ERROR;
+    }
+    size_t lines = 0, bad = 0;
+    int had_state = t->count || t->next_number > 1;
+    if (!had_state) {
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t n;
+        t->replaying = 1;
+        while ((n = getline(&line, &cap, f)) > 0) {
+            json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+            if (j)
+                replay_line(t, j, (struct fbr_journal_ref){0, 0});
+            json_decref(j);
+            lines++;
+            bad += !j;
+        }
+        free(line);
+        t->replaying = 0;
+        list_sort(&t->resolved);
+        list_sort(&t->live);
+        /* into the journal: every incident (oldest first), then the counter */
+        struct age_list *lists[] = {&t->resolved, &t->live};
+        for (size_t i = 0; i < FBR_ARRAY_LEN(lists); i++) {
+            for (struct incident *in = lists[i]->head; in; in = in->newer) {
+                record_line(&t->line, in);
+                in->ref = journal_append(t);
+            }
+        }
+        journal_counter(t);
+    }
+    int read_err = ferror(f);
+    fclose(f);
+    if (read_err) {
+        snprintf(err, errlen, "cannot read %s", path);
+        return FBR_ERROR;
+    }
+    if (fbr_journal_flush(t->journal) != FBR_OK) {
+        snprintf(err, errlen, "cannot write the incidents of %s to the journal: %s", path,
+                 fbr_journal_trouble(t->journal));
+        return FBR_ERROR;
+    }
+    if (rename(path, done) != 0) {
+        snprintf(err, errlen, "cannot rename %s to %s: %s", path, done, strerror(errno));
+        return FBR_ERROR;
+    }
+    if (had_state)
+        fbr_log_warn("incidents: %s was not read: the journal already holds the incident table "
+                     "(renamed %s)",
+                     path, done);
+    else
+        fbr_log_info("incidents: migrated %zu incident(s) (%zu line(s), %zu unreadable) from %s "
+                     "into the journal, next number %" PRIu64 "; the old file is kept as %s",
+                     t->count, lines, bad, path, t->next_number, done);
+    return FBR_OK;
+}
+
 int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_incidents **out)
 {
     struct fbr_incidents *t = fbr_xcalloc(1, sizeof(*t));

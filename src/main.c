@@ -525,6 +525,11 @@ static int start_storage(struct daemon *d)
             fbr_log(FBR_LOG_ERROR, NULL, "recovering the journal", "%s", err);
             return FBR_ERROR;
         }
+        if (fbr_incidents_migrate_legacy(d->incidents, d->cfg.data_dir, err, sizeof(err)) !=
+            FBR_OK) {
+            fbr_log(FBR_LOG_ERROR, NULL, "migrating the old incident file", "%s", err);
+            return FBR_ERROR;
+        }
     }
     return FBR_OK;
 }

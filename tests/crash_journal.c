@@ -34,7 +34,8 @@
 
 static char dir[64], data[128], cfg[128];
 static int hc_port;
-static unsigned seed;
+static unsigned seed;       /* the generator's state, advanced by rnd() */
+static unsigned start_seed; /* what it started from: FBR_CRASH_SEED=start_seed repeats the run */
 
 static unsigned rnd(void)
 {
@@ -86,7 +87,10 @@ static void alert_path(int i, char *path, size_t n)
 START_TEST(kill9_loses_nothing_answered_200)
 {
     const char *s = getenv("FBR_CRASH_SEED");
-    seed = s ? (unsigned)strtoul(s, NULL, 10) : (unsigned)time(NULL);
+    seed = start_seed = s ? (unsigned)strtoul(s, NULL, 10) : (unsigned)time(NULL);
+    printf("crash test: seed %u (FBR_CRASH_SEED=%u repeats these choices)\n", start_seed,
+           start_seed);
+    fflush(stdout);
     dutil_tmpdir(dir, sizeof(dir), "fbr-crash");
     snprintf(data, sizeof(data), "%s/data", dir);
     snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
@@ -210,16 +214,18 @@ START_TEST(kill9_loses_nothing_answered_200)
     int st = dutil_stop(&pid, 15000, NULL);
     printf("crash test (seed %u): %d kill -9 (%d %s, %d %s, %d %s, %d %s; %d with deliveries "
            "pending, %d after checkpoints in that run)\n",
-           seed, KILLS, kinds[0], kind_names[0], kinds[1], kind_names[1], kinds[2], kind_names[2],
+           start_seed, KILLS, kinds[0], kind_names[0], kinds[1], kind_names[1], kinds[2], kind_names[2],
            kinds[3], kind_names[3], with_pending, with_checkpoint);
     printf("alerts answered 200: %d, delivered: %d, lost: %d, duplicate deliveries (same "
            "X-Firebridge-Delivery): %d, order violations: %d (other answers: %d)\n",
            n200, delivered, lost, dup_ids, violations, other);
     fflush(stdout);
     dutil_stop(&hc, 5000, NULL);
-    ck_assert_msg(lost == 0, "%d alerts answered 200 were never delivered (logs in %s)", lost,
-                  dir);
-    ck_assert_msg(violations == 0, "%d order violations (logs in %s)", violations, dir);
+    ck_assert_msg(lost == 0,
+                  "%d alerts answered 200 were never delivered (logs in %s; FBR_CRASH_SEED=%u)",
+                  lost, dir, start_seed);
+    ck_assert_msg(violations == 0, "%d order violations (logs in %s; FBR_CRASH_SEED=%u)",
+                  violations, dir, start_seed);
     ck_assert_int_eq(delivered, n200);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the last run exited with %d", st);
     dutil_rm_rf(dir);

@@ -291,6 +291,103 @@ START_TEST(journal_escaping)
 }
 END_TEST
 
+/* One incident record in the form the old incidents.journal (and the journal) has. */
+static void legacy_line(FILE *f, const char *eid, unsigned number, unsigned count)
+{
+    fprintf(f,
+            "{\"k\":\"rk\\u001f%s\",\"n\":%u,\"rk\":\"rk\",\"eid\":\"%s\",\"host\":\"db1\","
+            "\"service\":\"Disk full\",\"ack_user\":\"\",\"ack_msg\":\"\",\"uuid\":\"u-%s\","
+            "\"phase\":\"UNACKED\",\"state\":\"CRITICAL\",\"count\":%u,\"ack_ts\":0,"
+            "\"start\":1,\"ts\":1,\"upd\":1,\"res\":0}\n",
+            eid, number, eid, eid, count);
+}
+
+START_TEST(legacy_file_migrated_once)
+{
+    make_dir();
+    char legacy[400], migrated[420], err[512];
+    snprintf(legacy, sizeof(legacy), "%s/incidents.journal", dir);
+    snprintf(migrated, sizeof(migrated), "%s.migrated", legacy);
+    FILE *f = fopen(legacy, "w");
+    ck_assert_ptr_nonnull(f);
+    legacy_line(f, "old-1", 7, 3);
+    legacy_line(f, "old-2", 8, 1);
+    fputs("{\"del\":\"rk\\u001fold-2\"}\n{\"next\":12}\nnot json\n{\"k\":\"torn", f);
+    fclose(f);
+
+    struct fbr_incidents *t = open_table(0);
+    ck_assert_int_eq(fbr_incidents_migrate_legacy(t, dir, err, sizeof(err)), FBR_OK);
+    ck_assert_int_ne(access(legacy, F_OK), 0);
+    ck_assert_int_eq(access(migrated, F_OK), 0);
+    struct fbr_incidents_stats st;
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, 1);
+    ck_assert_uint_eq(st.next_number, 12);
+    json_t *state;
+    ck_assert_int_eq(feed(t, "rk", "old-1", "CRITICAL", 2, &state), FBR_TR_ROLLED);
+    ck_assert_int_eq(iget(state, "ALERT_COUNT"), 4);
+    ck_assert_str_eq(sget(state, "INCIDENT_NAME"), "7");
+    json_decref(state);
+    fbr_incidents_close(&t);
+
+    /* a restart reads the journal only; a stale file next to a journal with state is not read */
+    f = fopen(legacy, "w");
+    ck_assert_ptr_nonnull(f);
+    legacy_line(f, "stale", 99, 1);
+    fclose(f);
+    t = open_table(0);
+    ck_assert_int_eq(fbr_incidents_migrate_legacy(t, dir, err, sizeof(err)), FBR_OK);
+    ck_assert_int_ne(access(legacy, F_OK), 0);
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, 1);
+    ck_assert_uint_eq(st.next_number, 12);
+    ck_assert_int_eq(feed(t, "rk", "old-1", "CRITICAL", 3, &state), FBR_TR_ROLLED);
+    ck_assert_int_eq(iget(state, "ALERT_COUNT"), 5);
+    json_decref(state);
+    ck_assert_int_eq(feed(t, "rk", "new-1", "CRITICAL", 4, &state), FBR_TR_TRIGGERED);
+    ck_assert_str_eq(sget(state, "INCIDENT_NAME"), "12");
+    json_decref(state);
+    fbr_incidents_close(&t);
+    /* no file: nothing to do */
+    t = open_table(0);
+    ck_assert_int_eq(fbr_incidents_migrate_legacy(t, dir, err, sizeof(err)), FBR_OK);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+START_TEST(replay_reads_records_in_another_form)
+{
+    /* the replay reads key and number without a JSON parse from the form the table writes;
+     * a record in another member order (another writer) is parsed as JSON and still counts */
+    make_dir();
+    struct fbr_incidents *t = open_table(0);
+    ck_assert_int_eq(feed(t, "rk", "a", "CRITICAL", 1, NULL), FBR_TR_TRIGGERED);
+    static const char rec[] =
+        "{\"n\":40,\"k\":\"rk\\u001fb\",\"rk\":\"rk\",\"eid\":\"b\",\"phase\":\"UNACKED\","
+        "\"state\":\"CRITICAL\",\"count\":2,\"upd\":1,\"ts\":1,\"start\":1}";
+    fbr_journal_release(tjournal, fbr_journal_append(tjournal, FBR_JR_INCIDENT, rec,
+                                                     sizeof(rec) - 1));
+    static const char del[] = "{\"del\": \"rk\\u001fa\"}";
+    fbr_journal_release(tjournal, fbr_journal_append(tjournal, FBR_JR_INCIDENT, del,
+                                                     sizeof(del) - 1));
+    ck_assert_int_eq(fbr_journal_flush(tjournal), FBR_OK);
+    fbr_incidents_close(&t);
+    t = open_table(0);
+    struct fbr_incidents_stats st;
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, 1);
+    ck_assert_uint_eq(st.next_number, 41);
+    json_t *state;
+    ck_assert_int_eq(feed(t, "rk", "b", "CRITICAL", 2, &state), FBR_TR_ROLLED);
+    ck_assert_int_eq(iget(state, "ALERT_COUNT"), 3);
+    json_decref(state);
+    ck_assert_int_eq(feed(t, "rk", "a", "CRITICAL", 3, NULL), FBR_TR_TRIGGERED);
+    fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
 START_TEST(bounded_and_expiring)
 {
     make_dir();
@@ -898,6 +995,8 @@ int main(void)
     tcase_add_test(tc, warning_no_open);
     tcase_add_test(tc, torn_journal);
     tcase_add_test(tc, journal_escaping);
+    tcase_add_test(tc, legacy_file_migrated_once);
+    tcase_add_test(tc, replay_reads_records_in_another_form);
     tcase_add_test(tc, bounded_and_expiring);
     tcase_add_test(tc, fsync_modes);
     tcase_add_test(tc, unusable_data_dir);

@@ -127,6 +127,20 @@ void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_
 int fbr_incidents_commit(struct fbr_incidents *t);
 void fbr_incidents_abort(struct fbr_incidents *t);
 
+/*
+ * Migrates <data_dir>/incidents.journal, the table's own file from before the shared journal
+ * (JSON lines in the form the journal's incident records still have), once the journal is
+ * recovered: when the journal held no incident state yet, the file's lines are replayed (later
+ * ones win, unreadable ones are skipped and counted in the log line), every incident and the
+ * counter are appended to the journal and written, and the file is renamed
+ * incidents.journal.migrated (kept, never read again).  When the journal already has incident
+ * state (a migration interrupted after the write), the file is only renamed.  No file: nothing
+ * happens.  Returns FBR_OK, or FBR_ERROR with err (unreadable file, journal write or rename
+ * failed; the file is then left in place for the next start).  Needs a journal.
+ */
+int fbr_incidents_migrate_legacy(struct fbr_incidents *t, const char *data_dir, char *err,
+                                 size_t errlen);
+
 /* Drops resolved incidents past their TTL; writes the rate-limited eviction warning. */
 int fbr_incidents_flush(struct fbr_incidents *t, uint64_t now_ms);
 
