@@ -888,10 +888,18 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
 {
-    char key[300];
-    int n = snprintf(key, sizeof(key), "%s://%.*s:%u", u->tls ? "https" : "http", (int)u->host.len,
-                     u->host.ptr, u->port_num);
-    struct pool *pool = fbr_strmap_get(&c->pools, key, (size_t)n);
+    /* scheme://host:port, built by hand: this runs once per request (url.h caps the host at
+     * FBR_URL_HOST_MAX bytes, so it fits) */
+    char key[sizeof("https://:") + FBR_URL_HOST_MAX + FBR_U64_DIGITS];
+    const char *scheme = u->tls ? "https://" : "http://";
+    size_t n = strlen(scheme);
+    size_t hlen = u->host.len < FBR_URL_HOST_MAX ? u->host.len : FBR_URL_HOST_MAX;
+    memcpy(key, scheme, n);
+    memcpy(key + n, u->host.ptr, hlen);
+    n += hlen;
+    key[n++] = ':';
+    n += fbr_fmt_u64(key + n, u->port_num);
+    struct pool *pool = fbr_strmap_get(&c->pools, key, n);
     if (pool)
         return pool;
     pool = fbr_xcalloc(1, sizeof(*pool));

@@ -105,6 +105,31 @@ size_t fbr_utf8_cut(const char *s, size_t len, size_t max)
     return n;
 }
 
+size_t fbr_fmt_u64(char *out, uint64_t v)
+{
+    char tmp[FBR_U64_DIGITS];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return n;
+}
+
+size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 0x0F];
+    }
+    out[2 * n] = '\0';
+    return 2 * n;
+}
+
 uint64_t fbr_now_ms(void)
 {
     struct timespec ts;

@@ -366,9 +366,13 @@ static void line_str(struct line *l, const char *key, const char *v)
 
 static void line_num(struct line *l, const char *key, uint64_t v)
 {
-    char buf[64];
-    int n = snprintf(buf, sizeof(buf), "%s\"%s\":%" PRIu64, l->len > 1 ? "," : "", key, v);
-    line_put(l, buf, (size_t)n);
+    char buf[FBR_U64_DIGITS + 1];
+    if (l->len > 1)
+        line_put(l, ",", 1);
+    line_put(l, "\"", 1);
+    line_put(l, key, strlen(key));
+    line_put(l, "\":", 2);
+    line_put(l, buf, fbr_fmt_u64(buf, v));
 }
 
 static void record_line(struct line *l, const struct incident *in)
@@ -927,8 +931,8 @@ static void put_i(json_t *o, const char *k, uint64_t v)
 
 static json_t *state_json(const struct incident *in)
 {
-    char name[24];
-    snprintf(name, sizeof(name), "%" PRIu64, in->number);
+    char name[FBR_U64_DIGITS + 1];
+    fbr_fmt_u64(name, in->number);
     json_t *o = json_object();
     put_s(o, "INCIDENT_NAME", name);
     put_s(o, "CURRENT_ALERT_PHASE", phase_names[in->phase]);
@@ -948,9 +952,10 @@ static json_t *state_json(const struct incident *in)
 
 static json_t *incident_json(const struct incident *in)
 {
-    char id[24], name[26];
-    snprintf(id, sizeof(id), "%" PRIu64, in->number);
-    snprintf(name, sizeof(name), "#%" PRIu64, in->number);
+    char id[FBR_U64_DIGITS + 1], name[FBR_U64_DIGITS + 2];
+    fbr_fmt_u64(id, in->number);
+    name[0] = '#';
+    memcpy(name + 1, id, strlen(id) + 1);
     json_t *o = json_object();
     put_s(o, "INCIDENT_ID", id);
     put_s(o, "INCIDENT_NAME", name);

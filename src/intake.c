@@ -181,10 +181,17 @@ static void random_uuid(char out[37])
     random_bytes(b, sizeof(b));
     b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-             b[15]);
+    /* 8-4-4-4-12 hex digits */
+    char *p = out;
+    p += fbr_fmt_hex(p, b, 4);
+    *p++ = '-';
+    p += fbr_fmt_hex(p, b + 4, 2);
+    *p++ = '-';
+    p += fbr_fmt_hex(p, b + 6, 2);
+    *p++ = '-';
+    p += fbr_fmt_hex(p, b + 8, 2);
+    *p++ = '-';
+    fbr_fmt_hex(p, b + 10, 6);
 }
 
 int fbr_routing_key_ok(const char *s, size_t len)
@@ -328,7 +335,7 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     char uuid[37];
     random_uuid(uuid);
     json_object_set_new(alert, "VO_UUID", json_string(uuid));
-    snprintf(buf, sizeof(buf), "%" PRIu64, now_ms);
+    fbr_fmt_u64(buf, now_ms);
     json_object_set_new(alert, "VO_ALERT_RCV_TIME", json_string(buf));
     json_object_set_new(alert, "VO_ORGANIZATION_ID", json_string(in->org));
     /* Formatted once per second: alerts arrive in bursts. */

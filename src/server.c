@@ -321,7 +321,9 @@ struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
     p->r = req->opaque;
     p->fc = fc;
     p->method = req->method;
-    snprintf(p->id, sizeof(p->id), "%s", req->id);
+    size_t idn = strnlen(req->id, sizeof(p->id) - 1);
+    memcpy(p->id, req->id, idn);
+    p->id[idn] = '\0';
     if (fc)
         fc->pending = p;
     evhtp_request_pause(p->r);
@@ -1039,7 +1041,8 @@ static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
     fc->endpoint = NULL;
     fc->secret_at = 0;
     fc->start_ms = fbr_now_ms();
-    snprintf(fc->id, sizeof(fc->id), "r%llu", (unsigned long long)++srv->next_id);
+    fc->id[0] = 'r';
+    fbr_fmt_u64(fc->id + 1, ++srv->next_id);
     evhtp_request_set_hook(r, evhtp_hook_on_error, (evhtp_hook)(void (*)(void))on_req_error, fc);
     evhtp_request_set_hook(r, evhtp_hook_on_read, (evhtp_hook)on_read_body, fc);
     return EVHTP_RES_OK;

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,6 +244,16 @@ START_TEST(stamped_fields)
     ck_assert_str_eq(json_string_value(json_object_get(alert, "entity_id")), eid);
     ck_assert_str_eq(json_string_value(json_object_get(alert, "VO_ORGANIZATION_ID")), "acme");
     ck_assert_uint_eq(json_string_length(json_object_get(alert, "VO_UUID")), 36);
+    /* a version 4 UUID: 8-4-4-4-12 lower-case hex digits, '4' and one of 8, 9, a, b in place */
+    const char *uuid = json_string_value(json_object_get(alert, "VO_UUID"));
+    for (size_t i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23)
+            ck_assert_int_eq(uuid[i], '-');
+        else
+            ck_assert_ptr_nonnull(strchr("0123456789abcdef", uuid[i]));
+    }
+    ck_assert_int_eq(uuid[14], '4');
+    ck_assert_ptr_nonnull(strchr("89ab", uuid[19]));
     const char *rcv = json_string_value(json_object_get(alert, "VO_ALERT_RCV_TIME"));
     ck_assert_ptr_nonnull(rcv);
     uint64_t ms = strtoull(rcv, NULL, 10);
@@ -307,6 +318,24 @@ static json_t *load_example(const char *name)
         ck_abort_msg("%s: %s", path, e.text);
     return j;
 }
+
+/* The per-alert number and hex formatting (common.h) against snprintf's. */
+START_TEST(fmt_helpers)
+{
+    static const uint64_t v[] = {0, 7, 10, 99, 1000, 1764432000123ULL, UINT64_MAX};
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        char got[FBR_U64_DIGITS + 1], want[32];
+        size_t n = fbr_fmt_u64(got, v[i]);
+        snprintf(want, sizeof(want), "%" PRIu64, v[i]);
+        ck_assert_str_eq(got, want);
+        ck_assert_uint_eq(n, strlen(want));
+    }
+    const unsigned char b[] = {0x00, 0x0f, 0xa5, 0xff};
+    char hex[9];
+    ck_assert_uint_eq(fbr_fmt_hex(hex, b, sizeof(b)), 8);
+    ck_assert_str_eq(hex, "000fa5ff");
+}
+END_TEST
 
 START_TEST(seed_multi_room)
 {
@@ -1312,6 +1341,7 @@ int main(void)
     tcase_add_loop_test(tc, intake_error, 0, FBR_ARRAY_LEN(errors));
     tcase_add_loop_test(tc, field_limit, 0, FBR_ARRAY_LEN(limits));
     tcase_add_test(tc, stamped_fields);
+    tcase_add_test(tc, fmt_helpers);
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
     tcase_add_test(tc, unsafe_render_and_refusing_sink);

@@ -87,6 +87,14 @@ size_t fbr_utf8_chars(const char *s, size_t len);
  * a character (for quoting a client's key or path in a message that must stay valid UTF-8). */
 size_t fbr_utf8_cut(const char *s, size_t len, size_t max);
 
+/* Formatting for the per-alert path, where snprintf's format parsing was a measurable cost
+ * (bench/README.md).  fbr_fmt_u64 writes v in decimal and a terminating NUL into out (at least
+ * FBR_U64_DIGITS + 1 bytes) and returns the length; fbr_fmt_hex writes 2 * n lower-case hex
+ * digits of b[0..n) and a NUL, and returns 2 * n. */
+#define FBR_U64_DIGITS 20
+size_t fbr_fmt_u64(char *out, uint64_t v);
+size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n);
+
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t fbr_now_ms(void);
 uint64_t fbr_wall_ms(void);
