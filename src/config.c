@@ -75,7 +75,8 @@ static const struct opt opts[] = {
      "largest request body accepted; larger ones get 413", 0},
     {"max_connections", "max-connections", 0, T_U32, OFF(max_connections),
      FBR_DEFAULT_TEXT(FBR_DEFAULT_MAX_CONNECTIONS), 1, 1000000,
-     "N", "open inbound connections at most; more wait in the listen backlog", 0},
+     "N", "open inbound connections at most; more wait in the listen backlog (unset, the "
+     "default is lowered to fit the open files hard limit)", 0},
     {"read_timeout", "read-timeout", 0, T_U32, OFF(read_timeout_ms),
      FBR_DEFAULT_TEXT(FBR_DEFAULT_READ_TIMEOUT_MS), 10, 3600000, "MS",
      "a whole request (headers and body) must arrive within this", 0},
@@ -159,6 +160,21 @@ static const struct opt opts[] = {
 };
 
 #define NOPTS FBR_ARRAY_LEN(opts)
+_Static_assert(FBR_ARRAY_LEN(opts) <= 128, "fbr_config.given has 128 bits");
+
+static void mark_given(struct fbr_config *cfg, const struct opt *o)
+{
+    size_t i = (size_t)(o - opts);
+    cfg->given[i / 64] |= 1ull << (i % 64);
+}
+
+int fbr_config_given(const struct fbr_config *cfg, const char *key)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (opts[i].key && strcmp(opts[i].key, key) == 0)
+            return (cfg->given[i / 64] >> (i % 64)) & 1;
+    return 0;
+}
 
 /* ---- error accumulation ---- */
 
@@ -565,6 +581,7 @@ static int apply_json(struct fbr_config *cfg, json_t *root, struct errs *e)
             continue;
         }
         apply_one(cfg, o, val, e);
+        mark_given(cfg, o);
     }
     return e->count > before ? FBR_INVALID : FBR_OK;
 }
@@ -767,6 +784,7 @@ int fbr_config_build_errs(struct fbr_config *cfg, const struct fbr_cli *cli,
         if (set_from_text(cfg, o, cli->opts[i].value, started[cli->opts[i].entry]))
             errs_add(&e, "--%s: invalid value '%.64s'", o->flag, cli->opts[i].value);
         started[cli->opts[i].entry] = 1;
+        mark_given(cfg, o);
     }
     cross_checks(cfg, cli->config_file ? cli->config_file : "", &e);
     if (e.count)

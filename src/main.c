@@ -118,15 +118,31 @@ static int make_dirs(const char *dir)
 #define NOFILE_RESERVE 256
 
 /*
- * Makes sure --max-connections inbound connections fit under RLIMIT_NOFILE: raises the soft
- * limit (to the hard limit, at most 65536, and never below what is needed).  Returns 0, or -1
- * with the reason in err when the hard limit is too low.
+ * Makes sure cfg's max_connections inbound connections fit under RLIMIT_NOFILE: raises the soft
+ * limit (to the hard limit, at most 65536, and never below what is needed).  When the operator
+ * did not choose max_connections (file or flag) and the default does not fit under the hard
+ * limit, lowers it to what fits and logs that when `say` is set (the usual `ulimit -n 1024`
+ * must not stop a default start).  Returns 0, or -1 with the reason in err when the hard limit is
+ * too low for a chosen value (or for any useful one).
  */
-static int nofile_fit(uint32_t max_connections, char *err, size_t errlen)
+static int nofile_fit(struct fbr_config *cfg, int say, char *err, size_t errlen)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return 0;
+    uint32_t max_connections = cfg->max_connections;
+    if (!fbr_config_given(cfg, "max_connections") && rl.rlim_max != RLIM_INFINITY &&
+        rl.rlim_max < (rlim_t)max_connections + NOFILE_RESERVE &&
+        rl.rlim_max >= NOFILE_RESERVE + 16) {
+        cfg->max_connections = (uint32_t)(rl.rlim_max - NOFILE_RESERVE);
+        if (say)
+            fbr_log_warn("max_connections: the default %u needs %u open files but the hard limit "
+                         "(ulimit -Hn, LimitNOFILE= under systemd) is %llu: using %u; raise the "
+                         "limit or set --max-connections to choose",
+                         (unsigned)max_connections, (unsigned)max_connections + NOFILE_RESERVE,
+                         (unsigned long long)rl.rlim_max, (unsigned)cfg->max_connections);
+        max_connections = cfg->max_connections;
+    }
     rlim_t need = (rlim_t)max_connections + NOFILE_RESERVE;
     rlim_t want = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
     if (want < need)
@@ -252,7 +268,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         return;
     }
     char err[512];
-    if (nofile_fit(next.max_connections, err, sizeof(err)) != 0) {
+    if (nofile_fit(&next, 0, err, sizeof(err)) != 0) {
         (*d->m_reloads_failed)++;
         fbr_log(FBR_LOG_ERROR, NULL, "reloading the configuration", "%s", err);
         fbr_log_error("reload failed: keeping the current configuration");
@@ -455,7 +471,7 @@ static int start_process(struct daemon *d)
     fbr_log_capture_stderr(); /* libevhtp's coloured log_error lines become plain log lines */
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN); /* a file size limit: the journal sees EFBIG and answers 503 */
-    if (nofile_fit(d->cfg.max_connections, err, sizeof(err)) != 0) {
+    if (nofile_fit(&d->cfg, 1, err, sizeof(err)) != 0) {
         fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
         return FBR_ERROR;
     }

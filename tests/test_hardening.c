@@ -499,13 +499,32 @@ START_TEST(nofile_limit_fits_max_connections)
     snprintf(log, sizeof(log), "%s/log", dir);
     snprintf(data, sizeof(data), "%s/data", dir);
     /* this test process runs in its own fork: lowering its hard limit harms no other case */
+    /* the usual hard limit of 1024: the default --max-connections is lowered to fit, once */
     const char *const dflt[] = {"-l", "127.0.0.1:0", "-d", data, NULL};
-    pid_t pid = spawn_with_nofile(log, 512, 512, dflt);
+    pid_t pid = spawn_with_nofile(log, 1024, 1024, dflt);
+    int port = dutil_wait_port(&pid, log, "listening on 127.0.0.1:", 200, 50, NULL);
+    char buf[4096];
+    ck_assert_int_eq(dutil_get(port, "/healthz", buf, sizeof(buf)), 200);
+    kill(pid, SIGHUP); /* a reload keeps the lowered value without a second line */
+    dutil_msleep(300);
+    dutil_assert_exit_zero(dutil_stop(&pid, 5000 * dutil_slow(), NULL), log);
+    char *text = dutil_slurp(log, NULL);
+    ck_assert_msg(strstr(text, "the default 1024 needs 1280 open files") &&
+                      strstr(text, "is 1024: using 768"),
+                  "log: %s", text);
+    free(text);
+    ck_assert_int_eq(count_lines_with(log, "max_connections: the default"), 1);
+    ck_assert_int_eq(count_lines_with(log, "configuration reloaded"), 1);
+
+    /* asked for explicitly, it is not lowered: a clear refusal */
+    const char *const asked[] = {"-l", "127.0.0.1:0", "-d", data, "--max-connections", "1024",
+                                 NULL};
+    pid = spawn_with_nofile(log, 1024, 1024, asked);
     int st = dutil_wait_exit(&pid, 5000 * dutil_slow(), NULL);
     ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d", st);
-    char *text = dutil_slurp(log, NULL);
+    text = dutil_slurp(log, NULL);
     ck_assert_msg(strstr(text, "max_connections 1024 needs 1280 open files") &&
-                      strstr(text, "set --max-connections to 256 or less"),
+                      strstr(text, "set --max-connections to 768 or less"),
                   "log: %s", text);
     free(text);
 

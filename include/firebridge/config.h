@@ -65,7 +65,12 @@ struct fbr_config {
     json_t *hipchat;             /* object or NULL; owned reference */
     json_t *oncall_api;          /* object or NULL; owned reference */
     char *print_addon_url;       /* flag only: print this routing key's capabilities URL */
+    uint64_t given[2];           /* bit i: option i was in the file or a flag (fbr_config_given) */
 };
+
+/* Whether key (a JSON key, "max_connections") was set by the configuration file or a command-line
+ * flag, rather than left at its built-in default. */
+int fbr_config_given(const struct fbr_config *cfg, const char *key);
 
 /* What the command line asked for besides configuration values. */
 enum fbr_cli_action { FBR_CLI_RUN, FBR_CLI_HELP, FBR_CLI_VERSION, FBR_CLI_CHECK, FBR_CLI_PRINT };
