@@ -312,3 +312,11 @@ SSL_CTX *tsrv_ssl_ctx(const char *cert, const char *key)
         abort();
     return ctx;
 }
+
+SSL_CTX *tsrv_ssl_ctx_made(const char *dir, const char *which)
+{
+    char cert[300], key[300];
+    snprintf(cert, sizeof(cert), "%s/%s.pem", dir, which);
+    snprintf(key, sizeof(key), "%s/%s.key", dir, which);
+    return tsrv_ssl_ctx(cert, key);
+}

@@ -54,5 +54,8 @@ void tsrv_free(struct tsrv *s);
  * (wrong.example) under dir with the openssl CLI; returns 0 on success. */
 int tsrv_make_certs(const char *dir);
 SSL_CTX *tsrv_ssl_ctx(const char *cert, const char *key);
+/* The server context for one of the pairs tsrv_make_certs() made in dir: which is "good" or
+ * "wrong". */
+SSL_CTX *tsrv_ssl_ctx_made(const char *dir, const char *which);
 
 #endif

@@ -1,12 +1,12 @@
 /*
  * test_ratelimit.c - unit tests for ratelimit.c (the delivery engine's send limiter) and the
  * engine's pure helpers: the "never more than n in any window" guarantee under random arrivals,
- * holds from server headers, the rate parser, the full-jitter backoff and Retry-After parsing.
+ * holds from server headers, the rate parser and the full-jitter backoff (Retry-After parsing
+ * is the client's: test_client).
  */
 #include <check.h>
 #include <stdlib.h>
 
-#include "firebridge/client.h"
 #include "firebridge/delivery.h"
 #include "firebridge/ratelimit.h"
 
@@ -142,22 +142,11 @@ START_TEST(backoff)
 }
 END_TEST
 
-START_TEST(retry_after)
-{
-    ck_assert_int_eq(fbr_client_parse_retry_after("120", 1000), 121000);
-    ck_assert_int_eq(fbr_client_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0),
-                     1445412480000LL);
-    ck_assert_int_eq(fbr_client_parse_retry_after("soon", 0), -1);
-    ck_assert_int_eq(fbr_client_parse_retry_after("-1", 0), -1);
-}
-END_TEST
-
 START_TEST(state_names)
 {
     ck_assert_str_eq(fbr_delivery_state_name(FBR_DS_QUEUED), "queued");
     ck_assert_str_eq(fbr_delivery_state_name(FBR_DS_WAITING_RATE), "waiting_rate");
     ck_assert_str_eq(fbr_delivery_state_name(FBR_DS_DEAD), "dead");
-    ck_assert_str_eq(fbr_client_err_name(FBR_CLIENT_ERR_TLS), "tls");
 }
 END_TEST
 
@@ -170,7 +159,6 @@ int main(void)
     tcase_add_loop_test(tc, rate_parse, 0, FBR_ARRAY_LEN(parse_cases));
     tcase_add_loop_test(tc, rate_type, 0, FBR_ARRAY_LEN(rate_cases));
     tcase_add_test(tc, backoff);
-    tcase_add_test(tc, retry_after);
     tcase_add_test(tc, state_names);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -1,0 +1,531 @@
+/*
+ * test_client.c - the outbound HTTP client (src/client.c, the last step of the data path) on its
+ * own, over real loopback sockets against the scriptable server of http_testsrv.c, plain and TLS
+ * with a CA made at test time: the response parser against raw replies (chunked, 100 Continue,
+ * close-delimited, rate-limit headers, malformed, EOF mid-body), keep-alive reuse and the pool
+ * bound, a stalled server ending in a timeout, a refused connection, failed name lookups, TLS
+ * verification and a failed handshake, the callback contract (once, never from inside
+ * fbr_client_request, never after an error return or a free), and Retry-After parsing.
+ */
+#include <check.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include "firebridge/client.h"
+#include "daemon_util.h"
+#include "http_testsrv.h"
+
+static struct event_base *base;
+static struct event *tick;
+static struct tsrv *srv;
+static char dir[64];
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+}
+
+static void setup(void)
+{
+    base = event_base_new();
+    tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+    event_add(tick, &(struct timeval){0, 20000});
+    dutil_tmpdir(dir, sizeof(dir), "fbr-client");
+}
+
+static void teardown(void)
+{
+    if (srv)
+        tsrv_free(srv);
+    srv = NULL;
+    event_free(tick);
+    event_base_free(base);
+    dutil_rm_rf(dir);
+}
+
+/* Runs the loop until cond() holds or ms pass; returns cond(). */
+static int run_until(int (*cond)(void), unsigned ms)
+{
+    uint64_t end = fbr_now_ms() + ms;
+    while (!cond() && fbr_now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    return cond();
+}
+
+static char *url_for(const char *scheme, const char *host, const char *room)
+{
+    static char buf[256];
+    snprintf(buf, sizeof(buf), "%s://%s:%d/v2/room/%s/notification?auth_token=SECRET", scheme, host,
+             tsrv_port(srv), room);
+    return buf;
+}
+
+/* Every callback of the tests below: how many, and the last one's outcome. */
+static char got_reason[400];
+static int got_err = -1, got_calls, got_status, got_reused, got_cut;
+static size_t got_len;
+static void client_cb(const struct fbr_client_resp *r, void *arg)
+{
+    (void)arg;
+    got_calls++;
+    got_err = (int)r->err;
+    got_status = r->status;
+    got_reused = r->reused;
+    got_cut = r->body_cut;
+    got_len = r->body_len;
+    snprintf(got_reason, sizeof(got_reason), "%s", r->reason);
+}
+static int got_one(void)
+{
+    return got_calls > 0;
+}
+static int want_calls;
+static int got_want(void)
+{
+    return got_calls >= want_calls;
+}
+static void got_reset(void)
+{
+    got_calls = got_status = got_reused = got_cut = 0;
+    got_err = -1;
+    got_len = 0;
+    got_reason[0] = '\0';
+}
+
+static struct fbr_client *client_new(unsigned pool, unsigned timeout_ms, const char *ca)
+{
+    char err[256];
+    struct fbr_client_opts co = {pool, timeout_ms, timeout_ms, ca, 0};
+    struct fbr_client *c = NULL;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    return c;
+}
+
+/* ---- the client's response parser against raw replies ---- */
+
+static const struct {
+    const char *raw;
+    int close_after;
+    int err, status;
+    const char *body;
+    int64_t retry_after_delta_s, rl_remaining, rl_reset, flood_remaining;
+    int reusable;
+} raw_cases[] = {
+    {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n"
+     "0\r\nTrailer: t\r\n\r\n",
+     0, FBR_CLIENT_ERR_NONE, 200, "hello world", -1, -1, -1, -1, 1},
+    {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 0, FBR_CLIENT_ERR_NONE, 204,
+     "", -1, -1, -1, -1, 1},
+    {"HTTP/1.0 200 OK\r\n\r\nuntil eof", 1, FBR_CLIENT_ERR_NONE, 200, "until eof", -1, -1, -1, -1,
+     0},
+    {"HTTP/1.1 429 Slow down\r\ncontent-length: 2\r\nretry-after: 3\r\nx-ratelimit-remaining: 0"
+     "\r\nX-RATELIMIT-RESET: 1700000000\r\nx-FloodControl-Remaining:  7 \r\n\r\n{}",
+     0, FBR_CLIENT_ERR_NONE, 429, "{}", 3, 0, 1700000000, 7, 1},
+    {"HTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 5\r\n\r\nnope!", 0,
+     FBR_CLIENT_ERR_NONE, 400, "nope!", -1, -1, -1, -1, 0},
+    {"NOPE\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1, -1, 0},
+    {"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1,
+     -1, 0},
+    {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1,
+     -1, 0},
+    {"", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1, -1, 0},
+};
+
+static struct fbr_client_resp raw_resp;
+static char raw_body[600], raw_reason[400];
+static int raw_calls;
+static void raw_cb(const struct fbr_client_resp *r, void *arg)
+{
+    (void)arg;
+    raw_calls++;
+    raw_resp = *r;
+    snprintf(raw_body, sizeof(raw_body), "%.*s", (int)r->body_len, r->body);
+    snprintf(raw_reason, sizeof(raw_reason), "%s", r->reason);
+}
+static int raw_done(void)
+{
+    return raw_calls > 0;
+}
+
+START_TEST(client_parses_responses)
+{
+    raw_calls = 0;
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply rep = {0, NULL, 0, 0, raw_cases[_i].raw, raw_cases[_i].close_after};
+    tsrv_script(srv, "/raw", &rep, 1);
+    char err[256];
+    struct fbr_client_opts co = {1, 2000, 2000, NULL, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/raw", tsrv_port(srv));
+    static char ab[] = "ab", cd[] = "cd";
+    struct iovec body[2] = {{ab, 2}, {cd, 2}};
+    struct fbr_client_req req = {"POST", url, strlen(url), "X-T: 1\r\n", 8, body, 2, NULL};
+    uint64_t now_wall = fbr_wall_ms();
+    ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+    ck_assert(run_until(raw_done, 5000));
+    ck_assert_str_eq(tsrv_req(srv, 0)->body, "abcd");
+    ck_assert_msg((int)raw_resp.err == raw_cases[_i].err, "err %d: %s", raw_resp.err, raw_reason);
+    ck_assert_int_eq(raw_resp.status, raw_cases[_i].status);
+    if (raw_cases[_i].err == FBR_CLIENT_ERR_NONE) {
+        ck_assert_str_eq(raw_body, raw_cases[_i].body);
+        ck_assert_int_eq(raw_resp.ratelimit_remaining, raw_cases[_i].rl_remaining);
+        ck_assert_int_eq(raw_resp.ratelimit_reset, raw_cases[_i].rl_reset);
+        ck_assert_int_eq(raw_resp.flood_remaining, raw_cases[_i].flood_remaining);
+        if (raw_cases[_i].retry_after_delta_s < 0) {
+            ck_assert_int_eq(raw_resp.retry_after_wall_ms, -1);
+        } else {
+            int64_t d = raw_resp.retry_after_wall_ms - (int64_t)now_wall;
+            ck_assert_int_ge(d, raw_cases[_i].retry_after_delta_s * 1000);
+            ck_assert_int_lt(d, raw_cases[_i].retry_after_delta_s * 1000 + 1000);
+        }
+        /* a second request reuses the connection exactly when the response allowed it */
+        raw_calls = 0;
+        ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+        ck_assert(run_until(raw_done, 5000));
+        ck_assert_int_eq(raw_resp.status, 204);
+        ck_assert_int_eq(raw_resp.reused, raw_cases[_i].reusable);
+        ck_assert_uint_eq(tsrv_accepted(srv), raw_cases[_i].reusable ? 1 : 2);
+    } else {
+        ck_assert_ptr_nonnull(strstr(raw_reason, "127.0.0.1") ? raw_reason
+                                                              : strstr(raw_reason, "malformed"));
+    }
+    fbr_client_free(&c);
+}
+END_TEST
+
+/* A name that cannot resolve fails the attempt within the connect deadline (by evdns' answer or by
+ * the client's own timer, whichever comes first), and freeing the client with a lookup still
+ * pending is clean. */
+START_TEST(dns_failure_reported)
+{
+    char err[256];
+    struct fbr_client_opts co = {2, 700, 700, NULL, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    static const char url[] = "http://no-such-host.invalid:8080/v2/room/1/notification";
+    struct fbr_client_req req = {"POST", url, sizeof(url) - 1, NULL, 0, NULL, 0, NULL};
+    got_calls = 0;
+    uint64_t t0 = fbr_now_ms();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_uint_lt(fbr_now_ms() - t0, 1500);
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_DNS || got_err == FBR_CLIENT_ERR_TIMEOUT, "%d: %s",
+                  got_err, got_reason);
+    ck_assert_ptr_nonnull(strstr(got_reason, "no-such-host.invalid"));
+    /* a second lookup, abandoned by freeing the client while it may still run */
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    fbr_client_free(&c);
+    event_base_loop(base, EVLOOP_NONBLOCK); /* libevent finishes the failed lookups */
+    ck_assert_int_eq(got_calls, 1);
+}
+END_TEST
+
+/* Sequential requests to a keep-alive server share one connection: the first is a new one, every
+ * later one says reused, and the server saw one accept. */
+START_TEST(keep_alive_reused)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new(2, 2000, NULL);
+    const char *url = url_for("http", "127.0.0.1", "k");
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    enum { N = 5 };
+    for (int i = 0; i < N; i++) {
+        got_reset();
+        ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+        ck_assert(run_until(got_one, 5000));
+        ck_assert_int_eq(got_err, FBR_CLIENT_ERR_NONE);
+        ck_assert_int_eq(got_status, 204);
+        ck_assert_int_eq(got_reused, i > 0);
+    }
+    ck_assert_uint_eq(tsrv_accepted(srv), 1);
+    ck_assert_uint_eq(tsrv_nreqs(srv), N);
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.connections_opened, 1);
+    ck_assert_uint_eq(st.connections_reused, N - 1);
+    fbr_client_free(&c);
+}
+END_TEST
+
+/* Requests started together never open more than pool_size connections to one origin; the
+ * others wait for a pooled slot and all complete. */
+START_TEST(pool_bounds_connections)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new(2, 5000, NULL);
+    const char *url = url_for("http", "127.0.0.1", "p");
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    want_calls = 8;
+    for (int i = 0; i < want_calls; i++)
+        ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert_int_eq(got_calls, 0);
+    ck_assert(run_until(got_want, 10000));
+    ck_assert_int_eq(got_calls, 8);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 8);
+    ck_assert_uint_le(tsrv_max_open(srv), 2);
+    fbr_client_free(&c);
+}
+END_TEST
+
+/* A chunked body longer than the request keeps: cut at max_body, and the connection, read to the
+ * end of the body, is still reusable. */
+START_TEST(chunked_body_cut)
+{
+    static char raw[8192];
+    size_t n = (size_t)snprintf(raw, sizeof(raw), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
+                                                  "\r\n\r\n");
+    for (int i = 0; i < 10; i++) {
+        n += (size_t)snprintf(raw + n, sizeof(raw) - n, "100\r\n");
+        memset(raw + n, 'a' + i, 256);
+        n += 256;
+        n += (size_t)snprintf(raw + n, sizeof(raw) - n, "\r\n");
+    }
+    snprintf(raw + n, sizeof(raw) - n, "0\r\n\r\n");
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply rep = {0, NULL, 0, 0, raw, 0};
+    tsrv_script(srv, "/v2/room/c/", &rep, 1);
+    struct fbr_client *c = client_new(1, 2000, NULL);
+    const char *url = url_for("http", "127.0.0.1", "c");
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL, 1000};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_int_eq(got_err, FBR_CLIENT_ERR_NONE);
+    ck_assert_int_eq(got_status, 200);
+    ck_assert_int_eq(got_cut, 1);
+    ck_assert_uint_eq(got_len, 1000);
+    got_reset(); /* the default answer on the same connection */
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_int_eq(got_reused, 1);
+    ck_assert_int_eq(got_cut, 0);
+    fbr_client_free(&c);
+}
+END_TEST
+
+/* A server that accepts and never answers: the attempt ends with FBR_CLIENT_ERR_TIMEOUT (the
+ * request deadline), once, with the origin in the reason; the next request opens a new
+ * connection. */
+START_TEST(stalled_server_times_out)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply stall = {0, NULL, 0, 0, NULL, 0};
+    tsrv_script(srv, "/v2/room/s/", &stall, 1);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new(1, 300, NULL);
+    const char *url = url_for("http", "127.0.0.1", "s");
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_TIMEOUT, "%d: %s", got_err, got_reason);
+    ck_assert_ptr_nonnull(strstr(got_reason, "127.0.0.1"));
+    ck_assert_ptr_null(strstr(got_reason, "SECRET")); /* the token in the query is not shown */
+    ck_assert_uint_eq(tsrv_nreqs(srv), 1);
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_int_eq(got_status, 204);
+    ck_assert_int_eq(got_reused, 0);
+    ck_assert_uint_eq(tsrv_accepted(srv), 2);
+    fbr_client_free(&c);
+}
+END_TEST
+
+/* Nothing listens on the port: FBR_CLIENT_ERR_CONNECT, called back once. */
+START_TEST(connection_refused)
+{
+    char url[128]; /* a port that was free a moment ago: nobody listens on it */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", dutil_free_port());
+    struct fbr_client *c = client_new(1, 2000, NULL);
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert_int_eq(got_calls, 0);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_CONNECT, "%d: %s", got_err, got_reason);
+    fbr_client_free(&c);
+    ck_assert_int_eq(got_calls, 1);
+}
+END_TEST
+
+START_TEST(retry_after)
+{
+    ck_assert_int_eq(fbr_client_parse_retry_after("120", 1000), 121000);
+    ck_assert_int_eq(fbr_client_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0),
+                     1445412480000LL);
+    ck_assert_int_eq(fbr_client_parse_retry_after("soon", 0), -1);
+    ck_assert_int_eq(fbr_client_parse_retry_after("-1", 0), -1);
+}
+END_TEST
+
+START_TEST(err_names)
+{
+    ck_assert_str_eq(fbr_client_err_name(FBR_CLIENT_ERR_TLS), "tls");
+    ck_assert_str_eq(fbr_client_err_name(FBR_CLIENT_ERR_TIMEOUT), "timeout");
+    ck_assert_str_eq(fbr_client_err_name(FBR_CLIENT_ERR_NONE), "none");
+}
+END_TEST
+
+/* ---- TLS ---- */
+
+static void tls_setup(void)
+{
+    setup();
+    ck_assert_int_eq(tsrv_make_certs(dir), 0);
+}
+
+/* A certificate for localhost and 127.0.0.1 signed by the test CA: both names verify, and the
+ * second request reuses the TLS connection. */
+START_TEST(tls_verified)
+{
+    SSL_CTX *ctx = tsrv_ssl_ctx_made(dir, "good");
+    srv = tsrv_new(base, ctx);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    char ca[128];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    struct fbr_client *c = client_new(1, 2000, ca);
+    const char *hosts[] = {"localhost", "localhost", "127.0.0.1"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *url = url_for("https", hosts[i], "t");
+        struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+        got_reset();
+        ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+        ck_assert(run_until(got_one, 5000));
+        ck_assert_msg(got_err == FBR_CLIENT_ERR_NONE, "%s: %s", hosts[i], got_reason);
+        ck_assert_int_eq(got_status, 204);
+        ck_assert_int_eq(got_reused, i == 1);
+    }
+    fbr_client_free(&c);
+    tsrv_free(srv);
+    srv = NULL;
+    SSL_CTX_free(ctx);
+}
+END_TEST
+
+START_TEST(tls_wrong_host)
+{
+    got_reset();
+    SSL_CTX *ctx = tsrv_ssl_ctx_made(dir, "wrong");
+    srv = tsrv_new(base, ctx);
+    char ca[128], err[256];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    struct fbr_client_opts co = {1, 2000, 2000, ca, 0};
+    struct fbr_client *c;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    const char *url = url_for("https", "localhost", "1");
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert_int_eq(got_calls, 0); /* never from inside the request function */
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_int_eq(got_err, FBR_CLIENT_ERR_TLS);
+    ck_assert_msg(strstr(got_reason, "hostname mismatch") && strstr(got_reason, "localhost"),
+                  "reason: %s", got_reason);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 0);
+    /* an invalid URL is refused and never called back */
+    struct fbr_client_req bad = {"POST", "ftp://x/", 8, NULL, 0, NULL, 0, NULL};
+    ck_assert_int_eq(fbr_client_request(c, &bad, client_cb, NULL), FBR_INVALID);
+    fbr_client_free(&c);
+    ck_assert_int_eq(got_calls, 1);
+    tsrv_free(srv);
+    srv = NULL;
+    SSL_CTX_free(ctx);
+}
+END_TEST
+
+/* A peer that answers whatever it receives with a plain-text HTTP error and closes, as a
+ * plain HTTP server on an https URL's port does. */
+static void plain_close_cb(struct bufferevent *bev, void *arg);
+static void plain_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    static const char reply[] = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n";
+    bufferevent_write(bev, reply, sizeof(reply) - 1);
+    bufferevent_setcb(bev, NULL, plain_close_cb, NULL, NULL);
+}
+static void plain_close_cb(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    bufferevent_free(bev); /* written: close */
+}
+static void plain_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                            int len, void *arg)
+{
+    (void)l, (void)sa, (void)len, (void)arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(bev, plain_read_cb, NULL, NULL, NULL);
+    bufferevent_enable(bev, EV_READ);
+}
+
+/* https to a peer that speaks plain HTTP: the TLS handshake fails, reported once as a TLS error
+ * with no status. */
+START_TEST(tls_handshake_fails)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct evconnlistener *l =
+        evconnlistener_new_bind(base, plain_accept_cb, NULL, LEV_OPT_CLOSE_ON_FREE |
+                                LEV_OPT_REUSEABLE, 16, (struct sockaddr *)&sa, sizeof(sa));
+    ck_assert_ptr_nonnull(l);
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&sa, &sl), 0);
+    char url[128];
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/x", ntohs(sa.sin_port));
+    char ca[128];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    struct fbr_client *c = client_new(1, 2000, ca);
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(run_until(got_one, 5000));
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_TLS, "%d: %s", got_err, got_reason);
+    ck_assert_int_eq(got_status, 0);
+    fbr_client_free(&c);
+    ck_assert_int_eq(got_calls, 1);
+    evconnlistener_free(l);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("client");
+    TCase *tc = tcase_create("plain");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
+    tcase_add_test(tc, keep_alive_reused);
+    tcase_add_test(tc, pool_bounds_connections);
+    tcase_add_test(tc, chunked_body_cut);
+    tcase_add_test(tc, stalled_server_times_out);
+    tcase_add_test(tc, connection_refused);
+    tcase_add_test(tc, dns_failure_reported);
+    tcase_add_test(tc, retry_after);
+    tcase_add_test(tc, err_names);
+    suite_add_tcase(s, tc);
+    TCase *tt = tcase_create("tls");
+    tcase_add_checked_fixture(tt, tls_setup, teardown);
+    tcase_set_timeout(tt, 30);
+    tcase_add_test(tt, tls_verified);
+    tcase_add_test(tt, tls_wrong_host);
+    tcase_add_test(tt, tls_handshake_fails);
+    suite_add_tcase(s, tt);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
