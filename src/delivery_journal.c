@@ -50,6 +50,8 @@ struct fbr_delivery_journal {
     struct fbr_journal *journal;
     unsigned char *buf; /* encoding scratch */
     size_t len, cap;
+    struct iovec *iov; /* an accepted record's pieces */
+    size_t iov_cap;
     struct replay_state replay;
     size_t restored, unreadable;
 };
@@ -85,8 +87,22 @@ static void put_str(struct fbr_delivery_journal *dj, const char *p, size_t n)
     put(dj, p, n);
 }
 
-static void encode_accepted(struct fbr_delivery_journal *dj, const struct fbr_delivery_info *d)
+/*
+ * Appends d's accepted record: the fixed fields and the length prefixes are encoded into the
+ * scratch buffer, the strings and the body's slices are handed to the journal as they are (one
+ * copy, into the journal's buffer, instead of encoding the whole record first).
+ */
+static struct fbr_journal_ref append_accepted(struct fbr_delivery_journal *dj,
+                                              const struct fbr_delivery_info *d)
 {
+    size_t blen = 0;
+    for (size_t i = 0; i < d->nbody; i++)
+        blen += d->body[i].iov_len;
+    struct fbr_slice strs[5] = {{d->id, strlen(d->id)},
+                                {d->method, strlen(d->method)},
+                                {d->dest_key, strlen(d->dest_key)},
+                                d->url,
+                                d->head};
     dj->len = 0;
     unsigned char v = VERSION;
     put(dj, &v, 1);
@@ -97,17 +113,27 @@ static void encode_accepted(struct fbr_delivery_journal *dj, const struct fbr_de
     put_u32(dj, d->room_rate.secs);
     put_u32(dj, d->token_rate.n);
     put_u32(dj, d->token_rate.secs);
-    put_str(dj, d->id, strlen(d->id));
-    put_str(dj, d->method, strlen(d->method));
-    put_str(dj, d->dest_key, strlen(d->dest_key));
-    put_str(dj, d->url.ptr, d->url.len);
-    put_str(dj, d->head.ptr, d->head.len);
-    size_t blen = 0;
-    for (size_t i = 0; i < d->nbody; i++)
-        blen += d->body[i].iov_len;
+    size_t fixed = dj->len;
+    for (size_t i = 0; i < FBR_ARRAY_LEN(strs); i++)
+        put_u32(dj, (uint32_t)strs[i].len);
     put_u32(dj, (uint32_t)blen);
+    /* iov: fixed fields, then (length, bytes) per string, then the body's length and slices */
+    size_t need = 2 + 2 * FBR_ARRAY_LEN(strs) + d->nbody;
+    if (need > dj->iov_cap) {
+        dj->iov_cap = need * 2;
+        dj->iov = fbr_xrealloc(dj->iov, dj->iov_cap * sizeof(*dj->iov));
+    }
+    struct iovec *iov = dj->iov;
+    int n = 0;
+    iov[n++] = (struct iovec){dj->buf, fixed};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(strs); i++) {
+        iov[n++] = (struct iovec){dj->buf + fixed + 4 * i, 4};
+        iov[n++] = (struct iovec){(void *)strs[i].ptr, strs[i].len};
+    }
+    iov[n++] = (struct iovec){dj->buf + fixed + 4 * FBR_ARRAY_LEN(strs), 4};
     for (size_t i = 0; i < d->nbody; i++)
-        put(dj, d->body[i].iov_base, d->body[i].iov_len);
+        iov[n++] = d->body[i];
+    return fbr_journal_appendv(dj->journal, FBR_JR_DELIVERY_ACCEPTED, iov, n);
 }
 
 /* ---- decoding ---- */
@@ -186,9 +212,7 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
     if (from == FBR_DS_QUEUED && to == FBR_DS_QUEUED) { /* creation */
         if (d->restored)
             return; /* its record is in the journal already, held by the replay */
-        encode_accepted(dj, d);
-        *d->hook_word = fbr_journal_ref_pack(fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED,
-                                                                dj->buf, dj->len));
+        *d->hook_word = fbr_journal_ref_pack(append_accepted(dj, d));
         return;
     }
     if (to == FBR_DS_IN_FLIGHT) {
@@ -390,9 +414,7 @@ static void checkpoint_one(const struct fbr_delivery_info *d, enum fbr_delivery_
     struct fbr_journal_ref old = fbr_journal_ref_unpack(*d->hook_word);
     if (!old.seg || old.seg > c->upto)
         return;
-    encode_accepted(c->dj, d);
-    *d->hook_word = fbr_journal_ref_pack(
-        fbr_journal_append(c->dj->journal, FBR_JR_DELIVERY_ACCEPTED, c->dj->buf, c->dj->len));
+    *d->hook_word = fbr_journal_ref_pack(append_accepted(c->dj, d));
     fbr_journal_release(c->dj->journal, old);
 }
 
@@ -432,6 +454,7 @@ void fbr_delivery_journal_free(struct fbr_delivery_journal **djp)
     fbr_delivery_set_transition_hook(dj->engine, NULL, NULL);
     replay_free(&dj->replay);
     free(dj->buf);
+    free(dj->iov);
     free(dj);
     *djp = NULL;
 }
