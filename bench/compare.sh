@@ -14,7 +14,8 @@
 # Env: CONNS (loadgen connections, 32), SECONDS_MAX (5), SECONDS_HALF (5), WARMUP (1), ROOMS
 #      (1000), POOL (firebridge --pool-size and nginx upstream keepalive, 32), ROUNDS (1: the
 #      maximum runs alternate ROUNDS times and each side keeps its best), FB_FLAGS (extra daemon
-#      flags, e.g. "--fsync off"), SKIP_HALF=1.
+#      flags, e.g. "--fsync off"), SKIP_HALF=1, PIN=1 (the servers on CPU 0, the loadgen on CPU 1:
+#      whether the loadgen, which is both the sender and the sink, is the ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -33,6 +34,11 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 for f in "$fb" "$lg"; do
   [ -x "$f" ] || { echo "compare.sh: $f missing: meson compile -C $build" >&2; exit 1; }
 done
+
+srv_pin=() lg_pin=()
+if [ "${PIN:-0}" = 1 ]; then
+  srv_pin=(taskset -c 0) lg_pin=(taskset -c 1)
+fi
 
 tmp=$(mktemp -d)
 pids=()
@@ -97,7 +103,7 @@ http {
     }
 }
 CONF
-"$nginx_bin" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx/stderr" &
+"${srv_pin[@]}" "$nginx_bin" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx/stderr" &
 ng_pid=$!
 pids+=("$ng_pid")
 wait_port "127.0.0.1:$ng_port"
@@ -106,7 +112,7 @@ wait_port "127.0.0.1:$ng_port"
 sed -e "s#https://DOMAIN.hipchat.com/#http://$sink/#" -e "s/ROOM_ID/r0/" \
     -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/fb.json"
 # shellcheck disable=SC2086
-"$fb" -c "$tmp/fb.json" --listen 127.0.0.1:0 --data-dir "$tmp/fb-data" \
+"${srv_pin[@]}" "$fb" -c "$tmp/fb.json" --listen 127.0.0.1:0 --data-dir "$tmp/fb-data" \
   --room-rate 1000000/1 --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 \
   --pool-size "$pool" --drain-timeout 1 ${FB_FLAGS:-} >"$tmp/fb.log" 2>&1 &
 fb_pid=$!
@@ -138,7 +144,7 @@ run() {
   shift 4
   local rc=0 c0=0
   [ "$cpu_pid" = - ] || c0=$(cpu_ticks "$cpu_pid")
-  "$lg" --target "127.0.0.1:$port" --sink-listen "$sink" --connections "$conns" \
+  "${lg_pin[@]}" "$lg" --target "127.0.0.1:$port" --sink-listen "$sink" --connections "$conns" \
     --duration "$secs" --warmup "$warmup" --rooms "$rooms" --drain 60 --quiet --json "$@" \
     >"$tmp/$name.json" 2>"$tmp/$name.err" || rc=$?
   if [ "$rc" -gt 1 ] || [ ! -s "$tmp/$name.json" ]; then
@@ -149,10 +155,13 @@ run() {
   [ "$cpu_pid" = - ] || cpu=$(awk -v a="$c0" -v b="$(cpu_ticks "$cpu_pid")" -v hz="$hz" \
     -v n="$(jnum "$tmp/$name.json" delivered)" 'BEGIN {printf "%.1f", (b - a) * 1e6 / hz / n}')
   echo "$cpu" >"$tmp/$name.cpu"
-  printf '  %-14s delivered/s %8.0f  intake/s %8.0f  intake p99 %8.3f ms  e2e p99 %9.3f ms  lost %s  cpu %s us/notification\n' \
+  local lgcpu
+  lgcpu=$(awk -v ms="$(jnum "$tmp/$name.json" loadgen_cpu_ms)" \
+    -v n="$(jnum "$tmp/$name.json" delivered)" 'BEGIN {printf "%.1f", ms * 1e3 / n}')
+  printf '  %-14s delivered/s %8.0f  intake/s %8.0f  intake p99 %8.3f ms  e2e p99 %9.3f ms  lost %s  cpu %s us/notification (loadgen %s)\n' \
     "$name" "$(jnum "$tmp/$name.json" delivered_per_s)" "$(jnum "$tmp/$name.json" intake_per_s)" \
     "$(jnum "$tmp/$name.json" intake.p99_ms)" "$(jnum "$tmp/$name.json" end_to_end.p99_ms)" \
-    "$(jnum "$tmp/$name.json" lost)" "$cpu"
+    "$(jnum "$tmp/$name.json" lost)" "$cpu" "$lgcpu"
 }
 best() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
 
