@@ -105,6 +105,47 @@ size_t fbr_utf8_cut(const char *s, size_t len, size_t max)
     return n;
 }
 
+/*
+ * Length of the well-formed UTF-8 sequence at s[0..n) (Unicode table 3-7), or 0 when s starts
+ * an ill-formed one; *bad then receives the length of its maximal subpart (what one U+FFFD
+ * replaces, as the WHATWG decoder does).
+ */
+size_t fbr_utf8_seq(const unsigned char *s, size_t n, size_t *bad)
+{
+    unsigned char c = s[0];
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        need = 1;
+    else if (c >= 0xe0 && c <= 0xef) {
+        need = 2;
+        if (c == 0xe0)
+            lo = 0xa0;
+        else if (c == 0xed)
+            hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        need = 3;
+        if (c == 0xf0)
+            lo = 0x90;
+        else if (c == 0xf4)
+            hi = 0x8f;
+    } else {
+        *bad = 1;
+        return 0;
+    }
+    size_t i = 1;
+    for (; i <= need; i++) {
+        if (i >= n || s[i] < lo || s[i] > hi) {
+            *bad = i;
+            return 0;
+        }
+        lo = 0x80, hi = 0xbf;
+    }
+    return need + 1;
+}
+
 size_t fbr_fmt_u64(char *out, uint64_t v)
 {
     char tmp[FBR_U64_DIGITS];

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "firebridge/common.h"
 #include "firebridge/url.h"
 
 static enum fbr_log_level g_level = FBR_LOG_INFO;
@@ -74,7 +75,9 @@ const char *fbr_log_format_name(enum fbr_log_format format)
                                                                               : "text";
 }
 
-/* Appends s to buf as the inside of a JSON string. */
+/* Appends s to buf as the inside of a JSON string: valid UTF-8 as it is, U+FFFD for each
+ * ill-formed sequence (a peer's bytes, or a character a length limit cut), so every line stays
+ * valid JSON. */
 static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s)
 {
     for (; *s && pos + 7 < cap; s++) {
@@ -84,21 +87,37 @@ static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s)
             buf[pos++] = (char)c;
         } else if (c < 0x20 || c == 0x7f) {
             pos += (size_t)snprintf(buf + pos, cap - pos, "\\u%04x", c);
-        } else {
+        } else if (c < 0x80) {
             buf[pos++] = (char)c;
+        } else {
+            size_t bad = 0, n = fbr_utf8_seq((const unsigned char *)s, 4, &bad);
+            if (n == 0) {
+                memcpy(buf + pos, "\\ufffd", 6);
+                pos += 6;
+                n = bad;
+            } else {
+                memcpy(buf + pos, s, n);
+                pos += n;
+            }
+            s += n - 1;
         }
     }
     return pos;
 }
 
 /* Appends s to a text line: CR, LF and tab as \r \n \t, other control bytes (ESC, DEL, the
- * rest of C0) as \xNN, so that nothing a peer sent can end the line, forge another one or drive
- * the terminal that shows it. */
+ * rest of C0, the C1 controls U+0080..U+009F) and the bytes of ill-formed UTF-8 as \xNN, so that
+ * nothing a peer sent can end the line, forge another one or drive the terminal that shows it. */
 static size_t text_escape(char *buf, size_t pos, size_t cap, const char *s)
 {
-    for (; *s && pos + 5 < cap; s++) {
+    for (; *s && pos + 9 < cap; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != 0x7f)
+        size_t bad = 0, n = c >= 0x80 ? fbr_utf8_seq((const unsigned char *)s, 4, &bad) : 1;
+        if (n > 1 && !(c == 0xc2 && (unsigned char)s[1] < 0xa0)) {
+            memcpy(buf + pos, s, n);
+            pos += n;
+            s += n - 1;
+        } else if (c >= 0x20 && c < 0x7f)
             buf[pos++] = (char)c;
         else if (c == '\r' || c == '\n' || c == '\t')
             pos += (size_t)snprintf(buf + pos, cap - pos, "\\%c",

@@ -641,47 +641,6 @@ static const uint8_t json_class[256] = {
 };
 
 /*
- * Length of the well-formed UTF-8 sequence at s[0..n) (Unicode table 3-7), or 0 when s starts
- * an ill-formed one; *bad then receives the length of its maximal subpart (what one U+FFFD
- * replaces, as the WHATWG decoder does).
- */
-static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad)
-{
-    unsigned char c = s[0];
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xbf;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        need = 1;
-    else if (c >= 0xe0 && c <= 0xef) {
-        need = 2;
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        need = 3;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f;
-    } else {
-        *bad = 1;
-        return 0;
-    }
-    size_t i = 1;
-    for (; i <= need; i++) {
-        if (i >= n || s[i] < lo || s[i] > hi) {
-            *bad = i;
-            return 0;
-        }
-        lo = 0x80, hi = 0xbf;
-    }
-    return need + 1;
-}
-
-/*
  * Length of the leading run of s[0..n) made of ASCII bytes that JSON leaves alone, eight bytes at
  * a time: a word is plain when no byte is below 0x20, equal to '"' or '\\', or has its top bit.
  */
@@ -728,7 +687,7 @@ static size_t json_clean_prefix(const char *src, size_t n)
             break;
         if (json_class[s[i]] == 1)
             return i;
-        size_t bad, l = utf8_seq(s + i, n - i, &bad);
+        size_t bad, l = fbr_utf8_seq(s + i, n - i, &bad);
         if (l == 0)
             return i;
         i += l;
@@ -786,7 +745,7 @@ static size_t json_escape(char *d, const char *src, size_t n)
             }
             i++;
         } else {
-            size_t bad = 0, l = utf8_seq(s + i, n - i, &bad);
+            size_t bad = 0, l = fbr_utf8_seq(s + i, n - i, &bad);
             if (l) {
                 memcpy(d, s + i, l);
                 d += l;

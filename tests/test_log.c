@@ -1,6 +1,7 @@
 /* test_log.c - unit tests for log.c: level parsing, the URL masker that keeps secrets out, and the
  * capture of what libraries print on stderr (libevhtp's coloured lines) as plain log lines. */
 #include <check.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,44 @@ START_TEST(long_lines_are_clamped)
 }
 END_TEST
 
+/* Bytes a peer sent that are not UTF-8 (a request target "/h\xff\xfe", a character a length
+ * limit cut) keep a JSON line valid JSON (U+FFFD each) and show as \xNN in a text line, as do
+ * the C1 controls; valid UTF-8 passes as it is. */
+START_TEST(invalid_utf8_escaped)
+{
+    char path[] = "/tmp/fbr-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    int saved = dup(2);
+    fflush(stderr);
+    dup2(fd, 2);
+    const char *msg = "404 /h\xff\xfez \xe2\x82 caf\xc3\xa9 \xc2\x9b" "2J end";
+    fbr_log_setup(FBR_LOG_DEBUG, FBR_LOG_JSON);
+    fbr_log(FBR_LOG_INFO, "r\xff", "act\xe2\x82", "%s", msg);
+    fbr_log_setup(FBR_LOG_DEBUG, FBR_LOG_TEXT);
+    fbr_log(FBR_LOG_INFO, "r1", NULL, "%s", msg);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
+    FILE *f = fdopen(fd, "r");
+    rewind(f);
+    char line[4096];
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    json_error_t err;
+    json_t *j = json_loads(line, 0, &err);
+    ck_assert_msg(j != NULL, "JSON line not valid JSON (%s): %s", err.text, line);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "msg")),
+                     "404 /h\xef\xbf\xbd\xef\xbf\xbdz \xef\xbf\xbd caf\xc3\xa9 \xc2\x9b" "2J end");
+    json_decref(j);
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    ck_assert_msg(strstr(line, "404 /h\\xff\\xfez \\xe2\\x82 caf\xc3\xa9 \\xc2\\x9b" "2J end\n"),
+                  "text line: %s", line);
+    fclose(f);
+    unlink(path);
+}
+END_TEST
+
 /* What libraries print on stderr (libevhtp's coloured log_error) comes out as plain log lines. */
 static const struct {
     const char *printed, *printed2; /* by a "library", in two writes, through stdio's stderr */
@@ -134,6 +173,7 @@ int main(void)
     tcase_add_loop_test(tc, mask_url, 0, sizeof(mask_cases) / sizeof(mask_cases[0]));
     tcase_add_test(tc, level_parse);
     tcase_add_test(tc, long_lines_are_clamped);
+    tcase_add_test(tc, invalid_utf8_escaped);
     tcase_add_loop_test(tc, library_stderr_captured, 0,
                         sizeof(capture_cases) / sizeof(capture_cases[0]));
     suite_add_tcase(s, tc);

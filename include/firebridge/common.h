@@ -87,6 +87,11 @@ size_t fbr_utf8_chars(const char *s, size_t len);
  * a character (for quoting a client's key or path in a message that must stay valid UTF-8). */
 size_t fbr_utf8_cut(const char *s, size_t len, size_t max);
 
+/* Length of the well-formed UTF-8 sequence at s[0..n) (Unicode table 3-7), or 0 when s starts an
+ * ill-formed one; *bad then receives the length of its maximal subpart (what one U+FFFD
+ * replaces).  A NUL byte ends any sequence, so n may exceed a C string's end by up to 3. */
+size_t fbr_utf8_seq(const unsigned char *s, size_t n, size_t *bad);
+
 /* Formatting for the per-alert path, where snprintf's format parsing was a measurable cost
  * (bench/README.md).  fbr_fmt_u64 writes v in decimal and a terminating NUL into out (at least
  * FBR_U64_DIGITS + 1 bytes) and returns the length; fbr_fmt_hex writes 2 * n lower-case hex
