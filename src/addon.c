@@ -1603,6 +1603,17 @@ void fbr_addon_set_config(struct fbr_addon *a, struct fbr_addon_config *cfg)
     a->cfg = cfg;
 }
 
+int fbr_addon_auth_lookup(void *arg, const char *key, struct fbr_delivery_auth_ref *out)
+{
+    struct fbr_addon *a = arg;
+    struct fbr_install *in =
+        a && a->store ? fbr_addon_store_find(a->store, fbr_slice_from(key)) : NULL;
+    if (!in)
+        return FBR_NOTFOUND;
+    *out = (struct fbr_delivery_auth_ref){&fbr_install_auth, in, in->oauth_id};
+    return FBR_OK;
+}
+
 void fbr_addon_free(struct fbr_addon **ap)
 {
     struct fbr_addon *a = *ap;

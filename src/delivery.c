@@ -90,6 +90,7 @@ struct delivery {
      * carries it (owned, NULL between attempts), and whether a 401 already renewed them. */
     const struct fbr_delivery_auth *auth;
     void *auth_arg;
+    char *auth_key; /* the provider's key (owned): the journal records it */
     char *auth_value;
     char *auth_head;
     size_t auth_head_len;
@@ -233,6 +234,7 @@ static void delivery_info(struct delivery *dl, struct fbr_delivery_info *info)
         .token_rate = dl->token_rate,
         .restored = dl->restored,
         .hook_word = &dl->hook_word,
+        .auth_key = dl->auth_key,
     };
 }
 
@@ -934,6 +936,7 @@ static void set_limits(struct fbr_delivery_engine *e, struct delivery *dl, struc
         token = fbr_slice_from(aref->key);
         dl->auth = aref->ops;
         dl->auth_arg = aref->arg;
+        dl->auth_key = fbr_xstrdup(aref->key ? aref->key : "");
         aref->ops->ref(aref->arg);
     }
     if (token.len && dl->token_rate.n) {
@@ -1079,6 +1082,7 @@ int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_deliver
     dl->body_one = (struct iovec){store + off, s->body.len};
     dl->body_iov = &dl->body_one;
     dl->nbody = 1;
+    e->m.compacted++;
     dl->method = fbr_http_method_name(method);
     char key[1024];
     size_t klen = s->dest_key.len < sizeof(key) - 1 ? s->dest_key.len : sizeof(key) - 1;
@@ -1181,6 +1185,7 @@ static void delivery_free(struct delivery *dl)
     drop_auth_attempt(dl);
     if (dl->auth)
         dl->auth->unref(dl->auth_arg);
+    free(dl->auth_key);
     free(dl->store);
     free(dl->reason);
     free(dl);

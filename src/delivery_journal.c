@@ -4,9 +4,10 @@
  * replays them at start, and rewrites the pending ones at a checkpoint.
  *
  * Payloads (little-endian; str = u32 length + bytes):
- *   accepted: u8 version 1, u64 seq, u64 created_wall_ms, u32 attempts, u32 room n, u32 room secs,
+ *   accepted: u8 version 2, u64 seq, u64 created_wall_ms, u32 attempts, u32 room n, u32 room secs,
  *             u32 token n, u32 token secs, str id, str method, str dest_key, str url, str head,
- *             str body
+ *             str body, str auth_key (the credentials provider's key, empty: none; version 1
+ *             records end after the body)
  *   attempt:  u32 attempts, str id        (an attempt starts; not held: the count is a hint)
  *   finished: u8 outcome (1 delivered, 2 dead), str id
  * A pending delivery keeps a hold on its latest accepted record (the ref lives in the engine's
@@ -19,7 +20,7 @@
 
 #include "firebridge/log.h"
 
-#define VERSION 1
+#define VERSION 2
 #define OUTCOME_DELIVERED 1
 #define OUTCOME_DEAD 2
 
@@ -54,6 +55,7 @@ struct fbr_delivery_journal {
     size_t iov_cap;
     struct replay_state replay;
     size_t restored, unreadable;
+    struct auth_cell *auth; /* where restored deliveries find their credentials provider */
 };
 
 /* ---- encoding ---- */
@@ -117,8 +119,10 @@ static struct fbr_journal_ref append_accepted(struct fbr_delivery_journal *dj,
     for (size_t i = 0; i < FBR_ARRAY_LEN(strs); i++)
         put_u32(dj, (uint32_t)strs[i].len);
     put_u32(dj, (uint32_t)blen);
+    size_t klen = d->auth_key ? strlen(d->auth_key) : 0;
+    put_u32(dj, (uint32_t)klen);
     /* iov: fixed fields, then (length, bytes) per string, then the body's length and slices */
-    size_t need = 2 + 2 * FBR_ARRAY_LEN(strs) + d->nbody;
+    size_t need = 4 + 2 * FBR_ARRAY_LEN(strs) + d->nbody;
     if (need > dj->iov_cap) {
         dj->iov_cap = need * 2;
         dj->iov = fbr_xrealloc(dj->iov, dj->iov_cap * sizeof(*dj->iov));
@@ -133,6 +137,8 @@ static struct fbr_journal_ref append_accepted(struct fbr_delivery_journal *dj,
     iov[n++] = (struct iovec){dj->buf + fixed + 4 * FBR_ARRAY_LEN(strs), 4};
     for (size_t i = 0; i < d->nbody; i++)
         iov[n++] = d->body[i];
+    iov[n++] = (struct iovec){dj->buf + fixed + 4 * FBR_ARRAY_LEN(strs) + 4, 4};
+    iov[n++] = (struct iovec){(void *)(d->auth_key ? d->auth_key : ""), klen};
     return fbr_journal_appendv(dj->journal, FBR_JR_DELIVERY_ACCEPTED, iov, n);
 }
 
@@ -177,14 +183,15 @@ struct accepted {
     uint64_t seq, created;
     unsigned attempts;
     struct fbr_rate room, token;
-    struct fbr_slice id, method, dest, url, head, body;
+    struct fbr_slice id, method, dest, url, head, body, auth_key;
 };
 
 static int decode_accepted(struct fbr_slice p, struct accepted *a)
 {
     struct reader r = {(const unsigned char *)p.ptr, (const unsigned char *)p.ptr + p.len, 0};
-    if (p.len < 1 || r.p[0] != VERSION)
+    if (p.len < 1 || (r.p[0] != 1 && r.p[0] != VERSION))
         return -1;
+    unsigned version = r.p[0];
     r.p++;
     a->seq = get_u64(&r);
     a->created = get_u64(&r);
@@ -199,6 +206,7 @@ static int decode_accepted(struct fbr_slice p, struct accepted *a)
     a->url = get_str(&r);
     a->head = get_str(&r);
     a->body = get_str(&r);
+    a->auth_key = version >= 2 ? get_str(&r) : (struct fbr_slice){"", 0};
     return r.bad || !a->id.len || a->id.len > 64 || a->method.len > 15 ? -1 : 0;
 }
 
@@ -232,6 +240,81 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
         fbr_journal_release(j, fbr_journal_ref_unpack(*d->hook_word));
         *d->hook_word = 0;
     }
+}
+
+/* ---- credentials of restored deliveries ---- */
+
+/*
+ * A delivery that asked a provider for its Authorization at send time (the HipChat add-on's
+ * installations) was journaled with the provider's key only.  Restored, it gets a stand-in
+ * provider holding that key, which asks the lookup that fbr_delivery_journal_set_auth_lookup()
+ * installs for the real provider at every attempt and hands the call over: the token is the
+ * one the installation has at that moment, never a stored one.  The lookup lives in a cell
+ * shared by the journal and the stand-ins (the engine may outlive the journal's side).
+ */
+struct auth_cell {
+    unsigned refs;
+    fbr_delivery_auth_lookup_fn fn; /* NULL: not set yet, or detached */
+    void *arg;
+};
+
+struct restored_auth {
+    unsigned refs;
+    struct auth_cell *cell;
+    char key[];
+};
+
+static void cell_unref(struct auth_cell *c)
+{
+    if (c && !--c->refs)
+        free(c);
+}
+
+static int restored_get(void *arg, char *value, size_t cap, char *reason, size_t rcap)
+{
+    struct restored_auth *ra = arg;
+    if (!ra->cell->fn)
+        return FBR_AGAIN; /* the add-on is not up yet: fbr_delivery_auth_ready() wakes it */
+    struct fbr_delivery_auth_ref real;
+    if (ra->cell->fn(ra->cell->arg, ra->key, &real) != FBR_OK) {
+        snprintf(reason, rcap, "restored from the journal: its credentials provider %s (a HipChat "
+                 "installation) is gone", ra->key);
+        return FBR_ERROR;
+    }
+    return real.ops->get(real.arg, value, cap, reason, rcap);
+}
+
+static void restored_rejected(void *arg, const char *value)
+{
+    struct restored_auth *ra = arg;
+    struct fbr_delivery_auth_ref real;
+    if (ra->cell->fn && ra->cell->fn(ra->cell->arg, ra->key, &real) == FBR_OK)
+        real.ops->rejected(real.arg, value);
+}
+
+static void restored_ref(void *arg)
+{
+    struct restored_auth *ra = arg;
+    ra->refs++;
+}
+
+static void restored_unref(void *arg)
+{
+    struct restored_auth *ra = arg;
+    if (--ra->refs)
+        return;
+    cell_unref(ra->cell);
+    free(ra);
+}
+
+static const struct fbr_delivery_auth restored_auth_ops = {restored_get, restored_rejected,
+                                                           restored_ref, restored_unref};
+
+void fbr_delivery_journal_set_auth_lookup(struct fbr_delivery_journal *dj,
+                                          fbr_delivery_auth_lookup_fn fn, void *arg)
+{
+    dj->auth->fn = fn;
+    dj->auth->arg = arg;
 }
 
 /* ---- the journal owner ---- */
@@ -387,7 +470,22 @@ static void replay_done(void *arg)
             .token_rate = a.token,
             .hook_word = fbr_journal_ref_pack(p->ref),
         };
-        if (fbr_delivery_restore(dj->engine, &s) == FBR_OK) {
+        struct restored_auth *ra = NULL;
+        struct fbr_delivery_auth_ref aref;
+        if (a.auth_key.len) {
+            ra = fbr_xmalloc(sizeof(*ra) + a.auth_key.len + 1);
+            ra->refs = 1;
+            ra->cell = dj->auth;
+            ra->cell->refs++;
+            memcpy(ra->key, a.auth_key.ptr, a.auth_key.len);
+            ra->key[a.auth_key.len] = '\0';
+            aref = (struct fbr_delivery_auth_ref){&restored_auth_ops, ra, ra->key};
+            s.auth = &aref;
+        }
+        int rc = fbr_delivery_restore(dj->engine, &s);
+        if (ra)
+            restored_unref(ra); /* the delivery holds its own reference */
+        if (rc == FBR_OK) {
             dj->restored++;
         } else {
             dj->unreadable++;
@@ -432,6 +530,8 @@ struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine
     struct fbr_delivery_journal *dj = fbr_xcalloc(1, sizeof(*dj));
     dj->engine = engine;
     dj->journal = journal;
+    dj->auth = fbr_xcalloc(1, sizeof(*dj->auth));
+    dj->auth->refs = 1;
     fbr_delivery_set_transition_hook(engine, on_transition, dj);
     struct fbr_journal_owner o = {
         .name = "deliveries",
@@ -453,6 +553,8 @@ void fbr_delivery_journal_free(struct fbr_delivery_journal **djp)
         return;
     fbr_delivery_set_transition_hook(dj->engine, NULL, NULL);
     replay_free(&dj->replay);
+    dj->auth->fn = NULL; /* restored deliveries still queued wait, or die at expiry */
+    cell_unref(dj->auth);
     free(dj->buf);
     free(dj->iov);
     free(dj);

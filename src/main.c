@@ -563,6 +563,11 @@ static int start_intake(struct daemon *d)
         fbr_log(FBR_LOG_ERROR, NULL, "reading the HipChat installations", "%s", err);
         return FBR_ERROR;
     }
+    if (d->delivery_journal) { /* restored room notifications ask their installation again */
+        fbr_delivery_journal_set_auth_lookup(d->delivery_journal, fbr_addon_auth_lookup,
+                                             d->addon);
+        fbr_delivery_auth_ready(d->deliveries);
+    }
     fbr_metrics_add_collector(d->metrics, fbr_intake_metrics_collect, d->intake);
     fbr_metrics_add_collector(d->metrics, fbr_delivery_metrics_collect, d->deliveries);
     fbr_metrics_add_collector(d->metrics, fbr_incidents_metrics_collect, d->incidents);
@@ -682,6 +687,8 @@ static int stop(struct daemon *d, int rc)
     if (d->flush_tick)
         event_free(d->flush_tick);
     fbr_server_free(&d->srv);
+    if (d->delivery_journal)
+        fbr_delivery_journal_set_auth_lookup(d->delivery_journal, NULL, NULL);
     fbr_addon_free(&d->addon);
     fbr_intake_free(&d->intake);
     fbr_delivery_journal_free(&d->delivery_journal);

@@ -622,6 +622,41 @@ START_TEST(restart_keeps_installations)
 }
 END_TEST
 
+START_TEST(journal_restores_notifications_with_their_token)
+{
+    /* A room notification pending when the daemon is killed comes back from the journal and,
+     * at send time, asks the installation for its token again (the journal holds none):
+     * hipchat-server refuses a notification without a valid token (401), so it arrives only if
+     * the restored delivery carried one. */
+    start_all(NULL, NULL);
+    json_decref(install_default());
+    ck_assert_int_eq(http(hc.port, "POST", "/faults", NULL,
+                          "{\"room\": \"" ROOM "\", \"status\": 503, \"count\": -1}"),
+                     200);
+    ck_assert_int_eq(post_alert("INFO", "journaled", "kept in the journal"), 200);
+    for (int i = 0; i < 100 * dutil_slow() && hc_stat("faults_injected") < 1; i++)
+        pump(50); /* the first attempt got its 503: the delivery backs off, pending */
+    ck_assert_int_ge(hc_stat("faults_injected"), 1);
+    int port = fb.port;
+    kill(fb.pid, SIGKILL);
+    dutil_wait_exit(&fb.pid, 5000, idle);
+    ck_assert_int_eq(http(hc.port, "DELETE", "/faults", NULL, NULL), 200);
+    ck_assert_uint_eq(count_in_room(ROOM, "notification", "kept in the journal"), 0);
+    fb_start(port);
+    ck_assert_uint_eq(wait_room(ROOM, "notification", "kept in the journal", 1), 1);
+    char dl[160];
+    snprintf(dl, sizeof(dl), "%s/data/dead-letters.jsonl", dir);
+    json_t *dead = dutil_read_jsonl(dl);
+    ck_assert_uint_eq(json_array_size(dead), 0);
+    json_decref(dead);
+    /* the journal never held the token */
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "grep -rq Bearer '%s/data/journal'", dir);
+    ck_assert_int_ne(system(cmd), 0);
+    fb_stop();
+}
+END_TEST
+
 /* ---- reload ------------------------------------------------------------------------------ */
 
 START_TEST(reload_changes_notify_and_templates)
@@ -856,6 +891,7 @@ int main(void)
     tcase_add_test(tc, token_expiry_mid_stream);
     tcase_add_test(tc, revoked_installation_dead_letters);
     tcase_add_test(tc, restart_keeps_installations);
+    tcase_add_test(tc, journal_restores_notifications_with_their_token);
     tcase_add_test(tc, reload_changes_notify_and_templates);
     tcase_add_test(tc, capabilities_host_outside_allow_list);
     tcase_add_test(tc, links_self_mismatch_refused);

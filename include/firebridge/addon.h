@@ -120,6 +120,7 @@ struct fbr_addon_opts {
 };
 
 struct fbr_addon;
+struct fbr_delivery_auth_ref;
 
 /*
  * Creates the add-on (cfg: a reference is taken; may be NULL, then the routes answer 404 until a
@@ -132,5 +133,13 @@ int fbr_addon_new(const struct fbr_addon_opts *opts, struct fbr_addon_config *cf
 /* Reload: replaces the configuration (a reference is taken; NULL turns the mode off). */
 void fbr_addon_set_config(struct fbr_addon *a, struct fbr_addon_config *cfg);
 void fbr_addon_free(struct fbr_addon **a);
+
+/*
+ * The credentials provider of the installation whose oauth_id is key, for notifications restored
+ * from the journal (fbr_delivery_journal_set_auth_lookup(); arg is the add-on, may be NULL):
+ * FBR_OK with *out naming the installation's token provider (borrowed, valid while the
+ * installation is stored), or FBR_NOTFOUND when no such installation is stored any more.
+ */
+int fbr_addon_auth_lookup(void *arg, const char *key, struct fbr_delivery_auth_ref *out);
 
 #endif

@@ -300,6 +300,9 @@ struct fbr_delivery_info {
     int restored;              /* it came back through fbr_delivery_restore() */
     uint64_t *hook_word;       /* one word kept with the delivery for the hook's owner (the
                                   journal keeps its record there); 0 for a new delivery */
+    const char *auth_key;      /* the credentials provider's key (fbr_delivery_auth_ref.key, an
+                                  add-on installation's oauth_id) when the delivery asks one for
+                                  its Authorization at send time, else NULL */
 };
 
 /* Called after every state change (from -> to), before any side effect of the new state. */

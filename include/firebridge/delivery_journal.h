@@ -24,6 +24,19 @@ struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine
 /* Detaches the hook and frees; sets *dj to NULL. */
 void fbr_delivery_journal_free(struct fbr_delivery_journal **dj);
 
+/*
+ * Where restored deliveries that took their Authorization from a credentials provider at send
+ * time (fbr_delivery_submit_auth: the HipChat add-on's installations) find that provider again.
+ * The journal keeps only the provider's key (an installation's oauth_id, never a token); at every
+ * attempt of such a delivery fn(arg, key, out) is asked: FBR_OK with *out naming the provider,
+ * whose get() then supplies the current token, or anything else when it is gone (the delivery
+ * dies with that reason).  Until this is set, they wait (call fbr_delivery_auth_ready() after).
+ */
+typedef int (*fbr_delivery_auth_lookup_fn)(void *arg, const char *key,
+                                           struct fbr_delivery_auth_ref *out);
+void fbr_delivery_journal_set_auth_lookup(struct fbr_delivery_journal *dj,
+                                          fbr_delivery_auth_lookup_fn fn, void *arg);
+
 /* Deliveries restored by the last recovery, and ones the journal had but the engine refused. */
 size_t fbr_delivery_journal_restored(const struct fbr_delivery_journal *dj);
 size_t fbr_delivery_journal_unreadable(const struct fbr_delivery_journal *dj);
