@@ -249,6 +249,27 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     fbr_incidents_flush(d->incidents, fbr_wall_ms());
 }
 
+/* A reload keeps the settings that need a restart: says so when next changes one of them. */
+static void warn_restart_only(struct daemon *d, const struct fbr_config *next, const char *file)
+{
+    if (!list_eq(&next->api_keys, &d->cfg.api_keys) ||
+        !str_eq(next->organization_id, d->cfg.organization_id))
+        fbr_log_warn("api_keys and organization_id changes take effect on restart");
+    json_t *file_keys = restart_keys_in_file(d->cli.config_file);
+    if (!list_eq(&next->listen, &d->cfg.listen) || !str_eq(next->tls_cert, d->cfg.tls_cert) ||
+        !str_eq(next->tls_key, d->cfg.tls_key) || !str_eq(next->data_dir, d->cfg.data_dir))
+        fbr_log_warn("listen, tls_cert, tls_key or data_dir changed: the change needs a restart "
+                     "(still listening on %s, data in %s)",
+                     d->cfg.listen.n ? d->cfg.listen.v[0] : "-", d->cfg.data_dir);
+    else if (!json_equal(file_keys, d->file_restart_keys))
+        fbr_log_warn("listen, tls_cert, tls_key or data_dir changed in %s, but the command line "
+                     "overrides it (and a change needs a restart): still listening on %s, data "
+                     "in %s",
+                     file, d->cfg.listen.n ? d->cfg.listen.v[0] : "-", d->cfg.data_dir);
+    json_decref(d->file_restart_keys);
+    d->file_restart_keys = file_keys;
+}
+
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
@@ -276,22 +297,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         fbr_config_free(&next);
         return;
     }
-    if (!list_eq(&next.api_keys, &d->cfg.api_keys) ||
-        !str_eq(next.organization_id, d->cfg.organization_id))
-        fbr_log_warn("api_keys and organization_id changes take effect on restart");
-    json_t *file_keys = restart_keys_in_file(d->cli.config_file);
-    if (!list_eq(&next.listen, &d->cfg.listen) || !str_eq(next.tls_cert, d->cfg.tls_cert) ||
-        !str_eq(next.tls_key, d->cfg.tls_key) || !str_eq(next.data_dir, d->cfg.data_dir))
-        fbr_log_warn("listen, tls_cert, tls_key or data_dir changed: the change needs a restart "
-                     "(still listening on %s, data in %s)",
-                     d->cfg.listen.n ? d->cfg.listen.v[0] : "-", d->cfg.data_dir);
-    else if (!json_equal(file_keys, d->file_restart_keys))
-        fbr_log_warn("listen, tls_cert, tls_key or data_dir changed in %s, but the command line "
-                     "overrides it (and a change needs a restart): still listening on %s, data "
-                     "in %s",
-                     file, d->cfg.listen.n ? d->cfg.listen.v[0] : "-", d->cfg.data_dir);
-    json_decref(d->file_restart_keys);
-    d->file_restart_keys = file_keys;
+    warn_restart_only(d, &next, file);
     fbr_log_setup(next.log_level, next.log_format);
     struct fbr_server_opts o;
     server_opts(&next, d->metrics, &o);
