@@ -87,6 +87,7 @@ struct conn {
     bufferevent_event_cb ev_event;
     struct event *deadline;      /* read_timeout for the request in progress */
     size_t screened;             /* bytes at the head of the input already screened */
+    struct evbuffer *held;       /* the beginning of a header section, out of libevhtp's reach */
     int busy, dead;              /* inside libevhtp's read callback / freed meanwhile */
     int closing;                 /* a raw error reply is being flushed */
     int out_blocked;             /* parsing held back: more than OUT_HIGH output unsent */
@@ -440,6 +441,8 @@ static void conn_free(struct conn *fc)
         fc->pending->fc = NULL; /* the owner's reply will go nowhere */
     if (fc->deadline)
         event_free(fc->deadline);
+    if (fc->held)
+        evbuffer_free(fc->held);
     free(fc);
 }
 
@@ -790,17 +793,15 @@ static int head_done(struct conn *fc, struct refusal *r)
 }
 
 /*
- * Screens new input bytes [from, len) of buf.  Returns 0 to pass the input on to libevhtp, 1 to
- * hold it back because it is only the beginning of a header section, or -1 after the connection
- * was rejected.  Holding matters: libevhtp 1.2.18's parser reads uninitialised memory when a
- * request line arrives in two reads (valgrind shows it), so it gets every header section whole.
+ * Screens new input bytes [from, len) of buf; *head_at is where a header section still open
+ * at `from` began, and is moved to where the one still open at the end begins.  Returns 0, or -1
+ * after the connection was rejected.
  */
-static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len)
+static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len,
+                  size_t *head_at)
 {
     const struct fbr_server_opts *o = &fc->srv->opts;
     size_t i = from;
-    /* where the header section still open at the end began: 0 = at the front of the input */
-    size_t head_at = fc->in_request == REQ_HEAD ? 0 : SIZE_MAX;
     while (i < len) {
         if (fc->phase >= SCAN_CHUNK_SIZE) {
             const char *bad = chunked_bytes(fc, buf, &i, len);
@@ -827,7 +828,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             if (ch == '\r' || ch == '\n')
                 continue; /* stray CRLF between requests */
             request_begins(fc);
-            head_at = i - 1;
+            *head_at = i - 1;
             fc->line_len = fc->head_bytes = 0;
             fc->nlines = 0;
             fc->content_length = 0;
@@ -909,7 +910,36 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             return -1;
         }
     }
-    return fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD && head_at == 0 ? 1 : 0;
+    return 0;
+}
+
+/* Moves in[at, end) to the end of out, keeping in[0, at).  A bufferevent's input takes bytes
+ * at its end only from the socket (libevent freezes it there), so kept bytes are put back in
+ * front. */
+static void move_tail(struct evbuffer *in, size_t at, struct evbuffer *out)
+{
+    struct evbuffer *front = evbuffer_new();
+    evbuffer_remove_buffer(in, front, at);
+    evbuffer_add_buffer(out, in);
+    evbuffer_prepend_buffer(in, front);
+    evbuffer_free(front);
+}
+
+/*
+ * The beginning of a header section is held out of the input (fc->held) until the section is
+ * whole: libevhtp 1.2.18's parser reads uninitialised memory when a request line arrives in two
+ * reads (valgrind shows it; pipelined paths came out as "/integgrations/..."), and it reads the
+ * input by itself, past this wrapper, when a paused request resumes.  unhold() puts the held
+ * bytes back between what libevhtp left unparsed (the first fc->screened bytes) and the new ones.
+ */
+static void unhold(struct conn *fc, struct evbuffer *in)
+{
+    struct evbuffer *old = evbuffer_new();
+    evbuffer_remove_buffer(in, old, fc->screened);
+    fc->screened += evbuffer_get_length(fc->held);
+    evbuffer_prepend_buffer(in, fc->held);
+    evbuffer_prepend_buffer(in, old);
+    evbuffer_free(old);
 }
 
 /* libevhtp's callbacks take the connection; ours take fc and forward, guarding fc's lifetime. */
@@ -924,14 +954,23 @@ static void wrapped_readcb(struct bufferevent *bev, void *arg)
         fc->screened = 0; /* libevhtp drained more than we saw: start afresh */
     if (len > fc->screened) {
         *fc->srv->m_bytes_in += len - fc->screened;
-        const unsigned char *buf = evbuffer_pullup(in, -1);
-        int verdict = screen(fc, buf, fc->screened, len);
-        if (verdict < 0)
-            return;
-        if (verdict > 0) {
-            fc->screened = len;
-            return;
+        size_t head_at = fc->in_request == REQ_HEAD ? fc->screened : SIZE_MAX;
+        if (fc->held && evbuffer_get_length(fc->held)) {
+            unhold(fc, in);
+            len = evbuffer_get_length(in);
         }
+        const unsigned char *buf = evbuffer_pullup(in, -1);
+        if (screen(fc, buf, fc->screened, len, &head_at) < 0)
+            return;
+        if (fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD) {
+            if (!fc->held)
+                fc->held = evbuffer_new();
+            move_tail(in, head_at, fc->held);
+            len = head_at;
+        }
+        fc->screened = len;
+        if (len == 0)
+            return; /* nothing whole for the parser yet */
     }
     if (evbuffer_get_length(bufferevent_get_output(bev)) > OUT_HIGH) {
         /* The client is not reading: parse nothing more until the output drains (the write
@@ -971,11 +1010,9 @@ static void wrapped_writecb(struct bufferevent *bev, void *arg)
     fc->screened = evbuffer_get_length(in);
     /* libevhtp 1.2.18 stops parsing after each request and, when the next one came in the same
      * read, never gets back to it until more bytes arrive (bare libevhtp too): pipelined requests
-     * hung.  Feed it now that libevhtp waits for a new request, unless all that is left is the
-     * beginning of a header section (the parser must get those whole). */
-    if (fc->screened && fc->c && !fc->closing && !fc->c->request &&
-        (fc->in_request != REQ_HEAD || evbuffer_search(in, "\n\r\n", 3, NULL).pos >= 0 ||
-         evbuffer_search(in, "\n\n", 2, NULL).pos >= 0))
+     * hung.  Feed it now that libevhtp waits for a new request (the input holds no partial
+     * header section: that is in fc->held). */
+    if (fc->screened && fc->c && !fc->closing && !fc->c->request)
         wrapped_readcb(bev, fc);
 }
 

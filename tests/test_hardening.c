@@ -393,6 +393,54 @@ START_TEST(pipelined_replies_resume_when_read)
 }
 END_TEST
 
+/* Pipelined alerts whose next request line arrives in two reads while the first alert's reply
+ * waits for the journal: libevhtp read the held beginning by itself when the paused request
+ * resumed and misparsed it ("/integgrations/...": 404, or a hang), for most split points. */
+START_TEST(pipelined_request_split_across_reads)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char one[512];
+    snprintf(one, sizeof(one),
+             "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             ALERT_PATH, strlen(alert_body), alert_body);
+    size_t len = strlen(one), line = (size_t)(strstr(one, "\r\n") - one);
+    char two[1024], buf[8192];
+    memcpy(two, one, len);
+    memcpy(two + len, one, len);
+    int wrong = 0, first_wrong = 0;
+    for (size_t k = 1; k <= line + 2; k++) {
+        int fd = dutil_connect(d.port);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(dutil_send_all(fd, two, len + k), 0);
+        dutil_msleep(50); /* the first reply goes out, its request resumes meanwhile */
+        ck_assert_int_eq(dutil_send_all(fd, one + k, len - k), 0);
+        size_t got = 0;
+        ssize_t n;
+        /* until both replies are in (each JSON body ends with a newline), EOF or 5 s */
+        while (got + 1 < sizeof(buf) && (n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0)) > 0) {
+            got += (size_t)n;
+            buf[got] = '\0';
+            const char *p = strstr(buf, "}\n");
+            if (p && strstr(p + 2, "}\n"))
+                break;
+        }
+        buf[got] = '\0';
+        const char *p = strstr(buf, "HTTP/1.1 200 ");
+        int ok = p && strstr(p + 1, "HTTP/1.1 200 ");
+        if (!ok && !wrong++)
+            first_wrong = (int)k;
+        close(fd);
+    }
+    assert_alive(&d);
+    ck_assert_msg(wrong == 0, "%d split points misparsed, the first at byte %d", wrong,
+                  first_wrong);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 /* ---- defect 3: out of descriptors --------------------------------------------------------- */
 
 /* Lines of the file at path that contain needle. */
@@ -1142,6 +1190,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, pipelined_unread_replies_bound_memory);
     tcase_add_test(tc, pipelined_replies_resume_when_read);
+    tcase_add_test(tc, pipelined_request_split_across_reads);
     suite_add_tcase(s, tc);
     tc = tcase_create("descriptors");
     tcase_set_timeout(tc, 60);
