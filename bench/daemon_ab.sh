@@ -2,7 +2,7 @@
 # bench/daemon_ab.sh - two firebridge binaries under the same firebridge-loadgen load, alternately,
 # in one invocation: the daemon's CPU time per delivery (user + system from /proc/<pid>/stat) and
 # its system calls per delivery (perf stat on syscall tracepoints: exact counts that other work
-# on the machine cannot blur).  Used for the before/after of each lever in bench/README.md.
+# on the machine cannot blur), and perf's task-clock per delivery while perf is attached.  Used for the before/after of each lever in bench/README.md.
 #
 # usage: bench/daemon_ab.sh BIN_A BIN_B [ROUNDS [BUILD_DIR]]   (ROUNDS 3, BUILD_DIR build)
 # Env: SECONDS_RUN (3), CONNS (32), RATE (0: closed loop).  Needs perf (Debian: linux-perf) and
@@ -33,7 +33,7 @@ one() { # BIN -> one line of figures
     [ -n "$fb_port" ] && break
     sleep 0.05
   done
-  local ev=()
+  local ev=(-e task-clock)
   for s in epoll_ctl epoll_wait writev readv write read ioctl; do
     ev+=(-e "syscalls:sys_enter_$s")
   done
@@ -51,7 +51,8 @@ one() { # BIN -> one line of figures
   d=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["delivered"])' "$tmp/lg.json")
   printf '%s: delivered %s, cpu %s us/delivery; per delivery:' "$bin" "$d" \
     "$(awk -v c="$cpu" -v d="$d" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / d}')"
-  awk -F, -v d="$d" '/syscalls/ {split($3, a, "sys_enter_"); printf " %s %.2f", a[2], $1 / d}
+  awk -F, -v d="$d" '/task-clock/ {printf " task-clock %.1f us", $1 * 1000 / d}
+                     /syscalls/ {split($3, a, "sys_enter_"); printf " %s %.2f", a[2], $1 / d}
                      END {print ""}' "$tmp/stat"
 }
 echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg)"
