@@ -570,8 +570,8 @@ static size_t header_value(const struct conn *fc, size_t name_len, const char **
 }
 
 /*
- * Ends one header line: counts Host and Authorization lines, notes Expect, notes the framing
- * headers and checks them.  Content-Length must be digits only and agree with any earlier one;
+ * Ends one header line: refuses one without a name and colon, counts Host and Authorization
+ * lines, notes Expect, notes the framing headers and checks them.  Content-Length must be digits only and agree with any earlier one;
  * Transfer-Encoding must appear once and be exactly "chunked" (another coding before chunked is
  * 501, chunked not last 400).  Returns 0, or 1 with *r set.
  */
@@ -579,6 +579,10 @@ static int header_line_done(struct conn *fc, struct refusal *r)
 {
     static const char cl_name[] = "content-length:", te_name[] = "transfer-encoding:",
                       expect_name[] = "expect:", continue_value[] = "100-continue";
+    if (fc->in_name || fc->line[0] == ':') { /* RFC 9112 5: field-name ":" field-value */
+        *r = (struct refusal){400, "bad_header", "header line without a field name and colon"};
+        return 1;
+    }
     fc->hosts += header_is(fc, "host:");
     fc->auths += header_is(fc, "authorization:");
     if (header_is(fc, expect_name)) {

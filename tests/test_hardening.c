@@ -704,6 +704,9 @@ START_TEST(malformed_requests_answered_then_closed)
          417},
         {"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
          "0\r\n\r\n", 501},
+        /* a header line without a colon, or with an empty name: libevhtp closed silently */
+        {"GET /healthz HTTP/1.1\r\nHost: t\r\nnocolon\r\n\r\n", 400},
+        {"GET /healthz HTTP/1.1\r\nHost: t\r\n: v\r\n\r\n", 400},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int replies = exchange_all(d.port, cases[i].raw, buf, sizeof(buf));
