@@ -210,8 +210,13 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
      * stay on disk, whole, under the new name (nothing lost if the replay stops half-way). */
     struct stat fst, lst;
     char *aside = NULL;
-    if (fstat(fileno(f), &fst) == 0 && stat(dl_path, &lst) == 0 && fst.st_dev == lst.st_dev &&
-        fst.st_ino == lst.st_ino) {
+    if (fstat(fileno(f), &fst) != 0 || !S_ISREG(fst.st_mode)) {
+        /* a directory read as nothing to replay, /dev/zero as one endless line */
+        snprintf(err, errlen, "cannot replay %s: not a regular file", path);
+        fclose(f);
+        return FBR_ERROR;
+    }
+    if (stat(dl_path, &lst) == 0 && fst.st_dev == lst.st_dev && fst.st_ino == lst.st_ino) {
         size_t alen = strlen(dl_path) + 40;
         aside = fbr_xmalloc(alen);
         snprintf(aside, alen, "%s.replayed-%" PRIu64, dl_path, fbr_wall_ms());
@@ -264,6 +269,11 @@ int fbr_delivery_replay_file(struct fbr_delivery_engine *e, const char *path, si
             (*count)++;
         fbr_outreq_free(&o);
         json_decref(j);
+    }
+    if (rc == FBR_OK && ferror(f)) {
+        snprintf(err, errlen, "cannot read %s at byte offset %" PRIu64 ": %s", path, offset,
+                 strerror(errno));
+        rc = FBR_ERROR;
     }
     free(line);
     fclose(f);

@@ -1101,6 +1101,33 @@ START_TEST(replay_skips_torn_tail_and_restarts)
 }
 END_TEST
 
+/* --replay-dead-letters naming something that is not a regular file refuses the start: a
+ * directory was "replaying 0 dead letter(s)" and started, /dev/zero grew memory without end. */
+START_TEST(replay_refuses_what_is_not_a_file)
+{
+    char dir[64], data[128], log[128];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(log, sizeof(log), "%s/log", dir);
+    const char *const targets[] = {dir, "/dev/zero"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *const args[] = {"-l", "127.0.0.1:0", "-d", data, "--replay-dead-letters",
+                                    targets[i], NULL};
+        pid_t pid = dutil_spawn_daemon(log, args);
+        int st = dutil_wait_exit(&pid, 10000 * dutil_slow(), NULL);
+        if (pid > 0) { /* still running: the defect */
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+        char *text = dutil_slurp(log, NULL);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(text, "not a regular file"),
+                      "%s: %s", targets[i], text);
+        free(text);
+    }
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 /* ---- defect 11: 415 for a body that is declared as something other than JSON ------------ */
 
 /* POSTs body to path with Content-Type ct (NULL: none) and auth (NULL: none); returns status. */
@@ -1225,6 +1252,7 @@ int main(void)
     tc = tcase_create("replay");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, replay_skips_torn_tail_and_restarts);
+    tcase_add_test(tc, replay_refuses_what_is_not_a_file);
     suite_add_tcase(s, tc);
     tc = tcase_create("masking");
     tcase_set_timeout(tc, 60);
