@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "firebridge/defaults.h"
@@ -732,7 +733,7 @@ static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct e
                  sep, cfg->retry_max_interval_ms);
     if (cfg->listen.n == 0)
         errs_add(e, "%s%slisten: expected at least one address", pfx, sep);
-    /* every FILE key names a file that must be readable now (the start would fail later, and a
+    /* every FILE key names a file (not a directory) that must be readable now (the start would fail later, and a
      * reload would keep the old one), so --check-config says so before start */
     for (size_t i = 0; i < FBR_ARRAY_LEN(opts); i++) {
         const struct opt *o = &opts[i];
@@ -740,8 +741,11 @@ static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct e
             continue;
         const void *field = (const char *)cfg + o->offset;
         const char *path = *(char *const *)field;
+        struct stat st;
         if (path && access(path, R_OK) != 0)
             errs_add(e, "%s%s%s: cannot read %s: %s", pfx, sep, o->key, path, strerror(errno));
+        else if (path && stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            errs_add(e, "%s%s%s: %s is a directory, not a file", pfx, sep, o->key, path);
     }
 }
 

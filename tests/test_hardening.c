@@ -805,6 +805,9 @@ START_TEST(check_config_refuses_what_cannot_work)
         {"{\"tls_cert\":\"/nonexistent/cert.pem\",\"tls_key\":\"/nonexistent/key.pem\"}",
          "tls_cert", "cannot read /nonexistent/cert.pem"},
         {"{\"ca_file\":\"/nonexistent/ca.pem\"}", "ca_file", "cannot read"},
+        {"{\"tls_cert\":\"/dev/null\",\"tls_key\":\"/tmp\"}", "tls_key",
+         "/tmp is a directory"},
+        {"{\"ca_file\":\"/etc\"}", "ca_file", "/etc is a directory"},
         {RULE("regex", "(\\\\d+)", "n${{\\\\5}}"), "rules[0]", "1 capture group"},
         {RULE("wildcard", "4*", "n${{\\\\1}}"), "rules[0]", "no regex condition"},
     };
