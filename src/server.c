@@ -1214,7 +1214,10 @@ static void on_request(evhtp_request_t *r, void *arg)
         evhtp_request_set_keepalive(r, 0);
         evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
         count_reject(srv, "http_version");
-        fbr_http_reply_error(&req, 505, "HTTP version %d.%d not supported", major, minor);
+        if (major > 9 || minor > 9) /* libevhtp keeps 8 bits: HTTP/1000.1000 reads as 232.232 */
+            fbr_http_reply_error(&req, 505, "HTTP version not supported (HTTP/1.0 and 1.1 are)");
+        else
+            fbr_http_reply_error(&req, 505, "HTTP version %d.%d not supported", major, minor);
         return;
     }
     if (fc->too_large) {
