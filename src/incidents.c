@@ -337,7 +337,6 @@ static void line_put(struct line *l, const char *s, size_t n)
 /* Appends ,"key":"escaped value" (or without the comma for the first member). */
 static void line_str(struct line *l, const char *key, const char *v)
 {
-    static const char hex[] = "0123456789abcdef";
     if (l->len > 1)
         line_put(l, ",", 1);
     line_put(l, "\"", 1);
@@ -349,13 +348,11 @@ static void line_str(struct line *l, const char *key, const char *v)
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         line_put(l, run, (size_t)(v - run));
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        char esc[7] = {'\\', (char)c}; /* \u00xx and fbr_fmt_hex's NUL */
         size_t n = 2;
         if (c < 0x20) {
             memcpy(esc, "\\u00", 4);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            n = 6;
+            n = 4 + fbr_fmt_hex(esc + 4, &c, 1);
         }
         line_put(l, esc, n);
         run = v + 1;
@@ -522,6 +519,12 @@ struct rec_head {
     uint64_t number;
 };
 
+/* The value of a lower-case hex digit (what line_str writes), -1 for anything else. */
+static int lower_hex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 /* Decodes the JSON string starting at p (after its opening quote) into buf (cap bytes): the
  * escapes line_str() writes (\" \\ and \u00xx for a control character other than NUL); returns
  * the position after the closing quote, or NULL for anything else (then parsed as JSON). */
@@ -532,15 +535,11 @@ static const char *plain_str(const char *p, const char *end, char *buf, size_t c
     while (p < end && *p != '"' && n < cap) {
         char c = *p++;
         if (c == '\\') {
-            unsigned v = 0;
+            int lo = end - p >= 5 && memcmp(p, "u00", 3) == 0 ? lower_hex(p[4]) : -1;
             if (p < end && (*p == '"' || *p == '\\')) {
                 c = *p++;
-            } else if (end - p >= 5 && memcmp(p, "u00", 3) == 0 && (p[3] == '0' || p[3] == '1') &&
-                       strchr("0123456789abcdef", p[4]) && p[4] &&
-                       (v = (unsigned)(p[3] - '0') * 16 +
-                            (unsigned)(strchr("0123456789abcdef", p[4]) - "0123456789abcdef")) !=
-                           0) {
-                c = (char)v;
+            } else if (lo >= 0 && (p[3] == '0' || p[3] == '1') && (p[3] - '0') * 16 + lo != 0) {
+                c = (char)((p[3] - '0') * 16 + lo);
                 p += 5;
             } else {
                 return NULL;

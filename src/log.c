@@ -119,11 +119,14 @@ static size_t text_escape(char *buf, size_t pos, size_t cap, const char *s)
             s += n - 1;
         } else if (c >= 0x20 && c < 0x7f)
             buf[pos++] = (char)c;
-        else if (c == '\r' || c == '\n' || c == '\t')
-            pos += (size_t)snprintf(buf + pos, cap - pos, "\\%c",
-                                    c == '\r' ? 'r' : c == '\n' ? 'n' : 't');
-        else
-            pos += (size_t)snprintf(buf + pos, cap - pos, "\\x%02x", c);
+        else if (c == '\r' || c == '\n' || c == '\t') {
+            buf[pos++] = '\\';
+            buf[pos++] = c == '\r' ? 'r' : c == '\n' ? 'n' : 't';
+        } else {
+            buf[pos++] = '\\';
+            buf[pos++] = 'x';
+            pos += fbr_fmt_hex(buf + pos, &c, 1); /* room: the loop keeps 9 bytes */
+        }
     }
     return pos;
 }
