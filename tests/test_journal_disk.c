@@ -14,13 +14,11 @@
  */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,28 +31,6 @@
 #define RECOVERED_LINE "journal: writes work again"
 
 static char dir[64];
-
-/* Forks and execs argv with stdin, stdout and stderr as given (-1: inherited), dying with the
- * test process. */
-static pid_t spawn_fds(const char *const *argv, int in, int out, int err, int close1, int close2)
-{
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (in >= 0)
-            dup2(in, 0);
-        if (out >= 0)
-            dup2(out, 1);
-        if (err >= 0)
-            dup2(err, 2);
-        close(close1);
-        close(close2);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
-}
 
 static int count(const char *text, const char *needle)
 {
@@ -109,12 +85,10 @@ static int wait_readyz(int port, int want, int ms)
 START_TEST(efbig_means_503_then_recovers_by_itself)
 {
     dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk");
-    char hc_out[128], hc_err[128], cfg[128], log[128], data[128];
+    char hc_out[128], hc_err[128], cfg[128];
     snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
     snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
     snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
-    snprintf(log, sizeof(log), "%s/fb.log", dir);
-    snprintf(data, sizeof(data), "%s/data", dir);
     const char *hflags[] = {"--room", "77:tok-77", NULL};
     int hport;
     pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
@@ -123,21 +97,13 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
     dutil_seed_config(cfg, origin, "77", "tok-77");
 
     /* daemon | cat > log: the limit applies to the daemon only */
-    int fds[2];
-    ck_assert_int_eq(pipe(fds), 0);
-    int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    ck_assert_int_ge(logfd, 0);
-    const char *cat_argv[] = {"cat", NULL};
-    pid_t cat = spawn_fds(cat_argv, fds[0], logfd, -1, fds[1], fds[0]);
-    close(logfd);
-    const char *exe = getenv("FBR_DAEMON");
-    ck_assert_ptr_nonnull(exe);
-    const char *fb_argv[] = {exe, "-c", cfg, "--listen", "127.0.0.1:0", "--data-dir", data,
-                             "--fsync", "always", NULL};
-    pid_t fb = spawn_fds(fb_argv, -1, fds[1], fds[1], fds[0], fds[1]);
-    close(fds[0]);
-    close(fds[1]);
-    int port = dutil_wait_port(&fb, log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50, NULL);
+    const char *extra[] = {"-c", cfg, "--fsync", "always", NULL};
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb.log", .log_pipe = 1};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    pid_t fb = d.pid;
+    int port = d.port;
+    const char *log = d.log;
 
     char buf[4096];
     int n = 0, accepted[64], naccepted = 0;
@@ -187,8 +153,7 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
     free(all);
     json_decref(msgs);
 
-    dutil_assert_exit_zero(dutil_stop(&fb, 15000 * dutil_slow(), NULL), log);
-    dutil_wait_exit(&cat, 5000, NULL);
+    dutil_daemon_stop(&d); /* exit status 0, the log's cat reaped; dir is the test's */
     kill(hc, SIGTERM);
     waitpid(hc, NULL, 0);
     dutil_rm_rf(dir);
