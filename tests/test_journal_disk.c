@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "daemon_util.h"
+#include "testsupport.h"
 
 #define API_KEY "CHANGE-ME-integration-key"
 #define ALERT_PATH "/integrations/generic/20131114/alert/" API_KEY "/devops"
@@ -168,9 +169,5 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, efbig_means_503_then_recovers_by_itself);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }
