@@ -11,6 +11,14 @@
  * error line per episode however many alerts and retries fail; once the limit is lifted the
  * daemon recovers by itself (/readyz 200, alerts 200 again, one "writes work again" line), and
  * every alert answered 200 reaches the room.
+ *
+ * And what a 503 leaves behind (refused_alerts_leave_nothing): with the limit just above the
+ * segment's size, the write of an alert already processed fails mid-stream.  No alert answered
+ * 503 may ever reach the room: not while the journal retries (on a fresh segment, where the
+ * failed batch does get written), not after the limit is lifted, not after a kill -9 and a
+ * restart that replays the journal.  Its incident change is taken back too: the sender's retry
+ * triggers the incident again (the seed configuration posts on Incident-Triggered only, so a
+ * kept change would make the retry a silent roll-up) and the room gets the alert exactly once.
  */
 #include <check.h>
 #include <errno.h>
@@ -106,38 +114,131 @@ static int wait_readyz(int port, int want, int ms)
     return st;
 }
 
-START_TEST(efbig_means_503_then_recovers_by_itself)
+/* The files of one test under dir, and the HipChat-compatible sink (room 77, no flood control
+ * on either side: more than HipChat's 30 messages a minute go to the room). */
+struct fixture {
+    char cfg[128], log[128], data[128];
+    pid_t hc;
+    int hport;
+};
+
+static void fixture_init(struct fixture *f, const char *prefix)
 {
-    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk");
-    char hc_out[128], hc_err[128], cfg[128], log[128], data[128];
+    dutil_tmpdir(dir, sizeof(dir), prefix);
+    char hc_out[128], hc_err[128];
     snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
     snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
-    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
-    snprintf(log, sizeof(log), "%s/fb.log", dir);
-    snprintf(data, sizeof(data), "%s/data", dir);
-    const char *hflags[] = {"--room", "77:tok-77", NULL};
-    int hport;
-    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
+    snprintf(f->cfg, sizeof(f->cfg), "%s/fb.json", dir);
+    snprintf(f->log, sizeof(f->log), "%s/fb.log", dir);
+    snprintf(f->data, sizeof(f->data), "%s/data", dir);
+    const char *hflags[] = {"--room", "77:tok-77", "--room-rate", "off", "--token-rate", "off",
+                            NULL};
+    f->hc = dutil_hipchat_start(hc_out, hc_err, hflags, &f->hport);
     char origin[64];
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
-    dutil_seed_config(cfg, origin, "77", "tok-77");
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", f->hport);
+    dutil_seed_config(f->cfg, origin, "77", "tok-77");
+}
 
-    /* daemon | cat > log: the limit applies to the daemon only */
+static void fixture_done(struct fixture *f, pid_t *fb, pid_t *cat)
+{
+    dutil_assert_exit_zero(dutil_stop(fb, 15000 * dutil_slow(), NULL), f->log);
+    dutil_wait_exit(cat, 5000, NULL);
+    kill(f->hc, SIGTERM);
+    waitpid(f->hc, NULL, 0);
+    dutil_rm_rf(dir);
+}
+
+/* The daemon on data with its output through `cat >> log` (the file size limit is the
+ * daemon's only); returns its pid, *cat the cat's, *port its listening port. */
+static pid_t start_daemon(const char *cfg, const char *data, const char *log, pid_t *cat,
+                          int *port)
+{
     int fds[2];
     ck_assert_int_eq(pipe(fds), 0);
-    int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     ck_assert_int_ge(logfd, 0);
+    off_t from = lseek(logfd, 0, SEEK_END);
     const char *cat_argv[] = {"cat", NULL};
-    pid_t cat = spawn_fds(cat_argv, fds[0], logfd, -1, fds[1], fds[0]);
+    *cat = spawn_fds(cat_argv, fds[0], logfd, -1, fds[1], fds[0]);
     close(logfd);
     const char *exe = getenv("FBR_DAEMON");
     ck_assert_ptr_nonnull(exe);
     const char *fb_argv[] = {exe, "-c", cfg, "--listen", "127.0.0.1:0", "--data-dir", data,
-                             "--fsync", "always", NULL};
+                             "--fsync", "always", "--room-rate", "1000000/1", "--token-rate",
+                             "1000000/1", NULL};
     pid_t fb = spawn_fds(fb_argv, -1, fds[1], fds[1], fds[0], fds[1]);
     close(fds[0]);
     close(fds[1]);
-    int port = dutil_wait_port(&fb, log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50, NULL);
+    /* the port of this start: the log may hold an earlier one */
+    char marker[64];
+    int tries = 0;
+    for (;; tries++) {
+        char *text = dutil_slurp(log, NULL);
+        const char *p = strlen(text) > (size_t)from ? strstr(text + from, "listening on 127.0.0.1:")
+                                                    : NULL;
+        if (p) {
+            snprintf(marker, sizeof(marker), "%s", p);
+            free(text);
+            break;
+        }
+        free(text);
+        ck_assert_msg(tries < 400 * dutil_slow(), "the daemon did not start:\n%s",
+                      dutil_slurp(log, NULL));
+        ck_assert_msg(waitpid(fb, NULL, WNOHANG) == 0, "the daemon exited:\n%s",
+                      dutil_slurp(log, NULL));
+        dutil_msleep(25);
+    }
+    *port = atoi(marker + strlen("listening on 127.0.0.1:"));
+    ck_assert_int_gt(*port, 0);
+    return fb;
+}
+
+/* The size of the newest segment file in dir. */
+static long newest_segment_size(const char *dir_path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "ls %s/journal/*.log | sort | tail -1 | xargs stat -c %%s", dir_path);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    long n = -1;
+    ck_assert_int_eq(fscanf(f, "%ld", &n), 1);
+    pclose(f);
+    return n;
+}
+
+static int post_named(int port, const char *prefix, int n, char *buf, size_t cap)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"message_type\":\"CRITICAL\",\"entity_id\":\"%s-%d\","
+             "\"entity_display_name\":\"%s alert %d\"}",
+             prefix, n, prefix, n);
+    return dutil_post(port, ALERT_PATH, NULL, body, buf, cap);
+}
+
+/* How many room messages say exactly "<prefix> alert n". */
+static int times_in_room(json_t *msgs, const char *prefix, int n)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "%s alert %d", prefix, n);
+    int k = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach (msgs, i, m) {
+        const char *text = json_string_value(json_object_get(m, "message"));
+        k += text && strcmp(text, want) == 0;
+    }
+    return k;
+}
+
+START_TEST(efbig_means_503_then_recovers_by_itself)
+{
+    struct fixture f;
+    fixture_init(&f, "fbr-jdisk");
+    pid_t cat;
+    int port, hport = f.hport;
+    const char *log = f.log;
+    pid_t fb = start_daemon(f.cfg, f.data, log, &cat, &port);
 
     char buf[4096];
     int n = 0, accepted[64], naccepted = 0;
@@ -187,11 +288,94 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
     free(all);
     json_decref(msgs);
 
-    dutil_assert_exit_zero(dutil_stop(&fb, 15000 * dutil_slow(), NULL), log);
+    fixture_done(&f, &fb, &cat);
+}
+END_TEST
+
+#define NPOST 40
+
+START_TEST(refused_alerts_leave_nothing)
+{
+    struct fixture f;
+    fixture_init(&f, "fbr-jdisk2");
+    const char *cfg = f.cfg, *data = f.data, *log = f.log;
+    int hport = f.hport;
+    pid_t cat;
+    int port;
+    pid_t fb = start_daemon(cfg, data, log, &cat, &port);
+
+    char buf[4096];
+    for (int i = 0; i < 20; i++)
+        ck_assert_int_eq(post_named(port, "warm", i, buf, sizeof(buf)), 200);
+    json_t *msgs = dutil_room_messages(hport, "77", 20, 10000 * dutil_slow());
+    ck_assert_int_eq(json_array_size(msgs), 20);
+    json_decref(msgs);
+
+    /* room for about two more alerts in this segment: a write fails in the middle */
+    set_fsize(fb, (rlim_t)newest_segment_size(data) + 3000);
+    int status[NPOST], n200 = 0, n503 = 0, processed503 = 0;
+    for (int i = 0; i < NPOST; i++) {
+        status[i] = post_named(port, "disk", i, buf, sizeof(buf));
+        ck_assert_msg(status[i] == 200 || status[i] == 503, "alert %d: %d\n%s", i, status[i],
+                      buf);
+        n200 += status[i] == 200;
+        n503 += status[i] == 503;
+        processed503 += status[i] == 503 && strstr(buf, "could not be written") != NULL;
+    }
+    ck_assert_msg(n503 > 0 && n200 > 0, "%d answered 200, %d 503", n200, n503);
+    ck_assert_msg(processed503 > 0, "no alert failed after it was processed");
+    dutil_msleep(600); /* the journal's retries (on a fresh segment) */
+    set_fsize(fb, RLIM_INFINITY);
+    ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
+
+    /* every 200 is delivered; once they are, and a little later, no 503 is */
+    msgs = dutil_room_messages(hport, "77", (size_t)(20 + n200), 10000 * dutil_slow());
+    json_decref(msgs);
+    dutil_msleep(500);
+    msgs = dutil_room_messages(hport, "77", 0, 0);
+    for (int i = 0; i < NPOST; i++)
+        ck_assert_msg(times_in_room(msgs, "disk", i) == (status[i] == 200),
+                      "alert %d answered %d is in the room %d time(s)", i, status[i],
+                      times_in_room(msgs, "disk", i));
+    json_decref(msgs);
+
+    /* a kill -9 and a restart replay the journal: still none of them */
+    kill(fb, SIGKILL);
+    waitpid(fb, NULL, 0);
     dutil_wait_exit(&cat, 5000, NULL);
-    kill(hc, SIGTERM);
-    waitpid(hc, NULL, 0);
-    dutil_rm_rf(dir);
+    fb = start_daemon(cfg, data, log, &cat, &port);
+    ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
+    ck_assert_int_eq(post_named(port, "fence", 0, buf, sizeof(buf)), 200);
+    for (int tries = 0; tries < 500 * dutil_slow(); tries++) {
+        msgs = dutil_room_messages(hport, "77", 0, 0);
+        int fenced = times_in_room(msgs, "fence", 0);
+        json_decref(msgs);
+        if (fenced)
+            break;
+        dutil_msleep(20);
+    }
+    dutil_msleep(500);
+    msgs = dutil_room_messages(hport, "77", 0, 0);
+    ck_assert_int_eq(times_in_room(msgs, "fence", 0), 1);
+    for (int i = 0; i < NPOST; i++)
+        if (status[i] == 503)
+            ck_assert_msg(times_in_room(msgs, "disk", i) == 0,
+                          "alert %d answered 503 reached the room after the restart", i);
+    json_decref(msgs);
+
+    /* the senders retry: each refused alert triggers its incident and is delivered once */
+    for (int i = 0; i < NPOST; i++)
+        if (status[i] == 503)
+            ck_assert_int_eq(post_named(port, "disk", i, buf, sizeof(buf)), 200);
+    msgs = dutil_room_messages(hport, "77", (size_t)(20 + NPOST + 1), 10000 * dutil_slow());
+    for (int i = 0; i < NPOST; i++)
+        if (status[i] == 503)
+            ck_assert_msg(times_in_room(msgs, "disk", i) == 1,
+                          "alert %d, refused then sent again, is in the room %d time(s)", i,
+                          times_in_room(msgs, "disk", i));
+    json_decref(msgs);
+
+    fixture_done(&f, &fb, &cat);
 }
 END_TEST
 
@@ -202,6 +386,7 @@ int main(void)
     TCase *tc = tcase_create("efbig");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, efbig_means_503_then_recovers_by_itself);
+    tcase_add_test(tc, refused_alerts_leave_nothing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
