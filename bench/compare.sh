@@ -49,9 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/seed_daemon.sh
+. bench/seed_daemon.sh
 wait_port() { # host:port
   for _ in $(seq 200); do
     (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
@@ -109,21 +108,10 @@ pids+=("$ng_pid")
 wait_port "127.0.0.1:$ng_port"
 
 # ---- firebridge: the seed recipe pointed at the sink, limits lifted
-sed -e "s#https://DOMAIN.hipchat.com/#http://$sink/#" -e "s/ROOM_ID/r0/" \
-    -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/fb.json"
+SEED_PREFIX=("${srv_pin[@]}")
 # shellcheck disable=SC2086
-"${srv_pin[@]}" "$fb" -c "$tmp/fb.json" --listen 127.0.0.1:0 --data-dir "$tmp/fb-data" \
-  --room-rate 1000000/1 --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 \
-  --pool-size "$pool" --drain-timeout 1 ${FB_FLAGS:-} >"$tmp/fb.log" 2>&1 &
-fb_pid=$!
+POOL=$pool seed_daemon_start "$fb" "$sink" "$tmp" --drain-timeout 1 ${FB_FLAGS:-}
 pids+=("$fb_pid")
-fb_port=
-for _ in $(seq 200); do
-  fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/fb.log" | head -1)
-  [ -n "$fb_port" ] && break
-  sleep 0.05
-done
-[ -n "$fb_port" ] || { echo "compare.sh: firebridge did not start:" >&2; cat "$tmp/fb.log" >&2; exit 1; }
 
 ng_worker=
 for _ in $(seq 100); do

@@ -14,25 +14,13 @@ lg=$build/tools/loadgen/firebridge-loadgen
 command -v perf >/dev/null || { echo "daemon_ab.sh: perf is not installed (linux-perf)" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/seed_daemon.sh
+. bench/seed_daemon.sh
+SEED_PREFIX=()
 one() { # BIN -> one line of figures
   local bin=$1 port fb_pid fb_port perf_pid cpu d
   port=$(free_port)
-  sed -e "s#https://DOMAIN.hipchat.com/#http://127.0.0.1:$port/#" -e "s/ROOM_ID/r0/" \
-      -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/c.json"
-  rm -rf "$tmp/data"
-  "$bin" -c "$tmp/c.json" --listen 127.0.0.1:0 --data-dir "$tmp/data" --room-rate 1000000/1 \
-    --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 --pool-size 32 \
-    >"$tmp/fb.log" 2>&1 &
-  fb_pid=$!
-  fb_port=
-  for _ in $(seq 200); do
-    fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/fb.log" | head -1)
-    [ -n "$fb_port" ] && break
-    sleep 0.05
-  done
+  seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp"
   local ev=(-e task-clock)
   for s in epoll_ctl epoll_wait writev readv write read ioctl; do
     ev+=(-e "syscalls:sys_enter_$s")

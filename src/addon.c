@@ -1589,6 +1589,7 @@ int fbr_addon_new(const struct fbr_addon_opts *opts, struct fbr_addon_config *cf
                           .arg = a};
     fbr_server_add_route(opts->srv, &r);
     fbr_intake_set_observer(opts->intake, on_timeline, on_timeline_need, a);
+    fbr_intake_observer_namespaces(opts->intake, cfg ? ~0u : 0);
     if (opts->engine)
         fbr_delivery_watch(opts->engine, on_delivery, a);
     *out = a;
@@ -1601,6 +1602,9 @@ void fbr_addon_set_config(struct fbr_addon *a, struct fbr_addon_config *cfg)
         cfg->refs++;
     fbr_addon_config_unref(&a->cfg);
     a->cfg = cfg;
+    /* without the `hipchat` section the timeline walk reads nothing of an event */
+    if (a->o.intake)
+        fbr_intake_observer_namespaces(a->o.intake, cfg ? ~0u : 0);
 }
 
 int fbr_addon_auth_lookup(void *arg, const char *key, struct fbr_delivery_auth_ref *out)

@@ -1247,6 +1247,13 @@ static struct incident *changed(const struct fbr_incidents *t, struct decision *
 void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
                            struct fbr_incident_result *res)
 {
+    fbr_incidents_prepare_for(t, alert, now_ms, FBR_NS_BIT(FBR_NS_STATE) |
+                                                    FBR_NS_BIT(FBR_NS_INCIDENT), res);
+}
+
+void fbr_incidents_prepare_for(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                               unsigned namespaces, struct fbr_incident_result *res)
+{
     fbr_incidents_abort(t);
     memset(res, 0, sizeof(*res));
     struct decision d;
@@ -1262,12 +1269,11 @@ void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_
     res->transition = d.d.transition;
     res->msg_type = d.d.msg_type;
     const struct incident *shown = in ? in : d.cur;
-    if (shown) {
-        res->state = state_json(shown);
+    if (namespaces & FBR_NS_BIT(FBR_NS_STATE))
+        res->state = shown ? state_json(shown)
+                           : state_no_incident(alert, d.d.msg_type, d.d.start_ms);
+    if (shown && (namespaces & FBR_NS_BIT(FBR_NS_INCIDENT)))
         res->incident = incident_json(shown);
-    } else {
-        res->state = state_no_incident(alert, d.d.msg_type, d.d.start_ms);
-    }
 }
 
 int fbr_incidents_commit(struct fbr_incidents *t)

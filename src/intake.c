@@ -41,8 +41,21 @@ struct fbr_intake {
     fbr_intake_observer_need_fn observer_need;
     void *observer_arg;
     struct fbr_alertmanager_opts alertmanager;
+    unsigned observer_ns; /* FBR_NS_BIT()s the observer reads (fbr_intake_observer_namespaces) */
+    unsigned namespaces;  /* FBR_NS_BIT()s an alert's event object needs (see want_namespaces) */
     struct commit_wait *waits; /* requests waiting for the journal (detached on free) */
 };
+
+/*
+ * Decided whenever the webhooks or the observer change, never per alert: the namespaces the
+ * enabled webhooks' templates read and those the observer reads.  The incident table builds
+ * STATE and INCIDENT only when they are in it: the seed recipe reads neither.
+ */
+static void want_namespaces(struct fbr_intake *in)
+{
+    in->namespaces =
+        fbr_webhooks_namespaces(in->webhooks) | (in->observer ? in->observer_ns : 0);
+}
 
 struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
 {
@@ -63,6 +76,7 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
     in->stamp_secs = -1;
     in->alertmanager = opts->alertmanager;
+    want_namespaces(in);
     return in;
 }
 
@@ -91,6 +105,7 @@ void fbr_intake_set_config(struct fbr_intake *in, struct fbr_rules *rules,
 {
     in->rules = rules;
     in->webhooks = webhooks;
+    want_namespaces(in);
 }
 
 void fbr_intake_set_alertmanager(struct fbr_intake *in, const struct fbr_alertmanager_opts *o)
@@ -414,7 +429,7 @@ static void alert_events(struct fbr_intake *in, json_t *body, uint64_t now_ms,
 {
     struct fbr_incident_result res = {.transition = FBR_TR_NONE};
     if (in->incidents) {
-        fbr_incidents_prepare(in->incidents, body, now_ms, &res);
+        fbr_incidents_prepare_for(in->incidents, body, now_ms, in->namespaces, &res);
     } else {
         json_t *m = json_object_get(body, "message_type");
         fbr_msg_type_parse(json_string_value(m), json_string_length(m), &res.msg_type);
@@ -891,6 +906,14 @@ void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn,
     in->observer = fn;
     in->observer_need = need;
     in->observer_arg = arg;
+    in->observer_ns = ~0u;
+    want_namespaces(in);
+}
+
+void fbr_intake_observer_namespaces(struct fbr_intake *in, unsigned namespaces)
+{
+    in->observer_ns = namespaces;
+    want_namespaces(in);
 }
 
 void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)

@@ -25,22 +25,19 @@
  * Compiled form
  */
 
+/* A variable's namespace: one of enum fbr_tpl_ns, or one of these two of RULE templates. */
 enum tpl_ns {
-    NS_ALERT,
-    NS_STATE,
-    NS_INCIDENT,
-    NS_CHAT,
-    NS_ONCALL,
-    NS_PAGE,
-    NS_RULE_FIELD,   /* RULE: ${{field}}, a path into scope->alert */
-    NS_RULE_CAPTURE, /* RULE: ${{\N}} */
+    NS_RULE_FIELD = FBR_NS_COUNT, /* RULE: ${{field}}, a path into scope->alert */
+    NS_RULE_CAPTURE,              /* RULE: ${{\N}} */
 };
 
 static const struct {
     const char *name;
     size_t len;
 } ns_names[] = {
-    {"ALERT", 5}, {"STATE", 5}, {"INCIDENT", 8}, {"CHAT", 4}, {"ONCALL", 6}, {"PAGE", 4},
+#define FBR_X(name) {#name, sizeof(#name) - 1},
+    FBR_TPL_NS_MAP(FBR_X)
+#undef FBR_X
 };
 
 /* How a value is written, decided at compile time. */
@@ -440,6 +437,18 @@ int fbr_tpl_compile(const char *src, size_t len, enum fbr_tpl_context ctx, struc
 fail:
     fbr_tpl_unref(&t);
     return FBR_INVALID;
+}
+
+unsigned fbr_tpl_namespaces(const struct fbr_tpl *tpl)
+{
+    unsigned bits = 0;
+    for (size_t i = 0; tpl && i < tpl->nvars; i++) {
+        if (tpl->vars[i].ns < FBR_NS_COUNT)
+            bits |= FBR_NS_BIT(tpl->vars[i].ns);
+        else if (tpl->vars[i].ns == NS_RULE_FIELD)
+            bits |= FBR_NS_BIT(FBR_NS_ALERT);
+    }
+    return bits;
 }
 
 unsigned fbr_tpl_max_capture(const struct fbr_tpl *tpl)
@@ -1084,7 +1093,7 @@ static int emit_value(struct fbr_render *r, struct render_priv *p, uint8_t esc, 
 
 /* Namespace objects of the event, looked up at most once per render. */
 struct ns_cache {
-    const json_t *obj[6];
+    const json_t *obj[FBR_NS_COUNT];
     unsigned have;
 };
 

@@ -251,6 +251,24 @@ void fbr_webhooks_clear(struct fbr_webhooks *w)
     w->n = 0;
 }
 
+unsigned fbr_webhook_namespaces(const struct fbr_webhook *wh)
+{
+    unsigned bits = fbr_tpl_namespaces(wh->url) | fbr_tpl_namespaces(wh->payload) |
+                    fbr_tpl_namespaces(wh->rate_key);
+    for (size_t i = 0; i < wh->nheaders; i++)
+        bits |= fbr_tpl_namespaces(wh->headers[i].value);
+    return bits;
+}
+
+unsigned fbr_webhooks_namespaces(const struct fbr_webhooks *w)
+{
+    unsigned bits = 0;
+    for (size_t i = 0; w && i < w->n; i++)
+        if (w->v[i]->enabled)
+            bits |= fbr_webhook_namespaces(w->v[i]);
+    return bits;
+}
+
 /* ---- rendering -------------------------------------------------------------------------- */
 
 void fbr_outreq_init(struct fbr_outreq *o)

@@ -32,7 +32,7 @@
 #define MAX_ALERTS 20000
 #define API_KEY "crash-key"
 
-static char dir[64], data[128], cfg[128];
+static char dir[64], cfg[128];
 static int hc_port;
 static unsigned seed;       /* the generator's state, advanced by rnd() */
 static unsigned start_seed; /* what it started from: FBR_CRASH_SEED=start_seed repeats the run */
@@ -57,18 +57,20 @@ static void sink_faults(const char *json)
     }
 }
 
+/* The daemon on the test's directory (so <dir>/data survives each kill), one log per cycle. */
 static pid_t start_daemon(int cycle, int *port)
 {
-    char log[160];
-    snprintf(log, sizeof(log), "%s/run-%02d.log", dir, cycle);
-    const char *args[] = {"-c", cfg, "--listen", "127.0.0.1:0", "--data-dir", data,
-                          "--fsync", "batch", "--journal-segment-size", "16K",
+    char log[32];
+    snprintf(log, sizeof(log), "run-%02d.log", cycle);
+    const char *args[] = {"-c", cfg, "--fsync", "batch", "--journal-segment-size", "16K",
                           "--room-rate", "100000/1", "--token-rate", "100000/1",
                           "--retry-initial", "50", "--retry-max-interval", "200",
                           "--max-pending", "100000", "--drain-timeout", "1", NULL};
-    pid_t pid = dutil_spawn_daemon(log, args);
-    *port = dutil_wait_port(&pid, log, "listening on 127.0.0.1:", 400 * dutil_slow(), 25, NULL);
-    return pid;
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = log};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, args, &opts);
+    *port = d.port;
+    return d.pid;
 }
 
 static void alert_body(int i, char *body, size_t n)
@@ -92,7 +94,6 @@ START_TEST(kill9_loses_nothing_answered_200)
            start_seed);
     fflush(stdout);
     dutil_tmpdir(dir, sizeof(dir), "fbr-crash");
-    snprintf(data, sizeof(data), "%s/data", dir);
     snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
     char out[160], err[160];
     snprintf(out, sizeof(out), "%s/hc.out", dir);

@@ -91,33 +91,44 @@ void dutil_rm_rf(const char *dir)
     ck_assert_int_eq(system(cmd), 0);
 }
 
-pid_t dutil_spawn(const char *const *argv, const char *out_path, const char *err_path,
-                  int die_with_parent)
+/* Forks and execs argv with stdin from in (-1: inherited) and stdout and stderr to out and err;
+ * the parent's descriptors are close-on-exec, so the child keeps only these three. */
+static pid_t spawn_fds(const char *const *argv, int in, int out, int err, int die_with_parent)
 {
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         if (die_with_parent)
             prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        if (strcmp(out_path, err_path) != 0) {
-            close(fd);
-            fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        }
-        dup2(fd, 2);
-        close(fd);
+        if (in >= 0)
+            dup2(in, 0);
+        dup2(out, 1);
+        dup2(err, 2);
         execvp(argv[0], (char *const *)argv);
         _exit(127);
     }
     return pid;
 }
 
-pid_t dutil_spawn_daemon(const char *log, const char *const *args)
+pid_t dutil_spawn(const char *const *argv, const char *out_path, const char *err_path,
+                  int die_with_parent)
+{
+    int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int err = strcmp(out_path, err_path) == 0
+                  ? out
+                  : open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    pid_t pid = spawn_fds(argv, -1, out, err, die_with_parent);
+    if (err != out)
+        close(err);
+    close(out);
+    return pid;
+}
+
+/* argv (room for 48) for the daemon with args, wrapped in valgrind under dutil_under_valgrind(). */
+static void daemon_argv(const char **argv, const char *const *args)
 {
     const char *exe = getenv("FBR_DAEMON");
     ck_assert_msg(exe != NULL, "FBR_DAEMON not set (run through meson test)");
-    const char *argv[48];
     int n = 0;
     if (dutil_under_valgrind()) {
         argv[n++] = "valgrind";
@@ -130,7 +141,32 @@ pid_t dutil_spawn_daemon(const char *log, const char *const *args)
     for (int i = 0; args && args[i] && n < 46; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
+}
+
+pid_t dutil_spawn_daemon(const char *log, const char *const *args)
+{
+    const char *argv[48];
+    daemon_argv(argv, args);
     return dutil_spawn(argv, log, log, 0);
+}
+
+/* The daemon with args, its stdout and stderr through a pipe to a `cat` writing log (its pid in
+ * *cat); both die with the test process.  Returns the daemon's pid. */
+static pid_t spawn_daemon_piped(const char *log, const char *const *args, pid_t *cat)
+{
+    const char *argv[48];
+    daemon_argv(argv, args);
+    int fds[2];
+    ck_assert_int_eq(pipe2(fds, O_CLOEXEC), 0);
+    int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ck_assert_int_ge(logfd, 0);
+    const char *cat_argv[] = {"cat", NULL};
+    *cat = spawn_fds(cat_argv, fds[0], logfd, 2, 1);
+    close(logfd);
+    pid_t pid = spawn_fds(argv, -1, fds[1], fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    return pid;
 }
 
 static void wait_a_while(dutil_idle_fn idle, int ms)
@@ -206,11 +242,20 @@ void dutil_assert_exit_zero(int st, const char *log)
                   log_tail(log));
 }
 
-void dutil_daemon_start(struct dutil_daemon *d, const char *prefix, const char *const *extra)
+void dutil_daemon_start_opts(struct dutil_daemon *d, const char *prefix, const char *const *extra,
+                             const struct dutil_daemon_opts *opts)
 {
+    static const struct dutil_daemon_opts defaults = {0};
+    if (!opts)
+        opts = &defaults;
     memset(d, 0, sizeof(*d));
-    dutil_tmpdir(d->dir, sizeof(d->dir), prefix);
-    snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
+    if (opts->dir) {
+        snprintf(d->dir, sizeof(d->dir), "%s", opts->dir);
+    } else {
+        dutil_tmpdir(d->dir, sizeof(d->dir), prefix);
+        d->own_dir = 1;
+    }
+    snprintf(d->log, sizeof(d->log), "%s/%s", d->dir, opts->log_name ? opts->log_name : "log");
     char data[96];
     snprintf(data, sizeof(data), "%s/data", d->dir);
     const char *args[48] = {"--listen", "127.0.0.1:0", "--data-dir", data};
@@ -218,9 +263,15 @@ void dutil_daemon_start(struct dutil_daemon *d, const char *prefix, const char *
     for (int i = 0; extra && extra[i] && n < 40; i++)
         args[n++] = extra[i];
     args[n] = NULL;
-    d->pid = dutil_spawn_daemon(d->log, args);
+    d->pid = opts->log_pipe ? spawn_daemon_piped(d->log, args, &d->log_pid)
+                            : dutil_spawn_daemon(d->log, args);
     d->port = dutil_wait_port(&d->pid, d->log, "listening on 127.0.0.1:", 200 * dutil_slow(), 50,
                               NULL);
+}
+
+void dutil_daemon_start(struct dutil_daemon *d, const char *prefix, const char *const *extra)
+{
+    dutil_daemon_start_opts(d, prefix, extra, NULL);
 }
 
 void dutil_daemon_stop(struct dutil_daemon *d)
@@ -229,7 +280,10 @@ void dutil_daemon_stop(struct dutil_daemon *d)
         return;
     int st = dutil_stop(&d->pid, 15000 * dutil_slow(), NULL);
     dutil_assert_exit_zero(st, d->log);
-    dutil_rm_rf(d->dir);
+    if (d->log_pid > 0)
+        dutil_wait_exit(&d->log_pid, 5000, NULL);
+    if (d->own_dir)
+        dutil_rm_rf(d->dir);
 }
 
 int dutil_count_fds(pid_t pid)

@@ -105,6 +105,21 @@ struct dutil_daemon {
     int port;      /* the port it reported in its log */
     char dir[64];  /* scratch directory: log, data/ */
     char log[160]; /* its stdout and stderr */
+    pid_t log_pid; /* the `cat` writing log when it is piped (dutil_daemon_opts.log_pipe), else 0 */
+    int own_dir;   /* 1: dir was made by dutil_daemon_start*() and dutil_daemon_stop() removes it */
+};
+
+/* What dutil_daemon_start_opts() changes; all zero (or NULL opts) is dutil_daemon_start(). */
+struct dutil_daemon_opts {
+    /* Run in this existing directory (the caller's: never removed here) instead of a new
+     * /tmp/<prefix>-XXXXXX; restarting on the same dir reuses <dir>/data (a restart, a crash). */
+    const char *dir;
+    /* The log's file name in the directory; NULL: "log". */
+    const char *log_name;
+    /* 1: the daemon's stdout and stderr go through a pipe to a `cat` that writes the log, so that
+     * a limit set on the daemon (RLIMIT_FSIZE through prlimit(2)) does not silence its log; both
+     * die with the test process. */
+    int log_pipe;
 };
 
 /*
@@ -114,9 +129,13 @@ struct dutil_daemon {
  */
 void dutil_daemon_start(struct dutil_daemon *d, const char *prefix, const char *const *extra);
 
+/* dutil_daemon_start() as opts says (NULL: the defaults; prefix is unused when opts->dir is set). */
+void dutil_daemon_start_opts(struct dutil_daemon *d, const char *prefix, const char *const *extra,
+                             const struct dutil_daemon_opts *opts);
+
 /*
  * Unless already exited: SIGTERM, waits up to 15 s (times dutil_slow()), asserts exit status 0,
- * then removes the scratch directory.
+ * waits for the log's `cat` (log_pipe), then removes the scratch directory when it made it.
  */
 void dutil_daemon_stop(struct dutil_daemon *d);
 

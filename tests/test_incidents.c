@@ -903,6 +903,50 @@ START_TEST(prepare_abort_commit)
 }
 END_TEST
 
+/* A prepare asked for no namespace builds none and decides and commits exactly as a full one:
+ * the intake's path when no template or observer reads STATE or INCIDENT. */
+START_TEST(prepare_builds_only_what_is_asked)
+{
+    struct fbr_incidents_opts o = {0};
+    struct fbr_incidents *lean, *full;
+    ck_assert_int_eq(fbr_incidents_open(&o, &lean), FBR_OK);
+    ck_assert_int_eq(fbr_incidents_open(&o, &full), FBR_OK);
+    static const char *const mts[] = {"CRITICAL", "CRITICAL", "ACKNOWLEDGEMENT", "INFO",
+                                      "RECOVERY", "WARNING"};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(mts); i++) {
+        json_t *a = json_pack("{s:s,s:s,s:s,s:s}", "routing_key", "ops", "entity_id", "e",
+                              "message_type", mts[i], "VO_UUID", "u");
+        struct fbr_incident_result rl, rs, rf;
+        unsigned only_state = FBR_NS_BIT(FBR_NS_STATE);
+        fbr_incidents_prepare_for(lean, a, 1000 + i, only_state, &rs);
+        fbr_incidents_abort(lean);
+        fbr_incidents_prepare_for(lean, a, 1000 + i, 0, &rl);
+        fbr_incidents_prepare(full, a, 1000 + i, &rf);
+        ck_assert_int_eq(fbr_incidents_commit(lean), FBR_OK);
+        ck_assert_int_eq(fbr_incidents_commit(full), FBR_OK);
+        ck_assert_int_eq(rl.transition, rf.transition);
+        ck_assert_int_eq(rl.msg_type, rf.msg_type);
+        ck_assert_ptr_null(rl.state);
+        ck_assert_ptr_null(rl.incident);
+        ck_assert_ptr_null(rs.incident);
+        ck_assert(json_equal(rs.state, rf.state));
+        ck_assert_ptr_nonnull(rf.state);
+        fbr_incident_result_clear(&rl);
+        fbr_incident_result_clear(&rs);
+        fbr_incident_result_clear(&rf);
+        json_decref(a);
+        struct fbr_incidents_stats sl, sf;
+        fbr_incidents_get_stats(lean, &sl);
+        fbr_incidents_get_stats(full, &sf);
+        ck_assert_uint_eq(sl.count, sf.count);
+        ck_assert_uint_eq(sl.open, sf.open);
+        ck_assert_uint_eq(sl.next_number, sf.next_number);
+    }
+    fbr_incidents_close(&lean);
+    fbr_incidents_close(&full);
+}
+END_TEST
+
 /* The lifecycle's rule on its own: every message type against every state the key can be in. */
 START_TEST(transition_rule_table)
 {
@@ -1062,6 +1106,7 @@ int main(void)
     tcase_add_test(tc, full_table_expires_first);
     tcase_add_test(tc, eviction_stats_and_warning);
     tcase_add_test(tc, random_against_model);
+    tcase_add_test(tc, prepare_builds_only_what_is_asked);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -455,6 +455,95 @@ START_TEST(incident_events)
 }
 END_TEST
 
+/* STATE and INCIDENT are built per alert only when something reads them: an enabled webhook's
+ * template (decided at configuration load and reload) or the observer (all, unless it says
+ * which); the incident lifecycle is the same either way. */
+static void ignore_events(void *arg, const struct fbr_event_set *set)
+{
+    (void)set;
+    ++*(int *)arg;
+}
+
+static void assert_event_has(struct fixture *f, const char *body, int state, int incident)
+{
+    size_t n;
+    queue_clear(&f->q);
+    ck_assert_int_eq(post(f, ALERT_PATH("ops"), body, NULL, &n), 200);
+    ck_assert_uint_eq(n, 1);
+    json_t *ev = f->q.v[0]->event;
+    ck_assert_ptr_nonnull(json_object_get(ev, "ALERT"));
+    ck_assert_msg((json_object_get(ev, "STATE") != NULL) == state, "STATE %s",
+                  state ? "missing" : "built though nothing reads it");
+    ck_assert_msg((json_object_get(ev, "INCIDENT") != NULL) == incident, "INCIDENT %s",
+                  incident ? "missing" : "built though nothing reads it");
+}
+
+START_TEST(namespaces_built_only_when_read)
+{
+    struct fixture f;
+    json_t *cfg = parse(
+        "{\"webhooks\":["
+        "{\"name\":\"plain\",\"event\":\"Incident-Triggered\","
+        "\"url\":\"http://127.0.0.1/t/${{ALERT.entity_id}}\",\"payload\":\"fixed\","
+        "\"content_type\":\"text/plain\"},"
+        "{\"name\":\"off\",\"event\":\"Any-Alert\",\"enabled\":false,"
+        "\"url\":\"http://127.0.0.1/off/${{INCIDENT.INCIDENT_ID}}?s=${{STATE.ACK_USER}}\"}]}");
+    fixture_init(&f, cfg);
+    ck_assert_uint_eq(fbr_webhooks_namespaces(&f.webhooks), FBR_NS_BIT(FBR_NS_ALERT));
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e1\"}", 0, 0);
+    char *url = flat(&f.q.v[0]->url);
+    ck_assert_str_eq(url, "http://127.0.0.1/t/e1");
+    free(url);
+    /* the lifecycle did not change: the same entity rolls, a new one opens incident #2 */
+    size_t n;
+    ck_assert_int_eq(post(&f, ALERT_PATH("ops"), "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e1\"}",
+                          NULL, &n), 200);
+    ck_assert_uint_eq(n, 0);
+
+    /* A reload to webhooks that read STATE (in a header) and INCIDENT (in the payload). */
+    json_t *cfg2 = parse(
+        "{\"webhooks\":["
+        "{\"name\":\"s\",\"event\":\"Incident-Triggered\",\"url\":\"http://127.0.0.1/s\","
+        "\"headers\":{\"X-Name\":\"${{STATE.INCIDENT_NAME}}\"},"
+        "\"payload\":\"${{INCIDENT.INCIDENT_NAME}} ${{INCIDENT.CURRENT_PHASE}}\","
+        "\"content_type\":\"text/plain\"}]}");
+    struct fbr_webhooks wh2;
+    struct fbr_cfgerr errs = {0};
+    ck_assert_int_eq(fbr_webhooks_compile(json_object_get(cfg2, "webhooks"), &wh2, &errs), FBR_OK);
+    ck_assert_uint_eq(fbr_webhooks_namespaces(&wh2),
+                      FBR_NS_BIT(FBR_NS_STATE) | FBR_NS_BIT(FBR_NS_INCIDENT));
+    fbr_intake_set_config(f.intake, f.rules, &wh2);
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e2\"}", 1, 1);
+    char *b = flat(&f.q.v[0]->body), *h = flat(&f.q.v[0]->headers[0]);
+    ck_assert_str_eq(b, "#2 UNACKED");
+    ck_assert_str_eq(h, "2");
+    free(b);
+    free(h);
+
+    /* Back to the plain webhooks, then an observer (the add-on reads the event object): all. */
+    fbr_intake_set_config(f.intake, f.rules, &f.webhooks);
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e3\"}", 0, 0);
+    int seen = 0;
+    fbr_intake_set_observer(f.intake, ignore_events, NULL, &seen);
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e4\"}", 1, 1);
+    ck_assert_int_eq(seen, 1);
+    /* an observer that reads nothing of the event (the add-on without its `hipchat` section) */
+    fbr_intake_observer_namespaces(f.intake, 0);
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e6\"}", 0, 0);
+    ck_assert_int_eq(seen, 2);
+    fbr_intake_observer_namespaces(f.intake, FBR_NS_BIT(FBR_NS_INCIDENT));
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e7\"}", 0, 1);
+    fbr_intake_set_observer(f.intake, NULL, NULL, NULL);
+    assert_event_has(&f, "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e5\"}", 0, 0);
+
+    queue_clear(&f.q);
+    fbr_webhooks_clear(&wh2);
+    json_decref(cfg2);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
 /* An unsafe rendering (header injection) and a refusing sink: nothing delivered, nothing leaked. */
 static int refuse(void *arg, struct fbr_outreq *o)
 {
@@ -1201,6 +1290,7 @@ int main(void)
     tcase_add_test(tc, fmt_helpers);
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
+    tcase_add_test(tc, namespaces_built_only_when_read);
     tcase_add_test(tc, unsafe_render_and_refusing_sink);
     tcase_add_test(tc, sink_full_with_room);
     tcase_add_test(tc, sink_full_without_room);

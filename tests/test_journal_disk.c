@@ -22,13 +22,11 @@
  */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,28 +39,6 @@
 #define RECOVERED_LINE "journal: writes work again"
 
 static char dir[64];
-
-/* Forks and execs argv with stdin, stdout and stderr as given (-1: inherited), dying with the
- * test process. */
-static pid_t spawn_fds(const char *const *argv, int in, int out, int err, int close1, int close2)
-{
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (in >= 0)
-            dup2(in, 0);
-        if (out >= 0)
-            dup2(out, 1);
-        if (err >= 0)
-            dup2(err, 2);
-        close(close1);
-        close(close2);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
-}
 
 static int count(const char *text, const char *needle)
 {
@@ -114,131 +90,28 @@ static int wait_readyz(int port, int want, int ms)
     return st;
 }
 
-/* The files of one test under dir, and the HipChat-compatible sink (room 77, no flood control
- * on either side: more than HipChat's 30 messages a minute go to the room). */
-struct fixture {
-    char cfg[128], log[128], data[128];
-    pid_t hc;
-    int hport;
-};
-
-static void fixture_init(struct fixture *f, const char *prefix)
-{
-    dutil_tmpdir(dir, sizeof(dir), prefix);
-    char hc_out[128], hc_err[128];
-    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
-    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
-    snprintf(f->cfg, sizeof(f->cfg), "%s/fb.json", dir);
-    snprintf(f->log, sizeof(f->log), "%s/fb.log", dir);
-    snprintf(f->data, sizeof(f->data), "%s/data", dir);
-    const char *hflags[] = {"--room", "77:tok-77", "--room-rate", "off", "--token-rate", "off",
-                            NULL};
-    f->hc = dutil_hipchat_start(hc_out, hc_err, hflags, &f->hport);
-    char origin[64];
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", f->hport);
-    dutil_seed_config(f->cfg, origin, "77", "tok-77");
-}
-
-static void fixture_done(struct fixture *f, pid_t *fb, pid_t *cat)
-{
-    dutil_assert_exit_zero(dutil_stop(fb, 15000 * dutil_slow(), NULL), f->log);
-    dutil_wait_exit(cat, 5000, NULL);
-    kill(f->hc, SIGTERM);
-    waitpid(f->hc, NULL, 0);
-    dutil_rm_rf(dir);
-}
-
-/* The daemon on data with its output through `cat >> log` (the file size limit is the
- * daemon's only); returns its pid, *cat the cat's, *port its listening port. */
-static pid_t start_daemon(const char *cfg, const char *data, const char *log, pid_t *cat,
-                          int *port)
-{
-    int fds[2];
-    ck_assert_int_eq(pipe(fds), 0);
-    int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    ck_assert_int_ge(logfd, 0);
-    off_t from = lseek(logfd, 0, SEEK_END);
-    const char *cat_argv[] = {"cat", NULL};
-    *cat = spawn_fds(cat_argv, fds[0], logfd, -1, fds[1], fds[0]);
-    close(logfd);
-    const char *exe = getenv("FBR_DAEMON");
-    ck_assert_ptr_nonnull(exe);
-    const char *fb_argv[] = {exe, "-c", cfg, "--listen", "127.0.0.1:0", "--data-dir", data,
-                             "--fsync", "always", "--room-rate", "1000000/1", "--token-rate",
-                             "1000000/1", NULL};
-    pid_t fb = spawn_fds(fb_argv, -1, fds[1], fds[1], fds[0], fds[1]);
-    close(fds[0]);
-    close(fds[1]);
-    /* the port of this start: the log may hold an earlier one */
-    char marker[64];
-    int tries = 0;
-    for (;; tries++) {
-        char *text = dutil_slurp(log, NULL);
-        const char *p = strlen(text) > (size_t)from ? strstr(text + from, "listening on 127.0.0.1:")
-                                                    : NULL;
-        if (p) {
-            snprintf(marker, sizeof(marker), "%s", p);
-            free(text);
-            break;
-        }
-        free(text);
-        ck_assert_msg(tries < 400 * dutil_slow(), "the daemon did not start:\n%s",
-                      dutil_slurp(log, NULL));
-        ck_assert_msg(waitpid(fb, NULL, WNOHANG) == 0, "the daemon exited:\n%s",
-                      dutil_slurp(log, NULL));
-        dutil_msleep(25);
-    }
-    *port = atoi(marker + strlen("listening on 127.0.0.1:"));
-    ck_assert_int_gt(*port, 0);
-    return fb;
-}
-
-/* The size of the newest segment file in dir. */
-static long newest_segment_size(const char *dir_path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "ls %s/journal/*.log | sort | tail -1 | xargs stat -c %%s", dir_path);
-    FILE *f = popen(cmd, "r");
-    ck_assert_ptr_nonnull(f);
-    long n = -1;
-    ck_assert_int_eq(fscanf(f, "%ld", &n), 1);
-    pclose(f);
-    return n;
-}
-
-static int post_named(int port, const char *prefix, int n, char *buf, size_t cap)
-{
-    char body[256];
-    snprintf(body, sizeof(body),
-             "{\"message_type\":\"CRITICAL\",\"entity_id\":\"%s-%d\","
-             "\"entity_display_name\":\"%s alert %d\"}",
-             prefix, n, prefix, n);
-    return dutil_post(port, ALERT_PATH, NULL, body, buf, cap);
-}
-
-/* How many room messages say exactly "<prefix> alert n". */
-static int times_in_room(json_t *msgs, const char *prefix, int n)
-{
-    char want[64];
-    snprintf(want, sizeof(want), "%s alert %d", prefix, n);
-    int k = 0;
-    size_t i;
-    json_t *m;
-    json_array_foreach (msgs, i, m) {
-        const char *text = json_string_value(json_object_get(m, "message"));
-        k += text && strcmp(text, want) == 0;
-    }
-    return k;
-}
-
 START_TEST(efbig_means_503_then_recovers_by_itself)
 {
-    struct fixture f;
-    fixture_init(&f, "fbr-jdisk");
-    pid_t cat;
-    int port, hport = f.hport;
-    const char *log = f.log;
-    pid_t fb = start_daemon(f.cfg, f.data, log, &cat, &port);
+    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk");
+    char hc_out[128], hc_err[128], cfg[128];
+    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
+    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
+    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
+    const char *hflags[] = {"--room", "77:tok-77", NULL};
+    int hport;
+    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
+    char origin[64];
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
+    dutil_seed_config(cfg, origin, "77", "tok-77");
+
+    /* daemon | cat > log: the limit applies to the daemon only */
+    const char *extra[] = {"-c", cfg, "--fsync", "always", NULL};
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb.log", .log_pipe = 1};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    pid_t fb = d.pid;
+    int port = d.port;
+    const char *log = d.log;
 
     char buf[4096];
     int n = 0, accepted[64], naccepted = 0;
@@ -288,21 +161,76 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
     free(all);
     json_decref(msgs);
 
-    fixture_done(&f, &fb, &cat);
+    dutil_daemon_stop(&d); /* exit status 0, the log's cat reaped; dir is the test's */
+    kill(hc, SIGTERM);
+    waitpid(hc, NULL, 0);
+    dutil_rm_rf(dir);
 }
 END_TEST
+
+/* The size of the newest segment file in dir. */
+static long newest_segment_size(const char *dir_path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "ls %s/journal/*.log | sort | tail -1 | xargs stat -c %%s", dir_path);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    long n = -1;
+    ck_assert_int_eq(fscanf(f, "%ld", &n), 1);
+    pclose(f);
+    return n;
+}
+
+static int post_named(int port, const char *prefix, int n, char *buf, size_t cap)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"message_type\":\"CRITICAL\",\"entity_id\":\"%s-%d\","
+             "\"entity_display_name\":\"%s alert %d\"}",
+             prefix, n, prefix, n);
+    return dutil_post(port, ALERT_PATH, NULL, body, buf, cap);
+}
+
+/* How many room messages say exactly "<prefix> alert n". */
+static int times_in_room(json_t *msgs, const char *prefix, int n)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "%s alert %d", prefix, n);
+    int k = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach (msgs, i, m) {
+        const char *text = json_string_value(json_object_get(m, "message"));
+        k += text && strcmp(text, want) == 0;
+    }
+    return k;
+}
 
 #define NPOST 40
 
 START_TEST(refused_alerts_leave_nothing)
 {
-    struct fixture f;
-    fixture_init(&f, "fbr-jdisk2");
-    const char *cfg = f.cfg, *data = f.data, *log = f.log;
-    int hport = f.hport;
-    pid_t cat;
-    int port;
-    pid_t fb = start_daemon(cfg, data, log, &cat, &port);
+    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk2");
+    char hc_out[128], hc_err[128], cfg[128], data[128];
+    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
+    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
+    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
+    snprintf(data, sizeof(data), "%s/data", dir);
+    /* more than HipChat's 30 messages a minute go to the room: no flood control either side */
+    const char *hflags[] = {"--room", "77:tok-77", "--room-rate", "off", "--token-rate", "off",
+                            NULL};
+    int hport;
+    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
+    char origin[64];
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
+    dutil_seed_config(cfg, origin, "77", "tok-77");
+    const char *extra[] = {"-c", cfg, "--fsync", "always", "--room-rate", "1000000/1",
+                           "--token-rate", "1000000/1", NULL};
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb.log", .log_pipe = 1};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    pid_t fb = d.pid;
+    int port = d.port;
 
     char buf[4096];
     for (int i = 0; i < 20; i++)
@@ -341,9 +269,11 @@ START_TEST(refused_alerts_leave_nothing)
 
     /* a kill -9 and a restart replay the journal: still none of them */
     kill(fb, SIGKILL);
-    waitpid(fb, NULL, 0);
-    dutil_wait_exit(&cat, 5000, NULL);
-    fb = start_daemon(cfg, data, log, &cat, &port);
+    dutil_wait_exit(&d.pid, 5000, NULL);
+    dutil_wait_exit(&d.log_pid, 5000, NULL);
+    opts.log_name = "fb-restarted.log";
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    port = d.port;
     ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
     ck_assert_int_eq(post_named(port, "fence", 0, buf, sizeof(buf)), 200);
     for (int tries = 0; tries < 500 * dutil_slow(); tries++) {
@@ -375,7 +305,10 @@ START_TEST(refused_alerts_leave_nothing)
                           times_in_room(msgs, "disk", i));
     json_decref(msgs);
 
-    fixture_done(&f, &fb, &cat);
+    dutil_daemon_stop(&d);
+    kill(hc, SIGTERM);
+    waitpid(hc, NULL, 0);
+    dutil_rm_rf(dir);
 }
 END_TEST
 

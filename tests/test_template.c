@@ -257,6 +257,38 @@ START_TEST(rule_captures)
 }
 END_TEST
 
+/* The namespaces a template reads, known at compile time: what the intake builds per alert. */
+static const struct {
+    enum fbr_tpl_context ctx;
+    const char *src;
+    unsigned want;
+} ns_cases[] = {
+    {FBR_TPL_JSON, "{\"m\": \"no variables\"}", 0},
+    {FBR_TPL_URL, "http://h/v2/room/${{ALERT.room_id}}/notification", FBR_NS_BIT(FBR_NS_ALERT)},
+    {FBR_TPL_TEXT, "#${{STATE.INCIDENT_NAME}} ${{ALERT.entity_id}} ${{STATE.ACK_USER}}",
+     FBR_NS_BIT(FBR_NS_ALERT) | FBR_NS_BIT(FBR_NS_STATE)},
+    {FBR_TPL_HEADER, "${{INCIDENT.CURRENT_PHASE}}", FBR_NS_BIT(FBR_NS_INCIDENT)},
+    {FBR_TPL_JSON, "{\"all\": ${{INCIDENT}}, \"c\": \"${{CHAT.TEXT}}\"}",
+     FBR_NS_BIT(FBR_NS_INCIDENT) | FBR_NS_BIT(FBR_NS_CHAT)},
+    {FBR_TPL_TEXT, "${{ONCALL.user}} ${{PAGE.x}}", FBR_NS_BIT(FBR_NS_ONCALL) | FBR_NS_BIT(FBR_NS_PAGE)},
+    {FBR_TPL_RULE, "${{host}}-${{\\1}}", FBR_NS_BIT(FBR_NS_ALERT)},
+    {FBR_TPL_RULE, "${{\\1}}", 0},
+};
+
+START_TEST(namespaces_read)
+{
+    char err[128];
+    struct fbr_tpl *t;
+    const char *src = ns_cases[_i].src;
+    ck_assert_int_eq(fbr_tpl_compile(src, strlen(src), ns_cases[_i].ctx, &t, err, sizeof(err)),
+                     FBR_OK);
+    ck_assert_msg(fbr_tpl_namespaces(t) == ns_cases[_i].want, "%s: 0x%x", src,
+                  fbr_tpl_namespaces(t));
+    fbr_tpl_unref(&t);
+    ck_assert_uint_eq(fbr_tpl_namespaces(NULL), 0);
+}
+END_TEST
+
 START_TEST(zero_copy_and_refs)
 {
     char err[128];
@@ -791,6 +823,7 @@ int main(void)
     tcase_add_loop_test(tc, render_table, 0, FBR_ARRAY_LEN(renders));
     tcase_add_loop_test(tc, content_type_map, 0, FBR_ARRAY_LEN(content_types));
     tcase_add_test(tc, rule_captures);
+    tcase_add_loop_test(tc, namespaces_read, 0, FBR_ARRAY_LEN(ns_cases));
     tcase_add_test(tc, zero_copy_and_refs);
     tcase_add_test(tc, scratch_growth_keeps_slices);
     tcase_add_test(tc, property_seed_payload);

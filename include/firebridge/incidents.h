@@ -16,6 +16,7 @@
 
 #include "firebridge/common.h"
 #include "firebridge/journal.h"
+#include "firebridge/template.h" /* FBR_NS_BIT: which namespaces a prepare builds */
 
 /* The REST endpoint's message types; anything unknown acts as INFO. */
 /* X(NAME): the platform's upper-case spelling of a message_type. */
@@ -75,8 +76,9 @@ void fbr_incidents_close(struct fbr_incidents **t);
 struct fbr_incident_result {
     enum fbr_transition transition;
     enum fbr_msg_type msg_type;
-    json_t *state;    /* new reference: the STATE namespace (always set) */
-    json_t *incident; /* new reference: the INCIDENT namespace, NULL when no incident applies */
+    json_t *state;    /* new reference: the STATE namespace (set unless not asked for) */
+    json_t *incident; /* new reference: the INCIDENT namespace, NULL when no incident applies
+                         or not asked for */
 };
 
 /*
@@ -124,6 +126,14 @@ void fbr_incidents_decide(const struct fbr_incidents *t, json_t *alert, uint64_t
  */
 void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
                            struct fbr_incident_result *res);
+/*
+ * fbr_incidents_prepare() building only the namespaces in `namespaces` (FBR_NS_BIT()s of
+ * template.h): res->state only with FBR_NS_STATE, res->incident only with FBR_NS_INCIDENT.  The
+ * decision and the pending change are the same whatever is asked for; an intake whose webhooks
+ * and observers read neither namespace skips building them (about 30 JSON values per alert).
+ */
+void fbr_incidents_prepare_for(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
+                               unsigned namespaces, struct fbr_incident_result *res);
 int fbr_incidents_commit(struct fbr_incidents *t);
 void fbr_incidents_abort(struct fbr_incidents *t);
 

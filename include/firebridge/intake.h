@@ -189,6 +189,14 @@ typedef void (*fbr_intake_observer_fn)(void *arg, const struct fbr_event_set *se
 typedef size_t (*fbr_intake_observer_need_fn)(void *arg, const struct fbr_event_set *set);
 void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn,
                              fbr_intake_observer_need_fn need, void *arg);
+/*
+ * The event namespaces (FBR_NS_BIT()s of template.h) the observer reads; fbr_intake_set_observer
+ * sets all of them.  An alert's event object carries STATE and INCIDENT only when the enabled
+ * webhooks' templates (fbr_webhooks_namespaces, decided at fbr_intake_new and
+ * fbr_intake_set_config) or the observer read them; ALERT always.  Call again whenever what the
+ * observer reads changes (a configuration reload).
+ */
+void fbr_intake_observer_namespaces(struct fbr_intake *in, unsigned namespaces);
 
 /* Registers the three endpoints on srv (POST only; bodies parsed here so a wrong key is a 404 even
  * with an unparsable body; a 503 carries Retry-After).  `in` must outlive the server's use of

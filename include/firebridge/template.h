@@ -28,6 +28,16 @@ enum fbr_tpl_context {
 /* Maps a Content-Type value to the payload context (JSON, FORM or TEXT). */
 enum fbr_tpl_context fbr_tpl_context_for_content_type(const char *content_type);
 
+/* The namespaces of an event object, X(NAME): what `${{NAME.field}}` reads. */
+#define FBR_TPL_NS_MAP(X) X(ALERT) X(STATE) X(INCIDENT) X(CHAT) X(ONCALL) X(PAGE)
+enum fbr_tpl_ns {
+#define FBR_X(name) FBR_NS_##name,
+    FBR_TPL_NS_MAP(FBR_X)
+#undef FBR_X
+        FBR_NS_COUNT
+};
+#define FBR_NS_BIT(ns) (1u << (ns))
+
 /* A compiled template: immutable, reference counted. */
 struct fbr_tpl;
 
@@ -52,6 +62,12 @@ int fbr_tpl_has_variables(const struct fbr_tpl *tpl);
  * fails the same way for every event.
  */
 const char *fbr_tpl_url_never_valid(const struct fbr_tpl *tpl);
+/*
+ * The namespaces tpl reads, as FBR_NS_BIT()s (0 for NULL and for a template without variables;
+ * a RULE template's `${{field}}` reads the alert: ALERT).  Fixed at compile time, so a caller can
+ * decide at configuration load which parts of an event it needs to build at all.
+ */
+unsigned fbr_tpl_namespaces(const struct fbr_tpl *tpl);
 /* The highest capture group a RULE template refers to (`${{\5}}`: 5), 0 when none. */
 unsigned fbr_tpl_max_capture(const struct fbr_tpl *tpl);
 

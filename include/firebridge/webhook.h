@@ -67,6 +67,13 @@ struct fbr_webhooks {
 int fbr_webhooks_compile(json_t *webhooks, struct fbr_webhooks *out, struct fbr_cfgerr *errs);
 /* Drops every reference and empties the list. */
 void fbr_webhooks_clear(struct fbr_webhooks *w);
+/*
+ * The event namespaces (FBR_NS_BIT()s of template.h) that wh's templates read: URL, payload,
+ * rate key and header values.  fbr_webhooks_namespaces() is the union over the enabled webhooks
+ * of w (0 for NULL or none): what an event has to carry for them to render the same.
+ */
+unsigned fbr_webhook_namespaces(const struct fbr_webhook *wh);
+unsigned fbr_webhooks_namespaces(const struct fbr_webhooks *w);
 
 /*
  * A rendered request, ready for the delivery engine.  Its slices borrow from the webhook's

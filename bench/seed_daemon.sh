@@ -1,0 +1,36 @@
+# bench/seed_daemon.sh - sourced by the scripts that load a real daemon (compare.sh,
+# daemon_ab.sh, profile.sh): the one place that starts firebridge the way the load benchmarks
+# measure it.  The seed Multi-Room recipe (contrib/examples/multi-room.json) with its URL pointed
+# at a sink, room and token limits lifted, the delivery queue unbounded for the run, journal in
+# its default mode.
+#
+#   free_port                                  -> a free loopback TCP port on stdout
+#   seed_daemon_start BIN SINK_ADDR DIR [FLAG...]
+#       starts BIN (prefixed by the array SEED_PREFIX, e.g. (taskset -c 0)) with its config,
+#       data directory and log in DIR, extra FLAGs after the fixed ones (POOL: --pool-size, 32);
+#       sets fb_pid and fb_port (its listening port), or exits non-zero with the log.
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+seed_daemon_start() {
+  local bin=$1 sink=$2 dir=$3
+  shift 3
+  sed -e "s#https://DOMAIN.hipchat.com/#http://$sink/#" -e "s/ROOM_ID/r0/" \
+      -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$dir/fb.json"
+  rm -rf "$dir/fb-data"
+  "${SEED_PREFIX[@]}" "$bin" -c "$dir/fb.json" --listen 127.0.0.1:0 --data-dir "$dir/fb-data" \
+    --room-rate 1000000/1 --token-rate 1000000/1 --max-pending 10000000 \
+    --max-connections 8192 --pool-size "${POOL:-32}" "$@" >"$dir/fb.log" 2>&1 &
+  fb_pid=$!
+  fb_port=
+  for _ in $(seq 200); do
+    fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$dir/fb.log" | head -1)
+    [ -n "$fb_port" ] && return 0
+    sleep 0.05
+  done
+  echo "seed_daemon_start: $bin did not start:" >&2
+  cat "$dir/fb.log" >&2
+  exit 1
+}
