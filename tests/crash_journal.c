@@ -26,6 +26,7 @@
 #include <jansson.h>
 
 #include "daemon_util.h"
+#include "testsupport.h"
 
 #define KILLS 20
 #define ROOMS 4
@@ -240,9 +241,5 @@ int main(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, kill9_loses_nothing_answered_200);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

@@ -27,6 +27,7 @@
 #include "daemon_util.h"
 #include "firebridge/jwt.h"
 #include "http_testsrv.h"
+#include "testsupport.h"
 
 #define ROOM "7"
 #define TIMELINE_ROOM "8"
@@ -898,9 +899,5 @@ int main(void)
     tcase_add_test(tc, reload_removes_hipchat_during_install);
     tcase_add_test(tc, escaped_fields_fit_the_room_limit);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

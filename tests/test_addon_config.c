@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "firebridge/addon.h"
+#include "testsupport.h"
 
 static const struct {
     const char *hipchat, *oncall, *public_url;
@@ -217,9 +218,5 @@ int main(void)
     tcase_add_test(tc, example_single_room);
     tcase_add_loop_test(tc, room_message_table, 0, (int)FBR_ARRAY_LEN(messages));
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "firebridge/addon_store.h"
+#include "testsupport.h"
 
 static const struct {
     uint64_t expires_in_s, renew_ms, usable_ms;
@@ -156,9 +157,5 @@ int main(void)
     tcase_add_test(tc, persisted_and_read_back);
     tcase_add_test(tc, corrupt_file_refused);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -11,6 +11,7 @@
 
 #include "firebridge/alertmanager.h"
 #include "firebridge/intake.h"
+#include "testsupport.h"
 
 #define KEY "am-key-1"
 #define AM_PATH(rk) FBR_ALERTMANAGER_PREFIX rk
@@ -613,9 +614,5 @@ int main(void)
     tcase_add_test(tc, group_same_incident_twice);
     tcase_add_loop_test(tc, authorization, 0, FBR_ARRAY_LEN(auth));
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

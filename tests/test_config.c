@@ -11,6 +11,7 @@
 
 #include "firebridge/addon.h"
 #include "firebridge/config.h"
+#include "testsupport.h"
 
 #define MAXARGS 8
 
@@ -488,9 +489,5 @@ int main(void)
     tcase_add_test(tc, readme_documents_every_flag_and_key);
     tcase_add_test(tc, one_error_collector);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

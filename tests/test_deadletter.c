@@ -15,6 +15,7 @@
 #include "firebridge/deadletter.h"
 #include "firebridge/delivery.h"
 #include "firebridge/http.h"
+#include "testsupport.h"
 
 START_TEST(write_then_read)
 {
@@ -118,9 +119,5 @@ int main(void)
     tcase_add_test(tc, write_then_read);
     tcase_add_test(tc, queue_keeps_given_id_and_time);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

@@ -16,6 +16,7 @@
 #include "firebridge/client.h"
 #include "firebridge/defaults.h"
 #include "firebridge/delivery.h"
+#include "testsupport.h"
 
 /* The daemon's effective settings with no flags but --print-config and, when not NULL,
  * "-c cfg". */
@@ -129,9 +130,5 @@ static Suite *defaults_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(defaults_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(defaults_suite());
 }

@@ -23,6 +23,7 @@
 #include "firebridge/webhook.h"
 #include "daemon_util.h"
 #include "http_testsrv.h"
+#include "testsupport.h"
 
 static struct event_base *base;
 static struct event *tick;
@@ -1343,9 +1344,5 @@ int main(void)
     tcase_add_test(tt, tls_wrong_host);
     tcase_add_loop_test(tt, tls_server_closes_every_response, 0, 2);
     suite_add_tcase(s, tt);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

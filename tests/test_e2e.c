@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "daemon_util.h"
+#include "testsupport.h"
 
 #define API_KEY "CHANGE-ME-integration-key"
 #define ALERT_PATH "/integrations/generic/20131114/alert/" API_KEY "/"
@@ -814,10 +815,7 @@ int main(void)
         tcase_add_test(tc, cases[i].test);
         suite_add_tcase(s, tc);
     }
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = fbr_test_run(s);
     run("rm -rf '%s'", pki);
-    return failed ? 1 : 0;
+    return rc;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "firebridge/events.h"
+#include "testsupport.h"
 
 #define BIT(e) FBR_EV_BIT(FBR_EV_##e)
 
@@ -206,9 +207,5 @@ int main(void)
     tcase_add_loop_test(tc, body_refused, 0, FBR_ARRAY_LEN(bad_bodies));
     tcase_add_test(tc, body_bounds);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

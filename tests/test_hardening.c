@@ -22,6 +22,7 @@
 
 #include "daemon_util.h"
 #include "http_testsrv.h"
+#include "testsupport.h"
 
 #define KEY "hardening-key"
 #define ALERT_PATH "/integrations/generic/20131114/alert/" KEY "/rk"
@@ -1262,9 +1263,5 @@ int main(void)
     tcase_add_test(tc, peer_text_escaped_and_masked_in_log);
     tcase_add_test(tc, api_key_masked_in_every_request_line);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

@@ -31,6 +31,7 @@
 
 #include "daemon_util.h"
 #include "http_testsrv.h"
+#include "testsupport.h"
 
 /* ---------------------------------------------------------------------------------------------
  * The server under test.
@@ -1055,9 +1056,5 @@ int main(void)
     tcase_add_test(tc, tls_descriptor);
     tcase_set_timeout(tc, 30 * dutil_slow());
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testsupport.h"
+
 /* ---------------------------------------------------------------------------------------------
  * The server process.
  */
@@ -1118,13 +1120,10 @@ int main(void)
     suite_add_tcase(s, tc);
 
     make_tmpdir(); /* before forking, so that every test shares it and it is removed once */
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = fbr_test_run(s);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", tmpdir);
-    return failed ? 1 : 0;
+    return rc;
 }

@@ -9,6 +9,7 @@
 
 #include "firebridge/common.h"
 #include "firebridge/http.h"
+#include "testsupport.h"
 
 START_TEST(methods_round_trip)
 {
@@ -46,9 +47,5 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, methods_round_trip);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

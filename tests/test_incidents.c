@@ -17,6 +17,7 @@
 #include "firebridge/incidents.h"
 #include "firebridge/journal.h"
 #include "firebridge/log.h"
+#include "testsupport.h"
 
 static char dir[256];
 static struct event_base *base;
@@ -1108,9 +1109,5 @@ int main(void)
     tcase_add_test(tc, random_against_model);
     tcase_add_test(tc, prepare_builds_only_what_is_asked);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

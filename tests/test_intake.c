@@ -24,6 +24,7 @@
 #include "firebridge/intake.h"
 #include "firebridge/journal.h"
 #include "firebridge/server.h"
+#include "testsupport.h"
 
 #define KEY "k3y-123"
 #define ALERT_PATH(rk) FBR_INTAKE_ALERT_PREFIX KEY "/" rk
@@ -1301,9 +1302,5 @@ int main(void)
     tcase_add_test(tc, http_glue);
     tcase_add_test(tc, http_503_retry_after);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -18,6 +18,7 @@
 #include "daemon_util.h"
 #include "firebridge/journal.h"
 #include "firebridge/log.h"
+#include "testsupport.h"
 
 static char dir[256];
 static struct event_base *base;
@@ -513,9 +514,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(suite());
 }

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "daemon_util.h"
+#include "testsupport.h"
 
 #define API_KEY "CHANGE-ME-integration-key"
 #define ALERT_PATH "/integrations/generic/20131114/alert/" API_KEY "/devops"
@@ -321,9 +322,5 @@ int main(void)
     tcase_add_test(tc, efbig_means_503_then_recovers_by_itself);
     tcase_add_test(tc, refused_alerts_leave_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "firebridge/jwt.h"
+#include "testsupport.h"
 
 #define NOW 1700000000u
 #define ISS "oauth-id-1"
@@ -301,9 +302,5 @@ int main(void)
     tcase_add_test(tc, find_locations);
     tcase_add_test(tc, names);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -14,6 +14,7 @@
 
 #include "hist.h"
 #include "loadgen.h"
+#include "testsupport.h"
 #include "track.h"
 
 static uint64_t rng_state = 88172645463325252ull;
@@ -219,9 +220,5 @@ int main(void)
     tcase_add_test(tc, track_lost_duplicate_order);
     tcase_add_test(tc, request_round_trip);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "daemon_util.h"
+#include "testsupport.h"
 
 /* A loopback port free a moment ago (the loadgen's sink binds it next). */
 static int free_port(void)
@@ -183,9 +184,5 @@ int main(void)
     tcase_add_test(tc, two_seconds_nothing_lost);
     tcase_add_test(tc, deliveries_going_nowhere_are_lost);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "firebridge/log.h"
+#include "testsupport.h"
 
 static const struct {
     const char *in, *out;
@@ -177,9 +178,5 @@ int main(void)
     tcase_add_loop_test(tc, library_stderr_captured, 0,
                         sizeof(capture_cases) / sizeof(capture_cases[0]));
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

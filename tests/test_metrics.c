@@ -11,6 +11,7 @@
 
 #include "firebridge/common.h"
 #include "firebridge/metrics.h"
+#include "testsupport.h"
 
 START_TEST(counters_and_gauges)
 {
@@ -168,9 +169,5 @@ int main(void)
     tcase_add_test(tc, collectors_report_numbers);
     tcase_add_test(tc, one_writer_of_the_format);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -9,6 +9,7 @@
 
 #include "firebridge/delivery.h"
 #include "firebridge/ratelimit.h"
+#include "testsupport.h"
 
 static const struct {
     uint32_t n;
@@ -161,9 +162,5 @@ int main(void)
     tcase_add_test(tc, backoff);
     tcase_add_test(tc, state_names);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

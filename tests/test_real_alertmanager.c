@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "daemon_util.h"
+#include "testsupport.h"
 
 #define API_KEY "CHANGE-ME-integration-key" /* the seed's */
 #define ROOM "4321"
@@ -248,9 +249,5 @@ int main(void)
     tcase_set_timeout(tc, 100);
     tcase_add_test(tc, alertmanager_to_room);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

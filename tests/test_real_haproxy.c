@@ -23,6 +23,7 @@
 
 #include "daemon_util.h"
 #include "firebridge/common.h"
+#include "testsupport.h"
 
 #define KEY1 "CHANGE-ME-integration-key" /* the seed's */
 #define KEY2 "second-sender-key"
@@ -275,9 +276,5 @@ int main(void)
     tcase_set_timeout(tc, 110);
     tcase_add_test(tc, two_instances_behind_haproxy);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "firebridge/rules.h"
+#include "testsupport.h"
 
 static json_t *parse(const char *s)
 {
@@ -360,9 +361,5 @@ int main(void)
     tcase_add_loop_test(tc, compile_error, 0, FBR_ARRAY_LEN(bad));
     tcase_add_test(tc, pattern_limit_configurable);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -31,6 +31,7 @@
 #include "firebridge/common.h"
 #include "firebridge/server.h"
 #include "daemon_util.h"
+#include "testsupport.h"
 
 /* Returns 1 when the peer closed fd (EOF or reset) within ms, after reading any bytes. */
 static int closed_within(int fd, int ms, char *seen, size_t cap)
@@ -630,9 +631,5 @@ int main(void)
     tcase_add_test(tc, several_listeners_ipv4_and_ipv6);
     tcase_add_test(tc, json_routes_415_400);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

@@ -36,6 +36,7 @@
 
 #include "firebridge/common.h"
 #include "daemon_util.h"
+#include "testsupport.h"
 
 /* ---- the daemon ---- */
 
@@ -796,9 +797,5 @@ int main(void)
     tcase_add_test(tc, pipelined_requests_in_one_write);
     tcase_add_test(tc, library_stderr_lines_are_plain_log_lines);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

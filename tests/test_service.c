@@ -20,6 +20,7 @@
 
 #include "daemon_util.h"
 #include "firebridge/service.h"
+#include "testsupport.h"
 
 struct notify {
     int fd;
@@ -137,9 +138,5 @@ int main(void)
     tcase_add_test(tc, ready_only_after_listening);
     tcase_add_test(tc, no_ready_when_listen_fails);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

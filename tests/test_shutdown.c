@@ -33,6 +33,7 @@
 #include "firebridge/common.h"
 #include "daemon_util.h"
 #include "http_testsrv.h"
+#include "testsupport.h"
 
 #define API_KEY "shutdown-test-key"
 #define URL_SECRET "URLSECRET4242"
@@ -364,9 +365,5 @@ int main(void)
     tcase_add_test(tc, sigterm_saves_then_replay_delivers_in_order);
     tcase_add_test(tc, failed_start_keeps_dead_letters);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

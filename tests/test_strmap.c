@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "firebridge/strmap.h"
+#include "testsupport.h"
 
 START_TEST(put_get_replace_del)
 {
@@ -135,9 +136,5 @@ int main(void)
     tcase_add_test(tc, put_get_replace_del);
     tcase_add_test(tc, random_against_model);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "firebridge/template.h"
+#include "testsupport.h"
 
 static const char *event_json =
     "{\"ALERT\": {\"entity_display_name\": \"Disk full on db-1\", \"room_id\": \"42\","
@@ -829,9 +830,5 @@ int main(void)
     tcase_add_test(tc, property_seed_payload);
     tcase_add_test(tc, property_url_and_form);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return fbr_test_run(s);
 }

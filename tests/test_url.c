@@ -23,6 +23,7 @@
 #include "firebridge/http.h"
 #include "firebridge/template.h"
 #include "firebridge/url.h"
+#include "testsupport.h"
 
 static const struct {
     const char *url;
@@ -337,9 +338,5 @@ static Suite *url_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(url_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(url_suite());
 }

@@ -12,6 +12,7 @@
 #include "firebridge/events.h"
 #include "firebridge/http.h"
 #include "firebridge/webhook.h"
+#include "testsupport.h"
 
 static json_t *parse(const char *s)
 {
@@ -217,9 +218,5 @@ int main(void)
     tcase_add_test(tc, webhook_compile_ok);
     tcase_add_test(tc, outreq_by_hand);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return fbr_test_run(s);
 }
