@@ -10,7 +10,10 @@
  * most pool_size connections (idle, busy or opening) exist per origin.  Each TCP connection gets a
  * fresh SSL object and bufferevent.  A connection is reused only after a complete response that
  * allows it (HTTP/1.1, no "Connection: close", nothing left in either buffer); an idle one that
- * gets data or EOF is closed.
+ * gets data or EOF is closed.  A plain-TCP connection, once connected, reads the socket with its
+ * own read event into the bufferevent's input (raw_read_cb): libevent's read path asks the
+ * kernel how many bytes are queued (ioctl FIONREAD) before every read, one more system call per
+ * response.
  */
 #include "firebridge/client.h"
 
@@ -33,6 +36,7 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fbr_build.h"
 #include "firebridge/defaults.h"
@@ -43,6 +47,7 @@
 #define MAX_LINE 16384         /* one status or header line */
 #define MAX_HEADER_BYTES 65536 /* all header lines of one response */
 #define BODY_SAMPLE 512        /* bytes of a response body kept for error reasons */
+#define READ_CHUNK 4096        /* bytes asked of the socket per raw read (libevent's own size) */
 
 struct call;
 
@@ -74,6 +79,7 @@ struct pool {
 struct upstream_conn {
     struct pool *pool;
     struct bufferevent *bev;
+    struct event *rd; /* plain TCP once connected: our read event (the bufferevent's is off) */
     enum conn_state state;
     int dead; /* abandoned while its DNS lookup runs; freed by the lookup */
     struct evutil_addrinfo *ai, *ai_next;
@@ -202,6 +208,8 @@ static void conn_destroy(struct upstream_conn *conn)
         pool->nconns--;
         pool->client->stats.open_now--;
     }
+    if (conn->rd)
+        event_free(conn->rd);
     if (conn->bev) {
         /* drop references to the caller's body slices before they may go away */
         struct evbuffer *out = bufferevent_get_output(conn->bev);
@@ -569,6 +577,54 @@ static void read_cb(struct bufferevent *bev, void *arg)
 }
 
 static int connect_next(struct upstream_conn *conn);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/*
+ * One read of a connected plain-TCP socket into the bufferevent's input, then the parser as
+ * read_cb runs it; end of file and errors go to event_cb as the bufferevent reports them.  No
+ * FIONREAD: a response almost always fits one READ_CHUNK, and a longer one keeps the
+ * level-triggered event ready for the next loop iteration.
+ */
+static void raw_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_conn *conn = arg;
+    struct evbuffer *in = bufferevent_get_input(conn->bev);
+    struct evbuffer_iovec v;
+    (void)what;
+    if (evbuffer_reserve_space(in, READ_CHUNK, &v, 1) < 1) {
+        conn_fail(conn, FBR_CLIENT_ERR_IO, "out of memory reading from %s:%s", conn->pool->host,
+                  conn->pool->port);
+        return;
+    }
+    ssize_t n = read(fd, v.iov_base, v.iov_len);
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(in, &v, 1);
+        read_cb(conn->bev, conn);
+    } else if (n == 0) {
+        event_cb(conn->bev, BEV_EVENT_READING | BEV_EVENT_EOF, conn);
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        event_cb(conn->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, conn);
+    }
+}
+
+/* A plain-TCP connection just connected: reads move from the bufferevent to raw_read_cb (the
+ * bufferevent keeps writing what the kernel did not take at once).  Returns 0, or -1 when the
+ * event could not be made (the bufferevent then keeps reading). */
+static int raw_read_start(struct upstream_conn *conn)
+{
+    evutil_socket_t fd = bufferevent_getfd(conn->bev);
+    struct event_base *base = bufferevent_get_base(conn->bev);
+    conn->rd = fd >= 0 ? event_new(base, fd, EV_READ | EV_PERSIST, raw_read_cb, conn) : NULL;
+    if (!conn->rd || event_add(conn->rd, NULL) != 0) {
+        if (conn->rd)
+            event_free(conn->rd);
+        conn->rd = NULL;
+        return -1;
+    }
+    bufferevent_disable(conn->bev, EV_READ);
+    return 0;
+}
 
 static void tls_reason(struct upstream_conn *conn, char *buf, size_t len)
 {
@@ -603,6 +659,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         }
         conn->state = CS_BUSY;
         evtimer_del(conn->call->timer);
+        if (!pool->tls)
+            raw_read_start(conn);
         write_request(conn);
         return;
     }

@@ -260,12 +260,13 @@ END_TEST
  * end of the body, is still reusable. */
 START_TEST(chunked_body_cut)
 {
-    static char raw[8192];
+    /* 40 chunks of 256 bytes: more than one read of the socket (4 KiB each) */
+    static char raw[16384];
     size_t n = (size_t)snprintf(raw, sizeof(raw), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
                                                   "\r\n\r\n");
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < 40; i++) {
         n += (size_t)snprintf(raw + n, sizeof(raw) - n, "100\r\n");
-        memset(raw + n, 'a' + i, 256);
+        memset(raw + n, 'a' + i % 26, 256);
         n += 256;
         n += (size_t)snprintf(raw + n, sizeof(raw) - n, "\r\n");
     }
