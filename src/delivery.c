@@ -107,6 +107,7 @@ struct dest {
     struct event *timer;
     uint64_t timer_at; /* 0 when not armed */
     int rate_limited;
+    int held_up; /* its next delivery is held (listed in the engine's held_dests) */
 };
 
 struct fbr_delivery_engine {
@@ -129,6 +130,12 @@ struct fbr_delivery_engine {
     size_t nwatch;
     uint64_t seq_counter;
     int shut; /* fbr_delivery_shutdown() ran: no client any more, nothing is accepted */
+    /* Holding (fbr_delivery_set_held): new deliveries past release_seq wait; the destinations
+     * stopped at one are pumped again on release. */
+    int hold;
+    uint64_t release_seq;
+    struct dest **held_dests;
+    size_t nheld_dests, capheld_dests;
 };
 
 static const char *const state_names[] = {
@@ -197,7 +204,8 @@ static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
 {
     switch (from) {
     case FBR_DS_QUEUED:
-        return to == FBR_DS_WAITING_RATE || to == FBR_DS_IN_FLIGHT || to == FBR_DS_DEAD;
+        return to == FBR_DS_WAITING_RATE || to == FBR_DS_IN_FLIGHT || to == FBR_DS_DEAD ||
+               to == FBR_DS_CANCELLED;
     case FBR_DS_WAITING_RATE:
         return to == FBR_DS_IN_FLIGHT || to == FBR_DS_DEAD;
     case FBR_DS_IN_FLIGHT:
@@ -304,6 +312,9 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
     }
     case FBR_DS_DEAD:
         write_dead_letter(e, dl);
+        goto finished;
+    case FBR_DS_CANCELLED:
+        e->m.cancelled++;
         goto finished;
     default:
         break;
@@ -458,6 +469,26 @@ static void try_send(struct delivery *dl, uint64_t now)
         fbr_ratelimit_record(&tok->rl, sent);
 }
 
+/* Whether dl waits for fbr_delivery_release() (its record is not committed yet). */
+static int is_held(const struct fbr_delivery_engine *e, const struct delivery *dl)
+{
+    return e->hold && !dl->restored && dl->seq > e->release_seq;
+}
+
+/* d stopped at a held delivery: it is pumped again on the next release. */
+static void hold_up(struct dest *d)
+{
+    struct fbr_delivery_engine *e = d->engine;
+    if (d->held_up)
+        return;
+    if (e->nheld_dests == e->capheld_dests) {
+        e->capheld_dests = e->capheld_dests ? e->capheld_dests * 2 : 16;
+        e->held_dests = fbr_xrealloc(e->held_dests, e->capheld_dests * sizeof(*e->held_dests));
+    }
+    e->held_dests[e->nheld_dests++] = d;
+    d->held_up = 1;
+}
+
 static void dest_pump(struct dest *d)
 {
     struct fbr_delivery_engine *e = d->engine;
@@ -468,6 +499,10 @@ static void dest_pump(struct dest *d)
     for (dl = TAILQ_FIRST(&d->queue); dl; dl = next) {
         next = TAILQ_NEXT(dl, link); /* try_send() may free dl, never next */
         if (dl->state == FBR_DS_QUEUED) {
+            if (is_held(e, dl)) { /* it and everything after it wait for the journal */
+                hold_up(d);
+                break;
+            }
             if (d->active >= e->opts.per_destination_inflight)
                 break;
             try_send(dl, now);
@@ -1169,6 +1204,69 @@ static void pump_dest(const char *key, void *value, void *arg)
         dest_pump(d);
 }
 
+void fbr_delivery_set_held(struct fbr_delivery_engine *e, int on)
+{
+    e->hold = on;
+    if (on)
+        e->release_seq = e->seq_counter;
+    else
+        fbr_delivery_release(e, UINT64_MAX);
+}
+
+void fbr_delivery_release(struct fbr_delivery_engine *e, uint64_t seq)
+{
+    if (seq <= e->release_seq && e->hold)
+        return;
+    if (seq > e->release_seq)
+        e->release_seq = seq;
+    /* pumping may hold a destination up again: it goes on a fresh list */
+    struct dest **v = e->held_dests;
+    size_t n = e->nheld_dests;
+    e->held_dests = NULL;
+    e->nheld_dests = e->capheld_dests = 0;
+    for (size_t i = 0; i < n; i++)
+        v[i]->held_up = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!e->shut)
+            dest_pump(v[i]);
+    free(v);
+}
+
+uint64_t fbr_delivery_last_seq(const struct fbr_delivery_engine *e)
+{
+    return e->seq_counter;
+}
+
+struct cancel_range {
+    struct fbr_delivery_engine *e;
+    uint64_t after, upto;
+    size_t n;
+};
+
+static void cancel_dest(const char *key, void *value, void *arg)
+{
+    (void)key;
+    struct dest *d = value;
+    struct cancel_range *c = arg;
+    /* held deliveries are the newest of their destination: look from the tail */
+    struct delivery *dl = TAILQ_LAST(&d->queue, delivery_queue), *prev;
+    for (; dl && dl->seq > c->after; dl = prev) {
+        prev = TAILQ_PREV(dl, delivery_queue, link);
+        if (dl->seq <= c->upto && dl->state == FBR_DS_QUEUED && is_held(c->e, dl)) {
+            transition(dl, FBR_DS_CANCELLED, 0, "its request was refused (the journal failed)");
+            c->n++;
+        }
+    }
+}
+
+size_t fbr_delivery_cancel(struct fbr_delivery_engine *e, uint64_t after, uint64_t upto)
+{
+    struct cancel_range c = {e, after, upto, 0};
+    if (!e->shut && upto > after)
+        fbr_strmap_each(&e->dests, cancel_dest, &c);
+    return c.n;
+}
+
 void fbr_delivery_auth_ready(struct fbr_delivery_engine *e)
 {
     if (!e->shut)
@@ -1241,6 +1339,7 @@ void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
                        m->dead_expired);
     fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "dead_shutdown",
                        m->dead_shutdown);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "cancelled", m->cancelled);
     fbr_metrics_sample(s, FBR_METRIC_COUNTER, deliveries, h, outcome, "rejected", m->rejected);
     fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_delivery_attempts_total",
                        "HTTP attempts started.", NULL, NULL, m->attempts);
@@ -1414,6 +1513,7 @@ void fbr_delivery_engine_free(struct fbr_delivery_engine **ep)
     fbr_strmap_clear(&e->dests);
     fbr_strmap_each(&e->tokens, free_token, NULL);
     fbr_strmap_clear(&e->tokens);
+    free(e->held_dests);
     free(e->data_dir);
     free(e->dl_path);
     free(e);

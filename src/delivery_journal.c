@@ -9,9 +9,15 @@
  *             str body, str auth_key (the credentials provider's key, empty: none; version 1
  *             records end after the body)
  *   attempt:  u32 attempts, str id        (an attempt starts; not held: the count is a hint)
- *   finished: u8 outcome (1 delivered, 2 dead), str id
+ *   finished: u8 outcome (1 delivered, 2 dead, 3 cancelled), str id
  * A pending delivery keeps a hold on its latest accepted record (the ref lives in the engine's
  * hook word); a finish releases it.
+ *
+ * Write-ahead: the engine holds every new delivery (fbr_delivery_set_held) until the journal has
+ * committed its accepted record as --fsync says; the journal's commit notification releases
+ * them in order.  So nothing is sent before it is safe, and the deliveries of a request whose
+ * records could not be committed (answered 503) are still unsent when the intake cancels them:
+ * their cancelled record follows the accepted one, and recovery does not send them either.
  */
 #include "firebridge/delivery_journal.h"
 
@@ -23,6 +29,7 @@
 #define VERSION 2
 #define OUTCOME_DELIVERED 1
 #define OUTCOME_DEAD 2
+#define OUTCOME_CANCELLED 3
 
 /* A delivery seen during replay: its latest accepted record, until a finished record. */
 struct pending {
@@ -54,6 +61,12 @@ struct fbr_delivery_journal {
     struct iovec *iov; /* an accepted record's pieces */
     size_t iov_cap;
     struct replay_state replay;
+    /* Held deliveries in creation order: the journal position after each one's accepted record
+     * and its seq, released once the commit level passes the position (a ring). */
+    struct held {
+        uint64_t pos, seq;
+    } *held;
+    size_t hhead, hcount, hcap;
     size_t restored, unreadable;
     struct auth_cell *auth; /* where restored deliveries find their credentials provider */
 };
@@ -210,6 +223,38 @@ static int decode_accepted(struct fbr_slice p, struct accepted *a)
     return r.bad || !a->id.len || a->id.len > 64 || a->method.len > 15 ? -1 : 0;
 }
 
+/* ---- holding new deliveries until their record is committed ---- */
+
+static void held_push(struct fbr_delivery_journal *dj, uint64_t pos, uint64_t seq)
+{
+    if (dj->hcount == dj->hcap) {
+        size_t ncap = dj->hcap ? dj->hcap * 2 : 256;
+        struct held *nv = fbr_xmalloc(ncap * sizeof(*nv));
+        for (size_t i = 0; i < dj->hcount; i++)
+            nv[i] = dj->held[(dj->hhead + i) % dj->hcap];
+        free(dj->held);
+        dj->held = nv;
+        dj->hcap = ncap;
+        dj->hhead = 0;
+    }
+    dj->held[(dj->hhead + dj->hcount) % dj->hcap] = (struct held){pos, seq};
+    dj->hcount++;
+}
+
+/* The journal's commit level reached pos: the deliveries whose records lie below go. */
+static void on_committed(void *arg, uint64_t pos)
+{
+    struct fbr_delivery_journal *dj = arg;
+    uint64_t seq = 0;
+    while (dj->hcount && dj->held[dj->hhead].pos <= pos) {
+        seq = dj->held[dj->hhead].seq;
+        dj->hhead = (dj->hhead + 1) % dj->hcap;
+        dj->hcount--;
+    }
+    if (seq)
+        fbr_delivery_release(dj->engine, seq);
+}
+
 /* ---- the transition hook ---- */
 
 static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_state from,
@@ -221,6 +266,7 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
         if (d->restored)
             return; /* its record is in the journal already, held by the replay */
         *d->hook_word = fbr_journal_ref_pack(append_accepted(dj, d));
+        held_push(dj, fbr_journal_position(j), d->seq);
         return;
     }
     if (to == FBR_DS_IN_FLIGHT) {
@@ -230,9 +276,11 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
         fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ATTEMPT, dj->buf, dj->len));
         return;
     }
-    if (to == FBR_DS_DELIVERED || to == FBR_DS_DEAD) {
+    if (to == FBR_DS_DELIVERED || to == FBR_DS_DEAD || to == FBR_DS_CANCELLED) {
         dj->len = 0;
-        unsigned char outcome = to == FBR_DS_DELIVERED ? OUTCOME_DELIVERED : OUTCOME_DEAD;
+        unsigned char outcome = to == FBR_DS_DELIVERED ? OUTCOME_DELIVERED
+                                : to == FBR_DS_DEAD    ? OUTCOME_DEAD
+                                                       : OUTCOME_CANCELLED;
         put(dj, &outcome, 1);
         put_str(dj, d->id, strlen(d->id));
         fbr_journal_release(j,
@@ -540,9 +588,11 @@ struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine
         .replay = replay,
         .replay_done = replay_done,
         .checkpoint = checkpoint,
+        .committed = on_committed,
         .arg = dj,
     };
     fbr_journal_add_owner(journal, &o);
+    fbr_delivery_set_held(engine, 1);
     return dj;
 }
 
@@ -552,11 +602,13 @@ void fbr_delivery_journal_free(struct fbr_delivery_journal **djp)
     if (!dj)
         return;
     fbr_delivery_set_transition_hook(dj->engine, NULL, NULL);
+    fbr_journal_remove_owner(dj->journal, dj);
     replay_free(&dj->replay);
     dj->auth->fn = NULL; /* restored deliveries still queued wait, or die at expiry */
     cell_unref(dj->auth);
     free(dj->buf);
     free(dj->iov);
+    free(dj->held);
     free(dj);
     *djp = NULL;
 }

@@ -125,6 +125,16 @@ struct fbr_incidents {
         uint64_t pending;     /* drops not yet reported */
         uint64_t last_number; /* the latest dropped incident's number */
     } warn;
+    /* The committed changes whose journal record is not committed yet, oldest first (a ring):
+     * what each replaced, so fbr_incidents_undo() can take it back if the journal fails. */
+    struct undo {
+        struct incident *before; /* the replaced version (detached, owned); NULL: it was new */
+        struct incident *after;  /* the version put in the table (borrowed); NULL once it left
+                                    the table another way (expiry, eviction) */
+        uint64_t pos;            /* journal position after the change's record */
+    } *undo;
+    size_t uhead, ucount, ucap;
+    uint64_t changes; /* changes committed since open (fbr_incidents_changes) */
     /* The change prepared by fbr_incidents_prepare, until commit or abort. */
     struct {
         int active;
@@ -304,11 +314,25 @@ static void table_insert(struct fbr_incidents *t, struct incident *in)
     age_insert(t, in);
 }
 
+static struct undo *undo_at(struct fbr_incidents *t, size_t i)
+{
+    return &t->undo[(t->uhead + i) % t->ucap];
+}
+
+/* in is about to be freed: no undo entry may name it as the version in the table. */
+static void undo_drop_ptr(struct fbr_incidents *t, const struct incident *in)
+{
+    for (size_t i = 0; i < t->ucount; i++)
+        if (undo_at(t, i)->after == in)
+            undo_at(t, i)->after = NULL;
+}
+
 static void table_remove(struct fbr_incidents *t, struct incident *in)
 {
     struct incident **pp = slot(t, in->key);
     if (*pp != in)
         return;
+    undo_drop_ptr(t, in);
     *pp = in->next;
     t->count--;
     t->open -= is_open(in);
@@ -677,6 +701,19 @@ static void owner_replay_done(void *arg)
                      t->count, t->open, t->next_number);
 }
 
+/* The journal committed everything below pos: those changes are final. */
+static void owner_committed(void *arg, uint64_t pos)
+{
+    struct fbr_incidents *t = arg;
+    while (t->ucount && t->undo[t->uhead].pos <= pos) {
+        struct incident *before = t->undo[t->uhead].before;
+        if (before)
+            incident_free(before);
+        t->uhead = (t->uhead + 1) % t->ucap;
+        t->ucount--;
+    }
+}
+
 /* Writes again every incident (and the counter) whose record is in a segment <= upto. */
 static void owner_checkpoint(void *arg, uint32_t upto)
 {
@@ -786,7 +823,8 @@ int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_inciden
         t->replaying = 1; /* until the journal's recovery says it is done */
         struct fbr_journal_owner o = {.name = "incidents", .types = 1u << FBR_JR_INCIDENT,
                                       .replay = owner_replay, .replay_done = owner_replay_done,
-                                      .checkpoint = owner_checkpoint, .arg = t};
+                                      .checkpoint = owner_checkpoint,
+                                      .committed = owner_committed, .arg = t};
         fbr_journal_add_owner(t->journal, &o);
     }
     *out = t;
@@ -799,6 +837,12 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     if (!t)
         return;
     fbr_incidents_abort(t);
+    if (t->journal)
+        fbr_journal_remove_owner(t->journal, t);
+    for (size_t i = 0; i < t->ucount; i++)
+        if (undo_at(t, i)->before)
+            incident_free(undo_at(t, i)->before);
+    free(t->undo);
     fbr_strmap_each(&t->deferred, free_deferred, NULL); /* a recovery that failed */
     fbr_strmap_clear(&t->deferred);
     for (size_t i = 0; i < t->nbuckets; i++) {
@@ -1036,6 +1080,25 @@ static struct incident *incident_copy(const struct incident *in)
     return c;
 }
 
+static void forget(struct fbr_incidents *t, struct incident *in);
+
+static void undo_push(struct fbr_incidents *t, struct incident *before, struct incident *after)
+{
+    if (t->ucount == t->ucap) {
+        size_t ncap = t->ucap ? t->ucap * 2 : 64;
+        struct undo *nv = fbr_xmalloc(ncap * sizeof(*nv));
+        for (size_t i = 0; i < t->ucount; i++)
+            nv[i] = *undo_at(t, i);
+        free(t->undo);
+        t->undo = nv;
+        t->ucap = ncap;
+        t->uhead = 0;
+    }
+    t->undo[(t->uhead + t->ucount) % t->ucap] =
+        (struct undo){before, after, fbr_journal_position(t->journal)};
+    t->ucount++;
+}
+
 void fbr_incidents_abort(struct fbr_incidents *t)
 {
     if (t->pend.next)
@@ -1238,8 +1301,10 @@ int fbr_incidents_commit(struct fbr_incidents *t)
         list_insert(list_of(t, in), in);
         if (t->journal)
             fbr_journal_release(t->journal, cur->ref);
-        incident_free(cur);
+        else
+            incident_free(cur);
     }
+    t->changes++;
     if (t->journal) {
         record_line(&t->line, in);
         in->ref = journal_append(t);
@@ -1248,8 +1313,58 @@ int fbr_incidents_commit(struct fbr_incidents *t)
             fbr_journal_release(t->journal, t->counter_ref);
             t->counter_ref = in->ref;
         }
+        undo_push(t, cur, in);
     }
     return FBR_OK;
+}
+
+uint64_t fbr_incidents_changes(const struct fbr_incidents *t)
+{
+    return t->changes;
+}
+
+/* Takes the newest change back: the version it replaced returns to the table (its record
+ * appended again), or the incident it created is forgotten. */
+static void undo_one(struct fbr_incidents *t, struct undo *u)
+{
+    struct incident *after = u->after, *before = u->before;
+    if (!after) { /* left the table meanwhile (expired, evicted): it stays gone */
+        if (before) {
+            undo_drop_ptr(t, before);
+            incident_free(before);
+        }
+        return;
+    }
+    if (!before) {
+        forget(t, after);
+        return;
+    }
+    struct incident **pp = slot(t, after->key);
+    before->next = after->next;
+    *pp = before;
+    t->open += (size_t)is_open(before);
+    t->open -= (size_t)is_open(after);
+    list_unlink(list_of(t, after), after);
+    list_insert(list_of(t, before), before);
+    undo_drop_ptr(t, after);
+    fbr_journal_release(t->journal, after->ref);
+    incident_free(after);
+    record_line(&t->line, before);
+    before->ref = journal_append(t);
+}
+
+size_t fbr_incidents_undo(struct fbr_incidents *t, uint64_t mark)
+{
+    fbr_incidents_abort(t);
+    size_t n = 0;
+    while (t->ucount && t->changes > mark) {
+        struct undo u = *undo_at(t, t->ucount - 1);
+        t->ucount--;
+        t->changes--;
+        undo_one(t, &u);
+        n++;
+    }
+    return n;
 }
 
 int fbr_incidents_apply(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,

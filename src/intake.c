@@ -43,6 +43,7 @@ struct fbr_intake {
     struct fbr_alertmanager_opts alertmanager;
     unsigned observer_ns; /* FBR_NS_BIT()s the observer reads (fbr_intake_observer_namespaces) */
     unsigned namespaces;  /* FBR_NS_BIT()s an alert's event object needs (see want_namespaces) */
+    struct commit_wait *waits; /* requests waiting for the journal (detached on free) */
 };
 
 /*
@@ -79,11 +80,14 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     return in;
 }
 
+static void detach_waits(struct fbr_intake *in);
+
 void fbr_intake_free(struct fbr_intake **inp)
 {
     struct fbr_intake *in = *inp;
     if (!in)
         return;
+    detach_waits(in);
     for (size_t i = 0; i < in->nkeys; i++)
         free(in->keys[i]);
     free(in->keys);
@@ -747,24 +751,73 @@ static int refuse_journal(struct fbr_intake *in, struct fbr_http_req *req)
     return 1;
 }
 
+/* Where the sink and the incident table stood before a request: what it changed lies after. */
+struct marks {
+    uint64_t seq;     /* the sink's newest submission (0 without last_seq) */
+    uint64_t changes; /* the incident table's change count */
+};
+
+static void take_marks(const struct fbr_intake *in, struct marks *m)
+{
+    m->seq = in->sink.last_seq ? in->sink.last_seq(in->sink.arg) : 0;
+    m->changes = in->incidents ? fbr_incidents_changes(in->incidents) : 0;
+}
+
 /* A 200 waiting for the journal to commit what the request appended. */
 struct commit_wait {
-    struct fbr_intake *in;
+    struct fbr_intake *in; /* NULL once the intake is gone */
+    struct commit_wait *prev, *next;
     struct fbr_http_pending *later;
     json_t *body;
+    struct marks before;
+    uint64_t seq_upto; /* the sink's newest submission when the request was done */
 };
+
+static void detach_waits(struct fbr_intake *in)
+{
+    for (struct commit_wait *w = in->waits; w; w = w->next)
+        w->in = NULL;
+    in->waits = NULL;
+}
+
+/*
+ * The journal could not commit what the request appended: it is taken back before the 503, so
+ * that nothing of it is ever sent or replayed and the sender's retry is processed as a first
+ * post.  Its deliveries are still held by the engine (a delivery is sent only after its record
+ * is committed), so cancelling them means they are never sent; the cancelled records follow
+ * the accepted ones in the journal's buffer, so a restart does not send them either.  Its
+ * incident changes are undone (with the requests after it, which fail with it: waiters fail
+ * together), so the retry triggers, acknowledges or resolves as the first post would have.
+ */
+static void take_back(struct fbr_intake *in, const struct commit_wait *w)
+{
+    if (in->sink.cancel && w->seq_upto > w->before.seq)
+        in->sink.cancel(in->sink.arg, w->before.seq, w->seq_upto);
+    if (in->incidents)
+        fbr_incidents_undo(in->incidents, w->before.changes);
+}
 
 static void on_committed(void *arg, int status)
 {
     struct commit_wait *w = arg;
+    struct fbr_intake *in = w->in;
+    if (in) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            in->waits = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+    }
     if (status == FBR_OK) {
         fbr_http_pending_reply_json(&w->later, 200, w->body);
     } else {
-        /* Never a 200 for what may not be on disk.  The change stays in memory and in the
-         * journal's buffer (written when the disk works again); the sender's retry is a new
-         * alert, so a receiver may see it twice. */
+        /* Never a 200 for what may not be on disk, and nothing of it stays. */
         json_decref(w->body);
-        w->in->stats.unavailable++;
+        if (in) {
+            take_back(in, w);
+            in->stats.unavailable++;
+        }
         char secs[16];
         snprintf(secs, sizeof(secs), "%u", FBR_INTAKE_RETRY_AFTER_S);
         fbr_http_pending_add_header(w->later, "Retry-After", secs);
@@ -777,12 +830,19 @@ static void on_committed(void *arg, int status)
 }
 
 static void send_reply(struct fbr_intake *in, struct fbr_http_req *req,
-                       struct fbr_intake_reply *r)
+                       struct fbr_intake_reply *r, const struct marks *before)
 {
     if (in->journal && r->status == 200) {
         struct commit_wait *w = fbr_xmalloc(sizeof(*w));
         w->in = in;
         w->body = r->body;
+        w->before = *before;
+        w->seq_upto = in->sink.last_seq ? in->sink.last_seq(in->sink.arg) : 0;
+        w->prev = NULL;
+        w->next = in->waits;
+        if (w->next)
+            w->next->prev = w;
+        in->waits = w;
         w->later = fbr_http_defer(req);
         fbr_journal_wait(in->journal, fbr_journal_position(in->journal), on_committed, w);
         return;
@@ -802,10 +862,12 @@ static void on_alert(struct fbr_http_req *req, void *arg)
     struct fbr_intake_reply r;
     int bad_type;
     json_t *body = parse_body(req, &bad_type);
+    struct marks before;
+    take_marks(arg, &before);
     fbr_intake_alert(arg, req->path, body, &r);
     json_decref(body);
     unsupported_type(&r, bad_type);
-    send_reply(arg, req, &r);
+    send_reply(arg, req, &r, &before);
 }
 
 static void on_alertmanager(struct fbr_http_req *req, void *arg)
@@ -815,10 +877,12 @@ static void on_alertmanager(struct fbr_http_req *req, void *arg)
     struct fbr_intake_reply r;
     int bad_type;
     json_t *body = parse_body(req, &bad_type);
+    struct marks before;
+    take_marks(arg, &before);
     fbr_intake_alertmanager(arg, req->path, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
     unsupported_type(&r, bad_type);
-    send_reply(arg, req, &r);
+    send_reply(arg, req, &r, &before);
 }
 
 static void on_event(struct fbr_http_req *req, void *arg)
@@ -828,10 +892,12 @@ static void on_event(struct fbr_http_req *req, void *arg)
     struct fbr_intake_reply r;
     int bad_type;
     json_t *body = parse_body(req, &bad_type);
+    struct marks before;
+    take_marks(arg, &before);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
     json_decref(body);
     unsupported_type(&r, bad_type);
-    send_reply(arg, req, &r);
+    send_reply(arg, req, &r, &before);
 }
 
 void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn,

@@ -186,6 +186,7 @@ struct fbr_journal {
     unsigned char *buf;   /* records not yet written */
     size_t len, cap;
     uint64_t appended, written, synced;
+    uint64_t notified; /* the commit level the owners were last told (notify_committed) */
     struct waiter *w;     /* ring of waiters, ascending pos */
     size_t whead, wcount, wcap;
     struct event *flush_ev, *batch_timer, *retry_timer, *sync_ev;
@@ -312,6 +313,18 @@ static size_t complete_waiters(struct fbr_journal *j)
         w.cb(w.arg, FBR_OK);
     }
     return n;
+}
+
+/* Tells the owners that follow it where the commit level is now (after the waiters). */
+static void notify_committed(struct fbr_journal *j)
+{
+    uint64_t pos = committed(j);
+    if (pos <= j->notified)
+        return;
+    j->notified = pos;
+    for (size_t i = 0; i < j->nowners; i++)
+        if (j->owners[i].committed)
+            j->owners[i].committed(j->owners[i].arg, pos);
 }
 
 /* Fails every waiter (a write or fdatasync failed: none of them may be told "safe"). */
@@ -498,6 +511,8 @@ static void request_sync(struct fbr_journal *j)
     pthread_mutex_unlock(&j->mu);
 }
 
+static int write_buffer(struct fbr_journal *j);
+
 static void on_sync_done(evutil_socket_t fd, short what, void *arg)
 {
     struct fbr_journal *j = arg;
@@ -522,6 +537,11 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
         j->dir_dirty = 1;
         trouble_begin(j, TK_SYNC, "syncing the journal", err);
         fail_waiters(j);
+        /* What the failed callers' owners appended to take their changes back (cancelled
+         * deliveries, undone incidents) goes out now if writes still work: their first
+         * records may be in the file already, unsynced, and a kill -9 keeps those. */
+        if (j->len)
+            write_buffer(j);
         return;
     }
     trouble_end(j, TK_SYNC);
@@ -530,6 +550,7 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     if (j->opts.fsync == FBR_FSYNC_ALWAYS)
         fbr_histogram_observe(j->m_group, (double)j->job_waiters);
     complete_waiters(j);
+    notify_committed(j);
     delete_upto(j, j->job_delete_upto);
     if (j->opts.fsync == FBR_FSYNC_ALWAYS && j->written > j->synced)
         request_sync(j);
@@ -584,6 +605,7 @@ static int write_buffer(struct fbr_journal *j)
         size_t n = complete_waiters(j);
         if (n)
             fbr_histogram_observe(j->m_group, (double)n);
+        notify_committed(j);
     }
     if (s->bytes >= j->opts.segment_size) { /* s is stale after a roll (the array may move) */
         if (roll(j) != 0)
@@ -695,6 +717,11 @@ void fbr_journal_release(struct fbr_journal *j, struct fbr_journal_ref ref)
 uint64_t fbr_journal_position(const struct fbr_journal *j)
 {
     return j->appended;
+}
+
+uint64_t fbr_journal_committed(const struct fbr_journal *j)
+{
+    return committed(j);
 }
 
 void fbr_journal_wait(struct fbr_journal *j, uint64_t pos, fbr_journal_done_fn cb, void *arg)
@@ -1065,6 +1092,15 @@ void fbr_journal_add_owner(struct fbr_journal *j, const struct fbr_journal_owner
 {
     j->owners = fbr_xrealloc(j->owners, (j->nowners + 1) * sizeof(*j->owners));
     j->owners[j->nowners++] = *owner;
+}
+
+void fbr_journal_remove_owner(struct fbr_journal *j, void *arg)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < j->nowners; i++)
+        if (j->owners[i].arg != arg)
+            j->owners[k++] = j->owners[i];
+    j->nowners = k;
 }
 
 void fbr_journal_get_stats(const struct fbr_journal *j, struct fbr_journal_stats *out)

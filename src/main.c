@@ -222,6 +222,16 @@ static size_t sink_room(void *arg)
     return fbr_delivery_room(arg);
 }
 
+static uint64_t sink_last_seq(void *arg)
+{
+    return fbr_delivery_last_seq(arg);
+}
+
+static size_t sink_cancel(void *arg, uint64_t after, uint64_t upto)
+{
+    return fbr_delivery_cancel(arg, after, upto);
+}
+
 static void delivery_opts(const struct fbr_config *cfg, struct fbr_delivery_opts *o)
 {
     fbr_delivery_opts_init(o);
@@ -552,7 +562,7 @@ static int start_intake(struct daemon *d)
         .rules = d->flow.rules,
         .webhooks = &d->flow.webhooks,
         .incidents = d->incidents,
-        .sink = {sink_submit, d->deliveries, sink_room},
+        .sink = {sink_submit, d->deliveries, sink_room, sink_last_seq, sink_cancel},
         .journal = d->journal,
         .alertmanager = {.other_severity = d->cfg.alertmanager_other_severity},
     };

@@ -11,6 +11,14 @@
  * error line per episode however many alerts and retries fail; once the limit is lifted the
  * daemon recovers by itself (/readyz 200, alerts 200 again, one "writes work again" line), and
  * every alert answered 200 reaches the room.
+ *
+ * And what a 503 leaves behind (refused_alerts_leave_nothing): with the limit just above the
+ * segment's size, the write of an alert already processed fails mid-stream.  No alert answered
+ * 503 may ever reach the room: not while the journal retries (on a fresh segment, where the
+ * failed batch does get written), not after the limit is lifted, not after a kill -9 and a
+ * restart that replays the journal.  Its incident change is taken back too: the sender's retry
+ * triggers the incident again (the seed configuration posts on Incident-Triggered only, so a
+ * kept change would make the retry a silent roll-up) and the room gets the alert exactly once.
  */
 #include <check.h>
 #include <errno.h>
@@ -161,6 +169,150 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
 }
 END_TEST
 
+/* The size of the newest segment file in dir. */
+static long newest_segment_size(const char *dir_path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "ls %s/journal/*.log | sort | tail -1 | xargs stat -c %%s", dir_path);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    long n = -1;
+    ck_assert_int_eq(fscanf(f, "%ld", &n), 1);
+    pclose(f);
+    return n;
+}
+
+static int post_named(int port, const char *prefix, int n, char *buf, size_t cap)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"message_type\":\"CRITICAL\",\"entity_id\":\"%s-%d\","
+             "\"entity_display_name\":\"%s alert %d\"}",
+             prefix, n, prefix, n);
+    return dutil_post(port, ALERT_PATH, NULL, body, buf, cap);
+}
+
+/* How many room messages say exactly "<prefix> alert n". */
+static int times_in_room(json_t *msgs, const char *prefix, int n)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "%s alert %d", prefix, n);
+    int k = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach (msgs, i, m) {
+        const char *text = json_string_value(json_object_get(m, "message"));
+        k += text && strcmp(text, want) == 0;
+    }
+    return k;
+}
+
+#define NPOST 40
+
+START_TEST(refused_alerts_leave_nothing)
+{
+    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk2");
+    char hc_out[128], hc_err[128], cfg[128], data[128];
+    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
+    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
+    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
+    snprintf(data, sizeof(data), "%s/data", dir);
+    /* more than HipChat's 30 messages a minute go to the room: no flood control either side */
+    const char *hflags[] = {"--room", "77:tok-77", "--room-rate", "off", "--token-rate", "off",
+                            NULL};
+    int hport;
+    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
+    char origin[64];
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
+    dutil_seed_config(cfg, origin, "77", "tok-77");
+    const char *extra[] = {"-c", cfg, "--fsync", "always", "--room-rate", "1000000/1",
+                           "--token-rate", "1000000/1", NULL};
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb.log", .log_pipe = 1};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    pid_t fb = d.pid;
+    int port = d.port;
+
+    char buf[4096];
+    for (int i = 0; i < 20; i++)
+        ck_assert_int_eq(post_named(port, "warm", i, buf, sizeof(buf)), 200);
+    json_t *msgs = dutil_room_messages(hport, "77", 20, 10000 * dutil_slow());
+    ck_assert_int_eq(json_array_size(msgs), 20);
+    json_decref(msgs);
+
+    /* room for about two more alerts in this segment: a write fails in the middle */
+    set_fsize(fb, (rlim_t)newest_segment_size(data) + 3000);
+    int status[NPOST], n200 = 0, n503 = 0, processed503 = 0;
+    for (int i = 0; i < NPOST; i++) {
+        status[i] = post_named(port, "disk", i, buf, sizeof(buf));
+        ck_assert_msg(status[i] == 200 || status[i] == 503, "alert %d: %d\n%s", i, status[i],
+                      buf);
+        n200 += status[i] == 200;
+        n503 += status[i] == 503;
+        processed503 += status[i] == 503 && strstr(buf, "could not be written") != NULL;
+    }
+    ck_assert_msg(n503 > 0 && n200 > 0, "%d answered 200, %d 503", n200, n503);
+    ck_assert_msg(processed503 > 0, "no alert failed after it was processed");
+    dutil_msleep(600); /* the journal's retries (on a fresh segment) */
+    set_fsize(fb, RLIM_INFINITY);
+    ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
+
+    /* every 200 is delivered; once they are, and a little later, no 503 is */
+    msgs = dutil_room_messages(hport, "77", (size_t)(20 + n200), 10000 * dutil_slow());
+    json_decref(msgs);
+    dutil_msleep(500);
+    msgs = dutil_room_messages(hport, "77", 0, 0);
+    for (int i = 0; i < NPOST; i++)
+        ck_assert_msg(times_in_room(msgs, "disk", i) == (status[i] == 200),
+                      "alert %d answered %d is in the room %d time(s)", i, status[i],
+                      times_in_room(msgs, "disk", i));
+    json_decref(msgs);
+
+    /* a kill -9 and a restart replay the journal: still none of them */
+    kill(fb, SIGKILL);
+    dutil_wait_exit(&d.pid, 5000, NULL);
+    dutil_wait_exit(&d.log_pid, 5000, NULL);
+    opts.log_name = "fb-restarted.log";
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    port = d.port;
+    ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
+    ck_assert_int_eq(post_named(port, "fence", 0, buf, sizeof(buf)), 200);
+    for (int tries = 0; tries < 500 * dutil_slow(); tries++) {
+        msgs = dutil_room_messages(hport, "77", 0, 0);
+        int fenced = times_in_room(msgs, "fence", 0);
+        json_decref(msgs);
+        if (fenced)
+            break;
+        dutil_msleep(20);
+    }
+    dutil_msleep(500);
+    msgs = dutil_room_messages(hport, "77", 0, 0);
+    ck_assert_int_eq(times_in_room(msgs, "fence", 0), 1);
+    for (int i = 0; i < NPOST; i++)
+        if (status[i] == 503)
+            ck_assert_msg(times_in_room(msgs, "disk", i) == 0,
+                          "alert %d answered 503 reached the room after the restart", i);
+    json_decref(msgs);
+
+    /* the senders retry: each refused alert triggers its incident and is delivered once */
+    for (int i = 0; i < NPOST; i++)
+        if (status[i] == 503)
+            ck_assert_int_eq(post_named(port, "disk", i, buf, sizeof(buf)), 200);
+    msgs = dutil_room_messages(hport, "77", (size_t)(20 + NPOST + 1), 10000 * dutil_slow());
+    for (int i = 0; i < NPOST; i++)
+        if (status[i] == 503)
+            ck_assert_msg(times_in_room(msgs, "disk", i) == 1,
+                          "alert %d, refused then sent again, is in the room %d time(s)", i,
+                          times_in_room(msgs, "disk", i));
+    json_decref(msgs);
+
+    dutil_daemon_stop(&d);
+    kill(hc, SIGTERM);
+    waitpid(hc, NULL, 0);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -168,6 +320,7 @@ int main(void)
     TCase *tc = tcase_create("efbig");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, efbig_means_503_then_recovers_by_itself);
+    tcase_add_test(tc, refused_alerts_leave_nothing);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

@@ -17,6 +17,7 @@
  *
  *   queued -> waiting_rate | in_flight | dead (expired: its limit opens after retry_max_age;
  *                                               shutdown)
+ *             | cancelled (held, and its request was refused: fbr_delivery_cancel)
  *   waiting_rate -> in_flight | dead (expired; shutdown)
  *   in_flight -> delivered | backing_off | waiting_rate (429) | dead (permanent failure, expired;
  *                                                                     shutdown)
@@ -24,6 +25,9 @@
  *
  * Every live state reaches dead, and on a clean shutdown (fbr_delivery_shutdown) every pending
  * delivery takes that edge, so nothing accepted is dropped: it is written to the dead-letter file.
+ * Cancelled is for a delivery that was never accepted: it was held (fbr_delivery_set_held) and
+ * the request that made it was answered 503, so its sender sends it again; it was never sent and
+ * goes nowhere (no dead letter).
  */
 #ifndef FIREBRIDGE_DELIVERY_H
 #define FIREBRIDGE_DELIVERY_H
@@ -47,7 +51,8 @@ struct fbr_delivery;
     X(IN_FLIGHT, "in_flight")                                                                      \
     X(BACKING_OFF, "backing_off")                                                                  \
     X(DELIVERED, "delivered")                                                                      \
-    X(DEAD, "dead")
+    X(DEAD, "dead")                                                                                \
+    X(CANCELLED, "cancelled")
 
 enum fbr_delivery_state {
 #define FBR_X(name, text) FBR_DS_##name,
@@ -111,6 +116,7 @@ struct fbr_delivery_metrics {
     uint64_t dead_permanent; /* outcome: 4xx other than 408/429, or an unsendable request */
     uint64_t dead_expired;   /* outcome: retry_max_age passed */
     uint64_t dead_shutdown;  /* outcome: still pending at fbr_delivery_shutdown() */
+    uint64_t cancelled;      /* outcome: held, then cancelled (fbr_delivery_cancel) */
     uint64_t attempts;       /* HTTP attempts started */
     uint64_t retries[FBR_RETRY_COUNT];
     uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
@@ -319,6 +325,26 @@ void fbr_delivery_set_transition_hook(struct fbr_delivery_engine *e, fbr_deliver
  */
 #define FBR_DELIVERY_WATCH_MAX 4
 int fbr_delivery_watch(struct fbr_delivery_engine *e, fbr_delivery_transition_fn fn, void *arg);
+
+/*
+ * Write-ahead holding (the journal's side, delivery_journal.c, turns it on): with held on, a
+ * delivery queued from then on (not one restored) stays queued, unsent, until
+ * fbr_delivery_release(e, seq) is called with a seq at least its own (fbr_delivery_info.seq):
+ * the journal releases a delivery once its record is committed, so nothing is sent before it is
+ * safe, and a delivery whose request then fails can still be cancelled.  A held delivery holds
+ * up its destination's later ones (their order is kept).  Turning it off releases everything.
+ */
+void fbr_delivery_set_held(struct fbr_delivery_engine *e, int on);
+void fbr_delivery_release(struct fbr_delivery_engine *e, uint64_t seq);
+/* The seq of the newest delivery queued (0: none yet); deliveries queued later have larger
+ * ones.  A caller takes it before and after its submissions to name them to the cancel. */
+uint64_t fbr_delivery_last_seq(const struct fbr_delivery_engine *e);
+/*
+ * Cancels every delivery still held whose seq is in (after, upto]: queued -> cancelled, never
+ * sent, no dead letter (the request that made them was refused and will be sent again).
+ * Deliveries already released are left alone.  Returns how many were cancelled.
+ */
+size_t fbr_delivery_cancel(struct fbr_delivery_engine *e, uint64_t after, uint64_t upto);
 
 /* Calls fn for every pending delivery in submission order (per destination, the order they go
  * out); fn must not submit, restore or free anything. */

@@ -16,12 +16,15 @@ struct fbr_delivery_journal;
 
 /*
  * Attaches engine and journal (both borrowed, both must outlive it): installs the engine's
- * transition hook and registers as the journal's owner of the delivery records.  Call before
+ * transition hook, registers as the journal's owner of the delivery records and turns on the
+ * engine's holding (fbr_delivery_set_held): a new delivery is sent only once the journal has
+ * committed its record (written; fdatasync'ed with --fsync always).  Call before
  * fbr_journal_recover(), which then restores the pending deliveries into the engine.
  */
 struct fbr_delivery_journal *fbr_delivery_journal_new(struct fbr_delivery_engine *engine,
                                                       struct fbr_journal *journal);
-/* Detaches the hook and frees; sets *dj to NULL. */
+/* Detaches the hook and frees; sets *dj to NULL.  Deliveries still held stay held (the engine
+ * is going away with the journal; their records are in the journal's buffer). */
 void fbr_delivery_journal_free(struct fbr_delivery_journal **dj);
 
 /*

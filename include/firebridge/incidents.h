@@ -138,6 +138,21 @@ int fbr_incidents_commit(struct fbr_incidents *t);
 void fbr_incidents_abort(struct fbr_incidents *t);
 
 /*
+ * Taking changes back when the journal could not commit them (the intake answers such an alert
+ * 503, and its sender sends it again: the retry must find the table as it was, or an incident
+ * it triggers would only roll into the refused one and its "triggered" message never go out).
+ * fbr_incidents_changes() counts the changes committed so far (a mark); fbr_incidents_undo()
+ * takes back every change after mark whose journal record is not committed yet, newest first:
+ * an incident it created is forgotten, one it changed gets its previous version back, and each
+ * of these is journaled again so a restart sees the same.  A change whose incident left the
+ * table since (expiry, eviction) stays undone by that; an incident number taken is not given
+ * back (numbers may skip).  Returns how many changes were taken back.  With a journal only;
+ * the record of each change is kept until the journal commits it (its committed notification).
+ */
+uint64_t fbr_incidents_changes(const struct fbr_incidents *t);
+size_t fbr_incidents_undo(struct fbr_incidents *t, uint64_t mark);
+
+/*
  * Migrates <data_dir>/incidents.journal, the table's own file from before the shared journal
  * (JSON lines in the form the journal's incident records still have), once the journal is
  * recovered: when the journal held no incident state yet, the file's lines are replayed (later

@@ -50,6 +50,13 @@ struct fbr_sink {
     int (*submit)(void *arg, struct fbr_outreq *o);
     void *arg;
     size_t (*room)(void *arg); /* NULL: unknown, rely on submit's answer */
+    /* Optional, for a sink that holds what it takes until the journal committed it (the
+     * delivery engine with the journal on): last_seq names the newest submission so far,
+     * cancel drops the still-held ones in (after, upto] (fbr_delivery_last_seq and
+     * fbr_delivery_cancel).  The intake cancels what a request submitted when its journal
+     * commit failed and it answered 503. */
+    uint64_t (*last_seq)(void *arg);
+    size_t (*cancel)(void *arg, uint64_t after, uint64_t upto);
 };
 
 struct fbr_intake_opts {
@@ -63,7 +70,12 @@ struct fbr_intake_opts {
     struct fbr_journal *journal;   /* borrowed, may be NULL: the HTTP endpoints answer 200 only
                                       once the journal committed what the request appended
                                       (fbr_journal_wait), 503 + Retry-After when it failed or
-                                      while it cannot be written */
+                                      while it cannot be written.  A request answered 503
+                                      because the commit failed is taken back whole: its
+                                      deliveries are cancelled unsent (sink.cancel) and its
+                                      incident changes undone (fbr_incidents_undo), so the
+                                      sender's retry is processed as the first post would
+                                      have been and the room sees the alert once */
     uint64_t (*clock_ms)(void);    /* wall clock in ms; NULL: fbr_wall_ms */
     struct fbr_alertmanager_opts alertmanager; /* copied */
 };

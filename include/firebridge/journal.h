@@ -25,6 +25,13 @@
  * success), is logged once per episode, and turns fbr_journal_writable() to 0; the buffer is
  * kept (a partial write is cut off the file first) and retried every 250 ms, on a fresh segment
  * when the old one has data, so the journal recovers by itself once the disk accepts writes.
+ * A failed caller must take back what it appended, since its records stay in the buffer and
+ * will be written: it appends records that cancel them (a cancelled delivery, an incident's
+ * previous version), which land behind them, so recovery ends where the caller started.  Owners
+ * make that possible by acting on nothing before it is committed: the delivery engine sends a
+ * delivery only once the committed notification (owner.committed) passes its record, so a
+ * failed caller's deliveries are still unsent.  After a failed fdatasync the cancelling records
+ * are written at once (the failed ones may be in the file, unsynced).
  *
  * Liveness and disk use: every append takes one hold on its record's segment; the owner keeps
  * the returned ref and releases it when the record stops mattering (a delivery finished, an
@@ -111,6 +118,10 @@ struct fbr_journal_owner {
     void (*replay)(void *arg, unsigned type, struct fbr_slice payload, struct fbr_journal_ref ref);
     void (*replay_done)(void *arg);
     void (*checkpoint)(void *arg, uint32_t upto);
+    /* Optional: the commit level (fbr_journal_committed) reached pos; runs from the loop after
+     * the waiters it completed.  The delivery engine's gate and the incidents' undo log follow
+     * it. */
+    void (*committed)(void *arg, uint64_t pos);
     void *arg;
 };
 
@@ -133,6 +144,9 @@ int fbr_journal_open(struct event_base *base, const struct fbr_journal_opts *opt
 
 /* Registers an owner (copied) before fbr_journal_recover(); arg is borrowed. */
 void fbr_journal_add_owner(struct fbr_journal *j, const struct fbr_journal_owner *owner);
+/* Unregisters the owners with this arg (an owner going away before the journal closes: nothing
+ * calls it any more, not even the close's last write). */
+void fbr_journal_remove_owner(struct fbr_journal *j, void *arg);
 
 /*
  * Replays the segments into the owners (see the top of this file) and opens a new segment for
@@ -167,6 +181,8 @@ void fbr_journal_release(struct fbr_journal *j, struct fbr_journal_ref ref);
 
 /* Position after the last record appended (bytes appended since open). */
 uint64_t fbr_journal_position(const struct fbr_journal *j);
+/* Position up to which every record is committed as --fsync says (written; synced for always). */
+uint64_t fbr_journal_committed(const struct fbr_journal *j);
 
 /*
  * Calls cb(arg, FBR_OK) once every record up to pos is committed as --fsync says, or
