@@ -326,6 +326,27 @@ static void reply_unavailable(struct fbr_intake *in, struct fbr_intake_reply *ou
                           "Delivery queue full: nothing was processed, retry later");
 }
 
+/* The journal cannot take a change now (a write or fdatasync failed, or recovery is not done):
+ * *out is a 503 naming the trouble and 1 is returned, else 0.  The HTTP endpoints refuse before
+ * parsing (refuse_journal); the calls of the HipChat add-on (room commands, chats) reach the
+ * intake directly and are refused here, so what is typed in a room never changes anything that
+ * a 200 could not be given for. */
+static int journal_unavailable(struct fbr_intake *in, struct fbr_intake_reply *out)
+{
+    if (!in->journal || fbr_journal_writable(in->journal))
+        return 0;
+    in->stats.rejected++;
+    in->stats.unavailable++;
+    out->status = 503;
+    out->retry_after = FBR_INTAKE_RETRY_AFTER_S;
+    out->deliveries = 0;
+    char msg[400];
+    snprintf(msg, sizeof(msg), "%s: nothing was processed, retry later",
+             fbr_journal_trouble(in->journal));
+    out->body = json_pack("{s:s,s:s}", "result", "failure", "message", msg);
+    return 1;
+}
+
 /* Checks the length limits of every top-level string field; returns the offending key or NULL. */
 static const char *too_long(json_t *body, size_t *limit)
 {
@@ -583,6 +604,8 @@ void fbr_intake_alert_group(struct fbr_intake *in, struct fbr_slice rk, json_t *
                             struct fbr_intake_reply *out)
 {
     memset(out, 0, sizeof(*out));
+    if (journal_unavailable(in, out))
+        return;
     size_t n = json_array_size(alerts), i;
     json_t *a;
     json_array_foreach (alerts, i, a) {
@@ -675,6 +698,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
 void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out)
 {
     memset(out, 0, sizeof(*out));
+    if (journal_unavailable(in, out))
+        return;
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -743,15 +768,14 @@ static int refuse_draining(struct fbr_intake *in, struct fbr_http_req *req)
  * handled as if it were the first post.  Returns 1 when refused. */
 static int refuse_journal(struct fbr_intake *in, struct fbr_http_req *req)
 {
-    if (!in->journal || fbr_journal_writable(in->journal))
+    struct fbr_intake_reply r;
+    memset(&r, 0, sizeof(r));
+    if (!journal_unavailable(in, &r))
         return 0;
-    in->stats.rejected++;
-    in->stats.unavailable++;
     char secs[16];
-    snprintf(secs, sizeof(secs), "%u", FBR_INTAKE_RETRY_AFTER_S);
+    snprintf(secs, sizeof(secs), "%u", r.retry_after);
     fbr_http_add_header(req, "Retry-After", secs);
-    fbr_http_reply_error(req, 503, "%s: nothing was processed, retry later",
-                         fbr_journal_trouble(in->journal));
+    fbr_http_reply_json(req, r.status, r.body);
     return 1;
 }
 
