@@ -326,6 +326,27 @@ static void reply_unavailable(struct fbr_intake *in, struct fbr_intake_reply *ou
                           "Delivery queue full: nothing was processed, retry later");
 }
 
+/* The journal cannot take a change now (a write or fdatasync failed, or recovery is not done):
+ * *out is a 503 naming the trouble and 1 is returned, else 0.  The HTTP endpoints refuse before
+ * parsing (refuse_journal); the calls of the HipChat add-on (room commands, chats) reach the
+ * intake directly and are refused here, so what is typed in a room never changes anything that
+ * a 200 could not be given for. */
+static int journal_unavailable(struct fbr_intake *in, struct fbr_intake_reply *out)
+{
+    if (!in->journal || fbr_journal_writable(in->journal))
+        return 0;
+    in->stats.rejected++;
+    in->stats.unavailable++;
+    out->status = 503;
+    out->retry_after = FBR_INTAKE_RETRY_AFTER_S;
+    out->deliveries = 0;
+    char msg[400];
+    snprintf(msg, sizeof(msg), "%s: nothing was processed, retry later",
+             fbr_journal_trouble(in->journal));
+    out->body = json_pack("{s:s,s:s}", "result", "failure", "message", msg);
+    return 1;
+}
+
 /* Checks the length limits of every top-level string field; returns the offending key or NULL. */
 static const char *too_long(json_t *body, size_t *limit)
 {
@@ -353,9 +374,10 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     char buf[64];
     char uuid[37];
     random_uuid(uuid);
-    json_object_set_new(alert, "VO_UUID", json_string(uuid));
+    /* ASCII values and keys made here: the setters skip jansson's UTF-8 checks */
+    json_object_set_new_nocheck(alert, "VO_UUID", json_string_nocheck(uuid));
     fbr_fmt_u64(buf, now_ms);
-    json_object_set_new(alert, "VO_ALERT_RCV_TIME", json_string(buf));
+    json_object_set_new_nocheck(alert, "VO_ALERT_RCV_TIME", json_string_nocheck(buf));
     json_object_set_new(alert, "VO_ORGANIZATION_ID", json_string(in->org));
     /* Formatted once per second: alerts arrive in bursts. */
     time_t secs = (time_t)(now_ms / 1000);
@@ -366,8 +388,9 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
         strftime(in->time_utc, sizeof(in->time_utc), "%Y-%m-%dT%H:%M:%SZ", &tm);
         in->stamp_secs = (int64_t)secs;
     }
-    json_object_set_new(alert, "alert_received_week_time_utc", json_string(in->week_time));
-    json_object_set_new(alert, "Alert_received_time_utc", json_string(in->time_utc));
+    json_object_set_new_nocheck(alert, "alert_received_week_time_utc",
+                                json_string_nocheck(in->week_time));
+    json_object_set_new_nocheck(alert, "Alert_received_time_utc", json_string_nocheck(in->time_utc));
 }
 
 /* Checks an alert of the platform's shape as the REST endpoint does.  Returns FBR_OK, or
@@ -409,7 +432,7 @@ static void alert_stamp(struct fbr_intake *in, json_t *body, struct fbr_slice rk
     json_t *mt = json_object_get(body, "message_type");
     enum fbr_msg_type t;
     if (fbr_msg_type_parse(json_string_value(mt), json_string_length(mt), &t) == FBR_OK)
-        json_object_set_new(body, "message_type", json_string(fbr_msg_type_name(t)));
+        json_object_set_new_nocheck(body, "message_type", json_string_nocheck(fbr_msg_type_name(t)));
     json_t *eid = json_object_get(body, "entity_id");
     if (!json_is_string(eid) || json_string_length(eid) == 0) {
         char uuid[37];
@@ -417,7 +440,7 @@ static void alert_stamp(struct fbr_intake *in, json_t *body, struct fbr_slice rk
         json_object_set_new(body, "entity_id", json_string(uuid));
     }
     if (rk.len)
-        json_object_set_new(body, "routing_key", json_stringn(rk.ptr, rk.len));
+        json_object_set_new_nocheck(body, "routing_key", json_stringn(rk.ptr, rk.len));
     stamp(in, body, now_ms);
 }
 
@@ -496,9 +519,11 @@ static void alert_pipeline(struct fbr_intake *in, struct fbr_slice rk, json_t *b
 {
     uint64_t now_ms = in->clock_ms();
     alert_stamp(in, body, rk, now_ms);
-    /* the entity_id the sender gave or was given, before any rule rewrites it */
-    json_t *reply = json_pack("{s:s,s:O}", "result", "success", "entity_id",
-                              json_object_get(body, "entity_id"));
+    /* the entity_id the sender gave or was given, before any rule rewrites it (built with plain
+     * setters: no format string parsed per alert) */
+    json_t *reply = json_object();
+    json_object_set_new_nocheck(reply, "result", json_string_nocheck("success"));
+    json_object_set_nocheck(reply, "entity_id", json_object_get(body, "entity_id"));
     fbr_rules_apply(in->rules, body, &in->stats.rules);
     long accepted = alert_process(in, body, now_ms);
     if (accepted < 0) {
@@ -579,6 +604,8 @@ void fbr_intake_alert_group(struct fbr_intake *in, struct fbr_slice rk, json_t *
                             struct fbr_intake_reply *out)
 {
     memset(out, 0, sizeof(*out));
+    if (journal_unavailable(in, out))
+        return;
     size_t n = json_array_size(alerts), i;
     json_t *a;
     json_array_foreach (alerts, i, a) {
@@ -671,6 +698,8 @@ void fbr_intake_event(struct fbr_intake *in, const char *authorization, json_t *
 void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_intake_reply *out)
 {
     memset(out, 0, sizeof(*out));
+    if (journal_unavailable(in, out))
+        return;
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -739,15 +768,14 @@ static int refuse_draining(struct fbr_intake *in, struct fbr_http_req *req)
  * handled as if it were the first post.  Returns 1 when refused. */
 static int refuse_journal(struct fbr_intake *in, struct fbr_http_req *req)
 {
-    if (!in->journal || fbr_journal_writable(in->journal))
+    struct fbr_intake_reply r;
+    memset(&r, 0, sizeof(r));
+    if (!journal_unavailable(in, &r))
         return 0;
-    in->stats.rejected++;
-    in->stats.unavailable++;
     char secs[16];
-    snprintf(secs, sizeof(secs), "%u", FBR_INTAKE_RETRY_AFTER_S);
+    snprintf(secs, sizeof(secs), "%u", r.retry_after);
     fbr_http_add_header(req, "Retry-After", secs);
-    fbr_http_reply_error(req, 503, "%s: nothing was processed, retry later",
-                         fbr_journal_trouble(in->journal));
+    fbr_http_reply_json(req, r.status, r.body);
     return 1;
 }
 

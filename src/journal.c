@@ -327,16 +327,41 @@ static void notify_committed(struct fbr_journal *j)
             j->owners[i].committed(j->owners[i].arg, pos);
 }
 
-/* Fails every waiter (a write or fdatasync failed: none of them may be told "safe"). */
+/* Fails every waiter but the oldest keep (none of them may be told "safe").  A callback may
+ * append and wait again: its waiter is not one of these. */
+static void fail_waiters_but(struct fbr_journal *j, size_t keep)
+{
+    size_t n = j->wcount - keep;
+    if (!n)
+        return;
+    struct waiter *v = fbr_xmalloc(n * sizeof(*v));
+    for (size_t i = 0; i < n; i++)
+        v[i] = j->w[(j->whead + keep + i) % j->wcap];
+    j->wcount = keep;
+    for (size_t i = 0; i < n; i++)
+        v[i].cb(v[i].arg, FBR_ERROR);
+    free(v);
+}
+
+/* Fails every waiter (an fdatasync failed, or the journal closes). */
 static void fail_waiters(struct fbr_journal *j)
 {
-    size_t n = j->wcount;
-    while (n--) {
-        struct waiter w = j->w[j->whead];
-        j->whead = (j->whead + 1) % j->wcap;
-        j->wcount--;
-        w.cb(w.arg, FBR_ERROR);
-    }
+    fail_waiters_but(j, 0);
+}
+
+/*
+ * A write failed: fails the waiters whose records it did not write.  The ones below j->written
+ * (--fsync always: written, waiting for their fdatasync) keep waiting for it, since the failed
+ * write says nothing about them.  Failing them would answer 503 for records already in the file:
+ * the records taking them back could not be written while writes fail, so a kill -9 then would
+ * replay, and deliver, what the sender was told to retry.
+ */
+static void fail_unwritten_waiters(struct fbr_journal *j)
+{
+    size_t keep = 0;
+    while (keep < j->wcount && j->w[(j->whead + keep) % j->wcap].pos <= j->written)
+        keep++;
+    fail_waiters_but(j, keep);
 }
 
 /* ---- disk trouble ---- */
@@ -567,7 +592,7 @@ static int write_buffer(struct fbr_journal *j)
         return FBR_OK;
     if (j->need_roll && roll(j) != 0) {
         trouble_begin(j, TK_WRITE, "starting a journal segment", errno);
-        fail_waiters(j);
+        fail_unwritten_waiters(j);
         return FBR_ERROR;
     }
     struct segment *s = cur_seg(j);
@@ -593,7 +618,7 @@ static int write_buffer(struct fbr_journal *j)
             s->bytes += off;
         j->need_roll = s->bytes > 0 || off > 0;
         trouble_begin(j, TK_WRITE, "writing the journal", err);
-        fail_waiters(j);
+        fail_unwritten_waiters(j);
         return FBR_ERROR;
     }
     s->bytes += j->len;
@@ -632,7 +657,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         write_buffer(j);
     complete_waiters(j);
     if (j->trouble != TK_NONE)
-        fail_waiters(j);
+        fail_unwritten_waiters(j);
 }
 
 static void on_batch_timer(evutil_socket_t fd, short what, void *arg)

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h> /* ev_write: see reply_now() */
 #include <event2/listener.h>
 #include <evhtp.h>
 #include <fcntl.h>
@@ -290,15 +291,24 @@ void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body)
 {
     evhtp_request_t *r = req->opaque;
     if (body) {
-        char *s = json_dumps(body, JSON_COMPACT);
-        json_decref(body);
+        /* A reply that fits is serialised on the stack: no allocation, no strlen (every alert's
+         * 200 comes through here); a longer one (/metrics-sized) through json_dumps. */
+        char buf[2048];
+        size_t n = json_dumpb(body, buf, sizeof(buf) - 1, JSON_COMPACT);
         evhtp_headers_add_header(r->headers_out,
                                  evhtp_header_new("Content-Type", "application/json", 0, 0));
-        if (s) {
-            evbuffer_add(r->buffer_out, s, strlen(s));
-            evbuffer_add(r->buffer_out, "\n", 1);
+        if (n > 0 && n < sizeof(buf)) {
+            buf[n] = '\n';
+            evbuffer_add(r->buffer_out, buf, n + 1);
+        } else {
+            char *s = json_dumps(body, JSON_COMPACT);
+            if (s) {
+                evbuffer_add(r->buffer_out, s, strlen(s));
+                evbuffer_add(r->buffer_out, "\n", 1);
+            }
+            free(s);
         }
-        free(s);
+        json_decref(body);
     }
     send_reply(req, status);
 }
@@ -315,6 +325,53 @@ void fbr_http_reply_error(struct fbr_http_req *req, int status, const char *fmt,
     fbr_http_reply_json(req, status, json_pack("{s:s,s:s}", "result", "failure", "message", msg));
 }
 
+/* A plain-TCP connection: its bufferevent writes straight to the socket (no TLS, no filter). */
+static int plain_tcp(const evhtp_connection_t *c)
+{
+    return c && c->bev && !c->ssl && !bufferevent_get_underlying(c->bev);
+}
+
+static void wrapped_writecb(struct bufferevent *bev, void *arg);
+
+/*
+ * A deferred reply written to the socket at once, from the loop (the owner's callback, never
+ * inside libevhtp's parser), instead of through evhtp_request_resume(): libevhtp's resume event
+ * runs later in the iteration and enables writing, the reply goes out in the next iteration and
+ * reading comes back in the one after, two epoll_ctl per request.  Here the write interest the
+ * reply added is dropped again within the iteration (the epoll changelist folds the pair), and
+ * reading was never turned off (see fbr_http_defer).  This does what libevhtp's resume and write callbacks do, in order:
+ * clear the pause, mark the connection waiting for its reply to go out (its write callback then
+ * turns reading back on and takes a pipelined request), and run that callback once the output is
+ * empty; what the kernel does not take goes out through the bufferevent as before.  Returns 0
+ * when it does not apply (TLS, a connection libevhtp is about to free): resume then.
+ */
+static int reply_now(struct conn *fc)
+{
+    evhtp_connection_t *c = fc->c;
+    if (!plain_tcp(c) || fc->closing || !(c->flags & EVHTP_CONN_FLAG_PAUSED))
+        return 0;
+    struct bufferevent *bev = c->bev;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    /* The bufferevent keeps its output's front frozen except while it writes: so do we.  An
+     * error (reset, broken pipe) is left for the bufferevent to meet on its own write. */
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (c->flags & EVHTP_CONN_FLAG_FREE_CONN)
+        return 0; /* the client closed its side meanwhile: the reply went out, the resume frees */
+    c->flags &= (uint16_t)~EVHTP_CONN_FLAG_PAUSED;
+    if (c->request)
+        c->request->status = EVHTP_RES_OK; /* what the resume callback resets */
+    c->flags |= EVHTP_CONN_FLAG_WAITING;
+    if (evbuffer_get_length(out) == 0) {
+        event_del(&bev->ev_write); /* pending since the reply was queued; nothing left for it */
+        wrapped_writecb(bev, fc);
+    } else if (!(bufferevent_get_enabled(bev) & EV_WRITE)) {
+        bufferevent_enable(bev, EV_WRITE);
+    }
+    return 1;
+}
+
 struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
 {
     struct conn *fc = req_conn(req);
@@ -327,7 +384,18 @@ struct fbr_http_pending *fbr_http_defer(struct fbr_http_req *req)
     p->id[idn] = '\0';
     if (fc)
         fc->pending = p;
-    evhtp_request_pause(p->r);
+    evhtp_connection_t *c = p->r->conn;
+    if (fc && plain_tcp(c) && !(c->flags & EVHTP_CONN_FLAG_PAUSED)) {
+        /* What evhtp_request_pause() does, except that reading stays on: libevhtp parses nothing
+         * while the flag is set (bytes that arrive meanwhile wait in the input, bounded by the
+         * read watermark, and are parsed once the reply is out), and turning reading off and on
+         * again costs two epoll_ctl per request.  An EOF meanwhile is kept for the resume, as
+         * libevhtp does for a paused connection. */
+        p->r->status = EVHTP_RES_PAUSE;
+        c->flags |= EVHTP_CONN_FLAG_PAUSED;
+    } else {
+        evhtp_request_pause(p->r);
+    }
     return p;
 }
 
@@ -355,10 +423,12 @@ void fbr_http_pending_reply_json(struct fbr_http_pending **pp, int status, json_
         free(p);
         return;
     }
-    p->fc->pending = NULL;
-    struct fbr_http_req req = {.opaque = p->r, .id = p->id, .method = p->method, .conn = p->fc};
+    struct conn *fc = p->fc;
+    fc->pending = NULL;
+    struct fbr_http_req req = {.opaque = p->r, .id = p->id, .method = p->method, .conn = fc};
     fbr_http_reply_json(&req, status, body);
-    evhtp_request_resume(p->r);
+    if (!reply_now(fc))
+        evhtp_request_resume(p->r);
     free(p);
 }
 

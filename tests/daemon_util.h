@@ -129,7 +129,7 @@ struct dutil_daemon_opts {
  */
 void dutil_daemon_start(struct dutil_daemon *d, const char *prefix, const char *const *extra);
 
-/* dutil_daemon_start() as opts says (NULL: the defaults; prefix is unused when opts->dir is set). */
+/* dutil_daemon_start() as opts says (NULL: defaults); prefix unused when opts->dir is set. */
 void dutil_daemon_start_opts(struct dutil_daemon *d, const char *prefix, const char *const *extra,
                              const struct dutil_daemon_opts *opts);
 

@@ -320,3 +320,52 @@ SSL_CTX *tsrv_ssl_ctx_made(const char *dir, const char *which)
     snprintf(key, sizeof(key), "%s/%s.key", dir, which);
     return tsrv_ssl_ctx(cert, key);
 }
+
+static void loop_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+}
+
+struct event_base *tsrv_loop_new(void)
+{
+    struct event_base *base = event_base_new();
+    struct event *tick = event_new(base, -1, EV_PERSIST, loop_tick_cb, NULL);
+    event_add(tick, &(struct timeval){0, 20000});
+    return base;
+}
+
+/* event_base_foreach_event() callback: finds the tick of tsrv_loop_new(). */
+static int find_tick(const struct event_base *base, const struct event *ev, void *arg)
+{
+    (void)base;
+    if (event_get_callback(ev) != loop_tick_cb)
+        return 0;
+    *(struct event **)arg = (struct event *)ev;
+    return 1;
+}
+
+void tsrv_loop_free(struct event_base *base)
+{
+    struct event *tick = NULL;
+    event_base_foreach_event(base, find_tick, &tick);
+    if (tick)
+        event_free(tick);
+    event_base_free(base);
+}
+
+int tsrv_run_until(struct event_base *base, int (*cond)(void), unsigned ms)
+{
+    uint64_t end = fbr_now_ms() + ms;
+    while (!cond() && fbr_now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    return cond();
+}
+
+const char *tsrv_room_url(const struct tsrv *s, const char *scheme, const char *host,
+                          const char *room)
+{
+    static char buf[256];
+    snprintf(buf, sizeof(buf), "%s://%s:%d/v2/room/%s/notification?auth_token=SECRET", scheme, host,
+             tsrv_port(s), room);
+    return buf;
+}

@@ -58,4 +58,18 @@ SSL_CTX *tsrv_ssl_ctx(const char *cert, const char *key);
  * "wrong". */
 SSL_CTX *tsrv_ssl_ctx_made(const char *dir, const char *which);
 
+/* ---- the test's own event loop around a tsrv (test_client, test_delivery) ---- */
+
+/* A new event base with a 20 ms no-op timer on it, so that each EVLOOP_ONCE pass returns within
+ * 20 ms and tsrv_run_until() looks at its condition that often.  Free with tsrv_loop_free(). */
+struct event_base *tsrv_loop_new(void);
+/* Frees the timer of tsrv_loop_new() and base (the caller's own events freed before). */
+void tsrv_loop_free(struct event_base *base);
+/* Runs base until cond() holds or ms pass; returns cond(). */
+int tsrv_run_until(struct event_base *base, int (*cond)(void), unsigned ms);
+/* "<scheme>://<host>:<s's port>/v2/room/<room>/notification?auth_token=SECRET", a room
+ * notification URL on s, in a static buffer that the next call overwrites. */
+const char *tsrv_room_url(const struct tsrv *s, const char *scheme, const char *host,
+                          const char *room);
+
 #endif

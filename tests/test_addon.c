@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -481,6 +482,86 @@ START_TEST(ack_and_resolve_by_number)
 }
 END_TEST
 
+/* ---- a journal that cannot be written ----------------------------------------------------- */
+
+/* Sets the daemon's soft RLIMIT_FSIZE (prlimit(2) from outside): 0 makes its journal writes fail. */
+static void fb_fsize(rlim_t soft)
+{
+    struct rlimit old, lim;
+    ck_assert_int_eq(prlimit(fb.pid, RLIMIT_FSIZE, NULL, &old), 0);
+    lim.rlim_cur = soft;
+    lim.rlim_max = old.rlim_max;
+    ck_assert_int_eq(prlimit(fb.pid, RLIMIT_FSIZE, &lim, NULL), 0);
+}
+
+static int readyz_becomes(int want)
+{
+    int st = 0;
+    for (int i = 0; i < 100 * dutil_slow() && st != want; i++) {
+        st = http(fb.port, "GET", "/readyz", NULL, NULL);
+        if (st != want)
+            pump(50);
+    }
+    return st;
+}
+
+/*
+ * What is typed in the room changes the incident table and the timeline like an alert does, so
+ * while the journal cannot be written it is refused the way an alert is (503 there): the room
+ * is told it did not happen, nothing reaches the platform's API, the incident stays as it was,
+ * and nothing of it turns up later.  Before, /ack answered "acknowledged" and called the
+ * platform with the change only in memory (a kill -9 in the episode forgot it), and a chat got
+ * 204 with its timeline delivery held until the disk came back.
+ */
+START_TEST(commands_refused_while_the_journal_fails)
+{
+    start_all(NULL, NULL);
+    json_decref(install_default());
+    ck_assert_int_eq(post_alert("CRITICAL", "api/latency", "API latency"), 200);
+    ck_assert_uint_eq(wait_room(ROOM, "notification", "Incident <b>#1</b> triggered", 1), 1);
+
+    fb_fsize(0);
+    ck_assert_int_eq(post_alert("CRITICAL", "db/disk", "DB disk"), 503);
+    ck_assert_int_eq(readyz_becomes(503), 503);
+    json_t *s = say("/ack 1 on it", "header");
+    const char *body = json_string_value(
+        json_object_get(json_array_get(json_object_get(s, "deliveries"), 0), "body"));
+    ck_assert_msg(body && strstr(body, "Could not acknowledge incident #1"), "/ack: %s", body);
+    json_decref(s);
+    s = say("typed while failing", "header");
+    body = json_string_value(
+        json_object_get(json_array_get(json_object_get(s, "deliveries"), 0), "body"));
+    ck_assert_msg(body && strstr(body, "did not reach the on-call timeline"), "chat: %s", body);
+    json_decref(s);
+
+    fb_fsize(RLIM_INFINITY);
+    ck_assert_int_eq(readyz_becomes(200), 200);
+    s = say("/incidents", "header");
+    body = json_string_value(
+        json_object_get(json_array_get(json_object_get(s, "deliveries"), 0), "body"));
+    ck_assert_msg(body && strstr(body, "#1</b> UNACKED: API latency"), "/incidents: %s", body);
+    json_decref(s);
+    pump(500);
+    for (size_t k = 0; k < tsrv_nreqs(platform); k++) {
+        const struct tsrv_req *r = tsrv_req(platform, k);
+        ck_assert_msg(strncmp(r->path, "/api-public/v1/incidents/ack", 28) != 0 &&
+                          !(r->body && strstr(r->body, "typed while failing")),
+                      "the platform got %s %s", r->path, r->body ? r->body : "");
+    }
+    ck_assert_uint_eq(count_in_room(ROOM, "notification", "acknowledged"), 0);
+    ck_assert_uint_eq(count_in_room(TIMELINE_ROOM, NULL, "typed while failing"), 0);
+
+    /* with the disk back the same command works */
+    s = say("/ack 1 on it", "header");
+    body = json_string_value(
+        json_object_get(json_array_get(json_object_get(s, "deliveries"), 0), "body"));
+    ck_assert_msg(body && strstr(body, "Incident <b>#1</b> acknowledged"), "/ack: %s", body);
+    json_decref(s);
+    ck_assert_ptr_nonnull(platform_req("/api-public/v1/incidents/ack", "\"1\""));
+    fb_stop();
+}
+END_TEST
+
 /* ---- uninstall ---------------------------------------------------------------------------- */
 
 START_TEST(uninstall_then_old_secret_is_refused)
@@ -888,6 +969,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, seed_single_room_steps);
     tcase_add_test(tc, ack_and_resolve_by_number);
+    tcase_add_test(tc, commands_refused_while_the_journal_fails);
     tcase_add_test(tc, uninstall_then_old_secret_is_refused);
     tcase_add_test(tc, token_expiry_mid_stream);
     tcase_add_test(tc, revoked_installation_dead_letters);

@@ -26,20 +26,12 @@
 #include "testsupport.h"
 
 static struct event_base *base;
-static struct event *tick;
 static struct tsrv *srv;
 static char dir[64];
 
-static void tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd, (void)what, (void)arg;
-}
-
 static void setup(void)
 {
-    base = event_base_new();
-    tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
-    event_add(tick, &(struct timeval){0, 20000});
+    base = tsrv_loop_new();
     dutil_tmpdir(dir, sizeof(dir), "fbr-client");
 }
 
@@ -48,26 +40,8 @@ static void teardown(void)
     if (srv)
         tsrv_free(srv);
     srv = NULL;
-    event_free(tick);
-    event_base_free(base);
+    tsrv_loop_free(base);
     dutil_rm_rf(dir);
-}
-
-/* Runs the loop until cond() holds or ms pass; returns cond(). */
-static int run_until(int (*cond)(void), unsigned ms)
-{
-    uint64_t end = fbr_now_ms() + ms;
-    while (!cond() && fbr_now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-    return cond();
-}
-
-static char *url_for(const char *scheme, const char *host, const char *room)
-{
-    static char buf[256];
-    snprintf(buf, sizeof(buf), "%s://%s:%d/v2/room/%s/notification?auth_token=SECRET", scheme, host,
-             tsrv_port(srv), room);
-    return buf;
 }
 
 /* Every callback of the tests below: how many, and the last one's outcome. */
@@ -174,7 +148,7 @@ START_TEST(client_parses_responses)
     struct fbr_client_req req = {"POST", url, strlen(url), "X-T: 1\r\n", 8, body, 2, NULL};
     uint64_t now_wall = fbr_wall_ms();
     ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
-    ck_assert(run_until(raw_done, 5000));
+    ck_assert(tsrv_run_until(base, raw_done, 5000));
     ck_assert_str_eq(tsrv_req(srv, 0)->body, "abcd");
     ck_assert_msg((int)raw_resp.err == raw_cases[_i].err, "err %d: %s", raw_resp.err, raw_reason);
     ck_assert_int_eq(raw_resp.status, raw_cases[_i].status);
@@ -193,7 +167,7 @@ START_TEST(client_parses_responses)
         /* a second request reuses the connection exactly when the response allowed it */
         raw_calls = 0;
         ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
-        ck_assert(run_until(raw_done, 5000));
+        ck_assert(tsrv_run_until(base, raw_done, 5000));
         ck_assert_int_eq(raw_resp.status, 204);
         ck_assert_int_eq(raw_resp.reused, raw_cases[_i].reusable);
         ck_assert_uint_eq(tsrv_accepted(srv), raw_cases[_i].reusable ? 1 : 2);
@@ -219,7 +193,7 @@ START_TEST(dns_failure_reported)
     got_calls = 0;
     uint64_t t0 = fbr_now_ms();
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_uint_lt(fbr_now_ms() - t0, 1500);
     ck_assert_msg(got_err == FBR_CLIENT_ERR_DNS || got_err == FBR_CLIENT_ERR_TIMEOUT, "%d: %s",
                   got_err, got_reason);
@@ -239,13 +213,13 @@ START_TEST(keep_alive_reused)
     srv = tsrv_new(base, NULL);
     tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
     struct fbr_client *c = client_new(2, 2000, NULL);
-    const char *url = url_for("http", "127.0.0.1", "k");
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "k");
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
     enum { N = 5 };
     for (int i = 0; i < N; i++) {
         got_reset();
         ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-        ck_assert(run_until(got_one, 5000));
+        ck_assert(tsrv_run_until(base, got_one, 5000));
         ck_assert_int_eq(got_err, FBR_CLIENT_ERR_NONE);
         ck_assert_int_eq(got_status, 204);
         ck_assert_int_eq(got_reused, i > 0);
@@ -267,14 +241,14 @@ START_TEST(pool_bounds_connections)
     srv = tsrv_new(base, NULL);
     tsrv_set_default(srv, (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
     struct fbr_client *c = client_new(2, 5000, NULL);
-    const char *url = url_for("http", "127.0.0.1", "p");
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "p");
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
     got_reset();
     want_calls = 8;
     for (int i = 0; i < want_calls; i++)
         ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
     ck_assert_int_eq(got_calls, 0);
-    ck_assert(run_until(got_want, 10000));
+    ck_assert(tsrv_run_until(base, got_want, 10000));
     ck_assert_int_eq(got_calls, 8);
     ck_assert_uint_eq(tsrv_nreqs(srv), 8);
     ck_assert_uint_le(tsrv_max_open(srv), 2);
@@ -301,18 +275,18 @@ START_TEST(chunked_body_cut)
     struct tsrv_reply rep = {0, NULL, 0, 0, raw, 0};
     tsrv_script(srv, "/v2/room/c/", &rep, 1);
     struct fbr_client *c = client_new(1, 2000, NULL);
-    const char *url = url_for("http", "127.0.0.1", "c");
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "c");
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL, 1000};
     got_reset();
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_int_eq(got_err, FBR_CLIENT_ERR_NONE);
     ck_assert_int_eq(got_status, 200);
     ck_assert_int_eq(got_cut, 1);
     ck_assert_uint_eq(got_len, 1000);
     got_reset(); /* the default answer on the same connection */
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_int_eq(got_reused, 1);
     ck_assert_int_eq(got_cut, 0);
     fbr_client_free(&c);
@@ -329,18 +303,18 @@ START_TEST(stalled_server_times_out)
     tsrv_script(srv, "/v2/room/s/", &stall, 1);
     tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
     struct fbr_client *c = client_new(1, 300, NULL);
-    const char *url = url_for("http", "127.0.0.1", "s");
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "s");
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
     got_reset();
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_msg(got_err == FBR_CLIENT_ERR_TIMEOUT, "%d: %s", got_err, got_reason);
     ck_assert_ptr_nonnull(strstr(got_reason, "127.0.0.1"));
     ck_assert_ptr_null(strstr(got_reason, "SECRET")); /* the token in the query is not shown */
     ck_assert_uint_eq(tsrv_nreqs(srv), 1);
     got_reset();
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_int_eq(got_status, 204);
     ck_assert_int_eq(got_reused, 0);
     ck_assert_uint_eq(tsrv_accepted(srv), 2);
@@ -358,7 +332,7 @@ START_TEST(connection_refused)
     got_reset();
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
     ck_assert_int_eq(got_calls, 0);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_msg(got_err == FBR_CLIENT_ERR_CONNECT, "%d: %s", got_err, got_reason);
     fbr_client_free(&c);
     ck_assert_int_eq(got_calls, 1);
@@ -403,11 +377,11 @@ START_TEST(tls_verified)
     struct fbr_client *c = client_new(1, 2000, ca);
     const char *hosts[] = {"localhost", "localhost", "127.0.0.1"};
     for (size_t i = 0; i < 3; i++) {
-        const char *url = url_for("https", hosts[i], "t");
+        const char *url = tsrv_room_url(srv, "https", hosts[i], "t");
         struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
         got_reset();
         ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-        ck_assert(run_until(got_one, 5000));
+        ck_assert(tsrv_run_until(base, got_one, 5000));
         ck_assert_msg(got_err == FBR_CLIENT_ERR_NONE, "%s: %s", hosts[i], got_reason);
         ck_assert_int_eq(got_status, 204);
         ck_assert_int_eq(got_reused, i == 1);
@@ -429,11 +403,11 @@ START_TEST(tls_wrong_host)
     struct fbr_client_opts co = {1, 2000, 2000, ca, 0};
     struct fbr_client *c;
     ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
-    const char *url = url_for("https", "localhost", "1");
+    const char *url = tsrv_room_url(srv, "https", "localhost", "1");
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
     ck_assert_int_eq(got_calls, 0); /* never from inside the request function */
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_int_eq(got_err, FBR_CLIENT_ERR_TLS);
     ck_assert_msg(strstr(got_reason, "hostname mismatch") && strstr(got_reason, "localhost"),
                   "reason: %s", got_reason);
@@ -493,7 +467,7 @@ START_TEST(tls_handshake_fails)
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
     got_reset();
     ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
-    ck_assert(run_until(got_one, 5000));
+    ck_assert(tsrv_run_until(base, got_one, 5000));
     ck_assert_msg(got_err == FBR_CLIENT_ERR_TLS, "%d: %s", got_err, got_reason);
     ck_assert_int_eq(got_status, 0);
     fbr_client_free(&c);

@@ -26,7 +26,6 @@
 #include "testsupport.h"
 
 static struct event_base *base;
-static struct event *tick;
 static struct tsrv *srv;
 static struct fbr_delivery_engine *eng;
 static char dir[64];
@@ -53,19 +52,10 @@ static void hook(const struct fbr_delivery_info *d, enum fbr_delivery_state from
     nhooks++;
 }
 
-static void tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd, (void)what, (void)arg;
-}
-
 static void setup(void)
 {
-    base = event_base_new();
-    struct timeval tv = {0, 20000};
-    tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
-    event_add(tick, &tv);
-    snprintf(dir, sizeof(dir), "/tmp/fbr-delivery-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    base = tsrv_loop_new();
+    dutil_tmpdir(dir, sizeof(dir), "fbr-delivery");
     nhooks = 0;
 }
 
@@ -75,12 +65,8 @@ static void teardown(void)
     if (srv)
         tsrv_free(srv);
     srv = NULL;
-    event_free(tick);
-    event_base_free(base);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "cannot remove %s\n", dir);
+    tsrv_loop_free(base);
+    dutil_rm_rf(dir);
     free(hooks);
     hooks = NULL;
     nhooks = hooks_cap = 0;
@@ -135,15 +121,6 @@ static const struct fbr_delivery_metrics *M(void)
     return fbr_delivery_get_metrics(eng);
 }
 
-/* Runs the loop until cond() holds or ms pass; returns cond(). */
-static int run_until(int (*cond)(void), unsigned ms)
-{
-    uint64_t end = fbr_now_ms() + ms;
-    while (!cond() && fbr_now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-    return cond();
-}
-
 static uint64_t want;
 static int delivered_n(void)
 {
@@ -154,14 +131,6 @@ static int dead_n(void)
     return M()->dead_permanent + M()->dead_expired >= want;
 }
 
-static char *url_for(const char *scheme, const char *host, const char *room)
-{
-    static char buf[256];
-    snprintf(buf, sizeof(buf), "%s://%s:%d/v2/room/%s/notification?auth_token=SECRET", scheme, host,
-             tsrv_port(srv), room);
-    return buf;
-}
-
 START_TEST(retry_5xx_then_success)
 {
     srv = tsrv_new(base, NULL);
@@ -170,9 +139,9 @@ START_TEST(retry_5xx_then_success)
     struct fbr_delivery_opts o;
     opts_fast(&o);
     start(&o);
-    submit(url_for("http", "127.0.0.1", "1"), "{\"message\":\"hi\"}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "1"), "{\"message\":\"hi\"}", NULL);
     want = 1;
-    ck_assert(run_until(delivered_n, 10000));
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
     ck_assert_uint_eq(tsrv_nreqs(srv), 3);
     ck_assert_uint_eq(M()->attempts, 3);
     ck_assert_uint_eq(M()->retries[FBR_RETRY_HTTP_5XX], 2);
@@ -193,10 +162,10 @@ START_TEST(dead_letter_then_replay)
     struct fbr_delivery_opts o;
     opts_fast(&o);
     start(&o);
-    submit(url_for("http", "127.0.0.1", "7"), "{\"message\":\"\\u00e9t\\u00e9\"}",
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "7"), "{\"message\":\"\\u00e9t\\u00e9\"}",
            "Bearer TOPSECRET");
     want = 1;
-    ck_assert(run_until(dead_n, 5000));
+    ck_assert(tsrv_run_until(base, dead_n, 5000));
     ck_assert_uint_eq(M()->dead_permanent, 1);
     ck_assert_uint_eq(M()->attempts, 1);
     ck_assert_uint_eq(tsrv_nreqs(srv), 1);
@@ -219,7 +188,7 @@ START_TEST(dead_letter_then_replay)
     char err[256];
     ck_assert_int_eq(fbr_delivery_replay_file(eng, path, &count, err, sizeof(err)), FBR_OK);
     ck_assert_uint_eq(count, 1);
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     ck_assert_uint_eq(tsrv_nreqs(srv), 2);
     const struct tsrv_req *a = tsrv_req(srv, 0), *b = tsrv_req(srv, 1);
     ck_assert_str_eq(a->delivery_id, b->delivery_id);
@@ -239,9 +208,9 @@ START_TEST(too_many_requests_holds)
     struct fbr_delivery_opts o;
     opts_fast(&o);
     start(&o);
-    submit(url_for("http", "127.0.0.1", "9"), "{\"message\":\"a\"}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "9"), "{\"message\":\"a\"}", NULL);
     want = 1;
-    ck_assert(run_until(delivered_n, 8000));
+    ck_assert(tsrv_run_until(base, delivered_n, 8000));
     ck_assert_uint_eq(tsrv_nreqs(srv), 2);
     uint64_t gap = tsrv_req(srv, 1)->at_wall_ms - tsrv_req(srv, 0)->at_wall_ms;
     ck_assert_msg(gap >= 2000, "second attempt only %llu ms after the 429",
@@ -262,10 +231,10 @@ START_TEST(room_rate_window)
     for (int i = 0; i < N; i++) {
         char body[32];
         snprintf(body, sizeof(body), "{\"n\":%d}", i);
-        submit(url_for("http", "127.0.0.1", "42"), body, NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", "42"), body, NULL);
     }
     want = N;
-    ck_assert(run_until(delivered_n, 15000));
+    ck_assert(tsrv_run_until(base, delivered_n, 15000));
     ck_assert_uint_eq(tsrv_nreqs(srv), N);
     uint64_t sends[N];
     size_t ns = 0;
@@ -299,13 +268,13 @@ START_TEST(stalled_room_isolated)
     opts_fast(&o);
     o.request_timeout_ms = 20000;
     start(&o);
-    submit(url_for("http", "127.0.0.1", "slow"), "{\"n\":0}", NULL);
-    submit(url_for("http", "127.0.0.1", "slow"), "{\"n\":1}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "slow"), "{\"n\":0}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "slow"), "{\"n\":1}", NULL);
     uint64_t t0 = fbr_now_ms();
     for (int i = 0; i < 5; i++)
-        submit(url_for("http", "127.0.0.1", "fast"), "{\"n\":2}", NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", "fast"), "{\"n\":2}", NULL);
     want = 5;
-    ck_assert(run_until(delivered_n, 3000));
+    ck_assert(tsrv_run_until(base, delivered_n, 3000));
     ck_assert_uint_lt(fbr_now_ms() - t0, 1000);
     ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 1);
     ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 1);
@@ -336,10 +305,10 @@ START_TEST(tls_verified)
     snprintf(ca, sizeof(ca), "%s/ca.pem", certdir);
     o.ca_file = ca;
     start(&o);
-    submit(url_for("https", "localhost", "1"), "{\"message\":\"tls\"}", NULL);
-    submit(url_for("https", "127.0.0.1", "2"), "{\"message\":\"tls\"}", NULL);
+    submit(tsrv_room_url(srv, "https", "localhost", "1"), "{\"message\":\"tls\"}", NULL);
+    submit(tsrv_room_url(srv, "https", "127.0.0.1", "2"), "{\"message\":\"tls\"}", NULL);
     want = 2;
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     ck_assert_uint_eq(tsrv_nreqs(srv), 2);
     fbr_delivery_engine_free(&eng);
     tsrv_free(srv);
@@ -370,10 +339,10 @@ START_TEST(tls_server_closes_every_response)
     for (int i = 0; i < N; i++) {
         char room[16];
         snprintf(room, sizeof(room), "t%d", i % 4);
-        submit(url_for("https", "localhost", room), "{\"message\":\"m\"}", NULL);
+        submit(tsrv_room_url(srv, "https", "localhost", room), "{\"message\":\"m\"}", NULL);
     }
     want = N;
-    ck_assert(run_until(delivered_n, 30000));
+    ck_assert(tsrv_run_until(base, delivered_n, 30000));
     ck_assert_uint_eq(M()->dead_permanent + M()->dead_expired, 0);
     ck_assert_uint_ge(tsrv_nreqs(srv), N);
     if (_i == 0)
@@ -393,7 +362,7 @@ START_TEST(tls_wrong_host)
     srv = tsrv_new(base, ctx);
     char ca[128];
     snprintf(ca, sizeof(ca), "%s/ca.pem", certdir);
-    const char *url = url_for("https", "localhost", "1");
+    const char *url = tsrv_room_url(srv, "https", "localhost", "1");
     struct fbr_delivery_opts o;
     opts_fast(&o);
     o.ca_file = ca;
@@ -421,10 +390,10 @@ START_TEST(pool_bounded)
     for (int i = 0; i < N; i++) {
         char room[16];
         snprintf(room, sizeof(room), "%d", i);
-        submit(url_for("http", "127.0.0.1", room), "{\"message\":\"m\"}", NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", room), "{\"message\":\"m\"}", NULL);
     }
     want = N;
-    ck_assert(run_until(delivered_n, 30000));
+    ck_assert(tsrv_run_until(base, delivered_n, 30000));
     ck_assert_uint_eq(tsrv_nreqs(srv), N);
     ck_assert_uint_le(tsrv_accepted(srv), 4);
     ck_assert_uint_le(tsrv_max_open(srv), 4);
@@ -451,10 +420,10 @@ START_TEST(server_closes_every_response)
     for (int i = 0; i < N; i++) {
         char room[16];
         snprintf(room, sizeof(room), "r%d", i % 20);
-        submit(url_for("http", "127.0.0.1", room), "{\"message\":\"m\"}", NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", room), "{\"message\":\"m\"}", NULL);
     }
     want = N;
-    ck_assert(run_until(delivered_n, 30000));
+    ck_assert(tsrv_run_until(base, delivered_n, 30000));
     ck_assert_uint_eq(M()->dead_permanent + M()->dead_expired, 0);
     /* every delivery reached the server (duplicates are allowed after an ambiguous EOF) */
     size_t n = tsrv_nreqs(srv);
@@ -538,10 +507,10 @@ START_TEST(order_kept_across_retries)
     for (int i = 0; i < 4; i++) {
         char body[16];
         snprintf(body, sizeof(body), "%d", i);
-        submit(url_for("http", "127.0.0.1", "ord"), body, NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", "ord"), body, NULL);
     }
     want = 4;
-    ck_assert(run_until(delivered_n, 10000));
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
     static const char *const seen[] = {"0", "0", "0", "1", "2", "3"};
     ck_assert_uint_eq(tsrv_nreqs(srv), 6);
     for (size_t i = 0; i < 6; i++)
@@ -559,9 +528,9 @@ START_TEST(expires_into_dead_letter)
     o.retry_initial_ms = 100;
     o.retry_max_interval_ms = 300;
     start(&o);
-    submit(url_for("http", "127.0.0.1", "x"), "{}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "x"), "{}", NULL);
     want = 1;
-    ck_assert(run_until(dead_n, 5000));
+    ck_assert(tsrv_run_until(base, dead_n, 5000));
     ck_assert_uint_eq(M()->dead_expired, 1);
     ck_assert_uint_ge(M()->attempts, 2);
     json_error_t jerr;
@@ -583,9 +552,9 @@ START_TEST(request_timeout_retried)
     o.request_timeout_ms = 300;
     start(&o);
     uint64_t t0 = fbr_now_ms();
-    submit(url_for("http", "127.0.0.1", "t"), "{}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "t"), "{}", NULL);
     want = 1;
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     /* libevent's timers run on its cached clock, which may lag ours by a millisecond or two */
     ck_assert_uint_ge(fbr_now_ms() - t0, 295);
     ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 1);
@@ -613,12 +582,12 @@ START_TEST(token_hold_from_headers)
     start(&o);
     submit(url_plain("a"), "a", "Bearer T1");
     want = 1;
-    ck_assert(run_until(delivered_n, 3000));
+    ck_assert(tsrv_run_until(base, delivered_n, 3000));
     uint64_t t0 = tsrv_req(srv, 0)->at_wall_ms;
     submit(url_plain("b"), "b", "Bearer T1");
     submit(url_plain("c"), "c", "Bearer T2");
     want = 3;
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     ck_assert_str_eq(tsrv_req(srv, 1)->body, "c");
     ck_assert_uint_lt(tsrv_req(srv, 1)->at_wall_ms - t0, 500);
     ck_assert_str_eq(tsrv_req(srv, 2)->body, "b");
@@ -637,7 +606,7 @@ START_TEST(several_in_flight_per_destination)
     o.pool_size = 8;
     start(&o);
     for (int i = 0; i < 5; i++)
-        submit(url_for("http", "127.0.0.1", "p"), "{}", NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", "p"), "{}", NULL);
     event_base_loopexit(base, &(struct timeval){0, 300000});
     event_base_dispatch(base);
     ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 3);
@@ -658,9 +627,9 @@ START_TEST(binary_dead_letter_replay)
     opts_fast(&o);
     start(&o);
     for (size_t i = 0; i < 4; i++)
-        submit(url_for("http", "127.0.0.1", "bin"), bodies[i], NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", "bin"), bodies[i], NULL);
     want = 4;
-    ck_assert(run_until(dead_n, 5000));
+    ck_assert(tsrv_run_until(base, dead_n, 5000));
     /* a copy for the bad-line case below: replaying the live file moves it aside */
     char copy[128], cmd[300];
     snprintf(copy, sizeof(copy), "%s/copy.jsonl", dir);
@@ -673,7 +642,7 @@ START_TEST(binary_dead_letter_replay)
         FBR_OK);
     ck_assert_uint_eq(count, 4);
     want = 4;
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     ck_assert_uint_eq(tsrv_nreqs(srv), 8);
     for (size_t i = 0; i < 4; i++) {
         const struct tsrv_req *r = tsrv_req(srv, 4 + i);
@@ -746,11 +715,11 @@ START_TEST(shutdown_saves_every_state)
         struct fbr_outreq r;
         char body[32];
         snprintf(body, sizeof(body), "{\"n\":%zu}", i);
-        make_req(&r, url_for("http", "127.0.0.1", rooms[i]), body, NULL);
+        make_req(&r, tsrv_room_url(srv, "http", "127.0.0.1", rooms[i]), body, NULL);
         ck_assert_int_eq(fbr_delivery_submit(eng, &r, ids[i]), FBR_OK);
         fbr_outreq_free(&r);
     }
-    ck_assert(run_until(shutdown_states_reached, 5000));
+    ck_assert(tsrv_run_until(base, shutdown_states_reached, 5000));
     ck_assert_uint_eq(M()->pending, N);
     ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 4);
     size_t nreq_before = tsrv_nreqs(srv);
@@ -795,7 +764,7 @@ START_TEST(shutdown_saves_every_state)
 
     /* nothing more is accepted, and the dropped attempt never calls back */
     struct fbr_outreq r;
-    make_req(&r, url_for("http", "127.0.0.1", "stall"), "x", NULL);
+    make_req(&r, tsrv_room_url(srv, "http", "127.0.0.1", "stall"), "x", NULL);
     ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_LIMIT);
     fbr_outreq_free(&r);
     size_t count = 0;
@@ -821,7 +790,7 @@ START_TEST(shutdown_saves_every_state)
     ck_assert_uint_eq(json_array_size(lines), N);
     json_decref(lines);
     want = N;
-    ck_assert(run_until(delivered_n, 10000));
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
     /* each room got its deliveries in the original order, once each */
     for (size_t k = 0; k < 3; k++) {
         char prefix[32];
@@ -864,17 +833,17 @@ START_TEST(replay_live_file_no_loop)
     for (int i = 0; i < N; i++) {
         char body[16];
         snprintf(body, sizeof(body), "%d", i);
-        submit(url_for("http", "127.0.0.1", "loop"), body, NULL);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", "loop"), body, NULL);
     }
     want = N;
-    ck_assert(run_until(dead_n, 5000));
+    ck_assert(tsrv_run_until(base, dead_n, 5000));
     const char *path = fbr_delivery_dead_letter_path(eng);
     size_t count = 0;
     char err[256];
     ck_assert_int_eq(fbr_delivery_replay_file(eng, path, &count, err, sizeof(err)), FBR_OK);
     ck_assert_uint_eq(count, N);
     want = 2 * N;
-    ck_assert(run_until(dead_n, 5000));
+    ck_assert(tsrv_run_until(base, dead_n, 5000));
     for (int i = 0; i < 10; i++)
         event_base_loop(base, EVLOOP_NONBLOCK);
     ck_assert_uint_eq(M()->dead_permanent, 2 * N);
@@ -901,7 +870,7 @@ START_TEST(replay_live_file_no_loop)
     ck_assert_int_eq(access(copy, F_OK), 0);
     ck_assert_int_eq(access(path, F_OK), 0);
     want = 3 * N;
-    ck_assert(run_until(dead_n, 5000));
+    ck_assert(tsrv_run_until(base, dead_n, 5000));
     /* a live file with a bad line: the failed replay puts it back where it was, whole */
     FILE *f = fopen(path, "a");
     fputs("{not json\n", f);
@@ -989,14 +958,14 @@ START_TEST(waiting_deliveries_compacted)
     ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], N - 1);
 
     /* the 503: the first backs off and lets its event go too */
-    ck_assert(run_until(compacted_4, 5000));
+    ck_assert(tsrv_run_until(base, compacted_4, 5000));
     ck_assert_int_eq(ev[0]->refcount, 1);
     for (int i = 0; i < N; i++)
         json_decref(ev[i]);
     fbr_webhooks_clear(&whs); /* a reload: the compacted deliveries need no template either */
 
     want = N;
-    ck_assert(run_until(delivered_n, 10000));
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
     ck_assert_uint_eq(M()->compacted, 0);
     ck_assert_uint_eq(M()->pending, 0);
     ck_assert_uint_eq(tsrv_nreqs(srv), N + 2);
@@ -1079,7 +1048,7 @@ static size_t arrivals(const char *prefix, uint64_t *at, size_t cap)
     return k;
 }
 
-static const char *want_path; /* run_until(path_n): want requests whose path contains this */
+static const char *want_path; /* path_n: want requests whose path contains this */
 static int path_n(void)
 {
     uint64_t k = 0;
@@ -1137,11 +1106,11 @@ START_TEST(webhook_room_rate_override)
     want = N;
     want_path = "/v2/room/fast/";
     uint64_t fast[N], slow[N];
-    ck_assert(run_until(path_n, 2000));
+    ck_assert(tsrv_run_until(base, path_n, 2000));
     ck_assert_uint_eq(arrivals("/v2/room/fast/", fast, N), N);
     ck_assert_uint_le(fast[N - 1] - t0, 300); /* not held by the other webhook's override */
     want = 2 * N;
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     ck_assert_uint_eq(arrivals("/v2/room/slow/", slow, N), N);
     assert_spaced(slow, N, 2, 1000);
     ck_assert_uint_le(slow[N - 1] - slow[0], 2600); /* and not slower than needed */
@@ -1151,7 +1120,7 @@ START_TEST(webhook_room_rate_override)
         fire(2, i);
     uint64_t t1 = fbr_now_ms();
     want = 2 * N + 3;
-    ck_assert(run_until(delivered_n, 2000));
+    ck_assert(tsrv_run_until(base, delivered_n, 2000));
     ck_assert_uint_le(fbr_now_ms() - t1, 300);
     ck_assert_uint_eq(tsrv_nreqs(srv), 2 * N + 3);
     fbr_webhooks_clear(&rate_whs);
@@ -1200,11 +1169,11 @@ START_TEST(webhook_token_rate_override)
     want = N;
     want_path = "/v2/room/other/";
     uint64_t other[N], tok[N];
-    ck_assert(run_until(path_n, 2000));
+    ck_assert(tsrv_run_until(base, path_n, 2000));
     ck_assert_uint_eq(arrivals("/v2/room/other/", other, N), N);
     ck_assert_uint_le(other[N - 1] - t0, 300);
     want = 2 * N;
-    ck_assert(run_until(delivered_n, 5000));
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
     size_t k = 0;
     for (size_t i = 0; i < tsrv_nreqs(srv); i++) {
         const struct tsrv_req *r = tsrv_req(srv, i);
@@ -1287,12 +1256,13 @@ START_TEST(dns_server_silent)
     ck_assert_int_eq(fbr_delivery_submit(eng, &r, id), FBR_OK);
     fbr_outreq_free(&r);
     dead_id = id;
-    submit(url_for("http", "127.0.0.1", "ok"), "{\"ok\":1}", NULL);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "ok"), "{\"ok\":1}", NULL);
     want = 1;
-    ck_assert(run_until(delivered_n, 1000)); /* the IP literal is not held by the lookup */
+    /* the IP literal is not held by the lookup */
+    ck_assert(tsrv_run_until(base, delivered_n, 1000));
     ck_assert_uint_eq(tsrv_nreqs(srv), 1);
 
-    ck_assert(run_until(third_lookup, 3000));
+    ck_assert(tsrv_run_until(base, third_lookup, 3000));
     uint64_t sent = 0, failed = 0;
     ck_assert_uint_ge(hooks_to(id, FBR_DS_IN_FLIGHT, &sent), 2);
     ck_assert_uint_ge(hooks_to(id, FBR_DS_BACKING_OFF, &failed), 2);

@@ -442,6 +442,62 @@ START_TEST(pipelined_request_split_across_reads)
 }
 END_TEST
 
+/*
+ * The 200 of an alert waits for the journal (here fdatasync, so it comes loop iterations later)
+ * and is then written straight to the socket while reading stays on (server.c reply_now): a
+ * client that half-closes after its request still gets the reply, and three alerts pipelined in
+ * one write get three replies in order, each after its commit, on a connection still usable.
+ */
+START_TEST(deferred_replies_half_close_and_pipelined)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--fsync", "always", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char one[512], three[1536], buf[8192];
+    snprintf(one, sizeof(one),
+             "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             ALERT_PATH, strlen(alert_body), alert_body);
+    size_t len = strlen(one);
+    for (int round = 0; round < 3; round++) {
+        int fd = dutil_connect(d.port);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(dutil_send_all(fd, one, len), 0);
+        ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+        ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+        close(fd);
+    }
+    for (int i = 0; i < 3; i++)
+        memcpy(three + (size_t)i * len, one, len);
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    for (int round = 0; round < 2; round++) {
+        ck_assert_int_eq(dutil_send_all(fd, three, 3 * len), 0);
+        /* until three replies are in (each JSON body ends with a newline), EOF or 5 s */
+        size_t got = 0;
+        int bodies = 0;
+        ssize_t n;
+        while (bodies < 3 && got + 1 < sizeof(buf) &&
+               (n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0)) > 0) {
+            got += (size_t)n;
+            buf[got] = '\0';
+            bodies = 0;
+            for (const char *p = buf; (p = strstr(p, "}\n")); p += 2)
+                bodies++;
+        }
+        int oks = 0;
+        for (const char *p = buf; (p = strstr(p, "HTTP/1.1 200 ")); p++)
+            oks++;
+        ck_assert_msg(oks == 3 && bodies == 3, "round %d: %d replies: %.300s", round, oks, buf);
+    }
+    close(fd);
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_intake_alerts_total"), 9);
+    assert_alive(&d);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 /* ---- defect 3: out of descriptors --------------------------------------------------------- */
 
 /* Lines of the file at path that contain needle. */
@@ -1225,6 +1281,7 @@ int main(void)
     tcase_add_test(tc, pipelined_unread_replies_bound_memory);
     tcase_add_test(tc, pipelined_replies_resume_when_read);
     tcase_add_test(tc, pipelined_request_split_across_reads);
+    tcase_add_test(tc, deferred_replies_half_close_and_pipelined);
     suite_add_tcase(s, tc);
     tc = tcase_create("descriptors");
     tcase_set_timeout(tc, 60);
