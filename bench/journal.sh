@@ -58,7 +58,7 @@ metric() { # NAME -> value from /metrics
 json() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
 
 echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A best all
+declare -A best all cpu
 read -r -a modes <<<"${MODES:-none off batch always}" # "none" must be among them
 for r in $(seq "${ROUNDS:-2}"); do
   for m in "${modes[@]}"; do
@@ -69,10 +69,15 @@ for r in $(seq "${ROUNDS:-2}"); do
     $pin_lg "$lg" --target "127.0.0.1:$fb_port" --sink-listen "127.0.0.1:$port" \
       --duration "${SECONDS_RUN:-3}" --warmup 0.5 --connections 32 --quiet --drain 30 --json \
       >"$tmp/lg.json" 2>/dev/null || true
+    ticks=$(awk '{print $14 + $15}' "/proc/$fb_pid/stat") # the daemon's user + system time
     stop
     rate=$(json "$tmp/lg.json" intake_per_s)
     lost=$(json "$tmp/lg.json" lost)
-    printf 'round %s  %-7s %8.0f alerts/s (lost %s)\n' "$r" "$m" "$rate" "$lost"
+    us=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$(json "$tmp/lg.json" answered)" \
+      'BEGIN {printf "%.1f", n ? t / hz * 1e6 / n : 0}')
+    printf 'round %s  %-7s %8.0f alerts/s (lost %s), daemon CPU %s us/alert\n' "$r" "$m" "$rate" \
+      "$lost" "$us"
+    cpu[$m]="${cpu[$m]:-} $us"
     if [ -z "${best[$m]:-}" ] || awk -v a="$rate" -v b="${best[$m]}" 'BEGIN {exit !(a > b)}'; then
       best[$m]=$rate
     fi
@@ -87,6 +92,15 @@ for m in "${modes[@]}"; do
     -v d="$(median "${all[none]}")" \
     'BEGIN {printf "  %-14s best %8.0f alerts/s  ratio %.2f   median %8.0f alerts/s  ratio %.2f\n",
             (m == "none" ? "no journal" : "--fsync " m), a, a / b, c, c / d}'
+done
+# What the other engineers' load cannot move much: the daemon's CPU time per alert answered
+# (every thread, user + system, startup and drain included).  A daemon that has a core to itself
+# answers at most 1 / that: its inverse ratio is the intake ratio such a core would give.
+echo "daemon CPU per alert, median round, and no journal's as a ratio to it (a dedicated core's intake ratio):"
+for m in "${modes[@]}"; do
+  awk -v m="$m" -v a="$(median "${cpu[$m]}")" -v b="$(median "${cpu[none]}")" \
+    'BEGIN {printf "  %-14s %7.1f us/alert  ratio %.2f\n", (m == "none" ? "no journal" : "--fsync " m),
+            a, a ? b / a : 0}'
 done
 
 # (2) PENDING deliveries queued with the sink down, kill -9, restart.
