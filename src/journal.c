@@ -850,12 +850,12 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Segment ids found in the directory, ascending; returns the count (*ids new, caller frees). */
-static size_t list_segments(struct fbr_journal *j, uint32_t **ids)
+/* Segment ids found in dir, ascending; returns the count (*ids new, caller frees). */
+static size_t list_segments_in(const char *dir, uint32_t **ids)
 {
     size_t n = 0, cap = 0;
     *ids = NULL;
-    DIR *d = opendir(j->dir);
+    DIR *d = opendir(dir);
     if (!d)
         return 0;
     struct dirent *de;
@@ -873,6 +873,19 @@ static size_t list_segments(struct fbr_journal *j, uint32_t **ids)
     closedir(d);
     if (n)
         qsort(*ids, n, sizeof(**ids), cmp_u32);
+    return n;
+}
+
+static size_t list_segments(struct fbr_journal *j, uint32_t **ids)
+{
+    return list_segments_in(j->dir, ids);
+}
+
+size_t fbr_journal_segments_in(const char *dir)
+{
+    uint32_t *ids;
+    size_t n = list_segments_in(dir, &ids);
+    free(ids);
     return n;
 }
 

@@ -522,6 +522,17 @@ static int start_storage(struct daemon *d)
             return FBR_ERROR;
         }
         fbr_server_set_ready_check(d->srv, journal_ready, d->journal);
+    } else {
+        /* a journal left by a run with it on is not read: say what that costs */
+        char jdir[4096];
+        snprintf(jdir, sizeof(jdir), "%s/journal", d->cfg.data_dir);
+        size_t n = fbr_journal_segments_in(jdir);
+        if (n)
+            fbr_log_warn("%s holds %zu journal segment(s) from a run with --journal on; with "
+                         "--journal off they are not read: the deliveries pending in them are "
+                         "not sent and the incidents in them are not restored (start with "
+                         "--journal on to send them)",
+                         jdir, n);
     }
     struct fbr_incidents_opts iopts = {.journal = d->journal};
     if (fbr_incidents_open(&iopts, &d->incidents) != FBR_OK) {

@@ -208,7 +208,7 @@ static int times_in_room(json_t *msgs, const char *prefix, int n)
 }
 
 #define NPOST 40
-#define EPISODES 4
+#define EPISODES 5
 
 START_TEST(refused_alerts_leave_nothing)
 {
@@ -246,7 +246,8 @@ START_TEST(refused_alerts_leave_nothing)
      * are refused before anything happens: a new episode, up to EPISODES times. */
     int status[NPOST], n200 = 0, n503 = 0, processed503 = 0, total = 0;
     for (int episode = 0; episode < EPISODES && !processed503; episode++) {
-        set_fsize(fb, (rlim_t)newest_segment_size(data) + 3000);
+        /* a different cut each time: where it falls in the records is not the same again */
+        set_fsize(fb, (rlim_t)newest_segment_size(data) + 2600 + 333 * (rlim_t)episode);
         for (int k = 0; k < NPOST / EPISODES; k++, total++) {
             int i = total;
             status[i] = post_named(port, "disk", i, buf, sizeof(buf));
@@ -454,6 +455,40 @@ START_TEST(written_records_stay_answered)
 }
 END_TEST
 
+/*
+ * A journal left by a run with --journal on is not read with --journal off: the daemon says so
+ * at start, naming the directory, instead of silently not sending what was pending in it (before:
+ * no line at all, and the 200'd alerts pending there were never delivered).
+ */
+START_TEST(journal_off_names_the_unread_journal)
+{
+    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk4");
+    char cfg[128], origin[64];
+    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
+    /* nothing listens there: the deliveries stay pending */
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", dutil_free_port());
+    dutil_seed_config(cfg, origin, "77", "tok-77");
+    const char *on[] = {"-c", cfg, "--drain-timeout", "1", NULL};
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb-on.log"};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, on, &opts);
+    char buf[4096];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(post(d.port, i, buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
+    ck_assert_int_eq(log_count(d.log, "stay in the journal"), 1);
+
+    const char *off[] = {"-c", cfg, "--journal", "off", NULL};
+    opts.log_name = "fb-off.log";
+    dutil_daemon_start_opts(&d, NULL, off, &opts);
+    ck_assert_msg(log_count(d.log, "journal segment(s) from a run with --journal on") == 1,
+                  "no word about the unread journal:\n%s", dutil_slurp(d.log, NULL));
+    ck_assert_int_eq(log_count(d.log, "/journal holds 1 journal segment(s)"), 1);
+    dutil_daemon_stop(&d);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -463,6 +498,7 @@ int main(void)
     tcase_add_test(tc, efbig_means_503_then_recovers_by_itself);
     tcase_add_test(tc, refused_alerts_leave_nothing);
     tcase_add_test(tc, written_records_stay_answered);
+    tcase_add_test(tc, journal_off_names_the_unread_journal);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

@@ -142,6 +142,9 @@ struct fbr_journal_opts {
 int fbr_journal_open(struct event_base *base, const struct fbr_journal_opts *opts,
                      struct fbr_journal **out, char *err, size_t errlen);
 
+/* How many segment files (NNNNNN.log) the journal directory dir holds; 0 when it is missing. */
+size_t fbr_journal_segments_in(const char *dir);
+
 /* Registers an owner (copied) before fbr_journal_recover(); arg is borrowed. */
 void fbr_journal_add_owner(struct fbr_journal *j, const struct fbr_journal_owner *owner);
 /* Unregisters the owners with this arg (an owner going away before the journal closes: nothing
