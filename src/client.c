@@ -331,6 +331,14 @@ static int64_t parse_int(const char *v)
     return x;
 }
 
+/* A header counting seconds (Retry-After, the limits' resets), or -1: at most
+ * FBR_CLIENT_MAX_SECONDS, which times 1000 plus any clock still fits in an int64_t. */
+static int64_t parse_seconds(const char *v)
+{
+    int64_t s = parse_int(v);
+    return s > FBR_CLIENT_MAX_SECONDS ? FBR_CLIENT_MAX_SECONDS : s;
+}
+
 static char *trim(char *s)
 {
     while (*s == ' ' || *s == '\t')
@@ -388,13 +396,13 @@ static int on_header(struct upstream_conn *conn, char *line)
     } else if (strcasecmp(name, "x-ratelimit-remaining") == 0) {
         r->ratelimit_remaining = parse_int(v);
     } else if (strcasecmp(name, "x-ratelimit-reset") == 0) {
-        r->ratelimit_reset = parse_int(v);
+        r->ratelimit_reset = parse_seconds(v);
     } else if (strcasecmp(name, "x-floodcontrol-limit") == 0) {
         r->flood_limit = parse_int(v);
     } else if (strcasecmp(name, "x-floodcontrol-remaining") == 0) {
         r->flood_remaining = parse_int(v);
     } else if (strcasecmp(name, "x-floodcontrol-reset") == 0) {
-        r->flood_reset = parse_int(v);
+        r->flood_reset = parse_seconds(v);
     }
     return 0;
 }
@@ -1047,7 +1055,7 @@ int64_t fbr_client_parse_retry_after(const char *v, uint64_t now_wall_ms)
     while (*v == ' ')
         v++;
     if (*v >= '0' && *v <= '9') {
-        int64_t s = parse_int(v);
+        int64_t s = parse_seconds(v);
         return s < 0 ? -1 : (int64_t)now_wall_ms + s * 1000;
     }
     struct tm tm;

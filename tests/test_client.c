@@ -105,6 +105,10 @@ static const struct {
     {"HTTP/1.1 429 Slow down\r\ncontent-length: 2\r\nretry-after: 3\r\nx-ratelimit-remaining: 0"
      "\r\nX-RATELIMIT-RESET: 1700000000\r\nx-FloodControl-Remaining:  7 \r\n\r\n{}",
      0, FBR_CLIENT_ERR_NONE, 429, "{}", 3, 0, 1700000000, 7, 1},
+    /* resets beyond any clock are capped: the engine multiplies them by 1000 */
+    {"HTTP/1.1 429 Slow down\r\ncontent-length: 0\r\nx-ratelimit-remaining: 0\r\n"
+     "X-Ratelimit-Reset: 9223372036854775807\r\nX-FloodControl-Remaining: 3\r\n\r\n",
+     0, FBR_CLIENT_ERR_NONE, 429, "", -1, 0, FBR_CLIENT_MAX_SECONDS, 3, 1},
     {"HTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 5\r\n\r\nnope!", 0,
      FBR_CLIENT_ERR_NONE, 400, "nope!", -1, -1, -1, -1, 0},
     {"NOPE\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1, -1, 0},
@@ -346,6 +350,12 @@ START_TEST(retry_after)
                      1445412480000LL);
     ck_assert_int_eq(fbr_client_parse_retry_after("soon", 0), -1);
     ck_assert_int_eq(fbr_client_parse_retry_after("-1", 0), -1);
+    /* a receiver's digits never overflow into the past (signed overflow before: a negative
+     * time) */
+    ck_assert_int_eq(fbr_client_parse_retry_after("9223372036854776", 1000),
+                     1000 + FBR_CLIENT_MAX_SECONDS * 1000);
+    ck_assert_int_eq(fbr_client_parse_retry_after("99999999999999999", 0),
+                     FBR_CLIENT_MAX_SECONDS * 1000);
 }
 END_TEST
 

@@ -81,11 +81,16 @@ struct fbr_client_resp {
     size_t body_len;
     int body_cut;       /* the body was longer than what was kept */
     int reused; /* the attempt ran on a kept-alive connection */
-    /* rate-limit hints, -1 when absent; resets and retry_after_wall_ms are wall-clock */
+    /* rate-limit hints, -1 when absent; resets and retry_after_wall_ms are wall-clock; the
+     * resets and a delta-seconds Retry-After are capped at FBR_CLIENT_MAX_SECONDS, so that the
+     * receiver's digits always make a valid number of milliseconds */
     int64_t retry_after_wall_ms;
     int64_t ratelimit_limit, ratelimit_remaining, ratelimit_reset;
     int64_t flood_limit, flood_remaining, flood_reset;
 };
+
+/* The largest number of seconds a response's header is taken for (about 31,700 years). */
+#define FBR_CLIENT_MAX_SECONDS INT64_C(1000000000000)
 
 typedef void (*fbr_client_cb)(const struct fbr_client_resp *resp, void *arg);
 
