@@ -17,6 +17,7 @@
  */
 #include "firebridge/client.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -548,7 +549,9 @@ static int parse(struct upstream_conn *conn)
             char *end;
             errno = 0;
             unsigned long long sz = strtoull(line, &end, 16);
-            int bad = end == line || errno || (*end && *end != ';' && *end != ' ');
+            /* strtoull takes a sign and spaces ("-1" is 2^64-1): a size starts with a digit */
+            int bad = !isxdigit((unsigned char)line[0]) || errno ||
+                      (*end && *end != ';' && *end != ' ');
             free(line);
             if (bad) {
                 call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk size");

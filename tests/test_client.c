@@ -112,6 +112,9 @@ static const struct {
     {"HTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 5\r\n\r\nnope!", 0,
      FBR_CLIENT_ERR_NONE, 400, "nope!", -1, -1, -1, -1, 0},
     {"NOPE\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1, -1, 0},
+    /* a signed chunk size is malformed, not 2^64-1 bytes to wait for */
+    {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nx\r\n0\r\n\r\n", 0,
+     FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1, -1, 0},
     {"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, FBR_CLIENT_ERR_PROTOCOL, 0, "", -1, -1, -1,
      -1, 0},
     {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1, FBR_CLIENT_ERR_EOF, 0, "", -1, -1, -1,
