@@ -9,6 +9,10 @@
  *             str body, str auth_key (the credentials provider's key, empty: none; version 1
  *             records end after the body)
  *   attempt:  u32 attempts, str id        (an attempt starts; not held: the count is a hint)
+ * An accepted record counts the first attempt as started (its attempts field is at least 1), and
+ * no attempt record is written for the first attempt: one record less per alert on the hot path
+ * (issue 12).  The count can only come back one too high (a delivery restored before its first
+ * attempt started), never too low, which is the safe side of at-least-once.
  *   finished: u8 outcome (1 delivered, 2 dead, 3 cancelled), str id
  * A pending delivery keeps a hold on its latest accepted record (the ref lives in the engine's
  * hook word); a finish releases it.
@@ -123,7 +127,7 @@ static struct fbr_journal_ref append_accepted(struct fbr_delivery_journal *dj,
     put(dj, &v, 1);
     put_u64(dj, d->seq);
     put_u64(dj, d->created_wall_ms);
-    put_u32(dj, d->attempts);
+    put_u32(dj, d->attempts ? d->attempts : 1); /* the first attempt counts as started */
     put_u32(dj, d->room_rate.n);
     put_u32(dj, d->room_rate.secs);
     put_u32(dj, d->token_rate.n);
@@ -270,6 +274,8 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
         return;
     }
     if (to == FBR_DS_IN_FLIGHT) {
+        if (!d->attempts)
+            return; /* the first attempt: its accepted record counts it */
         dj->len = 0;
         put_u32(dj, d->attempts + 1);
         put_str(dj, d->id, strlen(d->id));

@@ -161,6 +161,14 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
     }
     free(all);
     json_decref(msgs);
+    /* each delivery went out at its first attempt: the journal wrote no attempt record for
+     * any of them (the accepted record counts the first attempt) */
+    ck_assert_int_ge(dutil_metric(port,
+                                  "firebridge_journal_records_total{type=\"delivery_accepted\"}"),
+                     naccepted);
+    ck_assert_int_eq(dutil_metric(port,
+                                  "firebridge_journal_records_total{type=\"delivery_attempt\"}"),
+                     0);
 
     dutil_daemon_stop(&d); /* exit status 0, the log's cat reaped; dir is the test's */
     kill(hc, SIGTERM);
