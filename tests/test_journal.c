@@ -372,6 +372,91 @@ START_TEST(roll_delete_and_checkpoint)
 }
 END_TEST
 
+/* A dead segment is not unlinked in one call (that held the loop for milliseconds per 16 MiB):
+ * it is renamed NNNNNN.dead, cut a step at a time by the loop, then removed; a .dead file left by
+ * a crash is removed at the next start and never replayed. */
+START_TEST(dead_segment_cut_in_steps_then_removed)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512], path[400], dead[400];
+    int rc;
+    const uint64_t seg = 3u << 20;
+    struct fbr_journal *j = open_j(FBR_FSYNC_BATCH, seg, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    static char big[100 * 1024];
+    memset(big, 'x', sizeof(big));
+    struct fbr_journal_stats st;
+    fbr_journal_get_stats(j, &st);
+    uint32_t first = st.cur_seg;
+    do { /* fill the first segment past its size with records nobody keeps */
+        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, big, sizeof(big)));
+        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+        fbr_journal_get_stats(j, &st);
+    } while (st.cur_seg == first);
+    fbr_journal_release(j, fbr_journal_append(j, FBR_JR_NOP, "x", 1));
+    ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+    snprintf(path, sizeof(path), "%s/journal/%06u.log", dir, first);
+    snprintf(dead, sizeof(dead), "%s/journal/%06u.dead", dir, first);
+    off_t full = file_size(path);
+    ck_assert_int_ge(full, (off_t)seg);
+    /* the batch fdatasync makes it deletable; then watch the .dead file shrink */
+    int saw_dead = 0, saw_cut = 0, gone = 0;
+    for (int i = 0; i < 5000 && !gone; i++) {
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        off_t d = file_size(dead);
+        if (d >= 0) {
+            ck_assert_int_eq(file_exists(first), 0); /* renamed, not copied */
+            saw_dead = 1;
+            if (d > 0 && d < full)
+                saw_cut = 1;
+        } else if (saw_dead) {
+            gone = 1;
+        }
+        usleep(500);
+    }
+    ck_assert_msg(saw_dead, "the dead segment was never renamed .dead");
+    ck_assert_msg(saw_cut, "the dead segment was never seen part-cut");
+    ck_assert_msg(gone, "the .dead file was never removed");
+    ck_assert_int_eq(file_exists(first), 0);
+    fbr_journal_close(&j);
+
+    /* A crash mid-cut leaves a .dead file, here a whole segment with a record in it: the next
+     * start removes it and replays nothing from it. */
+    snprintf(dead, sizeof(dead), "%s/journal/%06u.dead", dir, first + 50);
+    struct owner *o2 = calloc(1, sizeof(*o2));
+    j = open_j(FBR_FSYNC_OFF, seg, 0, o2, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    size_t before = o2->n;
+    fbr_journal_close(&j);
+    {
+        /* a segment holding one good record, renamed as the cutting does */
+        struct owner *o3 = calloc(1, sizeof(*o3));
+        struct fbr_journal *k = open_j(FBR_FSYNC_OFF, seg, 0, o3, &rc, err, sizeof(err));
+        fbr_journal_get_stats(k, &st);
+        fbr_journal_release(k, fbr_journal_append(k, FBR_JR_INCIDENT, "ghost", 5));
+        ck_assert_int_eq(fbr_journal_flush(k), FBR_OK);
+        uint32_t cur = st.cur_seg;
+        fbr_journal_close(&k);
+        snprintf(path, sizeof(path), "%s/journal/%06u.log", dir, cur);
+        ck_assert_int_eq(rename(path, dead), 0);
+        free(o3);
+    }
+    ck_assert_int_gt(file_size(dead), 0);
+    struct owner *o4 = calloc(1, sizeof(*o4));
+    j = open_j(FBR_FSYNC_OFF, seg, 0, o4, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_int_eq(file_size(dead), -1);
+    for (size_t i = 0; i < o4->n; i++)
+        ck_assert_msg(o4->v[i].n != 5 || memcmp(o4->v[i].data, "ghost", 5) != 0,
+                      "a record of a .dead file was replayed");
+    ck_assert_uint_eq(o4->n, before);
+    fbr_journal_close(&j);
+    free(o);
+    free(o2);
+    free(o4);
+}
+END_TEST
+
 static int done_ok, done_err;
 
 static void on_done(void *arg, int status)
@@ -506,6 +591,7 @@ static Suite *suite(void)
     tcase_add_test(tc, torn_tail_at_every_offset);
     tcase_add_test(tc, corruption_in_the_middle_stops_unless_repair);
     tcase_add_test(tc, roll_delete_and_checkpoint);
+    tcase_add_test(tc, dead_segment_cut_in_steps_then_removed);
     tcase_add_test(tc, commit_per_fsync_mode);
     tcase_add_test(tc, failed_write_recovers_by_itself);
     suite_add_tcase(s, tc);
