@@ -476,7 +476,7 @@ static uint32_t dead_prefix(const struct fbr_journal *j)
  * millisecond of work each, and unlinked once empty.  Cutting starts only when a directory fsync
  * covers the rename (with --fsync off at once), so a power loss cannot bring a cut segment back
  * under its .log name, where recovery would find a delivery whose "finished" record was cut. */
-#define SHRINK_STEP (1u << 20)
+#define SHRINK_STEP (256u * 1024)
 #define SHRINK_MS 2
 
 static void schedule_shrink(struct fbr_journal *j)

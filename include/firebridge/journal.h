@@ -36,9 +36,9 @@
  * Liveness and disk use: every append takes one hold on its record's segment; the owner keeps
  * the returned ref and releases it when the record stops mattering (a delivery finished, an
  * incident replaced).  Segments are deleted oldest first once they and every older segment hold
- * nothing (after the fdatasync that covers what replaced them): renamed NNNNNN.dead, then cut 1 MiB
- * at a time by a loop timer and unlinked, so that no single call frees a whole segment's blocks
- * (recovery reads only .log files and removes .dead ones).  When the journal holds more
+ * nothing (after the fdatasync that covers what replaced them): renamed NNNNNN.dead, then cut
+ * 256 KiB at a time by a loop timer and unlinked, so that no single call frees a whole segment's
+ * blocks (recovery reads only .log files and removes .dead ones).  When the journal holds more
  * than twice its live bytes plus two segments, a checkpoint asks every owner to append again
  * every live record it holds in the segments up to the one being written, and to release the old
  * refs, so those segments can go: disk use follows what is live, not history.
