@@ -24,27 +24,13 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 fb_pid=
 trap '[ -n "$fb_pid" ] && kill -9 "$fb_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-start() { # SINK_PORT LOG FLAGS... -> fb_pid, fb_port
+# shellcheck source=bench/seed_daemon.sh
+. bench/seed_daemon.sh
+SEED_PREFIX=($pin_fb)
+start() { # SINK_PORT LOG FLAGS... -> fb_pid, fb_port; data in $DATA (default $tmp/data)
   local sink=$1 log=$2
   shift 2
-  sed -e "s#https://DOMAIN.hipchat.com/#http://127.0.0.1:$sink/#" -e "s/ROOM_ID/r0/" \
-      -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$tmp/c.json"
-  $pin_fb "$fb" -c "$tmp/c.json" --listen 127.0.0.1:0 --data-dir "${DATA:-$tmp/data}" --room-rate 1000000/1 \
-    --token-rate 1000000/1 --max-pending 10000000 --max-connections 8192 --pool-size 32 \
-    "$@" >"$log" 2>&1 &
-  fb_pid=$!
-  fb_port=
-  for _ in $(seq 600); do
-    fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-    [ -n "$fb_port" ] && return 0
-    sleep 0.05
-  done
-  echo "journal.sh: the daemon did not start:" >&2
-  tail -5 "$log" >&2
-  exit 1
+  SEED_DATA=${DATA:-$tmp/data} SEED_LOG=$log seed_daemon_start "$fb" "127.0.0.1:$sink" "$tmp" "$@"
 }
 stop() {
   kill "$fb_pid" 2>/dev/null || true

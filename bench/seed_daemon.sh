@@ -9,6 +9,8 @@
 #       starts BIN (prefixed by the array SEED_PREFIX, e.g. (taskset -c 0)) with its config,
 #       data directory and log in DIR, extra FLAGs after the fixed ones (POOL: --pool-size, 32);
 #       sets fb_pid and fb_port (its listening port), or exits non-zero with the log.
+#       SEED_DATA (a data directory kept as it is, e.g. for a restart; default DIR/fb-data,
+#       emptied first) and SEED_LOG (default DIR/fb.log) override where those go.
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -19,18 +21,19 @@ seed_daemon_start() {
   shift 3
   sed -e "s#https://DOMAIN.hipchat.com/#http://$sink/#" -e "s/ROOM_ID/r0/" \
       -e "s/AUTH_TOKEN_HERE/loadgen/" contrib/examples/multi-room.json >"$dir/fb.json"
-  rm -rf "$dir/fb-data"
-  "${SEED_PREFIX[@]}" "$bin" -c "$dir/fb.json" --listen 127.0.0.1:0 --data-dir "$dir/fb-data" \
+  local data=${SEED_DATA:-$dir/fb-data} log=${SEED_LOG:-$dir/fb.log}
+  [ -n "${SEED_DATA:-}" ] || rm -rf "$data"
+  "${SEED_PREFIX[@]}" "$bin" -c "$dir/fb.json" --listen 127.0.0.1:0 --data-dir "$data" \
     --room-rate 1000000/1 --token-rate 1000000/1 --max-pending 10000000 \
-    --max-connections 8192 --pool-size "${POOL:-32}" "$@" >"$dir/fb.log" 2>&1 &
+    --max-connections 8192 --pool-size "${POOL:-32}" "$@" >"$log" 2>&1 &
   fb_pid=$!
   fb_port=
-  for _ in $(seq 200); do
-    fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$dir/fb.log" | head -1)
+  for _ in $(seq 600); do # a restart may replay a large journal first
+    fb_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
     [ -n "$fb_port" ] && return 0
     sleep 0.05
   done
   echo "seed_daemon_start: $bin did not start:" >&2
-  cat "$dir/fb.log" >&2
+  cat "$log" >&2
   exit 1
 }

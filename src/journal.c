@@ -517,24 +517,6 @@ static void on_shrink(evutil_socket_t fd, short what, void *arg)
     schedule_shrink(j);
 }
 
-/* Removes the NNNNNN.dead files in dir (a crash left them mid-cut); runs before recovery. */
-static void remove_dead_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        const char *s = de->d_name;
-        size_t k = strspn(s, "0123456789");
-        if (k < 6 || k > 9 || strcmp(s + k, ".dead") != 0)
-            continue;
-        if (unlinkat(dirfd(d), s, 0) != 0)
-            fbr_log_warn("journal: cannot delete %s/%s: %s", dir, s, strerror(errno));
-    }
-    closedir(d);
-}
-
 static void delete_upto(struct fbr_journal *j, uint32_t upto)
 {
     size_t k = 0;
@@ -953,8 +935,9 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Segment ids found in dir, ascending; returns the count (*ids new, caller frees). */
-static size_t list_segments_in(const char *dir, uint32_t **ids)
+/* Ids of the segment files (NNNNNN + suffix) in dir, ascending; returns the count (*ids new,
+ * caller frees). */
+static size_t list_segments_in(const char *dir, const char *suffix, uint32_t **ids)
 {
     size_t n = 0, cap = 0;
     *ids = NULL;
@@ -965,7 +948,7 @@ static size_t list_segments_in(const char *dir, uint32_t **ids)
     while ((de = readdir(d))) {
         const char *s = de->d_name;
         size_t k = strspn(s, "0123456789");
-        if (k < 6 || k > 9 || strcmp(s + k, ".log") != 0)
+        if (k < 6 || k > 9 || strcmp(s + k, suffix) != 0)
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -981,15 +964,29 @@ static size_t list_segments_in(const char *dir, uint32_t **ids)
 
 static size_t list_segments(struct fbr_journal *j, uint32_t **ids)
 {
-    return list_segments_in(j->dir, ids);
+    return list_segments_in(j->dir, ".log", ids);
 }
 
 size_t fbr_journal_segments_in(const char *dir)
 {
     uint32_t *ids;
-    size_t n = list_segments_in(dir, &ids);
+    size_t n = list_segments_in(dir, ".log", &ids);
     free(ids);
     return n;
+}
+
+/* Removes the NNNNNN.dead files (a crash left them mid-cut); runs before recovery. */
+static void remove_dead_files(struct fbr_journal *j)
+{
+    uint32_t *ids;
+    size_t n = list_segments_in(j->dir, ".dead", &ids);
+    for (size_t i = 0; i < n; i++) {
+        char path[4096];
+        dead_path(j, ids[i], path, sizeof(path));
+        if (unlink(path) != 0)
+            fbr_log_warn("journal: cannot delete %s: %s", path, strerror(errno));
+    }
+    free(ids);
 }
 
 static void dispatch(struct fbr_journal *j, unsigned type, struct fbr_slice p,
@@ -1079,7 +1076,7 @@ static int replay_segment(struct fbr_journal *j, uint32_t id, struct mapped *mp,
 int fbr_journal_recover(struct fbr_journal *j, char *err, size_t errlen)
 {
     uint64_t t0 = fbr_now_ms();
-    remove_dead_files(j->dir);
+    remove_dead_files(j);
     uint32_t *ids;
     size_t n = list_segments(j, &ids);
     struct mapped *maps = fbr_xcalloc(n ? n : 1, sizeof(*maps));
@@ -1290,8 +1287,14 @@ void fbr_journal_close(struct fbr_journal **jp)
         event_free(j->retry_timer);
     if (j->shrink_timer)
         event_free(j->shrink_timer);
-    while (j->ndying) /* the process is ending: what is left goes at once */
-        shrink_step(j);
+    if (j->dying_fd >= 0)
+        close(j->dying_fd);
+    for (size_t i = 0; i < j->ndying; i++) { /* the process is ending: what is left goes now */
+        char path[4096];
+        dead_path(j, j->dying[i].id, path, sizeof(path));
+        if (unlink(path) != 0 && errno != ENOENT)
+            fbr_log_warn("journal: cannot delete %s: %s", path, strerror(errno));
+    }
     if (j->batch_timer)
         event_free(j->batch_timer);
     if (j->sync_ev)

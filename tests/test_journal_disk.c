@@ -91,19 +91,46 @@ static int wait_readyz(int port, int want, int ms)
     return st;
 }
 
-START_TEST(efbig_means_503_then_recovers_by_itself)
+/* What the disk tests share: a scratch dir, hipchat-server with room 77 (flood control off when
+ * unlimited: more than HipChat's 30 messages a minute go to the room), the seed recipe pointed
+ * at it in dir/fb.json, and the data directory's path. */
+struct rig {
+    char cfg[128], data[128];
+    pid_t hc;
+    int hport;
+};
+
+static void rig_start(struct rig *r, const char *prefix, int unlimited)
 {
-    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk");
-    char hc_out[128], hc_err[128], cfg[128];
+    dutil_tmpdir(dir, sizeof(dir), prefix);
+    char hc_out[128], hc_err[128], origin[64];
     snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
     snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
-    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
-    const char *hflags[] = {"--room", "77:tok-77", NULL};
-    int hport;
-    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
-    char origin[64];
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
-    dutil_seed_config(cfg, origin, "77", "tok-77");
+    snprintf(r->cfg, sizeof(r->cfg), "%s/fb.json", dir);
+    snprintf(r->data, sizeof(r->data), "%s/data", dir);
+    const char *limited[] = {"--room", "77:tok-77", NULL};
+    const char *open_flood[] = {"--room",       "77:tok-77", "--room-rate", "off",
+                                "--token-rate", "off",       NULL};
+    r->hc = dutil_hipchat_start(hc_out, hc_err, unlimited ? open_flood : limited, &r->hport);
+    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", r->hport);
+    dutil_seed_config(r->cfg, origin, "77", "tok-77");
+}
+
+/* Stops the daemon (its exit status checked, the log's cat reaped) and the room; removes dir. */
+static void rig_stop(struct rig *r, struct dutil_daemon *d)
+{
+    dutil_daemon_stop(d);
+    kill(r->hc, SIGTERM);
+    waitpid(r->hc, NULL, 0);
+    dutil_rm_rf(dir);
+}
+
+START_TEST(efbig_means_503_then_recovers_by_itself)
+{
+    struct rig r;
+    rig_start(&r, "fbr-jdisk", 0);
+    const char *cfg = r.cfg;
+    int hport = r.hport;
 
     /* daemon | cat > log: the limit applies to the daemon only */
     const char *extra[] = {"-c", cfg, "--fsync", "always", NULL};
@@ -170,10 +197,7 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
                                   "firebridge_journal_records_total{type=\"delivery_attempt\"}"),
                      0);
 
-    dutil_daemon_stop(&d); /* exit status 0, the log's cat reaped; dir is the test's */
-    kill(hc, SIGTERM);
-    waitpid(hc, NULL, 0);
-    dutil_rm_rf(dir);
+    rig_stop(&r, &d);
 }
 END_TEST
 
@@ -220,20 +244,10 @@ static int times_in_room(json_t *msgs, const char *prefix, int n)
 
 START_TEST(refused_alerts_leave_nothing)
 {
-    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk2");
-    char hc_out[128], hc_err[128], cfg[128], data[128];
-    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
-    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
-    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
-    snprintf(data, sizeof(data), "%s/data", dir);
-    /* more than HipChat's 30 messages a minute go to the room: no flood control either side */
-    const char *hflags[] = {"--room", "77:tok-77", "--room-rate", "off", "--token-rate", "off",
-                            NULL};
-    int hport;
-    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
-    char origin[64];
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
-    dutil_seed_config(cfg, origin, "77", "tok-77");
+    struct rig r;
+    rig_start(&r, "fbr-jdisk2", 1);
+    const char *cfg = r.cfg, *data = r.data;
+    int hport = r.hport;
     const char *extra[] = {"-c", cfg, "--fsync", "always", "--room-rate", "1000000/1",
                            "--token-rate", "1000000/1", NULL};
     struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb.log", .log_pipe = 1};
@@ -321,10 +335,7 @@ START_TEST(refused_alerts_leave_nothing)
                           times_in_room(msgs, "disk", i));
     json_decref(msgs);
 
-    dutil_daemon_stop(&d);
-    kill(hc, SIGTERM);
-    waitpid(hc, NULL, 0);
-    dutil_rm_rf(dir);
+    rig_stop(&r, &d);
 }
 END_TEST
 
@@ -365,19 +376,10 @@ static void sender(int port, const char *prefix, const char *out_path)
  */
 START_TEST(written_records_stay_answered)
 {
-    dutil_tmpdir(dir, sizeof(dir), "fbr-jdisk3");
-    char hc_out[128], hc_err[128], cfg[128], data[128];
-    snprintf(hc_out, sizeof(hc_out), "%s/hc.out", dir);
-    snprintf(hc_err, sizeof(hc_err), "%s/hc.err", dir);
-    snprintf(cfg, sizeof(cfg), "%s/fb.json", dir);
-    snprintf(data, sizeof(data), "%s/data", dir);
-    const char *hflags[] = {"--room", "77:tok-77", "--room-rate", "off", "--token-rate", "off",
-                            NULL};
-    int hport;
-    pid_t hc = dutil_hipchat_start(hc_out, hc_err, hflags, &hport);
-    char origin[64];
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/", hport);
-    dutil_seed_config(cfg, origin, "77", "tok-77");
+    struct rig r;
+    rig_start(&r, "fbr-jdisk3", 1);
+    const char *cfg = r.cfg, *data = r.data;
+    int hport = r.hport;
     const char *extra[] = {"-c", cfg, "--fsync", "always", "--room-rate", "1000000/1",
                            "--token-rate", "1000000/1", NULL};
     struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb-0.log", .log_pipe = 1};
@@ -456,10 +458,7 @@ START_TEST(written_records_stay_answered)
         json_decref(msgs);
     }
 
-    dutil_daemon_stop(&d);
-    kill(hc, SIGTERM);
-    waitpid(hc, NULL, 0);
-    dutil_rm_rf(dir);
+    rig_stop(&r, &d);
 }
 END_TEST
 
