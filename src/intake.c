@@ -785,9 +785,15 @@ struct marks {
     uint64_t changes; /* the incident table's change count */
 };
 
+/* The sink's newest submission (0 when the sink does not number them). */
+static uint64_t sink_seq(const struct fbr_intake *in)
+{
+    return in->sink.last_seq ? in->sink.last_seq(in->sink.arg) : 0;
+}
+
 static void take_marks(const struct fbr_intake *in, struct marks *m)
 {
-    m->seq = in->sink.last_seq ? in->sink.last_seq(in->sink.arg) : 0;
+    m->seq = sink_seq(in);
     m->changes = in->incidents ? fbr_incidents_changes(in->incidents) : 0;
 }
 
@@ -865,7 +871,7 @@ static void send_reply(struct fbr_intake *in, struct fbr_http_req *req,
         w->in = in;
         w->body = r->body;
         w->before = *before;
-        w->seq_upto = in->sink.last_seq ? in->sink.last_seq(in->sink.arg) : 0;
+        w->seq_upto = sink_seq(in);
         w->prev = NULL;
         w->next = in->waits;
         if (w->next)

@@ -47,26 +47,42 @@ START_TEST(level_parse)
 END_TEST
 
 /* A message longer than a line is truncated, never written past the line buffer (ASan checks). */
+/* Points stderr at a new temporary file (its name into path, a "/tmp/fbr-test-log-XXXXXX"
+ * buffer); returns that file's fd and the saved stderr in *saved, for stderr_back(). */
+static int stderr_to_file(char *path, int *saved)
+{
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    *saved = dup(2);
+    fflush(stderr);
+    dup2(fd, 2);
+    return fd;
+}
+
+/* Puts stderr back and returns the file it went to, read from its start (caller fcloses). */
+static FILE *stderr_back(int fd, int saved)
+{
+    fflush(NULL);
+    dup2(saved, 2);
+    close(saved);
+    FILE *f = fdopen(fd, "r");
+    rewind(f);
+    return f;
+}
+
 START_TEST(long_lines_are_clamped)
 {
     static char big[6000];
     memset(big, '"', sizeof(big) - 1);
     char path[] = "/tmp/fbr-test-log-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    int saved = dup(2);
-    dup2(fd, 2);
+    int saved, fd = stderr_to_file(path, &saved);
     for (int fmt = 0; fmt < 2; fmt++) {
         fbr_log_setup(FBR_LOG_DEBUG, fmt ? FBR_LOG_JSON : FBR_LOG_TEXT);
         fbr_log(FBR_LOG_INFO, big, big, "%s", big);
         fbr_log(FBR_LOG_INFO, "r1", "testing", "%s", "short");
     }
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
+    FILE *f = stderr_back(fd, saved);
     fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
-    FILE *f = fdopen(fd, "r");
-    rewind(f);
     char line[8192];
     int lines = 0;
     while (fgets(line, sizeof(line), f)) {
@@ -88,22 +104,14 @@ END_TEST
 START_TEST(invalid_utf8_escaped)
 {
     char path[] = "/tmp/fbr-test-log-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    int saved = dup(2);
-    fflush(stderr);
-    dup2(fd, 2);
+    int saved, fd = stderr_to_file(path, &saved);
     const char *msg = "404 /h\xff\xfez \xe2\x82 caf\xc3\xa9 \xc2\x9b" "2J end";
     fbr_log_setup(FBR_LOG_DEBUG, FBR_LOG_JSON);
     fbr_log(FBR_LOG_INFO, "r\xff", "act\xe2\x82", "%s", msg);
     fbr_log_setup(FBR_LOG_DEBUG, FBR_LOG_TEXT);
     fbr_log(FBR_LOG_INFO, "r1", NULL, "%s", msg);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
+    FILE *f = stderr_back(fd, saved);
     fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
-    FILE *f = fdopen(fd, "r");
-    rewind(f);
     char line[4096];
     ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
     json_error_t err;
@@ -135,22 +143,14 @@ static const struct {
 START_TEST(library_stderr_captured)
 {
     char path[] = "/tmp/fbr-test-log-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    int saved = dup(2);
-    fflush(stderr);
-    dup2(fd, 2);
+    int saved, fd = stderr_to_file(path, &saved);
     fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
     ck_assert_int_eq(fbr_log_capture_stderr(), 0); /* again (CK_FORK=no): a no-op */
     fputs(capture_cases[_i].printed, stderr);
     fflush(stderr);
     fputs(capture_cases[_i].printed2, stderr);
     fbr_log(FBR_LOG_INFO, NULL, NULL, "own line");
-    fflush(NULL);
-    dup2(saved, 2);
-    close(saved);
-    FILE *f = fdopen(fd, "r");
-    rewind(f);
+    FILE *f = stderr_back(fd, saved);
     char text[4096];
     size_t n = fread(text, 1, sizeof(text) - 1, f);
     text[n] = '\0';
