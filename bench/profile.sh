@@ -6,7 +6,9 @@
 # symbol, share of the daemon's samples).  Used for the before/after profiles in bench/README.md.
 #
 # usage: bench/profile.sh BINARY [TOP [BUILD_DIR]]   (TOP 10, BUILD_DIR build)
-# Env: SECONDS_PROF (5), CONNS (32), FREQ (999), KEEP (a path: keep perf.data there).
+# Env: SECONDS_PROF (5), CONNS (32), FREQ (999), KEEP (a path: keep perf.data there), CALLGRAPH
+# (perf record's call-graph flags, -g; "--call-graph dwarf,32768" sees through code built without
+# frame pointers).
 # Needs perf (Debian: linux-perf) and permission to trace (root, or perf_event_paranoid <= -1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp"
   --warmup 1 --connections "${CONNS:-32}" --quiet --drain 30 --json >"$tmp/lg.json" 2>/dev/null &
 lg_pid=$!
 sleep 1.5
-perf record -F "${FREQ:-999}" -g -p "$fb_pid" -o "$tmp/perf.data" -- sleep "$secs" 2>/dev/null >/dev/null
+perf record -F "${FREQ:-999}" ${CALLGRAPH:--g} -p "$fb_pid" -o "$tmp/perf.data" -- sleep "$secs" 2>/dev/null >/dev/null
 wait "$lg_pid" || true
 python3 - "$tmp/lg.json" <<'EOF'
 import json, sys

@@ -3,8 +3,8 @@
  * start the real firebridge binary (path in FBR_DAEMON) on an ephemeral port and talk real HTTP
  * and HTTPS to it over loopback: built-in endpoints, error statuses, the 413 pattern without
  * descriptor leaks, oversized request lines and headers, the read deadline, 1,000 concurrent
- * keep-alive connections, SIGTERM drain and SIGHUP reload.  One case runs the server in-process
- * with a JSON route to check 415/400.
+ * keep-alive connections, SIGTERM drain and SIGHUP reload.  Two cases run the server in-process
+ * (a forked child) with a JSON route: 415/400, and plain-TCP reads that ask no ioctl(FIONREAD).
  *
  * With FBR_VALGRIND=1 (meson test --setup=valgrind) the daemon itself runs under valgrind with
  * --error-exitcode, every case ends with SIGTERM and asserts exit status 0, and the two load
@@ -19,11 +19,14 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -547,15 +550,40 @@ START_TEST(several_listeners_ipv4_and_ipv6)
 }
 END_TEST
 
-START_TEST(json_routes_415_400)
+/* ---- the server in-process: a forked child serving /echo (JSON) and /quit ---- */
+
+/*
+ * The read path's queue-length questions, counted: this definition of ioctl() takes the place of
+ * the C library's for every caller in the process (libevent included) and forwards to the
+ * kernel.  libevent asks FIONREAD before each of its own reads of a socket.
+ */
+static unsigned long fionread_calls;
+
+__attribute__((visibility("default"))) int ioctl(int fd, unsigned long request, ...)
 {
-    int pfd[2];
-    ck_assert_int_eq(pipe(pfd), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
+    va_list ap;
+    va_start(ap, request);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    if (request == FIONREAD)
+        fionread_calls++;
+    return (int)syscall(SYS_ioctl, fd, request, arg);
+}
+
+struct inproc {
+    pid_t pid;
+    int port;
+    int pfd[2]; /* child -> test: the port, then at exit the FIONREAD count */
+};
+
+static void inproc_start(struct inproc *ip, size_t max_body)
+{
+    ck_assert_int_eq(pipe(ip->pfd), 0);
+    ip->pid = fork();
+    ck_assert_int_ge(ip->pid, 0);
+    if (ip->pid == 0) {
         struct event_base *base = event_base_new();
-        struct fbr_server_opts o = {.max_body = 4096};
+        struct fbr_server_opts o = {.max_body = max_body};
         struct fbr_server *srv = fbr_server_new(base, &o);
         fbr_server_add_route(srv, &(struct fbr_route){.path = "/echo", .methods = FBR_M_POST,
                                                        .json_body = 1, .metric = "echo",
@@ -563,16 +591,40 @@ START_TEST(json_routes_415_400)
         fbr_server_add_route(srv, &(struct fbr_route){.path = "/quit", .methods = FBR_M_GET,
                                                        .fn = quit_route, .arg = base});
         int port = fbr_server_listen(srv, "127.0.0.1:0") == FBR_OK ? fbr_server_port(srv) : -1;
-        if (write(pfd[1], &port, sizeof(port)) != sizeof(port))
+        if (write(ip->pfd[1], &port, sizeof(port)) != sizeof(port))
             _exit(3);
+        fionread_calls = 0;
         event_base_dispatch(base);
+        unsigned long n = fionread_calls;
         fbr_server_free(&srv);
         event_base_free(base);
-        _exit(0);
+        _exit(write(ip->pfd[1], &n, sizeof(n)) == sizeof(n) ? 0 : 3);
     }
-    int port = -1;
-    ck_assert_int_eq(read(pfd[0], &port, sizeof(port)), (int)sizeof(port));
-    ck_assert_int_gt(port, 0);
+    ip->port = -1;
+    ck_assert_int_eq(read(ip->pfd[0], &ip->port, sizeof(ip->port)), (int)sizeof(ip->port));
+    ck_assert_int_gt(ip->port, 0);
+}
+
+/* GET /quit, then the child's exit status 0; returns its FIONREAD count. */
+static unsigned long inproc_stop(struct inproc *ip)
+{
+    char buf[1024];
+    ck_assert_int_eq(dutil_get(ip->port, "/quit", buf, sizeof(buf)), 200);
+    int st;
+    ck_assert_int_eq(waitpid(ip->pid, &st, 0), ip->pid);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    unsigned long n = 0;
+    ck_assert_int_eq(read(ip->pfd[0], &n, sizeof(n)), (int)sizeof(n));
+    close(ip->pfd[0]);
+    close(ip->pfd[1]);
+    return n;
+}
+
+START_TEST(json_routes_415_400)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    int port = ip.port;
     char buf[4096];
     static const struct {
         const char *ct, *body;
@@ -602,12 +654,43 @@ START_TEST(json_routes_415_400)
         else
             ck_assert_ptr_nonnull(strstr(buf, "{\"result\":\"failure\",\"message\":"));
     }
-    ck_assert_int_eq(dutil_get(port, "/quit", buf, sizeof(buf)), 200);
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    close(pfd[0]);
-    close(pfd[1]);
+    inproc_stop(&ip);
+}
+END_TEST
+
+/*
+ * A plain-TCP connection's requests are read without asking the kernel their length first
+ * (server.c plain_read): 50 requests on one keep-alive connection, some of them split over
+ * several writes, and a pipelined pair, cost no ioctl(FIONREAD); libevent's own read path asks
+ * before every read.  Every answer is still whole and right.
+ */
+START_TEST(plain_reads_ask_no_queue_length)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    int fd = dutil_connect(ip.port);
+    ck_assert_int_ge(fd, 0);
+    char buf[4096];
+    for (int i = 0; i < 50; i++) {
+        char body[64], req[512];
+        snprintf(body, sizeof(body), "{\"n\":%d}", i);
+        int n = snprintf(req, sizeof(req),
+                         "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+        if (i % 5 == 4) { /* the head in two writes, the body in a third */
+            ck_assert_int_eq(dutil_send_all(fd, req, 10), 0);
+            usleep(2000);
+            ck_assert_int_eq(dutil_send_all(fd, req + 10, (size_t)n - 10 - strlen(body)), 0);
+            usleep(2000);
+            ck_assert_int_eq(dutil_send_all(fd, body, strlen(body)), 0);
+        } else {
+            ck_assert_int_eq(dutil_send_all(fd, req, (size_t)n), 0);
+        }
+        ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+        ck_assert_msg(strstr(buf, body) != NULL, "request %d: %s", i, buf);
+    }
+    close(fd);
+    ck_assert_int_eq(inproc_stop(&ip), 0);
 }
 END_TEST
 
@@ -630,6 +713,7 @@ int main(void)
     tcase_add_test(tc, idle_timeout_and_connection_cap);
     tcase_add_test(tc, several_listeners_ipv4_and_ipv6);
     tcase_add_test(tc, json_routes_415_400);
+    tcase_add_test(tc, plain_reads_ask_no_queue_length);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }
