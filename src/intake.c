@@ -20,6 +20,10 @@
 #include "firebridge/metrics.h"
 #include "firebridge/strmap.h"
 
+#define MT_ONE(name) +1
+enum { MT_COUNT = 0 FBR_MSG_TYPE_MAP(MT_ONE) }; /* message types */
+#undef MT_ONE
+
 struct fbr_intake {
     char **keys;
     size_t *key_lens;
@@ -33,8 +37,12 @@ struct fbr_intake {
     struct fbr_intake_stats stats;
     struct fbr_outreq *outs; /* one per rendered webhook of a request, reused */
     size_t nouts_cap;
-    int64_t stamp_secs;    /* second the two time strings below were formatted for, -1: none */
-    char week_time[40], time_utc[40];
+    /* The stamps every alert of a second shares, made once (jansson strings are never changed
+     * in place: a rule replaces a value, so one string can be in many alerts) */
+    int64_t stamp_secs;    /* second the two time strings below were made for, -1: none */
+    json_t *week_time, *time_utc;
+    json_t *org_json;      /* VO_ORGANIZATION_ID; NULL when org is not UTF-8 (no such field) */
+    json_t *mt_json[MT_COUNT]; /* message_type in the platform's spelling, by type */
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
     struct fbr_journal *journal; /* borrowed, may be NULL: a 200 waits for its commit */
     fbr_intake_observer_fn observer;
@@ -75,6 +83,9 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->journal = opts->journal;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
     in->stamp_secs = -1;
+    in->org_json = json_string(in->org);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(in->mt_json); i++)
+        in->mt_json[i] = json_string_nocheck(fbr_msg_type_name((enum fbr_msg_type)i));
     in->alertmanager = opts->alertmanager;
     want_namespaces(in);
     return in;
@@ -93,6 +104,11 @@ void fbr_intake_free(struct fbr_intake **inp)
     free(in->keys);
     free(in->key_lens);
     free(in->org);
+    json_decref(in->org_json);
+    json_decref(in->week_time);
+    json_decref(in->time_utc);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(in->mt_json); i++)
+        json_decref(in->mt_json[i]);
     for (size_t i = 0; i < in->nouts_cap; i++)
         fbr_outreq_free(&in->outs[i]);
     free(in->outs);
@@ -378,19 +394,24 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     json_object_set_new_nocheck(alert, "VO_UUID", json_string_nocheck(uuid));
     fbr_fmt_u64(buf, now_ms);
     json_object_set_new_nocheck(alert, "VO_ALERT_RCV_TIME", json_string_nocheck(buf));
-    json_object_set_new(alert, "VO_ORGANIZATION_ID", json_string(in->org));
-    /* Formatted once per second: alerts arrive in bursts. */
+    if (in->org_json)
+        json_object_set_nocheck(alert, "VO_ORGANIZATION_ID", in->org_json);
+    /* Made once per second: alerts arrive in bursts. */
     time_t secs = (time_t)(now_ms / 1000);
     if ((int64_t)secs != in->stamp_secs) {
         struct tm tm;
+        char week[40], utc[40];
         gmtime_r(&secs, &tm);
-        strftime(in->week_time, sizeof(in->week_time), "%G-W%V-%uT%H:%M:%SZ", &tm);
-        strftime(in->time_utc, sizeof(in->time_utc), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        strftime(week, sizeof(week), "%G-W%V-%uT%H:%M:%SZ", &tm);
+        strftime(utc, sizeof(utc), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        json_decref(in->week_time);
+        json_decref(in->time_utc);
+        in->week_time = json_string_nocheck(week);
+        in->time_utc = json_string_nocheck(utc);
         in->stamp_secs = (int64_t)secs;
     }
-    json_object_set_new_nocheck(alert, "alert_received_week_time_utc",
-                                json_string_nocheck(in->week_time));
-    json_object_set_new_nocheck(alert, "Alert_received_time_utc", json_string_nocheck(in->time_utc));
+    json_object_set_nocheck(alert, "alert_received_week_time_utc", in->week_time);
+    json_object_set_nocheck(alert, "Alert_received_time_utc", in->time_utc);
 }
 
 /* Checks an alert of the platform's shape as the REST endpoint does.  Returns FBR_OK, or
@@ -432,7 +453,7 @@ static void alert_stamp(struct fbr_intake *in, json_t *body, struct fbr_slice rk
     json_t *mt = json_object_get(body, "message_type");
     enum fbr_msg_type t;
     if (fbr_msg_type_parse(json_string_value(mt), json_string_length(mt), &t) == FBR_OK)
-        json_object_set_new_nocheck(body, "message_type", json_string_nocheck(fbr_msg_type_name(t)));
+        json_object_set_nocheck(body, "message_type", in->mt_json[t]);
     json_t *eid = json_object_get(body, "entity_id");
     if (!json_is_string(eid) || json_string_length(eid) == 0) {
         char uuid[37];
