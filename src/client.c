@@ -48,6 +48,7 @@
 #define MAX_LINE 16384         /* one status or header line */
 #define MAX_HEADER_BYTES 65536 /* all header lines of one response */
 #define BODY_SAMPLE 512        /* bytes of a response body kept for error reasons */
+#define COPY_BODY_MAX 4096    /* request bodies up to this size are copied, larger referenced */
 #define READ_CHUNK 4096        /* bytes asked of the socket per raw read (libevent's own size) */
 
 struct call;
@@ -283,10 +284,19 @@ static void write_request(struct upstream_conn *conn)
     if (call->req.head_len)
         evbuffer_add(out, call->req.head, call->req.head_len);
     evbuffer_add(out, "\r\n", 2);
-    for (size_t i = 0; i < call->req.nbody; i++)
-        if (call->req.body[i].iov_len)
+    /* A small body (a chat notification) is copied after the head: one chain and one iovec for
+     * the kernel instead of an evbuffer chain allocated per rendered piece; a large one is
+     * referenced where it lies. */
+    int copy = body_len <= COPY_BODY_MAX;
+    for (size_t i = 0; i < call->req.nbody; i++) {
+        if (!call->req.body[i].iov_len)
+            continue;
+        if (copy)
+            evbuffer_add(out, call->req.body[i].iov_base, call->req.body[i].iov_len);
+        else
             evbuffer_add_reference(out, call->req.body[i].iov_base, call->req.body[i].iov_len,
                                    noop_cleanup, NULL);
+    }
     if (direct) {
         /* an error (reset, broken pipe) is left for the bufferevent to meet on its own write */
         evbuffer_write(out, bufferevent_getfd(conn->bev));

@@ -1,12 +1,16 @@
 /*
- * common.c - return-code names, abort-on-exhaustion allocators, UTF-8 counting and clocks: the few
- * helpers every other module in the data path uses.
+ * common.c - return-code names, abort-on-exhaustion allocators, UTF-8 counting, JSON string
+ * escaping and clocks: the few helpers every other module in the data path uses.
  */
 #include "firebridge/common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 const char *fbr_strerror(int code)
 {
@@ -148,14 +152,27 @@ size_t fbr_utf8_seq(const unsigned char *s, size_t n, size_t *bad)
 
 size_t fbr_fmt_u64(char *out, uint64_t v)
 {
+    /* two digits per division: a millisecond timestamp is 13 digits */
+    static const char pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
     char tmp[FBR_U64_DIGITS];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
+    size_t i = sizeof(tmp);
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        i -= 2;
+        memcpy(tmp + i, pairs + 2 * r, 2);
+    }
+    if (v >= 10) {
+        i -= 2;
+        memcpy(tmp + i, pairs + 2 * v, 2);
+    } else {
+        tmp[--i] = (char)('0' + v);
+    }
+    size_t n = sizeof(tmp) - i;
+    memcpy(out, tmp + i, n);
     out[n] = '\0';
     return n;
 }
@@ -183,4 +200,137 @@ uint64_t fbr_wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- JSON string escaping (the template engine, replies, journal records) ---- */
+
+/* Byte classes for the JSON scan: 0 plain ASCII, 1 needs an escape, 2 starts/continues UTF-8. */
+static const uint8_t json_class[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
+
+/*
+ * Length of the leading run of s[0..n) made of ASCII bytes that JSON leaves alone, eight bytes at
+ * a time: a word is plain when no byte is below 0x20, equal to '"' or '\\', or has its top bit.
+ */
+static size_t json_plain_run(const unsigned char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    size_t i = 0;
+#ifdef __SSE2__
+    /* as signed bytes, controls and every byte >= 0x80 are below 0x20: one compare covers both */
+    const __m128i lim = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"');
+    const __m128i bslash = _mm_set1_epi8('\\');
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
+                                 _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)));
+        int bits = _mm_movemask_epi8(m);
+        if (bits)
+            return i + (size_t)__builtin_ctz((unsigned)bits);
+    }
+#endif
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        /* (x - ones * n) & ~x & high is non-zero iff some byte of x is below n (n <= 0x80) */
+        uint64_t special = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w;
+        if (special & high)
+            break;
+    }
+    while (i < n && json_class[s[i]] == 0)
+        i++;
+    return i;
+}
+
+/* Returns n when s can go into a JSON string literal as it is, else the offset of the first
+ * byte that needs escaping or replacing. */
+size_t fbr_json_clean_prefix(const char *src, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)src;
+    size_t i = 0;
+    while (i < n) {
+        i += json_plain_run(s + i, n - i);
+        if (i == n)
+            break;
+        if (json_class[s[i]] == 1)
+            return i;
+        size_t bad, l = fbr_utf8_seq(s + i, n - i, &bad);
+        if (l == 0)
+            return i;
+        i += l;
+    }
+    return n;
+}
+
+
+/* Writes the JSON-string-escaped form of src (no quotes) to d; returns the bytes written. */
+size_t fbr_json_escape(char *d, const char *src, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)src;
+    char *d0 = d;
+    size_t i = 0;
+    while (i < n) {
+        size_t run = json_plain_run(s + i, n - i);
+        memcpy(d, s + i, run);
+        d += run;
+        i += run;
+        if (i == n)
+            break;
+        unsigned char c = s[i];
+        uint8_t k = json_class[c];
+        if (k == 1) {
+            *d++ = '\\';
+            switch (c) {
+            case '"':
+            case '\\':
+                *d++ = (char)c;
+                break;
+            case '\b':
+                *d++ = 'b';
+                break;
+            case '\f':
+                *d++ = 'f';
+                break;
+            case '\n':
+                *d++ = 'n';
+                break;
+            case '\r':
+                *d++ = 'r';
+                break;
+            case '\t':
+                *d++ = 't';
+                break;
+            default:
+                *d++ = 'u';
+                *d++ = '0';
+                *d++ = '0';
+                *d++ = "0123456789abcdef"[c >> 4];
+                *d++ = "0123456789abcdef"[c & 15];
+                break;
+            }
+            i++;
+        } else {
+            size_t bad = 0, l = fbr_utf8_seq(s + i, n - i, &bad);
+            if (l) {
+                memcpy(d, s + i, l);
+                d += l;
+                i += l;
+            } else {
+                *d++ = (char)0xef; /* U+FFFD */
+                *d++ = (char)0xbf;
+                *d++ = (char)0xbd;
+                i += bad;
+            }
+        }
+    }
+    return (size_t)(d - d0);
 }

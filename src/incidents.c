@@ -348,12 +348,18 @@ static void set_str(char **dst, const char *src)
 
 /* ---- journal ------------------------------------------------------------------------------ */
 
-static void line_put(struct line *l, const char *s, size_t n)
+/* Makes room for n more bytes. */
+static void line_room(struct line *l, size_t n)
 {
     if (l->len + n > l->cap) {
         l->cap = (l->len + n) * 2 + 256;
         l->p = fbr_xrealloc(l->p, l->cap);
     }
+}
+
+static void line_put(struct line *l, const char *s, size_t n)
+{
+    line_room(l, n);
     memcpy(l->p + l->len, s, n);
     l->len += n;
 }
@@ -361,28 +367,19 @@ static void line_put(struct line *l, const char *s, size_t n)
 /* Appends ,"key":"escaped value" (or without the comma for the first member). */
 static void line_str(struct line *l, const char *key, const char *v)
 {
+    size_t klen = strlen(key), vlen = strlen(v);
+    line_room(l, klen + 6 * vlen + 8);
+    char *d = l->p + l->len;
     if (l->len > 1)
-        line_put(l, ",", 1);
-    line_put(l, "\"", 1);
-    line_put(l, key, strlen(key));
-    line_put(l, "\":\"", 3);
-    const char *run = v;
-    for (; *v; v++) {
-        unsigned char c = (unsigned char)*v;
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        line_put(l, run, (size_t)(v - run));
-        char esc[7] = {'\\', (char)c}; /* \u00xx and fbr_fmt_hex's NUL */
-        size_t n = 2;
-        if (c < 0x20) {
-            memcpy(esc, "\\u00", 4);
-            n = 4 + fbr_fmt_hex(esc + 4, &c, 1);
-        }
-        line_put(l, esc, n);
-        run = v + 1;
-    }
-    line_put(l, run, (size_t)(v - run));
-    line_put(l, "\"", 1);
+        *d++ = ',';
+    *d++ = '"';
+    memcpy(d, key, klen);
+    d += klen;
+    memcpy(d, "\":\"", 3);
+    d += 3;
+    d += fbr_json_escape(d, v, vlen);
+    *d++ = '"';
+    l->len = (size_t)(d - l->p);
 }
 
 static void line_num(struct line *l, const char *key, uint64_t v)

@@ -15,9 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 #include "firebridge/url.h"
 
@@ -637,138 +634,7 @@ char *fbr_render_strdup(const struct fbr_render *r)
  * percent-encoding).
  */
 
-/* Byte classes for the JSON scan: 0 plain ASCII, 1 needs an escape, 2 starts/continues UTF-8. */
-static const uint8_t json_class[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-};
-
-/*
- * Length of the leading run of s[0..n) made of ASCII bytes that JSON leaves alone, eight bytes at
- * a time: a word is plain when no byte is below 0x20, equal to '"' or '\\', or has its top bit.
- */
-static size_t json_plain_run(const unsigned char *s, size_t n)
-{
-    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-    size_t i = 0;
-#ifdef __SSE2__
-    /* as signed bytes, controls and every byte >= 0x80 are below 0x20: one compare covers both */
-    const __m128i lim = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"');
-    const __m128i bslash = _mm_set1_epi8('\\');
-    for (; i + 16 <= n; i += 16) {
-        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
-        __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
-                                 _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)));
-        int bits = _mm_movemask_epi8(m);
-        if (bits)
-            return i + (size_t)__builtin_ctz((unsigned)bits);
-    }
-#endif
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-        /* (x - ones * n) & ~x & high is non-zero iff some byte of x is below n (n <= 0x80) */
-        uint64_t special = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w;
-        if (special & high)
-            break;
-    }
-    while (i < n && json_class[s[i]] == 0)
-        i++;
-    return i;
-}
-
-/* Returns n when s can go into a JSON string literal as it is, else the offset of the first
- * byte that needs escaping or replacing. */
-static size_t json_clean_prefix(const char *src, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)src;
-    size_t i = 0;
-    while (i < n) {
-        i += json_plain_run(s + i, n - i);
-        if (i == n)
-            break;
-        if (json_class[s[i]] == 1)
-            return i;
-        size_t bad, l = fbr_utf8_seq(s + i, n - i, &bad);
-        if (l == 0)
-            return i;
-        i += l;
-    }
-    return n;
-}
-
-static const char hexdig[] = "0123456789abcdef";
 static const char hexdig_up[] = "0123456789ABCDEF";
-
-/* Writes the JSON-string-escaped form of src (no quotes) to d; returns the bytes written. */
-static size_t json_escape(char *d, const char *src, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)src;
-    char *d0 = d;
-    size_t i = 0;
-    while (i < n) {
-        size_t run = json_plain_run(s + i, n - i);
-        memcpy(d, s + i, run);
-        d += run;
-        i += run;
-        if (i == n)
-            break;
-        unsigned char c = s[i];
-        uint8_t k = json_class[c];
-        if (k == 1) {
-            *d++ = '\\';
-            switch (c) {
-            case '"':
-            case '\\':
-                *d++ = (char)c;
-                break;
-            case '\b':
-                *d++ = 'b';
-                break;
-            case '\f':
-                *d++ = 'f';
-                break;
-            case '\n':
-                *d++ = 'n';
-                break;
-            case '\r':
-                *d++ = 'r';
-                break;
-            case '\t':
-                *d++ = 't';
-                break;
-            default:
-                *d++ = 'u';
-                *d++ = '0';
-                *d++ = '0';
-                *d++ = hexdig[c >> 4];
-                *d++ = hexdig[c & 15];
-                break;
-            }
-            i++;
-        } else {
-            size_t bad = 0, l = fbr_utf8_seq(s + i, n - i, &bad);
-            if (l) {
-                memcpy(d, s + i, l);
-                d += l;
-                i += l;
-            } else {
-                *d++ = (char)0xef; /* U+FFFD */
-                *d++ = (char)0xbf;
-                *d++ = (char)0xbd;
-                i += bad;
-            }
-        }
-    }
-    return (size_t)(d - d0);
-}
 
 /* Percent-encoding: which bytes stay as they are. */
 enum { PCT_PATH = 1, PCT_QUERY = 2, PCT_FORM = 4 };
@@ -871,7 +737,7 @@ static size_t ser_string(struct fbr_render *r, struct render_priv *p, size_t at,
     char *d = scratch_reserve(r, p, at + 6 * n + 2);
     size_t k = 0;
     d[at + k++] = '"';
-    k += json_escape(d + at + k, s, n);
+    k += fbr_json_escape(d + at + k, s, n);
     d[at + k++] = '"';
     return k;
 }
@@ -944,14 +810,14 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
     int quoted = 0;
     switch (esc) {
     case ESC_JSON_STR:
-        clean = json_clean_prefix(s, n);
+        clean = fbr_json_clean_prefix(s, n);
         if (clean == n)
             goto as_is;
         break;
     case ESC_JSON_VAL:
     case ESC_JSON_KEY:
         quoted = 1;
-        clean = json_clean_prefix(s, n);
+        clean = fbr_json_clean_prefix(s, n);
         if (clean == n) {
             if (in_scratch) {
                 /* quote around the formatted text: shift it right by one */
@@ -1020,7 +886,7 @@ static int emit_text(struct fbr_render *r, struct render_priv *p, uint8_t esc, c
         } else {
             if (quoted && !clean)
                 out[k++] = '"';
-            k += json_escape(out + k, src, m);
+            k += fbr_json_escape(out + k, src, m);
             if (quoted)
                 out[k++] = '"';
         }

@@ -323,7 +323,8 @@ static json_t *load_example(const char *name)
 /* The per-alert number and hex formatting (common.h) against snprintf's. */
 START_TEST(fmt_helpers)
 {
-    static const uint64_t v[] = {0, 7, 10, 99, 1000, 1764432000123ULL, UINT64_MAX};
+    static const uint64_t v[] = {0,    7,     10,    11,   99, 100, 101, 999, 1000, 12345, 99999,
+                                 1764432000123ULL, 10000000000000000000ULL, UINT64_MAX};
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         char got[FBR_U64_DIGITS + 1], want[32];
         size_t n = fbr_fmt_u64(got, v[i]);

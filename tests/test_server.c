@@ -12,7 +12,9 @@
  */
 #include <arpa/inet.h>
 #include <check.h>
+#include <ctype.h>
 #include <errno.h>
+#include <jansson.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -659,6 +661,57 @@ START_TEST(json_routes_415_400)
 END_TEST
 
 /*
+ * Replies are written as jansson writes them: server.c serialises flat objects itself (every
+ * alert's 200) and the rest with json_dumpb; each body /echo sends back must be byte for byte
+ * json_dumps(JSON_COMPACT) of what was posted (hex digits of \\u escapes in lower case), escapes, extreme integers, an empty object and the
+ * fallbacks (a real, a nested object, an array, a member too long for the stack buffer) included.
+ */
+START_TEST(replies_written_as_jansson_writes_them)
+{
+    struct inproc ip;
+    inproc_start(&ip, 65536);
+    static char longv[3000];
+    memset(longv, 'x', sizeof(longv) - 1);
+    char longdoc[3100];
+    snprintf(longdoc, sizeof(longdoc), "{\"long\":\"%s\"}", longv);
+    const char *docs[] = {
+        "{\"result\":\"success\",\"entity_id\":\"abc-123\"}",
+        "{\"s\":\"a\\\"b\\\\c\\n\\t\\r\\b\\f\\u0001\\u001f\\u007f/\u00e9\u20ac\\ud83d\\ude00\","
+        "\"i\":-9223372036854775808,\"j\":9223372036854775807,\"z\":0,\"m\":-1,"
+        "\"t\":true,\"f\":false,\"n\":null}",
+        "{\"\":\"empty key\",\"k\\\"ey\\u00e9\":1}",
+        "{}",
+        "{\"r\":1.5}",
+        "{\"o\":{\"x\":1},\"a\":\"b\"}",
+        "[1,\"two\",{\"three\":3}]",
+        longdoc,
+    };
+    static char buf[16384];
+    for (size_t i = 0; i < FBR_ARRAY_LEN(docs); i++) {
+        json_t *want_doc = json_loads(docs[i], JSON_REJECT_DUPLICATES, NULL);
+        ck_assert_msg(want_doc != NULL, "doc %zu does not parse", i);
+        char *want = json_dumps(want_doc, JSON_COMPACT);
+        json_decref(want_doc);
+        for (char *u = want; (u = strstr(u, "\\u")) != NULL; u += 2) /* jansson: \u001F */
+            for (int k = 2; k < 6 && u[k]; k++)
+                u[k] = (char)tolower((unsigned char)u[k]);
+        char req[4096];
+        snprintf(req, sizeof(req),
+                 "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s", strlen(docs[i]), docs[i]);
+        ck_assert_int_eq(dutil_http(ip.port, req, buf, sizeof(buf)), 200);
+        const char *body = strstr(buf, "\r\n\r\n");
+        ck_assert_ptr_nonnull(body);
+        body += 4;
+        ck_assert_msg(strncmp(body, want, strlen(want)) == 0 && body[strlen(want)] == '\n',
+                      "doc %zu: got %s, want %s", i, body, want);
+        free(want);
+    }
+    inproc_stop(&ip);
+}
+END_TEST
+
+/*
  * A plain-TCP connection's requests are read without asking the kernel their length first
  * (server.c plain_read): 50 requests on one keep-alive connection, some of them split over
  * several writes, and a pipelined pair, cost no ioctl(FIONREAD); libevent's own read path asks
@@ -714,6 +767,7 @@ int main(void)
     tcase_add_test(tc, several_listeners_ipv4_and_ipv6);
     tcase_add_test(tc, json_routes_415_400);
     tcase_add_test(tc, plain_reads_ask_no_queue_length);
+    tcase_add_test(tc, replies_written_as_jansson_writes_them);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

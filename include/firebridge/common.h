@@ -92,6 +92,17 @@ size_t fbr_utf8_cut(const char *s, size_t len, size_t max);
  * replaces).  A NUL byte ends any sequence, so n may exceed a C string's end by up to 3. */
 size_t fbr_utf8_seq(const unsigned char *s, size_t n, size_t *bad);
 
+/*
+ * JSON string escaping, one owner for the template engine, the server's replies and the journal's
+ * records.  fbr_json_clean_prefix() returns n when src[0..n) can go into a JSON string literal as
+ * it is, else the offset of the first byte that needs escaping or replacing.
+ * fbr_json_escape() writes the escaped form of src (no quotes) to d, which must have room for 6
+ * bytes per input byte; ill-formed UTF-8 becomes U+FFFD.  Returns the bytes written.
+ */
+size_t fbr_json_clean_prefix(const char *src, size_t n);
+size_t fbr_json_escape(char *d, const char *src, size_t n);
+
+
 /* Formatting for the per-alert path, where snprintf's format parsing was a measurable cost
  * (bench/README.md).  fbr_fmt_u64 writes v in decimal and a terminating NUL into out (at least
  * FBR_U64_DIGITS + 1 bytes) and returns the length; fbr_fmt_hex writes 2 * n lower-case hex
