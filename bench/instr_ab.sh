@@ -9,7 +9,8 @@
 # the calls).  With TOP=N, the N functions with the most instructions (self) of the last B run.
 #
 # usage: bench/instr_ab.sh BIN_A BIN_B [ROUNDS [BUILD_DIR]]   (ROUNDS 1, BUILD_DIR build)
-# Env: ALERTS (3000), WARM (1000), RATE (1000), TOP (0).  Needs valgrind.
+# Env: ALERTS (3000), WARM (1000), RATE (1000), TOP (0), KEEP (a path: keep the last dump there),
+# DUMP_LINE (yes: per source line, for callgrind_annotate --auto=yes).  Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=$1 b=$2 rounds=${3:-1} build=${4:-build}
@@ -36,7 +37,7 @@ one() { # BIN -> one line of figures
   port=$(free_port)
   out=$tmp/cg.out
   rm -f "$out"*
-  SEED_PREFIX=(valgrind --tool=callgrind --callgrind-out-file="$out" --dump-line=no)
+  SEED_PREFIX=(valgrind --tool=callgrind --callgrind-out-file="$out" --dump-line=${DUMP_LINE:-no})
   seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp"
   send "$port" "$warm" >/dev/null
   callgrind_control -z "$fb_pid" >/dev/null 2>&1
@@ -54,6 +55,7 @@ one() { # BIN -> one line of figures
     "$(awk -v i="$ir" -v n="$n" 'BEGIN {print i / n}')"
   last_dump=$dump
   cp "$dump" "$tmp/last.cg"
+  [ -z "${KEEP:-}" ] || cp "$dump" "$KEEP"
 }
 echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); $alerts alerts at $rate/s after $warm, under callgrind"
 for _ in $(seq "$rounds"); do
