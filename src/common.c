@@ -177,6 +177,19 @@ size_t fbr_fmt_u64(char *out, uint64_t v)
     return n;
 }
 
+size_t fbr_join(char *buf, size_t cap, const struct fbr_slice *parts, size_t n)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < n && len < cap - 1; i++) {
+        size_t k = parts[i].len < cap - 1 - len ? parts[i].len : cap - 1 - len;
+        if (k)
+            memcpy(buf + len, parts[i].ptr, k);
+        len += k;
+    }
+    buf[len] = '\0';
+    return len;
+}
+
 size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n)
 {
     static const char digits[] = "0123456789abcdef";

@@ -684,9 +684,8 @@ static void start_attempt(struct delivery *dl)
 /* Builds the destination key into buf (see delivery.h). */
 static size_t dest_key(const struct fbr_url *p, char *buf, size_t cap)
 {
-    int k = snprintf(buf, cap, "%.*s://%.*s%.*s", (int)p->scheme.len, p->scheme.ptr,
-                     (int)p->authority.len, p->authority.ptr, (int)p->path.len, p->path.ptr);
-    return (size_t)k < cap ? (size_t)k : cap - 1;
+    const struct fbr_slice parts[] = {p->scheme, {"://", 3}, p->authority, p->path};
+    return fbr_join(buf, cap, parts, FBR_ARRAY_LEN(parts));
 }
 
 /* Finds the auth token (auth_token query parameter), or NULL. */

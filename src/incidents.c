@@ -384,13 +384,18 @@ static void line_str(struct line *l, const char *key, const char *v)
 
 static void line_num(struct line *l, const char *key, uint64_t v)
 {
-    char buf[FBR_U64_DIGITS + 1];
+    size_t klen = strlen(key);
+    line_room(l, klen + FBR_U64_DIGITS + 5);
+    char *d = l->p + l->len;
     if (l->len > 1)
-        line_put(l, ",", 1);
-    line_put(l, "\"", 1);
-    line_put(l, key, strlen(key));
-    line_put(l, "\":", 2);
-    line_put(l, buf, fbr_fmt_u64(buf, v));
+        *d++ = ',';
+    *d++ = '"';
+    memcpy(d, key, klen);
+    d += klen;
+    *d++ = '"';
+    *d++ = ':';
+    d += fbr_fmt_u64(d, v);
+    l->len = (size_t)(d - l->p);
 }
 
 static void record_line(struct line *l, const struct incident *in)

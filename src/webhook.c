@@ -324,9 +324,8 @@ static void default_rate_key(struct fbr_outreq *o)
     size_t rlen = n - (sizeof(pre) - 1) - (sizeof(suf) - 1);
     if (memchr(room, '/', rlen))
         return;
-    int k = snprintf(key, sizeof(key), "room:%.*s/%.*s", (int)u.authority.len, u.authority.ptr,
-                     (int)rlen, room);
-    fbr_render_set_copy(&o->rate_key, key, (size_t)k < sizeof(key) ? (size_t)k : sizeof(key) - 1);
+    const struct fbr_slice parts[] = {{"room:", 5}, u.authority, {"/", 1}, {room, rlen}};
+    fbr_render_set_copy(&o->rate_key, key, fbr_join(key, sizeof(key), parts, FBR_ARRAY_LEN(parts)));
 }
 
 int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *event)

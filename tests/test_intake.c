@@ -336,6 +336,17 @@ START_TEST(fmt_helpers)
     char hex[9];
     ck_assert_uint_eq(fbr_fmt_hex(hex, b, sizeof(b)), 8);
     ck_assert_str_eq(hex, "000fa5ff");
+    /* fbr_join: the parts in order, cut to cap - 1 and NUL-terminated, as snprintf would */
+    const struct fbr_slice parts[] = {{"http", 4}, {"://", 3}, {NULL, 0}, {"h:1", 3}, {"/p", 2}};
+    char j[32];
+    ck_assert_uint_eq(fbr_join(j, sizeof(j), parts, 5), 12);
+    ck_assert_str_eq(j, "http://h:1/p");
+    ck_assert_uint_eq(fbr_join(j, 6, parts, 5), 5);
+    ck_assert_str_eq(j, "http:");
+    ck_assert_uint_eq(fbr_join(j, 1, parts, 5), 0);
+    ck_assert_str_eq(j, "");
+    ck_assert_uint_eq(fbr_join(j, sizeof(j), parts, 0), 0);
+    ck_assert_str_eq(j, "");
 }
 END_TEST
 

@@ -109,6 +109,11 @@ size_t fbr_json_escape(char *d, const char *src, size_t n);
  * digits of b[0..n) and a NUL, and returns 2 * n. */
 #define FBR_U64_DIGITS 20
 size_t fbr_fmt_u64(char *out, uint64_t v);
+
+/* Writes the parts one after another into buf and a terminating NUL, cut to cap - 1 bytes (cap
+ * >= 1); returns the length written.  What "%.*s%.*s..." with snprintf does, without a format
+ * parsed per call (delivery and rate keys are built per alert). */
+size_t fbr_join(char *buf, size_t cap, const struct fbr_slice *parts, size_t n);
 size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n);
 
 /* Monotonic and wall clocks in milliseconds. */
