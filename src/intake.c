@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "firebridge/events.h"
+#include "firebridge/json.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
 #include "firebridge/strmap.h"
@@ -756,7 +757,7 @@ static json_t *parse_body(struct fbr_http_req *req, int *bad_type)
     *bad_type = ct && !fbr_http_is_json_type(ct);
     if (!req->body.ptr || *bad_type)
         return NULL;
-    return json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, NULL);
+    return fbr_json_loadb(req->body.ptr, req->body.len, NULL);
 }
 
 /* The endpoint refused the request for having no JSON body (after its key check, so a wrong

@@ -31,6 +31,7 @@
 
 #include "firebridge/config.h"
 #include "firebridge/defaults.h"
+#include "firebridge/json.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
 
@@ -1459,7 +1460,7 @@ static void on_request(evhtp_request_t *r, void *arg)
             return;
         }
         json_error_t jerr;
-        json = json_loadb(req.body.ptr, blen, JSON_REJECT_DUPLICATES, &jerr);
+        json = fbr_json_loadb(req.body.ptr, blen, &jerr);
         if (!json) {
             fbr_http_reply_error(&req, 400, "invalid JSON: %s", jerr.text);
             return;
