@@ -938,6 +938,46 @@ static int head_done(struct conn *fc, struct refusal *r)
  * at `from` began, and is moved to where the one still open at the end begins.  Returns 0, or -1
  * after the connection was rejected.
  */
+/*
+ * A whole, ordinary header line at the start of buf, taken at once instead of byte by byte: a
+ * name without blanks, a colon, a value without CR, then CR LF, within every limit.  Whatever is
+ * not that (a blank or no colon in the name, a bare CR, no LF yet, the end of the head, a limit
+ * reached) is left to the byte-by-byte path, which reports it exactly as before.  On success the
+ * state is what that path leaves after the LF and *at is past it.  Returns 1 (taken), 0 (not
+ * taken) or -1 (taken and refused by header_line_done(): the connection is rejected).
+ */
+static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avail, size_t *at)
+{
+    const struct fbr_server_opts *o = &fc->srv->opts;
+    const unsigned char *nl = memchr(p, '\n', avail);
+    if (!nl || fc->last || fc->nlines > o->max_headers)
+        return 0;
+    size_t n = (size_t)(nl - p); /* the line with its CR */
+    if (n < 2 || p[n - 1] != '\r' || n > o->max_header_line ||
+        fc->head_bytes + n + 1 > o->max_header_bytes + o->max_uri)
+        return 0;
+    size_t k = 0;
+    while (k < n && p[k] != ':' && p[k] != ' ' && p[k] != '\t' && p[k] != '\r')
+        k++;
+    if (k == 0 || k == n || p[k] != ':' || memchr(p + k, '\r', n - 1 - k))
+        return 0;
+    memcpy(fc->line, p, n < sizeof(fc->line) ? n : sizeof(fc->line));
+    fc->line_len = n;
+    fc->in_name = 0;
+    fc->head_bytes += n + 1;
+    *at += n + 1;
+    struct refusal r;
+    if (header_line_done(fc, &r) != 0) {
+        conn_reject(fc, r.status, r.reason, r.msg);
+        return -1;
+    }
+    fc->nlines++;
+    fc->line_len = 0;
+    fc->in_name = 1;
+    fc->last = 0;
+    return 1;
+}
+
 static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len,
                   size_t *head_at)
 {
@@ -963,6 +1003,13 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                 fc->in_request = REQ_NONE;
             }
             continue;
+        }
+        if (fc->in_request == REQ_HEAD && fc->nlines > 0 && fc->line_len == 0) {
+            int taken = fast_header_line(fc, buf + i, len - i, &i);
+            if (taken < 0)
+                return -1;
+            if (taken)
+                continue;
         }
         unsigned char ch = buf[i++];
         if (fc->in_request == REQ_NONE) {

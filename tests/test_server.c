@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
@@ -665,6 +666,78 @@ START_TEST(json_routes_415_400)
 }
 END_TEST
 
+/* Sends req on a new connection, whole or a byte at a time, and returns the status and the
+ * body's message (the part of buf after the blank line). */
+static int head_status(int port, const char *req, int bytewise, char *buf, size_t cap)
+{
+    int fd = dutil_connect(port);
+    ck_assert_int_ge(fd, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    size_t n = strlen(req);
+    if (!bytewise) {
+        dutil_send_all(fd, req, n);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (dutil_send_all(fd, req + i, 1) != 0)
+                break; /* refused and closed before the end */
+            usleep(200);
+        }
+    }
+    int st = dutil_read_response(fd, buf, cap);
+    close(fd);
+    return st;
+}
+
+/*
+ * The screener takes a whole ordinary header line at once (server.c fast_header_line) and any
+ * other byte by byte: each head below, good or bad, gets the same answer whether it arrives in
+ * one write (whole lines, the fast path where it applies) or one byte per write (the byte path).
+ */
+START_TEST(header_lines_whole_or_bytewise_same_answer)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    static char many[4096], longline[9000];
+    size_t at = 0;
+    for (int k = 0; k < 101; k++)
+        at += (size_t)snprintf(many + at, sizeof(many) - at, "X-%d: v\r\n", k);
+    snprintf(longline, sizeof(longline), "X-Long: %08000d\r\n", 0);
+    const char *heads[] = {
+        "Content-Type: application/json\r\n",
+        "content-type:application/json\r\nX-Empty:\r\n",
+        "X Bad: v\r\n",              /* blank in a name */
+        "X-Bad : v\r\n",             /* blank after a name */
+        "X-A: v\r\n folded\r\n",     /* folded line */
+        "X-Cr: a\rb\r\n",             /* CR without LF */
+        "X-Lf: a\n",                  /* bare LF */
+        "NoColon\r\n",
+        ": no name\r\n",
+        "Content-Length: 1x\r\n",
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Host: a\r\n",
+        many,
+        longline,
+    };
+    static char buf[2][8192];
+    for (size_t i = 0; i < FBR_ARRAY_LEN(heads); i++) {
+        static char req[16384];
+        snprintf(req, sizeof(req),
+                 "POST /echo HTTP/1.1\r\nHost: t\r\n%sContent-Type: application/json\r\n"
+                 "Content-Length: 2\r\nConnection: close\r\n\r\n{}", heads[i]);
+        int whole = head_status(ip.port, req, 0, buf[0], sizeof(buf[0]));
+        int bytewise = head_status(ip.port, req, 1, buf[1], sizeof(buf[1]));
+        ck_assert_msg(whole == bytewise, "head %zu: %d whole, %d byte by byte", i, whole, bytewise);
+        const char *b0 = strstr(buf[0], "\r\n\r\n"), *b1 = strstr(buf[1], "\r\n\r\n");
+        ck_assert_msg(b0 && b1 && strcmp(b0, b1) == 0, "head %zu: bodies differ: %s / %s", i,
+                      b0 ? b0 : "-", b1 ? b1 : "-");
+    }
+    inproc_stop(&ip);
+}
+END_TEST
+
 /*
  * Replies are written as jansson writes them: server.c serialises flat objects itself (every
  * alert's 200) and the rest with json_dumpb; each body /echo sends back must be byte for byte
@@ -773,6 +846,7 @@ int main(void)
     tcase_add_test(tc, json_routes_415_400);
     tcase_add_test(tc, plain_reads_ask_no_queue_length);
     tcase_add_test(tc, replies_written_as_jansson_writes_them);
+    tcase_add_test(tc, header_lines_whole_or_bytewise_same_answer);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }
