@@ -80,6 +80,7 @@ const char *fbr_transition_name(enum fbr_transition t)
 
 struct incident {
     struct incident *next;          /* hash chain */
+    uint64_t hash;                  /* hash(key): a chain walk compares it before the key */
     struct incident *older, *newer; /* age list (t->resolved or t->live); NULL when detached */
     char *key;
     struct fbr_journal_ref ref; /* its latest journal record (held) */
@@ -155,12 +156,17 @@ static uint64_t hash(const char *s)
     return h;
 }
 
-static struct incident **slot(const struct fbr_incidents *t, const char *key)
+static struct incident **slot_h(const struct fbr_incidents *t, const char *key, uint64_t h)
 {
-    struct incident **pp = &t->buckets[hash(key) & (t->nbuckets - 1)];
-    while (*pp && strcmp((*pp)->key, key) != 0)
+    struct incident **pp = &t->buckets[h & (t->nbuckets - 1)];
+    while (*pp && ((*pp)->hash != h || strcmp((*pp)->key, key) != 0))
         pp = &(*pp)->next;
     return pp;
+}
+
+static struct incident **slot(const struct fbr_incidents *t, const char *key)
+{
+    return slot_h(t, key, hash(key));
 }
 
 static void grow(struct fbr_incidents *t)
@@ -170,7 +176,7 @@ static void grow(struct fbr_incidents *t)
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
             nx = in->next;
-            size_t h = hash(in->key) & (n - 1);
+            size_t h = in->hash & (n - 1);
             in->next = b[h];
             b[h] = in;
         }
@@ -306,7 +312,8 @@ static void table_insert(struct fbr_incidents *t, struct incident *in)
 {
     if (t->count + 1 > t->nbuckets - t->nbuckets / 4)
         grow(t);
-    struct incident **pp = slot(t, in->key);
+    in->hash = hash(in->key);
+    struct incident **pp = slot_h(t, in->key, in->hash);
     in->next = NULL;
     *pp = in;
     t->count++;
@@ -329,7 +336,7 @@ static void undo_drop_ptr(struct fbr_incidents *t, const struct incident *in)
 
 static void table_remove(struct fbr_incidents *t, struct incident *in)
 {
-    struct incident **pp = slot(t, in->key);
+    struct incident **pp = slot_h(t, in->key, in->hash);
     if (*pp != in)
         return;
     undo_drop_ptr(t, in);
@@ -1294,7 +1301,8 @@ int fbr_incidents_commit(struct fbr_incidents *t)
         make_room(t, now_ms);
         table_insert(t, in);
     } else {
-        struct incident **pp = slot(t, cur->key);
+        struct incident **pp = slot_h(t, cur->key, cur->hash);
+        in->hash = cur->hash;
         in->next = cur->next;
         *pp = in;
         t->open += (size_t)is_open(in);
@@ -1341,7 +1349,8 @@ static void undo_one(struct fbr_incidents *t, struct undo *u)
         forget(t, after);
         return;
     }
-    struct incident **pp = slot(t, after->key);
+    struct incident **pp = slot_h(t, after->key, after->hash);
+    before->hash = after->hash;
     before->next = after->next;
     *pp = before;
     t->open += (size_t)is_open(before);
