@@ -832,10 +832,18 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         return FBR_LIMIT;
     }
     char id[ID_LEN + 1];
-    if (id_in)
+    if (id_in) {
         snprintf(id, sizeof(id), "%s", id_in);
-    else
-        snprintf(id, sizeof(id), "%s%016" PRIx64, e->id_prefix, e->id_counter + 1);
+    } else {
+        /* the prefix and the counter as 16 hex digits ("%s%016" PRIx64), without a printf */
+        size_t pl = strlen(e->id_prefix);
+        uint64_t n = e->id_counter + 1;
+        unsigned char be[8];
+        for (int k = 7; k >= 0; k--, n >>= 8)
+            be[k] = (unsigned char)(n & 0xff);
+        memcpy(id, e->id_prefix, pl);
+        fbr_fmt_hex(id + pl, be, sizeof(be));
+    }
     size_t id_len = strlen(id);
 
     /* Size the one allocation: URL, NUL, header block (the webhook's headers, Content-Type, the

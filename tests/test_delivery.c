@@ -612,6 +612,27 @@ START_TEST(several_in_flight_per_destination)
     ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 3);
     ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 2);
     ck_assert_uint_eq(tsrv_nreqs(srv), 3);
+    /* delivery ids: the engine's 16-hex-digit prefix, then its counter in 16 hex digits, one
+     * more per delivery (written without printf) */
+    char first[40] = "";
+    unsigned long long prev = 0;
+    int seen = 0;
+    for (size_t i = 0; i < nhooks; i++) {
+        if (hooks[i].to != FBR_DS_QUEUED)
+            continue;
+        const char *id = hooks[i].id;
+        ck_assert_uint_eq(strlen(id), 32);
+        ck_assert_uint_eq(strspn(id, "0123456789abcdef"), 32);
+        unsigned long long n = strtoull(id + 16, NULL, 16);
+        if (seen++) {
+            ck_assert_int_eq(strncmp(id, first, 16), 0);
+            ck_assert_uint_eq(n, prev + 1);
+        } else {
+            snprintf(first, sizeof(first), "%s", id);
+        }
+        prev = n;
+    }
+    ck_assert_int_eq(seen, 5);
 }
 END_TEST
 
