@@ -1213,7 +1213,9 @@ static void plain_read(evutil_socket_t fd, short what, void *arg)
     } else if (got != 1) {
         libevent_readcb(fd, what, arg);
     } else if (n == 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
-        errno = err;
+        /* read() leaves errno alone at end of file: a stale EAGAIN would make libevhtp take
+         * the EOF for a spurious wake-up */
+        errno = n == 0 ? 0 : err;
         bufferevent_disable(bev, EV_READ);
         bufferevent_trigger_event(bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
                                   0);
