@@ -221,12 +221,52 @@ static int header_size(evhtp_kv_t *kv, void *arg)
     return 0;
 }
 
+/*
+ * The head of a keep-alive HTTP/1.1 200 whose only header so far is its Content-Type, written
+ * here as evhtp_send_reply() would write it (status line, Content-Type, X-Request-Id, then the
+ * Content-Length libevhtp adds), byte for byte, without the header objects, the header lookups
+ * and the scratch buffer libevhtp builds per reply: every alert's 200 is one (bench/README.md).
+ * Returns the head's length in buf (cap bytes), or 0 when the reply is not that case.
+ */
+static size_t plain_200_head(const struct fbr_http_req *req, int status, char *buf, size_t cap)
+{
+    evhtp_request_t *r = req->opaque;
+    if (status != 200 || req->method == FBR_M_HEAD || r->proto != EVHTP_PROTO_11 ||
+        !(r->flags & EVHTP_REQ_FLAG_KEEPALIVE) || (r->flags & EVHTP_REQ_FLAG_CHUNKED))
+        return 0;
+    evhtp_kv_t *ct = TAILQ_FIRST(r->headers_out);
+    if (!ct || TAILQ_NEXT(ct, next) || strcmp(ct->key, "Content-Type") != 0)
+        return 0;
+    size_t blen = evbuffer_get_length(r->buffer_out), idlen = strlen(req->id);
+    if (ct->vlen + idlen + FBR_U64_DIGITS + 96 > cap)
+        return 0;
+    char *d = buf;
+#define PUT(s, n) (memcpy(d, (s), (n)), d += (n))
+#define PUT_LIT(lit) PUT(lit, sizeof(lit) - 1)
+    PUT_LIT("HTTP/1.1 200 OK\r\nContent-Type: ");
+    PUT(ct->val, ct->vlen);
+    PUT_LIT("\r\nX-Request-Id: ");
+    PUT(req->id, idlen);
+    PUT_LIT("\r\nContent-Length: ");
+    d += fbr_fmt_u64(d, blen);
+    PUT_LIT("\r\n\r\n");
+#undef PUT_LIT
+#undef PUT
+    return (size_t)(d - buf);
+}
+
 static void send_reply(struct fbr_http_req *req, int status)
 {
     evhtp_request_t *r = req->opaque;
     struct conn *fc = req_conn(req);
     struct fbr_server *srv = fc ? fc->srv : NULL;
-    evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
+    char head[512];
+    size_t hlen = srv && (srv->draining || (fc && fc->too_large))
+                      ? 0
+                      : plain_200_head(req, status, head, sizeof(head));
+    if (!hlen)
+        evhtp_headers_add_header(r->headers_out,
+                                 evhtp_header_new("X-Request-Id", req->id, 0, 1));
     /* RFC 9110 11.6.1: a 401 names the scheme to use; a handler may have named its own */
     if (status == 401 && !evhtp_kv_find(r->headers_out, "WWW-Authenticate"))
         evhtp_headers_add_header(r->headers_out,
@@ -240,8 +280,9 @@ static void send_reply(struct fbr_http_req *req, int status)
     }
     if (srv) {
         char sl[8];
-        size_t hbytes = 64;
-        evhtp_headers_for_each(r->headers_out, header_size, &hbytes);
+        size_t hbytes = hlen ? hlen : 64;
+        if (!hlen)
+            evhtp_headers_for_each(r->headers_out, header_size, &hbytes);
         *srv->m_bytes_out += hbytes + evbuffer_get_length(r->buffer_out);
         const char *ep = fc->endpoint ? fc->endpoint : "none";
         size_t slot = ((uintptr_t)ep / 8 + (unsigned)status) % FBR_ARRAY_LEN(srv->m_req_cache);
@@ -274,6 +315,14 @@ static void send_reply(struct fbr_http_req *req, int status)
         snprintf(cl, sizeof(cl), "%zu", evbuffer_get_length(r->buffer_out));
         evhtp_headers_add_header(r->headers_out, evhtp_header_new("Content-Length", cl, 0, 1));
         evbuffer_drain(r->buffer_out, evbuffer_get_length(r->buffer_out));
+    }
+    if (hlen) {
+        /* what evhtp_send_reply() does: the request finished, its reply in the output */
+        r->status = (evhtp_res)status;
+        r->flags |= EVHTP_REQ_FLAG_FINISHED;
+        bufferevent_write(r->conn->bev, head, hlen);
+        bufferevent_write_buffer(r->conn->bev, r->buffer_out);
+        return;
     }
     evhtp_send_reply(r, (evhtp_res)status);
 }

@@ -738,6 +738,57 @@ START_TEST(header_lines_whole_or_bytewise_same_answer)
 }
 END_TEST
 
+/* The head of the response in buf with its X-Request-Id value replaced by "ID". */
+static void mask_request_id(char *buf)
+{
+    char *p = strstr(buf, "X-Request-Id: ");
+    ck_assert_ptr_nonnull(p);
+    p += strlen("X-Request-Id: ");
+    char *e = strstr(p, "\r\n");
+    ck_assert_ptr_nonnull(e);
+    memmove(p + 2, e, strlen(e) + 1);
+    memcpy(p, "ID", 2);
+}
+
+/*
+ * A keep-alive HTTP/1.1 200 has its head written by server.c (plain_200_head) instead of
+ * evhtp_send_reply(): it must be byte for byte what libevhtp writes.  The same request with
+ * "Connection: close" goes through libevhtp (which adds "Connection: close" after
+ * Content-Length); with that line taken out the two responses are identical.
+ */
+START_TEST(plain_200_written_as_libevhtp_writes_it)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    static const char body[] = "{\"a\":\"b\\u00e9\",\"n\":1}";
+    char req[512];
+    static char fast[4096], slow[4096];
+    int fd = dutil_connect(ip.port);
+    ck_assert_int_ge(fd, 0);
+    snprintf(req, sizeof(req),
+             "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_read_response(fd, fast, sizeof(fast)), 200);
+    close(fd);
+    snprintf(req, sizeof(req),
+             "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\nConnection: close\r\n\r\n%s", strlen(body), body);
+    ck_assert_int_eq(dutil_http(ip.port, req, slow, sizeof(slow)), 200);
+    mask_request_id(fast);
+    mask_request_id(slow);
+    static const char close_line[] = "Connection: close\r\n";
+    char *cc = strstr(slow, close_line);
+    ck_assert_ptr_nonnull(cc);
+    char *after = cc + sizeof(close_line) - 1;
+    memmove(cc, after, strlen(after) + 1);
+    ck_assert_str_eq(fast, slow);
+    ck_assert_ptr_nonnull(strstr(fast, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                       "X-Request-Id: ID\r\nContent-Length: "));
+    inproc_stop(&ip);
+}
+END_TEST
+
 /*
  * Replies are written as jansson writes them: server.c serialises flat objects itself (every
  * alert's 200) and the rest with json_dumpb; each body /echo sends back must be byte for byte
@@ -889,6 +940,7 @@ int main(void)
     tcase_add_test(tc, replies_written_as_jansson_writes_them);
     tcase_add_test(tc, header_lines_whole_or_bytewise_same_answer);
     tcase_add_test(tc, framing_headers_read_as_libevhtp_reads_them);
+    tcase_add_test(tc, plain_200_written_as_libevhtp_writes_it);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }
