@@ -759,7 +759,11 @@ static size_t header_value(const struct conn *fc, size_t name_len, const char **
  * Ends one header line: refuses one without a name and colon, counts Host and Authorization
  * lines, notes Expect, notes the framing headers and checks them.  Content-Length must be digits only and agree with any earlier one;
  * Transfer-Encoding must appear once and be exactly "chunked" (another coding before chunked is
- * 501, chunked not last 400).  Returns 0, or 1 with *r set.
+ * 501, chunked not last 400).  Both are also held to what libevhtp's parser reads, so that the
+ * two never frame a body differently: it skips only spaces before a value, reads a
+ * Content-Length of at most 20 characters, and takes "chunked" (or "Chunked") with nothing after
+ * it as the chunked coding and any other spelling as no coding at all (an empty body: the
+ * chunks would then be read as the next request).  Returns 0, or 1 with *r set.
  */
 static int header_line_done(struct conn *fc, struct refusal *r)
 {
@@ -788,10 +792,18 @@ static int header_line_done(struct conn *fc, struct refusal *r)
         return 1;
     }
     const char *v;
+    size_t name_len = cl ? sizeof(cl_name) - 1 : sizeof(te_name) - 1;
+    size_t n = header_value(fc, name_len, &v);
+    const char *raw = fc->line + name_len;
+    while (raw < v && *raw == ' ')
+        raw++;
+    if (raw != v) { /* a tab before the value */
+        r->msg = cl ? "invalid Content-Length" : "Transfer-Encoding must be chunked";
+        return 1;
+    }
     if (cl) {
-        size_t n = header_value(fc, sizeof(cl_name) - 1, &v);
         uint64_t x = 0;
-        if (n == 0)
+        if (n == 0 || n > FBR_U64_DIGITS)
             return 1;
         for (size_t i = 0; i < n; i++) {
             if (v[i] < '0' || v[i] > '9' || x > UINT64_MAX / 10 - 10)
@@ -806,7 +818,6 @@ static int header_line_done(struct conn *fc, struct refusal *r)
         fc->content_length = x;
         return 0;
     }
-    size_t n = header_value(fc, sizeof(te_name) - 1, &v);
     if (fc->te_seen) {
         r->msg = "more than one Transfer-Encoding header";
         return 1;
@@ -815,6 +826,13 @@ static int header_line_done(struct conn *fc, struct refusal *r)
     static const char chunked[] = "chunked";
     size_t cn = sizeof(chunked) - 1;
     if (n == cn && strncasecmp(v, chunked, cn) == 0) {
+        /* libevhtp's spelling: nothing after it, only the first letter in either case */
+        size_t tail = (size_t)(fc->line + fc->line_len - 1 - (v + n)); /* before the CR */
+        if (tail != 0 || memcmp(v + 1, chunked + 1, cn - 1) != 0) {
+            r->msg = "Transfer-Encoding must be written \"chunked\" (lower case, nothing after "
+                     "it)";
+            return 1;
+        }
         fc->chunked = 1;
         return 0;
     }

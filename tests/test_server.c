@@ -841,6 +841,47 @@ START_TEST(replies_written_as_jansson_writes_them)
 END_TEST
 
 /*
+ * The screener frames a body exactly as libevhtp's parser will, or refuses the head: libevhtp
+ * takes a Transfer-Encoding other than "chunked"/"Chunked" with nothing after it as no coding
+ * (an empty body, its chunks then read as a next request: "CHUNKED" got the endpoint's "invalid
+ * JSON" 400), and drops the connection without a word on a Content-Length after a tab or longer
+ * than 20 characters.  Each is now a 400 naming the header; the spellings both read alike work.
+ */
+START_TEST(framing_headers_read_as_libevhtp_reads_them)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    static const struct {
+        const char *head, *body;
+        int status;
+        const char *says;
+    } cases[] = {
+        {"Transfer-Encoding: CHUNKED\r\n", "2\r\n{}\r\n0\r\n\r\n", 400, "Transfer-Encoding"},
+        {"Transfer-Encoding: chunked \r\n", "2\r\n{}\r\n0\r\n\r\n", 400, "Transfer-Encoding"},
+        {"Transfer-Encoding:\tchunked\r\n", "2\r\n{}\r\n0\r\n\r\n", 400, "Transfer-Encoding"},
+        {"Content-Length:\t2\r\n", "{}", 400, "Content-Length"},
+        {"Content-Length: 000000000000000000002\r\n", "{}", 400, "Content-Length"},
+        {"Transfer-Encoding: Chunked\r\n", "2\r\n{}\r\n0\r\n\r\n", 200, "{}"},
+        {"Transfer-Encoding:   chunked\r\n", "2\r\n{}\r\n0\r\n\r\n", 200, "{}"},
+        {"Content-Length: 00000000000000000002 \t\r\n", "{}", 200, "{}"},
+    };
+    static char buf[8192];
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        char req[1024];
+        snprintf(req, sizeof(req),
+                 "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%s"
+                 "Connection: close\r\n\r\n%s",
+                 cases[i].head, cases[i].body);
+        int st = head_status(ip.port, req, 0, buf, sizeof(buf));
+        const char *body = strstr(buf, "\r\n\r\n");
+        ck_assert_msg(st == cases[i].status && body && strstr(body, cases[i].says),
+                      "case %zu: %d %s", i, st, body ? body : "(no reply)");
+    }
+    inproc_stop(&ip);
+}
+END_TEST
+
+/*
  * A plain-TCP connection's requests are read without asking the kernel their length first
  * (server.c plain_read): 50 requests on one keep-alive connection, some of them split over
  * several writes, and a pipelined pair, cost no ioctl(FIONREAD); libevent's own read path asks
@@ -898,6 +939,7 @@ int main(void)
     tcase_add_test(tc, plain_reads_ask_no_queue_length);
     tcase_add_test(tc, replies_written_as_jansson_writes_them);
     tcase_add_test(tc, header_lines_whole_or_bytewise_same_answer);
+    tcase_add_test(tc, framing_headers_read_as_libevhtp_reads_them);
     tcase_add_test(tc, plain_200_written_as_libevhtp_writes_it);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
