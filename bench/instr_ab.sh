@@ -17,15 +17,9 @@ a=$1 b=$2 rounds=${3:-1} build=${4:-build}
 lg=$build/tools/loadgen/firebridge-loadgen
 alerts=${ALERTS:-3000} warm=${WARM:-1000} rate=${RATE:-1000}
 command -v valgrind >/dev/null || { echo "instr_ab.sh: valgrind is not installed" >&2; exit 1; }
-tmp=$(mktemp -d)
-fb_pid=
-cleanup() {
-  [ -n "$fb_pid" ] && kill "$fb_pid" 2>/dev/null && wait "$fb_pid" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 # shellcheck source=bench/seed_daemon.sh
 . bench/seed_daemon.sh
+seed_scratch
 send() { # SINK_PORT N -> deliveries counted by the loadgen
   "$lg" --target "127.0.0.1:$fb_port" --sink-listen "127.0.0.1:$1" --rate "$rate/s" \
     --duration $(( $2 / rate + 2 )) --warmup 0 --max-alerts "$2" --connections 8 --drain 30 \

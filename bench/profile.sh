@@ -16,15 +16,9 @@ bin=$1 top=${2:-10} build=${3:-build}
 lg=$build/tools/loadgen/firebridge-loadgen
 secs=${SECONDS_PROF:-5}
 command -v perf >/dev/null || { echo "profile.sh: perf is not installed (linux-perf)" >&2; exit 1; }
-tmp=$(mktemp -d)
-fb_pid=
-cleanup() {
-  [ -n "$fb_pid" ] && kill "$fb_pid" 2>/dev/null && wait "$fb_pid" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 # shellcheck source=bench/seed_daemon.sh
 . bench/seed_daemon.sh
+seed_scratch
 SEED_PREFIX=()
 port=$(free_port)
 seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp"

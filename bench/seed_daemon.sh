@@ -4,6 +4,8 @@
 # at a sink, room and token limits lifted, the delivery queue unbounded for the run, journal in
 # its default mode.
 #
+#   seed_scratch                               -> tmp, a new scratch directory, and an EXIT trap
+#       that stops the daemon started last (fb_pid) and removes tmp
 #   free_port                                  -> a free loopback TCP port on stdout
 #   seed_daemon_start BIN SINK_ADDR DIR [FLAG...]
 #       starts BIN (prefixed by the array SEED_PREFIX, e.g. (taskset -c 0)) with its config,
@@ -11,6 +13,17 @@
 #       sets fb_pid and fb_port (its listening port), or exits non-zero with the log.
 #       SEED_DATA (a data directory kept as it is, e.g. for a restart; default DIR/fb-data,
 #       emptied first) and SEED_LOG (default DIR/fb.log) override where those go.
+
+seed_scratch() {
+  tmp=$(mktemp -d)
+  fb_pid=
+  trap seed_cleanup EXIT
+}
+
+seed_cleanup() {
+  [ -n "${fb_pid:-}" ] && kill "$fb_pid" 2>/dev/null && wait "$fb_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

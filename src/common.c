@@ -150,6 +150,30 @@ size_t fbr_utf8_seq(const unsigned char *s, size_t n, size_t *bad)
     return need + 1;
 }
 
+size_t fbr_utf8_put(char *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xc0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xe0 | cp >> 12);
+        o[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+        o[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | cp >> 18);
+    o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+    o[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+    o[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
 size_t fbr_fmt_u64(char *out, uint64_t v)
 {
     /* two digits per division: a millisecond timestamp is 13 digits */
@@ -229,11 +253,9 @@ static const uint8_t json_class[256] = {
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
 };
 
-/*
- * Length of the leading run of s[0..n) made of ASCII bytes that JSON leaves alone, eight bytes at
- * a time: a word is plain when no byte is below 0x20, equal to '"' or '\\', or has its top bit.
- */
-static size_t json_plain_run(const unsigned char *s, size_t n)
+/* Eight bytes at a time (sixteen with SSE2): a word is plain when no byte is below 0x20, equal
+ * to '"' or '\\', or has its top bit. */
+size_t fbr_json_plain_run(const unsigned char *s, size_t n)
 {
     const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
     size_t i = 0;
@@ -271,7 +293,7 @@ size_t fbr_json_clean_prefix(const char *src, size_t n)
     const unsigned char *s = (const unsigned char *)src;
     size_t i = 0;
     while (i < n) {
-        i += json_plain_run(s + i, n - i);
+        i += fbr_json_plain_run(s + i, n - i);
         if (i == n)
             break;
         if (json_class[s[i]] == 1)
@@ -284,7 +306,6 @@ size_t fbr_json_clean_prefix(const char *src, size_t n)
     return n;
 }
 
-
 /* Writes the JSON-string-escaped form of src (no quotes) to d; returns the bytes written. */
 size_t fbr_json_escape(char *d, const char *src, size_t n)
 {
@@ -292,7 +313,7 @@ size_t fbr_json_escape(char *d, const char *src, size_t n)
     char *d0 = d;
     size_t i = 0;
     while (i < n) {
-        size_t run = json_plain_run(s + i, n - i);
+        size_t run = fbr_json_plain_run(s + i, n - i);
         memcpy(d, s + i, run);
         d += run;
         i += run;

@@ -31,7 +31,7 @@ struct reader {
     int heap; /* buf was malloc'ed (otherwise it is the caller's stack array) */
 };
 
-/* Byte classes inside a string: 0 is copied as it is, the others end a run. */
+/* Byte classes inside a string, for the byte that ends a run (fbr_json_plain_run finds it). */
 enum { B_PLAIN, B_QUOTE, B_ESCAPE, B_CONTROL, B_HIGH };
 
 static const unsigned char str_class[256] = {
@@ -109,30 +109,6 @@ static int hex4(const unsigned char *s, const unsigned char *end)
     return v;
 }
 
-static size_t utf8_put(char *o, uint32_t cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xc0 | cp >> 6);
-        o[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xe0 | cp >> 12);
-        o[1] = (char)(0x80 | (cp >> 6 & 0x3f));
-        o[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    o[0] = (char)(0xf0 | cp >> 18);
-    o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
-    o[2] = (char)(0x80 | (cp >> 6 & 0x3f));
-    o[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 /*
  * Reads the string whose opening quote is at r->p and leaves r->p after its closing quote.
  * Without escapes the text is a slice of the input (*s, *n, *in_buf = 0); otherwise it is
@@ -145,8 +121,7 @@ static int read_string(struct reader *r, const char **s, size_t *n, int *in_buf)
     size_t used = 0; /* decoded bytes at r->buf + r->top, once an escape was seen */
     int decoding = 0;
     for (;;) {
-        while (p < end && str_class[*p] == B_PLAIN)
-            p++;
+        p += fbr_json_plain_run(p, (size_t)(end - p));
         if (p == end) {
             r->p = p;
             fail(r, "premature end of input in a string");
@@ -243,7 +218,7 @@ static int read_string(struct reader *r, const char **s, size_t *n, int *in_buf)
             fail(r, "\\u0000 is not allowed");
             return -1;
         }
-        used += utf8_put(o + used, cp);
+        used += fbr_utf8_put(o + used, cp);
         run = p;
     }
 }

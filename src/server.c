@@ -1001,11 +1001,6 @@ static int head_done(struct conn *fc, struct refusal *r)
 }
 
 /*
- * Screens new input bytes [from, len) of buf; *head_at is where a header section still open
- * at `from` began, and is moved to where the one still open at the end begins.  Returns 0, or -1
- * after the connection was rejected.
- */
-/*
  * A whole, ordinary header line at the start of buf, taken at once instead of byte by byte: a
  * name without blanks, a colon, a value without CR, then CR LF, within every limit.  Whatever is
  * not that (a blank or no colon in the name, a bare CR, no LF yet, the end of the head, a limit
@@ -1045,6 +1040,11 @@ static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avai
     return 1;
 }
 
+/*
+ * Screens new input bytes [from, len) of buf; *head_at is where a header section still open
+ * at `from` began, and is moved to where the one still open at the end begins.  Returns 0, or -1
+ * after the connection was rejected.
+ */
 static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len,
                   size_t *head_at)
 {

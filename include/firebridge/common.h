@@ -92,16 +92,22 @@ size_t fbr_utf8_cut(const char *s, size_t len, size_t max);
  * replaces).  A NUL byte ends any sequence, so n may exceed a C string's end by up to 3. */
 size_t fbr_utf8_seq(const unsigned char *s, size_t n, size_t *bad);
 
+/* Writes code point cp (at most U+10FFFF, not a surrogate) as UTF-8 into o (room for 4 bytes);
+ * returns the bytes written. */
+size_t fbr_utf8_put(char *o, uint32_t cp);
+
 /*
- * JSON string escaping, one owner for the template engine, the server's replies and the journal's
- * records.  fbr_json_clean_prefix() returns n when src[0..n) can go into a JSON string literal as
- * it is, else the offset of the first byte that needs escaping or replacing.
+ * JSON strings, one owner for the template engine, the intake's JSON reader, the server's replies
+ * and the journal's records.  fbr_json_plain_run() returns the length of the leading run of
+ * s[0..n) that a JSON string holds as it is and that needs no UTF-8 check: ASCII other than
+ * controls, '"' and '\\'.  fbr_json_clean_prefix() returns n when src[0..n) can go into a JSON
+ * string literal as it is, else the offset of the first byte that needs escaping or replacing.
  * fbr_json_escape() writes the escaped form of src (no quotes) to d, which must have room for 6
  * bytes per input byte; ill-formed UTF-8 becomes U+FFFD.  Returns the bytes written.
  */
+size_t fbr_json_plain_run(const unsigned char *s, size_t n);
 size_t fbr_json_clean_prefix(const char *src, size_t n);
 size_t fbr_json_escape(char *d, const char *src, size_t n);
-
 
 /* Formatting for the per-alert path, where snprintf's format parsing was a measurable cost
  * (bench/README.md).  fbr_fmt_u64 writes v in decimal and a terminating NUL into out (at least
@@ -109,12 +115,12 @@ size_t fbr_json_escape(char *d, const char *src, size_t n);
  * digits of b[0..n) and a NUL, and returns 2 * n. */
 #define FBR_U64_DIGITS 20
 size_t fbr_fmt_u64(char *out, uint64_t v);
+size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n);
 
 /* Writes the parts one after another into buf and a terminating NUL, cut to cap - 1 bytes (cap
  * >= 1); returns the length written.  What "%.*s%.*s..." with snprintf does, without a format
  * parsed per call (delivery and rate keys are built per alert). */
 size_t fbr_join(char *buf, size_t cap, const struct fbr_slice *parts, size_t n);
-size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n);
 
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t fbr_now_ms(void);
