@@ -375,6 +375,16 @@ static int next_item(struct reader *r, unsigned char close, const char *expected
     return -1;
 }
 
+/* The member whose key starts at key_at repeats a key of its object: that error replaces any
+ * found later in its value (a reader that stops at the key reports it). */
+static void duplicate_key(struct reader *r, const unsigned char *key_at)
+{
+    if (r->err)
+        r->err->text[0] = '\0';
+    r->p = key_at;
+    fail(r, "duplicate object key");
+}
+
 /* One member: the key at r->p, ':' and the value, set into obj.  0, or -1 after fail(). */
 static int read_member(struct reader *r, json_t *obj)
 {
@@ -388,30 +398,38 @@ static int read_member(struct reader *r, json_t *obj)
     const unsigned char *key_at = r->p;
     if (read_string(r, &key, &klen, &in_buf))
         return -1;
-    if (json_object_getn(obj, key, klen)) {
-        r->p = key_at;
-        fail(r, "duplicate object key");
-        return -1;
-    }
+    json_t *v = NULL;
     skip_ws(r);
     if (r->p == r->end || *r->p != ':') {
         fail(r, "':' expected");
+    } else {
+        r->p++;
+        skip_ws(r);
+        /* An escaped key stays on the decode stack while its value is read (which may move
+         * it). */
+        size_t key_off = r->top;
+        if (in_buf)
+            r->top += klen;
+        v = read_value(r);
+        if (in_buf)
+            key = r->buf + key_off;
+        r->top = key_off;
+    }
+    if (!v) {
+        /* The key came first: when it repeats one, that is the error to report. */
+        if (json_object_getn(obj, key, klen))
+            duplicate_key(r, key_at);
         return -1;
     }
-    r->p++;
-    skip_ws(r);
-    /* An escaped key stays on the decode stack while its value is read (which may move it). */
-    size_t key_off = r->top;
-    if (in_buf)
-        r->top += klen;
-    json_t *v = read_value(r);
-    if (in_buf)
-        key = r->buf + key_off;
-    r->top = key_off;
-    if (!v)
-        return -1;
+    size_t before = json_object_size(obj);
     if (json_object_setn_new_nocheck(obj, key, klen, v)) {
         fail(r, "out of memory");
+        return -1;
+    }
+    /* A repeated key replaces its value instead of adding a member: found without a lookup of
+     * its own (one hash per member, not two). */
+    if (json_object_size(obj) == before) {
+        duplicate_key(r, key_at);
         return -1;
     }
     return 0;

@@ -119,6 +119,28 @@ START_TEST(error_text_and_position)
     ck_assert_ptr_null(fbr_json_loadb("{\"a\":1,\"a\":2}", 13, &e));
     ck_assert_str_eq(e.text, "duplicate object key at byte 7");
     ck_assert_int_eq(e.position, 7);
+    /* A repeated key is the error even when what follows it is wrong too, or missing; the
+     * first error in the input is the one reported, at any depth. */
+    static const struct {
+        const char *in, *text;
+    } first[] = {
+        {"{\"a\":1,\"a\":x}", "duplicate object key at byte 7"},
+        {"{\"a\":1,\"a\" 2}", "duplicate object key at byte 7"},
+        {"{\"a\":1,\"a\"", "duplicate object key at byte 7"},
+        {"{\"a\":1,\"a\":", "duplicate object key at byte 7"},
+        {"{\"a\":1,\"a\":{\"b\":1,\"b\":x}}", "duplicate object key at byte 7"},
+        {"{\"a\":1,\"\\u0061\":[[[{\"c\":1,\"c\":2}]]]}", "duplicate object key at byte 7"},
+        {"{\"a\":{\"b\":1,\"b\":2}}", "duplicate object key at byte 12"},
+        {"{\"a\":{\"b\":1,\"b\":2},\"a\":x}", "duplicate object key at byte 12"},
+        {"{\"a\":[1,2,x],\"a\":1}", "invalid literal at byte 10"},
+        {"{\"a\":1,\"b\":x,\"a\":2}", "invalid literal at byte 11"},
+    };
+    for (size_t i = 0; i < sizeof(first) / sizeof(first[0]); i++) {
+        memset(&e, 0, sizeof(e));
+        ck_assert_ptr_null(fbr_json_loadb(first[i].in, strlen(first[i].in), &e));
+        ck_assert_msg(strcmp(e.text, first[i].text) == 0, "%s: \"%s\", expected \"%s\"",
+                      first[i].in, e.text, first[i].text);
+    }
     ck_assert_ptr_null(fbr_json_loadb("[1,\n 2,\n x]", 11, &e));
     ck_assert_str_eq(e.text, "invalid literal at byte 9");
     ck_assert_int_eq(e.line, 3);
