@@ -346,6 +346,59 @@ START_TEST(connection_refused)
 }
 END_TEST
 
+/*
+ * The callback runs in the loop iteration that read the response, not one epoll_wait later: the
+ * response is in the client's socket before one EVLOOP_ONCE iteration, and after it the call is
+ * complete.  (A zero-timeout timer would complete it in the following iteration: one more
+ * system call per delivery wherever the loop is not busy, bench/README.md.)
+ */
+START_TEST(completes_in_the_iteration_that_read_the_response)
+{
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ck_assert_int_ge(ls, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(bind(ls, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(ls, 4), 0);
+    ck_assert_int_eq(getsockname(ls, (struct sockaddr *)&sa, &sl), 0);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", ntohs(sa.sin_port));
+    struct fbr_client *c = client_new(1, 5000, NULL);
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    for (int round = 0; round < 2; round++) { /* a new connection, then the kept-alive one */
+        ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+        static int fd = -1;
+        char head[2048];
+        size_t n = 0;
+        long long deadline = dutil_wall_ms() + 5000;
+        while (!memmem(head, n, "\r\n\r\n", 4) && dutil_wall_ms() < deadline) {
+            event_base_loop(base, EVLOOP_NONBLOCK);
+            if (fd < 0)
+                fd = accept(ls, NULL, NULL);
+            ssize_t k = fd >= 0 ? recv(fd, head + n, sizeof(head) - n, MSG_DONTWAIT) : -1;
+            if (k > 0)
+                n += (size_t)k;
+            else
+                usleep(1000);
+        }
+        ck_assert_msg(memmem(head, n, "\r\n\r\n", 4), "the request did not arrive");
+        static const char resp[] = "HTTP/1.1 204 No Content\r\n\r\n";
+        ck_assert_int_eq(send(fd, resp, sizeof(resp) - 1, 0), (ssize_t)(sizeof(resp) - 1));
+        usleep(20000); /* loopback: in the client's socket by now */
+        ck_assert_int_eq(got_calls, round);
+        event_base_loop(base, EVLOOP_ONCE);
+        ck_assert_int_eq(got_calls, round + 1);
+        ck_assert_int_eq(got_status, 204);
+        ck_assert_int_eq(got_reused, round);
+        if (round == 1)
+            close(fd);
+    }
+    fbr_client_free(&c);
+    close(ls);
+}
+END_TEST
+
 START_TEST(retry_after)
 {
     ck_assert_int_eq(fbr_client_parse_retry_after("120", 1000), 121000);
@@ -501,6 +554,7 @@ int main(void)
     tcase_add_test(tc, chunked_body_cut);
     tcase_add_test(tc, stalled_server_times_out);
     tcase_add_test(tc, connection_refused);
+    tcase_add_test(tc, completes_in_the_iteration_that_read_the_response);
     tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, retry_after);
     tcase_add_test(tc, err_names);

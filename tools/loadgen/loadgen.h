@@ -85,6 +85,8 @@ struct lg {
     int stopping;                           /* no new sends */
     /* sender results */
     struct lg_hist intake;    /* per alert sent at or after measure_ns: answer - intended send */
+    struct lg_hist send_lag;  /* the same alerts: actual send - intended send (the sender's own
+                               * lateness, part of intake; 0 in closed loop) */
     uint64_t next_seq;        /* alerts started */
     uint64_t answered;        /* answers received */
     uint64_t answered_window; /* answers received within [measure_ns, stop_ns) */

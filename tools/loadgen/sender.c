@@ -357,6 +357,10 @@ static void send_one(struct lg_sender *s, struct lg_conn *c, uint64_t t)
     c->seq = seq;
     c->intended_ns = t;
     s->nbusy++;
+    if (t >= lg->measure_ns && t < lg->stop_ns) {
+        uint64_t now = lg_now_ns();
+        lg_hist_add(&lg->send_lag, now > t ? now - t : 0);
+    }
     if (len == 0 || conn_send(c, req, len) != 0) {
         c->busy = 1;
         conn_fail(c);
