@@ -1033,14 +1033,28 @@ static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
     return pool;
 }
 
+/* Whether part lies inside req's URL: a parse handed in (req->parsed) is of these bytes. */
+static int within(const struct fbr_client_req *req, struct fbr_slice part)
+{
+    uintptr_t a = (uintptr_t)req->url, p = (uintptr_t)part.ptr;
+    return part.ptr && p >= a && part.len <= req->url_len && p - a <= req->url_len - part.len;
+}
+
 int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
                        void *arg)
 {
-    struct fbr_url u;
+    struct fbr_url own;
+    const struct fbr_url *u = req->parsed;
     const char *why;
-    if (fbr_url_parse(req->url, req->url_len, &u, &why) != FBR_OK)
+    if (!u) {
+        if (fbr_url_parse(req->url, req->url_len, &own, &why) != FBR_OK)
+            return FBR_INVALID;
+        u = &own;
+    }
+    struct fbr_slice target = fbr_url_target(u);
+    if (!within(req, u->host) || !within(req, target))
         return FBR_INVALID;
-    struct pool *pool = get_pool(c, &u);
+    struct pool *pool = get_pool(c, u);
     size_t cap = req->max_body > BODY_SAMPLE ? req->max_body : BODY_SAMPLE;
     if (cap > FBR_CLIENT_MAX_BODY)
         cap = FBR_CLIENT_MAX_BODY;
@@ -1051,7 +1065,7 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     call->cb = cb;
     call->arg = arg;
     call->req = *req;
-    struct fbr_slice target = fbr_url_target(&u);
+    call->req.parsed = NULL; /* borrowed for the call only */
     call->path = target.ptr;
     call->path_len = target.len;
     call->head_method = strcmp(req->method, "HEAD") == 0;

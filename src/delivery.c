@@ -67,6 +67,7 @@ struct delivery {
     char *store;
     char *url;
     size_t url_len;
+    struct fbr_url_pos url_pos; /* the URL parsed once, as offsets: valid when the store moves */
     char *head; /* "Name: value\r\n" lines incl. Content-Type and X-Firebridge-Delivery */
     size_t head_len;
     /* The body: until compacted, the zero-copy render (slices into the event's JSON and the
@@ -661,10 +662,15 @@ static void start_attempt(struct delivery *dl)
     if (!dl->first_attempt_wall)
         dl->first_attempt_wall = now_wall;
     dl->last_attempt_wall = now_wall;
+    /* the URL was parsed when the delivery was made; its parts are taken over its bytes' current
+     * place (compaction moves them) */
+    struct fbr_url u;
+    int parsed = fbr_url_pos_load(&dl->url_pos, dl->url, dl->url_len, &u) == FBR_OK;
     struct fbr_client_req req = {
         .method = dl->method,
         .url = dl->url,
         .url_len = dl->url_len,
+        .parsed = parsed ? &u : NULL,
         .head = dl->auth_head ? dl->auth_head : dl->head,
         .head_len = dl->auth_head ? dl->auth_head_len : dl->head_len,
         .body = dl->body_iov,
@@ -860,9 +866,11 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     char *store = fbr_xmalloc(url_len + 1 + head_len + 1);
     fbr_render_copy(&o->url, store);
     store[url_len] = '\0';
+    /* the webhook's parse of these bytes when it made one, else the parse is made here */
     struct fbr_url up;
     const char *why = NULL;
-    int url_ok = fbr_url_parse(store, url_len, &up, &why) == FBR_OK;
+    int url_ok = fbr_url_pos_load(&o->url_pos, store, url_len, &up) == FBR_OK ||
+                 fbr_url_parse(store, url_len, &up, &why) == FBR_OK;
     struct delivery *dl = fbr_xcalloc(1, sizeof(*dl));
     if (!id_in)
         e->id_counter++;
@@ -870,6 +878,8 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     dl->store = store;
     dl->url = store;
     dl->url_len = url_len;
+    if (url_ok)
+        fbr_url_pos_keep(&up, store, url_len, &dl->url_pos);
     dl->head = store + url_len + 1;
     dl->head_len = head_len;
     const char *mname = fbr_http_method_name(o->method);
@@ -1119,6 +1129,7 @@ int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_deliver
     snprintf(dl->id, sizeof(dl->id), "%s", s->id);
     dl->store = dl->url = store;
     dl->url_len = s->url.len;
+    fbr_url_pos_keep(&up, store, s->url.len, &dl->url_pos);
     dl->head = store + s->url.len + 1;
     dl->head_len = s->head.len;
     dl->body_one = (struct iovec){store + off, s->body.len};

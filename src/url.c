@@ -6,6 +6,7 @@
  */
 #include "firebridge/url.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <strings.h>
 
@@ -63,21 +64,20 @@ static struct fbr_slice slice(const char *a, const char *b)
     return (struct fbr_slice){a, (size_t)(b - a)};
 }
 
-/* Splits a request target (path, '?' query, '#' fragment) out of p[0..end). */
+/* Splits a request target (path, '?' query, '#' fragment) out of p[0..end): the first '#' ends
+ * the path and the query, the first '?' before it ends the path (memchr: the target is most of
+ * a URL's bytes). */
 static void split_target(const char *p, const char *end, struct fbr_url *u)
 {
-    const char *q = p;
-    while (q < end && *q != '?' && *q != '#')
-        q++;
-    u->path = slice(p, q);
-    if (q < end && *q == '?') {
-        const char *qs = ++q;
-        while (q < end && *q != '#')
-            q++;
-        u->query = slice(qs, q);
-    }
-    if (q < end && *q == '#')
-        u->fragment = slice(q + 1, end);
+    size_t n = (size_t)(end - p);
+    const char *hash = n ? memchr(p, '#', n) : NULL;
+    const char *tend = hash ? hash : end;
+    const char *qm = tend > p ? memchr(p, '?', (size_t)(tend - p)) : NULL;
+    u->path = slice(p, qm ? qm : tend);
+    if (qm)
+        u->query = slice(qm + 1, tend);
+    if (hash)
+        u->fragment = slice(hash + 1, end);
 }
 
 /* Splits the authority into userinfo, host and port (by syntax; an unterminated '[' leaves the
@@ -230,4 +230,43 @@ struct fbr_slice fbr_url_target(const struct fbr_url *u)
 {
     const char *end = u->query.ptr ? u->query.ptr + u->query.len : u->path.ptr + u->path.len;
     return slice(u->path.ptr, end);
+}
+
+/* The parts of struct fbr_url that struct fbr_url_pos keeps, in its order. */
+static const size_t pos_parts[8] = {
+    offsetof(struct fbr_url, scheme), offsetof(struct fbr_url, authority),
+    offsetof(struct fbr_url, userinfo), offsetof(struct fbr_url, host),
+    offsetof(struct fbr_url, port), offsetof(struct fbr_url, path),
+    offsetof(struct fbr_url, query), offsetof(struct fbr_url, fragment),
+};
+
+void fbr_url_pos_keep(const struct fbr_url *u, const char *s, size_t n, struct fbr_url_pos *pos)
+{
+    memset(pos, 0, sizeof(*pos));
+    if (n == 0 || n >= UINT32_MAX)
+        return;
+    for (size_t i = 0; i < 8; i++) {
+        const struct fbr_slice *part = (const void *)((const char *)u + pos_parts[i]);
+        pos->off[i] = part->ptr ? (uint32_t)(part->ptr - s) : UINT32_MAX;
+        pos->len[i] = (uint32_t)part->len;
+    }
+    pos->port_num = u->port_num;
+    pos->tls = (uint8_t)u->tls;
+    pos->ipv6 = (uint8_t)u->ipv6;
+    pos->n = (uint32_t)n;
+}
+
+int fbr_url_pos_load(const struct fbr_url_pos *pos, const char *s, size_t n, struct fbr_url *u)
+{
+    if (pos->n == 0 || pos->n != n)
+        return FBR_NOTFOUND;
+    for (size_t i = 0; i < 8; i++) {
+        struct fbr_slice *part = (void *)((char *)u + pos_parts[i]);
+        part->ptr = pos->off[i] == UINT32_MAX ? NULL : s + pos->off[i];
+        part->len = pos->len[i];
+    }
+    u->port_num = pos->port_num;
+    u->tls = pos->tls;
+    u->ipv6 = pos->ipv6;
+    return FBR_OK;
 }

@@ -298,22 +298,29 @@ static void reserve_headers(struct fbr_outreq *o, size_t n)
 }
 
 /*
- * The default rate key of a webhook without one of its own: a HipChat room notification URL
+ * Parses the rendered URL once for the whole data path: the parse is kept in o->url_pos, which
+ * the delivery engine and the client read instead of parsing again.  A webhook without a rate key
+ * of its own gets the default one here: a HipChat room notification URL
  * (/v2/room/{room}/notification) is keyed "room:<authority>/<room>", so that every webhook posting
  * to one room shares the room's limit whatever its query or scheme.  Any other URL (or one
  * longer than the buffer) keeps o->rate_key empty: the engine then keys scheme + host + path.
  */
-static void default_rate_key(struct fbr_outreq *o)
+static void parse_url(struct fbr_outreq *o, int default_key)
 {
     static const char pre[] = "/v2/room/", suf[] = "/notification";
     char url[4096], key[1024];
     struct fbr_url u;
+    const char *why;
     if (o->url.total > sizeof(url))
         return;
     fbr_render_copy(&o->url, url);
-    /* split, not judged: the delivery engine judges the URL when it is queued (a URL it refuses
-     * is never sent, whatever its rate key) */
-    if (fbr_url_split(url, o->url.total, &u) != FBR_OK)
+    if (fbr_url_parse(url, o->url.total, &u, &why) == FBR_OK)
+        fbr_url_pos_keep(&u, url, o->url.total, &o->url_pos);
+    /* the key is taken by syntax alone: the engine refuses an unsendable URL when it is queued
+     * (never sent, whatever its rate key) */
+    else if (!default_key || fbr_url_split(url, o->url.total, &u) != FBR_OK)
+        return;
+    if (!default_key)
         return;
     const char *path = u.path.ptr;
     size_t n = u.path.len;
@@ -339,8 +346,8 @@ int fbr_outreq_render(struct fbr_outreq *o, struct fbr_webhook *wh, json_t *even
         rc = fbr_tpl_render(wh->payload, &scope, &o->body);
     if (rc == FBR_OK && wh->rate_key)
         rc = fbr_tpl_render(wh->rate_key, &scope, &o->rate_key);
-    else if (rc == FBR_OK)
-        default_rate_key(o);
+    if (rc == FBR_OK)
+        parse_url(o, !wh->rate_key);
     if (rc == FBR_OK && wh->nheaders) {
         reserve_headers(o, wh->nheaders);
         for (size_t i = 0; i < wh->nheaders && rc == FBR_OK; i++) {
@@ -381,6 +388,7 @@ void fbr_outreq_release(struct fbr_outreq *o)
     o->nheaders = 0;
     o->method = 0;
     fbr_render_reset(&o->url);
+    memset(&o->url_pos, 0, sizeof(o->url_pos));
     fbr_render_reset(&o->body);
     fbr_render_reset(&o->rate_key);
     for (size_t i = 0; i < o->headers_cap; i++)

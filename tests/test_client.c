@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "firebridge/client.h"
+#include "firebridge/url.h"
 #include "daemon_util.h"
 #include "http_testsrv.h"
 #include "testsupport.h"
@@ -237,6 +238,54 @@ START_TEST(keep_alive_reused)
     fbr_client_get_stats(c, &st);
     ck_assert_uint_eq(st.connections_opened, 1);
     ck_assert_uint_eq(st.connections_reused, N - 1);
+    fbr_client_free(&c);
+}
+END_TEST
+
+/*
+ * A caller that parsed the URL already hands the parse in (the delivery engine: once per
+ * delivery): the client sends to its host and target without parsing again, and refuses a parse
+ * whose parts are not inside the URL it was given (a parse of other bytes: a delivery whose store
+ * moved), calling no callback.
+ */
+START_TEST(parse_handed_in)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new(2, 2000, NULL);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/handed/in?q=1", tsrv_port(srv));
+    struct fbr_url u;
+    const char *why;
+    ck_assert_int_eq(fbr_url_parse(url, strlen(url), &u, &why), FBR_OK);
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    req.parsed = &u;
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    memset(&u, 0, sizeof(u)); /* borrowed for the call only */
+    ck_assert(tsrv_run_until(base, got_one, 5000));
+    ck_assert_int_eq(got_status, 204);
+    ck_assert_str_eq(tsrv_req(srv, 0)->path, "/handed/in?q=1");
+
+    /* the handed parse is what is sent: without its query, no query goes out */
+    ck_assert_int_eq(fbr_url_parse(url, strlen(url), &u, &why), FBR_OK);
+    u.query = (struct fbr_slice){NULL, 0};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(tsrv_run_until(base, got_one, 5000));
+    ck_assert_str_eq(tsrv_req(srv, 1)->path, "/handed/in");
+
+    /* a parse of a copy of the bytes is not a parse of these bytes */
+    char copy[128];
+    memcpy(copy, url, sizeof(copy));
+    ck_assert_int_eq(fbr_url_parse(copy, strlen(copy), &u, &why), FBR_OK);
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_INVALID);
+    u.host.ptr = url + (u.host.ptr - copy); /* the host inside, the target still not */
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_INVALID);
+    tsrv_run_until(base, got_one, 200);
+    ck_assert_int_eq(got_calls, 0);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
     fbr_client_free(&c);
 }
 END_TEST
@@ -550,6 +599,7 @@ int main(void)
     tcase_set_timeout(tc, 30);
     tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
     tcase_add_test(tc, keep_alive_reused);
+    tcase_add_test(tc, parse_handed_in);
     tcase_add_test(tc, pool_bounds_connections);
     tcase_add_test(tc, chunked_body_cut);
     tcase_add_test(tc, stalled_server_times_out);

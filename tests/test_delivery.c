@@ -27,6 +27,7 @@
 
 static struct event_base *base;
 static struct tsrv *srv;
+static struct tsrv *srv_b; /* a second server, when a test needs one */
 static struct fbr_delivery_engine *eng;
 static char dir[64];
 
@@ -65,6 +66,9 @@ static void teardown(void)
     if (srv)
         tsrv_free(srv);
     srv = NULL;
+    if (srv_b)
+        tsrv_free(srv_b);
+    srv_b = NULL;
     tsrv_loop_free(base);
     dutil_rm_rf(dir);
     free(hooks);
@@ -1020,6 +1024,114 @@ START_TEST(waiting_deliveries_compacted)
 }
 END_TEST
 
+/* ---- one URL parse per delivery, kept as offsets: right wherever the bytes move ---- */
+
+
+/*
+ * Each delivery's URL is parsed once (by the webhook, or by the engine for a request built by
+ * hand or restored from the journal) and its parts are kept as offsets into the delivery's own
+ * bytes.  Deliveries to two servers, with hosts, ports, rooms and tokens of different lengths,
+ * rendered by a webhook whose port is a variable (so its URL is checked at render time), built by
+ * hand and restored: the first attempt of every destination fails twice, so it is compacted (its
+ * bytes move: the store grows by the body) and sent again from there, and the ones behind it
+ * wait compacted.  Every request must reach its own server with its own Host and target.
+ */
+START_TEST(url_parsed_once_survives_compaction)
+{
+    srv = tsrv_new(base, NULL);
+    srv_b = tsrv_new(base, NULL);
+    struct tsrv_reply fail[] = {{503, NULL, 0, 0, NULL, 0}, {503, NULL, 0, 0, NULL, 0}};
+    struct tsrv *both[2] = {srv, srv_b};
+    for (int k = 0; k < 2; k++) {
+        tsrv_script(both[k], "/v2/room/", fail, 2);
+        tsrv_script(both[k], "/hand/", fail, 2);
+        tsrv_set_default(both[k], (struct tsrv_reply){200, NULL, 0, 0, NULL, 0});
+    }
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    start(&o);
+    json_t *wj = json_loads("[{\"name\": \"chat\", \"event\": \"Any-Alert\", \"url\": "
+                            "\"http://127.0.0.1:${{ALERT.port}}/v2/room/${{ALERT.room}}/"
+                            "notification?auth_token=${{ALERT.token}}\", \"payload\": "
+                            "{\"message\": \"${{ALERT.msg}}\"}}]",
+                            0, NULL);
+    ck_assert_ptr_nonnull(wj);
+    struct fbr_webhooks whs = {0};
+    struct fbr_cfgerr errs = {0};
+    ck_assert_int_eq(fbr_webhooks_compile(wj, &whs, &errs), FBR_OK);
+    json_decref(wj);
+
+    enum { NW = 6, NH = 2, N = NW + NH + 1 };
+    static const char *const rooms[] = {"a", "bbbbbbbbbbbbbbbbbbbbbbbb-long-room"};
+    char want_path[N][200];
+    int want_srv[N];
+    size_t n = 0;
+    struct fbr_outreq r;
+    fbr_outreq_init(&r); /* one outreq for every render, as the intake reuses it */
+    for (int i = 0; i < NW; i++, n++) {
+        int k = i % 2;
+        char port[16], token[40], msg[64];
+        snprintf(port, sizeof(port), "%d", tsrv_port(both[k]));
+        snprintf(token, sizeof(token), "%.*s", 1 + 7 * i, "T0123456789abcdefghijklmnopqrstuvwxyz");
+        snprintf(msg, sizeof(msg), "message %d with a body long enough to move", i);
+        json_t *ev = json_pack("{s:{s:s,s:s,s:s,s:s}}", "ALERT", "port", port, "room",
+                               rooms[(i / 2) % 2], "token", token, "msg", msg);
+        ck_assert_int_eq(fbr_outreq_render(&r, whs.v[0], ev), FBR_OK);
+        ck_assert_int_eq(fbr_delivery_submit(eng, &r, NULL), FBR_OK);
+        json_decref(ev);
+        snprintf(want_path[n], sizeof(want_path[n]), "/v2/room/%s/notification?auth_token=%s",
+                 rooms[(i / 2) % 2], token);
+        want_srv[n] = k;
+    }
+    fbr_outreq_free(&r);
+    fbr_webhooks_clear(&whs);
+    for (int i = 0; i < NH; i++, n++) {
+        char url[160];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/hand/%s?x=%d#frag", tsrv_port(both[i]),
+                 rooms[i], i);
+        submit(url, "{\"by\": \"hand\"}", NULL);
+        snprintf(want_path[n], sizeof(want_path[n]), "/hand/%s?x=%d", rooms[i], i);
+        want_srv[n] = i;
+    }
+    char url[160];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/restored/%s", tsrv_port(srv_b), rooms[1]);
+    struct fbr_delivery_saved sv = {
+        .id = "restored1",
+        .method = "POST",
+        .url = fbr_slice_from(url),
+        .head = FBR_SLICE("Content-Type: text/plain\r\nX-Firebridge-Delivery: restored1\r\n"),
+        .body = FBR_SLICE("restored body"),
+    };
+    ck_assert_int_eq(fbr_delivery_restore(eng, &sv), FBR_OK);
+    snprintf(want_path[n], sizeof(want_path[n]), "/restored/%s", rooms[1]);
+    want_srv[n++] = 1;
+
+    want = N;
+    ck_assert(tsrv_run_until(base, delivered_n, 15000));
+    ck_assert_uint_eq(M()->dead_permanent, 0);
+    /* 2 failures per server for the webhook's rooms and the hand-built ones */
+    ck_assert_uint_eq(tsrv_nreqs(srv) + tsrv_nreqs(srv_b), N + 8);
+    for (int k = 0; k < 2; k++) {
+        char host[64];
+        snprintf(host, sizeof(host), "\r\nHost: 127.0.0.1:%d\r\n", tsrv_port(both[k]));
+        for (size_t j = 0; j < tsrv_nreqs(both[k]); j++) {
+            const struct tsrv_req *q = tsrv_req(both[k], j);
+            ck_assert_ptr_nonnull(strstr(q->head, host));
+            int found = 0;
+            for (size_t w = 0; w < n; w++)
+                found |= want_srv[w] == k && strcmp(q->path, want_path[w]) == 0;
+            ck_assert_msg(found, "server %d got an unexpected target %s", k, q->path);
+        }
+    }
+    for (size_t w = 0; w < n; w++) {
+        int found = 0;
+        for (size_t j = 0; j < tsrv_nreqs(both[want_srv[w]]); j++)
+            found |= strcmp(tsrv_req(both[want_srv[w]], j)->path, want_path[w]) == 0;
+        ck_assert_msg(found, "%s never reached server %d", want_path[w], want_srv[w]);
+    }
+}
+END_TEST
+
 /* ---- per-webhook rate overrides ---- */
 
 static struct fbr_webhooks rate_whs;
@@ -1324,6 +1436,7 @@ int main(void)
     tcase_add_test(tc, shutdown_saves_every_state);
     tcase_add_test(tc, replay_live_file_no_loop);
     tcase_add_test(tc, waiting_deliveries_compacted);
+    tcase_add_test(tc, url_parsed_once_survives_compaction);
     tcase_add_test(tc, webhook_room_rate_override);
     tcase_add_test(tc, webhook_token_rate_override);
     tcase_add_test(tc, dns_server_silent);

@@ -224,6 +224,74 @@ START_TEST(slices)
 }
 END_TEST
 
+/* Two parses are the same slices relative to their own bytes (ptr NULL stays NULL). */
+static void assert_same_parts(const struct fbr_url *a, const char *sa, const struct fbr_url *b,
+                              const char *sb)
+{
+    const struct fbr_slice *pa[] = {&a->scheme, &a->authority, &a->userinfo, &a->host,
+                                    &a->port,   &a->path,      &a->query,    &a->fragment};
+    const struct fbr_slice *pb[] = {&b->scheme, &b->authority, &b->userinfo, &b->host,
+                                    &b->port,   &b->path,      &b->query,    &b->fragment};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(pa); i++) {
+        ck_assert_int_eq(pa[i]->ptr == NULL, pb[i]->ptr == NULL);
+        ck_assert_uint_eq(pa[i]->len, pb[i]->len);
+        if (pa[i]->ptr)
+            ck_assert_int_eq(pa[i]->ptr - sa, pb[i]->ptr - sb);
+    }
+    ck_assert_uint_eq(a->port_num, b->port_num);
+    ck_assert_int_eq(a->tls, b->tls);
+    ck_assert_int_eq(a->ipv6, b->ipv6);
+}
+
+/*
+ * A parse kept as offsets (how a delivery's URL is parsed once) and taken back over a copy of
+ * the bytes at another address, the original overwritten (a compacted delivery's store moved):
+ * the parts are the copy's, the same as parsing the copy; a parse kept from other bytes, or
+ * nothing kept, is refused so that the reader parses.
+ */
+START_TEST(parse_kept_over_moved_bytes)
+{
+    static const char *const cases[] = {
+        "HTTPS://[::1]:8443/a/b?x=1&y=2#top", "http://h?q", "http://h", "http://h/?",
+        "http://127.0.0.1:9/v2/room/r1/notification?auth_token=T#a?b", "http://h#f?g",
+    };
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        size_t n = strlen(cases[i]);
+        char *a = fbr_xstrdup(cases[i]);
+        struct fbr_url u, want, got;
+        const char *why;
+        ck_assert_int_eq(fbr_url_parse(a, n, &u, &why), FBR_OK);
+        struct fbr_url_pos pos;
+        fbr_url_pos_keep(&u, a, n, &pos);
+        char *b = fbr_xmalloc(n + 64);
+        memset(b, 'x', 64);
+        memcpy(b + 64, a, n);
+        memset(a, '?', n); /* the old place is gone */
+        ck_assert_int_eq(fbr_url_pos_load(&pos, b + 64, n, &got), FBR_OK);
+        ck_assert_int_eq(fbr_url_parse(b + 64, n, &want, &why), FBR_OK);
+        assert_same_parts(&got, b + 64, &want, b + 64);
+        ck_assert(fbr_slice_eq(fbr_url_target(&got), fbr_url_target(&want)));
+        ck_assert_int_eq(fbr_url_pos_load(&pos, b + 64, n - 1, &got), FBR_NOTFOUND);
+        free(a);
+        free(b);
+    }
+    struct fbr_url_pos none;
+    struct fbr_url u;
+    memset(&none, 0, sizeof(none));
+    ck_assert_int_eq(fbr_url_pos_load(&none, "http://h/", 9, &u), FBR_NOTFOUND);
+    /* the target split: the first '#' ends path and query, a '?' after it is the fragment's */
+    const char *why;
+    ck_assert_int_eq(fbr_url_parse("http://h/p#f?g", 14, &u, &why), FBR_OK);
+    ck_assert(fbr_slice_eq(u.path, FBR_SLICE("/p")));
+    ck_assert_ptr_null(u.query.ptr);
+    ck_assert(fbr_slice_eq(u.fragment, FBR_SLICE("f?g")));
+    ck_assert_int_eq(fbr_url_parse("http://h/p?q?r#", 15, &u, &why), FBR_OK);
+    ck_assert(fbr_slice_eq(u.query, FBR_SLICE("q?r")));
+    ck_assert_ptr_nonnull(u.fragment.ptr);
+    ck_assert_uint_eq(u.fragment.len, 0);
+}
+END_TEST
+
 /* ---- through the real daemon ---- */
 
 #define API_KEY "k3y"
@@ -328,6 +396,7 @@ static Suite *url_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, same_verdict_everywhere, 0, (int)FBR_ARRAY_LEN(urls));
     tcase_add_test(tc, slices);
+    tcase_add_test(tc, parse_kept_over_moved_bytes);
     suite_add_tcase(s, tc);
     TCase *ti = tcase_create("daemon");
     tcase_set_timeout(ti, 60);

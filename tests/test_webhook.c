@@ -208,6 +208,60 @@ START_TEST(own_rate_key_wins)
 }
 END_TEST
 
+/*
+ * The rendered URL is parsed once, here, for the delivery engine and the client (o->url_pos): the
+ * kept parse is the parse of the rendered bytes, it is reset with the outreq (a render buffer
+ * reused for the next alert never carries the last URL's parse), and an unsendable URL keeps
+ * none (the engine parses it and dead-letters it with the reason) yet still gets its default
+ * room key, as the lenient split always gave it.
+ */
+START_TEST(url_parsed_once)
+{
+    json_t *j = json_loads("[{\"event\":\"Any-Alert\",\"url\":\"${{ALERT.u}}\"}]", 0, NULL);
+    struct fbr_webhooks whs = {0};
+    struct fbr_cfgerr errs = {0};
+    ck_assert_int_eq(fbr_webhooks_compile(j, &whs, &errs), FBR_OK);
+    static const char *const urls[] = {"https://chat.example:8443/v2/room/r-7/notification?a=b",
+                                       "http://u:p@h/v2/room/9/notification",
+                                       "http://[::1]/v2/room/long-room-name/notification#x"};
+    struct fbr_outreq o;
+    fbr_outreq_init(&o);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(urls); i++) {
+        json_t *ev = json_pack("{s:{s:s}}", "ALERT", "u", urls[i]);
+        ck_assert_int_eq(fbr_outreq_render(&o, whs.v[0], ev), FBR_OK);
+        char *url = fbr_render_strdup(&o.url);
+        ck_assert_str_eq(url, urls[i]);
+        struct fbr_url got, want;
+        const char *why;
+        if (i == 1) { /* userinfo: refused, nothing kept, the key from the split */
+            ck_assert_uint_eq(o.url_pos.n, 0);
+            ck_assert_int_eq(fbr_url_pos_load(&o.url_pos, url, strlen(url), &got),
+                             FBR_NOTFOUND);
+            char *key = fbr_render_strdup(&o.rate_key);
+            ck_assert_str_eq(key, "room:u:p@h/9");
+            free(key);
+        } else {
+            ck_assert_int_eq(fbr_url_pos_load(&o.url_pos, url, strlen(url), &got), FBR_OK);
+            ck_assert_int_eq(fbr_url_parse(url, strlen(url), &want, &why), FBR_OK);
+            ck_assert(fbr_slice_eq(got.host, want.host));
+            ck_assert_ptr_eq(got.host.ptr, want.host.ptr);
+            ck_assert(fbr_slice_eq(fbr_url_target(&got), fbr_url_target(&want)));
+            ck_assert_ptr_eq(fbr_url_target(&got).ptr, fbr_url_target(&want).ptr);
+            ck_assert_uint_eq(got.port_num, want.port_num);
+            ck_assert_int_eq(got.tls, want.tls);
+            ck_assert_int_eq(got.ipv6, want.ipv6);
+        }
+        free(url);
+        json_decref(ev);
+    }
+    fbr_outreq_release(&o);
+    ck_assert_uint_eq(o.url_pos.n, 0);
+    fbr_outreq_free(&o);
+    json_decref(j);
+    fbr_webhooks_clear(&whs);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("webhook");
@@ -217,6 +271,7 @@ int main(void)
     tcase_add_loop_test(tc, webhook_compile_error, 0, FBR_ARRAY_LEN(wh_bad));
     tcase_add_test(tc, webhook_compile_ok);
     tcase_add_test(tc, outreq_by_hand);
+    tcase_add_test(tc, url_parsed_once);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

@@ -23,6 +23,7 @@
 #include "firebridge/common.h"
 
 struct fbr_client;
+struct fbr_url;
 
 /* Why an attempt produced no response; the names go to logs and the retries metric. */
 #define FBR_CLIENT_ERR_MAP(X)                                                                      \
@@ -67,6 +68,8 @@ struct fbr_client_req {
     const char *log_id; /* delivery id for log lines (may be NULL) */
     size_t max_body;    /* response body bytes to keep (0: the first 512, enough for a reason;
                            at most FBR_CLIENT_MAX_BODY); a longer body is cut, body_len says so */
+    const struct fbr_url *parsed; /* url as fbr_url_parse() accepted it (its slices into url),
+                                     borrowed for the call only; NULL: the client parses url */
 };
 
 /* The most response body a request may ask to keep (fbr_client_req.max_body). */
@@ -109,7 +112,8 @@ const struct fbr_client_opts *fbr_client_get_opts(const struct fbr_client *c);
 
 /*
  * Starts one attempt.  Returns FBR_OK (cb will be called exactly once) or FBR_INVALID for a URL
- * that url.h's fbr_url_parse() refuses (cb never called).
+ * that url.h's fbr_url_parse() refuses, or a req->parsed whose host or request target is not
+ * inside url (a parse of other bytes; cb never called).
  */
 int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, fbr_client_cb cb,
                        void *arg);

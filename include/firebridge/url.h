@@ -12,6 +12,8 @@
 #ifndef FIREBRIDGE_URL_H
 #define FIREBRIDGE_URL_H
 
+#include <stdint.h>
+
 #include "firebridge/common.h"
 
 /* The longest host name a URL may carry (RFC 1035: 253 characters). */
@@ -62,5 +64,28 @@ int fbr_url_bytes_ok(const char *s, size_t n);
 /* The request target of a parsed URL: the path and the query with its '?', as one slice into the
  * URL (the fragment is never sent).  The caller adds "/" when it does not start with one. */
 struct fbr_slice fbr_url_target(const struct fbr_url *u);
+
+/*
+ * A parsed URL kept apart from its bytes, so that a URL is parsed once per delivery however often
+ * it is read: the parts as offsets from the URL's first byte, valid over any copy of the same
+ * bytes (the webhook renders a URL, the delivery engine copies it into its store, which moves
+ * when the delivery is compacted, and the client sends it).  A zeroed one holds nothing.
+ */
+struct fbr_url_pos {
+    uint32_t n;              /* the URL's length; 0: nothing kept */
+    uint32_t off[8], len[8]; /* per part, in struct fbr_url's order; off UINT32_MAX: absent */
+    uint32_t port_num;
+    uint8_t tls, ipv6;
+};
+
+/* Keeps u, a successful fbr_url_parse() of s[0..n), in *pos.  A URL longer than 4 GiB - 2 is
+ * not kept (pos zeroed: its readers parse the bytes themselves). */
+void fbr_url_pos_keep(const struct fbr_url *u, const char *s, size_t n, struct fbr_url_pos *pos);
+
+/*
+ * The parse kept in pos as slices into s[0..n), a copy of the bytes it was kept from: FBR_OK, or
+ * FBR_NOTFOUND when pos holds nothing or was kept from a URL of another length (then parse s).
+ */
+int fbr_url_pos_load(const struct fbr_url_pos *pos, const char *s, size_t n, struct fbr_url *u);
 
 #endif

@@ -14,6 +14,7 @@
 #include "firebridge/common.h"
 #include "firebridge/ratelimit.h" /* struct fbr_rate */
 #include "firebridge/template.h"
+#include "firebridge/url.h"
 
 struct fbr_webhook_header {
     char *name;            /* owned, validated token */
@@ -85,6 +86,9 @@ struct fbr_outreq {
     json_t *event;               /* reference held, NULL for a replayed dead letter */
     unsigned method;
     struct fbr_render url;
+    struct fbr_url_pos url_pos;  /* url as fbr_url_parse() accepted it, kept by
+                                    fbr_outreq_render(); empty (n 0) when refused, too long to
+                                    parse on the stack, or built by hand: the engine parses */
     struct fbr_render body;
     struct fbr_render rate_key;  /* empty when the webhook has none */
     char *content_type;          /* borrowed from the webhook, or owned when webhook is NULL */
