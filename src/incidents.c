@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,13 +36,13 @@
 #define DEFAULT_TTL_MS (24u * 3600u * 1000u)
 #define EVICT_WARN_MS 10000u /* at most one "table full" warning per this interval */
 
-static const char *const mt_names[] = {
-#define FBR_X(name) #name,
+static const struct fbr_slice mt_names[] = {
+#define FBR_X(name) FBR_SLICE(#name),
     FBR_MSG_TYPE_MAP(FBR_X)
 #undef FBR_X
 };
-static const char *const phase_names[] = {
-#define FBR_X(name) #name,
+static const struct fbr_slice phase_names[] = {
+#define FBR_X(name) FBR_SLICE(#name),
     FBR_INCIDENT_PHASE_MAP(FBR_X)
 #undef FBR_X
 };
@@ -54,7 +55,7 @@ static const char *const tr_names[] = {
 int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out)
 {
     for (size_t i = 0; i < FBR_ARRAY_LEN(mt_names); i++) {
-        if (s && strlen(mt_names[i]) == len && strncasecmp(mt_names[i], s, len) == 0) {
+        if (s && mt_names[i].len == len && strncasecmp(mt_names[i].ptr, s, len) == 0) {
             *out = (enum fbr_msg_type)i;
             return FBR_OK;
         }
@@ -65,12 +66,12 @@ int fbr_msg_type_parse(const char *s, size_t len, enum fbr_msg_type *out)
 
 const char *fbr_msg_type_name(enum fbr_msg_type t)
 {
-    return (unsigned)t < FBR_ARRAY_LEN(mt_names) ? mt_names[t] : "INFO";
+    return (unsigned)t < FBR_ARRAY_LEN(mt_names) ? mt_names[t].ptr : "INFO";
 }
 
 const char *fbr_incident_phase_name(enum fbr_incident_phase p)
 {
-    return (unsigned)p < FBR_ARRAY_LEN(phase_names) ? phase_names[p] : "?";
+    return (unsigned)p < FBR_ARRAY_LEN(phase_names) ? phase_names[p].ptr : "?";
 }
 
 const char *fbr_transition_name(enum fbr_transition t)
@@ -78,19 +79,83 @@ const char *fbr_transition_name(enum fbr_transition t)
     return (unsigned)t < FBR_ARRAY_LEN(tr_names) ? tr_names[t] : "?";
 }
 
+/* The strings of an incident: index, journal record member.  The record writes them in this
+ * order, the key first and the number ("n") right after it. */
+#define INCIDENT_STR_MAP(X)                                                                        \
+    X(KEY, "k")          /* lower-cased routing key, unit separator, entity id */                \
+    X(RK, "rk")                                                                                    \
+    X(EID, "eid")                                                                                  \
+    X(HOST, "host")                                                                                \
+    X(SERVICE, "service")                                                                          \
+    X(ACK_USER, "ack_user")                                                                        \
+    X(ACK_MSG, "ack_msg")                                                                          \
+    X(UUID, "uuid")      /* the last alert's VO_UUID */
+enum incident_str {
+#define FBR_X(name, member) S_##name,
+    INCIDENT_STR_MAP(FBR_X)
+#undef FBR_X
+        S_COUNT
+};
+
+/* The numbers the record writes after the phase and the state: field, record member. */
+#define INCIDENT_NUM_MAP(X)                                                                        \
+    X(alert_count, "count")                                                                        \
+    X(ack_ms, "ack_ts")                                                                            \
+    X(state_start_ms, "start")                                                                     \
+    X(opened_ms, "ts")                                                                             \
+    X(updated_ms, "upd")                                                                           \
+    X(resolved_ms, "res")
+
+/* One version of an incident, in one allocation with its strings: a change makes a new version
+ * (incident_make) and the replaced one is freed with free(). */
 struct incident {
     struct incident *next;          /* hash chain */
     uint64_t hash;                  /* hash(key): a chain walk compares it before the key */
     struct incident *older, *newer; /* age list (t->resolved or t->live); NULL when detached */
-    char *key;
-    struct fbr_journal_ref ref; /* its latest journal record (held) */
+    struct fbr_journal_ref ref;     /* its latest journal record (held) */
     uint64_t number;
-    char *routing_key, *entity_id, *host, *service, *ack_user, *ack_msg, *last_uuid;
     enum fbr_incident_phase phase;
     enum fbr_msg_type state; /* CRITICAL, WARNING or OK */
     uint64_t alert_count;
     uint64_t ack_ms, state_start_ms, opened_ms, updated_ms, resolved_ms;
+    /* String i is text + off[i], NUL-terminated, off[i + 1] - off[i] - 1 bytes long. */
+    size_t off[S_COUNT + 1];
+    char text[];
 };
+
+static const char *str(const struct incident *in, enum incident_str i)
+{
+    return in->text + in->off[i];
+}
+
+static struct fbr_slice str_slice(const struct incident *in, enum incident_str i)
+{
+    return (struct fbr_slice){in->text + in->off[i], in->off[i + 1] - in->off[i] - 1};
+}
+
+/* A detached version (not in the table, no journal record) with the numbers, phase, state and
+ * hash of `fields` and the strings s[] (copied; none may hold a NUL): one allocation. */
+static struct incident *incident_make(const struct incident *fields,
+                                      const struct fbr_slice s[S_COUNT])
+{
+    size_t total = 0;
+    for (size_t i = 0; i < S_COUNT; i++)
+        total += s[i].len + 1;
+    struct incident *in = fbr_xmalloc(sizeof(*in) + total);
+    memcpy(in, fields, offsetof(struct incident, off));
+    in->next = in->older = in->newer = NULL;
+    in->ref = (struct fbr_journal_ref){0, 0};
+    size_t o = 0;
+    for (size_t i = 0; i < S_COUNT; i++) {
+        in->off[i] = o;
+        if (s[i].len)
+            memcpy(in->text + o, s[i].ptr, s[i].len);
+        o += s[i].len;
+        in->text[o++] = '\0';
+    }
+    in->off[S_COUNT] = o;
+    return in;
+}
 
 /* A reusable line buffer: journal records are written by hand (one allocation-free pass) because
  * building a jansson object and dumping it cost more than the rest of the incident update. */
@@ -159,7 +224,7 @@ static uint64_t hash(const char *s)
 static struct incident **slot_h(const struct fbr_incidents *t, const char *key, uint64_t h)
 {
     struct incident **pp = &t->buckets[h & (t->nbuckets - 1)];
-    while (*pp && ((*pp)->hash != h || strcmp((*pp)->key, key) != 0))
+    while (*pp && ((*pp)->hash != h || strcmp(str(*pp, S_KEY), key) != 0))
         pp = &(*pp)->next;
     return pp;
 }
@@ -184,19 +249,6 @@ static void grow(struct fbr_incidents *t)
     free(t->buckets);
     t->buckets = b;
     t->nbuckets = n;
-}
-
-static void incident_free(struct incident *in)
-{
-    free(in->key);
-    free(in->routing_key);
-    free(in->entity_id);
-    free(in->host);
-    free(in->service);
-    free(in->ack_user);
-    free(in->ack_msg);
-    free(in->last_uuid);
-    free(in);
 }
 
 static int is_open(const struct incident *in)
@@ -308,12 +360,12 @@ static void age_insert(struct fbr_incidents *t, struct incident *in)
     list_insert(l, in);
 }
 
+/* Puts in (its hash set, its key not in the table) into the table. */
 static void table_insert(struct fbr_incidents *t, struct incident *in)
 {
     if (t->count + 1 > t->nbuckets - t->nbuckets / 4)
         grow(t);
-    in->hash = hash(in->key);
-    struct incident **pp = slot_h(t, in->key, in->hash);
+    struct incident **pp = slot_h(t, str(in, S_KEY), in->hash);
     in->next = NULL;
     *pp = in;
     t->count++;
@@ -336,7 +388,7 @@ static void undo_drop_ptr(struct fbr_incidents *t, const struct incident *in)
 
 static void table_remove(struct fbr_incidents *t, struct incident *in)
 {
-    struct incident **pp = slot_h(t, in->key, in->hash);
+    struct incident **pp = slot_h(t, str(in, S_KEY), in->hash);
     if (*pp != in)
         return;
     undo_drop_ptr(t, in);
@@ -344,13 +396,7 @@ static void table_remove(struct fbr_incidents *t, struct incident *in)
     t->count--;
     t->open -= is_open(in);
     list_unlink(list_of(t, in), in);
-    incident_free(in);
-}
-
-static void set_str(char **dst, const char *src)
-{
-    free(*dst);
-    *dst = fbr_xstrdup(src ? src : "");
+    free(in);
 }
 
 /* ---- journal ------------------------------------------------------------------------------ */
@@ -364,69 +410,65 @@ static void line_room(struct line *l, size_t n)
     }
 }
 
-static void line_put(struct line *l, const char *s, size_t n)
+static char *put(char *d, struct fbr_slice s)
 {
-    line_room(l, n);
-    memcpy(l->p + l->len, s, n);
-    l->len += n;
+    memcpy(d, s.ptr, s.len);
+    return d + s.len;
 }
 
-/* Appends ,"key":"escaped value" (or without the comma for the first member). */
-static void line_str(struct line *l, const char *key, const char *v)
+/* Writes s as a JSON string's contents (6 bytes of room per byte of s). */
+static char *put_escaped(char *d, struct fbr_slice s)
 {
-    size_t klen = strlen(key), vlen = strlen(v);
-    line_room(l, klen + 6 * vlen + 8);
-    char *d = l->p + l->len;
-    if (l->len > 1)
-        *d++ = ',';
-    *d++ = '"';
-    memcpy(d, key, klen);
-    d += klen;
-    memcpy(d, "\":\"", 3);
-    d += 3;
-    d += fbr_json_escape(d, v, vlen);
-    *d++ = '"';
-    l->len = (size_t)(d - l->p);
+    return d + fbr_json_escape(d, s.ptr, s.len);
 }
 
-static void line_num(struct line *l, const char *key, uint64_t v)
+static char *put_num(char *d, uint64_t v)
 {
-    size_t klen = strlen(key);
-    line_room(l, klen + FBR_U64_DIGITS + 5);
-    char *d = l->p + l->len;
-    if (l->len > 1)
-        *d++ = ',';
-    *d++ = '"';
-    memcpy(d, key, klen);
-    d += klen;
-    *d++ = '"';
-    *d++ = ':';
-    d += fbr_fmt_u64(d, v);
-    l->len = (size_t)(d - l->p);
+    return d + fbr_fmt_u64(d, v);
 }
 
+/* What a record holds besides its escaped strings: member names and punctuation (about 150
+ * bytes), the names of the phase and the state, seven numbers. */
+#define RECORD_FIXED_MAX 512
+
+/*
+ * The record of an incident, in t->line, in one pass:
+ *   {"k":"..","n":N,"rk":"..","eid":"..","host":"..","service":"..","ack_user":"..",
+ *    "ack_msg":"..","uuid":"..","phase":"..","state":"..","count":N,"ack_ts":N,"start":N,
+ *    "ts":N,"upd":N,"res":N}  and a newline.
+ * The replay reads the key and the number from this form (scan_record), and recovery of every
+ * journal written so far depends on it: test_incidents records_written_byte_for_byte.
+ */
 static void record_line(struct line *l, const struct incident *in)
 {
+    static const struct fbr_slice str_members[] = {
+#define FBR_X(name, member) FBR_SLICE(",\"" member "\":\""),
+        INCIDENT_STR_MAP(FBR_X)
+#undef FBR_X
+    };
     l->len = 0;
-    line_put(l, "{", 1);
-    line_str(l, "k", in->key);
-    line_num(l, "n", in->number);
-    line_str(l, "rk", in->routing_key);
-    line_str(l, "eid", in->entity_id);
-    line_str(l, "host", in->host);
-    line_str(l, "service", in->service);
-    line_str(l, "ack_user", in->ack_user);
-    line_str(l, "ack_msg", in->ack_msg);
-    line_str(l, "uuid", in->last_uuid);
-    line_str(l, "phase", phase_names[in->phase]);
-    line_str(l, "state", mt_names[in->state]);
-    line_num(l, "count", in->alert_count);
-    line_num(l, "ack_ts", in->ack_ms);
-    line_num(l, "start", in->state_start_ms);
-    line_num(l, "ts", in->opened_ms);
-    line_num(l, "upd", in->updated_ms);
-    line_num(l, "res", in->resolved_ms);
-    line_put(l, "}\n", 2);
+    line_room(l, 6 * in->off[S_COUNT] + RECORD_FIXED_MAX);
+    char *d = put(l->p, FBR_SLICE("{\"k\":\""));
+    d = put_escaped(d, str_slice(in, S_KEY));
+    d = put(d, FBR_SLICE("\",\"n\":"));
+    d = put_num(d, in->number);
+    for (size_t i = S_KEY + 1; i < S_COUNT; i++) {
+        d = put(d, str_members[i]);
+        d = put_escaped(d, str_slice(in, (enum incident_str)i));
+        *d++ = '"';
+    }
+    d = put(d, FBR_SLICE(",\"phase\":\""));
+    d = put(d, phase_names[in->phase]);
+    d = put(d, FBR_SLICE("\",\"state\":\""));
+    d = put(d, mt_names[in->state]);
+    *d++ = '"';
+#define FBR_X(field, member)                                                                       \
+    d = put(d, FBR_SLICE(",\"" member "\":"));                                                     \
+    d = put_num(d, in->field);
+    INCIDENT_NUM_MAP(FBR_X)
+#undef FBR_X
+    d = put(d, FBR_SLICE("}\n"));
+    l->len = (size_t)(d - l->p);
 }
 
 /* Appends the record in t->line; returns its ref (held), or a null ref in memory. */
@@ -440,10 +482,12 @@ static struct fbr_journal_ref journal_append(struct fbr_incidents *t)
 /* Writes {"next":n} and makes it the counter's record. */
 static void journal_counter(struct fbr_incidents *t)
 {
-    char head[64];
     t->line.len = 0;
-    int hl = snprintf(head, sizeof(head), "{\"next\":%" PRIu64 "}", t->next_number);
-    line_put(&t->line, head, (size_t)hl);
+    line_room(&t->line, RECORD_FIXED_MAX);
+    char *d = put(t->line.p, FBR_SLICE("{\"next\":"));
+    d = put_num(d, t->next_number);
+    *d++ = '}';
+    t->line.len = (size_t)(d - t->line.p);
     struct fbr_journal_ref r = journal_append(t);
     fbr_journal_release(t->journal, t->counter_ref);
     t->counter_ref = r;
@@ -496,30 +540,26 @@ static void replay_line(struct fbr_incidents *t, json_t *j, struct fbr_journal_r
         fbr_journal_release(t->journal, old->ref);
         table_remove(t, old);
     }
-    struct incident *in = fbr_xcalloc(1, sizeof(*in));
-    in->key = fbr_xstrdup(key);
-    in->number = jnum(j, "n");
-    in->routing_key = fbr_xstrdup(jstr(j, "rk"));
-    in->entity_id = fbr_xstrdup(jstr(j, "eid"));
-    in->host = fbr_xstrdup(jstr(j, "host"));
-    in->service = fbr_xstrdup(jstr(j, "service"));
-    in->ack_user = fbr_xstrdup(jstr(j, "ack_user"));
-    in->ack_msg = fbr_xstrdup(jstr(j, "ack_msg"));
-    in->last_uuid = fbr_xstrdup(jstr(j, "uuid"));
-    const char *ph = jstr(j, "phase");
-    in->phase = FBR_PHASE_UNACKED;
+    static const char *const str_members[] = {
+#define FBR_X(name, member) member,
+        INCIDENT_STR_MAP(FBR_X)
+#undef FBR_X
+    };
+    struct fbr_slice strs[S_COUNT];
+    for (size_t i = 0; i < S_COUNT; i++)
+        strs[i] = fbr_slice_from(jstr(j, str_members[i]));
+    struct incident f = {.number = jnum(j, "n"), .hash = hash(key), .phase = FBR_PHASE_UNACKED};
+    struct fbr_slice ph = fbr_slice_from(jstr(j, "phase"));
     for (size_t i = 0; i < FBR_ARRAY_LEN(phase_names); i++) {
-        if (strcmp(ph, phase_names[i]) == 0)
-            in->phase = (enum fbr_incident_phase)i;
+        if (fbr_slice_eq(ph, phase_names[i]))
+            f.phase = (enum fbr_incident_phase)i;
     }
     const char *st = jstr(j, "state");
-    fbr_msg_type_parse(st, strlen(st), &in->state);
-    in->alert_count = jnum(j, "count");
-    in->ack_ms = jnum(j, "ack_ts");
-    in->state_start_ms = jnum(j, "start");
-    in->opened_ms = jnum(j, "ts");
-    in->updated_ms = jnum(j, "upd");
-    in->resolved_ms = jnum(j, "res");
+    fbr_msg_type_parse(st, strlen(st), &f.state);
+#define FBR_X(field, member) f.field = jnum(j, member);
+    INCIDENT_NUM_MAP(FBR_X)
+#undef FBR_X
+    struct incident *in = incident_make(&f, strs);
     if (in->number >= t->next_number) {
         t->next_number = in->number + 1;
         counter_at(t, ref);
@@ -552,14 +592,14 @@ struct rec_head {
     uint64_t number;
 };
 
-/* The value of a lower-case hex digit (what line_str writes), -1 for anything else. */
+/* The value of a lower-case hex digit (what record_line writes), -1 for anything else. */
 static int lower_hex(char c)
 {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /* Decodes the JSON string starting at p (after its opening quote) into buf (cap bytes): the
- * escapes line_str() writes (\" \\ and \u00xx for a control character other than NUL); returns
+ * escapes record_line() writes (\" \\ and \u00xx for a control character other than NUL); returns
  * the position after the closing quote, or NULL for anything else (then parsed as JSON). */
 static const char *plain_str(const char *p, const char *end, char *buf, size_t cap,
                              struct fbr_slice *out)
@@ -717,7 +757,7 @@ static void owner_committed(void *arg, uint64_t pos)
     while (t->ucount && t->undo[t->uhead].pos <= pos) {
         struct incident *before = t->undo[t->uhead].before;
         if (before)
-            incident_free(before);
+            free(before);
         t->uhead = (t->uhead + 1) % t->ucap;
         t->ucount--;
     }
@@ -850,14 +890,14 @@ void fbr_incidents_close(struct fbr_incidents **tp)
         fbr_journal_remove_owner(t->journal, t);
     for (size_t i = 0; i < t->ucount; i++)
         if (undo_at(t, i)->before)
-            incident_free(undo_at(t, i)->before);
+            free(undo_at(t, i)->before);
     free(t->undo);
     fbr_strmap_each(&t->deferred, free_deferred, NULL); /* a recovery that failed */
     fbr_strmap_clear(&t->deferred);
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
             nx = in->next;
-            incident_free(in);
+            free(in);
         }
     }
     free(t->buckets);
@@ -872,9 +912,12 @@ static void forget(struct fbr_incidents *t, struct incident *in)
 {
     if (t->journal) {
         t->line.len = 0;
-        line_put(&t->line, "{", 1);
-        line_str(&t->line, "del", in->key);
-        line_put(&t->line, "}", 1);
+        struct fbr_slice key = str_slice(in, S_KEY);
+        line_room(&t->line, 6 * key.len + RECORD_FIXED_MAX);
+        char *d = put(t->line.p, FBR_SLICE("{\"del\":\""));
+        d = put_escaped(d, key);
+        d = put(d, FBR_SLICE("\"}"));
+        t->line.len = (size_t)(d - t->line.p);
         fbr_journal_release(t->journal, journal_append(t)); /* a forget holds nothing */
         fbr_journal_release(t->journal, in->ref);
     }
@@ -936,15 +979,27 @@ static void make_room(struct fbr_incidents *t, uint64_t now_ms)
     forget(t, victim);
 }
 
-static const char *alert_str(json_t *alert, const char *k)
+static json_t *alert_get(json_t *alert, struct fbr_slice k)
 {
-    return json_string_value(json_object_get(alert, k));
+    return json_object_getn(alert, k.ptr, k.len);
+}
+
+/* The alert's string field k as a C string reads it (up to a NUL: the table's strings hold none),
+ * {NULL, 0} when absent or not a string. */
+static struct fbr_slice alert_str(json_t *alert, struct fbr_slice k)
+{
+    return fbr_slice_from(json_string_value(alert_get(alert, k)));
+}
+
+static struct fbr_slice or_empty(struct fbr_slice s)
+{
+    return s.ptr ? s : FBR_SLICE("");
 }
 
 /* Epoch seconds (number or numeric string) in field k, as ms; 0 when absent or unusable. */
-static uint64_t alert_secs_ms(json_t *alert, const char *k)
+static uint64_t alert_secs_ms(json_t *alert, struct fbr_slice k)
 {
-    json_t *v = json_object_get(alert, k);
+    json_t *v = alert_get(alert, k);
     double secs = 0;
     if (json_is_number(v)) {
         secs = json_number_value(v);
@@ -957,23 +1012,23 @@ static uint64_t alert_secs_ms(json_t *alert, const char *k)
     return secs > 0 && secs < 1e12 ? (uint64_t)(secs * 1000.0) : 0;
 }
 
-static const char *host_of(json_t *alert)
+static struct fbr_slice host_of(json_t *alert)
 {
-    const char *h = alert_str(alert, "host_name");
-    return h ? h : alert_str(alert, "hostname");
+    struct fbr_slice h = alert_str(alert, FBR_SLICE("host_name"));
+    return or_empty(h.ptr ? h : alert_str(alert, FBR_SLICE("hostname")));
 }
 
-static const char *service_of(json_t *alert)
+static struct fbr_slice service_of(json_t *alert)
 {
-    const char *s = alert_str(alert, "service");
-    return s ? s : alert_str(alert, "entity_display_name");
+    struct fbr_slice s = alert_str(alert, FBR_SLICE("service"));
+    return or_empty(s.ptr ? s : alert_str(alert, FBR_SLICE("entity_display_name")));
 }
 
 /* The namespaces are built per alert on the hot path: plain setters, no format parsing, no UTF-8
  * re-validation (every string came out of a validated JSON string or a literal). */
-static void put_s(json_t *o, const char *k, const char *v)
+static void put_s(json_t *o, const char *k, struct fbr_slice v)
 {
-    json_object_set_new_nocheck(o, k, json_string_nocheck(v ? v : ""));
+    json_object_set_new_nocheck(o, k, json_stringn_nocheck(v.ptr ? v.ptr : "", v.len));
 }
 
 static void put_i(json_t *o, const char *k, uint64_t v)
@@ -984,109 +1039,91 @@ static void put_i(json_t *o, const char *k, uint64_t v)
 static json_t *state_json(const struct incident *in)
 {
     char name[FBR_U64_DIGITS + 1];
-    fbr_fmt_u64(name, in->number);
+    size_t name_len = fbr_fmt_u64(name, in->number);
     json_t *o = json_object();
-    put_s(o, "INCIDENT_NAME", name);
+    put_s(o, "INCIDENT_NAME", (struct fbr_slice){name, name_len});
     put_s(o, "CURRENT_ALERT_PHASE", phase_names[in->phase]);
     put_s(o, "CURRENT_STATE", mt_names[in->state]);
     put_i(o, "ALERT_COUNT", in->alert_count);
-    put_s(o, "ACK_USER", in->ack_user);
-    put_s(o, "ACK_MSG", in->ack_msg);
+    put_s(o, "ACK_USER", str_slice(in, S_ACK_USER));
+    put_s(o, "ACK_MSG", str_slice(in, S_ACK_MSG));
     put_i(o, "ACK_TIMESTAMP", in->ack_ms);
-    put_s(o, "ENTITY_ID", in->entity_id);
-    put_s(o, "HOST", in->host);
-    put_s(o, "SERVICE", in->service);
+    put_s(o, "ENTITY_ID", str_slice(in, S_EID));
+    put_s(o, "HOST", str_slice(in, S_HOST));
+    put_s(o, "SERVICE", str_slice(in, S_SERVICE));
     put_i(o, "STATE_START_TIME", in->state_start_ms);
     put_i(o, "INCIDENT_TIMESTAMP", in->opened_ms);
-    put_s(o, "LAST_UUID", in->last_uuid);
+    put_s(o, "LAST_UUID", str_slice(in, S_UUID));
     return o;
 }
 
 static json_t *incident_json(const struct incident *in)
 {
-    char id[FBR_U64_DIGITS + 1], name[FBR_U64_DIGITS + 2];
-    fbr_fmt_u64(id, in->number);
+    char name[FBR_U64_DIGITS + 2];
     name[0] = '#';
-    memcpy(name + 1, id, strlen(id) + 1);
+    size_t id_len = fbr_fmt_u64(name + 1, in->number);
     json_t *o = json_object();
-    put_s(o, "INCIDENT_ID", id);
-    put_s(o, "INCIDENT_NAME", name);
+    put_s(o, "INCIDENT_ID", (struct fbr_slice){name + 1, id_len});
+    put_s(o, "INCIDENT_NAME", (struct fbr_slice){name, id_len + 1});
     put_s(o, "CURRENT_PHASE", phase_names[in->phase]);
     put_s(o, "ENTITY_STATE", mt_names[in->state]);
     put_i(o, "ALERT_COUNT", in->alert_count);
-    put_s(o, "ENTITY_ID", in->entity_id);
-    put_s(o, "ROUTING_KEY", in->routing_key);
-    put_s(o, "HOST", in->host);
-    put_s(o, "SERVICE", in->service);
-    json_object_set_new_nocheck(o, "ACKED_BY", in->ack_ms == 0 ? json_null()
-                                                               : json_string_nocheck(in->ack_user));
-    put_s(o, "ACK_MSG", in->ack_msg);
+    put_s(o, "ENTITY_ID", str_slice(in, S_EID));
+    put_s(o, "ROUTING_KEY", str_slice(in, S_RK));
+    put_s(o, "HOST", str_slice(in, S_HOST));
+    put_s(o, "SERVICE", str_slice(in, S_SERVICE));
+    if (in->ack_ms == 0)
+        json_object_set_new_nocheck(o, "ACKED_BY", json_null());
+    else
+        put_s(o, "ACKED_BY", str_slice(in, S_ACK_USER));
+    put_s(o, "ACK_MSG", str_slice(in, S_ACK_MSG));
     put_i(o, "ACK_TIMESTAMP", in->ack_ms);
     put_i(o, "INCIDENT_TIMESTAMP", in->opened_ms);
     put_i(o, "LAST_ALERT_TIME", in->updated_ms);
     put_i(o, "RESOLVED_TIMESTAMP", in->resolved_ms);
-    put_s(o, "LAST_UUID", in->last_uuid);
+    put_s(o, "LAST_UUID", str_slice(in, S_UUID));
     return o;
 }
 
-/* STATE for an alert that touches no incident. */
-static json_t *state_no_incident(json_t *alert, enum fbr_msg_type mt, uint64_t start_ms)
+/* STATE for an alert that touches no incident (eid: its entity id, "" when it has none). */
+static json_t *state_no_incident(json_t *alert, struct fbr_slice eid, enum fbr_msg_type mt,
+                                 uint64_t start_ms)
 {
     json_t *o = json_object();
-    put_s(o, "INCIDENT_NAME", "");
-    put_s(o, "CURRENT_ALERT_PHASE", "");
+    put_s(o, "INCIDENT_NAME", FBR_SLICE(""));
+    put_s(o, "CURRENT_ALERT_PHASE", FBR_SLICE(""));
     put_s(o, "CURRENT_STATE", mt_names[mt]);
     put_i(o, "ALERT_COUNT", 0);
-    put_s(o, "ACK_USER", "SYSTEM");
-    put_s(o, "ACK_MSG", "");
+    put_s(o, "ACK_USER", FBR_SLICE("SYSTEM"));
+    put_s(o, "ACK_MSG", FBR_SLICE(""));
     put_i(o, "ACK_TIMESTAMP", 0);
-    put_s(o, "ENTITY_ID", alert_str(alert, "entity_id"));
+    put_s(o, "ENTITY_ID", eid);
     put_s(o, "HOST", host_of(alert));
     put_s(o, "SERVICE", service_of(alert));
     put_i(o, "STATE_START_TIME", start_ms);
     put_i(o, "INCIDENT_TIMESTAMP", 0);
-    put_s(o, "LAST_UUID", alert_str(alert, "VO_UUID"));
+    put_s(o, "LAST_UUID", alert_str(alert, FBR_SLICE("VO_UUID")));
     return o;
 }
 
-/* Takes the number the commit will claim (t->next_number); the commit advances the counter. */
-static void reset_for_trigger(const struct fbr_incidents *t, struct incident *in, json_t *alert,
-                              enum fbr_msg_type mt, uint64_t now_ms, uint64_t start_ms)
+/* A trigger's fields in v and s[]: takes the number the commit will claim (t->next_number); the
+ * commit advances the counter. */
+static void reset_for_trigger(const struct fbr_incidents *t, struct incident *v,
+                              struct fbr_slice s[S_COUNT], json_t *alert, enum fbr_msg_type mt,
+                              uint64_t now_ms, uint64_t start_ms)
 {
-    in->number = t->next_number;
-    in->phase = FBR_PHASE_UNACKED;
-    in->state = mt;
-    in->alert_count = 1;
-    set_str(&in->ack_user, "SYSTEM");
-    set_str(&in->ack_msg, "");
-    in->ack_ms = 0;
-    in->state_start_ms = start_ms;
-    in->opened_ms = now_ms;
-    in->resolved_ms = 0;
-    set_str(&in->host, host_of(alert));
-    set_str(&in->service, service_of(alert));
-}
-
-static char *dup_or_null(const char *s)
-{
-    return s ? fbr_xstrdup(s) : NULL;
-}
-
-/* A detached deep copy (not in the table): the prepared change is made on it. */
-static struct incident *incident_copy(const struct incident *in)
-{
-    struct incident *c = fbr_xmalloc(sizeof(*c));
-    *c = *in;
-    c->next = c->older = c->newer = NULL;
-    c->key = fbr_xstrdup(in->key);
-    c->routing_key = dup_or_null(in->routing_key);
-    c->entity_id = dup_or_null(in->entity_id);
-    c->host = dup_or_null(in->host);
-    c->service = dup_or_null(in->service);
-    c->ack_user = dup_or_null(in->ack_user);
-    c->ack_msg = dup_or_null(in->ack_msg);
-    c->last_uuid = dup_or_null(in->last_uuid);
-    return c;
+    v->number = t->next_number;
+    v->phase = FBR_PHASE_UNACKED;
+    v->state = mt;
+    v->alert_count = 1;
+    s[S_ACK_USER] = FBR_SLICE("SYSTEM");
+    s[S_ACK_MSG] = FBR_SLICE("");
+    v->ack_ms = 0;
+    v->state_start_ms = start_ms;
+    v->opened_ms = now_ms;
+    v->resolved_ms = 0;
+    s[S_HOST] = host_of(alert);
+    s[S_SERVICE] = service_of(alert);
 }
 
 static void forget(struct fbr_incidents *t, struct incident *in);
@@ -1111,7 +1148,7 @@ static void undo_push(struct fbr_incidents *t, struct incident *before, struct i
 void fbr_incidents_abort(struct fbr_incidents *t)
 {
     if (t->pend.next)
-        incident_free(t->pend.next);
+        free(t->pend.next);
     memset(&t->pend, 0, sizeof(t->pend));
 }
 
@@ -1137,47 +1174,60 @@ enum fbr_transition fbr_incident_transition_for(enum fbr_msg_type mt,
     return FBR_TR_NONE;
 }
 
-/* The decision with what the change needs next: the table key (owned) and the incident it
- * finds (borrowed from the table, NULL for none). */
+/* The decision with what the change needs next: the table key and its hash, and the incident it
+ * finds (borrowed from the table, NULL for none).  Release with decision_done(). */
 struct decision {
     struct fbr_incident_decision d;
-    char *key;
-    const char *rk, *eid;
+    struct fbr_slice rk, eid; /* borrowed from the alert, "" when absent */
+    char *key;                /* kbuf, or allocated when longer */
+    size_t key_len;
+    uint64_t hash;
     struct incident *cur;
+    char kbuf[256];
 };
 
-/* Lower-cased routing_key, a unit separator, entity_id: a new string. */
-static char *table_key(const char *rk, const char *eid)
+/* The table key: lower-cased routing_key, a unit separator, entity_id. */
+static void decision_key(struct decision *d)
 {
-    size_t rkl = strlen(rk), eidl = strlen(eid);
-    char *key = fbr_xmalloc(rkl + eidl + 2);
-    for (size_t i = 0; i < rkl; i++)
-        key[i] = (char)((rk[i] >= 'A' && rk[i] <= 'Z') ? rk[i] + 32 : rk[i]);
+    size_t rkl = d->rk.len, n = rkl + 1 + d->eid.len;
+    char *key = n < sizeof(d->kbuf) ? d->kbuf : fbr_xmalloc(n + 1);
+    for (size_t i = 0; i < rkl; i++) {
+        char c = d->rk.ptr[i];
+        key[i] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+    }
     key[rkl] = '\x1f';
-    memcpy(key + rkl + 1, eid, eidl + 1);
-    return key;
+    memcpy(key + rkl + 1, d->eid.ptr, d->eid.len);
+    key[n] = '\0';
+    d->key = key;
+    d->key_len = n;
+    d->hash = hash(key);
 }
 
-/* Reads the alert and the table, changes neither: fills *d (free d->key). */
+static void decision_done(struct decision *d)
+{
+    if (d->key != d->kbuf)
+        free(d->key);
+    d->key = NULL;
+}
+
+/* Reads the alert and the table, changes neither: fills *d (decision_done() it). */
 static void decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
                    struct decision *d)
 {
-    memset(d, 0, sizeof(*d));
-    json_t *mtv = json_object_get(alert, "message_type");
+    d->d = (struct fbr_incident_decision){0};
+    json_t *mtv = alert_get(alert, FBR_SLICE("message_type"));
     enum fbr_msg_type mt = FBR_MT_INFO;
     if (json_is_string(mtv))
         fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
     d->d.msg_type = mt;
-    uint64_t start_ms = alert_secs_ms(alert, "state_start_time");
+    uint64_t start_ms = alert_secs_ms(alert, FBR_SLICE("state_start_time"));
     if (!start_ms)
-        start_ms = alert_secs_ms(alert, "timestamp");
+        start_ms = alert_secs_ms(alert, FBR_SLICE("timestamp"));
     d->d.start_ms = start_ms ? start_ms : now_ms;
-    d->rk = alert_str(alert, "routing_key");
-    d->eid = alert_str(alert, "entity_id");
-    d->rk = d->rk ? d->rk : "";
-    d->eid = d->eid ? d->eid : "";
-    d->key = table_key(d->rk, d->eid);
-    d->cur = *slot(t, d->key);
+    d->rk = or_empty(alert_str(alert, FBR_SLICE("routing_key")));
+    d->eid = or_empty(alert_str(alert, FBR_SLICE("entity_id")));
+    decision_key(d);
+    d->cur = *slot_h(t, d->key, d->hash);
     enum fbr_transition tr = fbr_incident_transition_for(
         mt, d->cur ? &d->cur->phase : NULL, t->opts.warning_no_open);
     d->d.transition = tr;
@@ -1197,60 +1247,63 @@ void fbr_incidents_decide(const struct fbr_incidents *t, json_t *alert, uint64_t
 {
     struct decision d;
     decide(t, alert, now_ms, &d);
-    free(d.key);
+    decision_done(&d);
     *out = d.d;
 }
 
-/* The incident as the decided change leaves it: a detached new one (takes d->key), or NULL when
- * the transition is NONE.  The table is not touched. */
-static struct incident *changed(const struct fbr_incidents *t, struct decision *d, json_t *alert,
-                                uint64_t now_ms)
+/* The incident as the decided change leaves it: a detached new version, or NULL when the
+ * transition is NONE.  The table is not touched. */
+static struct incident *changed(const struct fbr_incidents *t, const struct decision *d,
+                                json_t *alert, uint64_t now_ms)
 {
     enum fbr_transition tr = d->d.transition;
     if (tr == FBR_TR_NONE)
         return NULL;
-    struct incident *in;
+    struct incident v;
+    struct fbr_slice s[S_COUNT];
     if (d->cur) {
-        in = incident_copy(d->cur);
-    } else {
-        in = fbr_xcalloc(1, sizeof(*in));
-        in->key = d->key;
-        d->key = NULL;
-        in->routing_key = fbr_xstrdup(d->rk);
-        in->entity_id = fbr_xstrdup(d->eid);
+        v = *d->cur;
+        for (size_t i = 0; i < S_COUNT; i++)
+            s[i] = str_slice(d->cur, (enum incident_str)i);
+    } else { /* a trigger: reset_for_trigger fills in the rest */
+        v = (struct incident){.hash = d->hash};
+        for (size_t i = 0; i < S_COUNT; i++)
+            s[i] = FBR_SLICE("");
+        s[S_KEY] = (struct fbr_slice){d->key, d->key_len};
+        s[S_RK] = d->rk;
+        s[S_EID] = d->eid;
     }
     enum fbr_msg_type mt = d->d.msg_type;
     switch (tr) {
     case FBR_TR_ROLLED:
-        in->alert_count++;
-        if (in->state != mt)
-            in->state_start_ms = d->d.start_ms;
-        in->state = mt;
+        v.alert_count++;
+        if (v.state != mt)
+            v.state_start_ms = d->d.start_ms;
+        v.state = mt;
         break;
     case FBR_TR_TRIGGERED:
-        reset_for_trigger(t, in, alert, mt, now_ms, d->d.start_ms);
+        reset_for_trigger(t, &v, s, alert, mt, now_ms, d->d.start_ms);
         break;
     case FBR_TR_ACKED: {
-        in->phase = FBR_PHASE_ACKED;
-        const char *who = alert_str(alert, "ack_author");
-        const char *msg = alert_str(alert, "ack_msg");
-        set_str(&in->ack_user, who && *who ? who : "SYSTEM");
-        set_str(&in->ack_msg, msg);
-        in->ack_ms = now_ms;
+        v.phase = FBR_PHASE_ACKED;
+        struct fbr_slice who = alert_str(alert, FBR_SLICE("ack_author"));
+        s[S_ACK_USER] = who.len ? who : FBR_SLICE("SYSTEM");
+        s[S_ACK_MSG] = or_empty(alert_str(alert, FBR_SLICE("ack_msg")));
+        v.ack_ms = now_ms;
         break;
     }
     case FBR_TR_RESOLVED:
-        in->phase = FBR_PHASE_RESOLVED;
-        in->state = FBR_MT_OK;
-        in->state_start_ms = d->d.start_ms;
-        in->resolved_ms = now_ms;
+        v.phase = FBR_PHASE_RESOLVED;
+        v.state = FBR_MT_OK;
+        v.state_start_ms = d->d.start_ms;
+        v.resolved_ms = now_ms;
         break;
     case FBR_TR_NONE:
         break;
     }
-    set_str(&in->last_uuid, alert_str(alert, "VO_UUID"));
-    in->updated_ms = now_ms;
-    return in;
+    s[S_UUID] = or_empty(alert_str(alert, FBR_SLICE("VO_UUID")));
+    v.updated_ms = now_ms;
+    return incident_make(&v, s);
 }
 
 void fbr_incidents_prepare(struct fbr_incidents *t, json_t *alert, uint64_t now_ms,
@@ -1268,7 +1321,7 @@ void fbr_incidents_prepare_for(struct fbr_incidents *t, json_t *alert, uint64_t 
     struct decision d;
     decide(t, alert, now_ms, &d);
     struct incident *in = changed(t, &d, alert, now_ms);
-    free(d.key);
+    decision_done(&d);
     t->pend.active = 1;
     t->pend.tr = d.d.transition;
     t->pend.cur = d.cur;
@@ -1280,7 +1333,7 @@ void fbr_incidents_prepare_for(struct fbr_incidents *t, json_t *alert, uint64_t 
     const struct incident *shown = in ? in : d.cur;
     if (namespaces & FBR_NS_BIT(FBR_NS_STATE))
         res->state = shown ? state_json(shown)
-                           : state_no_incident(alert, d.d.msg_type, d.d.start_ms);
+                           : state_no_incident(alert, d.eid, d.d.msg_type, d.d.start_ms);
     if (shown && (namespaces & FBR_NS_BIT(FBR_NS_INCIDENT)))
         res->incident = incident_json(shown);
 }
@@ -1301,7 +1354,7 @@ int fbr_incidents_commit(struct fbr_incidents *t)
         make_room(t, now_ms);
         table_insert(t, in);
     } else {
-        struct incident **pp = slot_h(t, cur->key, cur->hash);
+        struct incident **pp = slot_h(t, str(cur, S_KEY), cur->hash);
         in->hash = cur->hash;
         in->next = cur->next;
         *pp = in;
@@ -1312,7 +1365,7 @@ int fbr_incidents_commit(struct fbr_incidents *t)
         if (t->journal)
             fbr_journal_release(t->journal, cur->ref);
         else
-            incident_free(cur);
+            free(cur);
     }
     t->changes++;
     if (t->journal) {
@@ -1341,7 +1394,7 @@ static void undo_one(struct fbr_incidents *t, struct undo *u)
     if (!after) { /* left the table meanwhile (expired, evicted): it stays gone */
         if (before) {
             undo_drop_ptr(t, before);
-            incident_free(before);
+            free(before);
         }
         return;
     }
@@ -1349,7 +1402,7 @@ static void undo_one(struct fbr_incidents *t, struct undo *u)
         forget(t, after);
         return;
     }
-    struct incident **pp = slot_h(t, after->key, after->hash);
+    struct incident **pp = slot_h(t, str(after, S_KEY), after->hash);
     before->hash = after->hash;
     before->next = after->next;
     *pp = before;
@@ -1359,7 +1412,7 @@ static void undo_one(struct fbr_incidents *t, struct undo *u)
     list_insert(list_of(t, before), before);
     undo_drop_ptr(t, after);
     fbr_journal_release(t->journal, after->ref);
-    incident_free(after);
+    free(after);
     record_line(&t->line, before);
     before->ref = journal_append(t);
 }
@@ -1436,11 +1489,11 @@ void fbr_incidents_each_open(const struct fbr_incidents *t, fbr_incident_visit_f
     for (const struct incident *in = t->live.head; in; in = in->newer) {
         struct fbr_incident_view v = {
             .number = in->number,
-            .routing_key = in->routing_key ? in->routing_key : "",
-            .entity_id = in->entity_id ? in->entity_id : "",
-            .service = in->service ? in->service : "",
-            .host = in->host ? in->host : "",
-            .ack_user = in->ack_user ? in->ack_user : "",
+            .routing_key = str(in, S_RK),
+            .entity_id = str(in, S_EID),
+            .service = str(in, S_SERVICE),
+            .host = str(in, S_HOST),
+            .ack_user = str(in, S_ACK_USER),
             .phase = in->phase,
             .state = in->state,
             .alert_count = in->alert_count,

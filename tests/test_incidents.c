@@ -7,6 +7,7 @@
  */
 #include <check.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -439,6 +440,307 @@ START_TEST(replay_reads_records_in_another_form)
     json_decref(state);
     ck_assert_int_eq(feed(t, "rk", "a", "CRITICAL", 3, NULL), FBR_TR_TRIGGERED);
     fbr_incidents_close(&t);
+    remove_dir();
+}
+END_TEST
+
+/* The payloads of the incident records in the journal's segments, oldest first (free each and
+ * the array); the segment format is journal.h's: u32 len, u32 crc, u8 type, payload. */
+static size_t incident_records(char ***out)
+{
+    char pattern[300];
+    snprintf(pattern, sizeof(pattern), "%s/journal/*.log", dir);
+    glob_t g;
+    size_t n = 0;
+    *out = NULL;
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return 0;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        FILE *f = fopen(g.gl_pathv[i], "rb");
+        ck_assert_ptr_nonnull(f);
+        unsigned char h[9];
+        while (fread(h, 1, sizeof(h), f) == sizeof(h)) {
+            uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+                           (uint32_t)h[3] << 24;
+            char *p = malloc(len + 1);
+            ck_assert_uint_eq(fread(p, 1, len, f), len);
+            p[len] = '\0';
+            if (h[8] != FBR_JR_INCIDENT) {
+                free(p);
+                continue;
+            }
+            *out = realloc(*out, (n + 1) * sizeof(**out));
+            (*out)[n++] = p;
+        }
+        fclose(f);
+    }
+    globfree(&g);
+    return n;
+}
+
+/* STATE and INCIDENT of what the table holds for an alert's key (an INFO alert: no change),
+ * as one JSON text (free it), or NULL when it holds nothing. */
+static char *shown(struct fbr_incidents *t, const char *rk, const char *eid)
+{
+    json_t *a = json_pack("{s:s,s:s,s:s}", "routing_key", rk, "entity_id", eid, "message_type",
+                          "INFO");
+    struct fbr_incident_result r;
+    fbr_incidents_prepare(t, a, 1, &r);
+    ck_assert_int_eq(r.transition, FBR_TR_NONE);
+    fbr_incidents_abort(t);
+    char *s = NULL;
+    if (r.incident) {
+        json_t *both = json_pack("{s:O,s:O}", "STATE", r.state, "INCIDENT", r.incident);
+        s = json_dumps(both, JSON_SORT_KEYS | JSON_COMPACT);
+        json_decref(both);
+    }
+    fbr_incident_result_clear(&r);
+    json_decref(a);
+    return s;
+}
+
+/* A value of n copies of unit. */
+static char *repeat(const char *unit, size_t n)
+{
+    size_t u = strlen(unit);
+    char *s = malloc(u * n + 1);
+    for (size_t i = 0; i < n; i++)
+        memcpy(s + i * u, unit, u);
+    s[u * n] = '\0';
+    return s;
+}
+
+/* tmpl with <EID> and <MSG> replaced by eid and msg (a new string). */
+static char *expand(const char *tmpl, const char *eid, const char *msg)
+{
+    size_t cap = strlen(tmpl) + 2 * strlen(eid) + strlen(msg) + 1, n = 0;
+    char *out = malloc(cap);
+    while (*tmpl) {
+        const char *with = strncmp(tmpl, "<EID>", 5) == 0 ? eid
+                           : strncmp(tmpl, "<MSG>", 5) == 0 ? msg
+                                                            : NULL;
+        if (with) {
+            memcpy(out + n, with, strlen(with));
+            n += strlen(with);
+            tmpl += 5;
+        } else {
+            out[n++] = *tmpl++;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/*
+ * The journal records, byte for byte, that a table of alerts with awkward fields writes: escapes
+ * (quote, backslash, controls, a unit separator, non-ASCII, U+2028), missing fields (empty
+ * strings), the host and service fallbacks, both time fields in both forms, a key longer than
+ * the replay's fixed-form buffer, an ack without an author, an undo (the previous version written
+ * again), expiry and eviction (forgets).  The expected records are what the table wrote before
+ * the records were written in one pass (2026-11-30): recovery of an older journal depends on the
+ * form.  Then a restart: every incident shows the same STATE and INCIDENT as before, and the next
+ * change of each writes a record that again matches, so replay restored every field.
+ */
+START_TEST(records_written_byte_for_byte)
+{
+    char *long_eid = repeat("x\"\xc3\xa9\x01", 1200); /* 6,000 bytes; its key is past 4 KiB */
+    char *long_eid_json = repeat("x\\\"\\u00e9\\u0001", 1200);
+    char *long_eid_rec = repeat("x\\\"\xc3\xa9\\u0001", 1200);
+    char *long_msg = repeat("ack\\n", 700);
+    char long_alert[20000], long_ack[30000];
+    snprintf(long_alert, sizeof(long_alert),
+             "{\"routing_key\":\"LONG\",\"entity_id\":\"%s\",\"message_type\":\"CRITICAL\","
+             "\"host_name\":\"h\",\"hostname\":\"not used\",\"service\":\"s\","
+             "\"entity_display_name\":\"not used\",\"VO_UUID\":\"u-long\","
+             "\"state_start_time\":\"1700000000\",\"timestamp\":1600000000}",
+             long_eid_json);
+    snprintf(long_ack, sizeof(long_ack),
+             "{\"routing_key\":\"long\",\"entity_id\":\"%s\",\"message_type\":\"acknowledgement\","
+             "\"ack_author\":\"bob\",\"ack_msg\":\"%s\"}",
+             long_eid_json, long_msg);
+    const struct {
+        const char *alert; /* NULL: undo the last change; "" flush at now */
+        uint64_t now;
+    } steps[] = {
+        {"{\"routing_key\":\"Ops-Team\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
+         "\\u20ac/\\u2028\\u001f\",\"message_type\":\"critical\",\"hostname\":\"db\\u00011\","
+         "\"entity_display_name\":\"Disk \\\"full\\\"\",\"VO_UUID\":\"u-1\","
+         "\"state_start_time\":1700000000}",
+         1700000001000},
+        {"{\"routing_key\":\"ops-team\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
+         "\\u20ac/\\u2028\\u001f\",\"message_type\":\"WARNING\",\"host_name\":\"h2\","
+         "\"service\":\"svc\",\"timestamp\":\"1700000005.5\"}",
+         1700000006000},
+        {"{\"message_type\":\"CRITICAL\"}", 1700000007000}, /* no key fields at all */
+        {"{\"routing_key\":\"OPS-TEAM\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
+         "\\u20ac/\\u2028\\u001f\",\"message_type\":\"ACKNOWLEDGEMENT\",\"ack_author\":\"\","
+         "\"ack_msg\":\"on \\\"it\\\"\\r\\n\",\"VO_UUID\":\"u-ack\"}",
+         1700000008000},
+        {NULL, 0}, /* the ack taken back: the rolled version written again */
+        {"{\"routing_key\":\"ops-team\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
+         "\\u20ac/\\u2028\\u001f\",\"message_type\":\"ACKNOWLEDGEMENT\"}",
+         1700000009000}, /* no author, no message */
+        {"{\"routing_key\":\"ops-team\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
+         "\\u20ac/\\u2028\\u001f\",\"message_type\":\"ACKNOWLEDGEMENT\"}",
+         1700000009500}, /* already acked: no record */
+        {"{\"entity_id\":\"\",\"message_type\":\"Recovery\",\"VO_UUID\":\"u-r\","
+         "\"state_start_time\":-5,\"timestamp\":\"12x\"}",
+         1700000010000}, /* unusable times: now */
+        {long_alert, 1700000011000},
+        {long_ack, 1700000012000},
+        {"{\"message_type\":\"INFO\",\"entity_id\":\"info\"}", 1700000013000},
+        {"{\"message_type\":\"bogus\",\"entity_id\":\"bogus\"}", 1700000013000},
+        {"{\"routing_key\":\"k\",\"entity_id\":\"e\\u0000x\",\"message_type\":\"WARNING\","
+         "\"host_name\":5,\"service\":null,\"entity_display_name\":\"svc2\","
+         "\"state_start_time\":1e3}",
+         1700000014000}, /* a NUL ends the value (a C string); a host that is no string and a
+                            null service fall back */
+        {"{\"message_type\":\"CRITICAL\"}", 1700000015000}, /* re-opens "", a new number */
+        {"", 1700000016000 + 3600000},                       /* expiry of nothing yet */
+        {"{\"routing_key\":\"t\",\"entity_id\":\"5\",\"message_type\":\"CRITICAL\"}",
+         1700000017000}, /* a full table (4): the least recently updated open one goes */
+        {"{\"routing_key\":\"k\",\"entity_id\":\"e\",\"message_type\":\"OK\"}", 1700000018000},
+        {"", 1700000018000 + 3600000}, /* k/e expires */
+    };
+    make_dir();
+    struct fbr_incidents *t = open_table_ttl(4, 3600000);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(steps); i++) {
+        if (!steps[i].alert) {
+            ck_assert_uint_eq(fbr_incidents_undo(t, fbr_incidents_changes(t) - 1), 1);
+            continue;
+        }
+        if (!*steps[i].alert) {
+            fbr_incidents_flush(t, steps[i].now);
+            continue;
+        }
+        json_error_t e;
+        json_t *a = json_loads(steps[i].alert, JSON_ALLOW_NUL, &e);
+        ck_assert_msg(a != NULL, "step %zu: %s", i, e.text);
+        struct fbr_incident_result r;
+        ck_assert_int_eq(fbr_incidents_apply(t, a, steps[i].now, &r), FBR_OK);
+        fbr_incident_result_clear(&r);
+        json_decref(a);
+    }
+    /* what the table holds: three incidents (the odd one evicted, k/e expired) */
+    static const char *const keys[][2] = {{"", ""}, {"t", "5"}, {"LONG", NULL}};
+    char *before[3];
+    for (size_t i = 0; i < 3; i++) {
+        before[i] = shown(t, keys[i][0], keys[i][1] ? keys[i][1] : long_eid);
+        ck_assert_ptr_nonnull(before[i]);
+    }
+    ck_assert_ptr_null(shown(t, "k", "e"));
+    /* restart: the same incidents, field for field; a roll-up of each writes what it did */
+    fbr_incidents_close(&t);
+    t = open_table_ttl(4, 3600000);
+    for (size_t i = 0; i < 3; i++) {
+        const char *eid = keys[i][1] ? keys[i][1] : long_eid;
+        char *after = shown(t, keys[i][0], eid);
+        ck_assert_ptr_nonnull(after);
+        ck_assert_str_eq(after, before[i]);
+        free(after);
+        free(before[i]);
+        json_t *a = json_pack("{s:s,s:s,s:s}", "routing_key", keys[i][0], "entity_id", eid,
+                              "message_type", "CRITICAL");
+        struct fbr_incident_result r;
+        ck_assert_int_eq(fbr_incidents_apply(t, a, 1700000020000 + i, &r), FBR_OK);
+        ck_assert_int_eq(r.transition, FBR_TR_ROLLED);
+        fbr_incident_result_clear(&r);
+        json_decref(a);
+    }
+    fbr_incidents_close(&t);
+    close_journal();
+
+#define ODD "we\\\"ird\\\\id\\n\\t\\u0001 \xc3\xa9\xe2\x82\xac/\xe2\x80\xa8\\u001f"
+#define ODD_FIELDS "\"rk\":\"Ops-Team\",\"eid\":\"" ODD "\",\"host\":\"db\\u00011\"," \
+                   "\"service\":\"Disk \\\"full\\\"\""
+#define NONE_FIELDS "\"rk\":\"\",\"eid\":\"\",\"host\":\"\",\"service\":\"\""
+#define LONG_FIELDS "\"rk\":\"LONG\",\"eid\":\"<EID>\",\"host\":\"h\",\"service\":\"s\""
+    static const char *const want[] = {
+        "{\"k\":\"ops-team\\u001f" ODD "\",\"n\":1," ODD_FIELDS ",\"ack_user\":\"SYSTEM\","
+        "\"ack_msg\":\"\",\"uuid\":\"u-1\",\"phase\":\"UNACKED\",\"state\":\"CRITICAL\","
+        "\"count\":1,\"ack_ts\":0,\"start\":1700000000000,\"ts\":1700000001000,"
+        "\"upd\":1700000001000,\"res\":0}\n",
+        "{\"k\":\"ops-team\\u001f" ODD "\",\"n\":1," ODD_FIELDS ",\"ack_user\":\"SYSTEM\","
+        "\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"UNACKED\",\"state\":\"WARNING\","
+        "\"count\":2,\"ack_ts\":0,\"start\":1700000005500,\"ts\":1700000001000,"
+        "\"upd\":1700000006000,\"res\":0}\n",
+        "{\"k\":\"\\u001f\",\"n\":2," NONE_FIELDS ",\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\","
+        "\"uuid\":\"\",\"phase\":\"UNACKED\",\"state\":\"CRITICAL\",\"count\":1,\"ack_ts\":0,"
+        "\"start\":1700000007000,\"ts\":1700000007000,\"upd\":1700000007000,\"res\":0}\n",
+        "{\"k\":\"ops-team\\u001f" ODD "\",\"n\":1," ODD_FIELDS ",\"ack_user\":\"SYSTEM\","
+        "\"ack_msg\":\"on \\\"it\\\"\\r\\n\",\"uuid\":\"u-ack\",\"phase\":\"ACKED\","
+        "\"state\":\"WARNING\",\"count\":2,\"ack_ts\":1700000008000,\"start\":1700000005500,"
+        "\"ts\":1700000001000,\"upd\":1700000008000,\"res\":0}\n",
+        /* the undo: the version before the ack again */
+        "{\"k\":\"ops-team\\u001f" ODD "\",\"n\":1," ODD_FIELDS ",\"ack_user\":\"SYSTEM\","
+        "\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"UNACKED\",\"state\":\"WARNING\","
+        "\"count\":2,\"ack_ts\":0,\"start\":1700000005500,\"ts\":1700000001000,"
+        "\"upd\":1700000006000,\"res\":0}\n",
+        "{\"k\":\"ops-team\\u001f" ODD "\",\"n\":1," ODD_FIELDS ",\"ack_user\":\"SYSTEM\","
+        "\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"ACKED\",\"state\":\"WARNING\","
+        "\"count\":2,\"ack_ts\":1700000009000,\"start\":1700000005500,\"ts\":1700000001000,"
+        "\"upd\":1700000009000,\"res\":0}\n",
+        "{\"k\":\"\\u001f\",\"n\":2," NONE_FIELDS ",\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\","
+        "\"uuid\":\"u-r\",\"phase\":\"RESOLVED\",\"state\":\"OK\",\"count\":1,\"ack_ts\":0,"
+        "\"start\":1700000010000,\"ts\":1700000007000,\"upd\":1700000010000,"
+        "\"res\":1700000010000}\n",
+        "{\"k\":\"long\\u001f<EID>\",\"n\":3," LONG_FIELDS ",\"ack_user\":\"SYSTEM\","
+        "\"ack_msg\":\"\",\"uuid\":\"u-long\",\"phase\":\"UNACKED\",\"state\":\"CRITICAL\","
+        "\"count\":1,\"ack_ts\":0,\"start\":1700000000000,\"ts\":1700000011000,"
+        "\"upd\":1700000011000,\"res\":0}\n",
+        "{\"k\":\"long\\u001f<EID>\",\"n\":3," LONG_FIELDS ",\"ack_user\":\"bob\","
+        "\"ack_msg\":\"<MSG>\",\"uuid\":\"\",\"phase\":\"ACKED\",\"state\":\"CRITICAL\","
+        "\"count\":1,\"ack_ts\":1700000012000,\"start\":1700000000000,\"ts\":1700000011000,"
+        "\"upd\":1700000012000,\"res\":0}\n",
+        "{\"k\":\"k\\u001fe\",\"n\":4,\"rk\":\"k\",\"eid\":\"e\",\"host\":\"\",\"service\":\"svc2\","
+        "\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"UNACKED\","
+        "\"state\":\"WARNING\",\"count\":1,\"ack_ts\":0,\"start\":1000000,"
+        "\"ts\":1700000014000,\"upd\":1700000014000,\"res\":0}\n",
+        "{\"k\":\"\\u001f\",\"n\":5," NONE_FIELDS ",\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\","
+        "\"uuid\":\"\",\"phase\":\"UNACKED\",\"state\":\"CRITICAL\",\"count\":1,\"ack_ts\":0,"
+        "\"start\":1700000015000,\"ts\":1700000015000,\"upd\":1700000015000,\"res\":0}\n",
+        "{\"del\":\"ops-team\\u001f" ODD "\"}",
+        "{\"k\":\"t\\u001f5\",\"n\":6,\"rk\":\"t\",\"eid\":\"5\",\"host\":\"\",\"service\":\"\","
+        "\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"UNACKED\","
+        "\"state\":\"CRITICAL\",\"count\":1,\"ack_ts\":0,\"start\":1700000017000,"
+        "\"ts\":1700000017000,\"upd\":1700000017000,\"res\":0}\n",
+        "{\"k\":\"k\\u001fe\",\"n\":4,\"rk\":\"k\",\"eid\":\"e\",\"host\":\"\",\"service\":\"svc2\","
+        "\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"RESOLVED\","
+        "\"state\":\"OK\",\"count\":1,\"ack_ts\":0,\"start\":1700000018000,"
+        "\"ts\":1700000014000,\"upd\":1700000018000,\"res\":1700000018000}\n",
+        "{\"del\":\"k\\u001fe\"}",
+        /* after the restart */
+        "{\"k\":\"\\u001f\",\"n\":5," NONE_FIELDS ",\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\","
+        "\"uuid\":\"\",\"phase\":\"UNACKED\",\"state\":\"CRITICAL\",\"count\":2,\"ack_ts\":0,"
+        "\"start\":1700000015000,\"ts\":1700000015000,\"upd\":1700000020000,\"res\":0}\n",
+        "{\"k\":\"t\\u001f5\",\"n\":6,\"rk\":\"t\",\"eid\":\"5\",\"host\":\"\",\"service\":\"\","
+        "\"ack_user\":\"SYSTEM\",\"ack_msg\":\"\",\"uuid\":\"\",\"phase\":\"UNACKED\","
+        "\"state\":\"CRITICAL\",\"count\":2,\"ack_ts\":0,\"start\":1700000017000,"
+        "\"ts\":1700000017000,\"upd\":1700000020001,\"res\":0}\n",
+        "{\"k\":\"long\\u001f<EID>\",\"n\":3," LONG_FIELDS ",\"ack_user\":\"bob\","
+        "\"ack_msg\":\"<MSG>\",\"uuid\":\"\",\"phase\":\"ACKED\",\"state\":\"CRITICAL\","
+        "\"count\":2,\"ack_ts\":1700000012000,\"start\":1700000000000,\"ts\":1700000011000,"
+        "\"upd\":1700000020002,\"res\":0}\n",
+    };
+#undef ODD
+#undef ODD_FIELDS
+#undef NONE_FIELDS
+#undef LONG_FIELDS
+    char **recs;
+    size_t n = incident_records(&recs);
+    ck_assert_uint_eq(n, FBR_ARRAY_LEN(want));
+    for (size_t i = 0; i < n; i++) {
+        char *w = expand(want[i], long_eid_rec, long_msg);
+        ck_assert_msg(strcmp(recs[i], w) == 0, "record %zu:\n%.300s\nwanted\n%.300s", i,
+                      recs[i], w);
+        free(w);
+        free(recs[i]);
+    }
+    free(recs);
+    free(long_eid);
+    free(long_eid_json);
+    free(long_eid_rec);
+    free(long_msg);
     remove_dir();
 }
 END_TEST
@@ -1095,6 +1397,7 @@ int main(void)
     tcase_add_test(tc, warning_no_open);
     tcase_add_test(tc, torn_journal);
     tcase_add_test(tc, journal_escaping);
+    tcase_add_test(tc, records_written_byte_for_byte);
     tcase_add_test(tc, legacy_file_migrated_once);
     tcase_add_test(tc, replay_reads_records_in_another_form);
     tcase_add_test(tc, bounded_and_expiring);
