@@ -46,8 +46,8 @@ static const char *seed_config(const char *dir, int port)
 
 /* Runs the loadgen against the daemon d with its sink on sink_port; returns its wait status and
  * its JSON report (new reference, asserted to parse). */
-static json_t *run_loadgen(const struct dutil_daemon *d, const char *dir, int sink_port,
-                           const char *drain, int *status)
+static json_t *run_loadgen_with(const struct dutil_daemon *d, const char *dir, int sink_port,
+                                const char *drain, const char *const *more, int *status)
 {
     const char *exe = getenv("FBR_LOADGEN");
     ck_assert_msg(exe != NULL, "FBR_LOADGEN not set (run through meson test)");
@@ -61,7 +61,14 @@ static json_t *run_loadgen(const struct dutil_daemon *d, const char *dir, int si
                           "100/s", "--duration", "2",    "--warmup",      "0.2", "--drain",
                           drain,   "--rooms",    "20",   "--connections", "4",   "--pid",
                           pid,     "--json",     NULL};
-    pid_t p = dutil_spawn(argv, out, err, 1);
+    const char *all[40];
+    size_t n = 0;
+    for (size_t i = 0; argv[i]; i++)
+        all[n++] = argv[i];
+    for (size_t i = 0; more && more[i] && n + 1 < sizeof(all) / sizeof(all[0]); i++)
+        all[n++] = more[i];
+    all[n] = NULL;
+    pid_t p = dutil_spawn(all, out, err, 1);
     *status = dutil_wait_exit(&p, 60000 * dutil_slow(), NULL);
     ck_assert_msg(*status != -1, "loadgen did not finish; stderr: %s", dutil_slurp(err, NULL));
     char *text = dutil_slurp(out, NULL);
@@ -71,6 +78,12 @@ static json_t *run_loadgen(const struct dutil_daemon *d, const char *dir, int si
                   dutil_slurp(err, NULL));
     free(text);
     return j;
+}
+
+static json_t *run_loadgen(const struct dutil_daemon *d, const char *dir, int sink_port,
+                           const char *drain, int *status)
+{
+    return run_loadgen_with(d, dir, sink_port, drain, NULL, status);
 }
 
 static long long num(json_t *j, const char *a, const char *b)
@@ -147,6 +160,37 @@ START_TEST(two_seconds_nothing_lost)
 }
 END_TEST
 
+/* The sink's injected faults: with one delivery in twenty answered 429 and every answer held
+ * 30 ms (the sink's deferred replies next to its immediate ones), the daemon retries the 429s
+ * (Retry-After: 1) and every alert is delivered once. */
+START_TEST(sink_faults_injected)
+{
+    char dir[64];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-lg");
+    int sink_port = free_port();
+    const char *cfg = seed_config(dir, sink_port);
+    const char *extra[] = {"-c",           cfg,         "--room-rate", "1000000/1",
+                           "--token-rate", "1000000/1", NULL};
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-lgd", extra);
+    const char *more[] = {"--sink-429", "0.05", "--sink-latency", "30", NULL};
+    int st;
+    json_t *j = run_loadgen_with(&d, dir, sink_port, "6", more, &st);
+    char *text = json_dumps(j, JSON_COMPACT);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "loadgen exit %d: %s", st, text);
+    long long sent = num(j, "sent", NULL);
+    ck_assert_int_eq(num(j, "lost", NULL), 0);
+    ck_assert_int_eq(num(j, "delivered", NULL), sent);
+    ck_assert_int_eq(num(j, "sink_status", "2xx"), sent);
+    ck_assert_msg(num(j, "sink_status", "429") > 0, "no 429 injected: %s", text);
+    ck_assert_int_eq(num(j, "duplicates", NULL), 0);
+    free(text);
+    json_decref(j);
+    dutil_daemon_stop(&d);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 START_TEST(deliveries_going_nowhere_are_lost)
 {
     char dir[64];
@@ -190,6 +234,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, two_seconds_nothing_lost);
     tcase_add_test(tc, deliveries_going_nowhere_are_lost);
+    tcase_add_test(tc, sink_faults_injected);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

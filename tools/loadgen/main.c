@@ -371,9 +371,11 @@ int main(int argc, char **argv)
     if (rc != 0)
         return rc > 0 ? 0 : 2;
     lg.queue_depth = -1;
-    /* open loop sends are timed to the microsecond: timerfd instead of epoll's milliseconds */
+    /* open loop sends are timed to the microsecond: timerfd instead of epoll's milliseconds; the
+     * changelist folds an event turned on and off within one iteration (sink.c, flush_now) */
     struct event_config *ecfg = event_config_new();
     event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     lg.base = event_base_new_with_config(ecfg);
     event_config_free(ecfg);
     if (!lg.base || lg_track_init(&lg.track, lg.o.max_alerts, lg.o.rooms + 1) != 0) {

@@ -6,6 +6,8 @@
  * message; X-Firebridge-Delivery tells a retried delivery from a second one.
  */
 #include <evhtp/evhtp.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h> /* ev_write: see flush_now() */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,7 @@ struct sink_conn {
     evhtp_connection_t *ec;
     struct sink_conn *prev, *next;
     struct event *timer;
+    struct event *flush; /* made active after an immediate reply: flush_now() */
     evhtp_request_t *req;
     int status;
 };
@@ -89,6 +92,35 @@ static void on_delay(evutil_socket_t fd, short what, void *arg)
     evhtp_request_resume(req);
 }
 
+/*
+ * An immediate reply written to the socket from the loop, once libevhtp's parser has returned,
+ * instead of by the bufferevent's write event in the next iteration: that event went on with the
+ * reply and off once it was written, two epoll_ctl per delivery.  Here it is dropped in the
+ * iteration that turned it on (the loop's epoll changelist folds the pair), then libevhtp's
+ * write callback runs as the bufferevent would run it (it ends the request; c may be freed).
+ * What the kernel does not take goes out through the bufferevent as before.  The daemon does
+ * the same for its deferred replies (server.c, reply_now).
+ */
+static void flush_now(evutil_socket_t fd, short what, void *arg)
+{
+    struct sink_conn *c = arg;
+    struct bufferevent *bev = evhtp_connection_get_bev(c->ec);
+    struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
+    if (!out || evbuffer_get_length(out) == 0)
+        return;
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out))
+        return;
+    bufferevent_data_cb writecb;
+    void *cbarg;
+    bufferevent_getcb(bev, NULL, &writecb, NULL, &cbarg);
+    event_del(&bev->ev_write);
+    if (writecb)
+        writecb(bev, cbarg);
+}
+
 static void on_request(evhtp_request_t *req, void *arg)
 {
     struct lg_sink *k = arg;
@@ -139,6 +171,8 @@ static void on_request(evhtp_request_t *req, void *arg)
         return;
     }
     evhtp_send_reply(req, (evhtp_res)status);
+    if (c)
+        event_active(c->flush, EV_TIMEOUT, 1);
 }
 
 static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
@@ -151,6 +185,7 @@ static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
     if (c->next)
         c->next->prev = c->prev;
     event_free(c->timer);
+    event_free(c->flush);
     free(c);
     return EVHTP_RES_OK;
 }
@@ -162,6 +197,7 @@ static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
     c->k = k;
     c->ec = ec;
     c->timer = evtimer_new(k->lg->base, on_delay, c);
+    c->flush = event_new(k->lg->base, -1, 0, flush_now, c);
     c->next = k->conns;
     if (k->conns)
         k->conns->prev = c;
