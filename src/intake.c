@@ -25,6 +25,8 @@
 enum { MT_COUNT = 0 FBR_MSG_TYPE_MAP(MT_ONE) }; /* message types */
 #undef MT_ONE
 
+enum { RK_CACHE = 16 }; /* routing keys whose value is kept for the next alert (a power of 2) */
+
 struct fbr_intake {
     char **keys;
     size_t *key_lens;
@@ -38,12 +40,17 @@ struct fbr_intake {
     struct fbr_intake_stats stats;
     struct fbr_outreq *outs; /* one per rendered webhook of a request, reused */
     size_t nouts_cap;
-    /* The stamps every alert of a second shares, made once (jansson strings are never changed
-     * in place: a rule replaces a value, so one string can be in many alerts) */
-    int64_t stamp_secs;    /* second the two time strings below were made for, -1: none */
+    /* The stamps alerts share, made once: per second, per millisecond, per routing key or for
+     * good (jansson strings are never changed in place: a rule replaces a value, so one string
+     * can be in many alerts, in the incident table and in queued deliveries) */
+    int64_t stamp_secs;        /* second the two time strings below were made for, -1: none */
     json_t *week_time, *time_utc;
-    json_t *org_json;      /* VO_ORGANIZATION_ID; NULL when org is not UTF-8 (no such field) */
+    int64_t rcv_ms;            /* millisecond rcv_time was made for, -1: none */
+    json_t *rcv_time;          /* VO_ALERT_RCV_TIME */
+    json_t *rk_json[RK_CACHE]; /* routing_key values, by slot (routing_key_json) */
+    json_t *org_json;          /* VO_ORGANIZATION_ID; NULL when org is not UTF-8 (no such field) */
     json_t *mt_json[MT_COUNT]; /* message_type in the platform's spelling, by type */
+    json_t *success;           /* "success", the result of every accepted alert */
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
     struct fbr_journal *journal; /* borrowed, may be NULL: a 200 waits for its commit */
     fbr_intake_observer_fn observer;
@@ -84,6 +91,8 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->journal = opts->journal;
     in->clock_ms = opts->clock_ms ? opts->clock_ms : fbr_wall_ms;
     in->stamp_secs = -1;
+    in->rcv_ms = -1;
+    in->success = json_string_nocheck("success");
     in->org_json = json_string(in->org);
     for (size_t i = 0; i < FBR_ARRAY_LEN(in->mt_json); i++)
         in->mt_json[i] = json_string_nocheck(fbr_msg_type_name((enum fbr_msg_type)i));
@@ -108,6 +117,10 @@ void fbr_intake_free(struct fbr_intake **inp)
     json_decref(in->org_json);
     json_decref(in->week_time);
     json_decref(in->time_utc);
+    json_decref(in->rcv_time);
+    json_decref(in->success);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(in->rk_json); i++)
+        json_decref(in->rk_json[i]);
     for (size_t i = 0; i < FBR_ARRAY_LEN(in->mt_json); i++)
         json_decref(in->mt_json[i]);
     for (size_t i = 0; i < in->nouts_cap; i++)
@@ -386,15 +399,38 @@ static const char *too_long(json_t *body, size_t *limit)
     return NULL;
 }
 
+/* The string of routing key rk, not empty (borrowed from the cache; NULL when rk is not UTF-8:
+ * no such field).  Routing keys are few and repeat, so each stays in a slot until another
+ * takes it. */
+static json_t *routing_key_json(struct fbr_intake *in, struct fbr_slice rk)
+{
+    const unsigned char *k = (const unsigned char *)rk.ptr;
+    size_t slot = (rk.len * 31 + k[0] * 7u + k[rk.len - 1]) & (RK_CACHE - 1);
+    json_t *v = in->rk_json[slot];
+    if (v && json_string_length(v) == rk.len && memcmp(json_string_value(v), rk.ptr, rk.len) == 0)
+        return v;
+    /* the addon's room commands pass a routing key no route checked: jansson checks it */
+    json_t *made = json_stringn(rk.ptr, rk.len);
+    if (!made)
+        return NULL;
+    json_decref(v);
+    in->rk_json[slot] = made;
+    return made;
+}
+
 static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
 {
     char buf[64];
     char uuid[37];
     random_uuid(uuid);
     /* ASCII values and keys made here: the setters skip jansson's UTF-8 checks */
-    json_object_set_new_nocheck(alert, "VO_UUID", json_string_nocheck(uuid));
-    fbr_fmt_u64(buf, now_ms);
-    json_object_set_new_nocheck(alert, "VO_ALERT_RCV_TIME", json_string_nocheck(buf));
+    json_object_set_new_nocheck(alert, "VO_UUID", json_stringn_nocheck(uuid, 36));
+    if ((int64_t)now_ms != in->rcv_ms) {
+        json_decref(in->rcv_time);
+        in->rcv_time = json_stringn_nocheck(buf, fbr_fmt_u64(buf, now_ms));
+        in->rcv_ms = (int64_t)now_ms;
+    }
+    json_object_set_nocheck(alert, "VO_ALERT_RCV_TIME", in->rcv_time);
     if (in->org_json)
         json_object_set_nocheck(alert, "VO_ORGANIZATION_ID", in->org_json);
     /* Made once per second: alerts arrive in bursts. */
@@ -415,15 +451,26 @@ static void stamp(struct fbr_intake *in, json_t *alert, uint64_t now_ms)
     json_object_set_nocheck(alert, "Alert_received_time_utc", in->time_utc);
 }
 
-/* Checks an alert of the platform's shape as the REST endpoint does.  Returns FBR_OK, or
- * FBR_INVALID with the 400 in *out; `where` ("alerts[2]: " in a group, else "") leads the
- * message. */
+/* The two fields of an alert that its check and its stamps read (borrowed from the alert). */
+struct alert_fields {
+    json_t *mt, *eid; /* message_type, entity_id; NULL when absent */
+};
+
+static void alert_fields(json_t *body, struct alert_fields *f)
+{
+    f->mt = json_object_get(body, "message_type");
+    f->eid = json_object_get(body, "entity_id");
+}
+
+/* Checks an alert of the platform's shape as the REST endpoint does.  Returns FBR_OK with its
+ * fields in *f, or FBR_INVALID with the 400 in *out; `where` ("alerts[2]: " in a group, else
+ * "") leads the message. */
 static int alert_check(struct fbr_intake *in, json_t *body, const char *where,
-                       struct fbr_intake_reply *out)
+                       struct alert_fields *f, struct fbr_intake_reply *out)
 {
     char msg[360];
-    json_t *mt = json_object_get(body, "message_type");
-    json_t *eid = json_object_get(body, "entity_id");
+    alert_fields(body, f);
+    json_t *mt = f->mt, *eid = f->eid;
     size_t limit = 0;
     const char *bad = NULL;
     if (!json_is_object(body)) {
@@ -447,23 +494,33 @@ static int alert_check(struct fbr_intake *in, json_t *body, const char *where,
     return FBR_INVALID;
 }
 
-/* Completes a checked alert for routing key rk: message_type spelled upper-case when known, an
- * entity_id when it has none, routing_key and the stamps.  The Rules Engine comes next. */
-static void alert_stamp(struct fbr_intake *in, json_t *body, struct fbr_slice rk, uint64_t now_ms)
+/* Completes a checked alert (its fields f from alert_check) for routing key rk: message_type
+ * spelled upper-case when known, an entity_id when it has none, routing_key and the stamps.
+ * Returns its entity_id (borrowed from body).  The Rules Engine comes next. */
+static json_t *alert_stamp(struct fbr_intake *in, json_t *body, const struct alert_fields *f,
+                           struct fbr_slice rk, uint64_t now_ms)
 {
-    json_t *mt = json_object_get(body, "message_type");
+    const char *mts = json_string_value(f->mt);
+    size_t mtlen = json_string_length(f->mt);
     enum fbr_msg_type t;
-    if (fbr_msg_type_parse(json_string_value(mt), json_string_length(mt), &t) == FBR_OK)
+    /* already spelled so (the common case): the alert keeps its own equal string */
+    if (fbr_msg_type_parse(mts, mtlen, &t) == FBR_OK &&
+        memcmp(mts, fbr_msg_type_name(t), mtlen) != 0)
         json_object_set_nocheck(body, "message_type", in->mt_json[t]);
-    json_t *eid = json_object_get(body, "entity_id");
+    json_t *eid = f->eid;
     if (!json_is_string(eid) || json_string_length(eid) == 0) {
         char uuid[37];
         random_uuid(uuid);
-        json_object_set_new(body, "entity_id", json_string(uuid));
+        eid = json_stringn_nocheck(uuid, 36);
+        json_object_set_new_nocheck(body, "entity_id", eid);
     }
-    if (rk.len)
-        json_object_set_new_nocheck(body, "routing_key", json_stringn(rk.ptr, rk.len));
+    if (rk.len) {
+        json_t *v = routing_key_json(in, rk);
+        if (v)
+            json_object_set_nocheck(body, "routing_key", v);
+    }
     stamp(in, body, now_ms);
+    return eid;
 }
 
 /* What the incident table would make of a stamped alert, and the events that follow.  With
@@ -509,7 +566,8 @@ static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
  * answer in *out.
  */
 static int alert_validate(struct fbr_intake *in, struct fbr_slice path, json_t *body,
-                          struct fbr_slice *rk, struct fbr_intake_reply *out)
+                          struct fbr_slice *rk, struct alert_fields *f,
+                          struct fbr_intake_reply *out)
 {
     static const size_t plen = sizeof(FBR_INTAKE_ALERT_PREFIX) - 1;
     if (path.len <= plen || memcmp(path.ptr, FBR_INTAKE_ALERT_PREFIX, plen) != 0) {
@@ -531,21 +589,21 @@ static int alert_validate(struct fbr_intake *in, struct fbr_slice path, json_t *
         reply_failure(in, out, 400, "Invalid JSON body");
         return FBR_INVALID;
     }
-    return alert_check(in, body, "", out);
+    return alert_check(in, body, "", f, out);
 }
 
 /* The pipeline of one validated alert: stamps, the Rules Engine, the incident table, events,
  * rendering and the sink; the answer (200, or 503 with nothing changed) in *out. */
 static void alert_pipeline(struct fbr_intake *in, struct fbr_slice rk, json_t *body,
-                           struct fbr_intake_reply *out)
+                           const struct alert_fields *f, struct fbr_intake_reply *out)
 {
     uint64_t now_ms = in->clock_ms();
-    alert_stamp(in, body, rk, now_ms);
+    json_t *eid = alert_stamp(in, body, f, rk, now_ms);
     /* the entity_id the sender gave or was given, before any rule rewrites it (built with plain
      * setters: no format string parsed per alert) */
     json_t *reply = json_object();
-    json_object_set_new_nocheck(reply, "result", json_string_nocheck("success"));
-    json_object_set_nocheck(reply, "entity_id", json_object_get(body, "entity_id"));
+    json_object_set_nocheck(reply, "result", in->success);
+    json_object_set_nocheck(reply, "entity_id", eid);
     fbr_rules_apply(in->rules, body, &in->stats.rules);
     long accepted = alert_process(in, body, now_ms);
     if (accepted < 0) {
@@ -564,8 +622,9 @@ void fbr_intake_alert(struct fbr_intake *in, struct fbr_slice path, json_t *body
 {
     memset(out, 0, sizeof(*out));
     struct fbr_slice rk;
-    if (alert_validate(in, path, body, &rk, out) == FBR_OK)
-        alert_pipeline(in, rk, body, out);
+    struct alert_fields f;
+    if (alert_validate(in, path, body, &rk, &f, out) == FBR_OK)
+        alert_pipeline(in, rk, body, &f, out);
 }
 
 /* The events any alert can fire: a bound on what a webhook list will render for it. */
@@ -630,15 +689,17 @@ void fbr_intake_alert_group(struct fbr_intake *in, struct fbr_slice rk, json_t *
         return;
     size_t n = json_array_size(alerts), i;
     json_t *a;
+    struct alert_fields f;
     json_array_foreach (alerts, i, a) {
         char where[40];
         snprintf(where, sizeof(where), "alerts[%zu]: ", i);
-        if (alert_check(in, a, where, out) != FBR_OK)
+        if (alert_check(in, a, where, &f, out) != FBR_OK)
             return;
     }
     uint64_t now_ms = in->clock_ms();
     json_array_foreach (alerts, i, a) {
-        alert_stamp(in, a, rk, now_ms);
+        alert_fields(a, &f);
+        alert_stamp(in, a, &f, rk, now_ms);
         fbr_rules_apply(in->rules, a, &in->stats.rules);
     }
     if (in->sink.room && in->sink.room(in->sink.arg) < group_need(in, alerts, now_ms)) {
@@ -764,8 +825,10 @@ static json_t *parse_body(struct fbr_http_req *req, int *bad_type)
  * key stays 404) and the Content-Type was not JSON: that is 415, not 400. */
 static void unsupported_type(struct fbr_intake_reply *r, int bad_type)
 {
+    if (!bad_type || r->status != 400)
+        return;
     json_t *m = json_object_get(r->body, "message");
-    if (!bad_type || r->status != 400 || !json_is_string(m) ||
+    if (!json_is_string(m) ||
         strcmp(json_string_value(m), "Invalid JSON body") != 0)
         return;
     r->status = 415;

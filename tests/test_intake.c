@@ -73,6 +73,9 @@ static json_t *parse(const char *s)
     return j;
 }
 
+/* The intake's clock in fixture_init (NULL: the wall clock). */
+static uint64_t (*fixture_clock)(void);
+
 static void fixture_init(struct fixture *f, json_t *cfg)
 {
     memset(f, 0, sizeof(*f));
@@ -94,6 +97,7 @@ static void fixture_init(struct fixture *f, json_t *cfg)
         .webhooks = &f->webhooks,
         .incidents = f->incidents,
         .sink = {queue_submit, &f->q},
+        .clock_ms = fixture_clock,
     };
     f->intake = fbr_intake_new(&o);
 }
@@ -301,6 +305,232 @@ START_TEST(stamped_fields)
     ck_assert_str_eq(json_string_value(json_object_get(reply, "entity_id")), "e-1");
     ck_assert_uint_eq(n, 1); /* only Any-Alert */
     json_decref(reply);
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* ---- stamps: the same fields for every kind of alert, shared values never changed ---------- */
+
+static uint64_t test_now_ms;
+
+static uint64_t test_clock(void)
+{
+    return test_now_ms;
+}
+
+static int is_uuid(const char *s)
+{
+    if (!s || strlen(s) != 36 || s[14] != '4' || !strchr("89ab", s[19]))
+        return 0;
+    for (size_t i = 0; i < 36; i++) {
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !strchr("0123456789abcdef", s[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * What stamping makes of input for routing key rk at now_ms with organization "acme", written
+ * out independently of intake.c: message_type upper-cased when it names a type, an entity_id
+ * when it has none (the random parts, entity_id and VO_UUID, are taken from got after their
+ * shape is checked), then routing_key and the stamps.  An existing key keeps its place.
+ */
+static json_t *expected_stamps(const char *input, const char *rk, uint64_t now_ms, json_t *got)
+{
+    static const char *const types[] = {"CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
+                                        "INFO",     "RECOVERY", "OK"};
+    json_t *want = parse(input);
+    const char *mt = json_string_value(json_object_get(want, "message_type"));
+    for (size_t i = 0; mt && i < FBR_ARRAY_LEN(types); i++) {
+        if (strcasecmp(mt, types[i]) == 0) {
+            json_object_set_new(want, "message_type", json_string(types[i]));
+            break;
+        }
+    }
+    json_t *eid = json_object_get(want, "entity_id");
+    if (!json_is_string(eid) || json_string_length(eid) == 0) {
+        const char *made = json_string_value(json_object_get(got, "entity_id"));
+        ck_assert_msg(is_uuid(made), "entity_id %s", made ? made : "(none)");
+        json_object_set_new(want, "entity_id", json_string(made));
+    }
+    if (rk[0])
+        json_object_set_new(want, "routing_key", json_string(rk));
+    const char *uuid = json_string_value(json_object_get(got, "VO_UUID"));
+    ck_assert_msg(is_uuid(uuid), "VO_UUID %s", uuid ? uuid : "(none)");
+    json_object_set_new(want, "VO_UUID", json_string(uuid));
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%" PRIu64, now_ms);
+    json_object_set_new(want, "VO_ALERT_RCV_TIME", json_string(buf));
+    json_object_set_new(want, "VO_ORGANIZATION_ID", json_string("acme"));
+    time_t secs = (time_t)(now_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    strftime(buf, sizeof(buf), "%G-W%V-%uT%H:%M:%SZ", &tm);
+    json_object_set_new(want, "alert_received_week_time_utc", json_string(buf));
+    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_object_set_new(want, "Alert_received_time_utc", json_string(buf));
+    return want;
+}
+
+/* got equals want, members in the same order (what a template dumping ALERT would show). */
+static void assert_same_alert(json_t *want, json_t *got, const char *label)
+{
+    char *w = json_dumps(want, JSON_COMPACT), *g = json_dumps(got, JSON_COMPACT);
+    ck_assert_msg(strcmp(w, g) == 0, "%s:\n got  %s\n want %s", label, g, w);
+    free(w);
+    free(g);
+}
+
+static const struct {
+    const char *rk, *body;
+    uint64_t now_ms;
+} stamp_cases[] = {
+    {"DevOps_2", "{\"message_type\":\"critical\"}", 1700000000123},
+    {"DevOps_2", "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e-1\"}", 1700000000123},
+    {"team-b", "{\"message_type\":\"Recovery\",\"entity_id\":\"\",\"state_message\":\"x\"}",
+     1700000000124},
+    {"team-b", "{\"message_type\":\"SOMETHING\",\"entity_id\":null}", 1700000000999},
+    {"team-b", "{\"message_type\":\"ok\",\"entity_id\":\"e-2\"}", 1700000001000},
+    {"", "{\"entity_id\":\"e\",\"message_type\":\"acknowledgement\",\"a\":1,\"b\":{\"c\":[1,2]},"
+         "\"c\":\"d\",\"d\":true,\"e\":null,\"f\":1.5,\"g\":\"\\u00e9\"}",
+     1700000001000},
+    {"x", "{\"VO_UUID\":\"mine\",\"routing_key\":\"other\",\"message_type\":\"Warning\","
+          "\"VO_ALERT_RCV_TIME\":\"1\",\"VO_ORGANIZATION_ID\":\"o\",\"entity_id\":\"e-3\"}",
+     1704067199999}, /* 2023-12-31T23:59:59.999Z: ISO week 2023-W52-7 */
+    {"x", "{\"message_type\":\"info\",\"entity_id\":\"e-4\"}", 1704067200000},
+    {"DevOps_2", "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e-1\"}", 1704067200000},
+};
+
+START_TEST(stamps_as_specified)
+{
+    struct fixture f;
+    json_t *cfg = parse("{\"organization_id\":\"acme\",\"webhooks\":[{\"event\":\"Any-Alert\","
+                        "\"url\":\"http://127.0.0.1/x\",\"payload\":\"p\"}]}");
+    fixture_clock = test_clock;
+    fixture_init(&f, cfg);
+    fixture_clock = NULL;
+    json_t *kept[FBR_ARRAY_LEN(stamp_cases)], *want[FBR_ARRAY_LEN(stamp_cases)];
+    for (size_t i = 0; i < FBR_ARRAY_LEN(stamp_cases); i++) {
+        char path[128], label[64];
+        snprintf(path, sizeof(path), "%s%s%s%s", FBR_INTAKE_ALERT_PREFIX, f.key,
+                 stamp_cases[i].rk[0] ? "/" : "", stamp_cases[i].rk);
+        snprintf(label, sizeof(label), "case %zu", i);
+        test_now_ms = stamp_cases[i].now_ms;
+        json_t *reply;
+        ck_assert_int_eq(post(&f, path, stamp_cases[i].body, &reply, NULL), 200);
+        ck_assert_uint_eq(f.q.n, 1);
+        kept[i] = json_incref(json_object_get(f.q.v[0]->event, "ALERT"));
+        want[i] = expected_stamps(stamp_cases[i].body, stamp_cases[i].rk, test_now_ms, kept[i]);
+        assert_same_alert(want[i], kept[i], label);
+        ck_assert_str_eq(json_string_value(json_object_get(reply, "entity_id")),
+                         json_string_value(json_object_get(want[i], "entity_id")));
+        json_decref(reply);
+        queue_clear(&f.q);
+    }
+    /* Alerts stamped earlier still hold what they were given (values shared between alerts are
+     * never changed by a later one), and a group is stamped as single alerts are. */
+    for (size_t i = 0; i < FBR_ARRAY_LEN(stamp_cases); i++) {
+        char label[64];
+        snprintf(label, sizeof(label), "case %zu, kept", i);
+        assert_same_alert(want[i], kept[i], label);
+    }
+    test_now_ms = 1700000000123;
+    json_t *group = json_array();
+    for (size_t i = 0; i < 4; i++)
+        json_array_append_new(group, parse(stamp_cases[i].body));
+    struct fbr_intake_reply r;
+    fbr_intake_alert_group(f.intake, fbr_slice_from("DevOps_2"), group, &r);
+    ck_assert_int_eq(r.status, 200);
+    json_decref(r.body);
+    for (size_t i = 0; i < 4; i++) {
+        char label[64];
+        snprintf(label, sizeof(label), "group alert %zu", i);
+        json_t *a = json_array_get(group, i);
+        json_t *w = expected_stamps(stamp_cases[i].body, "DevOps_2", test_now_ms, a);
+        assert_same_alert(w, a, label);
+        json_decref(w);
+    }
+    json_decref(group);
+    for (size_t i = 0; i < FBR_ARRAY_LEN(stamp_cases); i++) {
+        json_decref(kept[i]);
+        json_decref(want[i]);
+    }
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* The routing key every alert gets is its own, for many keys in turn (more than are kept). */
+START_TEST(routing_keys_in_turn)
+{
+    struct fixture f;
+    json_t *cfg = parse("{\"webhooks\":[{\"event\":\"Any-Alert\",\"url\":\"http://127.0.0.1/x\","
+                        "\"payload\":\"${{ALERT.routing_key}}\"}]}");
+    fixture_init(&f, cfg);
+    for (size_t round = 0; round < 3; round++) {
+        for (size_t i = 0; i < 80; i++) {
+            /* keys of one length and first letter, and keys that differ in one middle byte */
+            char rk[32], path[160], want[40];
+            size_t k = round == 1 ? 79 - i : i;
+            snprintf(rk, sizeof(rk), k % 2 ? "k%02zu" : "rk-%zu-x", k);
+            snprintf(path, sizeof(path), "%s%s/%s", FBR_INTAKE_ALERT_PREFIX, f.key, rk);
+            ck_assert_int_eq(post(&f, path, "{\"message_type\":\"INFO\"}", NULL, NULL), 200);
+            ck_assert_uint_eq(f.q.n, 1);
+            char *body = flat(&f.q.v[0]->body);
+            snprintf(want, sizeof(want), "\"%s\"", rk);
+            ck_assert_str_eq(body, want);
+            free(body);
+            queue_clear(&f.q);
+        }
+    }
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* A rule that rewrites stamped fields of one alert replaces that alert's values: the next alert,
+ * stamped in the same millisecond for the same routing key, gets the stamps unchanged, and the
+ * rewritten alert (still held by its delivery) keeps its rewrite. */
+START_TEST(rules_rewrite_only_their_alert)
+{
+    struct fixture f;
+    json_t *cfg = parse(
+        "{\"organization_id\":\"acme\",\"rules\":[{\"when\":{\"field\":\"entity_id\","
+        "\"pattern\":\"rewrite\"},\"set\":{\"routing_key\":\"${{routing_key}}-moved\","
+        "\"message_type\":\"${{message_type}}!\",\"VO_ALERT_RCV_TIME\":\"0\","
+        "\"VO_ORGANIZATION_ID\":\"${{VO_ORGANIZATION_ID}}+\","
+        "\"Alert_received_time_utc\":\"never\"}}],"
+        "\"webhooks\":[{\"event\":\"Any-Alert\",\"url\":\"http://127.0.0.1/x\","
+        "\"payload\":\"${{ALERT.routing_key}} ${{ALERT.message_type}} ${{ALERT.VO_ALERT_RCV_TIME}} "
+        "${{ALERT.VO_ORGANIZATION_ID}} ${{ALERT.Alert_received_time_utc}}\","
+        "\"content_type\":\"text/plain\"}]}");
+    fixture_clock = test_clock;
+    fixture_init(&f, cfg);
+    fixture_clock = NULL;
+    test_now_ms = 1700000000123;
+    static const char *const bodies[] = {
+        "{\"message_type\":\"CRITICAL\",\"entity_id\":\"plain-1\"}",
+        "{\"message_type\":\"CRITICAL\",\"entity_id\":\"rewrite\"}",
+        "{\"message_type\":\"critical\",\"entity_id\":\"plain-2\"}",
+    };
+    static const char *const want[] = {
+        "team CRITICAL 1700000000123 acme 2023-11-14T22:13:20Z",
+        "team-moved CRITICAL! 0 acme+ never",
+        "team CRITICAL 1700000000123 acme 2023-11-14T22:13:20Z",
+    };
+    for (size_t i = 0; i < 3; i++) {
+        char path[128];
+        snprintf(path, sizeof(path), "%s%s/team", FBR_INTAKE_ALERT_PREFIX, f.key);
+        ck_assert_int_eq(post(&f, path, bodies[i], NULL, NULL), 200);
+        ck_assert_uint_eq(f.q.n, i + 1);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        char *body = flat(&f.q.v[i]->body);
+        ck_assert_str_eq(body, want[i]);
+        free(body);
+    }
     json_decref(cfg);
     fixture_free(&f);
 }
@@ -1300,6 +1530,9 @@ int main(void)
     tcase_add_loop_test(tc, intake_error, 0, FBR_ARRAY_LEN(errors));
     tcase_add_loop_test(tc, field_limit, 0, FBR_ARRAY_LEN(limits));
     tcase_add_test(tc, stamped_fields);
+    tcase_add_test(tc, stamps_as_specified);
+    tcase_add_test(tc, routing_keys_in_turn);
+    tcase_add_test(tc, rules_rewrite_only_their_alert);
     tcase_add_test(tc, fmt_helpers);
     tcase_add_test(tc, seed_multi_room);
     tcase_add_test(tc, incident_events);
