@@ -14,6 +14,8 @@
  * (issue 12).  The count can only come back one too high (a delivery restored before its first
  * attempt started), never too low, which is the safe side of at-least-once.
  *   finished: u8 outcome (1 delivered, 2 dead, 3 cancelled), str id
+ * A delivered outcome is appended lazily (fbr_journal_append_lazy: with the next write, within
+ * 10 ms): a crash before it is written makes recovery send that delivery once more, with its id.
  * A pending delivery keeps a hold on its latest accepted record (the ref lives in the engine's
  * hook word); a finish releases it.
  *
@@ -289,8 +291,12 @@ static void on_transition(const struct fbr_delivery_info *d, enum fbr_delivery_s
                                                        : OUTCOME_CANCELLED;
         put(dj, &outcome, 1);
         put_str(dj, d->id, strlen(d->id));
-        fbr_journal_release(j,
-                            fbr_journal_append(j, FBR_JR_DELIVERY_FINISHED, dj->buf, dj->len));
+        /* delivered: lazy (lost with a crash, the delivery is sent once more, with its id);
+         * dead and cancelled: at once (lost, a dead delivery would be tried again) */
+        fbr_journal_release(
+            j, to == FBR_DS_DELIVERED
+                   ? fbr_journal_append_lazy(j, FBR_JR_DELIVERY_FINISHED, dj->buf, dj->len)
+                   : fbr_journal_append(j, FBR_JR_DELIVERY_FINISHED, dj->buf, dj->len));
         fbr_journal_release(j, fbr_journal_ref_unpack(*d->hook_word));
         *d->hook_word = 0;
     }

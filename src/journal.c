@@ -29,6 +29,7 @@
 #include "firebridge/metrics.h"
 
 #define RETRY_MS 250u
+#define LAZY_MS 10u /* a lazy record waits at most this long for a write to ride on */
 
 static const char *const type_names[] = {
 #define FBR_X(name, value, text) [value] = text,
@@ -197,6 +198,7 @@ struct fbr_journal {
     struct waiter *w;     /* ring of waiters, ascending pos */
     size_t whead, wcount, wcap;
     struct event *flush_ev, *batch_timer, *retry_timer, *sync_ev;
+    struct event *lazy_timer; /* pending while the buffer holds only lazy records */
     int flush_active;
     struct fbr_journal_owner *owners;
     size_t nowners;
@@ -710,6 +712,7 @@ static int write_buffer(struct fbr_journal *j)
     *j->m_bytes_written += j->len;
     j->written = j->appended;
     j->len = 0;
+    evtimer_del(j->lazy_timer); /* what it waited for went out with this write */
     trouble_end(j, TK_WRITE);
     if (j->opts.fsync != FBR_FSYNC_ALWAYS) {
         size_t n = complete_waiters(j);
@@ -765,8 +768,13 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-struct fbr_journal_ref fbr_journal_appendv(struct fbr_journal *j, unsigned type,
-                                           const struct iovec *iov, int iovcnt)
+static void on_lazy(evutil_socket_t fd, short what, void *arg)
+{
+    schedule_flush(arg);
+}
+
+static struct fbr_journal_ref append_record(struct fbr_journal *j, unsigned type,
+                                            const struct iovec *iov, int iovcnt, int lazy)
 {
     size_t n = 0;
     for (int i = 0; i < iovcnt; i++)
@@ -794,9 +802,28 @@ struct fbr_journal_ref fbr_journal_appendv(struct fbr_journal *j, unsigned type,
     struct fbr_journal_ref ref = {cur_seg(j) ? cur_seg(j)->id : 0,
                                   (uint32_t)(FBR_JOURNAL_HEADER + n)};
     fbr_journal_hold(j, ref);
-    if (j->trouble == TK_NONE)
+    if (j->trouble != TK_NONE)
+        return ref; /* the retry timer writes it */
+    if (!lazy) {
         schedule_flush(j);
+    } else if (!j->flush_active && !evtimer_pending(j->lazy_timer, NULL)) {
+        struct timeval tv = {0, LAZY_MS * 1000};
+        evtimer_add(j->lazy_timer, &tv);
+    }
     return ref;
+}
+
+struct fbr_journal_ref fbr_journal_appendv(struct fbr_journal *j, unsigned type,
+                                           const struct iovec *iov, int iovcnt)
+{
+    return append_record(j, type, iov, iovcnt, 0);
+}
+
+struct fbr_journal_ref fbr_journal_append_lazy(struct fbr_journal *j, unsigned type,
+                                               const void *p, size_t n)
+{
+    struct iovec iov = {(void *)p, n};
+    return append_record(j, type, &iov, 1, 1);
 }
 
 struct fbr_journal_ref fbr_journal_append(struct fbr_journal *j, unsigned type, const void *p,
@@ -1204,6 +1231,7 @@ int fbr_journal_open(struct event_base *base, const struct fbr_journal_opts *opt
         m = j->own_metrics = fbr_metrics_new();
     register_metrics(j, m);
     j->flush_ev = event_new(base, -1, 0, on_flush, j);
+    j->lazy_timer = evtimer_new(base, on_lazy, j);
     j->retry_timer = evtimer_new(base, on_retry, j);
     j->shrink_timer = evtimer_new(base, on_shrink, j);
     pthread_mutex_init(&j->mu, NULL);
@@ -1283,6 +1311,8 @@ void fbr_journal_close(struct fbr_journal **jp)
     fail_waiters(j);
     if (j->flush_ev)
         event_free(j->flush_ev);
+    if (j->lazy_timer)
+        event_free(j->lazy_timer);
     if (j->retry_timer)
         event_free(j->retry_timer);
     if (j->shrink_timer)

@@ -526,6 +526,52 @@ START_TEST(commit_per_fsync_mode)
 }
 END_TEST
 
+/* A lazy record (a delivery's "delivered" outcome) gets no write of its own: it goes out with the
+ * next record appended at once, in that record's write, or on its own within the lazy window
+ * when nothing follows; recovery reads it back in order either way. */
+START_TEST(lazy_record_rides_the_next_write)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512];
+    int rc, calls = 0;
+    struct fbr_journal *j = open_j(FBR_FSYNC_BATCH, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    run_until(&calls, 1);
+    struct fbr_journal_stats st0, st;
+    fbr_journal_get_stats(j, &st0);
+    fbr_journal_release(j, fbr_journal_append_lazy(j, FBR_JR_DELIVERY_FINISHED, "lazy one", 8));
+    uint64_t lazy_end = fbr_journal_position(j);
+    for (int i = 0; i < 3; i++) /* iterations that write nothing else: it waits */
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_eq(st.writes, st0.writes);
+    ck_assert_uint_lt(fbr_journal_committed(j), lazy_end);
+    add(o, FBR_JR_DELIVERY_ACCEPTED, "eager after it");
+    calls = 0;
+    fbr_journal_wait(j, fbr_journal_position(j), on_done, &calls);
+    run_until(&calls, 1);
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_eq(st.writes - st0.writes, 1); /* both records, one write */
+    ck_assert_uint_eq(fbr_journal_committed(j), fbr_journal_position(j));
+    /* alone: written by the lazy timer, without any other append */
+    fbr_journal_release(j, fbr_journal_append_lazy(j, FBR_JR_DELIVERY_FINISHED, "lazy two", 8));
+    for (int i = 0; i < 2000 && fbr_journal_committed(j) < fbr_journal_position(j); i++)
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(1000);
+    ck_assert_uint_eq(fbr_journal_committed(j), fbr_journal_position(j));
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_eq(st.writes - st0.writes, 2);
+    fbr_journal_close(&j);
+    j = open_j(FBR_FSYNC_BATCH, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    ck_assert_uint_eq(o->n, 3);
+    ck_assert(o->v[0].n == 8 && memcmp(o->v[0].data, "lazy one", 8) == 0);
+    ck_assert(o->v[1].n == 14 && memcmp(o->v[1].data, "eager after it", 14) == 0);
+    ck_assert(o->v[2].n == 8 && memcmp(o->v[2].data, "lazy two", 8) == 0);
+    fbr_journal_close(&j);
+    free(o);
+}
+END_TEST
+
 /* A write past RLIMIT_FSIZE fails with EFBIG: the waiting caller gets FBR_ERROR, the journal says
  * it is not writable, then it recovers by itself on a fresh segment and loses no record. */
 START_TEST(failed_write_recovers_by_itself)
@@ -593,6 +639,7 @@ static Suite *suite(void)
     tcase_add_test(tc, roll_delete_and_checkpoint);
     tcase_add_test(tc, dead_segment_cut_in_steps_then_removed);
     tcase_add_test(tc, commit_per_fsync_mode);
+    tcase_add_test(tc, lazy_record_rides_the_next_write);
     tcase_add_test(tc, failed_write_recovers_by_itself);
     suite_add_tcase(s, tc);
     return s;

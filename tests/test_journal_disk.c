@@ -169,6 +169,10 @@ START_TEST(efbig_means_503_then_recovers_by_itself)
         set_fsize(fb, RLIM_INFINITY);
         ck_assert_int_eq(wait_readyz(port, 200, 5000 * dutil_slow()), 200);
         ck_assert_int_eq(dutil_metric(port, "firebridge_journal_writable"), 1);
+        /* the line reaches the file through a pipe and cat: allow it a moment */
+        for (int waited = 0; log_count(log, RECOVERED_LINE) < episode && waited < 5000;
+             waited += 20)
+            dutil_msleep(20);
         ck_assert_int_eq(log_count(log, RECOVERED_LINE), episode);
         for (int i = 0; i < 3; i++, n++) {
             ck_assert_int_eq(post(port, n, buf, sizeof(buf)), 200);
@@ -496,6 +500,55 @@ START_TEST(journal_off_names_the_unread_journal)
 }
 END_TEST
 
+/*
+ * A delivery's "delivered" outcome is appended lazily (journal.h, fbr_journal_append_lazy): it
+ * rides the next write, or its own timer writes it when nothing follows.  So a daemon that
+ * delivered an alert and then saw nothing more has written the outcome by the time it is killed
+ * with kill -9 a moment later, and the restart sends nothing again.  Without the timer the record
+ * would wait in the buffer for the next alert, and the restart would send the alert twice.
+ */
+START_TEST(delivered_outcome_written_when_quiet)
+{
+    struct rig r;
+    rig_start(&r, "fbr-jdisk5", 1);
+    const char *extra[] = {"-c", r.cfg, "--room-rate", "1000000/1", "--token-rate", "1000000/1",
+                           NULL};
+    struct dutil_daemon_opts opts = {.dir = dir, .log_name = "fb-0.log", .log_pipe = 1};
+    struct dutil_daemon d;
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    char buf[4096];
+    ck_assert_int_eq(post_named(d.port, "quiet", 1, buf, sizeof(buf)), 200);
+    json_t *msgs = dutil_room_messages(r.hport, "77", 1, 10000 * dutil_slow());
+    ck_assert_int_eq(times_in_room(msgs, "quiet", 1), 1);
+    json_decref(msgs);
+    /* the 204 is read a moment after the room has the message; then the lazy window passes */
+    dutil_msleep(300);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_deliveries_pending"), 0);
+    kill(d.pid, SIGKILL);
+    dutil_wait_exit(&d.pid, 5000, NULL);
+    dutil_wait_exit(&d.log_pid, 5000, NULL);
+    opts.log_name = "fb-1.log";
+    dutil_daemon_start_opts(&d, NULL, extra, &opts);
+    ck_assert_int_eq(wait_readyz(d.port, 200, 5000 * dutil_slow()), 200);
+    /* a fence: once it is in the room, a replayed delivery would be there before it */
+    ck_assert_int_eq(post_named(d.port, "fence", 1, buf, sizeof(buf)), 200);
+    for (int tries = 0; tries < 500 * dutil_slow(); tries++) {
+        msgs = dutil_room_messages(r.hport, "77", 0, 0);
+        int fenced = times_in_room(msgs, "fence", 1);
+        json_decref(msgs);
+        if (fenced)
+            break;
+        dutil_msleep(20);
+    }
+    msgs = dutil_room_messages(r.hport, "77", 0, 0);
+    ck_assert_int_eq(times_in_room(msgs, "fence", 1), 1);
+    ck_assert_msg(times_in_room(msgs, "quiet", 1) == 1,
+                  "the delivered alert came back after kill -9: its outcome was not written");
+    json_decref(msgs);
+    rig_stop(&r, &d);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -506,6 +559,7 @@ int main(void)
     tcase_add_test(tc, refused_alerts_leave_nothing);
     tcase_add_test(tc, written_records_stay_answered);
     tcase_add_test(tc, journal_off_names_the_unread_journal);
+    tcase_add_test(tc, delivered_outcome_written_when_quiet);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

@@ -13,7 +13,8 @@
  * appends to the last segment and starts a new one past segment_size.
  *
  * Writing: fbr_journal_append() copies the record into a buffer that is written with one write per
- * event-loop iteration (a callback activated by the first append of the iteration).  A caller
+ * event-loop iteration (a callback activated by the first append of the iteration); a lazy append
+ * (fbr_journal_append_lazy) waits up to 10 ms for such a write instead of asking for one.  A caller
  * that must not answer before its records are safe asks fbr_journal_wait(): the callback fires
  * once the records up to that position are written (--fsync off, batch) or written and
  * fdatasync'ed (always; every record written meanwhile shares that fdatasync: group commit).
@@ -179,6 +180,15 @@ struct fbr_journal_ref fbr_journal_appendv(struct fbr_journal *j, unsigned type,
                                            const struct iovec *iov, int iovcnt);
 struct fbr_journal_ref fbr_journal_append(struct fbr_journal *j, unsigned type, const void *p,
                                           size_t n);
+/*
+ * The same for a record nobody waits for and whose loss costs only a repeat, never a loss (a
+ * delivery's "delivered" outcome: without it, recovery sends the delivery once more): it goes
+ * out with the next write that another append asks for, or at the latest 10 ms later, instead
+ * of with a write of its own.  Where the loop is not busy that is one write per alert instead
+ * of two.
+ */
+struct fbr_journal_ref fbr_journal_append_lazy(struct fbr_journal *j, unsigned type,
+                                               const void *p, size_t n);
 /* Another hold on a record whose segment still has one; a release gives one back.  A ref with
  * seg 0 is ignored. */
 void fbr_journal_hold(struct fbr_journal *j, struct fbr_journal_ref ref);
