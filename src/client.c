@@ -126,7 +126,8 @@ struct fbr_client {
     struct fbr_strmap pools;
     TAILQ_HEAD(, call) calls;
     struct fbr_client_stats stats;
-    struct evbuffer *scratch; /* a plain-TCP request is built here and written at once */
+    char *wbuf; /* a request's head and small body are built here, then sent or queued */
+    size_t wcap;
 };
 
 static const char *const err_names[] = {
@@ -249,67 +250,89 @@ static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const
     pool_kick(pool);
 }
 
+static char *put(char *p, const void *src, size_t n)
+{
+    memcpy(p, src, n);
+    return p + n;
+}
+
+/* The client keeps a request buffer this large between requests (a longer request frees it). */
+#define WBUF_KEEP 65536
+
 static void write_request(struct upstream_conn *conn)
 {
     struct call *call = conn->call;
-    struct evbuffer *bev_out = bufferevent_get_output(conn->bev);
-    /*
-     * Over plain TCP with nothing queued, the request is built aside and written to the socket
-     * right away: appending to the bufferevent's output would register write interest with
-     * epoll, and a second epoll_ctl would remove it after the write, two system calls per
-     * delivery for a socket that is almost always writable (bench/README.md).  What the kernel
-     * does not take goes to the bufferevent as before.
-     */
     struct fbr_client *client = conn->pool->client;
-    int direct = !conn->pool->tls && client && client->scratch &&
-                 evbuffer_get_length(bev_out) == 0;
-    struct evbuffer *out = direct ? client->scratch : bev_out;
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
     size_t body_len = 0;
     for (size_t i = 0; i < call->req.nbody; i++)
         body_len += call->req.body[i].iov_len;
-    /* appended piece by piece: no printf per delivery (bench/README.md) */
+    /*
+     * The head and a small body (a chat notification) are built in one buffer, piece by piece (no
+     * printf, no evbuffer chain per piece: bench/README.md), and go to the kernel as one write; a
+     * large body is referenced where it lies.
+     */
     static const char ua[] = "\r\nUser-Agent: firebridge/" FBR_VERSION "\r\n";
+    static const char cl[] = "Content-Length: ";
     int slash = !(call->path_len && call->path[0] == '/');
-    evbuffer_add(out, call->req.method, strlen(call->req.method));
-    evbuffer_add(out, " /", 1 + (size_t)slash);
-    evbuffer_add(out, call->path, call->path_len);
-    evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
-    evbuffer_add(out, conn->pool->host_hdr, strlen(conn->pool->host_hdr));
-    evbuffer_add(out, ua, sizeof(ua) - 1);
-    if (body_len || !(call->head_method || strcmp(call->req.method, "GET") == 0)) {
-        char num[FBR_U64_DIGITS + 1];
-        size_t n = fbr_fmt_u64(num, body_len);
-        evbuffer_add(out, "Content-Length: ", 16);
-        evbuffer_add(out, num, n);
-        evbuffer_add(out, "\r\n", 2);
+    int has_cl = body_len || !(call->head_method || strcmp(call->req.method, "GET") == 0);
+    char num[FBR_U64_DIGITS + 1];
+    size_t num_len = has_cl ? fbr_fmt_u64(num, body_len) : 0;
+    int copy = body_len <= COPY_BODY_MAX;
+    size_t mlen = strlen(call->req.method), hlen = strlen(conn->pool->host_hdr);
+    size_t total = mlen + 1 + (size_t)slash + call->path_len + 17 + hlen + sizeof(ua) - 1 +
+                   (has_cl ? sizeof(cl) - 1 + num_len + 2 : 0) + call->req.head_len + 2 +
+                   (copy ? body_len : 0);
+    if (total > client->wcap) {
+        client->wbuf = fbr_xrealloc(client->wbuf, total);
+        client->wcap = total;
+    }
+    char *p = client->wbuf;
+    p = put(p, call->req.method, mlen);
+    p = put(p, " /", 1 + (size_t)slash);
+    p = put(p, call->path, call->path_len);
+    p = put(p, " HTTP/1.1\r\nHost: ", 17);
+    p = put(p, conn->pool->host_hdr, hlen);
+    p = put(p, ua, sizeof(ua) - 1);
+    if (has_cl) {
+        p = put(p, cl, sizeof(cl) - 1);
+        p = put(p, num, num_len);
+        p = put(p, "\r\n", 2);
     }
     if (call->req.head_len)
-        evbuffer_add(out, call->req.head, call->req.head_len);
-    evbuffer_add(out, "\r\n", 2);
-    /* A small body (a chat notification) is copied after the head: one chain and one iovec for
-     * the kernel instead of an evbuffer chain allocated per rendered piece; a large one is
-     * referenced where it lies. */
-    int copy = body_len <= COPY_BODY_MAX;
-    for (size_t i = 0; i < call->req.nbody; i++) {
-        if (!call->req.body[i].iov_len)
-            continue;
-        if (copy)
-            evbuffer_add(out, call->req.body[i].iov_base, call->req.body[i].iov_len);
-        else
+        p = put(p, call->req.head, call->req.head_len);
+    p = put(p, "\r\n", 2);
+    for (size_t i = 0; copy && i < call->req.nbody; i++)
+        if (call->req.body[i].iov_len)
+            p = put(p, call->req.body[i].iov_base, call->req.body[i].iov_len);
+    /*
+     * Over plain TCP with nothing queued, the request goes to the socket right away: appending
+     * it to the bufferevent's output would register write interest with epoll, and a second
+     * epoll_ctl would remove it after the write, two system calls per delivery for a socket that
+     * is almost always writable.  What the kernel does not take goes to the bufferevent, and so
+     * does an error (a reset, a broken pipe), which the bufferevent then meets on its own write.
+     */
+    size_t sent = 0;
+    if (!conn->pool->tls && copy && evbuffer_get_length(out) == 0) {
+        ssize_t k = send(bufferevent_getfd(conn->bev), client->wbuf, total, MSG_NOSIGNAL);
+        sent = k > 0 ? (size_t)k : 0;
+    }
+    if (sent < total)
+        evbuffer_add(out, client->wbuf + sent, total - sent);
+    for (size_t i = 0; !copy && i < call->req.nbody; i++)
+        if (call->req.body[i].iov_len)
             evbuffer_add_reference(out, call->req.body[i].iov_base, call->req.body[i].iov_len,
                                    noop_cleanup, NULL);
-    }
-    if (direct) {
-        /* an error (reset, broken pipe) is left for the bufferevent to meet on its own write */
-        evbuffer_write(out, bufferevent_getfd(conn->bev));
-        if (evbuffer_get_length(out))
-            evbuffer_add_buffer(bev_out, out);
+    if (client->wcap > WBUF_KEEP) {
+        free(client->wbuf);
+        client->wbuf = NULL;
+        client->wcap = 0;
     }
     conn->ps = PS_STATUS;
     conn->header_bytes = 0;
     conn->chunked = conn->has_len = conn->conn_close = conn->http10 = conn->got_bytes = 0;
     conn->nrequests++;
-    arm_timer(call, conn->pool->client->opts.request_timeout_ms);
+    arm_timer(call, client->opts.request_timeout_ms);
 }
 
 /* "HTTP/1.<digit> <3 digits>" then the end or a non-digit (the reason phrase): 0 with the minor
@@ -381,6 +404,44 @@ static int has_token(const char *v, const char *tok)
     return 0;
 }
 
+/* The response headers the client reads: X(ID, name). */
+#define RESP_HEADER_MAP(X)                                                                         \
+    X(CONTENT_LENGTH, "content-length")                                                            \
+    X(TRANSFER_ENCODING, "transfer-encoding")                                                      \
+    X(CONNECTION, "connection")                                                                    \
+    X(RETRY_AFTER, "retry-after")                                                                  \
+    X(RL_LIMIT, "x-ratelimit-limit")                                                               \
+    X(RL_REMAINING, "x-ratelimit-remaining")                                                       \
+    X(RL_RESET, "x-ratelimit-reset")                                                               \
+    X(FLOOD_LIMIT, "x-floodcontrol-limit")                                                         \
+    X(FLOOD_REMAINING, "x-floodcontrol-remaining")                                                 \
+    X(FLOOD_RESET, "x-floodcontrol-reset")
+
+enum resp_header {
+#define FBR_X(id, name) RH_##id,
+    RESP_HEADER_MAP(FBR_X)
+#undef FBR_X
+        RH_OTHER
+};
+
+static const struct {
+    const char *name;
+    size_t len;
+} resp_headers[] = {
+#define FBR_X(id, name) {name, sizeof(name) - 1},
+    RESP_HEADER_MAP(FBR_X)
+#undef FBR_X
+};
+
+/* Which header name[0..len) is (lengths compared first: one strncasecmp per header line). */
+static enum resp_header resp_header_id(const char *name, size_t len)
+{
+    for (size_t i = 0; i < RH_OTHER; i++)
+        if (resp_headers[i].len == len && strncasecmp(name, resp_headers[i].name, len) == 0)
+            return (enum resp_header)i;
+    return RH_OTHER;
+}
+
 /* Returns 0, or -1 for a malformed header line. */
 static int on_header(struct upstream_conn *conn, char *line)
 {
@@ -388,34 +449,49 @@ static int on_header(struct upstream_conn *conn, char *line)
     char *colon = strchr(line, ':');
     if (!colon || colon == line)
         return -1;
-    *colon = '\0';
-    const char *name = line;
+    enum resp_header id = resp_header_id(line, (size_t)(colon - line));
+    if (id == RH_OTHER)
+        return 0;
     char *v = trim(colon + 1);
-    if (strcasecmp(name, "content-length") == 0) {
+    switch (id) {
+    case RH_CONTENT_LENGTH: {
         int64_t n = parse_int(v);
         if (n < 0)
             return -1;
         conn->has_len = 1;
         conn->remaining = (uint64_t)n;
-    } else if (strcasecmp(name, "transfer-encoding") == 0) {
+        break;
+    }
+    case RH_TRANSFER_ENCODING:
         conn->chunked = has_token(v, "chunked");
-    } else if (strcasecmp(name, "connection") == 0) {
+        break;
+    case RH_CONNECTION:
         if (has_token(v, "close"))
             conn->conn_close = 1;
-    } else if (strcasecmp(name, "retry-after") == 0) {
+        break;
+    case RH_RETRY_AFTER:
         r->retry_after_wall_ms = fbr_client_parse_retry_after(v, fbr_wall_ms());
-    } else if (strcasecmp(name, "x-ratelimit-limit") == 0) {
+        break;
+    case RH_RL_LIMIT:
         r->ratelimit_limit = parse_int(v);
-    } else if (strcasecmp(name, "x-ratelimit-remaining") == 0) {
+        break;
+    case RH_RL_REMAINING:
         r->ratelimit_remaining = parse_int(v);
-    } else if (strcasecmp(name, "x-ratelimit-reset") == 0) {
+        break;
+    case RH_RL_RESET:
         r->ratelimit_reset = parse_seconds(v);
-    } else if (strcasecmp(name, "x-floodcontrol-limit") == 0) {
+        break;
+    case RH_FLOOD_LIMIT:
         r->flood_limit = parse_int(v);
-    } else if (strcasecmp(name, "x-floodcontrol-remaining") == 0) {
+        break;
+    case RH_FLOOD_REMAINING:
         r->flood_remaining = parse_int(v);
-    } else if (strcasecmp(name, "x-floodcontrol-reset") == 0) {
+        break;
+    case RH_FLOOD_RESET:
         r->flood_reset = parse_seconds(v);
+        break;
+    case RH_OTHER:
+        break;
     }
     return 0;
 }
@@ -466,14 +542,56 @@ static void response_done(struct upstream_conn *conn)
     pool_kick(pool);
 }
 
+/*
+ * Takes the next line of in (ended by LF, a CR before it dropped) into buf (MAX_LINE + 1 bytes),
+ * NUL-terminated, n its length: 1; 0 when the line has not ended yet; -1 when it is longer than
+ * MAX_LINE.  A line within the input's first chain (a response almost always is) is found with
+ * memchr and copied, with no allocation per line; one that spans chains is searched for across
+ * them (evbuffer_search_eol), so no byte is moved more than once.
+ */
+static int take_line(struct evbuffer *in, char *buf, size_t *n)
+{
+    size_t avail = evbuffer_get_length(in), contig = evbuffer_get_contiguous_space(in);
+    size_t look = contig < MAX_LINE + 2 ? contig : MAX_LINE + 2; /* a line, CR and LF */
+    const char *p = look ? (const char *)evbuffer_pullup(in, (ev_ssize_t)look) : NULL;
+    const char *lf = p ? memchr(p, '\n', look) : NULL;
+    size_t len, used;
+    if (lf) {
+        len = (size_t)(lf - p);
+        used = len + 1;
+        if (len && p[len - 1] == '\r')
+            len--;
+        if (len > MAX_LINE)
+            return -1;
+        memcpy(buf, p, len);
+    } else if (look == MAX_LINE + 2 || look == avail) {
+        return look > MAX_LINE ? -1 : 0;
+    } else {
+        size_t eol = 0;
+        struct evbuffer_ptr e = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF);
+        if (e.pos < 0)
+            return avail > MAX_LINE ? -1 : 0;
+        if ((size_t)e.pos > MAX_LINE)
+            return -1;
+        len = (size_t)e.pos;
+        used = len + eol;
+        evbuffer_copyout(in, buf, len);
+    }
+    buf[len] = '\0';
+    *n = len;
+    evbuffer_drain(in, used);
+    return 1;
+}
+
 /* Runs the parser over the input; returns 1 when the response is complete, 0 to wait, -1 on a
  * protocol error (reason set in the call). */
 static int parse(struct upstream_conn *conn)
 {
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
+    char lbuf[MAX_LINE + 1];
     for (;;) {
-        size_t n;
+        size_t n = 0;
         char *line;
         switch (conn->ps) {
         case PS_STATUS:
@@ -481,18 +599,17 @@ static int parse(struct upstream_conn *conn)
         case PS_CHUNK_SIZE:
         case PS_CHUNK_CRLF:
         case PS_TRAILERS:
-            line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-            if (!line) {
-                if (evbuffer_get_length(in) > MAX_LINE) {
-                    call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response line too long");
-                    return -1;
-                }
+            switch (take_line(in, lbuf, &n)) {
+            case 0:
                 return 0;
+            case -1:
+                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response line too long");
+                return -1;
             }
+            line = lbuf;
             conn->header_bytes += n + 2;
             if (conn->header_bytes > MAX_HEADER_BYTES && conn->ps != PS_CHUNK_SIZE &&
                 conn->ps != PS_CHUNK_CRLF) {
-                free(line);
                 call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response headers too large");
                 return -1;
             }
@@ -505,15 +622,12 @@ static int parse(struct upstream_conn *conn)
         case PS_STATUS: {
             unsigned minor, status;
             if (n == 0) { /* tolerate a stray CRLF before the status line */
-                free(line);
                 continue;
             }
             if (parse_status_line(line, n, &minor, &status) != 0) {
-                free(line);
                 call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed status line");
                 return -1;
             }
-            free(line);
             reset_resp(&call->resp);
             call->resp.status = (int)status;
             conn->http10 = minor == 0;
@@ -523,14 +637,12 @@ static int parse(struct upstream_conn *conn)
         case PS_HEADERS:
             if (n > 0) {
                 int rc = on_header(conn, line);
-                free(line);
                 if (rc < 0) {
                     call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed response header");
                     return -1;
                 }
                 break;
             }
-            free(line);
             if (call->resp.status < 200) { /* 1xx: the real response follows */
                 conn->ps = PS_STATUS;
                 conn->has_len = conn->chunked = 0;
@@ -564,7 +676,6 @@ static int parse(struct upstream_conn *conn)
             /* strtoull takes a sign and spaces ("-1" is 2^64-1): a size starts with a digit */
             int bad = !isxdigit((unsigned char)line[0]) || errno ||
                       (*end && *end != ';' && *end != ' ');
-            free(line);
             if (bad) {
                 call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk size");
                 return -1;
@@ -586,7 +697,6 @@ static int parse(struct upstream_conn *conn)
             break;
         }
         case PS_CHUNK_CRLF:
-            free(line);
             if (n != 0) {
                 call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk end");
                 return -1;
@@ -594,7 +704,6 @@ static int parse(struct upstream_conn *conn)
             conn->ps = PS_CHUNK_SIZE;
             break;
         case PS_TRAILERS:
-            free(line);
             if (n == 0)
                 return 1;
             break;
@@ -1072,6 +1181,14 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     call->timer = evtimer_new(c->base, timer_cb, call);
     reset_resp(&call->resp);
     TAILQ_INSERT_TAIL(&c->calls, call, all_link);
+    struct upstream_conn *idle = TAILQ_FIRST(&pool->idle);
+    if (idle && TAILQ_EMPTY(&pool->waiting) && !pool->kicking) {
+        /* a kept-alive connection is free and no call waits for one: the request goes out now,
+         * without a connect deadline set here and cleared by pool_kick() at once */
+        TAILQ_REMOVE(&pool->idle, idle, link);
+        conn_start_call(idle, call);
+        return FBR_OK;
+    }
     call->waiting = 1;
     TAILQ_INSERT_TAIL(&pool->waiting, call, link);
     arm_timer(call, c->opts.connect_timeout_ms);
@@ -1160,7 +1277,6 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
     c->opts.nameserver = NULL;
     fbr_strmap_init(&c->pools);
     TAILQ_INIT(&c->calls);
-    c->scratch = evbuffer_new();
     *out = c;
     return FBR_OK;
 }
@@ -1210,8 +1326,7 @@ void fbr_client_free(struct fbr_client **cp)
     fbr_strmap_each(&c->pools, free_pool, NULL);
     fbr_strmap_clear(&c->pools);
     SSL_CTX_free(c->ssl_ctx);
-    if (c->scratch)
-        evbuffer_free(c->scratch);
+    free(c->wbuf);
     free(c);
     *cp = NULL;
 }

@@ -575,6 +575,14 @@ static void retry_later(struct delivery *dl, enum fbr_retry_reason why, const ch
     transition(dl, FBR_DS_BACKING_OFF, now + delay, reason);
 }
 
+/* "http <status>" into buf (at least 16 bytes): the reason of every answered attempt, without
+ * a printf per delivery. */
+static void http_reason(char *buf, int status)
+{
+    memcpy(buf, "http ", 5);
+    fbr_fmt_u64(buf + 5, status > 0 ? (uint64_t)status : 0); /* and the NUL */
+}
+
 static void on_response(const struct fbr_client_resp *r, void *arg)
 {
     struct delivery *dl = arg;
@@ -602,7 +610,7 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
         fbr_log(FBR_LOG_DEBUG, dl->id, NULL, "attempt %u failed: %s", dl->attempts, r->reason);
         retry_later(dl, map[r->err], r->reason);
     } else if (r->status >= 200 && r->status < 300) {
-        snprintf(reason, sizeof(reason), "http %d", r->status);
+        http_reason(reason, r->status);
         transition(dl, FBR_DS_DELIVERED, 0, reason);
     } else if (r->status == 429) {
         /* A window's Reset counts when that window is the one that ran out (Remaining 0) or
@@ -642,7 +650,7 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
         drop_auth_attempt(dl);
         transition(dl, FBR_DS_WAITING_RATE, now, "http 401: renewing the credentials");
     } else if (r->status >= 500 || r->status == 408) {
-        snprintf(reason, sizeof(reason), "http %d", r->status);
+        http_reason(reason, r->status);
         retry_later(dl, r->status == 408 ? FBR_RETRY_HTTP_408 : FBR_RETRY_HTTP_5XX, reason);
     } else {
         snprintf(reason, sizeof(reason), "http %d%s%.*s", r->status, r->body_len ? ": " : "",

@@ -187,6 +187,43 @@ START_TEST(client_parses_responses)
 }
 END_TEST
 
+/*
+ * Response lines are taken from the input's first chain without an allocation each, and across
+ * chains when a line straddles two reads: a 9,000-byte header line (over two 4,096-byte reads)
+ * parses, and the lines after it too; a line over the 16 KiB limit is a protocol error.
+ */
+START_TEST(long_response_lines)
+{
+    srv = tsrv_new(base, NULL);
+    static char ok[10100], bad[17100];
+    char pad[17000];
+    memset(pad, 'p', sizeof(pad));
+    snprintf(ok, sizeof(ok), "HTTP/1.1 200 OK\r\nX-Pad: %.9000s\r\nX-Ratelimit-Remaining: 4\r\n"
+             "Content-Length: 2\r\n\r\nok", pad);
+    snprintf(bad, sizeof(bad), "HTTP/1.1 200 OK\r\nX-Pad: %.16990s\r\nContent-Length: 0\r\n\r\n",
+             pad);
+    struct tsrv_reply reps[] = {{0, NULL, 0, 0, ok, 0}, {0, NULL, 0, 0, bad, 0}};
+    tsrv_script(srv, "/long", reps, 2);
+    struct fbr_client *c = client_new(1, 5000, NULL);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/long", tsrv_port(srv));
+    struct fbr_client_req req = {"GET", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    raw_calls = 0;
+    ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+    ck_assert(tsrv_run_until(base, raw_done, 5000));
+    ck_assert_msg(raw_resp.err == FBR_CLIENT_ERR_NONE, "%s", raw_reason);
+    ck_assert_int_eq(raw_resp.status, 200);
+    ck_assert_int_eq(raw_resp.ratelimit_remaining, 4);
+    ck_assert_str_eq(raw_body, "ok");
+    raw_calls = 0;
+    ck_assert_int_eq(fbr_client_request(c, &req, raw_cb, NULL), FBR_OK);
+    ck_assert(tsrv_run_until(base, raw_done, 5000));
+    ck_assert_int_eq(raw_resp.err, FBR_CLIENT_ERR_PROTOCOL);
+    ck_assert_ptr_nonnull(strstr(raw_reason, "too long"));
+    fbr_client_free(&c);
+}
+END_TEST
+
 /* A name that cannot resolve fails the attempt within the connect deadline (by evdns' answer or by
  * the client's own timer, whichever comes first), and freeing the client with a lookup still
  * pending is clean. */
@@ -287,6 +324,77 @@ START_TEST(parse_handed_in)
     ck_assert_int_eq(got_calls, 0);
     ck_assert_uint_eq(tsrv_nreqs(srv), 2);
     fbr_client_free(&c);
+}
+END_TEST
+
+/*
+ * What goes on the wire, byte for byte, on one kept-alive connection: a body in several slices
+ * (copied after the head, one write), one of exactly the copy limit, one far larger (referenced,
+ * more than the socket takes at once, so the rest is written by the bufferevent), a GET without
+ * a body (no Content-Length), a target without a leading '/' (a query only).
+ */
+START_TEST(request_bytes_on_the_wire)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new(1, 5000, NULL);
+    char url[128], url_q[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/w/x?y=1", tsrv_port(srv));
+    snprintf(url_q, sizeof(url_q), "http://127.0.0.1:%d?only=q", tsrv_port(srv));
+    size_t big = 300 * 1024;
+    char *large = malloc(big), *exact = malloc(4096);
+    for (size_t i = 0; i < big; i++)
+        large[i] = (char)('a' + i % 26);
+    memset(exact, 'e', 4096);
+    static char p1[] = "{\"mess", p2[] = "age\": ", p3[] = "\"hi\"}";
+    struct iovec small[4] = {{p1, 6}, {NULL, 0}, {p2, 6}, {p3, 5}};
+    struct iovec big_iov[3] = {{large, 1000}, {large + 1000, big - 2000}, {large + big - 1000, 1000}};
+    struct iovec exact_iov[1] = {{exact, 4096}};
+    struct {
+        const char *method, *url;
+        const struct iovec *body;
+        size_t nbody, len;
+        const char *path;
+    } cases[] = {
+        {"POST", url, small, 4, 17, "/w/x?y=1"},
+        {"PUT", url, exact_iov, 1, 4096, "/w/x?y=1"},
+        {"POST", url, big_iov, 3, 300 * 1024, "/w/x?y=1"},
+        {"GET", url_q, NULL, 0, 0, "/?only=q"},
+    };
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        struct fbr_client_req req = {cases[i].method, cases[i].url, strlen(cases[i].url),
+                                     "X-A: 1\r\nX-B: two\r\n", 18, cases[i].body,
+                                     cases[i].nbody, NULL};
+        got_reset();
+        ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+        ck_assert(tsrv_run_until(base, got_one, 10000));
+        ck_assert_msg(got_status == 204, "case %zu: %d %s", i, got_status, got_reason);
+        ck_assert_int_eq(got_reused, i > 0);
+        const struct tsrv_req *r = tsrv_req(srv, i);
+        ck_assert_str_eq(r->path, cases[i].path);
+        char line[160];
+        snprintf(line, sizeof(line), "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: ",
+                 cases[i].method, cases[i].path, tsrv_port(srv));
+        ck_assert_msg(strncmp(r->head, line, strlen(line)) == 0, "head: %s", r->head);
+        ck_assert_ptr_nonnull(strstr(r->head, "\r\nX-A: 1\r\nX-B: two\r\n"));
+        snprintf(line, sizeof(line), "\r\nContent-Length: %zu\r\n", cases[i].len);
+        if (cases[i].len)
+            ck_assert_ptr_nonnull(strstr(r->head, line));
+        else
+            ck_assert_ptr_null(strstr(r->head, "Content-Length"));
+        ck_assert_uint_eq(r->body_len, cases[i].len);
+        size_t off = 0;
+        for (size_t k = 0; k < cases[i].nbody; k++) {
+            if (!cases[i].body[k].iov_len)
+                continue;
+            ck_assert_mem_eq(r->body + off, cases[i].body[k].iov_base, cases[i].body[k].iov_len);
+            off += cases[i].body[k].iov_len;
+        }
+    }
+    ck_assert_uint_eq(tsrv_accepted(srv), 1);
+    fbr_client_free(&c);
+    free(large);
+    free(exact);
 }
 END_TEST
 
@@ -600,6 +708,8 @@ int main(void)
     tcase_add_loop_test(tc, client_parses_responses, 0, FBR_ARRAY_LEN(raw_cases));
     tcase_add_test(tc, keep_alive_reused);
     tcase_add_test(tc, parse_handed_in);
+    tcase_add_test(tc, request_bytes_on_the_wire);
+    tcase_add_test(tc, long_response_lines);
     tcase_add_test(tc, pool_bounds_connections);
     tcase_add_test(tc, chunked_body_cut);
     tcase_add_test(tc, stalled_server_times_out);
