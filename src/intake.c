@@ -51,6 +51,7 @@ struct fbr_intake {
     json_t *org_json;          /* VO_ORGANIZATION_ID; NULL when org is not UTF-8 (no such field) */
     json_t *mt_json[MT_COUNT]; /* message_type in the platform's spelling, by type */
     json_t *success;           /* "success", the result of every accepted alert */
+    struct fbr_json_strings *strings; /* short string values of bodies, shared (json.h) */
     struct fbr_server *srv; /* borrowed, set by fbr_intake_register: draining means refusing */
     struct fbr_journal *journal; /* borrowed, may be NULL: a 200 waits for its commit */
     fbr_intake_observer_fn observer;
@@ -93,6 +94,7 @@ struct fbr_intake *fbr_intake_new(const struct fbr_intake_opts *opts)
     in->stamp_secs = -1;
     in->rcv_ms = -1;
     in->success = json_string_nocheck("success");
+    in->strings = fbr_json_strings_new();
     in->org_json = json_string(in->org);
     for (size_t i = 0; i < FBR_ARRAY_LEN(in->mt_json); i++)
         in->mt_json[i] = json_string_nocheck(fbr_msg_type_name((enum fbr_msg_type)i));
@@ -119,6 +121,7 @@ void fbr_intake_free(struct fbr_intake **inp)
     json_decref(in->time_utc);
     json_decref(in->rcv_time);
     json_decref(in->success);
+    fbr_json_strings_free(&in->strings);
     for (size_t i = 0; i < FBR_ARRAY_LEN(in->rk_json); i++)
         json_decref(in->rk_json[i]);
     for (size_t i = 0; i < FBR_ARRAY_LEN(in->mt_json); i++)
@@ -812,13 +815,13 @@ void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_in
 
 /* The body as JSON (new reference), or NULL when it is not JSON or its Content-Type, when
  * given, is not a JSON type (then *bad_type is 1). */
-static json_t *parse_body(struct fbr_http_req *req, int *bad_type)
+static json_t *parse_body(struct fbr_intake *in, struct fbr_http_req *req, int *bad_type)
 {
     const char *ct = fbr_http_header(req, "Content-Type");
     *bad_type = ct && !fbr_http_is_json_type(ct);
     if (!req->body.ptr || *bad_type)
         return NULL;
-    return fbr_json_loadb(req->body.ptr, req->body.len, NULL);
+    return fbr_json_loadb_shared(req->body.ptr, req->body.len, NULL, in->strings);
 }
 
 /* The endpoint refused the request for having no JSON body (after its key check, so a wrong
@@ -980,7 +983,7 @@ static void on_alert(struct fbr_http_req *req, void *arg)
         return;
     struct fbr_intake_reply r;
     int bad_type;
-    json_t *body = parse_body(req, &bad_type);
+    json_t *body = parse_body(arg, req, &bad_type);
     struct marks before;
     take_marks(arg, &before);
     fbr_intake_alert(arg, req->path, body, &r);
@@ -995,7 +998,7 @@ static void on_alertmanager(struct fbr_http_req *req, void *arg)
         return;
     struct fbr_intake_reply r;
     int bad_type;
-    json_t *body = parse_body(req, &bad_type);
+    json_t *body = parse_body(arg, req, &bad_type);
     struct marks before;
     take_marks(arg, &before);
     fbr_intake_alertmanager(arg, req->path, fbr_http_header(req, "Authorization"), body, &r);
@@ -1010,7 +1013,7 @@ static void on_event(struct fbr_http_req *req, void *arg)
         return;
     struct fbr_intake_reply r;
     int bad_type;
-    json_t *body = parse_body(req, &bad_type);
+    json_t *body = parse_body(arg, req, &bad_type);
     struct marks before;
     take_marks(arg, &before);
     fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);

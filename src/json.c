@@ -4,7 +4,8 @@
  * stream callback and a saved-token buffer; this one walks the buffer directly, takes strings
  * without escapes straight from it in runs, and builds the tree with jansson's constructors, so
  * everything after the intake keeps working on ordinary json_t values.  The rules it enforces
- * are jansson 2.14's, listed in json.h.
+ * are jansson 2.14's, listed in json.h.  For the intake it can also hand out one json_t for the
+ * short string values that repeat from body to body (fbr_json_loadb_shared).
  */
 #include "firebridge/json.h"
 
@@ -20,9 +21,59 @@
 
 #define MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
 
+/* Short string values read before, for fbr_json_loadb_shared: a direct-mapped table by hash
+ * of the text, each slot holding a reference. */
+enum { SHARED_SLOTS = 128, SHARED_MAX = 12 };
+
+struct fbr_json_strings {
+    struct {
+        json_t *v;
+        uint32_t hash;
+    } slot[SHARED_SLOTS];
+};
+
+struct fbr_json_strings *fbr_json_strings_new(void)
+{
+    return fbr_xcalloc(1, sizeof(struct fbr_json_strings));
+}
+
+void fbr_json_strings_free(struct fbr_json_strings **sp)
+{
+    struct fbr_json_strings *st = *sp;
+    if (!st)
+        return;
+    for (size_t i = 0; i < SHARED_SLOTS; i++)
+        json_decref(st->slot[i].v);
+    free(st);
+    *sp = NULL;
+}
+
+/* The string value s[0..n), n <= SHARED_MAX: the table's when it holds the same text, else a
+ * new one that takes its slot.  A new reference, or NULL when out of memory. */
+static json_t *shared_string(struct fbr_json_strings *st, const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    h ^= (uint32_t)n;
+    size_t i = h & (SHARED_SLOTS - 1);
+    json_t *v = st->slot[i].v;
+    if (v && st->slot[i].hash == h && json_string_length(v) == n &&
+        memcmp(json_string_value(v), s, n) == 0)
+        return json_incref(v);
+    json_t *made = json_stringn_nocheck(s, n);
+    if (!made)
+        return NULL;
+    json_decref(v);
+    st->slot[i].v = json_incref(made);
+    st->slot[i].hash = h;
+    return made;
+}
+
 struct reader {
     const unsigned char *start, *p, *end;
     json_error_t *err;
+    struct fbr_json_strings *strings; /* may be NULL */
     unsigned depth;
     /* Decoded escaped strings and number texts.  Escaped keys stay here (stacked at
      * [0, top)) while their value is read, so the space is a stack of byte strings. */
@@ -487,7 +538,8 @@ static json_t *read_value(struct reader *r)
         int in_buf;
         if (read_string(r, &s, &n, &in_buf))
             return NULL;
-        v = json_stringn_nocheck(s, n);
+        v = r->strings && n <= SHARED_MAX ? shared_string(r->strings, s, n)
+                                          : json_stringn_nocheck(s, n);
         if (!v)
             return fail(r, "out of memory");
     } else if (c == '-' || is_digit(c))
@@ -503,12 +555,19 @@ static json_t *read_value(struct reader *r)
 
 json_t *fbr_json_loadb(const char *buf, size_t len, json_error_t *err)
 {
+    return fbr_json_loadb_shared(buf, len, err, NULL);
+}
+
+json_t *fbr_json_loadb_shared(const char *buf, size_t len, json_error_t *err,
+                              struct fbr_json_strings *strings)
+{
     char stack[1024];
     struct reader r = {
         .start = (const unsigned char *)buf,
         .p = (const unsigned char *)buf,
         .end = (const unsigned char *)buf + len,
         .err = err,
+        .strings = strings,
         .buf = stack,
         .cap = sizeof(stack),
     };

@@ -23,6 +23,7 @@
 #include "firebridge/events.h"
 #include "firebridge/intake.h"
 #include "firebridge/journal.h"
+#include "firebridge/json.h"
 #include "firebridge/server.h"
 #include "testsupport.h"
 
@@ -492,7 +493,8 @@ END_TEST
 
 /* A rule that rewrites stamped fields of one alert replaces that alert's values: the next alert,
  * stamped in the same millisecond for the same routing key, gets the stamps unchanged, and the
- * rewritten alert (still held by its delivery) keeps its rewrite. */
+ * rewritten alert (still held by its delivery) keeps its rewrite; so does a value the intake's
+ * reader shares between bodies (message_type). */
 START_TEST(rules_rewrite_only_their_alert)
 {
     struct fixture f;
@@ -513,20 +515,32 @@ START_TEST(rules_rewrite_only_their_alert)
     static const char *const bodies[] = {
         "{\"message_type\":\"CRITICAL\",\"entity_id\":\"plain-1\"}",
         "{\"message_type\":\"CRITICAL\",\"entity_id\":\"rewrite\"}",
-        "{\"message_type\":\"critical\",\"entity_id\":\"plain-2\"}",
+        "{\"message_type\":\"CRITICAL\",\"entity_id\":\"plain-2\"}",
+        "{\"message_type\":\"critical\",\"entity_id\":\"plain-3\"}",
     };
     static const char *const want[] = {
         "team CRITICAL 1700000000123 acme 2023-11-14T22:13:20Z",
         "team-moved CRITICAL! 0 acme+ never",
         "team CRITICAL 1700000000123 acme 2023-11-14T22:13:20Z",
+        "team CRITICAL 1700000000123 acme 2023-11-14T22:13:20Z",
     };
-    for (size_t i = 0; i < 3; i++) {
+    /* read as the intake reads a posted body: "CRITICAL" is one value in the first three */
+    struct fbr_json_strings *st = fbr_json_strings_new();
+    for (size_t i = 0; i < 4; i++) {
         char path[128];
         snprintf(path, sizeof(path), "%s%s/team", FBR_INTAKE_ALERT_PREFIX, f.key);
-        ck_assert_int_eq(post(&f, path, bodies[i], NULL, NULL), 200);
+        json_t *b = fbr_json_loadb_shared(bodies[i], strlen(bodies[i]), NULL, st);
+        struct fbr_intake_reply r;
+        fbr_intake_alert(f.intake, fbr_slice_from(path), b, &r);
+        json_decref(b);
+        json_decref(r.body);
+        ck_assert_int_eq(r.status, 200);
         ck_assert_uint_eq(f.q.n, i + 1);
     }
-    for (size_t i = 0; i < 3; i++) {
+    fbr_json_strings_free(&st);
+    ck_assert_ptr_eq(json_object_get(json_object_get(f.q.v[0]->event, "ALERT"), "message_type"),
+                     json_object_get(json_object_get(f.q.v[2]->event, "ALERT"), "message_type"));
+    for (size_t i = 0; i < 4; i++) {
         char *body = flat(&f.q.v[i]->body);
         ck_assert_str_eq(body, want[i]);
         free(body);

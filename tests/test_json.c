@@ -3,7 +3,8 @@
  * JSON_REJECT_DUPLICATES, which it replaces on the hot path: a table of inputs covering every
  * rule of json.h (each accepted or refused as the table says, by both, with the same tree), depth
  * at and past the limit, strings long enough that the decode stack moves while an escaped key
- * waits on it, the fuzz seed corpus, and seeded random mutations of those seeds.
+ * waits on it, the fuzz seed corpus, and seeded random mutations of those seeds; the shared
+ * reader (fbr_json_loadb_shared) builds the same trees with its short values shared.
  */
 #include <check.h>
 #include <dirent.h>
@@ -306,6 +307,79 @@ START_TEST(seeds_and_mutations)
 }
 END_TEST
 
+/* ---- fbr_json_loadb_shared: the same trees, short string values shared ---------------------- */
+
+/* The shared reader with table st gives what fbr_json_loadb gives: an equal tree, or the same
+ * refusal with the same error. */
+static void check_shared(struct fbr_json_strings *st, const char *in, size_t len, const char *label)
+{
+    json_error_t e1, e2;
+    json_t *plain = fbr_json_loadb(in, len, &e1);
+    json_t *shared = fbr_json_loadb_shared(in, len, &e2, st);
+    ck_assert_msg(!plain == !shared, "%s: one reader accepts, the other refuses", label);
+    if (plain)
+        ck_assert_msg(fbr_json_trees_same(plain, shared), "%s: different trees", label);
+    else
+        ck_assert_msg(strcmp(e1.text, e2.text) == 0, "%s: %s vs %s", label, e1.text, e2.text);
+    json_decref(plain);
+    json_decref(shared);
+}
+
+START_TEST(shared_reader_same_trees)
+{
+    struct fbr_json_strings *st = fbr_json_strings_new();
+    for (int pass = 0; pass < 2; pass++) { /* the second finds the first's values in the table */
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            char label[96];
+            snprintf(label, sizeof(label), "pass %d, case %zu (%.60s)", pass, i, cases[i].in);
+            check_shared(st, cases[i].in, cases[i].len, label);
+        }
+    }
+    fbr_json_strings_free(&st);
+    ck_assert_ptr_null(st);
+    fbr_json_strings_free(&st); /* NULL is fine */
+}
+END_TEST
+
+START_TEST(shared_reader_shares_short_values)
+{
+    struct fbr_json_strings *st = fbr_json_strings_new();
+    static const char a_in[] = "{\"t\":\"CRITICAL\",\"long\":\"0123456789abcdefghijklmn\","
+                               "\"e\":\"A\\u00e9\",\"k\":\"x\"}";
+    static const char b_in[] = "[\"CRITICAL\",\"0123456789abcdefghijklmn\",\"A\xc3\xa9\",1]";
+    json_t *a = fbr_json_loadb_shared(a_in, sizeof(a_in) - 1, NULL, st);
+    json_t *b = fbr_json_loadb_shared(b_in, sizeof(b_in) - 1, NULL, st);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    /* at most 12 bytes: one value, also when one body escapes it; longer: one each */
+    ck_assert_ptr_eq(json_object_get(a, "t"), json_array_get(b, 0));
+    ck_assert_ptr_eq(json_object_get(a, "e"), json_array_get(b, 2));
+    ck_assert_ptr_ne(json_object_get(a, "long"), json_array_get(b, 1));
+    /* A member replaced in one tree leaves the other as it was. */
+    json_object_set_new(a, "t", json_string("WARNING"));
+    ck_assert_str_eq(json_string_value(json_array_get(b, 0)), "CRITICAL");
+    /* Many texts taking each other's slots: every value read is its own text. */
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 2000; i++) {
+            int k = round == 1 ? 1999 - i : (i * 7919) % 2000;
+            char in[64], want[16];
+            snprintf(want, sizeof(want), "v%d", k);
+            snprintf(in, sizeof(in), "{\"x\":\"%s\",\"y\":[\"%s\"]}", want, want);
+            json_t *j = fbr_json_loadb_shared(in, strlen(in), NULL, st);
+            ck_assert_str_eq(json_string_value(json_object_get(j, "x")), want);
+            ck_assert_ptr_eq(json_object_get(j, "x"), json_array_get(json_object_get(j, "y"), 0));
+            json_decref(j);
+        }
+    }
+    /* The trees outlive the table. */
+    fbr_json_strings_free(&st);
+    ck_assert_str_eq(json_string_value(json_array_get(b, 0)), "CRITICAL");
+    ck_assert_str_eq(json_string_value(json_object_get(a, "e")), "A\xc3\xa9");
+    json_decref(a);
+    json_decref(b);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("json");
@@ -316,6 +390,8 @@ int main(void)
     tcase_add_test(tc, depth_limit);
     tcase_add_test(tc, long_strings_and_escaped_keys);
     tcase_add_test(tc, seeds_and_mutations);
+    tcase_add_test(tc, shared_reader_same_trees);
+    tcase_add_test(tc, shared_reader_shares_short_values);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

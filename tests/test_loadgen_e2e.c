@@ -130,6 +130,13 @@ START_TEST(two_seconds_nothing_lost)
     }
     /* a delivery reaches the sink after the alert was sent */
     ck_assert(real(j, "end_to_end", "min_ms") > 0);
+    /* the sender's own lateness, per alert a part of its intake latency: so at every percentile
+     * no more than the intake's (the histogram's buckets keep the order) */
+    ck_assert_int_eq(num(j, "send_lag", "count"), measured);
+    const char *ps[] = {"p50_ms", "p90_ms", "p99_ms", "max_ms"};
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(real(j, "send_lag", ps[i]) <= real(j, "intake", ps[i]), "%s: %s", ps[i],
+                      text);
     ck_assert_int_gt(num(j, "daemon_peak_rss_kb", NULL), 1000);
     ck_assert_int_eq(dutil_metric(d.port, "firebridge_deliveries_total{outcome=\"delivered\"}"),
                      sent);

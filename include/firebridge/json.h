@@ -35,4 +35,21 @@
  * column). */
 json_t *fbr_json_loadb(const char *buf, size_t len, json_error_t *err);
 
+/*
+ * The short string values that repeat from one body to the next (message types, tools, hosts,
+ * rooms) made once: fbr_json_loadb_shared() gives a value of at most 12 bytes the json_t it
+ * gave for the same text before, while that text holds its slot among 128.  Such a value is
+ * referenced by several trees, so whoever holds a tree read this way replaces values
+ * (json_object_set) and never changes a string in place (json_string_set).  One table per
+ * thread; fbr_json_strings_free() drops its references and sets *strings to NULL.
+ */
+struct fbr_json_strings;
+struct fbr_json_strings *fbr_json_strings_new(void);
+void fbr_json_strings_free(struct fbr_json_strings **strings);
+
+/* fbr_json_loadb() with string values taken from strings (borrowed; NULL: none); the same tree
+ * as far as json_equal() and the text written from it can tell. */
+json_t *fbr_json_loadb_shared(const char *buf, size_t len, json_error_t *err,
+                              struct fbr_json_strings *strings);
+
 #endif

@@ -35,6 +35,7 @@ struct lg_conn {
     struct bufferevent *bev;
     int metrics; /* the /metrics poller */
     int busy;    /* a request is in flight */
+    int connected; /* the connect completed: requests are written straight to the socket */
     int cooling; /* after a transport error: idle again when `cool` fires */
     struct event *cool;
     uint64_t seq, intended_ns;
@@ -166,6 +167,7 @@ static int conn_open(struct lg_conn *c)
         return -1;
     }
     c->have_head = 0;
+    c->connected = 0;
     return 0;
 }
 
@@ -175,6 +177,7 @@ static void conn_close(struct lg_conn *c)
         bufferevent_free(c->bev);
     c->bev = NULL;
     c->have_head = 0;
+    c->connected = 0;
 }
 
 static void make_idle(struct lg_conn *c)
@@ -248,6 +251,7 @@ static void conn_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c->connected = 1;
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
@@ -336,7 +340,20 @@ static int conn_send(struct lg_conn *c, const char *req, size_t len)
 {
     if (!c->bev && conn_open(c) != 0)
         return -1;
-    if (evbuffer_add(bufferevent_get_output(c->bev), req, len) != 0)
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (c->connected && evbuffer_get_length(out) == 0) {
+        /* Straight to the socket: through the bufferevent, every request would turn its write
+         * event on and, once written, off again, two epoll_ctl per alert.  What the kernel does
+         * not take now goes through the bufferevent. */
+        ssize_t n = send(bufferevent_getfd(c->bev), req, len, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        if (n > 0) {
+            req += n;
+            len -= (size_t)n;
+        }
+    }
+    if (len && evbuffer_add(out, req, len) != 0)
         return -1;
     c->busy = 1;
     c->have_head = 0;
