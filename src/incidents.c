@@ -169,6 +169,72 @@ struct age_list {
     struct incident *head, *tail;
 };
 
+/* The alert's members the table reads: index, key. */
+#define ALERT_FIELD_MAP(X)                                                                         \
+    X(MESSAGE_TYPE, "message_type")                                                                \
+    X(STATE_START_TIME, "state_start_time")                                                        \
+    X(TIMESTAMP, "timestamp")                                                                      \
+    X(ROUTING_KEY, "routing_key")                                                                  \
+    X(ENTITY_ID, "entity_id")                                                                      \
+    X(HOST_NAME, "host_name")                                                                      \
+    X(HOSTNAME, "hostname")                                                                        \
+    X(SERVICE, "service")                                                                          \
+    X(ENTITY_DISPLAY_NAME, "entity_display_name")                                                  \
+    X(VO_UUID, "VO_UUID")                                                                          \
+    X(ACK_AUTHOR, "ack_author")                                                                    \
+    X(ACK_MSG, "ack_msg")
+enum alert_field {
+#define FBR_X(name, key) A_##name,
+    ALERT_FIELD_MAP(FBR_X)
+#undef FBR_X
+        A_COUNT
+};
+
+/* Those members' values (borrowed from the alert), NULL where it has none. */
+struct alert_fields {
+    json_t *v[A_COUNT];
+};
+
+static const struct fbr_slice alert_keys[] = {
+#define FBR_X(name, key) FBR_SLICE(key),
+    ALERT_FIELD_MAP(FBR_X)
+#undef FBR_X
+};
+
+/* Finding a member's field in a walk over an alert: an open-addressing table of the field
+ * indexes (+1; 0: empty), by a hash of a key's length and first and last bytes, built with the
+ * incident table. */
+#define FIELD_SLOTS 32 /* a power of two, at least twice A_COUNT */
+_Static_assert(FIELD_SLOTS >= 2 * A_COUNT, "FIELD_SLOTS too small for ALERT_FIELD_MAP");
+
+static unsigned field_hash(const char *k, size_t n)
+{
+    return (unsigned)(n + (unsigned char)k[0] + 8u * (unsigned char)k[n - 1]) & (FIELD_SLOTS - 1);
+}
+
+static void field_slots_build(uint8_t slot[FIELD_SLOTS])
+{
+    for (size_t i = 0; i < A_COUNT; i++) {
+        unsigned h = field_hash(alert_keys[i].ptr, alert_keys[i].len);
+        while (slot[h])
+            h = (h + 1) & (FIELD_SLOTS - 1);
+        slot[h] = (uint8_t)(i + 1);
+    }
+}
+
+/* The field of member k (n bytes), A_COUNT for one the table does not read. */
+static enum alert_field field_of(const uint8_t slot[FIELD_SLOTS], const char *k, size_t n)
+{
+    if (n == 0)
+        return A_COUNT;
+    for (unsigned h = field_hash(k, n); slot[h]; h = (h + 1) & (FIELD_SLOTS - 1)) {
+        enum alert_field i = (enum alert_field)(slot[h] - 1);
+        if (alert_keys[i].len == n && memcmp(alert_keys[i].ptr, k, n) == 0)
+            return i;
+    }
+    return A_COUNT;
+}
+
 struct fbr_incidents {
     struct fbr_incidents_opts opts;
     struct fbr_journal *journal; /* borrowed, NULL: in memory only */
@@ -182,6 +248,7 @@ struct fbr_incidents {
     struct fbr_strmap deferred; /* key -> struct deferred: each key's latest record, during
                                    the replay only (parsed once, at its end) */
     uint64_t next_number;
+    uint8_t field_slot[FIELD_SLOTS]; /* alert member -> field (alert_fields_read) */
     struct line line;     /* journal record being written */
     uint64_t evicted, evicted_open;
     /* The rate-limited "table full" warning: open incidents dropped since the last line. */
@@ -866,6 +933,7 @@ int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_inciden
     t->nbuckets = 64;
     t->buckets = fbr_xcalloc(t->nbuckets, sizeof(*t->buckets));
     t->next_number = 1;
+    field_slots_build(t->field_slot);
     fbr_strmap_init(&t->deferred);
     t->journal = opts->journal;
     if (t->journal) {
@@ -979,16 +1047,33 @@ static void make_room(struct fbr_incidents *t, uint64_t now_ms)
     forget(t, victim);
 }
 
-static json_t *alert_get(json_t *alert, struct fbr_slice k)
+/* An alert up to this many members is read in one walk over them (a dozen lookups, each hashing
+ * its key, cost more than that); a larger one by one lookup per field, so that an alert's size
+ * does not multiply the table's work. */
+#define ALERT_WALK_MAX 32
+
+static void alert_fields_read(const struct fbr_incidents *t, json_t *alert,
+                              struct alert_fields *f)
 {
-    return json_object_getn(alert, k.ptr, k.len);
+    if (json_object_size(alert) > ALERT_WALK_MAX) {
+        for (size_t i = 0; i < A_COUNT; i++)
+            f->v[i] = json_object_getn(alert, alert_keys[i].ptr, alert_keys[i].len);
+        return;
+    }
+    memset(f, 0, sizeof(*f));
+    for (void *it = json_object_iter(alert); it; it = json_object_iter_next(alert, it)) {
+        enum alert_field i =
+            field_of(t->field_slot, json_object_iter_key(it), json_object_iter_key_len(it));
+        if (i != A_COUNT)
+            f->v[i] = json_object_iter_value(it);
+    }
 }
 
-/* The alert's string field k as a C string reads it (up to a NUL: the table's strings hold none),
- * {NULL, 0} when absent or not a string. */
-static struct fbr_slice alert_str(json_t *alert, struct fbr_slice k)
+/* Field i as a C string reads it (up to a NUL: the table's strings hold none), {NULL, 0} when
+ * absent or not a string. */
+static struct fbr_slice alert_str(const struct alert_fields *f, enum alert_field i)
 {
-    return fbr_slice_from(json_string_value(alert_get(alert, k)));
+    return fbr_slice_from(json_string_value(f->v[i]));
 }
 
 static struct fbr_slice or_empty(struct fbr_slice s)
@@ -996,10 +1081,10 @@ static struct fbr_slice or_empty(struct fbr_slice s)
     return s.ptr ? s : FBR_SLICE("");
 }
 
-/* Epoch seconds (number or numeric string) in field k, as ms; 0 when absent or unusable. */
-static uint64_t alert_secs_ms(json_t *alert, struct fbr_slice k)
+/* Epoch seconds (number or numeric string) in field i, as ms; 0 when absent or unusable. */
+static uint64_t alert_secs_ms(const struct alert_fields *f, enum alert_field i)
 {
-    json_t *v = alert_get(alert, k);
+    json_t *v = f->v[i];
     double secs = 0;
     if (json_is_number(v)) {
         secs = json_number_value(v);
@@ -1012,16 +1097,16 @@ static uint64_t alert_secs_ms(json_t *alert, struct fbr_slice k)
     return secs > 0 && secs < 1e12 ? (uint64_t)(secs * 1000.0) : 0;
 }
 
-static struct fbr_slice host_of(json_t *alert)
+static struct fbr_slice host_of(const struct alert_fields *f)
 {
-    struct fbr_slice h = alert_str(alert, FBR_SLICE("host_name"));
-    return or_empty(h.ptr ? h : alert_str(alert, FBR_SLICE("hostname")));
+    struct fbr_slice h = alert_str(f, A_HOST_NAME);
+    return or_empty(h.ptr ? h : alert_str(f, A_HOSTNAME));
 }
 
-static struct fbr_slice service_of(json_t *alert)
+static struct fbr_slice service_of(const struct alert_fields *f)
 {
-    struct fbr_slice s = alert_str(alert, FBR_SLICE("service"));
-    return or_empty(s.ptr ? s : alert_str(alert, FBR_SLICE("entity_display_name")));
+    struct fbr_slice s = alert_str(f, A_SERVICE);
+    return or_empty(s.ptr ? s : alert_str(f, A_ENTITY_DISPLAY_NAME));
 }
 
 /* The namespaces are built per alert on the hot path: plain setters, no format parsing, no UTF-8
@@ -1086,8 +1171,8 @@ static json_t *incident_json(const struct incident *in)
 }
 
 /* STATE for an alert that touches no incident (eid: its entity id, "" when it has none). */
-static json_t *state_no_incident(json_t *alert, struct fbr_slice eid, enum fbr_msg_type mt,
-                                 uint64_t start_ms)
+static json_t *state_no_incident(const struct alert_fields *f, struct fbr_slice eid,
+                                 enum fbr_msg_type mt, uint64_t start_ms)
 {
     json_t *o = json_object();
     put_s(o, "INCIDENT_NAME", FBR_SLICE(""));
@@ -1098,19 +1183,19 @@ static json_t *state_no_incident(json_t *alert, struct fbr_slice eid, enum fbr_m
     put_s(o, "ACK_MSG", FBR_SLICE(""));
     put_i(o, "ACK_TIMESTAMP", 0);
     put_s(o, "ENTITY_ID", eid);
-    put_s(o, "HOST", host_of(alert));
-    put_s(o, "SERVICE", service_of(alert));
+    put_s(o, "HOST", host_of(f));
+    put_s(o, "SERVICE", service_of(f));
     put_i(o, "STATE_START_TIME", start_ms);
     put_i(o, "INCIDENT_TIMESTAMP", 0);
-    put_s(o, "LAST_UUID", alert_str(alert, FBR_SLICE("VO_UUID")));
+    put_s(o, "LAST_UUID", alert_str(f, A_VO_UUID));
     return o;
 }
 
 /* A trigger's fields in v and s[]: takes the number the commit will claim (t->next_number); the
  * commit advances the counter. */
 static void reset_for_trigger(const struct fbr_incidents *t, struct incident *v,
-                              struct fbr_slice s[S_COUNT], json_t *alert, enum fbr_msg_type mt,
-                              uint64_t now_ms, uint64_t start_ms)
+                              struct fbr_slice s[S_COUNT], const struct alert_fields *f,
+                              enum fbr_msg_type mt, uint64_t now_ms, uint64_t start_ms)
 {
     v->number = t->next_number;
     v->phase = FBR_PHASE_UNACKED;
@@ -1122,8 +1207,8 @@ static void reset_for_trigger(const struct fbr_incidents *t, struct incident *v,
     v->state_start_ms = start_ms;
     v->opened_ms = now_ms;
     v->resolved_ms = 0;
-    s[S_HOST] = host_of(alert);
-    s[S_SERVICE] = service_of(alert);
+    s[S_HOST] = host_of(f);
+    s[S_SERVICE] = service_of(f);
 }
 
 static void forget(struct fbr_incidents *t, struct incident *in);
@@ -1178,6 +1263,7 @@ enum fbr_transition fbr_incident_transition_for(enum fbr_msg_type mt,
  * finds (borrowed from the table, NULL for none).  Release with decision_done(). */
 struct decision {
     struct fbr_incident_decision d;
+    struct alert_fields f;
     struct fbr_slice rk, eid; /* borrowed from the alert, "" when absent */
     char *key;                /* kbuf, or allocated when longer */
     size_t key_len;
@@ -1215,17 +1301,18 @@ static void decide(const struct fbr_incidents *t, json_t *alert, uint64_t now_ms
                    struct decision *d)
 {
     d->d = (struct fbr_incident_decision){0};
-    json_t *mtv = alert_get(alert, FBR_SLICE("message_type"));
+    alert_fields_read(t, alert, &d->f);
+    json_t *mtv = d->f.v[A_MESSAGE_TYPE];
     enum fbr_msg_type mt = FBR_MT_INFO;
     if (json_is_string(mtv))
         fbr_msg_type_parse(json_string_value(mtv), json_string_length(mtv), &mt);
     d->d.msg_type = mt;
-    uint64_t start_ms = alert_secs_ms(alert, FBR_SLICE("state_start_time"));
+    uint64_t start_ms = alert_secs_ms(&d->f, A_STATE_START_TIME);
     if (!start_ms)
-        start_ms = alert_secs_ms(alert, FBR_SLICE("timestamp"));
+        start_ms = alert_secs_ms(&d->f, A_TIMESTAMP);
     d->d.start_ms = start_ms ? start_ms : now_ms;
-    d->rk = or_empty(alert_str(alert, FBR_SLICE("routing_key")));
-    d->eid = or_empty(alert_str(alert, FBR_SLICE("entity_id")));
+    d->rk = or_empty(alert_str(&d->f, A_ROUTING_KEY));
+    d->eid = or_empty(alert_str(&d->f, A_ENTITY_ID));
     decision_key(d);
     d->cur = *slot_h(t, d->key, d->hash);
     enum fbr_transition tr = fbr_incident_transition_for(
@@ -1254,7 +1341,7 @@ void fbr_incidents_decide(const struct fbr_incidents *t, json_t *alert, uint64_t
 /* The incident as the decided change leaves it: a detached new version, or NULL when the
  * transition is NONE.  The table is not touched. */
 static struct incident *changed(const struct fbr_incidents *t, const struct decision *d,
-                                json_t *alert, uint64_t now_ms)
+                                uint64_t now_ms)
 {
     enum fbr_transition tr = d->d.transition;
     if (tr == FBR_TR_NONE)
@@ -1282,13 +1369,13 @@ static struct incident *changed(const struct fbr_incidents *t, const struct deci
         v.state = mt;
         break;
     case FBR_TR_TRIGGERED:
-        reset_for_trigger(t, &v, s, alert, mt, now_ms, d->d.start_ms);
+        reset_for_trigger(t, &v, s, &d->f, mt, now_ms, d->d.start_ms);
         break;
     case FBR_TR_ACKED: {
         v.phase = FBR_PHASE_ACKED;
-        struct fbr_slice who = alert_str(alert, FBR_SLICE("ack_author"));
+        struct fbr_slice who = alert_str(&d->f, A_ACK_AUTHOR);
         s[S_ACK_USER] = who.len ? who : FBR_SLICE("SYSTEM");
-        s[S_ACK_MSG] = or_empty(alert_str(alert, FBR_SLICE("ack_msg")));
+        s[S_ACK_MSG] = or_empty(alert_str(&d->f, A_ACK_MSG));
         v.ack_ms = now_ms;
         break;
     }
@@ -1301,7 +1388,7 @@ static struct incident *changed(const struct fbr_incidents *t, const struct deci
     case FBR_TR_NONE:
         break;
     }
-    s[S_UUID] = or_empty(alert_str(alert, FBR_SLICE("VO_UUID")));
+    s[S_UUID] = or_empty(alert_str(&d->f, A_VO_UUID));
     v.updated_ms = now_ms;
     return incident_make(&v, s);
 }
@@ -1320,7 +1407,7 @@ void fbr_incidents_prepare_for(struct fbr_incidents *t, json_t *alert, uint64_t 
     memset(res, 0, sizeof(*res));
     struct decision d;
     decide(t, alert, now_ms, &d);
-    struct incident *in = changed(t, &d, alert, now_ms);
+    struct incident *in = changed(t, &d, now_ms);
     decision_done(&d);
     t->pend.active = 1;
     t->pend.tr = d.d.transition;
@@ -1333,7 +1420,7 @@ void fbr_incidents_prepare_for(struct fbr_incidents *t, json_t *alert, uint64_t 
     const struct incident *shown = in ? in : d.cur;
     if (namespaces & FBR_NS_BIT(FBR_NS_STATE))
         res->state = shown ? state_json(shown)
-                           : state_no_incident(alert, d.eid, d.d.msg_type, d.d.start_ms);
+                           : state_no_incident(&d.f, d.eid, d.d.msg_type, d.d.start_ms);
     if (shown && (namespaces & FBR_NS_BIT(FBR_NS_INCIDENT)))
         res->incident = incident_json(shown);
 }

@@ -547,7 +547,11 @@ START_TEST(records_written_byte_for_byte)
     char *long_eid_json = repeat("x\\\"\\u00e9\\u0001", 1200);
     char *long_eid_rec = repeat("x\\\"\xc3\xa9\\u0001", 1200);
     char *long_msg = repeat("ack\\n", 700);
-    char long_alert[20000], long_ack[30000];
+    char long_alert[20000], long_ack[30000], wide_alert[2000];
+    int wn = snprintf(wide_alert, sizeof(wide_alert), "{\"routing_key\":\"t\",\"entity_id\":\"5\"");
+    for (int i = 0; i < 37; i++)
+        wn += snprintf(wide_alert + wn, sizeof(wide_alert) - (size_t)wn, ",\"pad%d\":%d", i, i);
+    snprintf(wide_alert + wn, sizeof(wide_alert) - (size_t)wn, ",\"message_type\":\"CRITICAL\"}");
     snprintf(long_alert, sizeof(long_alert),
              "{\"routing_key\":\"LONG\",\"entity_id\":\"%s\",\"message_type\":\"CRITICAL\","
              "\"host_name\":\"h\",\"hostname\":\"not used\",\"service\":\"s\","
@@ -565,7 +569,8 @@ START_TEST(records_written_byte_for_byte)
         {"{\"routing_key\":\"Ops-Team\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
          "\\u20ac/\\u2028\\u001f\",\"message_type\":\"critical\",\"hostname\":\"db\\u00011\","
          "\"entity_display_name\":\"Disk \\\"full\\\"\",\"VO_UUID\":\"u-1\","
-         "\"state_start_time\":1700000000}",
+         "\"state_start_time\":1700000000,\"\":\"empty name\",\"hxxxxxxe\":\"not hostname\","
+         "\"Service\":\"not service\"}",
          1700000001000},
         {"{\"routing_key\":\"ops-team\",\"entity_id\":\"we\\\"ird\\\\id\\n\\t\\u0001 \\u00e9"
          "\\u20ac/\\u2028\\u001f\",\"message_type\":\"WARNING\",\"host_name\":\"h2\","
@@ -597,8 +602,8 @@ START_TEST(records_written_byte_for_byte)
                             null service fall back */
         {"{\"message_type\":\"CRITICAL\"}", 1700000015000}, /* re-opens "", a new number */
         {"", 1700000016000 + 3600000},                       /* expiry of nothing yet */
-        {"{\"routing_key\":\"t\",\"entity_id\":\"5\",\"message_type\":\"CRITICAL\"}",
-         1700000017000}, /* a full table (4): the least recently updated open one goes */
+        {wide_alert, 1700000017000}, /* a full table (4): the least recently updated open one
+                                        goes; 40 members: read by lookups, not a walk */
         {"{\"routing_key\":\"k\",\"entity_id\":\"e\",\"message_type\":\"OK\"}", 1700000018000},
         {"", 1700000018000 + 3600000}, /* k/e expires */
     };
