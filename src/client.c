@@ -152,7 +152,7 @@ static void call_deliver(struct call *call)
 {
     struct fbr_client *c = call->client;
     TAILQ_REMOVE(&c->calls, call, all_link);
-    event_free(call->timer);
+    event_del(call->timer); /* in the call's allocation: freed with it */
     call->resp.reason = call->reason;
     call->resp.body = call->body;
     if (call->resp.err != FBR_CLIENT_ERR_NONE && fbr_log_enabled(FBR_LOG_DEBUG))
@@ -527,8 +527,7 @@ static void response_done(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
-    conn->call = NULL;
-    evtimer_del(call->timer);
+    conn->call = NULL; /* call_complete() stops its timer */
     int keep = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF &&
                evbuffer_get_length(bufferevent_get_input(conn->bev)) == 0 &&
                evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0;
@@ -1167,7 +1166,11 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     size_t cap = req->max_body > BODY_SAMPLE ? req->max_body : BODY_SAMPLE;
     if (cap > FBR_CLIENT_MAX_BODY)
         cap = FBR_CLIENT_MAX_BODY;
-    struct call *call = fbr_xcalloc(1, sizeof(*call) + cap + 1);
+    /* the call's timer event sits in the call's own allocation, after the body: no allocation
+     * of its own per request (event_get_struct_event_size() keeps this independent of
+     * libevent's layout) */
+    size_t timer_at = (sizeof(struct call) + cap + 1 + 15) & ~(size_t)15;
+    struct call *call = fbr_xcalloc(1, timer_at + event_get_struct_event_size());
     call->body_cap = cap;
     call->client = c;
     call->pool = pool;
@@ -1178,7 +1181,8 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     call->path = target.ptr;
     call->path_len = target.len;
     call->head_method = strcmp(req->method, "HEAD") == 0;
-    call->timer = evtimer_new(c->base, timer_cb, call);
+    call->timer = (struct event *)(void *)((char *)call + timer_at);
+    evtimer_assign(call->timer, c->base, timer_cb, call);
     reset_resp(&call->resp);
     TAILQ_INSERT_TAIL(&c->calls, call, all_link);
     struct upstream_conn *idle = TAILQ_FIRST(&pool->idle);
@@ -1319,7 +1323,7 @@ void fbr_client_free(struct fbr_client **cp)
                 conn_destroy(conn);
             }
         }
-        event_free(call->timer);
+        event_del(call->timer);
         free(call);
     }
     evdns_base_free(c->dns, 1);
