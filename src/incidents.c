@@ -82,14 +82,14 @@ const char *fbr_transition_name(enum fbr_transition t)
 /* The strings of an incident: index, journal record member.  The record writes them in this
  * order, the key first and the number ("n") right after it. */
 #define INCIDENT_STR_MAP(X)                                                                        \
-    X(KEY, "k")          /* lower-cased routing key, unit separator, entity id */                \
+    X(KEY, "k") /* lower-cased routing key, unit separator, entity id */                           \
     X(RK, "rk")                                                                                    \
     X(EID, "eid")                                                                                  \
     X(HOST, "host")                                                                                \
     X(SERVICE, "service")                                                                          \
     X(ACK_USER, "ack_user")                                                                        \
     X(ACK_MSG, "ack_msg")                                                                          \
-    X(UUID, "uuid")      /* the last alert's VO_UUID */
+    X(UUID, "uuid") /* the last alert's VO_UUID */
 enum incident_str {
 #define FBR_X(name, member) S_##name,
     INCIDENT_STR_MAP(FBR_X)
@@ -248,7 +248,8 @@ struct fbr_incidents {
     struct fbr_strmap deferred; /* key -> struct deferred: each key's latest record, during
                                    the replay only (parsed once, at its end) */
     uint64_t next_number;
-    uint8_t field_slot[FIELD_SLOTS]; /* alert member -> field (alert_fields_read) */
+    /* An alert member's name -> its field (alert_fields_read). */
+    uint8_t field_slot[FIELD_SLOTS];
     struct line line;     /* journal record being written */
     uint64_t evicted, evicted_open;
     /* The rate-limited "table full" warning: open incidents dropped since the last line. */
@@ -1052,8 +1053,7 @@ static void make_room(struct fbr_incidents *t, uint64_t now_ms)
  * does not multiply the table's work. */
 #define ALERT_WALK_MAX 32
 
-static void alert_fields_read(const struct fbr_incidents *t, json_t *alert,
-                              struct alert_fields *f)
+static void alert_fields_read(const struct fbr_incidents *t, json_t *alert, struct alert_fields *f)
 {
     if (json_object_size(alert) > ALERT_WALK_MAX) {
         for (size_t i = 0; i < A_COUNT; i++)
