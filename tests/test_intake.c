@@ -195,6 +195,8 @@ static const struct {
     {"custom_field", FBR_INTAKE_FIELD_MAX, "\xc3\xa9"},
     {"state_message", FBR_INTAKE_STATE_MESSAGE_MAX, "y"},
     {"entity_id", FBR_INTAKE_ENTITY_ID_MAX, "z"},
+    {"entity_id", FBR_INTAKE_ENTITY_ID_MAX, "\xe2\x82\xac"},
+    {"state_message", FBR_INTAKE_STATE_MESSAGE_MAX, "\xc3\xa9"},
 };
 
 START_TEST(field_limit)
