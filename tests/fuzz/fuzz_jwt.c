@@ -59,6 +59,8 @@ static enum fbr_jwt_err check(unsigned where, const char *tok, json_t *body)
     return rc;
 }
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)

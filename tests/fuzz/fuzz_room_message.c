@@ -45,6 +45,8 @@ static void check(json_t *body)
         abort();
 }
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     json_t *body = json_loadb((const char *)data, size, 0, NULL);
