@@ -211,6 +211,15 @@ START_TEST(oversized_and_odd_requests)
         dutil_read_response(fd, buf, sizeof(buf));
         close(fd);
     }
+    /* a blank before the method is a malformed request line (400), not an unknown method
+     * (libevhtp's 501): found by fuzz_http_screen */
+    static const char *const leading[] = {" GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                                          "  HOST /healthz HTTP/1.1\r\nHost: t\r\n\r\n"};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(leading); i++) {
+        st = dutil_http(d.port, leading[i], buf, sizeof(buf));
+        ck_assert_msg(st == 400, "leading blank %zu: %d %s", i,
+                      st, buf);
+    }
     /* a request line split over many small writes, and a pipelined request split mid-header:
      * both are held back until their header section is whole, then served */
     int fd = dutil_connect(d.port);
@@ -690,9 +699,10 @@ static int head_status(int port, const char *req, int bytewise, char *buf, size_
 }
 
 /*
- * The screener takes a whole ordinary header line at once (server.c fast_header_line) and any
- * other byte by byte: each head below, good or bad, gets the same answer whether it arrives in
- * one write (whole lines, the fast path where it applies) or one byte per write (the byte path).
+ * The screener takes a whole ordinary header line at once (server.c fast_header_line), a request
+ * target's ordinary bytes as a run (fast_target_run), and any other byte by byte: each head
+ * below, good or bad, gets the same answer whether it arrives in one write (the fast paths where
+ * they apply) or one byte per write (the byte path).
  */
 START_TEST(header_lines_whole_or_bytewise_same_answer)
 {
@@ -733,6 +743,40 @@ START_TEST(header_lines_whole_or_bytewise_same_answer)
         const char *b0 = strstr(buf[0], "\r\n\r\n"), *b1 = strstr(buf[1], "\r\n\r\n");
         ck_assert_msg(b0 && b1 && strcmp(b0, b1) == 0, "head %zu: bodies differ: %s / %s", i,
                       b0 ? b0 : "-", b1 ? b1 : "-");
+    }
+    /* request lines: odd bytes in the target, blanks, and targets around the line's limit
+     * (max_uri 8000 + 24: "POST " + target + " HTTP/1.1" + CR) */
+    static char lim[5][8100];
+    const size_t lens[5] = {8000, 8009, 8010, 8019, 8020}; /* 8009: the line at its limit */
+    for (int k = 0; k < 5; k++) {
+        lim[k][0] = '/';
+        memset(lim[k] + 1, 'a', lens[k] - 1);
+        lim[k][lens[k]] = '\0';
+    }
+    const char *lines[] = {
+        "POST /echo HTTP/1.1",      "POST /echo?q=\x80\xff%41 HTTP/1.1",
+        "POST /ec\x7fho HTTP/1.1",  "POST /ec\x01ho HTTP/1.1",
+        "POST /ec\tho HTTP/1.1",    "POST /echo  HTTP/1.1",
+        "POST  /echo HTTP/1.1",     "POST /echo HTTP/1.1 ",
+        "POST /echo\rHTTP/1.1",     "POST /echo",
+        "POST /echo HTTP/2.0",      "GET /healthz HTTP/1.0",
+    };
+    for (size_t i = 0; i < FBR_ARRAY_LEN(lines) + 5; i++) {
+        static char req[16384], line[8200];
+        if (i < FBR_ARRAY_LEN(lines))
+            snprintf(line, sizeof(line), "%s", lines[i]);
+        else
+            snprintf(line, sizeof(line), "POST %s HTTP/1.1", lim[i - FBR_ARRAY_LEN(lines)]);
+        snprintf(req, sizeof(req),
+                 "%s\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 2\r\nConnection: close\r\n\r\n{}", line);
+        int whole = head_status(ip.port, req, 0, buf[0], sizeof(buf[0]));
+        int bytewise = head_status(ip.port, req, 1, buf[1], sizeof(buf[1]));
+        ck_assert_msg(whole == bytewise, "line %zu: %d whole, %d byte by byte", i, whole,
+                      bytewise);
+        const char *b0 = strstr(buf[0], "\r\n\r\n"), *b1 = strstr(buf[1], "\r\n\r\n");
+        ck_assert_msg((!b0 && !b1) || (b0 && b1 && strcmp(b0, b1) == 0),
+                      "line %zu: bodies differ: %s / %s", i, b0 ? b0 : "-", b1 ? b1 : "-");
     }
     inproc_stop(&ip);
 }
