@@ -102,16 +102,24 @@ static double real(json_t *j, const char *a, const char *b)
     return json_number_value(v);
 }
 
+/* Starts the daemon from the seed recipe, limits lifted, delivering to a free port that the
+ * loadgen's sink will take (*sink_port); dir (cap bytes) gets a fresh scratch directory. */
+static void start_seed_daemon(struct dutil_daemon *d, char *dir, size_t cap, int *sink_port)
+{
+    dutil_tmpdir(dir, cap, "fbr-lg");
+    *sink_port = free_port();
+    const char *cfg = seed_config(dir, *sink_port);
+    const char *extra[] = {"-c",           cfg,         "--room-rate", "1000000/1",
+                           "--token-rate", "1000000/1", NULL};
+    dutil_daemon_start(d, "fbr-lgd", extra);
+}
+
 START_TEST(two_seconds_nothing_lost)
 {
     char dir[64];
-    dutil_tmpdir(dir, sizeof(dir), "fbr-lg");
-    int sink_port = free_port();
-    const char *cfg = seed_config(dir, sink_port);
-    const char *extra[] = {"-c",           cfg,         "--room-rate", "1000000/1",
-                           "--token-rate", "1000000/1", NULL};
+    int sink_port;
     struct dutil_daemon d;
-    dutil_daemon_start(&d, "fbr-lgd", extra);
+    start_seed_daemon(&d, dir, sizeof(dir), &sink_port);
     int st;
     json_t *j = run_loadgen(&d, dir, sink_port, "10", &st);
     char *text = json_dumps(j, JSON_COMPACT);
@@ -166,13 +174,9 @@ END_TEST
 START_TEST(sink_faults_injected)
 {
     char dir[64];
-    dutil_tmpdir(dir, sizeof(dir), "fbr-lg");
-    int sink_port = free_port();
-    const char *cfg = seed_config(dir, sink_port);
-    const char *extra[] = {"-c",           cfg,         "--room-rate", "1000000/1",
-                           "--token-rate", "1000000/1", NULL};
+    int sink_port;
     struct dutil_daemon d;
-    dutil_daemon_start(&d, "fbr-lgd", extra);
+    start_seed_daemon(&d, dir, sizeof(dir), &sink_port);
     const char *more[] = {"--sink-429", "0.05", "--sink-latency", "30", NULL};
     int st;
     json_t *j = run_loadgen_with(&d, dir, sink_port, "6", more, &st);
