@@ -273,6 +273,46 @@ START_TEST(trickling_client_is_closed)
 }
 END_TEST
 
+/*
+ * The read deadline of a later request on a keep-alive connection runs from that request's first
+ * byte (server.c arm_deadline: a timer armed for an earlier request and still running is not
+ * added again; when it fires it waits out what is left of the current request's time): request
+ * 1 answered, then request 2 begun 60 % of the read timeout later and trickled.  It must still be
+ * open past request 1's timer (the time the first timer fires), and be answered 408 and closed
+ * once its own time is up; a request answered before then keeps the connection.
+ */
+START_TEST(later_request_has_its_own_deadline)
+{
+    struct dutil_daemon d;
+    int t_ms = dutil_under_valgrind() ? 3000 : 1000;
+    char tbuf[16];
+    snprintf(tbuf, sizeof(tbuf), "%d", t_ms);
+    const char *const extra[] = {"--read-timeout", tbuf, NULL};
+    dutil_daemon_start(&d, "fbr-it", extra);
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    char buf[2048];
+    const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    /* a quick request, a pause of 60 % of the timeout, a second quick one: answered */
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+    dutil_msleep(t_ms * 6 / 10);
+    ck_assert_int_eq(dutil_send_all(fd, req, strlen(req)), 0);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+    /* the third begins 60 % of the timeout after the second and trickles: still open when the
+     * second's time is up (80 % of the timeout into the third), 408 once the third's is */
+    dutil_msleep(t_ms * 6 / 10);
+    ck_assert_int_eq(send(fd, "GET", 3, MSG_NOSIGNAL), 3);
+    char seen[1024] = "";
+    ck_assert_msg(!closed_within(fd, t_ms * 8 / 10, seen, sizeof(seen)),
+                  "closed before its own read timeout: %s", seen);
+    ck_assert_msg(closed_within(fd, t_ms * 4, seen, sizeof(seen)), "never closed");
+    ck_assert_msg(strstr(seen, " 408 "), "unexpected reply: %s", seen);
+    close(fd);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(many_concurrent_keepalive_connections)
 {
     struct rlimit rl;
@@ -1117,6 +1157,7 @@ int main(void)
     tcase_add_test(tc, body_413_without_leaks);
     tcase_add_test(tc, oversized_and_odd_requests);
     tcase_add_test(tc, trickling_client_is_closed);
+    tcase_add_test(tc, later_request_has_its_own_deadline);
     tcase_add_test(tc, many_concurrent_keepalive_connections);
     tcase_add_test(tc, sigterm_drains_and_exits_zero);
     tcase_add_test(tc, drain_timeout_bounds_the_exit);
