@@ -222,37 +222,85 @@ static int header_size(evhtp_kv_t *kv, void *arg)
 }
 
 /*
- * The head of a keep-alive HTTP/1.1 200 whose only header so far is its Content-Type, written
- * here as evhtp_send_reply() would write it (status line, Content-Type, X-Request-Id, then the
+ * The head of a keep-alive HTTP/1.1 200 with a Content-Type (ct, ctlen bytes), written into buf
+ * as evhtp_send_reply() would write it (status line, Content-Type, X-Request-Id, then the
  * Content-Length libevhtp adds), byte for byte, without the header objects, the header lookups
  * and the scratch buffer libevhtp builds per reply: every alert's 200 is one (bench/README.md).
- * Returns the head's length in buf (cap bytes), or 0 when the reply is not that case.
+ * Returns the head's length, or 0 when it would not fit in cap bytes.
  */
-static size_t plain_200_head(const struct fbr_http_req *req, int status, char *buf, size_t cap)
+static size_t put_200_head(char *buf, size_t cap, const char *ct, size_t ctlen, const char *id,
+                           size_t blen)
 {
-    evhtp_request_t *r = req->opaque;
-    if (status != 200 || req->method == FBR_M_HEAD || r->proto != EVHTP_PROTO_11 ||
-        !(r->flags & EVHTP_REQ_FLAG_KEEPALIVE) || (r->flags & EVHTP_REQ_FLAG_CHUNKED))
-        return 0;
-    evhtp_kv_t *ct = TAILQ_FIRST(r->headers_out);
-    if (!ct || TAILQ_NEXT(ct, next) || strcmp(ct->key, "Content-Type") != 0)
-        return 0;
-    size_t blen = evbuffer_get_length(r->buffer_out), idlen = strlen(req->id);
-    if (ct->vlen + idlen + FBR_U64_DIGITS + 96 > cap)
+    size_t idlen = strlen(id);
+    if (ctlen + idlen + FBR_U64_DIGITS + 96 > cap)
         return 0;
     char *d = buf;
 #define PUT(s, n) (memcpy(d, (s), (n)), d += (n))
 #define PUT_LIT(lit) PUT(lit, sizeof(lit) - 1)
     PUT_LIT("HTTP/1.1 200 OK\r\nContent-Type: ");
-    PUT(ct->val, ct->vlen);
+    PUT(ct, ctlen);
     PUT_LIT("\r\nX-Request-Id: ");
-    PUT(req->id, idlen);
+    PUT(id, idlen);
     PUT_LIT("\r\nContent-Length: ");
     d += fbr_fmt_u64(d, blen);
     PUT_LIT("\r\n\r\n");
 #undef PUT_LIT
 #undef PUT
     return (size_t)(d - buf);
+}
+
+/* Whether a reply to r (status, its method) can be a plain head from put_200_head(). */
+static int plain_200_case(const evhtp_request_t *r, int status, unsigned method)
+{
+    return status == 200 && method != FBR_M_HEAD && r->proto == EVHTP_PROTO_11 &&
+           (r->flags & EVHTP_REQ_FLAG_KEEPALIVE) && !(r->flags & EVHTP_REQ_FLAG_CHUNKED);
+}
+
+/* put_200_head() for a reply whose only header so far is its Content-Type and whose body is in
+ * r->buffer_out; 0 when the reply is not that case. */
+static size_t plain_200_head(const struct fbr_http_req *req, int status, char *buf, size_t cap)
+{
+    evhtp_request_t *r = req->opaque;
+    if (!plain_200_case(r, status, req->method))
+        return 0;
+    evhtp_kv_t *ct = TAILQ_FIRST(r->headers_out);
+    if (!ct || TAILQ_NEXT(ct, next) || strcmp(ct->key, "Content-Type") != 0)
+        return 0;
+    return put_200_head(buf, cap, ct->val, ct->vlen, req->id, evbuffer_get_length(r->buffer_out));
+}
+
+/* The books of one reply on a screened connection (fc, with its server): bytes out, the
+ * request counter by endpoint and status, the duration histogram, and the debug log line (a
+ * secret path segment masked). */
+static void account_reply(const struct fbr_http_req *req, struct conn *fc, int status, size_t bytes)
+{
+    struct fbr_server *srv = fc->srv;
+    char sl[8];
+    *srv->m_bytes_out += bytes;
+    const char *ep = fc->endpoint ? fc->endpoint : "none";
+    size_t slot = ((uintptr_t)ep / 8 + (unsigned)status) % FBR_ARRAY_LEN(srv->m_req_cache);
+    if (srv->m_req_cache[slot].endpoint != ep || srv->m_req_cache[slot].status != status) {
+        srv->m_req_cache[slot].endpoint = ep;
+        srv->m_req_cache[slot].status = status;
+        srv->m_req_cache[slot].counter =
+            fbr_metrics_counter2(srv->metrics, "firebridge_http_requests_total",
+                                 "Requests answered, by endpoint and status", "endpoint", ep,
+                                 "status", status_label(status, sl, sizeof(sl)));
+    }
+    (*srv->m_req_cache[slot].counter)++;
+    fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
+    if (fbr_log_enabled(FBR_LOG_DEBUG)) {
+        size_t at = fc->secret_at < req->path.len ? fc->secret_at : 0;
+        if (at) {
+            const char *end = memchr(req->path.ptr + at, '/', req->path.len - at);
+            size_t rest = end ? req->path.len - (size_t)(end - req->path.ptr) : 0;
+            fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s***%.*s", status, (int)at, req->path.ptr,
+                    (int)rest, end ? end : "");
+        } else {
+            fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
+                    req->path.ptr);
+        }
+    }
 }
 
 static void send_reply(struct fbr_http_req *req, int status)
@@ -265,8 +313,7 @@ static void send_reply(struct fbr_http_req *req, int status)
                       ? 0
                       : plain_200_head(req, status, head, sizeof(head));
     if (!hlen)
-        evhtp_headers_add_header(r->headers_out,
-                                 evhtp_header_new("X-Request-Id", req->id, 0, 1));
+        evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
     /* RFC 9110 11.6.1: a 401 names the scheme to use; a handler may have named its own */
     if (status == 401 && !evhtp_kv_find(r->headers_out, "WWW-Authenticate"))
         evhtp_headers_add_header(r->headers_out,
@@ -279,35 +326,10 @@ static void send_reply(struct fbr_http_req *req, int status)
         evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
     }
     if (srv) {
-        char sl[8];
         size_t hbytes = hlen ? hlen : 64;
         if (!hlen)
             evhtp_headers_for_each(r->headers_out, header_size, &hbytes);
-        *srv->m_bytes_out += hbytes + evbuffer_get_length(r->buffer_out);
-        const char *ep = fc->endpoint ? fc->endpoint : "none";
-        size_t slot = ((uintptr_t)ep / 8 + (unsigned)status) % FBR_ARRAY_LEN(srv->m_req_cache);
-        if (srv->m_req_cache[slot].endpoint != ep || srv->m_req_cache[slot].status != status) {
-            srv->m_req_cache[slot].endpoint = ep;
-            srv->m_req_cache[slot].status = status;
-            srv->m_req_cache[slot].counter = fbr_metrics_counter2(
-                srv->metrics, "firebridge_http_requests_total",
-                "Requests answered, by endpoint and status", "endpoint", ep, "status",
-                status_label(status, sl, sizeof(sl)));
-        }
-        (*srv->m_req_cache[slot].counter)++;
-        fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
-        if (fbr_log_enabled(FBR_LOG_DEBUG)) {
-            size_t at = fc->secret_at < req->path.len ? fc->secret_at : 0;
-            if (at) {
-                const char *end = memchr(req->path.ptr + at, '/', req->path.len - at);
-                size_t rest = end ? req->path.len - (size_t)(end - req->path.ptr) : 0;
-                fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s***%.*s", status, (int)at,
-                        req->path.ptr, (int)rest, end ? end : "");
-            } else {
-                fbr_log(FBR_LOG_DEBUG, req->id, NULL, "%d %.*s", status, (int)req->path.len,
-                        req->path.ptr);
-            }
-        }
+        account_reply(req, fc, status, hbytes + evbuffer_get_length(r->buffer_out));
     }
     if (req->method == FBR_M_HEAD) {
         /* the headers of a GET, without its body */
@@ -455,12 +477,15 @@ static void wrapped_writecb(struct bufferevent *bev, void *arg);
  * runs later in the iteration and enables writing, the reply goes out in the next iteration and
  * reading comes back in the one after, two epoll_ctl per request.  Here the write interest the
  * reply added is dropped again within the iteration (the epoll changelist folds the pair), and
- * reading was never turned off (see fbr_http_defer).  This does what libevhtp's resume and write callbacks do, in order:
- * clear the pause, mark the connection waiting for its reply to go out (its write callback then
- * turns reading back on and takes a pipelined request), and run that callback once the output is
- * empty; what the kernel does not take goes out through the bufferevent as before.  Returns 0
- * when it does not apply (TLS, a connection libevhtp is about to free): resume then.
+ * reading was never turned off (see fbr_http_defer).  This does what libevhtp's resume and write
+ * callbacks do, in order: clear the pause, mark the connection waiting for its reply to go out (its
+ * write callback then turns reading back on and takes a pipelined request), and run that callback
+ * once the output is empty; what the kernel does not take goes out through the bufferevent as
+ * before.  Returns 0 when it does not apply (TLS, a connection libevhtp is about to free): resume
+ * then.
  */
+static void reply_continue(struct conn *fc);
+
 static int reply_now(struct conn *fc)
 {
     evhtp_connection_t *c = fc->c;
@@ -475,16 +500,74 @@ static int reply_now(struct conn *fc)
     evbuffer_freeze(out, 1);
     if (c->flags & EVHTP_CONN_FLAG_FREE_CONN)
         return 0; /* the client closed its side meanwhile: the reply went out, the resume frees */
+    reply_continue(fc);
+    return 1;
+}
+
+/* After a deferred reply went to the socket or into the output (reply_now(),
+ * reply_json_direct()): what libevhtp's resume and write callbacks do once it is written. */
+static void reply_continue(struct conn *fc)
+{
+    evhtp_connection_t *c = fc->c;
+    struct bufferevent *bev = c->bev;
     c->flags &= (uint16_t)~EVHTP_CONN_FLAG_PAUSED;
     if (c->request)
         c->request->status = EVHTP_RES_OK; /* what the resume callback resets */
     c->flags |= EVHTP_CONN_FLAG_WAITING;
-    if (evbuffer_get_length(out) == 0) {
-        event_del(&bev->ev_write); /* pending since the reply was queued; nothing left for it */
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        /* nothing left for the write event (pending when the reply was queued in the output) */
+        if (event_pending(&bev->ev_write, EV_WRITE, NULL))
+            event_del(&bev->ev_write);
         wrapped_writecb(bev, fc);
     } else if (!(bufferevent_get_enabled(bev) & EV_WRITE)) {
         bufferevent_enable(bev, EV_WRITE);
     }
+}
+
+/*
+ * A deferred 200 with a flat JSON body (every alert's answer) on a plain-TCP keep-alive
+ * HTTP/1.1 connection with nothing else waiting to go out: head and body built on the stack and
+ * written with one send(), without libevhtp's header objects, its request output buffer, the
+ * bufferevent's output and its write event; then the connection goes on as after reply_now().
+ * What the kernel does not take (and a failed send, left for the bufferevent to meet again) goes
+ * into the bufferevent's output.  Returns 0, having done nothing, when the reply is not that
+ * case.
+ */
+static int reply_json_direct(struct fbr_http_pending *p, int status, json_t *body)
+{
+    struct conn *fc = p->fc;
+    evhtp_request_t *r = p->r;
+    evhtp_connection_t *c = r->conn;
+    if (!plain_200_case(r, status, p->method) || !plain_tcp(c) || fc->closing || fc->too_large ||
+        fc->srv->draining || !(c->flags & EVHTP_CONN_FLAG_PAUSED) ||
+        (c->flags & EVHTP_CONN_FLAG_FREE_CONN) || !TAILQ_EMPTY(r->headers_out) ||
+        evbuffer_get_length(r->buffer_out) || evbuffer_get_length(bufferevent_get_output(c->bev)))
+        return 0;
+    static const char ct[] = "application/json";
+    char b[1536];
+    size_t hlen = put_200_head(b, 512, ct, sizeof(ct) - 1, p->id, 0);
+    if (!hlen)
+        return 0;
+    /* the body first, after room for the longest head; then the head just before it */
+    char *bp = b + 512;
+    size_t blen = dump_flat(body, bp, sizeof(b) - 512 - 1);
+    if (!blen)
+        return 0;
+    bp[blen++] = '\n';
+    hlen = put_200_head(b, 512, ct, sizeof(ct) - 1, p->id, blen);
+    char *msg = bp - hlen;
+    memmove(msg, b, hlen);
+    size_t n = hlen + blen;
+    struct fbr_http_req req = {.opaque = r, .id = p->id, .method = p->method, .conn = fc};
+    account_reply(&req, fc, status, n);
+    r->status = (evhtp_res)status;
+    r->flags |= EVHTP_REQ_FLAG_FINISHED;
+    ssize_t w = send(bufferevent_getfd(c->bev), msg, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0)
+        w = 0;
+    if ((size_t)w < n)
+        bufferevent_write(c->bev, msg + w, n - (size_t)w);
+    reply_continue(fc);
     return 1;
 }
 
@@ -541,6 +624,11 @@ void fbr_http_pending_reply_json(struct fbr_http_pending **pp, int status, json_
     }
     struct conn *fc = p->fc;
     fc->pending = NULL;
+    if (reply_json_direct(p, status, body)) {
+        json_decref(body);
+        free(p);
+        return;
+    }
     struct fbr_http_req req = {.opaque = p->r, .id = p->id, .method = p->method, .conn = fc};
     fbr_http_reply_json(&req, status, body);
     if (!reply_now(fc))
@@ -589,8 +677,8 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
                        : err == ENOMEM  ? "ENOMEM"
                                         : "other";
     (*fbr_metrics_counter(srv->metrics, "firebridge_http_accept_errors_total",
-                          "accept() failures (the listeners pause after each), by error",
-                          "error", name))++;
+                          "accept() failures (the listeners pause after each), by error", "error",
+                          name))++;
     if (srv->accept_failures++ == 0) {
         srv->accept_since_ms = fbr_now_ms();
         fbr_log(FBR_LOG_ERROR, NULL, "accepting a connection",
@@ -685,8 +773,8 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
                            "Requests answered, by endpoint and status", "endpoint", "none",
                            "status", status_label(status, sl, sizeof(sl))))++;
     count_reject(fc->srv, reason);
-    fbr_log(FBR_LOG_INFO, fc->id[0] ? fc->id : NULL, NULL, "%d: %s; closing the connection",
-            status, msg);
+    fbr_log(FBR_LOG_INFO, fc->id[0] ? fc->id : NULL, NULL, "%d: %s; closing the connection", status,
+            msg);
     evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
     fc->closing = 1;
     if (fc->deadline)
@@ -757,13 +845,13 @@ static size_t header_value(const struct conn *fc, size_t name_len, const char **
 
 /*
  * Ends one header line: refuses one without a name and colon, counts Host and Authorization
- * lines, notes Expect, notes the framing headers and checks them.  Content-Length must be digits only and agree with any earlier one;
- * Transfer-Encoding must appear once and be exactly "chunked" (another coding before chunked is
- * 501, chunked not last 400).  Both are also held to what libevhtp's parser reads, so that the
- * two never frame a body differently: it skips only spaces before a value, reads a
- * Content-Length of at most 20 characters, and takes "chunked" (or "Chunked") with nothing after
- * it as the chunked coding and any other spelling as no coding at all (an empty body: the
- * chunks would then be read as the next request).  Returns 0, or 1 with *r set.
+ * lines, notes Expect, notes the framing headers and checks them.  Content-Length must be digits
+ * only and agree with any earlier one; Transfer-Encoding must appear once and be exactly "chunked"
+ * (another coding before chunked is 501, chunked not last 400).  Both are also held to what
+ * libevhtp's parser reads, so that the two never frame a body differently: it skips only spaces
+ * before a value, reads a Content-Length of at most 20 characters, and takes "chunked" (or
+ * "Chunked") with nothing after it as the chunked coding and any other spelling as no coding at all
+ * (an empty body: the chunks would then be read as the next request).  Returns 0, or 1 with *r set.
  */
 static int header_line_done(struct conn *fc, struct refusal *r)
 {
@@ -839,8 +927,9 @@ static int header_line_done(struct conn *fc, struct refusal *r)
     int ends_chunked = n > cn && strncasecmp(v + n - cn, chunked, cn) == 0 &&
                        (v[n - cn - 1] == ',' || v[n - cn - 1] == ' ' || v[n - cn - 1] == '\t');
     if (ends_chunked)
-        *r = (struct refusal){501, "transfer_coding", "only the chunked transfer coding is "
-                                                      "implemented"};
+        *r = (struct refusal){501, "transfer_coding",
+                              "only the chunked transfer coding is "
+                              "implemented"};
     else
         r->msg = "Transfer-Encoding must end with chunked";
     return 1;
@@ -993,8 +1082,9 @@ static int head_done(struct conn *fc, struct refusal *r)
     } else if (fc->auths > 1) {
         r->msg = "more than one Authorization header";
     } else if (fc->expect == EXPECT_OTHER && v11) {
-        *r = (struct refusal){417, "expectation", "only the 100-continue expectation is "
-                                                  "supported"};
+        *r = (struct refusal){417, "expectation",
+                              "only the 100-continue expectation is "
+                              "supported"};
     } else if (fc->expect == EXPECT_CONTINUE && v11 && fc->cl_seen &&
                fc->content_length > fc->srv->opts.max_body) {
         *r = (struct refusal){413, "body_too_large", "declared body larger than --max-body"};
@@ -1186,8 +1276,8 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             if (ch == ':') {
                 fc->in_name = 0;
             } else if (ch == ' ' || ch == '\t') {
-                conn_reject(fc, 400, "bad_header", fc->line_len ? "blank in a header name"
-                                                                : "folded header line");
+                conn_reject(fc, 400, "bad_header",
+                            fc->line_len ? "blank in a header name" : "folded header line");
                 return -1;
             }
         }
@@ -1277,8 +1367,8 @@ static void plain_read(evutil_socket_t fd, short what, void *arg)
          * the EOF for a spurious wake-up */
         errno = n == 0 ? 0 : err;
         bufferevent_disable(bev, EV_READ);
-        bufferevent_trigger_event(bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
-                                  0);
+        bufferevent_trigger_event(
+            bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), 0);
     }
 }
 
@@ -1729,9 +1819,9 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
                                           "Inbound connections accepted", NULL, NULL);
     srv->m_bytes_in = fbr_metrics_counter(srv->metrics, "firebridge_http_received_bytes_total",
                                           "Bytes received on inbound connections", NULL, NULL);
-    srv->m_bytes_out = fbr_metrics_counter(srv->metrics, "firebridge_http_sent_bytes_total",
-                                           "Bytes sent on inbound connections (headers approx.)",
-                                           NULL, NULL);
+    srv->m_bytes_out =
+        fbr_metrics_counter(srv->metrics, "firebridge_http_sent_bytes_total",
+                            "Bytes sent on inbound connections (headers approx.)", NULL, NULL);
     srv->m_backpressure = fbr_metrics_counter(
         srv->metrics, "firebridge_http_backpressure_total",
         "Times a connection's requests were held back because its unsent replies exceeded "

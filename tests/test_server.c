@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -582,10 +583,64 @@ __attribute__((visibility("default"))) int ioctl(int fd, unsigned long request, 
     return (int)syscall(SYS_ioctl, fd, request, arg);
 }
 
+/*
+ * The write path, counted the same way: send() (server.c writes a deferred 200 with it) and
+ * writev() (libevent's bufferevents write with it).  send_mode makes send() take only part of
+ * what it is given (SEND_SHORT: at most 7 bytes) or none (SEND_EAGAIN), as a full socket would.
+ */
+static unsigned long send_calls, writev_calls;
+static enum { SEND_WHOLE, SEND_SHORT, SEND_EAGAIN } send_mode;
+
+__attribute__((visibility("default"))) ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+    send_calls++;
+    if (send_mode == SEND_EAGAIN) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (send_mode == SEND_SHORT && len > 7)
+        len = 7;
+    return syscall(SYS_sendto, fd, buf, len, flags, NULL, 0);
+}
+
+__attribute__((visibility("default"))) ssize_t writev(int fd, const struct iovec *iov, int n)
+{
+    writev_calls++;
+    return syscall(SYS_writev, fd, iov, n);
+}
+
+/* POST /later..., in the child: the reply deferred (fbr_http_defer) and sent from the loop,
+ * echoing the posted JSON; /later/short and /later/eagain set send_mode for it. */
+struct later {
+    struct fbr_http_pending *p;
+    json_t *body;
+};
+
+static void later_reply(evutil_socket_t fd, short what, void *arg)
+{
+    struct later *l = arg;
+    fbr_http_pending_reply_json(&l->p, 200, l->body);
+    send_mode = SEND_WHOLE;
+    free(l);
+}
+
+static void later_route(struct fbr_http_req *req, void *arg)
+{
+    struct later *l = calloc(1, sizeof(*l));
+    l->body = json_incref(req->json);
+    l->p = fbr_http_defer(req);
+    if (fbr_slice_eq(req->path, FBR_SLICE("/later/short")))
+        send_mode = SEND_SHORT;
+    else if (fbr_slice_eq(req->path, FBR_SLICE("/later/eagain")))
+        send_mode = SEND_EAGAIN;
+    struct timeval now = {0, 0};
+    event_base_once(arg, -1, EV_TIMEOUT, later_reply, l, &now);
+}
+
 struct inproc {
     pid_t pid;
     int port;
-    int pfd[2]; /* child -> test: the port, then at exit the FIONREAD count */
+    int pfd[2]; /* child -> test: the port, then at exit the FIONREAD, send and writev counts */
 };
 
 static void inproc_start(struct inproc *ip, size_t max_body)
@@ -602,12 +657,16 @@ static void inproc_start(struct inproc *ip, size_t max_body)
                                                        .fn = echo_route});
         fbr_server_add_route(srv, &(struct fbr_route){.path = "/quit", .methods = FBR_M_GET,
                                                        .fn = quit_route, .arg = base});
+        fbr_server_add_route(srv, &(struct fbr_route){.path = "/later", .prefix = 1,
+                                                       .methods = FBR_M_POST, .json_body = 1,
+                                                       .metric = "later", .fn = later_route,
+                                                       .arg = base});
         int port = fbr_server_listen(srv, "127.0.0.1:0") == FBR_OK ? fbr_server_port(srv) : -1;
         if (write(ip->pfd[1], &port, sizeof(port)) != sizeof(port))
             _exit(3);
-        fionread_calls = 0;
+        fionread_calls = send_calls = writev_calls = 0;
         event_base_dispatch(base);
-        unsigned long n = fionread_calls;
+        unsigned long n[3] = {fionread_calls, send_calls, writev_calls};
         fbr_server_free(&srv);
         event_base_free(base);
         _exit(write(ip->pfd[1], &n, sizeof(n)) == sizeof(n) ? 0 : 3);
@@ -617,19 +676,30 @@ static void inproc_start(struct inproc *ip, size_t max_body)
     ck_assert_int_gt(ip->port, 0);
 }
 
-/* GET /quit, then the child's exit status 0; returns its FIONREAD count. */
-static unsigned long inproc_stop(struct inproc *ip)
+/* GET /quit, then the child's exit status 0; returns its FIONREAD count, and its send() and
+ * writev() counts in sends and writevs (each may be NULL). */
+static unsigned long inproc_stop_counts(struct inproc *ip, unsigned long *sends,
+                                        unsigned long *writevs)
 {
     char buf[1024];
     ck_assert_int_eq(dutil_get(ip->port, "/quit", buf, sizeof(buf)), 200);
     int st;
     ck_assert_int_eq(waitpid(ip->pid, &st, 0), ip->pid);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    unsigned long n = 0;
-    ck_assert_int_eq(read(ip->pfd[0], &n, sizeof(n)), (int)sizeof(n));
+    unsigned long n[3] = {0, 0, 0};
+    ck_assert_int_eq(read(ip->pfd[0], n, sizeof(n)), (int)sizeof(n));
     close(ip->pfd[0]);
     close(ip->pfd[1]);
-    return n;
+    if (sends)
+        *sends = n[1];
+    if (writevs)
+        *writevs = n[2];
+    return n[0];
+}
+
+static unsigned long inproc_stop(struct inproc *ip)
+{
+    return inproc_stop_counts(ip, NULL, NULL);
 }
 
 START_TEST(json_routes_415_400)
@@ -961,6 +1031,82 @@ START_TEST(plain_reads_ask_no_queue_length)
 }
 END_TEST
 
+/*
+ * A deferred 200 with a flat JSON body (every alert's answer) on a plain keep-alive connection is
+ * written by server.c itself with one send(), not through libevhtp's buffers and a writev()
+ * (server.c reply_json_direct): byte for byte what libevhtp writes (the same request with
+ * "Connection: close" goes through libevhtp; its "Connection: close" line taken out, the two are
+ * identical), the connection goes on (30 requests, pipelined pairs among them), and what the
+ * kernel does not take goes out through the bufferevent whole and in order: a send() that takes
+ * 7 bytes, one that takes none.  Without the direct write the child counts no send() at all.
+ */
+START_TEST(deferred_200_written_with_one_send)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    static char buf[8192], slow[4096];
+    int fd = dutil_connect(ip.port);
+    ck_assert_int_ge(fd, 0);
+    const char *paths[] = {"/later", "/later/short", "/later/eagain"};
+    unsigned direct = 0;
+    for (int i = 0; i < 30; i++) {
+        char body[64], req[1024];
+        const char *path = paths[i % 3 == 0 ? 0 : i % 10 == 1 ? 1 : i % 10 == 2 ? 2 : 0];
+        snprintf(body, sizeof(body), "{\"result\":\"success\",\"n\":%d}", i);
+        int n = snprintf(req, sizeof(req),
+                         "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\n\r\n%s",
+                         path, strlen(body), body);
+        direct++;
+        if (i % 7 == 3) { /* a pipelined pair: this request and the next in one write */
+            char body2[64];
+            snprintf(body2, sizeof(body2), "{\"result\":\"success\",\"n\":%d}", i + 1000);
+            n += snprintf(req + n, sizeof(req) - (size_t)n,
+                          "POST /later HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %zu\r\n\r\n%s",
+                          strlen(body2), body2);
+            direct++;
+            ck_assert_int_eq(dutil_send_all(fd, req, (size_t)n), 0);
+            ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+            ck_assert_msg(strstr(buf, body) != NULL, "request %d: %s", i, buf);
+            ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+            ck_assert_msg(strstr(buf, body2) != NULL, "request %d+1000: %s", i, buf);
+            continue;
+        }
+        ck_assert_int_eq(dutil_send_all(fd, req, (size_t)n), 0);
+        ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+        ck_assert_msg(strstr(buf, body) != NULL, "request %d (%s): %s", i, path, buf);
+        const char *b = strstr(buf, "\r\n\r\n");
+        ck_assert_ptr_nonnull(b);
+        ck_assert_msg(strncmp(b + 4, body, strlen(body)) == 0 &&
+                          strcmp(b + 4 + strlen(body), "\n") == 0,
+                      "request %d (%s): body %s", i, path, b + 4);
+        if (i == 0) { /* the same through libevhtp */
+            char creq[1024];
+            snprintf(creq, sizeof(creq),
+                     "POST /later HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     strlen(body), body);
+            ck_assert_int_eq(dutil_http(ip.port, creq, slow, sizeof(slow)), 200);
+            mask_request_id(buf);
+            mask_request_id(slow);
+            static const char close_line[] = "Connection: close\r\n";
+            char *cc = strstr(slow, close_line);
+            ck_assert_ptr_nonnull(cc);
+            char *after = cc + sizeof(close_line) - 1;
+            memmove(cc, after, strlen(after) + 1);
+            ck_assert_str_eq(buf, slow);
+        }
+    }
+    close(fd);
+    unsigned long sends = 0, writevs = 0;
+    inproc_stop_counts(&ip, &sends, &writevs);
+    /* one send() per deferred reply on the keep-alive connection (the short and refused ones
+     * then finish through the bufferevent's writev) */
+    ck_assert_uint_eq(sends, direct);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -985,6 +1131,7 @@ int main(void)
     tcase_add_test(tc, header_lines_whole_or_bytewise_same_answer);
     tcase_add_test(tc, framing_headers_read_as_libevhtp_reads_them);
     tcase_add_test(tc, plain_200_written_as_libevhtp_writes_it);
+    tcase_add_test(tc, deferred_200_written_with_one_send);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }
