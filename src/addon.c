@@ -22,6 +22,7 @@
 #include "firebridge/events.h"
 #include "firebridge/incidents.h"
 #include "firebridge/intake.h"
+#include "firebridge/json.h"
 #include "firebridge/jwt.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
@@ -262,7 +263,7 @@ int fbr_addon_config_compile(json_t *hipchat, json_t *oncall_api, const char *pu
                 continue;
             }
             char *src = json_is_string(v)   ? fbr_xstrdup(json_string_value(v))
-                        : json_is_object(v) ? json_dumps(v, JSON_COMPACT)
+                        : json_is_object(v) ? fbr_json_dumps(v, JSON_COMPACT)
                                             : NULL;
             if (!src) {
                 fbr_cfgerr_add(errs, path, "expected a template string or a JSON object");
@@ -464,7 +465,7 @@ static void platform_call(struct fbr_addon *a, unsigned method, const char *path
     size_t n = strlen(c->oncall.url) + strlen(path) + 1;
     char *url = fbr_xmalloc(n);
     snprintf(url, n, "%s%s", c->oncall.url, path);
-    char *text = json_dumps(body, JSON_COMPACT);
+    char *text = fbr_json_dumps(body, JSON_COMPACT);
     json_decref(body);
     const char *names[] = {"X-VO-Api-Id", "X-VO-Api-Key"};
     const char *vals[] = {c->oncall.api_id, c->oncall.api_key};
@@ -718,7 +719,7 @@ static char *notification_body(const struct fbr_addon_config *c, enum fbr_addon_
         return s;
     }
     json_t *m = builtin_message(c, item, ev, mask);
-    char *s = json_dumps(m, JSON_COMPACT);
+    char *s = fbr_json_dumps(m, JSON_COMPACT);
     json_decref(m);
     return s;
 }

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "firebridge/json.h"
 #include "firebridge/log.h"
 
 #define FILE_NAME "hipchat-installations.json"
@@ -137,7 +138,7 @@ static int persist(struct fbr_addon_store *s)
     for (size_t i = 0; i < s->n; i++)
         json_array_append_new(arr, install_json(s->v[i]));
     json_t *doc = json_pack("{s:i, s:o}", "version", 1, "installations", arr);
-    char *text = json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);
+    char *text = fbr_json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);
     json_decref(doc);
     size_t plen = strlen(s->path);
     char *tmp = fbr_xmalloc(plen + 5);

@@ -19,6 +19,7 @@
 
 #include "firebridge/delivery.h"
 #include "firebridge/http.h"
+#include "firebridge/json.h"
 #include "firebridge/log.h"
 
 #define ID_MAX 32 /* a delivery id's length at most (delivery.c) */
@@ -111,7 +112,7 @@ int fbr_dead_letter_append(const char *path, const struct fbr_dead_letter *dl, c
     json_object_set_new(o, "first_attempt_ms", json_integer((json_int_t)dl->first_attempt_ms));
     json_object_set_new(o, "last_attempt_ms", json_integer((json_int_t)dl->last_attempt_ms));
     json_object_set_new(o, "dead_ms", json_integer((json_int_t)fbr_wall_ms()));
-    char *line = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    char *line = fbr_json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(o);
     size_t n = strlen(line);
     line = fbr_xrealloc(line, n + 2);

@@ -599,3 +599,34 @@ out:
         free(r.buf);
     return v;
 }
+
+struct dump_buf {
+    char *p;
+    size_t n, cap;
+};
+
+static int dump_append(const char *s, size_t n, void *arg)
+{
+    struct dump_buf *b = arg;
+    if (b->cap - b->n <= n) {
+        while (b->cap - b->n <= n)
+            b->cap = b->cap ? 2 * b->cap : 256;
+        b->p = fbr_xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+char *fbr_json_dumps(const json_t *json, size_t flags)
+{
+    struct dump_buf b = {0};
+    if (json_dump_callback(json, dump_append, &b, flags) != 0) {
+        free(b.p);
+        return NULL;
+    }
+    if (!b.p)
+        b.p = fbr_xmalloc(1);
+    b.p[b.n] = '\0';
+    return b.p;
+}

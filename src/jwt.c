@@ -13,6 +13,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "firebridge/json.h"
+
 static const char *const err_names[] = {
 #define FBR_X(name, text) text,
     FBR_JWT_ERR_MAP(FBR_X)
@@ -250,8 +252,8 @@ void fbr_jwt_claims_clear(struct fbr_jwt_claims *c)
 char *fbr_jwt_sign(json_t *claims, struct fbr_slice secret, const char *alg)
 {
     json_t *h = json_pack("{s:s, s:s}", "alg", alg ? alg : "HS256", "typ", "JWT");
-    char *hs = json_dumps(h, JSON_COMPACT | JSON_SORT_KEYS);
-    char *cs = json_dumps(claims, JSON_COMPACT | JSON_SORT_KEYS);
+    char *hs = fbr_json_dumps(h, JSON_COMPACT | JSON_SORT_KEYS);
+    char *cs = fbr_json_dumps(claims, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(h);
     size_t hl = strlen(hs), cl = strlen(cs);
     size_t cap = (hl + cl) * 4 / 3 + 4 + 2 + (EVP_MAX_MD_SIZE * 4 / 3 + 4) + 1;

@@ -29,6 +29,7 @@
 #include "firebridge/rules.h"
 #include "firebridge/server.h"
 #include "firebridge/service.h"
+#include "firebridge/slab.h"
 #include "firebridge/webhook.h"
 
 /* The compiled `rules` and `webhooks` sections: swapped as one on reload. */
@@ -442,8 +443,9 @@ static int configure(struct daemon *d, int argc, char **argv)
         fbr_cli_free(&d->cli);
         return 0;
     case FBR_CLI_VERSION:
-        printf("firebridge %s\nsd_notify: %s\nallocator: %s\n", FBR_VERSION,
-               fbr_service_notify_supported() ? "yes" : "no", FBR_ALLOCATOR);
+        printf("firebridge %s\nsd_notify: %s\nallocator: %s\njansson blocks: %s\n", FBR_VERSION,
+               fbr_service_notify_supported() ? "yes" : "no", FBR_ALLOCATOR,
+               FBR_SLAB_JSON ? "slab" : FBR_ALLOCATOR);
         fbr_cli_free(&d->cli);
         return 0;
     default:
@@ -743,6 +745,12 @@ int main(int argc, char **argv)
      * (bench/README.md, profile).  Without fast bins small blocks still come from the tcache.
      * With jemalloc linked in (the default where it is installed) glibc's malloc is not used. */
     mallopt(M_MXFAST, 0);
+#if FBR_SLAB_JSON
+    /* Before anything makes a jansson value (the configuration is read with jansson): values
+     * must be freed by the functions that allocated them.  Without the region jansson simply
+     * stays on malloc. */
+    fbr_slab_install_json(FBR_SLAB_REGION);
+#endif
     struct daemon d;
     memset(&d, 0, sizeof(d));
     d.save = 1;

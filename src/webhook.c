@@ -14,6 +14,7 @@
 #include "firebridge/config.h" /* fbr_config_check_item: the one section checker */
 #include "firebridge/events.h"
 #include "firebridge/http.h"
+#include "firebridge/json.h"
 #include "firebridge/url.h"
 
 struct fbr_webhook *fbr_webhook_ref(struct fbr_webhook *wh)
@@ -158,7 +159,7 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
         snprintf(p, sizeof(p), "%s.payload", path);
         enum fbr_tpl_context ctx = fbr_tpl_context_for_content_type(wh->content_type);
         if (json_is_object(v) || json_is_array(v)) {
-            char *src = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            char *src = fbr_json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
             json_t *s = json_string(src);
             bad |= compile_tpl(s, ctx, &wh->payload, p, errs) != 0;
             json_decref(s);

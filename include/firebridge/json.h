@@ -52,4 +52,12 @@ void fbr_json_strings_free(struct fbr_json_strings **strings);
 json_t *fbr_json_loadb_shared(const char *buf, size_t len, json_error_t *err,
                               struct fbr_json_strings *strings);
 
+/*
+ * json_dumps(json, flags) in memory for free(): the text, NUL-terminated, a new allocation, or
+ * NULL when jansson cannot write the value.  jansson's own json_dumps() returns a block of
+ * whatever functions jansson allocates with; in the daemon those are slab.c's, whose blocks
+ * free() must never see (slab.h), so modules dump through this.
+ */
+char *fbr_json_dumps(const json_t *json, size_t flags);
+
 #endif
