@@ -429,7 +429,7 @@ void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body)
     if (body) {
         /* A reply that fits is serialised on the stack: no allocation, no strlen (every alert's
          * 200 comes through here, written by dump_flat); a longer one (/metrics-sized) through
-         * json_dumps. */
+         * fbr_json_dumps (whose text is free()d: a json_dumps() text may be a slab block). */
         char buf[2048];
         size_t n = dump_flat(body, buf, sizeof(buf) - 1);
         if (n == 0)
@@ -440,7 +440,7 @@ void fbr_http_reply_json(struct fbr_http_req *req, int status, json_t *body)
             buf[n] = '\n';
             evbuffer_add(r->buffer_out, buf, n + 1);
         } else {
-            char *s = json_dumps(body, JSON_COMPACT);
+            char *s = fbr_json_dumps(body, JSON_COMPACT);
             if (s) {
                 evbuffer_add(r->buffer_out, s, strlen(s));
                 evbuffer_add(r->buffer_out, "\n", 1);
