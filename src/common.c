@@ -225,18 +225,52 @@ size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n)
     return 2 * n;
 }
 
-uint64_t fbr_now_ms(void)
+/* The loop's clock (fbr_clock_loop): readings kept until the next tick while `on`. */
+static __thread struct {
+    int on, have_mono, have_wall;
+    uint64_t mono, wall;
+} loop_clock;
+
+static uint64_t read_ms(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t fbr_now_ms(void)
+{
+    if (loop_clock.have_mono)
+        return loop_clock.mono;
+    uint64_t v = read_ms(CLOCK_MONOTONIC);
+    if (loop_clock.on) {
+        loop_clock.mono = v;
+        loop_clock.have_mono = 1;
+    }
+    return v;
 }
 
 uint64_t fbr_wall_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    if (loop_clock.have_wall)
+        return loop_clock.wall;
+    uint64_t v = read_ms(CLOCK_REALTIME);
+    if (loop_clock.on) {
+        loop_clock.wall = v;
+        loop_clock.have_wall = 1;
+    }
+    return v;
+}
+
+void fbr_clock_tick(void)
+{
+    loop_clock.have_mono = loop_clock.have_wall = 0;
+}
+
+void fbr_clock_loop(int on)
+{
+    loop_clock.on = on;
+    fbr_clock_tick();
 }
 
 /* ---- JSON string escaping (the template engine, replies, journal records) ---- */

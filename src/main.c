@@ -678,6 +678,21 @@ static int start(struct daemon *d)
     return FBR_OK;
 }
 
+/* event_base_dispatch(), one iteration at a time: the loop's clock ticks before each one
+ * (common.h fbr_clock_loop), so the time stamps and deadlines of everything the iteration does
+ * cost one clock read. */
+static void run_loop(struct event_base *base)
+{
+    fbr_clock_loop(1);
+    for (;;) {
+        fbr_clock_tick();
+        if (event_base_loop(base, EVLOOP_ONCE) != 0 || event_base_got_exit(base) ||
+            event_base_got_break(base))
+            break;
+    }
+    fbr_clock_loop(0);
+}
+
 /* Serves until SIGTERM/SIGINT has drained (or timed out); SIGHUP reloads meanwhile. */
 static void run(struct daemon *d)
 {
@@ -691,7 +706,7 @@ static void run(struct daemon *d)
     fbr_log_info("firebridge %s started (%s)", FBR_VERSION,
                  d->cfg.config_file ? d->cfg.config_file : "built-in default configuration");
     fbr_service_notify("READY=1\nSTATUS=serving"); /* every listener is open by now */
-    event_base_dispatch(d->base);
+    run_loop(d->base);
     for (size_t i = 0; i < FBR_ARRAY_LEN(sigs); i++)
         event_free(sigs[i]);
 }

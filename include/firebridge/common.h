@@ -126,4 +126,15 @@ size_t fbr_join(char *buf, size_t cap, const struct fbr_slice *parts, size_t n);
 uint64_t fbr_now_ms(void);
 uint64_t fbr_wall_ms(void);
 
+/*
+ * The loop's clock (nginx keeps its time the same way): after fbr_clock_loop(1), fbr_now_ms() and
+ * fbr_wall_ms() on the calling thread read their clock at their first call after each
+ * fbr_clock_tick() and give that reading until the next tick; the daemon's loop ticks before
+ * every iteration (main.c run_loop), so an alert's dozen time stamps and deadlines cost one clock
+ * read per iteration, and time does not move inside one.  fbr_clock_loop(0) goes back to a
+ * reading per call.  Per thread: other threads read the clocks at every call.
+ */
+void fbr_clock_loop(int on);
+void fbr_clock_tick(void);
+
 #endif
