@@ -1,6 +1,9 @@
 /*
  * strmap.c - the string-keyed hash map behind the delivery engine's destination, token-bucket
- * and connection-pool lookups.  Chained buckets that double when the load passes 1.
+ * and connection-pool lookups.  Open addressing with linear probing over slots that keep each
+ * key's hash beside its entry, doubled when more than half are used, deletion by backward shift:
+ * a lookup compares hashes in one contiguous array and touches only the matching entry (the
+ * chained buckets before it touched every entry on the chain, a cache miss each under load).
  */
 #include "firebridge/strmap.h"
 
@@ -22,97 +25,104 @@ static uint64_t hash(const char *k, size_t n)
 
 void fbr_strmap_init(struct fbr_strmap *m)
 {
-    m->buckets = NULL;
-    m->nbuckets = 0;
+    m->slots = NULL;
+    m->nslots = 0;
     m->count = 0;
 }
 
 void fbr_strmap_clear(struct fbr_strmap *m)
 {
-    for (size_t i = 0; i < m->nbuckets; i++) {
-        struct fbr_strmap_entry *e = m->buckets[i];
-        while (e) {
-            struct fbr_strmap_entry *next = e->next;
-            free(e);
-            e = next;
-        }
-    }
-    free(m->buckets);
+    for (size_t i = 0; i < m->nslots; i++)
+        free(m->slots[i].e);
+    free(m->slots);
     fbr_strmap_init(m);
 }
 
-static struct fbr_strmap_entry **find(const struct fbr_strmap *m, const char *key, size_t klen)
+/* The slot holding key, or the empty slot where it would go (NULL before the first insert). */
+static struct fbr_strmap_slot *find(const struct fbr_strmap *m, const char *key, size_t klen,
+                                    uint64_t h)
 {
-    if (!m->nbuckets)
+    if (!m->nslots)
         return NULL;
-    struct fbr_strmap_entry **pp = &m->buckets[hash(key, klen) & (m->nbuckets - 1)];
-    for (; *pp; pp = &(*pp)->next)
-        if ((*pp)->klen == klen && memcmp((*pp)->key, key, klen) == 0)
-            return pp;
-    return pp;
+    size_t mask = m->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct fbr_strmap_slot *s = &m->slots[i];
+        if (!s->e || (s->hash == h && s->e->klen == klen && memcmp(s->e->key, key, klen) == 0))
+            return s;
+    }
 }
 
 void *fbr_strmap_get(const struct fbr_strmap *m, const char *key, size_t klen)
 {
-    struct fbr_strmap_entry **pp = find(m, key, klen);
-    return pp && *pp ? (*pp)->value : NULL;
+    struct fbr_strmap_slot *s = find(m, key, klen, hash(key, klen));
+    return s && s->e ? s->e->value : NULL;
 }
 
 static void grow(struct fbr_strmap *m)
 {
-    size_t n = m->nbuckets ? m->nbuckets * 2 : 16;
-    struct fbr_strmap_entry **b = fbr_xcalloc(n, sizeof(*b));
-    for (size_t i = 0; i < m->nbuckets; i++) {
-        struct fbr_strmap_entry *e = m->buckets[i];
-        while (e) {
-            struct fbr_strmap_entry *next = e->next;
-            size_t j = hash(e->key, e->klen) & (n - 1);
-            e->next = b[j];
-            b[j] = e;
-            e = next;
-        }
+    size_t n = m->nslots ? m->nslots * 2 : 16;
+    struct fbr_strmap_slot *b = fbr_xcalloc(n, sizeof(*b));
+    for (size_t i = 0; i < m->nslots; i++) {
+        if (!m->slots[i].e)
+            continue;
+        size_t j = (size_t)m->slots[i].hash & (n - 1);
+        while (b[j].e)
+            j = (j + 1) & (n - 1);
+        b[j] = m->slots[i];
     }
-    free(m->buckets);
-    m->buckets = b;
-    m->nbuckets = n;
+    free(m->slots);
+    m->slots = b;
+    m->nslots = n;
 }
 
 void fbr_strmap_put(struct fbr_strmap *m, const char *key, size_t klen, void *value)
 {
-    if (m->count >= m->nbuckets)
+    if (2 * (m->count + 1) > m->nslots)
         grow(m);
-    struct fbr_strmap_entry **pp = find(m, key, klen);
-    if (*pp) {
-        (*pp)->value = value;
+    uint64_t h = hash(key, klen);
+    struct fbr_strmap_slot *s = find(m, key, klen, h);
+    if (s->e) {
+        s->e->value = value;
         return;
     }
     struct fbr_strmap_entry *e = fbr_xmalloc(sizeof(*e) + klen + 1);
-    e->next = NULL;
     e->value = value;
     e->klen = klen;
     memcpy(e->key, key, klen);
     e->key[klen] = '\0';
-    *pp = e;
+    s->hash = h;
+    s->e = e;
     m->count++;
 }
 
 void *fbr_strmap_del(struct fbr_strmap *m, const char *key, size_t klen)
 {
-    struct fbr_strmap_entry **pp = find(m, key, klen);
-    if (!pp || !*pp)
+    struct fbr_strmap_slot *s = find(m, key, klen, hash(key, klen));
+    if (!s || !s->e)
         return NULL;
-    struct fbr_strmap_entry *e = *pp;
-    void *v = e->value;
-    *pp = e->next;
-    free(e);
+    void *v = s->e->value;
+    free(s->e);
     m->count--;
+    /* Backward shift: the keys after the hole that could sit in it move up, so that every key
+     * stays reachable from its home slot without an empty slot on the way (no tombstones). */
+    size_t mask = m->nslots - 1, hole = (size_t)(s - m->slots);
+    for (size_t i = (hole + 1) & mask; m->slots[i].e; i = (i + 1) & mask) {
+        size_t home = (size_t)m->slots[i].hash & mask;
+        /* i's key may fill the hole when its home is not in the cyclic range (hole, i] */
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            m->slots[hole] = m->slots[i];
+            hole = i;
+        }
+    }
+    m->slots[hole].e = NULL;
+    m->slots[hole].hash = 0;
     return v;
 }
 
 void fbr_strmap_each(const struct fbr_strmap *m,
                      void (*fn)(const char *key, void *value, void *arg), void *arg)
 {
-    for (size_t i = 0; i < m->nbuckets; i++)
-        for (struct fbr_strmap_entry *e = m->buckets[i]; e; e = e->next)
-            fn(e->key, e->value, arg);
+    for (size_t i = 0; i < m->nslots; i++)
+        if (m->slots[i].e)
+            fn(m->slots[i].e->key, m->slots[i].e->value, arg);
 }

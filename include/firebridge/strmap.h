@@ -1,5 +1,6 @@
 /*
- * strmap.h - a small string-keyed hash map (chained, power-of-two buckets, FNV-1a) used by the
+ * strmap.h - a small string-keyed hash map (open addressing with linear probing over a power-of-two
+ * slot array that keeps each key's hash beside its entry, FNV-1a) used by the
  * delivery side of the data path: the client's connection pools by origin, the delivery engine's
  * destinations by key and its token buckets by token.  Keys are copied; values are borrowed
  * pointers whose lifetime the caller manages.
@@ -8,17 +9,24 @@
 #define FIREBRIDGE_STRMAP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct fbr_strmap_entry {
-    struct fbr_strmap_entry *next;
     void *value;
     size_t klen;
     char key[]; /* klen bytes, NUL-terminated */
 };
 
+/* A slot: the entry (NULL: empty) and its key's hash, compared before the entry is touched (a
+ * probe past another key costs no cache miss on that key's entry). */
+struct fbr_strmap_slot {
+    uint64_t hash;
+    struct fbr_strmap_entry *e;
+};
+
 struct fbr_strmap {
-    struct fbr_strmap_entry **buckets;
-    size_t nbuckets; /* power of two, 0 until the first insert */
+    struct fbr_strmap_slot *slots;
+    size_t nslots; /* power of two, 0 until the first insert; at most half of them used */
     size_t count;
 };
 
