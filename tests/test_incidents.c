@@ -1039,6 +1039,66 @@ static void model_make_room(struct model_inc *m, size_t max, uint64_t ttl, uint6
     (*evicted)++;
 }
 
+/*
+ * The table's slots at scale (open addressing, deletion by backward shift): 1,500 incidents
+ * opened (the slot array grows six times), two in three of them resolved, the resolved ones
+ * expired in the order they were resolved (each expiry empties a slot, often inside a run of
+ * neighbours), then 1,500 more opened; then each key must be found exactly as a model says
+ * (open: a CRITICAL rolls into it; resolved or gone: a CRITICAL triggers) and the counts must
+ * add up.  A wrong shift loses
+ * a key that is still there or finds one that is gone.
+ */
+START_TEST(many_keys_in_and_out)
+{
+    make_dir();
+    enum { N = 1500 };
+    struct fbr_incidents *t = open_table_ttl(4 * N, 60000);
+    static unsigned char open_now[2 * N];
+    char eid[32];
+    uint64_t now = 1000000;
+    for (int i = 0; i < N; i++) {
+        snprintf(eid, sizeof(eid), "host-%d", i);
+        ck_assert_int_eq(feed(t, "devops", eid, "CRITICAL", now, NULL), FBR_TR_TRIGGERED);
+        open_now[i] = 1;
+    }
+    for (int i = 0; i < N; i++) { /* resolved in a scattered order, 1 ms apart */
+        int k = (i * 7) % N;
+        if (k % 3 == 0)
+            continue;
+        snprintf(eid, sizeof(eid), "host-%d", k);
+        ck_assert_int_eq(feed(t, "devops", eid, "RECOVERY", ++now, NULL), FBR_TR_RESOLVED);
+        open_now[k] = 0;
+    }
+    /* past the TTL: every resolved incident expires (the daemon's flush tick does this) */
+    now += 60000 + 2 * N;
+    fbr_incidents_flush(t, now);
+    struct fbr_incidents_stats st;
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, N / 3);
+    for (int i = N; i < 2 * N; i++) {
+        snprintf(eid, sizeof(eid), "host-%d", i);
+        ck_assert_int_eq(feed(t, "devops", eid, "CRITICAL", now, NULL), FBR_TR_TRIGGERED);
+        open_now[i] = 1;
+    }
+    size_t wrong = 0; /* one assertion for the sweep */
+    for (int i = 0; i < 2 * N; i++) {
+        snprintf(eid, sizeof(eid), "host-%d", i);
+        json_t *a = json_pack("{s:s,s:s,s:s}", "routing_key", "devops", "entity_id", eid,
+                              "message_type", "CRITICAL");
+        struct fbr_incident_decision d;
+        fbr_incidents_decide(t, a, now, &d);
+        json_decref(a);
+        wrong += d.transition != (open_now[i] ? FBR_TR_ROLLED : FBR_TR_TRIGGERED);
+    }
+    ck_assert_msg(wrong == 0, "%zu keys found wrong", wrong);
+    fbr_incidents_get_stats(t, &st);
+    ck_assert_uint_eq(st.count, N / 3 + N);
+    ck_assert_uint_eq(st.open, N / 3 + N);
+    fbr_incidents_close(&t);
+    close_journal();
+}
+END_TEST
+
 START_TEST(random_against_model)
 {
     static const char *const mts[] = {"CRITICAL", "CRITICAL", "WARNING", "ACKNOWLEDGEMENT",
@@ -1395,6 +1455,7 @@ int main(void)
 {
     Suite *s = suite_create("incidents");
     TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60); /* many_keys_in_and_out: 3,000 incidents, slower under valgrind */
     tcase_add_test(tc, lifecycle_with_restarts);
     tcase_add_test(tc, undo_takes_uncommitted_changes_back);
     tcase_add_test(tc, ack_and_recovery_without_incident);
@@ -1415,6 +1476,7 @@ int main(void)
     tcase_add_test(tc, full_table_expires_first);
     tcase_add_test(tc, eviction_stats_and_warning);
     tcase_add_test(tc, random_against_model);
+    tcase_add_test(tc, many_keys_in_and_out);
     tcase_add_test(tc, prepare_builds_only_what_is_asked);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
