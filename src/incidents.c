@@ -7,11 +7,6 @@
  * old segments, so nothing here ever rewrites a file or waits for the disk.  At start the journal
  * replays the records (later ones win; {"del":key} forgets, {"next":n} keeps the counter).
  *
- * The hash is open-addressed: slots keep each key's hash beside its incident (linear probing, at
- * most half full, deletion by backward shift), so a lookup compares hashes in one array and
- * touches only the matching incident; a chain walk touched every incident on it, a cache miss
- * each under load (bench/README.md, "Sixth pass").
- *
  * Besides the hash, every incident sits on one of two intrusive age lists, kept in order of the
  * time of their last change: the resolved ones by resolution time (TTL expiry pops from the head,
  * so does eviction), the open ones by last update (a full table with nothing resolved drops the
@@ -114,7 +109,8 @@ enum incident_str {
 /* One version of an incident, in one allocation with its strings: a change makes a new version
  * (incident_make) and the replaced one is freed with free(). */
 struct incident {
-    uint64_t hash;                  /* hash(key), also kept in its slot */
+    struct incident *next;          /* hash chain */
+    uint64_t hash;                  /* hash(key): a chain walk compares it before the key */
     struct incident *older, *newer; /* age list (t->resolved or t->live); NULL when detached */
     struct fbr_journal_ref ref;     /* its latest journal record (held) */
     uint64_t number;
@@ -147,7 +143,7 @@ static struct incident *incident_make(const struct incident *fields,
         total += s[i].len + 1;
     struct incident *in = fbr_xmalloc(sizeof(*in) + total);
     memcpy(in, fields, offsetof(struct incident, off));
-    in->older = in->newer = NULL;
+    in->next = in->older = in->newer = NULL;
     in->ref = (struct fbr_journal_ref){0, 0};
     size_t o = 0;
     for (size_t i = 0; i < S_COUNT; i++) {
@@ -239,17 +235,12 @@ static enum alert_field field_of(const uint8_t slot[FIELD_SLOTS], const char *k,
     return A_COUNT;
 }
 
-struct islot {
-    uint64_t hash;
-    struct incident *in;
-};
-
 struct fbr_incidents {
     struct fbr_incidents_opts opts;
     struct fbr_journal *journal; /* borrowed, NULL: in memory only */
     struct fbr_journal_ref counter_ref; /* the record that carries next_number (held) */
-    struct islot *slots; /* NULL in an empty slot */
-    size_t nslots;       /* power of two, at most half of them used */
+    struct incident **buckets;
+    size_t nbuckets; /* power of two */
     size_t count, open;
     struct age_list resolved; /* RESOLVED incidents, by resolved_ms */
     struct age_list live;     /* UNACKED and ACKED incidents, by updated_ms */
@@ -298,22 +289,12 @@ static uint64_t hash(const char *s)
     return h;
 }
 
-/* The slot holding key (hash h), or the empty slot where it would go. */
-static struct islot *find_slot(const struct fbr_incidents *t, const char *key, uint64_t h)
-{
-    size_t mask = t->nslots - 1;
-    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
-        struct islot *s = &t->slots[i];
-        if (!s->in || (s->hash == h && strcmp(str(s->in, S_KEY), key) == 0))
-            return s;
-    }
-}
-
-/* Where key's incident is (NULL: not in the table); storing another version of the same key
- * there replaces it. */
 static struct incident **slot_h(const struct fbr_incidents *t, const char *key, uint64_t h)
 {
-    return &find_slot(t, key, h)->in;
+    struct incident **pp = &t->buckets[h & (t->nbuckets - 1)];
+    while (*pp && ((*pp)->hash != h || strcmp(str(*pp, S_KEY), key) != 0))
+        pp = &(*pp)->next;
+    return pp;
 }
 
 static struct incident **slot(const struct fbr_incidents *t, const char *key)
@@ -323,34 +304,19 @@ static struct incident **slot(const struct fbr_incidents *t, const char *key)
 
 static void grow(struct fbr_incidents *t)
 {
-    size_t n = t->nslots * 2;
-    struct islot *b = fbr_xcalloc(n, sizeof(*b));
-    for (size_t i = 0; i < t->nslots; i++) {
-        if (!t->slots[i].in)
-            continue;
-        size_t j = (size_t)t->slots[i].hash & (n - 1);
-        while (b[j].in)
-            j = (j + 1) & (n - 1);
-        b[j] = t->slots[i];
-    }
-    free(t->slots);
-    t->slots = b;
-    t->nslots = n;
-}
-
-/* Empties slot s, moving up the incidents after it that may fill the hole (backward shift), so
- * that every key stays reachable from its home slot without an empty slot on the way. */
-static void slot_clear(struct fbr_incidents *t, struct islot *s)
-{
-    size_t mask = t->nslots - 1, hole = (size_t)(s - t->slots);
-    for (size_t i = (hole + 1) & mask; t->slots[i].in; i = (i + 1) & mask) {
-        size_t home = (size_t)t->slots[i].hash & mask;
-        if (((i - home) & mask) >= ((i - hole) & mask)) { /* home not in (hole, i] */
-            t->slots[hole] = t->slots[i];
-            hole = i;
+    size_t n = t->nbuckets * 2;
+    struct incident **b = fbr_xcalloc(n, sizeof(*b));
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
+            nx = in->next;
+            size_t h = in->hash & (n - 1);
+            in->next = b[h];
+            b[h] = in;
         }
     }
-    t->slots[hole] = (struct islot){0, NULL};
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
 }
 
 static int is_open(const struct incident *in)
@@ -465,11 +431,11 @@ static void age_insert(struct fbr_incidents *t, struct incident *in)
 /* Puts in (its hash set, its key not in the table) into the table. */
 static void table_insert(struct fbr_incidents *t, struct incident *in)
 {
-    if (2 * (t->count + 1) > t->nslots)
+    if (t->count + 1 > t->nbuckets - t->nbuckets / 4)
         grow(t);
-    struct islot *s = find_slot(t, str(in, S_KEY), in->hash);
-    s->hash = in->hash;
-    s->in = in;
+    struct incident **pp = slot_h(t, str(in, S_KEY), in->hash);
+    in->next = NULL;
+    *pp = in;
     t->count++;
     t->open += is_open(in);
     age_insert(t, in);
@@ -490,11 +456,11 @@ static void undo_drop_ptr(struct fbr_incidents *t, const struct incident *in)
 
 static void table_remove(struct fbr_incidents *t, struct incident *in)
 {
-    struct islot *s = find_slot(t, str(in, S_KEY), in->hash);
-    if (s->in != in)
+    struct incident **pp = slot_h(t, str(in, S_KEY), in->hash);
+    if (*pp != in)
         return;
     undo_drop_ptr(t, in);
-    slot_clear(t, s);
+    *pp = in->next;
     t->count--;
     t->open -= is_open(in);
     list_unlink(list_of(t, in), in);
@@ -965,8 +931,8 @@ int fbr_incidents_open(const struct fbr_incidents_opts *opts, struct fbr_inciden
         t->opts.max_incidents = DEFAULT_MAX;
     if (!t->opts.resolved_ttl_ms)
         t->opts.resolved_ttl_ms = DEFAULT_TTL_MS;
-    t->nslots = 64;
-    t->slots = fbr_xcalloc(t->nslots, sizeof(*t->slots));
+    t->nbuckets = 64;
+    t->buckets = fbr_xcalloc(t->nbuckets, sizeof(*t->buckets));
     t->next_number = 1;
     field_slots_build(t->field_slot);
     fbr_strmap_init(&t->deferred);
@@ -997,9 +963,13 @@ void fbr_incidents_close(struct fbr_incidents **tp)
     free(t->undo);
     fbr_strmap_each(&t->deferred, free_deferred, NULL); /* a recovery that failed */
     fbr_strmap_clear(&t->deferred);
-    for (size_t i = 0; i < t->nslots; i++)
-        free(t->slots[i].in);
-    free(t->slots);
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct incident *in = t->buckets[i], *nx; in; in = nx) {
+            nx = in->next;
+            free(in);
+        }
+    }
+    free(t->buckets);
     free(t->line.p);
     free(t);
     *tp = NULL;
@@ -1473,6 +1443,7 @@ int fbr_incidents_commit(struct fbr_incidents *t)
     } else {
         struct incident **pp = slot_h(t, str(cur, S_KEY), cur->hash);
         in->hash = cur->hash;
+        in->next = cur->next;
         *pp = in;
         t->open += (size_t)is_open(in);
         t->open -= (size_t)is_open(cur);
@@ -1520,6 +1491,7 @@ static void undo_one(struct fbr_incidents *t, struct undo *u)
     }
     struct incident **pp = slot_h(t, str(after, S_KEY), after->hash);
     before->hash = after->hash;
+    before->next = after->next;
     *pp = before;
     t->open += (size_t)is_open(before);
     t->open -= (size_t)is_open(after);
