@@ -226,45 +226,42 @@ size_t fbr_fmt_hex(char *out, const unsigned char *b, size_t n)
 }
 
 /* The loop's clock (fbr_clock_loop): readings kept until the next tick while `on`. */
+struct kept_ms {
+    int have;
+    uint64_t v;
+};
 static __thread struct {
-    int on, have_mono, have_wall;
-    uint64_t mono, wall;
+    int on;
+    struct kept_ms mono, wall;
 } loop_clock;
 
-static uint64_t read_ms(clockid_t id)
+/* Clock id in milliseconds: the reading kept in *k since the last tick, or a new one (kept
+ * while the loop's clock is on). */
+static uint64_t read_ms(clockid_t id, struct kept_ms *k)
 {
+    if (k->have)
+        return k->v;
     struct timespec ts;
     clock_gettime(id, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t v = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    if (loop_clock.on)
+        *k = (struct kept_ms){1, v};
+    return v;
 }
 
 uint64_t fbr_now_ms(void)
 {
-    if (loop_clock.have_mono)
-        return loop_clock.mono;
-    uint64_t v = read_ms(CLOCK_MONOTONIC);
-    if (loop_clock.on) {
-        loop_clock.mono = v;
-        loop_clock.have_mono = 1;
-    }
-    return v;
+    return read_ms(CLOCK_MONOTONIC, &loop_clock.mono);
 }
 
 uint64_t fbr_wall_ms(void)
 {
-    if (loop_clock.have_wall)
-        return loop_clock.wall;
-    uint64_t v = read_ms(CLOCK_REALTIME);
-    if (loop_clock.on) {
-        loop_clock.wall = v;
-        loop_clock.have_wall = 1;
-    }
-    return v;
+    return read_ms(CLOCK_REALTIME, &loop_clock.wall);
 }
 
 void fbr_clock_tick(void)
 {
-    loop_clock.have_mono = loop_clock.have_wall = 0;
+    loop_clock.mono.have = loop_clock.wall.have = 0;
 }
 
 void fbr_clock_loop(int on)
