@@ -608,7 +608,7 @@ struct dump_buf {
 static int dump_append(const char *s, size_t n, void *arg)
 {
     struct dump_buf *b = arg;
-    if (b->cap - b->n <= n) {
+    if (b->cap - b->n <= n) { /* room for the text and its final NUL */
         while (b->cap - b->n <= n)
             b->cap = b->cap ? 2 * b->cap : 256;
         b->p = fbr_xrealloc(b->p, b->cap);

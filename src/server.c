@@ -314,7 +314,8 @@ static void send_reply(struct fbr_http_req *req, int status)
                       ? 0
                       : plain_200_head(req, status, head, sizeof(head));
     if (!hlen)
-        evhtp_headers_add_header(r->headers_out, evhtp_header_new("X-Request-Id", req->id, 0, 1));
+        evhtp_headers_add_header(r->headers_out,
+                                 evhtp_header_new("X-Request-Id", req->id, 0, 1));
     /* RFC 9110 11.6.1: a 401 names the scheme to use; a handler may have named its own */
     if (status == 401 && !evhtp_kv_find(r->headers_out, "WWW-Authenticate"))
         evhtp_headers_add_header(r->headers_out,
@@ -546,16 +547,15 @@ static int reply_json_direct(struct fbr_http_pending *p, int status, json_t *bod
         return 0;
     static const char ct[] = "application/json";
     char b[1536];
-    size_t hlen = put_200_head(b, 512, ct, sizeof(ct) - 1, p->id, 0);
-    if (!hlen)
-        return 0;
     /* the body first, after room for the longest head; then the head just before it */
     char *bp = b + 512;
     size_t blen = dump_flat(body, bp, sizeof(b) - 512 - 1);
     if (!blen)
         return 0;
     bp[blen++] = '\n';
-    hlen = put_200_head(b, 512, ct, sizeof(ct) - 1, p->id, blen);
+    size_t hlen = put_200_head(b, 512, ct, sizeof(ct) - 1, p->id, blen);
+    if (!hlen)
+        return 0;
     char *msg = bp - hlen;
     memmove(msg, b, hlen);
     size_t n = hlen + blen;
@@ -678,8 +678,8 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
                        : err == ENOMEM  ? "ENOMEM"
                                         : "other";
     (*fbr_metrics_counter(srv->metrics, "firebridge_http_accept_errors_total",
-                          "accept() failures (the listeners pause after each), by error", "error",
-                          name))++;
+                          "accept() failures (the listeners pause after each), by error",
+                          "error", name))++;
     if (srv->accept_failures++ == 0) {
         srv->accept_since_ms = fbr_now_ms();
         fbr_log(FBR_LOG_ERROR, NULL, "accepting a connection",
@@ -774,8 +774,8 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
                            "Requests answered, by endpoint and status", "endpoint", "none",
                            "status", status_label(status, sl, sizeof(sl))))++;
     count_reject(fc->srv, reason);
-    fbr_log(FBR_LOG_INFO, fc->id[0] ? fc->id : NULL, NULL, "%d: %s; closing the connection", status,
-            msg);
+    fbr_log(FBR_LOG_INFO, fc->id[0] ? fc->id : NULL, NULL, "%d: %s; closing the connection",
+            status, msg);
     evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
     fc->closing = 1;
     fc->deadline_ms = 0;
@@ -951,9 +951,8 @@ static int header_line_done(struct conn *fc, struct refusal *r)
     int ends_chunked = n > cn && strncasecmp(v + n - cn, chunked, cn) == 0 &&
                        (v[n - cn - 1] == ',' || v[n - cn - 1] == ' ' || v[n - cn - 1] == '\t');
     if (ends_chunked)
-        *r = (struct refusal){501, "transfer_coding",
-                              "only the chunked transfer coding is "
-                              "implemented"};
+        *r = (struct refusal){501, "transfer_coding", "only the chunked transfer coding is "
+                                                      "implemented"};
     else
         r->msg = "Transfer-Encoding must end with chunked";
     return 1;
@@ -1106,9 +1105,8 @@ static int head_done(struct conn *fc, struct refusal *r)
     } else if (fc->auths > 1) {
         r->msg = "more than one Authorization header";
     } else if (fc->expect == EXPECT_OTHER && v11) {
-        *r = (struct refusal){417, "expectation",
-                              "only the 100-continue expectation is "
-                              "supported"};
+        *r = (struct refusal){417, "expectation", "only the 100-continue expectation is "
+                                                  "supported"};
     } else if (fc->expect == EXPECT_CONTINUE && v11 && fc->cl_seen &&
                fc->content_length > fc->srv->opts.max_body) {
         *r = (struct refusal){413, "body_too_large", "declared body larger than --max-body"};
@@ -1300,8 +1298,8 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
             if (ch == ':') {
                 fc->in_name = 0;
             } else if (ch == ' ' || ch == '\t') {
-                conn_reject(fc, 400, "bad_header",
-                            fc->line_len ? "blank in a header name" : "folded header line");
+                conn_reject(fc, 400, "bad_header", fc->line_len ? "blank in a header name"
+                                                                : "folded header line");
                 return -1;
             }
         }
@@ -1843,9 +1841,9 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
                                           "Inbound connections accepted", NULL, NULL);
     srv->m_bytes_in = fbr_metrics_counter(srv->metrics, "firebridge_http_received_bytes_total",
                                           "Bytes received on inbound connections", NULL, NULL);
-    srv->m_bytes_out =
-        fbr_metrics_counter(srv->metrics, "firebridge_http_sent_bytes_total",
-                            "Bytes sent on inbound connections (headers approx.)", NULL, NULL);
+    srv->m_bytes_out = fbr_metrics_counter(srv->metrics, "firebridge_http_sent_bytes_total",
+                                           "Bytes sent on inbound connections (headers approx.)",
+                                           NULL, NULL);
     srv->m_backpressure = fbr_metrics_counter(
         srv->metrics, "firebridge_http_backpressure_total",
         "Times a connection's requests were held back because its unsent replies exceeded "

@@ -218,8 +218,7 @@ START_TEST(oversized_and_odd_requests)
                                           "  HOST /healthz HTTP/1.1\r\nHost: t\r\n\r\n"};
     for (size_t i = 0; i < FBR_ARRAY_LEN(leading); i++) {
         st = dutil_http(d.port, leading[i], buf, sizeof(buf));
-        ck_assert_msg(st == 400, "leading blank %zu: %d %s", i,
-                      st, buf);
+        ck_assert_msg(st == 400, "leading blank %zu: %d %s", i, st, buf);
     }
     /* a request line split over many small writes, and a pipelined request split mid-header:
      * both are held back until their header section is whole, then served */
@@ -954,8 +953,9 @@ END_TEST
 /*
  * Replies are written as jansson writes them: server.c serialises flat objects itself (every
  * alert's 200) and the rest with json_dumpb; each body /echo sends back must be byte for byte
- * json_dumps(JSON_COMPACT) of what was posted (hex digits of \\u escapes in lower case), escapes, extreme integers, an empty object and the
- * fallbacks (a real, a nested object, an array, a member too long for the stack buffer) included.
+ * json_dumps(JSON_COMPACT) of what was posted (hex digits of \\u escapes in lower case):
+ * escapes, extreme integers, an empty object and the fallbacks (a real, a nested object, an
+ * array, a member too long for the stack buffer) included.
  */
 START_TEST(replies_written_as_jansson_writes_them)
 {
