@@ -5,12 +5,13 @@
  * with its body already read and bounded.
  *
  * libevhtp 1.2.18 needs guarding (see the shared notes): its parser misbehaves on tokens over
- * 8 KiB and it has no header count/size limits, so each connection's bufferevent read callback
- * is wrapped by a small screener that looks at the header bytes before libevhtp's parser does
- * and rejects oversized request lines and header sections itself.  The same wrapper arms the
- * per-request read deadline (bufferevent timeouts only catch silence, not trickling).  Bodies
- * over max_body are discarded by a per-request on_read hook and answered 413 from the final
- * callback with keep-alive off: the pattern that neither resets nor leaks the connection.
+ * 8 KiB and it has no header count/size limits, so every way into libevhtp's parser on a
+ * connection (its bufferevent callbacks and its resume event, see enter()) is wrapped by a small
+ * screener that looks at the header bytes before libevhtp's parser does and rejects oversized
+ * request lines and header sections itself.  The same wrapper arms the per-request read
+ * deadline (bufferevent timeouts only catch silence, not trickling).  Bodies over max_body are
+ * discarded by a per-request on_read hook and answered 413 from the final callback with
+ * keep-alive off: the pattern that neither resets nor leaks the connection.
  */
 #include "firebridge/server.h"
 
@@ -1471,8 +1472,10 @@ enum entry {
  */
 static void enter(struct conn *fc, struct bufferevent *bev, enum entry e, short what)
 {
-    if (fc->closing ? e == ENTER_READ : screen_input(fc, bev) < 0)
+    if (fc->closing && e == ENTER_READ)
         return;
+    if (!fc->closing && screen_input(fc, bev) < 0)
+        return; /* rejected: conn_reject() flushes its answer and frees */
     struct evbuffer *in = bufferevent_get_input(bev);
     if (e == ENTER_READ) {
         if (evbuffer_get_length(in) == 0)
