@@ -10,9 +10,9 @@
  * of its FIFO, at most per_destination_inflight long; dest_pump() walks that prefix, sends what
  * may go now, promotes queued deliveries into free slots and arms the wake timer for the earliest
  * pending wake-up.  Every state change goes through transition(), which also performs the
- * change's side effects (starting the HTTP attempt, compacting a delivery that has to wait,
- * writing the dead letter, freeing).  Compaction (see compact()) only changes how a delivery's
- * bytes are stored: a waiting delivery holds no event, webhook or render buffer.
+ * change's side effects (starting the HTTP attempt, writing the dead letter, freeing).  A
+ * delivery is its bytes alone from the moment it is queued (URL, header block and body in one
+ * allocation): it holds no event, webhook or render buffer.
  */
 #include "firebridge/delivery.h"
 
@@ -62,23 +62,19 @@ struct delivery {
     enum fbr_delivery_state state;
     char id[ID_LEN + 1];
     const char *method;
-    /* One exact-size allocation: the URL, NUL, the header block, NUL and, once compacted, the
-     * body.  url and head point into it (and move with it). */
+    /* One exact-size allocation: the URL, NUL, the header block, NUL, the body.  url, head and
+     * body point into it. */
     char *store;
     char *url;
     size_t url_len;
     struct fbr_url_pos url_pos; /* the URL parsed once, as offsets: valid when the store moves */
     char *head; /* "Name: value\r\n" lines incl. Content-Type and X-Firebridge-Delivery */
     size_t head_len;
-    /* The body: until compacted, the zero-copy render (slices into the event's JSON and the
-     * webhook's templates, both referenced); afterwards one slice into store.  body_iov/nbody
-     * is what the client and the dead letter read in either case. */
-    struct fbr_render render;
-    json_t *event;               /* reference, NULL once compacted (or for a replay) */
-    struct fbr_webhook *webhook; /* reference, NULL once compacted (or for a replay) */
+    /* What the client and the dead letter read as the body: body_one (a slice of store), or
+     * the caller's render for a request that is never queued (dead_on_arrival). */
     const struct iovec *body_iov;
     size_t nbody;
-    struct iovec body_one; /* the compacted body's slice */
+    struct iovec body_one;
     unsigned attempts, failures;
     uint64_t created_mono, created_wall, first_attempt_wall, last_attempt_wall;
     uint64_t wake_ms;
@@ -220,7 +216,6 @@ static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
 }
 
 static void start_attempt(struct delivery *dl);
-static void compact(struct delivery *dl);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
 static char *put(char *p, const void *src, size_t n);
@@ -295,7 +290,6 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
     case FBR_DS_WAITING_RATE:
     case FBR_DS_BACKING_OFF:
         dl->wake_ms = wake_ms;
-        compact(dl); /* it waits: keep only its bytes, not the event and render buffers */
         break;
     case FBR_DS_IN_FLIGHT:
         start_attempt(dl);
@@ -670,8 +664,8 @@ static void start_attempt(struct delivery *dl)
     if (!dl->first_attempt_wall)
         dl->first_attempt_wall = now_wall;
     dl->last_attempt_wall = now_wall;
-    /* the URL was parsed when the delivery was made; its parts are taken over its bytes' current
-     * place (compaction moves them) */
+    /* the URL was parsed when the delivery was made; its parts are taken over the delivery's
+     * own copy of the bytes */
     struct fbr_url u;
     int parsed = fbr_url_pos_load(&dl->url_pos, dl->url, dl->url_len, &u) == FBR_OK;
     struct fbr_client_req req = {
@@ -768,38 +762,6 @@ static char *put(char *p, const void *src, size_t n)
     return p + n;
 }
 
-/* Copies body after the URL and the header block into the delivery's one allocation, resized
- * to fit exactly, and points the delivery's body at it. */
-static void keep_bytes(struct delivery *dl, const struct fbr_render *body)
-{
-    size_t off = dl->url_len + 1 + dl->head_len + 1, blen = body->total;
-    dl->store = fbr_xrealloc(dl->store, off + blen);
-    fbr_render_copy(body, dl->store + off);
-    dl->url = dl->store;
-    dl->head = dl->store + dl->url_len + 1;
-    dl->body_one = (struct iovec){dl->store + off, blen};
-    dl->body_iov = &dl->body_one;
-    dl->nbody = 1;
-    dl->dest->engine->m.compacted++;
-}
-
-/*
- * A delivery that will not start right away keeps only its bytes: the body is copied next to the
- * URL and the header block, and the references to the event and the webhook go, with the render
- * buffers.  A storage detail, not a state: every state reads the request through url, head and
- * body_iov.  Never while in flight (the client references the body slices then).
- */
-static void compact(struct delivery *dl)
-{
-    if (dl->body_iov == &dl->body_one)
-        return;
-    keep_bytes(dl, &dl->render);
-    fbr_render_free(&dl->render);
-    json_decref(dl->event);
-    dl->event = NULL;
-    fbr_webhook_unref(&dl->webhook);
-}
-
 /*
  * A request whose URL cannot be sent (url.h's rules): it is never queued but goes to the
  * dead-letter file at once, with the parser's reason, so nothing accepted is lost silently.  The
@@ -861,7 +823,9 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     size_t id_len = strlen(id);
 
     /* Size the one allocation: URL, NUL, header block (the webhook's headers, Content-Type, the
-     * delivery id), NUL; the body joins it only if the delivery is compacted. */
+     * delivery id), NUL, body.  The body is copied even for a delivery that starts at once:
+     * sending its render's slices instead would keep the event's JSON alive for a round trip,
+     * and the allocator then hands those blocks out again cold (bench/README.md). */
     static const char xid[] = "X-Firebridge-Delivery: ", ctn[] = "Content-Type: ";
     size_t url_len = o->url.total, head_len = 0;
     for (size_t i = 0; i < o->nheaders; i++)
@@ -871,7 +835,7 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
     if (has_ct)
         head_len += sizeof(ctn) - 1 + strlen(o->content_type) + 2;
     head_len += sizeof(xid) - 1 + id_len + 2;
-    char *store = fbr_xmalloc(url_len + 1 + head_len + 1);
+    char *store = fbr_xmalloc(url_len + 1 + head_len + 1 + o->body.total);
     fbr_render_copy(&o->url, store);
     store[url_len] = '\0';
     /* the webhook's parse of these bytes when it made one, else the parse is made here */
@@ -951,22 +915,11 @@ int fbr_delivery_queue(struct fbr_delivery_engine *e, struct fbr_outreq *o,
         token = auth;
     set_limits(e, dl, d, o->webhook, qo, up.authority, token);
 
-    /* Behind another delivery of its destination, or no free slot: it cannot start now, so it
-     * is kept compacted from the start and o keeps every render buffer for its next render.
-     * Otherwise the body is taken over: its slices are written from here without copying, so
-     * the event and the webhook (what they point into) stay referenced.  The URL, headers and
-     * rate key were copied above: their render buffers stay with o. */
-    struct delivery *last = TAILQ_LAST(&d->queue, delivery_queue);
-    if (d->active >= e->opts.per_destination_inflight || (last && last->state == FBR_DS_QUEUED)) {
-        keep_bytes(dl, &o->body);
-    } else {
-        dl->render = o->body;
-        fbr_render_init(&o->body);
-        dl->body_iov = dl->render.iov;
-        dl->nbody = dl->render.niov;
-        dl->event = o->event ? json_incref(o->event) : NULL;
-        dl->webhook = o->webhook ? fbr_webhook_ref(o->webhook) : NULL;
-    }
+    char *body = dl->head + head_len + 1;
+    fbr_render_copy(&o->body, body);
+    dl->body_one = (struct iovec){body, o->body.total};
+    dl->body_iov = &dl->body_one;
+    dl->nbody = 1;
     fbr_outreq_release(o);
     enqueue(e, dl, qo);
     return FBR_OK;
@@ -1098,7 +1051,7 @@ static void find_authorization(const char *name, size_t nlen, const char *v, siz
 }
 
 /*
- * A restored delivery is built straight from the saved bytes, as a compacted one: one exact-size
+ * A restored delivery is built straight from the saved bytes, as a queued one is: one exact-size
  * allocation holding the URL, the header block (already the wire form, with Content-Type and
  * this id) and the body, no outreq and no render buffers in between (100,000 of them come back
  * at a start).  A URL that no longer parses takes fbr_delivery_queue()'s way, which writes it
@@ -1143,7 +1096,6 @@ int fbr_delivery_restore(struct fbr_delivery_engine *e, const struct fbr_deliver
     dl->body_one = (struct iovec){store + off, s->body.len};
     dl->body_iov = &dl->body_one;
     dl->nbody = 1;
-    e->m.compacted++;
     dl->method = fbr_http_method_name(method);
     char key[1024];
     size_t klen = s->dest_key.len < sizeof(key) - 1 ? s->dest_key.len : sizeof(key) - 1;
@@ -1301,11 +1253,6 @@ void fbr_delivery_auth_ready(struct fbr_delivery_engine *e)
 
 static void delivery_free(struct delivery *dl)
 {
-    if (dl->body_iov == &dl->body_one)
-        dl->dest->engine->m.compacted--;
-    fbr_render_free(&dl->render);
-    json_decref(dl->event);
-    fbr_webhook_unref(&dl->webhook);
     drop_auth_attempt(dl);
     if (dl->auth)
         dl->auth->unref(dl->auth_arg);
@@ -1374,8 +1321,6 @@ void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
                            "Retries by reason.", "reason", retry_names[i], m->retries[i]);
     fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_deliveries_pending",
                        "Accepted, not yet delivered or dead.", NULL, NULL, m->pending);
-    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_deliveries_compacted",
-                       "Pending deliveries kept as their bytes only.", NULL, NULL, m->compacted);
     for (unsigned st = FBR_DS_QUEUED; st <= FBR_DS_BACKING_OFF; st++)
         fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_deliveries_in_state",
                            "Live deliveries per state.", "state", state_names[st],

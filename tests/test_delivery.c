@@ -918,22 +918,17 @@ START_TEST(replay_live_file_no_loop)
 }
 END_TEST
 
-/* ---- compaction: a delivery that cannot start at once keeps its bytes, not its event ---- */
-
-static int compacted_4(void)
-{
-    return M()->compacted == 4;
-}
+/* ---- a delivery is its bytes: no event, webhook or render buffer held ---- */
 
 /*
  * Four alerts rendered by a real webhook (escaped values in scratch, literal slices in the
  * template, values in the event's JSON) to one room whose server answers 503 twice.  The first
- * goes out at once, zero-copy, holding its event; the three behind it are compacted on submit
- * and release theirs; the first is compacted when it backs off.  Every attempt of the first
- * delivery (zero-copy, then compacted) must be byte-identical on the wire, and the compacted
- * ones must carry their own body, headers and delivery id.
+ * goes out at once, the three behind it wait; none of them holds its event once submitted, and
+ * the webhooks are cleared (a reload) while they are pending.  Every attempt of the first
+ * delivery must be byte-identical on the wire, and each must carry its own body, headers and
+ * delivery id.
  */
-START_TEST(waiting_deliveries_compacted)
+START_TEST(deliveries_hold_their_bytes_only)
 {
     enum { N = 4 };
     srv = tsrv_new(base, NULL);
@@ -975,27 +970,21 @@ START_TEST(waiting_deliveries_compacted)
         want_body[i] = fbr_render_strdup(&r.body);
         ck_assert_int_eq(fbr_delivery_submit(eng, &r, want_id[i]), FBR_OK);
         fbr_outreq_free(&r);
-        /* the first starts at once and keeps its event (zero-copy); the others wait, compacted */
-        ck_assert_int_eq(ev[i]->refcount, (i == 0 ? 2 : 1));
-        ck_assert_uint_eq(M()->compacted, (uint64_t)i);
+        /* the first starts at once, the others wait: none keeps the event */
+        ck_assert_int_eq(ev[i]->refcount, 1);
     }
     ck_assert_uint_eq(M()->in_state[FBR_DS_IN_FLIGHT], 1);
     ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], N - 1);
-
-    /* the 503: the first backs off and lets its event go too */
-    ck_assert(tsrv_run_until(base, compacted_4, 5000));
-    ck_assert_int_eq(ev[0]->refcount, 1);
     for (int i = 0; i < N; i++)
         json_decref(ev[i]);
-    fbr_webhooks_clear(&whs); /* a reload: the compacted deliveries need no template either */
+    fbr_webhooks_clear(&whs); /* a reload: pending deliveries need no template either */
 
     want = N;
     ck_assert(tsrv_run_until(base, delivered_n, 10000));
-    ck_assert_uint_eq(M()->compacted, 0);
     ck_assert_uint_eq(M()->pending, 0);
     ck_assert_uint_eq(tsrv_nreqs(srv), N + 2);
 
-    /* attempts 1 (zero-copy), 2 and 3 (compacted) of the first delivery: the same bytes */
+    /* attempts 1, 2 and 3 of the first delivery: the same bytes */
     const struct tsrv_req *first = tsrv_req(srv, 0);
     for (size_t k = 1; k < 3; k++) {
         const struct tsrv_req *r = tsrv_req(srv, k);
@@ -1017,26 +1006,26 @@ START_TEST(waiting_deliveries_compacted)
                  i == 2 ? "disk/\xc3\xa9t\xc3\xa9" : "db-17");
         ck_assert_ptr_nonnull(strstr(r->head, line));
         ck_assert_ptr_nonnull(strstr(r->head, "\r\nContent-Type: application/json\r\n"));
-        /* same head as the zero-copy attempt but for the id and the per-alert header */
+        /* same head as the first attempt but for the id and the per-alert header */
         ck_assert_uint_eq(r->head_len, first->head_len + (i == 2 ? 5 : 0));
         free(want_body[i]);
     }
 }
 END_TEST
 
-/* ---- one URL parse per delivery, kept as offsets: right wherever the bytes move ---- */
-
+/* ---- one URL parse per delivery, kept as offsets: right over the delivery's own copy ---- */
 
 /*
  * Each delivery's URL is parsed once (by the webhook, or by the engine for a request built by
  * hand or restored from the journal) and its parts are kept as offsets into the delivery's own
- * bytes.  Deliveries to two servers, with hosts, ports, rooms and tokens of different lengths,
- * rendered by a webhook whose port is a variable (so its URL is checked at render time), built by
- * hand and restored: the first attempt of every destination fails twice, so it is compacted (its
- * bytes move: the store grows by the body) and sent again from there, and the ones behind it
- * wait compacted.  Every request must reach its own server with its own Host and target.
+ * copy of the bytes (the render it was parsed from is reused by the next alert).  Deliveries to
+ * two servers, with hosts, ports, rooms and tokens of different lengths, rendered through one
+ * outreq by a webhook whose port is a variable (so its URL is checked at render time), built by
+ * hand and restored: the first attempt of every destination fails twice, so it is sent again
+ * after a backoff, and the ones behind it wait.  Every request must reach its own server with its
+ * own Host and target.
  */
-START_TEST(url_parsed_once_survives_compaction)
+START_TEST(url_parsed_once_over_own_copy)
 {
     srv = tsrv_new(base, NULL);
     srv_b = tsrv_new(base, NULL);
@@ -1435,8 +1424,8 @@ int main(void)
     tcase_add_test(tc, several_in_flight_per_destination);
     tcase_add_test(tc, shutdown_saves_every_state);
     tcase_add_test(tc, replay_live_file_no_loop);
-    tcase_add_test(tc, waiting_deliveries_compacted);
-    tcase_add_test(tc, url_parsed_once_survives_compaction);
+    tcase_add_test(tc, deliveries_hold_their_bytes_only);
+    tcase_add_test(tc, url_parsed_once_over_own_copy);
     tcase_add_test(tc, webhook_room_rate_override);
     tcase_add_test(tc, webhook_token_rate_override);
     tcase_add_test(tc, dns_server_silent);

@@ -120,7 +120,6 @@ struct fbr_delivery_metrics {
     uint64_t attempts;       /* HTTP attempts started */
     uint64_t retries[FBR_RETRY_COUNT];
     uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
-    uint64_t compacted;                 /* gauge: pending and compacted (see submit below) */
     uint64_t in_state[FBR_DS_COUNT];    /* gauge per live state (delivered/dead stay 0) */
     uint64_t destinations_rate_limited; /* gauge: destinations whose head waits on a limit */
     uint64_t latency_buckets[FBR_DELIVERY_LATENCY_BUCKETS]; /* non-cumulative counts */
@@ -142,11 +141,9 @@ void fbr_delivery_engine_free(struct fbr_delivery_engine **e);
 
 /*
  * Queues one rendered request.  On FBR_OK o is left released and empty, its render buffers kept
- * for the next render, except the body's when the delivery starts at once: the engine takes that
- * buffer and references to o's event and webhook, and sends the body's slices zero-copy.  The
- * URL and headers are always copied.  A delivery that has to wait (its destination busy, a rate
- * limit, a backoff after a failure) is compacted: its body is copied next to its URL and headers
- * in one exact-size allocation, and it holds no event, webhook or render buffer any more.
+ * for the next render: the delivery's URL, header block and body are copied into one exact-size
+ * allocation, and it holds no reference to o's event or webhook (a copy of a few hundred bytes
+ * costs less than keeping the event's JSON alive for a round trip; bench/README.md).
  * On FBR_LIMIT (max_pending undelivered, or after fbr_delivery_shutdown()) o is untouched and
  * still the caller's.  On FBR_INVALID (a URL that url.h refuses) o is untouched too, and the
  * request was written to the dead-letter file with the parser's reason ("unsendable URL: ...").
@@ -279,7 +276,7 @@ size_t fbr_delivery_room(const struct fbr_delivery_engine *e);
 /* Counters (borrowed, live). */
 const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e);
 /* The engine's metrics collector (metrics.h; arg: the engine): firebridge_deliveries_total,
- * _attempts_total, _retries_total, _pending, _compacted, _in_state, _destinations_rate_limited
+ * _attempts_total, _retries_total, _pending, _in_state, _destinations_rate_limited
  * and the latency histogram.  The daemon adds it to its registry. */
 struct fbr_metrics_samples;
 void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg);
