@@ -5,12 +5,13 @@
  * with its body already read and bounded.
  *
  * libevhtp 1.2.18 needs guarding (see the shared notes): its parser misbehaves on tokens over
- * 8 KiB and it has no header count/size limits, so each connection's bufferevent read callback
- * is wrapped by a small screener that looks at the header bytes before libevhtp's parser does
- * and rejects oversized request lines and header sections itself.  The same wrapper arms the
- * per-request read deadline (bufferevent timeouts only catch silence, not trickling).  Bodies
- * over max_body are discarded by a per-request on_read hook and answered 413 from the final
- * callback with keep-alive off: the pattern that neither resets nor leaks the connection.
+ * 8 KiB and it has no header count/size limits, so every way into libevhtp's parser on a
+ * connection (its bufferevent callbacks and its resume event, see enter()) is wrapped by a small
+ * screener that looks at the header bytes before libevhtp's parser does and rejects oversized
+ * request lines and header sections itself.  The same wrapper arms the per-request read
+ * deadline (bufferevent timeouts only catch silence, not trickling).  Bodies over max_body are
+ * discarded by a per-request on_read hook and answered 413 from the final callback with
+ * keep-alive off: the pattern that neither resets nor leaks the connection.
  */
 #include "firebridge/server.h"
 
@@ -89,6 +90,7 @@ struct conn {
     bufferevent_data_cb ev_read; /* libevhtp's callbacks, which the screener wraps */
     bufferevent_data_cb ev_write;
     bufferevent_event_cb ev_event;
+    event_callback_fn ev_resume; /* and its resume event's, wrapped too (see enter()) */
     struct event *deadline;      /* read_timeout for the request in progress (see arm_deadline) */
     uint64_t deadline_ms;        /* when it runs out (fbr_now_ms), 0: no deadline running */
     size_t screened;             /* bytes at the head of the input already screened */
@@ -1414,78 +1416,122 @@ static void plain_read_start(evhtp_connection_t *c)
         event_add(ev, evutil_timerisset(&bev->timeout_read) ? &bev->timeout_read : NULL);
 }
 
-/* libevhtp's callbacks take the connection; ours take fc and forward, guarding fc's lifetime. */
-static void wrapped_readcb(struct bufferevent *bev, void *arg)
+/*
+ * Brings the input to what libevhtp may parse: the bytes read since the last call screened, the
+ * held beginning of a header section put back in front of them, and the beginning of one still
+ * incomplete taken out again (into fc->held).  Afterwards the input holds whole header sections
+ * only and fc->screened is its length.  Returns 0, or -1 after the connection was rejected.
+ */
+static int screen_input(struct conn *fc, struct bufferevent *bev)
 {
-    struct conn *fc = arg;
-    if (fc->closing)
-        return;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
     if (len < fc->screened)
         fc->screened = 0; /* libevhtp drained more than we saw: start afresh */
-    if (len > fc->screened) {
-        *fc->srv->m_bytes_in += len - fc->screened;
-        size_t head_at = fc->in_request == REQ_HEAD ? fc->screened : SIZE_MAX;
-        if (fc->held && evbuffer_get_length(fc->held)) {
-            unhold(fc, in);
-            len = evbuffer_get_length(in);
-        }
-        const unsigned char *buf = evbuffer_pullup(in, -1);
-        if (screen(fc, buf, fc->screened, len, &head_at) < 0)
-            return;
-        if (fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD) {
-            if (!fc->held)
-                fc->held = evbuffer_new();
-            move_tail(in, head_at, fc->held);
-            len = head_at;
-        }
-        fc->screened = len;
-        if (len == 0)
-            return; /* nothing whole for the parser yet */
+    if (len == fc->screened)
+        return 0;
+    *fc->srv->m_bytes_in += len - fc->screened;
+    size_t head_at = fc->in_request == REQ_HEAD ? fc->screened : SIZE_MAX;
+    if (fc->held && evbuffer_get_length(fc->held)) {
+        unhold(fc, in);
+        len = evbuffer_get_length(in);
     }
-    if (evbuffer_get_length(bufferevent_get_output(bev)) > OUT_HIGH) {
-        /* The client is not reading: parse nothing more until the output drains (the write
-         * callback feeds the parser again); the read watermark stops reading the socket. */
-        fc->screened = len;
-        if (!fc->out_blocked) {
-            fc->out_blocked = 1;
-            (*fc->srv->m_backpressure)++;
-        }
+    const unsigned char *buf = evbuffer_pullup(in, -1);
+    if (screen(fc, buf, fc->screened, len, &head_at) < 0)
+        return -1;
+    if (fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD) {
+        if (!fc->held)
+            fc->held = evbuffer_new();
+        move_tail(in, head_at, fc->held);
+        len = head_at;
+    }
+    fc->screened = len;
+    return 0;
+}
+
+/* The three ways into libevhtp's parser on a connection. */
+enum entry {
+    ENTER_READ,   /* its read callback: bytes arrived (or enter() feeds what waits) */
+    ENTER_WRITE,  /* its write callback: output flushed; once a reply is out (WAITING) it turns
+                   * reading back on and parses the input itself */
+    ENTER_RESUME, /* its resume event (evhtp_connection_resume): parses the input itself when
+                   * the output is empty */
+};
+
+/*
+ * The one way into libevhtp on a connection: each of its bufferevent callbacks and its resume
+ * event runs through here, and the input is screened before any of them, so that libevhtp's
+ * parser never sees a byte the screener has not, nor a header section without its beginning.
+ * Its write callback and its resume event read the input by themselves, and the bufferevent's
+ * read callback is deferred (BEV_OPT_DEFER_CALLBACKS: the next loop iteration) while a deferred
+ * reply can come in the iteration that read the bytes (an alert's 200, after the journal
+ * commit): libevhtp parsed them without the held beginning (the connection closed without a
+ * word) or with it out of place (405, 400), and the screener then took them for screened and
+ * the held bytes were never put back (the rest of a pipeline unanswered).  After libevhtp
+ * returns, what is left in the input was screened; fc may be freed meanwhile (not touched then).
+ */
+static void enter(struct conn *fc, struct bufferevent *bev, enum entry e, short what)
+{
+    if (fc->closing && e == ENTER_READ)
         return;
+    if (!fc->closing && screen_input(fc, bev) < 0)
+        return; /* rejected: conn_reject() flushes its answer and frees */
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (e == ENTER_READ) {
+        if (evbuffer_get_length(in) == 0)
+            return; /* nothing whole for the parser yet */
+        if (evbuffer_get_length(bufferevent_get_output(bev)) > OUT_HIGH) {
+            /* The client is not reading: parse nothing more until the output drains (the write
+             * callback feeds the parser again); the read watermark stops reading the socket. */
+            if (!fc->out_blocked) {
+                fc->out_blocked = 1;
+                (*fc->srv->m_backpressure)++;
+            }
+            return;
+        }
+        fc->out_blocked = 0;
     }
-    fc->out_blocked = 0;
     fc->busy++;
-    fc->ev_read(bev, fc->c);
+    switch (e) {
+    case ENTER_READ:
+        fc->ev_read(bev, fc->c);
+        break;
+    case ENTER_WRITE:
+        fc->ev_write(bev, fc->c);
+        break;
+    case ENTER_RESUME:
+        fc->ev_resume(-1, what, fc->c);
+        break;
+    }
     fc->busy--;
     if (fc->dead) {
         if (!fc->busy)
             conn_free(fc);
         return;
     }
-    fc->screened = evbuffer_get_length(bufferevent_get_input(bev));
+    fc->screened = evbuffer_get_length(in);
+    /* libevhtp 1.2.18 stops parsing after each request and, when the next one came in the same
+     * read, never gets back to it until more bytes arrive (bare libevhtp too): pipelined requests
+     * hung.  Feed it once a keep-alive reply is out and libevhtp waits for a new request. */
+    if (e == ENTER_WRITE && fc->screened && fc->c && !fc->closing && !fc->c->request)
+        enter(fc, bev, ENTER_READ, 0);
+}
+
+/* libevhtp's callbacks take the connection; ours take fc. */
+static void wrapped_readcb(struct bufferevent *bev, void *arg)
+{
+    enter(arg, bev, ENTER_READ, 0);
 }
 
 static void wrapped_writecb(struct bufferevent *bev, void *arg)
 {
+    enter(arg, bev, ENTER_WRITE, 0);
+}
+
+static void wrapped_resumecb(evutil_socket_t fd, short what, void *arg)
+{
     struct conn *fc = arg;
-    fc->busy++;
-    fc->ev_write(bev, fc->c);
-    fc->busy--;
-    if (fc->dead) {
-        if (!fc->busy)
-            conn_free(fc);
-        return;
-    }
-    /* A keep-alive reply is out: whatever follows in the input was screened already. */
-    struct evbuffer *in = bufferevent_get_input(bev);
-    fc->screened = evbuffer_get_length(in);
-    /* libevhtp 1.2.18 stops parsing after each request and, when the next one came in the same
-     * read, never gets back to it until more bytes arrive (bare libevhtp too): pipelined requests
-     * hung.  Feed it now that libevhtp waits for a new request (the input holds no partial
-     * header section: that is in fc->held). */
-    if (fc->screened && fc->c && !fc->closing && !fc->c->request)
-        wrapped_readcb(bev, fc);
+    enter(fc, fc->c->bev, ENTER_RESUME, what);
 }
 
 static void wrapped_eventcb(struct bufferevent *bev, short what, void *arg)
@@ -1605,6 +1651,11 @@ static evhtp_res post_accept(evhtp_connection_t *c, void *arg)
     void *cbarg;
     bufferevent_getcb(c->bev, &fc->ev_read, &fc->ev_write, &fc->ev_event, &cbarg);
     bufferevent_setcb(c->bev, wrapped_readcb, wrapped_writecb, wrapped_eventcb, fc);
+    struct event *resume = c->resume_ev;
+    fc->ev_resume = event_get_callback(resume);
+    event_del(resume);
+    event_assign(resume, srv->base, -1, event_get_events(resume), wrapped_resumecb, fc);
+    event_add(resume, NULL);
     bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH);
     plain_read_start(c);
     evhtp_connection_set_hook(c, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, fc);
