@@ -982,49 +982,48 @@ static void send_reply(struct fbr_intake *in, struct fbr_http_req *req,
     fbr_http_reply_json(req, r->status, r->body);
 }
 
-static void on_alert(struct fbr_http_req *req, void *arg)
+/* The three POST endpoints share one shape: the refusals, the body parsed, the marks that a
+ * failed journal commit takes the request back to, the endpoint's own work, the answer. */
+enum endpoint { EP_ALERT, EP_ALERTMANAGER, EP_EVENT };
+
+static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoint ep)
 {
-    if (refuse_draining(arg, req) || refuse_journal(arg, req))
+    if (refuse_draining(in, req) || refuse_journal(in, req))
         return;
     struct fbr_intake_reply r;
     int bad_type;
-    json_t *body = parse_body(arg, req, &bad_type);
+    json_t *body = parse_body(in, req, &bad_type);
     struct marks before;
-    take_marks(arg, &before);
-    fbr_intake_alert(arg, req->path, body, &r);
+    take_marks(in, &before);
+    switch (ep) {
+    case EP_ALERT:
+        fbr_intake_alert(in, req->path, body, &r);
+        break;
+    case EP_ALERTMANAGER:
+        fbr_intake_alertmanager(in, req->path, fbr_http_header(req, "Authorization"), body, &r);
+        break;
+    case EP_EVENT:
+        fbr_intake_event(in, fbr_http_header(req, "Authorization"), body, &r);
+        break;
+    }
     json_decref(body);
     unsupported_type(&r, bad_type);
-    send_reply(arg, req, &r, &before);
+    send_reply(in, req, &r, &before);
+}
+
+static void on_alert(struct fbr_http_req *req, void *arg)
+{
+    handle(req, arg, EP_ALERT);
 }
 
 static void on_alertmanager(struct fbr_http_req *req, void *arg)
 {
-    if (refuse_draining(arg, req) || refuse_journal(arg, req))
-        return;
-    struct fbr_intake_reply r;
-    int bad_type;
-    json_t *body = parse_body(arg, req, &bad_type);
-    struct marks before;
-    take_marks(arg, &before);
-    fbr_intake_alertmanager(arg, req->path, fbr_http_header(req, "Authorization"), body, &r);
-    json_decref(body);
-    unsupported_type(&r, bad_type);
-    send_reply(arg, req, &r, &before);
+    handle(req, arg, EP_ALERTMANAGER);
 }
 
 static void on_event(struct fbr_http_req *req, void *arg)
 {
-    if (refuse_draining(arg, req) || refuse_journal(arg, req))
-        return;
-    struct fbr_intake_reply r;
-    int bad_type;
-    json_t *body = parse_body(arg, req, &bad_type);
-    struct marks before;
-    take_marks(arg, &before);
-    fbr_intake_event(arg, fbr_http_header(req, "Authorization"), body, &r);
-    json_decref(body);
-    unsupported_type(&r, bad_type);
-    send_reply(arg, req, &r, &before);
+    handle(req, arg, EP_EVENT);
 }
 
 void fbr_intake_set_observer(struct fbr_intake *in, fbr_intake_observer_fn fn,
