@@ -141,10 +141,11 @@ struct fbr_delivery_engine {
     char *dl_path;
     struct fbr_strmap dests;
     struct fbr_strmap tokens;
-    /* Idle destinations and token limiters, oldest first, and the longest window any limit of
-     * each kind has had: one idle for that long has no recorded send that still counts. */
+    /* Idle destinations and token limiters, oldest first, and how long one stays idle before it
+     * is forgotten: the longest window any limit of its kind has had (then no recorded send
+     * still counts), at least opts.idle_keep_ms. */
     struct idlers idle_dests, idle_tokens;
-    uint64_t dest_window_ms, token_window_ms;
+    uint64_t dest_idle_ms, token_idle_ms;
     struct event *sweep;
     uint64_t sweep_at; /* 0: not armed */
     struct fbr_delivery_metrics m;
@@ -201,6 +202,7 @@ void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
     o->max_pending = FBR_DEFAULT_MAX_PENDING;
     o->data_dir = ".";
     o->per_destination_inflight = 1;
+    o->idle_keep_ms = FBR_DEFAULT_IDLE_KEEP_MS;
 }
 
 uint64_t fbr_delivery_backoff_ms(uint64_t initial_ms, uint64_t max_ms, unsigned failures,
@@ -363,9 +365,9 @@ finished:
     /* the last delivery of its destination or token: they may be forgotten later (never now:
      * the callers still use d) */
     if (tok && --tok->users == 0)
-        go_idle(e, &e->idle_tokens, &tok->idle, e->token_window_ms, now ? now : fbr_now_ms());
+        go_idle(e, &e->idle_tokens, &tok->idle, e->token_idle_ms, now ? now : fbr_now_ms());
     if (TAILQ_EMPTY(&d->queue))
-        go_idle(e, &e->idle_dests, &d->idle, e->dest_window_ms, now ? now : fbr_now_ms());
+        go_idle(e, &e->idle_dests, &d->idle, e->dest_idle_ms, now ? now : fbr_now_ms());
 }
 
 /* ---- scheduling ---- */
@@ -1006,10 +1008,10 @@ static void set_limits(struct fbr_delivery_engine *e, struct delivery *dl, struc
     if (saved && saved->token_rate.n)
         dl->token_rate = saved->token_rate;
     /* the longest windows so far: how long an idle limiter's sends may still count */
-    if ((uint64_t)dl->room_rate.secs * 1000u > e->dest_window_ms)
-        e->dest_window_ms = (uint64_t)dl->room_rate.secs * 1000u;
-    if ((uint64_t)dl->token_rate.secs * 1000u > e->token_window_ms)
-        e->token_window_ms = (uint64_t)dl->token_rate.secs * 1000u;
+    if ((uint64_t)dl->room_rate.secs * 1000u > e->dest_idle_ms)
+        e->dest_idle_ms = (uint64_t)dl->room_rate.secs * 1000u;
+    if ((uint64_t)dl->token_rate.secs * 1000u > e->token_idle_ms)
+        e->token_idle_ms = (uint64_t)dl->token_rate.secs * 1000u;
     need_capacity(&d->rl, dl->room_rate);
     const struct fbr_delivery_auth_ref *aref = qo->auth;
     if (aref) {
@@ -1523,8 +1525,12 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
     fbr_strmap_init(&e->tokens);
     TAILQ_INIT(&e->idle_dests);
     TAILQ_INIT(&e->idle_tokens);
-    e->dest_window_ms = (uint64_t)e->opts.room_rate.secs * 1000u;
-    e->token_window_ms = (uint64_t)e->opts.token_rate.secs * 1000u;
+    e->dest_idle_ms = (uint64_t)e->opts.room_rate.secs * 1000u;
+    e->token_idle_ms = (uint64_t)e->opts.token_rate.secs * 1000u;
+    if (e->dest_idle_ms < e->opts.idle_keep_ms)
+        e->dest_idle_ms = e->opts.idle_keep_ms;
+    if (e->token_idle_ms < e->opts.idle_keep_ms)
+        e->token_idle_ms = e->opts.idle_keep_ms;
     e->sweep = evtimer_new(base, sweep_cb, e);
     snprintf(e->id_prefix, sizeof(e->id_prefix), "%016" PRIx64, rand64());
     *out = e;
@@ -1567,11 +1573,11 @@ static void arm_sweep(struct fbr_delivery_engine *e, uint64_t due, uint64_t now)
 /* i's owner has nothing to send from now on: it joins the tail of list, and the sweep is armed
  * for when it may be forgotten unless it is armed already for about then or earlier. */
 static void go_idle(struct fbr_delivery_engine *e, struct idlers *list, struct idler *i,
-                    uint64_t window_ms, uint64_t now)
+                    uint64_t idle_ms, uint64_t now)
 {
     i->since = now ? now : 1;
     TAILQ_INSERT_TAIL(list, i, link);
-    uint64_t due = now + (window_ms > SWEEP_MIN_MS ? window_ms : SWEEP_MIN_MS);
+    uint64_t due = now + (idle_ms > SWEEP_MIN_MS ? idle_ms : SWEEP_MIN_MS);
     if (!e->sweep_at || e->sweep_at > due + SWEEP_MIN_MS)
         arm_sweep(e, due, now);
 }
@@ -1601,17 +1607,17 @@ static int forget_token(struct fbr_delivery_engine *e, struct idler *i, uint64_t
 }
 
 /*
- * Takes list from its head while its entries have been idle for window_ms (none idle since now:
+ * Takes list from its head while its entries have been idle for idle_ms (none idle since now:
  * one kept is put back at the tail as idle since now), at most budget of them; forget() frees
  * one or keeps it.  Sets *more when the budget ran out.  Returns how many were freed.
  */
-static size_t sweep_list(struct fbr_delivery_engine *e, struct idlers *list, uint64_t window_ms,
+static size_t sweep_list(struct fbr_delivery_engine *e, struct idlers *list, uint64_t idle_ms,
                          uint64_t now, size_t budget, int *more,
                          int (*forget)(struct fbr_delivery_engine *, struct idler *, uint64_t))
 {
     size_t freed = 0, seen = 0;
     struct idler *i;
-    while ((i = TAILQ_FIRST(list)) && i->since < now && i->since + window_ms <= now) {
+    while ((i = TAILQ_FIRST(list)) && i->since < now && i->since + idle_ms <= now) {
         if (seen++ == budget) {
             *more = 1;
             break;
@@ -1629,20 +1635,20 @@ static size_t sweep_list(struct fbr_delivery_engine *e, struct idlers *list, uin
 }
 
 /* When list's head may be forgotten (UINT64_MAX: empty). */
-static uint64_t idle_due(const struct idlers *list, uint64_t window_ms)
+static uint64_t idle_due(const struct idlers *list, uint64_t idle_ms)
 {
     const struct idler *i = TAILQ_FIRST(list);
-    return i ? i->since + window_ms : UINT64_MAX;
+    return i ? i->since + idle_ms : UINT64_MAX;
 }
 
 static size_t sweep(struct fbr_delivery_engine *e, size_t budget)
 {
     uint64_t now = fbr_now_ms();
     int more = 0;
-    size_t n = sweep_list(e, &e->idle_dests, e->dest_window_ms, now, budget, &more, forget_dest);
-    n += sweep_list(e, &e->idle_tokens, e->token_window_ms, now, budget, &more, forget_token);
-    uint64_t due = idle_due(&e->idle_dests, e->dest_window_ms);
-    uint64_t due_tokens = idle_due(&e->idle_tokens, e->token_window_ms);
+    size_t n = sweep_list(e, &e->idle_dests, e->dest_idle_ms, now, budget, &more, forget_dest);
+    n += sweep_list(e, &e->idle_tokens, e->token_idle_ms, now, budget, &more, forget_token);
+    uint64_t due = idle_due(&e->idle_dests, e->dest_idle_ms);
+    uint64_t due_tokens = idle_due(&e->idle_tokens, e->token_idle_ms);
     if (due_tokens < due)
         due = due_tokens;
     if (more)

@@ -1430,6 +1430,7 @@ START_TEST(idle_rooms_and_tokens_forgotten)
     opts_fast(&o);
     o.room_rate = (struct fbr_rate){5, 1};
     o.token_rate = (struct fbr_rate){5, 1};
+    o.idle_keep_ms = 0; /* the window alone */
     start(&o);
     enum { N = 300 };
     for (int i = 0; i < N; i++) {
@@ -1477,6 +1478,7 @@ START_TEST(busy_or_recent_room_kept)
     opts_fast(&o);
     o.room_rate = (struct fbr_rate){2, 3};
     o.token_rate = (struct fbr_rate){2, 3};
+    o.idle_keep_ms = 0;
     start(&o);
 
     /* B sends, goes idle, then gets a delivery that stays queued (held) past B's window */

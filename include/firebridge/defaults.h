@@ -33,6 +33,9 @@
 #define FBR_DEFAULT_RETRY_INITIAL_MS 500
 #define FBR_DEFAULT_RETRY_MAX_INTERVAL_MS 60000
 #define FBR_DEFAULT_RETRY_MAX_AGE_S 86400
+/* an idle destination or token limiter is kept at least this long, even when its window is
+ * shorter, so a room fed every few seconds is not rebuilt for each delivery (not a config key) */
+#define FBR_DEFAULT_IDLE_KEEP_MS 10000
 
 /* write-ahead journal */
 #define FBR_DEFAULT_FSYNC_INTERVAL_MS 100

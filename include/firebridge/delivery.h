@@ -80,6 +80,8 @@ struct fbr_delivery_opts {
     unsigned per_destination_inflight; /* default 1 */
     int tls_insecure;                  /* tests only */
     const char *nameserver;            /* tests: see fbr_client_opts; NULL = /etc/resolv.conf */
+    unsigned idle_keep_ms; /* an idle destination or token limiter is kept at least this long
+                              (see "Forgetting"; 0 in tests: just its window) */
 };
 
 /* Fills opts with the daemon's defaults (defaults.h; data_dir ".", ca_file NULL). */
@@ -290,8 +292,9 @@ void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbu
  * (its queue, timer and room limiter) or a token limiter for ever: one with nothing queued or in
  * flight is freed by a sweep timer once it has been idle for the longest window any limit of its
  * kind has had in this engine (the engine's --room-rate / --token-rate or a webhook's override),
- * so none of its recorded sends could still hold back a send, and no server hold (429,
- * X-*-Remaining 0) runs on it.  A new delivery to it before then finds it as it was.  Memory for
+ * so none of its recorded sends could still hold back a send, and at least opts.idle_keep_ms
+ * (rebuilding one costs more than a delivery: a room fed every few seconds keeps its own), and
+ * no server hold (429, X-*-Remaining 0) runs on it.  A new delivery to it before then finds it as it was.  Memory for
  * these is therefore bounded by the distinct rooms and tokens seen within one window, not by
  * all ever seen.  fbr_delivery_sweep() runs that sweep now (tests) and returns how many it freed.
  */
