@@ -800,6 +800,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         evtimer_add(fc->deadline, &tv);
         return;
     }
+    if (fc->c->ssl && !SSL_is_init_finished(fc->c->ssl)) {
+        /* No channel for a 408 before the handshake is done: the bufferevent would hold it
+         * until the handshake, and the slot until --idle-timeout.  Closed at once instead. */
+        count_reject(fc->srv, "no_request");
+        fbr_log(FBR_LOG_INFO, NULL, NULL, "408: TLS handshake not completed within the read "
+                                          "timeout; closing the connection");
+        evhtp_connection_free(fc->c); /* frees fc (on_conn_fini): not inside libevhtp here */
+        return;
+    }
     if (fc->in_request == REQ_NONE)
         conn_reject(fc, 408, "no_request", "no request received within the read timeout");
     else

@@ -477,17 +477,54 @@ END_TEST
 
 /* ---- TLS ---- */
 
-START_TEST(tls_inbound)
+/* A fresh self-signed certificate for localhost: dir (made, /tmp/fbr-it-tls-XXXXXX), cert and
+ * key paths (64 bytes each). */
+static void make_cert(char *dir, char *cert, char *key)
 {
-    char dir[] = "/tmp/fbr-it-tls-XXXXXX";
+    strcpy(dir, "/tmp/fbr-it-tls-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char cmd[512], cert[64], key[64];
-    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
-    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    char cmd[512];
+    snprintf(cert, 64, "%s/cert.pem", dir);
+    snprintf(key, 64, "%s/key.pem", dir);
     snprintf(cmd, sizeof(cmd),
              "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
              "-keyout %s -out %s >/dev/null 2>&1", key, cert);
     ck_assert_int_eq(system(cmd), 0);
+}
+
+/* GET path over a new TLS connection (ctx verifies the daemon's certificate); returns the
+ * status, -1 when the handshake failed or no reply came. */
+static int tls_get(SSL_CTX *ctx, int port, const char *path, char *buf, int cap)
+{
+    int fd = dutil_connect(port);
+    ck_assert_int_ge(fd, 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    SSL_set1_host(ssl, "localhost");
+    int status = -1;
+    if (SSL_connect(ssl) == 1) {
+        char req[256];
+        int n = snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                         path);
+        ck_assert_int_eq(SSL_write(ssl, req, n), n);
+        int len = 0;
+        while ((n = SSL_read(ssl, buf + len, cap - 1 - len)) > 0)
+            len += n;
+        buf[len] = '\0';
+        if (len > 12 && strncmp(buf, "HTTP/1.1 ", 9) == 0)
+            status = atoi(buf + 9);
+    }
+    SSL_free(ssl);
+    close(fd);
+    return status;
+}
+
+START_TEST(tls_inbound)
+{
+    char dir[64], cmd[512], cert[64], key[64];
+    make_cert(dir, cert, key);
 
     struct dutil_daemon d;
     const char *const extra[] = {"--tls-cert", cert, "--tls-key", key, NULL};
@@ -497,24 +534,9 @@ START_TEST(tls_inbound)
     ck_assert_int_eq(SSL_CTX_load_verify_locations(ctx, cert, NULL), 1);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     for (int round = 0; round < 2; round++) {
-        int fd = dutil_connect(d.port);
-        ck_assert_int_ge(fd, 0);
-        SSL *ssl = SSL_new(ctx);
-        SSL_set_fd(ssl, fd);
-        SSL_set_tlsext_host_name(ssl, "localhost");
-        SSL_set1_host(ssl, "localhost");
-        ck_assert_msg(SSL_connect(ssl) == 1, "TLS handshake failed");
-        const char *req = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        ck_assert_int_eq(SSL_write(ssl, req, (int)strlen(req)), (int)strlen(req));
         char buf[2048];
-        int len = 0, n;
-        while ((n = SSL_read(ssl, buf + len, (int)sizeof(buf) - 1 - len)) > 0)
-            len += n;
-        buf[len] = '\0';
-        ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "reply: %s", buf);
+        ck_assert_int_eq(tls_get(ctx, d.port, "/healthz", buf, sizeof(buf)), 200);
         ck_assert_ptr_nonnull(strstr(buf, "{\"status\":\"ok\"}"));
-        SSL_free(ssl);
-        close(fd);
     }
     /* plain HTTP on the TLS port gets no HTTP answer and does not hurt the daemon */
     char buf[1024];
@@ -527,6 +549,46 @@ START_TEST(tls_inbound)
     snprintf(cmd, sizeof(cmd), "'%s' -l 127.0.0.1:0 -d %s/data --tls-cert %s --tls-key %s/none "
                                "2>/dev/null", getenv("FBR_DAEMON"), dir, cert, dir);
     ck_assert_int_eq(WEXITSTATUS(system(cmd)), 1);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/*
+ * On the TLS listener a socket that never completes the handshake (silent, or half a
+ * ClientHello) is closed at --read-timeout, as on plain TCP, not kept until --idle-timeout
+ * (there is no channel for the 408 before the handshake): with --max-connections 2 two such
+ * sockets are closed well before the idle timeout and a real HTTPS request gets a slot again.
+ */
+START_TEST(tls_silent_sockets_free_their_slots)
+{
+    char dir[64], cmd[160], cert[64], key[64];
+    make_cert(dir, cert, key);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--tls-cert", cert, "--tls-key", key, "--read-timeout", "500",
+                                 "--idle-timeout", "60000", "--max-connections", "2", NULL};
+    dutil_daemon_start(&d, "fbr-it", extra);
+    int silent = dutil_connect(d.port), half = dutil_connect(d.port);
+    ck_assert_int_ge(silent, 0);
+    ck_assert_int_ge(half, 0);
+    static const char hello_start[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00};
+    ck_assert_int_eq(dutil_send_all(half, hello_start, sizeof(hello_start)), 0);
+    /* 10 x --read-timeout: the old behaviour held them for the 60 s idle timeout */
+    ck_assert_msg(closed_within(silent, 5000 * dutil_slow(), NULL, 0),
+                  "a silent socket on the TLS listener was kept open");
+    ck_assert_msg(closed_within(half, 1000 * dutil_slow(), NULL, 0),
+                  "a socket with half a ClientHello was kept open");
+    close(silent);
+    close(half);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    ck_assert_int_eq(SSL_CTX_load_verify_locations(ctx, cert, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    static char buf[65536];
+    ck_assert_int_eq(tls_get(ctx, d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(tls_get(ctx, d.port, "/metrics", buf, sizeof(buf)), 200);
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_http_rejected_total{reason=\"no_request\"} 2"));
+    SSL_CTX_free(ctx);
+    dutil_daemon_stop(&d);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);
 }
@@ -1308,6 +1370,7 @@ int main(void)
     tcase_add_test(tc, sighup_reload);
     tcase_add_test(tc, bad_flags_exit_2_and_check_config);
     tcase_add_test(tc, tls_inbound);
+    tcase_add_test(tc, tls_silent_sockets_free_their_slots);
     tcase_add_test(tc, idle_timeout_and_connection_cap);
     tcase_add_test(tc, several_listeners_ipv4_and_ipv6);
     tcase_add_test(tc, json_routes_415_400);
