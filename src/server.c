@@ -116,6 +116,7 @@ struct conn {
     int ver_major, ver_minor;    /* as the screener read them: -1 until it has */
     unsigned char last;          /* the previous head byte: a LF must follow a CR */
     uint64_t chunk_left;         /* bytes of the current chunk (or its size being read) */
+    uint64_t chunk_total;        /* bytes of the chunks announced so far in this body */
     unsigned chunk_digits;       /* hex digits of the current chunk-size line */
     /* the request in progress */
     int too_large;
@@ -1027,9 +1028,12 @@ static int request_line_byte(struct conn *fc, unsigned char ch)
  * Screens one byte of a chunked body (RFC 9112 7.1): chunk-size lines of hex digits and CRLF
  * (chunk extensions are refused: libevhtp's parser drops the connection on them), the chunk's
  * bytes, its CRLF, and after the last chunk any trailer lines up to an empty one.  Consumes as
- * much of buf[*i, len) as it can at once.  Returns NULL, or the message of a refusal.
+ * much of buf[*i, len) as it can at once.  A chunk that takes the body past max_body is refused
+ * 413 as its size line ends, before its bytes are read (a body of small chunks was otherwise
+ * read to its end).  Returns NULL, or the message of a refusal (400 unless *status says 413).
  */
-static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size_t *i, size_t len)
+static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size_t *i, size_t len,
+                                 int *status)
 {
     if (fc->phase == SCAN_CHUNK_DATA) {
         size_t take = len - *i;
@@ -1049,6 +1053,11 @@ static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size
         if (fc->last == '\r') {
             if (ch != '\n' || fc->chunk_digits == 0)
                 return "invalid chunk size";
+            fc->chunk_total += fc->chunk_left; /* at most 15 digits each: no overflow */
+            if (fc->chunk_total > fc->srv->opts.max_body) {
+                *status = 413;
+                return "chunked body larger than --max-body";
+            }
             fc->phase = fc->chunk_left ? SCAN_CHUNK_DATA : SCAN_TRAILER;
             fc->last = 0;
             fc->line_len = 0;
@@ -1210,9 +1219,10 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
     size_t i = from;
     while (i < len) {
         if (fc->phase >= SCAN_CHUNK_SIZE) {
-            const char *bad = chunked_bytes(fc, buf, &i, len);
+            int status = 400;
+            const char *bad = chunked_bytes(fc, buf, &i, len, &status);
             if (bad) {
-                conn_reject(fc, 400, "bad_chunk", bad);
+                conn_reject(fc, status, status == 413 ? "body_too_large" : "bad_chunk", bad);
                 return -1;
             }
             continue;
@@ -1293,6 +1303,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                     fc->phase = SCAN_CHUNK_SIZE;
                     fc->chunk_left = 0;
                     fc->chunk_digits = 0;
+                    fc->chunk_total = 0;
                 } else if (fc->content_length)
                     fc->phase = SCAN_BODY;
                 fc->in_request = fc->phase != SCAN_HEAD ? REQ_BODY : REQ_NONE;

@@ -161,6 +161,48 @@ START_TEST(body_413_without_leaks)
 }
 END_TEST
 
+/*
+ * A chunked body of 1 KiB chunks past --max-body is refused 413 as soon as the announced chunks
+ * pass the limit, not read to its end: the client, pausing a little after each chunk, has sent
+ * at most max_body + 256 KiB when the 413 arrives, and the connection is then closed.  (Before,
+ * every chunk was read and discarded and nothing answered until the last one.)
+ */
+START_TEST(chunked_body_over_max_body_refused_early)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--max-body", "65536", NULL};
+    dutil_daemon_start(&d, "fbr-it", extra);
+    const size_t max_body = 65536, bound = max_body + 256 * 1024;
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    const char *head = "POST /integrations/generic/20131114/alert/K/devops HTTP/1.1\r\nHost: t\r\n"
+                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    char chunk[1024 + 16];
+    int clen = snprintf(chunk, sizeof(chunk), "400\r\n");
+    memset(chunk + clen, ' ', 1024);
+    clen += 1024;
+    clen += snprintf(chunk + clen, sizeof(chunk) - (size_t)clen, "\r\n");
+    size_t sent = 0;
+    for (; sent < 2 * bound; sent += 1024) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, dutil_slow()) == 1 || dutil_send_all(fd, chunk, (size_t)clen) != 0)
+            break;
+    }
+    char buf[2048];
+    int st = dutil_read_response(fd, buf, sizeof(buf));
+    ck_assert_msg(st == 413, "status %d after %zu body bytes sent", st, sent);
+    ck_assert_msg(sent <= bound, "413 only after %zu body bytes (--max-body %zu)", sent, max_body);
+    ck_assert_ptr_nonnull(strstr(buf, "HTTP/1.1 413 Content Too Large\r\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+    ck_assert_msg(closed_within(fd, 3000 * dutil_slow(), NULL, 0), "connection left open");
+    close(fd);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_http_rejected_total{reason=\"body_too_large\"}"),
+                     1);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(oversized_and_odd_requests)
 {
     struct dutil_daemon d;
@@ -1361,6 +1403,7 @@ int main(void)
     tcase_set_timeout(tc, dutil_under_valgrind() ? 600 : 60);
     tcase_add_test(tc, builtin_endpoints_and_errors);
     tcase_add_test(tc, body_413_without_leaks);
+    tcase_add_test(tc, chunked_body_over_max_body_refused_early);
     tcase_add_test(tc, oversized_and_odd_requests);
     tcase_add_test(tc, trickling_client_is_closed);
     tcase_add_test(tc, later_request_has_its_own_deadline);
