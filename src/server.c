@@ -48,6 +48,11 @@
 #define ACCEPT_PAUSE_MS 250
 #define IN_HIGH (DEF_MAX_URI + DEF_MAX_HEADER_BYTES + 24 * 1024)
 #define PLAIN_READ 4096 /* bytes asked of the socket per read (libevent's own size) */
+/* Lingering close after a raw error reply (see closing_writecb): what the client sends meanwhile
+ * is read and discarded for at most this long and this much, so that the close does not reset
+ * the connection under the reply. */
+#define LINGER_MS 2000
+#define LINGER_BYTES (1024 * 1024)
 
 /* Where the header screener is in the byte stream of one connection. */
 enum scan_phase {
@@ -97,6 +102,8 @@ struct conn {
     struct evbuffer *held;       /* the beginning of a header section, out of libevhtp's reach */
     int busy, dead;              /* inside libevhtp's read callback / freed meanwhile */
     int closing;                 /* a raw error reply is being flushed */
+    int lingering;               /* it went out: input discarded until EOF or the linger limit */
+    size_t lingered;             /* bytes discarded meanwhile */
     int out_blocked;             /* parsing held back: more than OUT_HIGH output unsent */
     int first_request;           /* no request answered yet: the deadline runs from accept */
     /* screener state */
@@ -170,6 +177,7 @@ struct fbr_server {
 };
 
 static void conn_free(struct conn *fc);
+static void on_deadline(evutil_socket_t fd, short what, void *arg);
 
 /* ---- small helpers ---- */
 
@@ -736,18 +744,49 @@ static evhtp_res on_conn_fini(evhtp_connection_t *c, void *arg)
     return EVHTP_RES_OK;
 }
 
-static void closing_writecb(struct bufferevent *bev, void *arg)
-{
-    struct conn *fc = arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 && fc->c)
-        evhtp_connection_free(fc->c);
-}
-
 static void closing_eventcb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *fc = arg;
     if (fc->c)
         evhtp_connection_free(fc->c);
+}
+
+static void lingering_readcb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    fc->lingered += evbuffer_get_length(in);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (fc->lingered > LINGER_BYTES && fc->c)
+        evhtp_connection_free(fc->c);
+}
+
+/*
+ * The raw error reply of conn_reject() is out.  A close with unread input would make the kernel
+ * reset the connection, and the client, still sending the rest of its request, could lose the
+ * reply to the reset.  So, as nginx's lingering close does, a plain-TCP connection shuts down
+ * its writing side (the client sees the end of the reply) and reads and discards what still
+ * comes until the client closes, LINGER_BYTES or LINGER_MS (the deadline timer), whichever is
+ * first.  A TLS connection is closed at once.
+ */
+static void closing_writecb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0 || !fc->c || fc->lingering)
+        return;
+    if (!plain_tcp(fc->c)) {
+        evhtp_connection_free(fc->c);
+        return;
+    }
+    fc->lingering = 1;
+    shutdown(bufferevent_getfd(bev), SHUT_WR);
+    bufferevent_setcb(bev, lingering_readcb, NULL, closing_eventcb, fc);
+    bufferevent_disable(bev, EV_WRITE);
+    bufferevent_enable(bev, EV_READ);
+    if (!fc->deadline)
+        fc->deadline = evtimer_new(fc->srv->base, on_deadline, fc);
+    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+    evtimer_add(fc->deadline, &tv);
 }
 
 /*
@@ -792,6 +831,10 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *fc = arg;
+    if (fc->c && fc->lingering) {
+        evhtp_connection_free(fc->c); /* the linger time is over */
+        return;
+    }
     if (!fc->c || fc->closing || !fc->deadline_ms)
         return; /* the request it was armed for was answered meanwhile */
     uint64_t now = fbr_now_ms();

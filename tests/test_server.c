@@ -203,6 +203,47 @@ START_TEST(chunked_body_over_max_body_refused_early)
 }
 END_TEST
 
+/*
+ * After a 414 or 431 the connection is closed with a lingering close: the client that sends a
+ * too-long request line followed by more bytes reads the whole 414 and then the end of the
+ * stream, not a reset (closing with its bytes unread made the kernel send an RST).
+ */
+START_TEST(refusal_then_lingering_close)
+{
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-it", NULL);
+    for (int round = 0; round < 2; round++) {
+        size_t len = 96 * 1024;
+        char *req = malloc(len);
+        memset(req, round ? 'h' : 'a', len);
+        if (round == 0) { /* a 10 KiB request line */
+            memcpy(req, "GET /", 5);
+            memcpy(req + 10240, " HTTP/1.1\r\nHost: t\r\n\r\n", 23);
+        } else { /* a 10 KiB header line */
+            static const char h[] = "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ";
+            memcpy(req, h, sizeof(h) - 1);
+            memcpy(req + 10240, "\r\n\r\n", 4);
+        }
+        int fd = dutil_connect(d.port);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_msg(dutil_send_all(fd, req, len) == 0, "send failed: %s", strerror(errno));
+        free(req);
+        char buf[2048];
+        int st = dutil_read_response(fd, buf, sizeof(buf));
+        ck_assert_int_eq(st, round ? 431 : 414);
+        ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+        char tmp[256];
+        ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+        ck_assert_msg(n == 0, "after the %d: recv %zd (%s), not the end of the stream", st, n,
+                      n < 0 ? strerror(errno) : "bytes");
+        close(fd);
+    }
+    char buf[256];
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(oversized_and_odd_requests)
 {
     struct dutil_daemon d;
@@ -1405,6 +1446,7 @@ int main(void)
     tcase_add_test(tc, body_413_without_leaks);
     tcase_add_test(tc, chunked_body_over_max_body_refused_early);
     tcase_add_test(tc, oversized_and_odd_requests);
+    tcase_add_test(tc, refusal_then_lingering_close);
     tcase_add_test(tc, trickling_client_is_closed);
     tcase_add_test(tc, later_request_has_its_own_deadline);
     tcase_add_test(tc, many_concurrent_keepalive_connections);
