@@ -1296,6 +1296,42 @@ START_TEST(non_json_content_type_is_415)
 }
 END_TEST
 
+/* ---- probe 4, defect 6: a body that does not parse gets a 400 that says why and where ---- */
+
+START_TEST(unparsable_body_400_names_the_reason)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char buf[8192];
+    static const struct {
+        const char *path, *auth, *body, *why;
+    } cases[] = {
+        {ALERT_PATH, NULL, "{\"message_type\":\"CRITICAL\",\"monitor_id\":18446744073709551615}",
+         "integer out of range at byte 40"},
+        {ALERT_PATH, NULL, "{\"message_type\":\"CRITICAL\",\"x\":1e400}", "real number out of range"},
+        {ALERT_PATH, NULL, "{\"entity_id\":\"a\",\"entity_id\":\"b\"}", "duplicate object key"},
+        {ALERT_PATH, NULL, "{\"entity_id\":\"\xff\"}", "invalid UTF-8"},
+        {"/v1/events", "Bearer " KEY, "{\"event\":", "premature end of input"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ck_assert_int_eq(post_typed(d.port, cases[i].path, "application/json", cases[i].auth,
+                                    cases[i].body, buf, sizeof(buf)),
+                         400);
+        ck_assert_msg(strstr(buf, "\"message\":\"Invalid JSON body: ") &&
+                          strstr(buf, cases[i].why) && strstr(buf, "(line 1, column "),
+                      "case %zu: %s", i, buf);
+    }
+    /* an empty body: where a value was expected */
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/json", NULL, "", buf,
+                                sizeof(buf)),
+                     400);
+    ck_assert_msg(strstr(buf, "\"message\":\"Invalid JSON body: ") && strstr(buf, "at byte 0"),
+                  "%s", buf);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 /* ---- defect 8: the API key in debug lines of 405 and 413 answers --------------------- */
 
 START_TEST(api_key_masked_in_every_request_line)
@@ -1366,6 +1402,7 @@ int main(void)
     tc = tcase_create("content_type");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, non_json_content_type_is_415);
+    tcase_add_test(tc, unparsable_body_400_names_the_reason);
     suite_add_tcase(s, tc);
     tc = tcase_create("check_config");
     tcase_set_timeout(tc, 60);
