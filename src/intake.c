@@ -820,13 +820,29 @@ void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_in
 
 /* The body as JSON (new reference), or NULL when it is not JSON or its Content-Type, when
  * given, is not a JSON type (then *bad_type is 1). */
-static json_t *parse_body(struct fbr_intake *in, struct fbr_http_req *req, int *bad_type)
+static json_t *parse_body(struct fbr_intake *in, struct fbr_http_req *req, int *bad_type,
+                          json_error_t *err)
 {
     const char *ct = fbr_http_header(req, "Content-Type");
     *bad_type = ct && !fbr_http_is_json_type(ct);
+    err->text[0] = '\0';
     if (!req->body.ptr || *bad_type)
         return NULL;
-    return fbr_json_loadb_shared(req->body.ptr, req->body.len, NULL, in->strings);
+    return fbr_json_loadb_shared(req->body.ptr, req->body.len, err, in->strings);
+}
+
+/* The endpoint refused a body that did not parse: its 400 names the parser's reason and where
+ * (a sender does not retry a 400, so it should say what to fix: a number beyond 64-bit integers,
+ * a duplicate key, bytes that are not UTF-8). */
+static void invalid_json_reason(struct fbr_intake_reply *r, const json_error_t *err)
+{
+    json_t *m = json_object_get(r->body, "message");
+    if (r->status != 400 || !err->text[0] || !json_is_string(m) ||
+        strcmp(json_string_value(m), "Invalid JSON body") != 0)
+        return;
+    json_object_set_new(r->body, "message",
+                        json_sprintf("Invalid JSON body: %s (line %d, column %d)", err->text,
+                                     err->line, err->column));
 }
 
 /* The endpoint refused the request for having no JSON body (after its key check, so a wrong
@@ -992,7 +1008,8 @@ static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoin
         return;
     struct fbr_intake_reply r;
     int bad_type;
-    json_t *body = parse_body(in, req, &bad_type);
+    json_error_t err;
+    json_t *body = parse_body(in, req, &bad_type, &err);
     struct marks before;
     take_marks(in, &before);
     switch (ep) {
@@ -1008,6 +1025,7 @@ static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoin
     }
     json_decref(body);
     unsupported_type(&r, bad_type);
+    invalid_json_reason(&r, &err);
     send_reply(in, req, &r, &before);
 }
 
