@@ -65,7 +65,8 @@ static const struct opt opts[] = {
     {"tls_key", "tls-key", 0, T_STR, OFF(tls_key), NULL, 0, 0, "FILE",
      "PEM private key for --tls-cert", 0},
     {"data_dir", "data-dir", 'd', T_STR, OFF(data_dir), "./firebridge-data", 0, 0, "DIR",
-     "directory for the journal and dead letters (created if missing)", 0},
+     "directory for the journal and dead letters (created if missing; one daemon per "
+     "directory: locked while it runs)", 0},
     {"api_keys", "api-key", 0, T_STRLIST, OFF(api_keys), NULL, 0, 0, "KEY",
      "API key accepted by the intake endpoints; repeatable", 0},
     {"public_url", "public-url", 0, T_STR, OFF(public_url), NULL, 0, 0, "URL",
