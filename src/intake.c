@@ -248,6 +248,8 @@ static void random_uuid(char out[37])
 
 int fbr_routing_key_ok(const char *s, size_t len)
 {
+    if (len > FBR_ROUTING_KEY_MAX)
+        return 0;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -380,7 +382,32 @@ static int journal_unavailable(struct fbr_intake *in, struct fbr_intake_reply *o
     return 1;
 }
 
-/* Checks the length limits of every top-level string field; returns the offending key or NULL. */
+/* Whether v, a field's value, is or holds (in an array or an object, keys included) a string of
+ * more than max characters. */
+static int holds_too_long(json_t *v, size_t max)
+{
+    if (json_is_string(v)) {
+        size_t len = json_string_length(v);
+        return len > max && fbr_utf8_chars(json_string_value(v), len) > max;
+    }
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (holds_too_long(json_array_get(v, i), max))
+                return 1;
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach (v, k, x) {
+            size_t klen = strlen(k);
+            if ((klen > max && fbr_utf8_chars(k, klen) > max) || holds_too_long(x, max))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Checks the length limits of every string field, and of every string inside a field that is
+ * an array or an object (the limit of most fields); returns the offending key or NULL. */
 static const char *too_long(json_t *body, size_t *limit)
 {
     const char *key;
@@ -389,6 +416,13 @@ static const char *too_long(json_t *body, size_t *limit)
                        FBR_INTAKE_ENTITY_ID_MAX <= FBR_INTAKE_STATE_MESSAGE_MAX,
                    "the shortest limit is entity_id's");
     json_object_foreach (body, key, v) {
+        if (json_is_object(v) || json_is_array(v)) {
+            if (holds_too_long(v, FBR_INTAKE_FIELD_MAX)) {
+                *limit = FBR_INTAKE_FIELD_MAX;
+                return key;
+            }
+            continue;
+        }
         /* no more bytes than the shortest limit has characters: within every limit, whatever
          * the key (the common case, decided without comparing keys) */
         if (!json_is_string(v) || json_string_length(v) <= FBR_INTAKE_ENTITY_ID_MAX)
