@@ -566,6 +566,89 @@ START_TEST(request_timeout_retried)
 }
 END_TEST
 
+/*
+ * A chat server that has sent a complete 2xx status line and header section has accepted the
+ * notification, whatever its body then does: each of these answers is delivered once, with one
+ * request and no retry, and the next delivery goes out on a new connection (the broken one is
+ * closed, never reused).  Before the fix each was read until the request timeout (or failed on
+ * the reset) and sent again.
+ */
+static const struct {
+    const char *raw;
+    enum tsrv_then then;
+} accepted_2xx[] = {
+    /* 10 GB announced, streamed: read as far as the body cap, no further */
+    {"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n", TSRV_THEN_STREAM},
+    /* a close-delimited body that never ends */
+    {"HTTP/1.1 200 OK\r\n\r\n", TSRV_THEN_STREAM},
+    /* the head, then silence until the request timeout */
+    {"HTTP/1.1 202 Accepted\r\nContent-Length: 100\r\n\r\n", TSRV_THEN_NEXT},
+    /* the head, part of the body, then a reset */
+    {"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", TSRV_THEN_RESET},
+    /* a 204 head, then a reset */
+    {"HTTP/1.1 204 No Content\r\n\r\n", TSRV_THEN_RESET},
+};
+
+static int delivered_or_resent(void)
+{
+    return M()->delivered >= 1 || tsrv_nreqs(srv) >= 2;
+}
+
+START_TEST(accepted_2xx_delivered_once)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{.raw = accepted_2xx[_i].raw, .then = accepted_2xx[_i].then}};
+    tsrv_script(srv, "/v2/room/a/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 1000;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "a"), "{\"message\":\"once\"}", NULL);
+    ck_assert(tsrv_run_until(base, delivered_or_resent, 10000));
+    want = 1;
+    tsrv_run_until(base, delivered_n, 200); /* a resend, if any, has its answer */
+    ck_assert_uint_eq(tsrv_nreqs(srv), 1);
+    ck_assert_uint_eq(M()->delivered, 1);
+    ck_assert_uint_eq(M()->attempts, 1);
+    for (size_t i = 0; i < FBR_RETRY_COUNT; i++)
+        ck_assert_uint_eq(M()->retries[i], 0);
+    ck_assert_uint_lt(tsrv_streamed(srv), 32u << 20); /* the stream was not read on and on */
+
+    /* the next delivery to the same origin does not get the broken connection */
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "a"), "{\"message\":\"next\"}", NULL);
+    want = 2;
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    ck_assert_uint_ne(tsrv_req(srv, 1)->conn_no, tsrv_req(srv, 0)->conn_no);
+    ck_assert_uint_eq(M()->attempts, 2);
+}
+END_TEST
+
+/* A 500 whose body never ends is still a 500: retried (not after a read until the request
+ * timeout: the body is read only as far as the cap), and delivered on the next attempt. */
+START_TEST(endless_500_body_retried_bounded)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {
+        {.raw = "HTTP/1.1 500 Oops\r\nContent-Length: 10000000000\r\n\r\n",
+         .then = TSRV_THEN_STREAM},
+    };
+    tsrv_script(srv, "/v2/room/f/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 3000;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "f"), "{}", NULL);
+    want = 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_HTTP_5XX], 1);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 0);
+    ck_assert_uint_ne(tsrv_req(srv, 1)->conn_no, tsrv_req(srv, 0)->conn_no);
+    ck_assert_uint_lt(tsrv_streamed(srv), 32u << 20);
+}
+END_TEST
+
 /* X-Ratelimit-Remaining: 0 on a success holds every room of that token until the reset, and no
  * other token. */
 static const char *url_plain(const char *room)
@@ -1420,6 +1503,8 @@ int main(void)
     tcase_add_test(tc, binary_dead_letter_replay);
     tcase_add_test(tc, expires_into_dead_letter);
     tcase_add_test(tc, request_timeout_retried);
+    tcase_add_loop_test(tc, accepted_2xx_delivered_once, 0, FBR_ARRAY_LEN(accepted_2xx));
+    tcase_add_test(tc, endless_500_body_retried_bounded);
     tcase_add_test(tc, token_hold_from_headers);
     tcase_add_test(tc, several_in_flight_per_destination);
     tcase_add_test(tc, shutdown_saves_every_state);
