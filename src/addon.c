@@ -308,7 +308,7 @@ int fbr_addon_capabilities_url(const char *public_url, const char *routing_key, 
     const char *why;
     size_t rl = strlen(routing_key);
     if (!public_url || fbr_url_parse(public_url, strlen(public_url), &u, &why) != FBR_OK ||
-        rl == 0 || rl > 256 || !fbr_routing_key_ok(routing_key, rl))
+        rl == 0 || !fbr_routing_key_ok(routing_key, rl))
         return FBR_INVALID;
     size_t n = strlen(public_url);
     while (n && public_url[n - 1] == '/')
@@ -871,7 +871,7 @@ static void on_request(struct fbr_http_req *req, void *arg)
     const char *p = req->path.ptr + plen, *end = req->path.ptr + req->path.len;
     const char *s1 = memchr(p, '/', (size_t)(end - p));
     struct fbr_slice rk = {p, s1 ? (size_t)(s1 - p) : 0};
-    if (!s1 || rk.len == 0 || rk.len > 256 || !fbr_routing_key_ok(rk.ptr, rk.len)) {
+    if (!s1 || rk.len == 0 || !fbr_routing_key_ok(rk.ptr, rk.len)) {
         fbr_http_reply_error(req, 404, "no such endpoint");
         return;
     }

@@ -65,7 +65,8 @@ static const struct opt opts[] = {
     {"tls_key", "tls-key", 0, T_STR, OFF(tls_key), NULL, 0, 0, "FILE",
      "PEM private key for --tls-cert", 0},
     {"data_dir", "data-dir", 'd', T_STR, OFF(data_dir), "./firebridge-data", 0, 0, "DIR",
-     "directory for the journal and dead letters (created if missing)", 0},
+     "directory for the journal and dead letters (created if missing; one daemon per "
+     "directory: locked while it runs)", 0},
     {"api_keys", "api-key", 0, T_STRLIST, OFF(api_keys), NULL, 0, 0, "KEY",
      "API key accepted by the intake endpoints; repeatable", 0},
     {"public_url", "public-url", 0, T_STR, OFF(public_url), NULL, 0, 0, "URL",
@@ -749,6 +750,37 @@ static void cross_checks(const struct fbr_config *cfg, const char *pfx, struct e
     }
 }
 
+/*
+ * Reads the configuration file at path: a new reference, or NULL with one error in e.  A file
+ * that cannot be opened or read (missing, a directory, no permission) is "cannot read config
+ * PATH: <errno text>"; only a file that was read and is not valid JSON gets jansson's
+ * PATH:LINE:COLUMN message (json_load_file said ":-1:-1: unable to open" for the former, without
+ * the path, and "'[' or '{' expected near end of file" for a directory).
+ */
+static json_t *load_file(const char *path, struct errs *e)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        errs_add(e, "cannot read config %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        errs_add(e, "cannot read config %s: %s", path, strerror(EISDIR));
+        fclose(f);
+        return NULL;
+    }
+    json_error_t jerr;
+    errno = 0;
+    json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root && ferror(f))
+        errs_add(e, "cannot read config %s: %s", path, strerror(errno ? errno : EIO));
+    else if (!root)
+        errs_add(e, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    fclose(f);
+    return root;
+}
+
 int fbr_config_build(struct fbr_config *cfg, const struct fbr_cli *cli, char *err, size_t errlen)
 {
     struct fbr_cfgerr list = {0};
@@ -764,12 +796,9 @@ int fbr_config_build_errs(struct fbr_config *cfg, const struct fbr_cli *cli,
     fbr_config_defaults(cfg);
     if (cli->config_file) {
         cfg->config_file = fbr_xstrdup(cli->config_file);
-        json_error_t jerr;
-        json_t *root = json_load_file(cli->config_file, JSON_REJECT_DUPLICATES, &jerr);
-        if (!root) {
-            errs_add(&e, "%s:%d:%d: %s", cli->config_file, jerr.line, jerr.column, jerr.text);
+        json_t *root = load_file(cli->config_file, &e);
+        if (!root)
             goto fail;
-        }
         struct fbr_cfgerr file_errs = {0};
         struct errs fe = {&file_errs, 0};
         apply_json(cfg, root, &fe);

@@ -13,11 +13,20 @@
  * change's side effects (starting the HTTP attempt, writing the dead letter, freeing).  A
  * delivery is its bytes alone from the moment it is queued (URL, header block and body in one
  * allocation): it holds no event, webhook or render buffer.
+ *
+ * Forgetting: room ids and tokens come from the alerts, so destinations and token limiters are
+ * not kept for ever.  One whose last delivery is gone goes to the tail of an idle list (two
+ * pointer writes, no timer and no clock read of its own on the way); a sweep timer takes the
+ * list from its head, oldest first, and frees each one that has been idle for the longest
+ * window any limit of its kind has had (so the sends it recorded can no longer count against any
+ * limit) and that has no server hold still running and is not listed as held up.  A new
+ * delivery takes its destination or token off the list again.
  */
 #include "firebridge/delivery.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -46,11 +55,26 @@
  * hostile server, and believing it would stall a room (README, choices). */
 #define MAX_HOLD_MS (300u * 1000u)
 #define JITTER_429_MS 250
+/* The idle sweep runs at most this often and frees at most SWEEP_BATCH of each kind per run
+ * (the rest on the next loop iteration), so 100,000 rooms going at once never stall the loop. */
+#define SWEEP_MIN_MS 1000u
+#define SWEEP_BATCH 4096u
 
 struct dest;
 
+/* A destination or token limiter with nothing to send, on its kind's idle list (see above). */
+struct idler {
+    TAILQ_ENTRY(idler) link;
+    uint64_t since; /* monotonic ms when it went idle; 0: not on the list */
+};
+TAILQ_HEAD(idlers, idler);
+
 struct token_limit {
     struct fbr_ratelimit rl;
+    size_t users; /* live deliveries that count against it */
+    struct idler idle;
+    size_t klen;
+    char key[]; /* its key in the engine's map (authority, LF, token) */
 };
 
 struct delivery {
@@ -98,6 +122,8 @@ struct delivery {
 struct dest {
     struct fbr_delivery_engine *engine;
     char *key;
+    size_t klen;
+    struct idler idle;
     TAILQ_HEAD(delivery_queue, delivery) queue;
     unsigned active;
     struct fbr_ratelimit rl;
@@ -119,6 +145,12 @@ struct fbr_delivery_engine {
     char *dl_path;
     struct fbr_strmap dests;
     struct fbr_strmap tokens;
+    /* Idle destinations and token limiters, oldest first, and the longest window any limit of
+     * each kind has had: one idle for that long has no recorded send that still counts. */
+    struct idlers idle_dests, idle_tokens;
+    uint64_t dest_window_ms, token_window_ms;
+    struct event *sweep;
+    uint64_t sweep_at; /* 0: not armed */
     struct fbr_delivery_metrics m;
     char id_prefix[17];
     uint64_t id_counter;
@@ -221,6 +253,9 @@ static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
 }
 
 static void start_attempt(struct delivery *dl);
+static void go_idle(struct fbr_delivery_engine *e, struct idlers *list, struct idler *i,
+                    uint64_t window_ms, uint64_t now);
+static void sweep_cb(evutil_socket_t fd, short what, void *arg);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
 static char *put(char *p, const void *src, size_t n);
@@ -271,6 +306,7 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
     struct dest *d = dl->dest;
     struct fbr_delivery_engine *e = d->engine;
     enum fbr_delivery_state from = dl->state;
+    uint64_t now = 0;
     if (!allowed(from, to)) {
         fbr_log(FBR_LOG_ERROR, dl->id, NULL, "bug: delivery transition %s -> %s",
                 fbr_delivery_state_name(from), fbr_delivery_state_name(to));
@@ -300,7 +336,8 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
         start_attempt(dl);
         break;
     case FBR_DS_DELIVERED: {
-        uint64_t lat = fbr_now_ms() - dl->created_mono;
+        now = fbr_now_ms();
+        uint64_t lat = now - dl->created_mono;
         size_t b = 0;
         while (b < FBR_DELIVERY_LATENCY_BUCKETS - 1 && lat > fbr_delivery_latency_bounds_ms[b])
             b++;
@@ -326,7 +363,14 @@ finished:
         d->active--;
     e->m.pending--;
     TAILQ_REMOVE(&d->queue, dl, link);
+    struct token_limit *tok = dl->token;
     delivery_free(dl);
+    /* the last delivery of its destination or token: they may be forgotten later (never now:
+     * the callers still use d) */
+    if (tok && --tok->users == 0)
+        go_idle(e, &e->idle_tokens, &tok->idle, e->token_window_ms, now ? now : fbr_now_ms());
+    if (TAILQ_EMPTY(&d->queue))
+        go_idle(e, &e->idle_dests, &d->idle, e->dest_window_ms, now ? now : fbr_now_ms());
 }
 
 /* ---- scheduling ---- */
@@ -762,36 +806,55 @@ static struct fbr_slice query_token(struct fbr_slice q)
     return (struct fbr_slice){NULL, 0};
 }
 
+/* The destination of key, taken off the idle list, or a new one; a delivery goes on it now. */
 static struct dest *get_dest(struct fbr_delivery_engine *e, const char *key, size_t klen)
 {
     struct dest *d = fbr_strmap_get(&e->dests, key, klen);
-    if (d)
+    if (d) {
+        if (d->idle.since) {
+            TAILQ_REMOVE(&e->idle_dests, &d->idle, link);
+            d->idle.since = 0;
+        }
         return d;
+    }
     d = fbr_xcalloc(1, sizeof(*d));
     d->engine = e;
-    d->key = fbr_xstrndup(key, klen);
+    d->key = fbr_xmalloc(klen + 1);
+    memcpy(d->key, key, klen);
+    d->key[klen] = '\0';
+    d->klen = klen;
     TAILQ_INIT(&d->queue);
     fbr_ratelimit_init(&d->rl, e->opts.room_rate.n, (uint64_t)e->opts.room_rate.secs * 1000u);
     d->timer = evtimer_new(e->base, dest_timer_cb, d);
     fbr_strmap_put(&e->dests, key, klen, d);
+    e->m.destinations++;
     return d;
 }
 
+/* The limiter of token at authority, taken off the idle list, or a new one; the caller counts
+ * its delivery in users. */
 static struct token_limit *get_token(struct fbr_delivery_engine *e, struct fbr_slice authority,
                                      struct fbr_slice token)
 {
     size_t klen = authority.len + 1 + token.len;
-    char *key = fbr_xmalloc(klen);
+    char buf[256], *key = klen <= sizeof(buf) ? buf : fbr_xmalloc(klen);
     memcpy(key, authority.ptr, authority.len);
     key[authority.len] = '\n';
     memcpy(key + authority.len + 1, token.ptr, token.len);
     struct token_limit *t = fbr_strmap_get(&e->tokens, key, klen);
-    if (!t) {
-        t = fbr_xcalloc(1, sizeof(*t));
+    if (t && t->idle.since) {
+        TAILQ_REMOVE(&e->idle_tokens, &t->idle, link);
+        t->idle.since = 0;
+    } else if (!t) {
+        t = fbr_xcalloc(1, sizeof(*t) + klen);
         fbr_ratelimit_init(&t->rl, e->opts.token_rate.n, (uint64_t)e->opts.token_rate.secs * 1000u);
+        memcpy(t->key, key, klen);
+        t->klen = klen;
         fbr_strmap_put(&e->tokens, key, klen, t);
+        e->m.token_limiters++;
     }
-    free(key);
+    if (key != buf)
+        free(key);
     return t;
 }
 
@@ -994,6 +1057,11 @@ static void set_limits(struct fbr_delivery_engine *e, struct delivery *dl, struc
         dl->room_rate = saved->room_rate;
     if (saved && saved->token_rate.n)
         dl->token_rate = saved->token_rate;
+    /* the longest windows so far: how long an idle limiter's sends may still count */
+    if ((uint64_t)dl->room_rate.secs * 1000u > e->dest_window_ms)
+        e->dest_window_ms = (uint64_t)dl->room_rate.secs * 1000u;
+    if ((uint64_t)dl->token_rate.secs * 1000u > e->token_window_ms)
+        e->token_window_ms = (uint64_t)dl->token_rate.secs * 1000u;
     need_capacity(&d->rl, dl->room_rate);
     const struct fbr_delivery_auth_ref *aref = qo->auth;
     if (aref) {
@@ -1006,6 +1074,7 @@ static void set_limits(struct fbr_delivery_engine *e, struct delivery *dl, struc
     }
     if (token.len && dl->token_rate.n) {
         dl->token = get_token(e, authority, token);
+        dl->token->users++;
         need_capacity(&dl->token->rl, dl->token_rate);
     }
 }
@@ -1380,6 +1449,12 @@ void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
     fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_delivery_destinations_rate_limited",
                        "Destinations waiting on a rate limit.", NULL, NULL,
                        m->destinations_rate_limited);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_delivery_destinations",
+                       "Destinations (room limiters) held: busy or idle within their window.", NULL,
+                       NULL, m->destinations);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_delivery_token_limiters",
+                       "Token limiters held: busy or idle within their window.", NULL, NULL,
+                       m->token_limiters);
     double bounds[FBR_DELIVERY_LATENCY_BUCKETS - 1];
     for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS - 1; b++)
         bounds[b] = (double)fbr_delivery_latency_bounds_ms[b] / 1000.0;
@@ -1500,6 +1575,11 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
     snprintf(e->dl_path, plen, "%s/dead-letters.jsonl", dir);
     fbr_strmap_init(&e->dests);
     fbr_strmap_init(&e->tokens);
+    TAILQ_INIT(&e->idle_dests);
+    TAILQ_INIT(&e->idle_tokens);
+    e->dest_window_ms = (uint64_t)e->opts.room_rate.secs * 1000u;
+    e->token_window_ms = (uint64_t)e->opts.token_rate.secs * 1000u;
+    e->sweep = evtimer_new(base, sweep_cb, e);
     snprintf(e->id_prefix, sizeof(e->id_prefix), "%016" PRIx64, rand64());
     *out = e;
     return FBR_OK;
@@ -1528,12 +1608,129 @@ static void free_token(const char *key, void *value, void *arg)
     free(t);
 }
 
+/* ---- forgetting idle destinations and token limiters ---- */
+
+static void arm_sweep(struct fbr_delivery_engine *e, uint64_t due, uint64_t now)
+{
+    uint64_t ms = due > now ? due - now : 0;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(e->sweep, &tv);
+    e->sweep_at = due ? due : 1;
+}
+
+/* i's owner has nothing to send from now on: it joins the tail of list, and the sweep is armed
+ * for when it may be forgotten unless it is armed already for about then or earlier. */
+static void go_idle(struct fbr_delivery_engine *e, struct idlers *list, struct idler *i,
+                    uint64_t window_ms, uint64_t now)
+{
+    i->since = now ? now : 1;
+    TAILQ_INSERT_TAIL(list, i, link);
+    uint64_t due = now + (window_ms > SWEEP_MIN_MS ? window_ms : SWEEP_MIN_MS);
+    if (!e->sweep_at || e->sweep_at > due + SWEEP_MIN_MS)
+        arm_sweep(e, due, now);
+}
+
+/* Frees an idle destination unless a server hold still runs or it waits for a release. */
+static int forget_dest(struct fbr_delivery_engine *e, struct idler *i, uint64_t now)
+{
+    struct dest *d = (struct dest *)((char *)i - offsetof(struct dest, idle));
+    if (!TAILQ_EMPTY(&d->queue) || d->held_up || d->rl.hold_until_ms > now)
+        return 0;
+    fbr_strmap_del(&e->dests, d->key, d->klen);
+    dest_set_rate_limited(d, 0);
+    free_dest(NULL, d, NULL);
+    e->m.destinations--;
+    return 1;
+}
+
+static int forget_token(struct fbr_delivery_engine *e, struct idler *i, uint64_t now)
+{
+    struct token_limit *t = (struct token_limit *)((char *)i - offsetof(struct token_limit, idle));
+    if (t->users || t->rl.hold_until_ms > now)
+        return 0;
+    fbr_strmap_del(&e->tokens, t->key, t->klen);
+    free_token(NULL, t, NULL);
+    e->m.token_limiters--;
+    return 1;
+}
+
+/*
+ * Takes list from its head while its entries have been idle for window_ms (none idle since now:
+ * one kept is put back at the tail as idle since now), at most budget of them; forget() frees
+ * one or keeps it.  Sets *more when the budget ran out.  Returns how many were freed.
+ */
+static size_t sweep_list(struct fbr_delivery_engine *e, struct idlers *list, uint64_t window_ms,
+                         uint64_t now, size_t budget, int *more,
+                         int (*forget)(struct fbr_delivery_engine *, struct idler *, uint64_t))
+{
+    size_t freed = 0, seen = 0;
+    struct idler *i;
+    while ((i = TAILQ_FIRST(list)) && i->since < now && i->since + window_ms <= now) {
+        if (seen++ == budget) {
+            *more = 1;
+            break;
+        }
+        TAILQ_REMOVE(list, i, link);
+        i->since = 0;
+        if (forget(e, i, now)) {
+            freed++;
+        } else {
+            i->since = now;
+            TAILQ_INSERT_TAIL(list, i, link);
+        }
+    }
+    return freed;
+}
+
+/* When list's head may be forgotten (UINT64_MAX: empty). */
+static uint64_t idle_due(const struct idlers *list, uint64_t window_ms)
+{
+    const struct idler *i = TAILQ_FIRST(list);
+    return i ? i->since + window_ms : UINT64_MAX;
+}
+
+static size_t sweep(struct fbr_delivery_engine *e, size_t budget)
+{
+    uint64_t now = fbr_now_ms();
+    int more = 0;
+    size_t n = sweep_list(e, &e->idle_dests, e->dest_window_ms, now, budget, &more, forget_dest);
+    n += sweep_list(e, &e->idle_tokens, e->token_window_ms, now, budget, &more, forget_token);
+    uint64_t due = idle_due(&e->idle_dests, e->dest_window_ms);
+    uint64_t due_tokens = idle_due(&e->idle_tokens, e->token_window_ms);
+    if (due_tokens < due)
+        due = due_tokens;
+    if (more)
+        due = now;
+    else if (due != UINT64_MAX && due < now + SWEEP_MIN_MS)
+        due = now + SWEEP_MIN_MS;
+    if (e->sweep_at)
+        evtimer_del(e->sweep);
+    e->sweep_at = 0;
+    if (due != UINT64_MAX)
+        arm_sweep(e, due, now);
+    return n;
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct fbr_delivery_engine *e = arg;
+    e->sweep_at = 0;
+    sweep(e, SWEEP_BATCH);
+}
+
+size_t fbr_delivery_sweep(struct fbr_delivery_engine *e)
+{
+    return sweep(e, SIZE_MAX);
+}
+
 void fbr_delivery_engine_free(struct fbr_delivery_engine **ep)
 {
     struct fbr_delivery_engine *e = *ep;
     if (!e)
         return;
     fbr_client_free(&e->client); /* first: in-flight attempts reference delivery bodies */
+    event_free(e->sweep);
     fbr_strmap_each(&e->dests, free_dest, NULL);
     fbr_strmap_clear(&e->dests);
     fbr_strmap_each(&e->tokens, free_token, NULL);

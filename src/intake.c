@@ -248,6 +248,8 @@ static void random_uuid(char out[37])
 
 int fbr_routing_key_ok(const char *s, size_t len)
 {
+    if (len > FBR_ROUTING_KEY_MAX)
+        return 0;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -380,7 +382,32 @@ static int journal_unavailable(struct fbr_intake *in, struct fbr_intake_reply *o
     return 1;
 }
 
-/* Checks the length limits of every top-level string field; returns the offending key or NULL. */
+/* Whether v, a field's value, is or holds (in an array or an object, keys included) a string of
+ * more than max characters. */
+static int holds_too_long(json_t *v, size_t max)
+{
+    if (json_is_string(v)) {
+        size_t len = json_string_length(v);
+        return len > max && fbr_utf8_chars(json_string_value(v), len) > max;
+    }
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (holds_too_long(json_array_get(v, i), max))
+                return 1;
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach (v, k, x) {
+            size_t klen = strlen(k);
+            if ((klen > max && fbr_utf8_chars(k, klen) > max) || holds_too_long(x, max))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Checks the length limits of every string field, and of every string inside a field that is
+ * an array or an object (the limit of most fields); returns the offending key or NULL. */
 static const char *too_long(json_t *body, size_t *limit)
 {
     const char *key;
@@ -389,6 +416,13 @@ static const char *too_long(json_t *body, size_t *limit)
                        FBR_INTAKE_ENTITY_ID_MAX <= FBR_INTAKE_STATE_MESSAGE_MAX,
                    "the shortest limit is entity_id's");
     json_object_foreach (body, key, v) {
+        if (json_is_object(v) || json_is_array(v)) {
+            if (holds_too_long(v, FBR_INTAKE_FIELD_MAX)) {
+                *limit = FBR_INTAKE_FIELD_MAX;
+                return key;
+            }
+            continue;
+        }
         /* no more bytes than the shortest limit has characters: within every limit, whatever
          * the key (the common case, decided without comparing keys) */
         if (!json_is_string(v) || json_string_length(v) <= FBR_INTAKE_ENTITY_ID_MAX)
@@ -820,13 +854,29 @@ void fbr_intake_event_trusted(struct fbr_intake *in, json_t *body, struct fbr_in
 
 /* The body as JSON (new reference), or NULL when it is not JSON or its Content-Type, when
  * given, is not a JSON type (then *bad_type is 1). */
-static json_t *parse_body(struct fbr_intake *in, struct fbr_http_req *req, int *bad_type)
+static json_t *parse_body(struct fbr_intake *in, struct fbr_http_req *req, int *bad_type,
+                          json_error_t *err)
 {
     const char *ct = fbr_http_header(req, "Content-Type");
     *bad_type = ct && !fbr_http_is_json_type(ct);
+    err->text[0] = '\0';
     if (!req->body.ptr || *bad_type)
         return NULL;
-    return fbr_json_loadb_shared(req->body.ptr, req->body.len, NULL, in->strings);
+    return fbr_json_loadb_shared(req->body.ptr, req->body.len, err, in->strings);
+}
+
+/* The endpoint refused a body that did not parse: its 400 names the parser's reason and where
+ * (a sender does not retry a 400, so it should say what to fix: a number beyond 64-bit integers,
+ * a duplicate key, bytes that are not UTF-8). */
+static void invalid_json_reason(struct fbr_intake_reply *r, const json_error_t *err)
+{
+    json_t *m = json_object_get(r->body, "message");
+    if (r->status != 400 || !err->text[0] || !json_is_string(m) ||
+        strcmp(json_string_value(m), "Invalid JSON body") != 0)
+        return;
+    json_object_set_new(r->body, "message",
+                        json_sprintf("Invalid JSON body: %s (line %d, column %d)", err->text,
+                                     err->line, err->column));
 }
 
 /* The endpoint refused the request for having no JSON body (after its key check, so a wrong
@@ -992,7 +1042,8 @@ static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoin
         return;
     struct fbr_intake_reply r;
     int bad_type;
-    json_t *body = parse_body(in, req, &bad_type);
+    json_error_t err;
+    json_t *body = parse_body(in, req, &bad_type, &err);
     struct marks before;
     take_marks(in, &before);
     switch (ep) {
@@ -1008,6 +1059,7 @@ static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoin
     }
     json_decref(body);
     unsupported_type(&r, bad_type);
+    invalid_json_reason(&r, &err);
     send_reply(in, req, &r, &before);
 }
 

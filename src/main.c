@@ -19,6 +19,7 @@
 #include "firebridge/addon.h"
 #include "firebridge/cfgerr.h"
 #include "firebridge/config.h"
+#include "firebridge/datadir.h"
 #include "firebridge/delivery.h"
 #include "firebridge/delivery_journal.h"
 #include "firebridge/incidents.h"
@@ -43,6 +44,7 @@ struct daemon {
     struct event_base *base;
     struct fbr_cli cli;
     struct fbr_config cfg;
+    struct fbr_datadir *datadir; /* held (locked) from start_process() to the end of stop() */
     struct fbr_metrics *metrics;
     struct fbr_server *srv;
     struct flow flow;
@@ -91,27 +93,6 @@ static void server_opts(const struct fbr_config *cfg, struct fbr_metrics *m,
     o->tls_key = cfg->tls_key;
     o->data_dir = cfg->data_dir;
     o->metrics = m;
-}
-
-/* mkdir -p: returns 0 or -1 with errno set. */
-static int make_dirs(const char *dir)
-{
-    char path[4096];
-    if (snprintf(path, sizeof(path), "%s", dir) >= (int)sizeof(path)) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0700) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
 }
 
 /* Descriptors kept for everything but inbound connections: listeners, the journal and
@@ -481,7 +462,7 @@ static int configure(struct daemon *d, int argc, char **argv)
 }
 
 /* The process-wide setup before any object: logging, signals that must not kill, the open files
- * limit, the data directory.  Returns FBR_OK or FBR_ERROR (logged). */
+ * limit, the data directory (made and locked).  Returns FBR_OK or FBR_ERROR (logged). */
 static int start_process(struct daemon *d)
 {
     char err[4096];
@@ -493,9 +474,9 @@ static int start_process(struct daemon *d)
         fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
         return FBR_ERROR;
     }
-    if (make_dirs(d->cfg.data_dir) != 0) {
-        fbr_log(FBR_LOG_ERROR, NULL, "creating the data directory", "%s: %s", d->cfg.data_dir,
-                strerror(errno));
+    /* before anything reads or writes in it: one daemon per data directory (datadir.h) */
+    if (fbr_datadir_open(d->cfg.data_dir, &d->datadir, err, sizeof(err)) != FBR_OK) {
+        fbr_log(FBR_LOG_ERROR, NULL, "starting", "%s", err);
         return FBR_ERROR;
     }
     return FBR_OK;
@@ -746,6 +727,7 @@ static int stop(struct daemon *d, int rc)
         event_base_loop(d->base, EVLOOP_NONBLOCK);
         event_base_free(d->base);
     }
+    fbr_datadir_close(&d->datadir); /* last: everything written in the directory is closed */
     json_decref(d->file_restart_keys);
     fbr_config_free(&d->cfg);
     fbr_cli_free(&d->cli);

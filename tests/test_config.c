@@ -277,16 +277,29 @@ START_TEST(file_values_and_precedence)
 }
 END_TEST
 
+/* A configuration file that cannot be read says so with its path and the reason (jansson's own
+ * message was ":-1:-1: unable to open ..." without the path, and "'[' or '{' expected near end
+ * of file" for a directory); one that was read but is not JSON keeps PATH:LINE:COLUMN. */
 START_TEST(missing_file)
 {
-    const char *argv[] = {"firebridge", "-c", "/nonexistent/firebridge.json", NULL};
-    struct fbr_cli cli;
-    struct fbr_config cfg;
-    char err[1024];
-    ck_assert_int_eq(fbr_cli_parse(&cli, 3, (char **)argv, err, sizeof(err)), FBR_OK);
-    ck_assert_int_eq(fbr_config_build(&cfg, &cli, err, sizeof(err)), FBR_INVALID);
-    ck_assert_ptr_nonnull(strstr(err, "/nonexistent/firebridge.json"));
-    fbr_cli_free(&cli);
+    static const struct {
+        const char *path, *err;
+    } cases[] = {
+        {"/nonexistent/firebridge.json",
+         "cannot read config /nonexistent/firebridge.json: No such file or directory"},
+        {"/tmp", "cannot read config /tmp: Is a directory"},
+        {"/dev/null", "/dev/null:1:0: '[' or '{' expected near end of file"},
+    };
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        const char *argv[] = {"firebridge", "-c", cases[i].path, NULL};
+        struct fbr_cli cli;
+        struct fbr_config cfg;
+        char err[1024];
+        ck_assert_int_eq(fbr_cli_parse(&cli, 3, (char **)argv, err, sizeof(err)), FBR_OK);
+        ck_assert_int_eq(fbr_config_build(&cfg, &cli, err, sizeof(err)), FBR_INVALID);
+        ck_assert_str_eq(err, cases[i].err);
+        fbr_cli_free(&cli);
+    }
 }
 END_TEST
 

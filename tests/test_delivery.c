@@ -1597,6 +1597,142 @@ START_TEST(dns_server_silent)
 }
 END_TEST
 
+/* ---- forgetting idle destinations and token limiters ---- */
+
+static const char *room_token_url(const char *room, const char *token)
+{
+    static char buf[256];
+    snprintf(buf, sizeof(buf), "http://127.0.0.1:%d/v2/room/%s/notification?auth_token=%s",
+             tsrv_port(srv), room, token);
+    return buf;
+}
+
+static int all_forgotten(void)
+{
+    return M()->destinations == 0 && M()->token_limiters == 0;
+}
+
+/*
+ * Room ids and tokens come from alerts: N deliveries to N distinct rooms with N distinct tokens
+ * are all delivered, and once their window (1 s here) has passed the sweep timer frees every
+ * destination and token limiter (they used to stay until the engine was freed: a client with the
+ * API key could fill the memory with random room ids).  The gauges say so in /metrics too.
+ */
+START_TEST(idle_rooms_and_tokens_forgotten)
+{
+    srv = tsrv_new(base, NULL);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.room_rate = (struct fbr_rate){5, 1};
+    o.token_rate = (struct fbr_rate){5, 1};
+    start(&o);
+    enum { N = 300 };
+    for (int i = 0; i < N; i++) {
+        char room[16], token[16];
+        snprintf(room, sizeof(room), "r%d", i);
+        snprintf(token, sizeof(token), "t%d", i);
+        submit(room_token_url(room, token), "{}", NULL);
+    }
+    ck_assert_uint_eq(M()->destinations, N);
+    ck_assert_uint_eq(M()->token_limiters, N);
+    want = N;
+    ck_assert(tsrv_run_until(base, delivered_n, 20000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), N);
+    ck_assert(tsrv_run_until(base, all_forgotten, 10000));
+    ck_assert_uint_eq(M()->pending, 0);
+    struct evbuffer *out = evbuffer_new();
+    fbr_delivery_metrics_write(eng, out);
+    evbuffer_add(out, "", 1);
+    const char *text = (const char *)evbuffer_pullup(out, -1);
+    ck_assert_ptr_nonnull(strstr(text, "\nfirebridge_delivery_destinations 0\n"));
+    ck_assert_ptr_nonnull(strstr(text, "\nfirebridge_delivery_token_limiters 0\n"));
+    evbuffer_free(out);
+    /* a room seen again starts afresh and is delivered */
+    submit(room_token_url("r0", "t0"), "{}", NULL);
+    ck_assert_uint_eq(M()->destinations, 1);
+    want = N + 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+}
+END_TEST
+
+static int never(void)
+{
+    return 0;
+}
+
+/*
+ * What is forgotten could never let a send through early: a destination with a queued delivery
+ * is kept past its window, and a destination or token that just sent stays (its limit holds
+ * for a second burst right after, as before); once idle for the window, both go.
+ */
+START_TEST(busy_or_recent_room_kept)
+{
+    srv = tsrv_new(base, NULL);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.room_rate = (struct fbr_rate){2, 3};
+    o.token_rate = (struct fbr_rate){2, 3};
+    start(&o);
+
+    /* B sends, goes idle, then gets a delivery that stays queued (held) past B's window */
+    submit(room_token_url("B", "tb"), "{\"n\":0}", NULL);
+    want = 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    fbr_delivery_set_held(eng, 1);
+    submit(room_token_url("B", "tb"), "{\"n\":1}", NULL);
+    ck_assert(!tsrv_run_until(base, never, 3600)); /* the window passes; the sweep timer runs */
+    fbr_delivery_sweep(eng);
+    ck_assert_uint_eq(M()->destinations, 1);
+    ck_assert_uint_eq(M()->token_limiters, 1);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_QUEUED], 1);
+    fbr_delivery_set_held(eng, 0);
+    want = 2;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+
+    /* A sends its 2 per window; idle right after, it is not forgotten: a third waits */
+    submit(room_token_url("A", "ta1"), "{}", NULL);
+    submit(room_token_url("A", "ta2"), "{}", NULL);
+    want = 4;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    fbr_delivery_sweep(eng);
+    ck_assert_uint_ge(M()->destinations, 1);
+    submit(room_token_url("A", "ta3"), "{}", NULL);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_WAITING_RATE], 1);
+    ck_assert_uint_eq(M()->destinations_rate_limited, 1);
+
+    /* the same for a token: two sends with T from two rooms, a third room waits on T */
+    submit(room_token_url("c1", "T"), "{}", NULL);
+    submit(room_token_url("c2", "T"), "{}", NULL);
+    want = 6;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000)); /* A's third still waits */
+    fbr_delivery_sweep(eng);
+    uint64_t waiting = M()->in_state[FBR_DS_WAITING_RATE];
+    submit(room_token_url("c3", "T"), "{}", NULL);
+    ck_assert_uint_eq(M()->in_state[FBR_DS_WAITING_RATE], waiting + 1);
+
+    want = 8;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    /* as the server saw them: A's third and c3 came a window after the first of their burst */
+    const struct tsrv_req *first_a = NULL, *third_a = NULL, *c1 = NULL, *c3 = NULL;
+    for (size_t i = 0; i < tsrv_nreqs(srv); i++) {
+        const struct tsrv_req *r = tsrv_req(srv, i);
+        if (strstr(r->path, "/room/A/") && strstr(r->path, "=ta1"))
+            first_a = r;
+        if (strstr(r->path, "/room/A/") && strstr(r->path, "=ta3"))
+            third_a = r;
+        if (strstr(r->path, "/room/c1/"))
+            c1 = r;
+        if (strstr(r->path, "/room/c3/"))
+            c3 = r;
+    }
+    ck_assert(first_a && third_a && c1 && c3);
+    ck_assert_uint_ge(third_a->at_mono_ms - first_a->at_mono_ms, 2950);
+    ck_assert_uint_ge(c3->at_mono_ms - c1->at_mono_ms, 2950);
+    /* and once idle for the window, all of them go */
+    ck_assert(tsrv_run_until(base, all_forgotten, 10000));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -1628,6 +1764,8 @@ int main(void)
     tcase_add_test(tc, webhook_room_rate_override);
     tcase_add_test(tc, webhook_token_rate_override);
     tcase_add_test(tc, dns_server_silent);
+    tcase_add_test(tc, idle_rooms_and_tokens_forgotten);
+    tcase_add_test(tc, busy_or_recent_room_kept);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tls");
     tcase_add_checked_fixture(tt, tls_setup, teardown);

@@ -1188,6 +1188,67 @@ START_TEST(replay_refuses_what_is_not_a_file)
 }
 END_TEST
 
+/* ---- probe 4: two daemons on one data directory ----------------------------------------- */
+
+/* Both wrote journal segment 000001.log (opened with O_TRUNC) and half of the alerts answered 200
+ * were gone after a kill -9 and a restart.  A second daemon on a directory in use, with the
+ * journal on or off, exits non-zero at once naming the directory and the holder's pid; the first
+ * goes on serving; once the first is killed with SIGKILL (no clean-up), a new one starts there. */
+START_TEST(second_daemon_on_one_data_dir_refused)
+{
+    char dir[64], data[128], log[128];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-hard");
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(log, sizeof(log), "%s/second.log", dir);
+    struct dutil_daemon first, third;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    struct dutil_daemon_opts o = {.dir = dir, .log_name = "first.log"};
+    dutil_daemon_start_opts(&first, NULL, extra, &o);
+    static char req[2048], buf[8192];
+    post_req(req, sizeof(req), ALERT_PATH, NULL, alert_body);
+    ck_assert_int_eq(dutil_http(first.port, req, buf, sizeof(buf)), 200);
+
+    char want[256];
+    snprintf(want, sizeof(want), "data directory %s is in use by another firebridge (pid %ld",
+             data, (long)first.pid);
+    const char *const journal[] = {"on", "off"};
+    for (size_t i = 0; i < sizeof(journal) / sizeof(journal[0]); i++) {
+        const char *const args[] = {"-l", "127.0.0.1:0", "-d", data, "--api-key", KEY,
+                                    "--journal", journal[i], NULL};
+        pid_t second = dutil_spawn_daemon(log, args);
+        int st = dutil_wait_exit(&second, 5000 * dutil_slow(), NULL);
+        if (second > 0) { /* still running: the defect */
+            kill(second, SIGKILL);
+            waitpid(second, NULL, 0);
+        }
+        char *text = dutil_slurp(log, NULL);
+        ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0,
+                      "--journal %s: a second daemon on %s did not refuse to start: %s",
+                      journal[i], data, text);
+        ck_assert_msg(strstr(text, want) && !strstr(text, "listening on"),
+                      "--journal %s: want \"%s\": %s", journal[i], want, text);
+        free(text);
+        assert_alive(&first);
+        ck_assert_int_eq(dutil_get(first.port, "/healthz", buf, sizeof(buf)), 200);
+        ck_assert_int_eq(dutil_http(first.port, req, buf, sizeof(buf)), 200);
+    }
+
+    /* the kernel drops the lock of a killed process: the directory is free again */
+    kill(first.pid, SIGKILL);
+    ck_assert_int_ne(dutil_wait_exit(&first.pid, 5000 * dutil_slow(), NULL), -1);
+    o.log_name = "third.log";
+    dutil_daemon_start_opts(&third, NULL, extra, &o);
+    ck_assert_int_eq(dutil_get(third.port, "/healthz", buf, sizeof(buf)), 200);
+    char lock[192];
+    snprintf(lock, sizeof(lock), "%s/lock", data);
+    char *holder = dutil_slurp(lock, NULL);
+    ck_assert_int_eq(atol(holder), (long)third.pid);
+    free(holder);
+    dutil_daemon_stop(&third);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 /* ---- defect 11: 415 for a body that is declared as something other than JSON ------------ */
 
 /* POSTs body to path with Content-Type ct (NULL: none) and auth (NULL: none); returns status. */
@@ -1231,6 +1292,42 @@ START_TEST(non_json_content_type_is_415)
                                 buf, sizeof(buf)), 401);
     ck_assert_int_eq(post_typed(d.port, "/v1/events", "application/json", "Bearer " KEY,
                                 event_body, buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* ---- probe 4, defect 6: a body that does not parse gets a 400 that says why and where ---- */
+
+START_TEST(unparsable_body_400_names_the_reason)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char buf[8192];
+    static const struct {
+        const char *path, *auth, *body, *why;
+    } cases[] = {
+        {ALERT_PATH, NULL, "{\"message_type\":\"CRITICAL\",\"monitor_id\":18446744073709551615}",
+         "integer out of range at byte 40"},
+        {ALERT_PATH, NULL, "{\"message_type\":\"CRITICAL\",\"x\":1e400}", "real number out of range"},
+        {ALERT_PATH, NULL, "{\"entity_id\":\"a\",\"entity_id\":\"b\"}", "duplicate object key"},
+        {ALERT_PATH, NULL, "{\"entity_id\":\"\xff\"}", "invalid UTF-8"},
+        {"/v1/events", "Bearer " KEY, "{\"event\":", "premature end of input"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ck_assert_int_eq(post_typed(d.port, cases[i].path, "application/json", cases[i].auth,
+                                    cases[i].body, buf, sizeof(buf)),
+                         400);
+        ck_assert_msg(strstr(buf, "\"message\":\"Invalid JSON body: ") &&
+                          strstr(buf, cases[i].why) && strstr(buf, "(line 1, column "),
+                      "case %zu: %s", i, buf);
+    }
+    /* an empty body: where a value was expected */
+    ck_assert_int_eq(post_typed(d.port, ALERT_PATH, "application/json", NULL, "", buf,
+                                sizeof(buf)),
+                     400);
+    ck_assert_msg(strstr(buf, "\"message\":\"Invalid JSON body: ") && strstr(buf, "at byte 0"),
+                  "%s", buf);
     dutil_daemon_stop(&d);
 }
 END_TEST
@@ -1305,6 +1402,7 @@ int main(void)
     tc = tcase_create("content_type");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, non_json_content_type_is_415);
+    tcase_add_test(tc, unparsable_body_400_names_the_reason);
     suite_add_tcase(s, tc);
     tc = tcase_create("check_config");
     tcase_set_timeout(tc, 60);
@@ -1314,6 +1412,10 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, replay_skips_torn_tail_and_restarts);
     tcase_add_test(tc, replay_refuses_what_is_not_a_file);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("data_dir");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, second_daemon_on_one_data_dir_refused);
     suite_add_tcase(s, tc);
     tc = tcase_create("masking");
     tcase_set_timeout(tc, 60);

@@ -230,6 +230,61 @@ START_TEST(field_limit)
 }
 END_TEST
 
+/* A field that is an array or an object: every string in it, keys included, at most
+ * FBR_INTAKE_FIELD_MAX characters (probe 4, defect 10: nesting went around the limit). */
+START_TEST(nested_field_limit)
+{
+    struct fixture f;
+    json_t *cfg = parse("{}");
+    fixture_init(&f, cfg);
+    for (int over = 0; over <= 1; over++) {
+        size_t n = FBR_INTAKE_FIELD_MAX + (size_t)over;
+        char *v = malloc(n + 1);
+        memset(v, 'x', n);
+        v[n] = 0;
+        json_t *bodies[] = {
+            json_pack("{s:s,s:{s:[i,s]}}", "message_type", "INFO", "custom", "a", 1, v),
+            json_pack("{s:s,s:[{s:s}]}", "message_type", "INFO", "custom", "k", v),
+            json_pack("{s:s,s:{s:i}}", "message_type", "INFO", "custom", v, 1),
+        };
+        for (size_t k = 0; k < FBR_ARRAY_LEN(bodies); k++) {
+            struct fbr_intake_reply r;
+            fbr_intake_alert(f.intake, fbr_slice_from(ALERT_PATH("devops")), bodies[k], &r);
+            ck_assert_msg(r.status == (over ? 400 : 200), "body %zu, over %d: %d", k, over,
+                          r.status);
+            if (over)
+                ck_assert_str_eq(json_string_value(json_object_get(r.body, "message")),
+                                 "Field too long: custom exceeds 1024 characters");
+            json_decref(r.body);
+            json_decref(bodies[k]);
+        }
+        free(v);
+    }
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
+/* A routing key of FBR_ROUTING_KEY_MAX bytes is taken, one more is 404 like any bad key. */
+START_TEST(routing_key_length)
+{
+    struct fixture f;
+    json_t *cfg = parse("{}");
+    fixture_init(&f, cfg);
+    for (int over = 0; over <= 1; over++) {
+        char path[sizeof(FBR_INTAKE_ALERT_PREFIX) + 64 + FBR_ROUTING_KEY_MAX + 2];
+        int n = snprintf(path, sizeof(path), "%s", ALERT_PATH(""));
+        memset(path + n, 'r', FBR_ROUTING_KEY_MAX + (size_t)over);
+        path[n + FBR_ROUTING_KEY_MAX + over] = 0;
+        ck_assert_int_eq(post(&f, path, "{\"message_type\":\"INFO\"}", NULL, NULL),
+                         over ? 404 : 200);
+    }
+    ck_assert(fbr_routing_key_ok("a-b_C9", 6));
+    json_decref(cfg);
+    fixture_free(&f);
+}
+END_TEST
+
 START_TEST(stamped_fields)
 {
     struct fixture f;
@@ -1545,6 +1600,8 @@ int main(void)
     tcase_set_timeout(tc, 30);
     tcase_add_loop_test(tc, intake_error, 0, FBR_ARRAY_LEN(errors));
     tcase_add_loop_test(tc, field_limit, 0, FBR_ARRAY_LEN(limits));
+    tcase_add_test(tc, nested_field_limit);
+    tcase_add_test(tc, routing_key_length);
     tcase_add_test(tc, stamped_fields);
     tcase_add_test(tc, stamps_as_specified);
     tcase_add_test(tc, routing_keys_in_turn);

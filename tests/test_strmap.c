@@ -131,6 +131,45 @@ START_TEST(random_against_model)
 }
 END_TEST
 
+/* A map that held many keys gives its slots back as they are deleted (the delivery engine's
+ * destinations after a burst of distinct rooms): the survivors still answer at every size. */
+START_TEST(shrinks_after_deletes)
+{
+    enum { N = 20000, KEEP = 10 };
+    struct fbr_strmap m;
+    fbr_strmap_init(&m);
+    static uintptr_t v[N];
+    char key[32];
+    for (size_t i = 0; i < N; i++) {
+        int klen = snprintf(key, sizeof(key), "room/%zu", i);
+        fbr_strmap_put(&m, key, (size_t)klen, &v[i]);
+    }
+    ck_assert_uint_ge(m.nslots, 2 * N);
+    size_t wrong = 0;
+    for (size_t i = KEEP; i < N; i++) {
+        int klen = snprintf(key, sizeof(key), "room/%zu", i);
+        wrong += fbr_strmap_del(&m, key, (size_t)klen) != &v[i];
+        if (i % 997 == 0) /* the survivors across every halving */
+            for (size_t k = 0; k < KEEP; k++) {
+                klen = snprintf(key, sizeof(key), "room/%zu", k);
+                wrong += fbr_strmap_get(&m, key, (size_t)klen) != &v[k];
+            }
+    }
+    ck_assert_uint_eq(wrong, 0);
+    ck_assert_uint_eq(m.count, KEEP);
+    ck_assert_uint_le(m.nslots, 8 * KEEP); /* not the 32,768 slots of the peak */
+    for (size_t k = 0; k < KEEP; k++) {
+        int klen = snprintf(key, sizeof(key), "room/%zu", k);
+        ck_assert_ptr_eq(fbr_strmap_get(&m, key, (size_t)klen), &v[k]);
+        ck_assert_ptr_eq(fbr_strmap_del(&m, key, (size_t)klen), &v[k]);
+    }
+    ck_assert_uint_eq(m.nslots, 16);
+    fbr_strmap_put(&m, "again", 5, &v[0]); /* and it grows again */
+    ck_assert_ptr_eq(fbr_strmap_get(&m, "again", 5), &v[0]);
+    fbr_strmap_clear(&m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("strmap");
@@ -138,6 +177,7 @@ int main(void)
     tcase_set_timeout(tc, 60); /* the model sweeps: about 2 s here, more under valgrind */
     tcase_add_test(tc, put_get_replace_del);
     tcase_add_test(tc, random_against_model);
+    tcase_add_test(tc, shrinks_after_deletes);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

@@ -126,6 +126,8 @@ struct fbr_delivery_metrics {
     uint64_t pending;                   /* gauge: accepted, not yet delivered or dead */
     uint64_t in_state[FBR_DS_COUNT];    /* gauge per live state (delivered/dead stay 0) */
     uint64_t destinations_rate_limited; /* gauge: destinations whose head waits on a limit */
+    uint64_t destinations;   /* gauge: destinations held (room limiters, see "Forgetting") */
+    uint64_t token_limiters; /* gauge: token limiters held */
     uint64_t latency_buckets[FBR_DELIVERY_LATENCY_BUCKETS]; /* non-cumulative counts */
     uint64_t latency_sum_ms;
     uint64_t latency_count;
@@ -280,12 +282,24 @@ size_t fbr_delivery_room(const struct fbr_delivery_engine *e);
 /* Counters (borrowed, live). */
 const struct fbr_delivery_metrics *fbr_delivery_get_metrics(const struct fbr_delivery_engine *e);
 /* The engine's metrics collector (metrics.h; arg: the engine): firebridge_deliveries_total,
- * _attempts_total, _retries_total, _pending, _in_state, _destinations_rate_limited
- * and the latency histogram.  The daemon adds it to its registry. */
+ * _attempts_total, _retries_total, _pending, _in_state, _destinations_rate_limited,
+ * _destinations, _token_limiters and the latency histogram.  The daemon adds it to its registry. */
 struct fbr_metrics_samples;
 void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg);
 /* That collector's exposition text appended to out (tests). */
 void fbr_delivery_metrics_write(const struct fbr_delivery_engine *e, struct evbuffer *out);
+
+/*
+ * Forgetting.  Room ids and tokens come from alerts, so the engine does not keep a destination
+ * (its queue, timer and room limiter) or a token limiter for ever: one with nothing queued or in
+ * flight is freed by a sweep timer once it has been idle for the longest window any limit of its
+ * kind has had in this engine (the engine's --room-rate / --token-rate or a webhook's override),
+ * so none of its recorded sends could still hold back a send, and no server hold (429,
+ * X-*-Remaining 0) runs on it.  A new delivery to it before then finds it as it was.  Memory for
+ * these is therefore bounded by the distinct rooms and tokens seen within one window, not by
+ * all ever seen.  fbr_delivery_sweep() runs that sweep now (tests) and returns how many it freed.
+ */
+size_t fbr_delivery_sweep(struct fbr_delivery_engine *e);
 
 /* The client, for tests and statistics (borrowed). */
 struct fbr_client *fbr_delivery_client(struct fbr_delivery_engine *e);

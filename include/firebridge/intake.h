@@ -31,6 +31,7 @@
 #define FBR_INTAKE_FIELD_MAX 1024         /* characters, most fields */
 #define FBR_INTAKE_STATE_MESSAGE_MAX 20480
 #define FBR_INTAKE_ENTITY_ID_MAX 512
+#define FBR_ROUTING_KEY_MAX 256 /* bytes of a routing key (a path segment of every endpoint) */
 
 #define FBR_INTAKE_RETRY_AFTER_S 5 /* Retry-After of a 503 when the sink is full */
 
@@ -90,8 +91,8 @@ struct fbr_intake_stats {
 
 struct fbr_intake;
 
-/* 1 when s[0..len) is a routing key: letters, digits, '-' and '_' (the empty string passes:
- * callers that need one check the length). */
+/* 1 when s[0..len) is a routing key: at most FBR_ROUTING_KEY_MAX letters, digits, '-' and '_'
+ * (the empty string passes: callers that need one check the length). */
 int fbr_routing_key_ok(const char *s, size_t len);
 
 /* Never fails (aborts on exhaustion).  Returns a new intake. */

@@ -26,7 +26,8 @@ struct fbr_strmap_slot {
 
 struct fbr_strmap {
     struct fbr_strmap_slot *slots;
-    size_t nslots; /* power of two, 0 until the first insert; at most half of them used */
+    size_t nslots; /* power of two, 0 until the first insert; at most half of them used, and
+                      (above 16) at least an eighth after a deletion */
     size_t count;
 };
 
