@@ -48,6 +48,11 @@
 #define ACCEPT_PAUSE_MS 250
 #define IN_HIGH (DEF_MAX_URI + DEF_MAX_HEADER_BYTES + 24 * 1024)
 #define PLAIN_READ 4096 /* bytes asked of the socket per read (libevent's own size) */
+/* Lingering close after a raw error reply (see closing_writecb): what the client sends meanwhile
+ * is read and discarded for at most this long and this much, so that the close does not reset
+ * the connection under the reply. */
+#define LINGER_MS 2000
+#define LINGER_BYTES (1024 * 1024)
 
 /* Where the header screener is in the byte stream of one connection. */
 enum scan_phase {
@@ -97,6 +102,8 @@ struct conn {
     struct evbuffer *held;       /* the beginning of a header section, out of libevhtp's reach */
     int busy, dead;              /* inside libevhtp's read callback / freed meanwhile */
     int closing;                 /* a raw error reply is being flushed */
+    int lingering;               /* it went out: input discarded until EOF or the linger limit */
+    size_t lingered;             /* bytes discarded meanwhile */
     int out_blocked;             /* parsing held back: more than OUT_HIGH output unsent */
     int first_request;           /* no request answered yet: the deadline runs from accept */
     /* screener state */
@@ -116,6 +123,7 @@ struct conn {
     int ver_major, ver_minor;    /* as the screener read them: -1 until it has */
     unsigned char last;          /* the previous head byte: a LF must follow a CR */
     uint64_t chunk_left;         /* bytes of the current chunk (or its size being read) */
+    uint64_t chunk_total;        /* bytes of the chunks announced so far in this body */
     unsigned chunk_digits;       /* hex digits of the current chunk-size line */
     /* the request in progress */
     int too_large;
@@ -169,6 +177,7 @@ struct fbr_server {
 };
 
 static void conn_free(struct conn *fc);
+static void on_deadline(evutil_socket_t fd, short what, void *arg);
 
 /* ---- small helpers ---- */
 
@@ -735,18 +744,49 @@ static evhtp_res on_conn_fini(evhtp_connection_t *c, void *arg)
     return EVHTP_RES_OK;
 }
 
-static void closing_writecb(struct bufferevent *bev, void *arg)
-{
-    struct conn *fc = arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 && fc->c)
-        evhtp_connection_free(fc->c);
-}
-
 static void closing_eventcb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *fc = arg;
     if (fc->c)
         evhtp_connection_free(fc->c);
+}
+
+static void lingering_readcb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    fc->lingered += evbuffer_get_length(in);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (fc->lingered > LINGER_BYTES && fc->c)
+        evhtp_connection_free(fc->c);
+}
+
+/*
+ * The raw error reply of conn_reject() is out.  A close with unread input would make the kernel
+ * reset the connection, and the client, still sending the rest of its request, could lose the
+ * reply to the reset.  So, as nginx's lingering close does, a plain-TCP connection shuts down
+ * its writing side (the client sees the end of the reply) and reads and discards what still
+ * comes until the client closes, LINGER_BYTES or LINGER_MS (the deadline timer), whichever is
+ * first.  A TLS connection is closed at once.
+ */
+static void closing_writecb(struct bufferevent *bev, void *arg)
+{
+    struct conn *fc = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0 || !fc->c || fc->lingering)
+        return;
+    if (!plain_tcp(fc->c)) {
+        evhtp_connection_free(fc->c);
+        return;
+    }
+    fc->lingering = 1;
+    shutdown(bufferevent_getfd(bev), SHUT_WR);
+    bufferevent_setcb(bev, lingering_readcb, NULL, closing_eventcb, fc);
+    bufferevent_disable(bev, EV_WRITE);
+    bufferevent_enable(bev, EV_READ);
+    if (!fc->deadline)
+        fc->deadline = evtimer_new(fc->srv->base, on_deadline, fc);
+    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+    evtimer_add(fc->deadline, &tv);
 }
 
 /*
@@ -791,6 +831,10 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *fc = arg;
+    if (fc->c && fc->lingering) {
+        evhtp_connection_free(fc->c); /* the linger time is over */
+        return;
+    }
     if (!fc->c || fc->closing || !fc->deadline_ms)
         return; /* the request it was armed for was answered meanwhile */
     uint64_t now = fbr_now_ms();
@@ -798,6 +842,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         uint64_t left = fc->deadline_ms - now;
         struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
         evtimer_add(fc->deadline, &tv);
+        return;
+    }
+    if (fc->c->ssl && !SSL_is_init_finished(fc->c->ssl)) {
+        /* No channel for a 408 before the handshake is done: the bufferevent would hold it
+         * until the handshake, and the slot until --idle-timeout.  Closed at once instead. */
+        count_reject(fc->srv, "no_request");
+        fbr_log(FBR_LOG_INFO, NULL, NULL, "408: TLS handshake not completed within the read "
+                                          "timeout; closing the connection");
+        evhtp_connection_free(fc->c); /* frees fc (on_conn_fini): not inside libevhtp here */
         return;
     }
     if (fc->in_request == REQ_NONE)
@@ -1018,9 +1071,12 @@ static int request_line_byte(struct conn *fc, unsigned char ch)
  * Screens one byte of a chunked body (RFC 9112 7.1): chunk-size lines of hex digits and CRLF
  * (chunk extensions are refused: libevhtp's parser drops the connection on them), the chunk's
  * bytes, its CRLF, and after the last chunk any trailer lines up to an empty one.  Consumes as
- * much of buf[*i, len) as it can at once.  Returns NULL, or the message of a refusal.
+ * much of buf[*i, len) as it can at once.  A chunk that takes the body past max_body is refused
+ * 413 as its size line ends, before its bytes are read (a body of small chunks was otherwise
+ * read to its end).  Returns NULL, or the message of a refusal (400 unless *status says 413).
  */
-static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size_t *i, size_t len)
+static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size_t *i, size_t len,
+                                 int *status)
 {
     if (fc->phase == SCAN_CHUNK_DATA) {
         size_t take = len - *i;
@@ -1040,6 +1096,11 @@ static const char *chunked_bytes(struct conn *fc, const unsigned char *buf, size
         if (fc->last == '\r') {
             if (ch != '\n' || fc->chunk_digits == 0)
                 return "invalid chunk size";
+            fc->chunk_total += fc->chunk_left; /* at most 15 digits each: no overflow */
+            if (fc->chunk_total > fc->srv->opts.max_body) {
+                *status = 413;
+                return "chunked body larger than --max-body";
+            }
             fc->phase = fc->chunk_left ? SCAN_CHUNK_DATA : SCAN_TRAILER;
             fc->last = 0;
             fc->line_len = 0;
@@ -1201,9 +1262,10 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
     size_t i = from;
     while (i < len) {
         if (fc->phase >= SCAN_CHUNK_SIZE) {
-            const char *bad = chunked_bytes(fc, buf, &i, len);
+            int status = 400;
+            const char *bad = chunked_bytes(fc, buf, &i, len, &status);
             if (bad) {
-                conn_reject(fc, 400, "bad_chunk", bad);
+                conn_reject(fc, status, status == 413 ? "body_too_large" : "bad_chunk", bad);
                 return -1;
             }
             continue;
@@ -1284,6 +1346,7 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                     fc->phase = SCAN_CHUNK_SIZE;
                     fc->chunk_left = 0;
                     fc->chunk_digits = 0;
+                    fc->chunk_total = 0;
                 } else if (fc->content_length)
                     fc->phase = SCAN_BODY;
                 fc->in_request = fc->phase != SCAN_HEAD ? REQ_BODY : REQ_NONE;

@@ -161,6 +161,89 @@ START_TEST(body_413_without_leaks)
 }
 END_TEST
 
+/*
+ * A chunked body of 1 KiB chunks past --max-body is refused 413 as soon as the announced chunks
+ * pass the limit, not read to its end: the client, pausing a little after each chunk, has sent
+ * at most max_body + 256 KiB when the 413 arrives, and the connection is then closed.  (Before,
+ * every chunk was read and discarded and nothing answered until the last one.)
+ */
+START_TEST(chunked_body_over_max_body_refused_early)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--max-body", "65536", NULL};
+    dutil_daemon_start(&d, "fbr-it", extra);
+    const size_t max_body = 65536, bound = max_body + 256 * 1024;
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    const char *head = "POST /integrations/generic/20131114/alert/K/devops HTTP/1.1\r\nHost: t\r\n"
+                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    char chunk[1024 + 16];
+    int clen = snprintf(chunk, sizeof(chunk), "400\r\n");
+    memset(chunk + clen, ' ', 1024);
+    clen += 1024;
+    clen += snprintf(chunk + clen, sizeof(chunk) - (size_t)clen, "\r\n");
+    size_t sent = 0;
+    for (; sent < 2 * bound; sent += 1024) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, dutil_slow()) == 1 || dutil_send_all(fd, chunk, (size_t)clen) != 0)
+            break;
+    }
+    char buf[2048];
+    int st = dutil_read_response(fd, buf, sizeof(buf));
+    ck_assert_msg(st == 413, "status %d after %zu body bytes sent", st, sent);
+    ck_assert_msg(sent <= bound, "413 only after %zu body bytes (--max-body %zu)", sent, max_body);
+    ck_assert_ptr_nonnull(strstr(buf, "HTTP/1.1 413 Content Too Large\r\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+    ck_assert_msg(closed_within(fd, 3000 * dutil_slow(), NULL, 0), "connection left open");
+    close(fd);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_http_rejected_total{reason=\"body_too_large\"}"),
+                     1);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/*
+ * After a 414 or 431 the connection is closed with a lingering close: the client that sends a
+ * too-long request line followed by more bytes reads the whole 414 and then the end of the
+ * stream, not a reset (closing with its bytes unread made the kernel send an RST).
+ */
+START_TEST(refusal_then_lingering_close)
+{
+    struct dutil_daemon d;
+    dutil_daemon_start(&d, "fbr-it", NULL);
+    for (int round = 0; round < 2; round++) {
+        size_t len = 96 * 1024;
+        char *req = malloc(len);
+        memset(req, round ? 'h' : 'a', len);
+        if (round == 0) { /* a 10 KiB request line */
+            memcpy(req, "GET /", 5);
+            memcpy(req + 10240, " HTTP/1.1\r\nHost: t\r\n\r\n", 23);
+        } else { /* a 10 KiB header line */
+            static const char h[] = "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ";
+            memcpy(req, h, sizeof(h) - 1);
+            memcpy(req + 10240, "\r\n\r\n", 4);
+        }
+        int fd = dutil_connect(d.port);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_msg(dutil_send_all(fd, req, len) == 0, "send failed: %s", strerror(errno));
+        free(req);
+        char buf[2048];
+        int st = dutil_read_response(fd, buf, sizeof(buf));
+        ck_assert_int_eq(st, round ? 431 : 414);
+        ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+        char tmp[256];
+        ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+        ck_assert_msg(n == 0, "after the %d: recv %zd (%s), not the end of the stream", st, n,
+                      n < 0 ? strerror(errno) : "bytes");
+        close(fd);
+    }
+    char buf[256];
+    ck_assert_int_eq(dutil_get(d.port, "/healthz", buf, sizeof(buf)), 200);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(oversized_and_odd_requests)
 {
     struct dutil_daemon d;
@@ -477,17 +560,54 @@ END_TEST
 
 /* ---- TLS ---- */
 
-START_TEST(tls_inbound)
+/* A fresh self-signed certificate for localhost: dir (made, /tmp/fbr-it-tls-XXXXXX), cert and
+ * key paths (64 bytes each). */
+static void make_cert(char *dir, char *cert, char *key)
 {
-    char dir[] = "/tmp/fbr-it-tls-XXXXXX";
+    strcpy(dir, "/tmp/fbr-it-tls-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char cmd[512], cert[64], key[64];
-    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
-    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    char cmd[512];
+    snprintf(cert, 64, "%s/cert.pem", dir);
+    snprintf(key, 64, "%s/key.pem", dir);
     snprintf(cmd, sizeof(cmd),
              "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
              "-keyout %s -out %s >/dev/null 2>&1", key, cert);
     ck_assert_int_eq(system(cmd), 0);
+}
+
+/* GET path over a new TLS connection (ctx verifies the daemon's certificate); returns the
+ * status, -1 when the handshake failed or no reply came. */
+static int tls_get(SSL_CTX *ctx, int port, const char *path, char *buf, int cap)
+{
+    int fd = dutil_connect(port);
+    ck_assert_int_ge(fd, 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    SSL_set1_host(ssl, "localhost");
+    int status = -1;
+    if (SSL_connect(ssl) == 1) {
+        char req[256];
+        int n = snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                         path);
+        ck_assert_int_eq(SSL_write(ssl, req, n), n);
+        int len = 0;
+        while ((n = SSL_read(ssl, buf + len, cap - 1 - len)) > 0)
+            len += n;
+        buf[len] = '\0';
+        if (len > 12 && strncmp(buf, "HTTP/1.1 ", 9) == 0)
+            status = atoi(buf + 9);
+    }
+    SSL_free(ssl);
+    close(fd);
+    return status;
+}
+
+START_TEST(tls_inbound)
+{
+    char dir[64], cmd[512], cert[64], key[64];
+    make_cert(dir, cert, key);
 
     struct dutil_daemon d;
     const char *const extra[] = {"--tls-cert", cert, "--tls-key", key, NULL};
@@ -497,24 +617,9 @@ START_TEST(tls_inbound)
     ck_assert_int_eq(SSL_CTX_load_verify_locations(ctx, cert, NULL), 1);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     for (int round = 0; round < 2; round++) {
-        int fd = dutil_connect(d.port);
-        ck_assert_int_ge(fd, 0);
-        SSL *ssl = SSL_new(ctx);
-        SSL_set_fd(ssl, fd);
-        SSL_set_tlsext_host_name(ssl, "localhost");
-        SSL_set1_host(ssl, "localhost");
-        ck_assert_msg(SSL_connect(ssl) == 1, "TLS handshake failed");
-        const char *req = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        ck_assert_int_eq(SSL_write(ssl, req, (int)strlen(req)), (int)strlen(req));
         char buf[2048];
-        int len = 0, n;
-        while ((n = SSL_read(ssl, buf + len, (int)sizeof(buf) - 1 - len)) > 0)
-            len += n;
-        buf[len] = '\0';
-        ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "reply: %s", buf);
+        ck_assert_int_eq(tls_get(ctx, d.port, "/healthz", buf, sizeof(buf)), 200);
         ck_assert_ptr_nonnull(strstr(buf, "{\"status\":\"ok\"}"));
-        SSL_free(ssl);
-        close(fd);
     }
     /* plain HTTP on the TLS port gets no HTTP answer and does not hurt the daemon */
     char buf[1024];
@@ -527,6 +632,46 @@ START_TEST(tls_inbound)
     snprintf(cmd, sizeof(cmd), "'%s' -l 127.0.0.1:0 -d %s/data --tls-cert %s --tls-key %s/none "
                                "2>/dev/null", getenv("FBR_DAEMON"), dir, cert, dir);
     ck_assert_int_eq(WEXITSTATUS(system(cmd)), 1);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/*
+ * On the TLS listener a socket that never completes the handshake (silent, or half a
+ * ClientHello) is closed at --read-timeout, as on plain TCP, not kept until --idle-timeout
+ * (there is no channel for the 408 before the handshake): with --max-connections 2 two such
+ * sockets are closed well before the idle timeout and a real HTTPS request gets a slot again.
+ */
+START_TEST(tls_silent_sockets_free_their_slots)
+{
+    char dir[64], cmd[160], cert[64], key[64];
+    make_cert(dir, cert, key);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--tls-cert", cert, "--tls-key", key, "--read-timeout", "500",
+                                 "--idle-timeout", "60000", "--max-connections", "2", NULL};
+    dutil_daemon_start(&d, "fbr-it", extra);
+    int silent = dutil_connect(d.port), half = dutil_connect(d.port);
+    ck_assert_int_ge(silent, 0);
+    ck_assert_int_ge(half, 0);
+    static const char hello_start[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00};
+    ck_assert_int_eq(dutil_send_all(half, hello_start, sizeof(hello_start)), 0);
+    /* 10 x --read-timeout: the old behaviour held them for the 60 s idle timeout */
+    ck_assert_msg(closed_within(silent, 5000 * dutil_slow(), NULL, 0),
+                  "a silent socket on the TLS listener was kept open");
+    ck_assert_msg(closed_within(half, 1000 * dutil_slow(), NULL, 0),
+                  "a socket with half a ClientHello was kept open");
+    close(silent);
+    close(half);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    ck_assert_int_eq(SSL_CTX_load_verify_locations(ctx, cert, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    static char buf[65536];
+    ck_assert_int_eq(tls_get(ctx, d.port, "/healthz", buf, sizeof(buf)), 200);
+    ck_assert_int_eq(tls_get(ctx, d.port, "/metrics", buf, sizeof(buf)), 200);
+    ck_assert_ptr_nonnull(strstr(buf, "firebridge_http_rejected_total{reason=\"no_request\"} 2"));
+    SSL_CTX_free(ctx);
+    dutil_daemon_stop(&d);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);
 }
@@ -1299,7 +1444,9 @@ int main(void)
     tcase_set_timeout(tc, dutil_under_valgrind() ? 600 : 60);
     tcase_add_test(tc, builtin_endpoints_and_errors);
     tcase_add_test(tc, body_413_without_leaks);
+    tcase_add_test(tc, chunked_body_over_max_body_refused_early);
     tcase_add_test(tc, oversized_and_odd_requests);
+    tcase_add_test(tc, refusal_then_lingering_close);
     tcase_add_test(tc, trickling_client_is_closed);
     tcase_add_test(tc, later_request_has_its_own_deadline);
     tcase_add_test(tc, many_concurrent_keepalive_connections);
@@ -1308,6 +1455,7 @@ int main(void)
     tcase_add_test(tc, sighup_reload);
     tcase_add_test(tc, bad_flags_exit_2_and_check_config);
     tcase_add_test(tc, tls_inbound);
+    tcase_add_test(tc, tls_silent_sockets_free_their_slots);
     tcase_add_test(tc, idle_timeout_and_connection_cap);
     tcase_add_test(tc, several_listeners_ipv4_and_ipv6);
     tcase_add_test(tc, json_routes_415_400);
