@@ -36,6 +36,7 @@
 /* an idle destination or token limiter is kept at least this long, even when its window is
  * shorter, so a room fed every few seconds is not rebuilt for each delivery (not a config key) */
 #define FBR_DEFAULT_IDLE_KEEP_MS 10000
+#define FBR_DEFAULT_FAILING_LOG_INTERVAL_MS 60000 /* "still failing" lines per destination */
 
 /* write-ahead journal */
 #define FBR_DEFAULT_FSYNC_INTERVAL_MS 100
