@@ -923,16 +923,18 @@ static size_t header_value(const struct conn *fc, size_t name_len, const char **
 }
 
 /*
- * Ends one header line: refuses one without a name and colon, counts Host and Authorization
- * lines, notes Expect, notes the framing headers and checks them.  Content-Length must be digits
- * only and agree with any earlier one; Transfer-Encoding must appear once and be exactly "chunked"
- * (another coding before chunked is 501, chunked not last 400).  Both are also held to what
- * libevhtp's parser reads, so that the two never frame a body differently: it skips only spaces
- * before a value, reads a Content-Length of at most 20 characters, and takes "chunked" (or
- * "Chunked") with nothing after it as the chunked coding and any other spelling as no coding at all
- * (an empty body: the chunks would then be read as the next request).  Returns 0, or 1 with *r set.
+ * Ends one header line (raw: its first byte in the input, writable): refuses one without a name
+ * and colon, counts Host and Authorization lines, notes Expect, notes the framing headers and
+ * checks them.  Content-Length must be digits only and agree with any earlier one;
+ * Transfer-Encoding must appear once and be "chunked" in any case (RFC 9112 7: coding names are
+ * case-insensitive; another coding before chunked is 501, chunked not last 400).  Both are also
+ * held to what libevhtp's parser reads, so that the two never frame a body differently: it skips
+ * only spaces before a value, reads a Content-Length of at most 20 characters, and takes "chunked"
+ * (or "Chunked") with nothing after it as the chunked coding and any other spelling as no coding
+ * at all (an empty body: the chunks would then be read as the next request), so another spelling
+ * is rewritten to "chunked" in the input before libevhtp reads it.  Returns 0, or 1 with *r set.
  */
-static int header_line_done(struct conn *fc, struct refusal *r)
+static int header_line_done(struct conn *fc, unsigned char *raw_line, struct refusal *r)
 {
     static const char cl_name[] = "content-length:", te_name[] = "transfer-encoding:",
                       expect_name[] = "expect:", continue_value[] = "100-continue";
@@ -993,13 +995,13 @@ static int header_line_done(struct conn *fc, struct refusal *r)
     static const char chunked[] = "chunked";
     size_t cn = sizeof(chunked) - 1;
     if (n == cn && strncasecmp(v, chunked, cn) == 0) {
-        /* libevhtp's spelling: nothing after it, only the first letter in either case */
+        /* libevhtp's spelling: nothing after it, lower case */
         size_t tail = (size_t)(fc->line + fc->line_len - 1 - (v + n)); /* before the CR */
-        if (tail != 0 || memcmp(v + 1, chunked + 1, cn - 1) != 0) {
-            r->msg = "Transfer-Encoding must be written \"chunked\" (lower case, nothing after "
-                     "it)";
+        if (tail != 0) {
+            r->msg = "Transfer-Encoding must be \"chunked\" with nothing after it";
             return 1;
         }
+        memcpy(raw_line + (v - fc->line), chunked, cn);
         fc->chunked = 1;
         return 0;
     }
@@ -1185,7 +1187,7 @@ static int head_done(struct conn *fc, struct refusal *r)
  * state is what that path leaves after the LF and *at is past it.  Returns 1 (taken), 0 (not
  * taken) or -1 (taken and refused by header_line_done(): the connection is rejected).
  */
-static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avail, size_t *at)
+static int fast_header_line(struct conn *fc, unsigned char *p, size_t avail, size_t *at)
 {
     const struct fbr_server_opts *o = &fc->srv->opts;
     const unsigned char *nl = memchr(p, '\n', avail);
@@ -1206,7 +1208,7 @@ static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avai
     fc->head_bytes += n + 1;
     *at += n + 1;
     struct refusal r;
-    if (header_line_done(fc, &r) != 0) {
+    if (header_line_done(fc, p, &r) != 0) {
         conn_reject(fc, r.status, r.reason, r.msg);
         return -1;
     }
@@ -1255,7 +1257,7 @@ static size_t fast_target_run(struct conn *fc, const unsigned char *p, size_t av
  * at `from` began, and is moved to where the one still open at the end begins.  Returns 0, or -1
  * after the connection was rejected.
  */
-static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len,
+static int screen(struct conn *fc, unsigned char *buf, size_t from, size_t len,
                   size_t *head_at)
 {
     const struct fbr_server_opts *o = &fc->srv->opts;
@@ -1330,7 +1332,8 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                 conn_reject(fc, 400, "bad_request_line", "invalid request line");
                 return -1;
             }
-            if (fc->nlines > 0 && !empty && header_line_done(fc, &r) != 0) {
+            if (fc->nlines > 0 && !empty &&
+                header_line_done(fc, buf + i - 1 - fc->line_len, &r) != 0) {
                 conn_reject(fc, r.status, r.reason, r.msg);
                 return -1;
             }
@@ -1499,7 +1502,7 @@ static int screen_input(struct conn *fc, struct bufferevent *bev)
         unhold(fc, in);
         len = evbuffer_get_length(in);
     }
-    const unsigned char *buf = evbuffer_pullup(in, -1);
+    unsigned char *buf = evbuffer_pullup(in, -1);
     if (screen(fc, buf, fc->screened, len, &head_at) < 0)
         return -1;
     if (fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD) {
