@@ -1200,7 +1200,7 @@ static int fast_header_line(struct conn *fc, unsigned char *p, size_t avail, siz
     size_t k = 0;
     while (k < n && p[k] != ':' && p[k] != ' ' && p[k] != '\t' && p[k] != '\r')
         k++;
-    if (k == 0 || k == n || p[k] != ':' || memchr(p + k, '\r', n - 1 - k))
+    if (k == 0 || k == n || p[k] != ':' || memchr(p + k, '\r', n - 1 - k) || memchr(p, 0, n))
         return 0;
     memcpy(fc->line, p, n < sizeof(fc->line) ? n : sizeof(fc->line));
     fc->line_len = n;
@@ -1358,6 +1358,10 @@ static int screen(struct conn *fc, unsigned char *buf, size_t from, size_t len,
         }
         if (fc->nlines == 0 && request_line_byte(fc, ch) != 0) {
             conn_reject(fc, 400, "bad_request_line", "invalid request line");
+            return -1;
+        }
+        if (ch == 0) { /* RFC 9110 5.5: never valid in a field */
+            conn_reject(fc, 400, "bad_header", "NUL byte in a header line");
             return -1;
         }
         fc->last = ch;

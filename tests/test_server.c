@@ -977,6 +977,42 @@ static int head_status(int port, const char *req, int bytewise, char *buf, size_
     return st;
 }
 
+/* A NUL byte in a header line (value or name) is refused 400 with the JSON failure body
+ * (RFC 9110 5.5), whether the line arrives whole or a byte at a time. */
+START_TEST(nul_in_header_refused)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    static const char value[] = "GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\nConnection: close"
+                                "\r\n\r\n",
+                      name[] = "GET /echo HTTP/1.1\r\nHost: t\r\nX-\0A: ab\r\nConnection: close"
+                               "\r\n\r\n";
+    const struct {
+        const char *req;
+        size_t len;
+    } cases[] = {{value, sizeof(value) - 1}, {name, sizeof(name) - 1}};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        for (int bytewise = 0; bytewise < 2; bytewise++) {
+            int fd = dutil_connect(ip.port);
+            ck_assert_int_ge(fd, 0);
+            for (size_t at = 0; at < cases[i].len; at += bytewise ? 1 : cases[i].len) {
+                if (dutil_send_all(fd, cases[i].req + at, bytewise ? 1 : cases[i].len) != 0)
+                    break;
+                if (bytewise)
+                    usleep(200);
+            }
+            char buf[2048];
+            int st = dutil_read_response(fd, buf, sizeof(buf));
+            ck_assert_msg(st == 400 && strstr(buf, "{\"result\":\"failure\"") &&
+                              strstr(buf, "NUL"),
+                          "case %zu%s: %d %s", i, bytewise ? " (a byte at a time)" : "", st, buf);
+            close(fd);
+        }
+    }
+    inproc_stop(&ip);
+}
+END_TEST
+
 /*
  * The screener takes a whole ordinary header line at once (server.c fast_header_line), a request
  * target's ordinary bytes as a run (fast_target_run), and any other byte by byte: each head
@@ -1468,6 +1504,7 @@ int main(void)
     tcase_add_test(tc, replies_written_as_jansson_writes_them);
     tcase_add_test(tc, header_lines_whole_or_bytewise_same_answer);
     tcase_add_test(tc, framing_headers_read_as_libevhtp_reads_them);
+    tcase_add_test(tc, nul_in_header_refused);
     tcase_add_test(tc, plain_200_written_as_libevhtp_writes_it);
     tcase_add_test(tc, deferred_200_written_with_one_send);
     suite_add_tcase(s, tc);
