@@ -213,6 +213,12 @@ static struct conn *req_conn(struct fbr_http_req *req)
     return req->conn;
 }
 
+/* The path of r's target (borrowed from r), "/" when it has none. */
+static struct fbr_slice req_path(const evhtp_request_t *r)
+{
+    return fbr_slice_from(r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/");
+}
+
 /* ---- replies ---- */
 
 const char *fbr_http_header(struct fbr_http_req *req, const char *name)
@@ -225,6 +231,12 @@ void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char 
 {
     evhtp_request_t *r = req->opaque;
     evhtp_headers_add_header(r->headers_out, evhtp_header_new(name, value, 1, 1));
+}
+
+static int put_header(evhtp_kv_t *kv, void *arg)
+{
+    evbuffer_add_printf(arg, "%s: %s\r\n", kv->key, kv->val);
+    return 0;
 }
 
 static int header_size(evhtp_kv_t *kv, void *arg)
@@ -302,6 +314,10 @@ static void account_reply(const struct fbr_http_req *req, struct conn *fc, int s
     (*srv->m_req_cache[slot].counter)++;
     fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
     if (fbr_log_enabled(FBR_LOG_DEBUG)) {
+        struct fbr_http_req with_path = *req;
+        if (!req->path.len) /* a deferred reply: its path from the request */
+            with_path.path = req_path(req->opaque);
+        req = &with_path;
         size_t at = fc->secret_at < req->path.len ? fc->secret_at : 0;
         if (at) {
             const char *end = memchr(req->path.ptr + at, '/', req->path.len - at);
@@ -350,6 +366,20 @@ static void send_reply(struct fbr_http_req *req, int status)
         snprintf(cl, sizeof(cl), "%zu", evbuffer_get_length(r->buffer_out));
         evhtp_headers_add_header(r->headers_out, evhtp_header_new("Content-Length", cl, 0, 1));
         evbuffer_drain(r->buffer_out, evbuffer_get_length(r->buffer_out));
+    }
+    if (status == 413 && req->method != FBR_M_HEAD) {
+        /* libevhtp's status line says "Entity Too Large"; RFC 9110 15.5.14 and the screener's
+         * own 413 say "Content Too Large".  The head written here as libevhtp would write it,
+         * keep-alive off (too_large): its write callback closes once it is out. */
+        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+        evbuffer_add_printf(out, "HTTP/1.1 413 Content Too Large\r\n");
+        evhtp_headers_for_each(r->headers_out, put_header, out);
+        evbuffer_add_printf(out, "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                            evbuffer_get_length(r->buffer_out));
+        r->status = (evhtp_res)status;
+        r->flags |= EVHTP_REQ_FLAG_FINISHED;
+        bufferevent_write_buffer(r->conn->bev, r->buffer_out);
+        return;
     }
     if (hlen) {
         /* what evhtp_send_reply() does: the request finished, its reply in the output */
@@ -1792,8 +1822,7 @@ static void on_request(evhtp_request_t *r, void *arg)
         claim_version(fc, r);
     int major = fc->major, minor = fc->minor;
     fc->major = fc->minor = -1; /* the next request on this connection starts unparsed */
-    const char *path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
-    req.path = fbr_slice_from(path);
+    req.path = req_path(r);
     if (r->uri && r->uri->query_raw)
         req.query = fbr_slice_from((const char *)r->uri->query_raw);
     /* before any answer (505, 413, 405 included): the log line of every reply masks it */
@@ -1989,7 +2018,7 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
                                                    .fn = ep_readyz,
                                                    .arg = srv});
     fbr_server_add_route(srv, &(struct fbr_route){.path = "/metrics",
-                                                   .methods = FBR_M_GET,
+                                                   .methods = FBR_M_GET | FBR_M_HEAD,
                                                    .metric = "metrics",
                                                    .fn = ep_metrics,
                                                    .arg = srv});

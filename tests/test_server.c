@@ -98,6 +98,20 @@ START_TEST(builtin_endpoints_and_errors)
     ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
     close(fd);
 
+    /* HEAD /metrics as HEAD /healthz: the headers, no body */
+    fd = dutil_connect(d.port);
+    head = "HEAD /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    size_t got = 0;
+    while (got < sizeof(buf) - 1 && (n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(fd);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0 && strstr(buf, "text/plain; version=0.0.4") &&
+                      strstr(buf, "Content-Length: "),
+                  "HEAD /metrics: %s", buf);
+    ck_assert_msg(strstr(buf, "\r\n\r\n")[4] == '\0', "HEAD /metrics reply has a body: %s", buf);
+
     ck_assert_int_eq(dutil_get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "text/plain; version=0.0.4"));
     ck_assert_ptr_nonnull(
@@ -143,6 +157,10 @@ START_TEST(body_413_without_leaks)
         dutil_send_all(fd, payload, body); /* the server may close once it has answered */
         ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 413);
         ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+        /* RFC 9110's phrase, as the screener's own 413 (libevhtp says "Entity Too Large") */
+        ck_assert_msg(strncmp(buf, "HTTP/1.1 413 Content Too Large\r\n", 32) == 0, "%s", buf);
+        ck_assert_ptr_nonnull(strstr(buf, "\r\nConnection: close\r\n"));
+        ck_assert_ptr_nonnull(strstr(buf, "\r\nX-Request-Id: r"));
         close(fd);
     }
     free(payload);
