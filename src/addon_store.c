@@ -472,7 +472,8 @@ static void on_token_response(const struct fbr_client_resp *r, void *arg)
     } else if (r->status != 200) {
         snprintf(why, sizeof(why), "token endpoint answered %d", r->status);
     } else {
-        json_t *j = json_loadb(r->body, r->body_len, 0, NULL);
+        /* a cut body (over 8 KiB, or cut short after the head) is not a token answer */
+        json_t *j = r->body_cut ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
         const char *tok = json_string_value(json_object_get(j, "access_token"));
         json_t *exp = json_object_get(j, "expires_in");
         json_int_t secs = json_is_integer(exp) ? json_integer_value(exp) : 0;

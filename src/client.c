@@ -57,6 +57,7 @@ enum conn_state { CS_RESOLVING, CS_CONNECTING, CS_IDLE, CS_BUSY };
 enum parse_state {
     PS_STATUS,
     PS_HEADERS,
+    /* every state from here on reads the body: the head is complete */
     PS_LEN,
     PS_CHUNK_SIZE,
     PS_CHUNK_DATA,
@@ -64,6 +65,7 @@ enum parse_state {
     PS_TRAILERS,
     PS_UNTIL_EOF
 };
+#define PS_BODY PS_LEN /* the first body state */
 
 struct pool {
     struct fbr_client *client;
@@ -229,7 +231,15 @@ static void conn_destroy(struct upstream_conn *conn)
 static void pool_kick(struct pool *pool);
 static void conn_start_call(struct upstream_conn *conn, struct call *call);
 
-/* Closes conn and fails its call (if any) with err. */
+/* Whether call's response has a complete 2xx status line and header section on conn: the
+ * server has accepted the request, whatever becomes of the body. */
+static int accepted_2xx(const struct upstream_conn *conn, const struct call *call)
+{
+    return conn->ps >= PS_BODY && call->resp.status >= 200 && call->resp.status < 300;
+}
+
+/* Closes conn and fails its call (if any) with err; a call whose 2xx head has arrived completes
+ * as answered instead (accepted_2xx), its body marked cut. */
 static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const char *fmt, ...)
@@ -240,7 +250,15 @@ static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const
     if (call) {
         va_list ap;
         va_start(ap, fmt);
-        call_set_errorv(call, err, fmt, ap);
+        if (accepted_2xx(conn, call)) {
+            /* The server took the request: what fails is only a body nobody needs.  The
+             * response stands as answered (err NONE, its status), the body is marked cut and
+             * the reason says what happened to it; the connection is closed below. */
+            vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+            call->resp.body_cut = 1;
+        } else {
+            call_set_errorv(call, err, fmt, ap);
+        }
         va_end(ap);
         evtimer_del(call->timer);
     }
@@ -582,6 +600,22 @@ static int take_line(struct evbuffer *in, char *buf, size_t *n)
     return 1;
 }
 
+/*
+ * The parser has used up the input: 0 to wait for more.  A body already longer than the call
+ * keeps (body_cut) is not read any further, whatever its framing says is left (a never-ending
+ * body, a Content-Length of 10 GB): 1, the response is complete with what was kept, and the
+ * connection is closed rather than drained for reuse.  A longer body that has arrived whole is
+ * still taken to its end, so a server's moderately long answers keep their connection.
+ */
+static int need_more(struct upstream_conn *conn)
+{
+    if (conn->call->resp.body_cut && conn->ps >= PS_BODY) {
+        conn->conn_close = 1;
+        return 1;
+    }
+    return 0;
+}
+
 /* Runs the parser over the input; returns 1 when the response is complete, 0 to wait, -1 on a
  * protocol error (reason set in the call). */
 static int parse(struct upstream_conn *conn)
@@ -600,7 +634,7 @@ static int parse(struct upstream_conn *conn)
         case PS_TRAILERS:
             switch (take_line(in, lbuf, &n)) {
             case 0:
-                return 0;
+                return need_more(conn);
             case -1:
                 call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response line too long");
                 return -1;
@@ -666,7 +700,7 @@ static int parse(struct upstream_conn *conn)
             conn->remaining -= k;
             if (conn->remaining == 0)
                 return 1;
-            return 0;
+            return need_more(conn);
         }
         case PS_CHUNK_SIZE: {
             char *end;
@@ -686,12 +720,12 @@ static int parse(struct upstream_conn *conn)
         case PS_CHUNK_DATA: {
             size_t avail = evbuffer_get_length(in);
             if (!avail)
-                return 0;
+                return need_more(conn);
             size_t k = avail < conn->remaining ? avail : (size_t)conn->remaining;
             take_body(conn, k);
             conn->remaining -= k;
             if (conn->remaining)
-                return 0;
+                return need_more(conn);
             conn->ps = PS_CHUNK_CRLF;
             break;
         }
@@ -708,7 +742,7 @@ static int parse(struct upstream_conn *conn)
             break;
         case PS_UNTIL_EOF:
             take_body(conn, evbuffer_get_length(in));
-            return 0;
+            return need_more(conn);
         }
     }
 }

@@ -131,6 +131,10 @@ struct dest {
     uint64_t timer_at; /* 0 when not armed */
     int rate_limited;
     int held_up; /* its next delivery is held (listed in the engine's held_dests) */
+    /* Its current run of failed attempts, for the log (dest_failed, dest_recovered):
+     * failing_since 0 when its last attempt did not fail. */
+    uint64_t failing_since, failing_logged_at; /* monotonic ms */
+    uint64_t failed, failed_unlogged; /* attempts failed in the run, and since the last line */
 };
 
 struct fbr_delivery_engine {
@@ -201,6 +205,7 @@ void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
     o->max_pending = FBR_DEFAULT_MAX_PENDING;
     o->data_dir = ".";
     o->per_destination_inflight = 1;
+    o->failing_log_interval_ms = FBR_DEFAULT_FAILING_LOG_INTERVAL_MS;
 }
 
 uint64_t fbr_delivery_backoff_ms(uint64_t initial_ms, uint64_t max_ms, unsigned failures,
@@ -621,6 +626,48 @@ static void http_reason(char *buf, int status)
     fbr_fmt_u64(buf + 5, status > 0 ? (uint64_t)status : 0); /* and the NUL */
 }
 
+/*
+ * An attempt of dl to d failed (reason): the first failure of a run is logged at warn at once,
+ * later ones at most once per failing_log_interval_ms, with how many failed since the last line,
+ * so that a failing room with thousands of deliveries cannot flood the log.  Every line passes
+ * log.c's masker (fbr_log_mask_url): the key has no query string, and a token anywhere in it or
+ * in the reason is masked there.
+ */
+static void dest_failed(struct dest *d, const struct delivery *dl, const char *reason)
+{
+    uint64_t now = fbr_now_ms();
+    d->failed++;
+    d->failed_unlogged++;
+    if (!d->failing_since) {
+        d->failing_since = now;
+        fbr_log(FBR_LOG_WARN, dl->id, NULL,
+                "destination %s is failing: attempt %u of this delivery failed: %s (further "
+                "failures logged at most every %u s until it delivers again)",
+                d->key, dl->attempts, reason, (d->engine->opts.failing_log_interval_ms + 999) / 1000);
+    } else if (now - d->failing_logged_at >= d->engine->opts.failing_log_interval_ms) {
+        fbr_log(FBR_LOG_WARN, dl->id, NULL,
+                "destination %s still failing: %" PRIu64 " failed attempt(s) since the last line, "
+                "%" PRIu64 " in %" PRIu64 " s; the last, attempt %u of this delivery: %s",
+                d->key, d->failed_unlogged, d->failed, (now - d->failing_since) / 1000,
+                dl->attempts, reason);
+    } else {
+        return;
+    }
+    d->failing_logged_at = now;
+    d->failed_unlogged = 0;
+}
+
+/* An attempt to d succeeded after a run of failures: one line, and the run is over. */
+static void dest_recovered(struct dest *d, const struct delivery *dl)
+{
+    fbr_log(FBR_LOG_INFO, dl->id, NULL,
+            "destination %s recovered: delivered again after %" PRIu64 " failed attempt(s) in %"
+            PRIu64 " s",
+            d->key, d->failed, (fbr_now_ms() - d->failing_since) / 1000);
+    d->failing_since = d->failing_logged_at = 0;
+    d->failed = d->failed_unlogged = 0;
+}
+
 static void on_response(const struct fbr_client_resp *r, void *arg)
 {
     struct delivery *dl = arg;
@@ -646,8 +693,11 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
             [FBR_CLIENT_ERR_PROTOCOL] = FBR_RETRY_PROTOCOL, [FBR_CLIENT_ERR_IO] = FBR_RETRY_IO,
         };
         fbr_log(FBR_LOG_DEBUG, dl->id, NULL, "attempt %u failed: %s", dl->attempts, r->reason);
+        dest_failed(d, dl, r->reason);
         retry_later(dl, map[r->err], r->reason);
     } else if (r->status >= 200 && r->status < 300) {
+        if (d->failing_since)
+            dest_recovered(d, dl);
         http_reason(reason, r->status);
         transition(dl, FBR_DS_DELIVERED, 0, reason);
     } else if (r->status == 429) {
@@ -689,10 +739,12 @@ static void on_response(const struct fbr_client_resp *r, void *arg)
         transition(dl, FBR_DS_WAITING_RATE, now, "http 401: renewing the credentials");
     } else if (r->status >= 500 || r->status == 408) {
         http_reason(reason, r->status);
+        dest_failed(d, dl, reason);
         retry_later(dl, r->status == 408 ? FBR_RETRY_HTTP_408 : FBR_RETRY_HTTP_5XX, reason);
     } else {
         snprintf(reason, sizeof(reason), "http %d%s%.*s", r->status, r->body_len ? ": " : "",
                  (int)(r->body_len < 200 ? r->body_len : 200), r->body);
+        dest_failed(d, dl, reason);
         e->m.dead_permanent++;
         transition(dl, FBR_DS_DEAD, 0, reason);
     }
@@ -1509,6 +1561,8 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
     e->opts = *opts;
     if (!e->opts.per_destination_inflight)
         e->opts.per_destination_inflight = 1;
+    if (!e->opts.failing_log_interval_ms)
+        e->opts.failing_log_interval_ms = FBR_DEFAULT_FAILING_LOG_INTERVAL_MS;
     if (!e->opts.retry_initial_ms)
         e->opts.retry_initial_ms = 1;
     if (e->opts.retry_max_interval_ms < e->opts.retry_initial_ms)

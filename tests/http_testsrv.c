@@ -39,6 +39,7 @@ struct tsrv {
     struct tsrv_req *reqs;
     size_t nreqs, cap;
     unsigned accepted, open, max_open;
+    uint64_t streamed;
     struct sconn *conns;
 };
 
@@ -47,6 +48,8 @@ struct sconn {
     struct bufferevent *bev;
     unsigned no;
     int closing;
+    int streaming; /* TSRV_THEN_STREAM: refilled from write_cb */
+    int resetting; /* TSRV_THEN_RESET: reset once the output is flushed */
     struct sconn *next, *prev;
 };
 
@@ -74,11 +77,40 @@ static struct tsrv_reply pick(struct tsrv *s, const char *path)
     return s->def;
 }
 
+#define STREAM_FILL 65536
+
+static void stream_fill(struct sconn *c)
+{
+    static char fill[STREAM_FILL];
+    if (!fill[0])
+        memset(fill, 'x', sizeof(fill));
+    evbuffer_add(bufferevent_get_output(c->bev), fill, sizeof(fill));
+    c->s->streamed += sizeof(fill);
+}
+
+/* Closes c with a TCP reset instead of a FIN. */
+static void sconn_reset(struct sconn *c)
+{
+    struct linger lg = {1, 0};
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    sconn_free(c);
+}
+
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     struct sconn *c = arg;
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        sconn_free(c);
+    if (c->streaming) {
+        stream_fill(c);
+        return;
+    }
+    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        if (c->resetting)
+            sconn_reset(c);
+        else
+            sconn_free(c);
+    }
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)
@@ -87,7 +119,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
     struct tsrv *s = c->s;
     struct evbuffer *in = bufferevent_get_input(bev);
     for (;;) {
-        if (c->closing)
+        if (c->closing || c->streaming)
             return;
         struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
         if (end.pos < 0)
@@ -133,6 +165,16 @@ static void read_cb(struct bufferevent *bev, void *arg)
             return; /* stall: keep the connection, never answer */
         if (rep.raw) {
             evbuffer_add(out, rep.raw, strlen(rep.raw));
+            if (rep.then == TSRV_THEN_STREAM) {
+                c->streaming = 1;
+                stream_fill(c);
+                return;
+            }
+            if (rep.then == TSRV_THEN_RESET) {
+                c->closing = c->resetting = 1;
+                bufferevent_disable(bev, EV_READ);
+                return; /* write_cb resets once the reply is out */
+            }
             if (rep.close_after) {
                 c->closing = 1;
                 bufferevent_disable(bev, EV_READ);
@@ -260,6 +302,11 @@ const struct tsrv_req *tsrv_req(const struct tsrv *s, size_t i)
 unsigned tsrv_accepted(const struct tsrv *s)
 {
     return s->accepted;
+}
+
+uint64_t tsrv_streamed(const struct tsrv *s)
+{
+    return s->streamed;
 }
 
 unsigned tsrv_max_open(const struct tsrv *s)

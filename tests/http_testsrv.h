@@ -2,7 +2,8 @@
  * http_testsrv.h - a scriptable HTTP/1.1 server for the delivery and client tests, running on the
  * test's own event loop (plain TCP or TLS).  It stands in for the chat service at the far end of
  * the data path: answers scripted statuses and headers per path prefix, can stall, close after
- * each response (with or without saying so), and records every request and connection.
+ * each response (with or without saying so), stream a body that never ends, reset the
+ * connection after a reply, and records every request and connection.
  */
 #ifndef FBR_TEST_HTTP_TESTSRV_H
 #define FBR_TEST_HTTP_TESTSRV_H
@@ -19,6 +20,11 @@ struct tsrv_reply {
     int token_reset_in_s; /* > 0: add X-Ratelimit-Remaining: 0 and a Reset this far ahead */
     const char *raw;      /* non-NULL: write exactly these bytes instead (status ignored) */
     int close_after;      /* close the connection after this reply */
+    enum tsrv_then {
+        TSRV_THEN_NEXT,   /* after raw: read the next request */
+        TSRV_THEN_STREAM, /* after raw: write filler bytes until the peer goes away */
+        TSRV_THEN_RESET,  /* after raw has been written: close with a TCP reset (SO_LINGER 0) */
+    } then;
 };
 
 struct tsrv_req {
@@ -48,6 +54,8 @@ size_t tsrv_nreqs(const struct tsrv *s);
 const struct tsrv_req *tsrv_req(const struct tsrv *s, size_t i);
 unsigned tsrv_accepted(const struct tsrv *s);
 unsigned tsrv_max_open(const struct tsrv *s);
+/* Filler bytes written by TSRV_THEN_STREAM replies so far (all connections). */
+uint64_t tsrv_streamed(const struct tsrv *s);
 void tsrv_free(struct tsrv *s);
 
 /* Creates ca.pem, good.pem/good.key (localhost, 127.0.0.1) and wrong.pem/wrong.key

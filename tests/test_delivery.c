@@ -8,6 +8,7 @@
 #include <check.h>
 #include <event2/event.h>
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 
 #include "firebridge/client.h"
 #include "firebridge/delivery.h"
+#include "firebridge/log.h"
 #include "firebridge/server.h"
 #include "firebridge/webhook.h"
 #include "daemon_util.h"
@@ -563,6 +565,199 @@ START_TEST(request_timeout_retried)
     ck_assert_uint_ge(fbr_now_ms() - t0, 295);
     ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 1);
     ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+}
+END_TEST
+
+/*
+ * A chat server that has sent a complete 2xx status line and header section has accepted the
+ * notification, whatever its body then does: each of these answers is delivered once, with one
+ * request and no retry, and the next delivery goes out on a new connection (the broken one is
+ * closed, never reused).  Before the fix each was read until the request timeout (or failed on
+ * the reset) and sent again.
+ */
+static const struct {
+    const char *raw;
+    enum tsrv_then then;
+} accepted_2xx[] = {
+    /* 10 GB announced, streamed: read as far as the body cap, no further */
+    {"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n", TSRV_THEN_STREAM},
+    /* a close-delimited body that never ends */
+    {"HTTP/1.1 200 OK\r\n\r\n", TSRV_THEN_STREAM},
+    /* the head, then silence until the request timeout */
+    {"HTTP/1.1 202 Accepted\r\nContent-Length: 100\r\n\r\n", TSRV_THEN_NEXT},
+    /* the head, part of the body, then a reset */
+    {"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", TSRV_THEN_RESET},
+    /* a 204 head, then a reset */
+    {"HTTP/1.1 204 No Content\r\n\r\n", TSRV_THEN_RESET},
+};
+
+static int delivered_or_resent(void)
+{
+    return M()->delivered >= 1 || tsrv_nreqs(srv) >= 2;
+}
+
+START_TEST(accepted_2xx_delivered_once)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{.raw = accepted_2xx[_i].raw, .then = accepted_2xx[_i].then}};
+    tsrv_script(srv, "/v2/room/a/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 1000;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "a"), "{\"message\":\"once\"}", NULL);
+    ck_assert(tsrv_run_until(base, delivered_or_resent, 10000));
+    want = 1;
+    tsrv_run_until(base, delivered_n, 200); /* a resend, if any, has its answer */
+    ck_assert_uint_eq(tsrv_nreqs(srv), 1);
+    ck_assert_uint_eq(M()->delivered, 1);
+    ck_assert_uint_eq(M()->attempts, 1);
+    for (size_t i = 0; i < FBR_RETRY_COUNT; i++)
+        ck_assert_uint_eq(M()->retries[i], 0);
+    ck_assert_uint_lt(tsrv_streamed(srv), 32u << 20); /* the stream was not read on and on */
+
+    /* the next delivery to the same origin does not get the broken connection */
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "a"), "{\"message\":\"next\"}", NULL);
+    want = 2;
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    ck_assert_uint_ne(tsrv_req(srv, 1)->conn_no, tsrv_req(srv, 0)->conn_no);
+    ck_assert_uint_eq(M()->attempts, 2);
+}
+END_TEST
+
+/* A 500 whose body never ends is still a 500: retried (not after a read until the request
+ * timeout: the body is read only as far as the cap), and delivered on the next attempt. */
+START_TEST(endless_500_body_retried_bounded)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {
+        {.raw = "HTTP/1.1 500 Oops\r\nContent-Length: 10000000000\r\n\r\n",
+         .then = TSRV_THEN_STREAM},
+    };
+    tsrv_script(srv, "/v2/room/f/", script, 1);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.request_timeout_ms = 3000;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "f"), "{}", NULL);
+    want = 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 2);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_HTTP_5XX], 1);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_TIMEOUT], 0);
+    ck_assert_uint_ne(tsrv_req(srv, 1)->conn_no, tsrv_req(srv, 0)->conn_no);
+    ck_assert_uint_lt(tsrv_streamed(srv), 32u << 20);
+}
+END_TEST
+
+static size_t count_lines(const char *log, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = strstr(log, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* The line of log that contains needle, into buf (empty when none). */
+static const char *line_with(const char *log, const char *needle, char *buf, size_t cap)
+{
+    const char *p = strstr(log, needle);
+    buf[0] = '\0';
+    if (!p)
+        return buf;
+    const char *b = p;
+    while (b > log && b[-1] != '\n')
+        b--;
+    const char *e = strchr(p, '\n');
+    snprintf(buf, cap, "%.*s", (int)(e ? e - b : (ptrdiff_t)strlen(b)), b);
+    return buf;
+}
+
+#define FAILS 150
+
+/*
+ * A destination that starts failing is visible at the default level: one warn line at the first
+ * failed attempt (the destination, the attempt, the reason), no more while it keeps failing
+ * within the interval (a minute by default), one info line when it delivers again with the
+ * number of failures; the room's auth_token appears in no line.
+ */
+START_TEST(failing_destination_logged)
+{
+    srv = tsrv_new(base, NULL);
+    static struct tsrv_reply script[FAILS];
+    for (size_t i = 0; i < FAILS; i++)
+        script[i] = (struct tsrv_reply){.status = 500};
+    tsrv_script(srv, "/v2/room/w/", script, FAILS);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.retry_initial_ms = 1;
+    o.retry_max_interval_ms = 2;
+    start(&o);
+    fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
+    fbr_test_log_capture();
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "w"), "{}", NULL);
+    want = 1;
+    int ok = tsrv_run_until(base, delivered_n, 30000);
+    char *log = fbr_test_log_release();
+    ck_assert(ok);
+    ck_assert_uint_eq(tsrv_nreqs(srv), FAILS + 1);
+    char line[1024];
+    ck_assert_uint_eq(count_lines(log, " is failing: "), 1);
+    line_with(log, " is failing: ", line, sizeof(line));
+    ck_assert_ptr_nonnull(strstr(line, " warn "));
+    ck_assert_ptr_nonnull(strstr(line, "/v2/room/w/notification"));
+    ck_assert_ptr_nonnull(strstr(line, "attempt 1 "));
+    ck_assert_ptr_nonnull(strstr(line, "http 500"));
+    ck_assert_uint_eq(count_lines(log, "still failing"), 0);
+    ck_assert_uint_eq(count_lines(log, " recovered: "), 1);
+    line_with(log, " recovered: ", line, sizeof(line));
+    ck_assert_ptr_nonnull(strstr(line, " info "));
+    ck_assert_ptr_nonnull(strstr(line, "after 150 failed attempt(s)"));
+    ck_assert_ptr_null(strstr(log, "SECRET"));
+    free(log);
+}
+END_TEST
+
+/* Past the interval, a destination that keeps failing gets "still failing" lines that count the
+ * failures since the previous line: the first line and these account for every failure but
+ * those after the last line, and the recovery line for all of them. */
+START_TEST(failing_destination_rate_limited_counts)
+{
+    srv = tsrv_new(base, NULL);
+    static struct tsrv_reply script[30];
+    for (size_t i = 0; i < 30; i++)
+        script[i] = (struct tsrv_reply){.raw = "", .close_after = 1}; /* closed, no answer */
+    tsrv_script(srv, "/v2/room/v/", script, 30);
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.retry_initial_ms = 5;
+    o.retry_max_interval_ms = 5;
+    o.failing_log_interval_ms = 1;
+    start(&o);
+    fbr_log_setup(FBR_LOG_INFO, FBR_LOG_TEXT);
+    fbr_test_log_capture();
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "v"), "{}", NULL);
+    want = 1;
+    int ok = tsrv_run_until(base, delivered_n, 30000);
+    char *log = fbr_test_log_release();
+    ck_assert(ok);
+    ck_assert_uint_eq(count_lines(log, " is failing: "), 1);
+    char line[1024];
+    ck_assert_ptr_nonnull(strstr(line_with(log, " is failing: ", line, sizeof(line)),
+                                 "before responding"));
+    size_t still = 0, counted = 1;
+    for (const char *p = strstr(log, "still failing: "); p; p = strstr(p + 1, "still failing: ")) {
+        unsigned long k = strtoul(p + strlen("still failing: "), NULL, 10);
+        ck_assert_uint_ge(k, 1);
+        counted += k;
+        still++;
+    }
+    ck_assert_uint_ge(still, 1);
+    ck_assert_uint_le(counted, 30);
+    ck_assert_ptr_nonnull(strstr(log, "recovered: delivered again after 30 failed attempt(s)"));
+    ck_assert_ptr_null(strstr(log, "SECRET"));
+    free(log);
 }
 END_TEST
 
@@ -1556,6 +1751,10 @@ int main(void)
     tcase_add_test(tc, binary_dead_letter_replay);
     tcase_add_test(tc, expires_into_dead_letter);
     tcase_add_test(tc, request_timeout_retried);
+    tcase_add_loop_test(tc, accepted_2xx_delivered_once, 0, FBR_ARRAY_LEN(accepted_2xx));
+    tcase_add_test(tc, endless_500_body_retried_bounded);
+    tcase_add_test(tc, failing_destination_logged);
+    tcase_add_test(tc, failing_destination_rate_limited_counts);
     tcase_add_test(tc, token_hold_from_headers);
     tcase_add_test(tc, several_in_flight_per_destination);
     tcase_add_test(tc, shutdown_saves_every_state);

@@ -8,6 +8,14 @@
  * closes a kept-alive connection just as it is reused (no response byte seen), the request is
  * sent once more on a fresh connection; any other failure is reported, never retried here.
  *
+ * Response bodies are read only as far as the call keeps them (max_body): a longer one is cut
+ * there (body_cut) and its connection closed instead of drained, whatever its length says, so a
+ * server streaming a never-ending body costs one read.  Once a 2xx status line and the whole
+ * header section have arrived the server has accepted the request: a body that then times out,
+ * is closed early, resets or breaks its framing still completes the call as that 2xx answer
+ * (err NONE, body_cut set, reason saying what happened to the body), on a connection that is
+ * closed, never reused.  Any other status followed by such a failure is reported as the failure.
+ *
  * Callback contract: if fbr_client_request() returns an error the callback is never called;
  * otherwise it is called exactly once, never from inside fbr_client_request() itself, unless the
  * client is freed first (fbr_client_free() drops pending calls without calling them).
@@ -66,8 +74,8 @@ struct fbr_client_req {
     const struct iovec *body; /* body slices, written by reference */
     size_t nbody;
     const char *log_id; /* delivery id for log lines (may be NULL) */
-    size_t max_body;    /* response body bytes to keep (0: the first 512, enough for a reason;
-                           at most FBR_CLIENT_MAX_BODY); a longer body is cut, body_len says so */
+    size_t max_body;    /* response body bytes to keep and read (0: the first 512, enough for
+                           a reason; at most FBR_CLIENT_MAX_BODY); a longer body is cut */
     const struct fbr_url *parsed; /* url as fbr_url_parse() accepted it (its slices into url),
                                      borrowed for the call only; NULL: the client parses url */
 };
@@ -82,7 +90,8 @@ struct fbr_client_resp {
     const char *reason; /* human text for err ("TLS certificate verification failed ...") */
     const char *body;   /* the first bytes of the response body (bounded), NUL-terminated */
     size_t body_len;
-    int body_cut;       /* the body was longer than what was kept */
+    int body_cut;       /* the body was not read whole: longer than what is kept, or cut
+                           short after a 2xx head (reason says how) */
     int reused; /* the attempt ran on a kept-alive connection */
     /* rate-limit hints, -1 when absent; resets and retry_after_wall_ms are wall-clock; the
      * resets and a delta-seconds Retry-After are capped at FBR_CLIENT_MAX_SECONDS, so that the

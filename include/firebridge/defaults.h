@@ -33,6 +33,7 @@
 #define FBR_DEFAULT_RETRY_INITIAL_MS 500
 #define FBR_DEFAULT_RETRY_MAX_INTERVAL_MS 60000
 #define FBR_DEFAULT_RETRY_MAX_AGE_S 86400
+#define FBR_DEFAULT_FAILING_LOG_INTERVAL_MS 60000 /* "still failing" lines per destination */
 
 /* write-ahead journal */
 #define FBR_DEFAULT_FSYNC_INTERVAL_MS 100

@@ -78,6 +78,10 @@ struct fbr_delivery_opts {
     size_t max_pending;                /* undelivered deliveries before FBR_LIMIT */
     const char *data_dir;              /* dead-letters.jsonl goes here (borrowed during _new) */
     unsigned per_destination_inflight; /* default 1 */
+    /* A destination whose attempts start failing is logged at warn at once, then at most once
+     * per this interval while it keeps failing (with the count since the last line), and at
+     * info when it delivers again; 0 takes FBR_DEFAULT_FAILING_LOG_INTERVAL_MS. */
+    unsigned failing_log_interval_ms;
     int tls_insecure;                  /* tests only */
     const char *nameserver;            /* tests: see fbr_client_opts; NULL = /etc/resolv.conf */
 };
