@@ -213,6 +213,12 @@ static struct conn *req_conn(struct fbr_http_req *req)
     return req->conn;
 }
 
+/* The path of r's target (borrowed from r), "/" when it has none. */
+static struct fbr_slice req_path(const evhtp_request_t *r)
+{
+    return fbr_slice_from(r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/");
+}
+
 /* ---- replies ---- */
 
 const char *fbr_http_header(struct fbr_http_req *req, const char *name)
@@ -225,6 +231,12 @@ void fbr_http_add_header(struct fbr_http_req *req, const char *name, const char 
 {
     evhtp_request_t *r = req->opaque;
     evhtp_headers_add_header(r->headers_out, evhtp_header_new(name, value, 1, 1));
+}
+
+static int put_header(evhtp_kv_t *kv, void *arg)
+{
+    evbuffer_add_printf(arg, "%s: %s\r\n", kv->key, kv->val);
+    return 0;
 }
 
 static int header_size(evhtp_kv_t *kv, void *arg)
@@ -302,6 +314,10 @@ static void account_reply(const struct fbr_http_req *req, struct conn *fc, int s
     (*srv->m_req_cache[slot].counter)++;
     fbr_histogram_observe(srv->m_duration, (double)(fbr_now_ms() - fc->start_ms) / 1000.0);
     if (fbr_log_enabled(FBR_LOG_DEBUG)) {
+        struct fbr_http_req with_path = *req;
+        if (!req->path.len) /* a deferred reply: its path from the request */
+            with_path.path = req_path(req->opaque);
+        req = &with_path;
         size_t at = fc->secret_at < req->path.len ? fc->secret_at : 0;
         if (at) {
             const char *end = memchr(req->path.ptr + at, '/', req->path.len - at);
@@ -350,6 +366,20 @@ static void send_reply(struct fbr_http_req *req, int status)
         snprintf(cl, sizeof(cl), "%zu", evbuffer_get_length(r->buffer_out));
         evhtp_headers_add_header(r->headers_out, evhtp_header_new("Content-Length", cl, 0, 1));
         evbuffer_drain(r->buffer_out, evbuffer_get_length(r->buffer_out));
+    }
+    if (status == 413 && req->method != FBR_M_HEAD) {
+        /* libevhtp's status line says "Entity Too Large"; RFC 9110 15.5.14 and the screener's
+         * own 413 say "Content Too Large".  The head written here as libevhtp would write it,
+         * keep-alive off (too_large): its write callback closes once it is out. */
+        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+        evbuffer_add_printf(out, "HTTP/1.1 413 Content Too Large\r\n");
+        evhtp_headers_for_each(r->headers_out, put_header, out);
+        evbuffer_add_printf(out, "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                            evbuffer_get_length(r->buffer_out));
+        r->status = (evhtp_res)status;
+        r->flags |= EVHTP_REQ_FLAG_FINISHED;
+        bufferevent_write_buffer(r->conn->bev, r->buffer_out);
+        return;
     }
     if (hlen) {
         /* what evhtp_send_reply() does: the request finished, its reply in the output */
@@ -923,16 +953,18 @@ static size_t header_value(const struct conn *fc, size_t name_len, const char **
 }
 
 /*
- * Ends one header line: refuses one without a name and colon, counts Host and Authorization
- * lines, notes Expect, notes the framing headers and checks them.  Content-Length must be digits
- * only and agree with any earlier one; Transfer-Encoding must appear once and be exactly "chunked"
- * (another coding before chunked is 501, chunked not last 400).  Both are also held to what
- * libevhtp's parser reads, so that the two never frame a body differently: it skips only spaces
- * before a value, reads a Content-Length of at most 20 characters, and takes "chunked" (or
- * "Chunked") with nothing after it as the chunked coding and any other spelling as no coding at all
- * (an empty body: the chunks would then be read as the next request).  Returns 0, or 1 with *r set.
+ * Ends one header line (raw: its first byte in the input, writable): refuses one without a name
+ * and colon, counts Host and Authorization lines, notes Expect, notes the framing headers and
+ * checks them.  Content-Length must be digits only and agree with any earlier one;
+ * Transfer-Encoding must appear once and be "chunked" in any case (RFC 9112 7: coding names are
+ * case-insensitive; another coding before chunked is 501, chunked not last 400).  Both are also
+ * held to what libevhtp's parser reads, so that the two never frame a body differently: it skips
+ * only spaces before a value, reads a Content-Length of at most 20 characters, and takes "chunked"
+ * (or "Chunked") with nothing after it as the chunked coding and any other spelling as no coding
+ * at all (an empty body: the chunks would then be read as the next request), so another spelling
+ * is rewritten to "chunked" in the input before libevhtp reads it.  Returns 0, or 1 with *r set.
  */
-static int header_line_done(struct conn *fc, struct refusal *r)
+static int header_line_done(struct conn *fc, unsigned char *raw_line, struct refusal *r)
 {
     static const char cl_name[] = "content-length:", te_name[] = "transfer-encoding:",
                       expect_name[] = "expect:", continue_value[] = "100-continue";
@@ -993,13 +1025,13 @@ static int header_line_done(struct conn *fc, struct refusal *r)
     static const char chunked[] = "chunked";
     size_t cn = sizeof(chunked) - 1;
     if (n == cn && strncasecmp(v, chunked, cn) == 0) {
-        /* libevhtp's spelling: nothing after it, only the first letter in either case */
+        /* libevhtp's spelling: nothing after it, lower case */
         size_t tail = (size_t)(fc->line + fc->line_len - 1 - (v + n)); /* before the CR */
-        if (tail != 0 || memcmp(v + 1, chunked + 1, cn - 1) != 0) {
-            r->msg = "Transfer-Encoding must be written \"chunked\" (lower case, nothing after "
-                     "it)";
+        if (tail != 0) {
+            r->msg = "Transfer-Encoding must be \"chunked\" with nothing after it";
             return 1;
         }
+        memcpy(raw_line + (v - fc->line), chunked, cn);
         fc->chunked = 1;
         return 0;
     }
@@ -1185,7 +1217,7 @@ static int head_done(struct conn *fc, struct refusal *r)
  * state is what that path leaves after the LF and *at is past it.  Returns 1 (taken), 0 (not
  * taken) or -1 (taken and refused by header_line_done(): the connection is rejected).
  */
-static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avail, size_t *at)
+static int fast_header_line(struct conn *fc, unsigned char *p, size_t avail, size_t *at)
 {
     const struct fbr_server_opts *o = &fc->srv->opts;
     const unsigned char *nl = memchr(p, '\n', avail);
@@ -1198,7 +1230,7 @@ static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avai
     size_t k = 0;
     while (k < n && p[k] != ':' && p[k] != ' ' && p[k] != '\t' && p[k] != '\r')
         k++;
-    if (k == 0 || k == n || p[k] != ':' || memchr(p + k, '\r', n - 1 - k))
+    if (k == 0 || k == n || p[k] != ':' || memchr(p + k, '\r', n - 1 - k) || memchr(p, 0, n))
         return 0;
     memcpy(fc->line, p, n < sizeof(fc->line) ? n : sizeof(fc->line));
     fc->line_len = n;
@@ -1206,7 +1238,7 @@ static int fast_header_line(struct conn *fc, const unsigned char *p, size_t avai
     fc->head_bytes += n + 1;
     *at += n + 1;
     struct refusal r;
-    if (header_line_done(fc, &r) != 0) {
+    if (header_line_done(fc, p, &r) != 0) {
         conn_reject(fc, r.status, r.reason, r.msg);
         return -1;
     }
@@ -1255,7 +1287,7 @@ static size_t fast_target_run(struct conn *fc, const unsigned char *p, size_t av
  * at `from` began, and is moved to where the one still open at the end begins.  Returns 0, or -1
  * after the connection was rejected.
  */
-static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t len,
+static int screen(struct conn *fc, unsigned char *buf, size_t from, size_t len,
                   size_t *head_at)
 {
     const struct fbr_server_opts *o = &fc->srv->opts;
@@ -1330,7 +1362,8 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
                 conn_reject(fc, 400, "bad_request_line", "invalid request line");
                 return -1;
             }
-            if (fc->nlines > 0 && !empty && header_line_done(fc, &r) != 0) {
+            if (fc->nlines > 0 && !empty &&
+                header_line_done(fc, buf + i - 1 - fc->line_len, &r) != 0) {
                 conn_reject(fc, r.status, r.reason, r.msg);
                 return -1;
             }
@@ -1355,6 +1388,10 @@ static int screen(struct conn *fc, const unsigned char *buf, size_t from, size_t
         }
         if (fc->nlines == 0 && request_line_byte(fc, ch) != 0) {
             conn_reject(fc, 400, "bad_request_line", "invalid request line");
+            return -1;
+        }
+        if (ch == 0) { /* RFC 9110 5.5: never valid in a field */
+            conn_reject(fc, 400, "bad_header", "NUL byte in a header line");
             return -1;
         }
         fc->last = ch;
@@ -1499,7 +1536,7 @@ static int screen_input(struct conn *fc, struct bufferevent *bev)
         unhold(fc, in);
         len = evbuffer_get_length(in);
     }
-    const unsigned char *buf = evbuffer_pullup(in, -1);
+    unsigned char *buf = evbuffer_pullup(in, -1);
     if (screen(fc, buf, fc->screened, len, &head_at) < 0)
         return -1;
     if (fc->phase == SCAN_HEAD && fc->in_request == REQ_HEAD) {
@@ -1785,8 +1822,7 @@ static void on_request(evhtp_request_t *r, void *arg)
         claim_version(fc, r);
     int major = fc->major, minor = fc->minor;
     fc->major = fc->minor = -1; /* the next request on this connection starts unparsed */
-    const char *path = r->uri && r->uri->path && r->uri->path->full ? r->uri->path->full : "/";
-    req.path = fbr_slice_from(path);
+    req.path = req_path(r);
     if (r->uri && r->uri->query_raw)
         req.query = fbr_slice_from((const char *)r->uri->query_raw);
     /* before any answer (505, 413, 405 included): the log line of every reply masks it */
@@ -1982,7 +2018,7 @@ struct fbr_server *fbr_server_new(struct event_base *base, const struct fbr_serv
                                                    .fn = ep_readyz,
                                                    .arg = srv});
     fbr_server_add_route(srv, &(struct fbr_route){.path = "/metrics",
-                                                   .methods = FBR_M_GET,
+                                                   .methods = FBR_M_GET | FBR_M_HEAD,
                                                    .metric = "metrics",
                                                    .fn = ep_metrics,
                                                    .arg = srv});

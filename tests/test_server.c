@@ -98,6 +98,20 @@ START_TEST(builtin_endpoints_and_errors)
     ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
     close(fd);
 
+    /* HEAD /metrics as HEAD /healthz: the headers, no body */
+    fd = dutil_connect(d.port);
+    head = "HEAD /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    size_t got = 0;
+    while (got < sizeof(buf) - 1 && (n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(fd);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0 && strstr(buf, "text/plain; version=0.0.4") &&
+                      strstr(buf, "Content-Length: "),
+                  "HEAD /metrics: %s", buf);
+    ck_assert_msg(strstr(buf, "\r\n\r\n")[4] == '\0', "HEAD /metrics reply has a body: %s", buf);
+
     ck_assert_int_eq(dutil_get(d.port, "/metrics", buf, sizeof(buf)), 200);
     ck_assert_ptr_nonnull(strstr(buf, "text/plain; version=0.0.4"));
     ck_assert_ptr_nonnull(
@@ -143,6 +157,10 @@ START_TEST(body_413_without_leaks)
         dutil_send_all(fd, payload, body); /* the server may close once it has answered */
         ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 413);
         ck_assert_ptr_nonnull(strstr(buf, "\"result\":\"failure\""));
+        /* RFC 9110's phrase, as the screener's own 413 (libevhtp says "Entity Too Large") */
+        ck_assert_msg(strncmp(buf, "HTTP/1.1 413 Content Too Large\r\n", 32) == 0, "%s", buf);
+        ck_assert_ptr_nonnull(strstr(buf, "\r\nConnection: close\r\n"));
+        ck_assert_ptr_nonnull(strstr(buf, "\r\nX-Request-Id: r"));
         close(fd);
     }
     free(payload);
@@ -977,6 +995,42 @@ static int head_status(int port, const char *req, int bytewise, char *buf, size_
     return st;
 }
 
+/* A NUL byte in a header line (value or name) is refused 400 with the JSON failure body
+ * (RFC 9110 5.5), whether the line arrives whole or a byte at a time. */
+START_TEST(nul_in_header_refused)
+{
+    struct inproc ip;
+    inproc_start(&ip, 4096);
+    static const char value[] = "GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\nConnection: close"
+                                "\r\n\r\n",
+                      name[] = "GET /echo HTTP/1.1\r\nHost: t\r\nX-\0A: ab\r\nConnection: close"
+                               "\r\n\r\n";
+    const struct {
+        const char *req;
+        size_t len;
+    } cases[] = {{value, sizeof(value) - 1}, {name, sizeof(name) - 1}};
+    for (size_t i = 0; i < FBR_ARRAY_LEN(cases); i++) {
+        for (int bytewise = 0; bytewise < 2; bytewise++) {
+            int fd = dutil_connect(ip.port);
+            ck_assert_int_ge(fd, 0);
+            for (size_t at = 0; at < cases[i].len; at += bytewise ? 1 : cases[i].len) {
+                if (dutil_send_all(fd, cases[i].req + at, bytewise ? 1 : cases[i].len) != 0)
+                    break;
+                if (bytewise)
+                    usleep(200);
+            }
+            char buf[2048];
+            int st = dutil_read_response(fd, buf, sizeof(buf));
+            ck_assert_msg(st == 400 && strstr(buf, "{\"result\":\"failure\"") &&
+                              strstr(buf, "NUL"),
+                          "case %zu%s: %d %s", i, bytewise ? " (a byte at a time)" : "", st, buf);
+            close(fd);
+        }
+    }
+    inproc_stop(&ip);
+}
+END_TEST
+
 /*
  * The screener takes a whole ordinary header line at once (server.c fast_header_line), a request
  * target's ordinary bytes as a run (fast_target_run), and any other byte by byte: each head
@@ -1188,7 +1242,9 @@ START_TEST(framing_headers_read_as_libevhtp_reads_them)
         int status;
         const char *says;
     } cases[] = {
-        {"Transfer-Encoding: CHUNKED\r\n", "2\r\n{}\r\n0\r\n\r\n", 400, "Transfer-Encoding"},
+        /* coding names are case-insensitive (RFC 9112 7): rewritten for libevhtp's parser */
+        {"Transfer-Encoding: CHUNKED\r\n", "2\r\n{}\r\n0\r\n\r\n", 200, "{}"},
+        {"Transfer-Encoding: cHuNkEd\r\n", "2\r\n{}\r\n0\r\n\r\n", 200, "{}"},
         {"Transfer-Encoding: chunked \r\n", "2\r\n{}\r\n0\r\n\r\n", 400, "Transfer-Encoding"},
         {"Transfer-Encoding:\tchunked\r\n", "2\r\n{}\r\n0\r\n\r\n", 400, "Transfer-Encoding"},
         {"Content-Length:\t2\r\n", "{}", 400, "Content-Length"},
@@ -1204,10 +1260,13 @@ START_TEST(framing_headers_read_as_libevhtp_reads_them)
                  "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%s"
                  "Connection: close\r\n\r\n%s",
                  cases[i].head, cases[i].body);
-        int st = head_status(ip.port, req, 0, buf, sizeof(buf));
-        const char *body = strstr(buf, "\r\n\r\n");
-        ck_assert_msg(st == cases[i].status && body && strstr(body, cases[i].says),
-                      "case %zu: %d %s", i, st, body ? body : "(no reply)");
+        for (int bytewise = 0; bytewise < 2; bytewise++) {
+            int st = head_status(ip.port, req, bytewise, buf, sizeof(buf));
+            const char *body = strstr(buf, "\r\n\r\n");
+            ck_assert_msg(st == cases[i].status && body && strstr(body, cases[i].says),
+                          "case %zu%s: %d %s", i, bytewise ? " (a byte at a time)" : "", st,
+                          body ? body : "(no reply)");
+        }
     }
     inproc_stop(&ip);
 }
@@ -1463,6 +1522,7 @@ int main(void)
     tcase_add_test(tc, replies_written_as_jansson_writes_them);
     tcase_add_test(tc, header_lines_whole_or_bytewise_same_answer);
     tcase_add_test(tc, framing_headers_read_as_libevhtp_reads_them);
+    tcase_add_test(tc, nul_in_header_refused);
     tcase_add_test(tc, plain_200_written_as_libevhtp_writes_it);
     tcase_add_test(tc, deferred_200_written_with_one_send);
     suite_add_tcase(s, tc);
