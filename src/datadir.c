@@ -85,19 +85,17 @@ int fbr_datadir_open(const char *dir, struct fbr_datadir **out, char *err, size_
         int e = errno;
         long pid = e == EWOULDBLOCK ? holder_pid(fd) : 0;
         close(fd);
+        char holder[32] = "it";
+        if (pid)
+            snprintf(holder, sizeof(holder), "pid %ld", pid);
         if (e != EWOULDBLOCK)
             snprintf(err, errlen, "cannot lock the data directory %s (%s): %s", dir, path,
                      strerror(e));
-        else if (pid)
-            snprintf(err, errlen,
-                     "data directory %s is in use by another firebridge (pid %ld holds %s); each "
-                     "instance needs its own --data-dir",
-                     dir, pid, path);
         else
             snprintf(err, errlen,
-                     "data directory %s is in use by another firebridge (it holds %s); each "
+                     "data directory %s is in use by another firebridge (%s holds %s); each "
                      "instance needs its own --data-dir",
-                     dir, path);
+                     dir, holder, path);
         return FBR_ERROR;
     }
     /* Ours now: the pid is only for the message above, a failure to write it changes nothing. */

@@ -256,7 +256,7 @@ static int allowed(enum fbr_delivery_state from, enum fbr_delivery_state to)
 
 static void start_attempt(struct delivery *dl);
 static void go_idle(struct fbr_delivery_engine *e, struct idlers *list, struct idler *i,
-                    uint64_t window_ms, uint64_t now);
+                    uint64_t window_ms);
 static void sweep_cb(evutil_socket_t fd, short what, void *arg);
 static int write_dead_letter(struct fbr_delivery_engine *e, struct delivery *dl);
 static void delivery_free(struct delivery *dl);
@@ -308,7 +308,6 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
     struct dest *d = dl->dest;
     struct fbr_delivery_engine *e = d->engine;
     enum fbr_delivery_state from = dl->state;
-    uint64_t now = 0;
     if (!allowed(from, to)) {
         fbr_log(FBR_LOG_ERROR, dl->id, NULL, "bug: delivery transition %s -> %s",
                 fbr_delivery_state_name(from), fbr_delivery_state_name(to));
@@ -338,8 +337,7 @@ static void transition(struct delivery *dl, enum fbr_delivery_state to, uint64_t
         start_attempt(dl);
         break;
     case FBR_DS_DELIVERED: {
-        now = fbr_now_ms();
-        uint64_t lat = now - dl->created_mono;
+        uint64_t lat = fbr_now_ms() - dl->created_mono;
         size_t b = 0;
         while (b < FBR_DELIVERY_LATENCY_BUCKETS - 1 && lat > fbr_delivery_latency_bounds_ms[b])
             b++;
@@ -370,9 +368,9 @@ finished:
     /* the last delivery of its destination or token: they may be forgotten later (never now:
      * the callers still use d) */
     if (tok && --tok->users == 0)
-        go_idle(e, &e->idle_tokens, &tok->idle, e->token_idle_ms, now ? now : fbr_now_ms());
+        go_idle(e, &e->idle_tokens, &tok->idle, e->token_idle_ms);
     if (TAILQ_EMPTY(&d->queue))
-        go_idle(e, &e->idle_dests, &d->idle, e->dest_idle_ms, now ? now : fbr_now_ms());
+        go_idle(e, &e->idle_dests, &d->idle, e->dest_idle_ms);
 }
 
 /* ---- scheduling ---- */
@@ -821,9 +819,7 @@ static struct dest *get_dest(struct fbr_delivery_engine *e, const char *key, siz
     }
     d = fbr_xcalloc(1, sizeof(*d));
     d->engine = e;
-    d->key = fbr_xmalloc(klen + 1);
-    memcpy(d->key, key, klen);
-    d->key[klen] = '\0';
+    d->key = fbr_xstrndup(key, klen);
     d->klen = klen;
     TAILQ_INIT(&d->queue);
     fbr_ratelimit_init(&d->rl, e->opts.room_rate.n, (uint64_t)e->opts.room_rate.secs * 1000u);
@@ -1627,8 +1623,9 @@ static void arm_sweep(struct fbr_delivery_engine *e, uint64_t due, uint64_t now)
 /* i's owner has nothing to send from now on: it joins the tail of list, and the sweep is armed
  * for when it may be forgotten unless it is armed already for about then or earlier. */
 static void go_idle(struct fbr_delivery_engine *e, struct idlers *list, struct idler *i,
-                    uint64_t idle_ms, uint64_t now)
+                    uint64_t idle_ms)
 {
+    uint64_t now = fbr_now_ms(); /* the loop's clock: one reading per iteration */
     i->since = now ? now : 1;
     TAILQ_INSERT_TAIL(list, i, link);
     uint64_t due = now + (idle_ms > SWEEP_MIN_MS ? idle_ms : SWEEP_MIN_MS);

@@ -865,33 +865,29 @@ static json_t *parse_body(struct fbr_intake *in, struct fbr_http_req *req, int *
     return fbr_json_loadb_shared(req->body.ptr, req->body.len, err, in->strings);
 }
 
-/* The endpoint refused a body that did not parse: its 400 names the parser's reason and where
- * (a sender does not retry a 400, so it should say what to fix: a number beyond 64-bit integers,
- * a duplicate key, bytes that are not UTF-8). */
-static void invalid_json_reason(struct fbr_intake_reply *r, const json_error_t *err)
+/*
+ * The endpoint refused the request for having no JSON body ("Invalid JSON body", after its key
+ * check, so a wrong key stays 404): says why.  A Content-Type that is not JSON makes it 415; a
+ * body that did not parse gets the parser's reason and place (a sender does not retry a 400, so
+ * it should say what to fix: a number beyond 64-bit integers, a duplicate key, bytes that are not
+ * UTF-8).
+ */
+static void explain_no_body(struct fbr_intake_reply *r, int bad_type, const json_error_t *err)
 {
     json_t *m = json_object_get(r->body, "message");
-    if (r->status != 400 || !err->text[0] || !json_is_string(m) ||
+    if (r->status != 400 || !json_is_string(m) ||
         strcmp(json_string_value(m), "Invalid JSON body") != 0)
         return;
-    json_object_set_new(r->body, "message",
-                        json_sprintf("Invalid JSON body: %s (line %d, column %d)", err->text,
-                                     err->line, err->column));
-}
-
-/* The endpoint refused the request for having no JSON body (after its key check, so a wrong
- * key stays 404) and the Content-Type was not JSON: that is 415, not 400. */
-static void unsupported_type(struct fbr_intake_reply *r, int bad_type)
-{
-    if (!bad_type || r->status != 400)
-        return;
-    json_t *m = json_object_get(r->body, "message");
-    if (!json_is_string(m) ||
-        strcmp(json_string_value(m), "Invalid JSON body") != 0)
-        return;
-    r->status = 415;
-    json_object_set_new(r->body, "message",
-                        json_string("Unsupported Content-Type: the body must be application/json"));
+    if (bad_type) {
+        r->status = 415;
+        json_object_set_new(r->body, "message",
+                            json_string("Unsupported Content-Type: the body must be "
+                                        "application/json"));
+    } else if (err->text[0]) {
+        json_object_set_new(r->body, "message",
+                            json_sprintf("Invalid JSON body: %s (line %d, column %d)", err->text,
+                                         err->line, err->column));
+    }
 }
 
 /* While the server drains, a request that still arrives (one in progress on a connection when
@@ -1058,8 +1054,7 @@ static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoin
         break;
     }
     json_decref(body);
-    unsupported_type(&r, bad_type);
-    invalid_json_reason(&r, &err);
+    explain_no_body(&r, bad_type, &err);
     send_reply(in, req, &r, &before);
 }
 
