@@ -14,6 +14,20 @@
  * own read event into the bufferevent's input (raw_read_cb): libevent's read path asks the
  * kernel how many bytes are queued (ioctl FIONREAD) before every read, one more system call per
  * response.
+ *
+ * Pipelining (opts.pipeline > 1): a connection that has shown it persists (one complete
+ * HTTP/1.1 keep-alive response) may carry up to opts.pipeline requests in flight, answered in
+ * order (conn->inflight, its head being the call whose response is parsed).  Over plain TCP a
+ * request is not sent when it is started but appended to its connection's pending bytes, and one
+ * flush event, made active for the loop iteration, sends each connection's pending bytes with one
+ * send(): requests started in the same iteration share a connection and a system call, and their
+ * responses come back in as few reads.  A call finds a connection in this order: one already
+ * written to in this iteration with room, an idle one, a busy persistent one with room, a new
+ * one, else it waits.  When a connection fails or closes, the call whose response was being read
+ * gets the failure as without pipelining; the calls behind it have seen no response byte and are
+ * sent again on another connection, once (the requeue rule below), then failed.  With the default
+ * of 1 nothing is pipelined (each connection carries one request at a time) and the corked send
+ * costs nothing more: the one send() moves to the end of the iteration's callbacks.
  */
 #include "firebridge/client.h"
 
@@ -75,6 +89,8 @@ struct pool {
     char *host_hdr; /* Host header value */
     char port[8];
     TAILQ_HEAD(, upstream_conn) idle;
+    TAILQ_HEAD(, upstream_conn) room; /* busy, persistent, fewer than opts.pipeline in flight;
+                                         those written to in this iteration first */
     TAILQ_HEAD(, call) waiting;
     unsigned nconns; /* open or opening */
     int kicking;     /* pool_kick() is running: nested calls leave the work to it */
@@ -87,8 +103,16 @@ struct upstream_conn {
     enum conn_state state;
     int dead; /* abandoned while its DNS lookup runs; freed by the lookup */
     struct evutil_addrinfo *ai, *ai_next;
-    struct call *call;
-    TAILQ_ENTRY(upstream_conn) link; /* in pool->idle while idle */
+    struct call *call;                /* the head of inflight: its response is parsed */
+    TAILQ_HEAD(, call) inflight;      /* written (or pending), in order; connecting: the one call */
+    unsigned ninflight;
+    int persistent;                   /* a keep-alive response completed on it */
+    int in_room, corked;
+    TAILQ_ENTRY(upstream_conn) link;  /* in pool->idle while idle */
+    TAILQ_ENTRY(upstream_conn) room_link;  /* pool->room */
+    TAILQ_ENTRY(upstream_conn) cork_link;  /* client->corked */
+    char *pend;                       /* requests not yet sent (plain TCP), flushed by flush_cb */
+    size_t pend_len, pend_cap;
     unsigned nrequests;
     /* response parser */
     enum parse_state ps;
@@ -113,6 +137,7 @@ struct call {
     int requeued;           /* already sent again after a kept-alive connection closed under it */
     int waiting;            /* in pool->waiting */
     TAILQ_ENTRY(call) link; /* pool->waiting */
+    TAILQ_ENTRY(call) conn_link; /* conn->inflight */
     TAILQ_ENTRY(call) all_link; /* client->calls */
     struct fbr_client_resp resp;
     char reason[320];
@@ -130,6 +155,8 @@ struct fbr_client {
     struct fbr_client_stats stats;
     char *wbuf; /* a request's head and small body are built here, then sent or queued */
     size_t wcap;
+    TAILQ_HEAD(, upstream_conn) corked; /* connections with pending bytes this iteration */
+    struct event *flush;                /* made active when the first one is corked */
 };
 
 static const char *const err_names[] = {
@@ -211,6 +238,10 @@ static void conn_destroy(struct upstream_conn *conn)
     struct pool *pool = conn->pool;
     if (conn->state == CS_IDLE)
         TAILQ_REMOVE(&pool->idle, conn, link);
+    if (conn->in_room)
+        TAILQ_REMOVE(&pool->room, conn, room_link);
+    if (conn->corked)
+        TAILQ_REMOVE(&pool->client->corked, conn, cork_link);
     if (!conn->dead) {
         pool->nconns--;
         pool->client->stats.open_now--;
@@ -225,7 +256,96 @@ static void conn_destroy(struct upstream_conn *conn)
     }
     if (conn->ai)
         evutil_freeaddrinfo(conn->ai);
+    free(conn->pend);
     free(conn);
+}
+
+/* call joins the end of conn's in-flight calls (the head when it is the first). */
+static void conn_attach(struct upstream_conn *conn, struct call *call)
+{
+    TAILQ_INSERT_TAIL(&conn->inflight, call, conn_link);
+    conn->ninflight++;
+    call->conn = conn;
+    if (!conn->call)
+        conn->call = call;
+}
+
+/* call leaves conn's in-flight calls; the next one, if any, becomes the head. */
+static void conn_detach(struct upstream_conn *conn, struct call *call)
+{
+    TAILQ_REMOVE(&conn->inflight, call, conn_link);
+    conn->ninflight--;
+    call->conn = NULL;
+    conn->call = TAILQ_FIRST(&conn->inflight);
+}
+
+/* The parser's state for a new response (the head's). */
+static void parser_reset(struct upstream_conn *conn)
+{
+    conn->ps = PS_STATUS;
+    conn->header_bytes = 0;
+    conn->chunked = conn->has_len = conn->conn_close = conn->http10 = conn->got_bytes = 0;
+}
+
+/* Keeps conn in its pool's list of busy connections that can take one more request
+ * (pipelining) exactly when it can: persistent, busy, fewer than opts.pipeline in flight.  One
+ * written to in this iteration goes to the front, so that the next call joins its send. */
+static void room_update(struct upstream_conn *conn)
+{
+    struct pool *pool = conn->pool;
+    int want = conn->state == CS_BUSY && conn->persistent &&
+               conn->ninflight < pool->client->opts.pipeline;
+    if (conn->in_room && (!want || conn->corked)) {
+        TAILQ_REMOVE(&pool->room, conn, room_link);
+        conn->in_room = 0;
+    }
+    if (want && !conn->in_room) {
+        if (conn->corked)
+            TAILQ_INSERT_HEAD(&pool->room, conn, room_link);
+        else
+            TAILQ_INSERT_TAIL(&pool->room, conn, room_link);
+        conn->in_room = 1;
+    }
+}
+
+/* Where a call starting now goes: a connection with room already written to in this iteration
+ * (its send is shared), else an idle one, else a busy one with room; NULL: open one or wait. */
+static struct upstream_conn *pick_conn(struct pool *pool)
+{
+    struct upstream_conn *room = TAILQ_FIRST(&pool->room);
+    if (room && room->corked)
+        return room;
+    struct upstream_conn *idle = TAILQ_FIRST(&pool->idle);
+    return idle ? idle : room;
+}
+
+/* conn is about to close: every call still in flight on it has seen no response byte and goes
+ * back to the front of the pool's queue, in order, to be sent once more on another connection
+ * (stats.requeued); one that was sent again already fails with err and reason instead. */
+static void requeue_inflight(struct upstream_conn *conn, enum fbr_client_err err,
+                             const char *reason)
+{
+    struct pool *pool = conn->pool;
+    struct call *call, *after = NULL;
+    while ((call = TAILQ_FIRST(&conn->inflight))) {
+        conn_detach(conn, call);
+        evtimer_del(call->timer);
+        if (call->requeued) {
+            call_set_error(call, err, "%s", reason);
+            call_complete(call);
+            continue;
+        }
+        call->requeued = 1;
+        call->resp.reused = 0;
+        call->waiting = 1;
+        if (after)
+            TAILQ_INSERT_AFTER(&pool->waiting, after, call, link);
+        else
+            TAILQ_INSERT_HEAD(&pool->waiting, call, link);
+        after = call;
+        arm_timer(call, pool->client->opts.connect_timeout_ms);
+        pool->client->stats.requeued++;
+    }
 }
 
 static void pool_kick(struct pool *pool);
@@ -246,22 +366,25 @@ static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const
 {
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
-    conn->call = NULL;
+    char reason[sizeof(call->reason)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
     if (call) {
-        va_list ap;
-        va_start(ap, fmt);
         if (accepted_2xx(conn, call)) {
             /* The server took the request: what fails is only a body nobody needs.  The
              * response stands as answered (err NONE, its status), the body is marked cut and
              * the reason says what happened to it; the connection is closed below. */
-            vsnprintf(call->reason, sizeof(call->reason), fmt, ap);
+            memcpy(call->reason, reason, sizeof(reason));
             call->resp.body_cut = 1;
         } else {
-            call_set_errorv(call, err, fmt, ap);
+            call_set_error(call, err, "%s", reason);
         }
-        va_end(ap);
+        conn_detach(conn, call);
         evtimer_del(call->timer);
     }
+    requeue_inflight(conn, err, reason); /* the calls pipelined behind it */
     conn_destroy(conn);
     if (call)
         call_complete(call);
@@ -274,12 +397,54 @@ static char *put(char *p, const void *src, size_t n)
     return p + n;
 }
 
-/* The client keeps a request buffer this large between requests (a longer request frees it). */
+/* The client keeps a request buffer this large between requests (a longer request frees it);
+ * so does a connection its pending bytes. */
 #define WBUF_KEEP 65536
 
-static void write_request(struct upstream_conn *conn)
+/* conn's pending requests to its socket with one send(); what the kernel does not take, or
+ * everything when the bufferevent still has output of its own, goes to the bufferevent, and so
+ * does an error (a reset, a broken pipe), which the bufferevent then meets on its own write. */
+static void send_pending(struct upstream_conn *conn)
 {
-    struct call *call = conn->call;
+    struct pool *pool = conn->pool;
+    if (conn->corked) {
+        TAILQ_REMOVE(&pool->client->corked, conn, cork_link);
+        conn->corked = 0;
+        if (conn->in_room) { /* no longer first choice */
+            TAILQ_REMOVE(&pool->room, conn, room_link);
+            TAILQ_INSERT_TAIL(&pool->room, conn, room_link);
+        }
+    }
+    if (!conn->pend_len)
+        return;
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+    size_t sent = 0;
+    if (evbuffer_get_length(out) == 0) {
+        ssize_t k = send(bufferevent_getfd(conn->bev), conn->pend, conn->pend_len, MSG_NOSIGNAL);
+        sent = k > 0 ? (size_t)k : 0;
+    }
+    if (sent < conn->pend_len)
+        evbuffer_add(out, conn->pend + sent, conn->pend_len - sent);
+    conn->pend_len = 0;
+    if (conn->pend_cap > WBUF_KEEP) {
+        free(conn->pend);
+        conn->pend = NULL;
+        conn->pend_cap = 0;
+    }
+}
+
+/* The client's flush event: every connection written to in this loop iteration sends. */
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct fbr_client *c = arg;
+    struct upstream_conn *conn;
+    (void)fd, (void)what;
+    while ((conn = TAILQ_FIRST(&c->corked)))
+        send_pending(conn);
+}
+
+static void write_request(struct upstream_conn *conn, struct call *call)
+{
     struct fbr_client *client = conn->pool->client;
     struct evbuffer *out = bufferevent_get_output(conn->bev);
     size_t body_len = 0;
@@ -301,11 +466,35 @@ static void write_request(struct upstream_conn *conn)
     size_t total = mlen + 1 + (size_t)slash + call->path_len + 17 + hlen + sizeof(ua) - 1 +
                    (has_cl ? sizeof(cl) - 1 + num_len + 2 : 0) + call->req.head_len + 2 +
                    (copy ? body_len : 0);
-    if (total > client->wcap) {
-        client->wbuf = fbr_xrealloc(client->wbuf, total);
-        client->wcap = total;
+    /*
+     * Over plain TCP the request joins the connection's pending bytes and the client's flush
+     * event sends them once the loop has run this iteration's other callbacks: requests started
+     * together on one connection (pipelining) share one send(), and appending to the
+     * bufferevent's output instead would register write interest with epoll and remove it after
+     * the write, two system calls per delivery for a socket that is almost always writable.  TLS
+     * and a large body referenced in place go through the bufferevent's output, after anything
+     * pending.
+     */
+    int cork = !conn->pool->tls && copy;
+    char *buf;
+    if (cork) {
+        if (conn->pend_len + total > conn->pend_cap) {
+            size_t cap = conn->pend_cap ? conn->pend_cap * 2 : 1024;
+            while (cap < conn->pend_len + total)
+                cap *= 2;
+            conn->pend = fbr_xrealloc(conn->pend, cap);
+            conn->pend_cap = cap;
+        }
+        buf = conn->pend + conn->pend_len;
+    } else {
+        send_pending(conn);
+        if (total > client->wcap) {
+            client->wbuf = fbr_xrealloc(client->wbuf, total);
+            client->wcap = total;
+        }
+        buf = client->wbuf;
     }
-    char *p = client->wbuf;
+    char *p = buf;
     p = put(p, call->req.method, mlen);
     p = put(p, " /", 1 + (size_t)slash);
     p = put(p, call->path, call->path_len);
@@ -323,32 +512,29 @@ static void write_request(struct upstream_conn *conn)
     for (size_t i = 0; copy && i < call->req.nbody; i++)
         if (call->req.body[i].iov_len)
             p = put(p, call->req.body[i].iov_base, call->req.body[i].iov_len);
-    /*
-     * Over plain TCP with nothing queued, the request goes to the socket right away: appending
-     * it to the bufferevent's output would register write interest with epoll, and a second
-     * epoll_ctl would remove it after the write, two system calls per delivery for a socket that
-     * is almost always writable.  What the kernel does not take goes to the bufferevent, and so
-     * does an error (a reset, a broken pipe), which the bufferevent then meets on its own write.
-     */
-    size_t sent = 0;
-    if (!conn->pool->tls && copy && evbuffer_get_length(out) == 0) {
-        ssize_t k = send(bufferevent_getfd(conn->bev), client->wbuf, total, MSG_NOSIGNAL);
-        sent = k > 0 ? (size_t)k : 0;
+    if (cork) {
+        conn->pend_len += total;
+        if (!conn->corked) {
+            conn->corked = 1;
+            TAILQ_INSERT_TAIL(&client->corked, conn, cork_link);
+            event_active(client->flush, EV_TIMEOUT, 1);
+        }
+    } else {
+        evbuffer_add(out, buf, total);
+        for (size_t i = 0; !copy && i < call->req.nbody; i++)
+            if (call->req.body[i].iov_len)
+                evbuffer_add_reference(out, call->req.body[i].iov_base,
+                                       call->req.body[i].iov_len, noop_cleanup, NULL);
+        if (client->wcap > WBUF_KEEP) {
+            free(client->wbuf);
+            client->wbuf = NULL;
+            client->wcap = 0;
+        }
     }
-    if (sent < total)
-        evbuffer_add(out, client->wbuf + sent, total - sent);
-    for (size_t i = 0; !copy && i < call->req.nbody; i++)
-        if (call->req.body[i].iov_len)
-            evbuffer_add_reference(out, call->req.body[i].iov_base, call->req.body[i].iov_len,
-                                   noop_cleanup, NULL);
-    if (client->wcap > WBUF_KEEP) {
-        free(client->wbuf);
-        client->wbuf = NULL;
-        client->wcap = 0;
-    }
-    conn->ps = PS_STATUS;
-    conn->header_bytes = 0;
-    conn->chunked = conn->has_len = conn->conn_close = conn->http10 = conn->got_bytes = 0;
+    if (call == conn->call)
+        parser_reset(conn);
+    else
+        client->stats.pipelined++;
     conn->nrequests++;
     arm_timer(call, client->opts.request_timeout_ms);
 }
@@ -541,22 +727,43 @@ static void take_body(struct upstream_conn *conn, size_t n)
     evbuffer_drain(in, n - k);
 }
 
-static void response_done(struct upstream_conn *conn)
+/*
+ * The head call's response is complete.  The connection goes on with the next call in flight
+ * when the response lets it persist (HTTP/1.1, no "Connection: close", not delimited by the
+ * close); with none in flight it becomes idle if nothing is left in either buffer; otherwise it
+ * closes and the calls pipelined behind are sent again elsewhere.  Returns 1 when conn goes on
+ * and input is already waiting for the next response (the caller parses on), else 0.
+ */
+static int response_done(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
-    conn->call = NULL; /* call_complete() stops its timer */
-    int keep = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF &&
-               evbuffer_get_length(bufferevent_get_input(conn->bev)) == 0 &&
-               evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0;
-    if (keep) {
+    struct evbuffer *in = bufferevent_get_input(conn->bev);
+    int persists = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF;
+    int more = 0;
+    conn_detach(conn, call); /* call_complete() stops its timer */
+    if (persists && conn->ninflight) {
+        conn->persistent = 1;
+        parser_reset(conn);
+        room_update(conn);
+        more = evbuffer_get_length(in) > 0;
+    } else if (persists && evbuffer_get_length(in) == 0 &&
+               evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0) {
+        conn->persistent = 1;
         conn->state = CS_IDLE;
+        room_update(conn);
         TAILQ_INSERT_HEAD(&pool->idle, conn, link);
     } else {
+        char reason[200];
+        snprintf(reason, sizeof(reason),
+                 "%s:%s ended the connection with an earlier response, before responding",
+                 pool->host, pool->port);
+        requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason);
         conn_destroy(conn);
     }
     call_complete(call);
     pool_kick(pool);
+    return more;
 }
 
 /*
@@ -758,15 +965,20 @@ static void read_cb(struct bufferevent *bev, void *arg)
         pool_kick(pool);
         return;
     }
-    conn->got_bytes = 1;
-    int rc = parse(conn);
-    if (rc > 0) {
-        response_done(conn);
-    } else if (rc < 0) {
-        struct call *call = conn->call;
-        char reason[sizeof(call->reason)];
-        memcpy(reason, call->reason, sizeof(reason));
-        conn_fail(conn, FBR_CLIENT_ERR_PROTOCOL, "%s", reason);
+    for (;;) {
+        conn->got_bytes = 1;
+        int rc = parse(conn);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
+            struct call *call = conn->call;
+            char reason[sizeof(call->reason)];
+            memcpy(reason, call->reason, sizeof(reason));
+            conn_fail(conn, FBR_CLIENT_ERR_PROTOCOL, "%s", reason);
+            return;
+        }
+        if (!response_done(conn))
+            return; /* pipelined: the next response is parsed when its bytes are here */
     }
 }
 
@@ -855,7 +1067,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         evtimer_del(conn->call->timer);
         if (!pool->tls)
             raw_read_start(conn);
-        write_request(conn);
+        write_request(conn, conn->call);
         return;
     }
     if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)))
@@ -906,19 +1118,13 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         }
         if (conn->call && conn->call->resp.reused && !conn->got_bytes && !conn->call->requeued) {
             /* The server closed a kept-alive connection as we reused it (the usual idle-close
-             * race): send once more on a fresh connection.  The receiver can drop a duplicate by
-             * its delivery id should the first copy have been processed after all. */
-            struct call *call = conn->call;
-            conn->call = NULL;
-            call->conn = NULL;
-            call->requeued = 1;
-            call->resp.reused = 0;
-            evtimer_del(call->timer);
+             * race): send once more on a fresh connection, with whatever was pipelined behind.
+             * The receiver can drop a duplicate by its delivery id should the first copy have
+             * been processed after all. */
+            snprintf(reason, sizeof(reason), "%s:%s closed the connection before responding",
+                     pool->host, pool->port);
+            requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason);
             conn_destroy(conn);
-            call->waiting = 1;
-            TAILQ_INSERT_HEAD(&pool->waiting, call, link);
-            arm_timer(call, pool->client->opts.connect_timeout_ms);
-            pool->client->stats.requeued++;
             pool_kick(pool);
             return;
         }
@@ -1029,8 +1235,8 @@ static void conn_open(struct pool *pool, struct call *call)
     struct fbr_client *c = pool->client;
     struct upstream_conn *conn = fbr_xcalloc(1, sizeof(*conn));
     conn->pool = pool;
-    conn->call = call;
-    call->conn = conn;
+    TAILQ_INIT(&conn->inflight);
+    conn_attach(conn, call);
     pool->nconns++;
     c->stats.open_now++;
     arm_timer(call, c->opts.connect_timeout_ms);
@@ -1058,15 +1264,17 @@ static void conn_open(struct pool *pool, struct call *call)
     evdns_getaddrinfo(c->dns, pool->host, pool->port, &hints, dns_cb, conn);
 }
 
+/* call goes out on conn, an idle or a persistent busy connection with room (pick_conn()). */
 static void conn_start_call(struct upstream_conn *conn, struct call *call)
 {
-    conn->call = call;
-    call->conn = conn;
+    if (conn->state == CS_IDLE)
+        TAILQ_REMOVE(&conn->pool->idle, conn, link);
+    conn_attach(conn, call);
     call->resp.reused = 1;
     conn->state = CS_BUSY;
-    if (conn->pool->client)
-        conn->pool->client->stats.connections_reused++;
-    write_request(conn);
+    conn->pool->client->stats.connections_reused++;
+    write_request(conn, call);
+    room_update(conn);
 }
 
 static void pool_kick(struct pool *pool)
@@ -1077,12 +1285,9 @@ static void pool_kick(struct pool *pool)
     pool->kicking = 1;
     while (!TAILQ_EMPTY(&pool->waiting)) {
         struct call *call = TAILQ_FIRST(&pool->waiting);
-        struct upstream_conn *conn = TAILQ_FIRST(&pool->idle);
-        if (conn) {
-            TAILQ_REMOVE(&pool->idle, conn, link);
-        } else if (pool->nconns >= pool->client->opts.pool_size) {
+        struct upstream_conn *conn = pick_conn(pool);
+        if (!conn && pool->nconns >= pool->client->opts.pool_size)
             break;
-        }
         TAILQ_REMOVE(&pool->waiting, call, link);
         call->waiting = 0;
         evtimer_del(call->timer);
@@ -1119,7 +1324,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     if (conn->state == CS_RESOLVING) {
         /* cancelling a pending evdns lookup can assert: abandon the connection instead */
         conn->dead = 1;
-        conn->call = NULL;
+        conn_detach(conn, call);
         pool->nconns--;
         c->stats.open_now--;
         call_set_error(call, FBR_CLIENT_ERR_TIMEOUT, "resolving %s timed out after %u ms",
@@ -1128,12 +1333,16 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         pool_kick(pool);
         return;
     }
-    if (conn->state == CS_CONNECTING)
+    if (conn->state == CS_CONNECTING) {
         conn_fail(conn, FBR_CLIENT_ERR_TIMEOUT, "connecting to %s:%s timed out after %u ms",
                   pool->host, pool->port, c->opts.connect_timeout_ms);
-    else
-        conn_fail(conn, FBR_CLIENT_ERR_TIMEOUT, "no complete response from %s:%s within %u ms",
-                  pool->host, pool->port, c->opts.request_timeout_ms);
+        return;
+    }
+    /* The head has waited at least as long as any call pipelined behind it (the same deadline,
+     * armed earlier): whichever timer fires, the head fails and the calls behind it are sent
+     * again elsewhere (requeue_inflight()), so the outcome does not hang on the timers' order. */
+    conn_fail(conn, FBR_CLIENT_ERR_TIMEOUT, "no complete response from %s:%s within %u ms",
+              pool->host, pool->port, c->opts.request_timeout_ms);
 }
 
 /* ---- pools (URLs are parsed by url.h) ---- */
@@ -1170,6 +1379,7 @@ static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
     pool->host_hdr = fbr_xstrdup(hh);
     snprintf(pool->port, sizeof(pool->port), "%u", u->port_num);
     TAILQ_INIT(&pool->idle);
+    TAILQ_INIT(&pool->room);
     TAILQ_INIT(&pool->waiting);
     fbr_strmap_put(&c->pools, key, (size_t)n, pool);
     return pool;
@@ -1219,12 +1429,12 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     evtimer_assign(call->timer, c->base, timer_cb, call);
     reset_resp(&call->resp);
     TAILQ_INSERT_TAIL(&c->calls, call, all_link);
-    struct upstream_conn *idle = TAILQ_FIRST(&pool->idle);
-    if (idle && TAILQ_EMPTY(&pool->waiting) && !pool->kicking) {
-        /* a kept-alive connection is free and no call waits for one: the request goes out now,
-         * without a connect deadline set here and cleared by pool_kick() at once */
-        TAILQ_REMOVE(&pool->idle, idle, link);
-        conn_start_call(idle, call);
+    struct upstream_conn *conn = TAILQ_EMPTY(&pool->waiting) && !pool->kicking ? pick_conn(pool)
+                                                                               : NULL;
+    if (conn) {
+        /* a kept-alive connection can take it and no call waits for one: the request goes out
+         * now, without a connect deadline set here and cleared by pool_kick() at once */
+        conn_start_call(conn, call);
         return FBR_OK;
     }
     call->waiting = 1;
@@ -1311,10 +1521,21 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
         c->opts.connect_timeout_ms = FBR_DEFAULT_CONNECT_TIMEOUT_MS;
     if (!c->opts.request_timeout_ms)
         c->opts.request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
+    if (!c->opts.pipeline)
+        c->opts.pipeline = FBR_DEFAULT_PIPELINE;
     c->opts.ca_file = NULL; /* not kept: the string is the caller's */
     c->opts.nameserver = NULL;
     fbr_strmap_init(&c->pools);
     TAILQ_INIT(&c->calls);
+    TAILQ_INIT(&c->corked);
+    c->flush = event_new(base, -1, 0, flush_cb, c);
+    if (!c->flush) {
+        snprintf(err, errlen, "cannot create the client's flush event");
+        evdns_base_free(dns, 0);
+        SSL_CTX_free(ctx);
+        free(c);
+        return FBR_ERROR;
+    }
     *out = c;
     return FBR_OK;
 }
@@ -1348,12 +1569,12 @@ void fbr_client_free(struct fbr_client **cp)
             TAILQ_REMOVE(&call->pool->waiting, call, link);
         if (call->conn) {
             struct upstream_conn *conn = call->conn;
-            conn->call = NULL;
+            conn_detach(conn, call);
             if (conn->state == CS_RESOLVING) {
                 conn->dead = 1; /* freed by the lookup's callback below */
                 conn->pool->nconns--;
                 c->stats.open_now--;
-            } else {
+            } else if (!conn->ninflight) {
                 conn_destroy(conn);
             }
         }
@@ -1364,6 +1585,7 @@ void fbr_client_free(struct fbr_client **cp)
     fbr_strmap_each(&c->pools, free_pool, NULL);
     fbr_strmap_clear(&c->pools);
     SSL_CTX_free(c->ssl_ctx);
+    event_free(c->flush);
     free(c->wbuf);
     free(c);
     *cp = NULL;

@@ -96,6 +96,8 @@ static const struct opt opts[] = {
      3600000, "MS", "outbound request deadline, connect included", 0},
     {"pool_size", "pool-size", 0, T_U32, OFF(pool_size), FBR_DEFAULT_TEXT(FBR_DEFAULT_POOL_SIZE), 1, 1024, "N",
      "outbound keep-alive connections per origin (scheme, host, port)", 0},
+    {"pipeline", "pipeline", 0, T_U32, OFF(pipeline), FBR_DEFAULT_TEXT(FBR_DEFAULT_PIPELINE), 1, 64, "N",
+     "outbound requests in flight per kept-alive connection (HTTP/1.1 pipelining; 1: off)", 0},
     {"room_rate", "room-rate", 0, T_RATE, OFF(room_rate),
      FBR_DEFAULT_TEXT(FBR_DEFAULT_ROOM_RATE_N) "/" FBR_DEFAULT_TEXT(FBR_DEFAULT_ROOM_RATE_SECS), 1, 1000000, "N/SECONDS",
      "deliveries per room (destination) per time window", 0},

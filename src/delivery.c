@@ -196,6 +196,7 @@ void fbr_delivery_opts_init(struct fbr_delivery_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->pool_size = FBR_DEFAULT_POOL_SIZE;
+    o->pipeline = FBR_DEFAULT_PIPELINE;
     o->connect_timeout_ms = FBR_DEFAULT_CONNECT_TIMEOUT_MS;
     o->request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
     o->room_rate = (struct fbr_rate){FBR_DEFAULT_ROOM_RATE_N, FBR_DEFAULT_ROOM_RATE_SECS};
@@ -1453,6 +1454,20 @@ void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
     fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_delivery_token_limiters",
                        "Token limiters held: busy or idle within their window.", NULL, NULL,
                        m->token_limiters);
+    struct fbr_client_stats cs;
+    fbr_client_get_stats(e->client, &cs);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_connections_opened_total",
+                       "Outbound TCP connections attempted.", NULL, NULL, cs.connections_opened);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_client_connections_open",
+                       "Outbound connections open or opening.", NULL, NULL, cs.open_now);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_requests_pipelined_total",
+                       "Requests written while another response was awaited on their "
+                       "connection (--pipeline).",
+                       NULL, NULL, cs.pipelined);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_requests_requeued_total",
+                       "Requests sent again on another connection, no response byte seen on the "
+                       "first.",
+                       NULL, NULL, cs.requeued);
     double bounds[FBR_DELIVERY_LATENCY_BUCKETS - 1];
     for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS - 1; b++)
         bounds[b] = (double)fbr_delivery_latency_bounds_ms[b] / 1000.0;
@@ -1544,6 +1559,7 @@ int fbr_delivery_engine_new(struct event_base *base, const struct fbr_delivery_o
     }
     struct fbr_client_opts co = {
         .pool_size = opts->pool_size,
+        .pipeline = opts->pipeline,
         .connect_timeout_ms = opts->connect_timeout_ms,
         .request_timeout_ms = opts->request_timeout_ms,
         .ca_file = opts->ca_file,

@@ -218,6 +218,7 @@ static void delivery_opts(const struct fbr_config *cfg, struct fbr_delivery_opts
 {
     fbr_delivery_opts_init(o);
     o->pool_size = cfg->pool_size;
+    o->pipeline = cfg->pipeline;
     o->connect_timeout_ms = cfg->connect_timeout_ms;
     o->request_timeout_ms = cfg->request_timeout_ms;
     o->room_rate = cfg->room_rate;

@@ -39,6 +39,7 @@ struct tsrv {
     struct tsrv_req *reqs;
     size_t nreqs, cap;
     unsigned accepted, open, max_open;
+    unsigned reads; /* read callbacks run, for tsrv_req.read_no */
     uint64_t streamed;
     struct sconn *conns;
 };
@@ -118,6 +119,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
     struct sconn *c = arg;
     struct tsrv *s = c->s;
     struct evbuffer *in = bufferevent_get_input(bev);
+    s->reads++;
     for (;;) {
         if (c->closing || c->streaming)
             return;
@@ -157,6 +159,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
         r->at_mono_ms = fbr_now_ms();
         r->at_wall_ms = fbr_wall_ms();
         r->conn_no = c->no;
+        r->read_no = s->reads;
         r->head = head;
         r->head_len = hlen;
         struct tsrv_reply rep = pick(s, r->path);

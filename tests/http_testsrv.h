@@ -37,6 +37,7 @@ struct tsrv_req {
     size_t head_len;
     uint64_t at_mono_ms, at_wall_ms;
     unsigned conn_no;
+    unsigned read_no; /* which of the server's read callbacks took it (pipelined: the same) */
 };
 
 enum tsrv_close { TSRV_KEEP, TSRV_CLOSE_SAYING, TSRV_CLOSE_SILENT };

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -515,6 +516,150 @@ END_TEST
  * complete.  (A zero-timeout timer would complete it in the following iteration: one more
  * system call per delivery wherever the loop is not busy, bench/README.md.)
  */
+/* ---- pipelining (opts.pipeline) ---- */
+
+static struct fbr_client *client_new_pipe(unsigned pool, unsigned pipeline, unsigned timeout_ms)
+{
+    char err[256];
+    struct fbr_client_opts co = {pool, timeout_ms, timeout_ms, NULL, 0};
+    co.pipeline = pipeline;
+    struct fbr_client *c = NULL;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    return c;
+}
+
+/* Outcomes by the index each call was started with, and the order the callbacks ran in. */
+enum { NPIPE = 8 };
+static int pipe_status[NPIPE], pipe_err[NPIPE], pipe_order[NPIPE], pipe_n, pipe_want;
+static char pipe_reason[NPIPE][200];
+static void pipe_cb(const struct fbr_client_resp *r, void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    pipe_status[i] = r->status;
+    pipe_err[i] = (int)r->err;
+    snprintf(pipe_reason[i], sizeof(pipe_reason[i]), "%s", r->reason);
+    pipe_order[pipe_n++] = i;
+}
+static int pipe_done(void)
+{
+    return pipe_n >= pipe_want;
+}
+static void pipe_start(struct fbr_client *c, const char *url, int n)
+{
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    pipe_n = 0;
+    pipe_want = n;
+    for (int i = 0; i < n; i++) {
+        pipe_status[i] = pipe_err[i] = -1;
+        ck_assert_int_eq(fbr_client_request(c, &req, pipe_cb, (void *)(intptr_t)i), FBR_OK);
+    }
+    ck_assert(tsrv_run_until(base, pipe_done, 10000));
+}
+/* One request on its own: the connection shows it persists (only then is it pipelined on). */
+static void warm_up(struct fbr_client *c, const char *url)
+{
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(tsrv_run_until(base, got_one, 5000));
+    ck_assert_int_eq(got_status, 204);
+}
+
+/*
+ * Seven requests started together on a pool of one persistent connection.  With --pipeline 3 the
+ * first three go out in one send (the server takes them in one read) and the rest follow as
+ * answers come, all on the one connection and answered in the order started; with the default
+ * of 1 each request waits for the previous answer (each its own read, nothing pipelined).
+ */
+START_TEST(pipelined_requests_share_a_send)
+{
+    for (unsigned depth = 1; depth <= 3; depth += 2) {
+        srv = tsrv_new(base, NULL);
+        tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+        struct fbr_client *c = client_new_pipe(1, depth, 5000);
+        const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "p");
+        warm_up(c, url);
+        pipe_start(c, url, 7);
+        for (int i = 0; i < 7; i++) {
+            ck_assert_int_eq(pipe_order[i], i);
+            ck_assert_msg(pipe_status[i] == 204, "%d: %d %s", i, pipe_status[i], pipe_reason[i]);
+        }
+        ck_assert_uint_eq(tsrv_accepted(srv), 1);
+        ck_assert_uint_eq(tsrv_nreqs(srv), 8);
+        unsigned r1 = tsrv_req(srv, 1)->read_no, r2 = tsrv_req(srv, 2)->read_no;
+        unsigned r3 = tsrv_req(srv, 3)->read_no;
+        struct fbr_client_stats st;
+        fbr_client_get_stats(c, &st);
+        ck_assert_uint_eq(st.connections_opened, 1);
+        if (depth == 3) {
+            ck_assert_msg(r1 == r2 && r2 == r3, "reads %u %u %u", r1, r2, r3);
+            ck_assert_uint_ge(st.pipelined, 2);
+        } else {
+            ck_assert_msg(r1 < r2 && r2 < r3, "reads %u %u %u", r1, r2, r3);
+            ck_assert_uint_eq(st.pipelined, 0);
+        }
+        fbr_client_free(&c);
+        tsrv_free(srv);
+        srv = NULL;
+    }
+}
+END_TEST
+
+/*
+ * A response that ends the connection ("Connection: close") with requests pipelined behind it:
+ * they were never answered, so they go out again on a new connection, each once.  Here the
+ * first of four is answered and closes; the other three are sent again; on the new connection
+ * the third's answer closes it too, and the fourth, already sent twice, fails (EOF) instead of
+ * going round again.
+ */
+START_TEST(pipelined_calls_sent_again_once)
+{
+    srv = tsrv_new(base, NULL);
+    const struct tsrv_reply script[] = {
+        {204, NULL, 0, 0, NULL, 0}, {204, NULL, 0, 0, NULL, 1},
+        {204, NULL, 0, 0, NULL, 0}, {204, NULL, 0, 0, NULL, 1}};
+    tsrv_script(srv, "/v2/room/q", script, 4);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new_pipe(1, 4, 5000);
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "q");
+    warm_up(c, url);
+    pipe_start(c, url, 4);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(pipe_status[i] == 204, "%d: %d %s", i, pipe_status[i], pipe_reason[i]);
+    ck_assert_int_eq(pipe_err[3], FBR_CLIENT_ERR_EOF);
+    ck_assert_msg(strstr(pipe_reason[3], "ended the connection"), "%s", pipe_reason[3]);
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.requeued, 3);
+    ck_assert_uint_eq(tsrv_accepted(srv), 2);
+    ck_assert_uint_eq(tsrv_nreqs(srv), 4); /* the warm-up, the first, the second, the third */
+    fbr_client_free(&c);
+}
+END_TEST
+
+/* The head of a pipeline never answered: it times out, and the request pipelined behind it,
+ * never read by the server, is sent again on a new connection and answered. */
+START_TEST(pipelined_behind_a_timeout_sent_again)
+{
+    srv = tsrv_new(base, NULL);
+    const struct tsrv_reply script[] = {{204, NULL, 0, 0, NULL, 0}, {0, NULL, 0, 0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/t", script, 2);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new_pipe(1, 2, 300);
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "t");
+    warm_up(c, url);
+    pipe_start(c, url, 2);
+    ck_assert_int_eq(pipe_err[0], FBR_CLIENT_ERR_TIMEOUT);
+    ck_assert_msg(pipe_status[1] == 204, "%d %s", pipe_status[1], pipe_reason[1]);
+    ck_assert_int_eq(pipe_order[0], 0);
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.requeued, 1);
+    ck_assert_uint_eq(tsrv_accepted(srv), 2);
+    fbr_client_free(&c);
+}
+END_TEST
+
 START_TEST(completes_in_the_iteration_that_read_the_response)
 {
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -721,6 +866,9 @@ int main(void)
     tcase_add_test(tc, stalled_server_times_out);
     tcase_add_test(tc, connection_refused);
     tcase_add_test(tc, completes_in_the_iteration_that_read_the_response);
+    tcase_add_test(tc, pipelined_requests_share_a_send);
+    tcase_add_test(tc, pipelined_calls_sent_again_once);
+    tcase_add_test(tc, pipelined_behind_a_timeout_sent_again);
     tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, retry_after);
     tcase_add_test(tc, err_names);

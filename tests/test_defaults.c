@@ -66,6 +66,7 @@ START_TEST(daemon_delivery_and_client_agree)
     struct fbr_delivery_opts o;
     fbr_delivery_opts_init(&o);
     ck_assert_int_eq(num(d, "pool_size"), o.pool_size);
+    ck_assert_int_eq(num(d, "pipeline"), o.pipeline);
     ck_assert_int_eq(num(d, "connect_timeout"), o.connect_timeout_ms);
     ck_assert_int_eq(num(d, "request_timeout"), o.request_timeout_ms);
     rate_eq(d, "room_rate", o.room_rate);
@@ -82,6 +83,7 @@ START_TEST(daemon_delivery_and_client_agree)
     ck_assert_int_eq(fbr_client_new(base, &zero, &c, err, sizeof(err)), FBR_OK);
     const struct fbr_client_opts *co = fbr_client_get_opts(c);
     ck_assert_int_eq(num(d, "pool_size"), co->pool_size);
+    ck_assert_int_eq(num(d, "pipeline"), co->pipeline);
     ck_assert_int_eq(num(d, "connect_timeout"), co->connect_timeout_ms);
     ck_assert_int_eq(num(d, "request_timeout"), co->request_timeout_ms);
     fbr_client_free(&c);

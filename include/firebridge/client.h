@@ -3,10 +3,14 @@
  * non-blocking over plain TCP and TLS on the one event loop.  Names resolve through evdns (IP
  * literals skip it), TLS verifies the certificate chain and the host name by default (TLS 1.2
  * minimum, SNI, system trust store or a CA file), connections are kept alive and pooled per origin
- * (scheme, host, port) with at most pool_size of them, every attempt has its own deadline timer,
+ * (scheme, host, port) with at most pool_size of them, each carrying up to pipeline requests in
+ * flight once it has shown it persists (HTTP/1.1 pipelining; 1, the default, pipelines nothing),
+ * every attempt has its own deadline timer,
  * and request bodies are written from the caller's iovec slices without copying.  When a server
  * closes a kept-alive connection just as it is reused (no response byte seen), the request is
- * sent once more on a fresh connection; any other failure is reported, never retried here.
+ * sent once more on a fresh connection, and so are requests pipelined behind a response that
+ * failed or ended the connection (each at most once); any other failure is reported, never
+ * retried here.
  *
  * Response bodies are read only as far as the call keeps them (max_body): a longer one is cut
  * there (body_cut) and its connection closed instead of drained, whatever its length says, so a
@@ -62,6 +66,8 @@ struct fbr_client_opts {
     int insecure;                /* tests only: no certificate verification */
     const char *nameserver;      /* tests: "IP[:port]" of the only nameserver (hosts file still
                                     read); NULL: /etc/resolv.conf (borrowed during _new) */
+    unsigned pipeline;           /* requests in flight per persistent connection (1: none
+                                    pipelined) */
 };
 
 /* One request.  Everything is borrowed until the callback has been called. */
@@ -137,6 +143,8 @@ struct fbr_client_stats {
     uint64_t open_now;           /* connections currently open or opening */
     uint64_t requeued;           /* requests sent again because a kept-alive connection closed
                                     before any response byte (at most once per request) */
+    uint64_t pipelined;          /* requests written while another response was awaited on
+                                    their connection */
 };
 void fbr_client_get_stats(const struct fbr_client *c, struct fbr_client_stats *out);
 

@@ -44,6 +44,7 @@ struct fbr_config {
     uint32_t connect_timeout_ms;
     uint32_t request_timeout_ms;
     uint32_t pool_size;
+    uint32_t pipeline;
     struct fbr_rate room_rate;
     struct fbr_rate token_rate;
     uint32_t retry_initial_ms;

@@ -23,6 +23,7 @@
 #define FBR_DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define FBR_DEFAULT_REQUEST_TIMEOUT_MS 15000
 #define FBR_DEFAULT_POOL_SIZE 16
+#define FBR_DEFAULT_PIPELINE 1 /* requests in flight per connection: no pipelining */
 
 /* delivery engine */
 #define FBR_DEFAULT_MAX_PENDING 10000

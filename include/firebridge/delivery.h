@@ -67,6 +67,7 @@ const char *fbr_delivery_state_name(enum fbr_delivery_state s);
 /* The defaults (fbr_delivery_opts_init) are the daemon's, from defaults.h. */
 struct fbr_delivery_opts {
     unsigned pool_size;                /* connections per origin */
+    unsigned pipeline;                 /* requests in flight per connection (client.h) */
     unsigned connect_timeout_ms;
     unsigned request_timeout_ms;
     struct fbr_rate room_rate;         /* n == 0 after init means unlimited */

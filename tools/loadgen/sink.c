@@ -34,9 +34,14 @@ struct sink_conn {
     struct sink_conn *prev, *next;
     struct event *timer;
     struct event *flush; /* made active after an immediate reply: flush_now() */
+    struct evbuffer *held; /* replies to pipelined requests, written together: flush_now() */
     evhtp_request_t *req;
     int status;
+    int in_flush, dead; /* freed by flush_now() when libevhtp frees the connection under it */
 };
+
+/* Pipelined requests answered in one write at most (a bound on held). */
+#define MAX_BATCH 64
 
 int lg_sink_parse(const char *path, size_t plen, const char *body, size_t blen, uint32_t nrooms,
                   uint64_t *seq, uint64_t *t_ns, uint32_t *room)
@@ -101,23 +106,58 @@ static void on_delay(evutil_socket_t fd, short what, void *arg)
  * What the kernel does not take goes out through the bufferevent as before.  The daemon does
  * the same for its deferred replies (server.c, reply_now).
  */
+static void sink_conn_free(struct sink_conn *c);
+
+/*
+ * Pipelined requests (a client with several requests in flight on the connection, as the daemon
+ * with --pipeline): libevhtp 1.2.18 parses one request per read callback and never returns to
+ * the rest of the input by itself (server.c, enter()).  While the request just answered keeps
+ * the connection alive and the next one is already in the input, its reply is set aside, the
+ * write callback ends the request (the output is empty) and the read callback parses the next,
+ * whose immediate reply joins; then all of them go out with one write.
+ */
 static void flush_now(evutil_socket_t fd, short what, void *arg)
 {
     struct sink_conn *c = arg;
-    struct bufferevent *bev = evhtp_connection_get_bev(c->ec);
+    evhtp_connection_t *ec = c->ec;
+    struct bufferevent *bev = evhtp_connection_get_bev(ec);
     struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
     if (!out || evbuffer_get_length(out) == 0)
         return;
+    bufferevent_data_cb readcb, writecb;
+    void *cbarg;
+    bufferevent_getcb(bev, &readcb, &writecb, NULL, &cbarg);
+    struct evbuffer *in = bufferevent_get_input(bev);
+    c->in_flush = 1;
+    for (int n = 1; n < MAX_BATCH && readcb && writecb && evbuffer_get_length(in) && ec->request &&
+                    (ec->request->flags & EVHTP_REQ_FLAG_KEEPALIVE) &&
+                    (ec->request->flags & EVHTP_REQ_FLAG_FINISHED);
+         n++) {
+        evbuffer_unfreeze(out, 1);
+        evbuffer_add_buffer(c->held, out);
+        evbuffer_freeze(out, 1);
+        writecb(bev, cbarg); /* ends the request: keep-alive, so the connection stays */
+        if (c->dead || ec->request)
+            break;
+        readcb(bev, cbarg); /* the next request, answered at once unless latency is injected */
+        if (c->dead || evbuffer_get_length(out) == 0)
+            break;
+    }
+    c->in_flush = 0;
+    if (c->dead) { /* libevhtp closed the connection (a malformed request): nothing to write */
+        sink_conn_free(c);
+        return;
+    }
     evbuffer_unfreeze(out, 1);
+    evbuffer_prepend_buffer(out, c->held);
     evbuffer_write(out, bufferevent_getfd(bev));
     evbuffer_freeze(out, 1);
-    if (evbuffer_get_length(out))
+    if (evbuffer_get_length(out)) {
+        bufferevent_enable(bev, EV_WRITE);
         return;
-    bufferevent_data_cb writecb;
-    void *cbarg;
-    bufferevent_getcb(bev, NULL, &writecb, NULL, &cbarg);
+    }
     event_del(&bev->ev_write);
-    if (writecb)
+    if (writecb && ec->request)
         writecb(bev, cbarg);
 }
 
@@ -178,6 +218,16 @@ static void on_request(evhtp_request_t *req, void *arg)
 static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
 {
     struct sink_conn *c = arg;
+    (void)ec;
+    if (c->in_flush)
+        c->dead = 1; /* flush_now() frees it once libevhtp has returned */
+    else
+        sink_conn_free(c);
+    return EVHTP_RES_OK;
+}
+
+static void sink_conn_free(struct sink_conn *c)
+{
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -186,8 +236,8 @@ static evhtp_res on_conn_fini(evhtp_connection_t *ec, void *arg)
         c->next->prev = c->prev;
     event_free(c->timer);
     event_free(c->flush);
+    evbuffer_free(c->held);
     free(c);
-    return EVHTP_RES_OK;
 }
 
 static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
@@ -198,6 +248,7 @@ static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
     c->ec = ec;
     c->timer = evtimer_new(k->lg->base, on_delay, c);
     c->flush = event_new(k->lg->base, -1, 0, flush_now, c);
+    c->held = evbuffer_new();
     c->next = k->conns;
     if (k->conns)
         k->conns->prev = c;
