@@ -4,7 +4,11 @@
 #   (a) nginx, one worker, proxy_pass to a keep-alive upstream that is the loadgen's sink; the
 #       loadgen posts HipChat notifications to nginx (--format notification);
 #   (b) firebridge with the seed Multi-Room recipe (contrib/examples/multi-room.json) delivering
-#       to the same sink; the loadgen posts alerts (--scenario seed: a new incident per alert).
+#       to the same sink; the loadgen posts alerts (--scenario seed: a new incident per alert);
+#       with --pipeline PIPELINE (8): up to 8 deliveries in flight per pooled connection, those
+#       started in one loop iteration written with one send (the sink, libevhtp, answers them);
+#   (c) the same firebridge with --pipeline 1, the default: one delivery per connection at a
+#       time, as nginx proxy_pass does upstream (its maximum only, as a reference).
 # First each one's maximum, closed loop (notifications per second reaching the sink while
 # loaded), then each one at half of its own maximum, open loop (intake and end-to-end p99).
 # Prints both, their ratio (firebridge / nginx) and RESULT lines; exits non-zero when a
@@ -14,7 +18,8 @@
 # Env: CONNS (loadgen connections, 32), SECONDS_MAX (5), SECONDS_HALF (5), WARMUP (1), ROOMS
 #      (1000), POOL (firebridge --pool-size and nginx upstream keepalive, 32), ROUNDS (1: the
 #      maximum runs alternate ROUNDS times and each side keeps its best), FB_FLAGS (extra daemon
-#      flags, e.g. "--fsync off"), SKIP_HALF=1, PIN=1 (the servers on CPU 0, the loadgen on CPU 1:
+#      flags for both firebridge daemons, e.g. "--fsync off"), PIPELINE (8: (b)'s --pipeline),
+#      SKIP_DEFAULT=1 (no (c)), SKIP_HALF=1, PIN=1 (the servers on CPU 0, the loadgen on CPU 1:
 #      whether the loadgen, which is both the sender and the sink, is the ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +33,7 @@ warmup=${WARMUP:-1}
 rooms=${ROOMS:-1000}
 pool=${POOL:-32}
 rounds=${ROUNDS:-1}
+pipeline=${PIPELINE:-8}
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
   echo "compare.sh: nginx is not installed (contrib/deps.sh)" >&2; exit 1; }
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
@@ -110,7 +116,15 @@ wait_port "127.0.0.1:$ng_port"
 # ---- firebridge: the seed recipe pointed at the sink, limits lifted
 SEED_PREFIX=("${srv_pin[@]}")
 # shellcheck disable=SC2086
-POOL=$pool seed_daemon_start "$fb" "$sink" "$tmp" --drain-timeout 1 ${FB_FLAGS:-}
+if [ "${SKIP_DEFAULT:-0}" != 1 ]; then # (c) first: fb_pid and fb_port end up (b)'s
+  mkdir -p "$tmp/default"
+  POOL=$pool seed_daemon_start "$fb" "$sink" "$tmp/default" --drain-timeout 1 ${FB_FLAGS:-}
+  pids+=("$fb_pid")
+  fb1_pid=$fb_pid fb1_port=$fb_port
+fi
+# shellcheck disable=SC2086
+POOL=$pool seed_daemon_start "$fb" "$sink" "$tmp" --drain-timeout 1 --pipeline "$pipeline" \
+  ${FB_FLAGS:-}
 pids+=("$fb_pid")
 
 ng_worker=
@@ -158,19 +172,29 @@ echo "== maximum, closed loop: $conns connections, ${secs_max} s after ${warmup}
 # the measuring tool's own ceiling: notifications straight to its sink, no proxy in between
 run "direct-max" "$sink_port" "$secs_max" - --format notification
 direct_max=$(jnum "$tmp/direct-max.json" delivered_per_s)
-ng_max=0 fb_max=0
+ng_max=0 fb_max=0 fb1_max=0
 for r in $(seq "$rounds"); do
   run "nginx-max-$r" "$ng_port" "$secs_max" "$ng_worker" --format notification
   ng_max=$(best "$ng_max" "$(jnum "$tmp/nginx-max-$r.json" delivered_per_s)")
   run "fb-max-$r" "$fb_port" "$secs_max" "$fb_pid" --scenario seed --pid "$fb_pid"
   fb_max=$(best "$fb_max" "$(jnum "$tmp/fb-max-$r.json" delivered_per_s)")
+  if [ -n "${fb1_pid:-}" ]; then
+    run "fb1-max-$r" "$fb1_port" "$secs_max" "$fb1_pid" --scenario seed --pid "$fb1_pid"
+    fb1_max=$(best "$fb1_max" "$(jnum "$tmp/fb1-max-$r.json" delivered_per_s)")
+  fi
 done
 ratio=$(awk -v a="$fb_max" -v b="$ng_max" 'BEGIN {printf "%.2f", a / b}')
 ng_cpu=$(sort -n "$tmp"/nginx-max-*.cpu | head -1)
 fb_cpu=$(sort -n "$tmp"/fb-max-*.cpu | head -1)
 cpu_ratio=$(awk -v a="$ng_cpu" -v b="$fb_cpu" 'BEGIN {printf "%.2f", a / b}')
-echo "  nginx proxy_pass: $(printf %.0f "$ng_max") notifications/s; firebridge: $(printf %.0f "$fb_max") notifications/s; ratio $ratio"
+echo "  nginx proxy_pass: $(printf %.0f "$ng_max") notifications/s; firebridge --pipeline $pipeline: $(printf %.0f "$fb_max") notifications/s; ratio $ratio"
 echo "  CPU per notification (best round): nginx $ng_cpu us, firebridge $fb_cpu us; ratio nginx/firebridge $cpu_ratio"
+if [ -n "${fb1_pid:-}" ]; then
+  ratio1=$(awk -v a="$fb1_max" -v b="$ng_max" 'BEGIN {printf "%.2f", a / b}')
+  fb1_cpu=$(sort -n "$tmp"/fb1-max-*.cpu | head -1)
+  echo "  firebridge --pipeline 1 (the default): $(printf %.0f "$fb1_max") notifications/s; ratio $ratio1; CPU $fb1_cpu us per notification"
+  echo "RESULT default firebridge_pipeline1_per_s=$(printf %.0f "$fb1_max") ratio=$ratio1 cpu_us=$fb1_cpu"
+fi
 
 if [ "${SKIP_HALF:-0}" != 1 ]; then
   ng_half=$(awk -v a="$ng_max" 'BEGIN {printf "%.0f", a / 2}')
@@ -187,5 +211,5 @@ peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
 echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \
      "firebridge_per_s=$(printf %.0f "$fb_max")" \
      "ratio=$ratio nginx_cpu_us=$ng_cpu firebridge_cpu_us=$fb_cpu cpu_ratio=$cpu_ratio" \
-     "firebridge_peak_rss_kb=$peak conns=$conns rooms=$rooms pool=$pool lost=$lost_total"
+     "firebridge_peak_rss_kb=$peak conns=$conns rooms=$rooms pool=$pool pipeline=$pipeline lost=$lost_total"
 [ "$lost_total" -eq 0 ] || { echo "compare.sh: $lost_total notification(s) lost" >&2; exit 1; }
