@@ -8,7 +8,8 @@
 # usage: bench/profile.sh BINARY [TOP [BUILD_DIR]]   (TOP 10, BUILD_DIR build)
 # Env: SECONDS_PROF (5), CONNS (32), FREQ (999), KEEP (a path: keep perf.data there), CALLGRAPH
 # (perf record's call-graph flags, -g; "--call-graph dwarf,32768" sees through code built without
-# frame pointers).
+# frame pointers), FB_FLAGS (extra daemon flags, e.g. "--pipeline 8").  Also prints the kernel's
+# share by system call (perf report --children: the sys_* entry points).
 # Needs perf (Debian: linux-perf) and permission to trace (root, or perf_event_paranoid <= -1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ command -v perf >/dev/null || { echo "profile.sh: perf is not installed (linux-p
 seed_scratch
 SEED_PREFIX=()
 port=$(free_port)
-seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp"
+# shellcheck disable=SC2086
+seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp" ${FB_FLAGS:-}
 "$lg" --target "127.0.0.1:$fb_port" --sink-listen "127.0.0.1:$port" --duration $((secs + 2)) \
   --warmup 1 --connections "${CONNS:-32}" --quiet --drain 30 --json >"$tmp/lg.json" 2>/dev/null &
 lg_pid=$!
@@ -42,3 +44,6 @@ echo "== $bin: perf report --no-children (load: $(cut -d' ' -f1-3 /proc/loadavg)
 report dso 8
 echo "== top $top symbols:"
 report dso,symbol "$top"
+echo "== system calls, share of the daemon's samples with what the kernel does under them:"
+perf report -i "$tmp/perf.data" --children --stdio --sort symbol -g none 2>/dev/null \
+  | grep -E '^ +[0-9.]+%.*\] __x64_sys_' | head -n 8 | awk '{print "    " $1 "  " $4}' || true

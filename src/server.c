@@ -17,7 +17,7 @@
 
 #include <errno.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_struct.h> /* ev_read, ev_write: see plain_read(), reply_now() */
+#include <event2/bufferevent_struct.h> /* ev_write: see reply_now() */
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <evhtp.h>
@@ -35,6 +35,7 @@
 #include "firebridge/json.h"
 #include "firebridge/log.h"
 #include "firebridge/metrics.h"
+#include "firebridge/rawread.h"
 
 #define DEF_MAX_URI 8000
 #define DEF_MAX_HEADER_LINE 8000
@@ -47,7 +48,6 @@
 #define OUT_HIGH (256 * 1024)
 #define ACCEPT_PAUSE_MS 250
 #define IN_HIGH (DEF_MAX_URI + DEF_MAX_HEADER_BYTES + 24 * 1024)
-#define PLAIN_READ 4096 /* bytes asked of the socket per read (libevent's own size) */
 /* Lingering close after a raw error reply (see closing_writecb): what the client sends meanwhile
  * is read and discarded for at most this long and this much, so that the close does not reset
  * the connection under the reply. */
@@ -1453,67 +1453,12 @@ static void unhold(struct conn *fc, struct evbuffer *in)
     evbuffer_free(old);
 }
 
-/*
- * The read event of a plain-TCP connection's bufferevent, in place of libevent's own callback
- * (libevent_readcb): one read() into the input, then the bufferevent's read callback (the
- * screener) as libevent would run it.  libevent asks the kernel how many bytes are queued (ioctl
- * FIONREAD) before every read: one more system call per request.  What is not the plain case
- * goes to libevent's callback, which knows it: a timeout, an input close to the read watermark
- * (libevent suspends reading there), no memory.  End of file and errors are reported as libevent
- * reports them: reading off, then the event callback.
- */
-static event_callback_fn libevent_readcb;
-
-static void plain_read(evutil_socket_t fd, short what, void *arg)
-{
-    struct bufferevent *bev = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    if (what != EV_READ || evbuffer_get_length(in) + PLAIN_READ > IN_HIGH) {
-        libevent_readcb(fd, what, arg);
-        return;
-    }
-    struct evbuffer_iovec v;
-    evbuffer_unfreeze(in, 0);
-    int got = evbuffer_reserve_space(in, PLAIN_READ, &v, 1);
-    ssize_t n = got == 1 ? read(fd, v.iov_base, v.iov_len) : -1;
-    int err = errno;
-    if (n > 0) {
-        v.iov_len = (size_t)n;
-        evbuffer_commit_space(in, &v, 1);
-    }
-    evbuffer_freeze(in, 0);
-    if (n > 0) {
-        bufferevent_trigger(bev, EV_READ, 0);
-    } else if (got != 1) {
-        libevent_readcb(fd, what, arg);
-    } else if (n == 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
-        /* read() leaves errno alone at end of file: a stale EAGAIN would make libevhtp take
-         * the EOF for a spurious wake-up */
-        errno = n == 0 ? 0 : err;
-        bufferevent_disable(bev, EV_READ);
-        bufferevent_trigger_event(
-            bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), 0);
-    }
-}
-
-/* Puts plain_read() in the read event of a plain-TCP connection's bufferevent, pending as it
- * was (with the bufferevent's read timeout). */
+/* A plain-TCP connection reads without libevent's FIONREAD per read (rawread.h); the read
+ * watermark (IN_HIGH) still suspends reading as libevent does. */
 static void plain_read_start(evhtp_connection_t *c)
 {
-    if (!plain_tcp(c))
-        return;
-    struct bufferevent *bev = c->bev;
-    struct event *ev = &bev->ev_read;
-    event_callback_fn cb = event_get_callback(ev);
-    if (cb == plain_read || event_get_callback_arg(ev) != bev ||
-        (libevent_readcb && cb != libevent_readcb))
-        return; /* not the bufferevent libevent made: left as it is */
-    libevent_readcb = cb;
-    int pending = event_pending(ev, EV_READ, NULL);
-    event_del(ev);
-    event_assign(ev, event_get_base(ev), event_get_fd(ev), event_get_events(ev), plain_read, bev);
-    if (pending)
-        event_add(ev, evutil_timerisset(&bev->timeout_read) ? &bev->timeout_read : NULL);
+    if (plain_tcp(c))
+        fbr_rawread_start(c->bev);
 }
 
 /*

@@ -221,12 +221,13 @@ START_TEST(pipelined_deliveries_nothing_lost)
     json_t *j = run_loadgen_with(&d, dir, sink_port, "10", more, &st);
     char *text = json_dumps(j, JSON_COMPACT);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "loadgen exit %d: %s", st, text);
-    long long sent = num(j, "sent", NULL);
-    ck_assert_msg(sent > 200, "%s", text);
-    ck_assert_int_eq(num(j, "lost", NULL), 0);
-    ck_assert_int_eq(num(j, "delivered", NULL), sent);
-    ck_assert_int_eq(num(j, "duplicates", NULL), 0);
-    ck_assert_int_eq(num(j, "order_violations", NULL), 0);
+    /* a closed loop can outrun the deliveries: past --max-pending the daemon answers 503 (not
+     * delivered, not lost); every alert answered 2xx is delivered */
+    long long ok = num(j, "status", "2xx");
+    ck_assert_msg(ok > 200, "%s", text);
+    ck_assert_msg(num(j, "lost", NULL) == 0 && num(j, "delivered", NULL) == ok &&
+                      num(j, "duplicates", NULL) == 0 && num(j, "order_violations", NULL) == 0,
+                  "%s; daemon log %s", text, d.log);
     long long piped = dutil_metric(d.port, "firebridge_client_requests_pipelined_total");
     ck_assert_msg(piped > 0, "nothing pipelined (%lld): %s", piped, text);
     ck_assert_int_le(dutil_metric(d.port, "firebridge_client_connections_opened_total"), 2);

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "firebridge/common.h"
+#include "firebridge/rawread.h"
 #include "loadgen.h"
 
 #define LG_HEAD_MAX 16384
@@ -252,6 +253,7 @@ static void conn_event(struct bufferevent *bev, short what, void *arg)
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->connected = 1;
+        fbr_rawread_start(bev); /* answers read without a FIONREAD each (rawread.h) */
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "firebridge/common.h"
+#include "firebridge/rawread.h"
 #include "loadgen.h"
 
 struct sink_conn;
@@ -254,6 +255,7 @@ static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
         k->conns->prev = c;
     k->conns = c;
     evhtp_connection_set_hook(ec, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, c);
+    fbr_rawread_start(evhtp_connection_get_bev(ec)); /* no FIONREAD per read (rawread.h) */
     return EVHTP_RES_OK;
 }
 
