@@ -113,6 +113,7 @@ struct upstream_conn {
     TAILQ_ENTRY(upstream_conn) cork_link;  /* client->corked */
     char *pend;                       /* requests not yet sent (plain TCP), flushed by flush_cb */
     size_t pend_len, pend_cap;
+    uint64_t queued;                  /* request bytes ever put in pend or the output */
     unsigned nrequests;
     /* response parser */
     enum parse_state ps;
@@ -136,6 +137,7 @@ struct call {
     int deferred;           /* completion scheduled on the timer */
     int requeued;           /* already sent again after a kept-alive connection closed under it */
     int waiting;            /* in pool->waiting */
+    uint64_t req_end;       /* conn->queued once its request was queued: request_sent() */
     TAILQ_ENTRY(call) link; /* pool->waiting */
     TAILQ_ENTRY(call) conn_link; /* conn->inflight */
     TAILQ_ENTRY(call) all_link; /* client->calls */
@@ -531,6 +533,8 @@ static void write_request(struct upstream_conn *conn, struct call *call)
             client->wcap = 0;
         }
     }
+    conn->queued += total + (copy ? 0 : body_len);
+    call->req_end = conn->queued;
     if (call == conn->call)
         parser_reset(conn);
     else
@@ -727,19 +731,32 @@ static void take_body(struct upstream_conn *conn, size_t n)
     evbuffer_drain(in, n - k);
 }
 
+/* Whether every byte of call's request has left conn's buffers (the kernel or OpenSSL has it);
+ * until then the rest of a large body is still read from the caller's slices. */
+static int request_sent(struct upstream_conn *conn, const struct call *call)
+{
+    size_t unsent = conn->pend_len + evbuffer_get_length(bufferevent_get_output(conn->bev));
+    return conn->queued - unsent >= call->req_end;
+}
+
 /*
  * The head call's response is complete.  The connection goes on with the next call in flight
  * when the response lets it persist (HTTP/1.1, no "Connection: close", not delimited by the
- * close); with none in flight it becomes idle if nothing is left in either buffer; otherwise it
- * closes and the calls pipelined behind are sent again elsewhere.  Returns 1 when conn goes on
- * and input is already waiting for the next response (the caller parses on), else 0.
+ * close) and the server answered after taking the whole request; with none in flight it becomes
+ * idle if nothing is left in either buffer; otherwise it closes and the calls pipelined behind
+ * are sent again elsewhere.  An answer that came before the request was all written (a server
+ * answering early) closes it too: the callback gives the body slices back to the caller, so the
+ * rest of the request can no longer be sent, and the requests behind it were not sent at all.
+ * Returns 1 when conn goes on and input is already waiting for the next response (the caller
+ * parses on), else 0.
  */
 static int response_done(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
-    int persists = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF;
+    int persists = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF &&
+                   request_sent(conn, call);
     int more = 0;
     conn_detach(conn, call); /* call_complete() stops its timer */
     if (persists && conn->ninflight) {

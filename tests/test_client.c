@@ -8,6 +8,7 @@
  * fbr_client_request, never after an error return or a free), and Retry-After parsing.
  */
 #include <check.h>
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -16,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -528,17 +530,48 @@ static struct fbr_client *client_new_pipe(unsigned pool, unsigned pipeline, unsi
     return c;
 }
 
-/* Outcomes by the index each call was started with, and the order the callbacks ran in. */
-enum { NPIPE = 8 };
+/* Outcomes by the index each call was started with, and the order the callbacks ran in; every
+ * callback is counted per index (exactly once each) and must not run inside
+ * fbr_client_request() (pipe_in_request).  pipe_scribble: the first call's callback overwrites
+ * these bytes, as a caller reusing its body buffer once the call is over. */
+enum { NPIPE = 32 };
 static int pipe_status[NPIPE], pipe_err[NPIPE], pipe_order[NPIPE], pipe_n, pipe_want;
-static char pipe_reason[NPIPE][200];
+static int pipe_calls[NPIPE], pipe_cut[NPIPE], pipe_reused[NPIPE], pipe_in_request;
+static char pipe_reason[NPIPE][200], pipe_body[NPIPE][64];
+static char *pipe_scribble;
+static size_t pipe_scribble_len;
 static void pipe_cb(const struct fbr_client_resp *r, void *arg)
 {
     int i = (int)(intptr_t)arg;
+    ck_assert_msg(!pipe_in_request, "callback %d from inside fbr_client_request()", i);
+    pipe_calls[i]++;
     pipe_status[i] = r->status;
     pipe_err[i] = (int)r->err;
+    pipe_cut[i] = r->body_cut;
+    pipe_reused[i] = r->reused;
     snprintf(pipe_reason[i], sizeof(pipe_reason[i]), "%s", r->reason);
+    snprintf(pipe_body[i], sizeof(pipe_body[i]), "%.*s", (int)r->body_len, r->body);
+    if (i == 0 && pipe_scribble)
+        memset(pipe_scribble, 'Z', pipe_scribble_len);
     pipe_order[pipe_n++] = i;
+}
+/* Clears the outcomes for n calls about to start. */
+static void pipe_reset(int n)
+{
+    pipe_n = 0;
+    pipe_want = n;
+    for (int i = 0; i < NPIPE; i++) {
+        pipe_status[i] = pipe_err[i] = pipe_cut[i] = pipe_reused[i] = -1;
+        pipe_calls[i] = 0;
+        pipe_reason[i][0] = pipe_body[i][0] = '\0';
+    }
+}
+/* Starts call i (pipe_cb, never called from in here). */
+static void pipe_request(struct fbr_client *c, const struct fbr_client_req *req, int i)
+{
+    pipe_in_request = 1;
+    ck_assert_int_eq(fbr_client_request(c, req, pipe_cb, (void *)(intptr_t)i), FBR_OK);
+    pipe_in_request = 0;
 }
 static int pipe_done(void)
 {
@@ -547,12 +580,9 @@ static int pipe_done(void)
 static void pipe_start(struct fbr_client *c, const char *url, int n)
 {
     struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
-    pipe_n = 0;
-    pipe_want = n;
-    for (int i = 0; i < n; i++) {
-        pipe_status[i] = pipe_err[i] = -1;
-        ck_assert_int_eq(fbr_client_request(c, &req, pipe_cb, (void *)(intptr_t)i), FBR_OK);
-    }
+    pipe_reset(n);
+    for (int i = 0; i < n; i++)
+        pipe_request(c, &req, i);
     ck_assert(tsrv_run_until(base, pipe_done, 10000));
 }
 /* One request on its own: the connection shows it persists (only then is it pipelined on). */
@@ -657,6 +687,529 @@ START_TEST(pipelined_behind_a_timeout_sent_again)
     ck_assert_uint_eq(st.requeued, 1);
     ck_assert_uint_eq(tsrv_accepted(srv), 2);
     fbr_client_free(&c);
+}
+END_TEST
+
+/* ---- pipelining against a raw peer: the test reads and writes the bytes itself ---- */
+
+/* A loopback listener whose connections the test drives by hand: what the client wrote is
+ * received byte for byte (per connection, in accept order), and the responses are exactly the
+ * bytes the test sends, split where it likes. */
+enum { PEER_CONNS = 4 };
+struct peer {
+    int ls;
+    int fd[PEER_CONNS];
+    int nfd;
+    char *in[PEER_CONNS];
+    size_t n[PEER_CONNS], cap[PEER_CONNS];
+    int eof[PEER_CONNS];
+    int hold[PEER_CONNS]; /* 1: not read (the client's writes back up) */
+    int answered[PEER_CONNS]; /* requests answered by peer_serve() */
+    char url[128];
+};
+
+/* rcvbuf > 0: the accepted sockets' receive buffer (no autotuning), so that a large request
+ * backs up in the client. */
+static void peer_open(struct peer *p, int rcvbuf)
+{
+    memset(p, 0, sizeof(*p));
+    p->ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ck_assert_int_ge(p->ls, 0);
+    if (rcvbuf > 0)
+        ck_assert_int_eq(setsockopt(p->ls, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    ck_assert_int_eq(bind(p->ls, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(p->ls, 8), 0);
+    ck_assert_int_eq(getsockname(p->ls, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(p->url, sizeof(p->url), "http://127.0.0.1:%d/v2/room/raw/notification",
+             ntohs(sa.sin_port));
+}
+
+static void peer_close(struct peer *p)
+{
+    for (int i = 0; i < p->nfd; i++) {
+        if (p->fd[i] >= 0)
+            close(p->fd[i]);
+        free(p->in[i]);
+    }
+    close(p->ls);
+}
+
+/* One non-blocking pass of the client's loop, then the peer accepts and reads what is there. */
+static void peer_poll(struct peer *p)
+{
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    int busy = 0;
+    int fd;
+    while (p->nfd < PEER_CONNS && (fd = accept(p->ls, NULL, NULL)) >= 0) {
+        p->fd[p->nfd++] = fd;
+        busy = 1;
+    }
+    for (int i = 0; i < p->nfd; i++) {
+        if (p->hold[i] || p->eof[i] || p->fd[i] < 0)
+            continue;
+        if (p->cap[i] - p->n[i] < 65536) {
+            p->cap[i] = p->cap[i] * 2 + 65536;
+            p->in[i] = realloc(p->in[i], p->cap[i]);
+            ck_assert_ptr_nonnull(p->in[i]);
+        }
+        ssize_t k = recv(p->fd[i], p->in[i] + p->n[i], 65536, MSG_DONTWAIT);
+        if (k > 0) {
+            p->n[i] += (size_t)k;
+            busy = 1;
+        } else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+            p->eof[i] = 1;
+        }
+    }
+    if (!busy)
+        usleep(200);
+}
+
+/* The end of the complete request starting at off in buf[0..n), or 0 while it is incomplete. */
+static size_t request_end(const char *buf, size_t n, size_t off)
+{
+    const char *h = memmem(buf + off, n - off, "\r\n\r\n", 4);
+    if (!h)
+        return 0;
+    size_t hend = (size_t)(h - buf) + 4, clen = 0;
+    for (const char *q = buf + off; q + 17 < buf + hend; q++)
+        if (strncasecmp(q, "\r\nContent-Length:", 17) == 0) {
+            clen = strtoul(q + 17, NULL, 10);
+            break;
+        }
+    return n - hend >= clen ? hend + clen : 0;
+}
+
+/* Complete requests received on connection i. */
+static int peer_requests(const struct peer *p, int i)
+{
+    int count = 0;
+    size_t off = 0, end;
+    while (i < p->nfd && off < p->n[i] && (end = request_end(p->in[i], p->n[i], off))) {
+        count++;
+        off = end;
+    }
+    return count;
+}
+
+/* Polls until connection i has received nreq complete requests (asserted within 10 s). */
+static void peer_wait_requests(struct peer *p, int i, int nreq)
+{
+    long long deadline = dutil_wall_ms() + 10000;
+    while (peer_requests(p, i) < nreq && dutil_wall_ms() < deadline)
+        peer_poll(p);
+    ck_assert_msg(peer_requests(p, i) >= nreq, "connection %d: %d requests of %d (%zu bytes)", i,
+                  peer_requests(p, i), nreq, i < p->nfd ? p->n[i] : 0);
+}
+
+/* Polls until cond() holds (asserted within 10 s). */
+static void peer_run_until(struct peer *p, int (*cond)(void))
+{
+    long long deadline = dutil_wall_ms() + 10000;
+    while (!cond() && dutil_wall_ms() < deadline)
+        peer_poll(p);
+    ck_assert_msg(cond(), "condition not met within 10 s (%d callbacks)", pipe_n);
+}
+
+static void peer_send(struct peer *p, int i, const char *bytes, size_t len)
+{
+    ck_assert_int_lt(i, p->nfd);
+    ck_assert_int_eq(send(p->fd[i], bytes, len, MSG_NOSIGNAL), (ssize_t)len);
+}
+
+/* Closes connection i: with a TCP reset when reset, else with a FIN. */
+static void peer_drop(struct peer *p, int i, int reset)
+{
+    struct linger lg = {1, 0};
+    if (reset)
+        setsockopt(p->fd[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(p->fd[i]);
+    p->fd[i] = -1;
+}
+
+static const char resp_204[] = "HTTP/1.1 204 No Content\r\n\r\n";
+
+/* Polls, answering every new complete request on connections from on with a 204, until
+ * pipe_done() (asserted within 10 s). */
+static void peer_serve(struct peer *p, int from)
+{
+    long long deadline = dutil_wall_ms() + 10000;
+    for (int i = from; i < p->nfd; i++)
+        p->answered[i] = 0;
+    while (!pipe_done() && dutil_wall_ms() < deadline) {
+        peer_poll(p);
+        for (int i = from; i < p->nfd; i++)
+            while (p->fd[i] >= 0 && p->answered[i] < peer_requests(p, i)) {
+                peer_send(p, i, resp_204, sizeof(resp_204) - 1);
+                p->answered[i]++;
+            }
+    }
+    ck_assert_msg(pipe_done(), "%d callbacks of %d within 10 s", pipe_n, pipe_want);
+}
+
+/* A client of pipeline depth on a pool of one connection to the peer, which has shown it
+ * persists (one request answered 204 on connection 0). */
+static struct fbr_client *peer_client(struct peer *p, unsigned depth, unsigned timeout_ms)
+{
+    struct fbr_client *c = client_new_pipe(1, depth, timeout_ms);
+    struct fbr_client_req req = {"POST", p->url, strlen(p->url), NULL, 0, NULL, 0, NULL};
+    pipe_reset(1);
+    pipe_request(c, &req, 0);
+    peer_wait_requests(p, 0, 1);
+    peer_send(p, 0, resp_204, sizeof(resp_204) - 1);
+    peer_run_until(p, pipe_done);
+    ck_assert_int_eq(pipe_status[0], 204);
+    return c;
+}
+
+/*
+ * A server may answer before it has read the whole request (an early 200 or 413): here the
+ * response to a 16 MiB request comes while most of its body is still in the client, with a
+ * request pipelined behind it.  Once the callback has run the body is the caller's again (it
+ * overwrites it): not one of its bytes may be sent after that.  The rest of the request cannot
+ * be sent from the caller's memory any more, so the connection is closed, as without
+ * pipelining, and the request behind it, never sent, goes out on a new connection.
+ */
+START_TEST(pipelined_early_answer_stops_using_the_body)
+{
+    struct peer p;
+    peer_open(&p, 65536);
+    struct fbr_client *c = peer_client(&p, 2, 10000);
+    size_t big = 16u << 20;
+    char *large = malloc(big);
+    ck_assert_ptr_nonnull(large);
+    memset(large, 'a', big);
+    struct iovec iov = {large, big};
+    struct fbr_client_req a = {"POST", p.url, strlen(p.url), NULL, 0, &iov, 1, NULL};
+    struct fbr_client_req b = {"POST", p.url, strlen(p.url), "X-Second: 1\r\n", 13, NULL, 0, NULL};
+    pipe_reset(2);
+    pipe_request(c, &a, 0);
+    pipe_request(c, &b, 1);
+    /* the peer reads the big request's head, answers it and reads nothing more for now */
+    size_t head_at = p.n[0];
+    long long deadline = dutil_wall_ms() + 10000;
+    while (!memmem(p.in[0] + head_at, p.n[0] - head_at, "\r\n\r\n", 4) &&
+           dutil_wall_ms() < deadline)
+        peer_poll(&p);
+    ck_assert(memmem(p.in[0] + head_at, p.n[0] - head_at, "\r\n\r\n", 4));
+    p.hold[0] = 1;
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    peer_send(&p, 0, ok, sizeof(ok) - 1);
+    pipe_scribble = large;
+    pipe_scribble_len = big;
+    pipe_want = 1;
+    peer_run_until(&p, pipe_done);
+    ck_assert_int_eq(pipe_status[0], 200);
+    /* now the peer reads on: whatever arrives, none of it is the overwritten body; the second
+     * request is answered wherever it arrives */
+    p.hold[0] = 0;
+    deadline = dutil_wall_ms() + 15000;
+    int answered = 0;
+    while (pipe_n < 2 && dutil_wall_ms() < deadline) {
+        peer_poll(&p);
+        for (int i = 0; i < p.nfd && !answered; i++)
+            if (p.fd[i] >= 0 && memmem(p.in[i], p.n[i], "X-Second: 1\r\n", 13) &&
+                peer_requests(&p, i) >= (i == 0 ? 3 : 1)) {
+                peer_send(&p, i, resp_204, sizeof(resp_204) - 1);
+                answered = 1;
+            }
+    }
+    pipe_scribble = NULL;
+    ck_assert_msg(!memchr(p.in[0] + head_at, 'Z', p.n[0] - head_at),
+                  "bytes of a completed call's body were sent after its callback");
+    ck_assert_msg(pipe_status[1] == 204, "%d %s", pipe_status[1], pipe_reason[1]);
+    ck_assert_int_eq(pipe_calls[0], 1);
+    ck_assert_int_eq(pipe_calls[1], 1);
+    fbr_client_free(&c);
+    peer_close(&p);
+    free(large);
+}
+END_TEST
+
+/*
+ * Four pipelined answers (a 100 Continue before a Content-Length body, the head of a HEAD
+ * request with a Content-Length and no body, a chunked body, a 204) arriving in one read, and
+ * split in two reads at every byte offset: each call gets its own answer, in order, once, on
+ * the one connection.
+ */
+START_TEST(pipelined_answers_split_anywhere)
+{
+    static const char answers[] =
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
+        "HTTP/1.1 204 No Content\r\n\r\n";
+    size_t len = sizeof(answers) - 1;
+    struct peer p;
+    peer_open(&p, 0);
+    struct fbr_client *c = peer_client(&p, 4, 10000);
+    struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+    struct fbr_client_req head = {"HEAD", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+    int nreq = 1;
+    for (size_t cut = 0; cut < len; cut++) {
+        pipe_reset(4);
+        pipe_request(c, &post, 0);
+        pipe_request(c, &head, 1);
+        pipe_request(c, &post, 2);
+        pipe_request(c, &post, 3);
+        nreq += 4;
+        peer_wait_requests(&p, 0, nreq);
+        if (cut) {
+            peer_send(&p, 0, answers, cut);
+            for (int k = 0; k < 3; k++)
+                peer_poll(&p);
+        }
+        peer_send(&p, 0, answers + cut, len - cut);
+        peer_run_until(&p, pipe_done);
+        for (int i = 0; i < 4; i++) {
+            ck_assert_msg(pipe_order[i] == i && pipe_calls[i] == 1, "cut %zu: call %d", cut, i);
+            ck_assert_msg(pipe_err[i] == FBR_CLIENT_ERR_NONE, "cut %zu: %d %s", cut, i,
+                          pipe_reason[i]);
+        }
+        ck_assert_int_eq(pipe_status[0], 200);
+        ck_assert_str_eq(pipe_body[0], "abc");
+        ck_assert_int_eq(pipe_status[1], 200);
+        ck_assert_str_eq(pipe_body[1], "");
+        ck_assert_int_eq(pipe_status[2], 201);
+        ck_assert_str_eq(pipe_body[2], "xyz");
+        ck_assert_int_eq(pipe_status[3], 204);
+    }
+    ck_assert_int_eq(p.nfd, 1);
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.connections_opened, 1);
+    ck_assert_uint_eq(st.requeued, 0);
+    ck_assert_uint_ge(st.pipelined, 3 * len);
+    fbr_client_free(&c);
+    peer_close(&p);
+}
+END_TEST
+
+/*
+ * Answers that end the connection in the middle of a pipeline: an HTTP/1.0 answer (with a
+ * Content-Length), then on the next connection a close-delimited body.  The calls behind the
+ * first are sent again on new connections and answered.
+ */
+START_TEST(pipelined_http10_and_close_delimited)
+{
+    struct peer p;
+    peer_open(&p, 0);
+    struct fbr_client *c = peer_client(&p, 4, 10000);
+    struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+    pipe_reset(3);
+    for (int i = 0; i < 3; i++)
+        pipe_request(c, &post, i);
+    peer_wait_requests(&p, 0, 4);
+    static const char http10[] = "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    peer_send(&p, 0, http10, sizeof(http10) - 1);
+    peer_wait_requests(&p, 1, 1); /* the second, sent again (the third waits: a new connection
+                                     carries one request until it has shown it persists) */
+    static const char eof_body[] = "HTTP/1.1 200 OK\r\n\r\nuntil eof";
+    peer_send(&p, 1, eof_body, sizeof(eof_body) - 1);
+    peer_drop(&p, 1, 0);
+    peer_serve(&p, 2);
+    ck_assert_int_eq(pipe_status[0], 200);
+    ck_assert_str_eq(pipe_body[0], "ok");
+    ck_assert_msg(pipe_status[1] == 200, "%d %s", pipe_status[1], pipe_reason[1]);
+    ck_assert_str_eq(pipe_body[1], "until eof");
+    ck_assert_msg(pipe_status[2] == 204, "%d %s", pipe_status[2], pipe_reason[2]);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(pipe_calls[i], 1);
+    ck_assert_int_eq(p.nfd, 3);
+    ck_assert_int_eq(peer_requests(&p, 1), 1);
+    ck_assert_int_eq(peer_requests(&p, 2), 1);
+    fbr_client_free(&c);
+    peer_close(&p);
+}
+END_TEST
+
+/*
+ * The server goes away in the middle of a pipeline: a reset after the first of three answers;
+ * a silent close with two requests read and none answered; a 2xx head whose body is then cut by
+ * a reset (the call is answered, accepted_2xx, body marked cut).  Each time the calls behind
+ * are sent again on a new connection and answered there.
+ */
+START_TEST(pipelined_server_goes_away)
+{
+    for (int mode = 0; mode < 3; mode++) {
+        struct peer p;
+        peer_open(&p, 0);
+        struct fbr_client *c = peer_client(&p, 4, 10000);
+        struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+        int n = mode == 1 ? 2 : 3, first = mode == 1 ? 0 : 1;
+        pipe_reset(n);
+        for (int i = 0; i < n; i++)
+            pipe_request(c, &post, i);
+        peer_wait_requests(&p, 0, 1 + n);
+        if (mode == 0) {
+            peer_send(&p, 0, resp_204, sizeof(resp_204) - 1);
+            pipe_want = 1;
+            peer_run_until(&p, pipe_done);
+            peer_drop(&p, 0, 1);
+        } else if (mode == 1) {
+            peer_drop(&p, 0, 0);
+        } else {
+            static const char cut[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+            peer_send(&p, 0, cut, sizeof(cut) - 1);
+            pipe_want = 0;
+            for (int k = 0; k < 20; k++)
+                peer_poll(&p);
+            peer_drop(&p, 0, 1);
+        }
+        pipe_want = n;
+        peer_serve(&p, 1);
+        if (mode == 0)
+            ck_assert_int_eq(pipe_status[0], 204);
+        if (mode == 2) {
+            ck_assert_msg(pipe_err[0] == FBR_CLIENT_ERR_NONE && pipe_status[0] == 200, "%d %s",
+                          pipe_status[0], pipe_reason[0]);
+            ck_assert_int_eq(pipe_cut[0], 1);
+        }
+        for (int i = first; i < n; i++) {
+            ck_assert_msg(pipe_status[i] == 204, "mode %d call %d: %d %s", mode, i,
+                          pipe_status[i], pipe_reason[i]);
+        }
+        ck_assert_int_eq(pipe_reused[first], 0); /* on the new connection */
+        for (int i = 0; i < n; i++)
+            ck_assert_int_eq(pipe_calls[i], 1);
+        ck_assert_int_eq(p.nfd, 2);
+        ck_assert_int_eq(peer_requests(&p, 1), n - first);
+        struct fbr_client_stats st;
+        fbr_client_get_stats(c, &st);
+        ck_assert_uint_eq(st.requeued, (uint64_t)(n - first));
+        fbr_client_free(&c);
+        peer_close(&p);
+    }
+}
+END_TEST
+
+/*
+ * The second of three pipelined calls is never answered: once the first is, the second is the
+ * head and times out; the third, behind it, is sent again on a new connection and answered.
+ */
+START_TEST(pipelined_later_call_times_out)
+{
+    struct peer p;
+    peer_open(&p, 0);
+    struct fbr_client *c = peer_client(&p, 4, 400);
+    struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+    pipe_reset(3);
+    for (int i = 0; i < 3; i++)
+        pipe_request(c, &post, i);
+    peer_wait_requests(&p, 0, 4);
+    peer_send(&p, 0, resp_204, sizeof(resp_204) - 1);
+    peer_serve(&p, 1);
+    ck_assert_int_eq(pipe_status[0], 204);
+    ck_assert_msg(pipe_err[1] == FBR_CLIENT_ERR_TIMEOUT, "%d %s", pipe_err[1], pipe_reason[1]);
+    ck_assert_msg(pipe_status[2] == 204, "%d %s", pipe_status[2], pipe_reason[2]);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(pipe_calls[i], 1);
+    fbr_client_free(&c);
+    peer_close(&p);
+}
+END_TEST
+
+/*
+ * fbr_client_free() with pipelined calls in flight (sent, unanswered) and more requests still
+ * pending in the connection's unsent bytes: no callback ever, nothing sent afterwards, the
+ * connection closed; the ASan build checks that nothing leaks or is used after the free.
+ */
+START_TEST(pipelined_free_with_calls_in_flight)
+{
+    for (int flushed = 0; flushed < 2; flushed++) {
+        struct peer p;
+        peer_open(&p, 0);
+        struct fbr_client *c = peer_client(&p, 8, 10000);
+        struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+        static char body[6000];
+        memset(body, 'b', sizeof(body));
+        struct iovec iov = {body, sizeof(body)};
+        struct fbr_client_req large = {"POST", p.url, strlen(p.url), NULL, 0, &iov, 1, NULL};
+        pipe_reset(6);
+        pipe_request(c, &post, 0);
+        pipe_request(c, &large, 1);
+        pipe_request(c, &post, 2);
+        if (flushed)
+            peer_wait_requests(&p, 0, 4);
+        pipe_request(c, &post, 3); /* corked: not sent before the free */
+        pipe_request(c, &post, 4);
+        size_t before = p.n[0];
+        fbr_client_free(&c);
+        for (int k = 0; k < 50 && !p.eof[0]; k++)
+            peer_poll(&p);
+        ck_assert(p.eof[0]);
+        ck_assert_int_eq(pipe_n, 0);
+        if (flushed)
+            ck_assert_uint_eq(p.n[0], before);
+        peer_close(&p);
+    }
+}
+END_TEST
+
+/*
+ * Over TLS (the bufferevent path, never corked) and plain TCP: small requests and bodies larger
+ * than the copy limit (referenced, written by the bufferevent) pipelined together on one
+ * connection arrive whole and in order, each answered once; a pool of two never opens a third.
+ */
+static void pipelined_mixed_bodies(const char *scheme, SSL_CTX *ctx)
+{
+    srv = tsrv_new(base, ctx);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    char err[256];
+    struct fbr_client_opts co = {2, 10000, 10000, NULL, 1};
+    co.pipeline = 6;
+    struct fbr_client *c = NULL;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    const char *u = tsrv_room_url(srv, scheme, "127.0.0.1", "m");
+    char url[256];
+    snprintf(url, sizeof(url), "%s", u);
+    warm_up(c, url);
+    enum { N = 24 };
+    static char bodies[N][9000];
+    struct iovec iov[N];
+    size_t lens[N];
+    pipe_reset(N);
+    for (int i = 0; i < N; i++) {
+        lens[i] = i % 3 == 1 ? 4097 + (size_t)i * 100 : 10 + (size_t)i;
+        memset(bodies[i], 'A' + i, lens[i]);
+        snprintf(bodies[i], 8, "#%02d#", i);
+        bodies[i][5] = 'A' + i;
+        iov[i] = (struct iovec){bodies[i], lens[i]};
+        struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, &iov[i], 1, NULL};
+        pipe_request(c, &req, i);
+    }
+    ck_assert(tsrv_run_until(base, pipe_done, 20000));
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(pipe_status[i] == 204, "%s %d: %d %s", scheme, i, pipe_status[i],
+                      pipe_reason[i]);
+        ck_assert_int_eq(pipe_calls[i], 1);
+    }
+    ck_assert_uint_eq(tsrv_nreqs(srv), N + 1);
+    /* per connection the bodies arrive in the order the calls were started */
+    int last[8] = {0};
+    for (size_t k = 1; k <= N; k++) {
+        const struct tsrv_req *r = tsrv_req(srv, k);
+        int i = atoi(r->body + 1);
+        ck_assert_int_lt(i, N);
+        ck_assert_uint_eq(r->body_len, lens[i]);
+        ck_assert_mem_eq(r->body, bodies[i], lens[i]);
+        ck_assert_uint_lt(r->conn_no, 8);
+        ck_assert_int_ge(i, last[r->conn_no]);
+        last[r->conn_no] = i;
+    }
+    ck_assert_uint_le(tsrv_max_open(srv), 2);
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_gt(st.pipelined, 0);
+    fbr_client_free(&c);
+    tsrv_free(srv);
+    srv = NULL;
+}
+
+START_TEST(pipelined_mixed_bodies_plain)
+{
+    pipelined_mixed_bodies("http", NULL);
 }
 END_TEST
 
@@ -767,6 +1320,14 @@ START_TEST(tls_verified)
 }
 END_TEST
 
+START_TEST(pipelined_mixed_bodies_tls)
+{
+    SSL_CTX *ctx = tsrv_ssl_ctx_made(dir, "good");
+    pipelined_mixed_bodies("https", ctx);
+    SSL_CTX_free(ctx);
+}
+END_TEST
+
 START_TEST(tls_wrong_host)
 {
     got_reset();
@@ -869,6 +1430,13 @@ int main(void)
     tcase_add_test(tc, pipelined_requests_share_a_send);
     tcase_add_test(tc, pipelined_calls_sent_again_once);
     tcase_add_test(tc, pipelined_behind_a_timeout_sent_again);
+    tcase_add_test(tc, pipelined_early_answer_stops_using_the_body);
+    tcase_add_test(tc, pipelined_answers_split_anywhere);
+    tcase_add_test(tc, pipelined_http10_and_close_delimited);
+    tcase_add_test(tc, pipelined_server_goes_away);
+    tcase_add_test(tc, pipelined_later_call_times_out);
+    tcase_add_test(tc, pipelined_free_with_calls_in_flight);
+    tcase_add_test(tc, pipelined_mixed_bodies_plain);
     tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, retry_after);
     tcase_add_test(tc, err_names);
@@ -878,6 +1446,7 @@ int main(void)
     tcase_set_timeout(tt, 30);
     tcase_add_test(tt, tls_verified);
     tcase_add_test(tt, tls_wrong_host);
+    tcase_add_test(tt, pipelined_mixed_bodies_tls);
     tcase_add_test(tt, tls_handshake_fails);
     suite_add_tcase(s, tt);
     return fbr_test_run(s);

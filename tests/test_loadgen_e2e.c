@@ -238,6 +238,113 @@ START_TEST(pipelined_deliveries_nothing_lost)
 }
 END_TEST
 
+static int count_of(const char *s, const char *what);
+
+/* Reads from fd until want status lines (0: any number) have come, the peer closes or nothing
+ * comes for the socket's receive timeout; returns the bytes (NUL-terminated, static) and sets
+ * *eof when the connection was closed. */
+static const char *read_answers(int fd, int want, int *eof)
+{
+    static char buf[16384];
+    size_t n = 0;
+    *eof = 0;
+    for (;;) {
+        ssize_t k = recv(fd, buf + n, sizeof(buf) - 1 - n, 0);
+        if (k == 0)
+            *eof = 1;
+        if (k <= 0 || n + (size_t)k >= sizeof(buf) - 1)
+            break;
+        n += (size_t)k;
+        buf[n] = '\0';
+        if (want && count_of(buf, "HTTP/1.1 ") >= want)
+            break;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static int count_of(const char *s, const char *what)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
+}
+
+/* A notification request the sink takes (room r0, alert number i); close: "Connection: close". */
+static size_t sink_request(char *buf, size_t cap, int i, int close)
+{
+    char body[64];
+    int blen = snprintf(body, sizeof(body), "{\"message\":\"lg %d 1\"}", i);
+    return (size_t)snprintf(buf, cap,
+                            "POST /v2/room/r0/notification HTTP/1.1\r\nHost: sink\r\n%s"
+                            "Content-Length: %d\r\n\r\n%s",
+                            close ? "Connection: close\r\n" : "", blen, body);
+}
+
+/*
+ * The sink answering pipelined requests, with and without --sink-latency: four requests sent
+ * in one write with "Connection: close" on the second get two answers, the second saying close,
+ * and the connection is closed (RFC 9112 9.6: no request after it is processed); four sent in
+ * two writes cut inside the third one's body get four 204s in order on a connection that then
+ * answers a fifth.
+ */
+START_TEST(sink_pipelined_close_and_split)
+{
+    char dir[64], err[128], out[128], sink[32], target[32];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-lgs");
+    snprintf(err, sizeof(err), "%s/loadgen.err", dir);
+    snprintf(out, sizeof(out), "%s/loadgen.out", dir);
+    snprintf(target, sizeof(target), "127.0.0.1:%d", free_port());
+    snprintf(sink, sizeof(sink), "127.0.0.1:0");
+    const char *latency[] = {"0", "30"};
+    for (int l = 0; l < 2; l++) {
+        const char *argv[] = {getenv("FBR_LOADGEN"), "--target", target, "--sink-listen", sink,
+                              "--rate", "1/s", "--duration", "60", "--drain", "0",
+                              "--no-metrics", "--sink-latency", latency[l], NULL};
+        ck_assert_msg(argv[0] != NULL, "FBR_LOADGEN not set (run through meson test)");
+        pid_t pid = dutil_spawn(argv, out, err, 1);
+        int port = dutil_wait_port(&pid, err, "sink listening on 127.0.0.1:", 200, 50, NULL);
+        char reqs[2048];
+        size_t n = 0;
+        for (int i = 0; i < 4; i++)
+            n += sink_request(reqs + n, sizeof(reqs) - n, i, i == 1);
+        int fd = dutil_connect_with(port, 0, 3, 3);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(dutil_send_all(fd, reqs, n), 0);
+        int eof;
+        const char *got = read_answers(fd, 0, &eof);
+        ck_assert_msg(count_of(got, "HTTP/1.1 204") == 2 && eof,
+                      "latency %s: %d answers, %s: %s", latency[l], count_of(got, "HTTP/1.1 "),
+                      eof ? "closed" : "left open", got);
+        ck_assert_int_eq(count_of(got, "Connection: close"), 1);
+        close(fd);
+
+        n = 0;
+        size_t cut = 0;
+        for (int i = 0; i < 4; i++) {
+            n += sink_request(reqs + n, sizeof(reqs) - n, 10 + i, 0);
+            if (i == 1)
+                cut = n + (sink_request(NULL, 0, 12, 0) - 5); /* inside the third body */
+        }
+        fd = dutil_connect_with(port, 0, 3, 3);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(dutil_send_all(fd, reqs, cut), 0);
+        dutil_msleep(50);
+        ck_assert_int_eq(dutil_send_all(fd, reqs + cut, n - cut), 0);
+        got = read_answers(fd, 4, &eof);
+        ck_assert_msg(count_of(got, "HTTP/1.1 204") == 4, "latency %s: %s", latency[l], got);
+        n = sink_request(reqs, sizeof(reqs), 20, 0);
+        ck_assert_int_eq(dutil_send_all(fd, reqs, n), 0);
+        got = read_answers(fd, 1, &eof);
+        ck_assert_msg(count_of(got, "HTTP/1.1 204") == 1, "latency %s: %s", latency[l], got);
+        close(fd);
+        dutil_stop(&pid, 5000, NULL);
+    }
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 START_TEST(deliveries_going_nowhere_are_lost)
 {
     char dir[64];
@@ -283,6 +390,7 @@ int main(void)
     tcase_add_test(tc, deliveries_going_nowhere_are_lost);
     tcase_add_test(tc, sink_faults_injected);
     tcase_add_test(tc, pipelined_deliveries_nothing_lost);
+    tcase_add_test(tc, sink_pipelined_close_and_split);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

@@ -94,6 +94,14 @@ static void on_delay(evutil_socket_t fd, short what, void *arg)
     struct sink_conn *c = arg;
     evhtp_request_t *req = c->req;
     c->req = NULL;
+    /* A request that ends the connection ("Connection: close") is its last (RFC 9112 9.6):
+     * libevhtp's resume, once the reply is out, parses any pipelined input before it looks at
+     * keep-alive, so the requests after it would be answered on a connection left open. */
+    struct bufferevent *bev = evhtp_connection_get_bev(c->ec);
+    if (bev && !(req->flags & EVHTP_REQ_FLAG_KEEPALIVE)) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+    }
     evhtp_send_reply(req, (evhtp_res)c->status);
     evhtp_request_resume(req);
 }
