@@ -524,6 +524,60 @@ START_TEST(order_kept_across_retries)
 }
 END_TEST
 
+/*
+ * Deliveries to four rooms pipelined on one connection (--pipeline 4, pool of one): a 429 in
+ * the middle of a pipeline holds only its room, which is retried after Retry-After; every room's
+ * messages arrive in the order submitted, each once (the retried one twice), on the one
+ * connection, some of them in the server's same read.
+ */
+START_TEST(pipelined_rooms_keep_order_through_429)
+{
+    srv = tsrv_new(base, NULL);
+    struct tsrv_reply script[] = {{429, "Retry-After: 1\r\n", 0}};
+    tsrv_script(srv, "/v2/room/p1/", script, 1);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.pool_size = 1;
+    o.pipeline = 4;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "p0"), "warm", NULL);
+    want = 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 5000)); /* the connection shows it persists */
+    char urls[4][256];
+    for (int r = 0; r < 4; r++) {
+        char room[8];
+        snprintf(room, sizeof(room), "p%d", r);
+        snprintf(urls[r], sizeof(urls[r]), "%s", tsrv_room_url(srv, "http", "127.0.0.1", room));
+    }
+    for (int m = 0; m < 3; m++)
+        for (int r = 0; r < 4; r++) {
+            char body[16];
+            snprintf(body, sizeof(body), "%d-%d", r, m);
+            submit(urls[r], body, NULL);
+        }
+    want = 13;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 14);
+    ck_assert_uint_eq(M()->retries[FBR_RETRY_HTTP_429], 1);
+    ck_assert_uint_eq(tsrv_accepted(srv), 1);
+    int next[4] = {0}, shared_read = 0;
+    for (size_t i = 1; i < tsrv_nreqs(srv); i++) {
+        const struct tsrv_req *q = tsrv_req(srv, i);
+        int r = q->body[0] - '0', m = q->body[2] - '0';
+        ck_assert_msg(r >= 0 && r < 4, "%s", q->body);
+        if (r == 1 && m == 0 && next[1] == 1)
+            next[1] = 0; /* the 429'd message, sent again */
+        ck_assert_msg(m == next[r], "room %d: message %d where %d was due", r, m, next[r]);
+        next[r]++;
+        shared_read |= q->read_no == tsrv_req(srv, i - 1)->read_no;
+    }
+    for (int r = 0; r < 4; r++)
+        ck_assert_int_eq(next[r], 3);
+    ck_assert_msg(shared_read, "nothing was pipelined");
+}
+END_TEST
+
 START_TEST(expires_into_dead_letter)
 {
     srv = tsrv_new(base, NULL);
@@ -1750,6 +1804,7 @@ int main(void)
     tcase_add_loop_test(tc, server_closes_every_response, 0, 2);
     tcase_add_test(tc, max_pending_limit);
     tcase_add_test(tc, order_kept_across_retries);
+    tcase_add_test(tc, pipelined_rooms_keep_order_through_429);
     tcase_add_test(tc, binary_dead_letter_replay);
     tcase_add_test(tc, expires_into_dead_letter);
     tcase_add_test(tc, request_timeout_retried);
