@@ -22,8 +22,8 @@
  * flush event, made active for the loop iteration, sends each connection's pending bytes with one
  * send(): requests started in the same iteration share a connection and a system call, and their
  * responses come back in as few reads.  A call finds a connection in this order: one already
- * written to in this iteration with room, an idle one, a busy persistent one with room, a new
- * one, else it waits.  When a connection fails or closes, the call whose response was being read
+ * written to in this iteration with room, an idle one, a new one while the pool has room, a busy
+ * persistent one with room, else it waits.  When a connection fails or closes, the call whose response was being read
  * gets the failure as without pipelining; the calls behind it have seen no response byte and are
  * sent again on another connection, once (the requeue rule below), then failed.  With the default
  * of 1 nothing is pipelined (each connection carries one request at a time) and the corked send
@@ -311,14 +311,19 @@ static void room_update(struct upstream_conn *conn)
 }
 
 /* Where a call starting now goes: a connection with room already written to in this iteration
- * (its send is shared), else an idle one, else a busy one with room; NULL: open one or wait. */
+ * (its send is shared), else an idle one, else (the pool full) a busy one with room; NULL: open
+ * one or wait. */
 static struct upstream_conn *pick_conn(struct pool *pool)
 {
     struct upstream_conn *room = TAILQ_FIRST(&pool->room);
     if (room && room->corked)
         return room;
     struct upstream_conn *idle = TAILQ_FIRST(&pool->idle);
-    return idle ? idle : room;
+    if (idle)
+        return idle;
+    /* a new connection while the pool has room, rather than a wait behind another answer (a
+     * slow one would hold every request pipelined behind it) */
+    return pool->nconns < pool->client->opts.pool_size ? NULL : room;
 }
 
 /* conn is about to close: every call still in flight on it has seen no response byte and goes

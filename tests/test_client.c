@@ -667,6 +667,39 @@ START_TEST(pipelined_calls_sent_again_once)
 }
 END_TEST
 
+/* With room in the pool a request opens a connection rather than wait behind an answer still
+ * awaited: the first request stalls at the server, the next one (a later loop iteration) goes
+ * out on a second connection and is answered while the first still waits. */
+static int two_reqs(void)
+{
+    return tsrv_nreqs(srv) >= 2;
+}
+START_TEST(new_connection_before_waiting_behind_an_answer)
+{
+    srv = tsrv_new(base, NULL);
+    const struct tsrv_reply script[] = {{204, NULL, 0, 0, NULL, 0}, {0, NULL, 0, 0, NULL, 0}};
+    tsrv_script(srv, "/v2/room/s", script, 2);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_client *c = client_new_pipe(2, 4, 5000);
+    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "s");
+    warm_up(c, url);
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    pipe_n = 0;
+    pipe_want = 1;
+    pipe_status[0] = pipe_status[1] = -1;
+    ck_assert_int_eq(fbr_client_request(c, &req, pipe_cb, (void *)(intptr_t)0), FBR_OK);
+    ck_assert(tsrv_run_until(base, two_reqs, 5000)); /* the server holds it, unanswered */
+    ck_assert_int_eq(fbr_client_request(c, &req, pipe_cb, (void *)(intptr_t)1), FBR_OK);
+    ck_assert(tsrv_run_until(base, pipe_done, 5000));
+    ck_assert_int_eq(pipe_order[0], 1);
+    ck_assert_msg(pipe_status[1] == 204, "%d %s", pipe_status[1], pipe_reason[1]);
+    ck_assert_int_eq(pipe_status[0], -1); /* still waiting */
+    ck_assert_uint_eq(tsrv_accepted(srv), 2);
+    fbr_client_free(&c); /* drops the stalled call without calling it */
+    ck_assert_int_eq(pipe_n, 1);
+}
+END_TEST
+
 /* The head of a pipeline never answered: it times out, and the request pipelined behind it,
  * never read by the server, is sent again on a new connection and answered. */
 START_TEST(pipelined_behind_a_timeout_sent_again)
@@ -1430,6 +1463,7 @@ int main(void)
     tcase_add_test(tc, pipelined_requests_share_a_send);
     tcase_add_test(tc, pipelined_calls_sent_again_once);
     tcase_add_test(tc, pipelined_behind_a_timeout_sent_again);
+    tcase_add_test(tc, new_connection_before_waiting_behind_an_answer);
     tcase_add_test(tc, pipelined_early_answer_stops_using_the_body);
     tcase_add_test(tc, pipelined_answers_split_anywhere);
     tcase_add_test(tc, pipelined_http10_and_close_delimited);
