@@ -5,7 +5,8 @@
 # on the machine cannot blur), and perf's task-clock per delivery while perf is attached.  Used for the before/after of each lever in bench/README.md.
 #
 # usage: bench/daemon_ab.sh BIN_A BIN_B [ROUNDS [BUILD_DIR]]   (ROUNDS 3, BUILD_DIR build)
-# Env: SECONDS_RUN (3), CONNS (32), RATE (0: closed loop).  Needs perf (Debian: linux-perf) and
+# Env: SECONDS_RUN (3), CONNS (32), RATE (0: closed loop), A_FLAGS and B_FLAGS (extra daemon
+# flags for each side, e.g. B_FLAGS="--pipeline 8" with the same binary twice).  Needs perf (Debian: linux-perf) and
 # permission to trace (root, or kernel.perf_event_paranoid <= -1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,13 @@ trap 'rm -rf "$tmp"' EXIT
 # shellcheck source=bench/seed_daemon.sh
 . bench/seed_daemon.sh
 SEED_PREFIX=()
-one() { # BIN -> one line of figures
-  local bin=$1 port fb_pid fb_port perf_pid cpu d
+one() { # BIN FLAGS -> one line of figures
+  local bin=$1 flags=$2 port fb_pid fb_port perf_pid cpu d
   port=$(free_port)
-  seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp"
+  # shellcheck disable=SC2086
+  seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp" $flags
   local ev=(-e task-clock)
-  for s in epoll_ctl epoll_wait writev readv write read ioctl; do
+  for s in epoll_ctl epoll_wait writev readv write read ioctl sendto; do
     ev+=(-e "syscalls:sys_enter_$s")
   done
   perf stat -x, "${ev[@]}" -p "$fb_pid" -o "$tmp/stat" 2>/dev/null &
@@ -37,7 +39,7 @@ one() { # BIN -> one line of figures
   kill "$fb_pid"
   wait "$fb_pid" 2>/dev/null || true
   d=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["delivered"])' "$tmp/lg.json")
-  printf '%s: delivered %s, cpu %s us/delivery; per delivery:' "$bin" "$d" \
+  printf '%s%s: delivered %s, cpu %s us/delivery; per delivery:' "$bin" "${flags:+ $flags}" "$d" \
     "$(awk -v c="$cpu" -v d="$d" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / d}')"
   awk -F, -v d="$d" '/task-clock/ {printf " task-clock %.1f us", $1 * 1000 / d}
                      /syscalls/ {split($3, a, "sys_enter_"); printf " %s %.2f", a[2], $1 / d}
@@ -45,6 +47,6 @@ one() { # BIN -> one line of figures
 }
 echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$rounds"); do
-  one "$a"
-  one "$b"
+  one "$a" "${A_FLAGS:-}"
+  one "$b" "${B_FLAGS:-}"
 done
