@@ -205,7 +205,9 @@ if [ "${SKIP_HALF:-0}" != 1 ]; then
   echo "RESULT half nginx_rate=$ng_half nginx_intake_p99_ms=$(jnum "$tmp/nginx-half.json" intake.p99_ms)" \
        "nginx_e2e_p99_ms=$(jnum "$tmp/nginx-half.json" end_to_end.p99_ms)" \
        "firebridge_rate=$fb_half fb_intake_p99_ms=$(jnum "$tmp/fb-half.json" intake.p99_ms)" \
-       "fb_e2e_p99_ms=$(jnum "$tmp/fb-half.json" end_to_end.p99_ms)"
+       "fb_e2e_p99_ms=$(jnum "$tmp/fb-half.json" end_to_end.p99_ms)" \
+       "nginx_send_lag_p99_ms=$(jnum "$tmp/nginx-half.json" send_lag.p99_ms)" \
+       "fb_send_lag_p99_ms=$(jnum "$tmp/fb-half.json" send_lag.p99_ms)"
 fi
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
 echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \

@@ -46,4 +46,4 @@ echo "== top $top symbols:"
 report dso,symbol "$top"
 echo "== system calls, share of the daemon's samples with what the kernel does under them:"
 perf report -i "$tmp/perf.data" --children --stdio --sort symbol -g none 2>/dev/null \
-  | grep -E '^ +[0-9.]+%.*\] __x64_sys_' | head -n 8 | awk '{print "    " $1 "  " $4}' || true
+  | grep -E '^ +[0-9.]+%.*\] (__x64_sys_|ksys_read)' | head -n 8 | awk '{print "    " $1 "  " $4}' || true

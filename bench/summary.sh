@@ -214,9 +214,16 @@ def compare():
     kv = lambda line: dict(x.split("=", 1) for x in line.split()[2:])
     mx = kv(one(r"^RESULT max .*$")[0])
     s = (f"closed loop, best of the rounds: nginx `proxy_pass` {n(mx['nginx_per_s'])} "
-         f"notifications/s, firebridge {n(mx['firebridge_per_s'])}: **{mx['ratio']}**; CPU per "
+         f"notifications/s, firebridge `--pipeline {mx.get('pipeline', '1')}` "
+         f"{n(mx['firebridge_per_s'])}: **{mx['ratio']}**; CPU per "
          f"notification nginx {mx['nginx_cpu_us']} us, firebridge {mx['firebridge_cpu_us']} us "
-         f"({mx['cpu_ratio']}); the loadgen's own ceiling {n(mx['direct_per_s'])}/s")
+         f"({mx['cpu_ratio']})")
+    d = re.search(r"^RESULT default .*$", text, re.M)
+    if d:
+        d = kv(d[0])
+        s += (f"; firebridge with the default `--pipeline 1` {n(d['firebridge_pipeline1_per_s'])}"
+              f"/s (**{d['ratio']}**), {d['cpu_us']} us per notification")
+    s += f"; the loadgen's own ceiling {n(mx['direct_per_s'])}/s"
     h = re.search(r"^RESULT half .*$", text, re.M)
     if h:
         h = kv(h[0])
@@ -225,6 +232,9 @@ def compare():
         s += (f"; half of each maximum, open loop: intake p99 nginx {ms(ni)} ms at "
               f"{n(h['nginx_rate'])}/s, firebridge {ms(fi)} ms at {n(h['firebridge_rate'])}/s "
               f"({r(fi, ni)}), end-to-end p99 {ms(ne)} / {ms(fe)} ms ({r(fe, ne)})")
+        if "fb_send_lag_p99_ms" in h:
+            s += (f", of which the loadgen's own send lag p99 {ms(h['nginx_send_lag_p99_ms'])} / "
+                  f"{ms(h['fb_send_lag_p99_ms'])} ms")
     return s + (f"; firebridge peak RSS {n(mx['firebridge_peak_rss_kb'])} kB; lost "
                 f"{mx['lost']}")
 
