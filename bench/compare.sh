@@ -19,7 +19,8 @@
 #      (1000), POOL (firebridge --pool-size and nginx upstream keepalive, 32), ROUNDS (1: the
 #      maximum runs alternate ROUNDS times and each side keeps its best), FB_FLAGS (extra daemon
 #      flags for both firebridge daemons, e.g. "--fsync off"), PIPELINE (8: (b)'s --pipeline),
-#      SKIP_DEFAULT=1 (no (c)), SKIP_HALF=1, PIN=1 (the servers on CPU 0, the loadgen on CPU 1:
+#      SKIP_DEFAULT=1 (no (c)), HALF_ROUNDS (3: alternating half-load rounds, each p99 the median
+#      over them), SKIP_HALF=1, PIN=1 (the servers on CPU 0, the loadgen on CPU 1:
 #      whether the loadgen, which is both the sender and the sink, is the ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ lg=$build/tools/loadgen/firebridge-loadgen
 conns=${CONNS:-32}
 secs_max=${SECONDS_MAX:-5}
 secs_half=${SECONDS_HALF:-5}
+half_rounds=${HALF_ROUNDS:-3}
 warmup=${WARMUP:-1}
 rooms=${ROOMS:-1000}
 pool=${POOL:-32}
@@ -199,15 +201,23 @@ fi
 if [ "${SKIP_HALF:-0}" != 1 ]; then
   ng_half=$(awk -v a="$ng_max" 'BEGIN {printf "%.0f", a / 2}')
   fb_half=$(awk -v a="$fb_max" 'BEGIN {printf "%.0f", a / 2}')
-  echo "== half of each one's maximum, open loop, ${secs_half} s: nginx at $ng_half/s, firebridge at $fb_half/s"
-  run nginx-half "$ng_port" "$secs_half" "$ng_worker" --format notification --rate "$ng_half/s"
-  run fb-half "$fb_port" "$secs_half" "$fb_pid" --scenario seed --rate "$fb_half/s" --pid "$fb_pid"
-  echo "RESULT half nginx_rate=$ng_half nginx_intake_p99_ms=$(jnum "$tmp/nginx-half.json" intake.p99_ms)" \
-       "nginx_e2e_p99_ms=$(jnum "$tmp/nginx-half.json" end_to_end.p99_ms)" \
-       "firebridge_rate=$fb_half fb_intake_p99_ms=$(jnum "$tmp/fb-half.json" intake.p99_ms)" \
-       "fb_e2e_p99_ms=$(jnum "$tmp/fb-half.json" end_to_end.p99_ms)" \
-       "nginx_send_lag_p99_ms=$(jnum "$tmp/nginx-half.json" send_lag.p99_ms)" \
-       "fb_send_lag_p99_ms=$(jnum "$tmp/fb-half.json" send_lag.p99_ms)"
+  echo "== half of each one's maximum, open loop, ${secs_half} s, $half_rounds round(s): nginx at $ng_half/s, firebridge at $fb_half/s"
+  # HALF_ROUNDS alternating rounds; each figure is the median over them (one stall of the shared
+  # machine, or of the loadgen, which is near its own limit in open loop here, spoils one round)
+  for r in $(seq "$half_rounds"); do
+    run "nginx-half-$r" "$ng_port" "$secs_half" "$ng_worker" --format notification --rate "$ng_half/s"
+    run "fb-half-$r" "$fb_port" "$secs_half" "$fb_pid" --scenario seed --rate "$fb_half/s" --pid "$fb_pid"
+  done
+  med() { # SIDE KEY -> the median of KEY over SIDE's half-load rounds
+    for f in "$tmp/$1"-half-*.json; do jnum "$f" "$2"; done | sort -g |
+      awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+  }
+  echo "RESULT half nginx_rate=$ng_half nginx_intake_p99_ms=$(med nginx intake.p99_ms)" \
+       "nginx_e2e_p99_ms=$(med nginx end_to_end.p99_ms)" \
+       "firebridge_rate=$fb_half fb_intake_p99_ms=$(med fb intake.p99_ms)" \
+       "fb_e2e_p99_ms=$(med fb end_to_end.p99_ms)" \
+       "nginx_send_lag_p99_ms=$(med nginx send_lag.p99_ms)" \
+       "fb_send_lag_p99_ms=$(med fb send_lag.p99_ms) rounds=$half_rounds"
 fi
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
 echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \

@@ -72,7 +72,7 @@ short[healthz]="ROUNDS=1 WRK_SECONDS=1 bench/healthz.sh $fb $build/bench/hello_e
 full[e2e]="bench/e2e.sh $fb $build/contrib/hipchat-server"
 short[e2e]="WRK_SECONDS=3 QUEUED=5000 bench/e2e.sh $fb $build/contrib/hipchat-server"
 full[compare]="PIN=1 ROUNDS=3 bench/compare.sh $build"
-short[compare]="PIN=1 ROUNDS=1 SECONDS_MAX=1 SECONDS_HALF=1 WARMUP=0.5 bench/compare.sh $build"
+short[compare]="PIN=1 ROUNDS=1 HALF_ROUNDS=1 SECONDS_MAX=1 SECONDS_HALF=1 WARMUP=0.5 bench/compare.sh $build"
 full[journal]="PIN=1 ROUNDS=3 RECOVERY_ROUNDS=3 bench/journal.sh $fb $lg"
 short[journal]="PIN=1 ROUNDS=1 SECONDS_RUN=1 PENDING=5000 PENDING_SECONDS=10 RECOVERY_ROUNDS=1"
 short[journal]+=" DELIVERED=20000 DELIVERED_SECONDS=20 bench/journal.sh $fb $lg"
@@ -229,7 +229,8 @@ def compare():
         h = kv(h[0])
         ni, fi = h["nginx_intake_p99_ms"], h["fb_intake_p99_ms"]
         ne, fe = h["nginx_e2e_p99_ms"], h["fb_e2e_p99_ms"]
-        s += (f"; half of each maximum, open loop: intake p99 nginx {ms(ni)} ms at "
+        s += (f"; half of each maximum, open loop, median of {h.get('rounds', '1')} rounds: "
+              f"intake p99 nginx {ms(ni)} ms at "
               f"{n(h['nginx_rate'])}/s, firebridge {ms(fi)} ms at {n(h['firebridge_rate'])}/s "
               f"({r(fi, ni)}), end-to-end p99 {ms(ne)} / {ms(fe)} ms ({r(fe, ne)})")
         if "fb_send_lag_p99_ms" in h:
