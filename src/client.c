@@ -23,11 +23,12 @@
  * send(): requests started in the same iteration share a connection and a system call, and their
  * responses come back in as few reads.  A call finds a connection in this order: one already
  * written to in this iteration with room, an idle one, a new one while the pool has room, a busy
- * persistent one with room, else it waits.  When a connection fails or closes, the call whose response was being read
- * gets the failure as without pipelining; the calls behind it have seen no response byte and are
- * sent again on another connection, once (the requeue rule below), then failed.  With the default
- * of 1 nothing is pipelined (each connection carries one request at a time) and the corked send
- * costs nothing more: the one send() moves to the end of the iteration's callbacks.
+ * persistent one with room, else it waits.  When a connection fails or closes, the call whose
+ * response was being read gets the failure as without pipelining; the calls behind it have seen
+ * no response byte and are sent again on another connection, once (the requeue rule below), then
+ * failed.  With the default of 1 nothing is pipelined (each connection carries one request at a
+ * time) and the corked send costs nothing more: the one send() moves to the end of the
+ * iteration's callbacks.
  */
 #include "firebridge/client.h"
 
@@ -114,7 +115,6 @@ struct upstream_conn {
     char *pend;                       /* requests not yet sent (plain TCP), flushed by flush_cb */
     size_t pend_len, pend_cap;
     uint64_t queued;                  /* request bytes ever put in pend or the output */
-    unsigned nrequests;
     /* response parser */
     enum parse_state ps;
     uint64_t remaining;
@@ -155,8 +155,6 @@ struct fbr_client {
     struct fbr_strmap pools;
     TAILQ_HEAD(, call) calls;
     struct fbr_client_stats stats;
-    char *wbuf; /* a request's head and small body are built here, then sent or queued */
-    size_t wcap;
     TAILQ_HEAD(, upstream_conn) corked; /* connections with pending bytes this iteration */
     struct event *flush;                /* made active when the first one is corked */
 };
@@ -404,9 +402,33 @@ static char *put(char *p, const void *src, size_t n)
     return p + n;
 }
 
-/* The client keeps a request buffer this large between requests (a longer request frees it);
- * so does a connection its pending bytes. */
-#define WBUF_KEEP 65536
+/* A connection keeps a request buffer (pend) this large between requests; a longer request's
+ * is freed once it is sent or queued. */
+#define PEND_KEEP 65536
+
+/* Room for n more bytes at the end of conn's pending bytes; returns where they go. */
+static char *pend_reserve(struct upstream_conn *conn, size_t n)
+{
+    if (conn->pend_len + n > conn->pend_cap) {
+        size_t cap = conn->pend_cap ? conn->pend_cap * 2 : 1024;
+        while (cap < conn->pend_len + n)
+            cap *= 2;
+        conn->pend = fbr_xrealloc(conn->pend, cap);
+        conn->pend_cap = cap;
+    }
+    return conn->pend + conn->pend_len;
+}
+
+/* conn's pending bytes are gone (sent or queued in the output): a large buffer is not kept. */
+static void pend_clear(struct upstream_conn *conn)
+{
+    conn->pend_len = 0;
+    if (conn->pend_cap > PEND_KEEP) {
+        free(conn->pend);
+        conn->pend = NULL;
+        conn->pend_cap = 0;
+    }
+}
 
 /* conn's pending requests to its socket with one send(); what the kernel does not take, or
  * everything when the bufferevent still has output of its own, goes to the bufferevent, and so
@@ -432,12 +454,7 @@ static void send_pending(struct upstream_conn *conn)
     }
     if (sent < conn->pend_len)
         evbuffer_add(out, conn->pend + sent, conn->pend_len - sent);
-    conn->pend_len = 0;
-    if (conn->pend_cap > WBUF_KEEP) {
-        free(conn->pend);
-        conn->pend = NULL;
-        conn->pend_cap = 0;
-    }
+    pend_clear(conn);
 }
 
 /* The client's flush event: every connection written to in this loop iteration sends. */
@@ -483,25 +500,9 @@ static void write_request(struct upstream_conn *conn, struct call *call)
      * pending.
      */
     int cork = !conn->pool->tls && copy;
-    char *buf;
-    if (cork) {
-        if (conn->pend_len + total > conn->pend_cap) {
-            size_t cap = conn->pend_cap ? conn->pend_cap * 2 : 1024;
-            while (cap < conn->pend_len + total)
-                cap *= 2;
-            conn->pend = fbr_xrealloc(conn->pend, cap);
-            conn->pend_cap = cap;
-        }
-        buf = conn->pend + conn->pend_len;
-    } else {
-        send_pending(conn);
-        if (total > client->wcap) {
-            client->wbuf = fbr_xrealloc(client->wbuf, total);
-            client->wcap = total;
-        }
-        buf = client->wbuf;
-    }
-    char *p = buf;
+    if (!cork)
+        send_pending(conn); /* what is pending goes first; pend is then empty */
+    char *buf = pend_reserve(conn, total), *p = buf;
     p = put(p, call->req.method, mlen);
     p = put(p, " /", 1 + (size_t)slash);
     p = put(p, call->path, call->path_len);
@@ -532,11 +533,7 @@ static void write_request(struct upstream_conn *conn, struct call *call)
             if (call->req.body[i].iov_len)
                 evbuffer_add_reference(out, call->req.body[i].iov_base,
                                        call->req.body[i].iov_len, noop_cleanup, NULL);
-        if (client->wcap > WBUF_KEEP) {
-            free(client->wbuf);
-            client->wbuf = NULL;
-            client->wcap = 0;
-        }
+        pend_clear(conn);
     }
     conn->queued += total + (copy ? 0 : body_len);
     call->req_end = conn->queued;
@@ -544,7 +541,6 @@ static void write_request(struct upstream_conn *conn, struct call *call)
         parser_reset(conn);
     else
         client->stats.pipelined++;
-    conn->nrequests++;
     arm_timer(call, client->opts.request_timeout_ms);
 }
 
@@ -1608,7 +1604,6 @@ void fbr_client_free(struct fbr_client **cp)
     fbr_strmap_clear(&c->pools);
     SSL_CTX_free(c->ssl_ctx);
     event_free(c->flush);
-    free(c->wbuf);
     free(c);
     *cp = NULL;
 }

@@ -106,6 +106,8 @@ static void on_delay(evutil_socket_t fd, short what, void *arg)
     evhtp_request_resume(req);
 }
 
+static void sink_conn_free(struct sink_conn *c);
+
 /*
  * An immediate reply written to the socket from the loop, once libevhtp's parser has returned,
  * instead of by the bufferevent's write event in the next iteration: that event went on with the
@@ -114,10 +116,7 @@ static void on_delay(evutil_socket_t fd, short what, void *arg)
  * write callback runs as the bufferevent would run it (it ends the request; c may be freed).
  * What the kernel does not take goes out through the bufferevent as before.  The daemon does
  * the same for its deferred replies (server.c, reply_now).
- */
-static void sink_conn_free(struct sink_conn *c);
-
-/*
+ *
  * Pipelined requests (a client with several requests in flight on the connection, as the daemon
  * with --pipeline): libevhtp 1.2.18 parses one request per read callback and never returns to
  * the rest of the input by itself (server.c, enter()).  While the request just answered keeps
