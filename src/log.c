@@ -432,6 +432,11 @@ static ssize_t lib_write(void *cookie, const char *data, size_t n)
     return (ssize_t)n;
 }
 
+FILE *fbr_log_stream(void)
+{
+    return g_out ? g_out : stderr;
+}
+
 int fbr_log_capture_stderr(void)
 {
     if (g_out)

@@ -8,6 +8,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 
 /* X(NAME, spelling in flags and log lines) */
 #define FBR_LOG_LEVEL_MAP(X) X(ERROR, "error") X(WARN, "warn") X(INFO, "info") X(DEBUG, "debug")
@@ -62,6 +63,10 @@ void fbr_logv(enum fbr_log_level level, const char *id, const char *action, cons
  * nothing.  Returns 0 or -1 (nothing changed).
  */
 int fbr_log_capture_stderr(void);
+
+/* Borrowed: the stream firebridge's own lines go to (the original stderr once it is captured),
+ * for programs that print lines of their own next to the log (the load generator). */
+FILE *fbr_log_stream(void);
 
 /*
  * Copies `url` (len bytes) into `out` (at most outlen-1 bytes, always terminated) with every

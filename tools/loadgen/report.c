@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "firebridge/log.h"
 #include "loadgen.h"
 
 static const char *const scenario_names[] = {
@@ -89,7 +90,7 @@ void lg_report_progress(struct lg *lg)
     if (lg->queue_depth >= 0)
         snprintf(queue, sizeof(queue), "%lld", lg->queue_depth);
     if (!lg->o.quiet)
-        fprintf(stderr,
+        fprintf(fbr_log_stream(),
                 "%6.1fs%s sent/s %8.0f  2xx/s %8.0f  delivered/s %8.0f  intake p99 %8.3f ms"
                 "  queue %s  undelivered %" PRIu64 "\n",
                 (double)(now - lg->start_ns) / 1e9, now < lg->measure_ns ? " (warm-up)" : "",
@@ -135,7 +136,7 @@ void lg_report_final(struct lg *lg, uint64_t lost)
     double intake_rate = (double)lg->answered_window / secs;
     double delivered_rate = (double)lg->delivered_window / secs;
     const struct lg_track *t = &lg->track;
-    FILE *out = o->json ? stderr : stdout;
+    FILE *out = o->json ? fbr_log_stream() : stdout;
     fprintf(out,
             "firebridge-loadgen: %s, %s, %.1f s measured after %.1f s warm-up, %" PRIu32
             " connections, %" PRIu32 " rooms\n",

@@ -25,6 +25,7 @@
 
 #include "firebridge/common.h"
 #include "firebridge/rawread.h"
+#include "firebridge/log.h"
 #include "loadgen.h"
 
 #define LG_HEAD_MAX 16384
@@ -437,7 +438,7 @@ static int resolve(struct lg_sender *s)
     snprintf(port, sizeof(port), "%d", s->lg->o.port);
     int rc = getaddrinfo(s->lg->o.host, port, &hints, &res);
     if (rc != 0) {
-        fprintf(stderr, "firebridge-loadgen: resolving target %s: %s\n", s->lg->o.host,
+        fprintf(fbr_log_stream(), "firebridge-loadgen: resolving target %s: %s\n", s->lg->o.host,
                 gai_strerror(rc));
         return -1;
     }

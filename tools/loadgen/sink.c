@@ -16,6 +16,7 @@
 
 #include "firebridge/common.h"
 #include "firebridge/rawread.h"
+#include "firebridge/log.h"
 #include "loadgen.h"
 
 struct sink_conn;
@@ -279,7 +280,7 @@ struct lg_sink *lg_sink_new(struct lg *lg)
     evhtp_set_gencb(k->htp, on_request, k);
     evhtp_set_post_accept_cb(k->htp, on_accept, k);
     if (evhtp_bind_socket(k->htp, lg->o.sink_host, (uint16_t)lg->o.sink_port, 1024) != 0) {
-        fprintf(stderr, "firebridge-loadgen: sink: cannot listen on %s:%d\n", lg->o.sink_host,
+        fprintf(fbr_log_stream(), "firebridge-loadgen: sink: cannot listen on %s:%d\n", lg->o.sink_host,
                 lg->o.sink_port);
         evhtp_free(k->htp);
         free(k);
