@@ -217,7 +217,9 @@ if [ "${SKIP_HALF:-0}" != 1 ]; then
        "firebridge_rate=$fb_half fb_intake_p99_ms=$(med fb intake.p99_ms)" \
        "fb_e2e_p99_ms=$(med fb end_to_end.p99_ms)" \
        "nginx_send_lag_p99_ms=$(med nginx send_lag.p99_ms)" \
-       "fb_send_lag_p99_ms=$(med fb send_lag.p99_ms) rounds=$half_rounds"
+       "fb_send_lag_p99_ms=$(med fb send_lag.p99_ms)" \
+       "nginx_from_send_p99_ms=$(med nginx intake_from_send.p99_ms)" \
+       "fb_from_send_p99_ms=$(med fb intake_from_send.p99_ms) rounds=$half_rounds"
 fi
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
 echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \

@@ -236,6 +236,10 @@ def compare():
         if "fb_send_lag_p99_ms" in h:
             s += (f", of which the loadgen's own send lag p99 {ms(h['nginx_send_lag_p99_ms'])} / "
                   f"{ms(h['fb_send_lag_p99_ms'])} ms")
+        if "fb_from_send_p99_ms" in h:
+            s += (f"; intake p99 from when each request went out (the target's own share, not "
+                  f"corrected for coordinated omission) {ms(h['nginx_from_send_p99_ms'])} / "
+                  f"{ms(h['fb_from_send_p99_ms'])} ms")
     return s + (f"; firebridge peak RSS {n(mx['firebridge_peak_rss_kb'])} kB; lost "
                 f"{mx['lost']}")
 
