@@ -8,7 +8,7 @@
 #       with --pipeline PIPELINE (8): up to 8 deliveries in flight per pooled connection, those
 #       started in one loop iteration written with one send (the sink, libevhtp, answers them);
 #   (c) the same firebridge with --pipeline 1, the default: one delivery per connection at a
-#       time, as nginx proxy_pass does upstream (its maximum only, as a reference).
+#       time, as nginx proxy_pass does upstream (its maximum, and its p99 at half of that).
 # First each one's maximum, closed loop (notifications per second reaching the sink while
 # loaded), then each one at half of its own maximum, open loop (intake and end-to-end p99).
 # Prints both, their ratio (firebridge / nginx) and RESULT lines; exits non-zero when a
@@ -204,9 +204,13 @@ if [ "${SKIP_HALF:-0}" != 1 ]; then
   echo "== half of each one's maximum, open loop, ${secs_half} s, $half_rounds round(s): nginx at $ng_half/s, firebridge at $fb_half/s"
   # HALF_ROUNDS alternating rounds; each figure is the median over them (one stall of the shared
   # machine, or of the loadgen, which is near its own limit in open loop here, spoils one round)
+  [ -z "${fb1_pid:-}" ] || fb1_half=$(awk -v a="$fb1_max" 'BEGIN {printf "%.0f", a / 2}')
   for r in $(seq "$half_rounds"); do
     run "nginx-half-$r" "$ng_port" "$secs_half" "$ng_worker" --format notification --rate "$ng_half/s"
     run "fb-half-$r" "$fb_port" "$secs_half" "$fb_pid" --scenario seed --rate "$fb_half/s" --pid "$fb_pid"
+    if [ -n "${fb1_pid:-}" ]; then
+      run "fb1-half-$r" "$fb1_port" "$secs_half" "$fb1_pid" --scenario seed --rate "$fb1_half/s" --pid "$fb1_pid"
+    fi
   done
   med() { # SIDE KEY -> the median of KEY over SIDE's half-load rounds
     for f in "$tmp/$1"-half-*.json; do jnum "$f" "$2"; done | sort -g |
@@ -217,7 +221,14 @@ if [ "${SKIP_HALF:-0}" != 1 ]; then
        "firebridge_rate=$fb_half fb_intake_p99_ms=$(med fb intake.p99_ms)" \
        "fb_e2e_p99_ms=$(med fb end_to_end.p99_ms)" \
        "nginx_send_lag_p99_ms=$(med nginx send_lag.p99_ms)" \
-       "fb_send_lag_p99_ms=$(med fb send_lag.p99_ms) rounds=$half_rounds"
+       "fb_send_lag_p99_ms=$(med fb send_lag.p99_ms)" \
+       "nginx_from_send_p99_ms=$(med nginx intake_from_send.p99_ms)" \
+       "fb_from_send_p99_ms=$(med fb intake_from_send.p99_ms) rounds=$half_rounds"
+  if [ -n "${fb1_pid:-}" ]; then
+    echo "RESULT half_default firebridge_rate=$fb1_half fb_intake_p99_ms=$(med fb1 intake.p99_ms)" \
+         "fb_e2e_p99_ms=$(med fb1 end_to_end.p99_ms) fb_send_lag_p99_ms=$(med fb1 send_lag.p99_ms)" \
+         "fb_from_send_p99_ms=$(med fb1 intake_from_send.p99_ms)"
+  fi
 fi
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$fb_pid/status")
 echo "RESULT max direct_per_s=$(printf %.0f "$direct_max") nginx_per_s=$(printf %.0f "$ng_max")" \

@@ -236,6 +236,17 @@ def compare():
         if "fb_send_lag_p99_ms" in h:
             s += (f", of which the loadgen's own send lag p99 {ms(h['nginx_send_lag_p99_ms'])} / "
                   f"{ms(h['fb_send_lag_p99_ms'])} ms")
+        if "fb_from_send_p99_ms" in h:
+            s += (f"; intake p99 from when each request went out (the target's own share, not "
+                  f"corrected for coordinated omission) {ms(h['nginx_from_send_p99_ms'])} / "
+                  f"{ms(h['fb_from_send_p99_ms'])} ms")
+    h1 = re.search(r"^RESULT half_default .*$", text, re.M)
+    if h1:
+        h1 = kv(h1[0])
+        s += (f"; the default `--pipeline 1` at half of its own maximum ({n(h1['firebridge_rate'])}"
+              f"/s): intake p99 {ms(h1['fb_intake_p99_ms'])} ms, end-to-end "
+              f"{ms(h1['fb_e2e_p99_ms'])} ms, send lag {ms(h1['fb_send_lag_p99_ms'])} ms, from "
+              f"send {ms(h1['fb_from_send_p99_ms'])} ms")
     return s + (f"; firebridge peak RSS {n(mx['firebridge_peak_rss_kb'])} kB; lost "
                 f"{mx['lost']}")
 

@@ -162,10 +162,15 @@ START_TEST(two_seconds_nothing_lost)
     /* the sender's own lateness, per alert a part of its intake latency: so at every percentile
      * no more than the intake's (the histogram's buckets keep the order) */
     ck_assert_int_eq(num(j, "send_lag", "count"), measured);
+    /* and the rest of it, from when the request went out to its answer, likewise; it is
+     * positive (an answer comes after its request) */
+    ck_assert_int_eq(num(j, "intake_from_send", "count"), measured);
+    ck_assert(real(j, "intake_from_send", "min_ms") > 0);
     const char *ps[] = {"p50_ms", "p90_ms", "p99_ms", "max_ms"};
     for (int i = 0; i < 4; i++)
-        ck_assert_msg(real(j, "send_lag", ps[i]) <= real(j, "intake", ps[i]), "%s: %s", ps[i],
-                      text);
+        ck_assert_msg(real(j, "send_lag", ps[i]) <= real(j, "intake", ps[i]) &&
+                          real(j, "intake_from_send", ps[i]) <= real(j, "intake", ps[i]),
+                      "%s: %s", ps[i], text);
     ck_assert_int_gt(num(j, "daemon_peak_rss_kb", NULL), 1000);
     ck_assert_int_eq(dutil_metric(d.port, "firebridge_deliveries_total{outcome=\"delivered\"}"),
                      sent);

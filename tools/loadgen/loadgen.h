@@ -87,6 +87,8 @@ struct lg {
     struct lg_hist intake;    /* per alert sent at or after measure_ns: answer - intended send */
     struct lg_hist send_lag;  /* the same alerts: actual send - intended send (the sender's own
                                * lateness, part of intake; 0 in closed loop) */
+    struct lg_hist from_send; /* the same alerts: answer - actual send (the target's share of
+                               * intake, not corrected for coordinated omission) */
     uint64_t next_seq;        /* alerts started */
     uint64_t answered;        /* answers received */
     uint64_t answered_window; /* answers received within [measure_ns, stop_ns) */

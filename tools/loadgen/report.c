@@ -149,8 +149,10 @@ void lg_report_final(struct lg *lg, uint64_t lost)
             "p99 ms", "p99.9 ms", "max ms");
     table_row(out, "intake", &lg->intake);
     table_row(out, "end-to-end", &t->e2e);
-    if (o->rate > 0)
+    if (o->rate > 0) {
         table_row(out, "send lag", &lg->send_lag);
+        table_row(out, "from send", &lg->from_send);
+    }
     fprintf(out, "  sent %" PRIu64 ", answered %" PRIu64 " (%.0f/s in the window):", lg->next_seq,
             lg->answered, intake_rate);
     for (int i = 0; i < LG_NSTATUS; i++)
@@ -182,6 +184,7 @@ void lg_report_final(struct lg *lg, uint64_t lost)
         "order_violations", (json_int_t)t->order_violations, "unmatched", (json_int_t)t->unknown);
     json_object_set_new(j, "backlog_max", json_integer((json_int_t)lg->backlog_max));
     json_object_set_new(j, "send_lag", percentiles(&lg->send_lag));
+    json_object_set_new(j, "intake_from_send", percentiles(&lg->from_send));
     /* the loadgen's own CPU time (sender and sink, warm-up and drain included): whether the
      * measuring tool, not the target, is the ceiling */
     struct rusage ru;

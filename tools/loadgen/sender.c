@@ -40,7 +40,7 @@ struct lg_conn {
     int connected; /* the connect completed: requests are written straight to the socket */
     int cooling; /* after a transport error: idle again when `cool` fires */
     struct event *cool;
-    uint64_t seq, intended_ns;
+    uint64_t seq, intended_ns, sent_ns;
     /* answer being parsed */
     int have_head, status, close_after;
     size_t body_left;
@@ -212,8 +212,10 @@ static void answered(struct lg_conn *c, int status, const char *body, size_t ble
     lg_track_answered(&lg->track, c->seq, status);
     if (now >= lg->measure_ns && now < lg->stop_ns)
         lg->answered_window++;
-    if (c->intended_ns >= lg->measure_ns && c->intended_ns < lg->stop_ns)
+    if (c->intended_ns >= lg->measure_ns && c->intended_ns < lg->stop_ns) {
         lg_hist_add(&lg->intake, now > c->intended_ns ? now - c->intended_ns : 0);
+        lg_hist_add(&lg->from_send, now > c->sent_ns ? now - c->sent_ns : 0);
+    }
     make_idle(c);
 }
 
@@ -377,10 +379,9 @@ static void send_one(struct lg_sender *s, struct lg_conn *c, uint64_t t)
     c->seq = seq;
     c->intended_ns = t;
     s->nbusy++;
-    if (t >= lg->measure_ns && t < lg->stop_ns) {
-        uint64_t now = lg_now_ns();
-        lg_hist_add(&lg->send_lag, now > t ? now - t : 0);
-    }
+    c->sent_ns = lg_now_ns();
+    if (t >= lg->measure_ns && t < lg->stop_ns)
+        lg_hist_add(&lg->send_lag, c->sent_ns > t ? c->sent_ns - t : 0);
     if (len == 0 || conn_send(c, req, len) != 0) {
         c->busy = 1;
         conn_fail(c);
