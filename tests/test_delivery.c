@@ -578,6 +578,55 @@ START_TEST(pipelined_rooms_keep_order_through_429)
 }
 END_TEST
 
+/*
+ * The delivery engine above the client when a server closes in the middle of a pipeline
+ * (pipelining probe, item 2): pool of one, --pipeline 4, the server's answers alternate
+ * keep-alive and "Connection: close", each close leaving the deliveries pipelined behind it
+ * unprocessed.  They are moved, not counted as sent: every delivery arrives exactly once, on the
+ * first attempt (no retry of any kind).  Before the fix the last one, behind two closes, had used
+ * its one resend and came back to the engine as an EOF retry.
+ */
+START_TEST(pipelined_behind_close_delivered_once)
+{
+    srv = tsrv_new(base, NULL);
+    const struct tsrv_reply script[] = {{204, NULL, 0, 0, NULL, 0},
+                                        {204, NULL, 0, 0, NULL, 1},
+                                        {204, NULL, 0, 0, NULL, 0},
+                                        {204, NULL, 0, 0, NULL, 1}};
+    tsrv_script(srv, "/v2/room/", script, 4);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.pool_size = 1;
+    o.pipeline = 4;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", "c0"), "warm", NULL);
+    want = 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 5000)); /* the connection shows it persists */
+    for (int r = 0; r < 4; r++) {
+        char room[8], body[8];
+        snprintf(room, sizeof(room), "c%d", r);
+        snprintf(body, sizeof(body), "m%d", r);
+        submit(tsrv_room_url(srv, "http", "127.0.0.1", room), body, NULL);
+    }
+    want = 5;
+    ck_assert(tsrv_run_until(base, delivered_n, 10000));
+    ck_assert_uint_eq(tsrv_nreqs(srv), 5);
+    int seen[4] = {0};
+    for (size_t i = 1; i < tsrv_nreqs(srv); i++) {
+        const char *b = tsrv_req(srv, i)->body;
+        ck_assert_msg(b[0] == 'm' && b[1] >= '0' && b[1] <= '3', "%s", b);
+        seen[b[1] - '0']++;
+    }
+    for (int r = 0; r < 4; r++)
+        ck_assert_int_eq(seen[r], 1);
+    for (int k = 0; k < FBR_RETRY_COUNT; k++)
+        ck_assert_msg(M()->retries[k] == 0, "retry %d: %llu", k,
+                      (unsigned long long)M()->retries[k]);
+    ck_assert_uint_eq(tsrv_accepted(srv), 3);
+}
+END_TEST
+
 START_TEST(expires_into_dead_letter)
 {
     srv = tsrv_new(base, NULL);
@@ -1805,6 +1854,7 @@ int main(void)
     tcase_add_test(tc, max_pending_limit);
     tcase_add_test(tc, order_kept_across_retries);
     tcase_add_test(tc, pipelined_rooms_keep_order_through_429);
+    tcase_add_test(tc, pipelined_behind_close_delivered_once);
     tcase_add_test(tc, binary_dead_letter_replay);
     tcase_add_test(tc, expires_into_dead_letter);
     tcase_add_test(tc, request_timeout_retried);
