@@ -524,6 +524,20 @@ START_TEST(order_kept_across_retries)
 }
 END_TEST
 
+/* An engine with a pool of one connection and --pipeline 4 to srv, which has shown it persists
+ * (one delivery to room "<room>" answered). */
+static void start_pipelined_warm(const char *room)
+{
+    struct fbr_delivery_opts o;
+    opts_fast(&o);
+    o.pool_size = 1;
+    o.pipeline = 4;
+    start(&o);
+    submit(tsrv_room_url(srv, "http", "127.0.0.1", room), "warm", NULL);
+    want = 1;
+    ck_assert(tsrv_run_until(base, delivered_n, 5000));
+}
+
 /*
  * Deliveries to four rooms pipelined on one connection (--pipeline 4, pool of one): a 429 in
  * the middle of a pipeline holds only its room, which is retried after Retry-After; every room's
@@ -536,14 +550,7 @@ START_TEST(pipelined_rooms_keep_order_through_429)
     struct tsrv_reply script[] = {{429, "Retry-After: 1\r\n", 0}};
     tsrv_script(srv, "/v2/room/p1/", script, 1);
     tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
-    struct fbr_delivery_opts o;
-    opts_fast(&o);
-    o.pool_size = 1;
-    o.pipeline = 4;
-    start(&o);
-    submit(tsrv_room_url(srv, "http", "127.0.0.1", "p0"), "warm", NULL);
-    want = 1;
-    ck_assert(tsrv_run_until(base, delivered_n, 5000)); /* the connection shows it persists */
+    start_pipelined_warm("p0");
     char urls[4][256];
     for (int r = 0; r < 4; r++) {
         char room[8];
@@ -595,14 +602,7 @@ START_TEST(pipelined_behind_close_delivered_once)
                                         {204, NULL, 0, 0, NULL, 1}};
     tsrv_script(srv, "/v2/room/", script, 4);
     tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
-    struct fbr_delivery_opts o;
-    opts_fast(&o);
-    o.pool_size = 1;
-    o.pipeline = 4;
-    start(&o);
-    submit(tsrv_room_url(srv, "http", "127.0.0.1", "c0"), "warm", NULL);
-    want = 1;
-    ck_assert(tsrv_run_until(base, delivered_n, 5000)); /* the connection shows it persists */
+    start_pipelined_warm("c0");
     for (int r = 0; r < 4; r++) {
         char room[8], body[8];
         snprintf(room, sizeof(room), "c%d", r);
