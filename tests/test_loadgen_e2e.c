@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -395,6 +398,198 @@ START_TEST(deliveries_going_nowhere_are_lost)
 }
 END_TEST
 
+/* ---- hostile targets: a forked child answering the loadgen's requests badly ---- */
+
+enum target_mode {
+    TARGET_CONTINUE,  /* "100 Continue", then the 200 */
+    TARGET_NO_LENGTH, /* HTTP/1.0 200 without Content-Length: the body ends with the close */
+    TARGET_HUGE_BODY, /* a 200 announcing 1 TB of body, then 1 GB of it as fast as it goes */
+    TARGET_SILENT,    /* reads the requests, never answers */
+};
+
+/* Reads one request (head and Content-Length body) from fd; 0, or -1 at EOF or error. */
+static int read_request(int fd)
+{
+    static char buf[8192];
+    size_t n = 0;
+    char *end = NULL;
+    while (!end) {
+        ssize_t k = recv(fd, buf + n, sizeof(buf) - 1 - n, 0);
+        if (k <= 0)
+            return -1;
+        n += (size_t)k;
+        buf[n] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    const char *cl = strstr(buf, "Content-Length: ");
+    size_t want = (size_t)(end + 4 - buf) + (cl ? (size_t)atol(cl + 16) : 0);
+    while (n < want) {
+        ssize_t k = recv(fd, buf, sizeof(buf), 0);
+        if (k <= 0)
+            return -1;
+        n += (size_t)k;
+    }
+    return 0;
+}
+
+static void target_serve(int fd, enum target_mode mode)
+{
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    static char chunk[1 << 16];
+    while (read_request(fd) == 0) {
+        switch (mode) {
+        case TARGET_CONTINUE:
+            if (dutil_send_all(fd, "HTTP/1.1 100 Continue\r\n\r\n", 25) != 0 ||
+                dutil_send_all(fd, ok, sizeof(ok) - 1) != 0)
+                return;
+            break;
+        case TARGET_NO_LENGTH:
+            dutil_send_all(fd, "HTTP/1.0 200 OK\r\n\r\naccepted", 27);
+            return;
+        case TARGET_HUGE_BODY: {
+            static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n";
+            if (dutil_send_all(fd, head, sizeof(head) - 1) != 0)
+                return;
+            memset(chunk, 'x', sizeof(chunk));
+            for (int i = 0; i < (1 << 14); i++)
+                if (dutil_send_all(fd, chunk, sizeof(chunk)) != 0)
+                    return;
+            pause();
+            return;
+        }
+        case TARGET_SILENT:
+            break;
+        }
+    }
+}
+
+/* Forks a target listening on a loopback port (*port); returns its pid (SIGKILL it). */
+static pid_t target_start(enum target_mode mode, int *port)
+{
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(ls, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(ls, 64), 0);
+    socklen_t l = sizeof(a);
+    ck_assert_int_eq(getsockname(ls, (struct sockaddr *)&a, &l), 0);
+    *port = ntohs(a.sin_port);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (;;) {
+            int fd = accept(ls, NULL, NULL);
+            if (fd < 0)
+                _exit(0);
+            target_serve(fd, mode);
+            close(fd);
+        }
+    }
+    close(ls);
+    return pid;
+}
+
+/* Runs the loadgen (send only, 20 alerts/s, one connection) against 127.0.0.1:port for secs
+ * seconds and drain; returns its wait status (asserted to end within limit_ms) and its report. */
+static json_t *run_against(int port, const char *secs, const char *drain, int limit_ms,
+                           int *status)
+{
+    char dir[64], target[32], out[128], err[128];
+    dutil_tmpdir(dir, sizeof(dir), "fbr-lgt");
+    snprintf(target, sizeof(target), "127.0.0.1:%d", port);
+    snprintf(out, sizeof(out), "%s/out", dir);
+    snprintf(err, sizeof(err), "%s/err", dir);
+    const char *argv[] = {getenv("FBR_LOADGEN"), "--target", target, "--no-sink", "--no-metrics",
+                          "--rate", "20/s", "--duration", secs, "--warmup", "0", "--drain",
+                          drain, "--connections", "1", "--quiet", "--json", NULL};
+    ck_assert_msg(argv[0] != NULL, "FBR_LOADGEN not set (run through meson test)");
+    pid_t p = dutil_spawn(argv, out, err, 1);
+    *status = dutil_wait_exit(&p, limit_ms * dutil_slow(), NULL);
+    if (*status == -1)
+        dutil_stop(&p, 1000, NULL);
+    ck_assert_msg(*status != -1, "loadgen still running after %d ms; stderr: %s", limit_ms,
+                  dutil_slurp(err, NULL));
+    char *text = dutil_slurp(out, NULL);
+    json_t *j = json_loads(text, 0, NULL);
+    ck_assert_msg(j != NULL, "report is not JSON: '%s'; stderr: %s", text, dutil_slurp(err, NULL));
+    free(text);
+    dutil_rm_rf(dir);
+    return j;
+}
+
+/*
+ * A target answering "100 Continue" before each 200, and one answering HTTP/1.0 200 without a
+ * Content-Length (the body ends with the close): every alert counts as 2xx, none as an error.
+ */
+START_TEST(sender_interim_and_unframed_answers)
+{
+    enum target_mode modes[] = {TARGET_CONTINUE, TARGET_NO_LENGTH};
+    for (size_t i = 0; i < 2; i++) {
+        int port, st;
+        pid_t t = target_start(modes[i], &port);
+        json_t *j = run_against(port, "1", "1", 20000, &st);
+        char *text = json_dumps(j, JSON_COMPACT);
+        long long sent = num(j, "sent", NULL);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "mode %zu: exit %d: %s", i, st, text);
+        ck_assert_msg(sent >= 10 && num(j, "status", "2xx") == sent &&
+                          num(j, "status", "error") == 0 && num(j, "unanswered", NULL) == 0,
+                      "mode %zu: %s", i, text);
+        free(text);
+        json_decref(j);
+        kill(t, SIGKILL);
+        waitpid(t, NULL, 0);
+    }
+}
+END_TEST
+
+/*
+ * A target that announces a 1 TB answer and streams 1 GB of it: the loadgen skips the body as it
+ * comes (its peak RSS stays far below what it read) and the run still ends --drain seconds after
+ * the sending, the request counted unanswered.
+ */
+START_TEST(sender_huge_answer_costs_no_memory)
+{
+    int port, st;
+    pid_t t = target_start(TARGET_HUGE_BODY, &port);
+    json_t *j = run_against(port, "2", "1", 15000, &st);
+    char *text = json_dumps(j, JSON_COMPACT);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, text);
+    ck_assert_msg(num(j, "sent", NULL) == 1 && num(j, "unanswered", NULL) == 1, "%s", text);
+    struct rusage ru;
+    ck_assert_int_eq(getrusage(RUSAGE_CHILDREN, &ru), 0);
+    ck_assert_msg(ru.ru_maxrss < 200 * 1024, "loadgen peak RSS %ld kB", ru.ru_maxrss);
+    free(text);
+    json_decref(j);
+    kill(t, SIGKILL);
+    waitpid(t, NULL, 0);
+}
+END_TEST
+
+/* A target that never answers: the run ends --drain seconds after the sending, not later, with
+ * every request unanswered (neither 2xx nor lost). */
+START_TEST(sender_silent_target_bounded)
+{
+    int port, st;
+    pid_t t = target_start(TARGET_SILENT, &port);
+    long long t0 = dutil_wall_ms();
+    json_t *j = run_against(port, "1", "1", 15000, &st);
+    long long took = dutil_wall_ms() - t0;
+    char *text = json_dumps(j, JSON_COMPACT);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, text);
+    ck_assert_msg(num(j, "sent", NULL) == 1 && num(j, "unanswered", NULL) == 1 &&
+                      num(j, "status", "2xx") == 0,
+                  "%s", text);
+    /* not a speed figure: the old wait for answers alone was 30 s */
+    ck_assert_msg(took < 12000 * dutil_slow(), "took %lld ms", took);
+    free(text);
+    json_decref(j);
+    kill(t, SIGKILL);
+    waitpid(t, NULL, 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("loadgen_e2e");
@@ -405,6 +600,9 @@ int main(void)
     tcase_add_test(tc, sink_faults_injected);
     tcase_add_test(tc, pipelined_deliveries_nothing_lost);
     tcase_add_test(tc, sink_pipelined_close_and_split);
+    tcase_add_test(tc, sender_interim_and_unframed_answers);
+    tcase_add_test(tc, sender_huge_answer_costs_no_memory);
+    tcase_add_test(tc, sender_silent_target_bounded);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

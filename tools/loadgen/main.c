@@ -2,9 +2,10 @@
  * main.c - firebridge-loadgen: flags (one table gives getopt_long its options and --help its
  * text, as the daemon's config table does), the phases of a run and the exit status.  A run:
  * the sink starts listening, the sender sends for --warmup then --duration seconds (open loop at
- * --rate, else closed loop), waits for the answers still in flight, then gives the deliveries
- * --drain seconds to arrive; an alert answered 2xx whose delivery never came is lost, and any loss
- * makes the exit status 1 (2: bad flags or set-up failure).
+ * --rate, else closed loop), then the answers still in flight and the deliveries have --drain
+ * seconds to arrive (a request never answered by then is unanswered); an alert answered 2xx whose
+ * delivery never came is lost, and any loss makes the exit status 1 (2: bad flags or set-up
+ * failure).
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -331,13 +332,14 @@ static void on_phase_tick(evutil_socket_t fd, short what, void *arg)
             return;
         lg->stopping = 1;
         r->phase = PH_ANSWERS;
-        r->phase_end_ns = now + secs_ns(30);
+        /* answers and deliveries share one deadline: a target that never answers (or never
+         * delivers) holds the run for --drain seconds after the sending, no longer */
+        r->phase_end_ns = now + secs_ns(lg->o.drain_s);
         __attribute__((fallthrough)); /* clang reads no comment for this */
     case PH_ANSWERS:
         if (lg_sender_busy(lg->sender) && now < r->phase_end_ns)
             return;
         r->phase = PH_DRAIN;
-        r->phase_end_ns = now + secs_ns(lg->o.drain_s);
         __attribute__((fallthrough));
     case PH_DRAIN:
         if (!lg->o.no_sink && now < r->phase_end_ns &&

@@ -153,8 +153,10 @@ void lg_report_final(struct lg *lg, uint64_t lost)
         table_row(out, "send lag", &lg->send_lag);
         table_row(out, "from send", &lg->from_send);
     }
-    fprintf(out, "  sent %" PRIu64 ", answered %" PRIu64 " (%.0f/s in the window):", lg->next_seq,
-            lg->answered, intake_rate);
+    fprintf(out,
+            "  sent %" PRIu64 ", answered %" PRIu64 " (%.0f/s in the window), unanswered %" PRIu64
+            ":",
+            lg->next_seq, lg->answered, intake_rate, lg->next_seq - lg->answered);
     for (int i = 0; i < LG_NSTATUS; i++)
         fprintf(out, " %s %" PRIu64, lg_status_name((enum lg_status)i), lg->status[i]);
     fprintf(out, "\n  sink: delivered %" PRIu64 " (%.0f/s in the window):", t->delivered,
@@ -182,6 +184,7 @@ void lg_report_final(struct lg *lg, uint64_t lost)
         (json_int_t)t->expected, "delivered", (json_int_t)t->delivered, "lost", (json_int_t)lost,
         "duplicates", (json_int_t)t->duplicates, "duplicates_same_id", (json_int_t)t->dup_same_id,
         "order_violations", (json_int_t)t->order_violations, "unmatched", (json_int_t)t->unknown);
+    json_object_set_new(j, "unanswered", json_integer((json_int_t)(lg->next_seq - lg->answered)));
     json_object_set_new(j, "backlog_max", json_integer((json_int_t)lg->backlog_max));
     json_object_set_new(j, "send_lag", percentiles(&lg->send_lag));
     json_object_set_new(j, "intake_from_send", percentiles(&lg->from_send));
