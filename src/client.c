@@ -25,10 +25,11 @@
  * written to in this iteration with room, an idle one, a new one while the pool has room, a busy
  * persistent one with room, else it waits.  When a connection fails or closes, the call whose
  * response was being read gets the failure as without pipelining; the calls behind it have seen
- * no response byte and are sent again on another connection, once (the requeue rule below), then
- * failed.  With the default of 1 nothing is pipelined (each connection carries one request at a
- * time) and the corked send costs nothing more: the one send() moves to the end of the
- * iteration's callbacks.
+ * no response byte and go to another connection (requeue_inflight()): sent once more if their
+ * bytes may have reached the server, at most once, then failed; moved, without using that one
+ * resend, if they were never sent (still corked when the connection ended).  With the default
+ * of 1 nothing is pipelined (each connection carries one request at a time) and the corked send
+ * costs nothing more: the one send() moves to the end of the iteration's callbacks.
  */
 #include "firebridge/client.h"
 
@@ -135,8 +136,11 @@ struct call {
     int head_method;
     struct event *timer;
     int deferred;           /* completion scheduled on the timer */
-    int requeued;           /* already sent again after a kept-alive connection closed under it */
+    int requeued;           /* already sent again after its bytes may have reached a server
+                               that then gave no answer: its one resend is used */
     int waiting;            /* in pool->waiting */
+    uint64_t deadline_ms;   /* fbr_now_ms() after which a move (requeue_inflight()) fails it */
+    uint64_t req_start;     /* conn->queued before its request was queued: request_started() */
     uint64_t req_end;       /* conn->queued once its request was queued: request_sent() */
     TAILQ_ENTRY(call) link; /* pool->waiting */
     TAILQ_ENTRY(call) conn_link; /* conn->inflight */
@@ -324,23 +328,84 @@ static struct upstream_conn *pick_conn(struct pool *pool)
     return pool->nconns < pool->client->opts.pool_size ? NULL : room;
 }
 
-/* conn is about to close: every call still in flight on it has seen no response byte and goes
- * back to the front of the pool's queue, in order, to be sent once more on another connection
- * (stats.requeued); one that was sent again already fails with err and reason instead. */
+static void reset_resp(struct fbr_client_resp *r);
+
+/* Request bytes of conn that have left its buffers: the kernel or OpenSSL has them. */
+static uint64_t bytes_out(const struct upstream_conn *conn)
+{
+    size_t unsent = conn->pend_len;
+    if (conn->bev)
+        unsent += evbuffer_get_length(bufferevent_get_output(conn->bev));
+    return conn->queued - unsent;
+}
+
+/* Whether a byte of call's request has left conn's buffers: from then on the request may have
+ * reached the server, and sending it again may duplicate it.  Until then (corked in pend, or
+ * behind other bytes in the output) nothing of it was sent. */
+static int request_started(const struct upstream_conn *conn, const struct call *call)
+{
+    return bytes_out(conn) > call->req_start;
+}
+
+/* Whether every byte of call's request has left conn's buffers; until then the rest of a large
+ * body is still read from the caller's slices. */
+static int request_sent(const struct upstream_conn *conn, const struct call *call)
+{
+    return bytes_out(conn) >= call->req_end;
+}
+
+/*
+ * conn is about to close with calls in flight on it that have no answer (the head already taken
+ * off by the caller, or not): each goes back to the front of the pool's queue, in order, for
+ * another connection.  Two kinds:
+ *  - sent: a byte of its request may have reached the server (request_started()) and nothing
+ *    says the server ignored it.  It is sent once more (requeued, stats.requeued); one already
+ *    sent again fails with err and reason instead: a server that takes a request and closes
+ *    without an answer twice is not tried a third time here.
+ *  - moved: never sent (still corked, or behind unsent bytes in the output), or unprocessed (the
+ *    server said it processes nothing more on conn: a "Connection: close" answer or an unsolicited
+ *    one, RFC 9112 9.6).  No copy can exist, so it is no resend and does not use the call's one
+ *    (stats.moved), however often it happens; what bounds it is the attempt's deadline
+ *    (deadline_ms: the connect and request timeouts after the call began or was last sent
+ *    again): a call moved after it fails as timed out, and one moved before waits for a
+ *    connection only until then.
+ */
 static void requeue_inflight(struct upstream_conn *conn, enum fbr_client_err err,
-                             const char *reason)
+                             const char *reason, int unprocessed)
 {
     struct pool *pool = conn->pool;
+    struct fbr_client *c = pool->client;
     struct call *call, *after = NULL;
+    uint64_t now = fbr_now_ms();
     while ((call = TAILQ_FIRST(&conn->inflight))) {
+        int resend = !unprocessed && request_started(conn, call);
+        unsigned wait_ms = c->opts.connect_timeout_ms;
         conn_detach(conn, call);
         evtimer_del(call->timer);
-        if (call->requeued) {
+        if (resend && call->requeued) {
             call_set_error(call, err, "%s", reason);
             call_complete(call);
             continue;
         }
-        call->requeued = 1;
+        if (!resend && now >= call->deadline_ms) {
+            call_set_error(call, FBR_CLIENT_ERR_TIMEOUT,
+                           "not sent to %s:%s within %u ms: each connection it was queued on "
+                           "ended first (the last: %s)",
+                           pool->host, pool->port,
+                           c->opts.connect_timeout_ms + c->opts.request_timeout_ms, reason);
+            call_complete(call);
+            continue;
+        }
+        if (resend) {
+            call->requeued = 1;
+            call->deadline_ms = now + c->opts.connect_timeout_ms + c->opts.request_timeout_ms;
+            c->stats.requeued++;
+        } else {
+            if (call->deadline_ms - now < wait_ms)
+                wait_ms = (unsigned)(call->deadline_ms - now);
+            c->stats.moved++;
+        }
+        reset_resp(&call->resp);
         call->resp.reused = 0;
         call->waiting = 1;
         if (after)
@@ -348,8 +413,7 @@ static void requeue_inflight(struct upstream_conn *conn, enum fbr_client_err err
         else
             TAILQ_INSERT_HEAD(&pool->waiting, call, link);
         after = call;
-        arm_timer(call, pool->client->opts.connect_timeout_ms);
-        pool->client->stats.requeued++;
+        arm_timer(call, wait_ms);
     }
 }
 
@@ -389,7 +453,7 @@ static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const
         conn_detach(conn, call);
         evtimer_del(call->timer);
     }
-    requeue_inflight(conn, err, reason); /* the calls pipelined behind it */
+    requeue_inflight(conn, err, reason, 0); /* the calls pipelined behind it */
     conn_destroy(conn);
     if (call)
         call_complete(call);
@@ -535,6 +599,7 @@ static void write_request(struct upstream_conn *conn, struct call *call)
                                        call->req.body[i].iov_len, noop_cleanup, NULL);
         pend_clear(conn);
     }
+    call->req_start = conn->queued;
     conn->queued += total + (copy ? 0 : body_len);
     call->req_end = conn->queued;
     if (call == conn->call)
@@ -732,14 +797,6 @@ static void take_body(struct upstream_conn *conn, size_t n)
     evbuffer_drain(in, n - k);
 }
 
-/* Whether every byte of call's request has left conn's buffers (the kernel or OpenSSL has it);
- * until then the rest of a large body is still read from the caller's slices. */
-static int request_sent(struct upstream_conn *conn, const struct call *call)
-{
-    size_t unsent = conn->pend_len + evbuffer_get_length(bufferevent_get_output(conn->bev));
-    return conn->queued - unsent >= call->req_end;
-}
-
 /*
  * The head call's response is complete.  The connection goes on with the next call in flight
  * when the response lets it persist (HTTP/1.1, no "Connection: close", not delimited by the
@@ -776,7 +833,7 @@ static int response_done(struct upstream_conn *conn)
         snprintf(reason, sizeof(reason),
                  "%s:%s ended the connection with an earlier response, before responding",
                  pool->host, pool->port);
-        requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason);
+        requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason, 0);
         conn_destroy(conn);
     }
     call_complete(call);
@@ -1134,14 +1191,18 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
                 return;
             }
         }
-        if (conn->call && conn->call->resp.reused && !conn->got_bytes && !conn->call->requeued) {
-            /* The server closed a kept-alive connection as we reused it (the usual idle-close
-             * race): send once more on a fresh connection, with whatever was pipelined behind.
-             * The receiver can drop a duplicate by its delivery id should the first copy have
-             * been processed after all. */
+        if (conn->call && !conn->got_bytes &&
+            (!request_started(conn, conn->call) ||
+             (conn->call->resp.reused && !conn->call->requeued))) {
+            /* The connection ended before its first unanswered request was sent (a move, see
+             * requeue_inflight()), or the server closed a kept-alive connection as we reused it
+             * (the usual idle-close race): that request goes out once more on another
+             * connection, with whatever was pipelined behind.  The receiver can drop a
+             * duplicate by its delivery id should the first copy have been processed after
+             * all. */
             snprintf(reason, sizeof(reason), "%s:%s closed the connection before responding",
                      pool->host, pool->port);
-            requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason);
+            requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason, 0);
             conn_destroy(conn);
             pool_kick(pool);
             return;
@@ -1443,6 +1504,7 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     call->path = target.ptr;
     call->path_len = target.len;
     call->head_method = strcmp(req->method, "HEAD") == 0;
+    call->deadline_ms = fbr_now_ms() + c->opts.connect_timeout_ms + c->opts.request_timeout_ms;
     call->timer = (struct event *)(void *)((char *)call + timer_at);
     evtimer_assign(call->timer, c->base, timer_cb, call);
     reset_resp(&call->resp);

@@ -1465,9 +1465,13 @@ void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
                        "connection (--pipeline).",
                        NULL, NULL, cs.pipelined);
     fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_requests_requeued_total",
-                       "Requests sent again on another connection, no response byte seen on the "
-                       "first.",
+                       "Requests sent again on another connection (at most once each), no "
+                       "response byte seen on the first.",
                        NULL, NULL, cs.requeued);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_requests_moved_total",
+                       "Requests put on another connection without counting as a resend: never "
+                       "sent, or ignored by a server closing the connection.",
+                       NULL, NULL, cs.moved);
     double bounds[FBR_DELIVERY_LATENCY_BUCKETS - 1];
     for (unsigned b = 0; b < FBR_DELIVERY_LATENCY_BUCKETS - 1; b++)
         bounds[b] = (double)fbr_delivery_latency_bounds_ms[b] / 1000.0;

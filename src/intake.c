@@ -602,14 +602,12 @@ static long alert_process(struct fbr_intake *in, json_t *body, uint64_t now_ms)
 }
 
 /*
- * The checks of one REST alert before anything happens: the path names a known API key and a
- * valid routing key (else 404), the body is a JSON object of the platform's shape (else 400).
- * Returns FBR_OK with the routing key in *rk (borrowed from path), or FBR_INVALID with the
- * answer in *out.
+ * The path of one REST alert names a known API key and a valid routing key (else 404).  Returns
+ * FBR_OK with the routing key in *rk (borrowed from path), or FBR_INVALID with the answer in
+ * *out.
  */
-static int alert_validate(struct fbr_intake *in, struct fbr_slice path, json_t *body,
-                          struct fbr_slice *rk, struct alert_fields *f,
-                          struct fbr_intake_reply *out)
+static int alert_path(struct fbr_intake *in, struct fbr_slice path, struct fbr_slice *rk,
+                      struct fbr_intake_reply *out)
 {
     static const size_t plen = sizeof(FBR_INTAKE_ALERT_PREFIX) - 1;
     if (path.len <= plen || memcmp(path.ptr, FBR_INTAKE_ALERT_PREFIX, plen) != 0) {
@@ -627,6 +625,20 @@ static int alert_validate(struct fbr_intake *in, struct fbr_slice path, json_t *
         reply_failure(in, out, 404, "Not found");
         return FBR_INVALID;
     }
+    return FBR_OK;
+}
+
+/*
+ * The checks of one REST alert before anything happens: its path (alert_path()), the body is a
+ * JSON object of the platform's shape (else 400).  Returns FBR_OK with the routing key in *rk
+ * (borrowed from path), or FBR_INVALID with the answer in *out.
+ */
+static int alert_validate(struct fbr_intake *in, struct fbr_slice path, json_t *body,
+                          struct fbr_slice *rk, struct alert_fields *f,
+                          struct fbr_intake_reply *out)
+{
+    if (alert_path(in, path, rk, out) != FBR_OK)
+        return FBR_INVALID;
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return FBR_INVALID;
@@ -779,22 +791,35 @@ int fbr_intake_authorized(const struct fbr_intake *in, const char *authorization
            key_ok(in, authorization + blen, strlen(authorization + blen));
 }
 
+/* An Alertmanager post's path names a valid routing key (else 404) and its credentials are a
+ * known key (else 401).  Returns FBR_OK with the routing key in *rk (borrowed from path), or
+ * FBR_INVALID with the answer in *out. */
+static int alertmanager_head(struct fbr_intake *in, struct fbr_slice path,
+                             const char *authorization, struct fbr_slice *rk,
+                             struct fbr_intake_reply *out)
+{
+    static const size_t plen = sizeof(FBR_ALERTMANAGER_PREFIX) - 1;
+    *rk = (struct fbr_slice){path.ptr + plen, path.len > plen ? path.len - plen : 0};
+    if (rk->len == 0 || memcmp(path.ptr, FBR_ALERTMANAGER_PREFIX, plen) != 0 ||
+        !fbr_routing_key_ok(rk->ptr, rk->len)) {
+        reply_failure(in, out, 404, "Not found");
+        return FBR_INVALID;
+    }
+    if (!fbr_intake_authorized(in, authorization)) {
+        reply_failure(in, out, 401, "Unauthorized");
+        return FBR_INVALID;
+    }
+    return FBR_OK;
+}
+
 void fbr_intake_alertmanager(struct fbr_intake *in, struct fbr_slice path,
                              const char *authorization, json_t *body,
                              struct fbr_intake_reply *out)
 {
-    static const size_t plen = sizeof(FBR_ALERTMANAGER_PREFIX) - 1;
     memset(out, 0, sizeof(*out));
-    struct fbr_slice rk = {path.ptr + plen, path.len > plen ? path.len - plen : 0};
-    if (rk.len == 0 || memcmp(path.ptr, FBR_ALERTMANAGER_PREFIX, plen) != 0 ||
-        !fbr_routing_key_ok(rk.ptr, rk.len)) {
-        reply_failure(in, out, 404, "Not found");
+    struct fbr_slice rk;
+    if (alertmanager_head(in, path, authorization, &rk, out) != FBR_OK)
         return;
-    }
-    if (!fbr_intake_authorized(in, authorization)) {
-        reply_failure(in, out, 401, "Unauthorized");
-        return;
-    }
     if (!body) {
         reply_failure(in, out, 400, "Invalid JSON body");
         return;
@@ -1058,6 +1083,49 @@ static void handle(struct fbr_http_req *req, struct fbr_intake *in, enum endpoin
     send_reply(in, req, &r, &before);
 }
 
+/*
+ * What an endpoint refuses before its body is read (the server asks when the client waits for
+ * "100 Continue"): the same answers, in the same order, as handle() and the endpoint give before
+ * they look at the body (draining, the journal, then the path's keys and the credentials).
+ */
+static void check_head(struct fbr_http_req *req, struct fbr_intake *in, enum endpoint ep)
+{
+    if (refuse_draining(in, req) || refuse_journal(in, req))
+        return;
+    struct fbr_intake_reply r;
+    memset(&r, 0, sizeof(r));
+    struct fbr_slice rk;
+    switch (ep) {
+    case EP_ALERT:
+        alert_path(in, req->path, &rk, &r);
+        break;
+    case EP_ALERTMANAGER:
+        alertmanager_head(in, req->path, fbr_http_header(req, "Authorization"), &rk, &r);
+        break;
+    case EP_EVENT:
+        if (!fbr_intake_authorized(in, fbr_http_header(req, "Authorization")))
+            reply_failure(in, &r, 401, "Unauthorized");
+        break;
+    }
+    if (r.status)
+        send_reply(in, req, &r, NULL);
+}
+
+static void check_alert(struct fbr_http_req *req, void *arg)
+{
+    check_head(req, arg, EP_ALERT);
+}
+
+static void check_alertmanager(struct fbr_http_req *req, void *arg)
+{
+    check_head(req, arg, EP_ALERTMANAGER);
+}
+
+static void check_event(struct fbr_http_req *req, void *arg)
+{
+    check_head(req, arg, EP_EVENT);
+}
+
 static void on_alert(struct fbr_http_req *req, void *arg)
 {
     handle(req, arg, EP_ALERT);
@@ -1094,13 +1162,14 @@ void fbr_intake_register(struct fbr_intake *in, struct fbr_server *srv)
     in->srv = srv;
     struct fbr_route alert = {.path = FBR_INTAKE_ALERT_PREFIX, .prefix = 1,
                               .methods = FBR_M_POST, .json_body = 0, .metric = "alert",
-                              .secret_segment = 1, .fn = on_alert, .arg = in};
+                              .secret_segment = 1, .fn = on_alert, .check = check_alert,
+                              .arg = in};
     struct fbr_route events = {.path = FBR_INTAKE_EVENTS_PATH, .prefix = 0,
                                .methods = FBR_M_POST, .json_body = 0, .metric = "events",
-                               .fn = on_event, .arg = in};
+                               .fn = on_event, .check = check_event, .arg = in};
     struct fbr_route am = {.path = FBR_ALERTMANAGER_PREFIX, .prefix = 1, .methods = FBR_M_POST,
                            .json_body = 0, .metric = "alertmanager", .fn = on_alertmanager,
-                           .arg = in};
+                           .check = check_alertmanager, .arg = in};
     fbr_server_add_route(srv, &alert);
     fbr_server_add_route(srv, &events);
     fbr_server_add_route(srv, &am);

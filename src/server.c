@@ -127,6 +127,8 @@ struct conn {
     unsigned chunk_digits;       /* hex digits of the current chunk-size line */
     /* the request in progress */
     int too_large;
+    int early;                   /* answered from its head, its body unread (Expect: 100-continue
+                                  * and a refusal): the connection closes once the answer is out */
     int major, minor;            /* the version the request line claimed; -1: not parsed yet */
     uint64_t body_seen;
     uint64_t start_ms;
@@ -177,6 +179,7 @@ struct fbr_server {
 };
 
 static void conn_free(struct conn *fc);
+static void close_after_reply(struct conn *fc);
 static void on_deadline(evutil_socket_t fd, short what, void *arg);
 
 /* ---- small helpers ---- */
@@ -337,8 +340,8 @@ static void send_reply(struct fbr_http_req *req, int status)
     struct conn *fc = req_conn(req);
     struct fbr_server *srv = fc ? fc->srv : NULL;
     char head[512];
-    size_t hlen = srv && (srv->draining || (fc && fc->too_large))
-                      ? 0
+    int closes = srv && (srv->draining || (fc && (fc->too_large || fc->early)));
+    size_t hlen = closes ? 0
                       : plain_200_head(req, status, head, sizeof(head));
     if (!hlen)
         evhtp_headers_add_header(r->headers_out,
@@ -347,7 +350,7 @@ static void send_reply(struct fbr_http_req *req, int status)
     if (status == 401 && !evhtp_kv_find(r->headers_out, "WWW-Authenticate"))
         evhtp_headers_add_header(r->headers_out,
                                  evhtp_header_new("WWW-Authenticate", "Bearer", 0, 0));
-    if (srv && (srv->draining || (fc && fc->too_large))) {
+    if (closes) {
         /* set_keepalive(r, 0) alone leaves the flag on in 1.2.18: the connection stayed open
          * after "Connection: close" until the client closed it.  With the flag off libevhtp
          * adds "Connection: close" itself and closes once the reply is out. */
@@ -848,6 +851,15 @@ static void conn_reject(struct conn *fc, int status, const char *reason, const c
     count_reject(fc->srv, reason);
     fbr_log(FBR_LOG_INFO, fc->id[0] ? fc->id : NULL, NULL, "%d: %s; closing the connection",
             status, msg);
+    close_after_reply(fc);
+}
+
+/* The connection, its answer in the output, is taken from libevhtp: nothing more is read as a
+ * request, and it closes (lingering) once the answer is flushed.  Never inside libevhtp's
+ * parser: the input it is reading is drained here. */
+static void close_after_reply(struct conn *fc)
+{
+    struct bufferevent *bev = fc->c->bev;
     evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
     fc->closing = 1;
     fc->deadline_ms = 0;
@@ -1554,6 +1566,10 @@ static void enter(struct conn *fc, struct bufferevent *bev, enum entry e, short 
             conn_free(fc);
         return;
     }
+    if (fc->early && !fc->closing) { /* answered from its head (on_headers): closed unread */
+        close_after_reply(fc);
+        return;
+    }
     fc->screened = evbuffer_get_length(in);
     /* libevhtp 1.2.18 stops parsing after each request and, when the next one came in the same
      * read, never gets back to it until more bytes arrive (bare libevhtp too): pipelined requests
@@ -1636,6 +1652,7 @@ static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
     struct conn *fc = arg;
     struct fbr_server *srv = fc->srv;
     fc->too_large = 0;
+    fc->early = 0;
     fc->major = fc->minor = -1;
     fc->body_seen = 0;
     fc->endpoint = NULL;
@@ -1648,14 +1665,59 @@ static evhtp_res on_headers_start(evhtp_request_t *r, void *arg)
     return EVHTP_RES_OK;
 }
 
+static const struct fbr_route *route_request(struct conn *fc, struct fbr_http_req *req,
+                                            int major, int minor);
+static void req_init(struct conn *fc, evhtp_request_t *r, struct fbr_http_req *req);
+
+/* Whether a client waits for "100 Continue" before it sends the body: "Expect: 100-continue"
+ * (the screener refused any other expectation) on a request that is not HTTP/1.0 (RFC 9110
+ * 10.1.1: ignored there) and has a body to come. */
+static int waits_for_continue(const struct conn *fc, evhtp_headers_t *hdrs)
+{
+    const char *e = evhtp_kv_find(hdrs, "Expect");
+    if (!e || strcasecmp(e, "100-continue") != 0 || (fc->major == 1 && fc->minor == 0))
+        return 0;
+    const char *cl = evhtp_kv_find(hdrs, "Content-Length");
+    return evhtp_kv_find(hdrs, "Transfer-Encoding") || (cl && strtoull(cl, NULL, 10) > 0);
+}
+
+/*
+ * A client waits for "100 Continue": every answer the request can get from its head (version,
+ * declared size, route, method, and the route's own check: its key, its credentials) is given
+ * now, before a byte of the body is read; the connection then closes (close_after_reply() from
+ * enter(), outside the parser), since the client may still send the body or not.  A head that
+ * passes gets its "100 Continue" and the body is read.  Returns the hook's result: PAUSE stops
+ * libevhtp's parser after an answer.
+ */
+static evhtp_res answer_head(struct conn *fc, evhtp_request_t *r)
+{
+    struct fbr_http_req req;
+    req_init(fc, r, &req);
+    fc->early = 1; /* an answer given now closes the connection (send_reply) */
+    const struct fbr_route *rt = route_request(fc, &req, fc->major, fc->minor);
+    if (rt && rt->check)
+        rt->check(&req, rt->arg);
+    if (r->flags & EVHTP_REQ_FLAG_FINISHED) {
+        fbr_log(FBR_LOG_INFO, fc->id, NULL, "%d before the body (the client waits for "
+                "100 Continue): body not read, closing the connection", (int)r->status);
+        return EVHTP_RES_PAUSE;
+    }
+    fc->early = 0;
+    fc->endpoint = NULL;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    bufferevent_write(r->conn->bev, cont, sizeof(cont) - 1);
+    *fc->srv->m_bytes_out += sizeof(cont) - 1;
+    return EVHTP_RES_OK;
+}
+
 static evhtp_res on_headers(evhtp_request_t *r, evhtp_headers_t *hdrs, void *arg)
 {
     struct conn *fc = arg;
-    claim_version(fc, r); /* before libevhtp answers "Expect: 100-continue" */
+    claim_version(fc, r); /* every status line written from here on says HTTP/1.1 */
     const char *cl = evhtp_kv_find(hdrs, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > fc->srv->opts.max_body)
         fc->too_large = 1;
-    return EVHTP_RES_OK;
+    return waits_for_continue(fc, hdrs) ? answer_head(fc, r) : EVHTP_RES_OK;
 }
 
 static evhtp_res pre_accept(evhtp_connection_t *c, void *arg)
@@ -1743,9 +1805,76 @@ static size_t secret_segment_at(const struct fbr_server *srv, struct fbr_slice p
     return 0;
 }
 
+/* The request as a route sees it, without its body (borrowed from r). */
+static void req_init(struct conn *fc, evhtp_request_t *r, struct fbr_http_req *req)
+{
+    *req = (struct fbr_http_req){.opaque = r, .id = fc->id, .conn = fc};
+    req->method = method_bit(evhtp_request_get_method(r));
+    req->path = req_path(r);
+    if (r->uri && r->uri->query_raw)
+        req->query = fbr_slice_from((const char *)r->uri->query_raw);
+    req->body.ptr = "";
+    /* before any answer (505, 413, 405 included): the log line of every reply masks it */
+    fc->secret_at = secret_segment_at(fc->srv, req->path);
+}
+
+/*
+ * The answers a request gets from its head alone, whatever its route: 505 for a version other
+ * than 1.x, 413 for a declared body over max_body, 404 for no route, 405 (with Allow) for a
+ * method its routes do not take.  Returns the route, or NULL after answering.
+ */
+static const struct fbr_route *route_request(struct conn *fc, struct fbr_http_req *req,
+                                            int major, int minor)
+{
+    struct fbr_server *srv = fc->srv;
+    evhtp_request_t *r = req->opaque;
+    if (major != 1) {
+        fc->endpoint = "none";
+        evhtp_request_set_keepalive(r, 0);
+        evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
+        count_reject(srv, "http_version");
+        if (major > 9 || minor > 9) /* libevhtp keeps 8 bits: HTTP/1000.1000 reads as 232.232 */
+            fbr_http_reply_error(req, 505, "HTTP version not supported (HTTP/1.0 and 1.1 are)");
+        else
+            fbr_http_reply_error(req, 505, "HTTP version %d.%d not supported", major, minor);
+        return NULL;
+    }
+    if (fc->too_large) {
+        fc->endpoint = "none";
+        count_reject(srv, "body_too_large");
+        fbr_http_reply_error(req, 413, "body larger than %zu bytes", srv->opts.max_body);
+        return NULL;
+    }
+    const struct fbr_route *rt = NULL;
+    unsigned allowed = 0;
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        if (route_matches(&srv->routes[i], req->path)) {
+            allowed |= srv->routes[i].methods;
+            if (srv->routes[i].methods & req->method) {
+                rt = &srv->routes[i];
+                break;
+            }
+        }
+    }
+    if (!rt && !allowed) {
+        fc->endpoint = "none";
+        fbr_http_reply_error(req, 404, "no such endpoint");
+        return NULL;
+    }
+    if (!rt) {
+        char allow[64];
+        fbr_http_method_list(allowed, allow, sizeof(allow));
+        fc->endpoint = "none";
+        fbr_http_add_header(req, "Allow", allow);
+        fbr_http_reply_error(req, 405, "method not allowed (allowed: %s)", allow);
+        return NULL;
+    }
+    fc->endpoint = rt->metric ? rt->metric : rt->path;
+    return rt;
+}
+
 static void on_request(evhtp_request_t *r, void *arg)
 {
-    struct fbr_server *srv = arg;
     struct conn *fc = NULL;
     if (r->conn && r->conn->hooks)
         fc = r->conn->hooks->on_connection_fini_arg;
@@ -1761,60 +1890,15 @@ static void on_request(evhtp_request_t *r, void *arg)
             arm_deadline(fc);
     }
 
-    struct fbr_http_req req = {.opaque = r, .id = fc->id, .conn = fc};
-    req.method = method_bit(evhtp_request_get_method(r));
+    struct fbr_http_req req;
     if (fc->major < 0) /* no header section was parsed */
         claim_version(fc, r);
     int major = fc->major, minor = fc->minor;
     fc->major = fc->minor = -1; /* the next request on this connection starts unparsed */
-    req.path = req_path(r);
-    if (r->uri && r->uri->query_raw)
-        req.query = fbr_slice_from((const char *)r->uri->query_raw);
-    /* before any answer (505, 413, 405 included): the log line of every reply masks it */
-    fc->secret_at = secret_segment_at(srv, req.path);
-
-    if (major != 1) {
-        fc->endpoint = "none";
-        evhtp_request_set_keepalive(r, 0);
-        evhtp_request_disable_flag(r, EVHTP_REQ_FLAG_KEEPALIVE);
-        count_reject(srv, "http_version");
-        if (major > 9 || minor > 9) /* libevhtp keeps 8 bits: HTTP/1000.1000 reads as 232.232 */
-            fbr_http_reply_error(&req, 505, "HTTP version not supported (HTTP/1.0 and 1.1 are)");
-        else
-            fbr_http_reply_error(&req, 505, "HTTP version %d.%d not supported", major, minor);
+    req_init(fc, r, &req);
+    const struct fbr_route *rt = route_request(fc, &req, major, minor);
+    if (!rt)
         return;
-    }
-    if (fc->too_large) {
-        fc->endpoint = "none";
-        count_reject(srv, "body_too_large");
-        fbr_http_reply_error(&req, 413, "body larger than %zu bytes", srv->opts.max_body);
-        return;
-    }
-    const struct fbr_route *rt = NULL;
-    unsigned allowed = 0;
-    for (size_t i = 0; i < srv->nroutes; i++) {
-        if (route_matches(&srv->routes[i], req.path)) {
-            allowed |= srv->routes[i].methods;
-            if (srv->routes[i].methods & req.method) {
-                rt = &srv->routes[i];
-                break;
-            }
-        }
-    }
-    if (!rt && !allowed) {
-        fc->endpoint = "none";
-        fbr_http_reply_error(&req, 404, "no such endpoint");
-        return;
-    }
-    if (!rt) {
-        char allow[64];
-        fbr_http_method_list(allowed, allow, sizeof(allow));
-        fc->endpoint = "none";
-        fbr_http_add_header(&req, "Allow", allow);
-        fbr_http_reply_error(&req, 405, "method not allowed (allowed: %s)", allow);
-        return;
-    }
-    fc->endpoint = rt->metric ? rt->metric : rt->path;
     size_t blen = evbuffer_get_length(r->buffer_in);
     req.body.ptr = blen ? (const char *)evbuffer_pullup(r->buffer_in, -1) : "";
     req.body.len = blen;
@@ -2012,6 +2096,9 @@ int fbr_server_listen(struct fbr_server *srv, const char *addr)
     snprintf(bindhost, sizeof(bindhost), "%s%s", family == AF_INET6 ? "ipv6:" : "", host);
     evhtp_t *htp = evhtp_new(srv->base, NULL);
     evhtp_set_gencb(htp, on_request, srv);
+    /* "100 Continue" is firebridge's to send, once the head passed every check (on_headers):
+     * libevhtp's own went out for any Expect header of any version before a check had run */
+    htp->flags &= (uint16_t)~EVHTP_FLAG_ENABLE_100_CONT;
     evhtp_set_pre_accept_cb(htp, pre_accept, srv);
     evhtp_set_post_accept_cb(htp, post_accept, srv);
     struct timeval idle = {srv->opts.idle_timeout_ms / 1000,

@@ -896,6 +896,15 @@ static struct fbr_client *peer_client(struct peer *p, unsigned depth, unsigned t
     return c;
 }
 
+/* Starts calls 0 .. n-1, each a POST to the peer, in the same loop iteration. */
+static void peer_post(struct fbr_client *c, const struct peer *p, int n)
+{
+    struct fbr_client_req post = {"POST", p->url, strlen(p->url), NULL, 0, NULL, 0, NULL};
+    pipe_reset(n);
+    for (int i = 0; i < n; i++)
+        pipe_request(c, &post, i);
+}
+
 /*
  * A server may answer before it has read the whole request (an early 200 or 413): here the
  * response to a 16 MiB request comes while most of its body is still in the client, with a
@@ -1029,10 +1038,7 @@ START_TEST(pipelined_http10_and_close_delimited)
     struct peer p;
     peer_open(&p, 0);
     struct fbr_client *c = peer_client(&p, 4, 10000);
-    struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
-    pipe_reset(3);
-    for (int i = 0; i < 3; i++)
-        pipe_request(c, &post, i);
+    peer_post(c, &p, 3);
     peer_wait_requests(&p, 0, 4);
     static const char http10[] = "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
     peer_send(&p, 0, http10, sizeof(http10) - 1);
@@ -1126,10 +1132,7 @@ START_TEST(pipelined_later_call_times_out)
     struct peer p;
     peer_open(&p, 0);
     struct fbr_client *c = peer_client(&p, 4, 400);
-    struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
-    pipe_reset(3);
-    for (int i = 0; i < 3; i++)
-        pipe_request(c, &post, i);
+    peer_post(c, &p, 3);
     peer_wait_requests(&p, 0, 4);
     peer_send(&p, 0, resp_204, sizeof(resp_204) - 1);
     peer_serve(&p, 1);
@@ -1138,6 +1141,47 @@ START_TEST(pipelined_later_call_times_out)
     ck_assert_msg(pipe_status[2] == 204, "%d %s", pipe_status[2], pipe_reason[2]);
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(pipe_calls[i], 1);
+    fbr_client_free(&c);
+    peer_close(&p);
+}
+END_TEST
+
+/*
+ * A request that never left the client does not use up its one resend (item 1 of the pipelining
+ * probe).  Pool of one, --pipeline 3: calls 0-2 are pipelined on the connection, 3 and 4 wait.
+ * The peer answers 0 and sends garbage for 1 in the same write: after 0's answer the client
+ * puts 3 on the connection (corked, not sent), then 1's garbage ends the connection.  2 had
+ * been sent (one resend used), 3 had not (moved, no resend used).  On the next connection 2 is
+ * answered, 3 and 4 follow on it once it is idle, and the peer closes it without an answer (the
+ * idle-close race): 3 and 4 are each sent once more and answered on a third connection.  Before
+ * the fix 3 counted as sent the first time and failed here with EOF.
+ */
+START_TEST(unsent_request_keeps_its_resend)
+{
+    struct peer p;
+    peer_open(&p, 0);
+    struct fbr_client *c = peer_client(&p, 3, 10000);
+    peer_post(c, &p, 5);
+    peer_wait_requests(&p, 0, 4); /* the warm-up and 0, 1, 2 */
+    static const char answer_then_garbage[] = "HTTP/1.1 204 No Content\r\n\r\nNOPE\r\n\r\n";
+    peer_send(&p, 0, answer_then_garbage, sizeof(answer_then_garbage) - 1);
+    peer_wait_requests(&p, 1, 1); /* 2 on a new connection */
+    peer_send(&p, 1, resp_204, sizeof(resp_204) - 1);
+    peer_wait_requests(&p, 1, 3); /* then 3 and 4 on it, reused */
+    peer_drop(&p, 1, 0);
+    peer_serve(&p, 2);
+    ck_assert_int_eq(pipe_status[0], 204);
+    ck_assert_msg(pipe_err[1] == FBR_CLIENT_ERR_PROTOCOL, "%d %s", pipe_err[1], pipe_reason[1]);
+    for (int i = 2; i < 5; i++)
+        ck_assert_msg(pipe_status[i] == 204, "call %d: %d %s", i, pipe_status[i], pipe_reason[i]);
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(pipe_calls[i], 1);
+    ck_assert_int_eq(peer_requests(&p, 0), 4); /* 3 never reached the first connection */
+    ck_assert_int_eq(p.nfd, 3);
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.requeued, 3); /* 2 once; 3 and 4 after the idle-close race */
+    ck_assert_uint_eq(st.moved, 1);    /* 3, from the first connection */
     fbr_client_free(&c);
     peer_close(&p);
 }
@@ -1470,6 +1514,7 @@ int main(void)
     tcase_add_test(tc, pipelined_server_goes_away);
     tcase_add_test(tc, pipelined_later_call_times_out);
     tcase_add_test(tc, pipelined_free_with_calls_in_flight);
+    tcase_add_test(tc, unsent_request_keeps_its_resend);
     tcase_add_test(tc, pipelined_mixed_bodies_plain);
     tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, retry_after);

@@ -795,7 +795,8 @@ START_TEST(malformed_requests_answered_then_closed)
     /* 100 Continue for a body that fits, then the answer */
     int fd = dutil_connect(d.port);
     ck_assert_int_ge(fd, 0);
-    static const char head[] = "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+    static const char head[] = "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                               "Authorization: Bearer " KEY "\r\n"
                                "Expect: 100-continue\r\nConnection: close\r\n\r\n";
     ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
     ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
@@ -803,6 +804,159 @@ START_TEST(malformed_requests_answered_then_closed)
     buf[n] = '\0';
     ck_assert_msg(strncmp(buf, "HTTP/1.1 100 ", 13) == 0, "%s", buf);
     close(fd);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* ---- Expect: 100-continue: the final answer first when the head is refused ----------- */
+
+/* Sends head on a new connection and nothing more, reads until the daemon closes it (5 s at
+ * most) into buf; returns 1 when it closed (EOF), 0 when the read timed out. */
+static int head_only(int port, const char *head, char *buf, size_t cap)
+{
+    int fd = dutil_connect(port);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    size_t len = 0;
+    ssize_t n = 0;
+    while (len + 1 < cap && (n = recv(fd, buf + len, cap - 1 - len, 0)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(fd);
+    return n == 0;
+}
+
+/*
+ * A client that sends "Expect: 100-continue" and waits gets the final refusal (wrong or missing
+ * key, unknown path, wrong method, declared body over --max-body) instead of "100 Continue", with
+ * the JSON failure body, "Connection: close" and a log line, and the daemon closes the connection
+ * without ever having had a byte of the body (none is sent here); a valid head gets
+ * "100 Continue" and, once the body follows, its 200.  HTTP/1.0 ignores the expectation.
+ */
+START_TEST(expect_continue_refused_before_the_body)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--max-body", "1024", NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    static char buf[8192], head[1024];
+    static const struct {
+        const char *method, *path, *auth, *framing;
+        int status;
+        const char *header; /* a header the refusal carries, or NULL */
+    } cases[] = {
+        {"POST", "/v1/events", "Bearer wrong", "Content-Length: 100", 401, "WWW-Authenticate: "},
+        {"POST", "/v1/events", NULL, "Content-Length: 100", 401, "WWW-Authenticate: "},
+        {"POST", "/v1/events", "Bearer wrong", "Transfer-Encoding: chunked", 401, NULL},
+        {"POST", "/v1/alertmanager/rk", "Bearer wrong", "Content-Length: 100", 401, NULL},
+        {"POST", "/v1/alertmanager/bad%20key", "Bearer " KEY, "Content-Length: 100", 404, NULL},
+        {"POST", "/integrations/generic/20131114/alert/wrong-key/rk", NULL,
+         "Content-Length: 100", 404, NULL},
+        {"POST", "/no/such/endpoint", "Bearer " KEY, "Content-Length: 100", 404, NULL},
+        {"PUT", "/v1/events", "Bearer " KEY, "Content-Length: 100", 405, "Allow: POST"},
+        {"POST", "/v1/events", "Bearer " KEY, "Content-Length: 5000", 413, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(head, sizeof(head),
+                 "%s %s HTTP/1.1\r\nHost: t\r\n%s%s%sContent-Type: application/json\r\n%s\r\n"
+                 "Expect: 100-continue\r\n\r\n",
+                 cases[i].method, cases[i].path, cases[i].auth ? "Authorization: " : "",
+                 cases[i].auth ? cases[i].auth : "", cases[i].auth ? "\r\n" : "",
+                 cases[i].framing);
+        int closed = head_only(d.port, head, buf, sizeof(buf));
+        ck_assert_msg(closed, "case %zu: not closed without the body: %s", i, buf);
+        ck_assert_msg(strncmp(buf, "HTTP/1.1 ", 9) == 0 && atoi(buf + 9) == cases[i].status,
+                      "case %zu: %s", i, buf);
+        ck_assert_msg(!strstr(buf, "100 Continue"), "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf, "\r\n\r\n{\"result\":\"failure\",\"message\":"), "case %zu: %s",
+                      i, buf);
+        ck_assert_msg(strstr(buf, "Connection: close\r\n"), "case %zu: %s", i, buf);
+        ck_assert_msg(!cases[i].header || strstr(buf, cases[i].header), "case %zu: %s", i, buf);
+        ck_assert_msg(!strstr(strstr(buf, "\r\n\r\n") + 4, "HTTP/"), "case %zu: two answers: %s",
+                      i, buf);
+    }
+    assert_alive(&d);
+
+    /* a valid head: "100 Continue" and nothing else until the body comes, then the answer */
+    int fd = dutil_connect(d.port);
+    ck_assert_int_ge(fd, 0);
+    snprintf(head, sizeof(head),
+             "POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " KEY "\r\n"
+             "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+             "Expect: 100-continue\r\n\r\n",
+             strlen(event_body));
+    ck_assert_int_eq(dutil_send_all(fd, head, strlen(head)), 0);
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    size_t got = 0;
+    while (got < sizeof(cont) - 1) {
+        ssize_t n = recv(fd, buf + got, sizeof(cont) - 1 - got, 0);
+        ck_assert_int_gt(n, 0);
+        got += (size_t)n;
+    }
+    ck_assert_msg(memcmp(buf, cont, got) == 0, "%.*s", (int)got, buf);
+    ck_assert_int_eq(dutil_send_all(fd, event_body, strlen(event_body)), 0);
+    ck_assert_int_eq(dutil_read_response(fd, buf, sizeof(buf)), 200);
+    ck_assert_msg(strstr(buf, "\"result\":\"success\""), "%s", buf);
+    close(fd);
+
+    /* HTTP/1.0: the expectation is ignored (RFC 9110 10.1.1), the body read, no 100 */
+    for (int good = 0; good < 2; good++) {
+        snprintf(head, sizeof(head),
+                 "POST /v1/events HTTP/1.0\r\nAuthorization: Bearer %s\r\n"
+                 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                 "Expect: 100-continue\r\n\r\n%s",
+                 good ? KEY : "wrong", strlen(event_body), event_body);
+        head_only(d.port, head, buf, sizeof(buf));
+        ck_assert_msg(strncmp(buf, good ? "HTTP/1.0 200 " : "HTTP/1.0 401 ", 13) == 0, "%s",
+                      buf);
+        ck_assert_msg(!strstr(buf, "100 Continue"), "%s", buf);
+    }
+    assert_alive(&d);
+    dutil_msleep(100);
+    char *log = dutil_slurp(d.log, NULL);
+    ck_assert_msg(strstr(log, "401 before the body (the client waits for 100 Continue)"), "%s",
+                  log);
+    ck_assert_msg(!strstr(log, KEY), "the key is in the log: %s", log);
+    free(log);
+    dutil_daemon_stop(&d);
+}
+END_TEST
+
+/* curl, a real client that sends "Expect: 100-continue" and waits (here up to 30 s, beyond the
+ * test's patience): a wrong key is answered 401 at once and curl never uploads the body; the
+ * right key gets "100 Continue", the upload and the 200. */
+START_TEST(expect_continue_with_curl)
+{
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    char url[128], body_arg[600], out[4096], err[4096];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/events", d.port);
+    snprintf(body_arg, sizeof(body_arg), "%s", event_body);
+    snprintf(out, sizeof(out), "%s.curl.out", d.log);
+    snprintf(err, sizeof(err), "%s.curl.err", d.log);
+    for (int good = 0; good < 2; good++) {
+        const char *auth = good ? "Authorization: Bearer " KEY : "Authorization: Bearer wrong";
+        const char *const argv[] = {"curl", "-sS", "-v", "--expect100-timeout", "30",
+                                    "-H", "Expect: 100-continue", "-H", auth,
+                                    "-H", "Content-Type: application/json",
+                                    "--data-binary", body_arg, "-w", "\nstatus=%{http_code}\n",
+                                    url, NULL};
+        pid_t pid = dutil_spawn(argv, out, err, 1);
+        int st = dutil_wait_exit(&pid, 20000 * dutil_slow(), NULL);
+        ck_assert_msg(st == 0, "curl did not finish (%d)", st);
+        char *o = dutil_slurp(out, NULL), *e = dutil_slurp(err, NULL);
+        if (good) {
+            ck_assert_msg(strstr(o, "status=200") && strstr(o, "\"result\":\"success\""), "%s", o);
+            ck_assert_msg(strstr(e, "< HTTP/1.1 100 Continue"), "%s", e);
+        } else {
+            ck_assert_msg(strstr(o, "status=401") && strstr(o, "\"result\":\"failure\""), "%s", o);
+            ck_assert_msg(!strstr(e, "100 Continue"), "%s", e);
+            ck_assert_msg(!strstr(e, "upload completely sent off") &&
+                          !strstr(e, "We are completely uploaded"), "curl sent the body: %s", e);
+        }
+        free(o);
+        free(e);
+    }
     dutil_daemon_stop(&d);
 }
 END_TEST
@@ -1390,6 +1544,8 @@ int main(void)
     tcase_add_test(tc, smuggling_refused_and_closed);
     tcase_add_test(tc, malformed_requests_answered_then_closed);
     tcase_add_test(tc, unauthorized_carries_www_authenticate);
+    tcase_add_test(tc, expect_continue_refused_before_the_body);
+    tcase_add_test(tc, expect_continue_with_curl);
     suite_add_tcase(s, tc);
     tc = tcase_create("silent");
     tcase_set_timeout(tc, 60);

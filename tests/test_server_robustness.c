@@ -677,7 +677,9 @@ START_TEST(status_line_version)
                       "%s: reply %.60s", cases[i].version, buf);
         /* a 505 names the version only when it read it whole (libevhtp keeps 8 bits of each) */
         ck_assert_msg(!strstr(buf, "232"), "%s: wrapped version in %s", cases[i].version, buf);
-        /* libevhtp's own "100 Continue" carries the same version as the final reply */
+        /* "100 Continue" says HTTP/1.1 as the final reply does; none for HTTP/1.0, which
+         * ignores the expectation (RFC 9110 10.1.1), nor before a 505, which is answered from
+         * the head (libevhtp's own 100 echoed the version: "HTTP/2.1 100 Continue") */
         snprintf(req, sizeof(req), "GET /healthz %s\r\nHost: t\r\nExpect: 100-continue\r\n"
                  "Content-Length: 2\r\n\r\nab", cases[i].version);
         fd = connect_port(d.port, 0);
@@ -685,8 +687,11 @@ START_TEST(status_line_version)
         shutdown(fd, SHUT_WR);
         n = read_until_close(fd, buf, sizeof(buf), 3000 * dutil_slow());
         close(fd);
-        char cont[32];
-        snprintf(cont, sizeof(cont), "%.9s100 Continue\r\n\r\n", cases[i].status_line);
+        char cont[32] = "";
+        if (strstr(cases[i].status_line, "HTTP/1.1 200"))
+            snprintf(cont, sizeof(cont), "%.9s100 Continue\r\n\r\n", cases[i].status_line);
+        ck_assert_msg(cont[0] || !strstr(buf, "100 Continue"), "%s + Expect: %.60s",
+                      cases[i].version, buf);
         ck_assert_msg(n > 0 && strncmp(buf, cont, strlen(cont)) == 0, "%s + Expect: %.60s",
                       cases[i].version, buf);
         const char *final = buf + strlen(cont);

@@ -6,11 +6,17 @@
  * (scheme, host, port) with at most pool_size of them, each carrying up to pipeline requests in
  * flight once it has shown it persists (HTTP/1.1 pipelining; 1, the default, pipelines nothing),
  * every attempt has its own deadline timer,
- * and request bodies are written from the caller's iovec slices without copying.  When a server
- * closes a kept-alive connection just as it is reused (no response byte seen), the request is
- * sent once more on a fresh connection, and so are requests pipelined behind a response that
- * failed or ended the connection (each at most once); any other failure is reported, never
- * retried here.
+ * and request bodies are written from the caller's iovec slices without copying.
+ *
+ * Sending again: a request counts as sent once a byte of it has left the client's buffers (it
+ * may have reached the server).  When a server closes a kept-alive connection just as it is
+ * reused (no response byte seen), the request is sent once more on another connection, and so
+ * are sent requests pipelined behind a response that failed or ended the connection: each at
+ * most once (stats.requeued), the second time reported as the failure.  A request that was never
+ * sent when its connection ended is moved to another connection instead (stats.moved), which
+ * does not use its one resend; moves are bounded by the attempt's deadline (the connect and
+ * request timeouts from when the call began or was last sent again), after which it fails as
+ * FBR_CLIENT_ERR_TIMEOUT.  Any other failure is reported, never retried here.
  *
  * Response bodies are read only as far as the call keeps them (max_body): a longer one is cut
  * there (body_cut) and its connection closed instead of drained, whatever its length says, so a
@@ -141,8 +147,13 @@ struct fbr_client_stats {
     uint64_t connections_opened; /* TCP connections attempted */
     uint64_t connections_reused; /* requests sent on a kept-alive connection */
     uint64_t open_now;           /* connections currently open or opening */
-    uint64_t requeued;           /* requests sent again because a kept-alive connection closed
-                                    before any response byte (at most once per request) */
+    uint64_t requeued;           /* requests sent again (at most once each) because the
+                                    connection they may have reached ended before any response
+                                    byte of theirs */
+    uint64_t moved;              /* requests put on another connection without counting as a
+                                    resend: never sent, or ignored by the server (queued behind
+                                    an answer that closed the connection, or on a connection
+                                    that answered what it was not asked) */
     uint64_t pipelined;          /* requests written while another response was awaited on
                                     their connection */
 };

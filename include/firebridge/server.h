@@ -44,6 +44,12 @@ struct fbr_route {
     int secret_segment; /* 1: the path segment right after a prefix route's `path` is a secret
                            (an API key): logs show it as "***" */
     fbr_route_fn fn;
+    /* Optional: the refusals fn would give from the path, the method and the headers alone,
+     * asked before the body is read when the client waits for "100 Continue" (HTTP/1.1
+     * "Expect: 100-continue"): it answers (fbr_http_reply_*) exactly as fn would, and the
+     * connection closes without reading the body; answering nothing lets the body come.
+     * req->body is empty and req->json NULL.  NULL: only the route, method and size checks. */
+    fbr_route_fn check;
     void *arg;
 };
 
