@@ -38,10 +38,10 @@
 struct lg_conn {
     struct lg_sender *s;
     struct bufferevent *bev;
-    int metrics; /* the /metrics poller */
-    int busy;    /* a request is in flight */
+    int metrics;   /* the /metrics poller */
+    int busy;      /* a request is in flight */
     int connected; /* the connect completed: requests are written straight to the socket */
-    int cooling; /* after a transport error: idle again when `cool` fires */
+    int cooling;   /* after a transport error: idle again when `cool` fires */
     struct event *cool;
     uint64_t seq, intended_ns, sent_ns;
     /* answer being parsed */
@@ -318,14 +318,14 @@ static int parse_head(struct lg_conn *c, struct evbuffer *in)
         return -1;
     const char *h = (const char *)evbuffer_pullup(in, (ssize_t)hlen);
     /* "HTTP/1.x SSS[ reason]\r\n" */
-    if (hlen < 16 || strncmp(h, "HTTP/1.", 7) != 0 || (h[7] != '0' && h[7] != '1') ||
-        h[8] != ' ' || h[9] < '1' || h[9] > '5' || h[10] < '0' || h[10] > '9' || h[11] < '0' ||
-        h[11] > '9' || (h[12] != ' ' && h[12] != '\r'))
+    if (hlen < 16 || strncmp(h, "HTTP/1.", 7) != 0 || (h[7] != '0' && h[7] != '1') || h[8] != ' ' ||
+        h[9] < '1' || h[9] > '5' || h[10] < '0' || h[10] > '9' || h[11] < '0' || h[11] > '9' ||
+        (h[12] != ' ' && h[12] != '\r'))
         return -1;
     c->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
     if (c->status < 200) {
         if (c->status == 101)
-            return -1; /* a protocol switch nobody asked for */
+            return -1;            /* a protocol switch nobody asked for */
         evbuffer_drain(in, hlen); /* 100 Continue and the like: the answer follows */
         return 2;
     }
@@ -357,7 +357,7 @@ static int parse_head(struct lg_conn *c, struct evbuffer *in)
     if (c->status == 204 || c->status == 304)
         cl = 0;
     if (chunked)
-        return -1; /* the targets answer with Content-Length; chunked is not supported */
+        return -1;         /* the targets answer with Content-Length; chunked is not supported */
     c->until_eof = cl < 0; /* no length: the body runs to the close (RFC 9112 6.3) */
     if (c->until_eof)
         c->close_after = 1;
