@@ -27,9 +27,11 @@
  * response was being read gets the failure as without pipelining; the calls behind it have seen
  * no response byte and go to another connection (requeue_inflight()): sent once more if their
  * bytes may have reached the server, at most once, then failed; moved, without using that one
- * resend, if they were never sent (still corked when the connection ended).  With the default
- * of 1 nothing is pipelined (each connection carries one request at a time) and the corked send
- * costs nothing more: the one send() moves to the end of the iteration's callbacks.
+ * resend, if they were never sent (still corked when the connection ended) or the answer before
+ * them said "Connection: close" (the server processed nothing after it).  Once the answer being
+ * read says the connection ends with it, nothing more is queued on it (conn_ending()).  With the
+ * default of 1 nothing is pipelined (each connection carries one request at a time) and the corked
+ * send costs nothing more: the one send() moves to the end of the iteration's callbacks.
  */
 #include "firebridge/client.h"
 
@@ -120,7 +122,11 @@ struct upstream_conn {
     enum parse_state ps;
     uint64_t remaining;
     size_t header_bytes;
-    int chunked, has_len, conn_close, http10, got_bytes;
+    int chunked, has_len, got_bytes;
+    int conn_close; /* the answer says "Connection: close" */
+    int http10;     /* an HTTP/1.0 answer: not kept, whatever it says */
+    int keep_alive; /* it says "Connection: keep-alive" (an HTTP/1.0 server may go on) */
+    int abandon;    /* the client stops reading it (need_more()): the connection closes */
     int last_errno;
 };
 
@@ -288,17 +294,35 @@ static void parser_reset(struct upstream_conn *conn)
 {
     conn->ps = PS_STATUS;
     conn->header_bytes = 0;
-    conn->chunked = conn->has_len = conn->conn_close = conn->http10 = conn->got_bytes = 0;
+    conn->chunked = conn->has_len = conn->got_bytes = 0;
+    conn->conn_close = conn->http10 = conn->keep_alive = conn->abandon = 0;
+}
+
+/* Whether the answer being read ends conn: it says so (close, HTTP/1.0), its body runs to the
+ * close, or the client stops reading it.  Nothing more may be queued on conn from then on. */
+static int conn_ending(const struct upstream_conn *conn)
+{
+    return conn->conn_close || conn->http10 || conn->abandon || conn->ps == PS_UNTIL_EOF;
+}
+
+/* Whether the server said, with the answer being read, that it processes no request after it on
+ * conn (RFC 9112 9.6: "Connection: close"; an HTTP/1.0 answer without keep-alive, once its
+ * header section is complete, head_done): the requests queued behind were not processed,
+ * whatever of them was sent. */
+static int server_ignores_rest(const struct upstream_conn *conn, int head_done)
+{
+    return conn->conn_close || (conn->http10 && !conn->keep_alive && head_done);
 }
 
 /* Keeps conn in its pool's list of busy connections that can take one more request
- * (pipelining) exactly when it can: persistent, busy, fewer than opts.pipeline in flight.  One
- * written to in this iteration goes to the front, so that the next call joins its send. */
+ * (pipelining) exactly when it can: persistent, busy, fewer than opts.pipeline in flight, and
+ * not ending with the answer being read (conn_ending()).  One written to in this iteration goes
+ * to the front, so that the next call joins its send. */
 static void room_update(struct upstream_conn *conn)
 {
     struct pool *pool = conn->pool;
     int want = conn->state == CS_BUSY && conn->persistent &&
-               conn->ninflight < pool->client->opts.pipeline;
+               conn->ninflight < pool->client->opts.pipeline && !conn_ending(conn);
     if (conn->in_room && (!want || conn->corked)) {
         TAILQ_REMOVE(&pool->room, conn, room_link);
         conn->in_room = 0;
@@ -453,7 +477,8 @@ static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const
         conn_detach(conn, call);
         evtimer_del(call->timer);
     }
-    requeue_inflight(conn, err, reason, 0); /* the calls pipelined behind it */
+    /* the calls pipelined behind it */
+    requeue_inflight(conn, err, reason, call && server_ignores_rest(conn, conn->ps >= PS_BODY));
     conn_destroy(conn);
     if (call)
         call_complete(call);
@@ -742,6 +767,8 @@ static int on_header(struct upstream_conn *conn, char *line)
     case RH_CONNECTION:
         if (has_token(v, "close"))
             conn->conn_close = 1;
+        if (has_token(v, "keep-alive"))
+            conn->keep_alive = 1;
         break;
     case RH_RETRY_AFTER:
         r->retry_after_wall_ms = fbr_client_parse_retry_after(v, fbr_wall_ms());
@@ -813,8 +840,8 @@ static int response_done(struct upstream_conn *conn)
     struct pool *pool = conn->pool;
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
-    int persists = !conn->http10 && !conn->conn_close && conn->ps != PS_UNTIL_EOF &&
-                   request_sent(conn, call);
+    int persists = !conn_ending(conn) && request_sent(conn, call);
+    int ignored = server_ignores_rest(conn, 1);
     int more = 0;
     conn_detach(conn, call); /* call_complete() stops its timer */
     if (persists && conn->ninflight) {
@@ -833,7 +860,7 @@ static int response_done(struct upstream_conn *conn)
         snprintf(reason, sizeof(reason),
                  "%s:%s ended the connection with an earlier response, before responding",
                  pool->host, pool->port);
-        requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason, 0);
+        requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason, ignored);
         conn_destroy(conn);
     }
     call_complete(call);
@@ -892,7 +919,7 @@ static int take_line(struct evbuffer *in, char *buf, size_t *n)
 static int need_more(struct upstream_conn *conn)
 {
     if (conn->call->resp.body_cut && conn->ps >= PS_BODY) {
-        conn->conn_close = 1;
+        conn->abandon = 1;
         return 1;
     }
     return 0;
@@ -1043,8 +1070,10 @@ static void read_cb(struct bufferevent *bev, void *arg)
     for (;;) {
         conn->got_bytes = 1;
         int rc = parse(conn);
-        if (rc == 0)
+        if (rc == 0) {
+            room_update(conn); /* an answer that ends conn takes it out of the room list */
             return;
+        }
         if (rc < 0) {
             struct call *call = conn->call;
             char reason[sizeof(call->reason)];

@@ -635,38 +635,6 @@ START_TEST(pipelined_requests_share_a_send)
 }
 END_TEST
 
-/*
- * A response that ends the connection ("Connection: close") with requests pipelined behind it:
- * they were never answered, so they go out again on a new connection, each once.  Here the
- * first of four is answered and closes; the other three are sent again; on the new connection
- * the third's answer closes it too, and the fourth, already sent twice, fails (EOF) instead of
- * going round again.
- */
-START_TEST(pipelined_calls_sent_again_once)
-{
-    srv = tsrv_new(base, NULL);
-    const struct tsrv_reply script[] = {
-        {204, NULL, 0, 0, NULL, 0}, {204, NULL, 0, 0, NULL, 1},
-        {204, NULL, 0, 0, NULL, 0}, {204, NULL, 0, 0, NULL, 1}};
-    tsrv_script(srv, "/v2/room/q", script, 4);
-    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
-    struct fbr_client *c = client_new_pipe(1, 4, 5000);
-    const char *url = tsrv_room_url(srv, "http", "127.0.0.1", "q");
-    warm_up(c, url);
-    pipe_start(c, url, 4);
-    for (int i = 0; i < 3; i++)
-        ck_assert_msg(pipe_status[i] == 204, "%d: %d %s", i, pipe_status[i], pipe_reason[i]);
-    ck_assert_int_eq(pipe_err[3], FBR_CLIENT_ERR_EOF);
-    ck_assert_msg(strstr(pipe_reason[3], "ended the connection"), "%s", pipe_reason[3]);
-    struct fbr_client_stats st;
-    fbr_client_get_stats(c, &st);
-    ck_assert_uint_eq(st.requeued, 3);
-    ck_assert_uint_eq(tsrv_accepted(srv), 2);
-    ck_assert_uint_eq(tsrv_nreqs(srv), 4); /* the warm-up, the first, the second, the third */
-    fbr_client_free(&c);
-}
-END_TEST
-
 /* With room in the pool a request opens a connection rather than wait behind an answer still
  * awaited: the first request stalls at the server, the next one (a later loop iteration) goes
  * out on a second connection and is answered while the first still waits. */
@@ -905,6 +873,17 @@ static void peer_post(struct fbr_client *c, const struct peer *p, int n)
         pipe_request(c, &post, i);
 }
 
+/* A peer and a client of pipeline depth on one connection to it, warmed (peer_client()), with
+ * calls 0 .. n-1 started (peer_post()) and the first sent of them received by the peer. */
+static struct fbr_client *peer_pipeline(struct peer *p, unsigned depth, int n, int sent)
+{
+    peer_open(p, 0);
+    struct fbr_client *c = peer_client(p, depth, 10000);
+    peer_post(c, p, n);
+    peer_wait_requests(p, 0, 1 + sent);
+    return c;
+}
+
 /*
  * A server may answer before it has read the whole request (an early 200 or 413): here the
  * response to a 16 MiB request comes while most of its body is still in the client, with a
@@ -1031,15 +1010,12 @@ END_TEST
 /*
  * Answers that end the connection in the middle of a pipeline: an HTTP/1.0 answer (with a
  * Content-Length), then on the next connection a close-delimited body.  The calls behind the
- * first are sent again on new connections and answered.
+ * first, which the HTTP/1.0 server did not process, go to new connections and are answered.
  */
 START_TEST(pipelined_http10_and_close_delimited)
 {
     struct peer p;
-    peer_open(&p, 0);
-    struct fbr_client *c = peer_client(&p, 4, 10000);
-    peer_post(c, &p, 3);
-    peer_wait_requests(&p, 0, 4);
+    struct fbr_client *c = peer_pipeline(&p, 4, 3, 3);
     static const char http10[] = "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
     peer_send(&p, 0, http10, sizeof(http10) - 1);
     peer_wait_requests(&p, 1, 1); /* the second, sent again (the third waits: a new connection
@@ -1146,6 +1122,17 @@ START_TEST(pipelined_later_call_times_out)
 }
 END_TEST
 
+/* The client's resends and moves are as expected; then the client and the peer are freed. */
+static void peer_finish(struct fbr_client **c, struct peer *p, uint64_t requeued, uint64_t moved)
+{
+    struct fbr_client_stats st;
+    fbr_client_get_stats(*c, &st);
+    ck_assert_uint_eq(st.requeued, requeued);
+    ck_assert_uint_eq(st.moved, moved);
+    fbr_client_free(c);
+    peer_close(p);
+}
+
 /*
  * A request that never left the client does not use up its one resend (item 1 of the pipelining
  * probe).  Pool of one, --pipeline 3: calls 0-2 are pipelined on the connection, 3 and 4 wait.
@@ -1159,10 +1146,7 @@ END_TEST
 START_TEST(unsent_request_keeps_its_resend)
 {
     struct peer p;
-    peer_open(&p, 0);
-    struct fbr_client *c = peer_client(&p, 3, 10000);
-    peer_post(c, &p, 5);
-    peer_wait_requests(&p, 0, 4); /* the warm-up and 0, 1, 2 */
+    struct fbr_client *c = peer_pipeline(&p, 3, 5, 3); /* 0, 1, 2 sent; 3 and 4 wait */
     static const char answer_then_garbage[] = "HTTP/1.1 204 No Content\r\n\r\nNOPE\r\n\r\n";
     peer_send(&p, 0, answer_then_garbage, sizeof(answer_then_garbage) - 1);
     peer_wait_requests(&p, 1, 1); /* 2 on a new connection */
@@ -1178,12 +1162,122 @@ START_TEST(unsent_request_keeps_its_resend)
         ck_assert_int_eq(pipe_calls[i], 1);
     ck_assert_int_eq(peer_requests(&p, 0), 4); /* 3 never reached the first connection */
     ck_assert_int_eq(p.nfd, 3);
-    struct fbr_client_stats st;
-    fbr_client_get_stats(c, &st);
-    ck_assert_uint_eq(st.requeued, 3); /* 2 once; 3 and 4 after the idle-close race */
-    ck_assert_uint_eq(st.moved, 1);    /* 3, from the first connection */
-    fbr_client_free(&c);
-    peer_close(&p);
+    peer_finish(&c, &p, 3, 1); /* resent: 2, then 3 and 4; moved: 3, from the first */
+}
+END_TEST
+
+/*
+ * Sent requests that a server drops without an answer are sent again once each, then failed:
+ * pool of one, --pipeline 2, calls 0 and 1 pipelined on the kept-alive connection, which the
+ * peer closes without answering (the idle-close race): both go out again; 0 is answered on the
+ * new connection, 1 follows on it once it is idle, and the peer closes that one without an
+ * answer too: 1, sent twice already, fails (EOF) instead of going round again.
+ */
+START_TEST(pipelined_calls_sent_again_once)
+{
+    struct peer p;
+    struct fbr_client *c = peer_pipeline(&p, 2, 2, 2);
+    peer_drop(&p, 0, 0);
+    peer_wait_requests(&p, 1, 1);
+    peer_send(&p, 1, resp_204, sizeof(resp_204) - 1);
+    peer_wait_requests(&p, 1, 2);
+    peer_drop(&p, 1, 0);
+    peer_run_until(&p, pipe_done);
+    ck_assert_int_eq(pipe_status[0], 204);
+    ck_assert_int_eq(pipe_err[1], FBR_CLIENT_ERR_EOF);
+    ck_assert_msg(strstr(pipe_reason[1], "before responding"), "%s", pipe_reason[1]);
+    ck_assert_int_eq(pipe_calls[0], 1);
+    ck_assert_int_eq(pipe_calls[1], 1);
+    ck_assert_int_eq(p.nfd, 2);
+    peer_finish(&c, &p, 2, 0);
+}
+END_TEST
+
+/* The peer's connection that has received exactly n requests, or -1. */
+static int peer_conn_with(const struct peer *p, int n)
+{
+    for (int i = 0; i < p->nfd; i++)
+        if (peer_requests(p, i) == n)
+            return i;
+    return -1;
+}
+
+/*
+ * Nothing is queued on a connection whose answer being read has said it ends the connection
+ * (pipelining probe, item 2): pool of one, --pipeline 3, a call answered by a head that says
+ * "Connection: close" (then an HTTP/1.0 head without keep-alive) and the first bytes of its body.
+ * A call started then waits, and goes out on a new connection once the answer is complete,
+ * neither sent on the closing connection nor counted as sent again.  Before the fix it was
+ * pipelined behind the closing answer and went out twice.
+ */
+START_TEST(nothing_queued_behind_a_closing_answer)
+{
+    static const char *const heads[] = {
+        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nab",
+        "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nab"};
+    for (int mode = 0; mode < 2; mode++) {
+        struct peer p;
+        peer_open(&p, 0);
+        struct fbr_client *c = peer_client(&p, 3, 10000);
+        peer_post(c, &p, 1);
+        peer_wait_requests(&p, 0, 2);
+        peer_send(&p, 0, heads[mode], strlen(heads[mode]));
+        for (int k = 0; k < 20; k++)
+            peer_poll(&p);
+        struct fbr_client_req post = {"POST", p.url, strlen(p.url), NULL, 0, NULL, 0, NULL};
+        pipe_request(c, &post, 1);
+        pipe_want = 2;
+        for (int k = 0; k < 20; k++)
+            peer_poll(&p);
+        ck_assert_msg(peer_requests(&p, 0) == 2, "mode %d: a request sent behind the close", mode);
+        peer_send(&p, 0, "cde", 3);
+        peer_drop(&p, 0, 0);
+        peer_serve(&p, 1);
+        ck_assert_int_eq(pipe_status[0], 200);
+        ck_assert_str_eq(pipe_body[0], "abcde");
+        ck_assert_msg(pipe_status[1] == 204, "mode %d: %d %s", mode, pipe_status[1],
+                      pipe_reason[1]);
+        ck_assert_int_eq(peer_requests(&p, 0), 2);
+        ck_assert_int_eq(peer_requests(&p, 1), 1);
+        peer_finish(&c, &p, 0, 0);
+    }
+}
+END_TEST
+
+/*
+ * Calls sent behind an answer that closes the connection were not processed (RFC 9112 9.6): they
+ * are moved without using their one resend (pipelining probe, item 2).  Pool of two idle
+ * persistent connections, --pipeline 2: calls 0 and 1 pipelined on one; 0's answer says
+ * "Connection: close" and the peer closes.  1 goes to the other idle connection, whose peer
+ * closes it without an answer (the idle-close race): 1 is sent once more and answered on a third
+ * connection.  Before the fix the first move counted as its resend and it failed with EOF.
+ */
+START_TEST(calls_behind_a_closing_answer_keep_their_resend)
+{
+    struct peer p;
+    peer_open(&p, 0);
+    struct fbr_client *c = client_new_pipe(2, 2, 10000);
+    peer_post(c, &p, 2); /* two new connections, each warmed by one answer */
+    peer_serve(&p, 0);
+    ck_assert_int_eq(p.nfd, 2);
+    peer_post(c, &p, 2);
+    long long deadline = dutil_wall_ms() + 10000;
+    while (peer_conn_with(&p, 3) < 0 && dutil_wall_ms() < deadline)
+        peer_poll(&p);
+    int x = peer_conn_with(&p, 3), y = 1 - x;
+    ck_assert_int_ge(x, 0);
+    static const char close_204[] = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+    peer_send(&p, x, close_204, sizeof(close_204) - 1);
+    peer_drop(&p, x, 0);
+    peer_wait_requests(&p, y, 2); /* 1, moved to the idle connection */
+    peer_drop(&p, y, 0);
+    peer_serve(&p, 2);
+    ck_assert_int_eq(pipe_status[0], 204);
+    ck_assert_msg(pipe_status[1] == 204, "%d %s", pipe_status[1], pipe_reason[1]);
+    ck_assert_int_eq(pipe_calls[0], 1);
+    ck_assert_int_eq(pipe_calls[1], 1);
+    ck_assert_int_eq(p.nfd, 3);
+    peer_finish(&c, &p, 1, 1);
 }
 END_TEST
 
@@ -1515,6 +1609,8 @@ int main(void)
     tcase_add_test(tc, pipelined_later_call_times_out);
     tcase_add_test(tc, pipelined_free_with_calls_in_flight);
     tcase_add_test(tc, unsent_request_keeps_its_resend);
+    tcase_add_test(tc, nothing_queued_behind_a_closing_answer);
+    tcase_add_test(tc, calls_behind_a_closing_answer_keep_their_resend);
     tcase_add_test(tc, pipelined_mixed_bodies_plain);
     tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, retry_after);

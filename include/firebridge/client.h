@@ -4,19 +4,22 @@
  * literals skip it), TLS verifies the certificate chain and the host name by default (TLS 1.2
  * minimum, SNI, system trust store or a CA file), connections are kept alive and pooled per origin
  * (scheme, host, port) with at most pool_size of them, each carrying up to pipeline requests in
- * flight once it has shown it persists (HTTP/1.1 pipelining; 1, the default, pipelines nothing),
- * every attempt has its own deadline timer,
- * and request bodies are written from the caller's iovec slices without copying.
+ * flight once it has shown it persists (HTTP/1.1 pipelining; 1, the default, pipelines nothing)
+ * and none more once the answer being read says the connection ends with it.  Every attempt has
+ * its own deadline timer, and request bodies are written from the caller's iovec slices without
+ * copying.
  *
  * Sending again: a request counts as sent once a byte of it has left the client's buffers (it
  * may have reached the server).  When a server closes a kept-alive connection just as it is
  * reused (no response byte seen), the request is sent once more on another connection, and so
  * are sent requests pipelined behind a response that failed or ended the connection: each at
  * most once (stats.requeued), the second time reported as the failure.  A request that was never
- * sent when its connection ended is moved to another connection instead (stats.moved), which
- * does not use its one resend; moves are bounded by the attempt's deadline (the connect and
- * request timeouts from when the call began or was last sent again), after which it fails as
- * FBR_CLIENT_ERR_TIMEOUT.  Any other failure is reported, never retried here.
+ * sent when its connection ended, or was queued behind an answer saying the server processes
+ * nothing more on the connection ("Connection: close", HTTP/1.0 without keep-alive: RFC 9112
+ * 9.6), is moved to another connection instead (stats.moved), which does not use its one resend;
+ * moves are bounded by the attempt's deadline (the connect and request timeouts from when the call
+ * began or was last sent again), after which it fails as FBR_CLIENT_ERR_TIMEOUT.  Any other failure
+ * is reported, never retried here.
  *
  * Response bodies are read only as far as the call keeps them (max_body): a longer one is cut
  * there (body_cut) and its connection closed instead of drained, whatever its length says, so a
