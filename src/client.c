@@ -7,7 +7,11 @@
  * blocking getaddrinfo without an evdns base (see the shared notes on libevent).
  *
  * Pooling: one pool per origin holds idle connections and a FIFO of calls waiting for one; at
- * most pool_size connections (idle, busy or opening) exist per origin.  Each TCP connection gets a
+ * most pool_size connections (idle, busy or opening) exist per origin.  Webhook URLs are
+ * templates, so origins are not a fixed set: a pool unused (no call waiting, no connection
+ * busy) for opts.pool_idle_ms is freed by a sweep timer, its idle connections closed, and at
+ * most opts.max_pools exist; a new origin beyond that takes the place of the least recently
+ * used unused pool, or its call fails when every pool is in use.  Each TCP connection gets a
  * fresh SSL object and bufferevent.  A connection is reused only after a complete response that
  * allows it (HTTP/1.1, no "Connection: close", nothing left in either buffer); an idle one that
  * gets data or EOF is closed.  A plain-TCP connection, once connected, reads the socket with its
@@ -98,6 +102,11 @@ struct pool {
     TAILQ_HEAD(, call) waiting;
     unsigned nconns; /* open or opening */
     int kicking;     /* pool_kick() is running: nested calls leave the work to it */
+    char *key;       /* its key in client->pools */
+    size_t key_len;
+    int used;                   /* a call came since the last sweep */
+    unsigned unused_sweeps;     /* sweeps in a row that found it unused */
+    TAILQ_ENTRY(pool) all_link; /* client->pool_list, least recently called first */
 };
 
 struct upstream_conn {
@@ -167,6 +176,8 @@ struct fbr_client {
     struct fbr_client_stats stats;
     TAILQ_HEAD(, upstream_conn) corked; /* connections with pending bytes this iteration */
     struct event *flush;                /* made active when the first one is corked */
+    TAILQ_HEAD(pool_head, pool) pool_list; /* every pool, least recently called first */
+    struct event *sweep;                /* frees unused pools; pending while any exists */
 };
 
 static const char *const err_names[] = {
@@ -1455,6 +1466,75 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- pools (URLs are parsed by url.h) ---- */
 
+/* Whether pool has a call waiting or a connection that is not idle (opening or busy). */
+static int pool_in_use(const struct pool *pool)
+{
+    if (!TAILQ_EMPTY(&pool->waiting))
+        return 1;
+    unsigned idle = 0;
+    const struct upstream_conn *conn;
+    TAILQ_FOREACH (conn, &pool->idle, link)
+        idle++;
+    return idle != pool->nconns;
+}
+
+/* Frees a pool not in use: its idle connections closed, its origin forgotten. */
+static void pool_free(struct fbr_client *c, struct pool *pool)
+{
+    struct upstream_conn *conn;
+    while ((conn = TAILQ_FIRST(&pool->idle)))
+        conn_destroy(conn);
+    fbr_strmap_del(&c->pools, pool->key, pool->key_len);
+    TAILQ_REMOVE(&c->pool_list, pool, all_link);
+    c->stats.pools_now--;
+    free(pool->key);
+    free(pool->host);
+    free(pool->host_hdr);
+    free(pool);
+}
+
+/* The sweep runs every half pool_idle_ms while a pool exists: a pool found unused twice in a
+ * row, with no call since, has been unused for at least pool_idle_ms and is freed. */
+static void sweep_arm(struct fbr_client *c)
+{
+    unsigned ms = c->opts.pool_idle_ms / 2 ? c->opts.pool_idle_ms / 2 : 1;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->sweep, &tv);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct fbr_client *c = arg;
+    (void)fd, (void)what;
+    struct pool *pool, *next;
+    for (pool = TAILQ_FIRST(&c->pool_list); pool; pool = next) {
+        next = TAILQ_NEXT(pool, all_link);
+        if (pool->used || pool_in_use(pool)) {
+            pool->used = 0;
+            pool->unused_sweeps = 0;
+        } else if (++pool->unused_sweeps >= 2) {
+            pool_free(c, pool);
+        }
+    }
+    if (!TAILQ_EMPTY(&c->pool_list))
+        sweep_arm(c);
+}
+
+/* Makes room for one more pool at max_pools: the least recently called pool not in use is
+ * freed.  Returns 0 when every pool is in use. */
+static int pool_evict(struct fbr_client *c)
+{
+    struct pool *pool;
+    TAILQ_FOREACH (pool, &c->pool_list, all_link) {
+        if (!pool_in_use(pool)) {
+            pool_free(c, pool);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The pool of u's origin, made when there is none (NULL: max_pools are all in use). */
 static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
 {
     /* scheme://host:port, built by hand: this runs once per request (url.h caps the host at
@@ -1469,8 +1549,16 @@ static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
     key[n++] = ':';
     n += fbr_fmt_u64(key + n, u->port_num);
     struct pool *pool = fbr_strmap_get(&c->pools, key, n);
-    if (pool)
+    if (pool) {
+        pool->used = 1;
+        if (pool != TAILQ_LAST(&c->pool_list, pool_head)) {
+            TAILQ_REMOVE(&c->pool_list, pool, all_link);
+            TAILQ_INSERT_TAIL(&c->pool_list, pool, all_link);
+        }
         return pool;
+    }
+    if (c->stats.pools_now >= c->opts.max_pools && !pool_evict(c))
+        return NULL;
     pool = fbr_xcalloc(1, sizeof(*pool));
     pool->client = c;
     pool->tls = u->tls;
@@ -1489,7 +1577,14 @@ static struct pool *get_pool(struct fbr_client *c, const struct fbr_url *u)
     TAILQ_INIT(&pool->idle);
     TAILQ_INIT(&pool->room);
     TAILQ_INIT(&pool->waiting);
+    pool->key = fbr_xstrndup(key, n);
+    pool->key_len = n;
+    pool->used = 1;
     fbr_strmap_put(&c->pools, key, (size_t)n, pool);
+    TAILQ_INSERT_TAIL(&c->pool_list, pool, all_link);
+    c->stats.pools_now++;
+    if (!evtimer_pending(c->sweep, NULL))
+        sweep_arm(c);
     return pool;
 }
 
@@ -1538,6 +1633,15 @@ int fbr_client_request(struct fbr_client *c, const struct fbr_client_req *req, f
     evtimer_assign(call->timer, c->base, timer_cb, call);
     reset_resp(&call->resp);
     TAILQ_INSERT_TAIL(&c->calls, call, all_link);
+    if (!pool) {
+        c->stats.pools_refused++;
+        call_set_error(call, FBR_CLIENT_ERR_CONNECT,
+                       "not connecting to %.*s:%u: %u origins have connections in use "
+                       "(the most kept at once)",
+                       (int)u->host.len, u->host.ptr, u->port_num, c->opts.max_pools);
+        call_complete(call);
+        return FBR_OK;
+    }
     struct upstream_conn *conn = TAILQ_EMPTY(&pool->waiting) && !pool->kicking ? pick_conn(pool)
                                                                                : NULL;
     if (conn) {
@@ -1632,14 +1736,24 @@ int fbr_client_new(struct event_base *base, const struct fbr_client_opts *opts,
         c->opts.request_timeout_ms = FBR_DEFAULT_REQUEST_TIMEOUT_MS;
     if (!c->opts.pipeline)
         c->opts.pipeline = FBR_DEFAULT_PIPELINE;
+    if (!c->opts.max_pools)
+        c->opts.max_pools = FBR_DEFAULT_MAX_POOLS;
+    if (!c->opts.pool_idle_ms)
+        c->opts.pool_idle_ms = FBR_DEFAULT_IDLE_TIMEOUT_MS;
     c->opts.ca_file = NULL; /* not kept: the string is the caller's */
     c->opts.nameserver = NULL;
     fbr_strmap_init(&c->pools);
     TAILQ_INIT(&c->calls);
     TAILQ_INIT(&c->corked);
+    TAILQ_INIT(&c->pool_list);
     c->flush = event_new(base, -1, 0, flush_cb, c);
-    if (!c->flush) {
-        snprintf(err, errlen, "cannot create the client's flush event");
+    c->sweep = evtimer_new(base, sweep_cb, c);
+    if (!c->flush || !c->sweep) {
+        if (c->flush)
+            event_free(c->flush);
+        if (c->sweep)
+            event_free(c->sweep);
+        snprintf(err, errlen, "cannot create the client's events");
         evdns_base_free(dns, 0);
         SSL_CTX_free(ctx);
         free(c);
@@ -1661,6 +1775,7 @@ static void free_pool(const char *key, void *value, void *arg)
     struct upstream_conn *conn;
     while ((conn = TAILQ_FIRST(&pool->idle)))
         conn_destroy(conn);
+    free(pool->key);
     free(pool->host);
     free(pool->host_hdr);
     free(pool);
@@ -1695,6 +1810,7 @@ void fbr_client_free(struct fbr_client **cp)
     fbr_strmap_clear(&c->pools);
     SSL_CTX_free(c->ssl_ctx);
     event_free(c->flush);
+    event_free(c->sweep);
     free(c);
     *cp = NULL;
 }

@@ -1460,6 +1460,12 @@ void fbr_delivery_metrics_collect(struct fbr_metrics_samples *s, void *arg)
                        "Outbound TCP connections attempted.", NULL, NULL, cs.connections_opened);
     fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_client_connections_open",
                        "Outbound connections open or opening.", NULL, NULL, cs.open_now);
+    fbr_metrics_sample(s, FBR_METRIC_GAUGE, "firebridge_client_pools",
+                       "Origins (scheme, host, port) with an outbound connection pool.", NULL,
+                       NULL, cs.pools_now);
+    fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_pools_refused_total",
+                       "Attempts failed because every allowed origin pool was in use.", NULL,
+                       NULL, cs.pools_refused);
     fbr_metrics_sample(s, FBR_METRIC_COUNTER, "firebridge_client_requests_pipelined_total",
                        "Requests written while another response was awaited on their "
                        "connection (--pipeline).",

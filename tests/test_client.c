@@ -512,6 +512,137 @@ START_TEST(connection_refused)
 }
 END_TEST
 
+/* ---- origin pools: freed when unused, bounded ---- */
+
+static struct fbr_client *pools_client(unsigned max_pools, unsigned idle_ms)
+{
+    char err[256];
+    struct fbr_client_opts co = {.pool_size = 2, .connect_timeout_ms = 3000,
+                                 .request_timeout_ms = 3000, .max_pools = max_pools,
+                                 .pool_idle_ms = idle_ms};
+    struct fbr_client *c = NULL;
+    ck_assert_int_eq(fbr_client_new(base, &co, &c, err, sizeof(err)), FBR_OK);
+    return c;
+}
+
+static uint64_t pools_now(const struct fbr_client *c)
+{
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    return st.pools_now;
+}
+
+/* One request to url, run until its callback. */
+static void pools_call(struct fbr_client *c, const char *url)
+{
+    struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+    got_reset();
+    ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    ck_assert(tsrv_run_until(base, got_one, 5000));
+}
+
+static struct fbr_client *pools_watched;
+static int pools_gone(void)
+{
+    return pools_now(pools_watched) == 0;
+}
+
+/*
+ * Webhook hosts are templates, so origins are unbounded: each distinct origin (a real server on
+ * 127.0.0.1, closed ports on 127.0.0.2...) raises the pool gauge, and with nothing in use for
+ * pool_idle_ms every pool is freed and its kept-alive connection closed.  At max_pools a new
+ * origin replaces the least recently used pool not in use (the real server's: its idle
+ * connection is closed and the next call opens a new one); when every pool has a call in flight
+ * (listening sockets that never answer), a new origin's call fails at once, saying why, and
+ * nothing grows.
+ */
+START_TEST(origin_pools_freed_when_idle_and_bounded)
+{
+    srv = tsrv_new(base, NULL);
+    tsrv_set_default(srv, (struct tsrv_reply){204, NULL, 0, 0, NULL, 0});
+    char real[256], url[128];
+    snprintf(real, sizeof(real), "%s", tsrv_room_url(srv, "http", "127.0.0.1", "r"));
+    int closed = dutil_free_port();
+
+    /* freed when unused: 40 origins up, then all down after the idle time */
+    struct fbr_client *c = pools_client(64, 150);
+    pools_call(c, real);
+    ck_assert_int_eq(got_status, 204);
+    for (int i = 2; i < 41; i++) {
+        snprintf(url, sizeof(url), "http://127.0.0.%d:%d/x", i, closed);
+        pools_call(c, url);
+        ck_assert_msg(got_err == FBR_CLIENT_ERR_CONNECT, "%s: %s", url, got_reason);
+        ck_assert_uint_eq(pools_now(c), (uint64_t)i);
+    }
+    struct fbr_client_stats st;
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.open_now, 1); /* the real server's kept-alive connection */
+    pools_watched = c;
+    ck_assert(tsrv_run_until(base, pools_gone, 10000));
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.open_now, 0);
+    pools_call(c, real); /* a freed origin comes back as new */
+    ck_assert_int_eq(got_status, 204);
+    ck_assert_int_eq(got_reused, 0);
+    ck_assert_uint_eq(pools_now(c), 1);
+    fbr_client_free(&c);
+
+    /* the bound, replacing the least recently used pool not in use */
+    enum { MAX = 8 };
+    c = pools_client(MAX, 60000);
+    pools_call(c, real);
+    for (int i = 2; i <= MAX; i++) {
+        snprintf(url, sizeof(url), "http://127.0.0.%d:%d/x", i, closed);
+        pools_call(c, url);
+    }
+    ck_assert_uint_eq(pools_now(c), MAX);
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.open_now, 1);
+    snprintf(url, sizeof(url), "http://127.0.0.%d:%d/x", MAX + 1, closed);
+    pools_call(c, url); /* replaces the real server's pool, the least recently used */
+    ck_assert_msg(got_err == FBR_CLIENT_ERR_CONNECT, "%s", got_reason);
+    ck_assert_uint_eq(pools_now(c), MAX);
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.open_now, 0);
+    unsigned accepted = tsrv_accepted(srv);
+    pools_call(c, real);
+    ck_assert_int_eq(got_status, 204);
+    ck_assert_int_eq(got_reused, 0);
+    ck_assert_uint_eq(tsrv_accepted(srv), accepted + 1);
+    ck_assert_uint_eq(pools_now(c), MAX);
+
+    /* every pool in use: MAX listeners that take the connection and never answer */
+    int lfd[MAX];
+    for (int i = 0; i < MAX; i++) {
+        lfd[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+        socklen_t len = sizeof(sa);
+        ck_assert_int_eq(bind(lfd[i], (struct sockaddr *)&sa, len), 0);
+        ck_assert_int_eq(listen(lfd[i], 4), 0);
+        ck_assert_int_eq(getsockname(lfd[i], (struct sockaddr *)&sa, &len), 0);
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", ntohs(sa.sin_port));
+        struct fbr_client_req req = {"POST", url, strlen(url), NULL, 0, NULL, 0, NULL};
+        ck_assert_int_eq(fbr_client_request(c, &req, client_cb, NULL), FBR_OK);
+    }
+    got_reset();
+    for (int k = 0; k < 5; k++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    ck_assert_int_eq(got_calls, 0); /* all in flight */
+    ck_assert_uint_eq(pools_now(c), MAX);
+    snprintf(url, sizeof(url), "http://127.0.0.%d:%d/x", MAX + 2, closed);
+    pools_call(c, url);
+    ck_assert_int_eq(got_calls, 1);
+    ck_assert_int_eq(got_err, FBR_CLIENT_ERR_CONNECT);
+    ck_assert_msg(strstr(got_reason, "origins have connections in use"), "%s", got_reason);
+    fbr_client_get_stats(c, &st);
+    ck_assert_uint_eq(st.pools_now, MAX);
+    ck_assert_uint_eq(st.pools_refused, 1);
+    fbr_client_free(&c); /* calls in flight dropped, nothing leaks (ASan) */
+    for (int i = 0; i < MAX; i++)
+        close(lfd[i]);
+}
+END_TEST
+
 /*
  * The callback runs in the loop iteration that read the response, not one epoll_wait later: the
  * response is in the client's socket before one EVLOOP_ONCE iteration, and after it the call is
@@ -1597,6 +1728,7 @@ int main(void)
     tcase_add_test(tc, chunked_body_cut);
     tcase_add_test(tc, stalled_server_times_out);
     tcase_add_test(tc, connection_refused);
+    tcase_add_test(tc, origin_pools_freed_when_idle_and_bounded);
     tcase_add_test(tc, completes_in_the_iteration_that_read_the_response);
     tcase_add_test(tc, pipelined_requests_share_a_send);
     tcase_add_test(tc, pipelined_calls_sent_again_once);

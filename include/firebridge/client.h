@@ -77,6 +77,12 @@ struct fbr_client_opts {
                                     read); NULL: /etc/resolv.conf (borrowed during _new) */
     unsigned pipeline;           /* requests in flight per persistent connection (1: none
                                     pipelined) */
+    unsigned max_pools;          /* origins with a pool at once (FBR_DEFAULT_MAX_POOLS): a new
+                                    origin beyond it takes the least recently used unused pool's
+                                    place, or fails its call (connect) when every one is in use */
+    unsigned pool_idle_ms;       /* a pool with no call waiting and no connection busy for this
+                                    long is freed, its idle connections closed
+                                    (FBR_DEFAULT_IDLE_TIMEOUT_MS) */
 };
 
 /* One request.  Everything is borrowed until the callback has been called. */
@@ -159,6 +165,8 @@ struct fbr_client_stats {
                                     that answered what it was not asked) */
     uint64_t pipelined;          /* requests written while another response was awaited on
                                     their connection */
+    uint64_t pools_now;          /* origins with a pool right now (at most max_pools) */
+    uint64_t pools_refused;      /* calls failed because max_pools origins were all in use */
 };
 void fbr_client_get_stats(const struct fbr_client *c, struct fbr_client_stats *out);
 

@@ -17,13 +17,16 @@
 #define FBR_DEFAULT_MAX_BODY 1048576         /* bytes */
 #define FBR_DEFAULT_MAX_CONNECTIONS 1024
 #define FBR_DEFAULT_READ_TIMEOUT_MS 10000
-#define FBR_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define FBR_DEFAULT_IDLE_TIMEOUT_MS 60000 /* also how long the client keeps an unused origin */
 
 /* outbound client */
 #define FBR_DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define FBR_DEFAULT_REQUEST_TIMEOUT_MS 15000
 #define FBR_DEFAULT_POOL_SIZE 16
 #define FBR_DEFAULT_PIPELINE 1 /* requests in flight per connection: no pipelining */
+/* origins (scheme, host, port) with a connection pool at once; webhook URLs are templates, so
+ * alerts could otherwise make one per distinct host (not a config key) */
+#define FBR_DEFAULT_MAX_POOLS 256
 
 /* delivery engine */
 #define FBR_DEFAULT_MAX_PENDING 10000
