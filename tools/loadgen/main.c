@@ -382,6 +382,13 @@ static void on_phase_tick(evutil_socket_t fd, short what, void *arg)
         if (now < lg->stop_ns)
             return;
         lg->stopping = 1;
+        if (lg->o.rate > 0) {
+            double due = floor((double)(lg->stop_ns - lg->start_ns) * lg->o.rate / 1e9) + 1;
+            if (due > (double)lg->o.max_alerts)
+                due = (double)lg->o.max_alerts;
+            if (due > (double)lg->next_seq)
+                lg->unsent_due = (uint64_t)due - lg->next_seq;
+        }
         r->phase = PH_ANSWERS;
         /* answers and deliveries share one deadline: a target that never answers (or never
          * delivers) holds the run for --drain seconds after the sending, no longer */
