@@ -33,7 +33,9 @@
  * bytes may have reached the server, at most once, then failed; moved, without using that one
  * resend, if they were never sent (still corked when the connection ended) or the answer before
  * them said "Connection: close" (the server processed nothing after it).  Once the answer being
- * read says the connection ends with it, nothing more is queued on it (conn_ending()).  With the
+ * read says the connection ends with it, nothing more is queued on it (conn_ending()).  Bytes
+ * that arrive while the head's request has not left the client answer nothing (read_cb()), and a
+ * 408 to the first request on a reused connection is its idle timeout (response_done()).  With the
  * default of 1 nothing is pipelined (each connection carries one request at a time) and the corked
  * send costs nothing more: the one send() moves to the end of the iteration's callbacks.
  */
@@ -96,7 +98,7 @@ struct pool {
     char *host;     /* without IPv6 brackets */
     char *host_hdr; /* Host header value */
     char port[8];
-    TAILQ_HEAD(, upstream_conn) idle;
+    TAILQ_HEAD(conn_list, upstream_conn) idle; /* the last used first */
     TAILQ_HEAD(, upstream_conn) room; /* busy, persistent, fewer than opts.pipeline in flight;
                                          those written to in this iteration first */
     TAILQ_HEAD(, call) waiting;
@@ -154,6 +156,8 @@ struct call {
     int requeued;           /* already sent again after its bytes may have reached a server
                                that then gave no answer: its one resend is used */
     int waiting;            /* in pool->waiting */
+    int after_idle;         /* the first request written on its connection since it was idle */
+    int fresh;              /* waiting for a new connection: pool_kick() reuses none for it */
     uint64_t deadline_ms;   /* fbr_now_ms() after which a move (requeue_inflight()) fails it */
     uint64_t req_start;     /* conn->queued before its request was queued: request_started() */
     uint64_t req_end;       /* conn->queued once its request was queued: request_sent() */
@@ -389,6 +393,51 @@ static int request_sent(const struct upstream_conn *conn, const struct call *cal
     return bytes_out(conn) >= call->req_end;
 }
 
+/* call, off its connection, waits at the front of pool's queue (after after, when not NULL) as
+ * requeue_inflight() says, sent again (resend) or moved; returns 0 when it failed instead (its
+ * completion scheduled). */
+static int requeue_call(struct pool *pool, struct call *call, struct call *after, int resend,
+                        enum fbr_client_err err, const char *reason)
+{
+    struct fbr_client *c = pool->client;
+    uint64_t now = fbr_now_ms();
+    unsigned wait_ms = c->opts.connect_timeout_ms;
+    evtimer_del(call->timer);
+    if (resend && call->requeued) {
+        call_set_error(call, err, "%s", reason);
+        call_complete(call);
+        return 0;
+    }
+    if (!resend && now >= call->deadline_ms) {
+        call_set_error(call, FBR_CLIENT_ERR_TIMEOUT,
+                       "not sent to %s:%s within %u ms: each connection it was queued on "
+                       "ended first (the last: %s)",
+                       pool->host, pool->port,
+                       c->opts.connect_timeout_ms + c->opts.request_timeout_ms, reason);
+        call_complete(call);
+        return 0;
+    }
+    if (resend) {
+        call->requeued = 1;
+        call->deadline_ms = now + c->opts.connect_timeout_ms + c->opts.request_timeout_ms;
+        c->stats.requeued++;
+    } else {
+        if (call->deadline_ms - now < wait_ms)
+            wait_ms = (unsigned)(call->deadline_ms - now);
+        c->stats.moved++;
+    }
+    reset_resp(&call->resp);
+    call->resp.reused = 0;
+    call->after_idle = 0;
+    call->waiting = 1;
+    if (after)
+        TAILQ_INSERT_AFTER(&pool->waiting, after, call, link);
+    else
+        TAILQ_INSERT_HEAD(&pool->waiting, call, link);
+    arm_timer(call, wait_ms);
+    return 1;
+}
+
 /*
  * conn is about to close with calls in flight on it that have no answer (the head already taken
  * off by the caller, or not): each goes back to the front of the pool's queue, in order, for
@@ -408,47 +457,12 @@ static int request_sent(const struct upstream_conn *conn, const struct call *cal
 static void requeue_inflight(struct upstream_conn *conn, enum fbr_client_err err,
                              const char *reason, int unprocessed)
 {
-    struct pool *pool = conn->pool;
-    struct fbr_client *c = pool->client;
     struct call *call, *after = NULL;
-    uint64_t now = fbr_now_ms();
     while ((call = TAILQ_FIRST(&conn->inflight))) {
         int resend = !unprocessed && request_started(conn, call);
-        unsigned wait_ms = c->opts.connect_timeout_ms;
         conn_detach(conn, call);
-        evtimer_del(call->timer);
-        if (resend && call->requeued) {
-            call_set_error(call, err, "%s", reason);
-            call_complete(call);
-            continue;
-        }
-        if (!resend && now >= call->deadline_ms) {
-            call_set_error(call, FBR_CLIENT_ERR_TIMEOUT,
-                           "not sent to %s:%s within %u ms: each connection it was queued on "
-                           "ended first (the last: %s)",
-                           pool->host, pool->port,
-                           c->opts.connect_timeout_ms + c->opts.request_timeout_ms, reason);
-            call_complete(call);
-            continue;
-        }
-        if (resend) {
-            call->requeued = 1;
-            call->deadline_ms = now + c->opts.connect_timeout_ms + c->opts.request_timeout_ms;
-            c->stats.requeued++;
-        } else {
-            if (call->deadline_ms - now < wait_ms)
-                wait_ms = (unsigned)(call->deadline_ms - now);
-            c->stats.moved++;
-        }
-        reset_resp(&call->resp);
-        call->resp.reused = 0;
-        call->waiting = 1;
-        if (after)
-            TAILQ_INSERT_AFTER(&pool->waiting, after, call, link);
-        else
-            TAILQ_INSERT_HEAD(&pool->waiting, call, link);
-        after = call;
-        arm_timer(call, wait_ms);
+        if (requeue_call(conn->pool, call, after, resend, err, reason))
+            after = call;
     }
 }
 
@@ -855,6 +869,21 @@ static int response_done(struct upstream_conn *conn)
     int ignored = server_ignores_rest(conn, 1);
     int more = 0;
     conn_detach(conn, call); /* call_complete() stops its timer */
+    if (call->resp.status == 408 && call->after_idle && !call->requeued) {
+        /* A 408 to the first request on a connection that had been idle is the server's idle
+         * timeout crossing our reuse, not an answer to the request: as browsers do, the
+         * connection is dropped and the request sent once more (its one resend) on a new
+         * connection, ahead of the calls that were behind it. */
+        char reason[200];
+        snprintf(reason, sizeof(reason), "%s:%s answered 408 on a reused connection", pool->host,
+                 pool->port);
+        requeue_inflight(conn, FBR_CLIENT_ERR_EOF, reason, ignored);
+        conn_destroy(conn);
+        requeue_call(pool, call, NULL, 1, FBR_CLIENT_ERR_EOF, reason);
+        call->fresh = 1;
+        pool_kick(pool);
+        return 0;
+    }
     if (persists && conn->ninflight) {
         conn->persistent = 1;
         parser_reset(conn);
@@ -1079,6 +1108,19 @@ static void read_cb(struct bufferevent *bev, void *arg)
         return;
     }
     for (;;) {
+        if (!request_started(conn, conn->call)) {
+            /* Nothing written is unanswered: these bytes answer no request of ours (a server's
+             * 408 as its idle timeout closes the connection, sent as we queued a request on
+             * it).  The connection is finished; what is queued on it goes elsewhere, moved. */
+            struct pool *pool = conn->pool;
+            char reason[200];
+            snprintf(reason, sizeof(reason), "%s:%s sent bytes that answer no request", pool->host,
+                     pool->port);
+            requeue_inflight(conn, FBR_CLIENT_ERR_PROTOCOL, reason, 1);
+            conn_destroy(conn);
+            pool_kick(pool);
+            return;
+        }
         conn->got_bytes = 1;
         int rc = parse(conn);
         if (rc == 0) {
@@ -1386,7 +1428,8 @@ static void conn_open(struct pool *pool, struct call *call)
 /* call goes out on conn, an idle or a persistent busy connection with room (pick_conn()). */
 static void conn_start_call(struct upstream_conn *conn, struct call *call)
 {
-    if (conn->state == CS_IDLE)
+    call->after_idle = conn->state == CS_IDLE;
+    if (call->after_idle)
         TAILQ_REMOVE(&conn->pool->idle, conn, link);
     conn_attach(conn, call);
     call->resp.reused = 1;
@@ -1404,11 +1447,18 @@ static void pool_kick(struct pool *pool)
     pool->kicking = 1;
     while (!TAILQ_EMPTY(&pool->waiting)) {
         struct call *call = TAILQ_FIRST(&pool->waiting);
-        struct upstream_conn *conn = pick_conn(pool);
-        if (!conn && pool->nconns >= pool->client->opts.pool_size)
-            break;
+        struct upstream_conn *conn = call->fresh ? NULL : pick_conn(pool);
+        if (!conn && pool->nconns >= pool->client->opts.pool_size) {
+            /* a call owed a new connection takes the place of the idle one used longest ago
+             * (as likely as the one that failed it to be timed out by the server), else waits */
+            struct upstream_conn *stale = TAILQ_LAST(&pool->idle, conn_list);
+            if (!call->fresh || !stale)
+                break;
+            conn_destroy(stale);
+        }
         TAILQ_REMOVE(&pool->waiting, call, link);
         call->waiting = 0;
+        call->fresh = 0;
         evtimer_del(call->timer);
         if (conn)
             conn_start_call(conn, call);

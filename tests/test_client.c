@@ -1412,6 +1412,87 @@ START_TEST(calls_behind_a_closing_answer_keep_their_resend)
 }
 END_TEST
 
+/* Starts call 0, a POST to the peer, from inside the loop (an event made active beforehand runs
+ * ahead of the I/O events of the same iteration). */
+static struct peer *start_peer;
+static void start_from_loop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct fbr_client_req post = {
+        "POST", start_peer->url, strlen(start_peer->url), NULL, 0, NULL, 0, NULL};
+    pipe_request(arg, &post, 0);
+}
+
+/*
+ * An answer the server sent on an idle connection before it had a request (pipelining probe,
+ * item 3): a 408 as its idle timeout closes the connection, or any other status, already in the
+ * client's socket when a call is queued on that connection in the same loop iteration.  The
+ * bytes answer nothing sent: the connection is closed, the call moved (not a resend) and
+ * answered on a new connection, with --pipeline 1 and 3.  Before the fix the call took the
+ * unsolicited answer for its own (a 400 here; the 408 is also covered by the retry below).
+ */
+START_TEST(unsolicited_answer_not_taken_for_a_request)
+{
+    static const char *const unsolicited[] = {
+        "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"};
+    for (int run = 0; run < 4; run++) {
+        struct peer p;
+        peer_open(&p, 0);
+        struct fbr_client *c = peer_client(&p, run < 2 ? 1 : 3, 10000);
+        peer_send(&p, 0, unsolicited[run % 2], strlen(unsolicited[run % 2]));
+        peer_drop(&p, 0, 0);
+        pipe_reset(1);
+        start_peer = &p;
+        struct event *ev = event_new(base, -1, 0, start_from_loop_cb, c);
+        event_active(ev, EV_TIMEOUT, 1);
+        peer_serve(&p, 1);
+        event_free(ev);
+        ck_assert_msg(pipe_status[0] == 204, "run %d: %d %s", run, pipe_status[0], pipe_reason[0]);
+        ck_assert_int_eq(pipe_calls[0], 1);
+        ck_assert_int_eq(peer_requests(&p, 0), 1); /* the warm-up only */
+        ck_assert_int_eq(p.nfd, 2);
+        peer_finish(&c, &p, 0, 1);
+    }
+}
+END_TEST
+
+/*
+ * A 408 to the first request written on a reused connection is the server's idle timeout, not
+ * an answer (pipelining probe, item 3): as browsers do, the request goes once more on a new
+ * connection, and a call pipelined behind the 408 (which says close) is moved behind it.  A
+ * second 408, on the new connection, is the answer.  --pipeline 1 (one call) and 3 (two).
+ */
+START_TEST(answer_408_on_reused_connection_retried_once)
+{
+    static const char r408[] =
+        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    for (int run = 0; run < 4; run++) {
+        int again = run % 2, n = run < 2 ? 1 : 2;
+        struct peer p;
+        struct fbr_client *c = peer_pipeline(&p, run < 2 ? 1 : 3, n, n);
+        peer_send(&p, 0, r408, sizeof(r408) - 1);
+        peer_drop(&p, 0, 0);
+        peer_wait_requests(&p, 1, 1); /* 0 on a new connection */
+        if (again) {
+            peer_send(&p, 1, r408, sizeof(r408) - 1);
+            peer_drop(&p, 1, 0);
+        }
+        peer_serve(&p, 1 + again);
+        ck_assert_msg(pipe_status[0] == (again ? 408 : 204), "run %d: %d %s", run, pipe_status[0],
+                      pipe_reason[0]);
+        for (int i = 1; i < n; i++)
+            ck_assert_msg(pipe_status[i] == 204, "run %d: %d %s", run, pipe_status[i],
+                          pipe_reason[i]);
+        for (int i = 0; i < n; i++)
+            ck_assert_int_eq(pipe_calls[i], 1);
+        ck_assert_int_eq(pipe_order[0], 0);
+        ck_assert_int_eq(p.nfd, 2 + (n - 1) * again);
+        peer_finish(&c, &p, 1, (uint64_t)(n - 1));
+    }
+}
+END_TEST
+
 /*
  * fbr_client_free() with pipelined calls in flight (sent, unanswered) and more requests still
  * pending in the connection's unsent bytes: no callback ever, nothing sent afterwards, the
@@ -1743,6 +1824,8 @@ int main(void)
     tcase_add_test(tc, unsent_request_keeps_its_resend);
     tcase_add_test(tc, nothing_queued_behind_a_closing_answer);
     tcase_add_test(tc, calls_behind_a_closing_answer_keep_their_resend);
+    tcase_add_test(tc, unsolicited_answer_not_taken_for_a_request);
+    tcase_add_test(tc, answer_408_on_reused_connection_retried_once);
     tcase_add_test(tc, pipelined_mixed_bodies_plain);
     tcase_add_test(tc, dns_failure_reported);
     tcase_add_test(tc, retry_after);

@@ -18,8 +18,12 @@
  * nothing more on the connection ("Connection: close", HTTP/1.0 without keep-alive: RFC 9112
  * 9.6), is moved to another connection instead (stats.moved), which does not use its one resend;
  * moves are bounded by the attempt's deadline (the connect and request timeouts from when the call
- * began or was last sent again), after which it fails as FBR_CLIENT_ERR_TIMEOUT.  Any other failure
- * is reported, never retried here.
+ * began or was last sent again), after which it fails as FBR_CLIENT_ERR_TIMEOUT.  Bytes arriving
+ * on a connection with nothing written and unanswered (a server's idle-timeout 408 crossing a
+ * request queued in the same loop iteration) answer no request: the connection is closed and
+ * what was queued on it moved.  A 408 answer to the first request written on a reused (idle)
+ * connection is taken, as browsers do, for the server's idle timeout: the request is sent once
+ * more (its one resend) on a new connection.  Any other failure is reported, never retried here.
  *
  * Response bodies are read only as far as the call keeps them (max_body): a longer one is cut
  * there (body_cut) and its connection closed instead of drained, whatever its length says, so a
