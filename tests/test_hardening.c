@@ -961,6 +961,44 @@ START_TEST(expect_continue_with_curl)
 }
 END_TEST
 
+/* A webhook whose host comes from the alert: every distinct host is an origin with a pool of
+ * its own in the client, counted by the firebridge_client_pools gauge of /metrics (what frees
+ * and bounds them: test_client origin_pools_freed_when_idle_and_bounded). */
+START_TEST(client_pools_gauge_follows_templated_hosts)
+{
+    char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX";
+    int fd = mkstemp(cfg);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char text[256];
+    snprintf(text, sizeof(text),
+             "{\"webhooks\":[{\"name\":\"w\",\"event\":\"Any-Alert\","
+             "\"url\":\"http://${{ALERT.host}}:%d/x\"}]}",
+             dutil_free_port());
+    dutil_write_file(cfg, text);
+    struct dutil_daemon d;
+    const char *const extra[] = {"--api-key", KEY, "--config", cfg, NULL};
+    dutil_daemon_start(&d, "fbr-hard", extra);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_client_pools"), 0);
+    enum { HOSTS = 12 };
+    static char body[512], buf[4096];
+    for (int i = 0; i < HOSTS; i++) {
+        snprintf(body, sizeof(body),
+                 "{\"message_type\":\"CRITICAL\",\"entity_id\":\"e%d\",\"host\":\"127.0.0.%d\"}",
+                 i, i + 2);
+        ck_assert_int_eq(dutil_post(d.port, ALERT_PATH, NULL, body, buf, sizeof(buf)), 200);
+    }
+    long long pools = 0;
+    for (int k = 0; k < 200 && (pools = dutil_metric(d.port, "firebridge_client_pools")) < HOSTS;
+         k++)
+        dutil_msleep(50);
+    ck_assert_int_eq(pools, HOSTS);
+    ck_assert_int_eq(dutil_metric(d.port, "firebridge_client_pools_refused_total"), 0);
+    dutil_daemon_stop(&d);
+    unlink(cfg);
+}
+END_TEST
+
 /* Every 401 names the scheme it wants (RFC 9110 11.6.1). */
 START_TEST(unauthorized_carries_www_authenticate)
 {
@@ -1546,6 +1584,7 @@ int main(void)
     tcase_add_test(tc, unauthorized_carries_www_authenticate);
     tcase_add_test(tc, expect_continue_refused_before_the_body);
     tcase_add_test(tc, expect_continue_with_curl);
+    tcase_add_test(tc, client_pools_gauge_follows_templated_hosts);
     suite_add_tcase(s, tc);
     tc = tcase_create("silent");
     tcase_set_timeout(tc, 60);
