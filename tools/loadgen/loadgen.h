@@ -94,6 +94,8 @@ struct lg {
     uint64_t answered_window; /* answers received within [measure_ns, stop_ns) */
     uint64_t status[LG_NSTATUS];
     uint64_t backlog_max; /* open loop: most alerts overdue at once */
+    uint64_t unsent_due;  /* open loop: alerts due before the sending stopped, never sent (every
+                           * connection was waiting for an answer): their latency is unknown */
     /* sink results */
     uint64_t sink_status[LG_NSTATUS];
     uint64_t delivered_window; /* first deliveries received within [measure_ns, stop_ns) */

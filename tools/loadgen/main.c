@@ -2,9 +2,10 @@
  * main.c - firebridge-loadgen: flags (one table gives getopt_long its options and --help its
  * text, as the daemon's config table does), the phases of a run and the exit status.  A run:
  * the sink starts listening, the sender sends for --warmup then --duration seconds (open loop at
- * --rate, else closed loop), waits for the answers still in flight, then gives the deliveries
- * --drain seconds to arrive; an alert answered 2xx whose delivery never came is lost, and any loss
- * makes the exit status 1 (2: bad flags or set-up failure).
+ * --rate, else closed loop), then the answers still in flight and the deliveries have --drain
+ * seconds to arrive (a request never answered by then is unanswered); an alert answered 2xx whose
+ * delivery never came is lost, and any loss makes the exit status 1 (2: bad flags or set-up
+ * failure).
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -27,8 +29,10 @@
     X(TARGET, "target", "ADDR:PORT", "127.0.0.1:8080",                                             \
       "where alerts (or notifications) are posted: firebridge, or a proxy")                        \
     X(RATE, "rate", "N/s", "0",                                                                    \
-      "open loop: alerts per second ('N', 'N/s' or 'N/SECONDS'); 0 = closed loop")                 \
-    X(CONNECTIONS, "connections", "N", "32", "sender keep-alive connections")                      \
+      "open loop: alerts per second ('N', 'N/s' or 'N/SECONDS', at least 0.00001); "               \
+      "0 = closed loop")                                                                           \
+    X(CONNECTIONS, "connections", "N", "32",                                                       \
+      "sender keep-alive connections (each a descriptor: refused beyond ulimit -n)")               \
     X(DURATION, "duration", "SECONDS", "10", "measured sending time")                              \
     X(WARMUP, "warmup", "SECONDS", "1", "sending time before the measurement starts")              \
     X(DRAIN, "drain", "SECONDS", "10", "after sending, how long deliveries may still arrive")      \
@@ -50,7 +54,9 @@
     X(SINK_5XX, "sink-5xx", "FRACTION", "0", "fraction of deliveries the sink answers 503")        \
     X(PID, "pid", "PID", NULL, "the daemon's pid: its peak RSS is reported")                       \
     X(NO_METRICS, "no-metrics", NULL, NULL, "do not poll the target's /metrics for queue depth")   \
-    X(MAX_ALERTS, "max-alerts", "N", "16000000", "stop sending after this many alerts")            \
+    X(MAX_ALERTS, "max-alerts", "N", "16000000",                                                   \
+      "stop sending after this many alerts (the ledger, 10 bytes per alert, is sized up front: "   \
+      "by this, or in open loop by --rate over --warmup and --duration when that is less)")        \
     X(JSON, "json", NULL, NULL, "print the result as one JSON object on stdout")                   \
     X(QUIET, "quiet", NULL, NULL, "no progress lines")                                             \
     X(HELP, "help", NULL, NULL, "this text")                                                       \
@@ -102,7 +108,11 @@ static int parse_double(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
-static int parse_rate(const char *s, double *out)
+/* Open-loop rates below this (one alert in a bit more than a day) are refused: alert i is due
+ * at i / rate seconds, which must stay a number of nanoseconds. */
+#define LG_RATE_MIN 1e-5
+
+static int parse_rate_value(const char *s, double *out)
 {
     size_t n = strlen(s);
     if (n > 2 && strcmp(s + n - 2, "/s") == 0) {
@@ -119,6 +129,15 @@ static int parse_rate(const char *s, double *out)
     if (fbr_ratelimit_parse(s, &cnt, &secs) != FBR_OK || secs == 0)
         return -1;
     *out = (double)cnt / secs;
+    return 0;
+}
+
+static int parse_rate(const char *s, double *out)
+{
+    double r;
+    if (parse_rate_value(s, &r) != 0 || (r > 0 && r < LG_RATE_MIN))
+        return -1;
+    *out = r;
     return 0;
 }
 
@@ -296,6 +315,39 @@ static int parse_flags(struct lg_opts *o, int argc, char **argv)
     return 0;
 }
 
+/* Descriptors the loadgen needs besides its sender connections (the loop, the sink's listener
+ * and at least a few of its clients, /metrics, stdio). */
+#define LG_SPARE_FDS 16
+
+/*
+ * The checks that need the flags together: the sender's connections must fit under the
+ * descriptor limit (raised to the hard limit when needed), and the ledger is sized for the
+ * alerts the run can send (in open loop no more than --rate allows over --warmup and
+ * --duration, whatever --max-alerts says).  Returns 0, or -1 with a message.
+ */
+static int check_resources(struct lg_opts *o)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)o->connections + LG_SPARE_FDS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
+            fprintf(stderr,
+                    "firebridge-loadgen: --connections %" PRIu32 ": needs %llu descriptors, the "
+                    "limit is %llu (ulimit -n)\n",
+                    o->connections, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+            return -1;
+        }
+    }
+    if (o->rate > 0) {
+        double can = ceil(o->rate * (o->warmup_s + o->duration_s)) + 2;
+        if (can < (double)o->max_alerts)
+            o->max_alerts = (uint64_t)can;
+    }
+    return 0;
+}
+
 /* ---- phases ------------------------------------------------------------------------------- */
 
 enum phase { PH_SEND, PH_ANSWERS, PH_DRAIN, PH_DONE };
@@ -330,14 +382,22 @@ static void on_phase_tick(evutil_socket_t fd, short what, void *arg)
         if (now < lg->stop_ns)
             return;
         lg->stopping = 1;
+        if (lg->o.rate > 0) {
+            double due = floor((double)(lg->stop_ns - lg->start_ns) * lg->o.rate / 1e9) + 1;
+            if (due > (double)lg->o.max_alerts)
+                due = (double)lg->o.max_alerts;
+            if (due > (double)lg->next_seq)
+                lg->unsent_due = (uint64_t)due - lg->next_seq;
+        }
         r->phase = PH_ANSWERS;
-        r->phase_end_ns = now + secs_ns(30);
+        /* answers and deliveries share one deadline: a target that never answers (or never
+         * delivers) holds the run for --drain seconds after the sending, no longer */
+        r->phase_end_ns = now + secs_ns(lg->o.drain_s);
         __attribute__((fallthrough)); /* clang reads no comment for this */
     case PH_ANSWERS:
         if (lg_sender_busy(lg->sender) && now < r->phase_end_ns)
             return;
         r->phase = PH_DRAIN;
-        r->phase_end_ns = now + secs_ns(lg->o.drain_s);
         __attribute__((fallthrough));
     case PH_DRAIN:
         if (!lg->o.no_sink && now < r->phase_end_ns &&
@@ -371,9 +431,12 @@ int main(int argc, char **argv)
     int rc = parse_flags(&lg.o, argc, argv);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
+    if (check_resources(&lg.o) != 0)
+        return 2;
     lg.queue_depth = -1;
     /* libevhtp 1.2.18 prints an ANSI-coloured "ODDITY" line on stderr for every pipelined request
-     * the sink reads (a write(2) each, 10 % of the system calls at 24,000 alerts/s with the daemon's
+     * the sink reads (a write(2) each, 10 % of the system calls at 24,000 alerts/s with the
+     * daemon's
      * --pipeline): captured like the daemon's and dropped below debug level; the loadgen's own
      * lines go to the original stream (fbr_log_stream()) */
     fbr_log_capture_stderr();
@@ -384,8 +447,16 @@ int main(int argc, char **argv)
     event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     lg.base = event_base_new_with_config(ecfg);
     event_config_free(ecfg);
-    if (!lg.base || lg_track_init(&lg.track, lg.o.max_alerts, lg.o.rooms + 1) != 0) {
-        fprintf(fbr_log_stream(), "firebridge-loadgen: out of memory setting up\n");
+    if (!lg.base) {
+        fprintf(fbr_log_stream(), "firebridge-loadgen: cannot set up the event loop\n");
+        return 2;
+    }
+    if (lg_track_init(&lg.track, lg.o.max_alerts, lg.o.rooms + 1) != 0) {
+        fprintf(fbr_log_stream(),
+                "firebridge-loadgen: the ledger for %" PRIu64 " alerts (%" PRIu64
+                " MB; --max-alerts, or --rate over --warmup and --duration) does not fit in "
+                "memory\n",
+                lg.o.max_alerts, lg.o.max_alerts * 10 / 1000000);
         return 2;
     }
     lg.track.nrooms = lg.o.rooms + 1; /* room index o.rooms: any room not named r0..r(N-1) */

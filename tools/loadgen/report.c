@@ -143,8 +143,10 @@ void lg_report_final(struct lg *lg, uint64_t lost)
             lg_scenario_name(o->scenario), o->rate > 0 ? "open loop" : "closed loop", secs,
             o->warmup_s, o->connections, o->rooms);
     if (o->rate > 0)
-        fprintf(out, "  target rate %.0f/s; most alerts overdue at once: %" PRIu64 "\n", o->rate,
-                lg->backlog_max);
+        fprintf(out,
+                "  target rate %.0f/s; most alerts overdue at once: %" PRIu64
+                ", due but never sent: %" PRIu64 "\n",
+                o->rate, lg->backlog_max, lg->unsent_due);
     fprintf(out, "  %-10s %9s %9s %9s %9s %9s %9s\n", "latency", "count", "p50 ms", "p90 ms",
             "p99 ms", "p99.9 ms", "max ms");
     table_row(out, "intake", &lg->intake);
@@ -153,8 +155,10 @@ void lg_report_final(struct lg *lg, uint64_t lost)
         table_row(out, "send lag", &lg->send_lag);
         table_row(out, "from send", &lg->from_send);
     }
-    fprintf(out, "  sent %" PRIu64 ", answered %" PRIu64 " (%.0f/s in the window):", lg->next_seq,
-            lg->answered, intake_rate);
+    fprintf(out,
+            "  sent %" PRIu64 ", answered %" PRIu64 " (%.0f/s in the window), unanswered %" PRIu64
+            ":",
+            lg->next_seq, lg->answered, intake_rate, lg->next_seq - lg->answered);
     for (int i = 0; i < LG_NSTATUS; i++)
         fprintf(out, " %s %" PRIu64, lg_status_name((enum lg_status)i), lg->status[i]);
     fprintf(out, "\n  sink: delivered %" PRIu64 " (%.0f/s in the window):", t->delivered,
@@ -182,6 +186,8 @@ void lg_report_final(struct lg *lg, uint64_t lost)
         (json_int_t)t->expected, "delivered", (json_int_t)t->delivered, "lost", (json_int_t)lost,
         "duplicates", (json_int_t)t->duplicates, "duplicates_same_id", (json_int_t)t->dup_same_id,
         "order_violations", (json_int_t)t->order_violations, "unmatched", (json_int_t)t->unknown);
+    json_object_set_new(j, "unanswered", json_integer((json_int_t)(lg->next_seq - lg->answered)));
+    json_object_set_new(j, "unsent_due", json_integer((json_int_t)lg->unsent_due));
     json_object_set_new(j, "backlog_max", json_integer((json_int_t)lg->backlog_max));
     json_object_set_new(j, "send_lag", percentiles(&lg->send_lag));
     json_object_set_new(j, "intake_from_send", percentiles(&lg->from_send));

@@ -5,8 +5,11 @@
  * from when it was due, not from when it went out, so a stalled server is charged for the alerts
  * it kept waiting (coordinated omission corrected, as wrk2 does).  Closed loop: every connection
  * sends again as soon as its answer is in.  One more connection polls the daemon's /metrics.
- * Answers are parsed in place: a status line, Content-Length and Connection headers, a body that
- * is skipped (kept only for /metrics).
+ * Answers are parsed in place: a status line (interim 1xx answers such as 100 Continue skipped),
+ * Content-Length and Connection headers, a body that is skipped as it arrives (kept only for
+ * /metrics, up to LG_METRICS_BODY_MAX), delimited by Content-Length or, without one, by the
+ * target closing the connection.  Anything else (no status line, chunked, a head over
+ * LG_HEAD_MAX) counts as a transport error and the connection is closed.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -35,14 +38,15 @@
 struct lg_conn {
     struct lg_sender *s;
     struct bufferevent *bev;
-    int metrics; /* the /metrics poller */
-    int busy;    /* a request is in flight */
+    int metrics;   /* the /metrics poller */
+    int busy;      /* a request is in flight */
     int connected; /* the connect completed: requests are written straight to the socket */
-    int cooling; /* after a transport error: idle again when `cool` fires */
+    int cooling;   /* after a transport error: idle again when `cool` fires */
     struct event *cool;
     uint64_t seq, intended_ns, sent_ns;
     /* answer being parsed */
     int have_head, status, close_after;
+    int until_eof; /* the body ends when the target closes (no Content-Length) */
     size_t body_left;
 };
 
@@ -179,6 +183,7 @@ static void conn_close(struct lg_conn *c)
         bufferevent_free(c->bev);
     c->bev = NULL;
     c->have_head = 0;
+    c->until_eof = 0;
     c->connected = 0;
 }
 
@@ -249,6 +254,18 @@ static void conn_fail(struct lg_conn *c)
     }
 }
 
+/* The answer whose body ended with the connection (no Content-Length): complete now. */
+static void answered_at_eof(struct lg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t blen = evbuffer_get_length(in);
+    const char *body = c->metrics ? (const char *)evbuffer_pullup(in, (ssize_t)blen) : NULL;
+    int status = c->status;
+    c->have_head = 0;
+    answered(c, status, body, blen);
+    conn_close(c);
+}
+
 static void conn_event(struct bufferevent *bev, short what, void *arg)
 {
     struct lg_conn *c = arg;
@@ -261,31 +278,72 @@ static void conn_event(struct bufferevent *bev, short what, void *arg)
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         struct lg_sender *s = c->s;
-        conn_fail(c);
+        if ((what & BEV_EVENT_EOF) && c->busy && c->have_head && c->until_eof)
+            answered_at_eof(c);
+        else
+            conn_fail(c);
         pump(s);
     }
 }
 
-/* Parses the head at the start of in; returns 1 done, 0 need more, -1 malformed. */
+/* Content-Length's value at v (up to the line's end): digits between optional blanks; -1 when
+ * it is anything else or beyond 2^53. */
+static long long content_length(const char *v, const char *end)
+{
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    long long n = 0;
+    int digits = 0;
+    for (; v < end && *v >= '0' && *v <= '9'; v++, digits++) {
+        if (digits == 16)
+            return -1;
+        n = n * 10 + (*v - '0');
+    }
+    while (v < end && (*v == ' ' || *v == '\t' || *v == '\r'))
+        v++;
+    return digits && v == end ? n : -1;
+}
+
+/*
+ * Parses the head at the start of in; returns 1 done, 2 an interim (1xx) answer skipped, 0 need
+ * more, -1 malformed or unsupported.
+ */
 static int parse_head(struct lg_conn *c, struct evbuffer *in)
 {
     struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
     if (end.pos < 0)
         return evbuffer_get_length(in) > LG_HEAD_MAX ? -1 : 0;
     size_t hlen = (size_t)end.pos + 4;
-    const char *h = (const char *)evbuffer_pullup(in, (ssize_t)hlen);
-    if (hlen < 12 || strncmp(h, "HTTP/1.", 7) != 0)
+    if (hlen > LG_HEAD_MAX)
         return -1;
-    c->status = atoi(h + 9);
+    const char *h = (const char *)evbuffer_pullup(in, (ssize_t)hlen);
+    /* "HTTP/1.x SSS[ reason]\r\n" */
+    if (hlen < 16 || strncmp(h, "HTTP/1.", 7) != 0 || (h[7] != '0' && h[7] != '1') || h[8] != ' ' ||
+        h[9] < '1' || h[9] > '5' || h[10] < '0' || h[10] > '9' || h[11] < '0' || h[11] > '9' ||
+        (h[12] != ' ' && h[12] != '\r'))
+        return -1;
+    c->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
+    if (c->status < 200) {
+        if (c->status == 101)
+            return -1;            /* a protocol switch nobody asked for */
+        evbuffer_drain(in, hlen); /* 100 Continue and the like: the answer follows */
+        return 2;
+    }
     c->close_after = h[7] == '0';
     long long cl = -1;
     int chunked = 0;
     for (const char *p = memchr(h, '\n', hlen); p && p < h + hlen;
          p = memchr(p, '\n', (size_t)(h + hlen - p))) {
         p++;
-        if (strncasecmp(p, "content-length:", 15) == 0)
-            cl = strtoll(p + 15, NULL, 10);
-        else if (strncasecmp(p, "connection:", 11) == 0) {
+        const char *eol = memchr(p, '\n', (size_t)(h + hlen - p));
+        if (!eol)
+            break;
+        if (strncasecmp(p, "content-length:", 15) == 0) {
+            long long v = content_length(p + 15, eol);
+            if (v < 0 || (cl >= 0 && v != cl))
+                return -1; /* not a number, or two that differ (RFC 9112 6.3) */
+            cl = v;
+        } else if (strncasecmp(p, "connection:", 11) == 0) {
             const char *v = p + 11;
             while (*v == ' ')
                 v++;
@@ -296,11 +354,14 @@ static int parse_head(struct lg_conn *c, struct evbuffer *in)
             chunked = 1;
     }
     evbuffer_drain(in, hlen);
-    if (c->status == 204 || c->status == 304 || (c->status >= 100 && c->status < 200))
+    if (c->status == 204 || c->status == 304)
         cl = 0;
-    if (chunked || cl < 0)
-        return -1; /* the targets answer with Content-Length; anything else is not supported */
-    c->body_left = (size_t)cl;
+    if (chunked)
+        return -1;         /* the targets answer with Content-Length; chunked is not supported */
+    c->until_eof = cl < 0; /* no length: the body runs to the close (RFC 9112 6.3) */
+    if (c->until_eof)
+        c->close_after = 1;
+    c->body_left = cl < 0 ? 0 : (size_t)cl;
     c->have_head = 1;
     return 1;
 }
@@ -317,13 +378,28 @@ static void conn_read(struct bufferevent *bev, void *arg)
             int r = parse_head(c, in);
             if (r == 0)
                 break;
+            if (r == 2)
+                continue;
             if (r < 0 || !c->busy || (c->metrics && c->body_left > LG_METRICS_BODY_MAX)) {
                 conn_fail(c);
                 break;
             }
         }
-        if (evbuffer_get_length(in) < c->body_left)
+        size_t have = evbuffer_get_length(in);
+        if (c->until_eof) { /* answered when the target closes: conn_event() */
+            if (c->metrics && have > LG_METRICS_BODY_MAX)
+                conn_fail(c);
+            else if (!c->metrics)
+                evbuffer_drain(in, have);
             break;
+        }
+        if (have < c->body_left) {
+            if (!c->metrics) { /* skipped as it comes: a huge body costs no memory */
+                evbuffer_drain(in, have);
+                c->body_left -= have;
+            }
+            break;
+        }
         int status = c->status, close_after = c->close_after;
         c->have_head = 0;
         if (c->metrics) {

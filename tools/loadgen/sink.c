@@ -4,6 +4,10 @@
  * for a given fraction of deliveries, optionally after an injected latency.  Every 204 is matched
  * to its alert through the ledger (track.h) by the "lg <seq> <send time>" the sender put in the
  * message; X-Firebridge-Delivery tells a retried delivery from a second one.
+ *
+ * Limits on what a client controls: a body over SINK_BODY_MAX, more than SINK_HEADERS_MAX header
+ * lines or SINK_HEAD_BYTES of them close the connection; when accept() fails (out of descriptors)
+ * the listener pauses SINK_ACCEPT_PAUSE_MS instead of spinning on it.
  */
 #include <evhtp/evhtp.h>
 #include <event2/bufferevent.h>
@@ -21,9 +25,15 @@
 
 struct sink_conn;
 
+#define SINK_BODY_MAX (1u << 20)
+#define SINK_HEADERS_MAX 100
+#define SINK_HEAD_BYTES (64u << 10)
+#define SINK_ACCEPT_PAUSE_MS 100
+
 struct lg_sink {
     struct lg *lg;
     evhtp_t *htp;
+    struct event *accept_resume; /* re-enables the listener after an accept() failure */
     int port;
     uint64_t rng;            /* xorshift64 state for the injected 429 / 503 */
     struct sink_conn *conns; /* open connections, freed with the sink */
@@ -35,11 +45,12 @@ struct sink_conn {
     evhtp_connection_t *ec;
     struct sink_conn *prev, *next;
     struct event *timer;
-    struct event *flush; /* made active after an immediate reply: flush_now() */
+    struct event *flush;   /* made active after an immediate reply: flush_now() */
     struct evbuffer *held; /* replies to pipelined requests, written together: flush_now() */
     evhtp_request_t *req;
     int status;
     int in_flush, dead; /* freed by flush_now() when libevhtp frees the connection under it */
+    size_t nheaders, head_bytes; /* of the request being parsed */
 };
 
 /* Pipelined requests answered in one write at most (a bound on held). */
@@ -166,8 +177,17 @@ static void flush_now(evutil_socket_t fd, short what, void *arg)
         return;
     }
     event_del(&bev->ev_write);
+    c->in_flush = 1;
     if (writecb && ec->request)
         writecb(bev, cbarg);
+    /* A batch cut at MAX_BATCH leaves requests in the input that libevhtp will not return to
+     * by itself: the next one is parsed now and its reply starts the next batch (the flush
+     * event, after the other connections' turn). */
+    if (!c->dead && readcb && !ec->request && evbuffer_get_length(in))
+        readcb(bev, cbarg);
+    c->in_flush = 0;
+    if (c->dead)
+        sink_conn_free(c);
 }
 
 static void on_request(evhtp_request_t *req, void *arg)
@@ -249,6 +269,26 @@ static void sink_conn_free(struct sink_conn *c)
     free(c);
 }
 
+static evhtp_res on_headers_start(evhtp_request_t *req, void *arg)
+{
+    struct sink_conn *c = arg;
+    (void)req;
+    c->nheaders = 0;
+    c->head_bytes = 0;
+    return EVHTP_RES_OK;
+}
+
+/* Each header line as it is parsed: too many, or too large together, end the connection. */
+static evhtp_res on_header(evhtp_request_t *req, evhtp_header_t *h, void *arg)
+{
+    struct sink_conn *c = arg;
+    (void)req;
+    c->head_bytes += h->klen + h->vlen + 4;
+    if (++c->nheaders > SINK_HEADERS_MAX || c->head_bytes > SINK_HEAD_BYTES)
+        return EVHTP_RES_ERROR;
+    return EVHTP_RES_OK;
+}
+
 static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
 {
     struct lg_sink *k = arg;
@@ -263,8 +303,32 @@ static evhtp_res on_accept(evhtp_connection_t *ec, void *arg)
         k->conns->prev = c;
     k->conns = c;
     evhtp_connection_set_hook(ec, evhtp_hook_on_connection_fini, (evhtp_hook)on_conn_fini, c);
+    evhtp_connection_set_hook(ec, evhtp_hook_on_headers_start, (evhtp_hook)on_headers_start, c);
+    evhtp_connection_set_hook(ec, evhtp_hook_on_header, (evhtp_hook)on_header, c);
     fbr_rawread_start(evhtp_connection_get_bev(ec)); /* no FIONREAD per read (rawread.h) */
     return EVHTP_RES_OK;
+}
+
+static void accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct lg_sink *k = arg;
+    evconnlistener_enable(k->htp->server);
+}
+
+/* accept() failed (EMFILE, ...): libevent keeps the listener readable, so without a pause the
+ * loop would spin on the same failure and log each one; pending clients wait in the backlog. */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    struct lg_sink *k = ((evhtp_t *)arg)->arg;
+    if (!k->accept_resume) {
+        k->accept_resume = evtimer_new(k->lg->base, accept_resume, k);
+        fprintf(fbr_log_stream(),
+                "firebridge-loadgen: sink: accepting a connection: %s; pausing %d ms at a time\n",
+                evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()), SINK_ACCEPT_PAUSE_MS);
+    }
+    evconnlistener_disable(lev);
+    struct timeval tv = {0, SINK_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(k->accept_resume, &tv);
 }
 
 struct lg_sink *lg_sink_new(struct lg *lg)
@@ -272,20 +336,22 @@ struct lg_sink *lg_sink_new(struct lg *lg)
     struct lg_sink *k = fbr_xcalloc(1, sizeof(*k));
     k->lg = lg;
     k->rng = 0x9e3779b97f4a7c15ull ^ lg_now_ns();
-    k->htp = evhtp_new(lg->base, NULL);
+    k->htp = evhtp_new(lg->base, k);
     if (!k->htp) {
         free(k);
         return NULL;
     }
     evhtp_set_gencb(k->htp, on_request, k);
     evhtp_set_post_accept_cb(k->htp, on_accept, k);
+    evhtp_set_max_body_size(k->htp, SINK_BODY_MAX);
     if (evhtp_bind_socket(k->htp, lg->o.sink_host, (uint16_t)lg->o.sink_port, 1024) != 0) {
-        fprintf(fbr_log_stream(), "firebridge-loadgen: sink: cannot listen on %s:%d\n", lg->o.sink_host,
-                lg->o.sink_port);
+        fprintf(fbr_log_stream(), "firebridge-loadgen: sink: cannot listen on %s:%d\n",
+                lg->o.sink_host, lg->o.sink_port);
         evhtp_free(k->htp);
         free(k);
         return NULL;
     }
+    evconnlistener_set_error_cb(k->htp->server, on_accept_error);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     if (getsockname(evconnlistener_get_fd(k->htp->server), (struct sockaddr *)&ss, &sl) == 0)
@@ -308,6 +374,8 @@ void lg_sink_free(struct lg_sink **kp)
         evhtp_connection_free(k->conns->ec); /* runs on_conn_fini, which unlinks it */
     evhtp_unbind_socket(k->htp);
     evhtp_free(k->htp);
+    if (k->accept_resume)
+        event_free(k->accept_resume);
     free(k);
     *kp = NULL;
 }
