@@ -35,7 +35,8 @@ enum lg_format {
 };
 
 struct lg_opts {
-    char host[256];
+    char host[256]; /* the target as the Host header names it ("[::1]" for IPv6) */
+    char addr[256]; /* the target's address as getaddrinfo() takes it */
     int port;
     double rate;          /* alerts per second; 0: closed loop */
     uint32_t connections; /* sender connections */

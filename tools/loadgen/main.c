@@ -153,6 +153,21 @@ static int parse_addr(const char *s, char *host, size_t hostlen, int *port)
     return 0;
 }
 
+/* The target: its address for getaddrinfo() (IPv6 without the "ipv6:" libevhtp wants for
+ * binding) and for the Host header (IPv6 in brackets); port 0 names nothing to connect to. */
+static int parse_target(struct lg_opts *o, const char *s)
+{
+    int family;
+    uint16_t p;
+    char h[64];
+    if (fbr_listen_parse(s, h, sizeof(h), &family, &p) != FBR_OK || p == 0)
+        return -1;
+    snprintf(o->addr, sizeof(o->addr), "%s", h);
+    snprintf(o->host, sizeof(o->host), family == AF_INET6 ? "[%s]" : "%s", h);
+    o->port = p;
+    return 0;
+}
+
 static int split_keys(struct lg_opts *o, const char *s)
 {
     for (size_t i = 0; i < o->nrouting_keys; i++)
@@ -181,7 +196,7 @@ static int apply(struct lg_opts *o, enum lg_flag f, const char *v)
     double d;
     switch (f) {
     case LG_FLAG_TARGET:
-        return parse_addr(v, o->host, sizeof(o->host), &o->port);
+        return parse_target(o, v);
     case LG_FLAG_RATE:
         return parse_rate(v, &o->rate);
     case LG_FLAG_CONNECTIONS:
@@ -464,8 +479,10 @@ int main(int argc, char **argv)
         lg.sink = lg_sink_new(&lg);
         if (!lg.sink)
             return 2;
-        fprintf(fbr_log_stream(), "firebridge-loadgen: sink listening on %s:%d\n", lg.o.sink_host,
-                lg_sink_port(lg.sink));
+        const char *sh = lg.o.sink_host;
+        int v6 = strncmp(sh, "ipv6:", 5) == 0;
+        fprintf(fbr_log_stream(), "firebridge-loadgen: sink listening on %s%s%s:%d\n",
+                v6 ? "[" : "", v6 ? sh + 5 : sh, v6 ? "]" : "", lg_sink_port(lg.sink));
     }
     lg.sender = lg_sender_new(&lg);
     if (!lg.sender)

@@ -513,9 +513,9 @@ static int resolve(struct lg_sender *s)
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     char port[16];
     snprintf(port, sizeof(port), "%d", s->lg->o.port);
-    int rc = getaddrinfo(s->lg->o.host, port, &hints, &res);
+    int rc = getaddrinfo(s->lg->o.addr, port, &hints, &res);
     if (rc != 0) {
-        fprintf(fbr_log_stream(), "firebridge-loadgen: resolving target %s: %s\n", s->lg->o.host,
+        fprintf(fbr_log_stream(), "firebridge-loadgen: resolving target %s: %s\n", s->lg->o.addr,
                 gai_strerror(rc));
         return -1;
     }
