@@ -5,7 +5,7 @@
  * --rate, else closed loop), then the answers still in flight and the deliveries have --drain
  * seconds to arrive (a request never answered by then is unanswered); an alert answered 2xx whose
  * delivery never came is lost, and any loss makes the exit status 1 (2: bad flags or set-up
- * failure).
+ * failure; 3: alerts were sent and not one was accepted).
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -85,7 +85,8 @@ static void usage(FILE *out)
             "to: measures intake latency (coordinated omission corrected with --rate),\n"
             "end-to-end delivery latency, loss, duplicates and order per room.  Point the\n"
             "daemon's webhook URL at http://<sink-listen>/v2/room/${{ALERT.room_id}}/...\n"
-            "Exit status: 0, 1 when an accepted alert was never delivered, 2 on bad usage.\n\n");
+            "Exit status: 0, 1 when an accepted alert was never delivered, 2 on bad usage,\n"
+            "3 when alerts were sent and none was accepted (2xx).\n\n");
     for (int i = 0; i < LG_NFLAGS; i++) {
         char head[80];
         int n = snprintf(head, sizeof(head), "      --%s", flags[i].name);
@@ -516,5 +517,9 @@ int main(int argc, char **argv)
         free(lg.o.routing_keys[i]);
     free(lg.o.routing_keys);
     event_base_free(lg.base);
-    return r.lost ? 1 : 0;
+    if (r.lost)
+        return 1;
+    /* alerts went out and not one was accepted: the target is down or refused them all, which a
+     * script running a benchmark must not take for a clean run */
+    return lg.next_seq > 0 && lg.status[LG_S2XX] == 0 ? 3 : 0;
 }
