@@ -143,6 +143,16 @@ static void every_endpoint(struct dutil_daemon *d)
     assert_alive(d);
 }
 
+/* Creates the file named by the template path ("...XXXXXX", filled in) and writes json to it:
+ * a configuration file for a daemon started with --config. */
+static void new_config(char *path, const char *json)
+{
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    dutil_write_file(path, json);
+}
+
 /*
  * Reloads `rounds` times; cfg (may be NULL: the daemon runs on built-in defaults) is rewritten
  * with the next of reload_cfgs before each.  Each round: an alert and a timeline event are
@@ -189,10 +199,7 @@ END_TEST
 START_TEST(reload_then_requests_cycling_configs)
 {
     char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX";
-    int fd = mkstemp(cfg);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    dutil_write_file(cfg, reload_cfgs[0]);
+    new_config(cfg, reload_cfgs[0]);
     struct dutil_daemon d;
     const char *const extra[] = {"--api-key", KEY, "--config", cfg, NULL};
     dutil_daemon_start(&d, "fbr-hard", extra);
@@ -210,10 +217,7 @@ START_TEST(reload_warns_what_needs_a_restart)
 {
     struct dutil_daemon d;
     char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX";
-    int fd = mkstemp(cfg);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    dutil_write_file(cfg, "{}");
+    new_config(cfg, "{}");
     const char *const extra[] = {"--config", cfg, NULL};
     dutil_daemon_start(&d, "fbr-hard", extra); /* with --listen and --data-dir flags */
     dutil_write_file(cfg, "{\"listen\":[\"127.0.0.1:1\"],\"data_dir\":\"/tmp/fbr-elsewhere\"}");
@@ -967,15 +971,12 @@ END_TEST
 START_TEST(client_pools_gauge_follows_templated_hosts)
 {
     char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX";
-    int fd = mkstemp(cfg);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
     char text[256];
     snprintf(text, sizeof(text),
              "{\"webhooks\":[{\"name\":\"w\",\"event\":\"Any-Alert\","
              "\"url\":\"http://${{ALERT.host}}:%d/x\"}]}",
              dutil_free_port());
-    dutil_write_file(cfg, text);
+    new_config(cfg, text);
     struct dutil_daemon d;
     const char *const extra[] = {"--api-key", KEY, "--config", cfg, NULL};
     dutil_daemon_start(&d, "fbr-hard", extra);
@@ -1170,15 +1171,12 @@ START_TEST(far_future_reset_never_expires_early)
     int sport;
     pid_t server = far_reset_server(&sport);
     char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX", text[1024];
-    int fd = mkstemp(cfg);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
     snprintf(text, sizeof(text),
              "{\"webhooks\":[{\"name\":\"room\",\"event\":\"Any-Alert\","
              "\"url\":\"http://127.0.0.1:%d/v2/room/1/notification?auth_token=tok\","
              "\"payload\":{\"message\":\"${{ALERT.entity_id}}\"}}]}",
              sport);
-    dutil_write_file(cfg, text);
+    new_config(cfg, text);
     struct dutil_daemon d;
     const char *const extra[] = {"--api-key", KEY, "--config", cfg, "--retry-max-age", "3",
                                  "--drain-timeout", "1", NULL};
@@ -1250,15 +1248,12 @@ START_TEST(peer_text_escaped_and_masked_in_log)
     int sport;
     pid_t server = raw_chat_server(raw, &sport);
     char cfg[] = "/tmp/fbr-hard-cfg-XXXXXX", text[1024];
-    int fd = mkstemp(cfg);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
     snprintf(text, sizeof(text),
              "{\"webhooks\":[{\"name\":\"room\",\"event\":\"Any-Alert\","
              "\"url\":\"http://127.0.0.1:%d/v2/room/1/notification?auth_token=SECRET1\","
              "\"payload\":{\"message\":\"${{ALERT.entity_id}}\"}}]}",
              sport);
-    dutil_write_file(cfg, text);
+    new_config(cfg, text);
     struct dutil_daemon d;
     const char *const extra[] = {"--api-key", KEY, "--config", cfg, "--log-level", "debug", NULL};
     dutil_daemon_start(&d, "fbr-hard", extra);

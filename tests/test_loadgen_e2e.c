@@ -760,6 +760,15 @@ static json_t *run_against(int port, const char *secs, const char *drain, int li
     return run_against_host("127.0.0.1", port, secs, drain, limit_ms, status);
 }
 
+/* Ends a test against a hostile target: its report (j, text: the test's) freed, target t killed. */
+static void target_done(pid_t t, json_t *j, char *text)
+{
+    free(text);
+    json_decref(j);
+    kill(t, SIGKILL);
+    waitpid(t, NULL, 0);
+}
+
 /* An IPv6 target: reached, and named "[::1]" in the Host header.  **Found here:** the loadgen
  * exited with "resolving target ipv6:::1" (libevhtp's bind spelling handed to getaddrinfo). */
 START_TEST(sender_ipv6_target)
@@ -771,10 +780,7 @@ START_TEST(sender_ipv6_target)
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", st, text);
     long long sent = num(j, "sent", NULL);
     ck_assert_msg(sent >= 10 && num(j, "status", "2xx") == sent, "%s", text);
-    free(text);
-    json_decref(j);
-    kill(t, SIGKILL);
-    waitpid(t, NULL, 0);
+    target_done(t, j, text);
 }
 END_TEST
 
@@ -795,10 +801,7 @@ START_TEST(sender_interim_and_unframed_answers)
         ck_assert_msg(sent >= 10 && num(j, "status", "2xx") == sent &&
                           num(j, "status", "error") == 0 && num(j, "unanswered", NULL) == 0,
                       "mode %zu: %s", i, text);
-        free(text);
-        json_decref(j);
-        kill(t, SIGKILL);
-        waitpid(t, NULL, 0);
+        target_done(t, j, text);
     }
 }
 END_TEST
@@ -824,10 +827,7 @@ START_TEST(sender_huge_answer_costs_no_memory)
     limit_kb += 384 * 1024; /* the buffers read and freed, in the quarantine */
 #endif
     ck_assert_msg(ru.ru_maxrss < limit_kb, "loadgen peak RSS %ld kB", ru.ru_maxrss);
-    free(text);
-    json_decref(j);
-    kill(t, SIGKILL);
-    waitpid(t, NULL, 0);
+    target_done(t, j, text);
 }
 END_TEST
 
@@ -849,10 +849,7 @@ START_TEST(sender_silent_target_bounded)
                   "%s", text);
     /* not a speed figure: the old wait for answers alone was 30 s */
     ck_assert_msg(took < 12000 * dutil_slow(), "took %lld ms", took);
-    free(text);
-    json_decref(j);
-    kill(t, SIGKILL);
-    waitpid(t, NULL, 0);
+    target_done(t, j, text);
 }
 END_TEST
 
