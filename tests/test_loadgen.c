@@ -157,6 +157,59 @@ START_TEST(track_lost_duplicate_order)
 }
 END_TEST
 
+/* The requests byte for byte (the sender assembles them piece by piece), and no partial request
+ * when the buffer is short. */
+START_TEST(request_bytes)
+{
+    static char k0[] = "rk0";
+    static char *keys[] = {k0};
+    struct lg_opts o = {.rooms = 1000,
+                        .routing_keys = keys,
+                        .nrouting_keys = 1,
+                        .connections = 1,
+                        .api_key = "KEY",
+                        .auth_token = "tok"};
+    snprintf(o.host, sizeof(o.host), "h:1");
+    char req[2048];
+    int expects;
+    const char *alert = "POST /integrations/generic/20131114/alert/KEY/rk0 HTTP/1.1\r\n"
+                        "Host: h:1\r\nContent-Type: application/json\r\nContent-Length: 142\r\n\r\n"
+                        "{\"message_type\":\"CRITICAL\",\"entity_id\":\"lg-abc-1234\","
+                        "\"entity_display_name\":\"lg 1234 18446744073709551615\","
+                        "\"room_id\":\"r234\",\"auth_token\":\"tok\"}";
+    ck_assert_uint_eq(lg_request_build(&o, 0xabc, 1234, UINT64_MAX, req, sizeof(req), &expects),
+                      strlen(alert));
+    ck_assert_str_eq(req, alert);
+    ck_assert_int_eq(expects, 1);
+    /* a run id of 0 is one hex digit, as %x writes it */
+    ck_assert_uint_gt(lg_request_build(&o, 0, 0, 0, req, sizeof(req), &expects), 0);
+    ck_assert_ptr_nonnull(strstr(req, "\"entity_id\":\"lg-0-0\""));
+    ck_assert_uint_gt(lg_request_build(&o, UINT64_MAX, 7, 0, req, sizeof(req), &expects), 0);
+    ck_assert_ptr_nonnull(strstr(req, "\"entity_id\":\"lg-ffffffffffffffff-7\""));
+    o.format = LG_FORMAT_NOTIFICATION;
+    const char *note = "POST /v2/room/r5/notification?auth_token=tok HTTP/1.1\r\n"
+                       "Host: h:1\r\nContent-Type: application/json\r\nContent-Length: 73\r\n\r\n"
+                       "{\"color\":\"red\",\"message\":\"lg 5 99\",\"notify\":true,"
+                       "\"message_format\":\"text\"}";
+    ck_assert_uint_eq(lg_request_build(&o, 1, 5, 99, req, sizeof(req), &expects), strlen(note));
+    ck_assert_str_eq(req, note);
+    o.format = LG_FORMAT_ALERT;
+    o.scenario = LG_SCENARIO_MIXED;
+    const char *item = "POST /v1/events HTTP/1.1\r\nHost: h:1\r\nAuthorization: Bearer KEY\r\n"
+                       "Content-Type: application/json\r\nContent-Length: 126\r\n\r\n"
+                       "{\"event\":\"Incident-Triggered\",\"ALERT\":{\"entity_id\":\"lg-f-3\","
+                       "\"entity_display_name\":\"lg 3 4\",\"room_id\":\"r3\","
+                       "\"auth_token\":\"tok\"}}";
+    ck_assert_uint_eq(lg_request_build(&o, 15, 3, 4, req, sizeof(req), &expects), strlen(item));
+    ck_assert_str_eq(req, item);
+    /* every length short of the whole request gives 0, never a cut request */
+    size_t whole = strlen(item);
+    for (size_t cap = 0; cap <= whole; cap++)
+        ck_assert_uint_eq(lg_request_build(&o, 15, 3, 4, req, cap, &expects), 0);
+    ck_assert_uint_eq(lg_request_build(&o, 15, 3, 4, req, whole + 1, &expects), whole);
+}
+END_TEST
+
 /* What the sender writes is what the sink reads back, for every scenario and format. */
 START_TEST(request_round_trip)
 {
@@ -218,6 +271,7 @@ int main(void)
     tcase_add_test(tc, hist_narrow_and_heavy_tail);
     tcase_add_test(tc, hist_small_values_exact_and_extremes);
     tcase_add_test(tc, track_lost_duplicate_order);
+    tcase_add_test(tc, request_bytes);
     tcase_add_test(tc, request_round_trip);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
