@@ -22,6 +22,7 @@
 #include <event2/listener.h>
 #include <evhtp.h>
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -797,22 +798,30 @@ static void lingering_readcb(struct bufferevent *bev, void *arg)
 /*
  * The raw error reply of conn_reject() is out.  A close with unread input would make the kernel
  * reset the connection, and the client, still sending the rest of its request, could lose the
- * reply to the reset.  So, as nginx's lingering close does, a plain-TCP connection shuts down
- * its writing side (the client sees the end of the reply) and reads and discards what still
- * comes until the client closes, LINGER_BYTES or LINGER_MS (the deadline timer), whichever is
- * first.  A TLS connection is closed at once.
+ * reply to the reset.  So, as nginx's lingering close does, the connection ends its writing side
+ * (the client sees the end of the reply) and reads and discards what still comes until the client
+ * closes, LINGER_BYTES or LINGER_MS (the deadline timer), whichever is first.  Plain TCP shuts
+ * down its writing side; TLS sends its close_notify (SSL_shutdown: straight to the socket, the
+ * bufferevent's output being empty) and its bufferevent goes on reading and decrypting what the
+ * client sends, counted as on plain TCP.  libevhtp's own SSL_shutdown when it frees the
+ * connection would send a second close_notify: quiet from here on.
  */
 static void closing_writecb(struct bufferevent *bev, void *arg)
 {
     struct conn *fc = arg;
     if (evbuffer_get_length(bufferevent_get_output(bev)) != 0 || !fc->c || fc->lingering)
         return;
-    if (!plain_tcp(fc->c)) {
+    if (fc->c->ssl && !bufferevent_get_underlying(bev)) {
+        if (SSL_shutdown(fc->c->ssl) < 0) /* the socket took none of it: no close_notify */
+            ERR_clear_error();            /* not left for another connection's SSL_get_error */
+        SSL_set_quiet_shutdown(fc->c->ssl, 1);
+    } else if (plain_tcp(fc->c)) {
+        shutdown(bufferevent_getfd(bev), SHUT_WR);
+    } else {
         evhtp_connection_free(fc->c);
         return;
     }
     fc->lingering = 1;
-    shutdown(bufferevent_getfd(bev), SHUT_WR);
     bufferevent_setcb(bev, lingering_readcb, NULL, closing_eventcb, fc);
     bufferevent_disable(bev, EV_WRITE);
     bufferevent_enable(bev, EV_READ);
