@@ -24,7 +24,7 @@ one() { # BIN FLAGS -> one line of figures
   # shellcheck disable=SC2086
   seed_daemon_start "$bin" "127.0.0.1:$port" "$tmp" $flags
   local ev=(-e task-clock)
-  for s in epoll_ctl epoll_wait writev readv write read ioctl sendto; do
+  for s in epoll_ctl epoll_wait writev readv write read ioctl sendto recvfrom pwrite64 fdatasync clock_gettime timerfd_settime; do
     ev+=(-e "syscalls:sys_enter_$s")
   done
   perf stat -x, "${ev[@]}" -p "$fb_pid" -o "$tmp/stat" 2>/dev/null &

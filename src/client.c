@@ -41,6 +41,7 @@
  * send costs nothing more: the one send() moves to the end of the iteration's callbacks.
  */
 #include "firebridge/client.h"
+#include "firebridge/rawread.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -72,7 +73,6 @@
 
 #define BODY_SAMPLE 512        /* bytes of a response body kept for error reasons */
 #define COPY_BODY_MAX 4096    /* request bodies up to this size are copied, larger referenced */
-#define READ_CHUNK 4096        /* bytes asked of the socket per raw read (libevent's own size) */
 
 struct call;
 
@@ -904,27 +904,22 @@ static int connect_next(struct upstream_conn *conn);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 /*
- * One read of a connected plain-TCP socket into the bufferevent's input, then the parser as
- * read_cb runs it; end of file and errors go to event_cb as the bufferevent reports them.  No
- * FIONREAD: a response almost always fits one READ_CHUNK, and a longer one keeps the
- * level-triggered event ready for the next loop iteration.
+ * One read of a connected plain-TCP socket into the bufferevent's input (fbr_rawread_into: no
+ * FIONREAD), then the parser as read_cb runs it; end of file and errors go to event_cb as the
+ * bufferevent reports them.  A response almost always fits one read, and a longer one keeps the
+ * level-triggered event ready for the next loop iteration.  (The input's end is not frozen here:
+ * libevent unfreezes it when the connect sets the socket.)
  */
 static void raw_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upstream_conn *conn = arg;
-    struct evbuffer *in = bufferevent_get_input(conn->bev);
-    struct evbuffer_iovec v;
     (void)what;
-    if (evbuffer_reserve_space(in, READ_CHUNK, &v, 1) < 1) {
+    ssize_t n = fbr_rawread_into(fd, bufferevent_get_input(conn->bev));
+    if (n > 0) {
+        read_cb(conn->bev, conn);
+    } else if (n == -2) {
         conn_fail(conn, FBR_CLIENT_ERR_IO, "out of memory reading from %s:%s", conn->pool->host,
                   conn->pool->port);
-        return;
-    }
-    ssize_t n = read(fd, v.iov_base, v.iov_len);
-    if (n > 0) {
-        v.iov_len = (size_t)n;
-        evbuffer_commit_space(in, &v, 1);
-        read_cb(conn->bev, conn);
     } else if (n == 0) {
         event_cb(conn->bev, BEV_EVENT_READING | BEV_EVENT_EOF, conn);
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {

@@ -1,7 +1,8 @@
 /*
  * rawread.c - one read() per readiness into a socket bufferevent's input, in place of libevent's
  * read callback, which asks the kernel for the queued byte count (ioctl FIONREAD) before every
- * read (see rawread.h).  Used under the inbound server, the load generator's sink and sender.
+ * read (see rawread.h).  Used under the inbound server, the load generator's sink and sender;
+ * its one read into an evbuffer (fbr_rawread_into) is also the outbound client's.
  */
 #include "firebridge/rawread.h"
 
@@ -26,19 +27,13 @@ static void raw_read(evutil_socket_t fd, short what, void *arg)
         libevent_readcb(fd, what, arg);
         return;
     }
-    struct evbuffer_iovec v;
-    evbuffer_unfreeze(in, 0);
-    int got = evbuffer_reserve_space(in, FBR_RAWREAD_CHUNK, &v, 1);
-    ssize_t n = got == 1 ? read(fd, v.iov_base, v.iov_len) : -1;
+    evbuffer_unfreeze(in, 0); /* libevent keeps a socket bufferevent's input frozen at its end */
+    ssize_t n = fbr_rawread_into(fd, in);
     int err = errno;
-    if (n > 0) {
-        v.iov_len = (size_t)n;
-        evbuffer_commit_space(in, &v, 1);
-    }
     evbuffer_freeze(in, 0);
     if (n > 0) {
         bufferevent_trigger(bev, EV_READ, 0);
-    } else if (got != 1) {
+    } else if (n == -2) {
         libevent_readcb(fd, what, arg);
     } else if (n == 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
         /* read() leaves errno alone at end of file: a stale EAGAIN would make a reader such as
@@ -48,6 +43,19 @@ static void raw_read(evutil_socket_t fd, short what, void *arg)
         bufferevent_trigger_event(
             bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), 0);
     }
+}
+
+ssize_t fbr_rawread_into(evutil_socket_t fd, struct evbuffer *in)
+{
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(in, FBR_RAWREAD_CHUNK, &v, 1) != 1)
+        return -2;
+    ssize_t n = read(fd, v.iov_base, v.iov_len);
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(in, &v, 1);
+    }
+    return n;
 }
 
 int fbr_rawread_start(struct bufferevent *bev)

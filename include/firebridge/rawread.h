@@ -11,14 +11,21 @@
  * BEV_EVENT_READING and BEV_EVENT_EOF or BEV_EVENT_ERROR (errno 0 at end of file).
  *
  * Users: the inbound server (server.c, libevhtp's connections), the load generator's sink (also
- * libevhtp) and its sender.  The outbound client (client.c) reads with an event of its own.
+ * libevhtp) and its sender.  The outbound client (client.c) reads with an event of its own, so
+ * that a response is parsed in the loop turn its bytes arrive in, but through the same read
+ * (fbr_rawread_into).
  */
 #ifndef FIREBRIDGE_RAWREAD_H
 #define FIREBRIDGE_RAWREAD_H
 
-struct bufferevent;
+#include <event2/util.h> /* evutil_socket_t */
+#include <sys/types.h>   /* ssize_t */
 
-/* Bytes asked of the socket per read (libevent's own size). */
+struct bufferevent;
+struct evbuffer;
+
+/* Room asked of the input per read (libevent's own size); read() is offered all the room the
+ * input then gives, at least this. */
 #define FBR_RAWREAD_CHUNK 4096
 
 /*
@@ -28,5 +35,15 @@ struct bufferevent;
  * Calling it again on the same bufferevent does nothing.
  */
 int fbr_rawread_start(struct bufferevent *bev);
+
+/*
+ * One read() from fd straight into the end of in (borrowed; offered the room the buffer gives
+ * when asked for FBR_RAWREAD_CHUNK bytes, which may be more;
+ * its end must not be frozen: a socket bufferevent's input is, outside libevent's own reads).
+ * Returns the bytes read (> 0), 0 at end of file, -1 when read() failed (errno as read() left
+ * it: EAGAIN or EWOULDBLOCK when nothing was there), or -2, having read nothing, when in could
+ * not give the space (no memory, or its end frozen).
+ */
+ssize_t fbr_rawread_into(evutil_socket_t fd, struct evbuffer *in);
 
 #endif
