@@ -1,8 +1,9 @@
 /*
  * client.c - the outbound HTTP/1.1 client under the delivery engine (delivery -> client -> the
  * chat service).  Built from libevent bufferevents (OpenSSL ones for https), evdns for names and
- * a small incremental response parser (status line, headers, Content-Length, chunked, or
- * close-delimited bodies).  libevent's own evhttp client was not used: it has one combined
+ * the shared response reader (response.h: status line, framing, Content-Length, chunked or
+ * close-delimited bodies, the limits); the client reads the rate-limit headers and keeps the
+ * body (take_body(), cut at the request's max_body).  libevent's own evhttp client was not used: it has one combined
  * timeout, loses requests on kept-alive TLS connections the server closes, and resolves with a
  * blocking getaddrinfo without an evdns base (see the shared notes on libevent).
  *
@@ -42,7 +43,6 @@
 #include "firebridge/client.h"
 #include "firebridge/rawread.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -67,29 +67,16 @@
 #include "fbr_build.h"
 #include "firebridge/defaults.h"
 #include "firebridge/log.h"
+#include "firebridge/response.h"
 #include "firebridge/strmap.h"
 #include "firebridge/url.h"
 
-#define MAX_LINE 16384         /* one status or header line */
-#define MAX_HEADER_BYTES 65536 /* all header lines of one response */
 #define BODY_SAMPLE 512        /* bytes of a response body kept for error reasons */
 #define COPY_BODY_MAX 4096    /* request bodies up to this size are copied, larger referenced */
 
 struct call;
 
 enum conn_state { CS_RESOLVING, CS_CONNECTING, CS_IDLE, CS_BUSY };
-enum parse_state {
-    PS_STATUS,
-    PS_HEADERS,
-    /* every state from here on reads the body: the head is complete */
-    PS_LEN,
-    PS_CHUNK_SIZE,
-    PS_CHUNK_DATA,
-    PS_CHUNK_CRLF,
-    PS_TRAILERS,
-    PS_UNTIL_EOF
-};
-#define PS_BODY PS_LEN /* the first body state */
 
 struct pool {
     struct fbr_client *client;
@@ -129,14 +116,11 @@ struct upstream_conn {
     char *pend;                       /* requests not yet sent (plain TCP), flushed by flush_cb */
     size_t pend_len, pend_cap;
     uint64_t queued;                  /* request bytes ever put in pend or the output */
-    /* response parser */
-    enum parse_state ps;
-    uint64_t remaining;
-    size_t header_bytes;
-    int chunked, has_len, got_bytes;
-    int conn_close; /* the answer says "Connection: close" */
-    int http10;     /* an HTTP/1.0 answer: not kept, whatever it says */
-    int keep_alive; /* it says "Connection: keep-alive" (an HTTP/1.0 server may go on) */
+    /* the head call's response (response.h): rp.http10, an HTTP/1.0 answer, is not kept
+     * whatever it says; rp.keep_alive, "Connection: keep-alive", says an HTTP/1.0 server may
+     * go on */
+    struct fbr_response rp;
+    int got_bytes;
     int abandon;    /* the client stops reading it (need_more()): the connection closes */
     int last_errno;
 };
@@ -307,17 +291,16 @@ static void conn_detach(struct upstream_conn *conn, struct call *call)
 /* The parser's state for a new response (the head's). */
 static void parser_reset(struct upstream_conn *conn)
 {
-    conn->ps = PS_STATUS;
-    conn->header_bytes = 0;
-    conn->chunked = conn->has_len = conn->got_bytes = 0;
-    conn->conn_close = conn->http10 = conn->keep_alive = conn->abandon = 0;
+    fbr_response_reset(&conn->rp, conn->call->head_method);
+    conn->got_bytes = conn->abandon = 0;
 }
 
 /* Whether the answer being read ends conn: it says so (close, HTTP/1.0), its body runs to the
  * close, or the client stops reading it.  Nothing more may be queued on conn from then on. */
 static int conn_ending(const struct upstream_conn *conn)
 {
-    return conn->conn_close || conn->http10 || conn->abandon || conn->ps == PS_UNTIL_EOF;
+    return conn->rp.conn_close || conn->rp.http10 || conn->abandon ||
+           fbr_response_until_eof(&conn->rp);
 }
 
 /* Whether the server said, with the answer being read, that it processes no request after it on
@@ -326,7 +309,7 @@ static int conn_ending(const struct upstream_conn *conn)
  * whatever of them was sent. */
 static int server_ignores_rest(const struct upstream_conn *conn, int head_done)
 {
-    return conn->conn_close || (conn->http10 && !conn->keep_alive && head_done);
+    return conn->rp.conn_close || (conn->rp.http10 && !conn->rp.keep_alive && head_done);
 }
 
 /* Keeps conn in its pool's list of busy connections that can take one more request
@@ -473,7 +456,7 @@ static void conn_start_call(struct upstream_conn *conn, struct call *call);
  * server has accepted the request, whatever becomes of the body. */
 static int accepted_2xx(const struct upstream_conn *conn, const struct call *call)
 {
-    return conn->ps >= PS_BODY && call->resp.status >= 200 && call->resp.status < 300;
+    return fbr_response_head_done(&conn->rp) && call->resp.status >= 200 && call->resp.status < 300;
 }
 
 /* Closes conn and fails its call (if any) with err; a call whose 2xx head has arrived completes
@@ -503,7 +486,7 @@ static void conn_fail(struct upstream_conn *conn, enum fbr_client_err err, const
         evtimer_del(call->timer);
     }
     /* the calls pipelined behind it */
-    requeue_inflight(conn, err, reason, call && server_ignores_rest(conn, conn->ps >= PS_BODY));
+    requeue_inflight(conn, err, reason, call && server_ignores_rest(conn, fbr_response_head_done(&conn->rp)));
     conn_destroy(conn);
     if (call)
         call_complete(call);
@@ -659,26 +642,6 @@ static void write_request(struct upstream_conn *conn, struct call *call)
     arm_timer(call, client->opts.request_timeout_ms);
 }
 
-/* "HTTP/1.<digit> <3 digits>" then the end or a non-digit (the reason phrase): 0 with the minor
- * version and a status in 100..599, else -1.  By hand: no sscanf per response. */
-static int parse_status_line(const char *line, size_t n, unsigned *minor, unsigned *status)
-{
-    if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || line[7] < '0' || line[7] > '9' ||
-        line[8] != ' ')
-        return -1;
-    unsigned st = 0;
-    for (size_t i = 9; i < 12; i++) {
-        if (line[i] < '0' || line[i] > '9')
-            return -1;
-        st = st * 10 + (unsigned)(line[i] - '0');
-    }
-    if ((n > 12 && line[12] >= '0' && line[12] <= '9') || st < 100 || st > 599)
-        return -1;
-    *minor = (unsigned)(line[7] - '0');
-    *status = st;
-    return 0;
-}
-
 static int64_t parse_int(const char *v)
 {
     char *end;
@@ -699,40 +662,8 @@ static int64_t parse_seconds(const char *v)
     return s > FBR_CLIENT_MAX_SECONDS ? FBR_CLIENT_MAX_SECONDS : s;
 }
 
-static char *trim(char *s)
-{
-    while (*s == ' ' || *s == '\t')
-        s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
-        s[--n] = '\0';
-    return s;
-}
-
-static int has_token(const char *v, const char *tok)
-{
-    size_t n = strlen(tok);
-    for (const char *p = v; *p;) {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        size_t len = (size_t)(e - p);
-        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-            len--;
-        if (len == n && strncasecmp(p, tok, n) == 0)
-            return 1;
-        p = e;
-    }
-    return 0;
-}
-
-/* The response headers the client reads: X(ID, name). */
+/* The response headers the client reads beyond the framing (response.h's): X(ID, name). */
 #define RESP_HEADER_MAP(X)                                                                         \
-    X(CONTENT_LENGTH, "content-length")                                                            \
-    X(TRANSFER_ENCODING, "transfer-encoding")                                                      \
-    X(CONNECTION, "connection")                                                                    \
     X(RETRY_AFTER, "retry-after")                                                                  \
     X(RL_LIMIT, "x-ratelimit-limit")                                                               \
     X(RL_REMAINING, "x-ratelimit-remaining")                                                       \
@@ -766,35 +697,12 @@ static enum resp_header resp_header_id(const char *name, size_t len)
     return RH_OTHER;
 }
 
-/* Returns 0, or -1 for a malformed header line. */
-static int on_header(struct upstream_conn *conn, char *line)
+/* A header of the head call's final answer (fbr_response_header_fn; arg: the connection). */
+static int on_header(void *arg, const char *name, size_t name_len, char *v)
 {
+    struct upstream_conn *conn = arg;
     struct fbr_client_resp *r = &conn->call->resp;
-    char *colon = strchr(line, ':');
-    if (!colon || colon == line)
-        return -1;
-    enum resp_header id = resp_header_id(line, (size_t)(colon - line));
-    if (id == RH_OTHER)
-        return 0;
-    char *v = trim(colon + 1);
-    switch (id) {
-    case RH_CONTENT_LENGTH: {
-        int64_t n = parse_int(v);
-        if (n < 0)
-            return -1;
-        conn->has_len = 1;
-        conn->remaining = (uint64_t)n;
-        break;
-    }
-    case RH_TRANSFER_ENCODING:
-        conn->chunked = has_token(v, "chunked");
-        break;
-    case RH_CONNECTION:
-        if (has_token(v, "close"))
-            conn->conn_close = 1;
-        if (has_token(v, "keep-alive"))
-            conn->keep_alive = 1;
-        break;
+    switch (resp_header_id(name, name_len)) {
     case RH_RETRY_AFTER:
         r->retry_after_wall_ms = fbr_client_parse_retry_after(v, fbr_wall_ms());
         break;
@@ -909,47 +817,6 @@ static int response_done(struct upstream_conn *conn)
 }
 
 /*
- * Takes the next line of in (ended by LF, a CR before it dropped) into buf (MAX_LINE + 1 bytes),
- * NUL-terminated, n its length: 1; 0 when the line has not ended yet; -1 when it is longer than
- * MAX_LINE.  A line within the input's first chain (a response almost always is) is found with
- * memchr and copied, with no allocation per line; one that spans chains is searched for across
- * them (evbuffer_search_eol), so no byte is moved more than once.
- */
-static int take_line(struct evbuffer *in, char *buf, size_t *n)
-{
-    size_t avail = evbuffer_get_length(in), contig = evbuffer_get_contiguous_space(in);
-    size_t look = contig < MAX_LINE + 2 ? contig : MAX_LINE + 2; /* a line, CR and LF */
-    const char *p = look ? (const char *)evbuffer_pullup(in, (ev_ssize_t)look) : NULL;
-    const char *lf = p ? memchr(p, '\n', look) : NULL;
-    size_t len, used;
-    if (lf) {
-        len = (size_t)(lf - p);
-        used = len + 1;
-        if (len && p[len - 1] == '\r')
-            len--;
-        if (len > MAX_LINE)
-            return -1;
-        memcpy(buf, p, len);
-    } else if (look == MAX_LINE + 2 || look == avail) {
-        return look > MAX_LINE ? -1 : 0;
-    } else {
-        size_t eol = 0;
-        struct evbuffer_ptr e = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF);
-        if (e.pos < 0)
-            return avail > MAX_LINE ? -1 : 0;
-        if ((size_t)e.pos > MAX_LINE)
-            return -1;
-        len = (size_t)e.pos;
-        used = len + eol;
-        evbuffer_copyout(in, buf, len);
-    }
-    buf[len] = '\0';
-    *n = len;
-    evbuffer_drain(in, used);
-    return 1;
-}
-
-/*
  * The parser has used up the input: 0 to wait for more.  A body already longer than the call
  * keeps (body_cut) is not read any further, whatever its framing says is left (a never-ending
  * body, a Content-Length of 10 GB): 1, the response is complete with what was kept, and the
@@ -958,7 +825,7 @@ static int take_line(struct evbuffer *in, char *buf, size_t *n)
  */
 static int need_more(struct upstream_conn *conn)
 {
-    if (conn->call->resp.body_cut && conn->ps >= PS_BODY) {
+    if (conn->call->resp.body_cut && fbr_response_head_done(&conn->rp)) {
         conn->abandon = 1;
         return 1;
     }
@@ -971,127 +838,21 @@ static int parse(struct upstream_conn *conn)
 {
     struct call *call = conn->call;
     struct evbuffer *in = bufferevent_get_input(conn->bev);
-    char lbuf[MAX_LINE + 1];
     for (;;) {
         size_t n = 0;
-        char *line;
-        switch (conn->ps) {
-        case PS_STATUS:
-        case PS_HEADERS:
-        case PS_CHUNK_SIZE:
-        case PS_CHUNK_CRLF:
-        case PS_TRAILERS:
-            switch (take_line(in, lbuf, &n)) {
-            case 0:
-                return need_more(conn);
-            case -1:
-                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response line too long");
-                return -1;
-            }
-            line = lbuf;
-            conn->header_bytes += n + 2;
-            if (conn->header_bytes > MAX_HEADER_BYTES && conn->ps != PS_CHUNK_SIZE &&
-                conn->ps != PS_CHUNK_CRLF) {
-                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "response headers too large");
-                return -1;
-            }
-            break;
+        int rc = fbr_response_parse(&conn->rp, in, &n);
+        call->resp.status = conn->rp.status; /* an interim one's until the final line */
+        switch (rc) {
+        case FBR_RESPONSE_BODY:
+            take_body(conn, n);
+            continue;
+        case FBR_RESPONSE_MORE:
+            return need_more(conn);
+        case FBR_RESPONSE_DONE:
+            return 1;
         default:
-            line = NULL;
-            break;
-        }
-        switch (conn->ps) {
-        case PS_STATUS: {
-            unsigned minor, status;
-            if (n == 0) { /* tolerate a stray CRLF before the status line */
-                continue;
-            }
-            if (parse_status_line(line, n, &minor, &status) != 0) {
-                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed status line");
-                return -1;
-            }
-            reset_resp(&call->resp);
-            call->resp.status = (int)status;
-            conn->http10 = minor == 0;
-            conn->ps = PS_HEADERS;
-            break;
-        }
-        case PS_HEADERS:
-            if (n > 0) {
-                int rc = on_header(conn, line);
-                if (rc < 0) {
-                    call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed response header");
-                    return -1;
-                }
-                break;
-            }
-            if (call->resp.status < 200) { /* 1xx: the real response follows */
-                conn->ps = PS_STATUS;
-                conn->has_len = conn->chunked = 0;
-                break;
-            }
-            if (call->head_method || call->resp.status == 204 || call->resp.status == 304)
-                return 1;
-            if (conn->chunked) {
-                conn->ps = PS_CHUNK_SIZE;
-            } else if (conn->has_len) {
-                if (conn->remaining == 0)
-                    return 1;
-                conn->ps = PS_LEN;
-            } else {
-                conn->ps = PS_UNTIL_EOF;
-            }
-            break;
-        case PS_LEN: {
-            size_t avail = evbuffer_get_length(in);
-            size_t k = avail < conn->remaining ? avail : (size_t)conn->remaining;
-            take_body(conn, k);
-            conn->remaining -= k;
-            if (conn->remaining == 0)
-                return 1;
-            return need_more(conn);
-        }
-        case PS_CHUNK_SIZE: {
-            char *end;
-            errno = 0;
-            unsigned long long sz = strtoull(line, &end, 16);
-            /* strtoull takes a sign and spaces ("-1" is 2^64-1): a size starts with a digit */
-            int bad = !isxdigit((unsigned char)line[0]) || errno ||
-                      (*end && *end != ';' && *end != ' ');
-            if (bad) {
-                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk size");
-                return -1;
-            }
-            conn->remaining = sz;
-            conn->ps = sz ? PS_CHUNK_DATA : PS_TRAILERS;
-            break;
-        }
-        case PS_CHUNK_DATA: {
-            size_t avail = evbuffer_get_length(in);
-            if (!avail)
-                return need_more(conn);
-            size_t k = avail < conn->remaining ? avail : (size_t)conn->remaining;
-            take_body(conn, k);
-            conn->remaining -= k;
-            if (conn->remaining)
-                return need_more(conn);
-            conn->ps = PS_CHUNK_CRLF;
-            break;
-        }
-        case PS_CHUNK_CRLF:
-            if (n != 0) {
-                call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "malformed chunk end");
-                return -1;
-            }
-            conn->ps = PS_CHUNK_SIZE;
-            break;
-        case PS_TRAILERS:
-            if (n == 0)
-                return 1;
-            break;
-        case PS_UNTIL_EOF:
-            take_body(conn, evbuffer_get_length(in));
-            return need_more(conn);
+            call_set_error(call, FBR_CLIENT_ERR_PROTOCOL, "%s", conn->rp.error);
+            return -1;
         }
     }
 }
@@ -1256,7 +1017,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
                       pool->port);
         return;
     case CS_BUSY:
-        if ((what & BEV_EVENT_EOF) && conn->call && conn->ps == PS_UNTIL_EOF) {
+        if ((what & BEV_EVENT_EOF) && conn->call && fbr_response_until_eof(&conn->rp)) {
             take_body(conn, evbuffer_get_length(bufferevent_get_input(conn->bev)));
             response_done(conn);
             return;
@@ -1391,6 +1152,7 @@ static void conn_open(struct pool *pool, struct call *call)
     struct fbr_client *c = pool->client;
     struct upstream_conn *conn = fbr_xcalloc(1, sizeof(*conn));
     conn->pool = pool;
+    fbr_response_init(&conn->rp, on_header, conn);
     TAILQ_INIT(&conn->inflight);
     conn_attach(conn, call);
     pool->nconns++;

@@ -5,11 +5,12 @@
  * from when it was due, not from when it went out, so a stalled server is charged for the alerts
  * it kept waiting (coordinated omission corrected, as wrk2 does).  Closed loop: every connection
  * sends again as soon as its answer is in.  One more connection polls the daemon's /metrics.
- * Answers are parsed in place: a status line (interim 1xx answers such as 100 Continue skipped),
- * Content-Length and Connection headers, a body that is skipped as it arrives (kept only for
- * /metrics, up to LG_METRICS_BODY_MAX), delimited by Content-Length or, without one, by the
- * target closing the connection.  Anything else (no status line, chunked, a head over
- * LG_HEAD_MAX) counts as a transport error and the connection is closed.
+ * Answers are read by the outbound client's response reader (firebridge/response.h), so the
+ * loadgen accepts what the daemon's client accepts, with the same limits: interim 1xx answers
+ * skipped, a body delimited by Content-Length, chunked, or the target closing the connection,
+ * skipped as it arrives (kept only for /metrics, up to LG_METRICS_BODY_MAX).  A malformed answer
+ * (no status line, a bad chunk size, a line or head over the reader's limits) counts as a
+ * transport error and the connection is closed.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -29,9 +30,9 @@
 #include "firebridge/common.h"
 #include "firebridge/rawread.h"
 #include "firebridge/log.h"
+#include "firebridge/response.h"
 #include "loadgen.h"
 
-#define LG_HEAD_MAX 16384
 #define LG_REQ_MAX 2048
 #define LG_METRICS_BODY_MAX (4u << 20)
 
@@ -44,10 +45,8 @@ struct lg_conn {
     int cooling;   /* after a transport error: idle again when `cool` fires */
     struct event *cool;
     uint64_t seq, intended_ns, sent_ns;
-    /* answer being parsed */
-    int have_head, status, close_after;
-    int until_eof; /* the body ends when the target closes (no Content-Length) */
-    size_t body_left;
+    struct fbr_response rp; /* the answer being read */
+    struct evbuffer *body;  /* the /metrics poller: its answer's body as it comes */
 };
 
 struct lg_sender {
@@ -247,9 +246,16 @@ static int conn_open(struct lg_conn *c)
         c->bev = NULL;
         return -1;
     }
-    c->have_head = 0;
     c->connected = 0;
     return 0;
+}
+
+/* c reads a new answer: the reader reset, a kept body dropped. */
+static void answer_reset(struct lg_conn *c)
+{
+    fbr_response_reset(&c->rp, 0);
+    if (c->body)
+        evbuffer_drain(c->body, evbuffer_get_length(c->body));
 }
 
 static void conn_close(struct lg_conn *c)
@@ -257,8 +263,7 @@ static void conn_close(struct lg_conn *c)
     if (c->bev)
         bufferevent_free(c->bev);
     c->bev = NULL;
-    c->have_head = 0;
-    c->until_eof = 0;
+    answer_reset(c);
     c->connected = 0;
 }
 
@@ -329,16 +334,12 @@ static void conn_fail(struct lg_conn *c)
     }
 }
 
-/* The answer whose body ended with the connection (no Content-Length): complete now. */
-static void answered_at_eof(struct lg_conn *c)
+/* The answer to c's request is complete (its body, when kept, in c->body). */
+static void answer_done(struct lg_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t blen = evbuffer_get_length(in);
-    const char *body = c->metrics ? (const char *)evbuffer_pullup(in, (ssize_t)blen) : NULL;
-    int status = c->status;
-    c->have_head = 0;
-    answered(c, status, body, blen);
-    conn_close(c);
+    size_t blen = c->body ? evbuffer_get_length(c->body) : 0;
+    const char *body = c->body ? (const char *)evbuffer_pullup(c->body, (ssize_t)blen) : NULL;
+    answered(c, c->rp.status, body, blen);
 }
 
 static void conn_event(struct bufferevent *bev, short what, void *arg)
@@ -353,92 +354,14 @@ static void conn_event(struct bufferevent *bev, short what, void *arg)
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         struct lg_sender *s = c->s;
-        if ((what & BEV_EVENT_EOF) && c->busy && c->have_head && c->until_eof)
-            answered_at_eof(c);
-        else
+        if ((what & BEV_EVENT_EOF) && c->busy && fbr_response_until_eof(&c->rp)) {
+            answer_done(c); /* its body ended with the connection (no length, not chunked) */
+            conn_close(c);
+        } else {
             conn_fail(c);
+        }
         pump(s);
     }
-}
-
-/* Content-Length's value at v (up to the line's end): digits between optional blanks; -1 when
- * it is anything else or beyond 2^53. */
-static long long content_length(const char *v, const char *end)
-{
-    while (v < end && (*v == ' ' || *v == '\t'))
-        v++;
-    long long n = 0;
-    int digits = 0;
-    for (; v < end && *v >= '0' && *v <= '9'; v++, digits++) {
-        if (digits == 16)
-            return -1;
-        n = n * 10 + (*v - '0');
-    }
-    while (v < end && (*v == ' ' || *v == '\t' || *v == '\r'))
-        v++;
-    return digits && v == end ? n : -1;
-}
-
-/*
- * Parses the head at the start of in; returns 1 done, 2 an interim (1xx) answer skipped, 0 need
- * more, -1 malformed or unsupported.
- */
-static int parse_head(struct lg_conn *c, struct evbuffer *in)
-{
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    if (end.pos < 0)
-        return evbuffer_get_length(in) > LG_HEAD_MAX ? -1 : 0;
-    size_t hlen = (size_t)end.pos + 4;
-    if (hlen > LG_HEAD_MAX)
-        return -1;
-    const char *h = (const char *)evbuffer_pullup(in, (ssize_t)hlen);
-    /* "HTTP/1.x SSS[ reason]\r\n" */
-    if (hlen < 16 || strncmp(h, "HTTP/1.", 7) != 0 || (h[7] != '0' && h[7] != '1') || h[8] != ' ' ||
-        h[9] < '1' || h[9] > '5' || h[10] < '0' || h[10] > '9' || h[11] < '0' || h[11] > '9' ||
-        (h[12] != ' ' && h[12] != '\r'))
-        return -1;
-    c->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
-    if (c->status < 200) {
-        if (c->status == 101)
-            return -1;            /* a protocol switch nobody asked for */
-        evbuffer_drain(in, hlen); /* 100 Continue and the like: the answer follows */
-        return 2;
-    }
-    c->close_after = h[7] == '0';
-    long long cl = -1;
-    int chunked = 0;
-    for (const char *p = memchr(h, '\n', hlen); p && p < h + hlen;
-         p = memchr(p, '\n', (size_t)(h + hlen - p))) {
-        p++;
-        const char *eol = memchr(p, '\n', (size_t)(h + hlen - p));
-        if (!eol)
-            break;
-        if (strncasecmp(p, "content-length:", 15) == 0) {
-            long long v = content_length(p + 15, eol);
-            if (v < 0 || (cl >= 0 && v != cl))
-                return -1; /* not a number, or two that differ (RFC 9112 6.3) */
-            cl = v;
-        } else if (strncasecmp(p, "connection:", 11) == 0) {
-            const char *v = p + 11;
-            while (*v == ' ')
-                v++;
-            c->close_after = strncasecmp(v, "close", 5) == 0         ? 1
-                             : strncasecmp(v, "keep-alive", 10) == 0 ? 0
-                                                                     : c->close_after;
-        } else if (strncasecmp(p, "transfer-encoding:", 18) == 0)
-            chunked = 1;
-    }
-    evbuffer_drain(in, hlen);
-    if (c->status == 204 || c->status == 304)
-        cl = 0;
-    if (chunked)
-        return -1;         /* the targets answer with Content-Length; chunked is not supported */
-    c->until_eof = cl < 0; /* no length: the body runs to the close (RFC 9112 6.3) */
-    if (c->until_eof)
-        c->close_after = 1;
-    c->body_left = cl < 0 ? 0 : (size_t)cl;
-    c->have_head = 1;
-    return 1;
 }
 
 static void conn_read(struct bufferevent *bev, void *arg)
@@ -447,44 +370,34 @@ static void conn_read(struct bufferevent *bev, void *arg)
     struct lg_sender *s = c->s;
     struct evbuffer *in = bufferevent_get_input(bev);
     for (;;) {
-        if (!c->have_head) {
-            if (evbuffer_get_length(in) == 0)
-                break;
-            int r = parse_head(c, in);
-            if (r == 0)
-                break;
-            if (r == 2)
-                continue;
-            if (r < 0 || !c->busy || (c->metrics && c->body_left > LG_METRICS_BODY_MAX)) {
+        if (!c->busy) { /* bytes here answer no request */
+            if (evbuffer_get_length(in))
+                conn_fail(c);
+            break;
+        }
+        size_t n = 0;
+        int rc = fbr_response_parse(&c->rp, in, &n);
+        if (rc == FBR_RESPONSE_MORE)
+            break;
+        if (rc == FBR_RESPONSE_ERROR) {
+            conn_fail(c);
+            break;
+        }
+        if (rc == FBR_RESPONSE_BODY) {
+            if (!c->body) { /* skipped as it comes: a huge body costs no memory */
+                evbuffer_drain(in, n);
+            } else if (evbuffer_get_length(c->body) + n > LG_METRICS_BODY_MAX ||
+                       evbuffer_remove_buffer(in, c->body, n) != (int)n) {
                 conn_fail(c);
                 break;
             }
+            continue;
         }
-        size_t have = evbuffer_get_length(in);
-        if (c->until_eof) { /* answered when the target closes: conn_event() */
-            if (c->metrics && have > LG_METRICS_BODY_MAX)
-                conn_fail(c);
-            else if (!c->metrics)
-                evbuffer_drain(in, have);
-            break;
-        }
-        if (have < c->body_left) {
-            if (!c->metrics) { /* skipped as it comes: a huge body costs no memory */
-                evbuffer_drain(in, have);
-                c->body_left -= have;
-            }
-            break;
-        }
-        int status = c->status, close_after = c->close_after;
-        c->have_head = 0;
-        if (c->metrics) {
-            const char *body = (const char *)evbuffer_pullup(in, (ssize_t)c->body_left);
-            answered(c, status, body, c->body_left);
-        } else {
-            answered(c, status, NULL, 0);
-        }
-        evbuffer_drain(in, c->body_left);
-        if (close_after) {
+        /* the answer is complete: the connection goes on unless it says it ends */
+        int ends = c->rp.conn_close || (c->rp.http10 && !c->rp.keep_alive);
+        answer_done(c);
+        answer_reset(c);
+        if (ends) {
             conn_close(c);
             break;
         }
@@ -512,7 +425,7 @@ static int conn_send(struct lg_conn *c, const char *req, size_t len)
     if (len && evbuffer_add(out, req, len) != 0)
         return -1;
     c->busy = 1;
-    c->have_head = 0;
+    answer_reset(c);
     return 0;
 }
 
@@ -616,11 +529,14 @@ struct lg_sender *lg_sender_new(struct lg *lg)
     s->idle = fbr_xcalloc(n, sizeof(*s->idle));
     for (uint32_t i = 0; i < n; i++) {
         s->conns[i].s = s;
+        fbr_response_init(&s->conns[i].rp, NULL, NULL);
         s->conns[i].cool = evtimer_new(lg->base, cool_done, &s->conns[i]);
         s->idle[s->nidle++] = &s->conns[n - 1 - i];
     }
     s->metrics.s = s;
     s->metrics.metrics = 1;
+    fbr_response_init(&s->metrics.rp, NULL, NULL);
+    s->metrics.body = evbuffer_new();
     s->tick = evtimer_new(lg->base, on_tick, s);
     return s;
 }
@@ -656,6 +572,8 @@ void lg_sender_free(struct lg_sender **sp)
         event_free(s->conns[i].cool);
     }
     conn_close(&s->metrics);
+    if (s->metrics.body)
+        evbuffer_free(s->metrics.body);
     event_free(s->tick);
     free(s->conns);
     free(s->idle);
