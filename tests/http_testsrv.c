@@ -1,7 +1,7 @@
 /*
  * http_testsrv.c - the scriptable loopback HTTP(S) server of the delivery tests (see
- * http_testsrv.h).  Deliberately simple: one request at a time per connection, Content-Length
- * bodies only, which is all firebridge's client sends.
+ * http_testsrv.h).  Deliberately simple: requests of a connection taken and answered in order,
+ * Content-Length bodies only, which is all firebridge's client sends.
  */
 #include "http_testsrv.h"
 
@@ -34,6 +34,8 @@ struct tsrv {
     int port;
     struct script scripts[MAX_SCRIPTS];
     size_t nscripts;
+    struct tsrv_reply *conn_script; /* tsrv_script_conn() */
+    size_t conn_script_n;
     struct tsrv_reply def;
     enum tsrv_close close_mode;
     struct tsrv_req *reqs;
@@ -51,6 +53,13 @@ struct sconn {
     int closing;
     int streaming; /* TSRV_THEN_STREAM: refilled from write_cb */
     int resetting; /* TSRV_THEN_RESET: reset once the output is flushed */
+    int lingering; /* TSRV_THEN_LINGER: requests are recorded, not answered */
+    int shut;      /* lingering and the writing side shut */
+    unsigned nth;  /* requests taken on it */
+    int held;      /* an answer waits (tsrv_reply.hold_ms): held_rep for request held_idx */
+    struct tsrv_reply held_rep;
+    size_t held_idx;
+    struct event *hold_ev;
     struct sconn *next, *prev;
 };
 
@@ -63,13 +72,17 @@ static void sconn_free(struct sconn *c)
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    if (c->hold_ev)
+        event_free(c->hold_ev);
     bufferevent_free(c->bev);
     s->open--;
     free(c);
 }
 
-static struct tsrv_reply pick(struct tsrv *s, const char *path)
+static struct tsrv_reply pick(struct tsrv *s, const char *path, unsigned nth)
 {
+    if (nth <= s->conn_script_n)
+        return s->conn_script[nth - 1];
     for (size_t i = 0; i < s->nscripts; i++) {
         struct script *sc = &s->scripts[i];
         if (strncmp(path, sc->prefix, strlen(sc->prefix)) == 0 && sc->next < sc->n)
@@ -77,6 +90,8 @@ static struct tsrv_reply pick(struct tsrv *s, const char *path)
     }
     return s->def;
 }
+
+static void hold_cb(evutil_socket_t fd, short what, void *arg);
 
 #define STREAM_FILL 65536
 
@@ -106,6 +121,11 @@ static void write_cb(struct bufferevent *bev, void *arg)
         stream_fill(c);
         return;
     }
+    if (c->lingering && !c->shut && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        c->shut = 1;
+        shutdown(bufferevent_getfd(bev), SHUT_WR);
+        return;
+    }
     if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
         if (c->resetting)
             sconn_reset(c);
@@ -114,102 +134,192 @@ static void write_cb(struct bufferevent *bev, void *arg)
     }
 }
 
-static void read_cb(struct bufferevent *bev, void *arg)
+/* The length of the whole request at the front of in (head and Content-Length body), or 0 while
+ * it has not all arrived; *hlen gets its head's length. */
+static size_t whole_request(struct evbuffer *in, size_t *hlen)
 {
-    struct sconn *c = arg;
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0)
+        return 0;
+    *hlen = (size_t)end.pos + 4;
+    char *head = fbr_xmalloc(*hlen + 1);
+    evbuffer_copyout(in, head, *hlen);
+    head[*hlen] = '\0';
+    size_t clen = 0;
+    char *cl = strcasestr(head, "\r\ncontent-length:");
+    if (cl)
+        clen = strtoul(cl + 17, NULL, 10);
+    free(head);
+    return evbuffer_get_length(in) < *hlen + clen ? 0 : *hlen + clen;
+}
+
+/* Takes the whole request at the front of c's input into s->reqs; returns 0 while none has all
+ * arrived, else 1 with its index in *idx. */
+static int take_request(struct sconn *c, size_t *idx)
+{
     struct tsrv *s = c->s;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    s->reads++;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t hlen = 0, total = whole_request(in, &hlen);
+    if (!total)
+        return 0;
+    size_t clen = total - hlen;
+    if (s->nreqs == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 64;
+        s->reqs = fbr_xrealloc(s->reqs, s->cap * sizeof(*s->reqs));
+    }
+    struct tsrv_req *r = &s->reqs[s->nreqs];
+    *idx = s->nreqs++;
+    memset(r, 0, sizeof(*r));
+    char *head = fbr_xmalloc(hlen + 1);
+    evbuffer_remove(in, head, hlen);
+    head[hlen] = '\0';
+    sscanf(head, "%*s %255s", r->path);
+    char *id = strcasestr(head, "\r\nx-firebridge-delivery: ");
+    if (id)
+        sscanf(id + 25, "%63[^\r]", r->delivery_id);
+    char *au = strcasestr(head, "\r\nauthorization: ");
+    if (au)
+        sscanf(au + 17, "%127[^\r]", r->auth);
+    r->body = fbr_xmalloc(clen + 1);
+    evbuffer_remove(in, r->body, clen);
+    r->body[clen] = '\0';
+    r->body_len = clen;
+    r->at_mono_ms = fbr_now_ms();
+    r->at_wall_ms = fbr_wall_ms();
+    r->conn_no = c->no;
+    r->read_no = s->reads;
+    r->nth = ++c->nth;
+    r->head = head;
+    r->head_len = hlen;
+    return 1;
+}
+
+/* Writes rep as the answer to request idx on c; returns 1 when c reads on, 0 when it stops
+ * (closing, streaming, or freed already). */
+static int answer(struct sconn *c, size_t idx, struct tsrv_reply rep)
+{
+    struct tsrv *s = c->s;
+    struct bufferevent *bev = c->bev;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (rep.raw) {
+        s->reqs[idx].answered = strncmp(rep.raw, "HTTP/1.", 7) == 0 ? atoi(rep.raw + 9) : 0;
+        evbuffer_add(out, rep.raw, strlen(rep.raw));
+        if (rep.then == TSRV_THEN_STREAM) {
+            c->streaming = 1;
+            stream_fill(c);
+            return 0;
+        }
+        if (rep.then == TSRV_THEN_RESET) {
+            c->closing = c->resetting = 1;
+            bufferevent_disable(bev, EV_READ);
+            return 0; /* write_cb resets once the reply is out */
+        }
+        if (rep.then == TSRV_THEN_LINGER) {
+            c->lingering = 1;
+            return 1;
+        }
+        if (rep.close_after) {
+            c->closing = 1;
+            bufferevent_disable(bev, EV_READ);
+            if (evbuffer_get_length(out) == 0) {
+                sconn_free(c); /* nothing to flush: close now */
+                return 0;
+            }
+            return 0;
+        }
+        return 1;
+    }
+    s->reqs[idx].answered = rep.status;
+    evbuffer_add_printf(out, "HTTP/1.1 %d Scripted\r\nContent-Length: 0\r\n", rep.status);
+    if (rep.headers)
+        evbuffer_add(out, rep.headers, strlen(rep.headers));
+    if (rep.flood_reset_in_s > 0) {
+        uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.flood_reset_in_s * 1000 + 999) / 1000;
+        evbuffer_add_printf(out, "X-FloodControl-Remaining: 0\r\nX-FloodControl-Reset: %llu\r\n",
+                            (unsigned long long)reset);
+    }
+    if (rep.token_reset_in_s > 0) {
+        uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.token_reset_in_s * 1000 + 999) / 1000;
+        evbuffer_add_printf(out, "X-Ratelimit-Remaining: 0\r\nX-Ratelimit-Reset: %llu\r\n",
+                            (unsigned long long)reset);
+    }
+    int linger = rep.then == TSRV_THEN_LINGER;
+    if (s->close_mode == TSRV_CLOSE_SAYING || rep.close_after || linger)
+        evbuffer_add_printf(out, "Connection: close\r\n");
+    evbuffer_add(out, "\r\n", 2);
+    if (linger) {
+        c->lingering = 1;
+        return 1;
+    }
+    if (s->close_mode != TSRV_KEEP || rep.close_after) {
+        c->closing = 1;
+        bufferevent_disable(bev, EV_READ);
+        return 0;
+    }
+    return 1;
+}
+
+/* The held answer goes out; returns answer()'s result. */
+static int release(struct sconn *c)
+{
+    c->held = 0;
+    evtimer_del(c->hold_ev);
+    return answer(c, c->held_idx, c->held_rep);
+}
+
+/* Takes and answers the requests in c's input, in order, as far as it can. */
+static void serve(struct sconn *c)
+{
+    struct tsrv *s = c->s;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
     for (;;) {
         if (c->closing || c->streaming)
             return;
-        struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-        if (end.pos < 0)
-            return;
-        size_t hlen = (size_t)end.pos + 4;
-        char *head = fbr_xmalloc(hlen + 1);
-        evbuffer_copyout(in, head, hlen);
-        head[hlen] = '\0';
-        size_t clen = 0;
-        char *cl = strcasestr(head, "\r\ncontent-length:");
-        if (cl)
-            clen = strtoul(cl + 17, NULL, 10);
-        if (evbuffer_get_length(in) < hlen + clen) {
-            free(head);
-            return;
-        }
-        if (s->nreqs == s->cap) {
-            s->cap = s->cap ? s->cap * 2 : 64;
-            s->reqs = fbr_xrealloc(s->reqs, s->cap * sizeof(*s->reqs));
-        }
-        struct tsrv_req *r = &s->reqs[s->nreqs++];
-        memset(r, 0, sizeof(*r));
-        sscanf(head, "%*s %255s", r->path);
-        char *id = strcasestr(head, "\r\nx-firebridge-delivery: ");
-        if (id)
-            sscanf(id + 25, "%63[^\r]", r->delivery_id);
-        char *au = strcasestr(head, "\r\nauthorization: ");
-        if (au)
-            sscanf(au + 17, "%127[^\r]", r->auth);
-        evbuffer_drain(in, hlen);
-        r->body = fbr_xmalloc(clen + 1);
-        evbuffer_remove(in, r->body, clen);
-        r->body[clen] = '\0';
-        r->body_len = clen;
-        r->at_mono_ms = fbr_now_ms();
-        r->at_wall_ms = fbr_wall_ms();
-        r->conn_no = c->no;
-        r->read_no = s->reads;
-        r->head = head;
-        r->head_len = hlen;
-        struct tsrv_reply rep = pick(s, r->path);
-        struct evbuffer *out = bufferevent_get_output(bev);
-        if (rep.status == 0 && !rep.raw)
-            return; /* stall: keep the connection, never answer */
-        if (rep.raw) {
-            evbuffer_add(out, rep.raw, strlen(rep.raw));
-            if (rep.then == TSRV_THEN_STREAM) {
-                c->streaming = 1;
-                stream_fill(c);
+        if (c->held) {
+            size_t hlen;
+            if (!c->held_rep.hold_for_next || !whole_request(in, &hlen))
+                return; /* hold_cb or the next read */
+            if (!release(c))
                 return;
-            }
-            if (rep.then == TSRV_THEN_RESET) {
-                c->closing = c->resetting = 1;
-                bufferevent_disable(bev, EV_READ);
-                return; /* write_cb resets once the reply is out */
-            }
-            if (rep.close_after) {
-                c->closing = 1;
-                bufferevent_disable(bev, EV_READ);
-                if (evbuffer_get_length(out) == 0)
-                    sconn_free(c); /* nothing to flush: close now */
-                return;
-            }
             continue;
         }
-        evbuffer_add_printf(out, "HTTP/1.1 %d Scripted\r\nContent-Length: 0\r\n", rep.status);
-        if (rep.headers)
-            evbuffer_add(out, rep.headers, strlen(rep.headers));
-        if (rep.flood_reset_in_s > 0) {
-            uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.flood_reset_in_s * 1000 + 999) / 1000;
-            evbuffer_add_printf(out,
-                                "X-FloodControl-Remaining: 0\r\nX-FloodControl-Reset: %llu\r\n",
-                                (unsigned long long)reset);
-        }
-        if (rep.token_reset_in_s > 0) {
-            uint64_t reset = (fbr_wall_ms() + (uint64_t)rep.token_reset_in_s * 1000 + 999) / 1000;
-            evbuffer_add_printf(out, "X-Ratelimit-Remaining: 0\r\nX-Ratelimit-Reset: %llu\r\n",
-                                (unsigned long long)reset);
-        }
-        if (s->close_mode == TSRV_CLOSE_SAYING || rep.close_after)
-            evbuffer_add_printf(out, "Connection: close\r\n");
-        evbuffer_add(out, "\r\n", 2);
-        if (s->close_mode != TSRV_KEEP || rep.close_after) {
-            c->closing = 1;
-            bufferevent_disable(bev, EV_READ);
+        size_t idx;
+        if (!take_request(c, &idx))
             return;
+        if (c->lingering)
+            continue; /* recorded, never answered */
+        struct tsrv_reply rep = pick(s, s->reqs[idx].path, s->reqs[idx].nth);
+        if (rep.status == 0 && !rep.raw)
+            return; /* stall: keep the connection, never answer */
+        if (rep.hold_ms) {
+            if (!c->hold_ev)
+                c->hold_ev = evtimer_new(s->base, hold_cb, c);
+            c->held = 1;
+            c->held_rep = rep;
+            c->held_idx = idx;
+            struct timeval tv = {rep.hold_ms / 1000, (rep.hold_ms % 1000) * 1000};
+            evtimer_add(c->hold_ev, &tv);
+            continue;
         }
+        if (!answer(c, idx, rep))
+            return;
     }
+}
+
+static void hold_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct sconn *c = arg;
+    (void)fd, (void)what;
+    if (c->held && release(c))
+        serve(c);
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    struct sconn *c = arg;
+    (void)bev;
+    c->s->reads++;
+    serve(c);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -282,6 +392,14 @@ void tsrv_script(struct tsrv *s, const char *prefix, const struct tsrv_reply *re
     sc->next = 0;
 }
 
+void tsrv_script_conn(struct tsrv *s, const struct tsrv_reply *replies, size_t n)
+{
+    free(s->conn_script);
+    s->conn_script = fbr_xmalloc(n * sizeof(*replies));
+    memcpy(s->conn_script, replies, n * sizeof(*replies));
+    s->conn_script_n = n;
+}
+
 void tsrv_set_default(struct tsrv *s, struct tsrv_reply r)
 {
     s->def = r;
@@ -324,6 +442,7 @@ void tsrv_free(struct tsrv *s)
     evconnlistener_free(s->lis);
     for (size_t i = 0; i < s->nscripts; i++)
         free(s->scripts[i].replies);
+    free(s->conn_script);
     for (size_t i = 0; i < s->nreqs; i++) {
         free(s->reqs[i].body);
         free(s->reqs[i].head);

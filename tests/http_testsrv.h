@@ -1,9 +1,11 @@
 /*
  * http_testsrv.h - a scriptable HTTP/1.1 server for the delivery and client tests, running on the
  * test's own event loop (plain TCP or TLS).  It stands in for the chat service at the far end of
- * the data path: answers scripted statuses and headers per path prefix, can stall, close after
- * each response (with or without saying so), stream a body that never ends, reset the
- * connection after a reply, and records every request and connection.
+ * the data path: answers scripted statuses and headers per path prefix or by a request's place
+ * on its connection, can stall, hold an answer while requests pipeline behind it, close after
+ * each response (with or without saying so, or shutting its side and reading on), stream a body
+ * that never ends, reset the connection after a reply, and records every request (with what it
+ * was answered) and connection.
  */
 #ifndef FBR_TEST_HTTP_TESTSRV_H
 #define FBR_TEST_HTTP_TESTSRV_H
@@ -24,7 +26,16 @@ struct tsrv_reply {
         TSRV_THEN_NEXT,   /* after raw: read the next request */
         TSRV_THEN_STREAM, /* after raw: write filler bytes until the peer goes away */
         TSRV_THEN_RESET,  /* after raw has been written: close with a TCP reset (SO_LINGER 0) */
+        TSRV_THEN_LINGER, /* after the reply (raw or status, which then says "Connection: close"):
+                             shut the writing side once it is out, then read and record every
+                             further request, unanswered, until the peer closes */
     } then;
+    /* > 0: the answer waits this long after the request has arrived, later requests on the
+     * connection behind it, unread (pipelined requests keep their order) */
+    unsigned hold_ms;
+    /* with hold_ms: the answer goes as soon as a whole request has arrived behind this one (or
+     * after hold_ms at most): a server answering with requests pipelined behind its answer */
+    int hold_for_next;
 };
 
 struct tsrv_req {
@@ -38,6 +49,9 @@ struct tsrv_req {
     uint64_t at_mono_ms, at_wall_ms;
     unsigned conn_no;
     unsigned read_no; /* which of the server's read callbacks took it (pipelined: the same) */
+    unsigned nth;     /* its place on its connection: 1 for the first request */
+    int answered;     /* the status it was answered with; 0: never answered (a stall, a hold
+                         cut by the close, or read while lingering: TSRV_THEN_LINGER) */
 };
 
 enum tsrv_close { TSRV_KEEP, TSRV_CLOSE_SAYING, TSRV_CLOSE_SILENT };
@@ -49,6 +63,10 @@ struct tsrv *tsrv_new(struct event_base *base, SSL_CTX *ssl_ctx);
 int tsrv_port(const struct tsrv *s);
 /* Replies for requests whose path starts with prefix, used in order; afterwards the default. */
 void tsrv_script(struct tsrv *s, const char *prefix, const struct tsrv_reply *replies, size_t n);
+/* The k-th request on every connection (k <= n) gets replies[k - 1], ahead of the path scripts:
+ * what a server does by a connection's history (its idle timeout on a reused one, a close after
+ * so many requests). */
+void tsrv_script_conn(struct tsrv *s, const struct tsrv_reply *replies, size_t n);
 void tsrv_set_default(struct tsrv *s, struct tsrv_reply r);
 void tsrv_set_close(struct tsrv *s, enum tsrv_close mode);
 size_t tsrv_nreqs(const struct tsrv *s);
