@@ -14,7 +14,8 @@
  * chunk is consumed, no body for HEAD/204/304, a refusal names its reason, a final status in
  * 200..599 when the head is done, the header callback only for final answers, with trimmed
  * values) and aborts when the two runs differ in anything: the statuses, flags, header callbacks,
- * body bytes of each answer, the verdict, or the bytes left.  Seeds: tests/fuzz/corpus/fuzz_response.
+ * body bytes of each answer, the verdict, or the bytes left.
+ * Seeds: tests/fuzz/corpus/fuzz_response.
  */
 #include <event2/buffer.h>
 #include <stdint.h>
@@ -50,9 +51,9 @@ struct answer {
 struct run {
     int rc;            /* the last result */
     const char *error; /* after FBR_RESPONSE_ERROR */
-    size_t left;       /* input bytes in the buffer at the end */
+    size_t left;       /* input bytes not consumed at the end */
     size_t answers;
-    uint64_t hash;     /* of every answer */
+    uint64_t hash; /* of every answer */
     struct answer kept[MAX_KEPT];
     /* the answer being read */
     struct answer cur;
@@ -71,8 +72,8 @@ static int on_header(void *arg, const char *name, size_t name_len, char *value)
     if (!name_len || memchr(name, ':', name_len))
         die("header callback: empty name or a colon in it");
     size_t vlen = strlen(value);
-    if (vlen && (value[0] == ' ' || value[0] == '\t' || value[vlen - 1] == ' ' ||
-                 value[vlen - 1] == '\t'))
+    if (vlen &&
+        (value[0] == ' ' || value[0] == '\t' || value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
         die("header callback: value not trimmed");
     if (r->p->status < 200)
         die("header callback for an interim answer");
@@ -287,7 +288,7 @@ static void read_all(struct run *r, const uint8_t *raw, size_t len, unsigned hea
             die("input left unread in a body that runs to the close");
         answer_end(r, &p, 1);
     }
-    r->left = evbuffer_get_length(in);
+    r->left = evbuffer_get_length(in) + (len - fed); /* after an error, some not fed yet */
     evbuffer_free(in);
 }
 
