@@ -295,11 +295,12 @@ static void parser_reset(struct upstream_conn *conn)
     conn->got_bytes = conn->abandon = 0;
 }
 
-/* Whether the answer being read ends conn: it says so (close, HTTP/1.0), its body runs to the
- * close, or the client stops reading it.  Nothing more may be queued on conn from then on. */
+/* Whether the answer being read ends conn: it says so (close, HTTP/1.0), its framing was doubtful
+ * (close_after), its body runs to the close, or the client stops reading it.  Nothing more may be
+ * queued on conn from then on. */
 static int conn_ending(const struct upstream_conn *conn)
 {
-    return conn->rp.conn_close || conn->rp.http10 || conn->abandon ||
+    return conn->rp.conn_close || conn->rp.http10 || conn->rp.close_after || conn->abandon ||
            fbr_response_until_eof(&conn->rp);
 }
 

@@ -1,6 +1,7 @@
 /*
  * http.c - names and parser of the HTTP methods of http.h's table; shared by the inbound server
- * (route masks, Allow) and the outbound side (a webhook's method, a dead letter's method).
+ * (route masks, Allow) and the outbound side (a webhook's method, a dead letter's method); and the
+ * token rule of field names (a webhook's headers, the response reader's).
  */
 #include "firebridge/http.h"
 
@@ -25,6 +26,19 @@ const char *fbr_http_method_name(unsigned bit)
         if (methods[i].bit == bit)
             return methods[i].name;
     return NULL;
+}
+
+int fbr_http_token(const char *s, size_t len)
+{
+    if (!len)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c && strchr("!#$%&'*+-.^_`|~", c))))
+            return 0;
+    }
+    return 1;
 }
 
 unsigned fbr_http_method_parse(const char *s, size_t len, int nocase)

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "firebridge/http.h"
+
 void fbr_response_init(struct fbr_response *p, fbr_response_header_fn on_header, void *arg)
 {
     p->on_header = on_header;
@@ -23,7 +25,8 @@ void fbr_response_reset(struct fbr_response *p, int no_body)
 {
     p->state = FBR_RESPONSE_STATUS;
     p->status = 0;
-    p->http10 = p->conn_close = p->keep_alive = p->chunked = p->has_len = 0;
+    p->http10 = p->conn_close = p->keep_alive = p->chunked = p->has_len = p->close_after = 0;
+    p->te = p->te_chunked = 0;
     p->no_body = no_body != 0;
     p->remaining = 0;
     p->head_bytes = 0;
@@ -39,7 +42,9 @@ static int fail(struct fbr_response *p, const char *why)
 /*
  * Takes the next line of in (ended by LF, a CR before it dropped) into buf
  * (FBR_RESPONSE_MAX_LINE + 1 bytes), NUL-terminated, n its length: 1; 0 when the line has not
- * ended yet; -1 when it is longer than FBR_RESPONSE_MAX_LINE.  A line within the input's first
+ * ended yet; -1 when it is longer than FBR_RESPONSE_MAX_LINE, known once it ends or once
+ * FBR_RESPONSE_MAX_LINE + 2 bytes have come without a LF (not before: a line at the limit may
+ * have its CR here and its LF still to come).  A line within the input's first
  * chain (a response almost always is) is found with memchr and copied, with no allocation per
  * line; one that spans chains is searched for across them (evbuffer_search_eol), so no byte is
  * moved more than once.
@@ -61,12 +66,12 @@ static int take_line(struct evbuffer *in, char *buf, size_t *n)
             return -1;
         memcpy(buf, p, len);
     } else if (look == MAX + 2 || look == avail) {
-        return look > MAX ? -1 : 0;
+        return look == MAX + 2 ? -1 : 0;
     } else {
         size_t eol = 0;
         struct evbuffer_ptr e = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF);
         if (e.pos < 0)
-            return avail > MAX ? -1 : 0;
+            return avail >= MAX + 2 ? -1 : 0;
         if ((size_t)e.pos > MAX)
             return -1;
         len = (size_t)e.pos;
@@ -79,8 +84,8 @@ static int take_line(struct evbuffer *in, char *buf, size_t *n)
     return 1;
 }
 
-/* "HTTP/1.<digit> <3 digits>" then the end or a non-digit (the reason phrase): 0 with the minor
- * version and a status in 100..599, else -1.  By hand: no sscanf per response. */
+/* "HTTP/1.<digit> <3 digits>" then the end or a SP (the reason phrase after it): 0 with the
+ * minor version and a status in 100..599, else -1.  By hand: no sscanf per response. */
 static int status_line(const char *line, size_t n, unsigned *minor, int *status)
 {
     if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || line[7] < '0' || line[7] > '9' ||
@@ -92,7 +97,7 @@ static int status_line(const char *line, size_t n, unsigned *minor, int *status)
             return -1;
         st = st * 10 + (line[i] - '0');
     }
-    if ((n > 12 && line[12] >= '0' && line[12] <= '9') || st < 100 || st > 599)
+    if ((n > 12 && line[12] != ' ') || st < 100 || st > 599)
         return -1;
     *minor = (unsigned)(line[7] - '0');
     *status = st;
@@ -182,13 +187,57 @@ static int chunk_size(const char *s, uint64_t *out)
     return 0;
 }
 
+/*
+ * A Transfer-Encoding value (trimmed), the codings of every such line in order (RFC 9112 6.1):
+ * p->chunked while chunked is the last so far, p->te_chunked once it came.  0, or
+ * FBR_RESPONSE_ERROR for a coding that is no token, an empty list, chunked twice.
+ */
+static int transfer_encoding(struct fbr_response *p, const char *v)
+{
+    int codings = 0;
+    for (const char *c = v; *c;) {
+        while (*c == ',' || blank(*c)) /* empty list elements are allowed (RFC 9110 5.6.1) */
+            c++;
+        if (!*c)
+            break;
+        const char *e = c;
+        while (*e && *e != ',' && *e != ';' && !blank(*e))
+            e++;
+        size_t len = (size_t)(e - c);
+        if (!fbr_http_token(c, len))
+            return fail(p, "malformed Transfer-Encoding");
+        int chunked = len == 7 && strncasecmp(c, "chunked", 7) == 0;
+        if (chunked && p->te_chunked)
+            return fail(p, "chunked applied twice");
+        p->te_chunked |= (unsigned char)chunked;
+        p->chunked = (unsigned char)chunked;
+        codings++;
+        while (*e && *e != ',') /* its parameters */
+            e++;
+        c = e;
+    }
+    if (!codings)
+        return fail(p, "malformed Transfer-Encoding");
+    p->te = 1;
+    return 0;
+}
+
+/* Where the colon of a field line (len bytes) is, after a name that is a token; NULL for a line
+ * that is no field line (no colon, no name, a blank in or before the name: a folded line). */
+static char *field_colon(char *line, size_t len)
+{
+    char *colon = memchr(line, ':', len);
+    return colon && fbr_http_token(line, (size_t)(colon - line)) ? colon : NULL;
+}
+
 /* One header line (NUL-terminated, len bytes): the framing headers are the parser's, the others
  * of a final answer go to on_header.  0, or FBR_RESPONSE_ERROR. */
 static int header(struct fbr_response *p, char *line, size_t len)
 {
-    char *colon = memchr(line, ':', len);
-    if (!colon || colon == line)
-        return fail(p, "malformed response header");
+    char *colon = field_colon(line, len);
+    if (!colon)
+        return fail(p,
+                    blank(line[0]) ? "folded response header line" : "malformed response header");
     size_t nlen = (size_t)(colon - line);
     /* the lengths first: one strncasecmp per line at most */
     if (nlen == 14 && strncasecmp(line, "content-length", 14) == 0) {
@@ -200,7 +249,8 @@ static int header(struct fbr_response *p, char *line, size_t len)
         p->has_len = 1;
         p->remaining = (uint64_t)v;
     } else if (nlen == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
-        p->chunked = (unsigned char)has_token(trim(colon + 1), "chunked");
+        if (transfer_encoding(p, trim(colon + 1)) != 0)
+            return FBR_RESPONSE_ERROR;
     } else if (nlen == 10 && strncasecmp(line, "connection", 10) == 0) {
         char *v = trim(colon + 1);
         if (has_token(v, "close"))
@@ -214,13 +264,25 @@ static int header(struct fbr_response *p, char *line, size_t len)
     return 0;
 }
 
-/* The final head is complete: where its body, if any, is. */
+/* The final head is complete: where its body, if any, is (RFC 9112 6.3).  FBR_RESPONSE_DONE
+ * when it has none, FBR_RESPONSE_MORE to read it, FBR_RESPONSE_ERROR. */
 static int head_done(struct fbr_response *p)
 {
+    if (p->te) {
+        /* RFC 9112 6.1: an HTTP/1.0 message with a Transfer-Encoding has faulty framing */
+        if (p->http10)
+            return fail(p, "Transfer-Encoding in an HTTP/1.0 response");
+        /* 6.3: the Transfer-Encoding wins, and the connection ends after this answer: the two
+         * disagreeing is how responses are split */
+        if (p->has_len)
+            p->close_after = 1;
+    }
     if (p->no_body || p->status == 204 || p->status == 304)
         return FBR_RESPONSE_DONE;
     if (p->chunked) {
         p->state = FBR_RESPONSE_CHUNK_SIZE;
+    } else if (p->te) {
+        p->state = FBR_RESPONSE_UNTIL_EOF; /* chunked is not the last coding: to the close */
     } else if (p->has_len) {
         p->state = FBR_RESPONSE_LEN;
         if (p->remaining == 0)
@@ -270,6 +332,9 @@ int fbr_response_parse(struct fbr_response *p, struct evbuffer *in, size_t *n)
         case -1:
             return fail(p, "response line too long");
         }
+        /* RFC 9110 5.5: a NUL or a CR that does not end the line is never valid; LF ended it */
+        if (memchr(line, '\0', len) || memchr(line, '\r', len))
+            return fail(p, "NUL or CR inside a response line");
         if (p->state != FBR_RESPONSE_CHUNK_SIZE && p->state != FBR_RESPONSE_CHUNK_CRLF) {
             p->head_bytes += len + 2;
             if (p->head_bytes > FBR_RESPONSE_MAX_HEAD)
@@ -296,12 +361,16 @@ int fbr_response_parse(struct fbr_response *p, struct evbuffer *in, size_t *n)
             }
             if (p->status < 200) { /* 1xx: the real response follows */
                 p->state = FBR_RESPONSE_STATUS;
-                p->has_len = p->chunked = 0;
+                p->has_len = p->chunked = p->te = p->te_chunked = 0;
                 p->remaining = 0;
                 continue;
             }
-            if (head_done(p) == FBR_RESPONSE_DONE)
+            switch (head_done(p)) {
+            case FBR_RESPONSE_DONE:
                 return FBR_RESPONSE_DONE;
+            case FBR_RESPONSE_ERROR:
+                return FBR_RESPONSE_ERROR;
+            }
             continue;
         case FBR_RESPONSE_CHUNK_SIZE:
             if (chunk_size(line, &p->remaining) != 0)
@@ -316,6 +385,9 @@ int fbr_response_parse(struct fbr_response *p, struct evbuffer *in, size_t *n)
         case FBR_RESPONSE_TRAILERS:
             if (len == 0)
                 return FBR_RESPONSE_DONE;
+            /* dropped, but a field line: a missing last CRLF does not swallow what follows */
+            if (!field_colon(line, len))
+                return fail(p, "malformed response trailer");
             continue;
         default:
             return fail(p, "response parser misused"); /* not reached */

@@ -42,12 +42,6 @@ void fbr_webhook_unref(struct fbr_webhook **whp)
     free(wh);
 }
 
-static int is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
 /* Headers the delivery engine writes itself. */
 static const char *const reserved_headers[] = {"Host", "Content-Length", "Transfer-Encoding",
                                                "Connection", "Content-Type", NULL};
@@ -183,9 +177,7 @@ static int compile_one(json_t *j, size_t idx, struct fbr_webhook **out, struct f
         json_t *hv;
         json_object_foreach (v, key, hv) {
             snprintf(p, sizeof(p), "%s.headers.%s", path, key);
-            int ok = key[0] != '\0';
-            for (const char *c = key; *c; c++)
-                ok &= is_tchar((unsigned char)*c);
+            int ok = fbr_http_token(key, strlen(key));
             if (!ok) {
                 fbr_cfgerr_add(errs, p, "not a valid header name");
                 bad = 1;

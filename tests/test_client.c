@@ -1336,17 +1336,20 @@ static int peer_conn_with(const struct peer *p, int n)
 /*
  * Nothing is queued on a connection whose answer being read has said it ends the connection
  * (pipelining probe, item 2): pool of one, --pipeline 3, a call answered by a head that says
- * "Connection: close" (then an HTTP/1.0 head without keep-alive) and the first bytes of its body.
- * A call started then waits, and goes out on a new connection once the answer is complete,
- * neither sent on the closing connection nor counted as sent again.  Before the fix it was
- * pipelined behind the closing answer and went out twice.
+ * "Connection: close" (then an HTTP/1.0 head without keep-alive, then a head with both
+ * Transfer-Encoding and Content-Length, whose framing is doubtful: response.h's close_after) and
+ * the first bytes of its body.  A call started then waits, and goes out on a new connection once
+ * the answer is complete, neither sent on the closing connection nor counted as sent again.
+ * Before the fix it was pipelined behind the closing answer and went out twice.
  */
 START_TEST(nothing_queued_behind_a_closing_answer)
 {
     static const char *const heads[] = {
         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nab",
-        "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nab"};
-    for (int mode = 0; mode < 2; mode++) {
+        "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nab",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n2\r\nab\r\n"};
+    static const char *const tails[] = {"cde", "cde", "3\r\ncde\r\n0\r\n\r\n"};
+    for (int mode = 0; mode < 3; mode++) {
         struct peer p;
         peer_open(&p, 0);
         struct fbr_client *c = peer_client(&p, 3, 10000);
@@ -1361,7 +1364,7 @@ START_TEST(nothing_queued_behind_a_closing_answer)
         for (int k = 0; k < 20; k++)
             peer_poll(&p);
         ck_assert_msg(peer_requests(&p, 0) == 2, "mode %d: a request sent behind the close", mode);
-        peer_send(&p, 0, "cde", 3);
+        peer_send(&p, 0, tails[mode], strlen(tails[mode]));
         peer_drop(&p, 0, 0);
         peer_serve(&p, 1);
         ck_assert_int_eq(pipe_status[0], 200);

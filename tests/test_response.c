@@ -115,14 +115,19 @@ static void expect(const char *raw, int no_body, int rc, int status, const char 
     }
 }
 
-/* Asserts raw is refused, fed every way, with an error containing why. */
-static void refused(const char *raw, const char *why)
+/* Asserts raw[0..len) is refused, fed every way, with an error containing why. */
+static void refused_n(const char *raw, size_t len, const char *why)
 {
     for (enum feed how = ALL; how <= CHAINS; how++) {
-        parse_str(raw, 0, how);
+        parse_as(raw, len, 0, how);
         ck_assert_msg(out.rc == FBR_RESPONSE_ERROR, "feed %d: rc %d for %s", how, out.rc, raw);
         ck_assert_msg(strstr(out.error, why), "feed %d: '%s' for %s", how, out.error, raw);
     }
+}
+
+static void refused(const char *raw, const char *why)
+{
+    refused_n(raw, strlen(raw), why);
 }
 
 START_TEST(content_length_body)
@@ -262,9 +267,21 @@ START_TEST(malformed_status_line)
         "HTTP/1.1  200 OK\r\n\r\n",
         "HTTP/1.1 2x0 OK\r\n\r\n",
         " HTTP/1.1 200 OK\r\n\r\n",
+        /* the status then anything but a SP or the end */
+        "HTTP/1.1 200OK\r\n\r\n",
+        "HTTP/1.1 200\tOK\r\n\r\n",
+        "HTTP/1.1 200-OK\r\n\r\n",
+        /* versions: 1.<one digit> only; statuses 100..599 only */
+        "HTTP/1.10 200 OK\r\n\r\n",
+        "HTTP/2.0 200 OK\r\n\r\n",
+        "HTTP/1.1 000 Zero\r\n\r\n",
+        "HTTP/1.1 999 High\r\n\r\n",
     };
     for (size_t i = 0; i < FBR_ARRAY_LEN(bad); i++)
         refused(bad[i], "malformed status line");
+    /* a later minor version is read as 1.1; a status with no reason phrase nor SP is read */
+    expect("HTTP/1.9 200 OK\r\nContent-Length: 1\r\n\r\nx", 0, FBR_RESPONSE_DONE, 200, "x", "", 0);
+    ck_assert(!out.http10);
     /* a header line without a name or a colon */
     refused("HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed response header");
     refused("HTTP/1.1 200 OK\r\n: empty name\r\n\r\n", "malformed response header");
@@ -436,6 +453,175 @@ START_TEST(too_large_head)
 }
 END_TEST
 
+/* A line at the limit whose CR has come and whose LF has not yet is waited for, not refused:
+ * fed in two reads split between them, as one chain and as two. */
+START_TEST(line_at_limit_split_between_cr_and_lf)
+{
+    char *raw =
+        long_header(FBR_RESPONSE_MAX_LINE, "HTTP/1.1 200 OK\r\n", "Content-Length: 2\r\n\r\nok");
+    size_t len = strlen(raw), cut = strlen("HTTP/1.1 200 OK\r\n") + FBR_RESPONSE_MAX_LINE + 1;
+    ck_assert_int_eq(raw[cut - 1], '\r');
+    for (int chains = 0; chains < 2; chains++) {
+        memset(&out, 0, sizeof(out));
+        struct fbr_response p;
+        fbr_response_init(&p, on_header, &out);
+        struct evbuffer *in = evbuffer_new();
+        evbuffer_add(in, raw, cut);
+        ck_assert_msg(step(&p, in) == 1, "chains %d: %s", chains, p.error ? p.error : "-");
+        if (chains)
+            evbuffer_add_reference(in, raw + cut, len - cut, NULL, NULL);
+        else
+            evbuffer_add(in, raw + cut, len - cut);
+        step(&p, in);
+        ck_assert_msg(out.rc == FBR_RESPONSE_DONE, "chains %d: %s", chains,
+                      p.error ? p.error : "-");
+        ck_assert_uint_eq(out.body_len, 2);
+        evbuffer_free(in);
+    }
+    free(raw);
+    /* one byte more than a line and its CR, no LF: refused then */
+    raw = long_header(FBR_RESPONSE_MAX_LINE + 2, "HTTP/1.1 200 OK\r\n", "");
+    raw[strlen(raw) - 2] = '\0';
+    refused(raw, "response line too long");
+    free(raw);
+}
+END_TEST
+
+/* RFC 9110 5.5: a NUL or a lone CR in a line is refused, not read up to (a Content-Length of
+ * "5\0 6" was 5) nor passed on. */
+START_TEST(nul_or_cr_inside_a_line)
+{
+    static const struct {
+        const char *raw;
+        size_t len;
+    } bad[] = {
+#define RAW(s) {s, sizeof(s) - 1}
+        RAW("HTTP/1.1 200 OK\r\nContent-Length: 5\0 6\r\n\r\nhello"),
+        RAW("HTTP/1.1 200 OK\r\nContent-Length: 5\r6\r\n\r\nhello"),
+        RAW("HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n"),
+        RAW("HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n"),
+        RAW("HTTP/1.1 200 OK\0\r\nContent-Length: 0\r\n\r\n"),
+        RAW("HTTP/1.1 200 OK\r\nContent-Length: 0\r\r\n\r\n"),
+        RAW("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\0\r\nhello\r\n0\r\n\r\n"),
+        RAW("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: \0\r\n\r\n"),
+#undef RAW
+    };
+    for (size_t i = 0; i < FBR_ARRAY_LEN(bad); i++)
+        refused_n(bad[i].raw, bad[i].len, "NUL or CR inside a response line");
+    /* bare LFs end lines, a CR before a LF is part of the end */
+    expect("HTTP/1.1 200 OK\nContent-Length: 2\n\nok", 0, FBR_RESPONSE_DONE, 200, "ok", "", 0);
+}
+END_TEST
+
+/* RFC 9112 5.1, 5.2: a field name is a token right before its colon; a folded line is refused.
+ * Before, "Content-Length : 5" went to the callback as another header and the body ran to the
+ * close, and " X: y" was a header named " X". */
+START_TEST(field_names_and_folded_lines)
+{
+    refused("HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", "malformed response header");
+    refused("HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
+            "malformed response header");
+    refused("HTTP/1.1 200 OK\r\nX(: x\r\nContent-Length: 0\r\n\r\n", "malformed response header");
+    refused("HTTP/1.1 200 OK\r\nX-A: 1\r\n more: text\r\nContent-Length: 0\r\n\r\n",
+            "folded response header line");
+    refused("HTTP/1.1 200 OK\r\nX-A: 1\r\n\tcontinued\r\nContent-Length: 0\r\n\r\n",
+            "folded response header line");
+    refused("HTTP/1.1 200 OK\r\n X-A: 1\r\nContent-Length: 0\r\n\r\n",
+            "folded response header line");
+    /* every tchar is a name's */
+    expect("HTTP/1.1 200 OK\r\nX!#$%&'*+-.^_`|~9: v\r\nContent-Length: 0\r\n\r\n", 0,
+           FBR_RESPONSE_DONE, 200, "", "X!#$%&'*+-.^_`|~9=v;", 0);
+}
+END_TEST
+
+/* RFC 9112 6.1, 6.3: the codings of Transfer-Encoding, every such line in order, decide the
+ * framing over Content-Length; chunked only when it is the last. */
+START_TEST(transfer_codings)
+{
+    /* chunked not last: the body runs to the close, its chunk framing is body (before: read as
+     * chunked, done after "hello") */
+    static const char not_last[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                                   "5\r\nhello\r\n0\r\n\r\n";
+    for (enum feed how = ALL; how <= CHAINS; how++) {
+        parse_str(not_last, 0, how);
+        ck_assert_int_eq(out.rc, FBR_RESPONSE_MORE);
+        ck_assert(out.until_eof && !out.conn_close);
+        ck_assert_str_eq(out.body, "5\r\nhello\r\n0\r\n\r\n");
+    }
+    /* a coding other than chunked with a Content-Length: to the close, not the length (before:
+     * 2 bytes), and the connection ends after it */
+    parse_str("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nabcd", 0,
+              ALL);
+    ck_assert(out.rc == FBR_RESPONSE_MORE && out.until_eof);
+    ck_assert_str_eq(out.body, "abcd");
+    /* the lines in order: chunked then gzip is not chunked (before: the last line alone) */
+    parse_str("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"
+              "Content-Length: 3\r\n\r\nabcdef",
+              0, ALL);
+    ck_assert(out.rc == FBR_RESPONSE_MORE && out.until_eof);
+    ck_assert_str_eq(out.body, "abcdef");
+    expect("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "2\r\nab\r\n0\r\n\r\n",
+           0, FBR_RESPONSE_DONE, 200, "ab", "", 0);
+    /* parameters and empty list elements */
+    expect("HTTP/1.1 200 OK\r\nTransfer-Encoding: , gzip;level=1 ,CHUNKED,\r\n\r\n"
+           "2\r\nab\r\n0\r\n\r\n",
+           0, FBR_RESPONSE_DONE, 200, "ab", "", 0);
+    /* chunked twice, an empty list, a coding that is no token */
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            "chunked applied twice");
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip, chunked"
+            "\r\n\r\n0\r\n\r\n",
+            "chunked applied twice");
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n", "malformed Transfer-Encoding");
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: , \r\n\r\n", "malformed Transfer-Encoding");
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: \"chunked\"\r\n\r\n",
+            "malformed Transfer-Encoding");
+    /* in an HTTP/1.0 answer the framing is faulty, with or without a length */
+    refused("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding in an HTTP/1.0 response");
+    refused("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+            "Transfer-Encoding in an HTTP/1.0 response");
+    /* Transfer-Encoding and Content-Length: chunked wins and the connection must end after */
+    parse_str("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "2\r\nab\r\n0\r\n\r\n",
+              0, ALL);
+    ck_assert_int_eq(out.rc, FBR_RESPONSE_DONE);
+    ck_assert_str_eq(out.body, "ab");
+    struct fbr_response p;
+    fbr_response_init(&p, NULL, NULL);
+    struct evbuffer *in = evbuffer_new();
+    evbuffer_add_printf(in, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n"
+                            "Content-Length: 0\r\n\r\n");
+    size_t n;
+    ck_assert_int_eq(fbr_response_parse(&p, in, &n), FBR_RESPONSE_DONE);
+    ck_assert(p.close_after && !p.conn_close);
+    /* either alone leaves the connection usable; an interim answer's do not count */
+    fbr_response_reset(&p, 0);
+    evbuffer_add_printf(in, "HTTP/1.1 100 Continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    ck_assert_int_eq(fbr_response_parse(&p, in, &n), FBR_RESPONSE_DONE);
+    ck_assert(!p.close_after);
+    fbr_response_reset(&p, 0);
+    evbuffer_add_printf(in, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    ck_assert_int_eq(fbr_response_parse(&p, in, &n), FBR_RESPONSE_DONE);
+    ck_assert(!p.close_after);
+    evbuffer_free(in);
+}
+END_TEST
+
+/* A trailer line must be a field line: a chunked body missing its last CRLF does not swallow the
+ * next answer as trailers (before: read up to the next empty line and dropped). */
+START_TEST(trailer_lines)
+{
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            "malformed response trailer");
+    refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n folded: x\r\n\r\n",
+            "malformed response trailer");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("response");
@@ -452,6 +638,11 @@ int main(void)
     tcase_add_test(tc, malformed_content_length);
     tcase_add_test(tc, too_long_line);
     tcase_add_test(tc, too_large_head);
+    tcase_add_test(tc, line_at_limit_split_between_cr_and_lf);
+    tcase_add_test(tc, nul_or_cr_inside_a_line);
+    tcase_add_test(tc, field_names_and_folded_lines);
+    tcase_add_test(tc, transfer_codings);
+    tcase_add_test(tc, trailer_lines);
     suite_add_tcase(s, tc);
     return fbr_test_run(s);
 }

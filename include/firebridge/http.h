@@ -27,6 +27,10 @@ enum fbr_http_method_bit {
 /* The wire name of one FBR_M_* bit ("POST"), or NULL for anything else (a mask, 0). */
 const char *fbr_http_method_name(unsigned bit);
 
+/* Whether s[0..len) is a token (RFC 9110 5.6.2: one or more tchar), as a field name or a coding
+ * name must be. */
+int fbr_http_token(const char *s, size_t len);
+
 /* The FBR_M_* bit of s[0..len) (exact case, or ASCII case-insensitive when nocase), or 0. */
 unsigned fbr_http_method_parse(const char *s, size_t len, int nocase);
 

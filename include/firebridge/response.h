@@ -10,6 +10,29 @@
  * and of the body (kept, cut, skipped) stays with the caller: the other headers of a final answer
  * reach it through a callback, the body as byte counts at the front of the input.
  *
+ * What it accepts and refuses (RFC 9112; a FBR_RESPONSE_ERROR names the reason), where the RFC
+ * leaves a choice or the reader makes one:
+ * - lines end with CRLF or a bare LF (9112 2.2 allows it for the head; the reader takes it in the
+ *   chunk framing too); a NUL or a CR anywhere else in a line is refused (RFC 9110 5.5);
+ * - the status line is "HTTP/1.<digit> <3 digits>" then the end or a SP and the reason phrase:
+ *   the reason may be missing, "HTTP/1.2".."HTTP/1.9" are read as 1.1, "HTTP/1.10", "HTTP/2.0"
+ *   are refused, and so is a status outside 100..599 (RFC 9110 15 would read it as a 5xx: the
+ *   callers treat a refused answer as they do a 5xx, a failed delivery) and an unrequested 101;
+ *   empty lines before a status line are skipped;
+ * - a field name is a token right before its colon: a blank in or before it, so a folded line
+ *   (obs-fold), is refused, not unfolded (9112 5.2 would have a user agent unfold it);
+ * - Content-Length is 1*DIGIT up to 2^63 - 1 with blanks around it, leading zeros allowed; a
+ *   sign, a blank inside, a list ("5, 5") and two different values are refused, the same value
+ *   twice is one;
+ * - Transfer-Encoding's codings (of every such line, in order) decide over Content-Length
+ *   (9112 6.3): chunked last, the body is chunked; chunked not last or absent ("gzip",
+ *   "chunked, gzip"), the body runs to the close; chunked twice, an empty list, a coding that is
+ *   no token are refused, and so is a Transfer-Encoding in an HTTP/1.0 answer (9112 6.1).  An
+ *   answer with both sets close_after: the connection must not be used for another answer;
+ * - a chunk size is 1*HEXDIG within 64 bits, its extensions and the trailer fields are read and
+ *   dropped (a trailer line must still be a field line);
+ * - a body's bytes are not decoded: a transfer coding other than chunked stays the caller's.
+ *
  * Users: the outbound client (client.c) and the load generator's sender (tools/loadgen).
  */
 #ifndef FIREBRIDGE_RESPONSE_H
@@ -59,11 +82,15 @@ struct fbr_response {
     unsigned char http10;  /* the last status line said HTTP/1.0 */
     unsigned char conn_close; /* "Connection: close" */
     unsigned char keep_alive; /* "Connection: keep-alive" */
-    unsigned char chunked, has_len;
+    unsigned char chunked;    /* the body is chunked (chunked is the last transfer coding) */
+    unsigned char has_len;    /* a Content-Length came (ignored when a Transfer-Encoding did) */
+    unsigned char close_after; /* the framing was doubtful (Transfer-Encoding and Content-Length):
+                                  the connection ends after this answer */
     enum fbr_response_state state;
     const char *error;     /* after FBR_RESPONSE_ERROR: why, a static string */
     /* the parser's own */
     unsigned char no_body; /* the request was HEAD */
+    unsigned char te, te_chunked; /* a Transfer-Encoding came; chunked was among its codings */
     uint64_t remaining;    /* Content-Length, then the body or chunk bytes still to come */
     size_t head_bytes;
     fbr_response_header_fn on_header;

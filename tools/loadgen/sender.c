@@ -394,7 +394,7 @@ static void conn_read(struct bufferevent *bev, void *arg)
             continue;
         }
         /* the answer is complete: the connection goes on unless it says it ends */
-        int ends = c->rp.conn_close || (c->rp.http10 && !c->rp.keep_alive);
+        int ends = c->rp.conn_close || c->rp.close_after || (c->rp.http10 && !c->rp.keep_alive);
         answer_done(c);
         answer_reset(c);
         if (ends) {
