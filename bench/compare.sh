@@ -21,7 +21,9 @@
 #      flags for both firebridge daemons, e.g. "--fsync off"), PIPELINE (8: (b)'s --pipeline),
 #      SKIP_DEFAULT=1 (no (c)), HALF_ROUNDS (3: alternating half-load rounds, each p99 the median
 #      over them), SKIP_HALF=1, PIN=1 (the servers on CPU 0, the loadgen on CPU 1:
-#      whether the loadgen, which is both the sender and the sink, is the ceiling).
+#      whether the loadgen, which is both the sender and the sink, is the ceiling), BUSY_POLL=1
+#      (with PIN=1: the loadgen runs with --busy-poll on its CPU; its own CPU figure is then its
+#      wall time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -44,8 +46,10 @@ for f in "$fb" "$lg"; do
 done
 
 srv_pin=() lg_pin=()
+lg_busy=()
 if [ "${PIN:-0}" = 1 ]; then
   srv_pin=(taskset -c 0) lg_pin=(taskset -c 1)
+  if [ "${BUSY_POLL:-0}" = 1 ]; then lg_busy=(--busy-poll); fi
 fi
 
 tmp=$(mktemp -d)
@@ -149,7 +153,7 @@ run() {
   local rc=0 c0=0
   [ "$cpu_pid" = - ] || c0=$(cpu_ticks "$cpu_pid")
   "${lg_pin[@]}" "$lg" --target "127.0.0.1:$port" --sink-listen "$sink" --connections "$conns" \
-    --duration "$secs" --warmup "$warmup" --rooms "$rooms" --drain 60 --quiet --json "$@" \
+    --duration "$secs" --warmup "$warmup" --rooms "$rooms" --drain 60 --quiet --json "${lg_busy[@]}" "$@" \
     >"$tmp/$name.json" 2>"$tmp/$name.err" || rc=$?
   if [ "$rc" -gt 1 ] || [ ! -s "$tmp/$name.json" ]; then
     echo "compare.sh: loadgen $name failed ($rc):" >&2; cat "$tmp/$name.err" >&2; exit 1

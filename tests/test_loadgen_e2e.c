@@ -220,6 +220,31 @@ START_TEST(sink_faults_injected)
 }
 END_TEST
 
+/* --busy-poll: the loop never blocks (the loadgen's CPU time is about its wall time, where 220
+ * alerts at 100/s cost milliseconds otherwise), and the run still ends, measured and complete. */
+START_TEST(busy_poll_nothing_lost)
+{
+    char dir[64];
+    int sink_port;
+    struct dutil_daemon d;
+    start_seed_daemon(&d, dir, sizeof(dir), &sink_port);
+    const char *more[] = {"--busy-poll", NULL};
+    int st;
+    json_t *j = run_loadgen_with(&d, dir, sink_port, "6", more, &st);
+    char *text = json_dumps(j, JSON_COMPACT);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "loadgen exit %d: %s", st, text);
+    long long sent = num(j, "sent", NULL);
+    ck_assert_int_gt(sent, 150);
+    ck_assert_int_eq(num(j, "lost", NULL), 0);
+    ck_assert_int_eq(num(j, "delivered", NULL), sent);
+    ck_assert_msg(num(j, "loadgen_cpu_ms", NULL) > 500, "the loop slept: %s", text);
+    free(text);
+    json_decref(j);
+    dutil_daemon_stop(&d);
+    dutil_rm_rf(dir);
+}
+END_TEST
+
 /*
  * The daemon pipelining its deliveries (--pipeline 8 over two pooled connections) under a closed
  * loop: the sink, whose libevhtp takes one pipelined request per read by itself, answers every
@@ -891,6 +916,7 @@ int main(void)
     tcase_add_test(tc, two_seconds_nothing_lost);
     tcase_add_test(tc, deliveries_going_nowhere_are_lost);
     tcase_add_test(tc, sink_faults_injected);
+    tcase_add_test(tc, busy_poll_nothing_lost);
     tcase_add_test(tc, pipelined_deliveries_nothing_lost);
     tcase_add_test(tc, sink_pipelined_close_and_split);
     tcase_add_test(tc, flags_bounded_by_the_machine);

@@ -57,6 +57,7 @@ struct lg_opts {
     int no_metrics;
     uint64_t max_alerts;
     int quiet;
+    int busy_poll; /* --busy-poll: the loop never blocks */
 };
 
 /* Status classes counted per side. */
