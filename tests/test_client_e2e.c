@@ -35,6 +35,19 @@
 #define REQUEUED "firebridge_client_requests_requeued_total"
 #define RETRIED(reason) "firebridge_delivery_retries_total{reason=\"" reason "\"}"
 
+/* The client's counters the tests assert on, read from the daemon's /metrics before it stops;
+ * retried counts the retries of one reason (a RETRIED(...) name), 0 when retry is NULL. */
+struct counts {
+    long long moved, requeued, attempts, retried;
+};
+
+static struct counts read_counts(const struct dutil_daemon *d, const char *retry)
+{
+    return (struct counts){dutil_metric(d->port, MOVED), dutil_metric(d->port, REQUEUED),
+                           dutil_metric(d->port, ATTEMPTS),
+                           retry ? dutil_metric(d->port, retry) : 0};
+}
+
 static const char r408[] =
     "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
@@ -191,15 +204,14 @@ START_TEST(requests_behind_a_closing_answer_moved_and_delivered_once)
         post_alert(&d, rooms[i]);
     }
     long long delivered = wait_metric(&d, DELIVERED, N);
-    long long moved = dutil_metric(d.port, MOVED), requeued = dutil_metric(d.port, REQUEUED);
-    long long attempts = dutil_metric(d.port, ATTEMPTS);
+    struct counts c = read_counts(&d, NULL);
     dutil_daemon_stop(&d);
     sink_stop(&k);
     const char *dump = sink_dump(&k);
     ck_assert_msg(delivered == N, "delivered %lld of %d; sink:%s", delivered, N, dump);
-    ck_assert_msg(moved > 0, "nothing moved; sink:%s", dump);
-    ck_assert_msg(requeued == 0 && attempts == N, "requeued %lld, attempts %lld; sink:%s", requeued,
-                  attempts, dump);
+    ck_assert_msg(c.moved > 0, "nothing moved; sink:%s", dump);
+    ck_assert_msg(c.requeued == 0 && c.attempts == N, "requeued %lld, attempts %lld; sink:%s",
+                  c.requeued, c.attempts, dump);
     const char *ids[N];
     for (int i = 0; i < N; i++) {
         const struct tsrv_req *r[8];
@@ -227,8 +239,8 @@ START_TEST(requests_behind_a_closing_answer_moved_and_delivered_once)
             ck_assert_msg(r->nth >= 3, "sink:%s", dump);
         }
     }
-    ck_assert_msg(unanswered >= 1 && unanswered <= moved, "unanswered %lld, moved %lld; sink:%s",
-                  unanswered, moved, dump);
+    ck_assert_msg(unanswered >= 1 && unanswered <= c.moved, "unanswered %lld, moved %lld; sink:%s",
+                  unanswered, c.moved, dump);
     sink_free(&k);
     unlink(cfg);
 }
@@ -260,16 +272,14 @@ START_TEST(answer_408_on_reused_connection_sent_again)
     ck_assert_int_eq(wait_metric(&d, DELIVERED, 1), 1);
     post_alert(&d, "second");
     long long delivered = wait_metric(&d, DELIVERED, 2);
-    long long requeued = dutil_metric(d.port, REQUEUED), moved = dutil_metric(d.port, MOVED);
-    long long attempts = dutil_metric(d.port, ATTEMPTS);
-    long long r408s = dutil_metric(d.port, RETRIED("http_408"));
+    struct counts c = read_counts(&d, RETRIED("http_408"));
     dutil_daemon_stop(&d);
     sink_stop(&k);
     const char *dump = sink_dump(&k);
     ck_assert_msg(delivered == 2, "delivered %lld; sink:%s", delivered, dump);
-    ck_assert_msg(requeued == 1 && r408s == 0 && attempts == 2 && moved == 0,
+    ck_assert_msg(c.requeued == 1 && c.retried == 0 && c.attempts == 2 && c.moved == 0,
                   "requeued %lld, http_408 retries %lld, attempts %lld, moved %lld; sink:%s",
-                  requeued, r408s, attempts, moved, dump);
+                  c.requeued, c.retried, c.attempts, c.moved, dump);
     const struct tsrv_req *r[4];
     ck_assert_msg(room_reqs(&k, "first", r, 4) == 1, "sink:%s", dump);
     ck_assert_int_eq(r[0]->answered, 204);
@@ -307,16 +317,14 @@ START_TEST(answer_408_on_fresh_connection_is_the_answer)
     daemon_start(&d, cfg, &k, flags);
     post_alert(&d, "one");
     long long delivered = wait_metric(&d, DELIVERED, 1);
-    long long requeued = dutil_metric(d.port, REQUEUED), moved = dutil_metric(d.port, MOVED);
-    long long attempts = dutil_metric(d.port, ATTEMPTS);
-    long long r408s = dutil_metric(d.port, RETRIED("http_408"));
+    struct counts c = read_counts(&d, RETRIED("http_408"));
     dutil_assert_exit_zero(dutil_stop(&d.pid, 15000 * dutil_slow(), NULL), d.log);
     sink_stop(&k);
     const char *dump = sink_dump(&k);
     ck_assert_msg(delivered == 1, "delivered %lld; sink:%s", delivered, dump);
-    ck_assert_msg(requeued == 0 && r408s == 1 && attempts == 2 && moved == 0,
+    ck_assert_msg(c.requeued == 0 && c.retried == 1 && c.attempts == 2 && c.moved == 0,
                   "requeued %lld, http_408 retries %lld, attempts %lld, moved %lld; sink:%s",
-                  requeued, r408s, attempts, moved, dump);
+                  c.requeued, c.retried, c.attempts, c.moved, dump);
     const struct tsrv_req *r[4];
     ck_assert_msg(room_reqs(&k, "one", r, 4) == 2, "sink:%s", dump);
     ck_assert_str_eq(r[0]->delivery_id, r[1]->delivery_id);
@@ -370,16 +378,14 @@ START_TEST(moves_end_at_the_attempt_deadline)
     for (int i = 0; i < 4; i++)
         post_alert(&d, rooms[i]);
     long long delivered = wait_metric(&d, DELIVERED, 5);
-    long long moved = dutil_metric(d.port, MOVED), requeued = dutil_metric(d.port, REQUEUED);
-    long long attempts = dutil_metric(d.port, ATTEMPTS);
-    long long timeouts = dutil_metric(d.port, RETRIED("timeout"));
+    struct counts c = read_counts(&d, RETRIED("timeout"));
     dutil_assert_exit_zero(dutil_stop(&d.pid, 15000 * dutil_slow(), NULL), d.log);
     sink_stop(&k);
     const char *dump = sink_dump(&k);
     ck_assert_msg(delivered == 5, "delivered %lld; sink:%s", delivered, dump);
-    ck_assert_msg(moved == 3 && timeouts == 1 && attempts == 6 && requeued == 0,
-                  "moved %lld, timeout retries %lld, attempts %lld, requeued %lld; sink:%s", moved,
-                  timeouts, attempts, requeued, dump);
+    ck_assert_msg(c.moved == 3 && c.retried == 1 && c.attempts == 6 && c.requeued == 0,
+                  "moved %lld, timeout retries %lld, attempts %lld, requeued %lld; sink:%s",
+                  c.moved, c.retried, c.attempts, c.requeued, dump);
     const struct tsrv_req *r[4];
     ck_assert_msg(room_reqs(&k, "v", r, 4) == 3, "sink:%s", dump);
     ck_assert_msg(r[0]->nth == 5 && !r[0]->answered && r[1]->nth == 3 && !r[1]->answered &&
