@@ -150,12 +150,28 @@ static uint32_t get32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* CRC of a record: its length field, its type, its payload. */
-static uint32_t record_crc(const unsigned char *hdr, const void *payload, size_t n)
+/* CRC of a record: its length field, its type, its payload, continuing from salt (0 for a
+ * segment header and every record of a segment without one; see journal.h). */
+static uint32_t record_crc(uint32_t salt, const unsigned char *hdr, const void *payload, size_t n)
 {
-    uint32_t c = fbr_crc32c(0, hdr, 4);
+    uint32_t c = fbr_crc32c(salt, hdr, 4);
     c = fbr_crc32c(c, hdr + 8, 1);
     return fbr_crc32c(c, payload, n);
+}
+
+static const char seg_magic[4] = {'F', 'B', 'R', 'J'};
+
+/* The salt of segment id's records: the CRC32C of the magic and the id, distinct for every id
+ * (the CRC of a fixed-length message is one-to-one in its last 32 bits). */
+static uint32_t seg_salt(uint32_t id)
+{
+    unsigned char b[8];
+    memcpy(b, seg_magic, 4);
+    b[4] = (unsigned char)id;
+    b[5] = (unsigned char)(id >> 8);
+    b[6] = (unsigned char)(id >> 16);
+    b[7] = (unsigned char)(id >> 24);
+    return fbr_crc32c(0, b, sizeof(b));
 }
 
 /* ---- state ---- */
@@ -175,8 +191,8 @@ struct waiter {
 
 enum trouble_kind { TK_NONE, TK_WRITE, TK_SYNC };
 
-/* A dead segment renamed NNNNNN.dead, waiting to be cut and unlinked; mark orders it against the
- * directory fsyncs that cover its rename. */
+/* A dead segment renamed NNNNNN.dead, kept as a spare for the next roll or waiting to be cut
+ * and unlinked; mark orders it against the directory fsyncs that cover its rename. */
 struct dying {
     uint32_t id;
     uint64_t mark;
@@ -235,13 +251,14 @@ struct fbr_journal {
     uint64_t dying_ready;    /* renames a directory fsync covers: those may be cut */
     uint64_t job_dying_mark; /* dying_marks when the running job's directory fsync was asked */
     int dying_fd;            /* the first dying segment, open while it is cut */
+    uint32_t cur_salt;       /* the CRC salt of the segment appended to */
     struct event *shrink_timer;
     struct fbr_journal_recovery rec;
     struct fbr_journal_stats st;
     /* metrics */
     struct fbr_metrics *own_metrics;
     uint64_t *m_records[FBR_JR_COUNT];
-    uint64_t *m_bytes_written, *m_writes, *m_fsyncs, *m_checkpoints, *m_torn;
+    uint64_t *m_bytes_written, *m_writes, *m_fsyncs, *m_checkpoints, *m_torn, *m_recycled;
     uint64_t *m_err_write, *m_err_sync;
     int64_t *m_bytes, *m_live, *m_segments, *m_writable, *m_rec_ms, *m_rec_records;
     struct fbr_histogram *m_fsync_s, *m_group;
@@ -433,15 +450,79 @@ static void push_seg(struct fbr_journal *j, uint32_t id, uint64_t bytes)
     j->segs[j->nsegs++] = (struct segment){.id = id, .bytes = bytes};
 }
 
-/* Starts segment last+1 and makes it the one appended to.  Returns 0, or -1 with errno. */
+/* The newest dead segment whose rename a directory fsync covers (a spare a roll may take), or
+ * -1.  The ones before it are older; the first may be part-cut (dying_fd). */
+static ssize_t ready_spare(const struct fbr_journal *j)
+{
+    ssize_t k = -1;
+    for (size_t i = 0; i < j->ndying && j->dying[i].mark <= j->dying_ready; i++)
+        k = (ssize_t)i;
+    return k;
+}
+
+/* Opens the file for segment id at path: a spare renamed to it (its blocks and pages reused;
+ * *prev is the id it had), else a new empty file (*prev 0).  Returns the fd, or -1 with errno. */
+static int open_segment_file(struct fbr_journal *j, uint32_t id, const char *path, uint32_t *prev)
+{
+    *prev = 0;
+    ssize_t k = ready_spare(j);
+    if (k >= 0) {
+        char dead[4096];
+        uint32_t old = j->dying[k].id;
+        dead_path(j, old, dead, sizeof(dead));
+        if (k == 0 && j->dying_fd >= 0) {
+            close(j->dying_fd);
+            j->dying_fd = -1;
+        }
+        memmove(j->dying + k, j->dying + k + 1, (j->ndying - (size_t)k - 1) * sizeof(*j->dying));
+        j->ndying--;
+        if (rename(dead, path) == 0) {
+            int fd = open(path, O_WRONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                *prev = old;
+                j->st.recycled++;
+                (*j->m_recycled)++;
+                return fd;
+            }
+        } else if (errno != ENOENT) {
+            fbr_log_warn("journal: cannot reuse %s as segment %06" PRIu32 ": %s (deleting it)",
+                         dead, id, strerror(errno));
+            if (unlink(dead) != 0 && errno != ENOENT)
+                fbr_log_warn("journal: cannot delete %s: %s", dead, strerror(errno));
+        }
+    }
+    return open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+}
+
+/*
+ * Starts segment last+1 and makes it the one appended to: its file (a spare, or new) begins with
+ * the segment header, written at once.  Returns 0, or -1 with errno.
+ */
 static int roll(struct fbr_journal *j)
 {
     uint32_t id = j->nsegs ? cur_seg(j)->id + 1 : 1;
     char path[4096];
     seg_path(j, id, path, sizeof(path));
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    uint32_t prev;
+    int fd = open_segment_file(j, id, path, &prev);
     if (fd < 0)
         return -1;
+    unsigned char h[FBR_JOURNAL_SEGMENT_HEADER];
+    size_t n = FBR_JOURNAL_SEGMENT_HEADER - FBR_JOURNAL_HEADER;
+    put32(h, (uint32_t)n);
+    h[8] = FBR_JR_NOP;
+    unsigned char *p = h + FBR_JOURNAL_HEADER;
+    memcpy(p, seg_magic, 4);
+    put32(p + 4, FBR_JOURNAL_FORMAT);
+    put32(p + 8, id);
+    put32(p + 12, prev);
+    put32(h + 4, record_crc(0, h, p, n));
+    if (pwrite(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
+        int e = errno ? errno : EIO;
+        close(fd);
+        errno = e;
+        return -1;
+    }
     if (j->cur_fd >= 0) {
         if (j->opts.fsync == FBR_FSYNC_OFF) {
             close(j->cur_fd);
@@ -454,9 +535,10 @@ static int roll(struct fbr_journal *j)
         }
     }
     j->cur_fd = fd;
+    j->cur_salt = seg_salt(id);
     j->need_roll = 0;
     j->dir_dirty = 1;
-    push_seg(j, id, 0);
+    push_seg(j, id, FBR_JOURNAL_SEGMENT_HEADER);
     j->st.cur_seg = id;
     update_gauges(j);
     return 0;
@@ -477,13 +559,16 @@ static uint32_t dead_prefix(const struct fbr_journal *j)
  * the .dead ones a crash left behind), then cut by SHRINK_STEP bytes every SHRINK_MS, under a
  * millisecond of work each, and unlinked once empty.  Cutting starts only when a directory fsync
  * covers the rename (with --fsync off at once), so a power loss cannot bring a cut segment back
- * under its .log name, where recovery would find a delivery whose "finished" record was cut. */
+ * under its .log name, where recovery would find a delivery whose "finished" record was cut.
+ * The newest FBR_JOURNAL_SPARES dead segments are not cut: roll() reuses their files (the same
+ * rule keeps a file from being overwritten before its rename is on disk), so that in steady
+ * state nothing is cut at all. */
 #define SHRINK_STEP (256u * 1024)
 #define SHRINK_MS 2
 
 static void schedule_shrink(struct fbr_journal *j)
 {
-    if (j->shrink_timer && j->ndying && j->dying[0].mark <= j->dying_ready &&
+    if (j->shrink_timer && j->ndying > FBR_JOURNAL_SPARES && j->dying[0].mark <= j->dying_ready &&
         !evtimer_pending(j->shrink_timer, NULL)) {
         struct timeval tv = {0, SHRINK_MS * 1000};
         evtimer_add(j->shrink_timer, &tv);
@@ -514,7 +599,7 @@ static void shrink_step(struct fbr_journal *j)
 static void on_shrink(evutil_socket_t fd, short what, void *arg)
 {
     struct fbr_journal *j = arg;
-    if (j->ndying && j->dying[0].mark <= j->dying_ready)
+    if (j->ndying > FBR_JOURNAL_SPARES && j->dying[0].mark <= j->dying_ready)
         shrink_step(j);
     schedule_shrink(j);
 }
@@ -683,10 +768,18 @@ static int write_buffer(struct fbr_journal *j)
         return FBR_ERROR;
     }
     struct segment *s = cur_seg(j);
+    /* The CRCs are made here, with the salt of the segment the records land in (after a failed
+     * write that may be a newer one than when they were appended). */
+    for (size_t at = 0; at < j->len;) {
+        unsigned char *h = j->buf + at;
+        uint32_t n = get32(h);
+        put32(h + 4, record_crc(j->cur_salt, h, h + FBR_JOURNAL_HEADER, n));
+        at += FBR_JOURNAL_HEADER + n;
+    }
     size_t off = 0;
     int err = 0;
     while (off < j->len) {
-        ssize_t w = write(j->cur_fd, j->buf + off, j->len - off);
+        ssize_t w = pwrite(j->cur_fd, j->buf + off, j->len - off, (off_t)(s->bytes + off));
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
@@ -793,8 +886,7 @@ static struct fbr_journal_ref append_record(struct fbr_journal *j, unsigned type
             memcpy(p, iov[i].iov_base, iov[i].iov_len);
         p += iov[i].iov_len;
     }
-    put32(h + 4, record_crc(h, h + FBR_JOURNAL_HEADER, n));
-    j->len = need;
+    j->len = need; /* its CRC is made when it is written (write_buffer) */
     j->appended += FBR_JOURNAL_HEADER + n;
     j->st.records++;
     if (type < FBR_JR_COUNT)
@@ -928,25 +1020,25 @@ void fbr_journal_checkpoint(struct fbr_journal *j)
 /* ---- recovery ---- */
 
 /* Whether a good record starts at off; sets *len to its payload length. */
-static int good_at(const unsigned char *m, size_t size, size_t off, uint32_t *len)
+static int good_at(const unsigned char *m, size_t size, size_t off, uint32_t salt, uint32_t *len)
 {
     if (size - off < FBR_JOURNAL_HEADER)
         return 0;
     uint32_t n = get32(m + off);
     if (n > FBR_JOURNAL_MAX_RECORD || n > size - off - FBR_JOURNAL_HEADER)
         return 0;
-    if (get32(m + off + 4) != record_crc(m + off, m + off + FBR_JOURNAL_HEADER, n))
+    if (get32(m + off + 4) != record_crc(salt, m + off, m + off + FBR_JOURNAL_HEADER, n))
         return 0;
     *len = n;
     return 1;
 }
 
 /* The next offset after off where a good record of a known type starts, or size. */
-static size_t next_good(const unsigned char *m, size_t size, size_t off)
+static size_t next_good(const unsigned char *m, size_t size, size_t off, uint32_t salt)
 {
     uint32_t n;
     for (size_t p = off + 1; p + FBR_JOURNAL_HEADER <= size; p++)
-        if (m[p + 8] < FBR_JR_COUNT && good_at(m, size, p, &n))
+        if (m[p + 8] < FBR_JR_COUNT && good_at(m, size, p, salt, &n))
             return p;
     return size;
 }
@@ -1054,9 +1146,35 @@ static int replay_segment(struct fbr_journal *j, uint32_t id, struct mapped *mp,
     struct segment *seg = &j->segs[j->nsegs - 1];
     j->rec.segments++;
     size_t off = 0;
+    uint32_t salt = 0, prev = 0, hlen;
+    const unsigned char *hp = m + FBR_JOURNAL_HEADER;
+    if (good_at(m, size, 0, 0, &hlen) && m[8] == FBR_JR_NOP &&
+        hlen == FBR_JOURNAL_SEGMENT_HEADER - FBR_JOURNAL_HEADER && !memcmp(hp, seg_magic, 4)) {
+        /* A segment header (journal.h): its records carry the segment's salt. */
+        if (get32(hp + 4) > FBR_JOURNAL_FORMAT) {
+            snprintf(err, errlen,
+                     "journal segment %s was written by a newer firebridge (format %" PRIu32
+                     ", this one reads up to %u); nothing was changed",
+                     path, get32(hp + 4), FBR_JOURNAL_FORMAT);
+            close(fd);
+            return -1;
+        }
+        if (get32(hp + 8) != id) {
+            /* A spare renamed to this id whose new header and records never reached the disk
+             * (a power loss with --fsync batch or off): the old ones are not this segment's. */
+            fbr_log_warn("journal: %s holds segment %06" PRIu32 "'s old records, none of its "
+                         "own: nothing replayed from it",
+                         path, get32(hp + 8));
+            close(fd);
+            return 0;
+        }
+        salt = seg_salt(id);
+        prev = get32(hp + 12);
+        off = FBR_JOURNAL_SEGMENT_HEADER;
+    }
     while (off < size) {
         uint32_t n;
-        if (good_at(m, size, off, &n)) {
+        if (good_at(m, size, off, salt, &n)) {
             dispatch(j, m[off + 8],
                      (struct fbr_slice){(const char *)m + off + FBR_JOURNAL_HEADER, n},
                      (struct fbr_journal_ref){id, FBR_JOURNAL_HEADER + n});
@@ -1064,7 +1182,13 @@ static int replay_segment(struct fbr_journal *j, uint32_t id, struct mapped *mp,
             off += FBR_JOURNAL_HEADER + n;
             continue;
         }
-        size_t next = next_good(m, size, off);
+        size_t next = next_good(m, size, off, salt);
+        if (next == size && prev) {
+            /* A reused file: past this segment's last record lie the bytes of the segment it
+             * was before (another salt), or what a crash tore; both are its end, kept as is. */
+            seg->bytes = off;
+            break;
+        }
         if (next == size) {
             fbr_log_warn("journal: torn tail in %s at byte %zu: cut %zu byte(s) after the last "
                          "good record",
@@ -1171,6 +1295,9 @@ static void register_metrics(struct fbr_journal *j, struct fbr_metrics *m)
                                            NULL);
     j->m_torn = fbr_metrics_counter(m, "firebridge_journal_torn_tails_total",
                                     "Torn or corrupt segment tails cut at recovery", NULL, NULL);
+    j->m_recycled = fbr_metrics_counter(m, "firebridge_journal_segments_recycled_total",
+                                        "Journal segments started in a dead segment's file",
+                                        NULL, NULL);
     j->m_err_write = fbr_metrics_counter(m, "firebridge_journal_errors_total",
                                          "Failed journal writes and fdatasyncs", "op", "write");
     j->m_err_sync = fbr_metrics_counter(m, "firebridge_journal_errors_total", NULL, "op", "fsync");

@@ -5,8 +5,10 @@
  * it each time on the same data directory.  The cycles rotate through: a healthy sink; the sink
  * down (every notification answered 503); deliveries in flight (the sink stores each of 40
  * messages at once but answers 100 ms later, so a kill catches them sent and unanswered); and a growing
- * backlog with 16 KiB journal segments, where checkpoints run every few alerts.  Each kill comes
- * right after one more alert was sent, 0-2 ms into its processing.
+ * backlog with 16 KiB journal segments, where checkpoints run every few alerts.  With the sink
+ * up, a run goes on until a new segment has started in a dead segment's file (reused: the test
+ * requires such kills).  Each kill comes right after one more alert was sent, 0-2 ms into its
+ * processing.
  *
  * At the end the sink is healthy, the daemon starts once more and every alert answered 200 must
  * reach its room at least once.  Printed: alerts answered 200, delivered, lost (must be 0),
@@ -63,7 +65,8 @@ static pid_t start_daemon(int cycle, int *port)
 {
     char log[32];
     snprintf(log, sizeof(log), "run-%02d.log", cycle);
-    const char *args[] = {"-c", cfg, "--fsync", "batch", "--journal-segment-size", "16K",
+    const char *args[] = {"-c", cfg, "--fsync", "batch", "--fsync-interval", "10",
+                          "--journal-segment-size", "16K",
                           "--room-rate", "100000/1", "--token-rate", "100000/1",
                           "--retry-initial", "50", "--retry-max-interval", "200",
                           "--max-pending", "100000", "--drain-timeout", "1", NULL};
@@ -116,7 +119,7 @@ START_TEST(kill9_loses_nothing_answered_200)
 
     static char answered[MAX_ALERTS]; /* 1: answered 200 */
     int next = 0, n200 = 0, other = 0;
-    int kinds[4] = {0}, with_checkpoint = 0, with_pending = 0;
+    int kinds[4] = {0}, with_checkpoint = 0, with_pending = 0, with_reused = 0;
     static const char *const kind_names[] = {"sink up", "sink down (503)",
                                              "deliveries in flight", "backlog + checkpoints"};
     char buf[8192], body[256], path[128];
@@ -132,6 +135,11 @@ START_TEST(kill9_loses_nothing_answered_200)
         pid_t pid = start_daemon(cycle, &port);
         int n = 20 + (int)(rnd() % (kind == 3 ? 300 : 80));
         for (int k = 0; k < n && next < MAX_ALERTS - 1; k++, next++) {
+            /* with the sink up, the run goes on until a new segment has started in a dead
+             * one's file, so that the kill hits reused files (at most 3,000 more alerts) */
+            if (kind == 0 && k == n - 1 && n < 3000 &&
+                dutil_metric(port, "firebridge_journal_segments_recycled_total") == 0)
+                n += 50;
             alert_body(next, body, sizeof(body));
             alert_path(next, path, sizeof(path));
             int st = dutil_post(port, path, NULL, body, buf, sizeof(buf));
@@ -144,6 +152,8 @@ START_TEST(kill9_loses_nothing_answered_200)
         }
         if (dutil_metric(port, "firebridge_journal_checkpoints_total") > 0)
             with_checkpoint++;
+        if (dutil_metric(port, "firebridge_journal_segments_recycled_total") > 0)
+            with_reused++;
         if (dutil_metric(port, "firebridge_deliveries_pending") > 0)
             with_pending++;
         /* one more alert, and the kill 0-2 ms into it: its answer is never read */
@@ -215,9 +225,9 @@ START_TEST(kill9_loses_nothing_answered_200)
     }
     int st = dutil_stop(&pid, 15000, NULL);
     printf("crash test (seed %u): %d kill -9 (%d %s, %d %s, %d %s, %d %s; %d with deliveries "
-           "pending, %d after checkpoints in that run)\n",
+           "pending, %d after checkpoints in that run, %d with segments in reused files)\n",
            start_seed, KILLS, kinds[0], kind_names[0], kinds[1], kind_names[1], kinds[2], kind_names[2],
-           kinds[3], kind_names[3], with_pending, with_checkpoint);
+           kinds[3], kind_names[3], with_pending, with_checkpoint, with_reused);
     printf("alerts answered 200: %d, delivered: %d, lost: %d, duplicate deliveries (same "
            "X-Firebridge-Delivery): %d, order violations: %d (other answers: %d)\n",
            n200, delivered, lost, dup_ids, violations, other);
@@ -229,6 +239,7 @@ START_TEST(kill9_loses_nothing_answered_200)
     ck_assert_msg(violations == 0, "%d order violations (logs in %s; FBR_CRASH_SEED=%u)",
                   violations, dir, start_seed);
     ck_assert_int_eq(delivered, n200);
+    ck_assert_msg(with_reused > 0, "no kill hit a run whose segments reused dead ones' files");
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the last run exited with %d", st);
     dutil_rm_rf(dir);
 }

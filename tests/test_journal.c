@@ -2,8 +2,10 @@
  * test_journal.c - unit tests for journal.c, the write-ahead journal under the intake and the
  * delivery engine: CRC32C, the record format read back in order across segments, a torn tail at
  * every byte offset of the last record, corruption in the middle (refused, then repaired), segment
- * roll, deletion of dead segments and checkpoints, the commit callbacks of each --fsync mode, and
- * a failed write (RLIMIT_FSIZE) that answers FBR_ERROR and recovers by itself.
+ * roll, deletion of dead segments and checkpoints, dead segments' files reused by new segments
+ * (only a segment's own records come back), segments without a header or with another one's, the
+ * commit callbacks of each --fsync mode, and a failed write (RLIMIT_FSIZE) that answers
+ * FBR_ERROR and recovers by itself.
  */
 #include <check.h>
 #include <fcntl.h>
@@ -222,7 +224,7 @@ START_TEST(torn_tail_at_every_offset)
     fbr_journal_close(&j);
     seg_file(1, path, sizeof(path));
     off_t size = file_size(path);
-    off_t good = 2 * FBR_JOURNAL_HEADER + 5 + 9;
+    off_t good = FBR_JOURNAL_SEGMENT_HEADER + 2 * FBR_JOURNAL_HEADER + 5 + 9;
     ck_assert_int_eq(size, good + FBR_JOURNAL_HEADER + 21);
     snprintf(saved, sizeof(saved), "%s/saved.log", dir);
     ck_assert_int_eq(rename(path, saved), 0);
@@ -272,12 +274,15 @@ START_TEST(corruption_in_the_middle_stops_unless_repair)
     fbr_journal_close(&j);
     seg_file(1, path, sizeof(path));
     int fd = open(path, O_WRONLY);
-    ck_assert_int_eq(pwrite(fd, "X", 1, FBR_JOURNAL_HEADER + 3 + FBR_JOURNAL_HEADER + 1), 1);
+    const off_t second = FBR_JOURNAL_SEGMENT_HEADER + FBR_JOURNAL_HEADER + 3;
+    ck_assert_int_eq(pwrite(fd, "X", 1, second + FBR_JOURNAL_HEADER + 1), 1);
     close(fd);
     off_t before = file_size(path);
     j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
     ck_assert_int_eq(rc, FBR_ERROR);
-    ck_assert_ptr_nonnull(strstr(err, "corrupt at byte 12"));
+    char where[64];
+    snprintf(where, sizeof(where), "corrupt at byte %ld ", (long)second);
+    ck_assert_msg(strstr(err, where), "%s", err);
     ck_assert_ptr_nonnull(strstr(err, "--journal-repair"));
     ck_assert_int_eq(fbr_journal_writable(j), 0);
     fbr_journal_close(&j);
@@ -372,10 +377,18 @@ START_TEST(roll_delete_and_checkpoint)
 }
 END_TEST
 
+static ino_t file_ino(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_ino : 0;
+}
+
 /* A dead segment is not unlinked in one call (that held the loop for milliseconds per 16 MiB):
- * it is renamed NNNNNN.dead, cut a step at a time by the loop, then removed; a .dead file left by
- * a crash is removed at the next start and never replayed. */
-START_TEST(dead_segment_cut_in_steps_then_removed)
+ * it is renamed NNNNNN.dead; the newest FBR_JOURNAL_SPARES of them are kept for the next rolls
+ * to reuse (the file renamed to the new segment's name, same inode), the older ones are cut a
+ * step at a time by the loop, then removed; a .dead file left by a crash is removed at the next
+ * start and never replayed. */
+START_TEST(dead_segments_reused_or_cut_in_steps)
 {
     struct owner *o = calloc(1, sizeof(*o));
     char err[512], path[400], dead[400];
@@ -388,20 +401,23 @@ START_TEST(dead_segment_cut_in_steps_then_removed)
     struct fbr_journal_stats st;
     fbr_journal_get_stats(j, &st);
     uint32_t first = st.cur_seg;
-    do { /* fill the first segment past its size with records nobody keeps */
+    /* Four segments filled past their size with records nobody keeps, the loop not run: no
+     * fdatasync yet, so none of them may be deleted or reused. */
+    do {
         fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, big, sizeof(big)));
         ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
         fbr_journal_get_stats(j, &st);
-    } while (st.cur_seg == first);
+    } while (st.cur_seg < first + 4);
+    ck_assert_uint_eq(st.recycled, 0);
     fbr_journal_release(j, fbr_journal_append(j, FBR_JR_NOP, "x", 1));
     ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
-    snprintf(path, sizeof(path), "%s/journal/%06u.log", dir, first);
-    snprintf(dead, sizeof(dead), "%s/journal/%06u.dead", dir, first);
+    seg_file(first, path, sizeof(path));
     off_t full = file_size(path);
     ck_assert_int_ge(full, (off_t)seg);
-    /* the batch fdatasync makes it deletable; then watch the .dead file shrink */
+    /* the batch fdatasync makes them deletable; the oldest two are cut, then removed */
+    snprintf(dead, sizeof(dead), "%s/journal/%06u.dead", dir, first);
     int saw_dead = 0, saw_cut = 0, gone = 0;
-    for (int i = 0; i < 5000 && !gone; i++) {
+    for (int i = 0; i < 10000 && gone < 2; i++) {
         event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         off_t d = file_size(dead);
         if (d >= 0) {
@@ -409,15 +425,41 @@ START_TEST(dead_segment_cut_in_steps_then_removed)
             saw_dead = 1;
             if (d > 0 && d < full)
                 saw_cut = 1;
-        } else if (saw_dead) {
-            gone = 1;
         }
+        char second[400];
+        snprintf(second, sizeof(second), "%s/journal/%06u.dead", dir, first + 1);
+        gone = saw_dead && d < 0 ? 1 + (file_size(second) < 0) : 0;
         usleep(500);
     }
     ck_assert_msg(saw_dead, "the dead segment was never renamed .dead");
     ck_assert_msg(saw_cut, "the dead segment was never seen part-cut");
-    ck_assert_msg(gone, "the .dead file was never removed");
+    ck_assert_msg(gone == 2, "the two oldest .dead files were not both removed");
     ck_assert_int_eq(file_exists(first), 0);
+    /* the newest two stay whole, as spares */
+    char spare2[400], spare3[400];
+    snprintf(spare2, sizeof(spare2), "%s/journal/%06u.dead", dir, first + 2);
+    snprintf(spare3, sizeof(spare3), "%s/journal/%06u.dead", dir, first + 3);
+    ck_assert_int_ge(file_size(spare2), (off_t)seg);
+    ck_assert_int_ge(file_size(spare3), (off_t)seg);
+    for (int i = 0; i < 20; i++) { /* cutting stops at the spares */
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        usleep(1000);
+    }
+    ck_assert_int_ge(file_size(spare2), (off_t)seg);
+    ino_t ino3 = file_ino(spare3);
+    ck_assert_uint_ne(ino3, 0);
+    /* the next roll starts segment first+5 in the newest spare's file: renamed, not created */
+    do {
+        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, big, sizeof(big)));
+        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+        fbr_journal_get_stats(j, &st);
+    } while (st.cur_seg < first + 5);
+    ck_assert_uint_eq(st.recycled, 1);
+    ck_assert_int_eq(file_size(spare3), -1);
+    seg_file(first + 5, path, sizeof(path));
+    ck_assert_uint_eq(file_ino(path), ino3);
+    ck_assert_int_ge(file_size(path), (off_t)seg); /* the old bytes are still there past the new */
+    ck_assert_int_ge(file_size(spare2), (off_t)seg);
     fbr_journal_close(&j);
 
     /* A crash mid-cut leaves a .dead file, here a whole segment with a record in it: the next
@@ -454,6 +496,152 @@ START_TEST(dead_segment_cut_in_steps_then_removed)
     free(o);
     free(o2);
     free(o4);
+}
+END_TEST
+
+/* Small segments (4 KiB), --fsync off (a dead segment is reusable at once): from the third roll
+ * on, every segment starts in a dead one's file, whose old records stay past the new ones.  A
+ * restart replays exactly what was appended since the last roll and the live records, nothing of
+ * the file's earlier use (those records carry another segment's CRC salt), and cuts nothing. */
+START_TEST(recycled_segment_replays_only_its_own_records)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512], path[400];
+    int rc;
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 4096, 0, o, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_OK);
+    static char since[64][80]; /* appended since the last roll, in order */
+    size_t nsince = 0;
+    struct fbr_journal_stats st;
+    fbr_journal_get_stats(j, &st);
+    uint32_t cur = st.cur_seg;
+    for (int i = 0; st.recycled < 4 || nsince < 3; i++) {
+        ck_assert_int_lt(i, 10000);
+        char rec[80];
+        snprintf(rec, sizeof(rec), "filler %05d ..........................................", i);
+        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, rec, strlen(rec)));
+        ck_assert_uint_lt(nsince, 64);
+        memcpy(since[nsince++], rec, sizeof(rec));
+        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+        fbr_journal_get_stats(j, &st);
+        if (st.cur_seg != cur) { /* the roll came after this write: its records stay behind */
+            cur = st.cur_seg;
+            nsince = 0;
+        }
+    }
+    add(o, FBR_JR_INCIDENT, "live one");
+    add(o, FBR_JR_INCIDENT, "live two");
+    ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_eq(st.cur_seg, cur);
+    ck_assert_uint_eq(st.first_seg, cur); /* the older ones are gone (or spares) */
+    fbr_journal_close(&j);
+    seg_file(cur, path, sizeof(path));
+    off_t size = file_size(path);
+    ck_assert_int_ge(size, 4096); /* the file's earlier use is still in it */
+
+    struct owner *o2 = calloc(1, sizeof(*o2));
+    j = open_j(FBR_FSYNC_OFF, 4096, 0, o2, &rc, err, sizeof(err));
+    ck_assert_msg(rc == FBR_OK, "%s", err);
+    ck_assert_uint_eq(o2->n, nsince + 2);
+    for (size_t i = 0; i < nsince; i++)
+        ck_assert_int_eq(memcmp(o2->v[i].data, since[i], strlen(since[i])), 0);
+    ck_assert_int_eq(memcmp(o2->v[nsince].data, "live one", 8), 0);
+    ck_assert_int_eq(memcmp(o2->v[nsince + 1].data, "live two", 8), 0);
+    ck_assert_uint_eq(fbr_journal_recovery(j)->torn, 0);
+    ck_assert_int_eq(file_size(path), size); /* nothing cut */
+    fbr_journal_close(&j);
+    free(o);
+    free(o2);
+}
+END_TEST
+
+/* A record as a journal without segment headers (format 1, before reuse) wrote it: no salt. */
+static size_t v1_record(unsigned char *out, unsigned type, const char *payload)
+{
+    uint32_t n = (uint32_t)strlen(payload);
+    unsigned char h[FBR_JOURNAL_HEADER] = {(unsigned char)n, (unsigned char)(n >> 8),
+                                           (unsigned char)(n >> 16), (unsigned char)(n >> 24)};
+    h[8] = (unsigned char)type;
+    uint32_t c = fbr_crc32c(0, h, 4);
+    c = fbr_crc32c(c, h + 8, 1);
+    c = fbr_crc32c(c, payload, n);
+    for (int i = 0; i < 4; i++)
+        h[4 + i] = (unsigned char)(c >> (8 * i));
+    memcpy(out, h, sizeof(h));
+    memcpy(out + sizeof(h), payload, n);
+    return sizeof(h) + n;
+}
+
+/* Segments written before segment headers existed are still read (an upgrade keeps what was
+ * pending), their torn tail cut as before; a file whose header names another segment (a spare
+ * renamed whose new header never reached the disk) gives nothing; a header of a newer format
+ * stops the start. */
+START_TEST(segments_without_or_with_a_foreign_header)
+{
+    char err[512], path[400], jdir[300];
+    int rc;
+    snprintf(jdir, sizeof(jdir), "%s/journal", dir);
+    ck_assert_int_eq(mkdir(jdir, 0700), 0);
+    unsigned char buf[512];
+    size_t n = v1_record(buf, FBR_JR_DELIVERY_ACCEPTED, "written by format 1");
+    n += v1_record(buf + n, FBR_JR_INCIDENT, "its second record");
+    memcpy(buf + n, "\x05\x00\x00", 3); /* a torn third */
+    seg_file(1, path, sizeof(path));
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_eq(write(fd, buf, n + 3), (ssize_t)(n + 3));
+    close(fd);
+    struct owner *o = calloc(1, sizeof(*o));
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+    ck_assert_msg(rc == FBR_OK, "%s", err);
+    ck_assert_uint_eq(o->n, 2);
+    ck_assert_int_eq(memcmp(o->v[0].data, "written by format 1", 19), 0);
+    ck_assert_int_eq(memcmp(o->v[1].data, "its second record", 17), 0);
+    ck_assert_uint_eq(fbr_journal_recovery(j)->torn, 1);
+    ck_assert_int_eq(file_size(path), (off_t)n);
+    add(o, FBR_JR_INCIDENT, "in segment two"); /* a format 2 segment with a header */
+    fbr_journal_close(&j);
+
+    /* segment 2's file copied to the name of segment 3: its header says 2 */
+    char p2[400], p3[400];
+    seg_file(2, p2, sizeof(p2));
+    seg_file(3, p3, sizeof(p3));
+    fd = open(p2, O_RDONLY);
+    ssize_t len = read(fd, buf, sizeof(buf));
+    close(fd);
+    ck_assert_int_gt(len, FBR_JOURNAL_SEGMENT_HEADER);
+    fd = open(p3, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_eq(write(fd, buf, (size_t)len), len);
+    close(fd);
+    struct owner *o2 = calloc(1, sizeof(*o2));
+    j = open_j(FBR_FSYNC_OFF, 0, 0, o2, &rc, err, sizeof(err));
+    ck_assert_msg(rc == FBR_OK, "%s", err);
+    ck_assert_uint_eq(o2->n, 3); /* two of segment 1, one of segment 2, none of "3" */
+    ck_assert_int_eq(memcmp(o2->v[2].data, "in segment two", 14), 0);
+    ck_assert_uint_eq(o2->v[2].ref.seg, 2);
+    fbr_journal_close(&j);
+
+    /* segment 2's header rewritten as format 3 (its CRC made again): refused, nothing changed */
+    fd = open(p2, O_RDWR);
+    ck_assert_int_eq(pread(fd, buf, FBR_JOURNAL_SEGMENT_HEADER, 0), FBR_JOURNAL_SEGMENT_HEADER);
+    buf[FBR_JOURNAL_HEADER + 4] = 3;
+    uint32_t c = fbr_crc32c(0, buf, 4);
+    c = fbr_crc32c(c, buf + 8, 1);
+    c = fbr_crc32c(c, buf + FBR_JOURNAL_HEADER, FBR_JOURNAL_SEGMENT_HEADER - FBR_JOURNAL_HEADER);
+    for (int i = 0; i < 4; i++)
+        buf[4 + i] = (unsigned char)(c >> (8 * i));
+    ck_assert_int_eq(pwrite(fd, buf, FBR_JOURNAL_SEGMENT_HEADER, 0), FBR_JOURNAL_SEGMENT_HEADER);
+    close(fd);
+    off_t before = file_size(p2);
+    struct owner *o3 = calloc(1, sizeof(*o3));
+    j = open_j(FBR_FSYNC_OFF, 0, 0, o3, &rc, err, sizeof(err));
+    ck_assert_int_eq(rc, FBR_ERROR);
+    ck_assert_msg(strstr(err, "newer firebridge") && strstr(err, "format 3"), "%s", err);
+    fbr_journal_close(&j);
+    ck_assert_int_eq(file_size(p2), before);
+    free(o);
+    free(o2);
+    free(o3);
 }
 END_TEST
 
@@ -637,7 +825,9 @@ static Suite *suite(void)
     tcase_add_test(tc, torn_tail_at_every_offset);
     tcase_add_test(tc, corruption_in_the_middle_stops_unless_repair);
     tcase_add_test(tc, roll_delete_and_checkpoint);
-    tcase_add_test(tc, dead_segment_cut_in_steps_then_removed);
+    tcase_add_test(tc, dead_segments_reused_or_cut_in_steps);
+    tcase_add_test(tc, recycled_segment_replays_only_its_own_records);
+    tcase_add_test(tc, segments_without_or_with_a_foreign_header);
     tcase_add_test(tc, commit_per_fsync_mode);
     tcase_add_test(tc, lazy_record_rides_the_next_write);
     tcase_add_test(tc, failed_write_recovers_by_itself);

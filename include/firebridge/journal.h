@@ -10,7 +10,15 @@
  *   u32 len (payload bytes, little-endian) | u32 crc32c | u8 type | payload
  *
  * where the CRC32C covers len, type and payload.  Records are only ever appended; the journal
- * appends to the last segment and starts a new one past segment_size.
+ * appends to the last segment and starts a new one past segment_size.  A segment begins with a
+ * header, a nop record whose 16-byte payload is "FBRJ", u32 format (FBR_JOURNAL_FORMAT), u32
+ * its id, u32 prev (the id of the dead segment whose file it reuses, 0 for a new file), with the
+ * CRC as above; every other record's CRC32C starts from the segment's salt, the CRC32C of "FBRJ"
+ * and its u32 id, instead of 0.  So a segment may start in a dead segment's file (renamed, the
+ * blocks and cached pages reused: no block freed, none allocated, no size change for fdatasync
+ * to commit), and its recovery stops at the first record without its salt: the older bytes past
+ * its end never pass for its own.  A segment without the header (format 1, written before reuse
+ * existed) is read with no salt, as it was written.
  *
  * Writing: fbr_journal_append() copies the record into a buffer that is written with one write per
  * event-loop iteration (a callback activated by the first append of the iteration); a lazy append
@@ -37,9 +45,11 @@
  * Liveness and disk use: every append takes one hold on its record's segment; the owner keeps
  * the returned ref and releases it when the record stops mattering (a delivery finished, an
  * incident replaced).  Segments are deleted oldest first once they and every older segment hold
- * nothing (after the fdatasync that covers what replaced them): renamed NNNNNN.dead, then cut
+ * nothing (after the fdatasync that covers what replaced them): renamed NNNNNN.dead.  Once a
+ * directory fsync covers that rename, the newest FBR_JOURNAL_SPARES of them wait as spares, each
+ * renamed to the next new segment's name and overwritten from the start; older ones are cut
  * 256 KiB at a time by a loop timer and unlinked, so that no single call frees a whole segment's
- * blocks (recovery reads only .log files and removes .dead ones).  When the journal holds more
+ * blocks (recovery reads only .log files and removes .dead ones; so does a close).  When the journal holds more
  * than twice its live bytes plus two segments, a checkpoint asks every owner to append again
  * every live record it holds in the segments up to the one being written, and to release the old
  * refs, so those segments can go: disk use follows what is live, not history.
@@ -47,7 +57,11 @@
  * Recovery (fbr_journal_recover, before the listeners open): every segment is read in order and
  * each good record handed to the owner of its type with its ref, then each owner's replay_done
  * runs.  A bad record (short, bad CRC) with no good record after it in its segment is a torn tail:
- * it is cut off (ftruncate), logged with the byte offset and counted.  A bad record followed by
+ * it is cut off (ftruncate), logged with the byte offset and counted; in a reused file (prev not
+ * 0) it is the segment's end and the older bytes after it stay, neither cut nor counted.  A file
+ * whose header names another segment (a spare renamed whose new header never reached the disk:
+ * a power loss without --fsync always) holds nothing of its own and gives nothing; a header of a
+ * newer format stops recovery.  A bad record followed by
  * good ones is corruption in the middle: recovery fails with a message naming the segment and
  * offset, unless opts.repair, which skips to the next good record and rewrites everything live
  * into a fresh segment.  Appends go to a new segment after the last one found.
@@ -84,6 +98,9 @@ enum fbr_journal_type {
 const char *fbr_journal_type_name(unsigned type);
 
 #define FBR_JOURNAL_HEADER 9u                     /* len, crc, type */
+#define FBR_JOURNAL_SEGMENT_HEADER (FBR_JOURNAL_HEADER + 16u) /* a nop: magic, format, id, prev */
+#define FBR_JOURNAL_FORMAT 2u  /* the segment header's format; 1: segments without a header */
+#define FBR_JOURNAL_SPARES 2u  /* dead segment files kept for reuse by the next rolls */
 #define FBR_JOURNAL_MAX_RECORD (256u * 1024 * 1024) /* payload bytes; larger is corruption */
 
 /* CRC32C (Castagnoli), as iSCSI and ext4 use it: crc = fbr_crc32c(0, p, n) for one run,
@@ -229,6 +246,7 @@ struct fbr_journal_stats {
     uint64_t fsyncs;
     uint64_t checkpoints;
     uint64_t write_errors;   /* failed writes and fdatasyncs */
+    uint64_t recycled;       /* segments started in a dead segment's file */
 };
 void fbr_journal_get_stats(const struct fbr_journal *j, struct fbr_journal_stats *out);
 
