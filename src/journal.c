@@ -181,7 +181,7 @@ struct segment {
     uint64_t bytes;
     uint64_t holds;
     uint64_t live_bytes;
-    int unsalted; /* read as format 1 (no header): its file is never reused (see dying) */
+    int unsalted; /* read without a header (format 1): its file is never reused (see dying) */
 };
 
 struct waiter {
@@ -197,7 +197,9 @@ enum trouble_kind { TK_NONE, TK_WRITE, TK_SYNC };
  * read without a header (format 1) is never a spare: its records carry no salt, so under a new
  * segment's name, until the new header is written over its first record (a kill -9 or power
  * loss right after the rename, a header write that fails), they would read as that segment's
- * own.  Such segments are older than every segment with a header, so they lead the list. */
+ * own.  Format 1 segments are older than every segment with a header, so they lead the list and
+ * are cut first (a file read with no header and no record of its own is not reused either; it
+ * waits for its turn, or the close). */
 struct dying {
     uint32_t id;
     uint64_t mark;
