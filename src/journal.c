@@ -181,6 +181,7 @@ struct segment {
     uint64_t bytes;
     uint64_t holds;
     uint64_t live_bytes;
+    int unsalted; /* read without a header (format 1): its file is never reused (see dying) */
 };
 
 struct waiter {
@@ -192,10 +193,17 @@ struct waiter {
 enum trouble_kind { TK_NONE, TK_WRITE, TK_SYNC };
 
 /* A dead segment renamed NNNNNN.dead, kept as a spare for the next roll or waiting to be cut
- * and unlinked; mark orders it against the directory fsyncs that cover its rename. */
+ * and unlinked; mark orders it against the directory fsyncs that cover its rename.  A segment
+ * read without a header (format 1) is never a spare: its records carry no salt, so under a new
+ * segment's name, until the new header is written over its first record (a kill -9 or power
+ * loss right after the rename, a header write that fails), they would read as that segment's
+ * own.  Format 1 segments are older than every segment with a header, so they lead the list and
+ * are cut first (a file read with no header and no record of its own is not reused either; it
+ * waits for its turn, or the close). */
 struct dying {
     uint32_t id;
     uint64_t mark;
+    int reusable;
 };
 
 struct fbr_journal {
@@ -456,7 +464,8 @@ static ssize_t ready_spare(const struct fbr_journal *j)
 {
     ssize_t k = -1;
     for (size_t i = 0; i < j->ndying && j->dying[i].mark <= j->dying_ready; i++)
-        k = (ssize_t)i;
+        if (j->dying[i].reusable)
+            k = (ssize_t)i;
     return k;
 }
 
@@ -517,8 +526,9 @@ static int roll(struct fbr_journal *j)
     put32(p + 8, id);
     put32(p + 12, prev);
     put32(h + 4, record_crc(0, h, p, n));
-    if (pwrite(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
-        int e = errno ? errno : EIO;
+    ssize_t w = pwrite(fd, h, sizeof(h), 0);
+    if (w != (ssize_t)sizeof(h)) {
+        int e = w < 0 ? errno : EIO; /* a short write leaves errno as it was */
         close(fd);
         errno = e;
         return -1;
@@ -562,14 +572,20 @@ static uint32_t dead_prefix(const struct fbr_journal *j)
  * under its .log name, where recovery would find a delivery whose "finished" record was cut.
  * The newest FBR_JOURNAL_SPARES dead segments are not cut: roll() reuses their files (the same
  * rule keeps a file from being overwritten before its rename is on disk), so that in steady
- * state nothing is cut at all. */
+ * state nothing is cut at all; a format 1 segment is never a spare (struct dying). */
 #define SHRINK_STEP (256u * 1024)
 #define SHRINK_MS 2
 
+/* Whether the first dying segment is to be cut now: beyond the spares, or not reusable. */
+static int shrink_due(const struct fbr_journal *j)
+{
+    return j->ndying && (j->ndying > FBR_JOURNAL_SPARES || !j->dying[0].reusable) &&
+           j->dying[0].mark <= j->dying_ready;
+}
+
 static void schedule_shrink(struct fbr_journal *j)
 {
-    if (j->shrink_timer && j->ndying > FBR_JOURNAL_SPARES && j->dying[0].mark <= j->dying_ready &&
-        !evtimer_pending(j->shrink_timer, NULL)) {
+    if (j->shrink_timer && shrink_due(j) && !evtimer_pending(j->shrink_timer, NULL)) {
         struct timeval tv = {0, SHRINK_MS * 1000};
         evtimer_add(j->shrink_timer, &tv);
     }
@@ -599,7 +615,7 @@ static void shrink_step(struct fbr_journal *j)
 static void on_shrink(evutil_socket_t fd, short what, void *arg)
 {
     struct fbr_journal *j = arg;
-    if (j->ndying > FBR_JOURNAL_SPARES && j->dying[0].mark <= j->dying_ready)
+    if (shrink_due(j))
         shrink_step(j);
     schedule_shrink(j);
 }
@@ -621,7 +637,8 @@ static void delete_upto(struct fbr_journal *j, uint32_t upto)
                 j->capdying = j->capdying ? j->capdying * 2 : 8;
                 j->dying = fbr_xrealloc(j->dying, j->capdying * sizeof(*j->dying));
             }
-            j->dying[j->ndying++] = (struct dying){j->segs[k].id, ++j->dying_marks};
+            j->dying[j->ndying++] =
+                (struct dying){j->segs[k].id, ++j->dying_marks, !j->segs[k].unsalted};
         }
         k++;
     }
@@ -1148,7 +1165,8 @@ static int replay_segment(struct fbr_journal *j, uint32_t id, struct mapped *mp,
     size_t off = 0;
     uint32_t salt = 0, prev = 0, hlen;
     const unsigned char *hp = m + FBR_JOURNAL_HEADER;
-    if (good_at(m, size, 0, 0, &hlen) && m[8] == FBR_JR_NOP &&
+    int first_good = good_at(m, size, 0, 0, &hlen);
+    if (first_good && m[8] == FBR_JR_NOP &&
         hlen == FBR_JOURNAL_SEGMENT_HEADER - FBR_JOURNAL_HEADER && !memcmp(hp, seg_magic, 4)) {
         /* A segment header (journal.h): its records carry the segment's salt. */
         if (get32(hp + 4) > FBR_JOURNAL_FORMAT) {
@@ -1171,6 +1189,13 @@ static int replay_segment(struct fbr_journal *j, uint32_t id, struct mapped *mp,
         salt = seg_salt(id);
         prev = get32(hp + 12);
         off = FBR_JOURNAL_SEGMENT_HEADER;
+    } else if (!first_good && next_good(m, size, 0, seg_salt(id)) < size) {
+        /* No readable header, yet records with this segment's salt follow: the header itself
+         * is damaged.  That is corruption at byte 0 (below), not a format 1 segment whose
+         * first record is torn, which would be cut with every record after it. */
+        salt = seg_salt(id);
+    } else {
+        seg->unsalted = 1;
     }
     while (off < size) {
         uint32_t n;

@@ -305,6 +305,50 @@ START_TEST(corruption_in_the_middle_stops_unless_repair)
 }
 END_TEST
 
+/* A segment's header with any one byte changed, records with the segment's salt after it: that
+ * is corruption at byte 0, refused with the file untouched, and repair keeps the records.  (Read
+ * as a segment without a header, its first record bad and no unsalted record after it, the
+ * whole segment was cut as a torn tail: every record lost, without --journal-repair.) */
+START_TEST(damaged_header_is_corruption_not_a_torn_tail)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+    char err[512], path[400];
+    int rc;
+    seg_file(1, path, sizeof(path));
+    for (off_t at = 0; at < (off_t)FBR_JOURNAL_SEGMENT_HEADER; at++) {
+        dutil_rm_rf(dir);
+        ck_assert_int_eq(mkdir(dir, 0700), 0);
+        struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+        add(o, FBR_JR_DELIVERY_ACCEPTED, "one");
+        add(o, FBR_JR_INCIDENT, "two");
+        fbr_journal_close(&j);
+        int fd = open(path, O_RDWR);
+        unsigned char c;
+        ck_assert_int_eq(pread(fd, &c, 1, at), 1);
+        c ^= 0x5a;
+        ck_assert_int_eq(pwrite(fd, &c, 1, at), 1);
+        close(fd);
+        off_t before = file_size(path);
+        j = open_j(FBR_FSYNC_OFF, 0, 0, o, &rc, err, sizeof(err));
+        ck_assert_msg(rc == FBR_ERROR, "byte %ld changed: recovered %zu record(s), file %ld -> %ld",
+                      (long)at, o->n, (long)before, (long)file_size(path));
+        ck_assert_msg(strstr(err, "corrupt at byte 0 "), "%s", err);
+        fbr_journal_close(&j);
+        ck_assert_int_eq(file_size(path), before);
+        if (at != FBR_JOURNAL_SEGMENT_HEADER - 1)
+            continue;
+        j = open_j(FBR_FSYNC_OFF, 0, 1, o, &rc, err, sizeof(err));
+        ck_assert_msg(rc == FBR_OK, "%s", err);
+        ck_assert_uint_eq(o->n, 2);
+        ck_assert_int_eq(memcmp(o->v[0].data, "one", 3), 0);
+        ck_assert_int_eq(memcmp(o->v[1].data, "two", 3), 0);
+        ck_assert_uint_eq(fbr_journal_recovery(j)->skipped, FBR_JOURNAL_SEGMENT_HEADER);
+        fbr_journal_close(&j);
+    }
+    free(o);
+}
+END_TEST
+
 /* Small segments: they roll; a dead prefix is deleted; one long-lived record pins its segment
  * until a checkpoint copies it forward; what comes back after all that is exactly the live set. */
 START_TEST(roll_delete_and_checkpoint)
@@ -813,6 +857,72 @@ START_TEST(failed_write_recovers_by_itself)
 }
 END_TEST
 
+/* A dead segment without a header (format 1, from before an upgrade) is never a spare: renamed
+ * to a new segment's name, its unsalted records would be that segment's own until the new header
+ * is written over them.  Here that header write fails (RLIMIT_FSIZE 0, as a failed disk would):
+ * the next start must replay the live record only, not the dead format 1 ones (it replayed both
+ * under segment 3's name when the file was reused). */
+START_TEST(format1_segment_file_never_reused)
+{
+    char err[512], path[400], dead[400], jdir[300];
+    int rc, calls = 0;
+    snprintf(jdir, sizeof(jdir), "%s/journal", dir);
+    ck_assert_int_eq(mkdir(jdir, 0700), 0);
+    unsigned char buf[512];
+    size_t n = v1_record(buf, FBR_JR_DELIVERY_ACCEPTED, "old delivery");
+    n += v1_record(buf + n, FBR_JR_INCIDENT, "old incident");
+    seg_file(1, path, sizeof(path));
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_eq(write(fd, buf, n), (ssize_t)n);
+    close(fd);
+    struct owner *o = calloc(1, sizeof(*o));
+    struct fbr_journal *j = open_j(FBR_FSYNC_OFF, 4096, 0, o, &rc, err, sizeof(err));
+    ck_assert_msg(rc == FBR_OK, "%s", err);
+    ck_assert_uint_eq(o->n, 2);
+    for (size_t i = 0; i < o->n; i++) { /* both finished: segment 1 dies */
+        fbr_journal_release(j, o->v[i].ref);
+        o->v[i].live = 0;
+    }
+    add(o, FBR_JR_INCIDENT, "live");
+    ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+    ck_assert_int_eq(file_exists(1), 0);
+    /* not kept as a spare: cut and removed (--fsync off: at once) */
+    snprintf(dead, sizeof(dead), "%s/000001.dead", jdir);
+    for (int i = 0; i < 200 && file_size(dead) >= 0; i++)
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(1000);
+    ck_assert_int_eq(file_size(dead), -1);
+    /* every write fails from now: the retry's roll to segment 3 cannot write its header */
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 0;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    fbr_journal_release(j, fbr_journal_append(j, FBR_JR_NOP, "x", 1));
+    fbr_journal_wait(j, fbr_journal_position(j), on_done, &calls);
+    run_until(&calls, 1);
+    for (int i = 0; i < 600; i++) /* two retries at least */
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(1000);
+    ck_assert_int_eq(fbr_journal_writable(j), 0);
+    struct fbr_journal_stats st;
+    fbr_journal_get_stats(j, &st);
+    ck_assert_uint_eq(st.recycled, 0);
+    fbr_journal_close(&j);
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    struct owner *o2 = calloc(1, sizeof(*o2));
+    j = open_j(FBR_FSYNC_OFF, 4096, 0, o2, &rc, err, sizeof(err));
+    ck_assert_msg(rc == FBR_OK, "%s", err);
+    for (size_t i = 0; i < o2->n; i++)
+        ck_assert_msg(memcmp(o2->v[i].data, "old ", 4) != 0, "dead record \"%.*s\" replayed",
+                      (int)o2->v[i].n, o2->v[i].data);
+    ck_assert_uint_eq(o2->n, 1);
+    ck_assert_int_eq(memcmp(o2->v[0].data, "live", 4), 0);
+    fbr_journal_close(&j);
+    free(o);
+    free(o2);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("journal");
@@ -824,6 +934,7 @@ static Suite *suite(void)
     tcase_add_test(tc, records_come_back_in_order);
     tcase_add_test(tc, torn_tail_at_every_offset);
     tcase_add_test(tc, corruption_in_the_middle_stops_unless_repair);
+    tcase_add_test(tc, damaged_header_is_corruption_not_a_torn_tail);
     tcase_add_test(tc, roll_delete_and_checkpoint);
     tcase_add_test(tc, dead_segments_reused_or_cut_in_steps);
     tcase_add_test(tc, recycled_segment_replays_only_its_own_records);
@@ -831,6 +942,7 @@ static Suite *suite(void)
     tcase_add_test(tc, commit_per_fsync_mode);
     tcase_add_test(tc, lazy_record_rides_the_next_write);
     tcase_add_test(tc, failed_write_recovers_by_itself);
+    tcase_add_test(tc, format1_segment_file_never_reused);
     suite_add_tcase(s, tc);
     return s;
 }

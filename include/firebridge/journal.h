@@ -18,7 +18,9 @@
  * blocks and cached pages reused: no block freed, none allocated, no size change for fdatasync
  * to commit), and its recovery stops at the first record without its salt: the older bytes past
  * its end never pass for its own.  A segment without the header (format 1, written before reuse
- * existed) is read with no salt, as it was written.
+ * existed) is read with no salt, as it was written, and its file is never reused (cut when dead):
+ * under a new segment's name, before the new header covers its first record, its records would
+ * pass for that segment's own.
  *
  * Writing: fbr_journal_append() copies the record into a buffer that is written with one write per
  * event-loop iteration (a callback activated by the first append of the iteration); a lazy append
@@ -62,7 +64,8 @@
  * whose header names another segment (a spare renamed whose new header never reached the disk:
  * a power loss without --fsync always) holds nothing of its own and gives nothing; a header of a
  * newer format stops recovery.  A bad record followed by
- * good ones is corruption in the middle: recovery fails with a message naming the segment and
+ * good ones is corruption in the middle (a damaged header followed by records with the segment's
+ * salt too, at byte 0): recovery fails with a message naming the segment and
  * offset, unless opts.repair, which skips to the next good record and rewrites everything live
  * into a fresh segment.  Appends go to a new segment after the last one found.
  *
