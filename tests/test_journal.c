@@ -427,6 +427,18 @@ static ino_t file_ino(const char *path)
     return stat(path, &st) == 0 ? st.st_ino : 0;
 }
 
+/* Appends records of n bytes nobody keeps, each written at once, until segment seg is the one
+ * appended to; *st is the journal's stats then. */
+static void fill_until(struct fbr_journal *j, uint32_t seg, const char *rec, size_t n,
+                       struct fbr_journal_stats *st)
+{
+    do {
+        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, rec, n));
+        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
+        fbr_journal_get_stats(j, st);
+    } while (st->cur_seg < seg);
+}
+
 /* A dead segment is not unlinked in one call (that held the loop for milliseconds per 16 MiB):
  * it is renamed NNNNNN.dead; the newest FBR_JOURNAL_SPARES of them are kept for the next rolls
  * to reuse (the file renamed to the new segment's name, same inode), the older ones are cut a
@@ -447,11 +459,7 @@ START_TEST(dead_segments_reused_or_cut_in_steps)
     uint32_t first = st.cur_seg;
     /* Four segments filled past their size with records nobody keeps, the loop not run: no
      * fdatasync yet, so none of them may be deleted or reused. */
-    do {
-        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, big, sizeof(big)));
-        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
-        fbr_journal_get_stats(j, &st);
-    } while (st.cur_seg < first + 4);
+    fill_until(j, first + 4, big, sizeof(big), &st);
     ck_assert_uint_eq(st.recycled, 0);
     fbr_journal_release(j, fbr_journal_append(j, FBR_JR_NOP, "x", 1));
     ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
@@ -493,11 +501,7 @@ START_TEST(dead_segments_reused_or_cut_in_steps)
     ino_t ino3 = file_ino(spare3);
     ck_assert_uint_ne(ino3, 0);
     /* the next roll starts segment first+5 in the newest spare's file: renamed, not created */
-    do {
-        fbr_journal_release(j, fbr_journal_append(j, FBR_JR_DELIVERY_ACCEPTED, big, sizeof(big)));
-        ck_assert_int_eq(fbr_journal_flush(j), FBR_OK);
-        fbr_journal_get_stats(j, &st);
-    } while (st.cur_seg < first + 5);
+    fill_until(j, first + 5, big, sizeof(big), &st);
     ck_assert_uint_eq(st.recycled, 1);
     ck_assert_int_eq(file_size(spare3), -1);
     seg_file(first + 5, path, sizeof(path));
