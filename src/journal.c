@@ -167,11 +167,17 @@ static uint32_t seg_salt(uint32_t id)
 {
     unsigned char b[8];
     memcpy(b, seg_magic, 4);
-    b[4] = (unsigned char)id;
-    b[5] = (unsigned char)(id >> 8);
-    b[6] = (unsigned char)(id >> 16);
-    b[7] = (unsigned char)(id >> 24);
+    put32(b + 4, id);
     return fbr_crc32c(0, b, sizeof(b));
+}
+
+/* Fills in the CRC of the record at h (its length and type set, its payload after them) with
+ * salt; returns its size on disk. */
+static size_t seal_record(unsigned char *h, uint32_t salt)
+{
+    uint32_t n = get32(h);
+    put32(h + 4, record_crc(salt, h, h + FBR_JOURNAL_HEADER, n));
+    return FBR_JOURNAL_HEADER + n;
 }
 
 /* ---- state ---- */
@@ -259,7 +265,6 @@ struct fbr_journal {
     uint64_t dying_ready;    /* renames a directory fsync covers: those may be cut */
     uint64_t job_dying_mark; /* dying_marks when the running job's directory fsync was asked */
     int dying_fd;            /* the first dying segment, open while it is cut */
-    uint32_t cur_salt;       /* the CRC salt of the segment appended to */
     struct event *shrink_timer;
     struct fbr_journal_recovery rec;
     struct fbr_journal_stats st;
@@ -525,7 +530,7 @@ static int roll(struct fbr_journal *j)
     put32(p + 4, FBR_JOURNAL_FORMAT);
     put32(p + 8, id);
     put32(p + 12, prev);
-    put32(h + 4, record_crc(0, h, p, n));
+    seal_record(h, 0);
     ssize_t w = pwrite(fd, h, sizeof(h), 0);
     if (w != (ssize_t)sizeof(h)) {
         int e = w < 0 ? errno : EIO; /* a short write leaves errno as it was */
@@ -545,7 +550,6 @@ static int roll(struct fbr_journal *j)
         }
     }
     j->cur_fd = fd;
-    j->cur_salt = seg_salt(id);
     j->need_roll = 0;
     j->dir_dirty = 1;
     push_seg(j, id, FBR_JOURNAL_SEGMENT_HEADER);
@@ -784,15 +788,12 @@ static int write_buffer(struct fbr_journal *j)
         fail_unwritten_waiters(j);
         return FBR_ERROR;
     }
-    struct segment *s = cur_seg(j);
+    struct segment *s = &j->segs[j->nsegs - 1]; /* cur_seg(): cur_fd is open, so it exists */
     /* The CRCs are made here, with the salt of the segment the records land in (after a failed
      * write that may be a newer one than when they were appended). */
-    for (size_t at = 0; at < j->len;) {
-        unsigned char *h = j->buf + at;
-        uint32_t n = get32(h);
-        put32(h + 4, record_crc(j->cur_salt, h, h + FBR_JOURNAL_HEADER, n));
-        at += FBR_JOURNAL_HEADER + n;
-    }
+    uint32_t salt = seg_salt(s->id);
+    for (size_t at = 0; at < j->len;)
+        at += seal_record(j->buf + at, salt);
     size_t off = 0;
     int err = 0;
     while (off < j->len) {

@@ -604,21 +604,29 @@ START_TEST(recycled_segment_replays_only_its_own_records)
 }
 END_TEST
 
+/* Sets the CRC of the record at rec (length, type and payload in place) as a record with no
+ * salt has it: a segment header, or any record of a format 1 segment. */
+static void seal_unsalted(unsigned char *rec)
+{
+    uint32_t n = (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 |
+                 (uint32_t)rec[3] << 24;
+    uint32_t c = fbr_crc32c(0, rec, 4);
+    c = fbr_crc32c(c, rec + 8, 1);
+    c = fbr_crc32c(c, rec + FBR_JOURNAL_HEADER, n);
+    for (int i = 0; i < 4; i++)
+        rec[4 + i] = (unsigned char)(c >> (8 * i));
+}
+
 /* A record as a journal without segment headers (format 1, before reuse) wrote it: no salt. */
 static size_t v1_record(unsigned char *out, unsigned type, const char *payload)
 {
     uint32_t n = (uint32_t)strlen(payload);
-    unsigned char h[FBR_JOURNAL_HEADER] = {(unsigned char)n, (unsigned char)(n >> 8),
-                                           (unsigned char)(n >> 16), (unsigned char)(n >> 24)};
-    h[8] = (unsigned char)type;
-    uint32_t c = fbr_crc32c(0, h, 4);
-    c = fbr_crc32c(c, h + 8, 1);
-    c = fbr_crc32c(c, payload, n);
     for (int i = 0; i < 4; i++)
-        h[4 + i] = (unsigned char)(c >> (8 * i));
-    memcpy(out, h, sizeof(h));
-    memcpy(out + sizeof(h), payload, n);
-    return sizeof(h) + n;
+        out[i] = (unsigned char)(n >> (8 * i));
+    out[8] = (unsigned char)type;
+    memcpy(out + FBR_JOURNAL_HEADER, payload, n);
+    seal_unsalted(out);
+    return FBR_JOURNAL_HEADER + n;
 }
 
 /* Segments written before segment headers existed are still read (an upgrade keeps what was
@@ -673,11 +681,7 @@ START_TEST(segments_without_or_with_a_foreign_header)
     fd = open(p2, O_RDWR);
     ck_assert_int_eq(pread(fd, buf, FBR_JOURNAL_SEGMENT_HEADER, 0), FBR_JOURNAL_SEGMENT_HEADER);
     buf[FBR_JOURNAL_HEADER + 4] = 3;
-    uint32_t c = fbr_crc32c(0, buf, 4);
-    c = fbr_crc32c(c, buf + 8, 1);
-    c = fbr_crc32c(c, buf + FBR_JOURNAL_HEADER, FBR_JOURNAL_SEGMENT_HEADER - FBR_JOURNAL_HEADER);
-    for (int i = 0; i < 4; i++)
-        buf[4 + i] = (unsigned char)(c >> (8 * i));
+    seal_unsalted(buf);
     ck_assert_int_eq(pwrite(fd, buf, FBR_JOURNAL_SEGMENT_HEADER, 0), FBR_JOURNAL_SEGMENT_HEADER);
     close(fd);
     off_t before = file_size(p2);
